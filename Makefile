@@ -1,0 +1,50 @@
+# Two entry points for a fresh clone: `make demo` and `make test`.
+# Both bootstrap everything they need: .venv/ with the package, and the Kafka jars
+# (cached outside the repo, in $(MYNAPOINT_CACHE) or ~/.cache/mynapoint).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install kafka-jars demo demo-offline test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kafka-jars: $(STAMP)
+	$(BIN)/mynapoint kafka fetch
+
+demo: install kafka-jars
+	$(BIN)/mynapoint demo
+
+demo-offline: install
+	$(BIN)/mynapoint generate --users 20000 --transactions 200000 --out data/
+	$(BIN)/mynapoint settle --enrollments data/enrollments.jsonl \
+	    --transactions data/transactions.jsonl --out out/
+
+lint: install
+	$(BIN)/ruff check engine tests bench
+	$(BIN)/ruff format --check engine tests bench || true
+
+typecheck: install
+	$(BIN)/mypy engine
+
+unit: install
+	$(BIN)/pytest -m "not kafka"
+
+test: install kafka-jars lint typecheck
+	$(BIN)/pytest
+
+bench: install kafka-jars
+	$(BIN)/python bench/bench_settle.py
+	$(BIN)/python bench/bench_stream.py
+
+clean:
+	-$(BIN)/mynapoint kafka stop
+	rm -rf $(VENV) .kafka data out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,123 @@
+"""Plain data the rules work on: campaign terms, the operator registry, outcomes.
+
+Everything here is immutable and free of I/O; loading these from TOML is
+``engine.config``'s job. Instants are integer microseconds since the Unix epoch
+(UTC), calendar days are integer day numbers of the JST calendar
+(``(us + 9 h) // 1 day``), money is integer yen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+US_PER_SECOND = 1_000_000
+US_PER_DAY = 86_400 * US_PER_SECOND
+JST_OFFSET_US = 9 * 3600 * US_PER_SECOND
+NO_TIME = -(2**63)  # "no received_at"; sorts before every real instant
+
+
+def jst_day(us: int) -> int:
+    """JST calendar day number of an instant.
+
+    >>> from datetime import date
+    >>> # 2020-08-31T15:00:00Z is already 2020-09-01 in Japan
+    >>> jst_day(1598886000 * US_PER_SECOND) == (date(2020, 9, 1) - date(1970, 1, 1)).days
+    True
+    """
+    return (us + JST_OFFSET_US) // US_PER_DAY
+
+
+class Kind(IntEnum):
+    CHARGE = 0
+    PURCHASE = 1
+    REFUND = 2
+
+
+KIND_NAMES = ("charge", "purchase", "refund")
+NO_KIND = -1
+
+
+class Reason(IntEnum):
+    """Rejection reasons. 0 means "no rejection"; the numbering is internal only,
+    outputs always carry the name."""
+
+    OK = 0
+    PERSONAL_NUMBER_FORBIDDEN = 1
+    MALFORMED = 2
+    INVALID_AMOUNT = 3
+    UNKNOWN_OPERATOR = 4
+    DUPLICATE = 5
+    CONFLICTING_DUPLICATE = 6
+    ALREADY_ENROLLED = 7
+    ENROLLMENT_CLOSED = 8
+    SELECTION_NOT_OPEN = 9
+    INVALID_EARN_ON = 10
+    LATE = 11
+    OUTSIDE_WINDOW = 12
+    NOT_ENROLLED = 13
+    WRONG_OPERATOR = 14
+    KIND_NOT_ELIGIBLE = 15
+    BEFORE_APPLICATION = 16
+    ORIGINAL_NOT_FOUND = 17
+    ORIGINAL_NOT_ELIGIBLE = 18
+    REFUND_EXCEEDS_ORIGINAL = 19
+
+
+ENROLLMENT_REASONS = (
+    Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.UNKNOWN_OPERATOR,
+    Reason.DUPLICATE, Reason.ALREADY_ENROLLED, Reason.ENROLLMENT_CLOSED,
+    Reason.SELECTION_NOT_OPEN, Reason.INVALID_EARN_ON,
+)
+TRANSACTION_REASONS = (
+    Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.INVALID_AMOUNT,
+    Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE, Reason.CONFLICTING_DUPLICATE, Reason.LATE,
+    Reason.OUTSIDE_WINDOW, Reason.NOT_ENROLLED, Reason.WRONG_OPERATOR,
+    Reason.KIND_NOT_ELIGIBLE, Reason.BEFORE_APPLICATION, Reason.ORIGINAL_NOT_FOUND,
+    Reason.ORIGINAL_NOT_ELIGIBLE, Reason.REFUND_EXCEEDS_ORIGINAL,
+)
+
+
+class Rounding(IntEnum):
+    CUMULATIVE_FLOOR = 0
+    PER_TRANSACTION_FLOOR = 1
+
+
+ROUNDING_NAMES = {"cumulative_floor": Rounding.CUMULATIVE_FLOOR,
+                  "per_transaction_floor": Rounding.PER_TRANSACTION_FLOOR}
+
+
+@dataclass(frozen=True)
+class Campaign:
+    id: str = "mynapoint-2020"
+    window_start: int = 1598886000 * US_PER_SECOND  # 2020-09-01T00:00:00+09:00
+    window_end: int = 1633014000 * US_PER_SECOND    # 2021-10-01T00:00:00+09:00
+    enroll_end: int = 1633014000 * US_PER_SECOND    # 2021-10-01T00:00:00+09:00
+    accept_end: int = 1635692400 * US_PER_SECOND    # 2021-11-01T00:00:00+09:00
+    rate_percent: int = 25
+    cap_points: int = 5000
+    rounding: Rounding = Rounding.CUMULATIVE_FLOOR
+    max_amount: int = 10_000_000
+    park_timeout: int = 24 * 3600 * US_PER_SECOND
+
+
+@dataclass(frozen=True)
+class Operator:
+    id: str
+    name: str
+    earns_on: tuple[Kind, ...]
+    selection_opens: int          # JST day number
+    last_day: int | None = None   # JST day number, inclusive
+
+
+@dataclass(frozen=True)
+class Registry:
+    operators: tuple[Operator, ...]
+    index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.index.update({op.id: i for i, op in enumerate(self.operators)})
+
+    def code(self, operator_id: str) -> int:
+        """Dense operator code, -1 when unknown."""
+        return self.index.get(operator_id, -1)
