@@ -1,0 +1,648 @@
+"""A local single-node Apache Kafka broker (KRaft, loopback only), run by the project itself.
+
+The broker jars come from Maven Central (``fetch_jars``) and are cached outside the
+repository, in ``$MYNAPOINT_CACHE/kafka-<version>/libs`` (default cache:
+``~/.cache/mynapoint``). Each broker lives in its own data directory, by default
+``.kafka/broker-<port>`` below the current directory, holding its configuration,
+log files, pid file and the topic data itself.
+
+CLI: ``mynapoint kafka fetch|start|stop|status [--port N]``. ``status`` exits 0 when
+the broker is running and answers, 1 when it is not; failures exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "3.9.1"
+SCALA_VERSION = "2.13"
+SLF4J_BACKEND = ("org.slf4j", "slf4j-reload4j", "1.7.36")
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+HOST = "127.0.0.1"
+PID_FILE = "broker.pid"
+SERVER_PROPERTIES = "server.properties"
+LOG4J_PROPERTIES = "log4j.properties"
+SERVER_LOG = "logs/server.log"
+CONSOLE_LOG = "logs/console.log"
+STARTED_LINE = "Kafka Server started"
+
+JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+
+# Jars whose presence marks a complete download; the rename makes partial copies
+# invisible already, this guards against a libs dir someone filled by hand.
+_REQUIRED_JARS = (
+    f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar",
+    f"kafka-clients-{KAFKA_VERSION}.jar",
+    f"{SLF4J_BACKEND[1]}-{SLF4J_BACKEND[2]}.jar",
+)
+
+# Brokers started by this Python process. Keeping the Popen lets us reap them, so a
+# killed broker does not linger as a zombie that still looks alive in /proc.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class KafkaError(RuntimeError):
+    """The local broker could not be fetched, started or stopped."""
+
+
+@dataclass
+class Broker:
+    """A running local broker."""
+
+    port: int
+    pid: int
+    data_dir: Path
+    controller_port: int
+    startup_seconds: float | None = None  # None when it was already running
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        return stop(self.port, self.data_dir, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the broker (no clean shutdown), to exercise crash recovery."""
+        if _broker_pid(self.data_dir) != self.pid:
+            raise KafkaError(f"pid {self.pid} is not the broker of {self.data_dir}")
+        os.kill(self.pid, signal.SIGKILL)
+        if not _wait_gone(self.pid, 30.0):
+            raise KafkaError(f"broker pid {self.pid} survived SIGKILL")
+
+
+# --------------------------------------------------------------------------- jars
+
+
+def cache_root() -> Path:
+    env = os.environ.get("MYNAPOINT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mynapoint"
+
+
+def libs_dir() -> Path:
+    return cache_root() / f"kafka-{KAFKA_VERSION}" / "libs"
+
+
+def jars_present() -> bool:
+    libs = libs_dir()
+    return all((libs / jar).is_file() for jar in _REQUIRED_JARS)
+
+
+def _pom() -> str:
+    group, artifact, version = SLF4J_BACKEND
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by mynapoint-engine: only used to copy the Kafka broker jars. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0"
+         xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+         xsi:schemaLocation="http://maven.apache.org/POM/4.0.0
+                             http://maven.apache.org/xsd/maven-4.0.0.xsd">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>mynapoint</groupId>
+  <artifactId>kafka-broker-libs</artifactId>
+  <version>{KAFKA_VERSION}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_{SCALA_VERSION}</artifactId>
+      <version>{KAFKA_VERSION}</version>
+    </dependency>
+    <!-- kafka_2.13 ships no logging backend; without one SLF4J drops every line. -->
+    <dependency>
+      <groupId>{group}</groupId>
+      <artifactId>{artifact}</artifactId>
+      <version>{version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _require(tool: str, why: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise KafkaError(f"`{tool}` not found on PATH; {why}")
+    return path
+
+
+def fetch_jars() -> Path:
+    """Download the broker jars once; return the libs directory. Safe to call concurrently."""
+    libs = libs_dir()
+    if jars_present():
+        return libs
+    home = libs.parent
+    with _file_lock(home / "fetch.lock"):
+        if jars_present():  # another process finished while we waited for the lock
+            return libs
+        mvn = _require("mvn", "Maven is needed once to download the Kafka jars")
+        _require("java", "Maven and the Kafka broker need a Java 17 runtime")
+        pom = home / "pom.xml"
+        pom.write_text(_pom())
+        tmp = Path(tempfile.mkdtemp(prefix="libs.partial-", dir=home))
+        try:
+            cmd = [
+                mvn, "-B", "-q", "-f", str(pom),
+                f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+            ]
+            proc = subprocess.run(cmd, cwd=home, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise KafkaError(
+                    f"mvn could not download Kafka {KAFKA_VERSION} (exit {proc.returncode}):\n"
+                    + _tail(proc.stdout + proc.stderr)
+                )
+            missing = [jar for jar in _REQUIRED_JARS if not (tmp / jar).is_file()]
+            if missing:
+                raise KafkaError(f"mvn finished but did not copy {', '.join(missing)}")
+            if libs.exists():  # incomplete leftovers from an older layout; never ours
+                shutil.rmtree(libs)
+            os.rename(tmp, libs)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return libs
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def default_data_dir(port: int) -> Path:
+    return Path.cwd() / ".kafka" / f"broker-{port}"
+
+
+def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    segment = 128 * 1024 * 1024
+    max_message = 10 * 1024 * 1024
+    return f"""# Written by mynapoint-engine on every start; edits are overwritten.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{HOST}:{controller_port}
+listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}
+advertised.listeners=PLAINTEXT://{HOST}:{port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data_dir / "data"}
+
+# The worker creates its topics with explicit partition counts.
+auto.create.topics.enable=false
+num.partitions=8
+default.replication.factor=1
+min.insync.replicas=1
+
+# A single node cannot hold the default three replicas of the internal topics;
+# without the transaction-log settings a transactional producer hangs at start.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+# Verification adds a round trip per transactional partition for no gain on one node.
+transaction.partition.verification.enable=false
+
+# Tests and the demo start consumers constantly; do not wait for more members.
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+
+# Keep the data of a campaign (a year) instead of the default week.
+log.retention.hours=8760
+log.segment.bytes={segment}
+message.max.bytes={max_message}
+replica.fetch.max.bytes={max_message}
+"""
+
+
+def _log4j_properties(data_dir: Path) -> str:
+    return f"""# Written by mynapoint-engine on every start; edits are overwritten.
+log4j.rootLogger=WARN, file
+log4j.appender.file=org.apache.log4j.RollingFileAppender
+log4j.appender.file.File={data_dir / SERVER_LOG}
+log4j.appender.file.Append=true
+log4j.appender.file.MaxFileSize=20MB
+log4j.appender.file.MaxBackupIndex=3
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+
+log4j.logger.kafka=INFO
+log4j.logger.org.apache.kafka=WARN
+# start() waits for this logger's "{STARTED_LINE}" line.
+log4j.logger.kafka.server.KafkaRaftServer=INFO
+log4j.logger.kafka.server.KafkaServer=INFO
+# These log every request / partition state change at INFO.
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.controller=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+log4j.logger.kafka.authorizer.logger=WARN
+"""
+
+
+def _read_properties(path: Path) -> dict[str, str]:
+    props: dict[str, str] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                props[key.strip()] = value.strip()
+    return props
+
+
+def _ports_of(data_dir: Path) -> tuple[int, int] | None:
+    """(port, controller port) from a data dir's server.properties."""
+    props = _read_properties(data_dir / SERVER_PROPERTIES)
+    try:
+        port = int(props["advertised.listeners"].rsplit(":", 1)[1])
+        cport = int(props["controller.quorum.voters"].rsplit(":", 1)[1])
+    except (KeyError, IndexError, ValueError):
+        return None
+    return port, cport
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """argv of a live process, None if it is gone or a zombie."""
+    proc = Path("/proc") / str(pid)
+    if proc.is_dir():
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            raw = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            return None
+        if state in ("Z", "X"):
+            return None
+        return raw.decode(errors="replace").split("\0")[:-1]
+    if Path("/proc/self").is_dir():
+        return None
+    # No procfs (macOS): ps gives the command line as one string, good enough here.
+    out = subprocess.run(
+        ["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True
+    ).stdout.strip()
+    if not out or out.startswith("Z"):
+        return None
+    return out.split()[1:]
+
+
+def _is_our_broker(pid: int, data_dir: Path) -> bool:
+    argv = _cmdline(pid)
+    return bool(argv) and "kafka.Kafka" in argv and str(data_dir / SERVER_PROPERTIES) in argv
+
+
+def _broker_pid(data_dir: Path) -> int | None:
+    """The pid in the pid file, if that process really is this data dir's broker."""
+    try:
+        pid = int((data_dir / PID_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _is_our_broker(pid, data_dir) else None
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    return _cmdline(pid) is not None
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    _children.pop(pid, None)
+    return True
+
+
+def _port_free(port: int) -> bool:
+    # SO_REUSEADDR so that a port in TIME_WAIT (a broker just stopped) counts as free;
+    # a socket that is really listening still makes bind fail.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _choose_controller_port(port: int, previous: int | None) -> int:
+    for candidate in (previous, port + 1000):
+        if candidate and candidate != port and candidate < 65536 and _port_free(candidate):
+            return candidate
+    while True:
+        candidate = free_port()
+        if candidate != port:
+            return candidate
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            if fh.seek(0, os.SEEK_END) < offset:  # rolled over since we looked
+                offset = 0
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+# ---------------------------------------------------------------------- readiness
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed by broker")
+        buf += chunk
+    return bytes(buf)
+
+
+def _metadata_brokers(host: str, port: int, timeout: float) -> list[tuple[str, int]]:
+    """Send one Metadata request (v4, no topics) and return the brokers it lists.
+
+    Hand-rolled so that readiness can be checked from any thread or event loop
+    without starting a client; v4 is the oldest version Kafka 4.x still accepts.
+    """
+    correlation_id = 0x6D79
+    client_id = b"mynapoint-probe"
+    request = (
+        struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
+        + struct.pack(">ib", 0, 0)  # zero topics, no auto-creation
+    )
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+        data = _recv_exact(sock, size)
+    pos = 0
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return int(value)
+
+    def take_str() -> str | None:
+        nonlocal pos
+        n = take(">h")
+        if n < 0:
+            return None
+        pos += n
+        return data[pos - n:pos].decode()
+
+    if take(">i") != correlation_id:
+        raise ConnectionError("unexpected correlation id in metadata response")
+    take(">i")  # throttle time
+    brokers = []
+    for _ in range(take(">i")):
+        take(">i")  # node id
+        broker_host = take_str() or ""
+        broker_port = take(">i")
+        take_str()  # rack
+        brokers.append((broker_host, broker_port))
+    return brokers
+
+
+def is_ready(bootstrap: str, timeout: float = 5.0) -> bool:
+    """True once the broker at ``host:port`` answers a metadata request listing itself.
+
+    Retries until ``timeout`` seconds have passed (0 = a single attempt).
+    """
+    host, _, port_text = bootstrap.rpartition(":")
+    port = int(port_text)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = max(deadline - time.monotonic(), 0.0)
+        try:
+            if _metadata_brokers(host or HOST, port, min(max(remaining, 1.0), 5.0)):
+                return True
+        except (OSError, struct.error, UnicodeDecodeError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+
+
+# ------------------------------------------------------------------ start / stop
+
+
+def _java_tool(java: str, libs: Path, log4j: Path, *args: str) -> str:
+    cmd = [java, "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}",
+           "-cp", f"{libs}{os.sep}*", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KafkaError(
+            f"{args[0]} {args[1]} failed (exit {proc.returncode}):\n"
+            + _tail(proc.stdout + proc.stderr)
+        )
+    return proc.stdout.strip()
+
+
+def _wait_ready(broker: Broker, log_offset: int, wait: float) -> None:
+    data_dir = broker.data_dir
+    log = data_dir / SERVER_LOG
+    deadline = time.monotonic() + wait
+    while True:
+        if not _alive(broker.pid):
+            _children.pop(broker.pid, None)
+            raise KafkaError(
+                f"Kafka broker exited during start-up; last log lines "
+                f"({log}, {data_dir / CONSOLE_LOG}):\n"
+                + _tail(_read_from(log, log_offset) + _read_from(data_dir / CONSOLE_LOG, 0))
+            )
+        if STARTED_LINE in _read_from(log, log_offset) and is_ready(broker.bootstrap, 0):
+            return
+        if time.monotonic() > deadline:
+            _terminate(broker.pid, 10.0)
+            raise KafkaError(
+                f"Kafka broker on {broker.bootstrap} was not ready after {wait:.0f} s "
+                f"and was stopped; see {log}:\n" + _tail(_read_from(log, log_offset))
+            )
+        time.sleep(0.2)
+
+
+def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60.0) -> Broker:
+    """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``."""
+    data = Path(data_dir).resolve() if data_dir is not None else default_data_dir(port)
+    java = _require("java", "install a Java 17 runtime to run the Kafka broker")
+    data.mkdir(parents=True, exist_ok=True)
+    with _file_lock(data / ".lock"):
+        pid = _broker_pid(data)
+        if pid is not None:
+            ports = _ports_of(data)
+            if ports is None or ports[0] != port:
+                running_on = ports[0] if ports else "an unknown port"
+                raise KafkaError(
+                    f"the broker of {data} is already running (pid {pid}) on {running_on}, "
+                    f"not on {port}; stop it first"
+                )
+            broker = Broker(port, pid, data, ports[1])
+            if not is_ready(broker.bootstrap, wait):
+                raise KafkaError(f"broker pid {pid} on {broker.bootstrap} does not answer")
+            return broker
+
+        if not _port_free(port):
+            raise KafkaError(
+                f"port {port} on {HOST} is already in use by another process; "
+                f"stop it or choose another port (--port)"
+            )
+        libs = fetch_jars()
+        previous = _ports_of(data)
+        controller_port = _choose_controller_port(port, previous[1] if previous else None)
+
+        props = data / SERVER_PROPERTIES
+        log4j = data / LOG4J_PROPERTIES
+        (data / "logs").mkdir(exist_ok=True)
+        props.write_text(_server_properties(data, port, controller_port))
+        log4j.write_text(_log4j_properties(data))
+        (data / PID_FILE).unlink(missing_ok=True)
+
+        if not (data / "data" / "meta.properties").is_file():
+            cluster_id = _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "random-uuid")
+            _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "format",
+                       "-t", cluster_id, "-c", str(props), "-g")
+
+        t0 = time.monotonic()
+        log_offset = _file_size(data / SERVER_LOG)
+        cmd = [java, *JVM_OPTS, f"-Dlog4j.configuration=file:{log4j}",
+               "-cp", f"{libs}{os.sep}*", "kafka.Kafka", str(props)]
+        with open(data / CONSOLE_LOG, "wb") as console:
+            # A session of its own: Ctrl-C in the shell that ran `mynapoint kafka start`
+            # (or a test run) must not take the broker down with it.
+            proc = subprocess.Popen(cmd, cwd=data, stdin=subprocess.DEVNULL, stdout=console,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        _children[proc.pid] = proc
+        (data / PID_FILE).write_text(f"{proc.pid}\n")
+        broker = Broker(port, proc.pid, data, controller_port)
+        _wait_ready(broker, log_offset, wait)
+        broker.startup_seconds = time.monotonic() - t0
+        return broker
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 10.0)
+
+
+def stop(port: int = 9092, data_dir: str | Path | None = None, timeout: float = 30.0) -> bool:
+    """Stop the broker recorded in the data dir's pid file; False if none was running.
+
+    Only a process whose command line is this data dir's ``kafka.Kafka`` is signalled,
+    so a stale pid file (pid reused by something else) never kills an unrelated process.
+    """
+    data = Path(data_dir).resolve() if data_dir is not None else default_data_dir(port)
+    if not data.is_dir():
+        return False
+    with _file_lock(data / ".lock"):
+        pid = _broker_pid(data)
+        if pid is None:
+            (data / PID_FILE).unlink(missing_ok=True)
+            return False
+        _terminate(pid, timeout)
+        (data / PID_FILE).unlink(missing_ok=True)
+        return True
+
+
+def status(port: int = 9092, data_dir: str | Path | None = None) -> Broker | None:
+    """The running broker of ``data_dir``, or None."""
+    data = Path(data_dir).resolve() if data_dir is not None else default_data_dir(port)
+    pid = _broker_pid(data)
+    ports = _ports_of(data)
+    if pid is None or ports is None:
+        return None
+    return Broker(ports[0], pid, data, ports[1])
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def main(args: argparse.Namespace) -> int:
+    port: int = args.port
+    try:
+        if args.action == "fetch":
+            if not jars_present():
+                print(f"Downloading Kafka {KAFKA_VERSION} jars with Maven (once, ~30 s) ...")
+            print(f"Kafka {KAFKA_VERSION} jars: {fetch_jars()}")
+        elif args.action == "start":
+            if not jars_present():
+                print(f"Downloading Kafka {KAFKA_VERSION} jars with Maven (once, ~30 s) ...")
+            broker = start(port)
+            if broker.startup_seconds is None:
+                print(f"Kafka already running on {broker.bootstrap} (pid {broker.pid})")
+            else:
+                print(f"Kafka {KAFKA_VERSION} ready on {broker.bootstrap} (pid {broker.pid}, "
+                      f"{broker.startup_seconds:.1f} s); data in {broker.data_dir}")
+        elif args.action == "stop":
+            if stop(port):
+                print(f"Kafka on {HOST}:{port} stopped")
+            else:
+                print(f"no Kafka broker of ours running for port {port}")
+        else:
+            broker = status(port)
+            bootstrap = f"{HOST}:{port}"
+            if broker is not None and is_ready(broker.bootstrap, 2.0):
+                print(f"Kafka running on {broker.bootstrap} (pid {broker.pid}); "
+                      f"data in {broker.data_dir}")
+                return 0
+            if broker is not None:
+                print(f"Kafka process {broker.pid} is running but {broker.bootstrap} "
+                      f"does not answer yet")
+            elif is_ready(bootstrap, 0):
+                print(f"a Kafka broker answers on {bootstrap}, but it was not started "
+                      f"from {default_data_dir(port)}")
+            else:
+                print(f"Kafka is not running on {bootstrap}")
+            return 1
+    except KafkaError as exc:
+        print(f"mynapoint kafka {args.action}: {exc}", file=sys.stderr)
+        return 2
+    return 0

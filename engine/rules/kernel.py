@@ -1,0 +1,387 @@
+"""The stateful decision kernel: checks 4–11 of the rules page and the points.
+
+One compiled pass over a batch of records in arrival order, with every piece
+of per-person state in flat arrays: enrollment, the cumulative amount ``c``
+and the per-transaction floor sum ``r``, a registry of first-seen transaction
+keys (for duplicates and refunds), and the records that wait. Offline
+``settle`` calls it once for a whole file; the streaming worker calls it per
+partition batch with the state it loaded for the people in the batch. Only
+integer arithmetic touches money.
+
+Waiting records are kept on two kinds of singly linked lists (per person for
+"no enrollment yet", per original key for "original not seen yet") and, in
+streaming, on a min-heap by deadline so expiry costs O(log n) per record.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# record types
+ENROLLMENT = 0
+TRANSACTION = 1
+# registry entry status
+PENDING, ACCEPTED, REJECTED = 0, 1, 2
+# out_reason sentinel for a record still waiting when the batch ends
+PARKED = -1
+
+# Reason codes, duplicated from engine.rules.model.Reason as plain ints for numba.
+R_DUPLICATE = 5
+R_CONFLICTING_DUPLICATE = 6
+R_ALREADY_ENROLLED = 7
+R_ENROLLMENT_CLOSED = 8
+R_SELECTION_NOT_OPEN = 9
+R_INVALID_EARN_ON = 10
+R_LATE = 11
+R_OUTSIDE_WINDOW = 12
+R_NOT_ENROLLED = 13
+R_WRONG_OPERATOR = 14
+R_KIND_NOT_ELIGIBLE = 15
+R_BEFORE_APPLICATION = 16
+R_ORIGINAL_NOT_FOUND = 17
+R_ORIGINAL_NOT_ELIGIBLE = 18
+R_REFUND_EXCEEDS_ORIGINAL = 19
+KIND_REFUND = 2
+
+
+@numba.njit(cache=True, nogil=True)
+def person_total(c: int, r: int, rate: int, cap: int, rounding: int) -> int:
+    """The person's points total from the accepted amounts (rules page, Points).
+
+    >>> person_total(20_003, 0, 25, 5000, 0), person_total(9, 6, 25, 5000, 1)
+    (5000, 6)
+    """
+    t = (c * rate) // 100 if rounding == 0 else r
+    return t if t < cap else cap
+
+
+@numba.njit(cache=True, nogil=True)
+def _find(head, e_next, e_person, e_op, txn, person, op):  # type: ignore[no-untyped-def]
+    if txn < 0:
+        return -1
+    e = head[txn]
+    while e >= 0:
+        if e_person[e] == person and e_op[e] == op:
+            return e
+        e = e_next[e]
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_push(hk, hv, size, key, val):  # type: ignore[no-untyped-def]
+    i = size[0]
+    size[0] += 1
+    hk[i] = key
+    hv[i] = val
+    while i > 0:
+        p = (i - 1) // 2
+        if hk[p] < hk[i] or (hk[p] == hk[i] and hv[p] < hv[i]):
+            break
+        hk[p], hk[i] = hk[i], hk[p]
+        hv[p], hv[i] = hv[i], hv[p]
+        i = p
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_pop(hk, hv, size):  # type: ignore[no-untyped-def]
+    v = hv[0]
+    size[0] -= 1
+    n = size[0]
+    hk[0] = hk[n]
+    hv[0] = hv[n]
+    i = 0
+    while True:
+        l, r, m = 2 * i + 1, 2 * i + 2, i
+        if l < n and (hk[l] < hk[m] or (hk[l] == hk[m] and hv[l] < hv[m])):
+            m = l
+        if r < n and (hk[r] < hk[m] or (hk[r] == hk[m] and hv[r] < hv[m])):
+            m = r
+        if m == i:
+            break
+        hk[m], hk[i] = hk[i], hk[m]
+        hv[m], hv[i] = hv[i], hv[m]
+        i = m
+    return v
+
+
+@numba.njit(cache=True, nogil=True)
+def decide(
+    # per person (in/out)
+    p_op, p_kind, p_day, p_c, p_r,
+    # per record, in arrival order
+    typ, reason, person, op, kind, amount, at, day, txn, orig, ts, deadline,
+    flag_a, flag_b, flag_c, preparked,
+    # registry of first-seen transaction keys (in/out), capacity >= n_entries + len(typ)
+    e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded, e_rec,
+    n_entries, n_codes,
+    # campaign terms and mode
+    rate, cap, rounding, park_for_enrollment, final, stream_time,
+    # outputs
+    out_reason, out_points, out_cum, out_seq,
+):  # type: ignore[no-untyped-def]
+    """Decide a batch. Returns ``(n_entries, stream_time, n_decided)``.
+
+    ``out_reason``: 0 accepted, a reason code, or PARKED; ``out_seq`` is the
+    0-based decision order within the call (-1 while parked).
+    """
+    n = len(typ)
+    cap_e = len(e_person)
+    head = np.full(n_codes, -1, dtype=np.int64)
+    e_next = np.full(cap_e, -1, dtype=np.int64)
+    for e in range(n_entries):
+        t = e_txn[e]
+        e_next[e] = head[t]
+        head[t] = e
+    rec_entry = np.full(n, -1, dtype=np.int64)
+    for e in range(n_entries):
+        if e_rec[e] >= 0:
+            rec_entry[e_rec[e]] = e
+    # waiting lists: by original key (txn code) and by person; FIFO via head/tail/next
+    k_head = np.full(n_codes, -1, dtype=np.int64)
+    k_tail = np.full(n_codes, -1, dtype=np.int64)
+    np_ = len(p_op)
+    w_head = np.full(np_, -1, dtype=np.int64)
+    w_tail = np.full(np_, -1, dtype=np.int64)
+    nxt = np.full(n, -1, dtype=np.int64)
+    hk = np.zeros(n, dtype=np.int64)
+    hv = np.zeros(n, dtype=np.int64)
+    hsize = np.zeros(1, dtype=np.int64)
+    seq = 0
+    for i in range(n):
+        out_reason[i] = PARKED
+        out_points[i] = 0
+        out_cum[i] = 0
+        out_seq[i] = -1
+
+    # A small explicit work list replaces recursion: decisions that release
+    # other records append them right after themselves.
+    work = np.zeros(n, dtype=np.int64)
+
+    for i in range(n + 1):
+        # ---- expiry: stream time passes a waiting record's deadline (streaming only)
+        if i < n and not final and typ[i] == TRANSACTION and ts[i] > stream_time:
+            stream_time = ts[i]
+        if i < n and not final:
+            while hsize[0] > 0 and hk[0] < stream_time:
+                j = _heap_pop(hk, hv, hsize)
+                if out_reason[j] != PARKED:
+                    continue
+                if kind[j] == KIND_REFUND:
+                    eo = _find(head, e_next, e_person, e_op, orig[j], person[j], op[j])
+                    if eo >= 0 and e_status[eo] == PENDING and e_kind[eo] != KIND_REFUND:
+                        continue  # waits with its original, which still waits
+                    out_reason[j] = R_ORIGINAL_NOT_FOUND
+                    out_seq[j] = seq
+                    seq += 1
+                    e_status[rec_entry[j]] = REJECTED
+                else:
+                    out_reason[j] = R_NOT_ENROLLED
+                    out_seq[j] = seq
+                    seq += 1
+                    e_status[rec_entry[j]] = REJECTED
+                    # its waiting refunds now see a rejected original
+                    r = k_head[txn[j]]
+                    while r >= 0:
+                        if (out_reason[r] == PARKED and person[r] == person[j]
+                                and op[r] == op[j]):
+                            out_reason[r] = R_ORIGINAL_NOT_ELIGIBLE
+                            out_seq[r] = seq
+                            seq += 1
+                            e_status[rec_entry[r]] = REJECTED
+                        r = nxt[r]
+        if i == n:
+            break
+
+        # ---- one arriving record, then whatever it releases, in order
+        nwork = 1
+        work[0] = i
+        w = 0
+        while w < nwork:
+            j = work[w]
+            w += 1
+            p = person[j]
+            if typ[j] == ENROLLMENT:
+                if reason[j] != 0:
+                    out_reason[j] = reason[j]
+                elif p_op[p] >= 0:
+                    same = p_op[p] == op[j] and kind[j] >= 0 and p_kind[p] == kind[j]
+                    out_reason[j] = R_DUPLICATE if same else R_ALREADY_ENROLLED
+                elif flag_a[j]:
+                    out_reason[j] = R_ENROLLMENT_CLOSED
+                elif flag_b[j]:
+                    out_reason[j] = R_SELECTION_NOT_OPEN
+                elif flag_c[j]:
+                    out_reason[j] = R_INVALID_EARN_ON
+                else:
+                    out_reason[j] = 0
+                    p_op[p] = op[j]
+                    p_kind[p] = kind[j]
+                    p_day[p] = day[j]
+                    # records waiting for this enrollment go next, in arrival order
+                    r = w_head[p]
+                    w_head[p] = -1
+                    w_tail[p] = -1
+                    k = 0
+                    while r >= 0:
+                        rn = nxt[r]
+                        nxt[r] = -1
+                        if out_reason[r] == PARKED:
+                            # insert right after j, keeping arrival order
+                            for q in range(nwork - 1, w - 1, -1):
+                                work[q + 1] = work[q]
+                            work[w + k] = r
+                            nwork += 1
+                            k += 1
+                        r = rn
+                out_seq[j] = seq
+                seq += 1
+                continue
+
+            # ---- transactions
+            if reason[j] != 0:
+                out_reason[j] = reason[j]
+                out_seq[j] = seq
+                seq += 1
+                continue
+            if preparked[j] == 1:
+                # waited in an earlier batch: back on its list, no checks repeated
+                preparked[j] = 0
+                if kind[j] == KIND_REFUND:
+                    t = orig[j]
+                    if k_tail[t] >= 0:
+                        nxt[k_tail[t]] = j
+                    else:
+                        k_head[t] = j
+                    k_tail[t] = j
+                else:
+                    if w_tail[p] >= 0:
+                        nxt[w_tail[p]] = j
+                    else:
+                        w_head[p] = j
+                    w_tail[p] = j
+                if not final:
+                    _heap_push(hk, hv, hsize, deadline[j], j)
+                continue
+            if rec_entry[j] < 0:
+                # check 5: first seen (person, operator, txn_id) stands
+                e = _find(head, e_next, e_person, e_op, txn[j], p, op[j])
+                if e >= 0:
+                    same = (e_kind[e] == kind[j] and e_amount[e] == amount[j]
+                            and e_at[e] == at[j] and e_orig[e] == orig[j])
+                    out_reason[j] = R_DUPLICATE if same else R_CONFLICTING_DUPLICATE
+                    out_seq[j] = seq
+                    seq += 1
+                    continue
+                e = n_entries
+                n_entries += 1
+                e_person[e] = p
+                e_op[e] = op[j]
+                e_txn[e] = txn[j]
+                e_kind[e] = kind[j]
+                e_amount[e] = amount[j]
+                e_at[e] = at[j]
+                e_orig[e] = orig[j]
+                e_status[e] = PENDING
+                e_refunded[e] = 0
+                e_rec[e] = j
+                e_next[e] = head[txn[j]]
+                head[txn[j]] = e
+                rec_entry[j] = e
+            e = rec_entry[j]
+            if flag_a[j]:
+                out_reason[j] = R_LATE
+            elif kind[j] != KIND_REFUND:
+                if flag_b[j]:
+                    out_reason[j] = R_OUTSIDE_WINDOW
+                elif p_op[p] < 0:
+                    if park_for_enrollment:
+                        if w_tail[p] >= 0:
+                            nxt[w_tail[p]] = j
+                        else:
+                            w_head[p] = j
+                        w_tail[p] = j
+                        _heap_push(hk, hv, hsize, deadline[j], j)
+                        continue
+                    out_reason[j] = R_NOT_ENROLLED
+                elif p_op[p] != op[j]:
+                    out_reason[j] = R_WRONG_OPERATOR
+                elif p_kind[p] != kind[j]:
+                    out_reason[j] = R_KIND_NOT_ELIGIBLE
+                elif day[j] < p_day[p]:
+                    out_reason[j] = R_BEFORE_APPLICATION
+                else:
+                    before = person_total(p_c[p], p_r[p], rate, cap, rounding)
+                    p_c[p] += amount[j]
+                    p_r[p] += (amount[j] * rate) // 100
+                    after = person_total(p_c[p], p_r[p], rate, cap, rounding)
+                    out_reason[j] = 0
+                    out_points[j] = after - before
+                    out_cum[j] = after
+            else:
+                eo = _find(head, e_next, e_person, e_op, orig[j], p, op[j])
+                if eo < 0 or (e_kind[eo] != KIND_REFUND and e_status[eo] == PENDING):
+                    # wait for the original (or with it)
+                    t = orig[j]
+                    if k_tail[t] >= 0:
+                        nxt[k_tail[t]] = j
+                    else:
+                        k_head[t] = j
+                    k_tail[t] = j
+                    if not final:
+                        _heap_push(hk, hv, hsize, deadline[j], j)
+                    continue
+                if e_kind[eo] == KIND_REFUND:
+                    out_reason[j] = R_ORIGINAL_NOT_FOUND
+                elif e_status[eo] == REJECTED:
+                    out_reason[j] = R_ORIGINAL_NOT_ELIGIBLE
+                elif amount[j] + e_refunded[eo] > e_amount[eo]:
+                    out_reason[j] = R_REFUND_EXCEEDS_ORIGINAL
+                else:
+                    e_refunded[eo] += amount[j]
+                    before = person_total(p_c[p], p_r[p], rate, cap, rounding)
+                    p_c[p] -= amount[j]
+                    p_r[p] -= (amount[j] * rate) // 100
+                    after = person_total(p_c[p], p_r[p], rate, cap, rounding)
+                    out_reason[j] = 0
+                    out_points[j] = after - before
+                    out_cum[j] = after
+            e_status[e] = ACCEPTED if out_reason[j] == 0 else REJECTED
+            out_seq[j] = seq
+            seq += 1
+            # refunds waiting on this key are decided right after it
+            t = txn[j]
+            r = k_head[t]
+            prev = -1
+            k = 0
+            while r >= 0:
+                rn = nxt[r]
+                if out_reason[r] == PARKED and person[r] == p and op[r] == op[j]:
+                    # unlink r from the key list, then decide it next
+                    if prev >= 0:
+                        nxt[prev] = rn
+                    else:
+                        k_head[t] = rn
+                    if k_tail[t] == r:
+                        k_tail[t] = prev
+                    nxt[r] = -1
+                    for q in range(nwork - 1, w - 1, -1):
+                        work[q + 1] = work[q]
+                    work[w + k] = r
+                    nwork += 1
+                    k += 1
+                else:
+                    prev = r
+                r = rn
+
+    if final:
+        # end of input: whatever still waits is decided without what it waited for
+        for j in range(n):
+            if out_reason[j] != PARKED:
+                continue
+            out_reason[j] = R_ORIGINAL_NOT_FOUND if kind[j] == KIND_REFUND else R_NOT_ENROLLED
+            out_seq[j] = seq
+            seq += 1
+            if rec_entry[j] >= 0:
+                e_status[rec_entry[j]] = REJECTED
+    return n_entries, stream_time, seq

@@ -1,0 +1,177 @@
+"""Offline settlement of whole inputs: validation, then one kernel pass.
+
+:func:`decide_offline` is what ``mynapoint settle`` runs; :func:`settle_records`
+is the same on decoded JSON values, convenient for tests and doctests::
+
+    >>> from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+    >>> enr = [{"mykey_id": "AB12cd34", "operator_id": "paypay",
+    ...         "applied_at": "2020-09-01T10:00:00+09:00"}]
+    >>> txn = [{"txn_id": "t1", "operator_id": "paypay", "mykey_id": "AB12cd34",
+    ...         "kind": "purchase", "amount": 30000, "occurred_at": "2020-09-02T12:00:00+09:00"},
+    ...        {"txn_id": "t2", "operator_id": "paypay", "mykey_id": "AB12cd34",
+    ...         "kind": "refund", "amount": 12000, "original_txn_id": "t1",
+    ...         "occurred_at": "2020-09-03T12:00:00+09:00"}]
+    >>> [(o.reason, o.points, o.cumulative_points)
+    ...  for o in settle_records(enr, txn, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)]
+    [(None, 0, 0), (None, 5000, 5000), (None, -500, 4500)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.rules import kernel
+from engine.rules.model import NO_TIME, Campaign, Reason, Registry
+from engine.rules.validate import (
+    Validated,
+    shape_objects,
+    validate_enrollments,
+    validate_transactions,
+)
+
+
+@dataclass
+class Decisions:
+    """Per-record results, each array in its input's record order."""
+
+    enr_reason: np.ndarray   # int8, 0 = accepted
+    txn_reason: np.ndarray   # int8, 0 = accepted
+    txn_points: np.ndarray   # int64
+    txn_cum: np.ndarray      # int64
+    enr_seq: np.ndarray      # int64, decision order across both inputs
+    txn_seq: np.ndarray
+
+
+def dictionary_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
+    """Dense int64 codes of strings shared across arrays (null -> -1)."""
+    if not arrays:
+        return [], 0
+    joined = pa.chunked_array([a.cast(pa.string()) for a in arrays], type=pa.string())
+    enc = pc.dictionary_encode(joined)
+    codes: list[np.ndarray] = []
+    size = 0
+    for chunk in enc.chunks:
+        codes.append(chunk.indices.fill_null(-1).to_numpy().astype(np.int64))
+        size = max(size, len(chunk.dictionary))
+    return codes, size
+
+
+def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisions:
+    """All enrollments first (they are all known), then transactions in order;
+    whatever still waits at the end is decided without what it waited for."""
+    ne, nt = enr.n, txn.n
+    n = ne + nt
+    (pe, pt), n_people = dictionary_codes(enr.mykey_id, txn.mykey_id)
+    (tt, to), n_codes = dictionary_codes(txn.txn_id, txn.original_txn_id)
+    cat = np.concatenate
+    typ = cat([np.full(ne, kernel.ENROLLMENT, np.int8), np.full(nt, kernel.TRANSACTION, np.int8)])
+    n_people = max(n_people, 1)
+    p_op = np.full(n_people, -1, np.int32)
+    p_kind = np.full(n_people, -1, np.int8)
+    p_day = np.zeros(n_people, np.int32)
+    p_c = np.zeros(n_people, np.int64)
+    p_r = np.zeros(n_people, np.int64)
+    cap_e = nt
+    e = [np.zeros(cap_e, np.int32), np.zeros(cap_e, np.int32), np.zeros(cap_e, np.int64),
+         np.zeros(cap_e, np.int8), np.zeros(cap_e, np.int64), np.zeros(cap_e, np.int64),
+         np.zeros(cap_e, np.int64), np.zeros(cap_e, np.int8), np.zeros(cap_e, np.int64),
+         np.zeros(cap_e, np.int64)]
+    out_reason = np.zeros(n, np.int8)
+    out_points = np.zeros(n, np.int64)
+    out_cum = np.zeros(n, np.int64)
+    out_seq = np.zeros(n, np.int64)
+    zeros_b = np.zeros(n, np.bool_)
+    kernel.decide(
+        p_op, p_kind, p_day, p_c, p_r,
+        typ, cat([enr.reason, txn.reason]), cat([pe, pt]).astype(np.int32),
+        cat([enr.op, txn.op]), cat([enr.kind, txn.kind]),
+        cat([enr.amount, txn.amount]), cat([enr.at, txn.at]), cat([enr.day, txn.day]),
+        cat([np.full(ne, -1, np.int64), tt]), cat([np.full(ne, -1, np.int64), to]),
+        np.full(n, NO_TIME, np.int64), np.zeros(n, np.int64),
+        cat([enr.flag_a, txn.flag_a]), cat([enr.flag_b, txn.flag_b]),
+        cat([enr.flag_c, txn.flag_c]), np.zeros(n, np.int8),
+        *e, 0, max(n_codes, 1),
+        campaign.rate_percent, campaign.cap_points, int(campaign.rounding), False, True,
+        NO_TIME,
+        out_reason, out_points, out_cum, out_seq,
+    )
+    del zeros_b
+    return Decisions(out_reason[:ne], out_reason[ne:], out_points[ne:], out_cum[ne:],
+                     out_seq[:ne], out_seq[ne:])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    record_type: str
+    index: int
+    reason: str | None
+    detail: str | None
+    points: int
+    cumulative_points: int
+    capped: bool
+    seq: int
+
+
+def reason_detail(v: Validated, reason: np.ndarray) -> list[str | None]:
+    """Human-readable detail for each record: the stateless check's own text, or
+    a fixed sentence per stateful reason naming the field it concerns."""
+    out: list[str | None] = []
+    for i in range(v.n):
+        r = int(reason[i])
+        if r == 0:
+            out.append(None)
+        elif v.detail[i] is not None:
+            out.append(v.detail[i])
+        else:
+            out.append(STATEFUL_DETAIL[Reason(r)])
+    return out
+
+
+STATEFUL_DETAIL: dict[Reason, str] = {
+    Reason.DUPLICATE: "(operator_id, txn_id) already seen for this mykey_id with equal fields; "
+                      "the first one stands",
+    Reason.CONFLICTING_DUPLICATE: "(operator_id, txn_id) already seen for this mykey_id with "
+                                  "different fields; the first one stands",
+    Reason.ALREADY_ENROLLED: "mykey_id already enrolled with another operator or earning kind; "
+                             "the choice cannot be changed",
+    Reason.ENROLLMENT_CLOSED: "applied_at is at or after the campaign's enroll_end",
+    Reason.SELECTION_NOT_OPEN: "JST date of applied_at is before the operator's selection_opens",
+    Reason.INVALID_EARN_ON: "earn_on is not one of the operator's earns_on, or is missing while "
+                            "the operator earns on both",
+    Reason.LATE: "received_at is at or after the campaign's accept_end",
+    Reason.OUTSIDE_WINDOW: "occurred_at is outside the campaign window or after the "
+                           "operator's last_day (JST)",
+    Reason.NOT_ENROLLED: "mykey_id has no accepted enrollment",
+    Reason.WRONG_OPERATOR: "mykey_id is enrolled with another operator (operator_id)",
+    Reason.KIND_NOT_ELIGIBLE: "kind is not the person's earning kind",
+    Reason.BEFORE_APPLICATION: "JST date of occurred_at is before the JST date of applied_at",
+    Reason.ORIGINAL_NOT_FOUND: "no charge or purchase with this original_txn_id for this "
+                               "mykey_id and operator_id",
+    Reason.ORIGINAL_NOT_ELIGIBLE: "the original transaction (original_txn_id) was rejected",
+    Reason.REFUND_EXCEEDS_ORIGINAL: "amount plus earlier refunds exceeds the original's amount",
+}
+
+
+def settle_records(enrollments: Sequence[object], transactions: Sequence[object],
+                   campaign: Campaign, registry: Registry) -> list[Outcome]:
+    """Settle decoded JSON values; enrollment outcomes first, then transactions."""
+    enr = validate_enrollments(shape_objects(enrollments, "enrollment"), campaign, registry)
+    txn = validate_transactions(shape_objects(transactions, "transaction"), campaign, registry)
+    d = decide_offline(enr, txn, campaign)
+    out: list[Outcome] = []
+    for i, det in enumerate(reason_detail(enr, d.enr_reason)):
+        r = int(d.enr_reason[i])
+        out.append(Outcome("enrollment", i, Reason(r).name if r else None, det, 0, 0, False,
+                           int(d.enr_seq[i])))
+    for i, det in enumerate(reason_detail(txn, d.txn_reason)):
+        r = int(d.txn_reason[i])
+        cum = int(d.txn_cum[i]) if r == 0 else 0
+        out.append(Outcome("transaction", i, Reason(r).name if r else None, det,
+                           int(d.txn_points[i]) if r == 0 else 0, cum,
+                           r == 0 and cum == campaign.cap_points, int(d.txn_seq[i])))
+    return out

@@ -1,0 +1,454 @@
+"""Stateless checks of a batch of records: Individual Number, MALFORMED,
+INVALID_AMOUNT and UNKNOWN_OPERATOR, plus the per-record facts the stateful
+checks need (JST days, window and lateness flags).
+
+Records arrive in two shapes. Decoded JSON values (JSON Lines, one-record
+Kafka messages) go through :func:`shape_objects`, a thin Python pass that only
+sorts values by type; Arrow tables (Parquet, Arrow IPC messages) go through
+:func:`shape_table`, which is fully columnar. Both produce a :class:`Shaped`
+batch, and everything after that — formats, timestamps, amounts, operators —
+is one vectorised implementation, so a record is judged the same way whichever
+shape it came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.rules import strings
+from engine.rules.model import (
+    KIND_NAMES,
+    NO_KIND,
+    NO_TIME,
+    Campaign,
+    Kind,
+    Reason,
+    Registry,
+)
+
+TXN_STRING_FIELDS = ("txn_id", "operator_id", "mykey_id", "kind", "original_txn_id")
+TXN_TIME_FIELDS = ("occurred_at", "received_at")
+ENR_STRING_FIELDS = ("mykey_id", "operator_id", "earn_on")
+ENR_TIME_FIELDS = ("applied_at", "received_at")
+AMOUNT = "amount"
+
+# amount classes decided while shaping; only AMOUNT_INT goes on to the range check
+AMOUNT_INT, AMOUNT_NOT_INTEGER, AMOUNT_WRONG_TYPE, AMOUNT_MISSING = 0, 1, 2, 3
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass
+class Shaped:
+    """Columns of a batch before any value check.
+
+    ``strings``/``times`` hold every known field as an Arrow string array (null
+    where absent); ``bad_type`` marks fields present with a non-string JSON type;
+    ``times_us`` holds timestamp fields that arrived already typed.
+    """
+
+    n: int
+    record_type: str
+    reason: np.ndarray                      # int8, PERSONAL_NUMBER_FORBIDDEN / MALFORMED so far
+    detail: np.ndarray                      # object
+    columns: dict[str, pa.Array]
+    bad_type: dict[str, np.ndarray] = field(default_factory=dict)
+    times_us: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    amount: np.ndarray | None = None        # int64
+    amount_class: np.ndarray | None = None  # int8
+    ts_override: np.ndarray | None = None   # Kafka record timestamps (streaming only)
+
+
+def _scan_pii(value: Any) -> bool:
+    if isinstance(value, str):
+        return strings.is_individual_number(value)
+    if isinstance(value, dict):
+        return any(_scan_pii(k) or _scan_pii(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_scan_pii(v) for v in value)
+    return False
+
+
+def pii_field(obj: dict[str, Any]) -> str | None:
+    """Name of the first top-level field holding an Individual Number anywhere
+    in its name or value (nested values included), else None."""
+    for k, v in obj.items():
+        if strings.is_individual_number(k):
+            return "(a field name)"
+        if _scan_pii(v):
+            return k
+    return None
+
+
+def shape_objects(objs: Sequence[Any], record_type: str) -> Shaped:
+    """Sort decoded JSON values into columns by type; no value is judged here
+    except the Individual Number test, which must precede everything."""
+    n = len(objs)
+    sfields = TXN_STRING_FIELDS if record_type == "transaction" else ENR_STRING_FIELDS
+    tfields = TXN_TIME_FIELDS if record_type == "transaction" else ENR_TIME_FIELDS
+    names = sfields + tfields
+    reason = np.zeros(n, dtype=np.int8)
+    detail = np.full(n, None, dtype=object)
+    cols: dict[str, list[str | None]] = {f: [None] * n for f in names}
+    bad = {f: np.zeros(n, dtype=np.bool_) for f in names}
+    amount = np.zeros(n, dtype=np.int64)
+    aclass = np.full(n, AMOUNT_MISSING, dtype=np.int8)
+    is_txn = record_type == "transaction"
+    for i, obj in enumerate(objs):
+        if not isinstance(obj, dict):
+            reason[i] = Reason.MALFORMED
+            detail[i] = "record is not a JSON object"
+            continue
+        where = pii_field(obj)
+        if where is not None:
+            reason[i] = Reason.PERSONAL_NUMBER_FORBIDDEN
+            detail[i] = f"field {where!r} holds an Individual Number (redacted)"
+            continue
+        for f in names:
+            v = obj.get(f)
+            if v is None:
+                continue
+            if type(v) is str:
+                cols[f][i] = v
+            else:
+                bad[f][i] = True
+        if is_txn:
+            a = obj.get(AMOUNT)
+            if a is None:
+                continue
+            ta = type(a)
+            if ta is int:
+                if -_INT64_MAX <= a <= _INT64_MAX:
+                    amount[i] = a
+                    aclass[i] = AMOUNT_INT
+                else:
+                    aclass[i] = AMOUNT_NOT_INTEGER  # a number, just not a usable one
+            elif ta is float:
+                aclass[i] = AMOUNT_NOT_INTEGER
+            else:
+                aclass[i] = AMOUNT_WRONG_TYPE
+    columns = {f: pa.array(cols[f], type=pa.string()) for f in names}
+    return Shaped(n, record_type, reason, detail, columns, bad,
+                  amount=amount if is_txn else None, amount_class=aclass if is_txn else None)
+
+
+def _as_string_column(col: pa.ChunkedArray | pa.Array) -> pa.Array | None:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr = arr.cast(t.value_type)
+        t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return arr.cast(pa.string()) if pa.types.is_large_string(t) else arr
+    return None
+
+
+def _pii_in_arrow(arr: pa.Array) -> np.ndarray:
+    """Individual Numbers anywhere in a column, nested lists and structs included."""
+    t = arr.type
+    n = len(arr)
+    if pa.types.is_dictionary(t):
+        arr = arr.cast(t.value_type)
+        t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return strings.individual_number_mask(arr)
+    if pa.types.is_struct(t):
+        out = np.zeros(n, dtype=np.bool_)
+        for k in range(t.num_fields):
+            out |= _pii_in_arrow(pc.struct_field(arr, [k]))
+        return out
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        flat = arr.flatten()
+        hits = _pii_in_arrow(flat)
+        if not hits.any():
+            return np.zeros(n, dtype=np.bool_)
+        parents = pc.list_parent_indices(arr).to_numpy()
+        out = np.zeros(n, dtype=np.bool_)
+        out[parents[hits]] = True
+        return out
+    return np.zeros(n, dtype=np.bool_)
+
+
+def shape_table(table: pa.Table, record_type: str) -> Shaped:
+    """Columnar shaping of an Arrow table (Parquet file, Arrow IPC message)."""
+    n = table.num_rows
+    is_txn = record_type == "transaction"
+    sfields = TXN_STRING_FIELDS if is_txn else ENR_STRING_FIELDS
+    tfields = TXN_TIME_FIELDS if is_txn else ENR_TIME_FIELDS
+    reason = np.zeros(n, dtype=np.int8)
+    detail = np.full(n, None, dtype=object)
+    for name in table.column_names:
+        col = table.column(name)
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if strings.is_individual_number(name):
+            hit = np.ones(n, dtype=np.bool_)
+            where = "(a field name)"
+        else:
+            hit = _pii_in_arrow(arr)
+            where = name
+        new = hit & (reason == 0)
+        if new.any():
+            reason[new] = Reason.PERSONAL_NUMBER_FORBIDDEN
+            detail[new] = f"field {where!r} holds an Individual Number (redacted)"
+    columns: dict[str, pa.Array] = {}
+    bad: dict[str, np.ndarray] = {}
+    times_us: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    null_col = pa.nulls(n, type=pa.string())
+    for f in sfields + tfields:
+        if f not in table.column_names:
+            columns[f] = null_col
+            continue
+        col = table.column(f)
+        if f in tfields and pa.types.is_timestamp(col.type):
+            arr = col.combine_chunks()
+            valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+            columns[f] = pa.array(np.where(valid, "", None), type=pa.string())
+            if col.type.tz is None:
+                # a naive timestamp column has no offset: every value is malformed
+                bad[f] = valid
+                continue
+            us = arr.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+            times_us[f] = (us.fill_null(0).to_numpy(), valid)
+            continue
+        s = _as_string_column(col)
+        if s is None:
+            if col.null_count == n:
+                columns[f] = null_col
+            else:
+                columns[f] = null_col
+                bad[f] = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+            continue
+        columns[f] = s
+    amount = aclass = None
+    if is_txn:
+        aclass = np.full(n, AMOUNT_MISSING, dtype=np.int8)
+        amount = np.zeros(n, dtype=np.int64)
+        if AMOUNT in table.column_names:
+            col = table.column(AMOUNT).combine_chunks()
+            valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+            t = col.type
+            if pa.types.is_integer(t):
+                if pa.types.is_uint64(t):
+                    raw = col.fill_null(0).to_numpy()
+                    big = raw > np.uint64(_INT64_MAX)
+                    amount = np.where(big, 0, raw).astype(np.int64)
+                    aclass = np.where(valid, np.where(big, AMOUNT_NOT_INTEGER, AMOUNT_INT),
+                                      AMOUNT_MISSING).astype(np.int8)
+                else:
+                    amount = col.fill_null(0).cast(pa.int64()).to_numpy()
+                    aclass = np.where(valid, AMOUNT_INT, AMOUNT_MISSING).astype(np.int8)
+            elif pa.types.is_floating(t) or pa.types.is_decimal(t):
+                aclass = np.where(valid, AMOUNT_NOT_INTEGER, AMOUNT_MISSING).astype(np.int8)
+            else:
+                aclass = np.where(valid, AMOUNT_WRONG_TYPE, AMOUNT_MISSING).astype(np.int8)
+    return Shaped(n, record_type, reason, detail, columns, bad, times_us, amount, aclass)
+
+
+@dataclass
+class Validated:
+    """A batch after the stateless checks, in the array form the kernel takes.
+
+    ``reason`` is the first failed stateless check (0 = passed them); the
+    ``out_*`` string columns are what a rejection may show: null where the
+    value is absent, malformed or redacted.
+    """
+
+    n: int
+    record_type: str
+    reason: np.ndarray          # int8
+    detail: np.ndarray          # object (str | None)
+    mykey_id: pa.Array          # valid ids only (used for state and outputs)
+    operator_id: pa.Array
+    txn_id: pa.Array
+    original_txn_id: pa.Array
+    op: np.ndarray              # int32 operator code, -1 unknown
+    kind: np.ndarray            # int8 (transactions: kind; enrollments: effective earn kind)
+    amount: np.ndarray          # int64
+    at: np.ndarray              # int64 µs: occurred_at / applied_at
+    day: np.ndarray             # int32 JST day of ``at``
+    received: np.ndarray        # int64 µs, NO_TIME when absent
+    flag_a: np.ndarray          # bool: txn LATE          | enrollment ENROLLMENT_CLOSED
+    flag_b: np.ndarray          # bool: txn OUTSIDE_WINDOW| enrollment SELECTION_NOT_OPEN
+    flag_c: np.ndarray          # bool: -                 | enrollment INVALID_EARN_ON
+    earn_given: np.ndarray      # bool (enrollments)
+
+
+class _Checker:
+    """Assigns the first failing check, in the order checks are called."""
+
+    def __init__(self, s: Shaped) -> None:
+        self.reason = s.reason.copy()
+        self.detail = s.detail.copy()
+
+    def fail(self, mask: np.ndarray, reason: Reason, detail: str) -> None:
+        new = mask & (self.reason == 0)
+        if new.any():
+            self.reason[new] = reason
+            self.detail[new] = detail
+
+
+def _time_field(s: Shaped, chk: _Checker, f: str, required: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(µs, present) for a timestamp field, failing MALFORMED where it is bad."""
+    if f in s.times_us:
+        us, present = s.times_us[f]
+    else:
+        arr = s.columns[f]
+        present = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+        us, ok = strings.parse_timestamps(arr)
+        badtype = s.bad_type.get(f)
+        if badtype is not None:
+            chk.fail(badtype, Reason.MALFORMED, f"field {f!r} must be an RFC 3339 string")
+            present = present | badtype
+        if required:
+            chk.fail(~present, Reason.MALFORMED, f"missing required field {f!r}")
+        chk.fail(present & ~ok, Reason.MALFORMED,
+                 f"field {f!r} is not an RFC 3339 timestamp with an offset (Z or +09:00)")
+        return us, present
+    badtype = s.bad_type.get(f)
+    if badtype is not None:
+        chk.fail(badtype, Reason.MALFORMED, f"field {f!r} has no offset (naive timestamp)")
+    if required:
+        chk.fail(~present, Reason.MALFORMED, f"missing required field {f!r}")
+    return us, present
+
+
+def _string_field(s: Shaped, chk: _Checker, f: str, required: bool) -> np.ndarray:
+    arr = s.columns[f]
+    present = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+    badtype = s.bad_type.get(f)
+    if badtype is not None:
+        chk.fail(badtype, Reason.MALFORMED, f"field {f!r} must be a string")
+        present = present | badtype
+    if required:
+        chk.fail(~present, Reason.MALFORMED, f"missing required field {f!r}")
+    return present
+
+
+def _keep(arr: pa.Array, ok: np.ndarray) -> pa.Array:
+    return pc.if_else(pa.array(ok, type=pa.bool_()), arr, pa.scalar(None, pa.string()))
+
+
+def _operator_codes(arr: pa.Array, registry: Registry) -> np.ndarray:
+    ids = pa.array([op.id for op in registry.operators], type=pa.string())
+    return pc.index_in(arr, value_set=ids).fill_null(-1).to_numpy().astype(np.int32)
+
+
+def validate_transactions(s: Shaped, campaign: Campaign, registry: Registry) -> Validated:
+    chk = _Checker(s)
+    n = s.n
+    # MALFORMED, field by field in the order of the Records section
+    txn_present = _string_field(s, chk, "txn_id", True)
+    txn_ok = strings.txn_id_ok(s.columns["txn_id"])
+    chk.fail(txn_present & ~txn_ok, Reason.MALFORMED,
+             "field 'txn_id' must be 1 to 64 characters [0-9A-Za-z._:-]")
+    _string_field(s, chk, "operator_id", True)
+    key_present = _string_field(s, chk, "mykey_id", True)
+    key_ok = strings.mykey_ok(s.columns["mykey_id"])
+    chk.fail(key_present & ~key_ok, Reason.MALFORMED,
+             "field 'mykey_id' must be exactly 8 characters [0-9A-Za-z]")
+    kind_present = _string_field(s, chk, "kind", True)
+    kind_codes = pc.index_in(s.columns["kind"], value_set=pa.array(KIND_NAMES))
+    kind = kind_codes.fill_null(NO_KIND).to_numpy().astype(np.int8)
+    chk.fail(kind_present & (kind == NO_KIND), Reason.MALFORMED,
+             "field 'kind' must be \"charge\", \"purchase\" or \"refund\"")
+    assert s.amount is not None and s.amount_class is not None
+    chk.fail(s.amount_class == AMOUNT_MISSING, Reason.MALFORMED, "missing required field 'amount'")
+    chk.fail(s.amount_class == AMOUNT_WRONG_TYPE, Reason.MALFORMED,
+             "field 'amount' must be a JSON integer (yen)")
+    occurred, _ = _time_field(s, chk, "occurred_at", True)
+    orig_present = _string_field(s, chk, "original_txn_id", False)
+    chk.fail((kind == Kind.REFUND) & ~orig_present, Reason.MALFORMED,
+             "a refund needs field 'original_txn_id'")
+    orig_ok = strings.txn_id_ok(s.columns["original_txn_id"])
+    chk.fail(orig_present & ~orig_ok, Reason.MALFORMED,
+             "field 'original_txn_id' must be 1 to 64 characters [0-9A-Za-z._:-]")
+    received, recv_present = _time_field(s, chk, "received_at", False)
+    if s.ts_override is not None:
+        # in Kafka the record timestamp is received_at, unless a batch record has its own
+        use = ~recv_present
+        received = np.where(use, s.ts_override, received)
+        recv_present = recv_present | (s.ts_override != NO_TIME)
+    received = np.where(recv_present, received, NO_TIME)
+    # INVALID_AMOUNT
+    amount = s.amount
+    chk.fail(s.amount_class == AMOUNT_NOT_INTEGER, Reason.INVALID_AMOUNT,
+             "field 'amount' must be an integer, not a fraction")
+    chk.fail((s.amount_class == AMOUNT_INT) & ((amount < 1) | (amount > campaign.max_amount)),
+             Reason.INVALID_AMOUNT, f"field 'amount' must be in 1..{campaign.max_amount} yen")
+    # UNKNOWN_OPERATOR
+    op = _operator_codes(s.columns["operator_id"], registry)
+    chk.fail(op < 0, Reason.UNKNOWN_OPERATOR, "field 'operator_id' is not a registered operator")
+    # facts for the stateful checks
+    day = strings.jst_days(occurred).astype(np.int32)
+    late = (received != NO_TIME) & (received >= campaign.accept_end)
+    last_day = np.array([o.last_day if o.last_day is not None else 2**31 - 1
+                         for o in registry.operators] + [2**31 - 1], dtype=np.int64)
+    outside = ((occurred < campaign.window_start) | (occurred >= campaign.window_end)
+               | (day > last_day[op]))
+    pii = chk.reason == Reason.PERSONAL_NUMBER_FORBIDDEN
+    op_ok = strings.operator_id_ok(s.columns["operator_id"])
+    return Validated(
+        n=n, record_type="transaction", reason=chk.reason, detail=chk.detail,
+        mykey_id=_keep(s.columns["mykey_id"], key_ok & ~pii),
+        operator_id=_keep(s.columns["operator_id"], op_ok & ~pii),
+        txn_id=_keep(s.columns["txn_id"], txn_ok & ~pii),
+        original_txn_id=_keep(s.columns["original_txn_id"], orig_ok & ~pii),
+        op=op, kind=kind, amount=amount, at=occurred, day=day, received=received,
+        flag_a=late, flag_b=outside, flag_c=np.zeros(n, dtype=np.bool_),
+        earn_given=np.zeros(n, dtype=np.bool_),
+    )
+
+
+def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> Validated:
+    chk = _Checker(s)
+    n = s.n
+    key_present = _string_field(s, chk, "mykey_id", True)
+    key_ok = strings.mykey_ok(s.columns["mykey_id"])
+    chk.fail(key_present & ~key_ok, Reason.MALFORMED,
+             "field 'mykey_id' must be exactly 8 characters [0-9A-Za-z]")
+    _string_field(s, chk, "operator_id", True)
+    applied, _ = _time_field(s, chk, "applied_at", True)
+    earn_present = _string_field(s, chk, "earn_on", False)
+    earn = pc.index_in(s.columns["earn_on"], value_set=pa.array(KIND_NAMES[:2]))
+    earn_code = earn.fill_null(NO_KIND).to_numpy().astype(np.int8)
+    chk.fail(earn_present & (earn_code == NO_KIND), Reason.MALFORMED,
+             "field 'earn_on' must be \"charge\" or \"purchase\"")
+    received, recv_present = _time_field(s, chk, "received_at", False)
+    if s.ts_override is not None:
+        use = ~recv_present
+        received = np.where(use, s.ts_override, received)
+        recv_present = recv_present | (s.ts_override != NO_TIME)
+    received = np.where(recv_present, received, NO_TIME)
+    op = _operator_codes(s.columns["operator_id"], registry)
+    chk.fail(op < 0, Reason.UNKNOWN_OPERATOR, "field 'operator_id' is not a registered operator")
+    day = strings.jst_days(applied).astype(np.int32)
+    opens = np.array([o.selection_opens for o in registry.operators] + [0], dtype=np.int64)
+    # operator's earning kinds as a 2-bit mask: 1 = charge, 2 = purchase
+    kinds_mask = np.array([sum(1 << int(k) for k in o.earns_on) for o in registry.operators]
+                          + [0], dtype=np.int8)
+    only_kind = np.array([int(o.earns_on[0]) if len(o.earns_on) == 1 else NO_KIND
+                          for o in registry.operators] + [NO_KIND], dtype=np.int8)
+    mask = kinds_mask[op]
+    given = earn_code != NO_KIND
+    earn_ok = np.where(given, (mask >> np.maximum(earn_code, 0)) & 1 == 1, only_kind[op] >= 0)
+    effective = np.where(given, earn_code, only_kind[op]).astype(np.int8)
+    pii = chk.reason == Reason.PERSONAL_NUMBER_FORBIDDEN
+    op_ok = strings.operator_id_ok(s.columns["operator_id"])
+    nulls = pa.nulls(n, type=pa.string())
+    return Validated(
+        n=n, record_type="enrollment", reason=chk.reason, detail=chk.detail,
+        mykey_id=_keep(s.columns["mykey_id"], key_ok & ~pii),
+        operator_id=_keep(s.columns["operator_id"], op_ok & ~pii),
+        txn_id=nulls, original_txn_id=nulls,
+        op=op, kind=effective, amount=np.zeros(n, dtype=np.int64), at=applied,
+        day=day, received=received,
+        flag_a=applied >= campaign.enroll_end,
+        flag_b=day < opens[op],
+        flag_c=~earn_ok,
+        earn_given=given,
+    )
