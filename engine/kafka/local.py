@@ -309,8 +309,8 @@ def _cmdline(pid: int) -> list[str] | None:
 
 
 def _is_our_broker(pid: int, data_dir: Path) -> bool:
-    argv = _cmdline(pid)
-    return bool(argv) and "kafka.Kafka" in argv and str(data_dir / SERVER_PROPERTIES) in argv
+    argv = _cmdline(pid) or []
+    return "kafka.Kafka" in argv and str(data_dir / SERVER_PROPERTIES) in argv
 
 
 def _broker_pid(data_dir: Path) -> int | None:
@@ -349,6 +349,14 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _check_port_free(port: int) -> None:
+    if not _port_free(port):
+        raise KafkaError(
+            f"port {port} on {HOST} is already in use by another process; "
+            f"stop it or choose another port (--port)"
+        )
 
 
 def free_port() -> int:
@@ -510,6 +518,8 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
     """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``."""
     data = Path(data_dir).resolve() if data_dir is not None else default_data_dir(port)
     java = _require("java", "install a Java 17 runtime to run the Kafka broker")
+    if _broker_pid(data) is None:
+        _check_port_free(port)  # before creating anything for a start that cannot work
     data.mkdir(parents=True, exist_ok=True)
     with _file_lock(data / ".lock"):
         pid = _broker_pid(data)
@@ -526,11 +536,7 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
                 raise KafkaError(f"broker pid {pid} on {broker.bootstrap} does not answer")
             return broker
 
-        if not _port_free(port):
-            raise KafkaError(
-                f"port {port} on {HOST} is already in use by another process; "
-                f"stop it or choose another port (--port)"
-            )
+        _check_port_free(port)
         libs = fetch_jars()
         previous = _ports_of(data)
         controller_port = _choose_controller_port(port, previous[1] if previous else None)
@@ -627,14 +633,14 @@ def main(args: argparse.Namespace) -> int:
             else:
                 print(f"no Kafka broker of ours running for port {port}")
         else:
-            broker = status(port)
+            found = status(port)
             bootstrap = f"{HOST}:{port}"
-            if broker is not None and is_ready(broker.bootstrap, 2.0):
-                print(f"Kafka running on {broker.bootstrap} (pid {broker.pid}); "
-                      f"data in {broker.data_dir}")
+            if found is not None and is_ready(found.bootstrap, 2.0):
+                print(f"Kafka running on {found.bootstrap} (pid {found.pid}); "
+                      f"data in {found.data_dir}")
                 return 0
-            if broker is not None:
-                print(f"Kafka process {broker.pid} is running but {broker.bootstrap} "
+            if found is not None:
+                print(f"Kafka process {found.pid} is running but {found.bootstrap} "
                       f"does not answer yet")
             elif is_ready(bootstrap, 0):
                 print(f"a Kafka broker answers on {bootstrap}, but it was not started "

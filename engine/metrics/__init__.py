@@ -19,7 +19,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -143,6 +150,9 @@ class EngineMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # The "_created" gauges would double the series count for nothing Prometheus
+        # uses; the switch is process-wide, which is right for a worker process.
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.records = Counter(

@@ -102,7 +102,8 @@ def shape_objects(objs: Sequence[Any], record_type: str) -> Shaped:
     for i, obj in enumerate(objs):
         if not isinstance(obj, dict):
             reason[i] = Reason.MALFORMED
-            detail[i] = "record is not a JSON object"
+            # a reader's stand-in for an undecodable line carries its own detail
+            detail[i] = getattr(obj, "detail", None) or "record is not a JSON object"
             continue
         where = pii_field(obj)
         if where is not None:

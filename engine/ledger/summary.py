@@ -1,0 +1,92 @@
+"""The settlement summary: what finance reconciles first.
+
+Computed from the output tables alone, so the same function summarises an
+offline ``settle`` run and a ``collect`` of the streaming outputs, and the two
+can be compared key by key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def summarize(grants: pa.Table, rejections: pa.Table, records_in: dict[str, int],
+              cap_points: int, campaign: str) -> dict[str, Any]:
+    by_reason: dict[str, dict[str, int]] = {"enrollment": {}, "transaction": {}}
+    if rejections.num_rows:
+        counts = rejections.group_by(["record_type", "reason"]).aggregate([("reason", "count")])
+        for rt, rs, c in zip(counts["record_type"].to_pylist(), counts["reason"].to_pylist(),
+                             counts["reason_count"].to_pylist(), strict=True):
+            by_reason[rt][rs] = c
+    for d in by_reason.values():
+        for k in sorted(d):
+            d[k] = d.pop(k)
+    rejected = {rt: sum(d.values()) for rt, d in by_reason.items()}
+    points = pc.sum(grants["points"]).as_py() or 0 if grants.num_rows else 0
+    per_person = grants.group_by("mykey_id").aggregate([("points", "sum")])
+    totals = per_person["points_sum"]
+    per_operator: dict[str, dict[str, int]] = {}
+    if grants.num_rows:
+        signed = pc.if_else(pc.equal(grants["kind"], "refund"),
+                            pc.negate(grants["amount"]), grants["amount"])
+        g = grants.append_column("signed_amount", signed)
+        agg = g.group_by("operator_id").aggregate(
+            [("points", "sum"), ("signed_amount", "sum"), ("points", "count"),
+             ("mykey_id", "count_distinct")])
+        for row in sorted(agg.to_pylist(), key=lambda r: r["operator_id"]):
+            per_operator[row["operator_id"]] = {
+                "grants": row["points_count"], "net_amount": row["signed_amount_sum"],
+                "points": row["points_sum"], "people": row["mykey_id_count_distinct"]}
+    enrolled = records_in.get("enrollments", 0) - rejected["enrollment"]
+    return {
+        "campaign": campaign,
+        "records_in": records_in,
+        "accepted": {"enrollments": enrolled,
+                     "transactions": records_in.get("transactions", 0) - rejected["transaction"]},
+        "rejected": rejected,
+        "rejected_by_reason": by_reason,
+        "points_granted": int(points),
+        "points_clawed_back": int(-(pc.sum(pc.min_element_wise(grants["points"], 0)).as_py()
+                                    or 0)) if grants.num_rows else 0,
+        "people_enrolled": enrolled,
+        "people_with_points": int(pc.sum(pc.greater(totals, 0)).as_py() or 0),
+        "people_at_cap": int(pc.sum(pc.equal(totals, cap_points)).as_py() or 0),
+        "per_operator": per_operator,
+    }
+
+
+def render(summary: dict[str, Any]) -> Any:
+    """A rich renderable of the summary, for the terminal."""
+    from rich.console import Group
+    from rich.table import Table
+
+    head = Table(title=f"Settlement summary — {summary['campaign']}", show_header=False)
+    head.add_column("what")
+    head.add_column("value", justify="right")
+    ri, acc, rej = summary["records_in"], summary["accepted"], summary["rejected"]
+    head.add_row("enrollments in / accepted / rejected",
+                 f"{ri.get('enrollments', 0):,} / {acc['enrollments']:,} / {rej['enrollment']:,}")
+    head.add_row("transactions in / accepted / rejected",
+                 f"{ri.get('transactions', 0):,} / {acc['transactions']:,} / "
+                 f"{rej['transaction']:,}")
+    head.add_row("points granted (net)", f"{summary['points_granted']:,}")
+    head.add_row("points clawed back by refunds", f"{summary['points_clawed_back']:,}")
+    head.add_row("people with points / at the cap",
+                 f"{summary['people_with_points']:,} / {summary['people_at_cap']:,}")
+    reasons = Table(title="Rejections by reason")
+    reasons.add_column("record")
+    reasons.add_column("reason")
+    reasons.add_column("count", justify="right")
+    for rt, d in summary["rejected_by_reason"].items():
+        for r, c in d.items():
+            reasons.add_row(rt, r, f"{c:,}")
+    ops = Table(title="Per operator")
+    for col in ("operator", "grants", "people", "net amount ¥", "points"):
+        ops.add_column(col, justify="left" if col == "operator" else "right")
+    for op, d in summary["per_operator"].items():
+        ops.add_row(op, f"{d['grants']:,}", f"{d['people']:,}", f"{d['net_amount']:,}",
+                    f"{d['points']:,}")
+    return Group(head, reasons, ops)
