@@ -1,0 +1,167 @@
+"""Per-partition state of the streaming engine: people, and where we are.
+
+Each input partition ``p`` (of enrollments and transactions alike) owns a
+:class:`ShardStore`: a RocksDB database (rocksdict) on local disk, mirrored to
+partition ``p`` of a compacted changelog topic so that any worker can rebuild
+it. Values are msgpack (msgspec) blobs of :class:`PersonState`; one meta key
+holds the shard's stream time and the changelog offset the local copy has.
+
+Why a per-person high-water mark (``wm_e``/``wm_t``): outputs are produced,
+then state, then input offsets are committed. A crash after some people's
+state was written but before the commit redelivers records whose effect is
+already in those people's state; their outcomes were already produced (they
+precede state), so a record at or below its person's mark is skipped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rocksdict import Options, Rdict
+
+META_KEY = "__meta__"
+
+
+class TxnEntry(msgspec.Struct, array_like=True):
+    """A first-seen (operator_id, txn_id) of one person."""
+
+    kind: int
+    amount: int
+    at: int
+    orig: str | None
+    status: int          # kernel.PENDING / ACCEPTED / REJECTED
+    refunded: int = 0
+
+
+class Parked(msgspec.Struct, array_like=True):
+    """A record waiting for an enrollment or an original; enough to decide it later."""
+
+    arrival: int
+    kind: int
+    operator_id: str
+    txn_id: str
+    orig: str | None
+    amount: int
+    at: int
+    day: int
+    received: int
+    source: str
+
+
+class PersonState(msgspec.Struct, array_like=True):
+    enr_op: str | None = None
+    enr_kind: int = -1
+    enr_day: int = 0
+    c: int = 0
+    r: int = 0
+    wm_e: int = -1
+    wm_t: int = -1
+    txns: dict[str, TxnEntry] = msgspec.field(default_factory=dict)
+    parked: list[Parked] = msgspec.field(default_factory=list)
+    rerouted: list[str] = msgspec.field(default_factory=list)
+
+
+class ShardMeta(msgspec.Struct):
+    stream_time: int
+    changelog_offset: int = -1
+
+
+def txn_key(operator_id: str, txn_id: str) -> str:
+    return f"{operator_id}/{txn_id}"
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec_person = msgspec.msgpack.Decoder(PersonState)
+_dec_meta = msgspec.msgpack.Decoder(ShardMeta)
+
+
+def encode(obj: Any) -> bytes:
+    return _enc.encode(obj)
+
+
+def decode_person(b: bytes) -> PersonState:
+    return _dec_person.decode(b)
+
+
+def decode_meta(b: bytes) -> ShardMeta:
+    return _dec_meta.decode(b)
+
+
+class ShardStore:
+    """Local RocksDB copy of one partition's state, with an in-memory cache.
+
+    Reads go through the cache; writes are staged by :meth:`put` and reach
+    RocksDB only in :meth:`apply`, after the changelog has them.
+    """
+
+    def __init__(self, path: Path, no_time: int) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        self.db = Rdict(str(path), options=opts)
+        raw = self.db.get(META_KEY.encode())
+        self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=no_time)
+        self.cache: dict[str, PersonState] = {}
+        # people with waiting records -> earliest deadline, so expiry needs no scan
+        self.parked: dict[str, int] = {}
+
+    def get(self, key: str) -> PersonState:
+        st = self.cache.get(key)
+        if st is None:
+            raw = self.db.get(key.encode())
+            st = decode_person(raw) if raw is not None else PersonState()
+            self.cache[key] = st
+        return st
+
+    def apply(self, blobs: dict[str, bytes], changelog_offset: int) -> None:
+        """Persist blobs already acknowledged by the changelog, then the meta."""
+        from rocksdict import WriteBatch
+
+        wb = WriteBatch(raw_mode=True)
+        for k, v in blobs.items():
+            wb.put(k.encode(), v)
+        self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
+        wb.put(META_KEY.encode(), encode(self.meta))
+        self.db.write(wb)
+
+    def restore(self, records: list[tuple[bytes, bytes, int]]) -> None:
+        """Apply changelog records (key, value, offset) newer than the local copy."""
+        from rocksdict import WriteBatch
+
+        if not records:
+            return
+        wb = WriteBatch(raw_mode=True)
+        last = self.meta.changelog_offset
+        for k, v, off in records:
+            if off <= self.meta.changelog_offset:
+                continue
+            if k == META_KEY.encode():
+                m = decode_meta(v)
+                self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
+            else:
+                wb.put(k, v)
+            last = max(last, off)
+        self.meta.changelog_offset = last
+        wb.put(META_KEY.encode(), encode(self.meta))
+        self.db.write(wb)
+        self.cache.clear()
+
+    def rebuild_parked_index(self, timeout: int) -> None:
+        self.parked.clear()
+        for k, v in self.db.items():
+            if k == META_KEY.encode():
+                continue
+            st = decode_person(v)
+            if st.parked:
+                self.parked[k.decode()] = min(p.received for p in st.parked) + timeout
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def destroy(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)

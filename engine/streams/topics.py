@@ -1,0 +1,100 @@
+"""Topic names, partitioning and creation.
+
+Input and output topics share one partition count so that partition ``p`` of
+``enrollments`` and of ``transactions`` hold the same people (co-partitioned:
+both are keyed by ``mykey_id`` with Kafka's default murmur2 partitioner), which
+lets one worker own a person's whole state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+
+FORMAT_HEADER = "mynapoint-format"
+SOURCE_HEADER = "mynapoint-source"  # set on records re-routed to their person's partition
+FORMAT_JSONL = b"jsonl"
+FORMAT_ARROW = b"arrow-ipc"
+MAX_RECORDS_PER_MESSAGE = 65_535  # the record index shares an int64 with the offset
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "mynapoint"
+    group: str = "mynapoint-engine"
+
+    @property
+    def enrollments(self) -> str:
+        return f"{self.prefix}.enrollments"
+
+    @property
+    def transactions(self) -> str:
+        return f"{self.prefix}.transactions"
+
+    @property
+    def grants(self) -> str:
+        return f"{self.prefix}.grants"
+
+    @property
+    def rejections(self) -> str:
+        return f"{self.prefix}.rejections"
+
+    @property
+    def changelog(self) -> str:
+        return f"{self.prefix}.{self.group}.state-changelog"
+
+    @property
+    def inputs(self) -> tuple[str, str]:
+        return (self.enrollments, self.transactions)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a key (Java-compatible).
+
+    >>> partition_for(b"AB12cd34", 8) == partition_for(b"AB12cd34", 8)
+    True
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class TopicMismatch(RuntimeError):
+    pass
+
+
+async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> int:
+    """Create missing topics; return the partition count in use.
+
+    Existing topics decide the count; if inputs and outputs disagree the worker
+    cannot keep a person on one partition, so that is an error, not a warning.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        wanted = [topics.enrollments, topics.transactions, topics.grants, topics.rejections]
+        meta = await admin.describe_topics(wanted + [topics.changelog])
+        existing = {m["topic"]: len(m["partitions"]) for m in meta
+                    if m.get("error_code", 0) == 0 and m["partitions"]}
+        if topics.transactions in existing:
+            partitions = existing[topics.transactions]
+        elif topics.enrollments in existing:
+            partitions = existing[topics.enrollments]
+        new = [NewTopic(t, partitions, 1) for t in wanted if t not in existing]
+        if topics.changelog not in existing:
+            new.append(NewTopic(topics.changelog, partitions, 1,
+                                topic_configs={"cleanup.policy": "compact"}))
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race; the check below still applies
+        meta = await admin.describe_topics(wanted + [topics.changelog])
+        counts = {m["topic"]: len(m["partitions"]) for m in meta}
+        bad = {t: c for t, c in counts.items() if c != partitions}
+        if bad:
+            raise TopicMismatch(f"topics must all have {partitions} partitions, found {bad}")
+        return partitions
+    finally:
+        await admin.close()

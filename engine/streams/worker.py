@@ -1,0 +1,351 @@
+"""``mynapoint worker``: the streaming settlement worker.
+
+The data path is a plain aiokafka consume → decide → produce loop rather than
+Faust agents: Faust spends ~190 µs of CPU per message in its own stream
+machinery and its ``exactly_once`` mode has open duplicate bugs (faust-streaming
+#517, #323, #177), which together rule out the speed and guarantee targets.
+See docs/ARCHITECTURE.md for the measurements and README "Guarantees".
+
+Per poll, for every partition ``p`` this worker owns (``p`` of both input
+topics, thanks to range assignment over co-partitioned topics):
+
+1. decode and validate the batch (``engine.streams.decode``),
+2. decide it against the partition's stored state (``engine.streams.shard``),
+3. produce outcomes (and records re-routed to their person's partition),
+   wait for every acknowledgement,
+4. write the changed state to the changelog, wait, then to local RocksDB,
+5. commit the input offsets.
+
+A crash anywhere re-runs at most the uncommitted tail; see ``state.py`` for
+why that is harmless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from engine.config import ConfigError, load_campaign, load_operators
+from engine.metrics import EngineMetrics
+from engine.rules.model import Campaign, Registry
+from engine.streams.decode import InBatch, decode_messages
+from engine.streams.shard import ShardDecider, ShardResult
+from engine.streams.state import ShardStore
+from engine.streams.topics import SOURCE_HEADER, Topics, ensure_topics, partition_for
+
+log = logging.getLogger("mynapoint.worker")
+NO_TIME = -(2**63)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.worker.lock:
+            self.worker.close_partitions({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        async with self.worker.lock:
+            await self.worker.open_partitions({tp.partition for tp in assigned})
+
+
+class Worker:
+    def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
+                 state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
+                 metrics: EngineMetrics | None = None,
+                 max_record_bytes: int = 1 << 20) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.campaign = campaign
+        self.registry = registry
+        self.partitions = partitions
+        self.max_batch = max_batch
+        self.max_record_bytes = max_record_bytes
+        self.metrics = metrics or EngineMetrics()
+        # a private directory per process: two workers on one machine never share
+        # a RocksDB, and the changelog is the source of truth anyway
+        self.state_root = state_dir / topics.group
+        self.state_dir = self.state_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.stores: dict[int, ShardStore] = {}
+        self.lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        self.decider: ShardDecider | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.batches = 0
+        self.records = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._clean_stale_state_dirs()
+        self.partitions = await ensure_topics(self.bootstrap, self.topics, self.partitions)
+        self.decider = ShardDecider(self.campaign, self.registry, self.partitions)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
+            linger_ms=2, max_batch_size=1 << 20, max_request_size=10 << 20)
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.topics.group,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            isolation_level="read_committed", session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000, max_poll_interval_ms=300_000,
+            max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+            max_poll_records=self.max_batch)
+        await self.consumer.start()
+        self.consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
+        self.metrics.set_up(True)
+
+    async def stop(self) -> None:
+        self.metrics.set_up(False)
+        if self.consumer is not None:
+            await self.consumer.stop()  # runs on_partitions_revoked: stores close
+        if self.producer is not None:
+            await self.producer.stop()
+        self.close_partitions(set(self.stores))
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _clean_stale_state_dirs(self) -> None:
+        if not self.state_root.exists():
+            return
+        for d in self.state_root.iterdir():
+            pid = d.name.split("-", 1)[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(d, ignore_errors=True)
+
+    # ------------------------------------------------------------------ partitions
+    async def open_partitions(self, parts: set[int]) -> None:
+        for p in sorted(parts - set(self.stores)):
+            store = ShardStore(self.state_dir / f"p{p}", NO_TIME)
+            await self._restore(store, p)
+            store.rebuild_parked_index(self.campaign.park_timeout)
+            self.stores[p] = store
+            self.metrics.set_parked(p, len(store.parked))
+        self.metrics.set_assigned_partitions(len(self.stores))
+        log.info("assigned partitions %s", sorted(self.stores))
+
+    def close_partitions(self, parts: set[int]) -> None:
+        for p in sorted(parts & set(self.stores)):
+            store = self.stores.pop(p)
+            store.close()
+            ShardStore.destroy(store.path)
+        self.metrics.forget_partitions(parts)
+        self.metrics.set_assigned_partitions(len(self.stores))
+
+    async def _restore(self, store: ShardStore, p: int) -> None:
+        tp = TopicPartition(self.topics.changelog, p)
+        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                             isolation_level="read_committed",
+                             max_partition_fetch_bytes=16 << 20)
+        await c.start()
+        try:
+            c.assign([tp])
+            end = (await c.end_offsets([tp]))[tp]
+            if store.meta.changelog_offset >= end:
+                # the local copy is from another broker's history: not ours to trust
+                store.close()
+                ShardStore.destroy(store.path)
+                fresh = ShardStore(store.path, NO_TIME)
+                store.__dict__.update(fresh.__dict__)
+            start = store.meta.changelog_offset + 1
+            if start >= end:
+                return
+            c.seek(tp, start)
+            pos = start
+            while pos < end:
+                batch = await c.getmany(tp, timeout_ms=1000, max_records=50_000)
+                recs = [(m.key, m.value, m.offset) for m in batch.get(tp, [])]
+                store.restore(recs)
+                if recs:
+                    pos = recs[-1][2] + 1
+                else:
+                    pos = await c.position(tp)
+        finally:
+            await c.stop()
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        assert self.consumer is not None
+        while not self.stopping.is_set():
+            await self._prioritise_enrollments()
+            data = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+            if not data:
+                continue
+            async with self.lock:
+                await self.process(data)
+
+    async def _prioritise_enrollments(self) -> None:
+        """Hold back a transactions partition while its enrollments partition is
+        behind: applications precede spending, and a transaction read before its
+        person's enrollment would otherwise wait (and might time out)."""
+        assert self.consumer is not None
+        c = self.consumer
+        assigned = c.assignment()
+        for p in list(self.stores):
+            te = TopicPartition(self.topics.enrollments, p)
+            tt = TopicPartition(self.topics.transactions, p)
+            if te not in assigned or tt not in assigned:
+                continue
+            hw = c.highwater(te)
+            try:
+                pos = await c.position(te)
+            except Exception:  # position unknown during a rebalance: decide next round
+                continue
+            lag = hw is None or pos < hw
+            self.metrics.set_consumer_lag(self.topics.enrollments, p,
+                                          0 if hw is None else max(hw - pos, 0))
+            if lag and tt not in c.paused():
+                c.pause(tt)
+            elif not lag and tt in c.paused():
+                c.resume(tt)
+
+    async def process(self, data: dict[Any, list[Any]]) -> None:
+        assert self.producer is not None and self.consumer is not None
+        assert self.decider is not None
+        t0 = time.perf_counter()
+        by_part: dict[int, dict[str, list[Any]]] = defaultdict(dict)
+        offsets: dict[TopicPartition, int] = {}
+        n_in = 0
+        for tp, msgs in data.items():
+            if tp.partition not in self.stores or not msgs:
+                continue
+            by_part[tp.partition][tp.topic] = msgs
+            offsets[tp] = msgs[-1].offset + 1
+            n_in += len(msgs)
+        results: dict[int, ShardResult] = {}
+        for p, topics in sorted(by_part.items()):
+            enr = self._decode(topics.get(self.topics.enrollments), "enrollment")
+            txn = self._decode(topics.get(self.topics.transactions), "transaction")
+            results[p] = self.decider.decide(self.stores[p], p, enr, txn)
+        # outcomes (and re-routed records) first: state must never run ahead of them
+        futs: list[asyncio.Future[Any]] = []
+        out: dict[tuple[str, int], list[tuple[bytes | None, bytes, list[Any] | None, Any]]] = \
+            defaultdict(list)
+        for p, res in results.items():
+            for key, row in res.grants:
+                part = partition_for(key, self.partitions) if key else p
+                out[(self.topics.grants, part)].append((key, orjson.dumps(row), None, None))
+            for key, row in res.rejections:
+                part = partition_for(key, self.partitions) if key else p
+                out[(self.topics.rejections, part)].append((key, orjson.dumps(row), None, None))
+            for rtype, target, rec, source, received in res.reroute:
+                topic = (self.topics.transactions if rtype == "transaction"
+                         else self.topics.enrollments)
+                ts = received // 1000 if received != NO_TIME else None
+                out[(topic, target)].append((rec["mykey_id"].encode(), orjson.dumps(rec),
+                                             [(SOURCE_HEADER, source.encode())], ts))
+        for (topic, part), msgs in out.items():
+            futs.extend(await self._send_all(topic, part, msgs))
+        if futs:
+            await asyncio.gather(*futs)
+        # then state: changelog (acknowledged) before the local copy
+        cl_futs: dict[int, list[asyncio.Future[Any]]] = {}
+        for p, res in results.items():
+            msgs2 = [(k.encode(), v, None, None) for k, v in res.blobs.items()]
+            cl_futs[p] = await self._send_all(self.topics.changelog, p, msgs2)
+        for p, fl in cl_futs.items():
+            mds = await asyncio.gather(*fl)
+            last = max((md.offset for md in mds), default=-1)
+            # a batch's metadata carries its base offset; the blobs follow it
+            self.stores[p].apply(results[p].blobs, last + len(results[p].blobs))
+        if offsets:
+            await self.consumer.commit(offsets)
+        self._observe(results, n_in, time.perf_counter() - t0)
+
+    def _decode(self, msgs: list[Any] | None, record_type: str) -> InBatch | None:
+        if not msgs:
+            return None
+        b = decode_messages(msgs, record_type, self.campaign, self.registry,
+                            self.max_record_bytes)
+        self.metrics.observe_records(msgs[0].topic, record_type, b.v.n)
+        for kind, k in b.bad_messages.items():
+            self.metrics.bad_message(kind, k)
+        return b
+
+    async def _send_all(self, topic: str, partition: int,
+                        msgs: list[tuple[bytes | None, bytes, Any, Any]]) -> list[Any]:
+        """Send many messages with few producer batches (no coroutine per message)."""
+        assert self.producer is not None
+        futs: list[Any] = []
+        batch = self.producer.create_batch()
+        for key, value, headers, ts in msgs:
+            if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                futs.append(await self.producer.send_batch(batch, topic, partition=partition))
+                batch = self.producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                    raise ValueError(f"a message for {topic} exceeds the producer batch size")
+        if batch.record_count():
+            futs.append(await self.producer.send_batch(batch, topic, partition=partition))
+        return futs
+
+    def _observe(self, results: dict[int, ShardResult], n_in: int, seconds: float) -> None:
+        m = self.metrics
+        n_rec = 0
+        for p, res in results.items():
+            for rtype, names in res.outcomes.items():
+                if names:
+                    m.observe_outcomes(rtype, names)
+                    n_rec += len(names)
+            if res.points:
+                m.observe_points([res.points])
+            if res.clawed_back:
+                m.observe_points([-res.clawed_back])
+            m.set_parked(p, res.parked)
+            st = self.stores[p].meta.stream_time
+            if st != NO_TIME:
+                m.set_stream_time(p, st / 1e6)
+        m.observe_batch(n_rec, seconds)
+        self.batches += 1
+        self.records += n_rec
+
+
+def _quiet_logging() -> None:
+    # aiokafka and the root logger are chatty at DEBUG; keep CPU for settling
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("mynapoint").setLevel(logging.INFO)
+
+
+async def run_worker(args: argparse.Namespace) -> int:
+    try:
+        campaign = load_campaign(args.campaign)
+        registry = load_operators(args.operators)
+    except ConfigError as e:
+        print(f"mynapoint worker: configuration error: {e}", file=sys.stderr)
+        return 2
+    metrics = EngineMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    w = Worker(args.broker, Topics(args.topic_prefix, args.group), campaign, registry,
+               Path(args.state_dir), args.partitions, args.max_batch, metrics)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, w.stopping.set)
+    await w.start()
+    print(f"mynapoint worker: consuming {', '.join(w.topics.inputs)} "
+          f"({w.partitions} partitions) from {args.broker}", flush=True)
+    try:
+        await w.run()
+    finally:
+        await w.stop()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    _quiet_logging()
+    return asyncio.run(run_worker(args))
