@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--broker", default=DEFAULT_BROKER)
     w.add_argument("--partitions", type=int, default=8,
                    help="partition count for topics the worker creates")
-    w.add_argument("--group", default="mynapoint-engine")
+    w.add_argument("--group", default=None,
+                   help="consumer group (default: <topic-prefix>-engine)")
     w.add_argument("--state-dir", default=".kafka/state")
     w.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0 = off)")

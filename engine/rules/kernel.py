@@ -92,11 +92,11 @@ def _heap_pop(hk, hv, size):  # type: ignore[no-untyped-def]
     hv[0] = hv[n]
     i = 0
     while True:
-        l, r, m = 2 * i + 1, 2 * i + 2, i
-        if l < n and (hk[l] < hk[m] or (hk[l] == hk[m] and hv[l] < hv[m])):
-            m = l
-        if r < n and (hk[r] < hk[m] or (hk[r] == hk[m] and hv[r] < hv[m])):
-            m = r
+        lc, rc, m = 2 * i + 1, 2 * i + 2, i
+        if lc < n and (hk[lc] < hk[m] or (hk[lc] == hk[m] and hv[lc] < hv[m])):
+            m = lc
+        if rc < n and (hk[rc] < hk[m] or (hk[rc] == hk[m] and hv[rc] < hv[m])):
+            m = rc
         if m == i:
             break
         hk[m], hk[i] = hk[i], hk[m]

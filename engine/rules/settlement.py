@@ -86,7 +86,7 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
     out_cum = np.zeros(n, np.int64)
     out_seq = np.zeros(n, np.int64)
     zeros_b = np.zeros(n, np.bool_)
-    kernel.decide(
+    kernel.decide(  # type: ignore[call-arg]
         p_op, p_kind, p_day, p_c, p_r,
         typ, cat([enr.reason, txn.reason]), cat([pe, pt]).astype(np.int32),
         cat([enr.op, txn.op]), cat([enr.kind, txn.kind]),

@@ -38,7 +38,8 @@ def buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         off_dtype = np.int32
     n = len(arr)
     bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=off_dtype, count=n + 1 + arr.offset)[arr.offset:]
+    offsets: np.ndarray = np.frombuffer(bufs[1], dtype=off_dtype,
+                                        count=n + 1 + arr.offset)[arr.offset:]
     data = (np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None
             else np.zeros(0, dtype=np.uint8))
     valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)

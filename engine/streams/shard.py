@@ -77,7 +77,7 @@ class ShardDecider:
 
         batches = [(b, t) for b, t in ((enr, kernel.ENROLLMENT), (txn, kernel.TRANSACTION))
                    if b is not None and b.v.n]
-        keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
+        keep: list[tuple[InBatch, int, Any, list[int]]] = []
         wm_new: dict[tuple[int, int], int] = {}
         for b, typ in batches:
             keys = b.v.mykey_id.to_pylist()
@@ -113,8 +113,8 @@ class ShardDecider:
             r = txn.v.received[txn.v.received != NO_TIME]
             if len(r):
                 new_st = max(new_st, int(r.max()))
-        for key, deadline in list(store.parked.items()):
-            if deadline < new_st:
+        for key, due in list(store.parked.items()):
+            if due < new_st:
                 person(key)
         # --- waiting records of every involved person go first, by arrival
         pre: list[tuple[int, Parked]] = []
@@ -183,7 +183,7 @@ class ShardDecider:
             want_entry(pi, opc, pk.txn_id, j)
             want_entry(pi, opc, pk.orig, -1)
         j = n_pre
-        spans: list[tuple[InBatch, int, np.ndarray]] = []
+        spans: list[tuple[InBatch, int, Any]] = []
         for b, typ, idx, pidx in keep:
             m = len(idx)
             sl = slice(j, j + m)
@@ -257,7 +257,7 @@ class ShardDecider:
         out_cum = np.zeros(n, np.int64)
         out_seq = np.zeros(n, np.int64)
         deadline = np.where(ts == NO_TIME, NO_TIME, ts + timeout)
-        n_entries, st_after, _ = kernel.decide(
+        n_entries, st_after, _ = kernel.decide(  # type: ignore[call-arg]
             p_op, p_kind, p_day, p_c, p_r,
             typ_a, reason, pers, op, kind, amount, at, day, txc, orc, ts, deadline,
             fa, fb, fc, preparked.copy(),
@@ -285,7 +285,7 @@ class ShardDecider:
                         "operator_id": b.v.operator_id.to_pylist(),
                         "txn_id": b.v.txn_id.to_pylist()}
         cap = camp.cap_points
-        for j in order:
+        for j in order.tolist():
             r = int(out_reason[j])
             if r == kernel.PARKED:
                 break
@@ -348,7 +348,7 @@ class ShardDecider:
                 strs[e_orig[e]] if e_orig[e] >= 0 else None, int(e_status[e]),
                 int(e_refunded[e]))
         parked_n = 0
-        for j in np.flatnonzero(out_reason == kernel.PARKED):
+        for j in np.flatnonzero(out_reason == kernel.PARKED).tolist():
             pi = int(pers[j])
             if j < n_pre:
                 pk = pre[j][1]

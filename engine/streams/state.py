@@ -152,12 +152,13 @@ class ShardStore:
 
     def rebuild_parked_index(self, timeout: int) -> None:
         self.parked.clear()
-        for k, v in self.db.items():
+        for k, v in self.db.items():  # raw mode: keys and values are bytes
             if k == META_KEY.encode():
                 continue
             st = decode_person(v)
             if st.parked:
-                self.parked[k.decode()] = min(p.received for p in st.parked) + timeout
+                self.parked[k.decode()] = min(  # type: ignore[union-attr]
+                    p.received for p in st.parked) + timeout
 
     def close(self) -> None:
         self.db.close()

@@ -8,6 +8,7 @@ lets one worker own a person's whole state.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -74,7 +75,7 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> int:
     await admin.start()
     try:
         wanted = [topics.enrollments, topics.transactions, topics.grants, topics.rejections]
-        meta = await admin.describe_topics(wanted + [topics.changelog])
+        meta = await admin.describe_topics([*wanted, topics.changelog])
         existing = {m["topic"]: len(m["partitions"]) for m in meta
                     if m.get("error_code", 0) == 0 and m["partitions"]}
         if topics.transactions in existing:
@@ -86,11 +87,10 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> int:
             new.append(NewTopic(topics.changelog, partitions, 1,
                                 topic_configs={"cleanup.policy": "compact"}))
         if new:
-            try:
+            # another worker may win the race; the count check below still applies
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another worker won the race; the check below still applies
-        meta = await admin.describe_topics(wanted + [topics.changelog])
+        meta = await admin.describe_topics([*wanted, topics.changelog])
         counts = {m["topic"]: len(m["partitions"]) for m in meta}
         bad = {t: c for t, c in counts.items() if c != partitions}
         if bad:

@@ -256,7 +256,8 @@ class Worker:
         # then state: changelog (acknowledged) before the local copy
         cl_futs: dict[int, list[asyncio.Future[Any]]] = {}
         for p, res in results.items():
-            msgs2 = [(k.encode(), v, None, None) for k, v in res.blobs.items()]
+            msgs2: list[tuple[bytes | None, bytes, Any, Any]] = [
+                (k.encode(), v, None, None) for k, v in res.blobs.items()]
             cl_futs[p] = await self._send_all(self.topics.changelog, p, msgs2)
         for p, fl in cl_futs.items():
             mds = await asyncio.gather(*fl)
@@ -331,7 +332,8 @@ async def run_worker(args: argparse.Namespace) -> int:
     metrics = EngineMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    w = Worker(args.broker, Topics(args.topic_prefix, args.group), campaign, registry,
+    group = args.group or f"{args.topic_prefix}-engine"
+    w = Worker(args.broker, Topics(args.topic_prefix, group), campaign, registry,
                Path(args.state_dir), args.partitions, args.max_batch, metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

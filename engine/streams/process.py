@@ -1,0 +1,66 @@
+"""Running ``mynapoint worker`` as a child process (demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class WorkerProcess:
+    """A worker in its own process, so that it can be SIGKILLed for real."""
+
+    def __init__(self, bootstrap: str, prefix: str, partitions: int = 8,
+                 state_dir: str | Path = ".kafka/state", log_path: str | Path | None = None,
+                 extra: list[str] | None = None) -> None:
+        self.args = [sys.executable, "-m", "engine.cli", "worker", "--broker", bootstrap,
+                     "--topic-prefix", prefix, "--partitions", str(partitions),
+                     "--state-dir", str(state_dir), *(extra or [])]
+        self.log_path = Path(log_path) if log_path else None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: float = 60.0) -> WorkerProcess:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env={**os.environ})
+        if self.log_path and wait:
+            self._wait_for("consuming", wait)
+        return self
+
+    def _wait_for(self, text: str, wait: float) -> None:
+        assert self.log_path is not None and self.proc is not None
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; see "
+                                   f"{self.log_path}")
+            if text in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"worker did not start within {wait} s; see {self.log_path}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs in the worker."""
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
