@@ -26,7 +26,13 @@ from engine.rules.validate import (
     validate_enrollments,
     validate_transactions,
 )
-from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER
+from engine.streams.topics import (
+    FORMAT_ARROW,
+    FORMAT_HEADER,
+    FORMAT_JSONL,
+    MAX_RECORDS_PER_MESSAGE,
+    SOURCE_HEADER,
+)
 
 SUB_BITS = 16  # arrival = offset << 16 | index within the message
 
@@ -116,14 +122,28 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             elif isinstance(obj, dict):
                 # in Kafka the record timestamp *is* received_at
                 obj.pop("received_at", None)
+                # the key is only a routing hint: records are placed by their mykey_id
+                if m.key is None:
+                    bad["no_key"] = bad.get("no_key", 0) + 1
+                elif m.key != str(obj.get("mykey_id")).encode("utf-8", "replace"):
+                    bad["wrong_key"] = bad.get("wrong_key", 0) + 1
             seg.add_obj(obj, ts)
             sources.append(origin.decode("utf-8", "replace") if origin else base)
             arrival.append(m.offset << SUB_BITS)
             rerouted.append(origin is not None)
         elif fmt == FORMAT_JSONL:
             lines, _ = split_lines(value)
+            if len(lines) > MAX_RECORDS_PER_MESSAGE:
+                _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                             f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
+                continue
             for i, line in enumerate(lines):
-                seg.add_obj(_loads(line, max_record_bytes), ts)
+                obj = _loads(line, max_record_bytes)
+                if isinstance(obj, BadRecord):
+                    kind = ("too_large" if "size" in obj.detail else
+                            "invalid_utf8" if "UTF-8" in obj.detail else "invalid_json")
+                    bad[kind] = bad.get(kind, 0) + 1
+                seg.add_obj(obj, ts)
                 sources.append(f"{base}#{i}")
                 arrival.append((m.offset << SUB_BITS) | i)
                 rerouted.append(False)
@@ -131,28 +151,36 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             try:
                 table = pa.ipc.open_stream(value).read_all()
             except (pa.ArrowException, OSError, ValueError):
-                bad["bad_batch"] = bad.get("bad_batch", 0) + 1
-                seg.add_obj(BadRecord("message is not a valid Arrow IPC stream"), ts)
-                sources.append(base)
-                arrival.append(m.offset << SUB_BITS)
-                rerouted.append(False)
+                _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                             "message is not a valid Arrow IPC stream")
+                continue
+            if table.num_rows > MAX_RECORDS_PER_MESSAGE:
+                _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                             f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
             seg.add_table(table, ts)
             sources.extend(f"{base}#{i}" for i in range(table.num_rows))
             arrival.extend((m.offset << SUB_BITS) | i for i in range(table.num_rows))
             rerouted.extend([False] * table.num_rows)
         else:
-            bad["bad_batch"] = bad.get("bad_batch", 0) + 1
-            seg.add_obj(BadRecord(f"unknown {FORMAT_HEADER} header"), ts)
-            sources.append(base)
-            arrival.append(m.offset << SUB_BITS)
-            rerouted.append(False)
+            _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                         f"unknown {FORMAT_HEADER} header")
     seg.flush_objs()
     validate = validate_transactions if record_type == "transaction" else validate_enrollments
     parts = [validate(s, campaign, registry) for s in seg.parts]
     v = concat_validated(parts, record_type)
     return InBatch(v, sources, np.asarray(arrival, dtype=np.int64),
                    np.asarray(rerouted, dtype=np.bool_), bad)
+
+
+def _bad_message(seg: _Segments, bad: dict[str, int], sources: list[str], arrival: list[int],
+                 rerouted: list[bool], base: str, offset: int, ts: int, detail: str) -> None:
+    """A message whose records cannot be told apart gets one MALFORMED outcome."""
+    bad["bad_batch"] = bad.get("bad_batch", 0) + 1
+    seg.add_obj(BadRecord(detail), ts)
+    sources.append(base)
+    arrival.append(offset << SUB_BITS)
+    rerouted.append(False)
 
 
 def concat_validated(parts: list[Validated], record_type: str) -> Validated:

@@ -35,6 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -221,12 +222,14 @@ class Worker:
         by_part: dict[int, dict[str, list[Any]]] = defaultdict(dict)
         offsets: dict[TopicPartition, int] = {}
         n_in = 0
+        stamps: list[int] = []
         for tp, msgs in data.items():
             if tp.partition not in self.stores or not msgs:
                 continue
             by_part[tp.partition][tp.topic] = msgs
             offsets[tp] = msgs[-1].offset + 1
             n_in += len(msgs)
+            stamps.extend(m.timestamp for m in msgs)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             enr = self._decode(topics.get(self.topics.enrollments), "enrollment")
@@ -267,6 +270,13 @@ class Worker:
         if offsets:
             await self.consumer.commit(offsets)
         self._observe(results, n_in, time.perf_counter() - t0)
+        # Append-to-outcome latency is only meaningful for live traffic, whose record
+        # timestamp (received_at) is "now"; replays of old records carry old stamps.
+        now_ms = time.time() * 1000
+        lat = (now_ms - np.asarray(stamps, dtype=np.float64)) / 1000
+        live = lat[(lat >= 0) & (lat < 3600)]
+        if len(live):
+            self.metrics.observe_outcome_latencies(live)
 
     def _decode(self, msgs: list[Any] | None, record_type: str) -> InBatch | None:
         if not msgs:

@@ -1,0 +1,434 @@
+"""The docker-compose deployment: files parse, reference what exists, use only metrics the
+engine defines, and pass Prometheus' own checks (promtool). Nothing here starts a
+container: the compose stack is checked statically."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from engine.cli import build_parser
+from engine.metrics import METRIC_NAMES, EngineMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
+ALERTS = ROOT / "deploy/prometheus/alerts.yml"
+GRAFANA = ROOT / "deploy/grafana"
+DASHBOARD = GRAFANA / "dashboards/mynapoint.json"
+
+METRIC_RE = re.compile(r"\bmynapoint_[a-z_]+")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def compose() -> dict[str, Any]:
+    return load_yaml(COMPOSE)
+
+
+def service(name: str) -> dict[str, Any]:
+    return compose()["services"][name]
+
+
+def bind_mounts(svc: dict[str, Any]) -> dict[str, Path]:
+    """container path -> host path of a service's bind mounts (short syntax)."""
+    out = {}
+    for v in svc.get("volumes", []):
+        src, dst = v.split(":")[:2]
+        if src.startswith((".", "/")):
+            out[dst] = (COMPOSE.parent / src).resolve()
+    return out
+
+
+def host_path(svc: dict[str, Any], container_path: str) -> Path | None:
+    """The host file behind a container path, through the service's bind mounts."""
+    target = PurePosixPath(container_path)
+    for dst, src in bind_mounts(svc).items():
+        d = PurePosixPath(dst)
+        if target == d:
+            return src
+        if d in target.parents:
+            return src / target.relative_to(d)
+    return None
+
+
+def exposed_series_names() -> set[str]:
+    """Every series name EngineMetrics can expose, as PromQL sees it."""
+    names = set()
+    for family in EngineMetrics().registry.collect():
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + s for s in ("_bucket", "_count", "_sum"))
+        else:
+            names.add(family.name)
+    return names
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [r for g in load_yaml(ALERTS)["groups"] for r in g["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+# -- files parse and reference what exists --------------------------------------------
+
+
+def test_every_deploy_file_parses() -> None:
+    assert compose()["services"]
+    for path in [PROMETHEUS, ALERTS, *sorted((GRAFANA / "provisioning").rglob("*.yml"))]:
+        assert load_yaml(path), path
+    assert json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+
+
+def test_services() -> None:
+    assert set(compose()["services"]) == {"kafka", "worker", "prometheus", "grafana"}
+    assert service("kafka")["image"] == "apache/kafka:3.9.1"
+    assert service("prometheus")["image"].startswith("prom/prometheus:")
+    assert service("grafana")["image"].startswith("grafana/grafana:")
+
+
+def test_every_referenced_file_exists() -> None:
+    c = compose()
+    for name, svc in c["services"].items():
+        build = svc.get("build")
+        if build:
+            context = COMPOSE.parent / build["context"]
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+        for dst, src in bind_mounts(svc).items():
+            assert src.exists(), f"{name}: {src} (mounted at {dst}) does not exist"
+        for v in svc.get("volumes", []):
+            src = v.split(":")[0]
+            if not src.startswith((".", "/")):
+                assert src in c.get("volumes", {}), f"{name}: undeclared volume {src}"
+        for dep in svc.get("depends_on", []):
+            assert dep in c["services"], f"{name} depends on unknown {dep}"
+
+
+def test_dockerfile() -> None:
+    lines = [ln.strip() for ln in DOCKERFILE.read_text(encoding="utf-8").splitlines()]
+    assert "FROM python:3.11-slim" in lines
+    for ln in lines:
+        if ln.startswith("COPY "):
+            for src in ln.split()[1:-1]:
+                assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+    assert any(re.match(r"RUN pip install \.(\s|$)", ln) for ln in lines)
+    assert "ENV MYNAPOINT_METRICS_ADDR=0.0.0.0" in lines
+    assert 'ENTRYPOINT ["mynapoint"]' in lines
+
+
+def test_kafka_is_a_single_kraft_node() -> None:
+    env = service("kafka")["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"])
+    listeners = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+    protocols = dict(item.split(":") for item in
+                     env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(listeners) == set(protocols)
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in listeners
+    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert advertised[env["KAFKA_INTER_BROKER_LISTENER_NAME"]] == "kafka:9092"
+    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert env[key] == "1", key
+    # host ports only on loopback
+    for svc in compose()["services"].values():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_worker_command_is_a_valid_cli_call_and_scalable() -> None:
+    w = service("worker")
+    args = build_parser().parse_args(w["command"])
+    assert args.command == "worker"
+    assert args.broker == "kafka:9092"
+    assert args.metrics_port == 9100
+    # `docker compose up --scale worker=N` needs these absent
+    assert "container_name" not in w and "ports" not in w
+    assert service("kafka")["healthcheck"]
+    assert w["depends_on"]["kafka"]["condition"] == "service_healthy"
+    # the image's default command is the same call
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
+    assert cmd and json.loads(cmd.group(1)) == w["command"]
+
+
+def test_prometheus_scrapes_every_worker_replica() -> None:
+    cfg = load_yaml(PROMETHEUS)
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "mynapoint-worker"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and sd["type"] == "A"
+    assert sd["port"] == build_parser().parse_args(service("worker")["command"]).metrics_port
+    prom = service("prometheus")
+    config_arg = next(a for a in prom["command"] if a.startswith("--config.file="))
+    config_in_container = config_arg.split("=", 1)[1]
+    assert host_path(prom, config_in_container) == PROMETHEUS.resolve()
+    # rule files are resolved against the config file's directory, in the container
+    for rule_file in cfg["rule_files"]:
+        in_container = PurePosixPath(config_in_container).parent / rule_file
+        assert host_path(prom, str(in_container)) == (PROMETHEUS.parent / rule_file).resolve()
+
+
+def test_grafana_provisioning_points_at_the_dashboard_and_prometheus() -> None:
+    graf = service("grafana")
+    prov = host_path(graf, "/etc/grafana/provisioning")
+    assert prov == (GRAFANA / "provisioning").resolve()
+    (provider,) = load_yaml(prov / "dashboards/mynapoint.yml")["providers"]
+    dash_dir = host_path(graf, provider["options"]["path"])
+    assert dash_dir is not None and (dash_dir / "mynapoint.json").is_file()
+    (ds,) = load_yaml(prov / "datasources/prometheus.yml")["datasources"]
+    assert ds["url"] == "http://prometheus:9090"
+    assert "prometheus" in compose()["services"]
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    uids = {p["datasource"]["uid"] for p in dash["panels"]}
+    uids |= {t["datasource"]["uid"] for p in dash["panels"] for t in p["targets"]}
+    assert uids == {ds["uid"]}
+    home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert host_path(graf, home) == DASHBOARD.resolve()
+
+
+# -- metric names ---------------------------------------------------------------------
+
+
+def test_exposed_names_cover_every_metric() -> None:
+    names = exposed_series_names()
+    for metric in METRIC_NAMES:
+        assert metric in names or metric + "_bucket" in names, metric
+
+
+def test_alerts_use_only_defined_metrics() -> None:
+    defined = exposed_series_names()
+    used = {m for r in alert_rules() for m in METRIC_RE.findall(r["expr"])}
+    assert used and used <= defined, used - defined
+
+
+def test_dashboard_uses_only_defined_metrics_and_all_of_them() -> None:
+    defined = exposed_series_names()
+    used = {m for e in dashboard_exprs() for m in METRIC_RE.findall(e)}
+    assert used <= defined, used - defined
+    base = {re.sub(r"_(bucket|count|sum)$", "", m) for m in used}
+    assert set(METRIC_NAMES) <= base, set(METRIC_NAMES) - base
+
+
+def test_required_alerts_and_panels() -> None:
+    assert {r["alert"] for r in alert_rules()} >= {
+        "WorkerDown", "ConsumerLagGrowing", "HighRejectionRatio", "ParkedRecordsGrowing",
+        "OutcomeLatencyHigh"}
+    for r in alert_rules():
+        assert r["labels"]["severity"] in {"warning", "critical"}
+        assert r["annotations"]["summary"] and r["annotations"]["description"]
+    titles = [p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]]
+    for wanted in ("Records/s by topic", "Outcomes/s by outcome", "Rejection ratio",
+                   "Points granted", "Batch latency", "Outcome latency", "Consumer lag",
+                   "Parked records", "Workers up"):
+        assert any(t.startswith(wanted) for t in titles), wanted
+    exprs = "\n".join(dashboard_exprs())
+    assert "histogram_quantile(0.5, sum by (le) (rate(mynapoint_batch_seconds_bucket" in exprs
+    assert "histogram_quantile(0.99, sum by (le) (rate(mynapoint_batch_seconds_bucket" in exprs
+    assert "histogram_quantile(0.99, sum by (le) (rate(mynapoint_outcome_latency_seconds" \
+        in exprs
+
+
+# -- promtool -------------------------------------------------------------------------
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: run scripts/ensure-promtool.sh "
+                    "(installs the Debian package 'prometheus')")
+    return path
+
+
+def run(cmd: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_promtool_check_config() -> None:
+    r = run([promtool(), "check", "config", str(PROMETHEUS)])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_check_rules() -> None:
+    r = run([promtool(), "check", "rules", str(ALERTS)])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# Alert behaviour on synthetic series. The annotations are stripped from a copy of the
+# rules (promtool compares them verbatim); `check rules` above validates their templates.
+ALERT_TESTS = """
+- interval: 1m
+  input_series:
+    - series: 'up{job="mynapoint-worker", instance="w1:9100"}'
+      values: '1 1 0 0 0 0 0 0'
+    - series: 'up{job="mynapoint-worker", instance="w2:9100"}'
+      values: '1 1 1 1 1 1 1 1'
+    - series: 'mynapoint_worker_up{job="mynapoint-worker", instance="w2:9100"}'
+      values: '1 1 1 1 1 1 1 1'
+  alert_rule_test:
+    - eval_time: 3m
+      alertname: WorkerDown
+      exp_alerts: []
+    - eval_time: 6m
+      alertname: WorkerDown
+      exp_alerts:
+        - exp_labels: {severity: critical, job: mynapoint-worker, instance: "w1:9100"}
+    - eval_time: 6m
+      alertname: NoWorkerRunning
+      exp_alerts: []
+- interval: 1m
+  input_series:
+    - series: 'up{job="mynapoint-worker", instance="w1:9100"}'
+      values: '1 1 1 1 1 1 1 1'
+    - series: 'mynapoint_worker_up{job="mynapoint-worker", instance="w1:9100"}'
+      values: '0 0 0 0 0 0 0 0'
+  alert_rule_test:
+    - eval_time: 6m
+      alertname: WorkerDown
+      exp_alerts:
+        - exp_labels: {severity: critical, job: mynapoint-worker, instance: "w1:9100"}
+- interval: 1m
+  input_series:
+    - series: 'up{job="mynapoint-worker", instance="w1:9100"}'
+      values: '1 1 stale'
+  alert_rule_test:
+    - eval_time: 6m
+      alertname: NoWorkerRunning
+      exp_alerts:
+        - exp_labels: {severity: critical}
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_consumer_lag{topic="mynapoint.transactions", partition="0", instance="w1"}'
+      values: '150000+1000x30'
+    - series: 'mynapoint_consumer_lag{topic="mynapoint.enrollments", partition="0", instance="w1"}'
+      values: '150000+0x30'
+  alert_rule_test:
+    - eval_time: 3m
+      alertname: ConsumerLagGrowing
+      exp_alerts: []
+    - eval_time: 15m
+      alertname: ConsumerLagGrowing
+      exp_alerts:
+        - exp_labels: {severity: warning, topic: mynapoint.transactions}
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_outcomes_total{record_type="transaction", outcome="accepted"}'
+      values: '0+70x40'
+    - series: 'mynapoint_outcomes_total{record_type="transaction", outcome="NOT_ENROLLED"}'
+      values: '0+30x40'
+    - series: 'mynapoint_outcomes_total{record_type="enrollment", outcome="accepted"}'
+      values: '0+95x40'
+    - series: 'mynapoint_outcomes_total{record_type="enrollment", outcome="MALFORMED"}'
+      values: '0+5x40'
+  alert_rule_test:
+    - eval_time: 30m
+      alertname: HighRejectionRatio
+      exp_alerts:
+        - exp_labels: {severity: warning, record_type: transaction}
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_parked_records{partition="0", instance="w1"}'
+      values: '20000+100x90'
+    - series: 'mynapoint_parked_records{partition="1", instance="w1"}'
+      values: '5000+0x90'
+  alert_rule_test:
+    - eval_time: 20m
+      alertname: ParkedRecordsGrowing
+      exp_alerts: []
+    - eval_time: 75m
+      alertname: ParkedRecordsGrowing
+      exp_alerts:
+        - exp_labels: {severity: warning}
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_parked_records{partition="0", instance="w1"}'
+      values: '20000+0x90'
+  alert_rule_test:
+    - eval_time: 75m
+      alertname: ParkedRecordsGrowing
+      exp_alerts: []
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="0.5", instance="w1"}'
+      values: '0+900x30'
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="1.0", instance="w1"}'
+      values: '0+900x30'
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="2.5", instance="w1"}'
+      values: '0+1000x30'
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="+Inf", instance="w1"}'
+      values: '0+1000x30'
+  alert_rule_test:
+    - eval_time: 3m
+      alertname: OutcomeLatencyHigh
+      exp_alerts: []
+    - eval_time: 15m
+      alertname: OutcomeLatencyHigh
+      exp_alerts:
+        - exp_labels: {severity: warning}
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="0.5", instance="w1"}'
+      values: '0+995x30'
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="1.0", instance="w1"}'
+      values: '0+1000x30'
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="+Inf", instance="w1"}'
+      values: '0+1000x30'
+  alert_rule_test:
+    - eval_time: 15m
+      alertname: OutcomeLatencyHigh
+      exp_alerts: []
+"""
+
+
+def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
+    rules = load_yaml(ALERTS)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    spec = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m",
+            "tests": yaml.safe_load(ALERT_TESTS)}
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    r = run([promtool(), "test", "rules", "alerts_test.yml"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- docker compose -------------------------------------------------------------------
+
+
+def _compose_cli() -> list[str] | None:
+    """The compose CLI, when one is installed (`config` needs no Docker engine)."""
+    docker = shutil.which("docker")
+    if docker and run([docker, "compose", "version"]).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy and run([legacy, "version"]).returncode == 0:
+        return [legacy]
+    return None
+
+
+def test_docker_compose_config() -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no docker compose CLI plugin installed; the file is checked statically "
+                    "by the other tests")
+    r = run([*cli, "-f", str(COMPOSE), "config", "-q"])
+    assert r.returncode == 0, shlex.join(cli) + ": " + r.stdout + r.stderr
