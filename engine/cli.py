@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--partitions", type=int, default=8)
     pb.add_argument("--topic-prefix", default="mynapoint")
     pb.add_argument("--quiet", action="store_true")
+    pb.add_argument("--manifest", default=None, metavar="FILE",
+                    help="write a Parquet file mapping every input line/row to its "
+                         "topic/partition/offset[#i]")
 
     c = sub.add_parser("collect", help="read the output topics into Parquet files")
     c.add_argument("--out", required=True)
@@ -83,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait until this many distinct outcomes were read")
     c.add_argument("--timeout", type=float, default=10.0,
                    help="stop after this many idle seconds")
+    c.add_argument("--campaign", default=None,
+                   help="campaign.toml for the summary's cap and id (default: shipped)")
 
     d = sub.add_parser("demo", help="the main job, end to end on a local broker")
     d.add_argument("--users", type=int, default=20_000)

@@ -34,7 +34,9 @@ def main(args: argparse.Namespace) -> int:
     con.rule("1. generate")
     t = time.perf_counter()
     enr, txn = generate_tables(args.users, args.transactions, seed=2020)
-    write_jsonl(enr, txn, data)
+    data.mkdir(parents=True, exist_ok=True)
+    write_jsonl(enr, enr_path)
+    write_jsonl(txn, txn_path)
     con.print(f"{enr.num_rows:,} enrollments, {txn.num_rows:,} transactions in {data}/ "
               f"({time.perf_counter() - t:.1f} s)")
     con.rule("2. offline settle")

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
@@ -35,16 +36,11 @@ REJECTION_FIELDS: tuple[str, ...] = tuple(REJECTION_SCHEMA.names)
 
 _US_PER_DAY = 86_400_000_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _UTC = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?Z")
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?Z")
 # numpy scalars arrive when a worker builds rows from arrays
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-_GRANT_STR = ("grant_id", "campaign", "mykey_id", "operator_id", "txn_id", "kind", "source")
-_GRANT_INT = ("amount", "points", "cumulative_points")
-_REJ_STR = ("record_type", "reason", "detail", "source")
-_REJ_NULLABLE = ("txn_id", "operator_id", "mykey_id")
 
 
 class OutputDecodeError(ValueError):
@@ -100,54 +96,78 @@ def rejection_to_json(row: dict[str, Any]) -> bytes:
     return orjson.dumps({f: row[f] for f in REJECTION_FIELDS}, option=_DUMPS_OPTIONS)
 
 
-def _object(data: bytes, fields: tuple[str, ...], what: str) -> dict[str, Any]:
+class GrantMsg(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A decoded grant message; ``occurred_at`` still the RFC 3339 text."""
+
+    grant_id: str
+    campaign: str
+    mykey_id: str
+    operator_id: str
+    txn_id: str
+    kind: str
+    amount: _Int64
+    points: _Int64
+    cumulative_points: _Int64
+    capped: bool
+    occurred_at: str
+    source: str
+
+
+class RejectionMsg(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A decoded rejection message."""
+
+    record_type: str
+    reason: str
+    detail: str
+    txn_id: str | None
+    operator_id: str | None
+    mykey_id: str | None
+    source: str
+
+
+if (GrantMsg.__struct_fields__, RejectionMsg.__struct_fields__) != (GRANT_FIELDS,
+                                                                     REJECTION_FIELDS):
+    raise ImportError("codec_out's message structs disagree with engine.io.outputs_schema")
+
+# msgspec checks presence, exact types (a bool is no int) and unknown fields in C,
+# which keeps collect at the consumer's speed.
+_GRANT_DECODER = msgspec.json.Decoder(GrantMsg)
+_REJECTION_DECODER = msgspec.json.Decoder(RejectionMsg)
+
+
+def decode_grant(data: bytes) -> GrantMsg:
+    """Strict decoding of a grant message; :class:`OutputDecodeError` if it is not one.
+    ``occurred_at`` is checked for the ``...Z`` form here, for the calendar by
+    :func:`parse_utc`."""
     try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise OutputDecodeError(f"{what} is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise OutputDecodeError(f"{what} is not a JSON object")
-    if obj.keys() != set(fields):
-        missing = sorted(set(fields) - obj.keys())
-        extra = sorted(obj.keys() - set(fields))
-        raise OutputDecodeError(f"{what} fields differ from the schema "
-                                f"(missing {missing}, unexpected {extra})")
-    return obj
+        msg = _GRANT_DECODER.decode(data)
+    except msgspec.DecodeError as e:
+        raise OutputDecodeError(f"grant: {e}") from None
+    if _UTC.fullmatch(msg.occurred_at) is None:
+        raise OutputDecodeError(f"grant: occurred_at is not RFC 3339 UTC ending in Z: "
+                                f"{msg.occurred_at!r}")
+    return msg
 
 
-def _is_int(v: Any) -> bool:
-    return type(v) is int and _INT64_MIN <= v <= _INT64_MAX
+def decode_rejection(data: bytes) -> RejectionMsg:
+    """Strict decoding of a rejection message; :class:`OutputDecodeError` if it is not one."""
+    try:
+        return _REJECTION_DECODER.decode(data)
+    except msgspec.DecodeError as e:
+        raise OutputDecodeError(f"rejection: {e}") from None
 
 
 def grant_from_json(data: bytes) -> dict[str, Any]:
     """A grant message value to a row (``occurred_at`` as int µs); strict about
     fields and types, raising :class:`OutputDecodeError`."""
-    obj = _object(data, GRANT_FIELDS, "grant")
-    for f in _GRANT_STR:
-        if type(obj[f]) is not str:
-            raise OutputDecodeError(f"grant: {f} is not a string")
-    for f in _GRANT_INT:
-        if not _is_int(obj[f]):
-            raise OutputDecodeError(f"grant: {f} is not a 64-bit integer")
-    if type(obj["capped"]) is not bool:
-        raise OutputDecodeError("grant: capped is not a boolean")
-    at = obj["occurred_at"]
-    if type(at) is not str:
-        raise OutputDecodeError("grant: occurred_at is not a string")
+    row = msgspec.structs.asdict(decode_grant(data))
     try:
-        obj["occurred_at"] = parse_utc(at)
+        row["occurred_at"] = parse_utc(row["occurred_at"])
     except ValueError as e:
         raise OutputDecodeError(f"grant: occurred_at: {e}") from None
-    return {f: obj[f] for f in GRANT_FIELDS}
+    return row
 
 
 def rejection_from_json(data: bytes) -> dict[str, Any]:
     """A rejection message value to a row; strict, raising :class:`OutputDecodeError`."""
-    obj = _object(data, REJECTION_FIELDS, "rejection")
-    for f in _REJ_STR:
-        if type(obj[f]) is not str:
-            raise OutputDecodeError(f"rejection: {f} is not a string")
-    for f in _REJ_NULLABLE:
-        if obj[f] is not None and type(obj[f]) is not str:
-            raise OutputDecodeError(f"rejection: {f} is neither a string nor null")
-    return {f: obj[f] for f in REJECTION_FIELDS}
+    return msgspec.structs.asdict(decode_rejection(data))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import operator
 import re
 import sys
 import time
@@ -28,20 +29,21 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA, TIMESTAMP
 from engine.streams.codec_out import (
-    GRANT_FIELDS,
-    REJECTION_FIELDS,
     OutputDecodeError,
-    grant_from_json,
-    rejection_from_json,
+    decode_grant,
+    decode_rejection,
+    parse_utc,
 )
 from engine.streams.topics import Topics
 
 CONNECT_TIMEOUT = 30.0
 _MAX_EXAMPLES = 5
-_SOURCE = re.compile(r"(.+)/(\d+)/(\d+)(?:#(\d+))?")
+_SOURCE_PATTERN = r"^(?P<topic>.+)/(?P<partition>[0-9]+)/(?P<offset>[0-9]+)(?:#(?P<index>[0-9]+))?$"
+_SOURCE = re.compile(_SOURCE_PATTERN)
 
 
 class CollectError(RuntimeError):
@@ -62,52 +64,101 @@ def source_order(source: str) -> tuple[Any, ...]:
     return (0, m.group(1), int(m.group(2)), int(m.group(3)), -1 if idx is None else int(idx))
 
 
+def _sort_indices(source: pa.Array) -> pa.Array:
+    """Row order by :func:`source_order`, computed column-wise."""
+    m = pc.extract_regex(source, _SOURCE_PATTERN)
+    kafka = m.is_valid()
+
+    def number(name: str, missing: str) -> pa.Array:
+        s = pc.struct_field(m, name).fill_null("")
+        return pc.if_else(pc.equal(s, ""), missing, s).cast(pa.int64())
+
+    keys = pa.table({
+        "other": pc.invert(kafka).cast(pa.int8()),
+        "topic": pc.if_else(kafka, pc.struct_field(m, "topic"), source),
+        "partition": number("partition", "0"),
+        "offset": number("offset", "0"),
+        "index": number("index", "-1"),
+    })
+    return pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in keys.column_names])
+
+
 class _Outcomes:
     """The distinct outcomes of one topic, keyed by their identity."""
 
-    def __init__(self, kind: str, decode: Any, key: str) -> None:
-        self.kind, self.decode, self.key = kind, decode, key
-        self.rows: dict[str, dict[str, Any]] = {}
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.decode: Any = decode_grant if kind == "grant" else decode_rejection
+        self.key = "grant_id" if kind == "grant" else "source"
+        self.rows: dict[str, Any] = {}
         self.copies = 0
         self.conflicts = 0
         self.undecodable = 0
         self.examples: list[str] = []
 
-    def add(self, msg: Any) -> bool:
-        where = f"{msg.topic}/{msg.partition}/{msg.offset}"
+    def _example(self, text: str) -> None:
+        if len(self.examples) < _MAX_EXAMPLES:
+            self.examples.append(text)
+
+    def add(self, msg: Any) -> None:
         try:
             row = self.decode(msg.value if msg.value is not None else b"")
         except OutputDecodeError as e:
             self.undecodable += 1
-            if len(self.examples) < _MAX_EXAMPLES:
-                self.examples.append(f"undecodable {self.kind} at {where}: {e}")
-            return False
-        ident = row[self.key]
-        first = self.rows.get(ident)
-        if first is None:
-            self.rows[ident] = row
-            return True
+            self._example(f"undecodable {self.kind} at {msg.topic}/{msg.partition}/"
+                          f"{msg.offset}: {e}")
+            return
+        ident = getattr(row, self.key)
+        first = self.rows.setdefault(ident, row)
+        if first is row:
+            return
         self.copies += 1
         if first != row:
             self.conflicts += 1
-            if len(self.examples) < _MAX_EXAMPLES:
-                diff = sorted(k for k in row if row[k] != first[k])
-                self.examples.append(f"conflicting copy of {self.kind} {self.key}={ident!r} "
-                                     f"at {where}: fields {diff} differ from the first copy")
-        return False
+            diff = [f for f in row.__struct_fields__ if getattr(row, f) != getattr(first, f)]
+            self._example(f"conflicting copy of {self.kind} {self.key}={ident!r} at "
+                          f"{msg.topic}/{msg.partition}/{msg.offset}: fields {diff} differ "
+                          "from the first copy")
 
     def table(self) -> pa.Table:
-        rows = sorted(self.rows.values(), key=lambda r: source_order(r["source"]))
+        rows = list(self.rows.values())
         schema = GRANT_SCHEMA if self.kind == "grant" else REJECTION_SCHEMA
-        fields = GRANT_FIELDS if self.kind == "grant" else REJECTION_FIELDS
-        cols: dict[str, pa.Array] = {}
-        for f in fields:
-            values = [r[f] for r in rows]
-            if f == "occurred_at":
-                cols[f] = pa.array(values, type=pa.int64()).cast(TIMESTAMP)
-            else:
-                cols[f] = pa.array(values, type=schema.field(f).type)
-        return pa.table(cols, schema=schema)
+        if self.kind == "grant":
+            rows = self._valid_instants(rows)
+        names = schema.names
+        columns = list(zip(*map(operator.attrgetter(*names), rows), strict=True)) if rows \
+            else [()] * len(names)
+        cols = [pa.array(values, type=pa.string() if f.name == "occurred_at" else f.type)
+                for f, values in zip(schema, columns, strict=True)]
+        if self.kind == "grant":
+            at = schema.get_field_index("occurred_at")
+            cols[at] = cols[at].cast(TIMESTAMP)
+        table = pa.Table.from_arrays(cols, schema=schema)
+        try:
+            order = _sort_indices(table["source"].combine_chunks())
+        except (pa.ArrowInvalid, OverflowError):  # digits beyond int64: sort in Python
+            order = pa.array(sorted(range(len(rows)),
+                                    key=lambda i: source_order(rows[i].source)))
+        return table.take(order)
+
+    def _valid_instants(self, rows: list[Any]) -> list[Any]:
+        """Drop grants whose ``occurred_at`` has the right form but is no date
+        (Feb 30): the column cast would fail on them."""
+        try:
+            pa.array([r.occurred_at for r in rows]).cast(TIMESTAMP)
+            return rows
+        except pa.ArrowInvalid:
+            pass
+        kept = []
+        for r in rows:
+            try:
+                parse_utc(r.occurred_at)
+            except ValueError as e:
+                self.undecodable += 1
+                self._example(f"undecodable grant {r.grant_id!r}: occurred_at: {e}")
+                continue
+            kept.append(r)
+        return kept
 
 
 async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout: float = 10.0,
@@ -119,22 +170,23 @@ async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    grants = _Outcomes("grant", grant_from_json, "grant_id")
-    rejections = _Outcomes("rejection", rejection_from_json, "source")
+    grants = _Outcomes("grant")
+    rejections = _Outcomes("rejection")
     by_topic = {topics.grants: grants, topics.rejections: rejections}
+    try:
+        parts = await asyncio.wait_for(_partitions(bootstrap, list(by_topic)), CONNECT_TIMEOUT)
+    except (TimeoutError, KafkaError, OSError) as e:
+        raise CollectError(f"cannot reach the Kafka broker at {bootstrap} "
+                           f"({type(e).__name__}: {e})") from None
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         isolation_level="read_committed", auto_offset_reset="earliest",
         max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    started = False
     reached_end = False
     try:
         try:
-            parts = await asyncio.wait_for(_partitions(bootstrap, list(by_topic)),
-                                           CONNECT_TIMEOUT)
             await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT)
-            started = True
-        except (KafkaError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, KafkaError, OSError) as e:
             raise CollectError(f"cannot reach the Kafka broker at {bootstrap} "
                                f"({type(e).__name__}: {e})") from None
         tps: list[Any] = []
@@ -154,40 +206,40 @@ async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout:
                     by_topic[m.topic].add(m)
             if any(batch.values()):
                 last_new = time.monotonic()
-            if len(grants.rows) + len(rejections.rows) >= expect:
-                # Refresh the end offsets only once the old ones are reached: while
-                # a worker still writes, they move.
+            # Refresh the end offsets only once the old ones are reached: while a
+            # worker still writes, they move.
+            if (len(grants.rows) + len(rejections.rows) >= expect
+                    and await _at_end(consumer, tps, ends)):
+                ends = await consumer.end_offsets(tps)
                 if await _at_end(consumer, tps, ends):
-                    ends = await consumer.end_offsets(tps)
-                    if await _at_end(consumer, tps, ends):
-                        reached_end = True
-                        break
+                    reached_end = True
+                    break
             if time.monotonic() - last_new >= idle_timeout:
                 break
     except KafkaError as e:
         raise CollectError(f"reading from {bootstrap} failed ({type(e).__name__}: {e})") \
             from None
     finally:
-        if started:
-            await consumer.stop()
+        await consumer.stop()  # also releases a consumer that never connected
+    grant_table, rejection_table = grants.table(), rejections.table()
     if stats is not None:
         stats.update({
-            "grants": len(grants.rows), "rejections": len(rejections.rows),
+            "grants": grant_table.num_rows, "rejections": rejection_table.num_rows,
             "copies": grants.copies + rejections.copies,
             "conflicts": grants.conflicts + rejections.conflicts,
             "undecodable": grants.undecodable + rejections.undecodable,
             "reached_end": reached_end,
             "examples": grants.examples + rejections.examples,
         })
-    return grants.table(), rejections.table()
+    return grant_table, rejection_table
 
 
 async def _partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         meta = await admin.describe_topics(names)
     finally:
         await admin.close()

@@ -143,7 +143,9 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                     kind = ("too_large" if "size" in obj.detail else
                             "invalid_utf8" if "UTF-8" in obj.detail else "invalid_json")
                     bad[kind] = bad.get(kind, 0) + 1
-                seg.add_obj(obj, ts)
+                # a chunk's records carry their own received_at, or none (see
+                # schemas/batch-message.md: the message timestamp is not lent)
+                seg.add_obj(obj, NO_TIME)
                 sources.append(f"{base}#{i}")
                 arrival.append((m.offset << SUB_BITS) | i)
                 rerouted.append(False)
@@ -158,7 +160,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
                              f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
-            seg.add_table(table, ts)
+            seg.add_table(table, NO_TIME)
             sources.extend(f"{base}#{i}" for i in range(table.num_rows))
             arrival.extend((m.offset << SUB_BITS) | i for i in range(table.num_rows))
             rerouted.extend([False] * table.num_rows)

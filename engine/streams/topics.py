@@ -82,7 +82,12 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> int:
             partitions = existing[topics.transactions]
         elif topics.enrollments in existing:
             partitions = existing[topics.enrollments]
-        new = [NewTopic(t, partitions, 1) for t in wanted if t not in existing]
+        # Records carry their business time (received_at) as CreateTime, so time-based
+        # retention would delete a replayed archive as soon as it lands: keep forever
+        # and leave retention to the operators' own policy.
+        keep = {"retention.ms": "-1"}
+        new = [NewTopic(t, partitions, 1, topic_configs=keep) for t in wanted
+               if t not in existing]
         if topics.changelog not in existing:
             new.append(NewTopic(topics.changelog, partitions, 1,
                                 topic_configs={"cleanup.policy": "compact"}))

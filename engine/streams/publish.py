@@ -1,0 +1,639 @@
+"""``mynapoint publish``: replay enrollment and transaction files into Kafka.
+
+All enrollments are published (and acknowledged) before the first transaction,
+so that a worker reading both topics sees every person's application before
+their spending wherever it can. Formats follow ``schemas/batch-message.md``:
+
+- ``batch == 1``: one record per message, no format header, key = ``mykey_id``,
+  timestamp = the record's ``received_at`` (else ``occurred_at``, else, for an
+  enrollment, ``applied_at``), in ms. A JSON Lines record is sent byte for byte
+  as it stands in the file, malformed or not: the engine must judge exactly what
+  the operator sent. A Parquet row is sent as a JSON object (timestamp columns as
+  RFC 3339 strings in UTC with ``Z`` and microseconds; a column without a time
+  zone is written without an offset, so that the engine finds it ``MALFORMED`` as
+  offline ``settle`` does).
+- ``batch > 1``: records are grouped by target partition, keeping file order
+  within a partition, into messages of up to ``batch`` records: a JSON Lines file
+  gives ``jsonl`` chunks of its raw lines, a Parquet file gives ``arrow-ipc``
+  streams of its rows with the file's own columns. Key = ``mykey_id`` of the first
+  record, timestamp = that of the last record with one (every record keeps its own
+  ``received_at``; the engine uses the message timestamp only for records
+  without one). A chunk that would exceed the broker's message size limit is
+  split in two, recursively.
+
+Routing: the partition is Kafka's default (murmur2) partition of ``mykey_id``.
+A record without a string ``mykey_id`` (not JSON, not an object, field missing
+or of another type) goes, with no key, to the partition of its raw line (JSON
+Lines) or of its 0-based row index in decimal (Parquet), so a re-run routes it
+the same way; the engine rejects it ``MALFORMED`` there. A record with no usable
+time gets Kafka's "no timestamp" (-1), never the wall clock, so that a replay is
+decided alike.
+
+Re-running ``publish`` with the same files is safe: by the settlement rules the
+engine rejects every re-published transaction as ``DUPLICATE`` and every
+re-published enrollment as ``DUPLICATE`` (same operator and kind), so nothing
+is granted twice; the second run's outcomes are those rejections.
+
+``--manifest FILE`` writes a Parquet file with one row per input record:
+``input_source`` (``file:line``, as offline ``settle`` writes ``source``),
+``record_type`` and ``kafka_source`` (``topic/partition/offset``, plus ``#i`` in
+batch messages, as the engine writes ``source``), so that streamed outcomes can be
+joined back to file lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from engine.io.readers import sources, split_lines
+from engine.streams.topics import (
+    FORMAT_ARROW,
+    FORMAT_HEADER,
+    FORMAT_JSONL,
+    MAX_RECORDS_PER_MESSAGE,
+    TopicMismatch,
+    Topics,
+    ensure_topics,
+    partition_for,
+)
+
+CONNECT_TIMEOUT = 30.0
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+# Key, headers and record-batch framing must fit next to the value.
+MAX_VALUE_BYTES = MAX_REQUEST_BYTES - 64 * 1024
+# Per-partition record batch handed to the producer: big enough that the
+# per-request overhead vanishes, small enough to keep partitions interleaved.
+BUILDER_BYTES = 1024 * 1024
+NO_TIMESTAMP = -1  # Kafka's "no timestamp"; the engine reads it as no received_at
+
+_TIME_FIELDS = {
+    "enrollment": ("received_at", "applied_at"),
+    "transaction": ("received_at", "occurred_at"),
+}
+
+
+class PublishError(RuntimeError):
+    """An input file or the broker is unusable. ``str()`` names which."""
+
+
+@dataclass
+class _Input:
+    path: Path
+    record_type: str
+    keys: list[bytes | None]      # mykey_id, UTF-8
+    route: list[bytes]            # what the partitioner hashes
+    ts_ms: list[int]              # message timestamps, NO_TIMESTAMP where none
+    positions: np.ndarray         # 1-based line or row numbers
+    lines: list[bytes] | None = None
+    table: pa.Table | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    def where(self, i: int) -> str:
+        return f"{self.path}:{int(self.positions[i])}"
+
+
+# ---------------------------------------------------------------- reading inputs
+
+def _encode_key(v: Any) -> bytes | None:
+    if type(v) is not str:
+        return None
+    try:
+        return v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate cannot be a MyKey ID anyway
+        return None
+
+
+def _instants(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """UTC µs and validity of one time column, parsed as the engine parses it."""
+    from engine.rules.strings import parse_timestamps
+
+    n = len(arr)
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr = arr.cast(t.value_type)
+        t = arr.type
+    if pa.types.is_timestamp(t):
+        if t.tz is None:
+            return np.zeros(n, np.int64), np.zeros(n, np.bool_)
+        us = arr.cast(pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
+        return (us.fill_null(0).to_numpy(),
+                np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), np.bool_))
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        arr = arr.cast(pa.string())
+        t = arr.type
+    if not pa.types.is_string(t):
+        return np.zeros(n, np.int64), np.zeros(n, np.bool_)
+    us, ok = parse_timestamps(arr)
+    return np.asarray(us, np.int64), np.asarray(ok, np.bool_)
+
+
+def _timestamps_ms(columns: list[pa.Array], n: int) -> list[int]:
+    """The first usable column per record, in ms rounded down."""
+    ms = np.full(n, NO_TIMESTAMP, dtype=np.int64)
+    have = np.zeros(n, dtype=np.bool_)
+    for col in columns:
+        us, ok = _instants(col)
+        take = ok & ~have
+        ms[take] = us[take] // 1000
+        have |= take
+    # Kafka has no timestamps before 1970; such a record is not late either way.
+    ms[ms < 0] = NO_TIMESTAMP
+    return ms.tolist()  # type: ignore[no-any-return]
+
+
+def _read_jsonl(path: Path, record_type: str) -> _Input:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PublishError(f"{path}: cannot read file ({e.strerror})") from None
+    lines, numbers = split_lines(data)
+    del data
+    fields = _TIME_FIELDS[record_type]
+    stamps: list[list[str | None]] = [[] for _ in fields]
+    keys: list[bytes | None] = []
+    route: list[bytes] = []
+    loads = orjson.loads
+    for line in lines:
+        try:
+            obj = loads(line)
+        except orjson.JSONDecodeError:
+            obj = None
+        key = None
+        if type(obj) is dict:
+            key = _encode_key(obj.get("mykey_id"))
+            for f, out in zip(fields, stamps, strict=True):
+                v = obj.get(f)
+                out.append(v if type(v) is str else None)
+        else:
+            for out in stamps:
+                out.append(None)
+        keys.append(key)
+        route.append(line if key is None else key)
+    ts = _timestamps_ms([pa.array(s, type=pa.string()) for s in stamps], len(lines))
+    return _Input(path, record_type, keys, route, ts, numbers, lines=lines)
+
+
+def _read_parquet(path: Path, record_type: str) -> _Input:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise PublishError(f"{path}: cannot read Parquet ({e})") from None
+    n = table.num_rows
+
+    def column(name: str) -> pa.Array | None:
+        i = table.schema.get_field_index(name)
+        return table.column(i).combine_chunks() if i >= 0 else None
+
+    keys: list[bytes | None] = [None] * n
+    col = column("mykey_id")
+    if col is not None:
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type):
+            col = col.cast(pa.string())
+        if pa.types.is_string(col.type):
+            keys = [None if v is None else v.encode("utf-8") for v in col.to_pylist()]
+    route = [k if k is not None else str(i).encode() for i, k in enumerate(keys)]
+    cols = [c for c in (column(f) for f in _TIME_FIELDS[record_type]) if c is not None]
+    ts = _timestamps_ms(cols, n)
+    return _Input(path, record_type, keys, route, ts, np.arange(1, n + 1, dtype=np.int64),
+                  table=table)
+
+
+def read_input(path: str | Path, record_type: str) -> _Input:
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(p, record_type)
+    if suffix == ".parquet":
+        return _read_parquet(p, record_type)
+    raise PublishError(f"{p}: unknown input format (use .jsonl, .ndjson or .parquet)")
+
+
+# ---------------------------------------------------------------- building messages
+
+def _json_default(v: Any) -> Any:
+    # Kept non-string where offline reading would see a non-string column, so
+    # that the engine judges the row the same way.
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, bytes):
+        return {"$binary": base64.b64encode(v).decode()}
+    if isinstance(v, timedelta):
+        return v.total_seconds()
+    raise TypeError(f"cannot express a {type(v).__name__} value in JSON")
+
+
+def _rfc3339_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    t = col.type
+    if t.tz is None:
+        return pc.strftime(col.cast(pa.timestamp("us"), safe=False), format="%Y-%m-%dT%H:%M:%S")
+    utc = col.cast(pa.timestamp("us", tz="UTC"), safe=False)
+    return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json_rows(inp: _Input) -> list[bytes]:
+    table = inp.table
+    assert table is not None
+    cols = [_rfc3339_strings(c) if pa.types.is_timestamp(c.type) else c for c in table.columns]
+    table = pa.Table.from_arrays(cols, names=table.column_names)
+    out: list[bytes] = []
+    dumps = orjson.dumps
+    opts = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+    step = 50_000
+    for start in range(0, table.num_rows, step):
+        rows = table.slice(start, step).to_pylist()
+        for k, row in enumerate(rows):
+            try:
+                out.append(dumps(row, default=_json_default, option=opts))
+            except orjson.JSONEncodeError as e:
+                raise PublishError(f"{inp.where(start + k)}: {e}") from None
+    return out
+
+
+def _chunk_plan(parts: np.ndarray, n_parts: int, size: int) -> list[np.ndarray]:
+    """Per-partition chunks of record indices, in the order a streaming publisher
+    would flush them: a full chunk when its last record is read, the rest at the end."""
+    n = len(parts)
+    order = np.argsort(parts, kind="stable")
+    bounds = np.searchsorted(parts[order], np.arange(n_parts + 1))
+    plan: list[tuple[int, np.ndarray]] = []
+    for p in range(n_parts):
+        idx = order[bounds[p]:bounds[p + 1]]
+        for s in range(0, len(idx), size):
+            c = idx[s:s + size]
+            plan.append((int(c[-1]) if len(c) == size else n + p, c))
+    plan.sort(key=lambda t: t[0])
+    return [c for _, c in plan]
+
+
+def _arrow_value(table: pa.Table, idx: np.ndarray) -> bytes:
+    sub = table.take(pa.array(idx, type=pa.int64()))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(sub)
+    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
+
+
+def _jsonl_value(lines: list[bytes], idx: np.ndarray) -> bytes:
+    return b"\n".join([lines[i] for i in idx.tolist()])
+
+
+Message = tuple[int, bytes | None, bytes, int, list[tuple[str, bytes]], Any]
+
+
+def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int) -> Iterator[Message]:
+    """(partition, key, value, timestamp_ms, headers, records) in sending order;
+    ``records`` is the record index (one-record message) or an index array."""
+    keys, ts = inp.keys, inp.ts_ms
+    if batch == 1:
+        values = inp.lines if inp.lines is not None else _json_rows(inp)
+        plist = parts.tolist()
+        for i, v in enumerate(values):
+            if len(v) > MAX_VALUE_BYTES:
+                raise PublishError(f"{inp.where(i)}: record of {len(v):,} bytes exceeds the "
+                                   f"message size limit of {MAX_VALUE_BYTES:,} bytes")
+            yield plist[i], keys[i], v, ts[i], [], i
+        return
+    if inp.lines is not None:
+        lines = inp.lines
+        headers = [(FORMAT_HEADER, FORMAT_JSONL)]
+
+        def encode(idx: np.ndarray) -> bytes:
+            return _jsonl_value(lines, idx)
+    else:
+        table = inp.table
+        assert table is not None
+        headers = [(FORMAT_HEADER, FORMAT_ARROW)]
+
+        def encode(idx: np.ndarray) -> bytes:
+            return _arrow_value(table, idx)
+
+    def fit(idx: np.ndarray) -> Iterator[tuple[np.ndarray, bytes]]:
+        value = encode(idx)
+        if len(value) <= MAX_VALUE_BYTES:
+            yield idx, value
+        elif len(idx) == 1:
+            raise PublishError(f"{inp.where(int(idx[0]))}: record of {len(value):,} bytes "
+                               f"exceeds the message size limit of {MAX_VALUE_BYTES:,} bytes")
+        else:
+            half = len(idx) // 2
+            yield from fit(idx[:half])
+            yield from fit(idx[half:])
+
+    ts_arr = np.asarray(ts, dtype=np.int64)
+    for chunk in _chunk_plan(parts, n_parts, batch):
+        for idx, value in fit(chunk):
+            # The last record that has a time: a trailing malformed line must not
+            # take the fallback received_at away from the records before it.
+            timed = ts_arr[idx]
+            timed = timed[timed != NO_TIMESTAMP]
+            yield (int(parts[idx[0]]), keys[int(idx[0])], value,
+                   int(timed[-1]) if len(timed) else NO_TIMESTAMP, headers, idx)
+
+
+# ---------------------------------------------------------------- sending
+
+class _RateLimit:
+    """Token bucket on records: a message may go once the records before it are due."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.t0: float | None = None
+        self.sent = 0
+
+    def delay(self, records: int) -> float:
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        due = self.t0 + self.sent / self.rate
+        self.sent += records
+        return due - now
+
+
+class _Open:
+    """A record batch being filled for one partition."""
+
+    __slots__ = ("builder", "records", "timed")
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.records: list[Any] = []
+        self.timed = False
+
+
+class _Sender:
+    """Per-partition record batches built directly (``create_batch``), which
+    avoids a coroutine and a future per message; delivery metadata gives every
+    record's offset."""
+
+    def __init__(self, producer: Any, topic: str, n_records: int) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.open: dict[int, _Open] = {}
+        self.sent: list[tuple[int, Any, list[Any]]] = []
+        self.partition = np.full(n_records, -1, dtype=np.int64)
+        self.offset = np.full(n_records, -1, dtype=np.int64)
+        self.index = np.full(n_records, -1, dtype=np.int64)
+        self.messages = 0
+
+    def append(self, p: int, key: bytes | None, value: bytes, ts: int,
+               headers: list[tuple[str, bytes]], records: Any) -> bool:
+        """False when partition ``p``'s batch cannot take the message: call
+        :meth:`roll`, then append again."""
+        entry = self.open.get(p)
+        if entry is None:
+            entry = self.open[p] = _Open(self.producer.create_batch())
+        if ts != NO_TIMESTAMP:
+            if not entry.timed and entry.records:
+                # aiokafka's builder takes a leading -1 as "no base timestamp yet"
+                # and would give the earlier untimed records this one's time.
+                return False
+            entry.timed = True
+        if entry.builder.append(timestamp=ts, key=key, value=value, headers=headers) is None:
+            return False
+        entry.records.append(records)
+        self.messages += 1
+        return True
+
+    async def roll(self, p: int) -> None:
+        await self.send(p)
+        self.open[p] = _Open(self.producer.create_batch())
+
+    async def send(self, p: int) -> None:
+        entry = self.open.pop(p)
+        if not entry.records:
+            return
+        entry.builder.close()  # a closed batch is sent at once, without waiting for linger
+        fut = await self.producer.send_batch(entry.builder, self.topic, partition=p)
+        self.sent.append((p, fut, entry.records))
+
+    async def send_open(self) -> None:
+        for p in list(self.open):
+            await self.send(p)
+
+    async def flush(self) -> None:
+        """Send what is open and wait until the broker acknowledged everything."""
+        await self.send_open()
+        for p, fut, records in self.sent:
+            base = (await fut).offset
+            if isinstance(records[0], int):
+                idx = np.asarray(records, dtype=np.int64)
+                self.partition[idx] = p
+                self.offset[idx] = base + np.arange(len(idx), dtype=np.int64)
+                continue
+            for k, idx in enumerate(records):
+                self.partition[idx] = p
+                self.offset[idx] = base + k
+                self.index[idx] = np.arange(len(idx), dtype=np.int64)
+        self.sent.clear()
+
+
+async def _publish_one(producer: Any, inp: _Input, topic: str, n_parts: int, batch: int,
+                       limit: _RateLimit | None, bar: Any) -> _Sender:
+    cache: dict[bytes, int] = {}
+    plist: list[int] = []
+    for key, r in zip(inp.keys, inp.route, strict=True):
+        if key is None:
+            plist.append(partition_for(r, n_parts))
+            continue
+        p = cache.get(key)
+        if p is None:
+            p = cache[key] = partition_for(key, n_parts)
+        plist.append(p)
+    parts = np.asarray(plist, dtype=np.int64)
+    sender = _Sender(producer, topic, inp.n)
+    task = bar.add_task(f"{inp.record_type}s → {topic}", total=inp.n) if bar else None
+    pending = 0
+    for p, key, value, ts, headers, records in _messages(inp, parts, n_parts, batch):
+        count = 1 if isinstance(records, int) else len(records)
+        if limit is not None:
+            wait = limit.delay(count)
+            if wait > 0.002:
+                # Records must reach the broker at the rate, not just leave this loop.
+                await sender.send_open()
+                await asyncio.sleep(wait)
+        if not sender.append(p, key, value, ts, headers, records):
+            await sender.roll(p)
+            if not sender.append(p, key, value, ts, headers, records):
+                raise AssertionError("an empty record batch always takes one message")
+        pending += count
+        if bar and pending >= 5_000:
+            bar.advance(task, pending)
+            pending = 0
+    await sender.flush()
+    if bar:
+        bar.advance(task, pending)
+    return sender
+
+
+def _manifest_rows(inp: _Input, sender: _Sender, topic: str, batch: int) -> pa.Table:
+    kafka = pc.binary_join_element_wise(
+        pa.scalar(topic), pa.array(sender.partition).cast(pa.string()),
+        pa.array(sender.offset).cast(pa.string()), "/")
+    if batch > 1:
+        kafka = pc.binary_join_element_wise(kafka, pa.array(sender.index).cast(pa.string()),
+                                            "#")
+    return pa.table({
+        "input_source": sources(inp.path.name, inp.positions),
+        "record_type": pa.array([inp.record_type] * inp.n, type=pa.string()),
+        "kafka_source": kafka,
+    })
+
+
+def _write_manifest(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PublishError(f"{path}: cannot write the manifest ({e.strerror})") from None
+
+
+def _progress_bar() -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=False)
+
+
+async def ensure_topics_settled(bootstrap: str, topics: Topics, partitions: int,
+                                settle: float = 5.0) -> int:
+    """:func:`ensure_topics`, retried for a few seconds on a mismatch: right after
+    creation the broker may still describe the new topics with no partitions."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            return await ensure_topics(bootstrap, topics, partitions)
+        except TopicMismatch:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path | None,
+                        transactions: str | Path | None, batch: int = 1000, rate: float = 0.0,
+                        partitions: int = 8, progress: bool = False,
+                        manifest: str | Path | None = None) -> dict[str, Any]:
+    """Publish the files; return counts (records and messages per type, partitions,
+    seconds). Raises :class:`PublishError` for an unusable file or broker."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.codec import has_lz4
+    from aiokafka.errors import KafkaError
+
+    if not 1 <= batch <= MAX_RECORDS_PER_MESSAGE:
+        raise PublishError(f"--batch must be 1 to {MAX_RECORDS_PER_MESSAGE}, got {batch}")
+    if rate < 0:
+        raise PublishError(f"--rate must not be negative, got {rate}")
+    # Every file is read before anything is sent: a bad second file must not
+    # leave the first one half-published.
+    inputs: list[tuple[_Input, str]] = []
+    if enrollments is not None:
+        inputs.append((read_input(enrollments, "enrollment"), topics.enrollments))
+    if transactions is not None:
+        inputs.append((read_input(transactions, "transaction"), topics.transactions))
+    t0 = time.monotonic()
+    try:
+        n_parts = await asyncio.wait_for(ensure_topics_settled(bootstrap, topics, partitions),
+                                         CONNECT_TIMEOUT)
+    except TopicMismatch as e:
+        raise PublishError(f"broker {bootstrap}: {e}") from None
+    except (TimeoutError, KafkaError, OSError) as e:
+        raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
+                           f"({type(e).__name__}: {e})") from None
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5,
+        max_request_size=MAX_REQUEST_BYTES, max_batch_size=BUILDER_BYTES,
+        compression_type="lz4" if has_lz4() else None)
+    counts: dict[str, Any] = {"partitions": n_parts, "enrollments": 0, "transactions": 0,
+                              "enrollment_messages": 0, "transaction_messages": 0}
+    manifest_parts: list[pa.Table] = []
+    limit = _RateLimit(rate) if rate > 0 else None
+    bar = _progress_bar() if progress and sys.stderr.isatty() else None
+    try:
+        try:
+            await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT)
+        except (TimeoutError, KafkaError, OSError) as e:
+            raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
+                               f"({type(e).__name__}: {e})") from None
+        if bar:
+            bar.start()
+        for inp, topic in inputs:
+            try:
+                sender = await _publish_one(producer, inp, topic, n_parts, batch, limit, bar)
+            except KafkaError as e:
+                raise PublishError(f"publishing {inp.path} to {bootstrap} failed "
+                                   f"({type(e).__name__}: {e})") from None
+            counts[f"{inp.record_type}s"] = inp.n
+            counts[f"{inp.record_type}_messages"] = sender.messages
+            if manifest is not None:
+                manifest_parts.append(_manifest_rows(inp, sender, topic, batch))
+    finally:
+        if bar:
+            bar.stop()
+        await producer.stop()  # also releases a producer that never connected
+    counts["seconds"] = time.monotonic() - t0
+    if manifest is not None:
+        schema = pa.schema([("input_source", pa.string()), ("record_type", pa.string()),
+                            ("kafka_source", pa.string())])
+        table = (pa.concat_tables(manifest_parts) if manifest_parts
+                 else schema.empty_table())
+        _write_manifest(Path(manifest), table)
+    return counts
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.enrollments is None and args.transactions is None:
+        print("mynapoint publish: nothing to publish (give --enrollments and/or "
+              "--transactions)", file=sys.stderr)
+        return 2
+    # Right after topic creation the broker briefly answers NOT_LEADER and the
+    # producer retries; a real failure still ends in an exception below.
+    logging.getLogger("aiokafka.producer.sender").setLevel(logging.ERROR)
+    try:
+        counts = asyncio.run(publish_files(
+            args.broker, Topics(prefix=args.topic_prefix), args.enrollments,
+            args.transactions, batch=args.batch, rate=args.rate, partitions=args.partitions,
+            progress=not args.quiet, manifest=getattr(args, "manifest", None)))
+    except PublishError as e:
+        print(f"mynapoint publish: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        records = counts.get("enrollments", 0) + counts.get("transactions", 0)
+        secs = counts["seconds"]
+        print(f"published {counts.get('enrollments', 0):,} enrollments and "
+              f"{counts.get('transactions', 0):,} transactions in "
+              f"{counts.get('enrollment_messages', 0) + counts.get('transaction_messages', 0):,}"
+              f" messages to {counts['partitions']} partitions in {secs:.1f} s "
+              f"({records / secs if secs > 0 else 0:,.0f} records/s)")
+    return 0
