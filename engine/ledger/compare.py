@@ -32,7 +32,9 @@ class Comparison:
         if self.equal:
             return head + ": identical"
         more = len(self.differences) - 20
-        lines = self.differences[:20] + ([f"... and {more} more"] if more > 0 else [])
+        # rejections first: when outcomes differ, the reason is the first clue
+        diffs = sorted(self.differences, key=lambda d: not d.startswith("rejection"))
+        lines = diffs[:20] + ([f"... and {more} more"] if more > 0 else [])
         return head + f": {len(self.differences)} differences\n  " + "\n  ".join(lines)
 
 

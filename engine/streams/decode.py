@@ -119,7 +119,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 kind = ("too_large" if "size" in obj.detail else
                         "invalid_utf8" if "UTF-8" in obj.detail else "invalid_json")
                 bad[kind] = bad.get(kind, 0) + 1
-            elif isinstance(obj, dict):
+            elif isinstance(obj, dict) and origin is None:
                 # in Kafka the record timestamp *is* received_at
                 obj.pop("received_at", None)
                 # the key is only a routing hint: records are placed by their mykey_id
@@ -127,7 +127,8 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                     bad["no_key"] = bad.get("no_key", 0) + 1
                 elif m.key != str(obj.get("mykey_id")).encode("utf-8", "replace"):
                     bad["wrong_key"] = bad.get("wrong_key", 0) + 1
-            seg.add_obj(obj, ts)
+            # a re-routed record keeps the received_at it had in its first message
+            seg.add_obj(obj, ts if origin is None else NO_TIME)
             sources.append(origin.decode("utf-8", "replace") if origin else base)
             arrival.append(m.offset << SUB_BITS)
             rerouted.append(origin is not None)

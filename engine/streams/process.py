@@ -30,6 +30,10 @@ class WorkerProcess:
             self._wait_for("consuming", wait)
         return self
 
+    def wait_for(self, text: str, wait: float = 60.0) -> None:
+        """Block until the worker's log shows ``text`` (e.g. "assigned partitions")."""
+        self._wait_for(text, wait)
+
     def _wait_for(self, text: str, wait: float) -> None:
         assert self.log_path is not None and self.proc is not None
         deadline = time.monotonic() + wait

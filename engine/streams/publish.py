@@ -16,10 +16,10 @@ their spending wherever it can. Formats follow ``schemas/batch-message.md``:
   within a partition, into messages of up to ``batch`` records: a JSON Lines file
   gives ``jsonl`` chunks of its raw lines, a Parquet file gives ``arrow-ipc``
   streams of its rows with the file's own columns. Key = ``mykey_id`` of the first
-  record, timestamp = that of the last record with one (every record keeps its own
-  ``received_at``; the engine uses the message timestamp only for records
-  without one). A chunk that would exceed the broker's message size limit is
-  split in two, recursively.
+  record, timestamp = that of the last record that has one. The engine does not
+  lend the message timestamp to the records of a chunk: each keeps its own
+  ``received_at`` field, or has none, as offline. A chunk that would exceed the
+  broker's message size limit is split in two, recursively.
 
 Routing: the partition is Kafka's default (murmur2) partition of ``mykey_id``.
 A record without a string ``mykey_id`` (not JSON, not an object, field missing
@@ -345,8 +345,9 @@ def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int) -> Itera
     ts_arr = np.asarray(ts, dtype=np.int64)
     for chunk in _chunk_plan(parts, n_parts, batch):
         for idx, value in fit(chunk):
-            # The last record that has a time: a trailing malformed line must not
-            # take the fallback received_at away from the records before it.
+            # The latest business time in the chunk, so that the broker's time
+            # index and time-based lookups see the chunk where its records belong,
+            # even when the chunk ends with a malformed line that has no time.
             timed = ts_arr[idx]
             timed = timed[timed != NO_TIMESTAMP]
             yield (int(parts[idx[0]]), keys[int(idx[0])], value,
@@ -534,7 +535,7 @@ async def ensure_topics_settled(bootstrap: str, topics: Topics, partitions: int,
     deadline = time.monotonic() + settle
     while True:
         try:
-            return await ensure_topics(bootstrap, topics, partitions)
+            return await ensure_topics(bootstrap, topics, partitions, changelog=False)
         except TopicMismatch:
             if time.monotonic() >= deadline:
                 raise

@@ -376,6 +376,8 @@ class ShardDecider:
     def _reroute_record(self, b: InBatch, i: int, key: str) -> dict[str, Any]:
         v = b.v
         rec: dict[str, Any] = {"mykey_id": key, "operator_id": v.operator_id[i].as_py()}
+        if v.received[i] != NO_TIME:
+            rec["received_at"] = _us_to_rfc3339(int(v.received[i]))
         if v.record_type == "transaction":
             rec.update(txn_id=v.txn_id[i].as_py(), kind=KIND_NAMES[int(v.kind[i])],
                        amount=int(v.amount[i]), occurred_at=_us_to_rfc3339(int(v.at[i])))

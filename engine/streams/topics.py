@@ -25,7 +25,11 @@ MAX_RECORDS_PER_MESSAGE = 65_535  # the record index shares an int64 with the of
 @dataclass(frozen=True)
 class Topics:
     prefix: str = "mynapoint"
-    group: str = "mynapoint-engine"
+    group: str = ""  # consumer group of the workers; "" means "<prefix>-engine"
+
+    @property
+    def group_id(self) -> str:
+        return self.group or f"{self.prefix}-engine"
 
     @property
     def enrollments(self) -> str:
@@ -45,7 +49,7 @@ class Topics:
 
     @property
     def changelog(self) -> str:
-        return f"{self.prefix}.{self.group}.state-changelog"
+        return f"{self.prefix}.{self.group_id}.state-changelog"
 
     @property
     def inputs(self) -> tuple[str, str]:
@@ -65,17 +69,26 @@ class TopicMismatch(RuntimeError):
     pass
 
 
-async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> int:
+async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
+                        changelog: bool = True, settle_seconds: float = 15.0) -> int:
     """Create missing topics; return the partition count in use.
 
     Existing topics decide the count; if inputs and outputs disagree the worker
     cannot keep a person on one partition, so that is an error, not a warning.
+    Right after creation a broker may describe a topic with no partitions or no
+    leader yet, so this waits until every partition has a leader.
+    ``changelog=False`` (publishers) leaves the workers' state topic alone.
     """
+    import asyncio
+    import time
+
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         wanted = [topics.enrollments, topics.transactions, topics.grants, topics.rejections]
-        meta = await admin.describe_topics([*wanted, topics.changelog])
+        if changelog:
+            wanted.append(topics.changelog)
+        meta = await admin.describe_topics(wanted)
         existing = {m["topic"]: len(m["partitions"]) for m in meta
                     if m.get("error_code", 0) == 0 and m["partitions"]}
         if topics.transactions in existing:
@@ -86,20 +99,28 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> int:
         # retention would delete a replayed archive as soon as it lands: keep forever
         # and leave retention to the operators' own policy.
         keep = {"retention.ms": "-1"}
-        new = [NewTopic(t, partitions, 1, topic_configs=keep) for t in wanted
-               if t not in existing]
-        if topics.changelog not in existing:
-            new.append(NewTopic(topics.changelog, partitions, 1,
-                                topic_configs={"cleanup.policy": "compact"}))
+        new = [NewTopic(t, partitions, 1,
+                        topic_configs={"cleanup.policy": "compact"} if t == topics.changelog
+                        else keep)
+               for t in wanted if t not in existing]
         if new:
             # another worker may win the race; the count check below still applies
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-        meta = await admin.describe_topics([*wanted, topics.changelog])
-        counts = {m["topic"]: len(m["partitions"]) for m in meta}
-        bad = {t: c for t, c in counts.items() if c != partitions}
-        if bad:
-            raise TopicMismatch(f"topics must all have {partitions} partitions, found {bad}")
-        return partitions
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            meta = await admin.describe_topics(wanted)
+            counts = {m["topic"]: len(m["partitions"]) for m in meta}
+            leaderless = [m["topic"] for m in meta
+                          if any(p.get("leader", -1) < 0 for p in m["partitions"])]
+            bad = {t: c for t, c in counts.items() if c != partitions}
+            if not bad and not leaderless:
+                return partitions
+            if time.monotonic() > deadline:
+                if bad:
+                    raise TopicMismatch(
+                        f"topics must all have {partitions} partitions, found {bad}")
+                raise TopicMismatch(f"topics without a partition leader: {leaderless}")
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()

@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.metrics import EngineMetrics
@@ -80,7 +81,7 @@ class Worker:
         self.metrics = metrics or EngineMetrics()
         # a private directory per process: two workers on one machine never share
         # a RocksDB, and the changelog is the source of truth anyway
-        self.state_root = state_dir / topics.group
+        self.state_root = state_dir / topics.group_id
         self.state_dir = self.state_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stores: dict[int, ShardStore] = {}
         self.lock = asyncio.Lock()
@@ -101,10 +102,10 @@ class Worker:
             linger_ms=2, max_batch_size=1 << 20, max_request_size=10 << 20)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.topics.group,
+            bootstrap_servers=self.bootstrap, group_id=self.topics.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
-            isolation_level="read_committed", session_timeout_ms=10_000,
+            isolation_level="read_committed", session_timeout_ms=6_000,
             heartbeat_interval_ms=1_000, max_poll_interval_ms=300_000,
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
             max_poll_records=self.max_batch)
@@ -215,6 +216,16 @@ class Worker:
             elif not lag and tt in c.paused():
                 c.resume(tt)
 
+    async def _enrollments_behind(self, p: int) -> bool:
+        assert self.consumer is not None
+        te = TopicPartition(self.topics.enrollments, p)
+        if te not in self.consumer.assignment():
+            return False
+        hw = self.consumer.highwater(te)
+        if hw is None:
+            return True
+        return await self.consumer.position(te) < hw
+
     async def process(self, data: dict[Any, list[Any]]) -> None:
         assert self.producer is not None and self.consumer is not None
         assert self.decider is not None
@@ -230,6 +241,18 @@ class Worker:
             offsets[tp] = msgs[-1].offset + 1
             n_in += len(msgs)
             stamps.extend(m.timestamp for m in msgs)
+        for p, topics in by_part.items():
+            msgs = topics.get(self.topics.transactions)
+            if msgs and await self._enrollments_behind(p):
+                # Applications precede spending: hand these transactions back until the
+                # partition's enrollments are read, rather than let them wait (and
+                # perhaps time out) for enrollments that are already in Kafka.
+                tt = TopicPartition(self.topics.transactions, p)
+                self.consumer.seek(tt, msgs[0].offset)
+                self.consumer.pause(tt)
+                del topics[self.topics.transactions]
+                offsets.pop(tt, None)
+                n_in -= len(msgs)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             enr = self._decode(topics.get(self.topics.enrollments), "enrollment")
@@ -249,6 +272,8 @@ class Worker:
             for rtype, target, rec, source, received in res.reroute:
                 topic = (self.topics.transactions if rtype == "transaction"
                          else self.topics.enrollments)
+                # the engine reads a re-routed record's time from its JSON, not from
+                # the message timestamp (which the producer would set to "now")
                 ts = received // 1000 if received != NO_TIME else None
                 out[(topic, target)].append((rec["mykey_id"].encode(), orjson.dumps(rec),
                                              [(SOURCE_HEADER, source.encode())], ts))
@@ -268,7 +293,13 @@ class Worker:
             # a batch's metadata carries its base offset; the blobs follow it
             self.stores[p].apply(results[p].blobs, last + len(results[p].blobs))
         if offsets:
-            await self.consumer.commit(offsets)
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as e:
+                # A rebalance took the partitions away (or back) meanwhile: outcomes
+                # and state are already durable, so the redelivered records will be
+                # skipped by the people's marks. Nothing to undo.
+                log.warning("offset commit skipped after a rebalance: %s", e)
         self._observe(results, n_in, time.perf_counter() - t0)
         # Append-to-outcome latency is only meaningful for live traffic, whose record
         # timestamp (received_at) is "now"; replays of old records carry old stamps.
@@ -342,8 +373,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     metrics = EngineMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    group = args.group or f"{args.topic_prefix}-engine"
-    w = Worker(args.broker, Topics(args.topic_prefix, group), campaign, registry,
+    w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
                Path(args.state_dir), args.partitions, args.max_batch, metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,232 @@
+"""The local broker management in engine.kafka.local, against a real Kafka 3.9 broker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from engine.kafka import local
+
+pytestmark = pytest.mark.kafka
+
+
+async def _create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _consume(bootstrap: str, topic: str, group: str, expected: int,
+                   isolation_level: str = "read_uncommitted") -> list[tuple[bytes, bytes]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                                auto_offset_reset="earliest", isolation_level=isolation_level)
+    await consumer.start()
+    out: list[tuple[bytes, bytes]] = []
+    try:
+        while len(out) < expected:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for messages in batches.values():
+                out.extend((m.key, m.value) for m in messages if m.key is not None
+                           and m.value is not None)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _run(coro, timeout: float = 60.0):
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+def _records(n: int) -> list[tuple[bytes, bytes]]:
+    return [(f"user-{i % 17}".encode(), f"record-{i}".encode()) for i in range(n)]
+
+
+def test_start_is_idempotent(kafka_broker: local.Broker) -> None:
+    assert kafka_broker.bootstrap == f"127.0.0.1:{kafka_broker.port}"
+    assert local.is_ready(kafka_broker.bootstrap, 5.0)
+    again = local.start(port=kafka_broker.port, data_dir=kafka_broker.data_dir)
+    assert again.pid == kafka_broker.pid
+    assert again.startup_seconds is None  # found running, not started
+    assert again.bootstrap == kafka_broker.bootstrap
+    assert local.status(kafka_broker.port, kafka_broker.data_dir) == again
+
+
+def test_broker_listens_on_loopback_only(kafka_broker: local.Broker) -> None:
+    props = (kafka_broker.data_dir / local.SERVER_PROPERTIES).read_text()
+    assert f"advertised.listeners=PLAINTEXT://127.0.0.1:{kafka_broker.port}\n" in props
+    for line in props.splitlines():
+        if line.startswith("listeners="):
+            assert all("//127.0.0.1:" in url for url in line.split("=", 1)[1].split(","))
+
+
+def test_produce_consume_round_trip(kafka_broker: local.Broker, topic_prefix: str) -> None:
+    topic = f"{topic_prefix}-roundtrip"
+    records = _records(200)
+    _run(_create_topic(kafka_broker.bootstrap, topic))
+    _run(_produce(kafka_broker.bootstrap, topic, records))
+    got = _run(_consume(kafka_broker.bootstrap, topic, f"{topic_prefix}-g", len(records)))
+    assert sorted(got) == sorted(records)
+
+
+def test_transactional_producer_commits(kafka_broker: local.Broker, topic_prefix: str) -> None:
+    # A single-node broker needs the transaction-log settings, or this hangs.
+    topic = f"{topic_prefix}-tx"
+    _run(_create_topic(kafka_broker.bootstrap, topic))
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap,
+                                    transactional_id=f"{topic_prefix}-txid")
+        await producer.start()
+        try:
+            async with producer.transaction():
+                for key, value in _records(10):
+                    await producer.send(topic, value, key=key)
+        finally:
+            await producer.stop()
+
+    _run(produce())
+    got = _run(_consume(kafka_broker.bootstrap, topic, f"{topic_prefix}-g", 10,
+                        isolation_level="read_committed"))
+    assert sorted(got) == sorted(_records(10))
+
+
+def test_topic_prefix_is_fresh(topic_prefix: str) -> None:
+    assert topic_prefix.startswith("t") and len(topic_prefix) == 9
+    other = topic_prefix()  # type: ignore[operator]
+    assert other != topic_prefix and len(other) == 9
+
+
+def test_stop_never_kills_an_unrelated_process(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    # Looks like a broker, but of another data dir.
+    lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                  "kafka.Kafka", "/elsewhere/server.properties"])
+    try:
+        for proc in (sleeper, lookalike):
+            (tmp_path / local.PID_FILE).write_text(f"{proc.pid}\n")
+            assert local.stop(port=local.free_port(), data_dir=tmp_path) is False
+            assert proc.poll() is None, "stop() killed a process that is not its broker"
+            assert not (tmp_path / local.PID_FILE).exists(), "stale pid file was kept"
+        # Nothing recorded at all: a no-op.
+        assert local.stop(port=local.free_port(), data_dir=tmp_path) is False
+        assert local.stop(port=local.free_port(), data_dir=tmp_path / "missing") is False
+    finally:
+        for proc in (sleeper, lookalike):
+            proc.kill()
+            proc.wait()
+
+
+def test_kill_then_start_recovers_data(request: pytest.FixtureRequest,
+                                       topic_prefix: str) -> None:
+    port = local.free_port()
+    data_dir = request.config.rootpath / ".kafka" / f"test-{port}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    topic = f"{topic_prefix}-durable"
+    records = _records(500)
+    try:
+        broker = local.start(port=port, data_dir=data_dir, wait=120.0)
+        _run(_create_topic(broker.bootstrap, topic))
+        _run(_produce(broker.bootstrap, topic, records))
+
+        broker.kill()
+        assert local.status(port, data_dir) is None
+        assert not local.is_ready(broker.bootstrap, 0)
+
+        restarted = local.start(port=port, data_dir=data_dir, wait=120.0)
+        assert restarted.pid != broker.pid
+        assert restarted.startup_seconds is not None
+        got = _run(_consume(restarted.bootstrap, topic, f"{topic_prefix}-g", len(records)))
+        assert sorted(got) == sorted(records)
+        assert restarted.stop() is True
+        assert not local.is_ready(restarted.bootstrap, 0)
+    finally:
+        local.stop(port=port, data_dir=data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_port_taken_by_something_else_fails_clearly(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(local.KafkaError, match=f"port {port} .* already in use"):
+            local.start(port=port, data_dir=tmp_path / "broker")
+    assert not (tmp_path / "broker").exists()
+
+
+def test_missing_java_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(local.KafkaError, match="`java` not found on PATH"):
+        local.start(port=local.free_port(), data_dir=tmp_path / "broker")
+
+
+def test_missing_mvn_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    java = shutil.which("java")
+    assert java is not None
+    (bin_dir / "java").symlink_to(java)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("MYNAPOINT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(local.KafkaError, match="`mvn` not found on PATH"):
+        local.fetch_jars()
+    assert not local.libs_dir().exists()
+
+
+def test_concurrent_fetches_share_one_complete_download(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MYNAPOINT_CACHE", str(tmp_path / "cache"))
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            results.append(local.fetch_jars())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors
+    assert results == [local.libs_dir()] * 2
+    assert local.jars_present()
+    home = local.libs_dir().parent
+    assert sorted(p.name for p in home.iterdir()) == ["fetch.lock", "libs", "pom.xml"]
+    assert local.fetch_jars() == local.libs_dir()  # cached: no mvn run
+
+
+def test_cli_status_and_stop_when_nothing_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    port = local.free_port()
+    assert local.main(argparse.Namespace(action="status", port=port)) == 1
+    assert "not running" in capsys.readouterr().out
+    assert local.main(argparse.Namespace(action="stop", port=port)) == 0

@@ -1,0 +1,75 @@
+"""Shared machinery for end-to-end stream tests against the real broker.
+
+A :class:`Scenario` is one generated campaign settled offline (the reference);
+:func:`run_and_compare` publishes it, lets worker processes settle it, collects
+the output topics and compares record for record via the publisher's manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.generate import generate_tables, write_jsonl
+from engine.ledger.compare import Comparison, compare
+from engine.ledger.settle import SettleResult, settle_files
+from engine.streams.collect import collect
+from engine.streams.process import WorkerProcess
+from engine.streams.publish import publish_files
+from engine.streams.topics import Topics
+
+PARTITIONS = 4
+
+
+@dataclass
+class Scenario:
+    enrollments: Path
+    transactions: Path
+    offline: SettleResult
+
+    @property
+    def expected_outcomes(self) -> int:
+        return self.offline.grants.num_rows + self.offline.rejections.num_rows
+
+
+def make_scenario(directory: Path, users: int, transactions: int, seed: int) -> Scenario:
+    directory.mkdir(parents=True, exist_ok=True)
+    enr, txn = generate_tables(users, transactions, seed=seed)
+    e, t = directory / "enrollments.jsonl", directory / "transactions.jsonl"
+    write_jsonl(enr, e)
+    write_jsonl(txn, t)
+    return Scenario(e, t, settle_files(e, t, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY))
+
+
+def topics_for(prefix: str) -> Topics:
+    return Topics(prefix, f"{prefix}-engine")
+
+
+def worker(bootstrap: str, prefix: str, log_dir: Path, name: str = "w") -> WorkerProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return WorkerProcess(bootstrap, prefix, PARTITIONS, state_dir=log_dir / "state",
+                         log_path=log_dir / f"{name}.log",
+                         extra=["--group", f"{prefix}-engine", "--max-batch", "500"])
+
+
+def publish(bootstrap: str, prefix: str, sc: Scenario, manifest: Path, batch: int,
+            rate: float = 0.0) -> dict[str, object]:
+    return asyncio.run(publish_files(bootstrap, topics_for(prefix), sc.enrollments,
+                                     sc.transactions, batch=batch, rate=rate,
+                                     partitions=PARTITIONS, manifest=manifest))
+
+
+def collect_and_compare(bootstrap: str, prefix: str, sc: Scenario, manifest: Path,
+                        idle: float = 30.0) -> tuple[Comparison, pa.Table, pa.Table]:
+    grants, rejections = asyncio.run(collect(bootstrap, topics_for(prefix),
+                                             expect=sc.expected_outcomes, idle_timeout=idle))
+    m = pq.read_table(manifest)
+    mapping = dict(zip(m["kafka_source"].to_pylist(), m["input_source"].to_pylist(),
+                       strict=True))
+    return (compare(sc.offline.grants, sc.offline.rejections, grants, rejections, mapping),
+            grants, rejections)

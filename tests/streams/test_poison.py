@@ -1,0 +1,146 @@
+"""Poison messages mixed into a normal stream: each gets exactly one clear
+outcome, everything else is still decided exactly as offline, the worker
+never stops."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from engine.ledger.compare import compare
+from engine.streams.collect import collect
+from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
+from tests.streams.harness import (
+    PARTITIONS,
+    make_scenario,
+    publish,
+    topics_for,
+    worker,
+)
+
+pytestmark = pytest.mark.kafka
+
+PERSON = "Poison01"  # enrolled below; not in the generated campaign
+TS = 1_593_561_600_000  # 2020-07-01T00:00:00Z: before the stream, so it moves no clock
+
+
+def _other_partition(key: bytes) -> int:
+    return (partition_for(key, PARTITIONS) + 1) % PARTITIONS
+
+
+def _charge(txn_id: str, amount: int) -> dict[str, object]:
+    return {"txn_id": txn_id, "operator_id": "paypay", "mykey_id": PERSON, "kind": "purchase",
+            "amount": amount, "occurred_at": "2020-09-13T12:00:00Z"}
+
+
+async def _inject(bootstrap: str, prefix: str) -> dict[str, tuple[int, str]]:
+    """Produce one message of every poison kind; return {name: (partition, topic)}."""
+    t = topics_for(prefix)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=10 << 20)
+    await p.start()
+    right = partition_for(PERSON.encode(), PARTITIONS)
+    wrong = _other_partition(PERSON.encode())
+    sent: dict[str, tuple[str, int, int]] = {}
+
+    async def send(name: str, topic: str, value: bytes | None, key: bytes | None,
+                   partition: int, headers: list[tuple[str, bytes]] | None = None) -> None:
+        md = await p.send_and_wait(topic, value, key=key, partition=partition,
+                                   timestamp_ms=TS, headers=headers)
+        sent[name] = (topic, md.partition, md.offset)
+
+    await send("enrollment", t.enrollments, orjson.dumps(
+        {"mykey_id": PERSON, "operator_id": "paypay", "applied_at": "2020-09-01T09:00:00+09:00"}),
+        PERSON.encode(), right)
+    await asyncio.sleep(0.5)  # applications precede spending
+    await send("wrong_key", t.transactions, orjson.dumps(_charge("p-wrong-key", 1000)),
+               b"SomeoneE", wrong)
+    await send("no_key", t.transactions, orjson.dumps(_charge("p-no-key", 2000)), None, wrong)
+    await send("invalid_utf8", t.transactions, b'{"txn_id": "\xff\xfe"}', b"x", 0)
+    await send("invalid_json", t.transactions, b'{"txn_id": ', b"x", 0)
+    await send("too_large", t.transactions,
+               orjson.dumps({**_charge("p-big", 1), "note": "x" * (1 << 21)}), PERSON.encode(),
+               right)
+    await send("empty", t.transactions, None, b"x", 0)
+    await send("bad_arrow", t.transactions, b"not arrow at all", b"x", 1,
+               [(FORMAT_HEADER, FORMAT_ARROW)])
+    await send("unknown_format", t.transactions, b"{}", b"x", 1, [(FORMAT_HEADER, b"csv")])
+    # a JSON Lines chunk mixing a good line with a broken one, sent to the wrong partition
+    chunk = orjson.dumps(_charge("p-chunk-ok", 400)) + b"\n{broken\n"
+    await send("chunk", t.transactions, chunk, None, wrong, [(FORMAT_HEADER, FORMAT_JSONL)])
+    # an Arrow IPC batch with a PII number in an extra column
+    table = pa.table({**{k: [v] for k, v in _charge("p-arrow-pii", 100).items()},
+                      "note": ["123456789018"]})
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, table.schema) as w:
+        w.write_table(table)
+    await send("arrow_pii", t.transactions, buf.getvalue(), PERSON.encode(), right,
+               [(FORMAT_HEADER, FORMAT_ARROW)])
+    await p.stop()
+    return {k: v for k, v in sent.items()}  # type: ignore[misc]
+
+
+def test_poison_records_mixed_into_a_normal_stream(kafka_broker, topic_prefix, tmp_path: Path,
+                                                   tmp_path_factory) -> None:
+    sc = make_scenario(tmp_path_factory.mktemp("poison-campaign"), 200, 2000, seed=11)
+    prefix = topic_prefix()
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
+    t = threading.Thread(target=publish, args=(kafka_broker.bootstrap, prefix, sc,
+                                               tmp_path / "m.parquet", 1, 2000.0))
+    try:
+        t.start()
+        time.sleep(0.5)
+        sent = asyncio.run(_inject(kafka_broker.bootstrap, prefix))
+        t.join()
+        extra = 10  # outcomes of the poison messages (the enrollment has none)
+        grants, rejections = asyncio.run(collect(
+            kafka_broker.bootstrap, topics_for(prefix),
+            expect=sc.expected_outcomes + extra, idle_timeout=20.0))
+        assert w.alive, "a poison message stopped the worker"
+    finally:
+        w.stop()
+        t.join()
+
+    def src(name: str, i: int | None = None) -> str:
+        topic, part, off = sent[name]
+        return f"{topic}/{part}/{off}" + (f"#{i}" if i is not None else "")
+
+    rej = {r["source"]: r for r in rejections.to_pylist()}
+    grt = {g["source"]: g for g in grants.to_pylist()}
+    # misrouted and keyless records are re-routed to their person and decided there
+    assert grt[src("wrong_key")]["points"] == 250
+    assert grt[src("no_key")]["points"] == 500
+    assert grt[src("no_key")]["cumulative_points"] == 750
+    assert grt[src("chunk", 0)]["points"] == 100
+    for name, detail in [("invalid_utf8", "not valid UTF-8"), ("invalid_json", "not valid JSON"),
+                         ("too_large", "size limit"), ("empty", "empty message"),
+                         ("bad_arrow", "not a valid Arrow IPC stream"),
+                         ("unknown_format", "unknown mynapoint-format")]:
+        r = rej[src(name)]
+        assert (r["reason"], r["record_type"]) == ("MALFORMED", "transaction"), name
+        assert detail in r["detail"], (name, r["detail"])
+    assert rej[src("chunk", 1)]["reason"] == "MALFORMED"
+    pii = rej[src("arrow_pii", 0)]
+    assert pii["reason"] == "PERSONAL_NUMBER_FORBIDDEN"
+    assert pii["mykey_id"] is None and pii["txn_id"] is None
+    assert "123456789018" not in str(rejections.to_pylist()) + str(grants.to_pylist())
+    # and the normal stream around them is exactly the offline result
+    ours = {s for s in [src(n) for n in sent if n not in ("chunk", "arrow_pii")]
+            + [src("chunk", 0), src("chunk", 1), src("arrow_pii", 0)]}
+    normal_g = grants.filter(pa.array([s not in ours for s in grants["source"].to_pylist()]))
+    normal_r = rejections.filter(pa.array([s not in ours
+                                           for s in rejections["source"].to_pylist()]))
+    assert normal_g.num_rows + normal_r.num_rows == sc.expected_outcomes
+    m = pq.read_table(tmp_path / "m.parquet")
+    mapping = dict(zip(m["kafka_source"].to_pylist(), m["input_source"].to_pylist(),
+                       strict=True))
+    c = compare(sc.offline.grants, sc.offline.rejections, normal_g, normal_r, mapping)
+    assert c.equal, str(c)
