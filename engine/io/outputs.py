@@ -24,6 +24,11 @@ from engine.rules.validate import Validated
 REASON_NAMES = np.array([r.name for r in Reason], dtype=object)
 
 
+def repeat(value: str, n: int) -> pa.Array:
+    """A string column of one value, without n Python objects."""
+    return pa.array([value], type=pa.string()).take(pa.array(np.zeros(n, dtype=np.int64)))
+
+
 def grant_ids(campaign: str, operator_id: pa.Array, mykey_id: pa.Array,
               txn_id: pa.Array) -> pa.Array:
     """``campaign/operator_id/mykey_id/txn_id``: unique because an accepted
@@ -45,11 +50,11 @@ def grants_table(v: Validated, reason: np.ndarray, points: np.ndarray, cum: np.n
     op = v.operator_id.take(take)
     key = v.mykey_id.take(take)
     txn = v.txn_id.take(take)
-    kinds = pa.array(np.array(KIND_NAMES, dtype=object)[v.kind[idx]], type=pa.string())
+    kinds = pa.array(KIND_NAMES, type=pa.string()).take(pa.array(v.kind[idx]))
     c = cum[idx]
     return pa.table({
         "grant_id": grant_ids(campaign, op, key, txn),
-        "campaign": pa.array(np.full(len(idx), campaign, dtype=object), type=pa.string()),
+        "campaign": repeat(campaign, len(idx)),
         "mykey_id": key, "operator_id": op, "txn_id": txn, "kind": kinds,
         "amount": pa.array(v.amount[idx], type=pa.int64()),
         "points": pa.array(points[idx], type=pa.int64()),
@@ -76,8 +81,9 @@ def rejections_table(v: Validated, reason: np.ndarray, seq: np.ndarray,
     take = pa.array(idx, type=pa.int64())
     n = len(idx)
     return pa.table({
-        "record_type": pa.array(np.full(n, v.record_type, dtype=object), type=pa.string()),
-        "reason": pa.array(REASON_NAMES[reason[idx]], type=pa.string()),
+        "record_type": repeat(v.record_type, n),
+        "reason": pa.array(REASON_NAMES.tolist(), type=pa.string()).take(
+            pa.array(reason[idx].astype(np.int64))),
         "detail": pa.array(rejection_details(v, reason, idx), type=pa.string()),
         "txn_id": v.txn_id.take(take),
         "operator_id": v.operator_id.take(take),
@@ -96,7 +102,10 @@ def write_atomically(out_dir: Path, files: dict[str, pa.Table | bytes]) -> None:
             if isinstance(content, bytes):
                 (tmp / name).write_bytes(content)
             else:
-                pq.write_table(content, tmp / name, compression="zstd")
+                # dictionary pages only where values repeat; ids and sources are unique
+                low = [c for c in ("campaign", "operator_id", "kind", "record_type", "reason",
+                                   "detail") if c in content.column_names]
+                pq.write_table(content, tmp / name, compression="snappy", use_dictionary=low)
         for name in files:
             os.replace(tmp / name, out_dir / name)
     finally:

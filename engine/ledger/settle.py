@@ -14,7 +14,7 @@ import pyarrow as pa
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.io.outputs import grants_table, rejections_table, write_atomically
 from engine.io.readers import InputError, read_records
-from engine.ledger.summary import render, summarize
+from engine.ledger.summary import render, summarize_arrays
 from engine.rules.model import Campaign, Registry
 from engine.rules.settlement import decide_offline
 from engine.rules.validate import validate_enrollments, validate_transactions
@@ -62,8 +62,10 @@ def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Ca
     finally:
         if bar:
             bar.stop()
-    summary = summarize(grants, rejections, {"enrollments": enr.n, "transactions": txn.n},
-                        campaign.cap_points, campaign.id)
+    assert d.txn_person is not None
+    summary = summarize_arrays([o.id for o in registry.operators], txn.op, d.txn_person,
+                               txn.kind, txn.amount, d.txn_points, d.txn_reason, d.enr_reason,
+                               d.n_people, campaign.cap_points, campaign.id)
     return SettleResult(grants, rejections, summary)
 
 

@@ -45,12 +45,16 @@ class Decisions:
     txn_cum: np.ndarray      # int64
     enr_seq: np.ndarray      # int64, decision order across both inputs
     txn_seq: np.ndarray
+    txn_person: np.ndarray | None = None  # dense person codes (offline only)
+    n_people: int = 0
 
 
 def dictionary_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
-    """Dense int64 codes of strings shared across arrays (null -> -1)."""
-    if not arrays:
-        return [], 0
+    """Dense int64 codes of strings shared across arrays (null -> -1).
+
+    (A numba open-addressing hash over the raw bytes was tried and measured
+    slower than Arrow's hash kernel here; see bench/RESULTS.md.)
+    """
     joined = pa.chunked_array([a.cast(pa.string()) for a in arrays], type=pa.string())
     enc = pc.dictionary_encode(joined)
     codes: list[np.ndarray] = []
@@ -85,7 +89,6 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
     out_points = np.zeros(n, np.int64)
     out_cum = np.zeros(n, np.int64)
     out_seq = np.zeros(n, np.int64)
-    zeros_b = np.zeros(n, np.bool_)
     kernel.decide(  # type: ignore[call-arg]
         p_op, p_kind, p_day, p_c, p_r,
         typ, cat([enr.reason, txn.reason]), cat([pe, pt]).astype(np.int32),
@@ -100,9 +103,8 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
         NO_TIME,
         out_reason, out_points, out_cum, out_seq,
     )
-    del zeros_b
     return Decisions(out_reason[:ne], out_reason[ne:], out_points[ne:], out_cum[ne:],
-                     out_seq[:ne], out_seq[ne:])
+                     out_seq[:ne], out_seq[ne:], pt, n_people)
 
 
 @dataclass(frozen=True)

@@ -208,8 +208,7 @@ def shape_table(table: pa.Table, record_type: str) -> Shaped:
         if f in tfields and pa.types.is_timestamp(col.type):
             arr = col.combine_chunks()
             valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
-            columns[f] = pa.array(np.where(valid, "", None).tolist(),  # type: ignore[call-overload]
-                                  type=pa.string())
+            columns[f] = null_col  # the values live in times_us
             if col.type.tz is None:
                 # a naive timestamp column has no offset: every value is malformed
                 bad[f] = valid

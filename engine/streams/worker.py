@@ -242,17 +242,17 @@ class Worker:
             n_in += len(msgs)
             stamps.extend(m.timestamp for m in msgs)
         for p, topics in by_part.items():
-            msgs = topics.get(self.topics.transactions)
-            if msgs and await self._enrollments_behind(p):
+            held = topics.get(self.topics.transactions)
+            if held and await self._enrollments_behind(p):
                 # Applications precede spending: hand these transactions back until the
                 # partition's enrollments are read, rather than let them wait (and
                 # perhaps time out) for enrollments that are already in Kafka.
                 tt = TopicPartition(self.topics.transactions, p)
-                self.consumer.seek(tt, msgs[0].offset)
+                self.consumer.seek(tt, held[0].offset)
                 self.consumer.pause(tt)
                 del topics[self.topics.transactions]
                 offsets.pop(tt, None)
-                n_in -= len(msgs)
+                n_in -= len(held)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             enr = self._decode(topics.get(self.topics.enrollments), "enrollment")

@@ -1,0 +1,29 @@
+"""The two summary paths (decision arrays for settle, output tables for collect)
+must agree exactly, or finance would reconcile against two different numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, load_campaign
+from engine.generate import generate_tables, write_jsonl
+from engine.ledger.settle import settle_files
+from engine.ledger.summary import summarize
+
+
+@pytest.mark.parametrize("cap", [5000, 0, 300])
+def test_summary_from_arrays_equals_summary_from_tables(tmp_path: Path, cap: int) -> None:
+    enr, txn = generate_tables(300, 3000, seed=3)
+    write_jsonl(enr, tmp_path / "e.jsonl")
+    write_jsonl(txn, tmp_path / "t.jsonl")
+    (tmp_path / "c.toml").write_text(f"cap_points = {cap}\n")
+    campaign = load_campaign(tmp_path / "c.toml") if cap != 5000 else DEFAULT_CAMPAIGN
+    r = settle_files(tmp_path / "e.jsonl", tmp_path / "t.jsonl", campaign, DEFAULT_REGISTRY)
+    from_tables = summarize(r.grants, r.rejections, r.summary["records_in"],
+                            campaign.cap_points, campaign.id)
+    assert r.summary == from_tables
+    assert r.summary["rejected"]["transaction"] == r.rejections.filter(
+        r.rejections["record_type"].to_numpy(zero_copy_only=False) == "transaction").num_rows
+    assert r.summary["points_granted"] == sum(r.grants["points"].to_pylist())
