@@ -331,6 +331,10 @@ def _string_field(s: Shaped, chk: _Checker, f: str, required: bool) -> np.ndarra
 
 
 def _keep(arr: pa.Array, ok: np.ndarray) -> pa.Array:
+    """``arr`` with null where not ``ok`` (no copy when everything is ok)."""
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+    if np.array_equal(ok, valid):
+        return arr
     return pc.if_else(pa.array(ok, type=pa.bool_()), arr, pa.scalar(None, pa.string()))
 
 
