@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars demo demo-offline test lint typecheck unit bench clean
+.PHONY: install kafka-jars promtool demo demo-offline test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,6 @@ demo-offline: install
 
 lint: install
 	$(BIN)/ruff check engine tests bench
-	$(BIN)/ruff format --check engine tests bench || true
 
 typecheck: install
 	$(BIN)/mypy engine
@@ -38,7 +37,10 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -m "not kafka"
 
-test: install kafka-jars lint typecheck
+promtool:
+	bash scripts/ensure-promtool.sh
+
+test: install kafka-jars promtool lint typecheck
 	$(BIN)/pytest
 
 bench: install kafka-jars

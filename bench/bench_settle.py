@@ -111,8 +111,8 @@ after one warm-up run; medians of {a.repeat} runs, peak RSS is the maximum).
 
 | | wall (median) | peak RSS |
 |---|---|---|
-| baseline: pyarrow reads `mykey_id, amount`, `group_by(mykey_id).sum(amount)` | {bw:.2f} s | {br:.2f} GiB |
-| `mynapoint settle` (read, validate, decide, write grants + rejections + summary) | {sw:.2f} s | {sr:.2f} GiB |
+| baseline: pyarrow read + `group_by(mykey_id).sum(amount)` | {bw:.2f} s | {br:.2f} GiB |
+| `mynapoint settle` (read, decide, write all outputs) | {sw:.2f} s | {sr:.2f} GiB |
 | ratio | {ratio:.1f}× | |
 
 Runs: {'; '.join(f'{r[0]:.2f}/{r[2]:.2f} s' for r in rows)} (baseline/settle).

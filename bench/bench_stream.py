@@ -1,0 +1,1034 @@
+"""End-to-end streaming benchmark: broker, workers, publisher and Faust baseline on
+this machine, in one run.
+
+    .venv/bin/python bench/bench_stream.py            # full run (~6-8 minutes)
+    .venv/bin/python bench/bench_stream.py --quick    # smoke run (< 2 minutes)
+
+What it measures (see the ``## Streaming`` section of bench/RESULTS.md):
+
+a. batched: a clean campaign as Parquet, published in ``arrow-ipc`` messages of
+   ``--batch`` records *before* any worker starts; then one (and, separately, two)
+   ``mynapoint worker`` processes drain it. Time = worker ready (its first
+   "assigned partitions" log line) to the last outcome (the largest timestamp of
+   the last message of every output partition, once the output topics hold as many
+   messages as offline ``settle`` has grants + rejections).
+b. the same with one record per message (``batch=1``).
+c. latency: one worker; transactions sent as one-record messages at half of (b)'s
+   rate with Kafka timestamps (= received_at) of *now*, under a campaign.toml whose
+   accept_end lies far in the future; latency = time the outcome reached a consumer
+   of the output topics - time the input was handed to the producer, matched by
+   the outcome's ``source`` (topic/partition/offset from the producer's metadata).
+d. the canonical Faust agent (bench/faust_baseline.py): one event at a time,
+   faust.Record + Table (RocksDB), one JSON outcome per event; events/s from the
+   first to the last outcome.
+e. py-spy profiles of a worker draining (a) and (b), in separate runs, so that
+   the sampler does not disturb the measured numbers.
+
+Everything lives in bench/_work/stream/ (git-ignored): the broker's data dir,
+datasets, worker logs, profiles and results.json. The broker is started on a free
+port and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+
+from engine.config import DEFAULT_REGISTRY, load_campaign  # noqa: E402
+from engine.generate import generate_tables, write_parquet  # noqa: E402
+from engine.kafka import local  # noqa: E402
+from engine.ledger.settle import settle_files  # noqa: E402
+from engine.streams.process import WorkerProcess  # noqa: E402
+from engine.streams.publish import publish_files  # noqa: E402
+from engine.streams.topics import Topics, partition_for  # noqa: E402
+
+PARTITIONS = 8
+WORK = ROOT / "bench" / "_work" / "stream"
+RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+PY_SPY = Path(sys.executable).with_name("py-spy")
+STALL_SECONDS = 60.0     # no new outcome for this long while expecting more: a hang
+PROFILE_RATE = 100       # py-spy samples per second
+
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "batched_users": 200_000, "batched_txns": 2_000_000, "batch": 5_000,
+        "single_users": 20_000, "single_txns": 300_000,
+        "latency_users": 20_000, "latency_seconds": 20.0,
+        "faust_events": 60_000,
+        "profile_batched_txns": 1_000_000, "profile_single_txns": 100_000,
+    },
+    "quick": {
+        "batched_users": 10_000, "batched_txns": 100_000, "batch": 5_000,
+        "single_users": 2_000, "single_txns": 20_000,
+        "latency_users": 2_000, "latency_seconds": 5.0,
+        "faust_events": 3_000,
+        "profile_batched_txns": 100_000, "profile_single_txns": 10_000,
+    },
+}
+
+# Same terms as the shipped campaign, but records received now are not LATE.
+LIVE_CAMPAIGN_TOML = """\
+# bench/bench_stream.py latency run: the shipped campaign with accept_end far in the
+# future, so that records stamped with the current time are accepted.
+id = "mynapoint-2020"
+window_start = 2020-09-01T00:00:00+09:00
+window_end = 2021-10-01T00:00:00+09:00
+enroll_end = 2021-10-01T00:00:00+09:00
+accept_end = 2099-01-01T00:00:00+09:00
+rate_percent = 25
+cap_points = 5000
+rounding = "cumulative_floor"
+max_amount = 10000000
+park_timeout = "PT24H"
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------ datasets
+
+@dataclass
+class Dataset:
+    name: str
+    enrollments: Path
+    transactions: Path
+    n_enrollments: int
+    n_transactions: int
+    expected: int           # grants + rejections of offline settle
+
+
+def make_dataset(name: str, users: int, txns: int, seed: int, settle: bool = True,
+                 campaign_file: Path | None = None) -> Dataset:
+    d = WORK / "data" / name
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    enr, txn = generate_tables(users, txns, seed=seed, clean=True)
+    e, t = d / "enrollments.parquet", d / "transactions.parquet"
+    write_parquet(enr, e)
+    write_parquet(txn, t)
+    expected = -1
+    if settle:
+        off = settle_files(e, t, load_campaign(campaign_file), DEFAULT_REGISTRY)
+        expected = off.grants.num_rows + off.rejections.num_rows
+    log(f"dataset {name}: {enr.num_rows:,} enrollments, {txn.num_rows:,} transactions, "
+        f"{expected:,} offline outcomes ({time.perf_counter() - t0:.1f} s)")
+    return Dataset(name, e, t, enr.num_rows, txn.num_rows, expected)
+
+
+# ------------------------------------------------------------------------ Kafka helpers
+
+def output_tps(topics: Topics) -> list[TopicPartition]:
+    return [TopicPartition(t, p) for t in (topics.grants, topics.rejections)
+            for p in range(PARTITIONS)]
+
+
+async def _edge_timestamps(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int],
+                           last: bool) -> list[int]:
+    """Timestamps (ms) of the first or last message of every non-empty partition."""
+    want = {tp: (end - 1 if last else 0) for tp, end in ends.items() if end > 0}
+    if not want:
+        return []
+    consumer.assign(list(want))
+    for tp, off in want.items():
+        consumer.seek(tp, off)
+    got: dict[TopicPartition, int] = {}
+    deadline = time.monotonic() + 30
+    while len(got) < len(want) and time.monotonic() < deadline:
+        batch = await consumer.getmany(timeout_ms=500)
+        for tp, msgs in batch.items():
+            for m in msgs:
+                if m.offset == want[tp]:
+                    got[tp] = m.timestamp
+    return list(got.values())
+
+
+async def wait_outcomes(bootstrap: str, tps: list[TopicPartition], expected: int,
+                        alive: Any, stall: float = STALL_SECONDS) -> dict[str, Any]:
+    """Poll the output end offsets until they add up to ``expected`` messages.
+
+    The workers' producers are idempotent but not transactional, so the end offset
+    sum is the message count. Returns detection time, first/last outcome time."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                         auto_offset_reset="earliest")
+    await c.start()
+    try:
+        last_n, last_change = -1, time.monotonic()
+        out: dict[str, Any] = {"ok": False}
+        while True:
+            ends = await c.end_offsets(tps)
+            n = sum(ends.values())
+            now = time.monotonic()
+            if n != last_n:
+                last_n, last_change = n, now
+            if n >= expected:
+                out.update(ok=True, t_detect=time.time())
+                break
+            if now - last_change > stall:
+                out.update(error=f"stalled: {n:,} of {expected:,} outcomes, none new for "
+                                 f"{stall:.0f} s")
+                break
+            if not alive():
+                out.update(error=f"a worker exited: {n:,} of {expected:,} outcomes")
+                break
+            await asyncio.sleep(0.05)
+        out["count"] = n
+        await asyncio.sleep(1.0)  # anything beyond `expected` would be a duplicate
+        ends = await c.end_offsets(tps)
+        out["count_after_1s"] = sum(ends.values())
+        lasts = await _edge_timestamps(c, ends, last=True)
+        firsts = await _edge_timestamps(c, ends, last=False)
+        out["t_last"] = max(lasts) / 1000 if lasts else None
+        out["t_first"] = min(firsts) / 1000 if firsts else None
+        return out
+    finally:
+        await c.stop()
+
+
+async def topic_ends(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await c.start()
+    try:
+        return dict(await c.end_offsets(tps))
+    finally:
+        await c.stop()
+
+
+async def wait_committed(bootstrap: str, group: str, ends: dict[TopicPartition, int],
+                         timeout: float = 120.0) -> float:
+    """Wait until ``group`` has committed the given end offsets; returns seconds waited."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < timeout:
+            got = await admin.list_consumer_group_offsets(group)
+            if all(got.get(tp) is not None and got[tp].offset >= end
+                   for tp, end in ends.items() if end > 0):
+                return time.monotonic() - t0
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"group {group} did not reach the end of its input in {timeout} s")
+    finally:
+        await admin.close()
+
+
+# ------------------------------------------------------------------------ workers
+
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def log_times(path: Path, text: str) -> list[float]:
+    """Wall-clock times of the worker log lines containing ``text``."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LOG_TIME.match(line)
+        if m and text in line:
+            out.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return out
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    keep = ("mynapoint_batch_records_count", "mynapoint_batch_records_sum",
+            "mynapoint_batch_seconds_sum")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name in keep:
+            out[name] = float(value)
+    return out
+
+
+class BenchWorker:
+    """A ``WorkerProcess`` with its metrics port, and optionally ``py-spy`` attached."""
+
+    def __init__(self, bootstrap: str, prefix: str, name: str, campaign: Path | None) -> None:
+        self.metrics_port = free_port()
+        extra = ["--metrics-port", str(self.metrics_port)]
+        if campaign is not None:
+            extra += ["--campaign", str(campaign)]
+        self.log_path = WORK / "logs" / f"{prefix}-{name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.wp = WorkerProcess(bootstrap, prefix, PARTITIONS, state_dir=WORK / "state",
+                                log_path=self.log_path, extra=extra)
+        self.spy: subprocess.Popen[bytes] | None = None
+        self.spy_started = 0.0
+        self.spy_seconds = 0.0
+
+    def start(self) -> BenchWorker:
+        self.wp.start(wait=0)
+        return self
+
+    def attach_profiler(self, out: Path) -> None:
+        """``py-spy record`` attached to the running worker, until :meth:`stop_profiler`."""
+        assert self.wp.proc is not None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.spy = subprocess.Popen(
+            [str(PY_SPY), "record", "--nonblocking", "-r", str(PROFILE_RATE), "-f", "raw",
+             "-o", str(out), "-p", str(self.wp.proc.pid)],
+            stdout=open(out.with_suffix(".log"), "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            stdin=subprocess.DEVNULL)
+        self.spy_started = time.monotonic()
+
+    def stop_profiler(self) -> None:
+        if self.spy is None:
+            return
+        self.spy_seconds = time.monotonic() - self.spy_started
+        self.spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        try:
+            self.spy.wait(60)
+        except subprocess.TimeoutExpired:
+            self.spy.kill()
+            self.spy.wait()
+        self.spy = None
+
+    def stop(self) -> int | None:
+        self.stop_profiler()
+        return self.wp.stop()
+
+    def problems(self) -> list[str]:
+        text = self.log_path.read_text(errors="replace")
+        lines = text.splitlines()
+        bad = [ln for ln in lines if re.search(r"Traceback|ERROR|Error:|WARNING|skipped", ln)]
+        return bad[:10]
+
+
+def engine_run(bootstrap: str, label: str, ds: Dataset, batch: int, workers: int,
+               campaign: Path | None = None, profile: Path | None = None) -> dict[str, Any]:
+    prefix = f"{label}-{int(time.time() * 1000) % 10**9}"
+    topics = Topics(prefix)
+    pub = asyncio.run(publish_files(bootstrap, topics, ds.enrollments, ds.transactions,
+                                    batch=batch, partitions=PARTITIONS))
+    n_rec = ds.n_enrollments + ds.n_transactions
+    log(f"{label}: published {n_rec:,} records in "
+        f"{pub['enrollment_messages'] + pub['transaction_messages']:,} messages in "
+        f"{pub['seconds']:.1f} s ({n_rec / pub['seconds']:,.0f} records/s)")
+    ws = [BenchWorker(bootstrap, prefix, f"w{i}", campaign) for i in range(workers)]
+    res: dict[str, Any] = {
+        "label": label, "prefix": prefix, "batch": batch, "workers": workers,
+        "enrollments": ds.n_enrollments, "transactions": ds.n_transactions,
+        "expected_outcomes": ds.expected, "published_seconds": pub["seconds"],
+        "messages": pub["enrollment_messages"] + pub["transaction_messages"],
+        "profiled": profile is not None,
+    }
+    t_launch = time.time()
+    try:
+        for w in ws:
+            w.start()
+        for w in ws:
+            w.wp.wait_for("assigned partitions", 120)
+        if profile is not None:
+            ws[0].attach_profiler(profile)
+        got = asyncio.run(wait_outcomes(bootstrap, output_tps(topics), ds.expected,
+                                        lambda: all(w.wp.alive for w in ws)))
+        ws[0].stop_profiler()
+        res["profile_seconds"] = ws[0].spy_seconds
+        res.update(got)
+        res["metrics"] = [scrape_metrics(w.metrics_port) for w in ws]
+    finally:
+        codes = [w.stop() for w in ws]
+    res["exit_codes"] = codes
+    res["log_problems"] = [p for w in ws for p in w.problems()]
+    assigned = [t for w in ws for t in log_times(w.log_path, "assigned partitions")]
+    if not assigned:
+        res.setdefault("error", "no worker logged 'assigned partitions'")
+        return res
+    t_ready = min(assigned)
+    res["startup_seconds"] = t_ready - t_launch
+    res["assignments"] = len(assigned)
+    res["settled_after_seconds"] = max(assigned) - t_ready
+    if res.get("ok") and res.get("t_last"):
+        secs = res["t_last"] - t_ready
+        res["seconds"] = secs
+        res["txn_per_s"] = ds.n_transactions / secs
+        res["records_per_s"] = n_rec / secs
+        res["first_outcome_after"] = (res["t_first"] - t_ready) if res.get("t_first") else None
+        log(f"{label}: {ds.n_transactions:,} transactions in {secs:.2f} s = "
+            f"{res['txn_per_s']:,.0f} transactions/s ({res['records_per_s']:,.0f} records/s)"
+            f"; outcomes {res['count']:,}/{ds.expected:,}"
+            f" (1 s later {res['count_after_1s']:,})")
+    else:
+        log(f"{label}: FAILED: {res.get('error')}")
+    if res["log_problems"]:
+        log(f"{label}: worker log lines worth a look: {res['log_problems'][:3]}")
+    return res
+
+
+# ------------------------------------------------------------------------ latency
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def live_rows(path: Path, n: int) -> list[dict[str, Any]]:
+    rows = pq.read_table(path).slice(0, n).to_pylist()
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, datetime):
+                r[k] = _iso(v)
+    return rows
+
+
+async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]],
+                       rate: float, seconds: float) -> dict[str, Any]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=0,
+                                max_batch_size=1 << 20)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    await producer.start()
+    await consumer.start()
+    tps = output_tps(topics)
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    received: list[tuple[bytes, float]] = []
+    sending_done = asyncio.Event()
+    total_sent = [0]
+
+    async def consume() -> None:
+        idle_since = None
+        while True:
+            batch = await consumer.getmany(timeout_ms=50, max_records=10_000)
+            now = time.time()
+            n = 0
+            for msgs in batch.values():
+                for m in msgs:
+                    received.append((m.value, now))
+                    n += 1
+            if sending_done.is_set():
+                if len(received) >= total_sent[0]:
+                    return
+                if n:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > 20:
+                    return
+
+    consumer_task = asyncio.create_task(consume())
+    await asyncio.sleep(0.5)
+    sent: list[tuple[Any, int, int, float]] = []   # (future, partition, count, time)
+    tick = 0.005
+    t0 = time.monotonic()
+    i = 0
+    k = 0
+    topic = topics.transactions
+    while True:
+        elapsed = time.monotonic() - t0
+        if elapsed >= seconds or i >= len(rows):
+            break
+        due = min(int(rate * elapsed) - i, len(rows) - i)
+        if due > 0:
+            now = time.time()
+            ts_ms = int(now * 1000)
+            stamp = _iso(datetime.fromtimestamp(ts_ms / 1000, UTC))
+            open_: dict[int, tuple[Any, int]] = {}
+            for row in rows[i:i + due]:
+                row["received_at"] = stamp
+                key = row["mykey_id"].encode()
+                p = partition_for(key, PARTITIONS)
+                b, c = open_.get(p) or (producer.create_batch(), 0)
+                if b.append(key=key, value=orjson.dumps(row), timestamp=ts_ms) is None:
+                    sent.append((await producer.send_batch(b, topic, partition=p), p, c, now))
+                    b, c = producer.create_batch(), 0
+                    b.append(key=key, value=orjson.dumps(row), timestamp=ts_ms)
+                open_[p] = (b, c + 1)
+            for p, (b, c) in open_.items():
+                b.close()
+                sent.append((await producer.send_batch(b, topic, partition=p), p, c, now))
+            i += due
+        k += 1
+        await asyncio.sleep(max(0.0, t0 + k * tick - time.monotonic()))
+    send_seconds = time.monotonic() - t0
+    total_sent[0] = i
+    sending_done.set()
+    send_time: dict[str, float] = {}
+    for fut, p, c, now in sent:
+        base = (await fut).offset
+        for j in range(c):
+            send_time[f"{topic}/{p}/{base + j}"] = now
+    await consumer_task
+    await producer.stop()
+    await consumer.stop()
+    lat: list[float] = []
+    sent_at: list[float] = []
+    unmatched = 0
+    reasons: Counter[str] = Counter()
+    for value, now in received:
+        d = orjson.loads(value)
+        t = send_time.get(d.get("source", ""))
+        if t is None:
+            unmatched += 1
+            continue
+        lat.append(now - t)
+        sent_at.append(t)
+        reasons[d.get("reason", "granted")] += 1
+    a = np.asarray(lat) * 1000
+    out: dict[str, Any] = {
+        "sent": i, "send_seconds": send_seconds, "achieved_rate": i / send_seconds,
+        "outcomes": len(received), "matched": len(lat), "unmatched": unmatched,
+        "outcome_kinds": dict(reasons),
+    }
+    if len(a):
+        np.savez(WORK / f"latency-{topics.prefix}.npz", sent_at=np.asarray(sent_at),
+                 latency_ms=a)
+        out.update({f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99, 99.9)})
+        out["max"] = float(a.max())
+        out["mean"] = float(a.mean())
+        # the same without the first 2 s (connection set-up, first fetches)
+        s = np.asarray(sent_at)
+        steady = a[s - s.min() >= 2.0]
+        if len(steady):
+            out["steady_p50"] = float(np.percentile(steady, 50))
+            out["steady_p99"] = float(np.percentile(steady, 99))
+            out["steady_max"] = float(steady.max())
+    return out
+
+
+def latency_run(bootstrap: str, ds: Dataset, rate: float, seconds: float,
+                campaign: Path, profile: Path | None = None) -> dict[str, Any]:
+    prefix = f"latency-{int(time.time() * 1000) % 10**9}"
+    topics = Topics(prefix)
+    pub = asyncio.run(publish_files(bootstrap, topics, ds.enrollments, None, batch=5000,
+                                    partitions=PARTITIONS))
+    rows = live_rows(ds.transactions, int(rate * seconds * 1.05) + 100)
+    w = BenchWorker(bootstrap, prefix, "w0", campaign)
+    res: dict[str, Any] = {"label": "latency", "prefix": prefix, "target_rate": rate,
+                           "seconds": seconds, "enrollments": pub["enrollments"]}
+    try:
+        w.start()
+        w.wp.wait_for("assigned partitions", 120)
+        enr_ends = asyncio.run(topic_ends(bootstrap, [TopicPartition(topics.enrollments, p)
+                                                      for p in range(PARTITIONS)]))
+        res["enrollments_read_seconds"] = asyncio.run(
+            wait_committed(bootstrap, topics.group_id, enr_ends))
+        log(f"latency: worker read {pub['enrollments']:,} enrollments; sending "
+            f"{rate:,.0f} transactions/s for {seconds:.0f} s")
+        if profile is not None:
+            w.attach_profiler(profile)
+        res.update(asyncio.run(latency_load(bootstrap, topics, rows, rate, seconds)))
+        w.stop_profiler()
+        res["metrics"] = [scrape_metrics(w.metrics_port)]
+        if profile is not None and profile.exists():
+            res["profile"] = summarize_profile(profile, w.spy_seconds)
+            res["profile_file"] = str(profile.relative_to(ROOT))
+    finally:
+        res["exit_codes"] = [w.stop()]
+    res["log_problems"] = w.problems()
+    if res.get("matched"):
+        log(f"latency: sent {res['sent']:,} at {res['achieved_rate']:,.0f}/s, "
+            f"{res['matched']:,} outcomes matched ({res['unmatched']} unmatched): "
+            f"p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms, max {res['max']:.1f} ms")
+    return res
+
+
+# ------------------------------------------------------------------------ Faust
+
+def faust_run(bootstrap: str, ds: Dataset, n: int) -> dict[str, Any]:
+    name = f"faust-{int(time.time() * 1000) % 10**9}"
+    d = WORK / "faust" / name
+    d.mkdir(parents=True, exist_ok=True)
+    src = d / "transactions.parquet"
+    pq.write_table(pq.read_table(ds.transactions).slice(0, n), src)
+    topics = Topics(name)
+    pub = asyncio.run(publish_files(bootstrap, topics, None, src, batch=1,
+                                    partitions=PARTITIONS))
+    out_topic = f"{name}.faust-outcomes"
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(out_topic, PARTITIONS, 1)])
+        finally:
+            await admin.close()
+        await asyncio.sleep(1.0)
+
+    asyncio.run(create())
+    env = {**os.environ, "FAUST_BENCH_BROKER": bootstrap,
+           "FAUST_BENCH_INPUT": topics.transactions, "FAUST_BENCH_OUTPUT": out_topic,
+           "FAUST_BENCH_APP": name, "FAUST_BENCH_DATADIR": str(d / "data")}
+    cmd = [sys.executable, str(ROOT / "bench" / "faust_baseline.py"), "worker", "-l", "warn",
+           "--without-web"]
+    log_path = d / "faust.log"
+    log(f"faust: {pub['transactions']:,} one-record messages in {topics.transactions}; "
+        f"starting the agent")
+    res: dict[str, Any] = {"label": "faust", "events": n, "command": " ".join(
+        ["FAUST_BENCH_...=...", ".venv/bin/python", "bench/faust_baseline.py", *cmd[2:]])}
+    t_launch = time.time()
+    with open(log_path, "wb") as lf:
+        proc = subprocess.Popen(cmd, env=env, stdout=lf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+    try:
+        got = asyncio.run(wait_outcomes(
+            bootstrap, [TopicPartition(out_topic, p) for p in range(PARTITIONS)], n,
+            lambda: proc.poll() is None, stall=120.0))
+        res.update(got)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    text = log_path.read_text(errors="replace")
+    res["root_logger_line"] = next((ln.strip() for ln in text.splitlines()
+                                    if "faust-baseline: root logger" in ln), None)
+    if res.get("ok") and res.get("t_first") and res.get("t_last"):
+        span = res["t_last"] - res["t_first"]
+        res["span_seconds"] = span
+        res["events_per_s"] = (n - 1) / span
+        res["startup_seconds"] = res["t_first"] - t_launch
+        log(f"faust: {n:,} events, first to last outcome {span:.1f} s = "
+            f"{res['events_per_s']:,.0f} events/s (start-up {res['startup_seconds']:.1f} s)")
+    else:
+        log(f"faust: FAILED: {res.get('error')}; see {log_path}")
+    return res
+
+
+# ------------------------------------------------------------------------ profiles
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _frame_name(frame: str) -> str:
+    m = _FRAME.match(frame)
+    if not m:
+        return frame
+    return f"{m.group('func')} ({m.group('file')})"
+
+
+def summarize_profile(path: Path, seconds: float, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive sample counts per function from py-spy's raw output."""
+    self_c: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    area: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        frames = [_frame_name(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        total += c
+        self_c[frames[-1]] += c
+        for f in set(frames):
+            incl[f] += c
+        area[_area(frames)] += c
+    pct = (lambda c: 100.0 * c / total) if total else (lambda c: 0.0)
+    return {
+        "samples": total,
+        "busy_fraction": total / (PROFILE_RATE * seconds) if seconds else None,
+        "self": [(f, c, pct(c)) for f, c in self_c.most_common(top)],
+        "inclusive": [(f, c, pct(c)) for f, c in incl.most_common(top + 10)],
+        "areas": [(a, c, pct(c)) for a, c in area.most_common()],
+    }
+
+
+# Where a sample's time goes, by the innermost frame of ours or of a library that
+# the stack passes through (first match from the leaf up).
+_AREAS = [
+    ("decode: JSON/Arrow -> records (engine.streams.decode, rules.validate)",
+     ("streams/decode.py", "rules/validate.py", "io/readers.py", "rules/strings.py")),
+    ("decide: state lookups + kernel (engine.streams.shard, rules.kernel)",
+     ("streams/shard.py", "rules/kernel.py")),
+    ("state: encode/store blobs (engine.streams.state, rocksdict)",
+     ("streams/state.py",)),
+    ("produce: aiokafka producer (batch building, sending)", ("aiokafka/producer",)),
+    ("consume: aiokafka consumer (fetch, record parsing)",
+     ("aiokafka/consumer", "aiokafka/record")),
+    ("aiokafka client/connection", ("aiokafka/",)),
+    ("metrics (prometheus_client, engine.metrics)", ("prometheus_client", "metrics/")),
+    ("worker loop (engine.streams.worker: outcome JSON, batching)", ("streams/worker.py",)),
+    ("asyncio event loop", ("asyncio/",)),
+]
+
+
+def _area(frames: list[str]) -> str:
+    for f in reversed(frames):
+        for name, needles in _AREAS:
+            if any(n in f for n in needles):
+                return name
+    return "other"
+
+
+def profile_run(bootstrap: str, label: str, ds: Dataset, batch: int) -> dict[str, Any]:
+    path = WORK / "profiles" / f"{label}.txt"
+    res = engine_run(bootstrap, label, ds, batch, 1, profile=path)
+    if path.exists():
+        res["profile"] = summarize_profile(path, res.get("profile_seconds") or 0.0)
+        res["profile_file"] = str(path.relative_to(ROOT))
+    else:
+        res["profile_error"] = f"py-spy wrote no {path}"
+    return res
+
+
+# ------------------------------------------------------------------------ report
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal"):
+            mem_kb = int(line.split()[1])
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
+        java = java.splitlines()[0] if java else "?"
+    except OSError:
+        java = "?"
+    flags = Path("/proc/cpuinfo").read_text()
+    return {
+        "nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(), "kernel": platform.release(),
+        "hypervisor": "KVM" if "hypervisor" in flags else "none",
+        "kafka": f"Apache Kafka {local.KAFKA_VERSION}, local single-node KRaft "
+                 f"(engine.kafka.local, JVM {' '.join(local.JVM_OPTS)})",
+        "java": java,
+    }
+
+
+def _f(x: float | None, nd: int = 0) -> str:
+    return "n/a" if x is None else f"{x:,.{nd}f}"
+
+
+def _target(value: float | None, goal: float, higher: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    if (value >= goal) if higher else (value <= goal):
+        return f"**met** ({value / goal:.2f}x the target)" if higher else \
+            f"**met** ({value:.0f} ms)"
+    if higher:
+        short = 100 * (1 - value / goal)
+        return f"**missed**: {value / goal:.2f}x the target ({short:.0f} % short)"
+    return f"**missed**: {value:.0f} ms, {value / goal:.1f}x the limit"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    r = results["runs"]
+    mode = results["mode"]
+    b1, b2 = r.get("batched_1w", {}), r.get("batched_2w", {})
+    s1, s2 = r.get("single_1w", {}), r.get("single_2w", {})
+    lat, fa = r.get("latency", {}), r.get("faust", {})
+    sz = results["sizes"]
+    best_b = max((x.get("txn_per_s") or 0) for x in (b1, b2)) or None
+    best_s = max((x.get("txn_per_s") or 0) for x in (s1, s2)) or None
+    base = fa.get("events_per_s")
+    out: list[str] = []
+    w = out.append
+    w("## Streaming")
+    w("")
+    w(f"End-to-end on one machine: broker, worker(s), publisher and measuring consumer all "
+      f"share it. Run of {results['date']} (`{mode}` sizes), "
+      f"`bench/bench_stream.py`; raw numbers in `bench/_work/stream/results.json`.")
+    w("")
+    w("### Machine")
+    w("")
+    w(f"- {m['nproc']} vCPU, {m['cpu']} ({m['hypervisor']} guest), {m['ram_gib']} GiB RAM, "
+      f"Linux {m['kernel']}")
+    w(f"- Python {m['python']}; {m['kafka']}; {m['java']}")
+    w("- Kafka topics: 8 partitions, replication 1; worker producer idempotent, acks=all")
+    w("")
+    w("### Commands")
+    w("")
+    w("```")
+    w(".venv/bin/pip install py-spy    # profiler, for the benchmark only (not in pyproject)")
+    w(f".venv/bin/python bench/bench_stream.py{' --quick' if mode == 'quick' else ''}")
+    w("```")
+    w("")
+    w("It starts its own broker on a free port (data in `bench/_work/stream/kafka`), and "
+      "per measurement a fresh topic prefix. The workers are "
+      "`python -m engine.cli worker --broker … --topic-prefix … --partitions 8 "
+      "--state-dir bench/_work/stream/state --metrics-port …` (`WorkerProcess`); "
+      "the Faust baseline is `bench/faust_baseline.py worker -l warn --without-web`.")
+    w("")
+    w("### Results")
+    w("")
+    w("| measurement | input | workers | seconds | transactions/s | records/s | outcomes |")
+    w("|---|---|---:|---:|---:|---:|---:|")
+
+    def row(name: str, x: dict[str, Any], inp: str) -> None:
+        if not x:
+            return
+        if not x.get("txn_per_s"):
+            w(f"| {name} | {inp} | {x.get('workers', '?')} | FAILED: {x.get('error')} "
+              f"| | | |")
+            return
+        w(f"| {name} | {inp} | {x['workers']} | {x['seconds']:.2f} | "
+          f"**{x['txn_per_s']:,.0f}** | {x['records_per_s']:,.0f} | "
+          f"{x['count']:,} / {x['expected_outcomes']:,} |")
+
+    bi = (f"{sz['batched_users']:,} enr + {sz['batched_txns']:,} txn, "
+          f"arrow-ipc × {sz['batch']:,}")
+    si = f"{sz['single_users']:,} enr + {sz['single_txns']:,} txn, 1 JSON record/msg"
+    row("(a) batched", b1, bi)
+    row("(a) batched", b2, bi)
+    row("(b) one-record", s1, si)
+    row("(b) one-record", s2, si)
+    if fa:
+        if base:
+            w(f"| (d) Faust baseline (canonical agent) | {fa['events']:,} txn, 1 JSON "
+              f"record/msg | 1 | {fa['span_seconds']:.2f} | **{base:,.0f}** | {base:,.0f} | "
+              f"{fa['count']:,} / {fa['events']:,} |")
+        else:
+            w(f"| (d) Faust baseline | | 1 | FAILED: {fa.get('error')} | | | |")
+    w("")
+    w("Seconds run from the worker's first `assigned partitions` log line to the timestamp "
+      "of the last outcome message; everything was published before the worker started "
+      "(so this is the engine's drain rate, not the publisher's). Records/s counts "
+      "enrollments too. Outcomes = output messages / offline `settle` grants + rejections "
+      "(an excess would be duplicates: none seen). For Faust: first to last outcome.")
+    w("")
+    extra = []
+    for name, x in (("(a) 1 worker", b1), ("(a) 2 workers", b2), ("(b) 1 worker", s1),
+                    ("(b) 2 workers", s2)):
+        if x.get("txn_per_s"):
+            mt = x.get("metrics") or []
+            nb = sum(q.get("mynapoint_batch_records_count", 0) for q in mt)
+            nr = sum(q.get("mynapoint_batch_records_sum", 0) for q in mt)
+            bs = sum(q.get("mynapoint_batch_seconds_sum", 0) for q in mt)
+            busy = bs / (x["seconds"] * max(x["workers"], 1)) if x["seconds"] else 0
+            extra.append(
+                f"- {name}: worker start-up {x['startup_seconds']:.1f} s (not counted), "
+                f"first outcome {_f(x.get('first_outcome_after'), 2)} s after ready, "
+                f"{int(nb):,} polls of {nr / nb if nb else 0:,.0f} records on average, "
+                f"{100 * busy:.0f} % of the wall time inside `Worker.process`; publisher "
+                f"needed {x['published_seconds']:.1f} s for the {x['messages']:,} messages"
+                + (f"; {x['assignments']} assignment log lines (rebalance settled "
+                   f"{x['settled_after_seconds']:.1f} s after the first)"
+                   if x["workers"] > 1 else ""))
+    if extra:
+        w("Details:")
+        w("")
+        out.extend(extra)
+        w("")
+    if lat:
+        w("### Latency at half the sustained one-record rate")
+        w("")
+        if lat.get("matched"):
+            w(f"One worker, input topic pre-filled with {lat['enrollments']:,} enrollments "
+              f"(read before the load starts); transactions sent as one-record messages at "
+              f"{lat['target_rate']:,.0f}/s (= 0.5 × {r['single_1w'].get('txn_per_s', 0):,.0f}) "
+              f"for {lat['seconds']:.0f} s, Kafka timestamp = received_at = now, campaign "
+              f"`accept_end` moved to 2099 (bench/_work/stream/campaign-live.toml). "
+              f"Latency = outcome received by a consumer of the output topics − input handed "
+              f"to the producer (both `time.time()` on this machine), matched by `source`.")
+            w("")
+            w("| sent | achieved rate | outcomes matched | p50 | p90 | p99 | p99.9 | max |")
+            w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+            w(f"| {lat['sent']:,} | {lat['achieved_rate']:,.0f}/s | {lat['matched']:,} "
+              f"({lat['unmatched']} unmatched) | {lat['p50']:.1f} ms | {lat['p90']:.1f} ms | "
+              f"**{lat['p99']:.1f} ms** | {lat['p99.9']:.1f} ms | {lat['max']:.1f} ms |")
+            w("")
+            if "steady_p99" in lat:
+                w(f"Without the first 2 s: p50 {lat['steady_p50']:.1f} ms, "
+                  f"p99 {lat['steady_p99']:.1f} ms, max {lat['steady_max']:.1f} ms. "
+                  f"Outcomes: {lat['outcome_kinds']}.")
+                w("")
+        else:
+            w(f"FAILED: {lat.get('error') or lat}")
+            w("")
+    w("### Targets")
+    w("")
+    w(f"- batched ≥ 100,000 transactions/s: {_target(best_b, 100_000)}; "
+      f"stretch 500,000: {_target(best_b, 500_000)}")
+    if best_s and base:
+        w(f"- one-record ≥ 5× the canonical Faust agent ({base:,.0f} events/s → "
+          f"≥ {5 * base:,.0f}/s): {_target(best_s, 5 * base)} "
+          f"(one-record/Faust = {best_s / base:.1f}×)")
+    else:
+        w("- one-record ≥ 5× Faust: not measured")
+    w(f"- p99 ≤ 100 ms at half load: {_target(lat.get('p99'), 100, higher=False)}")
+    w("")
+    profs = [(k, r[k]) for k in ("profile_batched", "profile_single") if k in r]
+    if profs:
+        w("### Where the time goes (py-spy, worker process)")
+        w("")
+        w(f"Separate runs under `py-spy record --nonblocking -r {PROFILE_RATE} -f raw` "
+          f"(idle time, i.e. waiting in epoll, is not sampled, so shares are of CPU-busy "
+          f"samples). Time spent in C extensions (orjson, pyarrow, numba's compiled kernel, "
+          f"rocksdict) is charged to the Python function that called them.")
+        w("")
+        for key, x in profs:
+            p = x.get("profile")
+            kind = "batched" if key == "profile_batched" else "one-record"
+            if not p:
+                w(f"{kind}: no profile ({x.get('profile_error') or x.get('error')})")
+                continue
+            w(f"**{kind}** ({x['transactions']:,} transactions, "
+              f"{_f(x.get('txn_per_s'))} transactions/s while profiled; "
+              f"{p['samples']:,} samples, worker busy {100 * (p['busy_fraction'] or 0):.0f} % "
+              f"of its life; file `{x.get('profile_file')}`)")
+            w("")
+            w("| area | share of samples |")
+            w("|---|---:|")
+            for a, _c, pc in p["areas"]:
+                w(f"| {a} | {pc:.1f} % |")
+            w("")
+            w("| top functions by own (self) time | self |")
+            w("|---|---:|")
+            for f, _c, pc in p["self"][:10]:
+                w(f"| `{f}` | {pc:.1f} % |")
+            w("")
+            w("| top functions by inclusive time | incl. |")
+            w("|---|---:|")
+            shown = 0
+            for f, _c, pc in p["inclusive"]:
+                if any(s in f for s in ("<module>", "_run_module", "run_until_complete",
+                                        "run_forever", "_run_once", "asyncio/runners",
+                                        "main (engine/cli.py", "run (asyncio")):
+                    continue
+                w(f"| `{f}` | {pc:.1f} % |")
+                shown += 1
+                if shown >= 12:
+                    break
+            w("")
+    notes = results.get("notes") or []
+    if notes:
+        w("### Observations")
+        w("")
+        for n in notes:
+            w(f"- {n}")
+        w("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+NOTES_HEADING = "### Notes (not generated)"
+
+
+def write_results_md(section: str) -> None:
+    """Replace (or add) the ``## Streaming`` section; leave every other section alone.
+
+    A ``### Notes (not generated)`` subsection written by hand into the old
+    section is carried over to the new one."""
+    if RESULTS_MD.exists():
+        text = RESULTS_MD.read_text()
+        m = re.search(r"^## Streaming\b.*?(?=^## (?!#)|\Z)", text, flags=re.M | re.S)
+        if m:
+            old = m.group(0)
+            n = re.search(rf"^{re.escape(NOTES_HEADING)}.*?(?=^##|\Z)", old,
+                          flags=re.M | re.S)
+            if n:
+                section = section.rstrip() + "\n\n" + n.group(0).rstrip() + "\n"
+            rest = text[m.end():]
+            text = text[:m.start()] + section + ("\n" if rest else "") + rest
+        else:
+            text = text.rstrip() + "\n\n" + section
+    else:
+        text = "# Benchmarks\n\n" + section
+    RESULTS_MD.write_text(text)
+
+
+# ------------------------------------------------------------------------ main
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    ap.add_argument("--no-faust", action="store_true")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-md", action="store_true", help="do not touch bench/RESULTS.md")
+    ap.add_argument("--keep", action="store_true", help="keep the broker's data afterwards")
+    args = ap.parse_args()
+    mode = "quick" if args.quick else "full"
+    sz = SIZES[mode]
+    os.chdir(ROOT)
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    WORK.mkdir(parents=True)
+    campaign = WORK / "campaign-live.toml"
+    campaign.write_text(LIVE_CAMPAIGN_TOML)
+    if not args.no_profile and not PY_SPY.exists():
+        log(f"no {PY_SPY}: `.venv/bin/pip install py-spy` for the profiles; skipping them")
+        args.no_profile = True
+    t_start = time.monotonic()
+    results: dict[str, Any] = {"mode": mode, "sizes": sz, "machine": machine(),
+                               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "runs": {}}
+    runs = results["runs"]
+    batched = make_dataset("batched", sz["batched_users"], sz["batched_txns"], 11)
+    single = make_dataset("single", sz["single_users"], sz["single_txns"], 12)
+    live = make_dataset("live", sz["latency_users"], 2 * sz["single_txns"], 13, settle=False)
+    port = free_port()
+    broker = local.start(port, data_dir=WORK / "kafka")
+    log(f"broker {broker.bootstrap} up in {broker.startup_seconds or 0:.1f} s")
+    try:
+        runs["batched_1w"] = engine_run(broker.bootstrap, "batched-1w", batched, sz["batch"], 1)
+        runs["batched_2w"] = engine_run(broker.bootstrap, "batched-2w", batched, sz["batch"], 2)
+        runs["single_1w"] = engine_run(broker.bootstrap, "single-1w", single, 1, 1)
+        runs["single_2w"] = engine_run(broker.bootstrap, "single-2w", single, 1, 2)
+        rate = 0.5 * (runs["single_1w"].get("txn_per_s") or 2_000)
+        runs["latency"] = latency_run(broker.bootstrap, live, rate, sz["latency_seconds"],
+                                      campaign)
+        if not args.no_faust:
+            runs["faust"] = faust_run(broker.bootstrap, single, sz["faust_events"])
+        if not args.no_profile:
+            pb = batched if sz["profile_batched_txns"] >= batched.n_transactions else \
+                make_dataset("profile-batched", sz["batched_users"] // 2,
+                             sz["profile_batched_txns"], 14)
+            runs["profile_batched"] = profile_run(broker.bootstrap, "profile-batched", pb,
+                                                  sz["batch"])
+            ps = single if sz["profile_single_txns"] >= single.n_transactions else \
+                make_dataset("profile-single", sz["single_users"] // 2,
+                             sz["profile_single_txns"], 15)
+            runs["profile_single"] = profile_run(broker.bootstrap, "profile-single", ps, 1)
+    finally:
+        broker.stop()
+        if not args.keep:
+            shutil.rmtree(WORK / "kafka", ignore_errors=True)
+    results["total_seconds"] = time.monotonic() - t_start
+    (WORK / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    section = render(results)
+    print()
+    print(section)
+    if not args.no_md:
+        write_results_md(section)
+        log(f"wrote the Streaming section of {RESULTS_MD.relative_to(ROOT)}")
+    log(f"total {results['total_seconds']:.0f} s")
+    failed = [k for k, v in runs.items() if isinstance(v, dict) and v.get("error")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
