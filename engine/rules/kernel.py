@@ -228,7 +228,7 @@ def decide(
                         nxt[r] = -1
                         if out_reason[r] == PARKED:
                             # insert right after j, keeping arrival order
-                            for q in range(nwork - 1, w - 1, -1):
+                            for q in range(nwork - 1, w + k - 1, -1):
                                 work[q + 1] = work[q]
                             work[w + k] = r
                             nwork += 1
@@ -365,7 +365,7 @@ def decide(
                     if k_tail[t] == r:
                         k_tail[t] = prev
                     nxt[r] = -1
-                    for q in range(nwork - 1, w - 1, -1):
+                    for q in range(nwork - 1, w + k - 1, -1):
                         work[q + 1] = work[q]
                     work[w + k] = r
                     nwork += 1
