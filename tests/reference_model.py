@@ -22,7 +22,7 @@ Offline semantics (same as the engine):
   refunds still waiting are decided without it (``ORIGINAL_NOT_FOUND``), in
   arrival order.
 
-Choices where the rules page is silent (the engine makes the same ones):
+Choices where the rules page is silent (the engine is meant to make the same ones):
 
 * Individual Number check: every string anywhere in the record object is
   checked: field values, values nested in lists and objects at any depth, and

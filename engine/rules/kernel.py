@@ -106,6 +106,35 @@ def _heap_pop(hk, hv, size):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
+def _release_key(t, p, o, k_head, k_tail, nxt, out_reason, person, op, work, w,
+                 nwork):  # type: ignore[no-untyped-def]
+    """Move the records waiting on key ``t`` of person ``p`` and operator ``o`` to
+    the work list right after the current position ``w``, in arrival order."""
+    r = k_head[t]
+    prev = -1
+    k = 0
+    while r >= 0:
+        rn = nxt[r]
+        if out_reason[r] == PARKED and person[r] == p and op[r] == o:
+            if prev >= 0:
+                nxt[prev] = rn
+            else:
+                k_head[t] = rn
+            if k_tail[t] == r:
+                k_tail[t] = prev
+            nxt[r] = -1
+            for q in range(nwork - 1, w + k - 1, -1):
+                work[q + 1] = work[q]
+            work[w + k] = r
+            nwork += 1
+            k += 1
+        else:
+            prev = r
+        r = rn
+    return nwork
+
+
+@numba.njit(cache=True, nogil=True)
 def decide(
     # per person (in/out)
     p_op, p_kind, p_day, p_c, p_r,
@@ -288,6 +317,11 @@ def decide(
                 e_next[e] = head[txn[j]]
                 head[txn[j]] = e
                 rec_entry[j] = e
+                if kind[j] == KIND_REFUND:
+                    # refunds waiting for this key can never get a charge or purchase
+                    # now: decide them right after this arrival (ORIGINAL_NOT_FOUND)
+                    nwork = _release_key(txn[j], p, op[j], k_head, k_tail, nxt, out_reason,
+                                         person, op, work, w, nwork)
             e = rec_entry[j]
             if flag_a[j]:
                 out_reason[j] = R_LATE
@@ -350,29 +384,8 @@ def decide(
             out_seq[j] = seq
             seq += 1
             # refunds waiting on this key are decided right after it
-            t = txn[j]
-            r = k_head[t]
-            prev = -1
-            k = 0
-            while r >= 0:
-                rn = nxt[r]
-                if out_reason[r] == PARKED and person[r] == p and op[r] == op[j]:
-                    # unlink r from the key list, then decide it next
-                    if prev >= 0:
-                        nxt[prev] = rn
-                    else:
-                        k_head[t] = rn
-                    if k_tail[t] == r:
-                        k_tail[t] = prev
-                    nxt[r] = -1
-                    for q in range(nwork - 1, w + k - 1, -1):
-                        work[q + 1] = work[q]
-                    work[w + k] = r
-                    nwork += 1
-                    k += 1
-                else:
-                    prev = r
-                r = rn
+            nwork = _release_key(txn[j], p, op[j], k_head, k_tail, nxt, out_reason, person, op,
+                                 work, w, nwork)
 
     if final:
         # end of input: whatever still waits is decided without what it waited for

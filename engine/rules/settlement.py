@@ -52,17 +52,18 @@ class Decisions:
 def dictionary_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
     """Dense int64 codes of strings shared across arrays (null -> -1).
 
+    >>> [c.tolist() for c in dictionary_codes(pa.array(["a", None]), pa.array([]),
+    ...                                        pa.array(["b", "a"]))[0]]
+    [[0, -1], [], [1, 0]]
+
     (A numba open-addressing hash over the raw bytes was tried and measured
-    slower than Arrow's hash kernel here; see bench/RESULTS.md.)
+    slower than Arrow's hash kernel here.)
     """
-    joined = pa.chunked_array([a.cast(pa.string()) for a in arrays], type=pa.string())
+    joined = pa.concat_arrays([a.cast(pa.string()) for a in arrays])
     enc = pc.dictionary_encode(joined)
-    codes: list[np.ndarray] = []
-    size = 0
-    for chunk in enc.chunks:
-        codes.append(chunk.indices.fill_null(-1).to_numpy().astype(np.int64))
-        size = max(size, len(chunk.dictionary))
-    return codes, size
+    codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    bounds = np.cumsum([0] + [len(a) for a in arrays])
+    return [codes[bounds[i]:bounds[i + 1]] for i in range(len(arrays))], len(enc.dictionary)
 
 
 def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisions:
