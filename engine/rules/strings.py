@@ -248,3 +248,63 @@ def is_individual_number(s: str) -> bool:
 def jst_days(us: np.ndarray) -> np.ndarray:
     """JST calendar day numbers of UTC microsecond instants."""
     return (us + 9 * 3600 * US_PER_SECOND) // US_PER_DAY
+
+
+@numba.njit(cache=True, nogil=True)
+def _murmur2_partitions(offsets, data, valid, n_partitions):  # type: ignore[no-untyped-def]
+    # Kafka's Java murmur2 (what the default partitioner uses), in 32-bit arithmetic
+    mask = 0xFFFFFFFF
+    m = 0x5BD1E995
+    out = np.full(len(valid), -1, dtype=np.int64)
+    for i in range(len(valid)):
+        if not valid[i]:
+            continue
+        a = offsets[i]
+        length = offsets[i + 1] - a
+        h = (0x9747B28C ^ length) & mask
+        for q in range(length // 4):
+            j = a + 4 * q
+            k = (data[j] | (data[j + 1] << 8) | (data[j + 2] << 16) | (data[j + 3] << 24))
+            k = (k * m) & mask
+            k ^= k >> 24
+            k = (k * m) & mask
+            h = (h * m) & mask
+            h ^= k
+        t = a + (length & ~3)
+        rest = length % 4
+        if rest == 3:
+            h ^= data[t + 2] << 16
+        if rest >= 2:
+            h ^= data[t + 1] << 8
+        if rest >= 1:
+            h ^= data[t]
+            h = (h * m) & mask
+        h ^= h >> 13
+        h = (h * m) & mask
+        h ^= h >> 15
+        out[i] = (h & 0x7FFFFFFF) % n_partitions
+    return out
+
+
+def kafka_partitions(arr: pa.Array, n_partitions: int) -> np.ndarray:
+    """The partition Kafka's default partitioner gives each string key (-1 for null).
+
+    >>> from aiokafka.partitioner import murmur2
+    >>> keys = ["AB12cd34", "x", "xy", "xyz", "0123456789abc"]
+    >>> kafka_partitions(pa.array(keys), 8).tolist() == [
+    ...     (murmur2(k.encode()) & 0x7FFFFFFF) % 8 for k in keys]
+    True
+    """
+    o, d, v = buffers(arr)
+    return _murmur2_partitions(o, d, v, n_partitions)
+
+
+def rfc3339_utc(us: np.ndarray) -> list[str]:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` for UTC microsecond instants, vectorised.
+
+    >>> rfc3339_utc(np.array([1598886000123456]))
+    ['2020-08-31T15:00:00.123456Z']
+    """
+    ts = pa.array(np.asarray(us, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC"))
+    import pyarrow.compute as pc
+    return pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ").to_pylist()  # type: ignore[no-any-return]

@@ -16,6 +16,7 @@ import numpy as np
 from engine.rules import kernel
 from engine.rules.model import KIND_NAMES, NO_TIME, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
+from engine.rules.strings import kafka_partitions, rfc3339_utc
 from engine.streams.decode import InBatch
 from engine.streams.state import (
     META_KEY,
@@ -26,7 +27,6 @@ from engine.streams.state import (
     encode,
     txn_key,
 )
-from engine.streams.topics import partition_for
 
 REASON_NAMES = [r.name for r in Reason]
 
@@ -81,29 +81,34 @@ class ShardDecider:
         wm_new: dict[tuple[int, int], int] = {}
         for b, typ in batches:
             keys = b.v.mykey_id.to_pylist()
+            parts = kafka_partitions(b.v.mykey_id, self.partitions).tolist()
+            reasons = b.v.reason.tolist()
+            arrivals = b.arrival.tolist()
+            rerouted = b.rerouted.tolist()
             idx: list[int] = []
             pidx: list[int] = []
             for i, key in enumerate(keys):
-                if b.v.reason[i] != 0 or key is None:
+                if reasons[i] != 0 or key is None:
                     idx.append(i)
                     pidx.append(-1)
                     continue
-                if partition_for(key.encode(), self.partitions) != partition:
-                    res.reroute.append((b.v.record_type, partition_for(
-                        key.encode(), self.partitions), self._reroute_record(b, i, key),
-                        b.source[i], int(b.v.received[i])))
+                if parts[i] != partition:
+                    res.reroute.append((b.v.record_type, parts[i],
+                                        self._reroute_record(b, i, key), b.source[i],
+                                        int(b.v.received[i])))
                     continue
                 pi = person(key)
                 st = states[pi]
-                arr = int(b.arrival[i])
-                if b.rerouted[i]:
+                arr = arrivals[i]
+                if rerouted[i]:
                     if b.source[i] in st.rerouted:
                         continue
                     st.rerouted.append(b.source[i])
                 elif arr <= (st.wm_e if typ == kernel.ENROLLMENT else st.wm_t):
                     continue  # redelivered after a crash; its outcome is already out
                 wk = (pi, typ)
-                wm_new[wk] = max(wm_new.get(wk, -1), arr)
+                if wm_new.get(wk, -1) < arr:
+                    wm_new[wk] = arr
                 idx.append(i)
                 pidx.append(pi)
             keep.append((b, typ, np.asarray(idx, dtype=np.int64), pidx))
@@ -285,30 +290,40 @@ class ShardDecider:
                         "operator_id": b.v.operator_id.to_pylist(),
                         "txn_id": b.v.txn_id.to_pylist()}
         cap = camp.cap_points
-        for j in order.tolist():
-            r = int(out_reason[j])
-            if r == kernel.PARKED:
-                break
+        reason_l = out_reason.tolist()
+        order_l = order.tolist()
+        decided = [j for j in order_l if reason_l[j] != kernel.PARKED]
+        points_l = out_points.tolist()
+        cum_l = out_cum.tolist()
+        kind_l = kind.tolist()
+        amount_l = amount.tolist()
+        span_l = span_of.tolist()
+        row_l = row_of.tolist()
+        typ_l = typ_a.tolist()
+        accepted = [j for j in decided if reason_l[j] == 0 and typ_l[j] == kernel.TRANSACTION]
+        occurred = dict(zip(accepted, rfc3339_utc(at[accepted]), strict=True)) if accepted \
+            else {}
+        for j in decided:
+            r = reason_l[j]
             if j < n_pre:
                 pi, pk = pre[j]
                 key, opid, tid, src = plist[pi], pk.operator_id, pk.txn_id, pk.source
                 rtype = "transaction"
                 detail = None
-                kd, amt, occ = pk.kind, pk.amount, pk.at
             else:
-                b, _start, _idx = spans[span_of[j]]
-                i = int(row_of[j])
-                c = cols[int(span_of[j])]
+                si = span_l[j]
+                b = spans[si][0]
+                i = row_l[j]
+                c = cols[si]
                 key, opid, tid, src = c["mykey_id"][i], c["operator_id"][i], c["txn_id"][i], \
                     b.source[i]
                 rtype = b.v.record_type
                 detail = b.v.detail[i]
-                kd, amt, occ = int(kind[j]), int(amount[j]), int(at[j])
             outcomes[rtype].append("accepted" if r == 0 else REASON_NAMES[r])
             kb = key.encode() if key is not None else None
             if r == 0 and rtype == "transaction":
-                pts = int(out_points[j])
-                cum = int(out_cum[j])
+                pts = points_l[j]
+                cum = cum_l[j]
                 if pts >= 0:
                     res.points += pts
                 else:
@@ -316,9 +331,9 @@ class ShardDecider:
                 res.grants.append((kb, {
                     "grant_id": f"{camp.id}/{opid}/{key}/{tid}", "campaign": camp.id,
                     "mykey_id": key, "operator_id": opid, "txn_id": tid,
-                    "kind": KIND_NAMES[kd], "amount": amt, "points": pts,
+                    "kind": KIND_NAMES[kind_l[j]], "amount": amount_l[j], "points": pts,
                     "cumulative_points": cum, "capped": cum == cap,
-                    "occurred_at": _us_to_rfc3339(occ), "source": src}))
+                    "occurred_at": occurred[j], "source": src}))
             elif r != 0:
                 res.rejections.append((kb, {
                     "record_type": rtype, "reason": REASON_NAMES[r],
@@ -341,12 +356,15 @@ class ShardDecider:
                 st.wm_e = max(st.wm_e, w)
             else:
                 st.wm_t = max(st.wm_t, w)
-        for e in range(int(n_entries)):
-            st = states[e_person[e]]
-            st.txns[txn_key(self.op_ids[e_op[e]], strs[e_txn[e]])] = TxnEntry(
-                int(e_kind[e]), int(e_amount[e]), int(e_at[e]),
-                strs[e_orig[e]] if e_orig[e] >= 0 else None, int(e_status[e]),
-                int(e_refunded[e]))
+        ne = int(n_entries)
+        op_ids = self.op_ids
+        for pe, oe, te, ke, ae, ate, ore, se, re_ in zip(
+                e_person[:ne].tolist(), e_op[:ne].tolist(), e_txn[:ne].tolist(),
+                e_kind[:ne].tolist(), e_amount[:ne].tolist(), e_at[:ne].tolist(),
+                e_orig[:ne].tolist(), e_status[:ne].tolist(), e_refunded[:ne].tolist(),
+                strict=True):
+            states[pe].txns[f"{op_ids[oe]}/{strs[te]}"] = TxnEntry(
+                ke, ae, ate, strs[ore] if ore >= 0 else None, se, re_)
         parked_n = 0
         for j in np.flatnonzero(out_reason == kernel.PARKED).tolist():
             pi = int(pers[j])

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -44,10 +45,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.metrics import EngineMetrics
 from engine.rules.model import Campaign, Registry
+from engine.rules.strings import kafka_partitions
 from engine.streams.decode import InBatch, decode_messages
 from engine.streams.shard import ShardDecider, ShardResult
 from engine.streams.state import ShardStore
-from engine.streams.topics import SOURCE_HEADER, Topics, ensure_topics, partition_for
+from engine.streams.topics import SOURCE_HEADER, Topics, ensure_topics
 
 log = logging.getLogger("mynapoint.worker")
 NO_TIME = -(2**63)
@@ -263,12 +265,18 @@ class Worker:
         out: dict[tuple[str, int], list[tuple[bytes | None, bytes, list[Any] | None, Any]]] = \
             defaultdict(list)
         for p, res in results.items():
-            for key, row in res.grants:
-                part = partition_for(key, self.partitions) if key else p
-                out[(self.topics.grants, part)].append((key, orjson.dumps(row), None, None))
-            for key, row in res.rejections:
-                part = partition_for(key, self.partitions) if key else p
-                out[(self.topics.rejections, part)].append((key, orjson.dumps(row), None, None))
+            for topic, rows in ((self.topics.grants, res.grants),
+                                (self.topics.rejections, res.rejections)):
+                if not rows:
+                    continue
+                keys = [k for k, _ in rows]
+                parts = kafka_partitions(
+                    pa.array([k.decode() if k else None for k in keys], type=pa.string()),
+                    self.partitions).tolist()
+                dumps = orjson.dumps
+                for (key, row), part in zip(rows, parts, strict=True):
+                    out[(topic, part if part >= 0 else p)].append(
+                        (key, dumps(row), None, None))
             for rtype, target, rec, source, received in res.reroute:
                 topic = (self.topics.transactions if rtype == "transaction"
                          else self.topics.enrollments)
