@@ -80,7 +80,10 @@ async def _stream(args, con, enr_path, txn_path, out, off, compare, summarize, r
         manifest.parent.mkdir(parents=True, exist_ok=True)
         counts = await publish_files(broker.bootstrap, topics, enr_path, txn_path, batch=1000,
                                      partitions=8, progress=True, manifest=manifest)
-        con.print(f"published {counts}")
+        con.print(f"published {counts['enrollments']:,} enrollments in "
+                  f"{counts['enrollment_messages']:,} messages and {counts['transactions']:,} "
+                  f"transactions in {counts['transaction_messages']:,} messages "
+                  f"({counts['seconds']:.1f} s)")
         con.rule("5. collect outcomes")
         # accepted enrollments have no output record: expect what offline produced
         expect = off.grants.num_rows + off.rejections.num_rows
