@@ -19,6 +19,7 @@ is the same on decoded JSON values, convenient for tests and doctests::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 
 from engine.rules import kernel
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
+from engine.rules.strings import person_codes
 from engine.rules.validate import (
     Validated,
     shape_objects,
@@ -59,11 +61,22 @@ def dictionary_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
     (A numba open-addressing hash over the raw bytes was tried and measured
     slower than Arrow's hash kernel here.)
     """
-    joined = pa.concat_arrays([a.cast(pa.string()) for a in arrays])
-    enc = pc.dictionary_encode(joined)
-    codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    bounds = np.cumsum([0] + [len(a) for a in arrays])
-    return [codes[bounds[i]:bounds[i + 1]] for i in range(len(arrays))], len(enc.dictionary)
+    chunks = [a.cast(pa.string()) for a in arrays]
+    # one memo table across chunks, so codes agree between the arrays; empty arrays
+    # are left out of the chunked array and get empty code arrays
+    enc = pc.dictionary_encode(pa.chunked_array([c for c in chunks if len(c)], pa.string()))
+    it = iter(enc.chunks)
+    out: list[np.ndarray] = []
+    size = 0
+    for c in chunks:
+        if not len(c):
+            out.append(np.zeros(0, np.int64))
+            continue
+        chunk = next(it)
+        out.append(np.asarray(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False),
+                              dtype=np.int64))
+        size = max(size, len(chunk.dictionary))
+    return out, size
 
 
 def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisions:
@@ -74,8 +87,12 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
     (equivalent to one call over both, without concatenating 10^7-row inputs).
     """
     ne = enr.n
-    (pe, pt), n_people = dictionary_codes(enr.mykey_id, txn.mykey_id)
-    (tt, to), n_codes = dictionary_codes(txn.txn_id, txn.original_txn_id)
+    # Both encoders release the GIL (numba nogil, Arrow's hash kernel): run them at once
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        people_job = pool.submit(person_codes, enr.mykey_id, txn.mykey_id)
+        txn_job = pool.submit(dictionary_codes, txn.txn_id, txn.original_txn_id)
+        (pe, pt), n_people = people_job.result()
+        (tt, to), n_codes = txn_job.result()
     n_people = max(n_people, 1)
     people = (np.full(n_people, -1, np.int32), np.full(n_people, -1, np.int8),
               np.zeros(n_people, np.int32), np.zeros(n_people, np.int64),
