@@ -51,7 +51,7 @@ def test_sigkill_mid_stream_changes_nothing(kafka_broker, topic_prefix, scenario
     w = worker(kafka_broker.bootstrap, prefix, tmp_path, "w0").start()
     # publish slowly in the background so the kills land mid-stream
     t = threading.Thread(target=publish, args=(kafka_broker.bootstrap, prefix, scenario,
-                                               tmp_path / "m.parquet", 1, 250.0))
+                                               tmp_path / "m.parquet", 1, 150.0))
     t.start()
     kills = 0
     try:
