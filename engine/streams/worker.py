@@ -110,6 +110,9 @@ class Worker:
             isolation_level="read_committed", session_timeout_ms=6_000,
             heartbeat_interval_ms=1_000, max_poll_interval_ms=300_000,
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+            # a fetch that finds only idle partitions must not hold back the busy
+            # ones for aiokafka's default 500 ms (latency at low load)
+            fetch_max_wait_ms=20,
             max_poll_records=self.max_batch)
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
