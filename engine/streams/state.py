@@ -97,8 +97,9 @@ class ShardStore:
     RocksDB only in :meth:`apply`, after the changelog has them.
     """
 
-    def __init__(self, path: Path, no_time: int) -> None:
+    def __init__(self, path: Path, no_time: int, cache_limit: int = 100_000) -> None:
         self.path = path
+        self.cache_limit = cache_limit
         path.parent.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -127,6 +128,11 @@ class ShardStore:
         self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
         wb.put(META_KEY.encode(), encode(self.meta))
         self.db.write(wb)
+        # Every cached person is now also in RocksDB (a batch writes all the people it
+        # touched), so dropping the cache is always safe; it bounds a worker's memory
+        # when a partition holds millions of people.
+        if len(self.cache) > self.cache_limit:
+            self.cache.clear()
 
     def restore(self, records: list[tuple[bytes, bytes, int]]) -> None:
         """Apply changelog records (key, value, offset) newer than the local copy."""
