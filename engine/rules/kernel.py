@@ -106,6 +106,16 @@ def _heap_pop(hk, hv, size):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
+def _append(head, tail, nxt, key, j):  # type: ignore[no-untyped-def]
+    """Append record ``j`` to the waiting list ``key`` (FIFO)."""
+    if tail[key] >= 0:
+        nxt[tail[key]] = j
+    else:
+        head[key] = j
+    tail[key] = j
+
+
+@numba.njit(cache=True, nogil=True)
 def _release_key(t, p, o, k_head, k_tail, nxt, out_reason, person, op, work, w,
                  nwork):  # type: ignore[no-untyped-def]
     """Move the records waiting on key ``t`` of person ``p`` and operator ``o`` to
@@ -277,18 +287,9 @@ def decide(
                 # waited in an earlier batch: back on its list, no checks repeated
                 preparked[j] = 0
                 if kind[j] == KIND_REFUND:
-                    t = orig[j]
-                    if k_tail[t] >= 0:
-                        nxt[k_tail[t]] = j
-                    else:
-                        k_head[t] = j
-                    k_tail[t] = j
+                    _append(k_head, k_tail, nxt, orig[j], j)
                 else:
-                    if w_tail[p] >= 0:
-                        nxt[w_tail[p]] = j
-                    else:
-                        w_head[p] = j
-                    w_tail[p] = j
+                    _append(w_head, w_tail, nxt, p, j)
                 if not final:
                     _heap_push(hk, hv, hsize, deadline[j], j)
                 continue
@@ -330,11 +331,7 @@ def decide(
                     out_reason[j] = R_OUTSIDE_WINDOW
                 elif p_op[p] < 0:
                     if park_for_enrollment:
-                        if w_tail[p] >= 0:
-                            nxt[w_tail[p]] = j
-                        else:
-                            w_head[p] = j
-                        w_tail[p] = j
+                        _append(w_head, w_tail, nxt, p, j)
                         _heap_push(hk, hv, hsize, deadline[j], j)
                         continue
                     out_reason[j] = R_NOT_ENROLLED
@@ -356,12 +353,7 @@ def decide(
                 eo = _find(head, e_next, e_person, e_op, orig[j], p, op[j])
                 if eo < 0 or (e_kind[eo] != KIND_REFUND and e_status[eo] == PENDING):
                     # wait for the original (or with it)
-                    t = orig[j]
-                    if k_tail[t] >= 0:
-                        nxt[k_tail[t]] = j
-                    else:
-                        k_head[t] = j
-                    k_tail[t] = j
+                    _append(k_head, k_tail, nxt, orig[j], j)
                     if not final:
                         _heap_push(hk, hv, hsize, deadline[j], j)
                     continue

@@ -330,6 +330,24 @@ def _string_field(s: Shaped, chk: _Checker, f: str, required: bool) -> np.ndarra
     return present
 
 
+def _mykey_field(s: Shaped, chk: _Checker) -> np.ndarray:
+    """MALFORMED unless ``mykey_id`` is present and 8 characters [0-9A-Za-z]; returns ok."""
+    present = _string_field(s, chk, "mykey_id", True)
+    ok = strings.mykey_ok(s.columns["mykey_id"])
+    chk.fail(present & ~ok, Reason.MALFORMED,
+             "field 'mykey_id' must be exactly 8 characters [0-9A-Za-z]")
+    return ok
+
+
+def _received(s: Shaped, received: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """received_at in µs, NO_TIME where absent. In Kafka the record timestamp stands in
+    for a missing received_at (``ts_override``, NO_TIME where the message has none)."""
+    if s.ts_override is not None:
+        received = np.where(present, received, s.ts_override)
+        present = present | (s.ts_override != NO_TIME)
+    return np.where(present, received, NO_TIME)
+
+
 def _keep(arr: pa.Array, ok: np.ndarray) -> pa.Array:
     """``arr`` with null where not ``ok`` (no copy when everything is ok)."""
     valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
@@ -352,10 +370,7 @@ def validate_transactions(s: Shaped, campaign: Campaign, registry: Registry) -> 
     chk.fail(txn_present & ~txn_ok, Reason.MALFORMED,
              "field 'txn_id' must be 1 to 64 characters [0-9A-Za-z._:-]")
     _string_field(s, chk, "operator_id", True)
-    key_present = _string_field(s, chk, "mykey_id", True)
-    key_ok = strings.mykey_ok(s.columns["mykey_id"])
-    chk.fail(key_present & ~key_ok, Reason.MALFORMED,
-             "field 'mykey_id' must be exactly 8 characters [0-9A-Za-z]")
+    key_ok = _mykey_field(s, chk)
     kind_present = _string_field(s, chk, "kind", True)
     kind_codes = pc.index_in(s.columns["kind"], value_set=pa.array(KIND_NAMES))
     kind = kind_codes.fill_null(NO_KIND).to_numpy().astype(np.int8)
@@ -373,12 +388,7 @@ def validate_transactions(s: Shaped, campaign: Campaign, registry: Registry) -> 
     chk.fail(orig_present & ~orig_ok, Reason.MALFORMED,
              "field 'original_txn_id' must be 1 to 64 characters [0-9A-Za-z._:-]")
     received, recv_present = _time_field(s, chk, "received_at", False)
-    if s.ts_override is not None:
-        # in Kafka the record timestamp is received_at, unless a batch record has its own
-        use = ~recv_present
-        received = np.where(use, s.ts_override, received)
-        recv_present = recv_present | (s.ts_override != NO_TIME)
-    received = np.where(recv_present, received, NO_TIME)
+    received = _received(s, received, recv_present)
     # INVALID_AMOUNT
     amount = s.amount
     chk.fail(s.amount_class == AMOUNT_NOT_INTEGER, Reason.INVALID_AMOUNT,
@@ -412,10 +422,7 @@ def validate_transactions(s: Shaped, campaign: Campaign, registry: Registry) -> 
 def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> Validated:
     chk = _Checker(s)
     n = s.n
-    key_present = _string_field(s, chk, "mykey_id", True)
-    key_ok = strings.mykey_ok(s.columns["mykey_id"])
-    chk.fail(key_present & ~key_ok, Reason.MALFORMED,
-             "field 'mykey_id' must be exactly 8 characters [0-9A-Za-z]")
+    key_ok = _mykey_field(s, chk)
     _string_field(s, chk, "operator_id", True)
     applied, _ = _time_field(s, chk, "applied_at", True)
     earn_present = _string_field(s, chk, "earn_on", False)
@@ -424,11 +431,7 @@ def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> V
     chk.fail(earn_present & (earn_code == NO_KIND), Reason.MALFORMED,
              "field 'earn_on' must be \"charge\" or \"purchase\"")
     received, recv_present = _time_field(s, chk, "received_at", False)
-    if s.ts_override is not None:
-        use = ~recv_present
-        received = np.where(use, s.ts_override, received)
-        recv_present = recv_present | (s.ts_override != NO_TIME)
-    received = np.where(recv_present, received, NO_TIME)
+    received = _received(s, received, recv_present)
     op = _operator_codes(s.columns["operator_id"], registry)
     chk.fail(op < 0, Reason.UNKNOWN_OPERATOR, "field 'operator_id' is not a registered operator")
     day = strings.jst_days(applied).astype(np.int32)
