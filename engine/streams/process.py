@@ -15,20 +15,26 @@ class WorkerProcess:
 
     def __init__(self, bootstrap: str, prefix: str, partitions: int = 8,
                  state_dir: str | Path = ".kafka/state", log_path: str | Path | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.args = [sys.executable, "-m", "engine.cli", "worker", "--broker", bootstrap,
                      "--topic-prefix", prefix, "--partitions", str(partitions),
                      "--state-dir", str(state_dir), *(extra or [])]
         self.log_path = Path(log_path) if log_path else None
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: float = 60.0) -> WorkerProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env={**os.environ})
+                                     start_new_session=True, env=self.env)
         if self.log_path and wait:
             self._wait_for("consuming", wait)
         return self
+
+    def wait_exit(self, timeout: float = 120.0) -> int:
+        """Wait until the worker exits by itself (e.g. an injected crash)."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
 
     def wait_for(self, text: str, wait: float = 60.0) -> None:
         """Block until the worker's log shows ``text`` (e.g. "assigned partitions")."""

@@ -292,6 +292,7 @@ class Worker:
             futs.extend(await self._send_all(topic, part, msgs))
         if futs:
             await asyncio.gather(*futs)
+        self._crash_point("outputs")
         # then state: changelog (acknowledged) before the local copy
         cl_futs: dict[int, list[asyncio.Future[Any]]] = {}
         for p, res in results.items():
@@ -303,6 +304,7 @@ class Worker:
             last = max((md.offset for md in mds), default=-1)
             # a batch's metadata carries its base offset; the blobs follow it
             self.stores[p].apply(results[p].blobs, last + len(results[p].blobs))
+        self._crash_point("state")
         if offsets:
             try:
                 await self.consumer.commit(offsets)
@@ -319,6 +321,13 @@ class Worker:
         live = lat[(lat >= 0) & (lat < 3600)]
         if len(live):
             self.metrics.observe_outcome_latencies(live)
+
+    def _crash_point(self, stage: str) -> None:
+        """Crash injection for tests: ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs
+        this worker right after ``stage`` ("outputs" acknowledged, or "state" written)
+        of its ``batch``-th batch (0-based), before anything else happens."""
+        if os.environ.get("MYNAPOINT_CRASH_AT") == f"{stage}:{self.batches}":
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _decode(self, msgs: list[Any] | None, record_type: str) -> InBatch | None:
         if not msgs:

@@ -24,6 +24,7 @@ from engine.streams.publish import publish_files
 from engine.streams.topics import Topics
 
 PARTITIONS = 4
+LAST_STATS: dict[str, object] = {}  # collect's counts from the last collect_and_compare
 
 
 @dataclass
@@ -50,11 +51,12 @@ def topics_for(prefix: str) -> Topics:
     return Topics(prefix, f"{prefix}-engine")
 
 
-def worker(bootstrap: str, prefix: str, log_dir: Path, name: str = "w") -> WorkerProcess:
+def worker(bootstrap: str, prefix: str, log_dir: Path, name: str = "w",
+           env: dict[str, str] | None = None) -> WorkerProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     return WorkerProcess(bootstrap, prefix, PARTITIONS, state_dir=log_dir / "state",
                          log_path=log_dir / f"{name}.log",
-                         extra=["--group", f"{prefix}-engine", "--max-batch", "500"])
+                         extra=["--group", f"{prefix}-engine", "--max-batch", "500"], env=env)
 
 
 def publish(bootstrap: str, prefix: str, sc: Scenario, manifest: Path, batch: int,
@@ -66,8 +68,14 @@ def publish(bootstrap: str, prefix: str, sc: Scenario, manifest: Path, batch: in
 
 def collect_and_compare(bootstrap: str, prefix: str, sc: Scenario, manifest: Path,
                         idle: float = 30.0) -> tuple[Comparison, pa.Table, pa.Table]:
+    stats: dict[str, object] = {}
     grants, rejections = asyncio.run(collect(bootstrap, topics_for(prefix),
-                                             expect=sc.expected_outcomes, idle_timeout=idle))
+                                             expect=sc.expected_outcomes, idle_timeout=idle,
+                                             stats=stats))
+    # a redelivered outcome must be byte-for-byte the same decision
+    assert not stats.get("conflicts"), stats
+    LAST_STATS.clear()
+    LAST_STATS.update(stats)
     m = pq.read_table(manifest)
     mapping = dict(zip(m["kafka_source"].to_pylist(), m["input_source"].to_pylist(),
                        strict=True))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.streams.harness import (
+    LAST_STATS,
     Scenario,
     collect_and_compare,
     make_scenario,
@@ -94,3 +95,26 @@ def test_scale_out_join_and_leave(kafka_broker, topic_prefix, scenario, tmp_path
             b.stop()
         t.join()
     assert cmp.equal, str(cmp)
+
+
+@pytest.mark.parametrize("stage", ["outputs", "state"])
+def test_crash_at_an_exact_point_of_a_batch(kafka_broker, topic_prefix, scenario,
+                                            tmp_path: Path, stage: str) -> None:
+    """Crash injection at the two dangerous instants of the 4th batch: outcomes
+    acknowledged but state not written (they are decided again, identically), and
+    state written but offsets not committed (the redelivered records are skipped)."""
+    prefix = topic_prefix()
+    publish(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 1)
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "crashing",
+               env={"MYNAPOINT_CRASH_AT": f"{stage}:3"}).start()
+    assert w.wait_exit() == -9, "the worker did not reach the crash point"
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "restarted").start()
+    try:
+        cmp, _, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,
+                                        tmp_path / "m.parquet")
+    finally:
+        w.stop()
+    assert cmp.equal, str(cmp)
+    if stage == "outputs":
+        # the crashed batch's outcomes were out already and were produced again
+        assert LAST_STATS["copies"], LAST_STATS
