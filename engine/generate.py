@@ -48,6 +48,9 @@ import pyarrow.parquet as pq
 
 from engine.rules.model import JST_OFFSET_US, US_PER_DAY, US_PER_SECOND, Campaign
 
+# is_individual_number is re-exported for the generator's own tests
+from engine.rules.strings import check_digit, is_individual_number  # noqa: F401
+
 S = US_PER_SECOND
 MINUTE = 60 * S
 HOUR = 3600 * S
@@ -95,21 +98,6 @@ ENR_FIELDS = ("mykey_id", "operator_id", "applied_at", "earn_on", "received_at")
 
 
 # --------------------------------------------------------------------------- helpers
-
-def check_digit(first11: str) -> int:
-    """Check digit of an Individual Number (SETTLEMENT_RULES.md, Privacy).
-
-    >>> check_digit("12345678901")
-    8
-    """
-    digits = [int(c) for c in reversed(first11)]
-    r = sum(p * (n + 1 if n <= 6 else n - 5) for n, p in enumerate(digits, start=1)) % 11
-    return 0 if r <= 1 else 11 - r
-
-
-def is_individual_number(s: str) -> bool:
-    return len(s) == 12 and s.isascii() and s.isdigit() and int(s[11]) == check_digit(s[:11])
-
 
 def _individual_number(rng: np.random.Generator, valid: bool) -> str:
     first = "".join(str(d) for d in rng.integers(0, 10, 11))

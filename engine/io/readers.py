@@ -25,29 +25,33 @@ class InputError(Exception):
 
 
 class BadRecord:
-    """Stands in for a line that is not a JSON value at all."""
+    """Stands in for a line or message that is not a JSON value at all; ``kind`` is
+    the metrics label of what is wrong with it."""
 
-    __slots__ = ("detail",)
+    __slots__ = ("detail", "kind")
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, kind: str = "invalid_json") -> None:
         self.detail = detail
+        self.kind = kind
+
+
+def load_record(line: bytes, limit: int | None = None) -> Any:
+    """One JSON value, or a :class:`BadRecord` saying why it is not one."""
+    if limit is not None and len(line) > limit:
+        return BadRecord(f"record exceeds the size limit of {limit} bytes", "too_large")
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return BadRecord("record is not valid UTF-8", "invalid_utf8")
+        return BadRecord("record is not valid JSON")
 
 
 def decode_lines(lines: list[bytes]) -> list[Any]:
     """Decode JSON Lines; undecodable lines become :class:`BadRecord` values."""
-    out: list[Any] = []
-    loads = orjson.loads
-    for line in lines:
-        try:
-            out.append(loads(line))
-        except orjson.JSONDecodeError:
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                out.append(BadRecord("record is not valid UTF-8"))
-                continue
-            out.append(BadRecord("record is not valid JSON"))
-    return out
+    return [load_record(line) for line in lines]
 
 
 def split_lines(data: bytes) -> tuple[list[bytes], np.ndarray]:

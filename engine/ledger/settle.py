@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -70,7 +71,6 @@ def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Ca
 
 
 def _merge_by_seq(a: pa.Table, seq_a: Any, b: pa.Table, seq_b: Any) -> pa.Table:
-    import numpy as np
     t = pa.concat_tables([a, b])
     order = np.argsort(np.concatenate([np.sort(seq_a), np.sort(seq_b)]), kind="stable")
     return t.take(pa.array(order))

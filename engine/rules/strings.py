@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from numba.typed import List
 
 from engine.rules.model import US_PER_DAY, US_PER_SECOND
 
@@ -30,10 +32,11 @@ def buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(offsets int64[n+1], data uint8[], valid bool[n]) of a string array."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    if arr.type == pa.large_string():
+    if arr.type in (pa.large_string(), pa.large_binary()):
         off_dtype: type = np.int64
     else:
-        if arr.type != pa.string():
+        # binary has the string layout (raw keys that need not be UTF-8)
+        if arr.type not in (pa.string(), pa.binary()):
             arr = arr.cast(pa.string())
         off_dtype = np.int32
     n = len(arr)
@@ -233,6 +236,16 @@ def individual_number_mask(arr: pa.Array) -> np.ndarray:
     return _individual_number(o, d, v, _Q)
 
 
+def check_digit(first11: str) -> int:
+    """Check digit of an Individual Number from its first 11 digits (rules, Privacy).
+
+    >>> check_digit("12345678901")
+    8
+    """
+    r = sum(int(first11[10 - k]) * int(_Q[k]) for k in range(11)) % 11
+    return 0 if r <= 1 else 11 - r
+
+
 def is_individual_number(s: str) -> bool:
     """Scalar form of :func:`individual_number_mask`, for keys and odd places.
 
@@ -241,8 +254,7 @@ def is_individual_number(s: str) -> bool:
     """
     if len(s) != 12 or not s.isascii() or not s.isdigit():
         return False
-    r = sum(int(s[10 - k]) * int(_Q[k]) for k in range(11)) % 11
-    return int(s[11]) == (0 if r <= 1 else 11 - r)
+    return int(s[11]) == check_digit(s[:11])
 
 
 def jst_days(us: np.ndarray) -> np.ndarray:
@@ -306,7 +318,6 @@ def rfc3339_utc(us: np.ndarray) -> list[str]:
     ['2020-08-31T15:00:00.123456Z']
     """
     ts = pa.array(np.asarray(us, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC"))
-    import pyarrow.compute as pc
     return pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ").to_pylist()  # type: ignore[no-any-return]
 
 
@@ -369,8 +380,6 @@ def person_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
     ...                                    pa.array(["zz99ZZ00", "AB12cd34"]))[0]]
     [[0, -1], [1, 0]]
     """
-    from numba.typed import List
-
     offs, datas, valids = List(), List(), List()
     for a in arrays:
         o, d, v = buffers(a)

@@ -1,8 +1,10 @@
 """The JSON form of output records on the grants and rejections topics.
 
 One JSON object per message, exactly the fields of ``schemas/grant.schema.json``
-and ``schemas/rejection.schema.json``. The worker encodes with
-:func:`grant_to_json` / :func:`rejection_to_json`; ``collect`` decodes with
+and ``schemas/rejection.schema.json``. The worker builds whole batches of rows
+with ``occurred_at`` already formatted (``engine.rules.strings.rfc3339_utc``,
+column-wise) and encodes them with orjson; :func:`grant_to_json` /
+:func:`rejection_to_json` encode single rows; ``collect`` decodes with
 :func:`grant_from_json` / :func:`rejection_from_json`, which are strict so that a
 malformed outcome is noticed (counted) rather than half-read.
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 
-from engine.io.readers import BadRecord, split_lines
+from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.io.readers import BadRecord, load_record, split_lines
 from engine.rules.model import NO_TIME, Campaign, Registry
 from engine.rules.validate import (
     Shaped,
@@ -87,19 +87,6 @@ class _Segments:
         self.parts.append(s)
 
 
-def _loads(line: bytes, limit: int) -> Any:
-    if len(line) > limit:
-        return BadRecord(f"record exceeds the size limit of {limit} bytes")
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            return BadRecord("record is not valid UTF-8")
-        return BadRecord("record is not valid JSON")
-
-
 def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                     registry: Registry, max_record_bytes: int) -> InBatch:
     seg = _Segments(record_type)
@@ -114,11 +101,9 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
         value = m.value if m.value is not None else b""
         if fmt is None:
             origin = _header(m, SOURCE_HEADER)
-            obj = _loads(value, max_record_bytes) if value else BadRecord("empty message")
+            obj = load_record(value, max_record_bytes) if value else BadRecord("empty message")
             if isinstance(obj, BadRecord):
-                kind = ("too_large" if "size" in obj.detail else
-                        "invalid_utf8" if "UTF-8" in obj.detail else "invalid_json")
-                bad[kind] = bad.get(kind, 0) + 1
+                bad[obj.kind] = bad.get(obj.kind, 0) + 1
             elif isinstance(obj, dict) and origin is None:
                 # in Kafka the record timestamp *is* received_at
                 obj.pop("received_at", None)
@@ -139,11 +124,9 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                              f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
             for i, line in enumerate(lines):
-                obj = _loads(line, max_record_bytes)
+                obj = load_record(line, max_record_bytes)
                 if isinstance(obj, BadRecord):
-                    kind = ("too_large" if "size" in obj.detail else
-                            "invalid_utf8" if "UTF-8" in obj.detail else "invalid_json")
-                    bad[kind] = bad.get(kind, 0) + 1
+                    bad[obj.kind] = bad.get(obj.kind, 0) + 1
                 # a chunk's records carry their own received_at, or none (see
                 # schemas/batch-message.md: the message timestamp is not lent)
                 seg.add_obj(obj, NO_TIME)
@@ -180,7 +163,7 @@ def _bad_message(seg: _Segments, bad: dict[str, int], sources: list[str], arriva
                  rerouted: list[bool], base: str, offset: int, ts: int, detail: str) -> None:
     """A message whose records cannot be told apart gets one MALFORMED outcome."""
     bad["bad_batch"] = bad.get("bad_batch", 0) + 1
-    seg.add_obj(BadRecord(detail), ts)
+    seg.add_obj(BadRecord(detail, "bad_batch"), ts)
     sources.append(base)
     arrival.append(offset << SUB_BITS)
     rerouted.append(False)
@@ -207,6 +190,5 @@ def concat_validated(parts: list[Validated], record_type: str) -> Validated:
 
 def empty_validated(record_type: str) -> Validated:
     s = shape_objects([], record_type)
-    from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
     validate = validate_transactions if record_type == "transaction" else validate_enrollments
     return validate(s, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)

@@ -64,6 +64,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.io.readers import sources, split_lines
+from engine.rules.strings import kafka_partitions
 from engine.streams.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
@@ -72,7 +73,6 @@ from engine.streams.topics import (
     TopicMismatch,
     Topics,
     ensure_topics,
-    partition_for,
 )
 
 CONNECT_TIMEOUT = 30.0
@@ -453,17 +453,11 @@ class _Sender:
 
 async def _publish_one(producer: Any, inp: _Input, topic: str, n_parts: int, batch: int,
                        limit: _RateLimit | None, bar: Any) -> _Sender:
-    cache: dict[bytes, int] = {}
-    plist: list[int] = []
-    for key, r in zip(inp.keys, inp.route, strict=True):
-        if key is None:
-            plist.append(partition_for(r, n_parts))
-            continue
-        p = cache.get(key)
-        if p is None:
-            p = cache[key] = partition_for(key, n_parts)
-        plist.append(p)
-    parts = np.asarray(plist, dtype=np.int64)
+    # the record's key, or its raw bytes when it has none: one vectorised murmur2
+    routing = pa.array([k if k is not None else r for k, r in zip(inp.keys, inp.route,
+                                                                  strict=True)],
+                       type=pa.binary())
+    parts = kafka_partitions(routing, n_parts)
     sender = _Sender(producer, topic, inp.n)
     task = bar.add_task(f"{inp.record_type}s → {topic}", total=inp.n) if bar else None
     pending = 0

@@ -17,6 +17,7 @@ from engine.rules import kernel
 from engine.rules.model import KIND_NAMES, NO_TIME, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import kafka_partitions, rfc3339_utc
+from engine.streams.codec_out import format_utc
 from engine.streams.decode import InBatch
 from engine.streams.state import (
     META_KEY,
@@ -41,12 +42,6 @@ class ShardResult:
     points: int = 0
     clawed_back: int = 0
     parked: int = 0
-
-
-def _us_to_rfc3339(us: int) -> str:
-    import datetime as dt
-    t = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=us)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ShardDecider:
@@ -363,9 +358,8 @@ class ShardDecider:
                 e_kind[:ne].tolist(), e_amount[:ne].tolist(), e_at[:ne].tolist(),
                 e_orig[:ne].tolist(), e_status[:ne].tolist(), e_refunded[:ne].tolist(),
                 strict=True):
-            states[pe].txns[f"{op_ids[oe]}/{strs[te]}"] = TxnEntry(
+            states[pe].txns[txn_key(op_ids[oe], strs[te])] = TxnEntry(
                 ke, ae, ate, strs[ore] if ore >= 0 else None, se, re_)
-        parked_n = 0
         for j in np.flatnonzero(out_reason == kernel.PARKED).tolist():
             pi = int(pers[j])
             if j < n_pre:
@@ -378,7 +372,6 @@ class ShardDecider:
                             c["txn_id"][i], strs[orc[j]] if orc[j] >= 0 else None,
                             int(amount[j]), int(at[j]), int(day[j]), int(ts[j]), b.source[i])
             states[pi].parked.append(pk)
-            parked_n += 1
         for pi, st in enumerate(states):
             key = plist[pi]
             if st.parked:
@@ -388,22 +381,21 @@ class ShardDecider:
             res.blobs[key] = encode(st)
         res.blobs[META_KEY] = encode(store.meta)
         res.parked = len(store.parked)
-        del parked_n
         return res
 
     def _reroute_record(self, b: InBatch, i: int, key: str) -> dict[str, Any]:
         v = b.v
         rec: dict[str, Any] = {"mykey_id": key, "operator_id": v.operator_id[i].as_py()}
         if v.received[i] != NO_TIME:
-            rec["received_at"] = _us_to_rfc3339(int(v.received[i]))
+            rec["received_at"] = format_utc(int(v.received[i]))
         if v.record_type == "transaction":
             rec.update(txn_id=v.txn_id[i].as_py(), kind=KIND_NAMES[int(v.kind[i])],
-                       amount=int(v.amount[i]), occurred_at=_us_to_rfc3339(int(v.at[i])))
+                       amount=int(v.amount[i]), occurred_at=format_utc(int(v.at[i])))
             o = v.original_txn_id[i].as_py()
             if o is not None:
                 rec["original_txn_id"] = o
         else:
-            rec["applied_at"] = _us_to_rfc3339(int(v.at[i]))
+            rec["applied_at"] = format_utc(int(v.at[i]))
             if v.earn_given[i]:
                 rec["earn_on"] = KIND_NAMES[int(v.kind[i])]
         return rec

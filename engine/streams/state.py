@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from rocksdict import Options, Rdict
+from rocksdict import Options, Rdict, WriteBatch
 
 META_KEY = "__meta__"
 
@@ -120,8 +120,6 @@ class ShardStore:
 
     def apply(self, blobs: dict[str, bytes], changelog_offset: int) -> None:
         """Persist blobs already acknowledged by the changelog, then the meta."""
-        from rocksdict import WriteBatch
-
         wb = WriteBatch(raw_mode=True)
         for k, v in blobs.items():
             wb.put(k.encode(), v)
@@ -136,8 +134,6 @@ class ShardStore:
 
     def restore(self, records: list[tuple[bytes, bytes, int]]) -> None:
         """Apply changelog records (key, value, offset) newer than the local copy."""
-        from rocksdict import WriteBatch
-
         if not records:
             return
         wb = WriteBatch(raw_mode=True)

@@ -208,28 +208,32 @@ class Worker:
             tt = TopicPartition(self.topics.transactions, p)
             if te not in assigned or tt not in assigned:
                 continue
-            hw = c.highwater(te)
             try:
-                pos = await c.position(te)
+                lag = await self._enrollment_lag(p)
             except Exception:  # position unknown during a rebalance: decide next round
                 continue
-            lag = hw is None or pos < hw
-            self.metrics.set_consumer_lag(self.topics.enrollments, p,
-                                          0 if hw is None else max(hw - pos, 0))
+            self.metrics.set_consumer_lag(self.topics.enrollments, p, lag or 0)
+            lag = lag is None or lag > 0
             if lag and tt not in c.paused():
                 c.pause(tt)
             elif not lag and tt in c.paused():
                 c.resume(tt)
 
-    async def _enrollments_behind(self, p: int) -> bool:
+    async def _enrollment_lag(self, p: int) -> int | None:
+        """Unread records of enrollments partition ``p``; None while unknown."""
         assert self.consumer is not None
         te = TopicPartition(self.topics.enrollments, p)
-        if te not in self.consumer.assignment():
-            return False
         hw = self.consumer.highwater(te)
         if hw is None:
-            return True
-        return await self.consumer.position(te) < hw
+            return None
+        return max(hw - await self.consumer.position(te), 0)
+
+    async def _enrollments_behind(self, p: int) -> bool:
+        assert self.consumer is not None
+        if TopicPartition(self.topics.enrollments, p) not in self.consumer.assignment():
+            return False
+        lag = await self._enrollment_lag(p)
+        return lag is None or lag > 0
 
     async def process(self, data: dict[Any, list[Any]]) -> None:
         assert self.producer is not None and self.consumer is not None
@@ -272,10 +276,8 @@ class Worker:
                                 (self.topics.rejections, res.rejections)):
                 if not rows:
                     continue
-                keys = [k for k, _ in rows]
-                parts = kafka_partitions(
-                    pa.array([k.decode() if k else None for k in keys], type=pa.string()),
-                    self.partitions).tolist()
+                parts = kafka_partitions(pa.array([k for k, _ in rows], type=pa.binary()),
+                                         self.partitions).tolist()
                 dumps = orjson.dumps
                 for (key, row), part in zip(rows, parts, strict=True):
                     out[(topic, part if part >= 0 else p)].append(
