@@ -241,14 +241,12 @@ class Worker:
         t0 = time.perf_counter()
         by_part: dict[int, dict[str, list[Any]]] = defaultdict(dict)
         offsets: dict[TopicPartition, int] = {}
-        n_in = 0
         stamps: list[int] = []
         for tp, msgs in data.items():
             if tp.partition not in self.stores or not msgs:
                 continue
             by_part[tp.partition][tp.topic] = msgs
             offsets[tp] = msgs[-1].offset + 1
-            n_in += len(msgs)
             stamps.extend(m.timestamp for m in msgs)
         for p, topics in by_part.items():
             held = topics.get(self.topics.transactions)
@@ -261,7 +259,6 @@ class Worker:
                 self.consumer.pause(tt)
                 del topics[self.topics.transactions]
                 offsets.pop(tt, None)
-                n_in -= len(held)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             enr = self._decode(topics.get(self.topics.enrollments), "enrollment")
@@ -291,21 +288,22 @@ class Worker:
                 out[(topic, target)].append((rec["mykey_id"].encode(), orjson.dumps(rec),
                                              [(SOURCE_HEADER, source.encode())], ts))
         for (topic, part), msgs in out.items():
-            futs.extend(await self._send_all(topic, part, msgs))
+            futs.extend(f for f, _ in await self._send_all(topic, part, msgs))
         if futs:
             await asyncio.gather(*futs)
         self._crash_point("outputs")
         # then state: changelog (acknowledged) before the local copy
-        cl_futs: dict[int, list[asyncio.Future[Any]]] = {}
+        cl_futs: dict[int, list[tuple[Any, int]]] = {}
         for p, res in results.items():
             msgs2: list[tuple[bytes | None, bytes, Any, Any]] = [
                 (k.encode(), v, None, None) for k, v in res.blobs.items()]
             cl_futs[p] = await self._send_all(self.topics.changelog, p, msgs2)
         for p, fl in cl_futs.items():
-            mds = await asyncio.gather(*fl)
-            last = max((md.offset for md in mds), default=-1)
-            # a batch's metadata carries its base offset; the blobs follow it
-            self.stores[p].apply(results[p].blobs, last + len(results[p].blobs))
+            mds = await asyncio.gather(*(f for f, _ in fl))
+            # a producer batch's metadata carries its base offset
+            last = max((md.offset + n - 1 for md, (_, n) in zip(mds, fl, strict=True)),
+                       default=-1)
+            self.stores[p].apply(results[p].blobs, last)
         self._crash_point("state")
         if offsets:
             try:
@@ -315,7 +313,7 @@ class Worker:
                 # and state are already durable, so the redelivered records will be
                 # skipped by the people's marks. Nothing to undo.
                 log.warning("offset commit skipped after a rebalance: %s", e)
-        self._observe(results, n_in, time.perf_counter() - t0)
+        self._observe(results, time.perf_counter() - t0)
         # Append-to-outcome latency is only meaningful for live traffic, whose record
         # timestamp (received_at) is "now"; replays of old records carry old stamps.
         now_ms = time.time() * 1000
@@ -342,22 +340,27 @@ class Worker:
         return b
 
     async def _send_all(self, topic: str, partition: int,
-                        msgs: list[tuple[bytes | None, bytes, Any, Any]]) -> list[Any]:
-        """Send many messages with few producer batches (no coroutine per message)."""
+                        msgs: list[tuple[bytes | None, bytes, Any, Any]]
+                        ) -> list[tuple[Any, int]]:
+        """Send many messages with few producer batches (no coroutine per message);
+        returns each batch's delivery future with its record count."""
         assert self.producer is not None
-        futs: list[Any] = []
+        futs: list[tuple[Any, int]] = []
         batch = self.producer.create_batch()
         for key, value, headers, ts in msgs:
             if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                futs.append(await self.producer.send_batch(batch, topic, partition=partition))
+                n = batch.record_count()
+                futs.append((await self.producer.send_batch(batch, topic, partition=partition),
+                             n))
                 batch = self.producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
                     raise ValueError(f"a message for {topic} exceeds the producer batch size")
         if batch.record_count():
-            futs.append(await self.producer.send_batch(batch, topic, partition=partition))
+            n = batch.record_count()
+            futs.append((await self.producer.send_batch(batch, topic, partition=partition), n))
         return futs
 
-    def _observe(self, results: dict[int, ShardResult], n_in: int, seconds: float) -> None:
+    def _observe(self, results: dict[int, ShardResult], seconds: float) -> None:
         m = self.metrics
         n_rec = 0
         for p, res in results.items():
