@@ -212,6 +212,7 @@ def shape_table(table: pa.Table, record_type: str) -> Shaped:
             if col.type.tz is None:
                 # a naive timestamp column has no offset: every value is malformed
                 bad[f] = valid
+                times_us[f] = (np.zeros(n, dtype=np.int64), valid)
                 continue
             us = arr.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
             times_us[f] = (us.fill_null(0).to_numpy(), valid)
