@@ -100,6 +100,7 @@ class ShardStore:
     def __init__(self, path: Path, no_time: int, cache_limit: int = 100_000) -> None:
         self.path = path
         self.cache_limit = cache_limit
+        self.no_time = no_time
         path.parent.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -131,6 +132,14 @@ class ShardStore:
         # when a partition holds millions of people.
         if len(self.cache) > self.cache_limit:
             self.cache.clear()
+
+    def discard_unapplied(self, timeout: int) -> None:
+        """Forget in-memory changes :meth:`apply` has not persisted: a batch that
+        failed half-way is decided again from the durable state."""
+        self.cache.clear()
+        raw = self.db.get(META_KEY.encode())
+        self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=self.no_time)
+        self.rebuild_parked_index(timeout)
 
     def restore(self, records: list[tuple[bytes, bytes, int]]) -> None:
         """Apply changelog records (key, value, offset) newer than the local copy."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -40,7 +41,15 @@ import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
 
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.metrics import EngineMetrics
@@ -53,6 +62,12 @@ from engine.streams.topics import SOURCE_HEADER, Topics, ensure_topics
 
 log = logging.getLogger("mynapoint.worker")
 NO_TIME = -(2**63)
+# A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
+# waiting does not cure a missing permission, so those still stop the worker.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
+               ClusterAuthorizationFailedError)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -93,15 +108,15 @@ class Worker:
         self.producer: AIOKafkaProducer | None = None
         self.batches = 0
         self.records = 0
+        self.producer_stale = False  # replace it before the next batch
+        self.faults_injected: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._clean_stale_state_dirs()
         self.partitions = await ensure_topics(self.bootstrap, self.topics, self.partitions)
         self.decider = ShardDecider(self.campaign, self.registry, self.partitions)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
-            linger_ms=2, max_batch_size=1 << 20, max_request_size=10 << 20)
+        self.producer = self._new_producer()
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.topics.group_id,
@@ -117,6 +132,11 @@ class Worker:
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
         self.metrics.set_up(True)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
+            linger_ms=2, max_batch_size=1 << 20, max_request_size=10 << 20)
 
     async def stop(self) -> None:
         self.metrics.set_up(False)
@@ -188,13 +208,57 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
         assert self.consumer is not None
+        failures = 0
         while not self.stopping.is_set():
-            await self._prioritise_enrollments()
-            data = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-            if not data:
-                continue
-            async with self.lock:
-                await self.process(data)
+            data: dict[Any, list[Any]] = {}
+            try:
+                if self.producer_stale:
+                    await self._replace_producer()
+                await self._prioritise_enrollments()
+                data = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                if data:
+                    async with self.lock:
+                        await self.process(data)
+                failures = 0
+            except NOT_RETRIED:
+                raise
+            except KafkaError as e:
+                # A broker died or moved a leader or the group coordinator, and
+                # aiokafka gave up on a send, a commit or a lookup. Outcomes, state and
+                # offsets are written in that order, so the batch can be decided again
+                # from its first offsets: what already reached state is skipped.
+                delay = min(RETRY_FIRST_SECONDS * 2 ** failures, RETRY_MAX_SECONDS)
+                failures += 1
+                log.warning("batch failed (%s: %s); retrying it in %.1f s",
+                            type(e).__name__, e, delay)
+                async with self.lock:
+                    self._rewind(data)
+                await asyncio.sleep(delay)
+
+    def _rewind(self, data: dict[Any, list[Any]]) -> None:
+        """Undo a failed batch: read it again, forget its undurable state changes,
+        and use a new producer (the old one may have spent sequence numbers on
+        records the broker never stored, and would fail every later send)."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        for tp, msgs in data.items():
+            # the batch's first offset is the committed one (a commit skipped after a
+            # rebalance leaves only records that are in state already): no round trip
+            # to a coordinator that may be down
+            if msgs and tp in assigned:
+                self.consumer.seek(tp, msgs[0].offset)
+        for p in {tp.partition for tp in data} & set(self.stores):
+            self.stores[p].discard_unapplied(self.campaign.park_timeout)
+        self.producer_stale = True
+
+    async def _replace_producer(self) -> None:
+        old, self.producer = self.producer, self._new_producer()
+        if old is not None:
+            # its undelivered sends are copies of outcomes that will be produced again
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5.0)
+        await self.producer.start()
+        self.producer_stale = False
 
     async def _prioritise_enrollments(self) -> None:
         """Hold back a transactions partition while its enrollments partition is
@@ -264,6 +328,7 @@ class Worker:
             enr = self._decode(topics.get(self.topics.enrollments), "enrollment")
             txn = self._decode(topics.get(self.topics.transactions), "transaction")
             results[p] = self.decider.decide(self.stores[p], p, enr, txn)
+        self._crash_point("decided")
         # outcomes (and re-routed records) first: state must never run ahead of them
         futs: list[asyncio.Future[Any]] = []
         out: dict[tuple[str, int], list[tuple[bytes | None, bytes, list[Any] | None, Any]]] = \
@@ -324,10 +389,16 @@ class Worker:
 
     def _crash_point(self, stage: str) -> None:
         """Crash injection for tests: ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs
-        this worker right after ``stage`` ("outputs" acknowledged, or "state" written)
-        of its ``batch``-th batch (0-based), before anything else happens."""
-        if os.environ.get("MYNAPOINT_CRASH_AT") == f"{stage}:{self.batches}":
+        this worker right after ``stage`` ("decided" in memory, "outputs"
+        acknowledged, or "state" written) of its ``batch``-th batch (0-based), before
+        anything else happens. ``MYNAPOINT_FAIL_AT=<stage>:<batch>`` raises a Kafka
+        connection error there instead, once, as a broker fault would."""
+        here = f"{stage}:{self.batches}"
+        if os.environ.get("MYNAPOINT_CRASH_AT") == here:
             os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get("MYNAPOINT_FAIL_AT") == here and here not in self.faults_injected:
+            self.faults_injected.add(here)
+            raise KafkaConnectionError(f"injected fault after {stage} of batch {self.batches}")
 
     def _decode(self, msgs: list[Any] | None, record_type: str) -> InBatch | None:
         if not msgs:

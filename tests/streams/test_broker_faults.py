@@ -1,0 +1,284 @@
+"""Broker faults under live traffic, against real brokers: the worker rides them out
+without a restart of its own and the outcomes still equal offline ``settle``.
+
+Each test writes its counts to ``.reliability/<test>.json`` (docs quote the last run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from engine.kafka import local
+from engine.ledger.compare import Comparison
+from tests.streams.harness import (
+    LAST_STATS,
+    PARTITIONS,
+    Scenario,
+    collect_and_compare,
+    make_scenario,
+    publish,
+    topics_for,
+    worker,
+)
+
+pytestmark = pytest.mark.kafka
+
+DOWN_SECONDS = 10.0  # a killed single broker stays down this long
+MAX_STALL_SECONDS = 30.0  # the longest pause in outcome production a cluster may show
+RATE = 150.0  # records/s: slow enough that the kill lands while records flow
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    return make_scenario(tmp_path_factory.mktemp("faults"), 300, 3000, seed=11)
+
+
+class Publisher(threading.Thread):
+    """``publish`` in the background; keeps its counts or its exception."""
+
+    def __init__(self, bootstrap: str, prefix: str, sc: Scenario, manifest: Path) -> None:
+        super().__init__(daemon=True)
+        self.args = (bootstrap, prefix, sc, manifest, 1, RATE)
+        self.counts: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.counts = publish(*self.args)
+        except BaseException as e:  # reported by the test, not lost in the thread
+            self.error = e
+
+
+async def _output_offsets(bootstrap: str, prefix: str) -> dict[TopicPartition, int]:
+    t = topics_for(prefix)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for topic in (t.grants, t.rejections)
+               for p in range(PARTITIONS)]
+        return dict(await c.end_offsets(tps))
+    finally:
+        await c.stop()
+
+
+def outputs_so_far(bootstrap: str, prefix: str) -> int:
+    """Outcome messages produced until now (copies included)."""
+    return sum(asyncio.run(_output_offsets(bootstrap, prefix)).values())
+
+
+async def _production_times(bootstrap: str, prefix: str) -> list[int]:
+    ends = await _output_offsets(bootstrap, prefix)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                         auto_offset_reset="earliest")
+    await c.start()
+    stamps: list[int] = []
+    try:
+        tps = [tp for tp, end in ends.items() if end > 0]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        left = {tp: ends[tp] for tp in tps}
+        while left:
+            for tp, msgs in (await c.getmany(*left, timeout_ms=1000)).items():
+                stamps.extend(m.timestamp for m in msgs)
+                if msgs and msgs[-1].offset + 1 >= left[tp]:
+                    del left[tp]
+    finally:
+        await c.stop()
+    return sorted(stamps)
+
+
+def longest_stall(bootstrap: str, prefix: str) -> float:
+    """Longest pause, in seconds, between two consecutive outcome productions.
+
+    The worker leaves an outcome's timestamp to its producer, which stamps the
+    moment the outcome was handed over: the gaps are the worker's own pauses.
+    """
+    stamps = asyncio.run(asyncio.wait_for(_production_times(bootstrap, prefix), 120))
+    assert len(stamps) > 1
+    return max(b - a for a, b in itertools.pairwise(stamps)) / 1000
+
+
+def report(request: pytest.FixtureRequest, sc: Scenario, cmp: Comparison,
+           extra: dict[str, Any]) -> dict[str, Any]:
+    """Print the counts and write them to ``.reliability/<test>.json``."""
+    kinds = {"missing": "only on the left", "unexpected": "only on the right"}
+    counted = {k: sum(text in d for d in cmp.differences) for k, text in kinds.items()}
+    counts = {
+        "records_in": extra.pop("records_in"),
+        "outcomes_expected": sc.expected_outcomes,
+        "outcomes_out": cmp.grants_right + cmp.rejections_right,
+        "missing": counted["missing"],
+        "unexpected": counted["unexpected"],
+        "doubled": LAST_STATS.get("conflicts"),  # same id twice with different content
+        "redelivered_identical_copies": LAST_STATS.get("copies"),
+        "different_from_offline": len(cmp.differences) - sum(counted.values()),
+        **extra,
+    }
+    out = request.config.rootpath / ".reliability"
+    out.mkdir(exist_ok=True)
+    name = request.node.name
+    (out / f"{name}.json").write_text(json.dumps(counts, indent=2) + "\n")
+    print(f"{name}: {json.dumps(counts)}")
+    return counts
+
+
+def _records_in(pub: Publisher) -> int:
+    assert pub.error is None, f"publishing failed: {pub.error!r}"
+    assert pub.counts is not None
+    return int(pub.counts["enrollments"]) + int(pub.counts["transactions"])
+
+
+# ------------------------------------------------------------------ one failed batch
+
+
+@pytest.mark.parametrize("stage", ["decided", "outputs", "state"])
+def test_failed_batch_is_retried_in_process(kafka_broker: local.Broker, topic_prefix: str,
+                                            scenario: Scenario, tmp_path: Path,
+                                            stage: str) -> None:
+    """A Kafka error in the middle of a batch (injected: decided in memory only,
+    outcomes acknowledged, state written) makes the same worker process read the
+    batch again from its first offsets and decide it again from durable state."""
+    bootstrap = kafka_broker.bootstrap
+    prefix = topic_prefix()
+    publish(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1)
+    w = worker(bootstrap, prefix, tmp_path, "w", env={"MYNAPOINT_FAIL_AT": f"{stage}:3"})
+    w.start()
+    try:
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+        assert w.alive, "the worker exited on the fault"
+    finally:
+        w.stop()
+    log = (tmp_path / "w.log").read_text()
+    assert f"injected fault after {stage} of batch 3" in log and "retrying it in" in log
+    assert cmp.equal, str(cmp)
+
+
+# ------------------------------------------------------------------ single broker
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[local.Broker]:
+    """A broker for this test alone: it gets killed."""
+    data = tmp_path / "broker"
+    broker = local.start(port=local.free_port(), data_dir=data, wait=120.0)
+    try:
+        yield broker
+    finally:
+        local.stop(port=broker.port, data_dir=data)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefix: str,
+                                           scenario: Scenario, tmp_path: Path,
+                                           request: pytest.FixtureRequest) -> None:
+    """SIGKILL the only broker mid-stream, keep it down 10 s, restart it on its data:
+    the same worker process finishes, and the outcomes equal offline."""
+    bootstrap = own_broker.bootstrap
+    prefix = topic_prefix()
+    w = worker(bootstrap, prefix, tmp_path, "w").start()
+    pub = Publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+    try:
+        w.wait_for("assigned partitions")
+        pub.start()
+        time.sleep(5.0)
+        produced = outputs_so_far(bootstrap, prefix)
+        in_flight = pub.is_alive()
+        own_broker.kill()
+        killed_at = time.monotonic()
+        time.sleep(DOWN_SECONDS)
+        assert w.alive, "the worker died while the broker was down"
+        restarted = local.start(port=own_broker.port, data_dir=own_broker.data_dir,
+                                wait=120.0)
+        down = time.monotonic() - killed_at
+        pub.join(300)
+        assert not pub.is_alive(), "publishing did not finish after the restart"
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet",
+                                        idle=60.0)
+        assert w.alive, "the worker exited"
+        pid = w.proc.pid if w.proc else None
+        stall = longest_stall(bootstrap, prefix)
+    finally:
+        w.stop()
+        pub.join(60)
+    counts = report(request, scenario, cmp, {
+        "records_in": _records_in(pub), "outputs_at_kill": produced,
+        "broker_down_seconds": round(down, 1),
+        "broker_restart_seconds": round(restarted.startup_seconds or 0.0, 1),
+        "longest_stall_seconds": round(stall, 1), "worker_pid": pid})
+    assert in_flight, "publishing had ended before the kill: slow it down"
+    assert 0 < produced < scenario.expected_outcomes, "the kill did not land mid-stream"
+    assert cmp.equal, str(cmp)
+    assert counts["missing"] == counts["doubled"] == 0
+
+
+# ------------------------------------------------------------------ three brokers
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[local.Cluster]:
+    c = local.start_cluster(3, port=local.free_cluster_port(3), root=tmp_path / "cluster",
+                            wait=120.0)
+    try:
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(c.root, ignore_errors=True)
+
+
+async def _coordinator(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return await admin.find_coordinator(group)
+    finally:
+        await admin.close()
+
+
+def test_cluster_loses_a_broker(cluster: local.Cluster, topic_prefix: str,
+                                scenario: Scenario, tmp_path: Path,
+                                request: pytest.FixtureRequest) -> None:
+    """Three brokers (RF 3, min ISR 2): SIGKILL the one coordinating the workers'
+    group mid-stream and leave it dead. No outcome pause longer than 30 s, and
+    the outcomes equal offline."""
+    bootstrap = cluster.bootstrap
+    prefix = topic_prefix()
+    w = worker(bootstrap, prefix, tmp_path, "w").start()
+    pub = Publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+    try:
+        w.wait_for("assigned partitions")
+        victim = asyncio.run(_coordinator(bootstrap, topics_for(prefix).group_id))
+        pub.start()
+        time.sleep(5.0)
+        produced = outputs_so_far(bootstrap, prefix)
+        in_flight = pub.is_alive()
+        cluster.kill(victim)
+        pub.join(300)
+        assert not pub.is_alive(), "publishing did not finish on two brokers"
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet",
+                                        idle=60.0)
+        assert w.alive, "the worker exited"
+        stall = longest_stall(bootstrap, prefix)
+    finally:
+        w.stop()
+        pub.join(60)
+    counts = report(request, scenario, cmp, {
+        "records_in": _records_in(pub), "outputs_at_kill": produced,
+        "killed_node": victim, "killed_node_role": "group coordinator",
+        "longest_stall_seconds": round(stall, 1)})
+    assert in_flight, "publishing had ended before the kill: slow it down"
+    assert 0 < produced < scenario.expected_outcomes, "the kill did not land mid-stream"
+    assert cmp.equal, str(cmp)
+    assert counts["missing"] == counts["doubled"] == 0
+    assert stall <= MAX_STALL_SECONDS, f"outcome production paused {stall:.1f} s"
