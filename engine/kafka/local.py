@@ -755,13 +755,32 @@ class Cluster:
         with _file_lock(self.root / ".lock"):
             (broker, log_offset, t0), = _launch_nodes(self.root, self.layout, [node_id])
             _wait_ready(broker, log_offset, wait)
+            self.nodes[node_id] = broker
+            _wait_complete(list(self.nodes.values()), len(self.nodes), wait)
         broker.startup_seconds = time.monotonic() - t0
-        self.nodes[node_id] = broker
         return broker
 
     def stop(self, timeout: float = 30.0) -> int:
         self.nodes.clear()
         return stop_cluster(root=self.root, timeout=timeout)
+
+
+def _wait_complete(nodes: list[Broker], expected: int, wait: float) -> None:
+    """Wait until every node lists ``expected`` brokers: a node that has started may
+    not yet know the others, and a client asking it would, say, create topics with
+    fewer replicas than the cluster has."""
+    deadline = time.monotonic() + wait
+    for b in nodes:
+        while True:
+            try:
+                if len(_metadata_brokers(HOST, b.port, 5.0)) >= expected:
+                    break
+            except (OSError, struct.error, UnicodeDecodeError):
+                pass
+            if time.monotonic() > deadline:
+                raise KafkaError(f"node {b.node_id} on {b.bootstrap} does not list all "
+                                 f"{expected} brokers after {wait:.0f} s")
+            time.sleep(0.2)
 
 
 def _launch_nodes(root: Path, layout: _Layout, node_ids: list[int]
@@ -830,10 +849,7 @@ def start_cluster(brokers: int = 3, port: int = 9092, root: str | Path | None = 
             for broker, _, _ in launched:  # half a cluster would only confuse a retry
                 _terminate(broker.pid, 10.0)
             raise
-        for b in running.values():
-            if not is_ready(b.bootstrap, wait):
-                raise KafkaError(f"node {b.node_id} (pid {b.pid}) on {b.bootstrap} "
-                                 f"does not answer")
+        _wait_complete(list(running.values()), len(layout.nodes), wait)
     return Cluster(base, layout, running,
                    None if t0 is None else time.monotonic() - t0)
 
