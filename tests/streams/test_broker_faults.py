@@ -78,6 +78,15 @@ def outputs_so_far(bootstrap: str, prefix: str) -> int:
     return sum(asyncio.run(_output_offsets(bootstrap, prefix)).values())
 
 
+def wait_for_outputs(bootstrap: str, prefix: str, at_least: int, wait: float = 90.0) -> int:
+    """Block until the worker has produced ``at_least`` outcomes; return the count."""
+    deadline = time.monotonic() + wait
+    while (n := outputs_so_far(bootstrap, prefix)) < at_least:
+        assert time.monotonic() < deadline, f"only {n} outcomes after {wait} s"
+        time.sleep(0.5)
+    return n
+
+
 async def _production_times(bootstrap: str, prefix: str) -> list[int]:
     ends = await _output_offsets(bootstrap, prefix)
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -192,8 +201,7 @@ def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefi
     try:
         w.wait_for("assigned partitions")
         pub.start()
-        time.sleep(5.0)
-        produced = outputs_so_far(bootstrap, prefix)
+        produced = wait_for_outputs(bootstrap, prefix, scenario.expected_outcomes // 10)
         in_flight = pub.is_alive()
         own_broker.kill()
         killed_at = time.monotonic()
@@ -260,8 +268,7 @@ def test_cluster_loses_a_broker(cluster: local.Cluster, topic_prefix: str,
         w.wait_for("assigned partitions")
         victim = asyncio.run(_coordinator(bootstrap, topics_for(prefix).group_id))
         pub.start()
-        time.sleep(5.0)
-        produced = outputs_so_far(bootstrap, prefix)
+        produced = wait_for_outputs(bootstrap, prefix, scenario.expected_outcomes // 10)
         in_flight = pub.is_alive()
         cluster.kill(victim)
         pub.join(300)
