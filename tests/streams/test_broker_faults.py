@@ -12,7 +12,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,47 @@ def _records_in(pub: Publisher) -> int:
     return int(pub.counts["enrollments"]) + int(pub.counts["transactions"])
 
 
+def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
+                   fault: Callable[[], dict[str, Any]]
+                   ) -> tuple[Comparison, dict[str, Any], bool]:
+    """One worker settles ``sc`` published in the background; ``fault()`` runs once a
+    tenth of the outcomes are out. Returns the comparison with offline, the facts
+    for the report, and whether the publisher was still sending at the fault."""
+    w = worker(bootstrap, prefix, tmp_path, "w").start()
+    pub = Publisher(bootstrap, prefix, sc, tmp_path / "m.parquet")
+    try:
+        w.wait_for("assigned partitions")
+        pid = w.proc.pid if w.proc else None
+        pub.start()
+        produced = wait_for_outputs(bootstrap, prefix, sc.expected_outcomes // 10)
+        in_flight = pub.is_alive()
+        facts = fault()
+        assert w.alive, "the worker died in the fault"
+        pub.join(300)
+        assert not pub.is_alive(), "publishing did not finish after the fault"
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, sc, tmp_path / "m.parquet",
+                                        idle=60.0)
+        assert w.alive and w.proc is not None and w.proc.pid == pid, "the worker exited"
+        stall = longest_stall(bootstrap, prefix)
+    finally:
+        w.stop()
+        pub.join(60)
+    return cmp, {"records_in": _records_in(pub), "outputs_at_fault": produced,
+                 "longest_stall_seconds": round(stall, 1), "worker_pid": pid,
+                 **facts}, in_flight
+
+
+def assert_unharmed(request: pytest.FixtureRequest, sc: Scenario,
+                    outcome: tuple[Comparison, dict[str, Any], bool]) -> dict[str, Any]:
+    cmp, facts, in_flight = outcome
+    counts = report(request, sc, cmp, facts)
+    assert in_flight, "publishing had ended before the fault: slow it down"
+    assert 0 < counts["outputs_at_fault"] < sc.expected_outcomes, "the fault missed the stream"
+    assert cmp.equal, str(cmp)
+    assert counts["missing"] == counts["doubled"] == 0
+    return counts
+
+
 # ------------------------------------------------------------------ one failed batch
 
 
@@ -194,41 +235,18 @@ def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefi
                                            request: pytest.FixtureRequest) -> None:
     """SIGKILL the only broker mid-stream, keep it down 10 s, restart it on its data:
     the same worker process finishes, and the outcomes equal offline."""
-    bootstrap = own_broker.bootstrap
-    prefix = topic_prefix()
-    w = worker(bootstrap, prefix, tmp_path, "w").start()
-    pub = Publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet")
-    try:
-        w.wait_for("assigned partitions")
-        pub.start()
-        produced = wait_for_outputs(bootstrap, prefix, scenario.expected_outcomes // 10)
-        in_flight = pub.is_alive()
+
+    def fault() -> dict[str, Any]:
         own_broker.kill()
         killed_at = time.monotonic()
         time.sleep(DOWN_SECONDS)
-        assert w.alive, "the worker died while the broker was down"
         restarted = local.start(port=own_broker.port, data_dir=own_broker.data_dir,
                                 wait=120.0)
-        down = time.monotonic() - killed_at
-        pub.join(300)
-        assert not pub.is_alive(), "publishing did not finish after the restart"
-        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet",
-                                        idle=60.0)
-        assert w.alive, "the worker exited"
-        pid = w.proc.pid if w.proc else None
-        stall = longest_stall(bootstrap, prefix)
-    finally:
-        w.stop()
-        pub.join(60)
-    counts = report(request, scenario, cmp, {
-        "records_in": _records_in(pub), "outputs_at_kill": produced,
-        "broker_down_seconds": round(down, 1),
-        "broker_restart_seconds": round(restarted.startup_seconds or 0.0, 1),
-        "longest_stall_seconds": round(stall, 1), "worker_pid": pid})
-    assert in_flight, "publishing had ended before the kill: slow it down"
-    assert 0 < produced < scenario.expected_outcomes, "the kill did not land mid-stream"
-    assert cmp.equal, str(cmp)
-    assert counts["missing"] == counts["doubled"] == 0
+        return {"broker_down_seconds": round(time.monotonic() - killed_at, 1),
+                "broker_restart_seconds": round(restarted.startup_seconds or 0.0, 1)}
+
+    outcome = settle_through(own_broker.bootstrap, topic_prefix(), scenario, tmp_path, fault)
+    assert_unharmed(request, scenario, outcome)
 
 
 # ------------------------------------------------------------------ three brokers
@@ -260,32 +278,13 @@ def test_cluster_loses_a_broker(cluster: local.Cluster, topic_prefix: str,
     """Three brokers (RF 3, min ISR 2): SIGKILL the one coordinating the workers'
     group mid-stream and leave it dead. No outcome pause longer than 30 s, and
     the outcomes equal offline."""
-    bootstrap = cluster.bootstrap
     prefix = topic_prefix()
-    w = worker(bootstrap, prefix, tmp_path, "w").start()
-    pub = Publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet")
-    try:
-        w.wait_for("assigned partitions")
-        victim = asyncio.run(_coordinator(bootstrap, topics_for(prefix).group_id))
-        pub.start()
-        produced = wait_for_outputs(bootstrap, prefix, scenario.expected_outcomes // 10)
-        in_flight = pub.is_alive()
+
+    def fault() -> dict[str, Any]:
+        victim = asyncio.run(_coordinator(cluster.bootstrap, topics_for(prefix).group_id))
         cluster.kill(victim)
-        pub.join(300)
-        assert not pub.is_alive(), "publishing did not finish on two brokers"
-        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet",
-                                        idle=60.0)
-        assert w.alive, "the worker exited"
-        stall = longest_stall(bootstrap, prefix)
-    finally:
-        w.stop()
-        pub.join(60)
-    counts = report(request, scenario, cmp, {
-        "records_in": _records_in(pub), "outputs_at_kill": produced,
-        "killed_node": victim, "killed_node_role": "group coordinator",
-        "longest_stall_seconds": round(stall, 1)})
-    assert in_flight, "publishing had ended before the kill: slow it down"
-    assert 0 < produced < scenario.expected_outcomes, "the kill did not land mid-stream"
-    assert cmp.equal, str(cmp)
-    assert counts["missing"] == counts["doubled"] == 0
-    assert stall <= MAX_STALL_SECONDS, f"outcome production paused {stall:.1f} s"
+        return {"killed_node": victim, "killed_node_role": "group coordinator"}
+
+    outcome = settle_through(cluster.bootstrap, prefix, scenario, tmp_path, fault)
+    counts = assert_unharmed(request, scenario, outcome)
+    assert counts["longest_stall_seconds"] <= MAX_STALL_SECONDS, counts
