@@ -17,17 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.kafka import local
 from engine.ledger.compare import Comparison
 from tests.streams.harness import (
     LAST_STATS,
-    PARTITIONS,
     Scenario,
     collect_and_compare,
+    fault_report,
     make_scenario,
+    output_end,
+    output_end_offsets,
     publish,
     topics_for,
     worker,
@@ -61,34 +63,17 @@ class Publisher(threading.Thread):
             self.error = e
 
 
-async def _output_offsets(bootstrap: str, prefix: str) -> dict[TopicPartition, int]:
-    t = topics_for(prefix)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await c.start()
-    try:
-        tps = [TopicPartition(topic, p) for topic in (t.grants, t.rejections)
-               for p in range(PARTITIONS)]
-        return dict(await c.end_offsets(tps))
-    finally:
-        await c.stop()
-
-
-def outputs_so_far(bootstrap: str, prefix: str) -> int:
-    """Outcome messages produced until now (copies included)."""
-    return sum(asyncio.run(_output_offsets(bootstrap, prefix)).values())
-
-
 def wait_for_outputs(bootstrap: str, prefix: str, at_least: int, wait: float = 90.0) -> int:
     """Block until the worker has produced ``at_least`` outcomes; return the count."""
     deadline = time.monotonic() + wait
-    while (n := outputs_so_far(bootstrap, prefix)) < at_least:
+    while (n := output_end(bootstrap, prefix)) < at_least:
         assert time.monotonic() < deadline, f"only {n} outcomes after {wait} s"
         time.sleep(0.5)
     return n
 
 
 async def _production_times(bootstrap: str, prefix: str) -> list[int]:
-    ends = await _output_offsets(bootstrap, prefix)
+    ends = await output_end_offsets(bootstrap, prefix)
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                          auto_offset_reset="earliest")
     await c.start()
@@ -119,36 +104,6 @@ def longest_stall(bootstrap: str, prefix: str) -> float:
     return max(b - a for a, b in itertools.pairwise(stamps)) / 1000
 
 
-def report(request: pytest.FixtureRequest, sc: Scenario, cmp: Comparison,
-           extra: dict[str, Any]) -> dict[str, Any]:
-    """Print the counts and write them to ``.reliability/<test>.json``."""
-    kinds = {"missing": "only on the left", "unexpected": "only on the right"}
-    counted = {k: sum(text in d for d in cmp.differences) for k, text in kinds.items()}
-    counts = {
-        "records_in": extra.pop("records_in"),
-        "outcomes_expected": sc.expected_outcomes,
-        "outcomes_out": cmp.grants_right + cmp.rejections_right,
-        "missing": counted["missing"],
-        "unexpected": counted["unexpected"],
-        "doubled": LAST_STATS.get("conflicts"),  # same id twice with different content
-        "redelivered_identical_copies": LAST_STATS.get("copies"),
-        "different_from_offline": len(cmp.differences) - sum(counted.values()),
-        **extra,
-    }
-    out = request.config.rootpath / ".reliability"
-    out.mkdir(exist_ok=True)
-    name = request.node.name
-    (out / f"{name}.json").write_text(json.dumps(counts, indent=2) + "\n")
-    print(f"{name}: {json.dumps(counts)}")
-    return counts
-
-
-def _records_in(pub: Publisher) -> int:
-    assert pub.error is None, f"publishing failed: {pub.error!r}"
-    assert pub.counts is not None
-    return int(pub.counts["enrollments"]) + int(pub.counts["transactions"])
-
-
 def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
                    fault: Callable[[], dict[str, Any]]
                    ) -> tuple[Comparison, dict[str, Any], bool]:
@@ -174,7 +129,10 @@ def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
     finally:
         w.stop()
         pub.join(60)
-    return cmp, {"records_in": _records_in(pub), "outputs_at_fault": produced,
+    assert pub.error is None, f"publishing failed: {pub.error!r}"
+    assert pub.counts is not None
+    return cmp, {"publish_seconds": round(pub.counts["seconds"], 1), "outputs_at_fault": produced,
+                 "redelivered_identical_copies": LAST_STATS.get("copies"),
                  "longest_stall_seconds": round(stall, 1), "worker_pid": pid,
                  **facts}, in_flight
 
@@ -182,7 +140,8 @@ def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
 def assert_unharmed(request: pytest.FixtureRequest, sc: Scenario,
                     outcome: tuple[Comparison, dict[str, Any], bool]) -> dict[str, Any]:
     cmp, facts, in_flight = outcome
-    counts = report(request, sc, cmp, facts)
+    counts = fault_report(request.node.name, sc, cmp, **facts)
+    print(f"{request.node.name}: {json.dumps(counts)}")
     assert in_flight, "publishing had ended before the fault: slow it down"
     assert 0 < counts["outputs_at_fault"] < sc.expected_outcomes, "the fault missed the stream"
     assert cmp.equal, str(cmp)
