@@ -29,11 +29,13 @@ class BadRecord:
     """Stands in for a line or message that is not a JSON value at all; ``kind`` is
     the metrics label of what is wrong with it."""
 
-    __slots__ = ("detail", "kind")
+    __slots__ = ("detail", "kind", "too_deep")
 
-    def __init__(self, detail: str, kind: str = "invalid_json") -> None:
+    def __init__(self, detail: str, kind: str = "invalid_json", too_deep: bool = False) -> None:
         self.detail = detail
         self.kind = kind
+        # a JSON object nested beyond the parser's limit (still searched for numbers)
+        self.too_deep = too_deep
 
 
 JSON_MAX_DEPTH = 1024  # orjson's nesting limit: deeper texts are not decoded at all
@@ -61,7 +63,8 @@ def load_record(line: bytes, limit: int | None = None) -> Any:
         msg = str(e)
         for needle, detail in _JSON_ERRORS:
             if needle in msg:
-                return BadRecord(detail)
+                return BadRecord(detail, too_deep=needle.startswith("depth")
+                                 and line.lstrip()[:1] == b"{")
         return BadRecord("record is not valid JSON (NaN and Infinity are not JSON numbers)"
                          if b"NaN" in line or b"Infinity" in line
                          else "record is not valid JSON")

@@ -122,6 +122,7 @@ def pii_detail(where: str) -> str:
 
 REPEATED_FIELD = "the record names a field more than once"
 REPEATED_PII = "a repeated field holds an Individual Number (redacted)"
+DEEP_PII = "a field nested too deep to decode holds an Individual Number (redacted)"
 
 
 def shape_objects(objs: Sequence[Any], record_type: str,
@@ -146,6 +147,11 @@ def shape_objects(objs: Sequence[Any], record_type: str,
     aclass = np.full(n, AMOUNT_MISSING, dtype=np.int8)
     is_txn = record_type == "transaction"
     for i, obj in enumerate(objs):
+        if raw is not None and raw[0][i] and getattr(obj, "too_deep", False):
+            # an object too deep to decode: its number still comes first
+            reason[i] = Reason.PERSONAL_NUMBER_FORBIDDEN
+            detail[i] = DEEP_PII
+            continue
         if not isinstance(obj, dict):
             reason[i] = Reason.MALFORMED
             # a reader's stand-in for an undecodable line carries its own detail
@@ -291,6 +297,9 @@ def _pii_in_arrow(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
             valid = _valid(a)
             odd[valid if rows is None else rows[valid]] = True
             continue
+        if pa.types.is_struct(t) and any(_is_pii(t.field(k).name) for k in range(t.num_fields)):
+            valid = _valid(a)  # a nested field name, as a key of every such object
+            hit[valid if rows is None else rows[valid]] = True
         for child, child_rows in children:
             stack.append((child, child_rows if rows is None else rows[child_rows]))
     return hit, odd
@@ -440,12 +449,15 @@ class _Checker:
 
 
 def _time_field(s: Shaped, chk: _Checker, f: str, required: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(µs, present) for a timestamp field, failing MALFORMED where it is bad."""
+    """(µs, present and usable) for a timestamp field, failing MALFORMED where it is
+    bad. A bad value is not usable: it must not move stream time either."""
     badtype = s.bad_type.get(f)
     if f in s.times_us:
         us, present, in_range = s.times_us[f]
+        ok = np.ones(s.n, dtype=np.bool_)
         if badtype is not None:
             chk.fail(badtype, Reason.MALFORMED, f"field {f!r} has no offset (naive timestamp)")
+            ok = ~badtype
     else:
         arr = s.columns[f]
         present = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
@@ -460,7 +472,7 @@ def _time_field(s: Shaped, chk: _Checker, f: str, required: bool) -> tuple[np.nd
         chk.fail(~present, Reason.MALFORMED, f"missing required field {f!r}")
     chk.fail(present & ~in_range, Reason.MALFORMED,
              f"field {f!r} is outside {strings.TIME_RANGE}")
-    return us, present
+    return us, present & ok & in_range
 
 
 def _string_field(s: Shaped, chk: _Checker, f: str, required: bool) -> np.ndarray:
@@ -490,10 +502,11 @@ def _received(s: Shaped, chk: _Checker, received: np.ndarray,
     for a missing received_at (``ts_override``, NO_TIME where the message has none)."""
     if s.ts_override is not None:
         lent = ~present & (s.ts_override != NO_TIME)
-        chk.fail(lent & ~strings.in_time_range(s.ts_override), Reason.MALFORMED,
+        usable = strings.in_time_range(s.ts_override)
+        chk.fail(lent & ~usable, Reason.MALFORMED,
                  f"the Kafka record timestamp (received_at) is outside {strings.TIME_RANGE}")
         received = np.where(present, received, s.ts_override)
-        present = present | lent
+        present = present | (lent & usable)
     return np.where(present, received, NO_TIME)
 
 
