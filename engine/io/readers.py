@@ -142,7 +142,10 @@ def read_records(path: str | Path, record_type: str,
         raise InputError(f"{p}: unknown input format (use .jsonl or .parquet)")
     if suffix == ".parquet":
         try:
-            table = pq.read_table(p)
+            # (not read_table: its dataset layer refuses a repeated column name,
+            # which is each row's MALFORMED, not the file's error)
+            with pq.ParquetFile(p) as f:
+                table = f.read()
         except (OSError, pa.ArrowException) as e:
             raise InputError(f"{p}: cannot read Parquet ({e})") from None
         if progress:
