@@ -288,6 +288,11 @@ def arrow_poison(prefix: str) -> list[Poison]:
     return out
 
 
+# Parquet's writer refuses these (it stores seconds as milliseconds, which overflow)
+PARQUET_CANNOT_HOLD = {"ts-s-overflow", "ts-received-overflow", "run-end-known",
+                       "sparse-union-pii", "dense-union-pii"}
+
+
 def invalid_utf8_table(prefix: str) -> pa.Table:
     """Not a valid table at all (invalid UTF-8 in a string column): an Arrow IPC
     message carrying it is unreadable as a whole."""

@@ -15,6 +15,14 @@ from engine.generate import generate_tables, write_jsonl, write_parquet
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.rules.model import ENROLLMENT_REASONS, TRANSACTION_REASONS
 from engine.streams.codec_out import grant_to_json, rejection_to_json
+from tests.poison_records import (
+    ENROLLMENT,
+    GRANT,
+    PARQUET_CANNOT_HOLD,
+    Poison,
+    arrow_poison,
+    json_poison,
+)
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 PII = "123456789018"  # a valid Individual Number (check digit 8)
@@ -168,3 +176,46 @@ def test_unreadable_input_exits_2_and_keeps_previous_outputs(
     rc = main(["settle", "--enrollments", str(tmp_path / "missing.jsonl"),
                "--transactions", str(campaign / "transactions.jsonl"), "--out", str(out)])
     assert rc == 2
+
+
+def _outcomes(out: Path) -> dict[str, tuple[str, str | None]]:
+    res: dict[str, tuple[str, str | None]] = {
+        g["source"]: (GRANT, None) for g in pq.read_table(out / "grants.parquet").to_pylist()}
+    for r in pq.read_table(out / "rejections.parquet").to_pylist():
+        assert r["source"] not in res  # one outcome each
+        res[r["source"]] = (r["reason"], r["detail"])
+    return res
+
+
+def _matches(p: Poison, got: tuple[str, str | None]) -> bool:
+    reason, detail = got
+    return reason == p.reason and (not p.detail or p.detail in (detail or "")) \
+        and len(detail or "") <= 200 and PII not in (detail or "")
+
+
+def test_poison_records_settle_with_their_rejections_and_exit_0(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "enrollments.jsonl").write_bytes(orjson.dumps(ENROLLMENT) + b"\n")
+    catalogue = json_poison("cli")
+    (d / "transactions.jsonl").write_bytes(b"\n".join(c.text for c in catalogue) + b"\n")
+    assert _settle(d, tmp_path / "out", "jsonl", "--quiet") == 0
+    got = _outcomes(tmp_path / "out")
+    for i, c in enumerate(catalogue):
+        assert _matches(c, got[f"transactions.jsonl:{i + 1}"]), (c.name, got)
+    # Parquet: one file per Arrow poison (their column types differ)
+    tables = [c for c in arrow_poison("cli") + catalogue
+              if c.table is not None and c.name not in PARQUET_CANNOT_HOLD]
+    for k, c in enumerate(tables):
+        assert c.table is not None
+        pq.write_table(c.table, d / "transactions.parquet")
+        out = tmp_path / f"out-{k}"
+        assert main(["settle", "--enrollments", str(d / "enrollments.jsonl"), "--transactions",
+                     str(d / "transactions.parquet"), "--out", str(out), "--quiet"]) == 0
+        got = _outcomes(out)
+        assert len(got) == c.table.num_rows, c.name  # (an accepted enrollment has none)
+        for i in range(c.table.num_rows):
+            assert _matches(c, got[f"transactions.parquet:{i + 1}"]), (c.name, got)
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err and printed.err == ""

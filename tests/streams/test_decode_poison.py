@@ -33,6 +33,7 @@ from engine.streams.topics import (
 from tests.poison_records import (
     ENROLLMENT,
     GRANT,
+    PARQUET_CANNOT_HOLD,
     PERSON,
     PII,
     Poison,
@@ -136,11 +137,6 @@ def test_the_object_path_has_no_depth_limit() -> None:
     s = shape_objects([{**rec, "deep": deep}, {**rec, "deep": [[[[["x"]]]]]}], "transaction")
     v = validate_transactions(s, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)
     assert v.reason.tolist() == [Reason.PERSONAL_NUMBER_FORBIDDEN, 0]
-
-
-# Parquet's writer refuses these (seconds are stored as milliseconds, which overflow)
-PARQUET_CANNOT_HOLD = {"ts-s-overflow", "ts-received-overflow", "run-end-known",
-                       "sparse-union-pii", "dense-union-pii"}
 
 
 @pytest.mark.parametrize("p", arrow_poison("pa"), ids=lambda p: p.name)

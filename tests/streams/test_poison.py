@@ -19,6 +19,16 @@ from aiokafka import AIOKafkaProducer
 from engine.ledger.compare import compare
 from engine.streams.collect import collect
 from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
+from tests.poison_records import (
+    ENROLLMENT,
+    GRANT,
+    PERSON,
+    Poison,
+    arrow_poison,
+    expected_count,
+    invalid_utf8_table,
+    json_poison,
+)
 from tests.streams.harness import (
     PARTITIONS,
     make_scenario,
@@ -29,7 +39,7 @@ from tests.streams.harness import (
 
 pytestmark = pytest.mark.kafka
 
-PERSON = "Poison01"  # enrolled below; not in the generated campaign
+# PERSON (tests/poison_records.py) is enrolled below; not in the generated campaign
 TS = 1_593_561_600_000  # 2020-07-01T00:00:00Z: before the stream, so it moves no clock
 
 
@@ -139,6 +149,103 @@ def test_poison_records_mixed_into_a_normal_stream(kafka_broker, topic_prefix, t
             + [src("chunk", 0), src("chunk", 1), src("arrow_pii", 0)]}
     normal_g = grants.filter(pa.array([s not in ours for s in grants["source"].to_pylist()]))
     normal_r = rejections.filter(pa.array([s not in ours
+                                           for s in rejections["source"].to_pylist()]))
+    assert normal_g.num_rows + normal_r.num_rows == sc.expected_outcomes
+    m = pq.read_table(tmp_path / "m.parquet")
+    mapping = dict(zip(m["kafka_source"].to_pylist(), m["input_source"].to_pylist(),
+                       strict=True))
+    c = compare(sc.offline.grants, sc.offline.rejections, normal_g, normal_r, mapping)
+    assert c.equal, str(c)
+
+
+async def _inject_catalogue(bootstrap: str, prefix: str
+                            ) -> dict[str, list[tuple[Poison, str]]]:
+    """Every poison of tests/poison_records.py in every message format; returns, per
+    format, each entry with the source its (first) outcome carries."""
+    t = topics_for(prefix)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=10 << 20)
+    await p.start()
+    right = partition_for(PERSON.encode(), PARTITIONS)
+    key = PERSON.encode()
+
+    async def send(value: bytes, fmt: bytes | None, topic: str | None = None) -> str:
+        md = await p.send_and_wait(topic or t.transactions, value, key=key, partition=right,
+                                   timestamp_ms=TS,
+                                   headers=[(FORMAT_HEADER, fmt)] if fmt else None)
+        return f"{topic or t.transactions}/{md.partition}/{md.offset}"
+
+    await send(orjson.dumps(ENROLLMENT), None, t.enrollments)
+    await asyncio.sleep(0.5)  # applications precede spending
+    sent: dict[str, list[tuple[Poison, str]]] = {"one": [], "chunk": [], "arrow": []}
+    for c in json_poison("one"):
+        if c.stream:
+            sent["one"].append((c, await send(c.text, None)))
+    chunk = [c for c in json_poison("chunk") if c.stream]
+    base = await send(b"\n".join(c.text for c in chunk), FORMAT_JSONL)
+    sent["chunk"] = [(c, f"{base}#{i}") for i, c in enumerate(chunk)]
+    tables = [c for c in json_poison("jarrow") + arrow_poison("arrow")
+              if c.stream and c.table is not None]
+    for c in tables:
+        assert c.table is not None
+        sent["arrow"].append((c, await send(_ipc(c.table), FORMAT_ARROW) + "#0"))
+    sent["unreadable"] = [(Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
+                           await send(_ipc(invalid_utf8_table("u")), FORMAT_ARROW))]
+    await p.stop()
+    return sent
+
+
+def _ipc(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, table.schema) as w:
+        w.write_table(table)
+    return buf.getvalue()
+
+
+def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, tmp_path: Path,
+                                                   tmp_path_factory) -> None:
+    sc = make_scenario(tmp_path_factory.mktemp("poison-catalogue"), 150, 1500, seed=12)
+    prefix = topic_prefix()
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
+    t = threading.Thread(target=publish, args=(kafka_broker.bootstrap, prefix, sc,
+                                               tmp_path / "m.parquet", 1, 2000.0))
+    try:
+        t.start()
+        time.sleep(0.5)
+        sent = asyncio.run(_inject_catalogue(kafka_broker.bootstrap, prefix))
+        t.join()
+        ours = {src: c for entries in sent.values() for c, src in entries}
+        extra = sum(expected_count(c) for c in ours.values())
+        grants, rejections = asyncio.run(collect(
+            kafka_broker.bootstrap, topics_for(prefix),
+            expect=sc.expected_outcomes + extra, idle_timeout=20.0))
+        assert w.alive, "a poison message stopped the worker"
+    finally:
+        w.stop()
+        t.join()
+    rej = {r["source"]: r for r in rejections.to_pylist()}
+    grt = {g["source"]: g for g in grants.to_pylist()}
+    assert len(rej) == rejections.num_rows and len(grt) == grants.num_rows  # one each
+    assert "123456789018" not in str(rejections.to_pylist()) + str(grants.to_pylist())
+    formats_seen: dict[str, int] = {}
+    for fmt, entries in sent.items():
+        for c, src in entries:
+            rows = [f"{src.rsplit('#', 1)[0]}#{i}" for i in range(c.table.num_rows)] \
+                if fmt == "arrow" and c.table is not None else [src]
+            for s in rows:
+                assert (s in rej) != (s in grt), (fmt, c.name, s)  # exactly one outcome
+                if c.reason == GRANT:
+                    assert grt[s]["points"] == 25, (fmt, c.name)
+                else:
+                    r = rej[s]
+                    assert r["reason"] == c.reason, (fmt, c.name, r)
+                    assert c.detail in r["detail"] and len(r["detail"]) <= 200, (fmt, c.name)
+            formats_seen[fmt] = formats_seen.get(fmt, 0) + 1
+    assert formats_seen["one"] == formats_seen["chunk"] > 40 and formats_seen["arrow"] > 70
+    # the normal stream around them is exactly the offline result
+    mine = {s.split("#")[0] for s in ours}
+    normal_g = grants.filter(pa.array([s.split("#")[0] not in mine
+                                       for s in grants["source"].to_pylist()]))
+    normal_r = rejections.filter(pa.array([s.split("#")[0] not in mine
                                            for s in rejections["source"].to_pylist()]))
     assert normal_g.num_rows + normal_r.num_rows == sc.expected_outcomes
     m = pq.read_table(tmp_path / "m.parquet")
