@@ -177,6 +177,12 @@ def test_a_kafka_timestamp_beyond_year_9999_is_malformed_and_moves_no_clock() ->
     [(reason, detail)] = stateless(b)
     assert reason == "MALFORMED" and "Kafka record timestamp" in (detail or "")
     assert b.v.received.tolist() == [-(2**63)]
+    # a bad received_at of a chunk record moves no clock either
+    bad = [text.replace(b'"ignored":"9999-12-31T23:59:59Z"', b'"received_at":' + v)
+           for v in (b'"0000-01-01T00:00:00Z"', b'"2020-09-13T23:59:60Z"', b"[1]")]
+    b = chunk(bad)
+    assert [r for r, _ in stateless(b)] == ["MALFORMED"] * 3
+    assert b.v.received.tolist() == [-(2**63)] * 3
 
 
 # ---------------------------------------------------------------- property test
