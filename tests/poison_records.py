@@ -251,6 +251,14 @@ def arrow_poison(prefix: str) -> list[Poison]:
         l=pa.array([["a", PII]], pa.list_(pa.string(), 2)))
     add("large-list-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'l'",
         l=pa.array([["a", PII]], pa.large_list(pa.large_string())))
+    add("list-view-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'l'",
+        l=pa.array([["a", PII]], pa.list_view(pa.string())))
+    add("fixed-binary-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'b'",
+        b=pa.array([PII.encode()], pa.binary(12)))
+    add("binary-view-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'b'",
+        b=pa.array([PII.encode()], pa.binary_view()))
+    add("extension-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'e'",
+        e=pa.ExtensionArray.from_storage(pa.opaque(pa.string(), "t", "v"), pa.array([PII])))
     add("sparse-union-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'u'",
         u=pa.UnionArray.from_sparse(pa.array([1], pa.int8()),
                                     [pa.array([1]), pa.array([PII])]))

@@ -200,7 +200,7 @@ def _plain(arr: pa.Array) -> pa.Array:
     expanded, extension types as their storage."""
     while True:
         t = arr.type
-        if isinstance(t, pa.ExtensionType):
+        if isinstance(t, pa.BaseExtensionType):
             arr = arr.storage
         elif pa.types.is_dictionary(t):
             arr = arr.dictionary_decode()
