@@ -55,18 +55,18 @@ def ipc(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def decode(msgs: list[Msg]) -> InBatch:
-    return decode_messages(msgs, "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 20)
+def decode(msgs: list[Msg], record_type: str = "transaction") -> InBatch:
+    return decode_messages(msgs, record_type, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 20)
 
 
-def one_record(texts: list[bytes]) -> InBatch:
+def one_record(texts: list[bytes], record_type: str = "transaction") -> InBatch:
     return decode([Msg("t", 0, i, TS_MS, PERSON.encode(), t, None)
-                   for i, t in enumerate(texts)])
+                   for i, t in enumerate(texts)], record_type)
 
 
-def chunk(texts: list[bytes]) -> InBatch:
+def chunk(texts: list[bytes], record_type: str = "transaction") -> InBatch:
     return decode([Msg("t", 0, 0, TS_MS, None, b"\n".join(texts),
-                       [(FORMAT_HEADER, FORMAT_JSONL)])])
+                       [(FORMAT_HEADER, FORMAT_JSONL)])], record_type)
 
 
 def arrow(tables: list[pa.Table]) -> InBatch:
@@ -188,15 +188,20 @@ _FIELDS = ("txn_id", "operator_id", "mykey_id", "kind", "amount", "occurred_at",
            "original_txn_id", "received_at")
 
 
+_ENR_FIELDS = ("mykey_id", "operator_id", "applied_at", "earn_on", "received_at")
+
+
 @st.composite
-def records(draw: st.DrawFn) -> tuple[bytes, Any]:
+def records(draw: st.DrawFn, record_type: str = "transaction") -> tuple[bytes, Any]:
     """A base record with fields dropped, replaced by arbitrary JSON or extra fields
     added, as text (stdlib json: it writes any integer, and NaN/Infinity as the
     invalid JSON a careless producer sends) plus, sometimes, a deep extra member."""
     rec: dict[str, Any] = {"txn_id": "t", "operator_id": "paypay", "mykey_id": PERSON,
                            "kind": "purchase", "amount": 100,
                            "occurred_at": "2020-09-13T12:00:00Z"}
-    for f in _FIELDS:
+    if record_type == "enrollment":
+        rec = dict(ENROLLMENT)
+    for f in _FIELDS if record_type == "transaction" else _ENR_FIELDS:
         action = draw(st.sampled_from(["keep", "keep", "drop", "replace"]))
         if action == "drop":
             rec.pop(f, None)
@@ -260,3 +265,31 @@ def test_arbitrary_json_gets_one_outcome_the_same_in_every_format(
                                                 [(FORMAT_HEADER, FORMAT_ARROW)])]))
         assert a_reason == reason, (value, reason, a_reason)
 
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.data_too_large])
+@given(st.lists(records("enrollment"), min_size=1, max_size=8))
+def test_arbitrary_json_as_enrollments_gets_one_outcome_the_same_in_every_format(
+        tmp_path: Path, recs: list[tuple[bytes, Any]]) -> None:
+    texts = [t for t, _ in recs]
+    got_one = stateless(one_record(texts, "enrollment"))
+    got_chunk = stateless(chunk(texts, "enrollment"))
+    enr, txn = tmp_path / "enrollments.jsonl", tmp_path / "transactions.jsonl"
+    enr.write_bytes(b"\n".join(texts) + b"\n")
+    txn.write_bytes(b"")
+    res = settle_files(enr, txn, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)
+    final = {r["source"]: (r["reason"], r["detail"]) for r in res.rejections.to_pylist()}
+    assert len(got_one) == len(got_chunk) == len(texts)
+    for i, (text, one, (reason, detail)) in enumerate(zip(texts, got_one, got_chunk,
+                                                          strict=True)):
+        value = load_record(text)
+        if not (isinstance(value, dict) and "received_at" in value):
+            assert one == (reason, detail)
+        assert len(detail or "") <= MAX_DETAIL and PII not in (detail or "")
+        off = final.get(f"enrollments.jsonl:{i + 1}")  # an accepted one has no outcome
+        if reason is not None:
+            assert off == (reason, detail)
+        else:
+            assert off is None or off[0] not in STATELESS
