@@ -22,6 +22,7 @@ _COMMANDS = {
     "publish": "engine.streams.publish:main",
     "collect": "engine.streams.collect:main",
     "demo": "engine.demo:main",
+    "admin": "engine.streams.rebuild:main",
 }
 
 
@@ -88,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many idle seconds")
     c.add_argument("--campaign", default=None,
                    help="campaign.toml for the summary's cap and id (default: shipped)")
+
+    a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
+    a.add_argument("action", choices=["rebuild-state"],
+                   help="rebuild-state: void the state of partitions and decide their "
+                        "input again from the beginning (workers must be stopped)")
+    a.add_argument("--partition", type=int, action="append", default=[],
+                   help="partition to rebuild (repeatable; default: all)")
+    a.add_argument("--broker", default=DEFAULT_BROKER)
+    a.add_argument("--topic-prefix", default="mynapoint")
+    a.add_argument("--group", default=None,
+                   help="the workers' consumer group (default: <topic-prefix>-engine)")
 
     d = sub.add_parser("demo", help="the main job, end to end on a local broker")
     d.add_argument("--users", type=int, default=20_000)
