@@ -11,6 +11,7 @@ the rules give it: a reason and a piece of the detail, or ``GRANT``.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -305,6 +306,14 @@ def invalid_utf8_table(prefix: str) -> pa.Table:
     """Not a valid table at all (invalid UTF-8 in a string column): an Arrow IPC
     message carrying it is unreadable as a whole."""
     return _one(f"{prefix}-bad-utf8", note=_invalid_utf8())
+
+
+def ipc(table: pa.Table) -> bytes:
+    """An Arrow IPC stream message of a table."""
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, table.schema) as w:
+        w.write_table(table)
+    return buf.getvalue()
 
 
 def expected_count(p: Poison) -> int:

@@ -5,7 +5,6 @@ Parquet file; and arbitrary JSON never makes any of them raise."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections import namedtuple
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.poison_records import (
     Poison,
     arrow_poison,
     invalid_utf8_table,
+    ipc,
     json_poison,
 )
 
@@ -46,13 +46,6 @@ Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 TS_MS = 1_593_561_600_000  # 2020-07-01T00:00:00Z
 STATELESS = {"PERSONAL_NUMBER_FORBIDDEN", "MALFORMED", "INVALID_AMOUNT", "UNKNOWN_OPERATOR"}
 MAX_DETAIL = 200
-
-
-def ipc(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    with pa.ipc.new_stream(buf, table.schema) as w:
-        w.write_table(table)
-    return buf.getvalue()
 
 
 def decode(msgs: list[Msg], record_type: str = "transaction") -> InBatch:

@@ -5,10 +5,11 @@ never stops."""
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -27,10 +28,12 @@ from tests.poison_records import (
     arrow_poison,
     expected_count,
     invalid_utf8_table,
+    ipc,
     json_poison,
 )
 from tests.streams.harness import (
     PARTITIONS,
+    Scenario,
     make_scenario,
     publish,
     topics_for,
@@ -89,10 +92,7 @@ async def _inject(bootstrap: str, prefix: str) -> dict[str, tuple[int, str]]:
     # an Arrow IPC batch with a PII number in an extra column
     table = pa.table({**{k: [v] for k, v in _charge("p-arrow-pii", 100).items()},
                       "note": ["123456789018"]})
-    buf = io.BytesIO()
-    with pa.ipc.new_stream(buf, table.schema) as w:
-        w.write_table(table)
-    await send("arrow_pii", t.transactions, buf.getvalue(), PERSON.encode(), right,
+    await send("arrow_pii", t.transactions, ipc(table), PERSON.encode(), right,
                [(FORMAT_HEADER, FORMAT_ARROW)])
     await p.stop()
     return {k: v for k, v in sent.items()}  # type: ignore[misc]
@@ -101,25 +101,10 @@ async def _inject(bootstrap: str, prefix: str) -> dict[str, tuple[int, str]]:
 def test_poison_records_mixed_into_a_normal_stream(kafka_broker, topic_prefix, tmp_path: Path,
                                                    tmp_path_factory) -> None:
     sc = make_scenario(tmp_path_factory.mktemp("poison-campaign"), 200, 2000, seed=11)
-    prefix = topic_prefix()
-    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
-    t = threading.Thread(target=publish, args=(kafka_broker.bootstrap, prefix, sc,
-                                               tmp_path / "m.parquet", 1, 2000.0))
-    try:
-        t.start()
-        time.sleep(0.5)
-        sent = asyncio.run(_inject(kafka_broker.bootstrap, prefix))
-        t.join()
-        # 2 re-routed grants, 6 unreadable messages, 2 chunk records, 1 Arrow row
-        # (the enrollment has no output)
-        extra = 11
-        grants, rejections = asyncio.run(collect(
-            kafka_broker.bootstrap, topics_for(prefix),
-            expect=sc.expected_outcomes + extra, idle_timeout=20.0))
-        assert w.alive, "a poison message stopped the worker"
-    finally:
-        w.stop()
-        t.join()
+    # 2 re-routed grants, 6 unreadable messages, 2 chunk records, 1 Arrow row
+    # (the enrollment has no output)
+    sent, grants, rejections = _run_with(kafka_broker.bootstrap, topic_prefix(), tmp_path, sc,
+                                         _inject, lambda sent: 11)
 
     def src(name: str, i: int | None = None) -> str:
         topic, part, off = sent[name]
@@ -145,18 +130,8 @@ def test_poison_records_mixed_into_a_normal_stream(kafka_broker, topic_prefix, t
     assert pii["mykey_id"] is None and pii["txn_id"] is None
     assert "123456789018" not in str(rejections.to_pylist()) + str(grants.to_pylist())
     # and the normal stream around them is exactly the offline result
-    ours = {s for s in [src(n) for n in sent if n not in ("chunk", "arrow_pii")]
-            + [src("chunk", 0), src("chunk", 1), src("arrow_pii", 0)]}
-    normal_g = grants.filter(pa.array([s not in ours for s in grants["source"].to_pylist()]))
-    normal_r = rejections.filter(pa.array([s not in ours
-                                           for s in rejections["source"].to_pylist()]))
-    assert normal_g.num_rows + normal_r.num_rows == sc.expected_outcomes
-    m = pq.read_table(tmp_path / "m.parquet")
-    mapping = dict(zip(m["kafka_source"].to_pylist(), m["input_source"].to_pylist(),
-                       strict=True))
-    c = compare(sc.offline.grants, sc.offline.rejections, normal_g, normal_r, mapping)
-    assert c.equal, str(c)
-
+    _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
+                                {f"{topic}/{part}/{off}" for topic, part, off in sent.values()})
 
 async def _inject_catalogue(bootstrap: str, prefix: str
                             ) -> dict[str, list[tuple[Poison, str]]]:
@@ -187,41 +162,19 @@ async def _inject_catalogue(bootstrap: str, prefix: str
               if c.stream and c.table is not None]
     for c in tables:
         assert c.table is not None
-        sent["arrow"].append((c, await send(_ipc(c.table), FORMAT_ARROW) + "#0"))
+        sent["arrow"].append((c, await send(ipc(c.table), FORMAT_ARROW) + "#0"))
     sent["unreadable"] = [(Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
-                           await send(_ipc(invalid_utf8_table("u")), FORMAT_ARROW))]
+                           await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW))]
     await p.stop()
     return sent
-
-
-def _ipc(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    with pa.ipc.new_stream(buf, table.schema) as w:
-        w.write_table(table)
-    return buf.getvalue()
 
 
 def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, tmp_path: Path,
                                                    tmp_path_factory) -> None:
     sc = make_scenario(tmp_path_factory.mktemp("poison-catalogue"), 150, 1500, seed=12)
-    prefix = topic_prefix()
-    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
-    t = threading.Thread(target=publish, args=(kafka_broker.bootstrap, prefix, sc,
-                                               tmp_path / "m.parquet", 1, 2000.0))
-    try:
-        t.start()
-        time.sleep(0.5)
-        sent = asyncio.run(_inject_catalogue(kafka_broker.bootstrap, prefix))
-        t.join()
-        ours = {src: c for entries in sent.values() for c, src in entries}
-        extra = sum(expected_count(c) for c in ours.values())
-        grants, rejections = asyncio.run(collect(
-            kafka_broker.bootstrap, topics_for(prefix),
-            expect=sc.expected_outcomes + extra, idle_timeout=20.0))
-        assert w.alive, "a poison message stopped the worker"
-    finally:
-        w.stop()
-        t.join()
+    sent, grants, rejections = _run_with(
+        kafka_broker.bootstrap, topic_prefix(), tmp_path, sc, _inject_catalogue,
+        lambda sent: sum(expected_count(c) for entries in sent.values() for c, _ in entries))
     rej = {r["source"]: r for r in rejections.to_pylist()}
     grt = {g["source"]: g for g in grants.to_pylist()}
     assert len(rej) == rejections.num_rows and len(grt) == grants.num_rows  # one each
@@ -242,11 +195,43 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
             formats_seen[fmt] = formats_seen.get(fmt, 0) + 1
     assert formats_seen["one"] == formats_seen["chunk"] > 40 and formats_seen["arrow"] > 70
     # the normal stream around them is exactly the offline result
-    mine = {s.split("#")[0] for s in ours}
-    normal_g = grants.filter(pa.array([s.split("#")[0] not in mine
-                                       for s in grants["source"].to_pylist()]))
-    normal_r = rejections.filter(pa.array([s.split("#")[0] not in mine
-                                           for s in rejections["source"].to_pylist()]))
+    _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
+                                {src.split("#")[0] for entries in sent.values()
+                                 for _, src in entries})
+
+
+def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
+              inject: Callable[[str, str], Awaitable[Any]], extra: Callable[[Any], int]
+              ) -> tuple[Any, pa.Table, pa.Table]:
+    """A worker settles the scenario, published as one-record messages, with
+    ``inject``'s poison sent in the middle; returns what ``inject`` returned and the
+    collected outcomes (the scenario's plus ``extra(sent)``)."""
+    w = worker(bootstrap, prefix, tmp_path).start()
+    t = threading.Thread(target=publish, args=(bootstrap, prefix, sc, tmp_path / "m.parquet",
+                                               1, 2000.0))
+    try:
+        t.start()
+        time.sleep(0.5)
+        sent = asyncio.run(inject(bootstrap, prefix))
+        t.join()
+        grants, rejections = asyncio.run(collect(
+            bootstrap, topics_for(prefix), expect=sc.expected_outcomes + extra(sent),
+            idle_timeout=20.0))
+        assert w.alive, "a poison message stopped the worker"
+    finally:
+        w.stop()
+        t.join()
+    return sent, grants, rejections
+
+
+def _assert_the_rest_is_offline(sc: Scenario, tmp_path: Path, grants: pa.Table,
+                                rejections: pa.Table, poison_messages: set[str]) -> None:
+    """The outcomes of every message but the poison ones are the offline result."""
+    def normal(t: pa.Table) -> pa.Table:
+        return t.filter(pa.array([s.split("#")[0] not in poison_messages
+                                  for s in t["source"].to_pylist()]))
+
+    normal_g, normal_r = normal(grants), normal(rejections)
     assert normal_g.num_rows + normal_r.num_rows == sc.expected_outcomes
     m = pq.read_table(tmp_path / "m.parquet")
     mapping = dict(zip(m["kafka_source"].to_pylist(), m["input_source"].to_pylist(),
