@@ -142,10 +142,13 @@ def read_records(path: str | Path, record_type: str,
         raise InputError(f"{p}: unknown input format (use .jsonl or .parquet)")
     if suffix == ".parquet":
         try:
-            # (not read_table: its dataset layer refuses a repeated column name,
-            # which is each row's MALFORMED, not the file's error)
-            with pq.ParquetFile(p) as f:
-                table = f.read()
+            if p.is_dir():  # a directory of parts, as Spark writes them
+                table = pq.read_table(p)
+            else:
+                # (not read_table: its dataset layer refuses a repeated column name,
+                # which is each row's MALFORMED, not the file's error)
+                with pq.ParquetFile(p) as f:
+                    table = f.read()
         except (OSError, pa.ArrowException) as e:
             raise InputError(f"{p}: cannot read Parquet ({e})") from None
         if progress:

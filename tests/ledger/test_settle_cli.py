@@ -120,6 +120,22 @@ def test_jsonl_and_parquet_inputs_decide_alike(campaign: Path, tmp_path: Path) -
     assert len(same) > 0.9 * len(pg)
 
 
+def test_a_parquet_directory_of_parts_is_one_input(campaign: Path, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    parts = d / "transactions.parquet"
+    parts.mkdir(parents=True)
+    table = pq.read_table(campaign / "transactions.parquet")
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), parts / "part-0.parquet")
+    pq.write_table(table.slice(half), parts / "part-1.parquet")
+    (d / "enrollments.parquet").write_bytes((campaign / "enrollments.parquet").read_bytes())
+    assert _settle(d, tmp_path / "dir", "parquet", "--quiet") == 0
+    assert _settle(campaign, tmp_path / "file", "parquet", "--quiet") == 0
+    for name in ("grants.parquet", "rejections.parquet"):
+        assert (pq.read_table(tmp_path / "dir" / name).num_rows
+                == pq.read_table(tmp_path / "file" / name).num_rows > 0)
+
+
 def test_individual_number_appears_in_no_output_and_nothing_printed(
         campaign: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _settle(campaign, tmp_path / "out") == 0
