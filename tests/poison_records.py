@@ -171,6 +171,62 @@ def json_poison(prefix: str) -> list[Poison]:
     return out
 
 
+def enrollment_poison(prefix: str) -> list[Poison]:
+    """Poison enrollments, JSON texts and Arrow tables; each names its own person
+    (the first four characters of ``prefix``, alphanumeric, and a number), so none
+    is another's duplicate. ``GRANT`` here means accepted (no outcome record)."""
+    out: list[Poison] = []
+    people = iter(range(10**4))
+
+    def person() -> str:
+        return f"{(prefix + 'xxxx')[:4]}{next(people):04d}"
+
+    def add(name: str, reason: str, detail: str = "", raw: bytes | None = None,
+            tail: bytes = b"", **fields: object) -> None:
+        t = orjson.dumps({**ENROLLMENT, "mykey_id": person(), **fields})
+        if raw is not None:
+            t = t.replace(orjson.dumps(_RAW), raw)
+        out.append(Poison(name, "", t[:-1] + tail + b"}" if tail else t, reason, detail))
+
+    def add_table(name: str, reason: str, detail: str, repeat: str | None = None,
+                  **columns: pa.Array) -> None:
+        cols = {k: pa.array([v]) for k, v in {**ENROLLMENT, "mykey_id": person()}.items()}
+        cols.update(columns)
+        t = pa.table(cols)
+        if repeat is not None:
+            t = t.append_column(repeat, t.column(repeat))
+        out.append(Poison(name, "", b"", reason, detail, t))
+
+    add("too-deep", "MALFORMED", "nested deeper than 1024 levels",
+        tail=b',"deep":' + _nest_array(TOO_DEEP, b"1"))
+    add("too-deep-pii", "PERSONAL_NUMBER_FORBIDDEN", "nested too deep",
+        tail=b',"deep":' + _nest_array(TOO_DEEP, orjson.dumps(PII)))
+    add("deep-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'deep'",
+        tail=b',"deep":' + _nest_object(DEEP, orjson.dumps(PII)))
+    add("nan", "MALFORMED", "NaN and Infinity", raw=b"NaN", note=_RAW)
+    add("1e400", "MALFORMED", "too large for a 64-bit float", raw=b"1e400", note=_RAW)
+    add("lone-surrogate", "MALFORMED", "unpaired UTF-16 surrogate", raw=b'"\\ud800"',
+        earn_on=_RAW)
+    add("repeated-key", "MALFORMED", "names a field more than once",
+        tail=b',"operator_id":"paypay"')
+    add("repeated-key-pii", "PERSONAL_NUMBER_FORBIDDEN", "a repeated field", note=PII,
+        tail=b',"note":"x"')
+    add("year-0000", "MALFORMED", "is outside 0001-01-01", applied_at="0000-01-01T00:00:00Z")
+    add("leap-second", "MALFORMED", "not an RFC 3339", applied_at="2020-09-01T23:59:60Z")
+    add("long-earn-on", "MALFORMED", "field 'earn_on'", earn_on="e" * LONG)
+    add("non-bmp-mykey", "MALFORMED", "field 'mykey_id'", mykey_id="Poison0\U0001F600")
+    add_table("dup-columns", "MALFORMED", "names a field more than once", "operator_id")
+    add_table("ts-s-overflow", "MALFORMED", "is outside 0001-01-01",
+              applied_at=pa.array([2**62], pa.timestamp("s", tz="UTC")))
+    add_table("ts-ms", GRANT, "", applied_at=pa.array([1_598_918_400_000],
+                                                      pa.timestamp("ms", tz="UTC")))
+    add_table("map-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'm'",
+              m=pa.array([[(PII, "v")]], pa.map_(pa.string(), pa.string())))
+    add_table("earn-on-binary", "MALFORMED", "field 'earn_on' must be a string",
+              earn_on=pa.array([b"purchase"], pa.binary()))
+    return out
+
+
 def _one(tid: str, **columns: pa.Array) -> pa.Table:
     """A one-row table of the base record with some columns replaced or added
     (a column given as None is left out)."""

@@ -21,6 +21,7 @@ from tests.poison_records import (
     PARQUET_CANNOT_HOLD,
     Poison,
     arrow_poison,
+    enrollment_poison,
     json_poison,
 )
 
@@ -234,5 +235,27 @@ def test_poison_records_settle_with_their_rejections_and_exit_0(
         assert len(got) == c.table.num_rows, c.name  # (an accepted enrollment has none)
         for i in range(c.table.num_rows):
             assert _matches(c, got[f"transactions.parquet:{i + 1}"]), (c.name, got)
+    # enrollments: JSON Lines, and Parquet one file per table
+    enrollments = enrollment_poison("cli")
+    texts = [c for c in enrollments if c.text]
+    (d / "enrollments.jsonl").write_bytes(b"\n".join(c.text for c in texts) + b"\n")
+    (d / "transactions.jsonl").write_bytes(b"")
+    assert _settle(d, tmp_path / "enr", "jsonl", "--quiet") == 0
+    got = _outcomes(tmp_path / "enr")
+    for i, c in enumerate(texts):
+        assert _matches(c, got[f"enrollments.jsonl:{i + 1}"]), (c.name, got)
+    for k, c in enumerate(c for c in enrollments
+                          if c.table is not None and c.name not in PARQUET_CANNOT_HOLD):
+        assert c.table is not None
+        pq.write_table(c.table, d / "enrollments.parquet")
+        out = tmp_path / f"enr-{k}"
+        assert main(["settle", "--enrollments", str(d / "enrollments.parquet"),
+                     "--transactions", str(d / "transactions.jsonl"), "--out", str(out),
+                     "--quiet"]) == 0
+        got = _outcomes(out)
+        if c.reason == GRANT:  # an accepted enrollment has no outcome record
+            assert got == {}, c.name
+        else:
+            assert _matches(c, got["enrollments.parquet:1"]), (c.name, got)
     printed = capsys.readouterr()
     assert "Traceback" not in printed.out + printed.err and printed.err == ""

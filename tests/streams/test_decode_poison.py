@@ -37,6 +37,7 @@ from tests.poison_records import (
     PII,
     Poison,
     arrow_poison,
+    enrollment_poison,
     invalid_utf8_table,
     ipc,
     json_poison,
@@ -117,6 +118,28 @@ def test_json_poison_in_every_message_format_and_offline(tmp_path: Path) -> None
     assert len(rep) > 25
     for p, got in zip(rep, stateless(arrow([p.table for p in rep])), strict=True):
         check(p, got)
+
+
+def test_enrollment_poison_in_every_message_format_and_offline(tmp_path: Path) -> None:
+    catalogue = enrollment_poison("enr")
+    texts = [c for c in catalogue if c.text]
+    tables = [c for c in catalogue if c.table is not None]
+    assert len(texts) > 10 and len(tables) > 4
+    batches = (one_record([c.text for c in texts], "enrollment"),
+               chunk([c.text for c in texts], "enrollment"))
+    for c, got in [(c, g) for b in batches for c, g in zip(texts, stateless(b), strict=True)]:
+        check(c, got)
+    b = decode([Msg("t", 0, i, TS_MS, None, ipc(c.table), [(FORMAT_HEADER, FORMAT_ARROW)])
+                for i, c in enumerate(tables) if c.table is not None], "enrollment")
+    for c, got in zip(tables, stateless(b), strict=True):
+        check(c, got)
+    enr, txn = tmp_path / "enrollments.jsonl", tmp_path / "transactions.jsonl"
+    enr.write_bytes(b"\n".join(c.text for c in texts) + b"\n")
+    txn.write_bytes(b"")
+    res = settle_files(enr, txn, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)
+    final = {r["source"]: (r["reason"], r["detail"]) for r in res.rejections.to_pylist()}
+    for i, c in enumerate(texts):
+        check(c, final[f"enrollments.jsonl:{i + 1}"], final=True)
 
 
 @pytest.mark.parametrize("p", arrow_poison("pa"), ids=lambda p: p.name)

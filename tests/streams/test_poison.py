@@ -5,6 +5,7 @@ never stops."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from tests.poison_records import (
     PERSON,
     Poison,
     arrow_poison,
+    enrollment_poison,
     expected_count,
     invalid_utf8_table,
     ipc,
@@ -165,6 +167,23 @@ async def _inject_catalogue(bootstrap: str, prefix: str
         sent["arrow"].append((c, await send(ipc(c.table), FORMAT_ARROW) + "#0"))
     sent["unreadable"] = [(Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
                            await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW))]
+    # enrollments: each person on their own partition where the key says so
+    for fmt in ("enr-one", "enr-chunk", "enr-arrow"):
+        catalogue = enrollment_poison(fmt[4:8])
+        texts = [c for c in catalogue if c.text]
+        if fmt == "enr-one":
+            sent[fmt] = []
+            for c in texts:
+                m = re.search(rb'"mykey_id":"([0-9A-Za-z]{8})"', c.text)
+                md = await p.send_and_wait(t.enrollments, c.text,
+                                           key=m.group(1) if m else b"x", timestamp_ms=TS)
+                sent[fmt].append((c, f"{t.enrollments}/{md.partition}/{md.offset}"))
+        elif fmt == "enr-chunk":
+            base = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, t.enrollments)
+            sent[fmt] = [(c, f"{base}#{i}") for i, c in enumerate(texts)]
+        else:
+            sent[fmt] = [(c, await send(ipc(c.table), FORMAT_ARROW, t.enrollments) + "#0")
+                         for c in catalogue if c.table is not None]
     await p.stop()
     return sent
 
@@ -174,7 +193,8 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
     sc = make_scenario(tmp_path_factory.mktemp("poison-catalogue"), 150, 1500, seed=12)
     sent, grants, rejections = _run_with(
         kafka_broker.bootstrap, topic_prefix(), tmp_path, sc, _inject_catalogue,
-        lambda sent: sum(expected_count(c) for entries in sent.values() for c, _ in entries))
+        lambda sent: sum(expected_count(c) for fmt, entries in sent.items() for c, _ in entries
+                         if not (fmt.startswith("enr") and c.reason == GRANT)))
     rej = {r["source"]: r for r in rejections.to_pylist()}
     grt = {g["source"]: g for g in grants.to_pylist()}
     assert len(rej) == rejections.num_rows and len(grt) == grants.num_rows  # one each
@@ -185,6 +205,9 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
             rows = [f"{src.rsplit('#', 1)[0]}#{i}" for i in range(c.table.num_rows)] \
                 if fmt == "arrow" and c.table is not None else [src]
             for s in rows:
+                if fmt.startswith("enr") and c.reason == GRANT:  # accepted: no outcome
+                    assert s not in rej and s not in grt, (fmt, c.name)
+                    continue
                 assert (s in rej) != (s in grt), (fmt, c.name, s)  # exactly one outcome
                 if c.reason == GRANT:
                     assert grt[s]["points"] == 25, (fmt, c.name)
@@ -194,6 +217,8 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
                     assert c.detail in r["detail"] and len(r["detail"]) <= 200, (fmt, c.name)
             formats_seen[fmt] = formats_seen.get(fmt, 0) + 1
     assert formats_seen["one"] == formats_seen["chunk"] > 40 and formats_seen["arrow"] > 70
+    assert formats_seen["enr-one"] == formats_seen["enr-chunk"] > 10
+    assert formats_seen["enr-arrow"] > 4
     # the normal stream around them is exactly the offline result
     _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
                                 {src.split("#")[0] for entries in sent.values()
