@@ -165,6 +165,16 @@ async def _inject_catalogue(bootstrap: str, prefix: str
     for c in tables:
         assert c.table is not None
         sent["arrow"].append((c, await send(ipc(c.table), FORMAT_ARROW) + "#0"))
+    # on the wrong partition: a record that passes its checks is re-routed (written
+    # out again with its timestamps, which must all be writable), one that fails them
+    # is decided where it is
+    wrong = _other_partition(key)
+    sent["misrouted"] = []
+    for c in json_poison("wrong"):
+        if c.name.startswith("year-") or c.name in ("fraction-12", "lower-case"):
+            md = await p.send_and_wait(t.transactions, c.text, key=b"SomeoneE", partition=wrong,
+                                       timestamp_ms=TS)
+            sent["misrouted"].append((c, f"{t.transactions}/{md.partition}/{md.offset}"))
     sent["unreadable"] = [(Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
                            await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW))]
     # enrollments: each person on their own partition where the key says so
@@ -218,6 +228,7 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
             formats_seen[fmt] = formats_seen.get(fmt, 0) + 1
     assert formats_seen["one"] == formats_seen["chunk"] > 40 and formats_seen["arrow"] > 70
     assert formats_seen["enr-one"] == formats_seen["enr-chunk"] > 10
+    assert formats_seen["misrouted"] == 8
     assert formats_seen["enr-arrow"] > 4
     # the normal stream around them is exactly the offline result
     _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
