@@ -46,6 +46,7 @@ _JSON_ERRORS = (
     ("depth limit exceeded", f"record is nested deeper than {JSON_MAX_DEPTH} levels"),
     ("number is infinity", "record holds a number too large for a 64-bit float (like 1e400)"),
     ("surrogate", "record holds an unpaired UTF-16 surrogate escape"),
+    ("byte order mark", "record starts with a UTF-8 byte order mark"),
 )
 
 

@@ -24,6 +24,7 @@ PII = "123456789018"
     (b'{"a": "\\udc00"}', "unpaired UTF-16 surrogate"),
     (b'{"a": ' + b"[" * 1025 + b"]" * 1025 + b"}", "nested deeper than 1024 levels"),
     (b'{"a": 1', "record is not valid JSON"),
+    (b'\xef\xbb\xbf{"a": 1}', "record starts with a UTF-8 byte order mark"),
     (b'{"a": "\xff"}', "record is not valid UTF-8"),
 ])
 def test_undecodable_records_say_why(text: bytes, detail: str) -> None:
