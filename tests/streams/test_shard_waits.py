@@ -127,3 +127,21 @@ def test_shipped_limit_keeps_a_full_person_under_the_broker_message_size(
     assert len(decode_person(blob).txns) == limit
     assert len(blob) < 1 << 20, len(blob)
     f.store.close()
+
+
+def test_stream_time_is_every_transaction_timestamp_and_no_enrollment(
+        tmp_path: Path) -> None:
+    """The rules page's definition: the largest record timestamp seen on the
+    partition holding the waiting record (its transactions topic). A malformed
+    record's timestamp counts; an enrollment's does not."""
+    f = Feed(tmp_path)
+    assert _reasons(f.poll("transaction", [_txn("waits", T0)])) == {}
+    enr = {"rec": {"mykey_id": "Other001", "operator_id": "paypay",
+                   "applied_at": "2020-09-01T09:00:00+09:00"}, "ts": T0 + 50 * H}
+    f.poll("enrollment", [enr])
+    assert PERSON in f.store.parked and f.store.meta.stream_time == T0 * 1000
+    bad = {"rec": {"mykey_id": "Other001", "txn_id": 5}, "ts": T0 + 25 * H}
+    res = f.poll("transaction", [bad])
+    assert _reasons(res) == {"waits": "NOT_ENROLLED", None: "MALFORMED"}
+    assert f.store.meta.stream_time == (T0 + 25 * H) * 1000
+    f.store.close()
