@@ -148,3 +148,46 @@ def test_a_person_with_100000_waiting_records(kafka_broker, topic_prefix,
     assert got == want
     assert sum(v == "PERSON_LIMIT" for v in got.values()) == n - limit
     assert largest < 1 << 20, largest
+
+
+def test_a_rerouted_record_arriving_after_its_deadline_is_decided_at_once(
+        kafka_broker, topic_prefix, tmp_path: Path) -> None:
+    """The independent tester's case: a misrouted record is re-routed to its
+    person's partition after the last record there, whose stream time is already
+    past the record's deadline. It must be decided at once, not wait for a later
+    record that may never come."""
+    prefix = topic_prefix()
+    person = "Late0001"
+    home = partition_for(person.encode(), PARTITIONS)
+    other = "Late0002"
+    while partition_for(other.encode(), PARTITIONS) != home:
+        other = f"Late{int(other[4:]) + 1:04d}"
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
+
+    async def send() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        await p.start()
+        try:
+            t = topics_for(prefix)
+            # stream time of the home partition: two days after the late record
+            await p.send_and_wait(t.transactions, orjson.dumps(_txn("mover", other, 0)),
+                                  key=other.encode(), partition=home,
+                                  timestamp_ms=T0 + 48 * 3600 * 1000)
+            await asyncio.sleep(2.0)  # decided: the home partition is idle from now on
+            await p.send_and_wait(t.transactions, orjson.dumps(_txn("late", person, 0)),
+                                  key=b"SomeoneX", partition=(home + 1) % PARTITIONS,
+                                  timestamp_ms=T0)
+        finally:
+            await p.stop()
+
+    try:
+        asyncio.run(send())
+        _, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics_for(prefix),
+                                            expect=1, idle_timeout=15.0))
+    finally:
+        w.stop()
+    got = {r["txn_id"]: r["reason"] for r in rejections.to_pylist()}
+    write_report("deadline_passed", {"records_in": 2, "outcomes_out": len(got),
+                                     "missing": int("late" not in got), "doubled": 0,
+                                     "different": int(got.get("late") != "NOT_ENROLLED")})
+    assert got == {"late": "NOT_ENROLLED"}  # "mover" still waits: it is in time
