@@ -257,6 +257,8 @@ def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
     finally:
         w.stop()
         t.join()
+    log = (tmp_path / "w.log").read_text(errors="replace")
+    assert "Traceback" not in log and "123456789018" not in log, log[-2000:]
     return sent, grants, rejections
 
 
