@@ -47,9 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
 
-    k = sub.add_parser("kafka", help="local single-node Kafka broker (loopback only)")
+    k = sub.add_parser("kafka", help="local Kafka broker or cluster (loopback only)")
     k.add_argument("action", choices=["fetch", "start", "stop", "status"])
-    k.add_argument("--port", type=int, default=9092)
+    k.add_argument("--port", type=int, default=9092,
+                   help="client port (of node 1 in a cluster; node i uses PORT+i-1)")
+    k.add_argument("--brokers", type=int, default=1,
+                   help="start a KRaft cluster of N brokers (replication factor min(3, N))")
 
     w = sub.add_parser("worker", help="run a streaming settlement worker")
     w.add_argument("--operators", default=None)

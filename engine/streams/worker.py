@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -45,7 +46,15 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from engine.config import ConfigError, load_campaign, load_operators
@@ -60,6 +69,12 @@ from engine.streams.topics import CHANGELOG_MAX_BYTES, SOURCE_HEADER, Topics, en
 
 log = logging.getLogger("mynapoint.worker")
 NO_TIME = -(2**63)
+# A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
+# waiting does not cure a missing permission, so those still stop the worker.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
+               ClusterAuthorizationFailedError)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -107,6 +122,8 @@ class Worker:
         self.records = 0
         self._lag_at = 0.0
         self._marker = os.environ.get("MYNAPOINT_BATCH_MARKER")
+        self.producer_stale = False  # replace it before the next batch
+        self.faults_injected: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -115,9 +132,7 @@ class Worker:
         self.decider = ShardDecider(self.campaign, self.registry, self.partitions)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await self.admin.start()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
-            linger_ms=2, max_batch_size=1 << 20, max_request_size=CHANGELOG_MAX_BYTES)
+        self.producer = self._new_producer()
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.topics.group_id,
@@ -133,6 +148,11 @@ class Worker:
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.consumed), listener=_Rebalance(self))
         self.metrics.set_up(True)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
+            linger_ms=2, max_batch_size=1 << 20, max_request_size=CHANGELOG_MAX_BYTES)
 
     async def stop(self) -> None:
         self.metrics.set_up(False)
@@ -286,13 +306,56 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
         assert self.consumer is not None
+        failures = 0
         while not self.stopping.is_set():
-            await self._prioritise_enrollments()
-            data = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-            if not data:
-                continue
-            async with self.lock:
-                await self.process(data)
+            data: dict[Any, list[Any]] = {}
+            try:
+                if self.producer_stale:
+                    await self._replace_producer()
+                await self._prioritise_enrollments()
+                data = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                if data:
+                    async with self.lock:
+                        await self.process(data)
+                failures = 0
+            except NOT_RETRIED:
+                raise
+            except KafkaError as e:
+                # A broker died or moved a leader or the group coordinator, and
+                # aiokafka gave up on a send or a lookup (a failed commit is handled in
+                # process). Nothing of the batch is in the local checkpoint yet, so it
+                # is decided again from there: the same outcomes and changelog records.
+                delay = min(RETRY_FIRST_SECONDS * 2 ** failures, RETRY_MAX_SECONDS)
+                failures += 1
+                log.warning("batch failed (%s: %s); retrying it in %.1f s",
+                            type(e).__name__, e, delay)
+                async with self.lock:
+                    self._rewind(data)
+                await asyncio.sleep(delay)
+
+    def _rewind(self, data: dict[Any, list[Any]]) -> None:
+        """Undo a failed batch: read it again, forget its undurable state changes,
+        and use a new producer (the old one may have spent sequence numbers on
+        records the broker never stored, and would fail every later send)."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        for tp, msgs in data.items():
+            # the batch's first offsets are the committed ones, which the local
+            # checkpoint matches: no round trip to a coordinator that may be down
+            if msgs and tp in assigned:
+                self.consumer.seek(tp, msgs[0].offset)
+        for p in {tp.partition for tp in data} & set(self.stores):
+            self.stores[p].discard_unapplied(self.campaign.park_timeout)
+        self.producer_stale = True
+
+    async def _replace_producer(self) -> None:
+        old, self.producer = self.producer, self._new_producer()
+        if old is not None:
+            # its undelivered sends are copies of outcomes that will be produced again
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5.0)
+        await self.producer.start()
+        self.producer_stale = False
 
     async def _prioritise_enrollments(self) -> None:
         """Hold back a transactions partition while its enrollments partition is
@@ -388,6 +451,7 @@ class Worker:
             enr = self._decode(topics, t.enrollments, t.reroute_enrollments, "enrollment")
             txn = self._decode(topics, t.transactions, t.reroute_transactions, "transaction")
             results[p] = self.decider.decide(self.stores[p], p, enr, txn)
+        self._crash_point("decided")
         # outcomes (and re-routed records) first: state must never run ahead of them
         futs: list[asyncio.Future[Any]] = []
         out: dict[tuple[str, int], list[tuple[bytes | None, bytes, list[Any] | None, Any]]] = \
@@ -464,10 +528,12 @@ class Worker:
 
     def _crash_point(self, stage: str) -> None:
         """Crash injection for tests: ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs
-        this worker right after ``stage`` ("outputs" acknowledged, "state" in the
-        changelog, or "commit" done and the local checkpoint written) of its
-        ``batch``-th batch (0-based), before anything else happens.
-        ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead."""
+        this worker right after ``stage`` ("decided" in memory, "outputs"
+        acknowledged, "state" in the changelog, or "commit" done and the local
+        checkpoint written) of its ``batch``-th batch (0-based), before anything else
+        happens. ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead, and
+        ``MYNAPOINT_FAIL_AT`` raises a Kafka connection error there, once, as a
+        broker fault would."""
         here = f"{stage}:{self.batches}"
         if os.environ.get("MYNAPOINT_CRASH_AT") == here:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -475,6 +541,9 @@ class Worker:
             # a frozen worker (GC pause, SIGSTOP): the test resumes it with SIGCONT
             log.warning("stalling at %s (test fault injection)", here)
             os.kill(os.getpid(), signal.SIGSTOP)
+        if os.environ.get("MYNAPOINT_FAIL_AT") == here and here not in self.faults_injected:
+            self.faults_injected.add(here)
+            raise KafkaConnectionError(f"injected fault after {stage} of batch {self.batches}")
 
     def _decode(self, topics: dict[str, list[Any]], public: str, internal: str,
                 record_type: str) -> InBatch | None:
