@@ -16,6 +16,7 @@ import re
 import threading
 from collections import Counter as _Tally
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
@@ -25,10 +26,12 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
 )
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from engine.ops.health import Readiness
 
 from engine.rules.model import ENROLLMENT_REASONS, TRANSACTION_REASONS, Reason
 
@@ -63,6 +66,7 @@ METRIC_NAMES = (
     "mynapoint_bad_messages_total",
     "mynapoint_worker_up",
     "mynapoint_assigned_partitions",
+    "mynapoint_last_batch_timestamp_seconds",
 )
 
 
@@ -202,6 +206,10 @@ class EngineMetrics:
         self.assigned_partitions = Gauge(
             "mynapoint_assigned_partitions",
             "Input partitions currently assigned to this worker.", registry=r)
+        self.last_batch = Gauge(
+            "mynapoint_last_batch_timestamp_seconds",
+            "When this worker last decided a batch of an input partition, Unix seconds.",
+            ["partition"], registry=r)
         self._lag_series: set[tuple[str, str]] = set()
         self._series_lock = threading.Lock()
 
@@ -279,6 +287,9 @@ class EngineMetrics:
     def set_stream_time(self, partition: int, unix_seconds: float) -> None:
         self.stream_time.labels(_partition(partition)).set(unix_seconds)
 
+    def set_last_batch(self, partition: int, unix_seconds: float) -> None:
+        self.last_batch.labels(_partition(partition)).set(unix_seconds)
+
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         key = (_topic(topic), _partition(partition))
         with self._series_lock:
@@ -295,6 +306,7 @@ class EngineMetrics:
             label = _partition(p)
             self.parked.remove(label)
             self.stream_time.remove(label)
+            self.last_batch.remove(label)
             with self._series_lock:
                 gone = [k for k in self._lag_series if k[1] == label]
                 self._lag_series.difference_update(gone)
@@ -309,8 +321,10 @@ class EngineMetrics:
 
     # -- exposition -------------------------------------------------------------------
 
-    def serve(self, port: int, addr: str | None = None) -> WSGIServer:
-        """Serve ``/metrics`` over HTTP in a daemon thread; returns the server
+    def serve(self, port: int, addr: str | None = None,
+              readiness: Readiness | None = None) -> WSGIServer:
+        """Serve ``/metrics`` (and with ``readiness`` the health endpoints of
+        ``engine.ops.health``) over HTTP in a daemon thread; returns the server
         (``server.server_port`` is the bound port when ``port`` is 0,
         ``server.shutdown()`` stops it).
 
@@ -321,5 +335,6 @@ class EngineMetrics:
         """
         if addr is None:
             addr = os.environ.get(METRICS_ADDR_ENV) or "127.0.0.1"
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        return server
+        from engine.ops.health import serve
+
+        return serve(self.registry, port, addr, readiness)

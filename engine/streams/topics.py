@@ -55,6 +55,10 @@ class Topics:
     def inputs(self) -> tuple[str, str]:
         return (self.enrollments, self.transactions)
 
+    @property
+    def outputs(self) -> tuple[str, str]:
+        return (self.grants, self.rejections)
+
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for a key (Java-compatible).

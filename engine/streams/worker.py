@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -40,16 +41,17 @@ import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.metrics import EngineMetrics
+from engine.ops import health, logs
 from engine.rules.model import Campaign, Registry
 from engine.rules.strings import kafka_partitions
 from engine.streams.decode import InBatch, decode_messages
 from engine.streams.shard import ShardDecider, ShardResult
 from engine.streams.state import ShardStore
-from engine.streams.topics import SOURCE_HEADER, Topics, ensure_topics
+from engine.streams.topics import SOURCE_HEADER, TopicMismatch, Topics, ensure_topics
 
 log = logging.getLogger("mynapoint.worker")
 NO_TIME = -(2**63)
@@ -72,7 +74,9 @@ class Worker:
     def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
                  metrics: EngineMetrics | None = None,
-                 max_record_bytes: int = 1 << 20) -> None:
+                 max_record_bytes: int = 1 << 20,
+                 readiness: health.Readiness | None = None, client_id: str | None = None
+                 ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.campaign = campaign
@@ -81,6 +85,8 @@ class Worker:
         self.max_batch = max_batch
         self.max_record_bytes = max_record_bytes
         self.metrics = metrics or EngineMetrics()
+        self.readiness = readiness or health.Readiness()
+        self.client_id = client_id or health.CLIENT_ID_PREFIX
         # a private directory per process: two workers on one machine never share
         # a RocksDB, and the changelog is the source of truth anyway
         self.state_root = state_dir / topics.group_id
@@ -105,6 +111,7 @@ class Worker:
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.topics.group_id,
+            client_id=self.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
             isolation_level="read_committed", session_timeout_ms=6_000,
@@ -117,6 +124,7 @@ class Worker:
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
         self.metrics.set_up(True)
+        self.readiness.started()
 
     async def stop(self) -> None:
         self.metrics.set_up(False)
@@ -139,11 +147,14 @@ class Worker:
     async def open_partitions(self, parts: set[int]) -> None:
         for p in sorted(parts - set(self.stores)):
             store = ShardStore(self.state_dir / f"p{p}", NO_TIME)
+            self.readiness.restoring(p, 0, 0)
             await self._restore(store, p)
+            self.readiness.restored(p)
             store.rebuild_parked_index(self.campaign.park_timeout)
             self.stores[p] = store
             self.metrics.set_parked(p, len(store.parked))
         self.metrics.set_assigned_partitions(len(self.stores))
+        self.readiness.assigned(self.stores)
         log.info("assigned partitions %s", sorted(self.stores))
 
     def close_partitions(self, parts: set[int]) -> None:
@@ -153,6 +164,7 @@ class Worker:
             ShardStore.destroy(store.path)
         self.metrics.forget_partitions(parts)
         self.metrics.set_assigned_partitions(len(self.stores))
+        self.readiness.assigned(self.stores)
 
     async def _restore(self, store: ShardStore, p: int) -> None:
         tp = TopicPartition(self.topics.changelog, p)
@@ -178,6 +190,7 @@ class Worker:
                 batch = await c.getmany(tp, timeout_ms=1000, max_records=50_000)
                 recs = [(m.key, m.value, m.offset) for m in batch.get(tp, [])]
                 store.restore(recs)
+                self.readiness.restoring(p, pos - start, end - start)
                 if recs:
                     pos = recs[-1][2] + 1
                 else:
@@ -373,19 +386,13 @@ class Worker:
             if res.clawed_back:
                 m.observe_points([-res.clawed_back])
             m.set_parked(p, res.parked)
+            m.set_last_batch(p, time.time())
             st = self.stores[p].meta.stream_time
             if st != NO_TIME:
                 m.set_stream_time(p, st / 1e6)
         m.observe_batch(n_rec, seconds)
         self.batches += 1
         self.records += n_rec
-
-
-def _quiet_logging() -> None:
-    # aiokafka and the root logger are chatty at DEBUG; keep CPU for settling
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("mynapoint").setLevel(logging.INFO)
 
 
 async def run_worker(args: argparse.Namespace) -> int:
@@ -396,23 +403,42 @@ async def run_worker(args: argparse.Namespace) -> int:
         print(f"mynapoint worker: configuration error: {e}", file=sys.stderr)
         return 2
     metrics = EngineMetrics()
+    readiness = health.Readiness()
+    client_id = health.CLIENT_ID_PREFIX
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
+        server = metrics.serve(args.metrics_port, readiness=readiness)
+        client_id = health.advertised_client_id(*server.server_address[:2])
     w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
-               Path(args.state_dir), args.partitions, args.max_batch, metrics)
+               Path(args.state_dir), args.partitions, args.max_batch, metrics,
+               readiness=readiness, client_id=client_id)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stopping.set)
-    await w.start()
+    beat = asyncio.create_task(health.heartbeat(readiness))
+    try:
+        with logs.quiet("aiokafka"):  # the one line below says it all
+            await w.start()
+    except (KafkaError, TopicMismatch, OSError) as e:
+        beat.cancel()
+        with logs.quiet("aiokafka"), contextlib.suppress(Exception):
+            await w.stop()  # releases what did start; a second failure adds nothing
+        print(f"mynapoint worker: cannot start on the Kafka broker at {args.broker}: "
+              f"{logs.redact(str(e))}", file=sys.stderr)
+        return 2
+    assert w.consumer is not None
+    watch = asyncio.create_task(
+        health.watch_broker(readiness, w.consumer._client.fetch_all_metadata))
     print(f"mynapoint worker: consuming {', '.join(w.topics.inputs)} "
           f"({w.partitions} partitions) from {args.broker}", flush=True)
     try:
         await w.run()
     finally:
+        beat.cancel()
+        watch.cancel()
         await w.stop()
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
-    _quiet_logging()
+    logs.configure(getattr(args, "log_format", "text"))
     return asyncio.run(run_worker(args))
