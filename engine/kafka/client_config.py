@@ -68,7 +68,9 @@ def parse_client_config(text: str, name: str = "client config") -> dict[str, Any
                                     f"{', '.join(MECHANISMS)}")
         user, password = props.get("sasl.username"), props.get("sasl.password")
         if "sasl.jaas.config" in props:
-            options = dict(_JAAS_OPTION.findall(props["sasl.jaas.config"]))
+            # JAAS quotes its values and escapes quotes inside them with a backslash
+            options = {k: re.sub(r"\\(.)", r"\1", v)
+                       for k, v in _JAAS_OPTION.findall(props["sasl.jaas.config"])}
             user, password = options.get("username"), options.get("password")
         if not user or password is None:
             raise ClientConfigError(f"{name}: {protocol} needs a user name and password "

@@ -259,8 +259,8 @@ def render(report: Report) -> None:
 
     # piped output (a script, a log) gets whole rows rather than 80-column wrapping
     con = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-    names = {w.member_id: f"{w.host}" + (f" ({w.client_id.split('@', 1)[1]})"
-                                         if "@" in w.client_id else "")
+    # a worker is named by its metrics address when it advertises one, else its host
+    names = {w.member_id: w.metrics_url.split("//", 1)[1] if w.metrics_url else w.host
              for w in report.workers}
 
     def opt(v: Any, fmt: str = "{}") -> str:

@@ -150,6 +150,7 @@ class Worker:
             self.readiness.restoring(p, 0, 0)
             await self._restore(store, p)
             self.readiness.restored(p)
+            log.info("partition %d: state restored", p, extra={"partition": p})
             store.rebuild_parked_index(self.campaign.park_timeout)
             self.stores[p] = store
             self.metrics.set_parked(p, len(store.parked))

@@ -1,0 +1,144 @@
+"""``mynapoint status`` against a real broker and worker: the report, the verdict and
+its exit code, and the errors that leave nothing to report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.kafka import local
+from engine.ops import status as status_mod
+from engine.ops.status import PartitionStatus, WorkerStatus, judge
+from engine.streams.topics import Topics
+from tests.streams.harness import PARTITIONS, make_scenario, publish, topics_for, worker
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def mynapoint(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=90, check=False)
+
+
+def ready(port: int, wait: float = 60.0) -> None:
+    import urllib.request
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("worker never became ready")
+
+
+def test_status_of_a_running_then_stopped_engine(
+        kafka_broker: local.Broker, topic_prefix: str, tmp_path: Path) -> None:
+    sc = make_scenario(tmp_path / "data", users=150, transactions=1200, seed=7)
+    port = local.free_port()
+    w = worker(kafka_broker.bootstrap, topic_prefix, tmp_path / "logs")
+    w.args += ["--metrics-port", str(port)]
+    w.start()
+    try:
+        ready(port)
+        publish(kafka_broker.bootstrap, topic_prefix, sc, tmp_path / "m.parquet", batch=100)
+        topics = topics_for(topic_prefix)
+        deadline = time.monotonic() + 60
+        while True:  # until every input record is committed
+            report = asyncio.run(status_mod.status(kafka_broker.bootstrap, topics))
+            if all(p.lag == 0 for p in report.partitions) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert report.verdict == "healthy" and report.exit_code == 0, report.reasons
+        assert report.group_state == "Stable"
+        (ws,) = report.workers
+        assert ws.metrics_url == f"http://127.0.0.1:{port}" and ws.reachable and ws.ready
+        assert ws.partitions == list(range(PARTITIONS))
+        assert [(p.topic, p.partition) for p in report.partitions] == \
+            [(t, p) for t in topics.inputs for p in range(PARTITIONS)]
+        enrollments = sum(1 for ln in sc.enrollments.read_text().splitlines() if ln.strip())
+        transactions = sum(1 for ln in sc.transactions.read_text().splitlines() if ln.strip())
+        ends = {t: sum(p.end for p in report.partitions if p.topic == t) for t in topics.inputs}
+        # batch messages of 100 records: the message count is what Kafka's offsets count
+        assert ends[topics.enrollments] >= enrollments / 100
+        assert ends[topics.transactions] >= transactions / 100
+        for p in report.partitions:
+            assert p.owner == ws.member_id and p.committed == p.end and p.lag == 0
+            assert p.parked is not None and p.parked >= 0
+            if p.end:
+                assert p.stream_time is not None and p.stream_time > 1.5e9
+                assert p.last_batch_age is not None and 0 <= p.last_batch_age < 120
+        outputs = {t: sum(e.values()) for t, e in report.outputs.items()}
+        assert set(outputs) == set(topics.outputs)
+        assert outputs[topics.grants] >= sc.offline.grants.num_rows  # one per message
+        assert outputs[topics.rejections] >= sc.offline.rejections.num_rows
+
+        r = mynapoint("status", "--broker", kafka_broker.bootstrap, "--topic-prefix",
+                      topic_prefix, "--group", topics.group_id)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.rstrip().splitlines()[-1] == "HEALTHY"
+        assert f"127.0.0.1:{port}" in r.stdout
+        r = mynapoint("status", "--broker", kafka_broker.bootstrap, "--topic-prefix",
+                      topic_prefix, "--group", topics.group_id, "--json")
+        doc = json.loads(r.stdout)
+        assert (r.returncode, doc["verdict"], doc["exit_code"]) == (0, "healthy", 0)
+        assert len(doc["partitions"]) == 2 * PARTITIONS
+    finally:
+        w.stop()
+
+    # the group outlives its last worker: a report, verdict down, exit 2
+    r = mynapoint("status", "--broker", kafka_broker.bootstrap, "--topic-prefix",
+                  topic_prefix, "--group", topics.group_id, "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 2 and doc["verdict"] == "down"
+    assert doc["reasons"] == ["no worker is running in the consumer group: nothing is decided"]
+    assert all(p["owner"] is None and p["lag"] == 0 for p in doc["partitions"])
+
+
+def test_status_errors_are_one_line(kafka_broker: local.Broker, topic_prefix: str) -> None:
+    r = mynapoint("status", "--broker", kafka_broker.bootstrap, "--topic-prefix", topic_prefix)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("mynapoint status: no engine topics on")
+    from engine.streams import publish as publish_mod
+    asyncio.run(publish_mod.ensure_topics_settled(kafka_broker.bootstrap,
+                                                  Topics(topic_prefix), 2))
+    r = mynapoint("status", "--broker", kafka_broker.bootstrap, "--topic-prefix", topic_prefix,
+                  "--group", "nobody-here")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("mynapoint status: consumer group nobody-here does not exist")
+
+
+def _w(member: str, ready: bool | None = True, reachable: bool = True) -> WorkerStatus:
+    return WorkerStatus(member, "mynapoint-worker@h:1", "h", [0], "http://h:1", reachable,
+                        ready, None if ready else "restoring state of partitions 0")
+
+
+def _p(owner: str | None, lag: int = 0, age: float | None = None) -> PartitionStatus:
+    return PartitionStatus("x.transactions", 0, owner, 10, 10 + lag, lag, None, None, age)
+
+
+@pytest.mark.parametrize(("workers", "partitions", "verdict", "why"), [
+    ([], [_p(None)], "down", "no worker is running"),
+    ([_w("a")], [_p("a"), _p("a", lag=5, age=3.0)], "healthy", None),
+    ([_w("a")], [_p("a"), _p(None)], "degraded", "1 input partitions have no worker"),
+    ([_w("a", ready=False)], [_p("a")], "degraded", "not ready: restoring state"),
+    ([_w("a", ready=None, reachable=False)], [_p("a", lag=5)], "healthy", None),
+    ([_w("a")], [_p("a", lag=5, age=61.0)], "degraded", "stalled: 5 unread records"),
+    ([_w("a")], [_p("a", lag=0, age=600.0)], "healthy", None),   # idle is not stalled
+    ([_w("a", reachable=False)], [_p("a", lag=100_001)], "degraded", "behind: 100,001"),
+])
+def test_verdicts(workers, partitions, verdict: str, why: str | None) -> None:
+    got, reasons = judge(workers, partitions, stale_after=60.0, max_lag=100_000)
+    assert got == verdict
+    assert (why is None) == (not reasons)
+    if why:
+        assert why in reasons[0]
+    assert status_mod.EXIT_CODES[got] == {"healthy": 0, "degraded": 1, "down": 2}[got]
