@@ -408,7 +408,8 @@ async def run_worker(args: argparse.Namespace) -> int:
     client_id = health.CLIENT_ID_PREFIX
     if args.metrics_port:
         server = metrics.serve(args.metrics_port, readiness=readiness)
-        client_id = health.advertised_client_id(*server.server_address[:2])
+        host, port = server.server_address[:2]
+        client_id = health.advertised_client_id(str(host), int(port))
     w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
                Path(args.state_dir), args.partitions, args.max_batch, metrics,
                readiness=readiness, client_id=client_id)

@@ -49,7 +49,7 @@ def served() -> Iterator[tuple[str, Readiness, Clock]]:
 
 
 def test_readiness_walks_through_the_worker_lifecycle(served) -> None:
-    url, ready, clock = served
+    url, ready, _ = served
     code, body = get(url + "/readyz")
     assert (code, body["status"]) == (503, "not ready")
     assert body["reason"].startswith("starting")
