@@ -490,3 +490,80 @@ def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
 
 # `docker compose config` cannot run here (no compose CLI, no engine); the compose
 # file is checked statically by the tests above.
+
+
+# -- runbook, SLO recording rules, health checks --------------------------------------
+
+RUNBOOK = ROOT / "docs/RUNBOOK.md"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def runbook_sections() -> dict[str, str]:
+    """anchor -> text of each '## ' section."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return {github_anchor(h): body for h, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    sections = runbook_sections()
+    rules = alert_rules()
+    assert len(rules) >= 9
+    for r in rules:
+        url = r["annotations"]["runbook_url"]
+        path, _, anchor = url.partition("#")
+        assert (ROOT / path).resolve() == RUNBOOK.resolve(), url
+        assert anchor == github_anchor(r["alert"]), url
+        assert anchor in sections, f"{r['alert']}: no heading for #{anchor}"
+        body = sections[anchor]
+        for part in ("**Meaning.**", "**Confirm.**", "**Mitigate.**", "**Recover.**"):
+            assert part in body, (r["alert"], part)
+        assert "```promql" in body, r["alert"]
+        assert "Finance" in body or "finance" in body, r["alert"]
+    # and no section for an alert that does not exist
+    alerts = {github_anchor(r["alert"]) for r in rules}
+    assert set(sections) - alerts == {"first-steps-for-any-alert"}
+
+
+def test_runbook_promql_uses_only_defined_series() -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    blocks = re.findall(r"```promql\n(.*?)```", text, flags=re.S)
+    used = {m for b in blocks for m in METRIC_RE.findall(b)}
+    assert used and used <= exposed_series_names(), used - exposed_series_names()
+    records = {r["record"] for g in load_yaml(ALERTS)["groups"] for r in g["rules"]
+               if "record" in r}
+    named = {m for b in blocks for m in re.findall(r"\bmynapoint:[a-z0-9_:]+", b)}
+    assert named and named <= records, named - records
+
+
+def test_dashboard_recording_rules_exist() -> None:
+    records = {r["record"] for g in load_yaml(ALERTS)["groups"] for r in g["rules"]
+               if "record" in r}
+    named = {m for e in dashboard_exprs() for m in re.findall(r"\bmynapoint:[a-z0-9_:]+", e)}
+    assert named and named <= records, named - records
+
+
+def test_worker_healthcheck_probes_the_health_endpoints() -> None:
+    from engine.ops.health import Readiness, make_app
+
+    test = service("worker")["healthcheck"]["test"]
+    urls = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(test))
+    port = build_parser().parse_args(service("worker")["command"]).metrics_port
+    assert {(int(p), path) for p, path in urls} == {(port, "/healthz"), (port, "/readyz")}
+    # the engine answers exactly those paths: 200 when ready, 503 before
+    ready = Readiness()
+    app = make_app(EngineMetrics().registry, ready)
+
+    def call(path: str) -> str:
+        status: list[str] = []
+        app({"PATH_INFO": path, "REQUEST_METHOD": "GET"}, lambda s, h: status.append(s))
+        return status[0]
+
+    assert call("/readyz").startswith("503") and call("/healthz").startswith("200")
+    ready.started()
+    ready.assigned({0})
+    assert call("/readyz").startswith("200")
