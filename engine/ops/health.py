@@ -124,23 +124,43 @@ async def heartbeat(readiness: Readiness, interval: float = BEAT_SECONDS) -> Non
 
 
 async def watch_broker(readiness: Readiness, probe: Callable[[], Awaitable[Any]],
-                       interval: float = BROKER_PROBE_SECONDS, timeout: float = 5.0) -> None:
+                       interval: float = BROKER_PROBE_SECONDS, timeout: float = 5.0,
+                       on_change: Callable[[bool], None] | None = None) -> None:
     """Ask the broker for metadata every ``interval``; a probe that fails or takes
     longer than ``timeout`` marks the broker unreachable until one succeeds.
+    ``on_change(reachable)`` is called when that flips (the worker's ``up`` gauge).
 
     A consumer whose broker is gone does not fail: its polls just return nothing.
     Without this probe a worker that lost the broker would look ready."""
+    reachable = True
     while True:
         try:
             await asyncio.wait_for(probe(), timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # any failure means "not reachable", whatever its type
-            readiness.broker(f"{type(e).__name__}: {e}"[:200] if str(e)
-                             else type(e).__name__)
+            readiness.broker(describe_error(e))
+            now = False
         else:
             readiness.broker(None)
+            now = True
+        if now != reachable and on_change is not None:
+            on_change(now)
+        reachable = now
         await asyncio.sleep(interval)
+
+
+def describe_error(e: BaseException) -> str:
+    """``Type: message`` in one bounded line (aiokafka's messages already start with
+    their type).
+
+    >>> describe_error(OSError("refused")), describe_error(TimeoutError())
+    ('OSError: refused', 'TimeoutError')
+    """
+    text, name = " ".join(str(e).split()), type(e).__name__
+    if not text:
+        return name
+    return (text if text.startswith(name) else f"{name}: {text}")[:300]
 
 
 def _json(start_response: Callable[..., Any], ok: bool, body: dict[str, Any]) -> list[bytes]:

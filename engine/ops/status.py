@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from engine.kafka.client_config import ClientConfigError, load_client_config
-from engine.ops.health import metrics_address
+from engine.ops.health import describe_error, metrics_address
 from engine.streams.topics import Topics
 
 CONNECT_TIMEOUT = 15.0
@@ -172,9 +172,8 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
             tps = [TopicPartition(t, p) for t in names for p in range(parts[t])]
             ends = await consumer.end_offsets(tps)
     except (TimeoutError, KafkaError, OSError) as e:
-        detail = str(e) or type(e).__name__
-        raise StatusError(f"cannot reach the Kafka broker at {bootstrap} ({detail})") \
-            from None
+        raise StatusError(f"cannot reach the Kafka broker at {bootstrap} "
+                          f"({describe_error(e)})") from None
     finally:
         with quiet("aiokafka"):
             await consumer.stop()

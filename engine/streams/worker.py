@@ -425,11 +425,12 @@ async def run_worker(args: argparse.Namespace) -> int:
         with logs.quiet("aiokafka"), contextlib.suppress(Exception):
             await w.stop()  # releases what did start; a second failure adds nothing
         print(f"mynapoint worker: cannot start on the Kafka broker at {args.broker}: "
-              f"{logs.redact(str(e))}", file=sys.stderr)
+              f"{logs.redact(health.describe_error(e))}", file=sys.stderr)
         return 2
     assert w.consumer is not None
     watch = asyncio.create_task(
-        health.watch_broker(readiness, w.consumer._client.fetch_all_metadata))
+        health.watch_broker(readiness, w.consumer._client.fetch_all_metadata,
+                            on_change=metrics.set_up))
     print(f"mynapoint worker: consuming {', '.join(w.topics.inputs)} "
           f"({w.partitions} partitions) from {args.broker}", flush=True)
     try:
