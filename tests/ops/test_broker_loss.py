@@ -5,39 +5,15 @@ its own, since it is stopped."""
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from engine.kafka import local
 from engine.streams.process import WorkerProcess
+from tests.ops.http import get, poll
 
 pytestmark = pytest.mark.kafka  # starts a broker of its own (Java)
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def poll(url: str, want: int, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            code, body = get(url)
-            if code == want:
-                return body
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} never answered {want}")
 
 
 def test_readyz_reports_a_lost_broker(tmp_path: Path) -> None:
@@ -49,10 +25,10 @@ def test_readyz_reports_a_lost_broker(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{metrics}"
     try:
         w.start()
-        assert json.loads(poll(base + "/readyz", 200))["broker"] is True
+        assert poll(base + "/readyz", 200)["broker"] is True
         assert "mynapoint_worker_up 1.0" in get(base + "/metrics")[1]
         local.stop(port=port, data_dir=tmp_path / "kafka")
-        body = json.loads(poll(base + "/readyz", 503, timeout=30))
+        body = poll(base + "/readyz", 503, timeout=30)
         assert body["status"] == "not ready" and body["broker"] is False
         assert body["reason"].startswith("broker unreachable: ")
         assert get(base + "/healthz")[0] == 200

@@ -4,8 +4,6 @@ HTTP, and the probes that drive them."""
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -16,6 +14,7 @@ from hypothesis import strategies as st
 from engine.metrics import EngineMetrics
 from engine.ops import health
 from engine.ops.health import Readiness
+from tests.ops.http import get_json
 
 
 class Clock:
@@ -24,14 +23,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @pytest.fixture
@@ -50,48 +41,48 @@ def served() -> Iterator[tuple[str, Readiness, Clock]]:
 
 def test_readiness_walks_through_the_worker_lifecycle(served) -> None:
     url, ready, _ = served
-    code, body = get(url + "/readyz")
+    code, body = get_json(url + "/readyz")
     assert (code, body["status"]) == (503, "not ready")
     assert body["reason"].startswith("starting")
     ready.started()
-    code, body = get(url + "/readyz")
+    code, body = get_json(url + "/readyz")
     assert (code, body["reason"]) == (503, "no partitions assigned")
     ready.restoring(3, 0, 0)
     ready.assigned({3, 5})
     ready.restoring(3, 400, 1000)
-    code, body = get(url + "/readyz")
+    code, body = get_json(url + "/readyz")
     assert code == 503 and body["reason"] == "restoring state of partitions 3"
     assert body["restoring"] == {"3": {"done": 400, "total": 1000}}
     assert body["assigned"] == [3, 5]
     ready.restored(3)
-    code, body = get(url + "/readyz")
+    code, body = get_json(url + "/readyz")
     assert (code, body["status"], body["restoring"]) == (200, "ok", {})
     ready.broker("KafkaConnectionError: Unable to bootstrap")
-    code, body = get(url + "/readyz")
+    code, body = get_json(url + "/readyz")
     assert code == 503 and body["reason"].startswith("broker unreachable: KafkaConnection")
     assert body["broker"] is False
     ready.broker(None)
-    assert get(url + "/readyz")[0] == 200
+    assert get_json(url + "/readyz")[0] == 200
     # a revoked partition that was still restoring no longer counts
     ready.restoring(9, 1, 2)
     ready.assigned({5})
-    assert get(url + "/readyz")[0] == 200
+    assert get_json(url + "/readyz")[0] == 200
 
 
 def test_liveness_follows_the_event_loop_heartbeat(served) -> None:
     url, ready, clock = served
-    assert get(url + "/healthz") == (200, {"status": "ok", "reason": "alive"})
+    assert get_json(url + "/healthz") == (200, {"status": "ok", "reason": "alive"})
     clock.now += health.STALL_SECONDS + 1
-    code, body = get(url + "/healthz")
+    code, body = get_json(url + "/healthz")
     assert code == 503 and body["status"] == "unhealthy"
     assert "event loop unresponsive" in body["reason"]
     # a stuck loop is not ready either, even with everything else fine
     ready.started()
     ready.assigned({0})
-    assert get(url + "/readyz")[0] == 503
+    assert get_json(url + "/readyz")[0] == 503
     ready.beat()
-    assert get(url + "/healthz")[0] == 200
-    assert get(url + "/readyz")[0] == 200
+    assert get_json(url + "/healthz")[0] == 200
+    assert get_json(url + "/readyz")[0] == 200
 
 
 def test_metrics_still_served_next_to_the_health_endpoints(served) -> None:

@@ -26,6 +26,7 @@ import yaml
 
 from engine.kafka import local
 from engine.streams.process import WorkerProcess
+from tests.ops.http import get_json, wait_until
 from tests.streams.harness import make_scenario, publish, topics_for, worker
 from tests.test_deploy import ALERTS, dashboard_exprs
 
@@ -33,34 +34,12 @@ JOB = "mynapoint-worker"
 GRAFANA_VARIABLES = {"$__range": "5m", "$__rate_interval": "1m", "$__interval": "1m"}
 
 
-def http_json(url: str, timeout: float = 5.0) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return json.loads(e.read())
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            got = check()
-        except OSError:
-            got = None
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.25)
-
-
 class Prometheus:
     def __init__(self, url: str) -> None:
         self.url = url
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        doc = http_json(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        _, doc = get_json(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
         assert doc["status"] == "success", (expr, doc)
         return doc["data"]["result"]
 
@@ -69,11 +48,11 @@ class Prometheus:
         return float(res[0]["value"][1]) if res else float("nan")
 
     def rules(self) -> list[dict[str, Any]]:
-        doc = http_json(f"{self.url}/api/v1/rules")
+        _, doc = get_json(f"{self.url}/api/v1/rules")
         return [r for g in doc["data"]["groups"] for r in g["rules"]]
 
     def alerts(self) -> list[dict[str, Any]]:
-        return http_json(f"{self.url}/api/v1/alerts")["data"]["alerts"]
+        return get_json(f"{self.url}/api/v1/alerts")[1]["data"]["alerts"]
 
 
 def fast_rule_file(directory: Path) -> Path:
@@ -169,8 +148,8 @@ def test_dashboard_and_alerts_on_a_live_prometheus(
     base = f"http://127.0.0.1:{metrics_port}"
     try:
         wait_until("the worker to be ready",
-                   lambda: http_json(base + "/readyz")["status"] == "ok")
-        assert http_json(base + "/healthz") == {"status": "ok", "reason": "alive"}
+                   lambda: get_json(base + "/readyz")[1]["status"] == "ok")
+        assert get_json(base + "/healthz") == (200, {"status": "ok", "reason": "alive"})
         prom = prometheus(metrics_port)
         wait_until("the first scrape", lambda: prom.value(f'up{{job="{JOB}"}}') == 1)
 

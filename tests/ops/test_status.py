@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,26 +14,9 @@ from engine.kafka import local
 from engine.ops import status as status_mod
 from engine.ops.status import PartitionStatus, WorkerStatus, judge
 from engine.streams.topics import Topics
+from tests.ops.http import poll
 from tests.streams.harness import PARTITIONS, make_scenario, publish, topics_for, worker
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def mynapoint(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=90, check=False)
-
-
-def ready(port: int, wait: float = 60.0) -> None:
-    import urllib.request
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError("worker never became ready")
+from tests.test_cli import mynapoint
 
 
 def test_status_of_a_running_then_stopped_engine(
@@ -46,7 +27,7 @@ def test_status_of_a_running_then_stopped_engine(
     w.args += ["--metrics-port", str(port)]
     w.start()
     try:
-        ready(port)
+        poll(f"http://127.0.0.1:{port}/readyz", 200)
         publish(kafka_broker.bootstrap, topic_prefix, sc, tmp_path / "m.parquet", batch=100)
         topics = topics_for(topic_prefix)
         deadline = time.monotonic() + 60
