@@ -565,5 +565,5 @@ def test_worker_healthcheck_probes_the_health_endpoints() -> None:
 
     assert call("/readyz").startswith("503") and call("/healthz").startswith("200")
     ready.started()
-    ready.assigned({0})
+    ready.assign({0})
     assert call("/readyz").startswith("200")

@@ -49,7 +49,8 @@ class Readiness:
         self._started = False
         self._broker_error: str | None = None
         self._assigned: set[int] = set()
-        self._restoring: dict[int, tuple[int, int]] = {}  # partition -> (done, total)
+        self._restoring: dict[int, int | None] = {}  # partition -> records left, if known
+        self._refused: dict[int, str] = {}
         self._last_beat = clock()
 
     # -- updates from the worker ------------------------------------------------------
@@ -68,21 +69,34 @@ class Readiness:
         with self._lock:
             self._broker_error = error
 
-    def assigned(self, partitions: Iterable[int]) -> None:
+    def assign(self, partitions: Iterable[int]) -> None:
+        """These partitions are now this worker's."""
         with self._lock:
-            self._assigned = set(partitions)
-            for p in set(self._restoring) - self._assigned:
-                del self._restoring[p]
+            self._assigned.update(partitions)
 
-    def restoring(self, partition: int, done: int, total: int) -> None:
-        """Partition ``partition`` restores its state: ``done`` of ``total`` changelog
-        records read."""
+    def release(self, partitions: Iterable[int]) -> None:
+        """These partitions are no longer this worker's (revoked, lost)."""
         with self._lock:
-            self._restoring[partition] = (done, total)
+            for p in partitions:
+                self._assigned.discard(p)
+                self._restoring.pop(p, None)
+                self._refused.pop(p, None)
+
+    def restoring(self, partition: int, remaining: int | None = None) -> None:
+        """Partition ``partition`` restores its state; ``remaining`` changelog records
+        are left to read (``None``: not known yet)."""
+        with self._lock:
+            self._restoring[partition] = remaining
 
     def restored(self, partition: int) -> None:
         with self._lock:
             self._restoring.pop(partition, None)
+
+    def refuse(self, partition: int, why: str) -> None:
+        """The worker will not decide ``partition`` (its state cannot be trusted)."""
+        with self._lock:
+            self._restoring.pop(partition, None)
+            self._refused[partition] = why
 
     # -- what the endpoints answer ----------------------------------------------------
 
@@ -90,8 +104,9 @@ class Readiness:
         with self._lock:
             return {
                 "assigned": sorted(self._assigned),
-                "restoring": {str(p): {"done": d, "total": t}
-                              for p, (d, t) in sorted(self._restoring.items())},
+                "restoring": {str(p): {"remaining": n}
+                              for p, n in sorted(self._restoring.items())},
+                "refused": {str(p): why for p, why in sorted(self._refused.items())},
                 "broker": self._broker_error is None,
             }
 
@@ -108,6 +123,9 @@ class Readiness:
                 return False, "starting: not yet consuming"
             if self._broker_error is not None:
                 return False, f"broker unreachable: {self._broker_error}"
+            if self._refused:
+                p, why = min(self._refused.items())
+                return False, f"partition {p} refused: {why}"
             if self._restoring:
                 parts = ", ".join(str(p) for p in sorted(self._restoring))
                 return False, f"restoring state of partitions {parts}"

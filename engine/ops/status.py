@@ -71,7 +71,8 @@ class WorkerStatus:
     reachable: bool = False
     ready: bool | None = None
     reason: str | None = None
-    restoring: dict[str, dict[str, int]] = field(default_factory=dict)
+    restoring: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +121,7 @@ def scrape_worker(w: WorkerStatus) -> dict[str, dict[int, float]]:
     w.ready = ready.get("status") == "ok"
     w.reason = ready.get("reason")
     w.restoring = ready.get("restoring") or {}
+    w.refused = ready.get("refused") or {}
     out: dict[str, dict[int, float]] = {k: {} for k in _PER_PARTITION.values()}
     for fam in families:
         key = _PER_PARTITION.get(fam.name)
@@ -280,8 +282,10 @@ def render(report: Report) -> None:
     for col in ("worker", "partitions", "metrics", "ready", "restoring"):
         w.add_column(col)
     for ws in report.workers:
-        restoring = ", ".join(f"p{p} {r['done']:,}/{r['total']:,}"
-                              for p, r in ws.restoring.items())
+        restoring = ", ".join(
+            f"p{p}: " + ("starting" if r.get("remaining") is None
+                         else f"{r['remaining']:,} records left")
+            for p, r in ws.restoring.items())
         w.add_row(names[ws.member_id], ",".join(map(str, ws.partitions)) or "-",
                   ws.metrics_url or "not advertised",
                   "unreachable" if not ws.reachable else

@@ -47,12 +47,14 @@ def test_readiness_walks_through_the_worker_lifecycle(served) -> None:
     ready.started()
     code, body = get_json(url + "/readyz")
     assert (code, body["reason"]) == (503, "no partitions assigned")
-    ready.restoring(3, 0, 0)
-    ready.assigned({3, 5})
-    ready.restoring(3, 400, 1000)
+    ready.assign({3, 5})
+    ready.restoring(3)
     code, body = get_json(url + "/readyz")
     assert code == 503 and body["reason"] == "restoring state of partitions 3"
-    assert body["restoring"] == {"3": {"done": 400, "total": 1000}}
+    assert body["restoring"] == {"3": {"remaining": None}}
+    ready.restoring(3, 600)
+    code, body = get_json(url + "/readyz")
+    assert body["restoring"] == {"3": {"remaining": 600}}
     assert body["assigned"] == [3, 5]
     ready.restored(3)
     code, body = get_json(url + "/readyz")
@@ -63,10 +65,19 @@ def test_readiness_walks_through_the_worker_lifecycle(served) -> None:
     assert body["broker"] is False
     ready.broker(None)
     assert get_json(url + "/readyz")[0] == 200
-    # a revoked partition that was still restoring no longer counts
-    ready.restoring(9, 1, 2)
-    ready.assigned({5})
-    assert get_json(url + "/readyz")[0] == 200
+    # a refused partition is decided by nobody: not ready, with the worker's reason
+    ready.refuse(5, "changelog lost")
+    code, body = get_json(url + "/readyz")
+    assert (code, body["reason"]) == (503, "partition 5 refused: changelog lost")
+    assert body["refused"] == {"5": "changelog lost"}
+    # partitions that leave take their restore and refusal with them
+    ready.restoring(9, 1)
+    ready.assign({9})
+    ready.release({5, 9})
+    code, body = get_json(url + "/readyz")
+    assert (code, body["assigned"], body["restoring"], body["refused"]) == (200, [3], {}, {})
+    ready.release({3})
+    assert get_json(url + "/readyz")[1]["reason"] == "no partitions assigned"
 
 
 def test_liveness_follows_the_event_loop_heartbeat(served) -> None:
@@ -78,7 +89,7 @@ def test_liveness_follows_the_event_loop_heartbeat(served) -> None:
     assert "event loop unresponsive" in body["reason"]
     # a stuck loop is not ready either, even with everything else fine
     ready.started()
-    ready.assigned({0})
+    ready.assign({0})
     assert get_json(url + "/readyz")[0] == 503
     ready.beat()
     assert get_json(url + "/healthz")[0] == 200
@@ -107,7 +118,7 @@ def test_heartbeat_and_broker_watch_drive_readiness() -> None:
     clock = Clock()
     ready = Readiness(clock)
     ready.started()
-    ready.assigned({1})
+    ready.assign({1})
     answers = [OSError("connection refused"), None, TimeoutError()]
 
     async def probe() -> None:
