@@ -5,7 +5,8 @@ Everything comes from the broker, so it works from any machine that can reach it
 - the workers' consumer group (``describe_consumer_groups``): members, the input
   partitions each owns, and where each serves its metrics (advertised in its
   ``client_id``, see ``engine.ops.health``);
-- the group's committed offsets and the topics' end offsets: lag per input partition
+- the group's committed offsets and the topics' end offsets: lag per consumed
+  partition (the public inputs and the workers' internal re-routing topics)
   (a partition without a committed offset counts from 0: topics keep records forever);
 - per worker, where its metrics port is reachable: ``/metrics`` (stream time, parked
   records, last decided batch per partition) and ``/readyz`` (restore progress,
@@ -150,11 +151,13 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, **client)
     names = [*topics.inputs, *topics.outputs]
+    # the workers' own re-routing topics: consumed like inputs, created by the workers
+    internal = [t for t in topics.consumed if t not in topics.inputs]
     try:
         with quiet("aiokafka"):  # its connection errors repeat the one line we print
             await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT)
             await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT)
-            meta = await admin.describe_topics(names)
+            meta = await admin.describe_topics(names + internal)
             parts = {m["topic"]: len(m["partitions"]) for m in meta
                      if m.get("error_code", 0) == 0 and m["partitions"]}
             if not parts:
@@ -171,7 +174,7 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
                 raise StatusError(f"consumer group {group_id} does not exist on {bootstrap} "
                                   "(no worker has joined it; wrong --group or "
                                   "--topic-prefix?)")
-            tps = [TopicPartition(t, p) for t in names for p in range(parts[t])]
+            tps = [TopicPartition(t, p) for t in names + internal for p in range(parts.get(t, 0))]
             ends = await consumer.end_offsets(tps)
     except (TimeoutError, KafkaError, OSError) as e:
         raise StatusError(f"cannot reach the Kafka broker at {bootstrap} "
@@ -196,8 +199,8 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
         workers.append(WorkerStatus(member_id, client_id, client_host.lstrip("/"),
                                     sorted(owned), url))
     partitions = []
-    for t in topics.inputs:
-        for p in range(parts[t]):
+    for t in topics.consumed:
+        for p in range(parts.get(t, 0)):
             tp = TopicPartition(t, p)
             c = committed.get(tp)
             off = c.offset if c is not None and c.offset >= 0 else None

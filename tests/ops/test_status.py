@@ -42,7 +42,7 @@ def test_status_of_a_running_then_stopped_engine(
         assert ws.metrics_url == f"http://127.0.0.1:{port}" and ws.reachable and ws.ready
         assert ws.partitions == list(range(PARTITIONS))
         assert [(p.topic, p.partition) for p in report.partitions] == \
-            [(t, p) for t in topics.inputs for p in range(PARTITIONS)]
+            [(t, p) for t in topics.consumed for p in range(PARTITIONS)]
         enrollments = sum(1 for ln in sc.enrollments.read_text().splitlines() if ln.strip())
         transactions = sum(1 for ln in sc.transactions.read_text().splitlines() if ln.strip())
         ends = {t: sum(p.end for p in report.partitions if p.topic == t) for t in topics.inputs}
@@ -50,7 +50,9 @@ def test_status_of_a_running_then_stopped_engine(
         assert ends[topics.enrollments] >= enrollments / 100
         assert ends[topics.transactions] >= transactions / 100
         for p in report.partitions:
-            assert p.owner == ws.member_id and p.committed == p.end and p.lag == 0
+            assert p.owner == ws.member_id and p.lag == 0
+            # an empty partition (an unused re-routing one) has nothing to commit
+            assert p.committed == p.end or (p.committed is None and p.end == 0)
             assert p.parked is not None and p.parked >= 0
             if p.end:
                 assert p.stream_time is not None and p.stream_time > 1.5e9
@@ -69,7 +71,7 @@ def test_status_of_a_running_then_stopped_engine(
                       topic_prefix, "--group", topics.group_id, "--json")
         doc = json.loads(r.stdout)
         assert (r.returncode, doc["verdict"], doc["exit_code"]) == (0, "healthy", 0)
-        assert len(doc["partitions"]) == 2 * PARTITIONS
+        assert len(doc["partitions"]) == len(topics.consumed) * PARTITIONS
     finally:
         w.stop()
 
