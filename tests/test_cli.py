@@ -3,6 +3,7 @@ error when the broker is not there."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -81,6 +82,12 @@ def test_status_without_broker_exits_2_with_one_line() -> None:
         (line,) = r.stderr.strip().splitlines()
         assert line.startswith(f"mynapoint status: cannot reach the Kafka broker at "
                                f"127.0.0.1:{port}")
+        if extra:  # a script reading --json gets the verdict too
+            doc = json.loads(r.stdout)
+            assert (doc["verdict"], doc["exit_code"]) == ("down", 2)
+            assert doc["error"] == line.removeprefix("mynapoint status: ")
+        else:
+            assert r.stdout == ""
 
 
 def test_status_with_unusable_client_config_exits_2(tmp_path: Path) -> None:

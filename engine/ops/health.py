@@ -24,11 +24,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from wsgiref.simple_server import WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.exposition import ThreadingWSGIServer
 
 # Longer than any batch or restore step takes on the event loop, so that only a
 # stuck loop (not a busy one) fails the liveness probe.
@@ -37,6 +37,12 @@ BEAT_SECONDS = 1.0
 BROKER_PROBE_SECONDS = 2.0
 CLIENT_ID_PREFIX = "mynapoint-worker"
 _WILDCARDS = {"", "0.0.0.0", "::"}
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # a probe every few seconds would flood stderr with access lines
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 class Readiness:
@@ -217,7 +223,7 @@ def serve(registry: CollectorRegistry, port: int, addr: str,
         address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
 
     httpd = make_server(addr, port, make_app(registry, readiness), Server,
-                        handler_class=_SilentHandler)
+                        handler_class=_QuietHandler)
     threading.Thread(target=httpd.serve_forever, daemon=True,
                      name="mynapoint-metrics").start()
     return httpd

@@ -40,6 +40,7 @@ CONNECT_TIMEOUT = 15.0
 HTTP_TIMEOUT = 2.0
 HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
 EXIT_CODES = {HEALTHY: 0, DEGRADED: 1, DOWN: 2}
+REBALANCING = ("PreparingRebalance", "CompletingRebalance")
 _PER_PARTITION = {"mynapoint_stream_time_seconds": "stream_time",
                   "mynapoint_parked_records": "parked",
                   "mynapoint_last_batch_timestamp_seconds": "last_batch"}
@@ -212,13 +213,17 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
 
 
 def judge(workers: list[WorkerStatus], partitions: list[PartitionStatus],
-          stale_after: float, max_lag: int) -> tuple[str, list[str]]:
+          stale_after: float, max_lag: int, group_state: str = "Stable"
+          ) -> tuple[str, list[str]]:
     """The verdict and its reasons, most severe first."""
     if not workers:
         return DOWN, ["no worker is running in the consumer group: nothing is decided"]
     reasons = []
     unowned = [f"{p.topic}/{p.partition}" for p in partitions if p.owner is None]
-    if unowned:
+    if group_state in REBALANCING:
+        # assignments are being handed out: "no worker" would be the wrong alarm
+        reasons.append(f"the consumer group is rebalancing ({group_state})")
+    elif unowned:
         reasons.append(f"{len(unowned)} input partitions have no worker: "
                        + ", ".join(unowned[:8]) + (" …" if len(unowned) > 8 else ""))
     for w in workers:
@@ -249,7 +254,7 @@ async def status(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
         p.parked = None if parked is None else int(parked)
         last = gauges["last_batch"].get(p.partition)
         p.last_batch_age = None if last is None else max(now - last, 0.0)
-    verdict, reasons = judge(workers, partitions, stale_after, max_lag)
+    verdict, reasons = judge(workers, partitions, stale_after, max_lag, state)
     return Report(bootstrap, topics.group_id, state, verdict, reasons, partitions, workers,
                   outputs)
 

@@ -222,6 +222,8 @@ class Worker:
                     self.readiness.restored(p)
                 self.metrics.set_refused(p, False)  # a 0 series, so dashboards show it
                 self.metrics.set_parked(p, len(store.parked))
+                if store.meta.stream_time != NO_TIME:  # status shows it before a batch
+                    self.metrics.set_stream_time(p, store.meta.stream_time / 1e6)
                 self.metrics.set_assigned_partitions(len(self.stores))
                 log.info("assigned partitions %s", sorted(self.stores))
                 return
@@ -233,7 +235,7 @@ class Worker:
                 self.readiness.refuse(p, str(e))
                 log.error("partition %d refused: %s. Nothing is decided on it until an "
                           "operator runs `mynapoint admin rebuild-state --partition %d` "
-                          "(docs/RUNBOOK.md)", p, e, p)
+                          "(docs/RUNBOOK.md)", p, e, p, extra={"partition": p})
                 return
             except asyncio.CancelledError:
                 if store is not None:
@@ -243,7 +245,7 @@ class Worker:
                 if store is not None:
                     store.close()
                 log.warning("taking over partition %d failed (%s: %s); retrying in %.1f s",
-                            p, type(e).__name__, e, delay)
+                            p, type(e).__name__, e, delay, extra={"partition": p})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:

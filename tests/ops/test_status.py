@@ -82,6 +82,23 @@ def test_status_of_a_running_then_stopped_engine(
     assert r.returncode == 2 and doc["verdict"] == "down"
     assert doc["reasons"] == ["no worker is running in the consumer group: nothing is decided"]
     assert all(p["owner"] is None and p["lag"] == 0 for p in doc["partitions"])
+    stream_times = {(p.topic, p.partition): p.stream_time for p in report.partitions}
+
+    # a restarted worker shows the stream time of the state it restored, before it
+    # has decided any batch (nothing is left to decide)
+    w2 = worker(kafka_broker.bootstrap, topic_prefix, tmp_path / "logs", name="w2")
+    w2.args += ["--metrics-port", str(port)]
+    w2.start()
+    try:
+        poll(f"http://127.0.0.1:{port}/readyz", 200)
+        again = asyncio.run(status_mod.status(kafka_broker.bootstrap, topics))
+        assert again.verdict == "healthy", again.reasons
+        for p in again.partitions:
+            assert p.last_batch_age is None
+            if p.end and p.topic in topics.inputs:
+                assert p.stream_time == stream_times[(p.topic, p.partition)]
+    finally:
+        w2.stop()
 
 
 def test_status_errors_are_one_line(kafka_broker: local.Broker, topic_prefix: str) -> None:
@@ -125,3 +142,10 @@ def test_verdicts(workers, partitions, verdict: str, why: str | None) -> None:
     if why:
         assert why in reasons[0]
     assert status_mod.EXIT_CODES[got] == {"healthy": 0, "degraded": 1, "down": 2}[got]
+
+
+def test_rebalancing_group_is_degraded_without_blaming_partitions() -> None:
+    got, reasons = judge([_w("a")], [_p(None), _p(None)], 60.0, 100_000,
+                         group_state="PreparingRebalance")
+    assert got == "degraded"
+    assert reasons == ["the consumer group is rebalancing (PreparingRebalance)"]
