@@ -98,3 +98,18 @@ def test_status_with_unusable_client_config_exits_2(tmp_path: Path) -> None:
     (line,) = r.stderr.strip().splitlines()
     assert str(f) in line and "user name and password" in line
     assert "topsecret" not in r.stderr + r.stdout
+
+
+def test_worker_with_metrics_port_taken_exits_2_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = mynapoint("worker", "--broker", f"127.0.0.1:{closed_port()}", "--state-dir",
+                      str(tmp_path / "state"), "--metrics-port", str(port))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line == f"mynapoint worker: cannot serve metrics on port {port}: " \
+                   "Address already in use"

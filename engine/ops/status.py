@@ -61,6 +61,7 @@ class PartitionStatus:
     stream_time: float | None = None  # Unix seconds
     parked: int | None = None
     last_batch_age: float | None = None  # seconds since the owner last decided a batch
+    internal: bool = False  # one of the workers' re-routing topics
 
 
 @dataclass
@@ -206,7 +207,8 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
             c = committed.get(tp)
             off = c.offset if c is not None and c.offset >= 0 else None
             partitions.append(PartitionStatus(t, p, owner.get((t, p)), off, ends[tp],
-                                              max(ends[tp] - (off or 0), 0)))
+                                              max(ends[tp] - (off or 0), 0),
+                                              internal=t in internal))
     outputs = {t: {str(p): ends[TopicPartition(t, p)] for p in range(parts[t])}
                for t in topics.outputs}
     return state, workers, partitions, outputs
@@ -282,9 +284,12 @@ def render(report: Report) -> None:
                      no_wrap=True)
     for p in report.partitions:
         st = None if p.stream_time is None else format_utc(int(p.stream_time * 1e6))[:19]
+        # stream time, parked and last batch belong to the partition number: shown
+        # once, on the public topics' rows
+        per_partition = ["", "", ""] if p.internal else [
+            opt(st), opt(p.parked, "{:,}"), opt(p.last_batch_age, "{:.0f} s ago")]
         t.add_row(p.topic, str(p.partition), names.get(p.owner or "", "NONE"),
-                  opt(p.committed, "{:,}"), f"{p.end:,}", f"{p.lag:,}", opt(st),
-                  opt(p.parked, "{:,}"), opt(p.last_batch_age, "{:.0f} s ago"))
+                  opt(p.committed, "{:,}"), f"{p.end:,}", f"{p.lag:,}", *per_partition)
     con.print(t)
     w = Table(title="Workers")
     for col in ("worker", "partitions", "metrics", "ready", "restoring"):

@@ -562,7 +562,12 @@ async def run_worker(args: argparse.Namespace) -> int:
     readiness = health.Readiness()
     client_id = health.CLIENT_ID_PREFIX
     if args.metrics_port:
-        server = metrics.serve(args.metrics_port, readiness=readiness)
+        try:
+            server = metrics.serve(args.metrics_port, readiness=readiness)
+        except OSError as e:
+            print(f"mynapoint worker: cannot serve metrics on port {args.metrics_port}: "
+                  f"{e.strerror or e}", file=sys.stderr)
+            return 2
         host, port = server.server_address[:2]
         client_id = health.advertised_client_id(str(host), int(port))
     w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,

@@ -49,6 +49,8 @@ def test_status_of_a_running_then_stopped_engine(
         # batch messages of 100 records: the message count is what Kafka's offsets count
         assert ends[topics.enrollments] >= enrollments / 100
         assert ends[topics.transactions] >= transactions / 100
+        assert {p.topic for p in report.partitions if p.internal} == \
+            set(topics.consumed) - set(topics.inputs)
         for p in report.partitions:
             assert p.owner == ws.member_id and p.lag == 0
             # an empty partition (an unused re-routing one) has nothing to commit
