@@ -589,7 +589,7 @@ async def run_worker(args: argparse.Namespace) -> int:
         return 2
     assert w.consumer is not None
     watch = asyncio.create_task(
-        health.watch_broker(readiness, w.consumer._client.fetch_all_metadata,
+        health.watch_broker(readiness, w.consumer.topics,  # a metadata request
                             on_change=metrics.set_up))
     print(f"mynapoint worker: consuming {', '.join(w.topics.inputs)} "
           f"({w.partitions} partitions) from {args.broker}", flush=True)

@@ -151,3 +151,24 @@ def test_rebalancing_group_is_degraded_without_blaming_partitions() -> None:
                          group_state="PreparingRebalance")
     assert got == "degraded"
     assert reasons == ["the consumer group is rebalancing (PreparingRebalance)"]
+
+
+def test_render_names_unreachable_workers_and_ends_with_the_verdict(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    workers = [WorkerStatus("m1", "mynapoint-worker@10.0.0.5:9100", "10.0.0.5", [0],
+                            "http://10.0.0.5:9100"),
+               WorkerStatus("m2", "mynapoint-worker@:9100", "10.0.0.6", [1],
+                            "http://10.0.0.6:9100", True, False,
+                            "restoring state of partitions 1", {"1": {"remaining": 1200}})]
+    parts = [PartitionStatus("x.transactions", 0, "m1", 5, 9, 4),
+             PartitionStatus("x.transactions", 1, "m2", None, 3, 3, 1.6e9, 2, 4.0)]
+    verdict, reasons = judge(workers, parts, 60.0, 100_000)
+    status_mod.render(status_mod.Report("b:9092", "x-engine", "Stable", verdict, reasons,
+                                        parts, workers, {"x.grants": {"0": 7, "1": 5}}))
+    out = capsys.readouterr().out
+    lines = out.rstrip().splitlines()
+    assert lines[-1] == ("DEGRADED: worker mynapoint-worker@:9100 (10.0.0.6) not ready: "
+                         "restoring state of partitions 1")
+    assert "unreachable" in out and "p1: 1,200 records left" in out
+    assert "2020-09-13T12:26:40" in out and "4 s ago" in out
+    assert "x.grants" in out and "12" in out
