@@ -41,6 +41,7 @@ _COMMANDS = {
     "collect": "engine.streams.collect:main",
     "status": "engine.ops.status:main",
     "demo": "engine.demo:main",
+    "admin": "engine.streams.rebuild:main",
 }
 
 
@@ -139,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "long is stalled (default 60)")
     st.add_argument("--max-lag", type=int, default=100_000,
                     help="more unread records than this on a partition is degraded")
+
+    a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
+    a.add_argument("action", choices=["rebuild-state"],
+                   help="rebuild-state: void the state of partitions and decide their "
+                        "input again from the beginning (workers must be stopped)")
+    a.add_argument("--partition", type=int, action="append", default=[],
+                   help="partition to rebuild (repeatable; default: all)")
+    a.add_argument("--broker", default=DEFAULT_BROKER)
+    a.add_argument("--topic-prefix", default="mynapoint")
+    a.add_argument("--group", default=None,
+                   help="the workers' consumer group (default: <topic-prefix>-engine)")
 
     d = sub.add_parser("demo", help="the main job, end to end on a local broker")
     d.add_argument("--users", type=int, default=20_000)

@@ -107,7 +107,7 @@ class Campaign:
     park_timeout: int = 24 * 3600 * US_PER_SECOND
     # Distinct transactions kept per person (engine limit, not a campaign term): a
     # person's state must fit one changelog message. See docs/DECISIONS.md.
-    person_limit: int = 5_000
+    person_limit: int = 3_000
 
 
 @dataclass(frozen=True)

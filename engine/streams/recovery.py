@@ -3,14 +3,10 @@
 A worker that is assigned partition ``p`` runs, outside the rebalance callback (so
 heartbeats go on however long it takes):
 
-1. :func:`check_positions` — the committed input offsets of ``p`` carry, as commit
-   metadata, the changelog position they were committed with and a checksum of
-   the last input message decided. If the changelog now ends before that
-   position (deleted or recreated), or an input partition ends before its
-   committed offset or holds a different message there (topic recreated), the
-   state and the input no longer belong together: deciding on would grant from
-   forgotten state or skip new records silently. The partition is refused with
-   a one-line reason (:class:`Refused`) until ``mynapoint admin rebuild-state``.
+1. :func:`check_changelog` — the committed input offsets of ``p`` carry, as
+   commit metadata, the changelog position they were committed with. If the
+   changelog now ends before it (deleted or recreated while the offsets
+   survived), deciding on would grant again from forgotten state.
 2. :func:`write_fence` — a fence record on changelog partition ``p``. Every
    state record a worker writes carries the offset of its own fence
    (``FENCE_HEADER``); on restore a record tagged with an older fence than the
@@ -18,6 +14,15 @@ heartbeats go on however long it takes):
    lost ``p`` but went on writing) and is ignored.
 3. :func:`restore` — the changelog from the local checkpoint's offset up to and
    including the fence: only the tail when this machine held ``p`` before.
+4. :func:`check_inputs` — the restored state records, per consumed topic, the
+   next offset it decided and a checksum of the last message. If an input
+   partition now ends before that offset or holds another message there, the
+   topic was recreated (Kafka then also forgets the group's offsets for it):
+   its new records would fall below the people's high-water marks and be
+   skipped.
+
+A failed check raises :class:`Refused`: the partition is not decided, with a
+one-line reason and a metric, until ``mynapoint admin rebuild-state``.
 """
 
 from __future__ import annotations
@@ -48,13 +53,10 @@ def message_crc(key: bytes | None, value: bytes | None) -> int:
     return zlib.crc32(value or b"", zlib.crc32(key or b""))
 
 
-def commit_metadata(changelog_next: int, last: Any | None) -> str:
+def commit_metadata(changelog_next: int) -> str:
     """Commit metadata for an input partition: the changelog position the state
-    had when these offsets were committed, and the last decided message's crc."""
-    meta: dict[str, int] = {"cl": changelog_next}
-    if last is not None:
-        meta["h"] = message_crc(last.key, last.value)
-    return orjson.dumps(meta).decode()
+    had when these offsets were committed."""
+    return orjson.dumps({"cl": changelog_next}).decode()
 
 
 def _parse_metadata(text: str | None) -> dict[str, int]:
@@ -65,39 +67,42 @@ def _parse_metadata(text: str | None) -> dict[str, int]:
     return meta if isinstance(meta, dict) else {}
 
 
-async def check_positions(admin: AIOKafkaAdminClient, reader: AIOKafkaConsumer, topics: Topics,
-                          p: int, changelog_end: int) -> None:
-    """Raise :class:`Refused` when the committed positions of partition ``p`` do
-    not match the changelog and input partitions as they are now."""
+async def check_changelog(admin: AIOKafkaAdminClient, topics: Topics, p: int,
+                          changelog_end: int) -> None:
+    """Raise :class:`Refused` when the group's committed offsets of partition ``p``
+    were committed with more changelog than there now is."""
     tps = [TopicPartition(t, p) for t in topics.consumed]
     committed = await admin.list_consumer_group_offsets(topics.group_id, partitions=tps)
-    mine = {tp: om for tp, om in committed.items() if om is not None and om.offset >= 0}
-    if not mine:
-        return  # never committed: a first start, nothing to contradict
-    ends = await reader.end_offsets(list(mine))
-    starts = await reader.beginning_offsets(list(mine))
-    need_cl = -1
-    for tp, om in mine.items():
-        meta = _parse_metadata(om.metadata)
-        need_cl = max(need_cl, meta.get("cl", -1))
-        if ends[tp] < om.offset:
-            raise Refused(f"{tp.topic}/{p} ends at offset {ends[tp]} but the engine already "
-                          f"decided up to {om.offset}: the input topic was deleted or "
-                          "recreated")
-        if "h" in meta and om.offset - 1 >= starts[tp]:
-            reader.assign([tp])
-            reader.seek(tp, om.offset - 1)
-            got = await reader.getmany(tp, timeout_ms=5_000, max_records=1)
-            msgs = got.get(tp, [])
-            if msgs and msgs[0].offset == om.offset - 1 and \
-                    message_crc(msgs[0].key, msgs[0].value) != meta["h"]:
-                raise Refused(f"{tp.topic}/{p} offset {om.offset - 1} holds another message "
-                              "than the one the engine decided: the input topic was "
-                              "recreated")
-    if changelog_end < need_cl:
+    need = max((_parse_metadata(om.metadata).get("cl", -1) for om in committed.values()
+                if om is not None and om.offset >= 0), default=-1)
+    if changelog_end < need:
         raise Refused(f"{topics.changelog}/{p} ends at offset {changelog_end} but the "
-                      f"committed input positions need its first {need_cl} records: the "
+                      f"committed input positions need its first {need} records: the "
                       "state changelog was deleted or recreated")
+
+
+async def check_inputs(reader: AIOKafkaConsumer, store: ShardStore, p: int) -> None:
+    """Raise :class:`Refused` when an input partition no longer holds, where the
+    restored state says it decided up to, the message it decided there."""
+    seen = {TopicPartition(t, p): pos for t, pos in store.meta.inputs.items()}
+    if not seen:
+        return
+    ends = await reader.end_offsets(list(seen))
+    starts = await reader.beginning_offsets(list(seen))
+    for tp, (nxt, crc) in seen.items():
+        if ends[tp] < nxt:
+            raise Refused(f"{tp.topic}/{p} ends at offset {ends[tp]} but the state has "
+                          f"decided it up to offset {nxt}: the input topic was deleted or "
+                          "recreated")
+        if nxt - 1 < starts[tp]:
+            continue  # that message is past retention: nothing left to compare
+        reader.assign([tp])
+        reader.seek(tp, nxt - 1)
+        got = await reader.getmany(tp, timeout_ms=5_000, max_records=1)
+        msgs = [m for m in got.get(tp, []) if m.offset == nxt - 1]
+        if msgs and message_crc(msgs[0].key, msgs[0].value) != crc:
+            raise Refused(f"{tp.topic}/{p} offset {nxt - 1} holds another message than the "
+                          "one the state decided there: the input topic was recreated")
 
 
 async def write_fence(producer: AIOKafkaProducer, topics: Topics, p: int,

@@ -73,6 +73,9 @@ class ShardMeta(msgspec.Struct):
     changelog_offset: int = -1
     # offset of the newest fence record applied (engine.streams.recovery)
     fence: int = -1
+    # consumed topic -> [next offset decided, crc of the last message decided there]:
+    # how a take-over tells that an input topic was recreated under the state
+    inputs: dict[str, list[int]] = msgspec.field(default_factory=dict)
 
 
 class Fence(msgspec.Struct):
@@ -180,6 +183,7 @@ class ShardStore:
             if k == meta_key:
                 m = decode_meta(v)
                 self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
+                self.meta.inputs = m.inputs
             else:
                 wb.put(k, v)
         wb.put(meta_key, encode(self.meta))

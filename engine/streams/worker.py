@@ -259,7 +259,7 @@ class Worker:
         assert self.admin is not None and self.producer is not None
         tp = TopicPartition(self.topics.changelog, p)
         end = (await reader.end_offsets([tp]))[tp]
-        await recovery.check_positions(self.admin, reader, self.topics, p, end)
+        await recovery.check_changelog(self.admin, self.topics, p, end)
         if store.meta.changelog_offset >= end:
             # a local copy ahead of the changelog belongs to another history
             store.close()
@@ -269,8 +269,9 @@ class Worker:
         t0 = time.perf_counter()
         read, ignored = await recovery.restore(reader, self.topics, store, p, fence,
                                                self._restore_progress)
-        store.rebuild_parked_index(self.campaign.park_timeout)
         self.metrics.fenced_records_ignored(ignored)
+        await recovery.check_inputs(reader, store, p)
+        store.rebuild_parked_index(self.campaign.park_timeout)
         log.info("partition %d restored: %d changelog records read (%d of a fenced-off "
                  "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0,
                  extra={"partition": p})
@@ -407,6 +408,10 @@ class Worker:
                 offsets.pop(tt, None)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
+            inputs = self.stores[p].meta.inputs
+            for topic, msgs in topics.items():
+                inputs[topic] = [msgs[-1].offset + 1,
+                                 recovery.message_crc(msgs[-1].key, msgs[-1].value)]
             t = self.topics
             enr = self._decode(topics, t.enrollments, t.reroute_enrollments, "enrollment")
             txn = self._decode(topics, t.transactions, t.reroute_transactions, "transaction")
@@ -459,7 +464,7 @@ class Worker:
                 m.offset + 1,
                 recovery.commit_metadata(max(last_cl.get(tp.partition, -1),
                                              self.stores[tp.partition].meta.changelog_offset)
-                                         + 1, m))
+                                         + 1))
                 for tp, m in offsets.items()}
             try:
                 await self.consumer.commit(meta)
@@ -489,9 +494,15 @@ class Worker:
         """Crash injection for tests: ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs
         this worker right after ``stage`` ("outputs" acknowledged, "state" in the
         changelog, or "commit" done and the local checkpoint written) of its
-        ``batch``-th batch (0-based), before anything else happens."""
-        if os.environ.get("MYNAPOINT_CRASH_AT") == f"{stage}:{self.batches}":
+        ``batch``-th batch (0-based), before anything else happens.
+        ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead."""
+        here = f"{stage}:{self.batches}"
+        if os.environ.get("MYNAPOINT_CRASH_AT") == here:
             os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get("MYNAPOINT_STALL_AT") == here:
+            # a frozen worker (GC pause, SIGSTOP): the test resumes it with SIGCONT
+            log.warning("stalling at %s (test fault injection)", here)
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def _decode(self, topics: dict[str, list[Any]], public: str, internal: str,
                 record_type: str) -> InBatch | None:
@@ -541,11 +552,13 @@ class Worker:
                 m.observe_points([res.points])
             if res.clawed_back:
                 m.observe_points([-res.clawed_back])
+            store = self.stores.get(p)
+            if store is None:  # dropped: this worker lost the partition meanwhile
+                continue
             m.set_parked(p, res.parked)
             m.set_last_batch(p, time.time())
-            st = self.stores[p].meta.stream_time
-            if st != NO_TIME:
-                m.set_stream_time(p, st / 1e6)
+            if store.meta.stream_time != NO_TIME:
+                m.set_stream_time(p, store.meta.stream_time / 1e6)
         m.observe_batch(n_rec, seconds)
         self.batches += 1
         self.records += n_rec
