@@ -18,7 +18,7 @@ DESCRIPTION = """\
 Mynapoint settlement engine: decides, for every enrollment and transaction a payment
 operator sends, whether it earns Mynapoint points, and emits one grant or rejection
 per record. Settle files offline (generate, settle) or run the streaming engine on
-Kafka (kafka, worker, publish, collect, status)."""
+Kafka (kafka, worker, publish, collect, status, admin)."""
 EPILOG = """\
 Run `mynapoint COMMAND --help` for a command's options. Exit codes: 0 success,
 1 a check failed or results are incomplete, 2 bad input, configuration or broker

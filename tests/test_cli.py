@@ -28,7 +28,7 @@ def test_top_level_help_is_for_users() -> None:
     assert "Argument parsing" not in r.stdout and "imports its" not in r.stdout
     assert "Mynapoint settlement engine" in r.stdout
     for command in ("generate", "settle", "kafka", "worker", "publish", "collect",
-                    "status", "demo"):
+                    "status", "admin", "demo"):
         assert f"    {command}" in r.stdout, command
     assert "Exit codes" in r.stdout
 
