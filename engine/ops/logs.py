@@ -96,6 +96,7 @@ def configure(fmt: str = "text", level: int = logging.WARNING,
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("mynapoint").setLevel(own_level)
+    logging.captureWarnings(True)  # Python warnings become log lines in the same format
 
 
 @contextmanager

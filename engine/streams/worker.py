@@ -604,8 +604,12 @@ async def run_worker(args: argparse.Namespace) -> int:
     watch = asyncio.create_task(
         health.watch_broker(readiness, w.consumer.topics,  # a metadata request
                             on_change=metrics.set_up))
-    print(f"mynapoint worker: consuming {', '.join(w.topics.inputs)} "
-          f"({w.partitions} partitions) from {args.broker}", flush=True)
+    started = (f"consuming {', '.join(w.topics.inputs)} ({w.partitions} partitions) "
+               f"from {args.broker}")
+    if getattr(args, "log_format", "text") == "json":
+        log.info(started)  # every line a JSON object, for log shippers
+    else:
+        print(f"mynapoint worker: {started}", flush=True)
     try:
         await w.run()
     finally:

@@ -21,6 +21,7 @@ def capture() -> Iterator[tuple[io.StringIO, logging.Handler]]:
     saved = root.handlers[:], root.level, logging.getLogger("mynapoint").level
     stream = io.StringIO()
     yield stream, root
+    logging.captureWarnings(False)
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
     logging.getLogger("mynapoint").setLevel(saved[2])
@@ -77,6 +78,18 @@ def test_no_individual_number_or_password_in_any_format(capture, fmt: str) -> No
         assert not out.lstrip().startswith("{")
     else:
         assert all(json.loads(x) for x in out.splitlines() if x.startswith("{"))
+
+
+def test_python_warnings_are_log_lines_too(capture) -> None:
+    import warnings
+
+    stream, _ = capture
+    configured("json", stream)
+    warnings.warn(f"deprecated thing near {INDIVIDUAL_NUMBER}", UserWarning, stacklevel=1)
+    (line,) = stream.getvalue().splitlines()
+    doc = json.loads(line)
+    assert doc["logger"] == "py.warnings" and doc["level"] == "WARNING"
+    assert "deprecated thing" in doc["message"] and INDIVIDUAL_NUMBER not in line
 
 
 def test_redaction_keeps_other_numbers() -> None:
