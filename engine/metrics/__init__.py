@@ -31,10 +31,10 @@ from prometheus_client import (
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from engine.rules.model import ENROLLMENT_REASONS, TRANSACTION_REASONS, Reason
+
 if TYPE_CHECKING:
     from engine.ops.health import Readiness
-
-from engine.rules.model import ENROLLMENT_REASONS, TRANSACTION_REASONS, Reason
 
 METRICS_ADDR_ENV = "MYNAPOINT_METRICS_ADDR"
 RECORD_TYPES = ("transaction", "enrollment")
