@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "offsets; a verdict. Exit 0 healthy, 1 degraded, 2 down or "
                     "unreachable. Reads the consumer group from the broker and each "
                     "worker's metrics port where reachable.")
-    st.add_argument("--broker", default=DEFAULT_BROKER)
+    st.add_argument("--broker", default=DEFAULT_BROKER,
+                    help=f"bootstrap server (default {DEFAULT_BROKER})")
     st.add_argument("--client-config", default=None, metavar="FILE",
                     help="Kafka client properties (security.protocol, sasl.*, ssl.*)")
     st.add_argument("--topic-prefix", default="mynapoint")
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a partition with unread records and no batch decided for this "
                          "long is stalled (default 60)")
     st.add_argument("--max-lag", type=int, default=100_000,
-                    help="more unread records than this on a partition is degraded")
+                    help="more unread records than this on a partition is degraded "
+                         "(default 100000)")
 
     a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
     a.add_argument("action", choices=["rebuild-state"],
