@@ -144,7 +144,7 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
     from engine.ops.logs import quiet
 
@@ -178,8 +178,11 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
                                   "--topic-prefix?)")
             tps = [TopicPartition(t, p) for t in names + internal for p in range(parts.get(t, 0))]
             ends = await consumer.end_offsets(tps)
-    except (TimeoutError, KafkaError, OSError) as e:
+    except (TimeoutError, KafkaConnectionError, OSError) as e:
         raise StatusError(f"cannot reach the Kafka broker at {bootstrap} "
+                          f"({describe_error(e)})") from None
+    except KafkaError as e:  # reached, but refused (e.g. an ACL) or failed
+        raise StatusError(f"the Kafka broker at {bootstrap} refused a request "
                           f"({describe_error(e)})") from None
     finally:
         with quiet("aiokafka"):

@@ -172,3 +172,24 @@ def test_render_names_unreachable_workers_and_ends_with_the_verdict(
     assert "unreachable" in out and "p1: 1,200 records left" in out
     assert "2020-09-13T12:26:40" in out and "4 s ago" in out
     assert "x.grants" in out and "12" in out
+
+
+def test_a_refused_request_is_one_error_not_a_connection_failure(
+        kafka_broker: local.Broker, topic_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # what a broker with ACLs answers a principal without DESCRIBE on the group
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import GroupAuthorizationFailedError
+
+    from engine.streams import publish as publish_mod
+
+    async def refuse(*_a: object, **_k: object) -> None:
+        raise GroupAuthorizationFailedError("not authorized")
+
+    asyncio.run(publish_mod.ensure_topics_settled(kafka_broker.bootstrap,
+                                                  Topics(topic_prefix), 2))
+    monkeypatch.setattr(AIOKafkaAdminClient, "describe_consumer_groups", refuse)
+    with pytest.raises(status_mod.StatusError) as e:
+        asyncio.run(status_mod.status(kafka_broker.bootstrap, Topics(topic_prefix)))
+    assert str(e.value).startswith(f"the Kafka broker at {kafka_broker.bootstrap} refused "
+                                   "a request (GroupAuthorizationFailedError")
