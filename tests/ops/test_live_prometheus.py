@@ -28,7 +28,7 @@ from engine.kafka import local
 from engine.streams.process import WorkerProcess
 from tests.ops.http import get_json, wait_until
 from tests.streams.harness import make_scenario, publish, topics_for, worker
-from tests.test_deploy import ALERTS, dashboard_exprs
+from tests.test_deploy import ALERTS, dashboard_exprs, runbook_queries
 
 JOB = "mynapoint-worker"
 GRAFANA_VARIABLES = {"$__range": "5m", "$__rate_interval": "1m", "$__interval": "1m"}
@@ -167,6 +167,10 @@ def test_dashboard_and_alerts_on_a_live_prometheus(
         empty = [q for q in queries if not prom.query(q)]
         assert not empty, f"panel queries without data: {empty}"
         assert prom.value("sum(mynapoint_points_granted_total)") > 0
+        # the runbook's "how to confirm" queries all run (data or not: they look for
+        # trouble); query() asserts Prometheus accepted each one
+        for q in runbook_queries():
+            prom.query(q)
         assert prom.value('sum(mynapoint_bad_messages_total{kind="invalid_json"})') >= 1
 
         rules = wait_until("every rule to be evaluated", lambda: (
