@@ -71,6 +71,10 @@ class Topics:
         return (self.enrollments, self.transactions)
 
     @property
+    def outputs(self) -> tuple[str, str]:
+        return (self.grants, self.rejections)
+
+    @property
     def consumed(self) -> tuple[str, str, str, str]:
         """Every topic a worker reads: the public inputs and its own re-routing
         topics, co-partitioned, so that one worker owns partition p of all four."""
