@@ -124,6 +124,8 @@ def _ledger_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     ld.add_argument("--idle-timeout", type=float, default=10.0,
                     help="without --follow: stop after this many seconds without news "
                          "even if not caught up")
+    ld.add_argument("--max-batch", type=int, default=20_000,
+                    help="messages per ledger transaction")
 
     st = ls.add_parser("statements", help="monthly statements per operator")
     st.add_argument("--ledger", required=True)

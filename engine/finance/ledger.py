@@ -194,7 +194,7 @@ def _judge(con: Any, kind: str, new: str, kept: str, key: str, differs: str,
     copies, conflicts = con.execute(
         f"SELECT count(*), count(*) FILTER (WHERE {differs}) FROM {new} a "
         f"JOIN {kept} b ON a.{key} = b.{key} {extra}").fetchone()
-    res.copies, res.conflicts = copies, conflicts
+    res.copies, res.conflicts = copies - conflicts, conflicts
     if conflicts:
         schema = KINDS[kind][2]
         diff_cols = ", ".join(
@@ -246,3 +246,12 @@ def load_parquet_dir(con: Any, out_dir: str | Path) -> AppendResult:
 
 class InputError(ValueError):
     """An input file is unusable. ``str()`` names the file, line or column, and problem."""
+
+
+def read_table(con: Any, kind: str) -> pa.Table:
+    """A ledger table as Arrow with exactly the output schema, ordered by its key."""
+    table, key, schema = KINDS[kind]
+    t = con.execute(f"SELECT * FROM {table} ORDER BY {key}").to_arrow_table()
+    return pa.Table.from_arrays([t[c].cast(f.type) for c, f in zip(schema.names, schema,
+                                                                     strict=True)],
+                                schema=schema)

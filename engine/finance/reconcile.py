@@ -53,13 +53,13 @@ def _finish(con: Any) -> Reconciliation:
     diffs = con.execute(
         "SELECT * FROM _compared WHERE category IS NOT NULL UNION ALL SELECT * FROM _extra "
         "ORDER BY category, txn_id, operator_id, mykey_id, line NULLS FIRST"
-    ).fetch_arrow_table()
+    ).to_arrow_table()
     summary = con.execute(
         "SELECT category, count(*) AS rows, "
         "CAST(coalesce(sum(ledger_points), 0) AS BIGINT) AS ledger_points, "
         "CAST(coalesce(sum(claimed_points), 0) AS BIGINT) AS claimed_points "
         "FROM (SELECT * FROM _compared WHERE category IS NOT NULL UNION ALL "
-        "SELECT * FROM _extra) GROUP BY category ORDER BY category").fetch_arrow_table()
+        "SELECT * FROM _extra) GROUP BY category ORDER BY category").to_arrow_table()
     con.execute("DROP TABLE _compared")
     return Reconciliation(diffs, matched, summary)
 
@@ -145,8 +145,8 @@ def diff(con: Any, against: str) -> LedgerDiff:
                     "NULL::BIGINT AS ledger_points, NULL::BIGINT AS claimed_points, "
                     "NULL::BIGINT AS line) WHERE false")
         res = _finish(con)
-        people = con.execute(DIFF_PEOPLE_SQL).fetch_arrow_table()
-        operators = con.execute(DIFF_OPERATORS_SQL).fetch_arrow_table()
+        people = con.execute(DIFF_PEOPLE_SQL).to_arrow_table()
+        operators = con.execute(DIFF_OPERATORS_SQL).to_arrow_table()
         for stmt in ("DROP TABLE _extra", "DROP VIEW _ours", "DROP VIEW _theirs"):
             con.execute(stmt)
     finally:

@@ -77,7 +77,7 @@ class Statements:
 
 def statements(con: Any, registry: Registry, operators_file: str) -> Statements:
     check_operators(con, registry, operators_file)
-    t = con.execute(STATEMENTS_SQL).fetch_arrow_table()
+    t = con.execute(STATEMENTS_SQL).to_arrow_table()
     t = t.cast(pa.schema([pa.field(f.name, pa.int64() if pa.types.is_integer(f.type)
                                    else f.type) for f in t.schema]))
     ledger_grants, ledger_points = con.execute(
@@ -116,4 +116,4 @@ def settlement(con: Any, registry: Registry, operators_file: str, advances: pa.T
     st = statements(con, registry, operators_file)
     con.register("_statements", st.table)
     con.register("_advances", advances)
-    return con.execute(SETTLEMENT_SQL).fetch_arrow_table()
+    return con.execute(SETTLEMENT_SQL).to_arrow_table()
