@@ -107,16 +107,21 @@ def connect(path: str | Path, *, write: bool = False) -> Any:
         raise LedgerError(f"{p}: not a ledger (DuckDB cannot open it: {first})") from None
     try:
         if fresh:
-            with transaction(con):
-                for stmt in _DDL:
-                    con.execute(stmt)
-                con.executemany("INSERT INTO ledger_meta VALUES (?, ?)",
-                                [["format", LEDGER_FORMAT], ["version", LEDGER_VERSION]])
+            initialize(con)
         _check(con, p)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def initialize(con: Any) -> None:
+    """Create the ledger's tables in an empty database."""
+    with transaction(con):
+        for stmt in _DDL:
+            con.execute(stmt)
+        con.executemany("INSERT INTO ledger_meta VALUES (?, ?)",
+                        [["format", LEDGER_FORMAT], ["version", LEDGER_VERSION]])
 
 
 def _check(con: Any, p: Path) -> None:
