@@ -53,9 +53,10 @@ def _load(args: argparse.Namespace) -> int:
         return run_sink(args)
     if not args.source:
         return _fail("load", "give --from OUT_DIR or --from-kafka")
+    files = ledger.parquet_outputs(args.source)
     con = ledger.connect(args.ledger, write=True)
     try:
-        res = ledger.load_parquet_dir(con, args.source)
+        res = ledger.load_parquet(con, files)
     finally:
         con.close()
     _print_appended(res)
@@ -137,14 +138,14 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from engine.finance import ledger
     from engine.finance.files import write_tables
-    from engine.finance.reconcile import diff
+    from engine.finance.reconcile import diff_files
 
     ledger.connect(args.against).close()  # refuses a file that is not a ledger
     if Path(args.against).resolve() == Path(args.ledger).resolve():
         return _fail("diff", "--against names the same file as --ledger")
     con = ledger.connect(args.ledger)
     try:
-        d = diff(con, args.against)
+        d = diff_files(con, args.against)
     finally:
         con.close()
     write_tables(args.out, {"differences": d.result.differences, "people": d.people,

@@ -115,12 +115,13 @@ def connect(path: str | Path, *, write: bool = False) -> Any:
     return con
 
 
-def initialize(con: Any) -> None:
-    """Create the ledger's tables in an empty database."""
+def initialize(con: Any, database: str = "") -> None:
+    """Create the ledger's tables in an empty database (``database``: an attached one)."""
+    prefix = f"{database}." if database else ""
     with transaction(con):
         for stmt in _DDL:
-            con.execute(stmt)
-        con.executemany("INSERT INTO ledger_meta VALUES (?, ?)",
+            con.execute(stmt.replace("CREATE TABLE ", f"CREATE TABLE {prefix}", 1))
+        con.executemany(f"INSERT INTO {prefix}ledger_meta VALUES (?, ?)",
                         [["format", LEDGER_FORMAT], ["version", LEDGER_VERSION]])
 
 
@@ -214,16 +215,19 @@ def _judge(con: Any, kind: str, new: str, kept: str, key: str, differs: str,
     return res
 
 
-def load_parquet_dir(con: Any, out_dir: str | Path) -> AppendResult:
-    """Append ``grants.parquet`` and ``rejections.parquet`` of a ``settle`` (or
-    ``collect``) output directory in one transaction. Raises :class:`LedgerError`
-    (with ``input=True``) for a missing or wrongly shaped file, writing nothing."""
+def parquet_outputs(out_dir: str | Path) -> dict[str, Path]:
+    """The ``grants.parquet`` and ``rejections.parquet`` of a ``settle`` (or
+    ``collect``) output directory, checked against the output schemas; raises
+    :class:`InputError` for a missing or wrongly shaped file."""
     import pyarrow.parquet as pq
 
     d = Path(out_dir)
     files = {}
     for kind, (table, _key, schema) in KINDS.items():
         f = d / f"{table}.parquet"
+        if not f.is_file():
+            raise InputError(f"{f}: no such file (give the output directory of "
+                             "mynapoint settle or collect)")
         try:
             got = pq.read_schema(f)
         except (OSError, pa.ArrowException) as e:
@@ -237,6 +241,11 @@ def load_parquet_dir(con: Any, out_dir: str | Path) -> AppendResult:
                 raise InputError(f"{f}: column {want.name} has type "
                                  f"{got.field(want.name).type}, expected {want.type}")
         files[kind] = f
+    return files
+
+
+def load_parquet(con: Any, files: dict[str, Path]) -> AppendResult:
+    """Append the files of :func:`parquet_outputs` in one transaction."""
     res = AppendResult()
     with transaction(con):
         for kind, f in files.items():

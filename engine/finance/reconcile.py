@@ -64,10 +64,15 @@ def _finish(con: Any) -> Reconciliation:
     return Reconciliation(diffs, matched, summary)
 
 
+CLAIM_SCHEMA = pa.schema([("operator_id", pa.string()), ("txn_id", pa.string()),
+                          ("mykey_id", pa.string()), ("points", pa.int64()),
+                          ("line", pa.int64())])
+
+
 def reconcile(con: Any, operator: str, claim: pa.Table) -> Reconciliation:
     """``claim``: columns :data:`CLAIM_COLUMNS` plus ``line``, as read by
     :func:`engine.finance.files.read_csv_input`."""
-    con.register("_claim", claim)
+    con.register("_claim", claim.select(CLAIM_SCHEMA.names).cast(CLAIM_SCHEMA))
     params = {"op": operator}
     con.execute("CREATE OR REPLACE TEMP TABLE _claim_rows AS SELECT *, "
                 "row_number() OVER (PARTITION BY mykey_id, txn_id ORDER BY line) AS nth "
@@ -128,29 +133,34 @@ class LedgerDiff:
     operators: pa.Table
 
 
-def diff(con: Any, against: str) -> LedgerDiff:
-    """Compare the ledger open on ``con`` with the ledger file ``against`` (attached
-    read-only): the non-zero grants of every operator, the second ledger in the
-    role of the claim."""
+def diff_files(con: Any, against: str) -> LedgerDiff:
+    """:func:`diff` with the ledger file ``against``, attached read-only."""
     path = against.replace("'", "''")
     con.execute(f"ATTACH '{path}' AS against (READ_ONLY)")
     try:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW _ours AS {_nonzero_grants('main', None)}")
-        con.execute("CREATE OR REPLACE TEMP VIEW _theirs AS SELECT operator_id, mykey_id, "
-                    "txn_id, points, CAST(NULL AS BIGINT) AS line FROM against.grants "
-                    "WHERE points <> 0")
-        con.execute("CREATE OR REPLACE TEMP TABLE _extra AS SELECT * FROM (SELECT "
-                    "NULL::VARCHAR AS category, NULL::VARCHAR AS operator_id, "
-                    "NULL::VARCHAR AS mykey_id, NULL::VARCHAR AS txn_id, "
-                    "NULL::BIGINT AS ledger_points, NULL::BIGINT AS claimed_points, "
-                    "NULL::BIGINT AS line) WHERE false")
-        res = _finish(con)
-        people = con.execute(DIFF_PEOPLE_SQL).to_arrow_table()
-        operators = con.execute(DIFF_OPERATORS_SQL).to_arrow_table()
-        for stmt in ("DROP TABLE _extra", "DROP VIEW _ours", "DROP VIEW _theirs"):
-            con.execute(stmt)
+        return diff(con, "against")
     finally:
         con.execute("DETACH against")
+
+
+def diff(con: Any, against: str) -> LedgerDiff:
+    """Compare the ledger open on ``con`` with the attached ledger database
+    ``against``: the non-zero grants of every operator, the second ledger in the
+    role of the claim."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _ours AS {_nonzero_grants('main', None)}")
+    con.execute("CREATE OR REPLACE TEMP VIEW _theirs AS SELECT operator_id, mykey_id, "
+                f"txn_id, points, CAST(NULL AS BIGINT) AS line FROM {against}.grants "
+                "WHERE points <> 0")
+    con.execute("CREATE OR REPLACE TEMP TABLE _extra AS SELECT * FROM (SELECT "
+                "NULL::VARCHAR AS category, NULL::VARCHAR AS operator_id, "
+                "NULL::VARCHAR AS mykey_id, NULL::VARCHAR AS txn_id, "
+                "NULL::BIGINT AS ledger_points, NULL::BIGINT AS claimed_points, "
+                "NULL::BIGINT AS line) WHERE false")
+    res = _finish(con)
+    people = con.execute(DIFF_PEOPLE_SQL).to_arrow_table()
+    operators = con.execute(DIFF_OPERATORS_SQL).to_arrow_table()
+    for stmt in ("DROP TABLE _extra", "DROP VIEW _ours", "DROP VIEW _theirs"):
+        con.execute(stmt)
     diffs = res.differences.drop_columns(["line"]).rename_columns(
         ["category", "operator_id", "mykey_id", "txn_id", "ledger_points", "against_points"])
     summary = res.summary.rename_columns(["category", "rows", "ledger_points",

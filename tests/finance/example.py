@@ -5,8 +5,9 @@ month, a clawback after the cap, a zero-point grant."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from engine.cli import main
 from engine.finance import ledger
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 
@@ -105,30 +107,45 @@ opd,0,100,-100
 """
 
 
+def fill(con: Any, grants: list[dict[str, Any]],
+         rejections: list[dict[str, Any]] | None = None) -> None:
+    with ledger.transaction(con):
+        for kind, rows, schema in (("grant", grants, GRANT_SCHEMA),
+                                   ("rejection", rejections or [], REJECTION_SCHEMA)):
+            con.register("_t", pa.Table.from_pylist(rows, schema=schema))
+            ledger.append(con, kind, "_t")
+            con.unregister("_t")
+
+
 def make_ledger(path: Path, grants: list[dict[str, Any]],
                 rejections: list[dict[str, Any]] | None = None) -> Path:
     con = ledger.connect(path, write=True)
     try:
-        with ledger.transaction(con):
-            for kind, rows, schema in (("grant", grants, GRANT_SCHEMA),
-                                       ("rejection", rejections or [], REJECTION_SCHEMA)):
-                con.register("_t", pa.Table.from_pylist(rows, schema=schema))
-                ledger.append(con, kind, "_t")
-                con.unregister("_t")
+        fill(con, grants, rejections)
     finally:
         con.close()
     return path
 
 
-def memory_ledger() -> Any:
+def memory_ledger(grants: list[dict[str, Any]]) -> Any:
+    """An in-memory ledger (fast, for property tests) with ``grants``."""
     con = duckdb.connect()
     ledger.initialize(con)
+    fill(con, grants)
     return con
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "ledger", *args],
-                          capture_output=True, text=True, timeout=300)
+    """``mynapoint ledger ARGS`` in this process (the imports are paid once), with
+    exit code, stdout and stderr as from a subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["ledger", *args])
+        except SystemExit as e:  # argparse
+            code = int(e.code or 0)
+    return subprocess.CompletedProcess(["mynapoint", "ledger", *args], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def read_csv(path: Path) -> str:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from tests.finance.example import ADVANCES_CSV, GRANTS, OPERATORS_TOML, make_ledger, run
 
 CLAIM_HEAD = "operator_id,txn_id,mykey_id,points\n"
@@ -96,7 +99,7 @@ def test_not_a_ledger(tmp_path: Path, what: str, command: str) -> None:
     good = make_ledger(tmp_path / "good.duckdb", GRANTS)
     extra = {"reconcile": ["--operator", "opa", "--claim", str(claim)],
              "diff": ["--against", str(good)],
-             "load": ["--from", str(tmp_path)]}.get(command, [])
+             "load": ["--from", str(outputs(tmp_path / "out"))]}.get(command, [])
     out = ["--out", str(tmp_path / "o")] if command != "load" else []
     r = run(command, "--ledger", str(p), *out, *extra)
     assert_refused(r, str(p), "no such ledger file" if what == "missing" else "not a ledger")
@@ -106,7 +109,19 @@ def test_not_a_ledger(tmp_path: Path, what: str, command: str) -> None:
         assert_refused(r, str(p))
 
 
+def outputs(d: Path) -> Path:
+    d.mkdir()
+    pq.write_table(pa.Table.from_pylist(GRANTS, schema=GRANT_SCHEMA), d / "grants.parquet")
+    pq.write_table(pa.Table.from_pylist([], schema=REJECTION_SCHEMA), d / "rejections.parquet")
+    return d
+
+
 def test_load_from_a_directory_without_outputs(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     r = run("load", "--ledger", str(tmp_path / "l.duckdb"), "--from", str(tmp_path / "out"))
+    assert_refused(r, "grants.parquet", "no such file")
+    (tmp_path / "out" / "grants.parquet").write_text("not parquet")
+    (tmp_path / "out" / "rejections.parquet").write_text("not parquet")
+    r = run("load", "--ledger", str(tmp_path / "l.duckdb"), "--from", str(tmp_path / "out"))
     assert_refused(r, "grants.parquet", "cannot read as Parquet")
+    assert not (tmp_path / "l.duckdb").exists()
