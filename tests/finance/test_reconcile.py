@@ -100,3 +100,14 @@ opd,0,1,0,300,300
     same = run("diff", "--ledger", str(a), "--against", str(make_ledger(
         tmp_path / "c.duckdb", list(reversed(GRANTS)))), "--out", str(tmp_path / "same"))
     assert same.returncode == 0, same.stderr
+
+
+def test_claim_columns_in_any_order(tmp_path: Path) -> None:
+    led = make_ledger(tmp_path / "l.duckdb", GRANTS)
+    claim = tmp_path / "claim.csv"
+    claim.write_text("points,mykey_id,txn_id,operator_id\n1000,k1,t1,opa\n4000,k1,t2,opa\n"
+                     "-750,k1,t4,opa\n")
+    r = run("reconcile", "--ledger", str(led), "--operator", "opa", "--claim", str(claim),
+            "--out", str(tmp_path / "rc"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["matched: 3"]
