@@ -128,6 +128,7 @@ def main() -> int:
     lw = statistics.median(r[2] for r in loads)
     sw = statistics.median(w for w, _ in st_runs)
     rw = statistics.median(rc_runs)
+
     def runs(values: list[float]) -> str:
         return ", ".join(f"{v:.2f}" for v in values)
 
