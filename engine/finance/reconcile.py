@@ -42,25 +42,36 @@ class Reconciliation:
     summary: pa.Table  # category, rows, ledger_points, claimed_points
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _nonzero_grants(ledger: str, operator: str | None) -> str:
-    where = "points <> 0" + (" AND operator_id = $op" if operator is not None else "")
+    # a literal rather than a parameter: views cannot be prepared, and a view lets
+    # DuckDB push the operator filter into the scan
+    where = "points <> 0" + (f" AND operator_id = {_literal(operator)}"
+                             if operator is not None else "")
     return f"SELECT operator_id, mykey_id, txn_id, points FROM {ledger}.grants WHERE {where}"
 
 
 def _finish(con: Any) -> Reconciliation:
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _compared AS {COMPARE_SQL}")
-    matched = con.execute("SELECT count(*) FROM _compared WHERE category IS NULL").fetchone()[0]
     diffs = con.execute(
-        "SELECT * FROM _compared WHERE category IS NOT NULL UNION ALL SELECT * FROM _extra "
-        "ORDER BY category, txn_id, operator_id, mykey_id, line NULLS FIRST"
-    ).to_arrow_table()
-    summary = con.execute(
-        "SELECT category, count(*) AS rows, "
-        "CAST(coalesce(sum(ledger_points), 0) AS BIGINT) AS ledger_points, "
-        "CAST(coalesce(sum(claimed_points), 0) AS BIGINT) AS claimed_points "
-        "FROM (SELECT * FROM _compared WHERE category IS NOT NULL UNION ALL "
-        "SELECT * FROM _extra) GROUP BY category ORDER BY category").to_arrow_table()
-    con.execute("DROP TABLE _compared")
+        f"SELECT * FROM ({COMPARE_SQL}) WHERE category IS NOT NULL UNION ALL "
+        "SELECT * FROM _extra "
+        "ORDER BY category, txn_id, operator_id, mykey_id, line NULLS FIRST").to_arrow_table()
+    summary = diffs.group_by("category").aggregate([
+        ("category", "count"), ("ledger_points", "sum"), ("claimed_points", "sum")])
+    summary = pa.table({
+        "category": summary["category"],
+        "rows": summary["category_count"].cast(pa.int64()),
+        "ledger_points": summary["ledger_points_sum"].fill_null(0).cast(pa.int64()),
+        "claimed_points": summary["claimed_points_sum"].fill_null(0).cast(pa.int64()),
+    }).sort_by("category")
+    # every first claim row is matched unless it is not in the ledger or differs
+    compared = con.execute("SELECT count(*) FROM _theirs").fetchone()[0]
+    counts = dict(zip(summary["category"].to_pylist(), summary["rows"].to_pylist(),
+                      strict=True))
+    matched = compared - counts.get("not_in_ledger", 0) - counts.get("points_differ", 0)
     return Reconciliation(diffs, matched, summary)
 
 
@@ -77,8 +88,7 @@ def reconcile(con: Any, operator: str, claim: pa.Table) -> Reconciliation:
     con.execute("CREATE OR REPLACE TEMP TABLE _claim_rows AS SELECT *, "
                 "row_number() OVER (PARTITION BY mykey_id, txn_id ORDER BY line) AS nth "
                 "FROM _claim WHERE operator_id = $op", params)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _ours AS {_nonzero_grants('main', operator)}",
-                params)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _ours AS {_nonzero_grants('main', operator)}")
     con.execute("CREATE OR REPLACE TEMP VIEW _theirs AS "
                 "SELECT operator_id, mykey_id, txn_id, points, line FROM _claim_rows "
                 "WHERE nth = 1")
@@ -95,7 +105,7 @@ def reconcile(con: Any, operator: str, claim: pa.Table) -> Reconciliation:
     try:
         return _finish(con)
     finally:
-        for stmt in ("DROP TABLE _extra", "DROP TABLE _claim_rows", "DROP TABLE _ours",
+        for stmt in ("DROP TABLE _extra", "DROP TABLE _claim_rows", "DROP VIEW _ours",
                      "DROP VIEW _theirs"):
             con.execute(stmt)
         con.unregister("_claim")
