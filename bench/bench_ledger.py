@@ -34,27 +34,27 @@ for name in ("grants", "rejections"):
 con.close()
 """
 
-# A claim from the ledger: one operator's non-zero grants (the largest operator), with
-# every 1000th row's points changed, every 1000th row repeated, every 500th row left out
-# and rows of unknown transactions to reach the size asked for.
+# A claim from the ledger: the non-zero grants of the operator whose count is nearest to
+# the size asked for, with every 1000th row's points changed, every 1000th row repeated,
+# every 500th row left out, and rows of unknown transactions to reach the size.
 MAKE_CLAIM = """
 import sys, duckdb
 con = duckdb.connect(sys.argv[1], read_only=True)
 n = int(sys.argv[3])
-op = con.execute("SELECT operator_id FROM grants WHERE points <> 0 GROUP BY 1 "
-                 "ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
+op = con.execute(f"SELECT operator_id FROM grants WHERE points <> 0 GROUP BY 1 "
+                 f"ORDER BY abs(count(*) - {n}), 1 LIMIT 1").fetchone()[0]
 con.execute(f'''
-COPY (
-  WITH g AS (SELECT operator_id, txn_id, mykey_id, points, row_number() OVER () AS i
-             FROM grants WHERE operator_id = '{op}' AND points <> 0 LIMIT {n})
-  SELECT operator_id, txn_id, mykey_id,
-         CASE WHEN i % 1000 = 0 THEN points + 1 ELSE points END AS points FROM g
-  WHERE i % 500 <> 0
-  UNION ALL SELECT operator_id, txn_id, mykey_id, points FROM g WHERE i % 1000 = 1
-  UNION ALL SELECT '{op}', 'bench-' || x, 'AB12cd34', 100
-            FROM range({n} - (SELECT count(*) FROM g) + (SELECT count(*) FROM g) // 500
-                       - (SELECT count(*) FROM g) // 1000 - 1) t(x)
-) TO '{sys.argv[2]}' (HEADER)''')
+CREATE TEMP TABLE claim AS
+WITH g AS (SELECT operator_id, txn_id, mykey_id, points, row_number() OVER () AS i
+           FROM grants WHERE operator_id = '{op}' AND points <> 0 LIMIT {n})
+SELECT operator_id, txn_id, mykey_id,
+       CASE WHEN i % 1000 = 7 THEN points + 1 ELSE points END AS points FROM g
+WHERE i % 500 <> 3
+UNION ALL SELECT operator_id, txn_id, mykey_id, points FROM g WHERE i % 1000 = 1''')
+short = max(n - con.execute("SELECT count(*) FROM claim").fetchone()[0], 0)
+con.execute(f'''COPY (SELECT * FROM claim UNION ALL
+                SELECT '{op}', 'bench-' || x, 'AB12cd34', 100 FROM range({short}) t(x))
+                TO '{sys.argv[2]}' (HEADER)''')
 print(op)
 """
 
