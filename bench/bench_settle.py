@@ -54,7 +54,7 @@ def machine() -> str:
 
 
 def write_section(text: str, head: str = "## Offline settle") -> None:
-    """Replace section ``head`` of bench/RESULTS.md with ``text`` (or append it)."""
+    """Replace (or append) the section of bench/RESULTS.md that starts with ``head``."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if head in old:
         start = old.index(head)

@@ -23,6 +23,7 @@ _COMMANDS = {
     "collect": "engine.streams.collect:main",
     "demo": "engine.demo:main",
     "ledger": "engine.finance.cli:main",
+    "admin": "engine.streams.rebuild:main",
 }
 
 
@@ -91,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="campaign.toml for the summary's cap and id (default: shipped)")
 
     _ledger_parser(sub)
+
+    a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
+    a.add_argument("action", choices=["rebuild-state"],
+                   help="rebuild-state: void the state of partitions and decide their "
+                        "input again from the beginning (workers must be stopped)")
+    a.add_argument("--partition", type=int, action="append", default=[],
+                   help="partition to rebuild (repeatable; default: all)")
+    a.add_argument("--broker", default=DEFAULT_BROKER)
+    a.add_argument("--topic-prefix", default="mynapoint")
+    a.add_argument("--group", default=None,
+                   help="the workers' consumer group (default: <topic-prefix>-engine)")
 
     d = sub.add_parser("demo", help="the main job, end to end on a local broker")
     d.add_argument("--users", type=int, default=20_000)

@@ -47,6 +47,9 @@ Choices where the rules page is silent (the engine is meant to make the same one
 * A transaction registers its ``(person, operator_id, txn_id)`` key on arrival
   once it passed checks 1–4 (a waiting refund counts as seen). A refund whose
   original key was first used by a refund gets ``ORIGINAL_NOT_FOUND`` at once.
+* The engine keeps at most ``campaign.person_limit`` distinct transaction keys per
+  person: a record that would add one more (it passed check 5) is
+  ``PERSON_LIMIT`` (docs/DECISIONS.md).
 * ``per_transaction_floor`` floors ``amount × rate / 100`` for each record.
 """
 
@@ -420,6 +423,9 @@ def settle_records(enrollments: Sequence[object], transactions: Sequence[object]
             else:
                 emit("transaction", i, "CONFLICTING_DUPLICATE",
                      "txn_id already seen with different fields")
+            continue
+        if len(person.seen) >= campaign.person_limit:  # engine limit, after check 5
+            emit("transaction", i, "PERSON_LIMIT", "person holds the limit of transactions")
             continue
         person.seen[key] = t                  # the first record with this key stands
 

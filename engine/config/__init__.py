@@ -156,11 +156,12 @@ def load_campaign(path: Path | str | None = None) -> Campaign:
     except ValueError as e:
         raise ConfigError(file, "park_timeout", str(e)) from None
     # FINANCE_RULES.md: no budget unless the file sets one
-    budgets = {k: _int(file, k, raw[k], 1, 10**15) if k in raw else None
-               for k in ("budget_people", "budget_points")}
+    people, points = (_int(file, k, raw[k], 1, 10**15) if k in raw else None
+                      for k in ("budget_people", "budget_points"))
     return Campaign(id=cid, window_start=ws, window_end=we, enroll_end=ee, accept_end=ae,
                     rate_percent=rate, cap_points=cap, rounding=ROUNDING_NAMES[rounding_name],
-                    max_amount=max_amount, park_timeout=park, **budgets)
+                    max_amount=max_amount, park_timeout=park, budget_people=people,
+                    budget_points=points)
 
 
 _OPERATOR_KEYS = {"id", "name", "earns_on", "selection_opens", "last_day", "payout"}

@@ -17,8 +17,11 @@ import pyarrow.compute as pc
 from engine.rules.model import Reason
 
 
-def summarize(grants: pa.Table, rejections: pa.Table, records_in: dict[str, int],
+def summarize(grants: pa.Table, rejections: pa.Table, records_in: dict[str, int] | None,
               cap_points: int, campaign: str) -> dict[str, Any]:
+    """Summary of outcome tables. ``records_in=None`` when the input counts are not
+    known (``collect`` sees outputs only): accepted enrollments leave no output, so
+    they and ``people_enrolled`` are then ``None`` rather than guessed."""
     by_reason: dict[str, dict[str, int]] = {"enrollment": {}, "transaction": {}}
     if rejections.num_rows:
         counts = rejections.group_by(["record_type", "reason"]).aggregate([("reason", "count")])
@@ -44,12 +47,14 @@ def summarize(grants: pa.Table, rejections: pa.Table, records_in: dict[str, int]
             per_operator[row["operator_id"]] = {
                 "grants": row["points_count"], "net_amount": row["signed_amount_sum"],
                 "points": row["points_sum"], "people": row["mykey_id_count_distinct"]}
-    enrolled = records_in.get("enrollments", 0) - rejected["enrollment"]
+    enrolled = (records_in.get("enrollments", 0) - rejected["enrollment"]
+                if records_in is not None else None)
     return {
         "campaign": campaign,
         "records_in": records_in,
         "accepted": {"enrollments": enrolled,
-                     "transactions": records_in.get("transactions", 0) - rejected["transaction"]},
+                     # every accepted transaction has exactly one grant
+                     "transactions": grants.num_rows},
         "rejected": rejected,
         "rejected_by_reason": by_reason,
         "points_granted": int(points),
@@ -138,11 +143,16 @@ def render(summary: dict[str, Any]) -> Any:
     head = Table(title=f"Settlement summary — {summary['campaign']}", show_header=False)
     head.add_column("what")
     head.add_column("value", justify="right")
-    ri, acc, rej = summary["records_in"], summary["accepted"], summary["rejected"]
+    ri, acc, rej = summary["records_in"] or {}, summary["accepted"], summary["rejected"]
+
+    def num(v: int | None) -> str:
+        return "?" if v is None else f"{v:,}"
+
     head.add_row("enrollments in / accepted / rejected",
-                 f"{ri.get('enrollments', 0):,} / {acc['enrollments']:,} / {rej['enrollment']:,}")
+                 f"{num(ri.get('enrollments'))} / {num(acc['enrollments'])} / "
+                 f"{rej['enrollment']:,}")
     head.add_row("transactions in / accepted / rejected",
-                 f"{ri.get('transactions', 0):,} / {acc['transactions']:,} / "
+                 f"{num(ri.get('transactions'))} / {acc['transactions']:,} / "
                  f"{rej['transaction']:,}")
     head.add_row("points granted (net)", f"{summary['points_granted']:,}")
     head.add_row("points clawed back by refunds", f"{summary['points_clawed_back']:,}")

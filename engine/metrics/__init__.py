@@ -11,6 +11,7 @@ Updates are made per batch, not per record, so that metrics stay off the hot pat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -63,6 +64,9 @@ METRIC_NAMES = (
     "mynapoint_bad_messages_total",
     "mynapoint_worker_up",
     "mynapoint_assigned_partitions",
+    "mynapoint_partition_refused",
+    "mynapoint_restore_remaining_records",
+    "mynapoint_fenced_records_ignored_total",
 )
 
 
@@ -202,6 +206,19 @@ class EngineMetrics:
         self.assigned_partitions = Gauge(
             "mynapoint_assigned_partitions",
             "Input partitions currently assigned to this worker.", registry=r)
+        self.partition_refused = Gauge(
+            "mynapoint_partition_refused",
+            "1 while the worker refuses to decide an assigned partition because its state "
+            "and input no longer belong together (changelog or input topic lost).",
+            ["partition"], registry=r)
+        self.restore_remaining = Gauge(
+            "mynapoint_restore_remaining_records",
+            "Changelog records still to read before an assigned partition is restored.",
+            ["partition"], registry=r)
+        self.fenced_ignored = Counter(
+            "mynapoint_fenced_records_ignored_total",
+            "Changelog records ignored on restore because a worker wrote them after it "
+            "had lost the partition (a zombie).", registry=r)
         self._lag_series: set[tuple[str, str]] = set()
         self._series_lock = threading.Lock()
 
@@ -293,13 +310,25 @@ class EngineMetrics:
         """
         for p in partitions:
             label = _partition(p)
-            self.parked.remove(label)
-            self.stream_time.remove(label)
+            for gauge in (self.parked, self.stream_time, self.partition_refused,
+                          self.restore_remaining):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(label)
             with self._series_lock:
                 gone = [k for k in self._lag_series if k[1] == label]
                 self._lag_series.difference_update(gone)
             for key in gone:
                 self.consumer_lag.remove(*key)
+
+    def set_refused(self, partition: int, refused: bool) -> None:
+        self.partition_refused.labels(_partition(partition)).set(1 if refused else 0)
+
+    def set_restore_remaining(self, partition: int, remaining: int) -> None:
+        self.restore_remaining.labels(_partition(partition)).set(remaining)
+
+    def fenced_records_ignored(self, n: int) -> None:
+        if n:
+            self.fenced_ignored.inc(n)
 
     def set_up(self, up: bool) -> None:
         self.worker_up.set(1 if up else 0)

@@ -25,6 +25,7 @@ TRANSACTION = 1
 PENDING, ACCEPTED, REJECTED = 0, 1, 2
 # out_reason sentinel for a record still waiting when the batch ends
 PARKED = -1
+NO_TIME_K = -(2**63)  # engine.rules.model.NO_TIME, as a numba global
 
 # Reason codes, duplicated from engine.rules.model.Reason as plain ints for numba.
 R_DUPLICATE = 5
@@ -42,6 +43,7 @@ R_BEFORE_APPLICATION = 16
 R_ORIGINAL_NOT_FOUND = 17
 R_ORIGINAL_NOT_ELIGIBLE = 18
 R_REFUND_EXCEEDS_ORIGINAL = 19
+R_PERSON_LIMIT = 20
 KIND_REFUND = 2
 
 
@@ -146,8 +148,8 @@ def _release_key(t, p, o, k_head, k_tail, nxt, out_reason, person, op, work, w,
 
 @numba.njit(cache=True, nogil=True)
 def decide(
-    # per person (in/out)
-    p_op, p_kind, p_day, p_c, p_r,
+    # per person (in/out); p_n counts the person's registry entries (state size)
+    p_op, p_kind, p_day, p_c, p_r, p_n,
     # per record, in arrival order
     typ, reason, person, op, kind, amount, at, day, txn, orig, ts, deadline,
     flag_a, flag_b, flag_c, preparked,
@@ -155,7 +157,7 @@ def decide(
     e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded, e_rec,
     n_entries, n_codes,
     # campaign terms and mode
-    rate, cap, rounding, park_for_enrollment, final, stream_time,
+    rate, cap, rounding, park_for_enrollment, final, stream_time, person_limit,
     # outputs
     out_reason, out_points, out_cum, out_seq,
 ):  # type: ignore[no-untyped-def]
@@ -201,7 +203,9 @@ def decide(
         # ---- expiry: stream time passes a waiting record's deadline (streaming only)
         if i < n and not final and typ[i] == TRANSACTION and ts[i] > stream_time:
             stream_time = ts[i]
-        if i < n and not final:
+        # also after the last record: a waiting record whose deadline stream time
+        # has already passed must not sit until some later record arrives
+        if not final:
             while hsize[0] > 0 and hk[0] < stream_time:
                 j = _heap_pop(hk, hv, hsize)
                 if out_reason[j] != PARKED:
@@ -303,6 +307,13 @@ def decide(
                     out_seq[j] = seq
                     seq += 1
                     continue
+                if p_n[p] >= person_limit:
+                    # a person's state must stay bounded (changelog message size)
+                    out_reason[j] = R_PERSON_LIMIT
+                    out_seq[j] = seq
+                    seq += 1
+                    continue
+                p_n[p] += 1
                 e = n_entries
                 n_entries += 1
                 e_person[e] = p
@@ -330,7 +341,8 @@ def decide(
                 if flag_b[j]:
                     out_reason[j] = R_OUTSIDE_WINDOW
                 elif p_op[p] < 0:
-                    if park_for_enrollment:
+                    if park_for_enrollment and not (ts[j] != NO_TIME_K
+                                                    and deadline[j] < stream_time):
                         _append(w_head, w_tail, nxt, p, j)
                         _heap_push(hk, hv, hsize, deadline[j], j)
                         continue
@@ -351,13 +363,18 @@ def decide(
                     out_cum[j] = after
             else:
                 eo = _find(head, e_next, e_person, e_op, orig[j], p, op[j])
-                if eo < 0 or (e_kind[eo] != KIND_REFUND and e_status[eo] == PENDING):
-                    # wait for the original (or with it)
+                overdue = (not final and ts[j] != NO_TIME_K and deadline[j] < stream_time)
+                if eo < 0 and overdue:
+                    # its wait would already be over: decided at once (rules, Order)
+                    out_reason[j] = R_ORIGINAL_NOT_FOUND
+                elif eo < 0 or (e_kind[eo] != KIND_REFUND and e_status[eo] == PENDING):
+                    # wait for the original (or with it, even when overdue: the
+                    # original's own decision releases it)
                     _append(k_head, k_tail, nxt, orig[j], j)
                     if not final:
                         _heap_push(hk, hv, hsize, deadline[j], j)
                     continue
-                if e_kind[eo] == KIND_REFUND:
+                elif e_kind[eo] == KIND_REFUND:
                     out_reason[j] = R_ORIGINAL_NOT_FOUND
                 elif e_status[eo] == REJECTED:
                     out_reason[j] = R_ORIGINAL_NOT_ELIGIBLE

@@ -62,6 +62,7 @@ class Reason(IntEnum):
     ORIGINAL_NOT_FOUND = 17
     ORIGINAL_NOT_ELIGIBLE = 18
     REFUND_EXCEEDS_ORIGINAL = 19
+    PERSON_LIMIT = 20
 
 
 ENROLLMENT_REASONS = (
@@ -71,11 +72,16 @@ ENROLLMENT_REASONS = (
 )
 TRANSACTION_REASONS = (
     Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.INVALID_AMOUNT,
-    Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE, Reason.CONFLICTING_DUPLICATE, Reason.LATE,
+    Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE, Reason.CONFLICTING_DUPLICATE,
+    Reason.PERSON_LIMIT, Reason.LATE,
     Reason.OUTSIDE_WINDOW, Reason.NOT_ENROLLED, Reason.WRONG_OPERATOR,
     Reason.KIND_NOT_ELIGIBLE, Reason.BEFORE_APPLICATION, Reason.ORIGINAL_NOT_FOUND,
     Reason.ORIGINAL_NOT_ELIGIBLE, Reason.REFUND_EXCEEDS_ORIGINAL,
 )
+
+# Reasons that protect the engine rather than apply a campaign rule: no realistic
+# campaign data produces them, so they are tested on purpose-built inputs.
+ENGINE_LIMIT_REASONS = (Reason.PERSON_LIMIT,)
 
 
 class Rounding(IntEnum):
@@ -106,6 +112,9 @@ class Campaign:
     # FINANCE_RULES.md: what the budget was sized for; None when a campaign sets none
     budget_people: int | None = 40_000_000
     budget_points: int | None = 200_000_000_000
+    # Distinct transactions kept per person (engine limit, not a campaign term): a
+    # person's state must fit one changelog message. See docs/DECISIONS.md.
+    person_limit: int = 3_000
 
 
 @dataclass(frozen=True)

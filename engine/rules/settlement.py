@@ -96,7 +96,7 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
     n_people = max(n_people, 1)
     people = (np.full(n_people, -1, np.int32), np.full(n_people, -1, np.int8),
               np.zeros(n_people, np.int32), np.zeros(n_people, np.int64),
-              np.zeros(n_people, np.int64))
+              np.zeros(n_people, np.int64), np.zeros(n_people, np.int64))
     enr_out = _run(people, enr, kernel.ENROLLMENT, pe, np.full(ne, -1, np.int64),
                    np.full(ne, -1, np.int64), 1, campaign)
     txn_out = _run(people, txn, kernel.TRANSACTION, pt, tt, to, max(n_codes, 1), campaign)
@@ -125,7 +125,7 @@ def _run(people: tuple[np.ndarray, ...], v: Validated, typ: int, person: np.ndar
         v.flag_a, v.flag_b, v.flag_c, np.zeros(n, np.int8),
         *e, 0, n_codes,
         campaign.rate_percent, campaign.cap_points, int(campaign.rounding), False, True,
-        NO_TIME,
+        NO_TIME, campaign.person_limit,
         out_reason, out_points, out_cum, out_seq,
     )
     return out_reason, out_points, out_cum, out_seq
@@ -180,6 +180,8 @@ STATEFUL_DETAIL: dict[Reason, str] = {
                                "mykey_id and operator_id",
     Reason.ORIGINAL_NOT_ELIGIBLE: "the original transaction (original_txn_id) was rejected",
     Reason.REFUND_EXCEEDS_ORIGINAL: "amount plus earlier refunds exceeds the original's amount",
+    Reason.PERSON_LIMIT: "mykey_id already has the engine's limit of distinct transactions "
+                         "(campaign person_limit); no more are kept for this person",
 }
 
 

@@ -273,7 +273,7 @@ def main(args: argparse.Namespace) -> int:
     except CollectError as e:
         print(f"mynapoint collect: {e}", file=sys.stderr)
         return 2
-    summary = summarize(grants, rejections, records_in={}, cap_points=campaign.cap_points,
+    summary = summarize(grants, rejections, records_in=None, cap_points=campaign.cap_points,
                         campaign=campaign.id)
     out = Path(args.out)
     try:

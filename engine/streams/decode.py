@@ -88,7 +88,10 @@ class _Segments:
 
 
 def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
-                    registry: Registry, max_record_bytes: int) -> InBatch:
+                    registry: Registry, max_record_bytes: int,
+                    internal: bool = False) -> InBatch:
+    """``internal``: the messages come from the engine's own re-routing topic, the
+    only place where a :data:`SOURCE_HEADER` is believed."""
     seg = _Segments(record_type)
     sources: list[str] = []
     arrival: list[int] = []
@@ -100,7 +103,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
         ts = _ts_us(m)
         value = m.value if m.value is not None else b""
         if fmt is None:
-            origin = _header(m, SOURCE_HEADER)
+            origin = _header(m, SOURCE_HEADER) if internal else None
             obj = load_record(value, max_record_bytes) if value else BadRecord("empty message")
             if isinstance(obj, BadRecord):
                 bad[obj.kind] = bad.get(obj.kind, 0) + 1
@@ -157,6 +160,22 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
     v = concat_validated(parts, record_type)
     return InBatch(v, sources, np.asarray(arrival, dtype=np.int64),
                    np.asarray(rerouted, dtype=np.bool_), bad)
+
+
+def concat_batches(batches: list[InBatch]) -> InBatch | None:
+    """One batch of several decoded ones of a record type (public, then re-routed)."""
+    if not batches:
+        return None
+    if len(batches) == 1:
+        return batches[0]
+    bad: dict[str, int] = {}
+    for b in batches:
+        for k, n in b.bad_messages.items():
+            bad[k] = bad.get(k, 0) + n
+    return InBatch(concat_validated([b.v for b in batches], batches[0].v.record_type),
+                   [s for b in batches for s in b.source],
+                   np.concatenate([b.arrival for b in batches]),
+                   np.concatenate([b.rerouted for b in batches]), bad)
 
 
 def _bad_message(seg: _Segments, bad: dict[str, int], sources: list[str], arrival: list[int],

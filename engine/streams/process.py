@@ -63,6 +63,29 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
+    def kill_inside_batch(self, marker: Path, timeout: float = 60.0) -> None:
+        """SIGKILL the worker at a moment it is inside a batch, proven: it is frozen
+        (SIGSTOP) first and killed only if its batch marker file (set by
+        ``MYNAPOINT_BATCH_MARKER``) exists while it is frozen; else it is resumed
+        and tried again a little later."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}")
+            self.proc.send_signal(signal.SIGSTOP)
+            if marker.exists():
+                self.kill()
+                return
+            self.proc.send_signal(signal.SIGCONT)
+            time.sleep(0.003)
+        raise TimeoutError("the worker was never caught inside a batch")
+
+    def resume(self) -> None:
+        """SIGCONT: a frozen (stalled) worker goes on where it stopped."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:
             return None

@@ -18,7 +18,7 @@ from engine.rules.model import KIND_NAMES, NO_TIME, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import kafka_partitions, rfc3339_utc
 from engine.streams.codec_out import format_utc
-from engine.streams.decode import InBatch
+from engine.streams.decode import SUB_BITS, InBatch
 from engine.streams.state import (
     META_KEY,
     Parked,
@@ -30,6 +30,17 @@ from engine.streams.state import (
 )
 
 REASON_NAMES = [r.name for r in Reason]
+
+
+def _origin(source: str) -> tuple[str, int]:
+    """("topic/partition", arrival) of an engine-written ``topic/partition/offset[#i]``.
+
+    >>> _origin("m.transactions/3/17#2")
+    ('m.transactions/3', 1114114)
+    """
+    where, _, pos = source.rpartition("/")
+    offset, _, index = pos.partition("#")
+    return where, (int(offset) << SUB_BITS) | int(index or 0)
 
 
 @dataclass
@@ -96,9 +107,10 @@ class ShardDecider:
                 st = states[pi]
                 arr = arrivals[i]
                 if rerouted[i]:
-                    if b.source[i] in st.rerouted:
-                        continue
-                    st.rerouted.append(b.source[i])
+                    origin, at_origin = _origin(b.source[i])
+                    if at_origin <= st.rerouted.get(origin, -1):
+                        continue  # a second copy, re-routed again after a crash
+                    st.rerouted[origin] = at_origin
                 elif arr <= (st.wm_e if typ == kernel.ENROLLMENT else st.wm_t):
                     continue  # redelivered after a crash; its outcome is already out
                 wk = (pi, typ)
@@ -222,6 +234,7 @@ class ShardDecider:
         p_day = np.zeros(np_, np.int32)
         p_c = np.zeros(np_, np.int64)
         p_r = np.zeros(np_, np.int64)
+        p_n = np.zeros(np_, np.int64)
         for pi, st in enumerate(states):
             if st.enr_op is not None:
                 p_op[pi] = self.registry.code(st.enr_op)
@@ -229,6 +242,7 @@ class ShardDecider:
                 p_day[pi] = st.enr_day
             p_c[pi] = st.c
             p_r[pi] = st.r
+            p_n[pi] = len(st.txns)
         n0 = len(e_rows)
         cap_e = n0 + n
         e_person = np.zeros(cap_e, np.int32)
@@ -258,13 +272,13 @@ class ShardDecider:
         out_seq = np.zeros(n, np.int64)
         deadline = np.where(ts == NO_TIME, NO_TIME, ts + timeout)
         n_entries, st_after, _ = kernel.decide(  # type: ignore[call-arg]
-            p_op, p_kind, p_day, p_c, p_r,
+            p_op, p_kind, p_day, p_c, p_r, p_n,
             typ_a, reason, pers, op, kind, amount, at, day, txc, orc, ts, deadline,
             fa, fb, fc, preparked.copy(),
             e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded,
             e_rec, n0, max(len(codes), 1),
             camp.rate_percent, camp.cap_points, int(camp.rounding), True, False,
-            store.meta.stream_time,
+            store.meta.stream_time, camp.person_limit,
             out_reason, out_points, out_cum, out_seq,
         )
         store.meta.stream_time = int(st_after)

@@ -23,6 +23,7 @@ import msgspec
 from rocksdict import Options, Rdict, WriteBatch
 
 META_KEY = "__meta__"
+FENCE_KEY = b"__fence__"
 
 
 class TxnEntry(msgspec.Struct, array_like=True):
@@ -61,12 +62,27 @@ class PersonState(msgspec.Struct, array_like=True):
     wm_t: int = -1
     txns: dict[str, TxnEntry] = msgspec.field(default_factory=dict)
     parked: list[Parked] = msgspec.field(default_factory=list)
-    rerouted: list[str] = msgspec.field(default_factory=list)
+    # re-routed records applied, as the highest arrival per source "topic/partition":
+    # a source partition re-routes in its own order, so a copy at or below the mark
+    # is a redelivery (bounded by the partition count, unlike a list of sources)
+    rerouted: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class ShardMeta(msgspec.Struct):
     stream_time: int
     changelog_offset: int = -1
+    # offset of the newest fence record applied (engine.streams.recovery)
+    fence: int = -1
+    # consumed topic -> [next offset decided, crc of the last message decided there]:
+    # how a take-over tells that an input topic was recreated under the state
+    inputs: dict[str, list[int]] = msgspec.field(default_factory=dict)
+
+
+class Fence(msgspec.Struct):
+    """A changelog record written by a worker that takes a partition, or by
+    ``mynapoint admin rebuild-state`` (``reset``: all state before it is void)."""
+
+    reset: bool = False
 
 
 def txn_key(operator_id: str, txn_id: str) -> str:
@@ -76,6 +92,7 @@ def txn_key(operator_id: str, txn_id: str) -> str:
 _enc = msgspec.msgpack.Encoder()
 _dec_person = msgspec.msgpack.Decoder(PersonState)
 _dec_meta = msgspec.msgpack.Decoder(ShardMeta)
+_dec_fence = msgspec.msgpack.Decoder(Fence)
 
 
 def encode(obj: Any) -> bytes:
@@ -99,16 +116,21 @@ class ShardStore:
 
     def __init__(self, path: Path, no_time: int, cache_limit: int = 100_000) -> None:
         self.path = path
+        self.no_time = no_time
         self.cache_limit = cache_limit
         path.parent.mkdir(parents=True, exist_ok=True)
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
-        self.db = Rdict(str(path), options=opts)
+        self.db = Rdict(str(path), options=self._options())
         raw = self.db.get(META_KEY.encode())
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=no_time)
         self.cache: dict[str, PersonState] = {}
         # people with waiting records -> earliest deadline, so expiry needs no scan
         self.parked: dict[str, int] = {}
+
+    @staticmethod
+    def _options() -> Options:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        return opts
 
     def get(self, key: str) -> PersonState:
         st = self.cache.get(key)
@@ -132,25 +154,50 @@ class ShardStore:
         if len(self.cache) > self.cache_limit:
             self.cache.clear()
 
-    def restore(self, records: list[tuple[bytes, bytes, int]]) -> None:
-        """Apply changelog records (key, value, offset) newer than the local copy."""
+    def restore(self, records: list[tuple[bytes, bytes, int, int | None]]) -> int:
+        """Apply changelog records (key, value, offset, fence tag) newer than the
+        local copy; return how many were ignored as a fenced-off writer's.
+
+        A record whose tag is older than the newest fence read so far was written
+        by a worker that had already lost the partition (a zombie): its state is
+        stale and must not overwrite the new owner's.
+        """
         if not records:
-            return
+            return 0
         wb = WriteBatch(raw_mode=True)
-        last = self.meta.changelog_offset
-        for k, v, off in records:
+        meta_key = META_KEY.encode()
+        ignored = 0
+        for k, v, off, tag in records:
             if off <= self.meta.changelog_offset:
                 continue
-            if k == META_KEY.encode():
+            self.meta.changelog_offset = off
+            if k == FENCE_KEY:
+                self.meta.fence = off
+                if _dec_fence.decode(v).reset:
+                    wb = WriteBatch(raw_mode=True)  # nothing before a reset survives
+                    self._wipe()
+                continue
+            if tag is not None and tag < self.meta.fence:
+                ignored += 1
+                continue
+            if k == meta_key:
                 m = decode_meta(v)
                 self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
+                self.meta.inputs = m.inputs
             else:
                 wb.put(k, v)
-            last = max(last, off)
-        self.meta.changelog_offset = last
-        wb.put(META_KEY.encode(), encode(self.meta))
+        wb.put(meta_key, encode(self.meta))
         self.db.write(wb)
         self.cache.clear()
+        return ignored
+
+    def _wipe(self) -> None:
+        keep = ShardMeta(stream_time=self.no_time, changelog_offset=self.meta.changelog_offset,
+                         fence=self.meta.fence)
+        self.db.close()
+        Rdict.destroy(str(self.path))
+        self.db = Rdict(str(self.path), options=self._options())
+        self.meta = keep
 
     def rebuild_parked_index(self, timeout: int) -> None:
         self.parked.clear()

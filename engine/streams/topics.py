@@ -16,7 +16,14 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 FORMAT_HEADER = "mynapoint-format"
-SOURCE_HEADER = "mynapoint-source"  # set on records re-routed to their person's partition
+# Set by the engine on records it re-routes to their person's partition, on its own
+# internal re-routing topics only; ignored on the public input topics, where anybody
+# could forge it.
+SOURCE_HEADER = "mynapoint-source"
+# On every changelog record: the offset of the fence record its writer wrote when it
+# took the partition (see engine.streams.recovery).
+FENCE_HEADER = "mynapoint-fence"
+CHANGELOG_MAX_BYTES = 8 << 20  # a person's state at its limit fits (docs/DECISIONS.md)
 FORMAT_JSONL = b"jsonl"
 FORMAT_ARROW = b"arrow-ipc"
 MAX_RECORDS_PER_MESSAGE = 65_535  # the record index shares an int64 with the offset
@@ -59,8 +66,30 @@ class Topics:
         return f"{self.prefix}.{self.group_id}.state-changelog"
 
     @property
+    def reroute_enrollments(self) -> str:
+        return f"{self.prefix}.{self.group_id}.reroute-enrollments"
+
+    @property
+    def reroute_transactions(self) -> str:
+        return f"{self.prefix}.{self.group_id}.reroute-transactions"
+
+    @property
     def inputs(self) -> tuple[str, str]:
         return (self.enrollments, self.transactions)
+
+    @property
+    def consumed(self) -> tuple[str, str, str, str]:
+        """Every topic a worker reads: the public inputs and its own re-routing
+        topics, co-partitioned, so that one worker owns partition p of all four."""
+        return (self.enrollments, self.transactions, self.reroute_enrollments,
+                self.reroute_transactions)
+
+    def record_type(self, topic: str) -> str:
+        return "enrollment" if topic in (self.enrollments, self.reroute_enrollments) \
+            else "transaction"
+
+    def is_internal(self, topic: str) -> bool:
+        return topic in (self.reroute_enrollments, self.reroute_transactions)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -94,7 +123,7 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
     try:
         wanted = [topics.enrollments, topics.transactions, topics.grants, topics.rejections]
         if changelog:
-            wanted.append(topics.changelog)
+            wanted += [topics.changelog, topics.reroute_enrollments, topics.reroute_transactions]
         meta = await admin.describe_topics(wanted)
         existing = {m["topic"]: len(m["partitions"]) for m in meta
                     if m.get("error_code", 0) == 0 and m["partitions"]}
@@ -106,9 +135,10 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
         # retention would delete a replayed archive as soon as it lands: keep forever
         # and leave retention to the operators' own policy.
         keep = {"retention.ms": "-1"}
+        changelog_cfg = {"cleanup.policy": "compact",
+                         "max.message.bytes": str(CHANGELOG_MAX_BYTES)}
         new = [NewTopic(t, partitions, 1,
-                        topic_configs={"cleanup.policy": "compact"} if t == topics.changelog
-                        else keep)
+                        topic_configs=changelog_cfg if t == topics.changelog else keep)
                for t in wanted if t not in existing]
         if new:
             # another worker may win the race; the count check below still applies

@@ -7,49 +7,56 @@ machinery and its ``exactly_once`` mode has open duplicate bugs (faust-streaming
 See docs/ARCHITECTURE.md for the measurements and README "Guarantees".
 
 Per poll, for every partition ``p`` this worker owns (``p`` of both input
-topics, thanks to range assignment over co-partitioned topics):
+topics and of its two re-routing topics, thanks to range assignment over
+co-partitioned topics):
 
 1. decode and validate the batch (``engine.streams.decode``),
 2. decide it against the partition's stored state (``engine.streams.shard``),
-3. produce outcomes (and records re-routed to their person's partition),
-   wait for every acknowledgement,
-4. write the changed state to the changelog, wait, then to local RocksDB,
-5. commit the input offsets.
+3. produce outcomes (and records re-routed to their person's partition, on the
+   engine's internal re-routing topics), wait for every acknowledgement,
+4. write the changed state to the changelog (tagged with this worker's fence),
+   wait,
+5. commit the input offsets (with the changelog position as commit metadata),
+6. only then write the state to the local RocksDB checkpoint: a worker whose
+   commit fails has lost the partition and drops its local copy instead.
 
 A crash anywhere re-runs at most the uncommitted tail; see ``state.py`` for
-why that is harmless.
+why that is harmless. Taking a partition over (checks, fence, restore) runs in
+a background task, not in the rebalance callback: ``engine.streams.recovery``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.metrics import EngineMetrics
 from engine.rules.model import Campaign, Registry
 from engine.rules.strings import kafka_partitions
-from engine.streams.decode import InBatch, decode_messages
+from engine.streams import recovery
+from engine.streams.decode import InBatch, concat_batches, decode_messages
 from engine.streams.shard import ShardDecider, ShardResult
 from engine.streams.state import ShardStore
-from engine.streams.topics import SOURCE_HEADER, Topics, ensure_topics
+from engine.streams.topics import CHANGELOG_MAX_BYTES, SOURCE_HEADER, Topics, ensure_topics
 
 log = logging.getLogger("mynapoint.worker")
 NO_TIME = -(2**63)
@@ -60,12 +67,15 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        # the lock: a batch in flight finishes (and commits) before its stores close
         async with self.worker.lock:
             self.worker.close_partitions({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        async with self.worker.lock:
-            await self.worker.open_partitions({tp.partition for tp in assigned})
+        # No restore here: a long one would stop heartbeats and get this member
+        # evicted, restarting the restore (a livelock). Partitions stay paused
+        # until their background take-over is done.
+        self.worker.assign_partitions({tp.partition for tp in assigned})
 
 
 class Worker:
@@ -81,27 +91,33 @@ class Worker:
         self.max_batch = max_batch
         self.max_record_bytes = max_record_bytes
         self.metrics = metrics or EngineMetrics()
-        # a private directory per process: two workers on one machine never share
-        # a RocksDB, and the changelog is the source of truth anyway
         self.state_root = state_dir / topics.group_id
-        self.state_dir = self.state_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.state_dir: Path | None = None      # this process's locked slot
+        self._slot_lock: IO[str] | None = None
         self.stores: dict[int, ShardStore] = {}
+        self.refused: dict[int, str] = {}
+        self._taking: dict[int, asyncio.Task[None]] = {}
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.decider: ShardDecider | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.admin: AIOKafkaAdminClient | None = None
         self.batches = 0
         self.records = 0
+        self._lag_at = 0.0
+        self._marker = os.environ.get("MYNAPOINT_BATCH_MARKER")
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self._clean_stale_state_dirs()
+        self._lock_slot()
         self.partitions = await ensure_topics(self.bootstrap, self.topics, self.partitions)
         self.decider = ShardDecider(self.campaign, self.registry, self.partitions)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await self.admin.start()
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
-            linger_ms=2, max_batch_size=1 << 20, max_request_size=10 << 20)
+            linger_ms=2, max_batch_size=1 << 20, max_request_size=CHANGELOG_MAX_BYTES)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.topics.group_id,
@@ -115,75 +131,157 @@ class Worker:
             fetch_max_wait_ms=20,
             max_poll_records=self.max_batch)
         await self.consumer.start()
-        self.consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
+        self.consumer.subscribe(list(self.topics.consumed), listener=_Rebalance(self))
         self.metrics.set_up(True)
 
     async def stop(self) -> None:
         self.metrics.set_up(False)
         if self.consumer is not None:
             await self.consumer.stop()  # runs on_partitions_revoked: stores close
+        for task in list(self._taking.values()):
+            task.cancel()
+        await asyncio.gather(*self._taking.values(), return_exceptions=True)
         if self.producer is not None:
             await self.producer.stop()
+        if self.admin is not None:
+            await self.admin.close()
         self.close_partitions(set(self.stores))
-        shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def _clean_stale_state_dirs(self) -> None:
-        if not self.state_root.exists():
+    def _lock_slot(self) -> None:
+        """Take the first free state slot under the state root.
+
+        The local RocksDB copies are a checkpoint worth keeping across restarts
+        (only the changelog's tail is then read), but two workers on one machine
+        must never share one. A slot is held with an exclusive ``flock``, which
+        the kernel releases when the process dies however it dies, so no
+        clean-up of "stale" directories is needed (PIDs repeat in containers).
+        """
+        self.state_root.mkdir(parents=True, exist_ok=True)
+        for n in range(1024):
+            slot = self.state_root / f"slot-{n}"
+            slot.mkdir(exist_ok=True)
+            f = open(slot / ".lock", "w")  # noqa: SIM115 (held for the process's life)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            self._slot_lock, self.state_dir = f, slot
             return
-        for d in self.state_root.iterdir():
-            pid = d.name.split("-", 1)[0]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                shutil.rmtree(d, ignore_errors=True)
+        raise RuntimeError(f"no free state slot under {self.state_root}")
 
     # ------------------------------------------------------------------ partitions
-    async def open_partitions(self, parts: set[int]) -> None:
-        for p in sorted(parts - set(self.stores)):
-            store = ShardStore(self.state_dir / f"p{p}", NO_TIME)
-            await self._restore(store, p)
-            store.rebuild_parked_index(self.campaign.park_timeout)
-            self.stores[p] = store
-            self.metrics.set_parked(p, len(store.parked))
-        self.metrics.set_assigned_partitions(len(self.stores))
-        log.info("assigned partitions %s", sorted(self.stores))
+    def _tps(self, p: int) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self.topics.consumed]
 
-    def close_partitions(self, parts: set[int]) -> None:
-        for p in sorted(parts & set(self.stores)):
-            store = self.stores.pop(p)
+    def assign_partitions(self, parts: set[int]) -> None:
+        assert self.consumer is not None
+        for p in sorted(parts - set(self.stores)):
+            self.consumer.pause(*self._tps(p))
+            prev = self._taking.get(p)
+            self._taking[p] = asyncio.create_task(self._take_over(p, prev))
+
+    async def _take_over(self, p: int, prev: asyncio.Task[None] | None) -> None:
+        """Checks, fence and restore for partition ``p``; then it is decided."""
+        if prev is not None:  # a cancelled earlier take-over must release the store
+            await asyncio.gather(prev, return_exceptions=True)
+        assert self.state_dir is not None and self.consumer is not None
+        delay = 0.5
+        while not self.stopping.is_set():
+            store: ShardStore | None = None
+            reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+                                      enable_auto_commit=False,
+                                      isolation_level="read_committed",
+                                      max_partition_fetch_bytes=CHANGELOG_MAX_BYTES * 2)
+            try:
+                await reader.start()
+                store = ShardStore(self.state_dir / f"p{p}", NO_TIME)
+                await self._restore(reader, store, p)
+                async with self.lock:
+                    if p not in self._assigned():
+                        store.close()
+                        return
+                    self.stores[p] = store
+                    self.consumer.resume(*self._tps(p))
+                self.metrics.set_parked(p, len(store.parked))
+                self.metrics.set_assigned_partitions(len(self.stores))
+                log.info("assigned partitions %s", sorted(self.stores))
+                return
+            except recovery.Refused as e:
+                if store is not None:
+                    store.close()
+                self.refused[p] = str(e)
+                self.metrics.set_refused(p, True)
+                log.error("partition %d refused: %s. Nothing is decided on it until an "
+                          "operator runs `mynapoint admin rebuild-state --partition %d` "
+                          "(docs/RUNBOOK.md)", p, e, p)
+                return
+            except asyncio.CancelledError:
+                if store is not None:
+                    store.close()
+                raise
+            except Exception as e:  # a broken take-over must be retried
+                if store is not None:
+                    store.close()
+                log.warning("taking over partition %d failed (%s: %s); retrying in %.1f s",
+                            p, type(e).__name__, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                await reader.stop()
+
+    def _assigned(self) -> set[int]:
+        assert self.consumer is not None
+        return {tp.partition for tp in self.consumer.assignment()}
+
+    async def _restore(self, reader: AIOKafkaConsumer, store: ShardStore, p: int) -> None:
+        assert self.admin is not None and self.producer is not None
+        tp = TopicPartition(self.topics.changelog, p)
+        end = (await reader.end_offsets([tp]))[tp]
+        await recovery.check_changelog(self.admin, self.topics, p, end)
+        if store.meta.changelog_offset >= end:
+            # a local copy ahead of the changelog belongs to another history
             store.close()
             ShardStore.destroy(store.path)
+            store.__init__(store.path, NO_TIME)  # type: ignore[misc]
+        fence = await recovery.write_fence(self.producer, self.topics, p)
+        t0 = time.perf_counter()
+        read, ignored = await recovery.restore(reader, self.topics, store, p, fence,
+                                               self.metrics.set_restore_remaining)
+        self.metrics.fenced_records_ignored(ignored)
+        await recovery.check_inputs(reader, store, p)
+        store.rebuild_parked_index(self.campaign.park_timeout)
+        log.info("partition %d restored: %d changelog records read (%d of a fenced-off "
+                 "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0)
+
+    def close_partitions(self, parts: set[int]) -> None:
+        for p in sorted(parts):
+            task = self._taking.pop(p, None)
+            if task is not None and not task.done():
+                task.cancel()
+                self._taking[p] = task  # the next take-over waits for it to let go
+            store = self.stores.pop(p, None)
+            if store is not None:
+                store.close()  # the files stay: a checkpoint for the next owner here
+            self.refused.pop(p, None)
         self.metrics.forget_partitions(parts)
         self.metrics.set_assigned_partitions(len(self.stores))
 
-    async def _restore(self, store: ShardStore, p: int) -> None:
-        tp = TopicPartition(self.topics.changelog, p)
-        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                             isolation_level="read_committed",
-                             max_partition_fetch_bytes=16 << 20)
-        await c.start()
-        try:
-            c.assign([tp])
-            end = (await c.end_offsets([tp]))[tp]
-            if store.meta.changelog_offset >= end:
-                # the local copy is from another broker's history: not ours to trust
-                store.close()
-                ShardStore.destroy(store.path)
-                fresh = ShardStore(store.path, NO_TIME)
-                store.__dict__.update(fresh.__dict__)
-            start = store.meta.changelog_offset + 1
-            if start >= end:
-                return
-            c.seek(tp, start)
-            pos = start
-            while pos < end:
-                batch = await c.getmany(tp, timeout_ms=1000, max_records=50_000)
-                recs = [(m.key, m.value, m.offset) for m in batch.get(tp, [])]
-                store.restore(recs)
-                if recs:
-                    pos = recs[-1][2] + 1
-                else:
-                    pos = await c.position(tp)
-        finally:
-            await c.stop()
+    def _drop_local_state(self, parts: set[int]) -> None:
+        """Our commit failed: we no longer own these partitions (or cannot tell).
+        The in-memory state ran ahead of anything committed, so it is dropped,
+        local files included; a new take-over restores from the changelog."""
+        assert self.consumer is not None
+        for p in parts:
+            store = self.stores.pop(p, None)
+            if store is None:
+                continue
+            store.close()
+            ShardStore.destroy(store.path)
+        still = parts & self._assigned()
+        if still:
+            self.assign_partitions(still)
+        self.metrics.set_assigned_partitions(len(self.stores))
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -212,12 +310,30 @@ class Worker:
                 lag = await self._enrollment_lag(p)
             except Exception:  # position unknown during a rebalance: decide next round
                 continue
-            self.metrics.set_consumer_lag(self.topics.enrollments, p, lag or 0)
             lag = lag is None or lag > 0
             if lag and tt not in c.paused():
                 c.pause(tt)
             elif not lag and tt in c.paused():
                 c.resume(tt)
+        await self._export_lag()
+
+    async def _export_lag(self) -> None:
+        """Consumer lag of every consumed partition, at most once a second."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        if now - self._lag_at < 1.0:
+            return
+        self._lag_at = now
+        for p in list(self.stores):
+            for tp in self._tps(p):
+                hw = self.consumer.highwater(tp)
+                if hw is None:
+                    continue
+                try:
+                    pos = await self.consumer.position(tp)
+                except Exception:  # revoked meanwhile
+                    continue
+                self.metrics.set_consumer_lag(tp.topic, p, max(hw - pos, 0))
 
     async def _enrollment_lag(self, p: int) -> int | None:
         """Unread records of enrollments partition ``p``; None while unknown."""
@@ -239,15 +355,18 @@ class Worker:
         assert self.producer is not None and self.consumer is not None
         assert self.decider is not None
         t0 = time.perf_counter()
+        if self._marker:
+            Path(self._marker).touch()
         by_part: dict[int, dict[str, list[Any]]] = defaultdict(dict)
-        offsets: dict[TopicPartition, int] = {}
+        offsets: dict[TopicPartition, Any] = {}
         stamps: list[int] = []
         for tp, msgs in data.items():
             if tp.partition not in self.stores or not msgs:
                 continue
             by_part[tp.partition][tp.topic] = msgs
-            offsets[tp] = msgs[-1].offset + 1
-            stamps.extend(m.timestamp for m in msgs)
+            offsets[tp] = msgs[-1]
+            if not self.topics.is_internal(tp.topic):
+                stamps.extend(m.timestamp for m in msgs)
         for p, topics in by_part.items():
             held = topics.get(self.topics.transactions)
             if held and await self._enrollments_behind(p):
@@ -261,8 +380,13 @@ class Worker:
                 offsets.pop(tt, None)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
-            enr = self._decode(topics.get(self.topics.enrollments), "enrollment")
-            txn = self._decode(topics.get(self.topics.transactions), "transaction")
+            inputs = self.stores[p].meta.inputs
+            for topic, msgs in topics.items():
+                inputs[topic] = [msgs[-1].offset + 1,
+                                 recovery.message_crc(msgs[-1].key, msgs[-1].value)]
+            t = self.topics
+            enr = self._decode(topics, t.enrollments, t.reroute_enrollments, "enrollment")
+            txn = self._decode(topics, t.transactions, t.reroute_transactions, "transaction")
             results[p] = self.decider.decide(self.stores[p], p, enr, txn)
         # outcomes (and re-routed records) first: state must never run ahead of them
         futs: list[asyncio.Future[Any]] = []
@@ -280,8 +404,8 @@ class Worker:
                     out[(topic, part if part >= 0 else p)].append(
                         (key, dumps(row), None, None))
             for rtype, target, rec, source, received in res.reroute:
-                topic = (self.topics.transactions if rtype == "transaction"
-                         else self.topics.enrollments)
+                topic = (self.topics.reroute_transactions if rtype == "transaction"
+                         else self.topics.reroute_enrollments)
                 # the engine reads a re-routed record's time from its JSON, not from
                 # the message timestamp (which the producer would set to "now")
                 ts = received // 1000 if received != NO_TIME else None
@@ -292,28 +416,44 @@ class Worker:
         if futs:
             await asyncio.gather(*futs)
         self._crash_point("outputs")
-        # then state: changelog (acknowledged) before the local copy
+        # then state: the changelog, tagged with the fence this worker took p under
         cl_futs: dict[int, list[tuple[Any, int]]] = {}
         for p, res in results.items():
+            tag = recovery.fence_tag(self.stores[p].meta.fence)
             msgs2: list[tuple[bytes | None, bytes, Any, Any]] = [
-                (k.encode(), v, None, None) for k, v in res.blobs.items()]
+                (k.encode(), v, tag, None) for k, v in res.blobs.items()]
             cl_futs[p] = await self._send_all(self.topics.changelog, p, msgs2)
+        last_cl: dict[int, int] = {}
         for p, fl in cl_futs.items():
             mds = await asyncio.gather(*(f for f, _ in fl))
             # a producer batch's metadata carries its base offset
-            last = max((md.offset + n - 1 for md, (_, n) in zip(mds, fl, strict=True)),
-                       default=-1)
-            self.stores[p].apply(results[p].blobs, last)
+            last_cl[p] = max((md.offset + n - 1 for md, (_, n) in zip(mds, fl, strict=True)),
+                             default=-1)
         self._crash_point("state")
+        committed = True
         if offsets:
+            meta = {tp: OffsetAndMetadata(
+                m.offset + 1,
+                recovery.commit_metadata(max(last_cl.get(tp.partition, -1),
+                                             self.stores[tp.partition].meta.changelog_offset)
+                                         + 1))
+                for tp, m in offsets.items()}
             try:
-                await self.consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError) as e:
-                # A rebalance took the partitions away (or back) meanwhile: outcomes
-                # and state are already durable, so the redelivered records will be
-                # skipped by the people's marks. Nothing to undo.
-                log.warning("offset commit skipped after a rebalance: %s", e)
+                await self.consumer.commit(meta)
+            except (CommitFailedError, IllegalStateError, KafkaError) as e:
+                committed = False
+                log.warning("offset commit failed (%s: %s): this worker lost partitions %s "
+                            "(or cannot tell); dropping their local state", type(e).__name__,
+                            e, sorted(results))
+        if committed:
+            for p, res in results.items():
+                self.stores[p].apply(res.blobs, last_cl[p])
+            self._crash_point("commit")
+        else:
+            self._drop_local_state(set(results))
         self._observe(results, time.perf_counter() - t0)
+        if self._marker:
+            Path(self._marker).unlink(missing_ok=True)
         # Append-to-outcome latency is only meaningful for live traffic, whose record
         # timestamp (received_at) is "now"; replays of old records carry old stamps.
         now_ms = time.time() * 1000
@@ -324,20 +464,32 @@ class Worker:
 
     def _crash_point(self, stage: str) -> None:
         """Crash injection for tests: ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs
-        this worker right after ``stage`` ("outputs" acknowledged, or "state" written)
-        of its ``batch``-th batch (0-based), before anything else happens."""
-        if os.environ.get("MYNAPOINT_CRASH_AT") == f"{stage}:{self.batches}":
+        this worker right after ``stage`` ("outputs" acknowledged, "state" in the
+        changelog, or "commit" done and the local checkpoint written) of its
+        ``batch``-th batch (0-based), before anything else happens.
+        ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead."""
+        here = f"{stage}:{self.batches}"
+        if os.environ.get("MYNAPOINT_CRASH_AT") == here:
             os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get("MYNAPOINT_STALL_AT") == here:
+            # a frozen worker (GC pause, SIGSTOP): the test resumes it with SIGCONT
+            log.warning("stalling at %s (test fault injection)", here)
+            os.kill(os.getpid(), signal.SIGSTOP)
 
-    def _decode(self, msgs: list[Any] | None, record_type: str) -> InBatch | None:
-        if not msgs:
-            return None
-        b = decode_messages(msgs, record_type, self.campaign, self.registry,
-                            self.max_record_bytes)
-        self.metrics.observe_records(msgs[0].topic, record_type, b.v.n)
-        for kind, k in b.bad_messages.items():
-            self.metrics.bad_message(kind, k)
-        return b
+    def _decode(self, topics: dict[str, list[Any]], public: str, internal: str,
+                record_type: str) -> InBatch | None:
+        parts: list[InBatch] = []
+        for topic, trusted in ((public, False), (internal, True)):
+            msgs = topics.get(topic)
+            if not msgs:
+                continue
+            b = decode_messages(msgs, record_type, self.campaign, self.registry,
+                                self.max_record_bytes, internal=trusted)
+            self.metrics.observe_records(topic, record_type, b.v.n)
+            for kind, k in b.bad_messages.items():
+                self.metrics.bad_message(kind, k)
+            parts.append(b)
+        return concat_batches(parts)
 
     async def _send_all(self, topic: str, partition: int,
                         msgs: list[tuple[bytes | None, bytes, Any, Any]]
@@ -372,10 +524,12 @@ class Worker:
                 m.observe_points([res.points])
             if res.clawed_back:
                 m.observe_points([-res.clawed_back])
+            store = self.stores.get(p)
+            if store is None:  # dropped: this worker lost the partition meanwhile
+                continue
             m.set_parked(p, res.parked)
-            st = self.stores[p].meta.stream_time
-            if st != NO_TIME:
-                m.set_stream_time(p, st / 1e6)
+            if store.meta.stream_time != NO_TIME:
+                m.set_stream_time(p, store.meta.stream_time / 1e6)
         m.observe_batch(n_rec, seconds)
         self.batches += 1
         self.records += n_rec

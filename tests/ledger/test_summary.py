@@ -27,3 +27,19 @@ def test_summary_from_arrays_equals_summary_from_tables(tmp_path: Path, cap: int
     assert r.summary["rejected"]["transaction"] == r.rejections.filter(
         r.rejections["record_type"].to_numpy(zero_copy_only=False) == "transaction").num_rows
     assert r.summary["points_granted"] == sum(r.grants["points"].to_pylist())
+
+
+def test_summary_of_outputs_alone_has_no_negative_counts(tmp_path: Path) -> None:
+    """``collect`` knows outputs only: accepted transactions are the grants, and what
+    it cannot know (accepted enrollments leave no output) is None, never negative."""
+    enr, txn = generate_tables(200, 2000, seed=5)
+    write_jsonl(enr, tmp_path / "e.jsonl")
+    write_jsonl(txn, tmp_path / "t.jsonl")
+    r = settle_files(tmp_path / "e.jsonl", tmp_path / "t.jsonl", DEFAULT_CAMPAIGN,
+                     DEFAULT_REGISTRY)
+    assert r.rejections.num_rows > 0
+    s = summarize(r.grants, r.rejections, None, 5000, "c")
+    assert s["accepted"]["transactions"] == r.grants.num_rows == \
+        r.summary["accepted"]["transactions"]
+    assert s["accepted"]["enrollments"] is None and s["people_enrolled"] is None
+    assert s["rejected"] == r.summary["rejected"]

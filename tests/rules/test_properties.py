@@ -148,6 +148,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         cap_points=draw(st.sampled_from([0, 1, 3, 7, 10, 20, 50, 1000])),
         rounding=draw(st.sampled_from(list(Rounding))),
         max_amount=draw(st.sampled_from([30, 50, 10_000])),
+        person_limit=draw(st.sampled_from([2, 4, 5_000])),
     )
     others = weighted(draw, [(4, ["opc", "opp"]), (1, ["opc"]), (1, ["opp"]), (1, [])])
     ops = draw(st.permutations(["opb", *others]))  # type: ignore[misc]

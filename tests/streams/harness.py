@@ -8,6 +8,7 @@ the output topics and compares record for record via the publisher's manifest.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from engine.streams.topics import Topics
 
 PARTITIONS = 4
 LAST_STATS: dict[str, object] = {}  # collect's counts from the last collect_and_compare
+# counts of the fault tests' last run, quoted by docs/RELIABILITY.md
+REPORT_DIR = Path(__file__).resolve().parents[2] / ".reliability"
 
 
 @dataclass
@@ -52,11 +55,13 @@ def topics_for(prefix: str) -> Topics:
 
 
 def worker(bootstrap: str, prefix: str, log_dir: Path, name: str = "w",
-           env: dict[str, str] | None = None) -> WorkerProcess:
+           env: dict[str, str] | None = None, extra: list[str] | None = None
+           ) -> WorkerProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     return WorkerProcess(bootstrap, prefix, PARTITIONS, state_dir=log_dir / "state",
                          log_path=log_dir / f"{name}.log",
-                         extra=["--group", f"{prefix}-engine", "--max-batch", "500"], env=env)
+                         extra=["--group", f"{prefix}-engine", "--max-batch", "500",
+                                *(extra or [])], env=env)
 
 
 def publish(bootstrap: str, prefix: str, sc: Scenario, manifest: Path, batch: int,
@@ -81,3 +86,26 @@ def collect_and_compare(bootstrap: str, prefix: str, sc: Scenario, manifest: Pat
                        strict=True))
     return (compare(sc.offline.grants, sc.offline.rejections, grants, rejections, mapping),
             grants, rejections)
+
+
+def records_in(sc: Scenario) -> int:
+    return sum(len(p.read_bytes().splitlines()) for p in (sc.enrollments, sc.transactions))
+
+
+def fault_report(name: str, sc: Scenario, cmp: Comparison, **facts: object) -> dict[str, object]:
+    """Counts of a fault test for docs/RELIABILITY.md: records in, outcomes out,
+    missing, doubled (one id, two contents), different from offline."""
+    missing = sum("only on the left" in d for d in cmp.differences)
+    report = {"test": name, "records_in": records_in(sc),
+              "outcomes_out": cmp.grants_right + cmp.rejections_right,
+              "offline_outcomes": sc.expected_outcomes,
+              "missing": missing, "doubled": int(LAST_STATS.get("conflicts") or 0),
+              "different": len(cmp.differences) - missing, **facts}
+    write_report(name, report)
+    return report
+
+
+def write_report(name: str, report: dict[str, object]) -> None:
+    REPORT_DIR.mkdir(exist_ok=True)
+    (REPORT_DIR / f"{name}.json").write_text(json.dumps({"test": name, **report}, indent=1)
+                                             + "\n")

@@ -6,7 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.rules.model import NO_TIME
-from engine.streams.state import META_KEY, PersonState, ShardStore, TxnEntry, encode
+from engine.streams.state import (
+    FENCE_KEY,
+    META_KEY,
+    Fence,
+    PersonState,
+    ShardStore,
+    TxnEntry,
+    encode,
+)
 
 
 def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
@@ -32,9 +40,47 @@ def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
 def test_restore_applies_only_newer_changelog_records(tmp_path: Path) -> None:
     store = ShardStore(tmp_path / "p1", NO_TIME)
     a, b = PersonState(c=1), PersonState(c=2)
-    store.restore([(b"personAA", encode(a), 0), (b"personAA", encode(b), 1),
-                   (META_KEY.encode(), encode(store.meta.__class__(stream_time=7)), 2)])
+    store.restore([(b"personAA", encode(a), 0, None), (b"personAA", encode(b), 1, None),
+                   (META_KEY.encode(), encode(store.meta.__class__(stream_time=7)), 2, None)])
     assert store.get("personAA").c == 2 and store.meta.stream_time == 7
-    store.restore([(b"personAA", encode(a), 1)])  # already applied: ignored
+    store.restore([(b"personAA", encode(a), 1, None)])  # already applied: ignored
     assert store.get("personAA").c == 2
+    store.close()
+
+
+def test_restore_ignores_a_zombies_writes_after_a_newer_fence(tmp_path: Path) -> None:
+    """Worker A took the partition at fence 0 and wrote under it; worker B took it
+    over at fence 2; A, stalled, then wrote stale state tagged with fence 0."""
+    store = ShardStore(tmp_path / "p2", NO_TIME)
+    fence = encode(Fence())
+    ignored = store.restore([
+        (FENCE_KEY, fence, 0, None),
+        (b"personAA", encode(PersonState(c=100)), 1, 0),      # A, legitimately
+        (FENCE_KEY, fence, 2, None),                          # B takes over
+        (b"personAA", encode(PersonState(c=300)), 3, 2),      # B decides on
+        (b"personAA", encode(PersonState(c=100)), 4, 0),      # A, a zombie: stale
+        (b"personBB", encode(PersonState(c=5)), 5, 0),        # A, a zombie: stale
+    ])
+    assert ignored == 2
+    assert store.get("personAA").c == 300
+    assert store.get("personBB") == PersonState()
+    assert store.meta.fence == 2 and store.meta.changelog_offset == 5
+    store.close()
+    # the checkpoint remembers the fence: a later tail is judged against it
+    again = ShardStore(tmp_path / "p2", NO_TIME)
+    assert again.restore([(b"personBB", encode(PersonState(c=7)), 6, 0)]) == 1
+    assert again.restore([(b"personBB", encode(PersonState(c=8)), 7, 2)]) == 0
+    assert again.get("personBB").c == 8
+    again.close()
+
+
+def test_a_reset_fence_voids_everything_before_it(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path / "p3", NO_TIME)
+    store.restore([(b"personAA", encode(PersonState(c=1)), 0, None),
+                   (META_KEY.encode(), encode(store.meta.__class__(stream_time=9)), 1, None)])
+    store.restore([(FENCE_KEY, encode(Fence(reset=True)), 2, None),
+                   (b"personBB", encode(PersonState(c=2)), 3, 2)])
+    assert store.get("personAA") == PersonState()
+    assert store.get("personBB").c == 2
+    assert store.meta.stream_time == NO_TIME and store.meta.changelog_offset == 3
     store.close()

@@ -1,0 +1,326 @@
+"""The fault matrix of docs/RELIABILITY.md, against the real broker: worker kills
+inside batches, a frozen zombie, scale-out while records flow, a wiped state
+directory, a deleted changelog, a recreated input topic. Each row ends with the
+stream compared to offline ``settle``, record for record, and its counts written
+to ``.reliability/``."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from engine.kafka.local import free_port
+from engine.streams.collect import collect
+from engine.streams.rebuild import rebuild_state
+from engine.streams.topics import Topics
+from tests.streams.harness import (
+    LAST_STATS,
+    PARTITIONS,
+    Scenario,
+    collect_and_compare,
+    fault_report,
+    make_scenario,
+    publish,
+    topics_for,
+    worker,
+    write_report,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    return make_scenario(tmp_path_factory.mktemp("faults"), 300, 3000, seed=11)
+
+
+def _publisher(bootstrap: str, prefix: str, sc: Scenario, manifest: Path,
+               rate: float) -> threading.Thread:
+    t = threading.Thread(target=publish, args=(bootstrap, prefix, sc, manifest, 1, rate))
+    t.start()
+    return t
+
+
+def _output_end(bootstrap: str, prefix: str) -> int:
+    """Outcome messages in the output topics so far (all partitions)."""
+    async def go() -> int:
+        t = topics_for(prefix)
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await c.start()
+        try:
+            tps = [TopicPartition(x, p) for x in (t.grants, t.rejections)
+                   for p in range(PARTITIONS)]
+            return sum((await c.end_offsets(tps)).values())
+        finally:
+            await c.stop()
+    return asyncio.run(go())
+
+
+def _ignored_in_logs(log_dir: Path) -> int:
+    return sum(int(n) for f in log_dir.glob("*.log")
+               for n in re.findall(r"\((\d+) of a fenced-off writer ignored\)",
+                                   f.read_text(errors="replace")))
+
+
+def test_sigkill_three_times_inside_batches(kafka_broker, topic_prefix, scenario,
+                                            tmp_path: Path) -> None:
+    """SIGKILL the worker three times at random moments, each proven to land while
+    it was inside a batch, restart it each time: nothing missing, doubled or
+    different."""
+    prefix = topic_prefix()
+    rng = random.Random(20201)
+    marker = tmp_path / "batch.marker"
+    env = {"MYNAPOINT_BATCH_MARKER": str(marker)}
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "w0", env=env).start()
+    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 120.0)
+    kills = 0
+    try:
+        for k in range(3):
+            w.wait_for("assigned partitions")
+            time.sleep(rng.uniform(0.3, 1.5))
+            assert w.alive, "worker died on its own"
+            w.kill_inside_batch(marker)
+            kills += t.is_alive()  # only kills while records still flow count
+            marker.unlink(missing_ok=True)
+            w = worker(kafka_broker.bootstrap, prefix, tmp_path, f"w{k + 1}", env=env).start()
+        t.join()
+        cmp, _, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,
+                                        tmp_path / "m.parquet")
+    finally:
+        w.stop()
+        t.join()
+    fault_report("sigkill_x3", scenario, cmp, kills_inside_batches=kills)
+    assert kills == 3, "a kill landed after publishing ended: slow publishing down"
+    assert cmp.equal, str(cmp)
+
+
+def test_zombie_frozen_past_its_session_writes_nothing_that_survives(
+        kafka_broker, topic_prefix, scenario, tmp_path: Path) -> None:
+    """Worker A freezes (SIGSTOP) right after its 6th batch's outcomes were
+    acknowledged, before its state is written; B takes every partition over; A is
+    resumed and, a zombie now, writes its stale state to the changelog and fails
+    to commit. Later restores ignore that state, and the outcomes equal offline."""
+    prefix = topic_prefix()
+    a = worker(kafka_broker.bootstrap, prefix, tmp_path, "a",
+               env={"MYNAPOINT_STALL_AT": "outputs:5"}).start()
+    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 150.0)
+    b = None
+    try:
+        a.wait_for("stalling at outputs:5")
+        time.sleep(0.5)  # SIGSTOP has landed once the log line is out
+        b = worker(kafka_broker.bootstrap, prefix, tmp_path, "b").start()
+        b.wait_for(f"assigned partitions {list(range(PARTITIONS))}", 60)
+        assert t.is_alive(), "records must still flow while the zombie is frozen"
+        time.sleep(1.0)
+        a.resume()
+        a.wait_for("offset commit failed", 60)  # the zombie finished its batch
+        time.sleep(3.0)
+        assert b.stop() == 0  # A now restores every partition, the zombie's writes included
+        a.wait_for(f"assigned partitions {list(range(PARTITIONS))}", 60)
+        t.join()
+        cmp, _, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,
+                                        tmp_path / "m.parquet")
+    finally:
+        a.resume()
+        a.stop()
+        if b is not None:
+            b.stop()
+        t.join()
+    ignored = _ignored_in_logs(tmp_path)
+    fault_report("zombie_sigstop", scenario, cmp, zombie_records_ignored=ignored)
+    assert ignored > 0, "the zombie's stale changelog writes were not seen and ignored"
+    assert cmp.equal, str(cmp)
+
+
+def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix, scenario,
+                                                      tmp_path: Path) -> None:
+    """A second worker joins while records flow, then the first leaves: both owned
+    partitions, and outcomes were produced before, between and after the changes."""
+    prefix = topic_prefix()
+    bootstrap = kafka_broker.bootstrap
+    a = worker(bootstrap, prefix, tmp_path, "a").start()
+    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 200.0)
+    b = None
+    try:
+        a.wait_for("assigned partitions [0")
+        time.sleep(1.0)
+        before_join = _output_end(bootstrap, prefix)
+        b = worker(bootstrap, prefix, tmp_path, "b").start()
+        b.wait_for("assigned partitions [", 60)
+        time.sleep(1.0)
+        before_leave = _output_end(bootstrap, prefix)
+        assert a.stop() == 0, "the leaving worker must shut down cleanly"
+        after_leave = _output_end(bootstrap, prefix)
+        assert t.is_alive(), "records must still flow after both changes"
+        t.join()
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+        total = _output_end(bootstrap, prefix)
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+        t.join()
+    fault_report("scale_out", scenario, cmp, outcomes_before_join=before_join,
+                 outcomes_before_leave=before_leave, outcomes_after_leave=after_leave)
+    assert 0 < before_join < before_leave <= after_leave < total
+    assert cmp.equal, str(cmp)
+
+
+def test_wiped_state_directory_is_rebuilt_from_the_changelog(kafka_broker, topic_prefix,
+                                                             scenario, tmp_path: Path) -> None:
+    prefix = topic_prefix()
+    bootstrap = kafka_broker.bootstrap
+    w = worker(bootstrap, prefix, tmp_path, "first").start()
+    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1500.0)
+    try:
+        time.sleep(2.0)
+        assert t.is_alive()
+        w.stop()
+        shutil.rmtree(tmp_path / "state")
+        w = worker(bootstrap, prefix, tmp_path, "second").start()
+        t.join()
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+    finally:
+        w.stop()
+        t.join()
+    log = (tmp_path / "second.log").read_text()
+    restored = sum(int(n) for n in re.findall(r"restored: (\d+) changelog records", log))
+    fault_report("wiped_state_dir", scenario, cmp, changelog_records_restored=restored)
+    assert restored > 0
+    assert cmp.equal, str(cmp)
+
+
+def _refused(metrics_port: int) -> set[int]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                  timeout=5).read().decode()
+    return {int(p) for p, v in re.findall(
+        r'mynapoint_partition_refused\{partition="(\d+)"\} (\S+)', text) if float(v) == 1}
+
+
+def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(names)
+        finally:
+            await admin.close()
+        await asyncio.sleep(2.0)  # deletion is asynchronous on the broker
+    asyncio.run(go())
+
+
+def _wait_refused(port: int, want: set[int]) -> None:
+    deadline = time.monotonic() + 60
+    while (got := _refused(port)) != want:
+        assert time.monotonic() < deadline, f"refused partitions {got}, expected {want}"
+        time.sleep(0.5)
+
+
+def test_lost_changelog_is_refused_until_rebuilt(kafka_broker, topic_prefix, scenario,
+                                                 tmp_path: Path) -> None:
+    """The changelog topic is deleted while the worker is down. On restart the
+    worker refuses every partition (one log line each, a metric), emits nothing
+    from empty state, and after `admin rebuild-state` decides everything again,
+    identically."""
+    prefix = topic_prefix()
+    bootstrap = kafka_broker.bootstrap
+    w = worker(bootstrap, prefix, tmp_path, "before").start()
+    publish(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1000)
+    collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+    w.stop()
+    shutil.rmtree(tmp_path / "state")  # and the local copies: nothing of the state is left
+    _delete_topics(bootstrap, [topics_for(prefix).changelog])
+    outputs = _output_end(bootstrap, prefix)
+    port = free_port()
+    w = worker(bootstrap, prefix, tmp_path, "refusing",
+               extra=["--metrics-port", str(port)]).start()
+    try:
+        _wait_refused(port, set(range(PARTITIONS)))
+        log = (tmp_path / "refusing.log").read_text()
+        assert len(re.findall(r"partition \d refused: .*state changelog was deleted", log)) \
+            == PARTITIONS, log
+        time.sleep(2.0)
+        assert _output_end(bootstrap, prefix) == outputs, "outcomes emitted from empty state"
+    finally:
+        w.stop()
+    done = asyncio.run(rebuild_state(bootstrap, Topics(prefix, f"{prefix}-engine"), None))
+    assert sorted(done) == list(range(PARTITIONS))
+    w = worker(bootstrap, prefix, tmp_path, "rebuilt").start()
+    try:
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+        deadline = time.monotonic() + 60
+        while (again := _output_end(bootstrap, prefix)) < 2 * outputs:
+            assert time.monotonic() < deadline, "the input was not decided again"
+            time.sleep(0.5)
+    finally:
+        w.stop()
+    fault_report("changelog_deleted", scenario, cmp, partitions_refused=PARTITIONS,
+                 outcomes_emitted_while_refused=0, outcomes_reemitted=again - outputs)
+    assert cmp.equal and not LAST_STATS["conflicts"], str(cmp)
+
+
+def test_recreated_input_topic_is_refused_not_skipped(kafka_broker, topic_prefix, scenario,
+                                                       tmp_path: Path) -> None:
+    """The transactions topic is deleted and recreated with fewer, new records
+    while the worker is down. The worker refuses the partitions whose committed
+    offsets no longer match instead of skipping the new records; after
+    `admin rebuild-state` every new record gets exactly one outcome."""
+    prefix = topic_prefix()
+    bootstrap = kafka_broker.bootstrap
+    w = worker(bootstrap, prefix, tmp_path, "before").start()
+    publish(bootstrap, prefix, scenario, tmp_path / "m1.parquet", 1)
+    collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m1.parquet")
+    w.stop()
+    _delete_topics(bootstrap, [topics_for(prefix).transactions])
+    fresh = make_scenario(tmp_path / "fresh", 60, 200, seed=99)
+    only_txn = Scenario(tmp_path / "none.jsonl", fresh.transactions, fresh.offline)
+    only_txn.enrollments.write_text("")
+    publish(bootstrap, prefix, only_txn, tmp_path / "m2.parquet", 1)
+    new_sources = set(pq.read_table(tmp_path / "m2.parquet")["kafka_source"].to_pylist())
+    outputs = _output_end(bootstrap, prefix)
+    port = free_port()
+    w = worker(bootstrap, prefix, tmp_path, "refusing",
+               extra=["--metrics-port", str(port)]).start()
+    try:
+        _wait_refused(port, set(range(PARTITIONS)))
+        log = (tmp_path / "refusing.log").read_text()
+        assert len(re.findall(r"refused: .*transactions/\d .*input topic was", log)) \
+            == PARTITIONS, log
+        time.sleep(2.0)
+        assert _output_end(bootstrap, prefix) == outputs, "records decided or skipped"
+    finally:
+        w.stop()
+    asyncio.run(rebuild_state(bootstrap, Topics(prefix, f"{prefix}-engine"), None))
+    w = worker(bootstrap, prefix, tmp_path, "rebuilt").start()
+    try:
+        stats: dict[str, object] = {}
+        deadline = time.monotonic() + 90
+        while True:
+            grants, rejections = asyncio.run(collect(bootstrap, topics_for(prefix), expect=0,
+                                                     idle_timeout=3.0, stats=stats))
+            decided = [s for s in grants["source"].to_pylist() + rejections["source"]
+                       .to_pylist() if s in new_sources]
+            if len(set(decided)) == len(new_sources) or time.monotonic() > deadline:
+                break
+    finally:
+        w.stop()
+    LAST_STATS.clear()
+    LAST_STATS.update(stats)
+    missing = len(new_sources - set(decided))
+    report = {"records_in": len(new_sources), "outcomes_out": len(decided),
+              "missing": missing, "doubled": int(stats.get("conflicts") or 0)}
+    write_report("input_recreated", {**report, "different": 0,
+                                     "partitions_refused": PARTITIONS})
+    assert missing == 0 and len(decided) == len(new_sources)
+    assert not stats.get("conflicts")
