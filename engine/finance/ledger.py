@@ -104,6 +104,9 @@ def connect(path: str | Path, *, write: bool = False) -> Any:
         con = duckdb.connect(str(p), read_only=not write)
     except duckdb.Error as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "lock" in first.lower():
+            raise LedgerError(f"{p}: in use by another process (a running `ledger load "
+                              "--from-kafka --follow`? stop it first)") from None
         raise LedgerError(f"{p}: not a ledger (DuckDB cannot open it: {first})") from None
     try:
         if fresh:

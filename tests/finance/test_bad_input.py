@@ -125,3 +125,33 @@ def test_load_from_a_directory_without_outputs(tmp_path: Path) -> None:
     r = run("load", "--ledger", str(tmp_path / "l.duckdb"), "--from", str(tmp_path / "out"))
     assert_refused(r, "grants.parquet", "cannot read as Parquet")
     assert not (tmp_path / "l.duckdb").exists()
+
+
+def test_bad_configuration(tmp_path: Path) -> None:
+    led = make_ledger(tmp_path / "l.duckdb", GRANTS)
+    ops = tmp_path / "operators.toml"
+    ops.write_text(OPERATORS_TOML.replace('payout = "next_month"', 'payout = "weekly"'))
+    r = run("statements", "--ledger", str(led), "--out", str(tmp_path / "st"), "--operators",
+            str(ops))
+    assert_refused(r, "operators.toml", "payout")
+    assert not (tmp_path / "st").exists()
+
+
+def test_ledger_in_use_by_a_writer(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    led = make_ledger(tmp_path / "l.duckdb", GRANTS)
+    writer = subprocess.Popen([sys.executable, "-c",
+                               "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('open', flush=True); time.sleep(60)", str(led)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "open\n"
+        r = subprocess.run([sys.executable, "-m", "engine.cli", "ledger", "statements",
+                            "--ledger", str(led), "--out", str(tmp_path / "st")],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert_refused(r, str(led), "in use by another process")
