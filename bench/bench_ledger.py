@@ -39,7 +39,7 @@ con.close()
 # every 500th row left out, and rows of unknown transactions to reach the size.
 MAKE_CLAIM = """
 import sys, duckdb
-con = duckdb.connect(sys.argv[1], read_only=True)
+con = duckdb.connect(sys.argv[1], read_only=True, config={"enable_progress_bar": False})
 n = int(sys.argv[3])
 op = con.execute(f"SELECT operator_id FROM grants WHERE points <> 0 GROUP BY 1 "
                  f"ORDER BY abs(count(*) - {n}), 1 LIMIT 1").fetchone()[0]
@@ -110,7 +110,7 @@ def main() -> int:
     print("statements:", ", ".join(f"{w:.2f} s" for w, _ in st_runs), flush=True)
     claim = work / "claim.csv"
     op = subprocess.run([py, "-c", MAKE_CLAIM, str(led), str(claim), str(a.claim_rows)],
-                        check=True, capture_output=True, text=True).stdout.strip()
+                        check=True, capture_output=True, text=True).stdout.split()[-1]
     claim_rows = sum(1 for _ in claim.open("rb")) - 1
     reconcile = [*ledger_cmd, "reconcile", "--ledger", str(led), "--operator", op,
                  "--claim", str(claim), "--out", str(work / "rc")]

@@ -101,7 +101,9 @@ def connect(path: str | Path, *, write: bool = False) -> Any:
         raise LedgerError(f"{p}: not a file")
     fresh = not p.exists() or p.stat().st_size == 0
     try:
-        con = duckdb.connect(str(p), read_only=not write)
+        # no progress bar: it would be drawn into the command's output
+        con = duckdb.connect(str(p), read_only=not write,
+                             config={"enable_progress_bar": False})
     except duckdb.Error as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "lock" in first.lower():
