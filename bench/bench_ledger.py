@@ -39,7 +39,8 @@ con.close()
 # every 500th row left out, and rows of unknown transactions to reach the size.
 MAKE_CLAIM = """
 import sys, duckdb
-con = duckdb.connect(sys.argv[1], read_only=True, config={"enable_progress_bar": False})
+con = duckdb.connect(sys.argv[1], read_only=True)
+con.execute("SET enable_progress_bar = false")
 n = int(sys.argv[3])
 op = con.execute(f"SELECT operator_id FROM grants WHERE points <> 0 GROUP BY 1 "
                  f"ORDER BY abs(count(*) - {n}), 1 LIMIT 1").fetchone()[0]

@@ -101,9 +101,7 @@ def connect(path: str | Path, *, write: bool = False) -> Any:
         raise LedgerError(f"{p}: not a file")
     fresh = not p.exists() or p.stat().st_size == 0
     try:
-        # no progress bar: it would be drawn into the command's output
-        con = duckdb.connect(str(p), read_only=not write,
-                             config={"enable_progress_bar": False})
+        con = duckdb.connect(str(p), read_only=not write)
     except duckdb.Error as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "lock" in first.lower():
@@ -111,6 +109,8 @@ def connect(path: str | Path, *, write: bool = False) -> Any:
                               "--from-kafka --follow`? stop it first)") from None
         raise LedgerError(f"{p}: not a ledger (DuckDB cannot open it: {first})") from None
     try:
+        # no progress bar: it would be drawn into the command's output
+        con.execute("SET enable_progress_bar = false")
         if fresh:
             initialize(con)
         _check(con, p)
