@@ -43,6 +43,7 @@ _COMMANDS = {
     "collect": "engine.streams.collect:main",
     "status": "engine.ops.status:main",
     "demo": "engine.demo:main",
+    "ledger": "engine.finance.cli:main",
     "admin": "engine.streams.rebuild:main",
 }
 
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="more unread records than this on a partition is degraded "
                          "(default 100000)")
 
+    _ledger_parser(sub)
+
     a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
     a.add_argument("action", choices=["rebuild-state"],
                    help="rebuild-state: void the state of partitions and decide their "
@@ -166,6 +169,62 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=9092)
     d.add_argument("--offline", action="store_true", help="skip Kafka, settle offline only")
     return p
+
+
+def _ledger_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    lp = sub.add_parser("ledger", help="finance: the DuckDB ledger, statements, settlement, "
+                                       "claim reconciliation, what-if diff, report")
+    ls = lp.add_subparsers(dest="ledger_command", required=True)
+    operators_help = "operators.toml with the payout schedules (default: shipped)"
+
+    ld = ls.add_parser("load", help="append settle outputs (Parquet) or the output topics")
+    ld.add_argument("--ledger", required=True, metavar="L.duckdb")
+    ld.add_argument("--from", dest="source", default=None, metavar="OUT_DIR",
+                    help="a settle/collect output directory (grants.parquet, rejections.parquet)")
+    ld.add_argument("--from-kafka", action="store_true",
+                    help="exactly-once sink of the output topics")
+    ld.add_argument("--follow", action="store_true",
+                    help="with --from-kafka: keep running as a service")
+    ld.add_argument("--broker", default=DEFAULT_BROKER)
+    ld.add_argument("--client-config", default=None, metavar="F",
+                    help="Kafka client properties (security.protocol, sasl.mechanism, "
+                         "sasl.jaas.config)")
+    ld.add_argument("--topic-prefix", default="mynapoint")
+    ld.add_argument("--metrics-port", type=int, default=0,
+                    help="serve Prometheus metrics on 127.0.0.1:PORT (0 = off)")
+    ld.add_argument("--idle-timeout", type=float, default=10.0,
+                    help="without --follow: stop after this many seconds without news "
+                         "even if not caught up")
+    ld.add_argument("--max-batch", type=int, default=20_000,
+                    help="messages per ledger transaction")
+
+    st = ls.add_parser("statements", help="monthly statements per operator")
+    st.add_argument("--ledger", required=True)
+    st.add_argument("--out", required=True)
+    st.add_argument("--operators", default=None, help=operators_help)
+
+    se = ls.add_parser("settlement", help="final settlement against the advances paid")
+    se.add_argument("--ledger", required=True)
+    se.add_argument("--advances", required=True, metavar="A.csv")
+    se.add_argument("--out", required=True)
+    se.add_argument("--operators", default=None, help=operators_help)
+
+    rc = ls.add_parser("reconcile", help="reconcile an operator's claim with the ledger")
+    rc.add_argument("--ledger", required=True)
+    rc.add_argument("--operator", required=True, metavar="ID")
+    rc.add_argument("--claim", required=True, metavar="C.csv")
+    rc.add_argument("--out", required=True)
+
+    df = ls.add_parser("diff", help="compare two ledgers (what-if)")
+    df.add_argument("--ledger", required=True)
+    df.add_argument("--against", required=True, metavar="L2.duckdb")
+    df.add_argument("--out", required=True)
+
+    rp = ls.add_parser("report", help="one self-contained HTML report")
+    rp.add_argument("--ledger", required=True)
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--operators", default=None, help=operators_help)
+    rp.add_argument("--campaign", default=None, help="campaign.toml with the budget")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
