@@ -212,6 +212,24 @@ def _wait_refused(port: int, want: set[int]) -> None:
         time.sleep(0.5)
 
 
+def _refuses_every_partition(bootstrap: str, prefix: str, tmp_path: Path, reason: str) -> int:
+    """Start a worker that must refuse every partition (metric and one log line
+    each matching ``reason``) and emit nothing; return the outcome count."""
+    outputs = output_end(bootstrap, prefix)
+    port = free_port()
+    w = worker(bootstrap, prefix, tmp_path, "refusing",
+               extra=["--metrics-port", str(port)]).start()
+    try:
+        _wait_refused(port, set(range(PARTITIONS)))
+        log = (tmp_path / "refusing.log").read_text()
+        assert len(re.findall(reason, log)) == PARTITIONS, log
+        time.sleep(2.0)
+        assert output_end(bootstrap, prefix) == outputs, "outcomes emitted while refused"
+    finally:
+        w.stop()
+    return outputs
+
+
 def test_lost_changelog_is_refused_until_rebuilt(kafka_broker, topic_prefix, scenario,
                                                  tmp_path: Path) -> None:
     """The changelog topic is deleted while the worker is down. On restart the
@@ -226,19 +244,8 @@ def test_lost_changelog_is_refused_until_rebuilt(kafka_broker, topic_prefix, sce
     w.stop()
     shutil.rmtree(tmp_path / "state")  # and the local copies: nothing of the state is left
     _delete_topics(bootstrap, [topics_for(prefix).changelog])
-    outputs = output_end(bootstrap, prefix)
-    port = free_port()
-    w = worker(bootstrap, prefix, tmp_path, "refusing",
-               extra=["--metrics-port", str(port)]).start()
-    try:
-        _wait_refused(port, set(range(PARTITIONS)))
-        log = (tmp_path / "refusing.log").read_text()
-        assert len(re.findall(r"partition \d refused: .*state changelog was deleted", log)) \
-            == PARTITIONS, log
-        time.sleep(2.0)
-        assert output_end(bootstrap, prefix) == outputs, "outcomes emitted from empty state"
-    finally:
-        w.stop()
+    outputs = _refuses_every_partition(bootstrap, prefix, tmp_path,
+                                       r"partition \d refused: .*state changelog was deleted")
     done = asyncio.run(rebuild_state(bootstrap, Topics(prefix, f"{prefix}-engine"), None))
     assert sorted(done) == list(range(PARTITIONS))
     w = worker(bootstrap, prefix, tmp_path, "rebuilt").start()
@@ -273,19 +280,8 @@ def test_recreated_input_topic_is_refused_not_skipped(kafka_broker, topic_prefix
     only_txn.enrollments.write_text("")
     publish(bootstrap, prefix, only_txn, tmp_path / "m2.parquet", 1)
     new_sources = set(pq.read_table(tmp_path / "m2.parquet")["kafka_source"].to_pylist())
-    outputs = output_end(bootstrap, prefix)
-    port = free_port()
-    w = worker(bootstrap, prefix, tmp_path, "refusing",
-               extra=["--metrics-port", str(port)]).start()
-    try:
-        _wait_refused(port, set(range(PARTITIONS)))
-        log = (tmp_path / "refusing.log").read_text()
-        assert len(re.findall(r"refused: .*transactions/\d .*input topic was", log)) \
-            == PARTITIONS, log
-        time.sleep(2.0)
-        assert output_end(bootstrap, prefix) == outputs, "records decided or skipped"
-    finally:
-        w.stop()
+    _refuses_every_partition(bootstrap, prefix, tmp_path,
+                             r"refused: .*transactions/\d .*input topic was")
     asyncio.run(rebuild_state(bootstrap, Topics(prefix, f"{prefix}-engine"), None))
     w = worker(bootstrap, prefix, tmp_path, "rebuilt").start()
     try:
@@ -309,3 +305,30 @@ def test_recreated_input_topic_is_refused_not_skipped(kafka_broker, topic_prefix
                                      "partitions_refused": PARTITIONS})
     assert missing == 0 and len(decided) == len(new_sources)
     assert not stats.get("conflicts")
+
+
+def test_a_failed_take_over_is_retried_and_lag_is_exported_for_every_topic(
+        kafka_broker, topic_prefix, scenario, tmp_path: Path) -> None:
+    """An exception while taking a partition over is not swallowed with the
+    partition left assigned and unserved: it is logged and retried. And consumer
+    lag is exported for the transactions topic too, not only enrollments."""
+    prefix = topic_prefix()
+    bootstrap = kafka_broker.bootstrap
+    port = free_port()
+    w = worker(bootstrap, prefix, tmp_path, "w", env={"MYNAPOINT_FAIL_AT": "takeover:0"},
+               extra=["--metrics-port", str(port)]).start()
+    try:
+        w.wait_for(f"assigned partitions {list(range(PARTITIONS))}", 60)
+        publish(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1000)
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+        time.sleep(1.5)  # lag is exported at most once a second
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                      timeout=5).read().decode()
+    finally:
+        w.stop()
+    log = (tmp_path / "w.log").read_text()
+    assert re.search(r"taking over partition \d failed \(KafkaConnectionError: .*injected", log)
+    assert cmp.equal, str(cmp)
+    lag_topics = set(re.findall(r'mynapoint_consumer_lag\{partition="\d",topic="([^"]+)"\}',
+                                text))
+    assert set(topics_for(prefix).consumed) <= lag_topics, lag_topics
