@@ -174,9 +174,9 @@ def test_wiped_state_directory_is_rebuilt_from_the_changelog(kafka_broker, topic
     prefix = topic_prefix()
     bootstrap = kafka_broker.bootstrap
     w = worker(bootstrap, prefix, tmp_path, "first").start()
-    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1500.0)
+    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 300.0)
     try:
-        time.sleep(2.0)
+        _outcomes_beyond(bootstrap, prefix, 0)  # the first run decided something
         assert t.is_alive()
         w.stop()
         shutil.rmtree(tmp_path / "state")
