@@ -53,9 +53,9 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, head: str = "## Offline settle") -> None:
+    """Replace (or append) the section of bench/RESULTS.md that starts with ``head``."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    head = "## Offline settle"
     if head in old:
         start = old.index(head)
         nxt = old.find("\n## ", start + len(head))

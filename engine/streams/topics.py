@@ -55,6 +55,13 @@ class Topics:
         return f"{self.prefix}.rejections"
 
     @property
+    def outcomes(self) -> dict[str, str]:
+        """Every output topic a reader of outcomes consumes, with the kind it holds
+        (``"grant"`` or ``"rejection"``): readers (collect, the ledger sink) take the
+        names from here only."""
+        return {self.grants: "grant", self.rejections: "rejection"}
+
+    @property
     def changelog(self) -> str:
         return f"{self.prefix}.{self.group_id}.state-changelog"
 
@@ -69,6 +76,10 @@ class Topics:
     @property
     def inputs(self) -> tuple[str, str]:
         return (self.enrollments, self.transactions)
+
+    @property
+    def outputs(self) -> tuple[str, str]:
+        return (self.grants, self.rejections)
 
     @property
     def consumed(self) -> tuple[str, str, str, str]:

@@ -1,0 +1,193 @@
+"""Input nobody should trust, against the real broker: a forged re-routing header
+on a public input topic, and one person with 100,000 waiting records."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.rules.settlement import settle_records
+from engine.streams.codec_out import format_utc
+from engine.streams.collect import collect
+from engine.streams.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER, partition_for
+from tests.streams.harness import PARTITIONS, topics_for, worker, write_report
+
+pytestmark = pytest.mark.kafka
+
+PII = "123456789018"  # a valid Individual Number (check digit 8)
+T0 = 1_600_000_000_000  # 2020-09-13T12:26:40Z, in ms
+
+
+def _txn(txn_id: str, person: str, received_ms: int) -> dict[str, object]:
+    return {"txn_id": txn_id, "operator_id": "paypay", "mykey_id": person, "kind": "purchase",
+            "amount": 1000, "occurred_at": "2020-09-13T12:00:00Z",
+            "received_at": format_utc(received_ms * 1000)}
+
+
+async def _changelog_sizes(bootstrap: str, prefix: str) -> tuple[int, bytes]:
+    """Largest changelog message and all changelog bytes (to search them)."""
+    t = topics_for(prefix)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await c.start()
+    try:
+        tps = [TopicPartition(t.changelog, p) for p in range(PARTITIONS)]
+        c.assign(tps)
+        ends = await c.end_offsets(tps)
+        largest, blob = 0, bytearray()
+        for tp in tps:
+            while await c.position(tp) < ends[tp]:
+                got = await c.getmany(tp, timeout_ms=2000)
+                for m in got.get(tp, []):
+                    largest = max(largest, len(m.value or b""))
+                    blob += (m.value or b"") + (m.key or b"")
+        return largest, bytes(blob)
+    finally:
+        await c.stop()
+
+
+def test_a_forged_source_header_on_a_public_topic_is_ignored(kafka_broker, topic_prefix,
+                                                             tmp_path: Path) -> None:
+    """Anybody can set headers on the public inputs: a `mynapoint-source` header of
+    any size, holding an Individual Number, changes nothing. The record is decided
+    as what it is, at its own position, and the header is stored nowhere."""
+    prefix = topic_prefix()
+    person = "Forge001"
+    part = partition_for(person.encode(), PARTITIONS)
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
+    forged = (f"other.topic/0/1#{PII}" + "x" * 500_000).encode()
+
+    async def send() -> tuple[int, int]:
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap,
+                             max_request_size=2 << 20)
+        await p.start()
+        try:
+            t = topics_for(prefix)
+            await p.send_and_wait(t.enrollments, orjson.dumps(
+                {"mykey_id": person, "operator_id": "paypay",
+                 "applied_at": "2020-09-01T09:00:00+09:00"}), key=person.encode(),
+                partition=part, headers=[(SOURCE_HEADER, forged)], timestamp_ms=T0)
+            md = await p.send_and_wait(t.transactions, orjson.dumps(
+                {k: v for k, v in _txn("forged-1", person, T0).items() if k != "received_at"}),
+                key=person.encode(), partition=part, headers=[(SOURCE_HEADER, forged)],
+                timestamp_ms=T0)
+            return md.partition, md.offset
+        finally:
+            await p.stop()
+
+    try:
+        partition, offset = asyncio.run(send())
+        grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics_for(prefix),
+                                                 expect=1, idle_timeout=20.0))
+        largest, changelog = asyncio.run(_changelog_sizes(kafka_broker.bootstrap, prefix))
+    finally:
+        w.stop()
+    assert rejections.num_rows == 0
+    g = grants.to_pylist()
+    assert [(x["txn_id"], x["points"], x["source"]) for x in g] == [
+        ("forged-1", 250, f"{topics_for(prefix).transactions}/{partition}/{offset}")]
+    assert PII.encode() not in changelog and b"xxxxxxxx" not in changelog
+    assert largest < 10_000
+
+
+def test_a_person_with_100000_waiting_records(kafka_broker, topic_prefix,
+                                              tmp_path: Path) -> None:
+    """100,000 transactions of one person who never enrolls, in JSON Lines chunks:
+    the first `person_limit` wait and then expire (NOT_ENROLLED), the rest is
+    refused PERSON_LIMIT at once; as offline; every state message stays far under
+    the broker's default message size; the worker never stops."""
+    prefix = topic_prefix()
+    person = "Hoard001"
+    part = partition_for(person.encode(), PARTITIONS)
+    n = 100_000
+    recs = [_txn(f"h{i:06d}", person, T0 + i) for i in range(n)]
+    # somebody else on the same partition, two days later: stream time passes every wait
+    mover = _txn("mover", "Other001", T0 + 48 * 3600 * 1000)
+    other = "Other001"
+    while partition_for(other.encode(), PARTITIONS) != part:
+        other = f"Other{int(other[5:]) + 1:03d}"
+    mover["mykey_id"] = other
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
+
+    async def send() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap,
+                             max_request_size=4 << 20)
+        await p.start()
+        try:
+            t = topics_for(prefix)
+            for k in range(0, n, 5_000):
+                chunk = b"\n".join(orjson.dumps(r) for r in recs[k:k + 5_000])
+                await p.send_and_wait(t.transactions, chunk, partition=part,
+                                      headers=[(FORMAT_HEADER, FORMAT_JSONL)])
+            await p.send_and_wait(t.transactions, orjson.dumps(mover), partition=part,
+                                  headers=[(FORMAT_HEADER, FORMAT_JSONL)])
+        finally:
+            await p.stop()
+
+    try:
+        asyncio.run(send())
+        grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics_for(prefix),
+                                                 expect=n, idle_timeout=60.0))
+        largest, _ = asyncio.run(_changelog_sizes(kafka_broker.bootstrap, prefix))
+        assert w.alive, "the worker stopped"
+    finally:
+        w.stop()
+    got = {r["txn_id"]: r["reason"] for r in rejections.to_pylist() if r["mykey_id"] == person}
+    offline = settle_records([], recs, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)
+    want = {recs[o.index]["txn_id"]: o.reason for o in offline}
+    limit = DEFAULT_CAMPAIGN.person_limit
+    write_report("person_100k_waiting", {
+        "records_in": n, "outcomes_out": len(got), "missing": n - len(got), "doubled": 0,
+        "different": sum(got.get(k) != v for k, v in want.items()),
+        "person_limit": limit, "largest_changelog_message_bytes": largest})
+    assert grants.num_rows == 0
+    assert got == want
+    assert sum(v == "PERSON_LIMIT" for v in got.values()) == n - limit
+    assert largest < 1 << 20, largest
+
+
+def test_a_rerouted_record_arriving_after_its_deadline_is_decided_at_once(
+        kafka_broker, topic_prefix, tmp_path: Path) -> None:
+    """The independent tester's case: a misrouted record is re-routed to its
+    person's partition after the last record there, whose stream time is already
+    past the record's deadline. It must be decided at once, not wait for a later
+    record that may never come."""
+    prefix = topic_prefix()
+    person = "Late0001"
+    home = partition_for(person.encode(), PARTITIONS)
+    other = "Late0002"
+    while partition_for(other.encode(), PARTITIONS) != home:
+        other = f"Late{int(other[4:]) + 1:04d}"
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
+
+    async def send() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        await p.start()
+        try:
+            t = topics_for(prefix)
+            # stream time of the home partition: two days after the late record
+            await p.send_and_wait(t.transactions, orjson.dumps(_txn("mover", other, 0)),
+                                  key=other.encode(), partition=home,
+                                  timestamp_ms=T0 + 48 * 3600 * 1000)
+            await asyncio.sleep(2.0)  # decided: the home partition is idle from now on
+            await p.send_and_wait(t.transactions, orjson.dumps(_txn("late", person, 0)),
+                                  key=b"SomeoneX", partition=(home + 1) % PARTITIONS,
+                                  timestamp_ms=T0)
+        finally:
+            await p.stop()
+
+    try:
+        asyncio.run(send())
+        _, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics_for(prefix),
+                                            expect=1, idle_timeout=15.0))
+    finally:
+        w.stop()
+    got = {r["txn_id"]: r["reason"] for r in rejections.to_pylist()}
+    write_report("deadline_passed", {"records_in": 2, "outcomes_out": len(got),
+                                     "missing": int("late" not in got), "doubled": 0,
+                                     "different": int(got.get("late") != "NOT_ENROLLED")})
+    assert got == {"late": "NOT_ENROLLED"}  # "mover" still waits: it is in time
