@@ -37,7 +37,8 @@ def test_kafka_help_describes_every_action() -> None:
     out = mynapoint("kafka", "--help").stdout
     for action, text in KAFKA_ACTIONS.items():
         assert f"  {action:<8}{text}" in out
-    assert "--port PORT  broker port" in out
+    assert "--port PORT        client port" in out
+    assert "--brokers BROKERS  start a KRaft cluster" in out
 
 
 def test_collect_timeout_help_says_what_it_does() -> None:
