@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from engine.ledger.compare import compare
+from engine.ledger.compare import Comparison, compare
 from engine.streams.collect import collect
 from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
 from tests.poison_records import (
@@ -34,8 +34,10 @@ from tests.poison_records import (
     json_poison,
 )
 from tests.streams.harness import (
+    LAST_STATS,
     PARTITIONS,
     Scenario,
+    fault_report,
     make_scenario,
     publish,
     topics_for,
@@ -231,9 +233,13 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
     assert formats_seen["misrouted"] == 8
     assert formats_seen["enr-arrow"] > 4
     # the normal stream around them is exactly the offline result
-    _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
-                                {src.split("#")[0] for entries in sent.values()
-                                 for _, src in entries})
+    cmp = _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
+                                      {src.split("#")[0] for entries in sent.values()
+                                       for _, src in entries})
+    poison = sum(formats_seen.values())
+    fault_report("poison_every_kind", sc, cmp, poison_records=poison,
+                 poison_outcomes=grants.num_rows + rejections.num_rows - sc.expected_outcomes,
+                 message_formats=3)
 
 
 def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
@@ -250,9 +256,13 @@ def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
         time.sleep(0.5)
         sent = asyncio.run(inject(bootstrap, prefix))
         t.join()
+        stats: dict[str, object] = {}
         grants, rejections = asyncio.run(collect(
             bootstrap, topics_for(prefix), expect=sc.expected_outcomes + extra(sent),
-            idle_timeout=20.0))
+            idle_timeout=20.0, stats=stats))
+        assert not stats.get("conflicts"), stats  # a copy is the same decision
+        LAST_STATS.clear()
+        LAST_STATS.update(stats)
         assert w.alive, "a poison message stopped the worker"
     finally:
         w.stop()
@@ -263,7 +273,7 @@ def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
 
 
 def _assert_the_rest_is_offline(sc: Scenario, tmp_path: Path, grants: pa.Table,
-                                rejections: pa.Table, poison_messages: set[str]) -> None:
+                                rejections: pa.Table, poison_messages: set[str]) -> Comparison:
     """The outcomes of every message but the poison ones are the offline result."""
     def normal(t: pa.Table) -> pa.Table:
         return t.filter(pa.array([s.split("#")[0] not in poison_messages
@@ -276,3 +286,4 @@ def _assert_the_rest_is_offline(sc: Scenario, tmp_path: Path, grants: pa.Table,
                        strict=True))
     c = compare(sc.offline.grants, sc.offline.rejections, normal_g, normal_r, mapping)
     assert c.equal, str(c)
+    return c
