@@ -27,6 +27,7 @@ from tests.poison_records import (
     PERSON,
     Poison,
     arrow_poison,
+    base,
     enrollment_poison,
     expected_count,
     invalid_utf8_table,
@@ -160,8 +161,8 @@ async def _inject_catalogue(bootstrap: str, prefix: str
         if c.stream:
             sent["one"].append((c, await send(c.text, None)))
     chunk = [c for c in json_poison("chunk") if c.stream]
-    base = await send(b"\n".join(c.text for c in chunk), FORMAT_JSONL)
-    sent["chunk"] = [(c, f"{base}#{i}") for i, c in enumerate(chunk)]
+    at = await send(b"\n".join(c.text for c in chunk), FORMAT_JSONL)
+    sent["chunk"] = [(c, f"{at}#{i}") for i, c in enumerate(chunk)]
     tables = [c for c in json_poison("jarrow") + arrow_poison("arrow")
               if c.stream and c.table is not None]
     for c in tables:
@@ -177,8 +178,11 @@ async def _inject_catalogue(bootstrap: str, prefix: str
             md = await p.send_and_wait(t.transactions, c.text, key=b"SomeoneE", partition=wrong,
                                        timestamp_ms=TS)
             sent["misrouted"].append((c, f"{t.transactions}/{md.partition}/{md.offset}"))
-    sent["unreadable"] = [(Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
-                           await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW))]
+    sent["unreadable"] = [
+        (Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
+         await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW)),
+        (Poison("compressed", "", b"", "MALFORMED", "Arrow IPC body compression"),
+         await send(ipc(pa.Table.from_pylist([base("zstd-1")]), "zstd"), FORMAT_ARROW))]
     # enrollments: each person on their own partition where the key says so
     for fmt in ("enr-one", "enr-chunk", "enr-arrow"):
         catalogue = enrollment_poison(fmt[4:8])
@@ -191,8 +195,8 @@ async def _inject_catalogue(bootstrap: str, prefix: str
                                            key=m.group(1) if m else b"x", timestamp_ms=TS)
                 sent[fmt].append((c, f"{t.enrollments}/{md.partition}/{md.offset}"))
         elif fmt == "enr-chunk":
-            base = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, t.enrollments)
-            sent[fmt] = [(c, f"{base}#{i}") for i, c in enumerate(texts)]
+            at = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, t.enrollments)
+            sent[fmt] = [(c, f"{at}#{i}") for i, c in enumerate(texts)]
         else:
             sent[fmt] = [(c, await send(ipc(c.table), FORMAT_ARROW, t.enrollments) + "#0")
                          for c in catalogue if c.table is not None]
