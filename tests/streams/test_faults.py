@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.kafka.local import free_port
@@ -31,6 +30,7 @@ from tests.streams.harness import (
     collect_and_compare,
     fault_report,
     make_scenario,
+    output_end,
     publish,
     topics_for,
     worker,
@@ -50,21 +50,6 @@ def _publisher(bootstrap: str, prefix: str, sc: Scenario, manifest: Path,
     t = threading.Thread(target=publish, args=(bootstrap, prefix, sc, manifest, 1, rate))
     t.start()
     return t
-
-
-def _output_end(bootstrap: str, prefix: str) -> int:
-    """Outcome messages in the output topics so far (all partitions)."""
-    async def go() -> int:
-        t = topics_for(prefix)
-        c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        await c.start()
-        try:
-            tps = [TopicPartition(x, p) for x in (t.grants, t.rejections)
-                   for p in range(PARTITIONS)]
-            return sum((await c.end_offsets(tps)).values())
-        finally:
-            await c.stop()
-    return asyncio.run(go())
 
 
 def _ignored_in_logs(log_dir: Path) -> int:
@@ -155,17 +140,17 @@ def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix,
     try:
         a.wait_for("assigned partitions [0")
         time.sleep(1.0)
-        before_join = _output_end(bootstrap, prefix)
+        before_join = output_end(bootstrap, prefix)
         b = worker(bootstrap, prefix, tmp_path, "b").start()
         b.wait_for("assigned partitions [", 60)
         time.sleep(1.0)
-        before_leave = _output_end(bootstrap, prefix)
+        before_leave = output_end(bootstrap, prefix)
         assert a.stop() == 0, "the leaving worker must shut down cleanly"
-        after_leave = _output_end(bootstrap, prefix)
+        after_leave = output_end(bootstrap, prefix)
         assert t.is_alive(), "records must still flow after both changes"
         t.join()
         cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
-        total = _output_end(bootstrap, prefix)
+        total = output_end(bootstrap, prefix)
     finally:
         a.stop()
         if b is not None:
@@ -241,7 +226,7 @@ def test_lost_changelog_is_refused_until_rebuilt(kafka_broker, topic_prefix, sce
     w.stop()
     shutil.rmtree(tmp_path / "state")  # and the local copies: nothing of the state is left
     _delete_topics(bootstrap, [topics_for(prefix).changelog])
-    outputs = _output_end(bootstrap, prefix)
+    outputs = output_end(bootstrap, prefix)
     port = free_port()
     w = worker(bootstrap, prefix, tmp_path, "refusing",
                extra=["--metrics-port", str(port)]).start()
@@ -251,7 +236,7 @@ def test_lost_changelog_is_refused_until_rebuilt(kafka_broker, topic_prefix, sce
         assert len(re.findall(r"partition \d refused: .*state changelog was deleted", log)) \
             == PARTITIONS, log
         time.sleep(2.0)
-        assert _output_end(bootstrap, prefix) == outputs, "outcomes emitted from empty state"
+        assert output_end(bootstrap, prefix) == outputs, "outcomes emitted from empty state"
     finally:
         w.stop()
     done = asyncio.run(rebuild_state(bootstrap, Topics(prefix, f"{prefix}-engine"), None))
@@ -260,7 +245,7 @@ def test_lost_changelog_is_refused_until_rebuilt(kafka_broker, topic_prefix, sce
     try:
         cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
         deadline = time.monotonic() + 60
-        while (again := _output_end(bootstrap, prefix)) < 2 * outputs:
+        while (again := output_end(bootstrap, prefix)) < 2 * outputs:
             assert time.monotonic() < deadline, "the input was not decided again"
             time.sleep(0.5)
     finally:
@@ -288,7 +273,7 @@ def test_recreated_input_topic_is_refused_not_skipped(kafka_broker, topic_prefix
     only_txn.enrollments.write_text("")
     publish(bootstrap, prefix, only_txn, tmp_path / "m2.parquet", 1)
     new_sources = set(pq.read_table(tmp_path / "m2.parquet")["kafka_source"].to_pylist())
-    outputs = _output_end(bootstrap, prefix)
+    outputs = output_end(bootstrap, prefix)
     port = free_port()
     w = worker(bootstrap, prefix, tmp_path, "refusing",
                extra=["--metrics-port", str(port)]).start()
@@ -298,7 +283,7 @@ def test_recreated_input_topic_is_refused_not_skipped(kafka_broker, topic_prefix
         assert len(re.findall(r"refused: .*transactions/\d .*input topic was", log)) \
             == PARTITIONS, log
         time.sleep(2.0)
-        assert _output_end(bootstrap, prefix) == outputs, "records decided or skipped"
+        assert output_end(bootstrap, prefix) == outputs, "records decided or skipped"
     finally:
         w.stop()
     asyncio.run(rebuild_state(bootstrap, Topics(prefix, f"{prefix}-engine"), None))
