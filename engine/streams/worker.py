@@ -231,6 +231,7 @@ class Worker:
             try:
                 await reader.start()
                 store = ShardStore(self.state_dir / f"p{p}", NO_TIME)
+                self._crash_point("takeover")
                 await self._restore(reader, store, p)
                 async with self.lock:
                     if p not in self._assigned():
@@ -555,12 +556,12 @@ class Worker:
 
     def _crash_point(self, stage: str) -> None:
         """Crash injection for tests: ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs
-        this worker right after ``stage`` ("decided" in memory, "outputs"
-        acknowledged, "state" in the changelog, or "commit" done and the local
-        checkpoint written) of its ``batch``-th batch (0-based), before anything else
-        happens. ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead, and
-        ``MYNAPOINT_FAIL_AT`` raises a Kafka connection error there, once, as a
-        broker fault would."""
+        this worker right after ``stage`` ("takeover" of a partition begun,
+        "decided" in memory, "outputs" acknowledged, "state" in the changelog, or
+        "commit" done and the local checkpoint written) of its ``batch``-th batch
+        (0-based), before anything else happens. ``MYNAPOINT_STALL_AT`` (same syntax)
+        SIGSTOPs it there instead, and ``MYNAPOINT_FAIL_AT`` raises a Kafka connection
+        error there, once, as a broker fault would."""
         here = f"{stage}:{self.batches}"
         if os.environ.get("MYNAPOINT_CRASH_AT") == here:
             os.kill(os.getpid(), signal.SIGKILL)
