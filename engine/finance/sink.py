@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import signal
 import sys
 import time
@@ -32,62 +31,21 @@ from typing import Any
 
 from engine.finance import ledger
 from engine.finance.ledger import AppendResult, InputError, transaction
+from engine.kafka.client_config import ClientConfigError, load_client_config
 from engine.streams.collect import Outcomes, at_end, topic_partitions
 from engine.streams.topics import Topics
 
 CONNECT_TIMEOUT = 30.0
 CRASH_ENV = "MYNAPOINT_SINK_CRASH_AT"  # tests: "<before_commit|after_commit>:<batch>"
-_JAAS = re.compile(r'(username|password)\s*=\s*"((?:[^"\\]|\\.)*)"')
-_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
 def client_options(path: str | Path | None) -> dict[str, Any]:
     """aiokafka keyword arguments from a Kafka client properties file
-    (``security.protocol``, ``sasl.mechanism``, ``sasl.jaas.config`` with
-    ``username``/``password``, ``ssl.ca.location``). Raises :class:`InputError`
-    naming the file, line and key for anything else."""
-    if path is None:
-        return {}
-    p = Path(path)
+    (:mod:`engine.kafka.client_config`), its errors as :class:`InputError`."""
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    props: dict[str, tuple[int, str]] = {}
-    for no, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line[0] in "#!":
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise InputError(f"{p}: line {no}: not key=value")
-        props[key.strip()] = (no, value.strip())
-    opts: dict[str, Any] = {}
-    for key, (no, value) in props.items():
-        if key == "security.protocol":
-            if value not in _PROTOCOLS:
-                raise InputError(f"{p}: line {no}: security.protocol must be one of "
-                                 f"{', '.join(_PROTOCOLS)}")
-            opts["security_protocol"] = value
-        elif key == "sasl.mechanism":
-            if value not in _MECHANISMS:
-                raise InputError(f"{p}: line {no}: sasl.mechanism must be one of "
-                                 f"{', '.join(_MECHANISMS)}")
-            opts["sasl_mechanism"] = value
-        elif key == "sasl.jaas.config":
-            found = dict(_JAAS.findall(value))
-            if set(found) != {"username", "password"}:
-                raise InputError(f"{p}: line {no}: sasl.jaas.config needs username=\"...\" "
-                                 "and password=\"...\"")
-            opts["sasl_plain_username"] = found["username"]
-            opts["sasl_plain_password"] = found["password"]
-        elif key == "ssl.ca.location":
-            from aiokafka.helpers import create_ssl_context
-            opts["ssl_context"] = create_ssl_context(cafile=value)
-        else:
-            raise InputError(f"{p}: line {no}: unsupported client property {key}")
-    return opts
+        return load_client_config(path)
+    except ClientConfigError as e:
+        raise InputError(str(e)) from None
 
 
 class SinkMetrics:
