@@ -23,6 +23,7 @@ _COMMANDS = {
     "collect": "engine.streams.collect:main",
     "demo": "engine.demo:main",
     "admin": "engine.streams.rebuild:main",
+    "archive": "engine.archive.archiver:main",
 }
 
 
@@ -39,9 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clean", action="store_true",
                    help="only well-formed, eligible-looking records (benchmarks)")
 
-    s = sub.add_parser("settle", help="settle enrollment and transaction files offline")
-    s.add_argument("--enrollments", required=True)
-    s.add_argument("--transactions", required=True)
+    s = sub.add_parser("settle", help="settle enrollment and transaction files, or an "
+                                      "archive, offline")
+    s.add_argument("--enrollments", default=None)
+    s.add_argument("--transactions", default=None)
+    s.add_argument("--archive", default=None, metavar="DIR",
+                   help="settle a redacted archive (mynapoint archive) instead of files")
     s.add_argument("--operators", default=None, help="operators.toml (default: shipped)")
     s.add_argument("--campaign", default=None, help="campaign.toml (default: shipped)")
     s.add_argument("--out", required=True)
@@ -89,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many idle seconds")
     c.add_argument("--campaign", default=None,
                    help="campaign.toml for the summary's cap and id (default: shipped)")
+
+    ar = sub.add_parser("archive", help="archive the input topics, redacted, to Parquet")
+    ar.add_argument("--out", required=True, metavar="DIR")
+    ar.add_argument("--follow", action="store_true",
+                    help="keep archiving new input (default: stop at the inputs' end)")
+    ar.add_argument("--broker", default=DEFAULT_BROKER)
+    ar.add_argument("--topic-prefix", default="mynapoint")
+    ar.add_argument("--client-config", default=None, metavar="F",
+                    help="Kafka client properties (not supported yet)")
+    ar.add_argument("--verify", action="store_true",
+                    help="only audit DIR against its manifest (exit 1 on a problem)")
 
     a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
     a.add_argument("action", choices=["rebuild-state"],
