@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--topic-prefix", default="mynapoint")
     ar.add_argument("--client-config", default=None, metavar="F",
                     help="Kafka client properties (not supported yet)")
+    ar.add_argument("--file-rows", type=int, default=20_000,
+                    help="messages per archive file (at most)")
     ar.add_argument("--verify", action="store_true",
                     help="only audit DIR against its manifest (exit 1 on a problem)")
 

@@ -200,7 +200,8 @@ def main(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await archive(args.broker, topics, args.out, follow=args.follow, stop=stop)
+        return await archive(args.broker, topics, args.out, follow=args.follow, stop=stop,
+                             flush_rows=max(1, args.file_rows))
 
     from aiokafka.errors import KafkaError
 
