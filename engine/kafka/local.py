@@ -520,8 +520,10 @@ def _wait_ready(broker: Broker, log_offset: int, wait: float) -> None:
         time.sleep(0.2)
 
 
-def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60.0) -> Broker:
-    """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``."""
+def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60.0,
+          extra_properties: dict[str, str] | None = None) -> Broker:
+    """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``;
+    ``extra_properties`` are appended to its server.properties (tests: retention)."""
     data = Path(data_dir).resolve() if data_dir is not None else default_data_dir(port)
     java = _require("java", "install a Java 17 runtime to run the Kafka broker")
     if _broker_pid(data) is None:
@@ -550,7 +552,8 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
         props = data / SERVER_PROPERTIES
         log4j = data / LOG4J_PROPERTIES
         (data / "logs").mkdir(exist_ok=True)
-        props.write_text(_server_properties(data, port, controller_port))
+        props.write_text(_server_properties(data, port, controller_port) + "".join(
+            f"{k}={v}\n" for k, v in (extra_properties or {}).items()))
         log4j.write_text(_log4j_properties(data))
         (data / PID_FILE).unlink(missing_ok=True)
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io.readers import BadRecord, load_record, split_lines
 from engine.rules.model import NO_TIME, Campaign, Registry
+from engine.rules.strings import is_individual_number
 from engine.rules.validate import (
     Shaped,
     Validated,
@@ -108,8 +109,11 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             if isinstance(obj, BadRecord):
                 bad[obj.kind] = bad.get(obj.kind, 0) + 1
             elif isinstance(obj, dict) and origin is None:
-                # in Kafka the record timestamp *is* received_at
-                obj.pop("received_at", None)
+                # in Kafka the record timestamp *is* received_at, but an Individual
+                # Number there must still reach check 1
+                ra = obj.get("received_at")
+                if not (isinstance(ra, str) and is_individual_number(ra)):
+                    obj.pop("received_at", None)
                 # the key is only a routing hint: records are placed by their mykey_id
                 if m.key is None:
                     bad["no_key"] = bad.get("no_key", 0) + 1
