@@ -22,7 +22,7 @@ _COMMANDS = {
     "publish": "engine.streams.publish:main",
     "collect": "engine.streams.collect:main",
     "demo": "engine.demo:main",
-    "admin": "engine.streams.rebuild:main",
+    "admin": "engine.cli:admin",
     "archive": "engine.archive.archiver:main",
 }
 
@@ -108,15 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only audit DIR against its manifest (exit 1 on a problem)")
 
     a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
-    a.add_argument("action", choices=["rebuild-state"],
+    a.add_argument("action", choices=["rebuild-state", "locate"],
                    help="rebuild-state: void the state of partitions and decide their "
-                        "input again from the beginning (workers must be stopped)")
+                        "input again from the beginning (workers must be stopped); "
+                        "locate: every place holding data about --mykey-id")
     a.add_argument("--partition", type=int, action="append", default=[],
                    help="partition to rebuild (repeatable; default: all)")
     a.add_argument("--broker", default=DEFAULT_BROKER)
     a.add_argument("--topic-prefix", default="mynapoint")
     a.add_argument("--group", default=None,
                    help="the workers' consumer group (default: <topic-prefix>-engine)")
+    a.add_argument("--mykey-id", default=None, help="locate: the person")
+    a.add_argument("--state-dir", default=".kafka/state",
+                   help="locate: the workers' local state root")
+    a.add_argument("--archive", default=None, metavar="DIR", help="locate: an archive")
+    a.add_argument("--ledger", default=None, metavar="L.duckdb", help="locate: a ledger")
+    a.add_argument("--kafka", dest="with_kafka", action="store_true",
+                   help="locate: also read the engine's topics on --broker")
 
     d = sub.add_parser("demo", help="the main job, end to end on a local broker")
     d.add_argument("--users", type=int, default=20_000)
@@ -124,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=9092)
     d.add_argument("--offline", action="store_true", help="skip Kafka, settle offline only")
     return p
+
+
+def admin(args: argparse.Namespace) -> int:
+    module = "engine.privacy.locate" if args.action == "locate" else "engine.streams.rebuild"
+    return int(importlib.import_module(module).main(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

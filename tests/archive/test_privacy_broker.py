@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from engine.archive.archiver import archive
 from engine.archive.store import Archive
+from engine.cli import main as cli
 from engine.kafka import local
 from engine.streams.collect import collect
 from engine.streams.topics import (
@@ -114,7 +115,7 @@ def _holders(root: Path) -> list[str]:
 
 
 def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_prefix,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, capsys) -> None:
     prefix = topic_prefix()
     msgs = _messages(prefix)
     w = worker(kafka_broker.bootstrap, prefix, tmp_path / "w").start()
@@ -148,6 +149,17 @@ def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_p
     assert _holders(tmp_path / "ar") == []  # the archive
     a = Archive.open(tmp_path / "ar")
     assert a.verify() == [] and sum(e.rows for e in a.files()) == len(msgs)
+    # the erasure report finds the enrolled person everywhere the engine keeps them
+    assert cli(["admin", "locate", "--mykey-id", "Zz00aa50", "--state-dir",
+                str(tmp_path / "w" / "state"), "--archive", str(tmp_path / "ar"), "--kafka",
+                "--broker", kafka_broker.bootstrap, "--topic-prefix", prefix,
+                "--group", f"{prefix}-engine"]) == 0
+    report = capsys.readouterr().out
+    kinds = {(line.split("\t")[0], line.split("\t")[1].split("/")[-1].split(":")[0])
+             for line in report.splitlines()[:-1]}
+    assert {k for k, _ in kinds} == {"state", "archive", "kafka"}, report
+    assert {w for k, w in kinds if k == "kafka"} == {t.changelog, t.grants, t.enrollments,
+                                                     t.transactions}, report
 
 
 def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
