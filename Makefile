@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars promtool demo demo-offline test lint typecheck unit bench clean
+.PHONY: install kafka-jars promtool chromium demo demo-offline test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,13 +40,17 @@ unit: install
 promtool:
 	bash scripts/ensure-promtool.sh
 
-test: install kafka-jars promtool lint typecheck
+chromium:
+	bash scripts/ensure-chromium.sh
+
+test: install kafka-jars promtool chromium lint typecheck
 	$(BIN)/pytest
 
 bench: install kafka-jars
 	$(BIN)/python bench/bench_settle.py
 	$(BIN)/python bench/bench_stream.py
+	$(BIN)/python bench/bench_ledger.py
 
 clean:
 	-$(BIN)/mynapoint kafka stop
-	rm -rf $(VENV) .kafka data out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .kafka data out test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,26 @@ from collections.abc import Sequence
 
 DEFAULT_BROKER = "127.0.0.1:9092"
 
+# What `mynapoint --help` shows; the module docstring above is for developers.
+DESCRIPTION = """\
+Mynapoint settlement engine: decides, for every enrollment and transaction a payment
+operator sends, whether it earns Mynapoint points, and emits one grant or rejection
+per record. Settle files offline (generate, settle) or run the streaming engine on
+Kafka (kafka, worker, publish, collect, status, admin)."""
+EPILOG = """\
+Run `mynapoint COMMAND --help` for a command's options. Exit codes: 0 success,
+1 a check failed or results are incomplete, 2 bad input, configuration or broker
+unreachable, 3 conflicting outcomes (collect)."""
+
+KAFKA_ACTIONS = {
+    "fetch": "download the Kafka broker jars from Maven Central (once; cached)",
+    "start": "start a local broker on 127.0.0.1:PORT, or a cluster with --brokers N "
+             "(fetches first if needed)",
+    "stop": "stop the local broker (or cluster) started for PORT",
+    "status": "exit 0 if the local broker (every node of a cluster) for PORT runs and "
+              "answers, else 1",
+}
+
 # command name -> "module:function"; the function takes the parsed args, returns exit code
 _COMMANDS = {
     "generate": "engine.generate:main",
@@ -21,15 +41,18 @@ _COMMANDS = {
     "worker": "engine.streams.worker:main",
     "publish": "engine.streams.publish:main",
     "collect": "engine.streams.collect:main",
+    "status": "engine.ops.status:main",
     "demo": "engine.demo:main",
+    "ledger": "engine.finance.cli:main",
     "admin": "engine.cli:admin",
     "archive": "engine.archive.archiver:main",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mynapoint", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="mynapoint", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help="generate a seeded, realistic synthetic campaign")
     g.add_argument("--users", type=int, default=100_000)
@@ -51,9 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
 
-    k = sub.add_parser("kafka", help="local single-node Kafka broker (loopback only)")
-    k.add_argument("action", choices=["fetch", "start", "stop", "status"])
-    k.add_argument("--port", type=int, default=9092)
+    k = sub.add_parser(
+        "kafka", help="local Kafka broker or cluster (loopback only)",
+        description="A local Kafka broker (or a KRaft cluster of N brokers) for development,\n"
+                    "tests and the demo, bound to 127.0.0.1, data in .kafka/.\n\nactions:\n"
+                    + "\n".join(f"  {a:<8}{h}" for a, h in KAFKA_ACTIONS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    k.add_argument("action", choices=list(KAFKA_ACTIONS), metavar="ACTION",
+                   help="one of: " + ", ".join(KAFKA_ACTIONS) + " (see above)")
+    k.add_argument("--port", type=int, default=9092,
+                   help="client port (default 9092; of node 1 in a cluster, node i uses "
+                        "PORT+i-1)")
+    k.add_argument("--brokers", type=int, default=1,
+                   help="start a KRaft cluster of N brokers (replication factor min(3, N))")
 
     w = sub.add_parser("worker", help="run a streaming settlement worker")
     w.add_argument("--operators", default=None)
@@ -68,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0 = off)")
     w.add_argument("--topic-prefix", default="mynapoint")
     w.add_argument("--max-batch", type=int, default=20_000)
+    w.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text (default) or one JSON object per line")
 
     pb = sub.add_parser("publish", help="replay enrollment/transaction files into Kafka")
     pb.add_argument("--enrollments", default=None)
@@ -90,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--expect", type=int, default=0,
                    help="wait until this many distinct outcomes were read")
     c.add_argument("--timeout", type=float, default=10.0,
-                   help="stop after this many idle seconds")
+                   help="with --expect: give up after this many seconds in which no "
+                        "message arrived (default 10). Without --expect collect stops "
+                        "at the current end of the topics and does not wait.")
     c.add_argument("--campaign", default=None,
                    help="campaign.toml for the summary's cap and id (default: shipped)")
 
@@ -101,11 +138,36 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--broker", default=DEFAULT_BROKER)
     ar.add_argument("--topic-prefix", default="mynapoint")
     ar.add_argument("--client-config", default=None, metavar="F",
-                    help="Kafka client properties (not supported yet)")
+                    help="Kafka client properties (security.protocol, sasl.*, ssl.*)")
     ar.add_argument("--file-rows", type=int, default=20_000,
                     help="messages per archive file (at most)")
     ar.add_argument("--verify", action="store_true",
                     help="only audit DIR against its manifest (exit 1 on a problem)")
+
+    st = sub.add_parser(
+        "status", help="the whole streaming engine at a glance (exit 0/1/2)",
+        description="Per input partition: owning worker, committed offset, lag, stream "
+                    "time, parked records, age of the last decided batch; per worker: "
+                    "partitions and state restore progress; per output topic: end "
+                    "offsets; a verdict. Exit 0 healthy, 1 degraded, 2 down or "
+                    "unreachable. Reads the consumer group from the broker and each "
+                    "worker's metrics port where reachable.")
+    st.add_argument("--broker", default=DEFAULT_BROKER,
+                    help=f"bootstrap server (default {DEFAULT_BROKER})")
+    st.add_argument("--client-config", default=None, metavar="FILE",
+                    help="Kafka client properties (security.protocol, sasl.*, ssl.*)")
+    st.add_argument("--topic-prefix", default="mynapoint")
+    st.add_argument("--group", default=None,
+                    help="workers' consumer group (default: <topic-prefix>-engine)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
+                    help="a partition with unread records and no batch decided for this "
+                         "long is stalled (default 60)")
+    st.add_argument("--max-lag", type=int, default=100_000,
+                    help="more unread records than this on a partition is degraded "
+                         "(default 100000)")
+
+    _ledger_parser(sub)
 
     a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
     a.add_argument("action", choices=["rebuild-state", "locate"],
@@ -137,6 +199,62 @@ def build_parser() -> argparse.ArgumentParser:
 def admin(args: argparse.Namespace) -> int:
     module = "engine.privacy.locate" if args.action == "locate" else "engine.streams.rebuild"
     return int(importlib.import_module(module).main(args) or 0)
+
+
+def _ledger_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    lp = sub.add_parser("ledger", help="finance: the DuckDB ledger, statements, settlement, "
+                                       "claim reconciliation, what-if diff, report")
+    ls = lp.add_subparsers(dest="ledger_command", required=True)
+    operators_help = "operators.toml with the payout schedules (default: shipped)"
+
+    ld = ls.add_parser("load", help="append settle outputs (Parquet) or the output topics")
+    ld.add_argument("--ledger", required=True, metavar="L.duckdb")
+    ld.add_argument("--from", dest="source", default=None, metavar="OUT_DIR",
+                    help="a settle/collect output directory (grants.parquet, rejections.parquet)")
+    ld.add_argument("--from-kafka", action="store_true",
+                    help="exactly-once sink of the output topics")
+    ld.add_argument("--follow", action="store_true",
+                    help="with --from-kafka: keep running as a service")
+    ld.add_argument("--broker", default=DEFAULT_BROKER)
+    ld.add_argument("--client-config", default=None, metavar="F",
+                    help="Kafka client properties (security.protocol, sasl.mechanism, "
+                         "sasl.jaas.config)")
+    ld.add_argument("--topic-prefix", default="mynapoint")
+    ld.add_argument("--metrics-port", type=int, default=0,
+                    help="serve Prometheus metrics on 127.0.0.1:PORT (0 = off)")
+    ld.add_argument("--idle-timeout", type=float, default=10.0,
+                    help="without --follow: stop after this many seconds without news "
+                         "even if not caught up")
+    ld.add_argument("--max-batch", type=int, default=20_000,
+                    help="messages per ledger transaction")
+
+    st = ls.add_parser("statements", help="monthly statements per operator")
+    st.add_argument("--ledger", required=True)
+    st.add_argument("--out", required=True)
+    st.add_argument("--operators", default=None, help=operators_help)
+
+    se = ls.add_parser("settlement", help="final settlement against the advances paid")
+    se.add_argument("--ledger", required=True)
+    se.add_argument("--advances", required=True, metavar="A.csv")
+    se.add_argument("--out", required=True)
+    se.add_argument("--operators", default=None, help=operators_help)
+
+    rc = ls.add_parser("reconcile", help="reconcile an operator's claim with the ledger")
+    rc.add_argument("--ledger", required=True)
+    rc.add_argument("--operator", required=True, metavar="ID")
+    rc.add_argument("--claim", required=True, metavar="C.csv")
+    rc.add_argument("--out", required=True)
+
+    df = ls.add_parser("diff", help="compare two ledgers (what-if)")
+    df.add_argument("--ledger", required=True)
+    df.add_argument("--against", required=True, metavar="L2.duckdb")
+    df.add_argument("--out", required=True)
+
+    rp = ls.add_parser("report", help="one self-contained HTML report")
+    rp.add_argument("--ledger", required=True)
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--operators", default=None, help=operators_help)
+    rp.add_argument("--campaign", default=None, help="campaign.toml with the budget")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

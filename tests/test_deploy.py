@@ -76,7 +76,7 @@ def exposed_series_names() -> set[str]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    return [r for g in load_yaml(ALERTS)["groups"] for r in g["rules"]]
+    return [r for g in load_yaml(ALERTS)["groups"] for r in g["rules"] if "alert" in r]
 
 
 def dashboard_exprs() -> list[str]:
@@ -384,6 +384,84 @@ ALERT_TESTS = """
         - exp_labels: {severity: warning}
 - interval: 1m
   input_series:
+    - series: 'mynapoint_consumer_lag{topic="mynapoint.enrollments", partition="0", instance="w1"}'
+      values: '500x20'
+    - series: 'mynapoint_batch_records_count{instance="w1"}'
+      values: '0+10x5 50x15'
+    - series: 'mynapoint_consumer_lag{topic="mynapoint.enrollments", partition="1", instance="w2"}'
+      values: '500x20'
+    - series: 'mynapoint_batch_records_count{instance="w2"}'
+      values: '0+10x20'
+    - series: 'mynapoint_consumer_lag{topic="mynapoint.enrollments", partition="2", instance="w3"}'
+      values: '0x20'
+    - series: 'mynapoint_batch_records_count{instance="w3"}'
+      values: '0x20'
+  alert_rule_test:
+    - eval_time: 8m
+      alertname: DecisionsStalled
+      exp_alerts: []
+    - eval_time: 16m
+      alertname: DecisionsStalled
+      exp_alerts:
+        - exp_labels: {severity: critical, instance: w1}
+# SLO burn rates. 20 % of records later than 5 s: the fast burn pages within minutes.
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="5.0", instance="w1"}'
+      values: '0+80x70'
+    - series: 'mynapoint_outcome_latency_seconds_count{instance="w1"}'
+      values: '0+100x70'
+  alert_rule_test:
+    - eval_time: 65m
+      alertname: DecisionLatencyBudgetFastBurn
+      exp_alerts:
+        - exp_labels: {severity: critical, slo: decision-latency}
+# 0.5 % late: inside the objective, neither alert fires even after days.
+- interval: 10m
+  input_series:
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="5.0", instance="w1"}'
+      values: '0+9950x500'
+    - series: 'mynapoint_outcome_latency_seconds_count{instance="w1"}'
+      values: '0+10000x500'
+  alert_rule_test:
+    - eval_time: 80h
+      alertname: DecisionLatencyBudgetFastBurn
+      exp_alerts: []
+    - eval_time: 80h
+      alertname: DecisionLatencyBudgetSlowBurn
+      exp_alerts: []
+# 4 % late for a day: too little to page (< 6x), enough for a ticket (> 3x over 1 d).
+- interval: 10m
+  input_series:
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="5.0", instance="w1"}'
+      values: '0+9600x200'
+    - series: 'mynapoint_outcome_latency_seconds_count{instance="w1"}'
+      values: '0+10000x200'
+  alert_rule_test:
+    - eval_time: 20m
+      alertname: DecisionLatencyBudgetSlowBurn
+      exp_alerts: []
+    - eval_time: 26h
+      alertname: DecisionLatencyBudgetFastBurn
+      exp_alerts: []
+    - eval_time: 26h
+      alertname: DecisionLatencyBudgetSlowBurn
+      exp_alerts:
+        - exp_labels: {severity: warning, slo: decision-latency}
+# A short spike (10 min at 50 %) after hours of good traffic: the 1 h window stays under
+# 14.4x and nothing pages, though the 5 m window alone would.
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_outcome_latency_seconds_bucket{le="5.0", instance="w1"}'
+      values: '0+1000x300 300000+500x10 305000+1000x20'
+    - series: 'mynapoint_outcome_latency_seconds_count{instance="w1"}'
+      values: '0+1000x300 301000+1000x10 311000+1000x20'
+  alert_rule_test:
+    - eval_time: 308m
+      alertname: DecisionLatencyBudgetFastBurn
+      exp_alerts: []
+- interval: 1m
+  input_series:
     - series: 'mynapoint_outcome_latency_seconds_bucket{le="0.5", instance="w1"}'
       values: '0+995x30'
     - series: 'mynapoint_outcome_latency_seconds_bucket{le="1.0", instance="w1"}'
@@ -412,3 +490,86 @@ def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
 
 # `docker compose config` cannot run here (no compose CLI, no engine); the compose
 # file is checked statically by the tests above.
+
+
+# -- runbook, SLO recording rules, health checks --------------------------------------
+
+RUNBOOK = ROOT / "docs/RUNBOOK.md"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def runbook_sections() -> dict[str, str]:
+    """anchor -> text of each '## ' section."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return {github_anchor(h): body for h, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    sections = runbook_sections()
+    rules = alert_rules()
+    assert len(rules) >= 9
+    for r in rules:
+        url = r["annotations"]["runbook_url"]
+        path, _, anchor = url.partition("#")
+        assert (ROOT / path).resolve() == RUNBOOK.resolve(), url
+        assert anchor == github_anchor(r["alert"]), url
+        assert anchor in sections, f"{r['alert']}: no heading for #{anchor}"
+        body = sections[anchor]
+        for part in ("**Meaning.**", "**Confirm.**", "**Mitigate.**", "**Recover.**"):
+            assert part in body, (r["alert"], part)
+        assert "```promql" in body, r["alert"]
+        assert "Finance" in body or "finance" in body, r["alert"]
+    # and no section for an alert that does not exist
+    alerts = {github_anchor(r["alert"]) for r in rules}
+    assert set(sections) - alerts == {"first-steps-for-any-alert"}
+
+
+def runbook_queries() -> list[str]:
+    """The PromQL of the runbook: one query per line of its ```promql blocks."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    blocks = re.findall(r"```promql\n(.*?)```", text, flags=re.S)
+    return [q for b in blocks for q in b.strip().splitlines()]
+
+
+def test_runbook_promql_uses_only_defined_series() -> None:
+    blocks = runbook_queries()
+    used = {m for b in blocks for m in METRIC_RE.findall(b)}
+    assert used and used <= exposed_series_names(), used - exposed_series_names()
+    records = {r["record"] for g in load_yaml(ALERTS)["groups"] for r in g["rules"]
+               if "record" in r}
+    named = {m for b in blocks for m in re.findall(r"\bmynapoint:[a-z0-9_:]+", b)}
+    assert named and named <= records, named - records
+
+
+def test_dashboard_recording_rules_exist() -> None:
+    records = {r["record"] for g in load_yaml(ALERTS)["groups"] for r in g["rules"]
+               if "record" in r}
+    named = {m for e in dashboard_exprs() for m in re.findall(r"\bmynapoint:[a-z0-9_:]+", e)}
+    assert named and named <= records, named - records
+
+
+def test_worker_healthcheck_probes_the_health_endpoints() -> None:
+    from engine.ops.health import Readiness, make_app
+
+    test = service("worker")["healthcheck"]["test"]
+    urls = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(test))
+    port = build_parser().parse_args(service("worker")["command"]).metrics_port
+    assert {(int(p), path) for p, path in urls} == {(port, "/healthz"), (port, "/readyz")}
+    # the engine answers exactly those paths: 200 when ready, 503 before
+    ready = Readiness()
+    app = make_app(EngineMetrics().registry, ready)
+
+    def call(path: str) -> str:
+        status: list[str] = []
+        app({"PATH_INFO": path, "REQUEST_METHOD": "GET"}, lambda s, h: status.append(s))
+        return status[0]
+
+    assert call("/readyz").startswith("503") and call("/healthz").startswith("200")
+    ready.started()
+    ready.assign({0})
+    assert call("/readyz").startswith("200")

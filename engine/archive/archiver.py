@@ -85,8 +85,10 @@ def archive_rows(msgs: Sequence[Any], record_type: str) -> pa.Table:
 
 async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False,
                   stop: asyncio.Event | None = None, flush_rows: int = FLUSH_ROWS,
-                  idle_flush: float = FLUSH_IDLE_S) -> dict[str, Any]:
-    """Archive the input topics into ``out``; return counts."""
+                  idle_flush: float = FLUSH_IDLE_S, client: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Archive the input topics into ``out``; return counts. ``client``: aiokafka
+    security settings (engine.kafka.client_config)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     store = Archive.open(out, must_exist=False)
@@ -94,7 +96,7 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
     crash = _Crash()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 << 20)
+                                max_partition_fetch_bytes=8 << 20, **(client or {}))
     await consumer.start()
     counts = {"messages": 0, "files": 0, "redacted": 0, "flagged": 0,
               "removed_unlisted": len(cleaned), "deleted_before_archived": 0}
@@ -178,9 +180,12 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.client_config:
-        print("mynapoint archive: --client-config is not supported yet (Kafka security "
-              "is a separate issue)", file=sys.stderr)
+    from engine.kafka.client_config import ClientConfigError, load_client_config
+
+    try:
+        client = load_client_config(args.client_config)
+    except ClientConfigError as e:
+        print(f"mynapoint archive: {e}", file=sys.stderr)
         return 2
     if args.verify:
         try:
@@ -201,7 +206,7 @@ def main(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await archive(args.broker, topics, args.out, follow=args.follow, stop=stop,
-                             flush_rows=max(1, args.file_rows))
+                             flush_rows=max(1, args.file_rows), client=client)
 
     from aiokafka.errors import KafkaError
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.rules.model import (
     KIND_NAMES,
+    PAYOUT_MONTHS,
     ROUNDING_NAMES,
     US_PER_SECOND,
     Campaign,
@@ -114,7 +115,8 @@ def _int(file: str, key: str, v: Any, lo: int, hi: int) -> int:
 
 
 _CAMPAIGN_KEYS = {"id", "window_start", "window_end", "enroll_end", "accept_end",
-                  "rate_percent", "cap_points", "rounding", "max_amount", "park_timeout"}
+                  "rate_percent", "cap_points", "rounding", "max_amount", "park_timeout",
+                  "budget_people", "budget_points"}
 
 
 def load_campaign(path: Path | str | None = None) -> Campaign:
@@ -153,12 +155,16 @@ def load_campaign(path: Path | str | None = None) -> Campaign:
         park = parse_duration(timeout)
     except ValueError as e:
         raise ConfigError(file, "park_timeout", str(e)) from None
+    # FINANCE_RULES.md: no budget unless the file sets one
+    people, points = (_int(file, k, raw[k], 1, 10**15) if k in raw else None
+                      for k in ("budget_people", "budget_points"))
     return Campaign(id=cid, window_start=ws, window_end=we, enroll_end=ee, accept_end=ae,
                     rate_percent=rate, cap_points=cap, rounding=ROUNDING_NAMES[rounding_name],
-                    max_amount=max_amount, park_timeout=park)
+                    max_amount=max_amount, park_timeout=park, budget_people=people,
+                    budget_points=points)
 
 
-_OPERATOR_KEYS = {"id", "name", "earns_on", "selection_opens", "last_day"}
+_OPERATOR_KEYS = {"id", "name", "earns_on", "selection_opens", "last_day", "payout"}
 
 
 def load_operators(path: Path | str | None = None) -> Registry:
@@ -202,8 +208,12 @@ def load_operators(path: Path | str | None = None) -> Registry:
             last = _jst_date(file, f"{where}.last_day", t["last_day"])
             if last < opens:
                 raise ConfigError(file, f"{where}.last_day", "is before selection_opens")
+        payout = t.get("payout", "same_month")
+        if not isinstance(payout, str) or payout not in PAYOUT_MONTHS:
+            raise ConfigError(file, f"{where}.payout",
+                              "must be one of " + ", ".join(f'"{p}"' for p in PAYOUT_MONTHS))
         ops.append(Operator(id=oid, name=t["name"], earns_on=kinds, selection_opens=opens,
-                            last_day=last))
+                            last_day=last, payout=payout))
     return Registry(tuple(ops))
 
 

@@ -17,6 +17,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.rules.strings import json_facts
 from engine.rules.validate import Shaped, shape_objects, shape_table
 
 
@@ -28,11 +29,25 @@ class BadRecord:
     """Stands in for a line or message that is not a JSON value at all; ``kind`` is
     the metrics label of what is wrong with it."""
 
-    __slots__ = ("detail", "kind")
+    __slots__ = ("detail", "kind", "too_deep")
 
-    def __init__(self, detail: str, kind: str = "invalid_json") -> None:
+    def __init__(self, detail: str, kind: str = "invalid_json", too_deep: bool = False) -> None:
         self.detail = detail
         self.kind = kind
+        # a JSON object nested beyond the parser's limit (still searched for numbers)
+        self.too_deep = too_deep
+
+
+JSON_MAX_DEPTH = 1024  # orjson's nesting limit: deeper texts are not decoded at all
+
+# What orjson's error says, to the fixed sentence a rejection shows (its own message
+# would quote positions, and some inputs are not JSON in ways worth naming).
+_JSON_ERRORS = (
+    ("depth limit exceeded", f"record is nested deeper than {JSON_MAX_DEPTH} levels"),
+    ("number is infinity", "record holds a number too large for a 64-bit float (like 1e400)"),
+    ("surrogate", "record holds an unpaired UTF-16 surrogate escape"),
+    ("byte order mark", "record starts with a UTF-8 byte order mark"),
+)
 
 
 def load_record(line: bytes, limit: int | None = None) -> Any:
@@ -41,17 +56,25 @@ def load_record(line: bytes, limit: int | None = None) -> Any:
         return BadRecord(f"record exceeds the size limit of {limit} bytes", "too_large")
     try:
         return orjson.loads(line)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
         try:
             line.decode("utf-8")
         except UnicodeDecodeError:
             return BadRecord("record is not valid UTF-8", "invalid_utf8")
-        return BadRecord("record is not valid JSON")
+        msg = str(e)
+        for needle, detail in _JSON_ERRORS:
+            if needle in msg:
+                return BadRecord(detail, too_deep=needle.startswith("depth")
+                                 and line.lstrip()[:1] == b"{")
+        return BadRecord("record is not valid JSON (NaN and Infinity are not JSON numbers)"
+                         if b"NaN" in line or b"Infinity" in line
+                         else "record is not valid JSON")
 
 
-def decode_lines(lines: list[bytes]) -> list[Any]:
-    """Decode JSON Lines; undecodable lines become :class:`BadRecord` values."""
-    return [load_record(line) for line in lines]
+def decode_lines(lines: list[bytes]) -> tuple[list[Any], tuple[np.ndarray, np.ndarray]]:
+    """Decode JSON Lines; undecodable lines become :class:`BadRecord` values. Also
+    returns the texts' :func:`engine.rules.strings.json_facts` for shaping."""
+    return [load_record(line) for line in lines], json_facts(lines)
 
 
 def split_lines(data: bytes) -> tuple[list[bytes], np.ndarray]:
@@ -120,12 +143,22 @@ def read_records(path: str | Path, record_type: str,
         raise InputError(f"{p}: unknown input format (use .jsonl or .parquet)")
     if suffix == ".parquet":
         try:
-            table = pq.read_table(p)
+            if p.is_dir():  # a directory of parts, as Spark writes them
+                table = pq.read_table(p)
+            else:
+                # (not read_table: its dataset layer refuses a repeated column name,
+                # which is each row's MALFORMED, not the file's error)
+                with pq.ParquetFile(p) as f:
+                    table = f.read()
         except (OSError, pa.ArrowException) as e:
             raise InputError(f"{p}: cannot read Parquet ({e})") from None
         if progress:
             progress(table.num_rows)
-        shaped = shape_table(table, record_type)
+        try:
+            shaped = shape_table(table, record_type)
+        except Exception as e:  # a last line of defence: a whole-file error, no traceback
+            raise InputError(f"{p}: a column has a layout the engine cannot read "
+                             f"({type(e).__name__})") from None
         return shaped, sources(p.name, np.arange(1, table.num_rows + 1, dtype=np.int64))
     try:
         data = p.read_bytes()
@@ -133,9 +166,15 @@ def read_records(path: str | Path, record_type: str,
         raise InputError(f"{p}: cannot read file ({e.strerror})") from None
     lines, numbers = split_lines(data)
     objs: list[Any] = []
+    pii: list[np.ndarray] = [np.zeros(0, np.bool_)]
+    keys: list[np.ndarray] = [np.zeros(0, np.int64)]
     step = 200_000
     for start in range(0, len(lines), step):
-        objs.extend(decode_lines(lines[start:start + step]))
+        part, (p_pii, p_keys) = decode_lines(lines[start:start + step])
+        objs.extend(part)
+        pii.append(p_pii)
+        keys.append(p_keys)
         if progress:
             progress(min(step, len(lines) - start))
-    return shape_objects(objs, record_type), sources(p.name, numbers)
+    raw = (np.concatenate(pii), np.concatenate(keys))
+    return shape_objects(objs, record_type, raw), sources(p.name, numbers)

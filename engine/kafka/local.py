@@ -1,4 +1,8 @@
-"""A local single-node Apache Kafka broker (KRaft, loopback only), run by the project itself.
+"""Local Apache Kafka brokers (KRaft, loopback only), run by the project itself.
+
+One broker by default; ``start_cluster`` runs N combined broker+controller nodes
+(replication factor min(3, N), ``min.insync.replicas`` 2 from three nodes on)
+so that tests can SIGKILL one of them (:class:`Cluster`).
 
 The broker jars come from Maven Central (``fetch_jars``) and are cached outside the
 repository, in ``$MYNAPOINT_CACHE/kafka-<version>/libs`` (default cache:
@@ -6,8 +10,14 @@ repository, in ``$MYNAPOINT_CACHE/kafka-<version>/libs`` (default cache:
 ``.kafka/broker-<port>`` below the current directory, holding its configuration,
 log files, pid file and the topic data itself.
 
-CLI: ``mynapoint kafka fetch|start|stop|status [--port N]``. ``status`` exits 0 when
-the broker is running and answers, 1 when it is not; failures exit 2.
+A cluster lives in ``.kafka/cluster-<port>``: ``cluster.json`` (nodes and ports)
+and one broker data directory per node, ``node-<id>``. Node ``i`` (1-based) listens
+on ``port + i - 1``, its controller on ``port + 1000 + i - 1``.
+
+CLI: ``mynapoint kafka fetch|start|stop|status [--port N] [--brokers N]``. ``stop``
+and ``status`` find a cluster started on ``--port`` by its ``cluster.json``.
+``status`` exits 0 when the broker (every node) is running and answers, 1 when
+not; failures exit 2.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -27,6 +38,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.streams.topics import replication_for
 
 KAFKA_VERSION = "3.9.1"
 SCALA_VERSION = "2.13"
@@ -42,6 +55,10 @@ CONSOLE_LOG = "logs/console.log"
 STARTED_LINE = "Kafka Server started"
 
 JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+# Several nodes share 2 cores and the tests' memory: a smaller heap each.
+CLUSTER_JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+CLUSTER_FILE = "cluster.json"
+MAX_BROKERS = 9
 
 # Jars whose presence marks a complete download; the rename makes partial copies
 # invisible already, this guards against a libs dir someone filled by hand.
@@ -69,6 +86,7 @@ class Broker:
     data_dir: Path
     controller_port: int
     startup_seconds: float | None = None  # None when it was already running
+    node_id: int = 1
 
     @property
     def bootstrap(self) -> str:
@@ -201,13 +219,15 @@ def default_data_dir(port: int) -> Path:
     return Path.cwd() / ".kafka" / f"broker-{port}"
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def _server_properties(data_dir: Path, port: int, controller_port: int, node_id: int = 1,
+                       voters: str | None = None, nodes: int = 1) -> str:
     segment = 128 * 1024 * 1024
     max_message = 10 * 1024 * 1024
+    replicas, min_isr = replication_for(nodes)
     return f"""# Written by mynapoint-engine on every start; edits are overwritten.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{HOST}:{controller_port}
+node.id={node_id}
+controller.quorum.voters={voters or f"{node_id}@{HOST}:{controller_port}"}
 listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}
 advertised.listeners=PLAINTEXT://{HOST}:{port}
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -218,14 +238,14 @@ log.dirs={data_dir / "data"}
 # The worker creates its topics with explicit partition counts.
 auto.create.topics.enable=false
 num.partitions=8
-default.replication.factor=1
-min.insync.replicas=1
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
 
-# A single node cannot hold the default three replicas of the internal topics;
-# without the transaction-log settings a transactional producer hangs at start.
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+# Internal topics get one replica per node (at most three): a single node cannot
+# hold the default three, and then a transactional producer would hang at start.
+offsets.topic.replication.factor={replicas}
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
 # Verification adds a round trip per transactional partition for no gain on one node.
 transaction.partition.verification.enable=false
 
@@ -282,7 +302,10 @@ def _ports_of(data_dir: Path) -> tuple[int, int] | None:
     props = _read_properties(data_dir / SERVER_PROPERTIES)
     try:
         port = int(props["advertised.listeners"].rsplit(":", 1)[1])
-        cport = int(props["controller.quorum.voters"].rsplit(":", 1)[1])
+        node = props.get("node.id", "1")
+        # a cluster lists every node's controller: "1@host:p1,2@host:p2,..."
+        voters = dict(v.split("@", 1) for v in props["controller.quorum.voters"].split(","))
+        cport = int(voters[node].rsplit(":", 1)[1])
     except (KeyError, IndexError, ValueError):
         return None
     return port, cport
@@ -369,6 +392,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def free_cluster_port(brokers: int, attempts: int = 50) -> int:
+    """A ``port`` for :func:`start_cluster` whose whole range of node and controller
+    ports is free right now."""
+    for _ in range(attempts):
+        port = free_port()
+        wanted = [*range(port, port + brokers), *range(port + 1000, port + 1000 + brokers)]
+        if wanted[-1] <= 65535 and all(_port_free(p) for p in wanted):
+            return port
+    raise KafkaError(f"found no free run of {brokers} ports on {HOST}")
 
 
 def _choose_controller_port(port: int, previous: int | None) -> int:
@@ -548,35 +582,52 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
         libs = fetch_jars()
         previous = _ports_of(data)
         controller_port = _choose_controller_port(port, previous[1] if previous else None)
-
-        props = data / SERVER_PROPERTIES
-        log4j = data / LOG4J_PROPERTIES
-        (data / "logs").mkdir(exist_ok=True)
-        props.write_text(_server_properties(data, port, controller_port) + "".join(
-            f"{k}={v}\n" for k, v in (extra_properties or {}).items()))
-        log4j.write_text(_log4j_properties(data))
-        (data / PID_FILE).unlink(missing_ok=True)
-
-        if not (data / "data" / "meta.properties").is_file():
-            cluster_id = _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "random-uuid")
-            _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "format",
-                       "-t", cluster_id, "-c", str(props), "-g")
-
-        t0 = time.monotonic()
-        log_offset = _file_size(data / SERVER_LOG)
-        cmd = [java, *JVM_OPTS, f"-Dlog4j.configuration=file:{log4j}",
-               "-cp", f"{libs}{os.sep}*", "kafka.Kafka", str(props)]
-        with open(data / CONSOLE_LOG, "wb") as console:
-            # A session of its own: Ctrl-C in the shell that ran `mynapoint kafka start`
-            # (or a test run) must not take the broker down with it.
-            proc = subprocess.Popen(cmd, cwd=data, stdin=subprocess.DEVNULL, stdout=console,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        _children[proc.pid] = proc
-        (data / PID_FILE).write_text(f"{proc.pid}\n")
-        broker = Broker(port, proc.pid, data, controller_port)
+        props, log4j = _write_config(data, _server_properties(data, port, controller_port)
+                                     + "".join(f"{k}={v}\n"
+                                               for k, v in (extra_properties or {}).items()))
+        _format(java, libs, props, log4j, None)
+        broker, log_offset, t0 = _launch(java, libs, data, props, log4j, JVM_OPTS,
+                                         port, controller_port, 1)
         _wait_ready(broker, log_offset, wait)
         broker.startup_seconds = time.monotonic() - t0
         return broker
+
+
+def _write_config(data: Path, server_properties: str) -> tuple[Path, Path]:
+    props = data / SERVER_PROPERTIES
+    log4j = data / LOG4J_PROPERTIES
+    (data / "logs").mkdir(parents=True, exist_ok=True)
+    props.write_text(server_properties)
+    log4j.write_text(_log4j_properties(data))
+    (data / PID_FILE).unlink(missing_ok=True)
+    return props, log4j
+
+
+def _format(java: str, libs: Path, props: Path, log4j: Path, cluster_id: str | None) -> None:
+    """Format the data dir once; the nodes of a cluster must share ``cluster_id``."""
+    if (props.parent / "data" / "meta.properties").is_file():
+        return
+    if cluster_id is None:
+        cluster_id = _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "random-uuid")
+    _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "format",
+               "-t", cluster_id, "-c", str(props), "-g")
+
+
+def _launch(java: str, libs: Path, data: Path, props: Path, log4j: Path, jvm_opts: list[str],
+            port: int, controller_port: int, node_id: int) -> tuple[Broker, int, float]:
+    """Start the JVM without waiting; returns the broker, its log offset and start time."""
+    t0 = time.monotonic()
+    log_offset = _file_size(data / SERVER_LOG)
+    cmd = [java, *jvm_opts, f"-Dlog4j.configuration=file:{log4j}",
+           "-cp", f"{libs}{os.sep}*", "kafka.Kafka", str(props)]
+    with open(data / CONSOLE_LOG, "wb") as console:
+        # A session of its own: Ctrl-C in the shell that ran `mynapoint kafka start`
+        # (or a test run) must not take the broker down with it.
+        proc = subprocess.Popen(cmd, cwd=data, stdin=subprocess.DEVNULL, stdout=console,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    _children[proc.pid] = proc
+    (data / PID_FILE).write_text(f"{proc.pid}\n")
+    return Broker(port, proc.pid, data, controller_port, node_id=node_id), log_offset, t0
 
 
 def _terminate(pid: int, timeout: float) -> None:
@@ -617,30 +668,285 @@ def status(port: int = 9092, data_dir: str | Path | None = None) -> Broker | Non
     return Broker(ports[0], pid, data, ports[1])
 
 
+# ------------------------------------------------------------------------ cluster
+
+
+def default_cluster_dir(port: int) -> Path:
+    return Path.cwd() / ".kafka" / f"cluster-{port}"
+
+
+@dataclass(frozen=True)
+class _Node:
+    node_id: int
+    port: int
+    controller_port: int
+
+
+@dataclass(frozen=True)
+class _Layout:
+    cluster_id: str
+    nodes: tuple[_Node, ...]
+
+    @property
+    def voters(self) -> str:
+        return ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.nodes)
+
+    def node(self, node_id: int) -> _Node:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KafkaError(f"the cluster has no node {node_id} (nodes: "
+                         f"{', '.join(str(n.node_id) for n in self.nodes)})")
+
+
+def _read_layout(root: Path) -> _Layout | None:
+    try:
+        raw = json.loads((root / CLUSTER_FILE).read_text())
+        return _Layout(str(raw["cluster_id"]),
+                       tuple(_Node(int(n["node_id"]), int(n["port"]), int(n["controller_port"]))
+                             for n in raw["nodes"]))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:
+        raise KafkaError(f"{root / CLUSTER_FILE} is damaged ({e}); stop the nodes and "
+                         f"remove {root}") from None
+
+
+def _node_dir(root: Path, node_id: int) -> Path:
+    return root / f"node-{node_id}"
+
+
+def _node_broker(root: Path, node: _Node) -> Broker | None:
+    data = _node_dir(root, node.node_id)
+    pid = _broker_pid(data)
+    if pid is None:
+        return None
+    return Broker(node.port, pid, data, node.controller_port, node_id=node.node_id)
+
+
+@dataclass
+class Cluster:
+    """Local brokers forming one KRaft cluster; every node is also a controller.
+
+    ``kill`` and ``restart`` let tests take one node down hard and bring it back
+    on the same data directory, as after a machine crash.
+    """
+
+    root: Path
+    layout: _Layout
+    nodes: dict[int, Broker]  # the running nodes, by node id
+    startup_seconds: float | None = None  # None when every node was already running
+
+    @property
+    def size(self) -> int:
+        return len(self.layout.nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node, running or not: clients try the next one when one is down."""
+        return ",".join(f"{HOST}:{n.port}" for n in self.layout.nodes)
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node; its data directory stays for :meth:`restart`."""
+        broker = self.nodes.get(node_id)
+        if broker is None:
+            raise KafkaError(f"node {node_id} of {self.root} is not running")
+        broker.kill()
+        del self.nodes[node_id]
+
+    def restart(self, node_id: int, wait: float = 120.0) -> Broker:
+        """Start a stopped or killed node again on its own data directory."""
+        with _file_lock(self.root / ".lock"):
+            (broker, log_offset, t0), = _launch_nodes(self.root, self.layout, [node_id])
+            _wait_ready(broker, log_offset, wait)
+            self.nodes[node_id] = broker
+            _wait_complete(list(self.nodes.values()), len(self.nodes), wait)
+        broker.startup_seconds = time.monotonic() - t0
+        return broker
+
+    def stop(self, timeout: float = 30.0) -> int:
+        self.nodes.clear()
+        return stop_cluster(root=self.root, timeout=timeout)
+
+
+def _wait_complete(nodes: list[Broker], expected: int, wait: float) -> None:
+    """Wait until every node lists ``expected`` brokers: a node that has started may
+    not yet know the others, and a client asking it would, say, create topics with
+    fewer replicas than the cluster has."""
+    deadline = time.monotonic() + wait
+    for b in nodes:
+        while True:
+            try:
+                if len(_metadata_brokers(HOST, b.port, 5.0)) >= expected:
+                    break
+            except (OSError, struct.error, UnicodeDecodeError):
+                pass
+            if time.monotonic() > deadline:
+                raise KafkaError(f"node {b.node_id} on {b.bootstrap} does not list all "
+                                 f"{expected} brokers after {wait:.0f} s")
+            time.sleep(0.2)
+
+
+def _launch_nodes(root: Path, layout: _Layout, node_ids: list[int]
+                  ) -> list[tuple[Broker, int, float]]:
+    java = _require("java", "install a Java 17 runtime to run the Kafka broker")
+    libs = fetch_jars()
+    launched = []
+    for node_id in node_ids:
+        node = layout.node(node_id)
+        data = _node_dir(root, node_id)
+        if _broker_pid(data) is not None:
+            raise KafkaError(f"node {node_id} of {root} is already running")
+        _check_port_free(node.port)
+        _check_port_free(node.controller_port)
+        props, log4j = _write_config(data, _server_properties(
+            data, node.port, node.controller_port, node_id, layout.voters, len(layout.nodes)))
+        _format(java, libs, props, log4j, layout.cluster_id)
+        launched.append(_launch(java, libs, data, props, log4j, CLUSTER_JVM_OPTS,
+                                node.port, node.controller_port, node_id))
+    return launched
+
+
+def start_cluster(brokers: int = 3, port: int = 9092, root: str | Path | None = None,
+                  wait: float = 120.0) -> Cluster:
+    """Start (or find running) a cluster of ``brokers`` nodes; node ``i`` listens on
+    ``port + i - 1``. Nodes that are down are started; all must answer in ``wait`` s."""
+    if not 1 <= brokers <= MAX_BROKERS:
+        raise KafkaError(f"--brokers must be 1 to {MAX_BROKERS}, got {brokers}")
+    top = port + 1000 + brokers - 1
+    if port < 1 or top > 65535:
+        raise KafkaError(f"ports {port}..{port + brokers - 1} and controller ports "
+                         f"{port + 1000}..{top} must lie in 1..65535")
+    base = Path(root).resolve() if root is not None else default_cluster_dir(port)
+    base.mkdir(parents=True, exist_ok=True)
+    with _file_lock(base / ".lock"):
+        layout = _read_layout(base)
+        if layout is None:
+            nodes = tuple(_Node(i + 1, port + i, port + 1000 + i) for i in range(brokers))
+            for n in nodes:
+                _check_port_free(n.port)
+                _check_port_free(n.controller_port)
+            java = _require("java", "install a Java 17 runtime to run the Kafka broker")
+            libs = fetch_jars()
+            log4j = base / LOG4J_PROPERTIES
+            log4j.write_text(_log4j_properties(base))
+            cluster_id = _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "random-uuid")
+            layout = _Layout(cluster_id, nodes)
+            (base / CLUSTER_FILE).write_text(json.dumps({
+                "cluster_id": cluster_id,
+                "nodes": [{"node_id": n.node_id, "port": n.port,
+                           "controller_port": n.controller_port} for n in nodes]}, indent=2))
+        elif len(layout.nodes) != brokers or layout.nodes[0].port != port:
+            raise KafkaError(f"{base} holds a cluster of {len(layout.nodes)} nodes from port "
+                             f"{layout.nodes[0].port}; stop it and remove {base} first")
+        running = {n.node_id: b for n in layout.nodes
+                   if (b := _node_broker(base, n)) is not None}
+        down = [n.node_id for n in layout.nodes if n.node_id not in running]
+        # All missing nodes start before any is awaited: none is ready without a quorum.
+        launched = _launch_nodes(base, layout, down)
+        t0 = min((t for _, _, t in launched), default=None)
+        try:
+            for broker, log_offset, _ in launched:
+                _wait_ready(broker, log_offset, wait)
+                running[broker.node_id] = broker
+        except KafkaError:
+            for broker, _, _ in launched:  # half a cluster would only confuse a retry
+                _terminate(broker.pid, 10.0)
+            raise
+        _wait_complete(list(running.values()), len(layout.nodes), wait)
+    return Cluster(base, layout, running,
+                   None if t0 is None else time.monotonic() - t0)
+
+
+def cluster_status(port: int = 9092, root: str | Path | None = None) -> Cluster | None:
+    """The cluster started from ``root`` (running nodes only), or None if there is none."""
+    base = Path(root).resolve() if root is not None else default_cluster_dir(port)
+    layout = _read_layout(base)
+    if layout is None:
+        return None
+    running = {n.node_id: b for n in layout.nodes if (b := _node_broker(base, n)) is not None}
+    return Cluster(base, layout, running)
+
+
+def stop_cluster(port: int = 9092, root: str | Path | None = None,
+                 timeout: float = 30.0) -> int:
+    """Stop every node of a cluster; returns how many were running.
+
+    All nodes get SIGTERM at once: stopped one by one, the last ones would wait for a
+    controller quorum that no longer exists before giving up.
+    """
+    found = cluster_status(port, root)
+    if found is None:
+        return 0
+    pids = [b.pid for b in found.nodes.values()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        if not _wait_gone(pid, max(deadline - time.monotonic(), 0.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10.0)
+    for n in found.layout.nodes:
+        (_node_dir(found.root, n.node_id) / PID_FILE).unlink(missing_ok=True)
+    return len(pids)
+
+
 # ---------------------------------------------------------------------------- CLI
+
+
+def _print_cluster(c: Cluster) -> bool:
+    """One line per node; True when every node runs and answers."""
+    ok = True
+    for n in c.layout.nodes:
+        b = c.nodes.get(n.node_id)
+        if b is None:
+            print(f"node {n.node_id}: not running ({HOST}:{n.port})")
+            ok = False
+        elif is_ready(b.bootstrap, 2.0):
+            print(f"node {n.node_id}: running on {b.bootstrap} (pid {b.pid})")
+        else:
+            print(f"node {n.node_id}: process {b.pid} runs but {b.bootstrap} does not answer")
+            ok = False
+    return ok
 
 
 def main(args: argparse.Namespace) -> int:
     port: int = args.port
+    brokers: int = getattr(args, "brokers", 1)
     try:
+        if args.action in ("fetch", "start") and not jars_present():
+            print(f"Downloading Kafka {KAFKA_VERSION} jars with Maven (once, ~30 s) ...")
+        cluster = cluster_status(port) if args.action in ("stop", "status") else None
         if args.action == "fetch":
-            if not jars_present():
-                print(f"Downloading Kafka {KAFKA_VERSION} jars with Maven (once, ~30 s) ...")
             print(f"Kafka {KAFKA_VERSION} jars: {fetch_jars()}")
+        elif args.action == "start" and brokers != 1:
+            c = start_cluster(brokers, port)
+            rf, isr = replication_for(c.size)
+            state = ("already running" if c.startup_seconds is None
+                     else f"ready in {c.startup_seconds:.1f} s")
+            print(f"Kafka {KAFKA_VERSION} cluster of {c.size} brokers {state}: "
+                  f"--broker {c.bootstrap} (replication factor {rf}, "
+                  f"min.insync.replicas {isr}); data in {c.root}")
         elif args.action == "start":
-            if not jars_present():
-                print(f"Downloading Kafka {KAFKA_VERSION} jars with Maven (once, ~30 s) ...")
             broker = start(port)
             if broker.startup_seconds is None:
                 print(f"Kafka already running on {broker.bootstrap} (pid {broker.pid})")
             else:
                 print(f"Kafka {KAFKA_VERSION} ready on {broker.bootstrap} (pid {broker.pid}, "
                       f"{broker.startup_seconds:.1f} s); data in {broker.data_dir}")
+        elif args.action == "stop" and cluster is not None:
+            n = stop_cluster(port)
+            print(f"Kafka cluster of {port} stopped ({n} of {cluster.size} nodes were running)")
         elif args.action == "stop":
             if stop(port):
                 print(f"Kafka on {HOST}:{port} stopped")
             else:
                 print(f"no Kafka broker of ours running for port {port}")
+        elif cluster is not None:
+            print(f"Kafka cluster in {cluster.root} (--broker {cluster.bootstrap}):")
+            return 0 if _print_cluster(cluster) else 1
         else:
             found = status(port)
             bootstrap = f"{HOST}:{port}"

@@ -17,6 +17,7 @@ import re
 import threading
 from collections import Counter as _Tally
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
@@ -26,12 +27,14 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
 )
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engine.rules.model import ENROLLMENT_REASONS, TRANSACTION_REASONS, Reason
+
+if TYPE_CHECKING:
+    from engine.ops.health import Readiness
 
 METRICS_ADDR_ENV = "MYNAPOINT_METRICS_ADDR"
 RECORD_TYPES = ("transaction", "enrollment")
@@ -67,6 +70,7 @@ METRIC_NAMES = (
     "mynapoint_partition_refused",
     "mynapoint_restore_remaining_records",
     "mynapoint_fenced_records_ignored_total",
+    "mynapoint_last_batch_timestamp_seconds",
 )
 
 
@@ -219,6 +223,10 @@ class EngineMetrics:
             "mynapoint_fenced_records_ignored_total",
             "Changelog records ignored on restore because a worker wrote them after it "
             "had lost the partition (a zombie).", registry=r)
+        self.last_batch = Gauge(
+            "mynapoint_last_batch_timestamp_seconds",
+            "When this worker last decided a batch of an input partition, Unix seconds.",
+            ["partition"], registry=r)
         self._lag_series: set[tuple[str, str]] = set()
         self._series_lock = threading.Lock()
 
@@ -296,6 +304,9 @@ class EngineMetrics:
     def set_stream_time(self, partition: int, unix_seconds: float) -> None:
         self.stream_time.labels(_partition(partition)).set(unix_seconds)
 
+    def set_last_batch(self, partition: int, unix_seconds: float) -> None:
+        self.last_batch.labels(_partition(partition)).set(unix_seconds)
+
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         key = (_topic(topic), _partition(partition))
         with self._series_lock:
@@ -311,7 +322,7 @@ class EngineMetrics:
         for p in partitions:
             label = _partition(p)
             for gauge in (self.parked, self.stream_time, self.partition_refused,
-                          self.restore_remaining):
+                          self.restore_remaining, self.last_batch):
                 with contextlib.suppress(KeyError):
                     gauge.remove(label)
             with self._series_lock:
@@ -338,8 +349,10 @@ class EngineMetrics:
 
     # -- exposition -------------------------------------------------------------------
 
-    def serve(self, port: int, addr: str | None = None) -> WSGIServer:
-        """Serve ``/metrics`` over HTTP in a daemon thread; returns the server
+    def serve(self, port: int, addr: str | None = None,
+              readiness: Readiness | None = None) -> WSGIServer:
+        """Serve ``/metrics`` (and with ``readiness`` the health endpoints of
+        ``engine.ops.health``) over HTTP in a daemon thread; returns the server
         (``server.server_port`` is the bound port when ``port`` is 0,
         ``server.shutdown()`` stops it).
 
@@ -350,5 +363,6 @@ class EngineMetrics:
         """
         if addr is None:
             addr = os.environ.get(METRICS_ADDR_ENV) or "127.0.0.1"
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        return server
+        from engine.ops.health import serve
+
+        return serve(self.registry, port, addr, readiness)

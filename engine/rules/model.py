@@ -93,6 +93,10 @@ ROUNDING_NAMES = {"cumulative_floor": Rounding.CUMULATIVE_FLOOR,
                   "per_transaction_floor": Rounding.PER_TRANSACTION_FLOOR}
 
 
+# FINANCE_RULES.md: payout month = spending month + this many months
+PAYOUT_MONTHS = {"same_month": 0, "next_month": 1, "month_after_next": 2}
+
+
 @dataclass(frozen=True)
 class Campaign:
     id: str = "mynapoint-2020"
@@ -105,6 +109,9 @@ class Campaign:
     rounding: Rounding = Rounding.CUMULATIVE_FLOOR
     max_amount: int = 10_000_000
     park_timeout: int = 24 * 3600 * US_PER_SECOND
+    # FINANCE_RULES.md: what the budget was sized for; None when a campaign sets none
+    budget_people: int | None = 40_000_000
+    budget_points: int | None = 200_000_000_000
     # Distinct transactions kept per person (engine limit, not a campaign term): a
     # person's state must fit one changelog message. See docs/DECISIONS.md.
     person_limit: int = 3_000
@@ -117,6 +124,7 @@ class Operator:
     earns_on: tuple[Kind, ...]
     selection_opens: int          # JST day number
     last_day: int | None = None   # JST day number, inclusive
+    payout: str = "same_month"    # FINANCE_RULES.md: a key of PAYOUT_MONTHS
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ def buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         # binary has the string layout (raw keys that need not be UTF-8)
         if arr.type not in (pa.string(), pa.binary()):
-            arr = arr.cast(pa.string())
+            binary_like = (pa.types.is_fixed_size_binary(arr.type)
+                           or pa.types.is_binary_view(arr.type))
+            arr = arr.cast(pa.binary() if binary_like else pa.string())
         off_dtype = np.int32
     n = len(arr)
     bufs = arr.buffers()
@@ -188,6 +190,18 @@ def _parse_rfc3339(offsets, data, valid, out, ok):  # type: ignore[no-untyped-de
         ok[i] = True
 
 
+# Instants the engine represents: 0001-01-01T00:00:00Z <= t < 10000-01-01T00:00:00Z (the
+# proleptic years RFC 3339 and Python's datetime can write, far inside int64 µs).
+MIN_US = -62_135_596_800 * US_PER_SECOND
+END_US = 253_402_300_800 * US_PER_SECOND
+TIME_RANGE = "0001-01-01T00:00:00Z..9999-12-31T23:59:59Z"
+
+
+def in_time_range(us: np.ndarray) -> np.ndarray:
+    """True where an instant lies in the range above."""
+    return (us >= MIN_US) & (us < END_US)  # type: ignore[no-any-return]
+
+
 def parse_timestamps(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """RFC 3339 strings with an offset to UTC microseconds.
 
@@ -234,6 +248,89 @@ def individual_number_mask(arr: pa.Array) -> np.ndarray:
     """True where a string is a 12-digit Individual Number with a valid check digit."""
     o, d, v = buffers(arr)
     return _individual_number(o, d, v, _Q)
+
+
+@numba.njit(cache=True, nogil=True)
+def _json_facts(data, starts, ends, q, pii, keys):  # type: ignore[no-untyped-def]
+    # Walks the string tokens of valid JSON texts (what orjson accepted): an Individual
+    # Number in any string, key or value, at any depth, including values a repeated
+    # key overwrote in the decoded object, and digits written as \u003N escapes; and
+    # the number of keys of the top-level object, which exceeds the decoded object's
+    # size exactly when a key is repeated. Iterative: no depth limit of its own.
+    digits = np.zeros(12, dtype=np.int64)
+    for i in range(len(starts)):
+        a, b = starts[i], ends[i]
+        depth = 0
+        found = False
+        nkeys = 0
+        j = a
+        while j < b:
+            c = data[j]
+            if c == 34:  # '"': one string token, up to the closing quote
+                k = j + 1
+                length = 0
+                number = True
+                while k < b and data[k] != 34:
+                    d = -1
+                    if data[k] == 92:  # backslash escape
+                        if k + 5 < b and data[k + 1] == 117 and data[k + 2] == 48 \
+                                and data[k + 3] == 48 and data[k + 4] == 51 \
+                                and 48 <= data[k + 5] <= 57:  # \u0030..\u0039
+                            d = data[k + 5] - 48
+                            k += 6
+                        elif k + 1 < b and data[k + 1] == 117:
+                            k += 6
+                        else:
+                            k += 2
+                    else:
+                        if 48 <= data[k] <= 57:
+                            d = data[k] - 48
+                        k += 1
+                    if d < 0:
+                        number = False
+                    elif number and length < 12:
+                        digits[length] = d
+                    length += 1
+                if number and length == 12 and not found:
+                    r = 0
+                    for m in range(11):
+                        r += digits[10 - m] * q[m]
+                    r %= 11
+                    found = digits[11] == (0 if r <= 1 else 11 - r)
+                if depth == 1:
+                    m = k + 1
+                    while m < b and (data[m] == 32 or data[m] == 9 or data[m] == 10
+                                     or data[m] == 13):
+                        m += 1
+                    if m < b and data[m] == 58:  # ':' makes it a key
+                        nkeys += 1
+                j = k + 1
+                continue
+            if c == 123 or c == 91:
+                depth += 1
+            elif c == 125 or c == 93:
+                depth -= 1
+            j += 1
+        pii[i] = found
+        keys[i] = nkeys
+
+
+def json_facts(texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """For JSON texts a parser accepted: (holds an Individual Number anywhere, number of
+    keys written in the top-level object), one call for a whole batch.
+
+    >>> pii, keys = json_facts([rb'{"a": "\u0031234567890\u00318"}', b'{"a": 1, "a": 2}'])
+    >>> pii.tolist(), keys.tolist()
+    ([True, False], [1, 2])
+    """
+    n = len(texts)
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+    ends = np.cumsum(lengths)
+    data = np.frombuffer(b"".join(texts), dtype=np.uint8)
+    pii = np.zeros(n, dtype=np.bool_)
+    keys = np.zeros(n, dtype=np.int64)
+    _json_facts(data, ends - lengths, ends, _Q, pii, keys)
+    return pii, keys
 
 
 def check_digit(first11: str) -> int:

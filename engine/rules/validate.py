@@ -13,6 +13,7 @@ shape it came in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,8 @@ ENR_TIME_FIELDS = ("applied_at", "received_at")
 AMOUNT = "amount"
 
 # amount classes decided while shaping; only AMOUNT_INT goes on to the range check
-AMOUNT_INT, AMOUNT_NOT_INTEGER, AMOUNT_WRONG_TYPE, AMOUNT_MISSING = 0, 1, 2, 3
+# (AMOUNT_HUGE: an integer beyond int64, which no max_amount admits)
+AMOUNT_INT, AMOUNT_NOT_INTEGER, AMOUNT_WRONG_TYPE, AMOUNT_MISSING, AMOUNT_HUGE = 0, 1, 2, 3, 4
 _INT64_MAX = 2**63 - 1
 
 
@@ -58,19 +60,34 @@ class Shaped:
     detail: np.ndarray                      # object
     columns: dict[str, pa.Array]
     bad_type: dict[str, np.ndarray] = field(default_factory=dict)
-    times_us: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # µs, present, within strings.TIME_RANGE
+    times_us: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     amount: np.ndarray | None = None        # int64
     amount_class: np.ndarray | None = None  # int8
     ts_override: np.ndarray | None = None   # Kafka record timestamps (streaming only)
 
 
-def _scan_pii(value: Any) -> bool:
-    if isinstance(value, str):
-        return strings.is_individual_number(value)
-    if isinstance(value, dict):
-        return any(_scan_pii(k) or _scan_pii(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_scan_pii(v) for v in value)
+def _is_pii(s: str) -> bool:
+    return len(s) == 12 and strings.is_individual_number(s)
+
+
+def _holds_pii(value: Any) -> bool:
+    """An Individual Number in a string, or anywhere inside a JSON object or array
+    (values and keys). An explicit stack, not recursion: nesting depth is the
+    sender's choice."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _is_pii(v):
+                return True
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if isinstance(k, str) and _is_pii(k):
+                    return True
+                stack.append(x)
+        elif isinstance(v, list):
+            stack.extend(v)
     return False
 
 
@@ -78,16 +95,46 @@ def pii_field(obj: dict[str, Any]) -> str | None:
     """Name of the first top-level field holding an Individual Number anywhere
     in its name or value (nested values included), else None."""
     for k, v in obj.items():
-        if strings.is_individual_number(k):
+        if isinstance(k, str) and _is_pii(k):
             return "(a field name)"
-        if _scan_pii(v):
+        if type(v) is str:  # the common flat record: no stack
+            if _is_pii(v):
+                return k
+        elif isinstance(v, dict | list) and _holds_pii(v):
             return k
     return None
 
 
-def shape_objects(objs: Sequence[Any], record_type: str) -> Shaped:
+_SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def field_label(name: object) -> str:
+    """How a detail names a field: quoted when it is short and plain, else a fixed
+    phrase, so that a detail never echoes an unbounded or odd field name."""
+    if isinstance(name, str) and _SAFE_NAME.fullmatch(name):
+        return f"field {name!r}"
+    return "an extra field" if name != "(a field name)" else "a field name"
+
+
+def pii_detail(where: str) -> str:
+    return f"{field_label(where)} holds an Individual Number (redacted)"
+
+
+REPEATED_FIELD = "the record names a field more than once"
+REPEATED_PII = "a repeated field holds an Individual Number (redacted)"
+DEEP_PII = "a field nested too deep to decode holds an Individual Number (redacted)"
+
+
+def shape_objects(objs: Sequence[Any], record_type: str,
+                  raw: tuple[np.ndarray, np.ndarray] | None = None) -> Shaped:
     """Sort decoded JSON values into columns by type; no value is judged here
-    except the Individual Number test, which must precede everything."""
+    except the Individual Number test, which must precede everything, and a
+    repeated field name.
+
+    ``raw`` is :func:`engine.rules.strings.json_facts` of the texts the values were
+    decoded from, where there are texts: it finds numbers the decoded objects no
+    longer show (a repeated key keeps only its last value) and repeated keys, and
+    spares the walk through records that hold no number."""
     n = len(objs)
     sfields = TXN_STRING_FIELDS if record_type == "transaction" else ENR_STRING_FIELDS
     tfields = TXN_TIME_FIELDS if record_type == "transaction" else ENR_TIME_FIELDS
@@ -100,15 +147,25 @@ def shape_objects(objs: Sequence[Any], record_type: str) -> Shaped:
     aclass = np.full(n, AMOUNT_MISSING, dtype=np.int8)
     is_txn = record_type == "transaction"
     for i, obj in enumerate(objs):
+        if raw is not None and raw[0][i] and getattr(obj, "too_deep", False):
+            # an object too deep to decode: its number still comes first
+            reason[i] = Reason.PERSONAL_NUMBER_FORBIDDEN
+            detail[i] = DEEP_PII
+            continue
         if not isinstance(obj, dict):
             reason[i] = Reason.MALFORMED
             # a reader's stand-in for an undecodable line carries its own detail
             detail[i] = getattr(obj, "detail", None) or "record is not a JSON object"
             continue
-        where = pii_field(obj)
-        if where is not None:
-            reason[i] = Reason.PERSONAL_NUMBER_FORBIDDEN
-            detail[i] = f"field {where!r} holds an Individual Number (redacted)"
+        if raw is None or raw[0][i]:
+            where = pii_field(obj)
+            if where is not None or raw is not None:
+                reason[i] = Reason.PERSONAL_NUMBER_FORBIDDEN
+                detail[i] = pii_detail(where) if where is not None else REPEATED_PII
+                continue
+        if raw is not None and raw[1][i] != len(obj):
+            reason[i] = Reason.MALFORMED
+            detail[i] = REPEATED_FIELD
             continue
         for f in names:
             v = obj.get(f)
@@ -128,7 +185,7 @@ def shape_objects(objs: Sequence[Any], record_type: str) -> Shaped:
                     amount[i] = a
                     aclass[i] = AMOUNT_INT
                 else:
-                    aclass[i] = AMOUNT_NOT_INTEGER  # a number, just not a usable one
+                    aclass[i] = AMOUNT_HUGE
             elif ta is float:
                 aclass[i] = AMOUNT_NOT_INTEGER
             else:
@@ -138,41 +195,128 @@ def shape_objects(objs: Sequence[Any], record_type: str) -> Shaped:
                   amount=amount if is_txn else None, amount_class=aclass if is_txn else None)
 
 
-def _as_string_column(col: pa.ChunkedArray | pa.Array) -> pa.Array | None:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    t = arr.type
-    if pa.types.is_dictionary(t):
-        arr = arr.cast(t.value_type)
+def _plain(arr: pa.Array) -> pa.Array:
+    """The values of a column without encodings: dictionary decoded, run ends
+    expanded, extension types as their storage."""
+    while True:
         t = arr.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return arr.cast(pa.string()) if pa.types.is_large_string(t) else arr
+        if isinstance(t, pa.BaseExtensionType):
+            arr = arr.storage
+        elif pa.types.is_dictionary(t):
+            arr = arr.dictionary_decode()
+        elif pa.types.is_run_end_encoded(t):
+            arr = pc.run_end_decode(arr)
+        else:
+            return arr
+
+
+def _as_string_column(arr: pa.Array) -> pa.Array | None:
+    t = arr.type
+    if pa.types.is_string(t):
+        return arr
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return arr.cast(pa.string())
     return None
 
 
-def _pii_in_arrow(arr: pa.Array) -> np.ndarray:
-    """Individual Numbers anywhere in a column, nested lists and structs included."""
+def _is_text(t: pa.DataType) -> bool:
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+            or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+            or pa.types.is_binary_view(t) or pa.types.is_fixed_size_binary(t))
+
+
+def _holds_no_text(t: pa.DataType) -> bool:
+    return (pa.types.is_null(t) or pa.types.is_boolean(t) or pa.types.is_integer(t)
+            or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_temporal(t)
+            or pa.types.is_interval(t))
+
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+def _children(arr: pa.Array) -> list[tuple[pa.Array, np.ndarray]]:
+    """The child arrays of a nested array, each with the row of ``arr`` every child
+    value belongs to (values behind a null row are not the row's values)."""
     t = arr.type
     n = len(arr)
-    if pa.types.is_dictionary(t):
-        arr = arr.cast(t.value_type)
-        t = arr.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return strings.individual_number_mask(arr)
+    rows = np.arange(n, dtype=np.int64)
     if pa.types.is_struct(t):
-        out = np.zeros(n, dtype=np.bool_)
+        return [(pc.struct_field(arr, [k]), rows) for k in range(t.num_fields)]
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t):
+        off = arr.offsets.to_numpy().astype(np.int64)
+        lengths = np.diff(off) * _valid(arr)
+        parents = np.repeat(rows, np.diff(off))
+        keep = np.repeat(lengths > 0, np.diff(off))
+        values = arr.values.slice(int(off[0]), int(off[-1] - off[0]))
+        return [(values.filter(pa.array(keep)), parents[keep])]
+    if pa.types.is_fixed_size_list(t):
+        size = t.list_size
+        values = arr.values.slice(arr.offset * size, n * size)
+        parents = np.repeat(rows, size)
+        keep = np.repeat(_valid(arr), size)
+        return [(values.filter(pa.array(keep)), parents[keep])]
+    if pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        return [(arr.flatten(), pc.list_parent_indices(arr).to_numpy().astype(np.int64))]
+    if pa.types.is_union(t):
+        codes = np.asarray(arr.type_codes.to_numpy(zero_copy_only=False))
+        out = []
         for k in range(t.num_fields):
-            out |= _pii_in_arrow(pc.struct_field(arr, [k]))
+            sel = codes == t.type_codes[k]
+            child = arr.field(k)
+            if t.mode == "dense":
+                offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False))
+                out.append((child.take(pa.array(offsets[sel])), rows[sel]))
+            else:
+                out.append((child.filter(pa.array(sel)), rows[sel]))
         return out
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        flat = arr.flatten()
-        hits = _pii_in_arrow(flat)
-        if not hits.any():
-            return np.zeros(n, dtype=np.bool_)
-        parents = pc.list_parent_indices(arr).to_numpy()
-        out = np.zeros(n, dtype=np.bool_)
-        out[parents[hits]] = True
-        return out
-    return np.zeros(n, dtype=np.bool_)
+    raise TypeError(t)
+
+
+def _pii_in_arrow(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(Individual Number anywhere in the row, row holds a type that cannot be
+    searched) for every row of a column. Walks nested types with an explicit
+    stack, whatever their depth."""
+    n = len(arr)
+    hit = np.zeros(n, dtype=np.bool_)
+    odd = np.zeros(n, dtype=np.bool_)
+    stack: list[tuple[pa.Array, np.ndarray | None]] = [(arr, None)]
+    while stack:
+        a, rows = stack.pop()
+        a = _plain(a)
+        t = a.type
+        if len(a) == 0 or a.null_count == len(a) or _holds_no_text(t):
+            continue
+        if _is_text(t):
+            found = strings.individual_number_mask(a)
+            hit[found if rows is None else rows[found]] = True
+            continue
+        try:
+            children = _children(a)
+        except TypeError:
+            valid = _valid(a)
+            odd[valid if rows is None else rows[valid]] = True
+            continue
+        if pa.types.is_struct(t) and any(_is_pii(t.field(k).name) for k in range(t.num_fields)):
+            valid = _valid(a)  # a nested field name, as a key of every such object
+            hit[valid if rows is None else rows[valid]] = True
+        for child, child_rows in children:
+            stack.append((child, child_rows if rows is None else rows[child_rows]))
+    return hit, odd
+
+
+def _typed_times(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(µs, within the representable range) of a typed timestamp column, exact for
+    every unit: seconds and milliseconds are range-checked before scaling,
+    nanoseconds are truncated like a long fraction in a string."""
+    raw = np.asarray(arr.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
+    unit = arr.type.unit
+    if unit == "ns":
+        us = raw // 1000
+        return us, strings.in_time_range(us)
+    scale = {"s": 1_000_000, "ms": 1000, "us": 1}[unit]
+    fits = (raw >= strings.MIN_US // scale) & (raw < strings.END_US // scale)
+    return np.where(fits, raw, 0) * scale, fits
 
 
 def shape_table(table: pa.Table, record_type: str) -> Shaped:
@@ -183,70 +327,80 @@ def shape_table(table: pa.Table, record_type: str) -> Shaped:
     tfields = TXN_TIME_FIELDS if is_txn else ENR_TIME_FIELDS
     reason = np.zeros(n, dtype=np.int8)
     detail = np.full(n, None, dtype=object)
-    for name in table.column_names:
-        col = table.column(name)
-        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    names = table.column_names
+    # by position: a table may name a column twice
+    cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+            for c in table.columns]
+    odd_where: list[tuple[np.ndarray, str]] = []
+    for name, arr in zip(names, cols, strict=True):
         if strings.is_individual_number(name):
             hit = np.ones(n, dtype=np.bool_)
             where = "(a field name)"
         else:
-            hit = _pii_in_arrow(arr)
+            hit, odd = _pii_in_arrow(arr)
             where = name
+            if odd.any():
+                odd_where.append((odd, name))
         new = hit & (reason == 0)
         if new.any():
             reason[new] = Reason.PERSONAL_NUMBER_FORBIDDEN
-            detail[new] = f"field {where!r} holds an Individual Number (redacted)"
+            detail[new] = pii_detail(where)
+    if len(set(names)) != len(names):
+        new = reason == 0
+        reason[new] = Reason.MALFORMED
+        detail[new] = REPEATED_FIELD
+    for odd, name in odd_where:
+        new = odd & (reason == 0)
+        reason[new] = Reason.MALFORMED
+        detail[new] = f"{field_label(name)} has an Arrow type the engine cannot read"
+    first = {name: i for i, name in reversed(list(enumerate(names)))}
+    by_name = {f: _plain(cols[first[f]]) for f in (*sfields, *tfields, AMOUNT) if f in first}
     columns: dict[str, pa.Array] = {}
     bad: dict[str, np.ndarray] = {}
-    times_us: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    times_us: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     null_col = pa.nulls(n, type=pa.string())
     for f in sfields + tfields:
-        if f not in table.column_names:
-            columns[f] = null_col
+        col = by_name.get(f)
+        columns[f] = null_col
+        if col is None or col.null_count == n:
             continue
-        col = table.column(f)
         if f in tfields and pa.types.is_timestamp(col.type):
-            arr = col.combine_chunks()
-            valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
-            columns[f] = null_col  # the values live in times_us
+            # the values live in times_us
+            valid = _valid(col)
             if col.type.tz is None:
                 # a naive timestamp column has no offset: every value is malformed
                 bad[f] = valid
-                times_us[f] = (np.zeros(n, dtype=np.int64), valid)
+                times_us[f] = (np.zeros(n, dtype=np.int64), valid, valid)
                 continue
-            us = arr.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-            times_us[f] = (us.fill_null(0).to_numpy(), valid)
+            us, in_range = _typed_times(col)
+            times_us[f] = (us, valid, in_range)
             continue
         s = _as_string_column(col)
         if s is None:
-            if col.null_count == n:
-                columns[f] = null_col
-            else:
-                columns[f] = null_col
-                bad[f] = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+            bad[f] = _valid(col)
             continue
         columns[f] = s
     amount = aclass = None
     if is_txn:
         aclass = np.full(n, AMOUNT_MISSING, dtype=np.int8)
         amount = np.zeros(n, dtype=np.int64)
-        if AMOUNT in table.column_names:
-            col = table.column(AMOUNT).combine_chunks()
-            valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+        col = by_name.get(AMOUNT)
+        if col is not None:
+            valid = _valid(col)
             t = col.type
             if pa.types.is_integer(t):
                 if pa.types.is_uint64(t):
                     raw = col.fill_null(0).to_numpy()
                     big = raw > np.uint64(_INT64_MAX)
                     amount = np.where(big, 0, raw).astype(np.int64)
-                    aclass = np.where(valid, np.where(big, AMOUNT_NOT_INTEGER, AMOUNT_INT),
+                    aclass = np.where(valid, np.where(big, AMOUNT_HUGE, AMOUNT_INT),
                                       AMOUNT_MISSING).astype(np.int8)
                 else:
                     amount = col.fill_null(0).cast(pa.int64()).to_numpy()
                     aclass = np.where(valid, AMOUNT_INT, AMOUNT_MISSING).astype(np.int8)
             elif pa.types.is_floating(t) or pa.types.is_decimal(t):
                 aclass = np.where(valid, AMOUNT_NOT_INTEGER, AMOUNT_MISSING).astype(np.int8)
-            else:
+            elif not pa.types.is_null(t):
                 aclass = np.where(valid, AMOUNT_WRONG_TYPE, AMOUNT_MISSING).astype(np.int8)
     return Shaped(n, record_type, reason, detail, columns, bad, times_us, amount, aclass)
 
@@ -295,28 +449,30 @@ class _Checker:
 
 
 def _time_field(s: Shaped, chk: _Checker, f: str, required: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(µs, present) for a timestamp field, failing MALFORMED where it is bad."""
+    """(µs, present and usable) for a timestamp field, failing MALFORMED where it is
+    bad. A bad value is not usable: it must not move stream time either."""
+    badtype = s.bad_type.get(f)
     if f in s.times_us:
-        us, present = s.times_us[f]
+        us, present, in_range = s.times_us[f]
+        ok = np.ones(s.n, dtype=np.bool_)
+        if badtype is not None:
+            chk.fail(badtype, Reason.MALFORMED, f"field {f!r} has no offset (naive timestamp)")
+            ok = ~badtype
     else:
         arr = s.columns[f]
         present = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
         us, ok = strings.parse_timestamps(arr)
-        badtype = s.bad_type.get(f)
         if badtype is not None:
             chk.fail(badtype, Reason.MALFORMED, f"field {f!r} must be an RFC 3339 string")
             present = present | badtype
-        if required:
-            chk.fail(~present, Reason.MALFORMED, f"missing required field {f!r}")
         chk.fail(present & ~ok, Reason.MALFORMED,
                  f"field {f!r} is not an RFC 3339 timestamp with an offset (Z or +09:00)")
-        return us, present
-    badtype = s.bad_type.get(f)
-    if badtype is not None:
-        chk.fail(badtype, Reason.MALFORMED, f"field {f!r} has no offset (naive timestamp)")
+        in_range = ~ok | strings.in_time_range(us)
     if required:
         chk.fail(~present, Reason.MALFORMED, f"missing required field {f!r}")
-    return us, present
+    chk.fail(present & ~in_range, Reason.MALFORMED,
+             f"field {f!r} is outside {strings.TIME_RANGE}")
+    return us, present & ok & in_range
 
 
 def _string_field(s: Shaped, chk: _Checker, f: str, required: bool) -> np.ndarray:
@@ -340,12 +496,17 @@ def _mykey_field(s: Shaped, chk: _Checker) -> np.ndarray:
     return ok
 
 
-def _received(s: Shaped, received: np.ndarray, present: np.ndarray) -> np.ndarray:
+def _received(s: Shaped, chk: _Checker, received: np.ndarray,
+              present: np.ndarray) -> np.ndarray:
     """received_at in µs, NO_TIME where absent. In Kafka the record timestamp stands in
     for a missing received_at (``ts_override``, NO_TIME where the message has none)."""
     if s.ts_override is not None:
+        lent = ~present & (s.ts_override != NO_TIME)
+        usable = strings.in_time_range(s.ts_override)
+        chk.fail(lent & ~usable, Reason.MALFORMED,
+                 f"the Kafka record timestamp (received_at) is outside {strings.TIME_RANGE}")
         received = np.where(present, received, s.ts_override)
-        present = present | (s.ts_override != NO_TIME)
+        present = present | (lent & usable)
     return np.where(present, received, NO_TIME)
 
 
@@ -389,12 +550,14 @@ def validate_transactions(s: Shaped, campaign: Campaign, registry: Registry) -> 
     chk.fail(orig_present & ~orig_ok, Reason.MALFORMED,
              "field 'original_txn_id' must be 1 to 64 characters [0-9A-Za-z._:-]")
     received, recv_present = _time_field(s, chk, "received_at", False)
-    received = _received(s, received, recv_present)
+    received = _received(s, chk, received, recv_present)
     # INVALID_AMOUNT
     amount = s.amount
     chk.fail(s.amount_class == AMOUNT_NOT_INTEGER, Reason.INVALID_AMOUNT,
-             "field 'amount' must be an integer, not a fraction")
-    chk.fail((s.amount_class == AMOUNT_INT) & ((amount < 1) | (amount > campaign.max_amount)),
+             "field 'amount' must be a JSON integer, not a fraction or exponent form "
+             "(or an integer beyond 64 bits, which JSON parsers read as one)")
+    chk.fail(((s.amount_class == AMOUNT_INT) & ((amount < 1) | (amount > campaign.max_amount)))
+             | (s.amount_class == AMOUNT_HUGE),
              Reason.INVALID_AMOUNT, f"field 'amount' must be in 1..{campaign.max_amount} yen")
     # UNKNOWN_OPERATOR
     op = _operator_codes(s.columns["operator_id"], registry)
@@ -432,7 +595,7 @@ def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> V
     chk.fail(earn_present & (earn_code == NO_KIND), Reason.MALFORMED,
              "field 'earn_on' must be \"charge\" or \"purchase\"")
     received, recv_present = _time_field(s, chk, "received_at", False)
-    received = _received(s, received, recv_present)
+    received = _received(s, chk, received, recv_present)
     op = _operator_codes(s.columns["operator_id"], registry)
     chk.fail(op < 0, Reason.UNKNOWN_OPERATOR, "field 'operator_id' is not a registered operator")
     day = strings.jst_days(applied).astype(np.int32)

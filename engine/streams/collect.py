@@ -83,7 +83,7 @@ def _sort_indices(source: pa.Array) -> pa.Array:
     return pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in keys.column_names])
 
 
-class _Outcomes:
+class Outcomes:
     """The distinct outcomes of one topic, keyed by their identity."""
 
     def __init__(self, kind: str) -> None:
@@ -170,11 +170,10 @@ async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    grants = _Outcomes("grant")
-    rejections = _Outcomes("rejection")
-    by_topic = {topics.grants: grants, topics.rejections: rejections}
+    by_topic = {t: Outcomes(kind) for t, kind in topics.outcomes.items()}
+    grants, rejections = by_topic[topics.grants], by_topic[topics.rejections]
     try:
-        parts = await asyncio.wait_for(_partitions(bootstrap, list(by_topic)), CONNECT_TIMEOUT)
+        parts = await asyncio.wait_for(topic_partitions(bootstrap, list(by_topic)), CONNECT_TIMEOUT)
     except (TimeoutError, KafkaError, OSError) as e:
         raise CollectError(f"cannot reach the Kafka broker at {bootstrap} "
                            f"({type(e).__name__}: {e})") from None
@@ -209,9 +208,9 @@ async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout:
             # Refresh the end offsets only once the old ones are reached: while a
             # worker still writes, they move.
             if (len(grants.rows) + len(rejections.rows) >= expect
-                    and await _at_end(consumer, tps, ends)):
+                    and await at_end(consumer, tps, ends)):
                 ends = await consumer.end_offsets(tps)
-                if await _at_end(consumer, tps, ends):
+                if await at_end(consumer, tps, ends):
                     reached_end = True
                     break
             if time.monotonic() - last_new >= idle_timeout:
@@ -234,10 +233,11 @@ async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout:
     return grant_table, rejection_table
 
 
-async def _partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
+async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> dict[str, int]:
+    """Partition count of each existing topic among ``names``."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     try:
         await admin.start()
         meta = await admin.describe_topics(names)
@@ -247,7 +247,7 @@ async def _partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
             if m.get("error_code", 0) == 0 and m["partitions"]}
 
 
-async def _at_end(consumer: Any, tps: list[Any], ends: dict[Any, int]) -> bool:
+async def at_end(consumer: Any, tps: list[Any], ends: dict[Any, int]) -> bool:
     for tp in tps:
         if await consumer.position(tp) < ends[tp]:
             return False

@@ -18,7 +18,7 @@ import pyarrow as pa
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io.readers import BadRecord, load_record, split_lines
 from engine.rules.model import NO_TIME, Campaign, Registry
-from engine.rules.strings import is_individual_number
+from engine.rules.strings import END_US, is_individual_number, json_facts
 from engine.rules.validate import (
     Shaped,
     Validated,
@@ -58,7 +58,10 @@ def _header(msg: Any, name: str) -> bytes | None:
 
 def _ts_us(msg: Any) -> int:
     ts = msg.timestamp
-    return ts * 1000 if ts is not None and ts >= 0 else NO_TIME
+    if ts is None or ts < 0:
+        return NO_TIME
+    # beyond the representable range: validation rejects it, int64 must still hold it
+    return min(ts * 1000, END_US)
 
 
 class _Segments:
@@ -68,18 +71,21 @@ class _Segments:
         self.record_type = record_type
         self.parts: list[Shaped] = []
         self.objs: list[Any] = []
+        self.texts: list[bytes] = []
         self.ts: list[int] = []
 
-    def add_obj(self, obj: Any, ts: int) -> None:
+    def add_obj(self, obj: Any, ts: int, text: bytes = b"") -> None:
+        """``text``: the JSON text ``obj`` was decoded from (b"" for a stand-in)."""
         self.objs.append(obj)
+        self.texts.append(text)
         self.ts.append(ts)
 
     def flush_objs(self) -> None:
         if self.objs:
-            s = shape_objects(self.objs, self.record_type)
+            s = shape_objects(self.objs, self.record_type, json_facts(self.texts))
             s.ts_override = np.asarray(self.ts, dtype=np.int64)
             self.parts.append(s)
-            self.objs, self.ts = [], []
+            self.objs, self.texts, self.ts = [], [], []
 
     def add_table(self, table: pa.Table, ts: int) -> None:
         self.flush_objs()
@@ -109,18 +115,21 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             if isinstance(obj, BadRecord):
                 bad[obj.kind] = bad.get(obj.kind, 0) + 1
             elif isinstance(obj, dict) and origin is None:
-                # in Kafka the record timestamp *is* received_at, but an Individual
-                # Number there must still reach check 1
+                # in Kafka the record timestamp *is* received_at (set to null rather
+                # than removed: shaping compares the object's size with its text), but
+                # an Individual Number there must still reach check 1
                 ra = obj.get("received_at")
-                if not (isinstance(ra, str) and is_individual_number(ra)):
-                    obj.pop("received_at", None)
+                if "received_at" in obj and not (isinstance(ra, str)
+                                                 and is_individual_number(ra)):
+                    obj["received_at"] = None
                 # the key is only a routing hint: records are placed by their mykey_id
+                mykey = obj.get("mykey_id")
                 if m.key is None:
                     bad["no_key"] = bad.get("no_key", 0) + 1
-                elif m.key != str(obj.get("mykey_id")).encode("utf-8", "replace"):
+                elif type(mykey) is not str or m.key != mykey.encode("utf-8", "replace"):
                     bad["wrong_key"] = bad.get("wrong_key", 0) + 1
             # a re-routed record keeps the received_at it had in its first message
-            seg.add_obj(obj, ts if origin is None else NO_TIME)
+            seg.add_obj(obj, ts if origin is None else NO_TIME, value)
             sources.append(origin.decode("utf-8", "replace") if origin else base)
             arrival.append(m.offset << SUB_BITS)
             rerouted.append(origin is not None)
@@ -136,13 +145,15 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                     bad[obj.kind] = bad.get(obj.kind, 0) + 1
                 # a chunk's records carry their own received_at, or none (see
                 # schemas/batch-message.md: the message timestamp is not lent)
-                seg.add_obj(obj, NO_TIME)
+                seg.add_obj(obj, NO_TIME, line)
                 sources.append(f"{base}#{i}")
                 arrival.append((m.offset << SUB_BITS) | i)
                 rerouted.append(False)
         elif fmt == FORMAT_ARROW:
             try:
                 table = pa.ipc.open_stream(value).read_all()
+                # offsets and UTF-8 too: the string kernels read raw buffers
+                table.validate(full=True)
             except (pa.ArrowException, OSError, ValueError):
                 _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
                              "message is not a valid Arrow IPC stream")
@@ -151,7 +162,13 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
                              f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
-            seg.add_table(table, NO_TIME)
+            try:
+                seg.add_table(table, NO_TIME)
+            except Exception as e:  # a last line of defence: Arrow's type space is open
+                _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                             "message has an Arrow layout the engine cannot read "
+                             f"({type(e).__name__})")
+                continue
             sources.extend(f"{base}#{i}" for i in range(table.num_rows))
             arrival.extend((m.offset << SUB_BITS) | i for i in range(table.num_rows))
             rerouted.extend([False] * table.num_rows)

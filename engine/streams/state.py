@@ -154,6 +154,14 @@ class ShardStore:
         if len(self.cache) > self.cache_limit:
             self.cache.clear()
 
+    def discard_unapplied(self, timeout: int) -> None:
+        """Forget in-memory changes :meth:`apply` has not persisted: a batch that
+        failed half-way is decided again from the local checkpoint."""
+        self.cache.clear()
+        raw = self.db.get(META_KEY.encode())
+        self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=self.no_time)
+        self.rebuild_parked_index(timeout)
+
     def restore(self, records: list[tuple[bytes, bytes, int, int | None]]) -> int:
         """Apply changelog records (key, value, offset, fence tag) newer than the
         local copy; return how many were ignored as a fenced-off writer's.

@@ -76,6 +76,13 @@ class Topics:
         return f"{self.prefix}.rejections"
 
     @property
+    def outcomes(self) -> dict[str, str]:
+        """Every output topic a reader of outcomes consumes, with the kind it holds
+        (``"grant"`` or ``"rejection"``): readers (collect, the ledger sink) take the
+        names from here only."""
+        return {self.grants: "grant", self.rejections: "rejection"}
+
+    @property
     def changelog(self) -> str:
         return f"{self.prefix}.{self.group_id}.state-changelog"
 
@@ -90,6 +97,10 @@ class Topics:
     @property
     def inputs(self) -> tuple[str, str]:
         return (self.enrollments, self.transactions)
+
+    @property
+    def outputs(self) -> tuple[str, str]:
+        return (self.grants, self.rejections)
 
     @property
     def consumed(self) -> tuple[str, str, str, str]:
@@ -117,6 +128,29 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 class TopicMismatch(RuntimeError):
     pass
+
+
+def replication_for(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``.
+
+    Three copies at most; from three on, two must acknowledge (``acks=all``), so
+    that one broker can die without refusing writes or losing an acknowledged
+    record. With two brokers a second acknowledgement would let either death stop
+    every write. The local cluster (``engine.kafka.local``) is configured alike.
+
+    >>> [replication_for(n) for n in (1, 2, 3, 5)]
+    [(1, 1), (2, 1), (3, 2), (3, 2)]
+    """
+    replicas = max(1, min(3, brokers))
+    return replicas, 2 if replicas >= 3 else 1
+
+
+async def replication_settings(admin: AIOKafkaAdminClient) -> tuple[int, dict[str, str]]:
+    """Replication factor and topic configs for new engine topics on this cluster
+    (counting the brokers that are up now)."""
+    brokers = len((await admin.describe_cluster())["brokers"])
+    replicas, min_isr = replication_for(brokers)
+    return replicas, ({"min.insync.replicas": str(min_isr)} if replicas > 1 else {})
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
@@ -156,7 +190,9 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
         configs = {t: raw for t in raw_topics}
         configs[topics.changelog] = {"cleanup.policy": "compact",
                                      "max.message.bytes": str(CHANGELOG_MAX_BYTES)}
-        new = [NewTopic(t, partitions, 1, topic_configs=configs.get(t, {"retention.ms": "-1"}))
+        replicas, durability = await replication_settings(admin)
+        new = [NewTopic(t, partitions, replicas,
+                        topic_configs={**durability, **configs.get(t, {"retention.ms": "-1"})})
                for t in wanted if t not in existing]
         if new:
             # another worker may win the race; the count check below still applies

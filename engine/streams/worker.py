@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -45,21 +46,42 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.metrics import EngineMetrics
+from engine.ops import health, logs
 from engine.rules.model import Campaign, Registry
 from engine.rules.strings import kafka_partitions
 from engine.streams import recovery
 from engine.streams.decode import InBatch, concat_batches, decode_messages
 from engine.streams.shard import ShardDecider, ShardResult
 from engine.streams.state import ShardStore
-from engine.streams.topics import CHANGELOG_MAX_BYTES, SOURCE_HEADER, Topics, ensure_topics
+from engine.streams.topics import (
+    CHANGELOG_MAX_BYTES,
+    SOURCE_HEADER,
+    TopicMismatch,
+    Topics,
+    ensure_topics,
+)
 
 log = logging.getLogger("mynapoint.worker")
 NO_TIME = -(2**63)
+# A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
+# waiting does not cure a missing permission, so those still stop the worker.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
+               ClusterAuthorizationFailedError)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -82,7 +104,9 @@ class Worker:
     def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
                  metrics: EngineMetrics | None = None,
-                 max_record_bytes: int = 1 << 20) -> None:
+                 max_record_bytes: int = 1 << 20,
+                 readiness: health.Readiness | None = None, client_id: str | None = None
+                 ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.campaign = campaign
@@ -91,6 +115,8 @@ class Worker:
         self.max_batch = max_batch
         self.max_record_bytes = max_record_bytes
         self.metrics = metrics or EngineMetrics()
+        self.readiness = readiness or health.Readiness()
+        self.client_id = client_id or health.CLIENT_ID_PREFIX
         self.state_root = state_dir / topics.group_id
         self.state_dir: Path | None = None      # this process's locked slot
         self._slot_lock: IO[str] | None = None
@@ -107,6 +133,8 @@ class Worker:
         self.records = 0
         self._lag_at = 0.0
         self._marker = os.environ.get("MYNAPOINT_BATCH_MARKER")
+        self.producer_stale = False  # replace it before the next batch
+        self.faults_injected: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -115,12 +143,11 @@ class Worker:
         self.decider = ShardDecider(self.campaign, self.registry, self.partitions)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await self.admin.start()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
-            linger_ms=2, max_batch_size=1 << 20, max_request_size=CHANGELOG_MAX_BYTES)
+        self.producer = self._new_producer()
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.topics.group_id,
+            client_id=self.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
             isolation_level="read_committed", session_timeout_ms=6_000,
@@ -133,6 +160,12 @@ class Worker:
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.consumed), listener=_Rebalance(self))
         self.metrics.set_up(True)
+        self.readiness.started()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
+            linger_ms=2, max_batch_size=1 << 20, max_request_size=CHANGELOG_MAX_BYTES)
 
     async def stop(self) -> None:
         self.metrics.set_up(False)
@@ -176,7 +209,9 @@ class Worker:
 
     def assign_partitions(self, parts: set[int]) -> None:
         assert self.consumer is not None
+        self.readiness.assign(parts)
         for p in sorted(parts - set(self.stores)):
+            self.readiness.restoring(p)
             self.consumer.pause(*self._tps(p))
             prev = self._taking.get(p)
             self._taking[p] = asyncio.create_task(self._take_over(p, prev))
@@ -196,6 +231,7 @@ class Worker:
             try:
                 await reader.start()
                 store = ShardStore(self.state_dir / f"p{p}", NO_TIME)
+                self._crash_point("takeover")
                 await self._restore(reader, store, p)
                 async with self.lock:
                     if p not in self._assigned():
@@ -203,7 +239,11 @@ class Worker:
                         return
                     self.stores[p] = store
                     self.consumer.resume(*self._tps(p))
+                    self.readiness.restored(p)
+                self.metrics.set_refused(p, False)  # a 0 series, so dashboards show it
                 self.metrics.set_parked(p, len(store.parked))
+                if store.meta.stream_time != NO_TIME:  # status shows it before a batch
+                    self.metrics.set_stream_time(p, store.meta.stream_time / 1e6)
                 self.metrics.set_assigned_partitions(len(self.stores))
                 log.info("assigned partitions %s", sorted(self.stores))
                 return
@@ -212,9 +252,10 @@ class Worker:
                     store.close()
                 self.refused[p] = str(e)
                 self.metrics.set_refused(p, True)
+                self.readiness.refuse(p, str(e))
                 log.error("partition %d refused: %s. Nothing is decided on it until an "
                           "operator runs `mynapoint admin rebuild-state --partition %d` "
-                          "(docs/RUNBOOK.md)", p, e, p)
+                          "(docs/RUNBOOK.md)", p, e, p, extra={"partition": p})
                 return
             except asyncio.CancelledError:
                 if store is not None:
@@ -224,7 +265,7 @@ class Worker:
                 if store is not None:
                     store.close()
                 log.warning("taking over partition %d failed (%s: %s); retrying in %.1f s",
-                            p, type(e).__name__, e, delay)
+                            p, type(e).__name__, e, delay, extra={"partition": p})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:
@@ -247,12 +288,17 @@ class Worker:
         fence = await recovery.write_fence(self.producer, self.topics, p)
         t0 = time.perf_counter()
         read, ignored = await recovery.restore(reader, self.topics, store, p, fence,
-                                               self.metrics.set_restore_remaining)
+                                               self._restore_progress)
         self.metrics.fenced_records_ignored(ignored)
         await recovery.check_inputs(reader, store, p)
         store.rebuild_parked_index(self.campaign.park_timeout)
         log.info("partition %d restored: %d changelog records read (%d of a fenced-off "
-                 "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0)
+                 "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0,
+                 extra={"partition": p})
+
+    def _restore_progress(self, p: int, remaining: int) -> None:
+        self.metrics.set_restore_remaining(p, remaining)
+        self.readiness.restoring(p, remaining)
 
     def close_partitions(self, parts: set[int]) -> None:
         for p in sorted(parts):
@@ -266,6 +312,7 @@ class Worker:
             self.refused.pop(p, None)
         self.metrics.forget_partitions(parts)
         self.metrics.set_assigned_partitions(len(self.stores))
+        self.readiness.release(parts)
 
     def _drop_local_state(self, parts: set[int]) -> None:
         """Our commit failed: we no longer own these partitions (or cannot tell).
@@ -279,6 +326,7 @@ class Worker:
             store.close()
             ShardStore.destroy(store.path)
         still = parts & self._assigned()
+        self.readiness.release(parts - still)
         if still:
             self.assign_partitions(still)
         self.metrics.set_assigned_partitions(len(self.stores))
@@ -286,13 +334,56 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
         assert self.consumer is not None
+        failures = 0
         while not self.stopping.is_set():
-            await self._prioritise_enrollments()
-            data = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-            if not data:
-                continue
-            async with self.lock:
-                await self.process(data)
+            data: dict[Any, list[Any]] = {}
+            try:
+                if self.producer_stale:
+                    await self._replace_producer()
+                await self._prioritise_enrollments()
+                data = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                if data:
+                    async with self.lock:
+                        await self.process(data)
+                failures = 0
+            except NOT_RETRIED:
+                raise
+            except KafkaError as e:
+                # A broker died or moved a leader or the group coordinator, and
+                # aiokafka gave up on a send or a lookup (a failed commit is handled in
+                # process). Nothing of the batch is in the local checkpoint yet, so it
+                # is decided again from there: the same outcomes and changelog records.
+                delay = min(RETRY_FIRST_SECONDS * 2 ** failures, RETRY_MAX_SECONDS)
+                failures += 1
+                log.warning("batch failed (%s: %s); retrying it in %.1f s",
+                            type(e).__name__, e, delay)
+                async with self.lock:
+                    self._rewind(data)
+                await asyncio.sleep(delay)
+
+    def _rewind(self, data: dict[Any, list[Any]]) -> None:
+        """Undo a failed batch: read it again, forget its undurable state changes,
+        and use a new producer (the old one may have spent sequence numbers on
+        records the broker never stored, and would fail every later send)."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        for tp, msgs in data.items():
+            # the batch's first offsets are the committed ones, which the local
+            # checkpoint matches: no round trip to a coordinator that may be down
+            if msgs and tp in assigned:
+                self.consumer.seek(tp, msgs[0].offset)
+        for p in {tp.partition for tp in data} & set(self.stores):
+            self.stores[p].discard_unapplied(self.campaign.park_timeout)
+        self.producer_stale = True
+
+    async def _replace_producer(self) -> None:
+        old, self.producer = self.producer, self._new_producer()
+        if old is not None:
+            # its undelivered sends are copies of outcomes that will be produced again
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5.0)
+        await self.producer.start()
+        self.producer_stale = False
 
     async def _prioritise_enrollments(self) -> None:
         """Hold back a transactions partition while its enrollments partition is
@@ -388,6 +479,7 @@ class Worker:
             enr = self._decode(topics, t.enrollments, t.reroute_enrollments, "enrollment")
             txn = self._decode(topics, t.transactions, t.reroute_transactions, "transaction")
             results[p] = self.decider.decide(self.stores[p], p, enr, txn)
+        self._crash_point("decided")
         # outcomes (and re-routed records) first: state must never run ahead of them
         futs: list[asyncio.Future[Any]] = []
         out: dict[tuple[str, int], list[tuple[bytes | None, bytes, list[Any] | None, Any]]] = \
@@ -464,10 +556,12 @@ class Worker:
 
     def _crash_point(self, stage: str) -> None:
         """Crash injection for tests: ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs
-        this worker right after ``stage`` ("outputs" acknowledged, "state" in the
-        changelog, or "commit" done and the local checkpoint written) of its
-        ``batch``-th batch (0-based), before anything else happens.
-        ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead."""
+        this worker right after ``stage`` ("takeover" of a partition begun,
+        "decided" in memory, "outputs" acknowledged, "state" in the changelog, or
+        "commit" done and the local checkpoint written) of its ``batch``-th batch
+        (0-based), before anything else happens. ``MYNAPOINT_STALL_AT`` (same syntax)
+        SIGSTOPs it there instead, and ``MYNAPOINT_FAIL_AT`` raises a Kafka connection
+        error there, once, as a broker fault would."""
         here = f"{stage}:{self.batches}"
         if os.environ.get("MYNAPOINT_CRASH_AT") == here:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -475,6 +569,9 @@ class Worker:
             # a frozen worker (GC pause, SIGSTOP): the test resumes it with SIGCONT
             log.warning("stalling at %s (test fault injection)", here)
             os.kill(os.getpid(), signal.SIGSTOP)
+        if os.environ.get("MYNAPOINT_FAIL_AT") == here and here not in self.faults_injected:
+            self.faults_injected.add(here)
+            raise KafkaConnectionError(f"injected fault after {stage} of batch {self.batches}")
 
     def _decode(self, topics: dict[str, list[Any]], public: str, internal: str,
                 record_type: str) -> InBatch | None:
@@ -528,18 +625,12 @@ class Worker:
             if store is None:  # dropped: this worker lost the partition meanwhile
                 continue
             m.set_parked(p, res.parked)
+            m.set_last_batch(p, time.time())
             if store.meta.stream_time != NO_TIME:
                 m.set_stream_time(p, store.meta.stream_time / 1e6)
         m.observe_batch(n_rec, seconds)
         self.batches += 1
         self.records += n_rec
-
-
-def _quiet_logging() -> None:
-    # aiokafka and the root logger are chatty at DEBUG; keep CPU for settling
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("mynapoint").setLevel(logging.INFO)
 
 
 async def run_worker(args: argparse.Namespace) -> int:
@@ -550,23 +641,53 @@ async def run_worker(args: argparse.Namespace) -> int:
         print(f"mynapoint worker: configuration error: {e}", file=sys.stderr)
         return 2
     metrics = EngineMetrics()
+    readiness = health.Readiness()
+    client_id = health.CLIENT_ID_PREFIX
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
+        try:
+            server = metrics.serve(args.metrics_port, readiness=readiness)
+        except OSError as e:
+            print(f"mynapoint worker: cannot serve metrics on port {args.metrics_port}: "
+                  f"{e.strerror or e}", file=sys.stderr)
+            return 2
+        host, port = server.server_address[:2]
+        client_id = health.advertised_client_id(str(host), int(port))
     w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
-               Path(args.state_dir), args.partitions, args.max_batch, metrics)
+               Path(args.state_dir), args.partitions, args.max_batch, metrics,
+               readiness=readiness, client_id=client_id)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stopping.set)
-    await w.start()
-    print(f"mynapoint worker: consuming {', '.join(w.topics.inputs)} "
-          f"({w.partitions} partitions) from {args.broker}", flush=True)
+    beat = asyncio.create_task(health.heartbeat(readiness))
+    try:
+        with logs.quiet("aiokafka"):  # the one line below says it all
+            await w.start()
+    except (KafkaError, TopicMismatch, OSError) as e:
+        beat.cancel()
+        with logs.quiet("aiokafka"), contextlib.suppress(Exception):
+            await w.stop()  # releases what did start; a second failure adds nothing
+        print(f"mynapoint worker: cannot start on the Kafka broker at {args.broker}: "
+              f"{logs.redact(health.describe_error(e))}", file=sys.stderr)
+        return 2
+    assert w.consumer is not None
+    watch = asyncio.create_task(
+        health.watch_broker(readiness, w.consumer.topics,  # a metadata request
+                            on_change=metrics.set_up))
+    started = (f"consuming {', '.join(w.topics.inputs)} ({w.partitions} partitions) "
+               f"from {args.broker}")
+    if getattr(args, "log_format", "text") == "json":
+        log.info(started)  # every line a JSON object, for log shippers
+    else:
+        print(f"mynapoint worker: {started}", flush=True)
     try:
         await w.run()
     finally:
+        beat.cancel()
+        watch.cancel()
         await w.stop()
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
-    _quiet_logging()
+    logs.configure(getattr(args, "log_format", "text"))
     return asyncio.run(run_worker(args))

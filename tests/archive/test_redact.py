@@ -185,3 +185,13 @@ def test_any_numbers_in_any_fields_replay_identically(values: list[str], fields:
 def test_opaque_redaction_leaves_other_digit_runs() -> None:
     assert redact_opaque(b"1234567890181") == b"1234567890181"
     assert redact_opaque(NUMBER.encode()) == REDACTED.encode()
+
+
+def test_archive_cli_bad_client_config_is_one_line_exit_2(tmp_path, capsys) -> None:
+    from engine.cli import main as cli
+
+    bad = tmp_path / "client.properties"
+    bad.write_text("security.protocol=SASL_PLAINTEXT\nsasl.mechansim=PLAIN\n")
+    assert cli(["archive", "--out", str(tmp_path / "a"), "--client-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "sasl.mechansim" in err

@@ -187,7 +187,25 @@ park_timeout = "PT2H"
                          enroll_end=1600128000 * US, accept_end=1604188800 * US,
                          rate_percent=50, cap_points=7,
                          rounding=Rounding.PER_TRANSACTION_FLOOR, max_amount=99,
-                         park_timeout=7200 * US)
+                         park_timeout=7200 * US, budget_people=None, budget_points=None)
+
+
+def test_budget_keys(tmp_path: Path) -> None:
+    shipped = load_campaign(None)
+    assert (shipped.budget_people, shipped.budget_points) == (40_000_000, 200_000_000_000)
+    c = campaign(tmp_path, "budget_people = 3\nbudget_points = 15000\n")
+    assert (c.budget_people, c.budget_points) == (3, 15000)
+    # FINANCE_RULES.md: the default is "none", also when a file overrides other keys
+    assert campaign(tmp_path, 'id = "x"\n').budget_points is None
+
+
+def test_operator_payout(tmp_path: Path) -> None:
+    assert registry(tmp_path, OPERATOR_TABLE).operators[0].payout == "same_month"
+    for value in ("same_month", "next_month", "month_after_next"):
+        reg = registry(tmp_path, OPERATOR_TABLE + f'payout = "{value}"\n')
+        assert reg.operators[0].payout == value
+    shipped = {op.id: op.payout for op in load_operators(None).operators}
+    assert shipped["suica"] == "same_month" and shipped["smbc-card"] == "month_after_next"
 
 
 # ------------------------------------------------------------------ operator keys honoured
@@ -286,6 +304,9 @@ def assert_error(path: Path, key: str, loader) -> ConfigError:  # type: ignore[n
     ("park_timeout = 86400\n", "park_timeout"),
     ('id = ""\n', "id"),
     ("id = 2020\n", "id"),
+    ("budget_people = 0\n", "budget_people"),
+    ('budget_points = "lots"\n', "budget_points"),
+    ("budget_points = 1.5\n", "budget_points"),
 ])
 def test_campaign_errors(tmp_path: Path, text: str, key: str) -> None:
     assert_error(write(tmp_path, "campaign.toml", text), key, load_campaign)
@@ -323,6 +344,8 @@ def test_missing_file(tmp_path: Path) -> None:
     (OPERATOR_TABLE.replace('"Op A"', '""'), "name"),
     (OPERATOR_TABLE.replace('"Op A"', "1"), "name"),
     (OPERATOR_TABLE + 'fee_percent = 2\n', "fee_percent"),                     # unknown key
+    (OPERATOR_TABLE + 'payout = "weekly"\n', "payout"),
+    (OPERATOR_TABLE + "payout = 1\n", "payout"),
     ('version = 1\n' + OPERATOR_TABLE, "version"),
     ("", "operators"),                                                          # no operators
 ])

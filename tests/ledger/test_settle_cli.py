@@ -15,6 +15,15 @@ from engine.generate import generate_tables, write_jsonl, write_parquet
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.rules.model import ENGINE_LIMIT_REASONS, ENROLLMENT_REASONS, TRANSACTION_REASONS
 from engine.streams.codec_out import grant_to_json, rejection_to_json
+from tests.poison_records import (
+    ENROLLMENT,
+    GRANT,
+    PARQUET_CANNOT_HOLD,
+    Poison,
+    arrow_poison,
+    enrollment_poison,
+    json_poison,
+)
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 PII = "123456789018"  # a valid Individual Number (check digit 8)
@@ -112,6 +121,22 @@ def test_jsonl_and_parquet_inputs_decide_alike(campaign: Path, tmp_path: Path) -
     assert len(same) > 0.9 * len(pg)
 
 
+def test_a_parquet_directory_of_parts_is_one_input(campaign: Path, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    parts = d / "transactions.parquet"
+    parts.mkdir(parents=True)
+    table = pq.read_table(campaign / "transactions.parquet")
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), parts / "part-0.parquet")
+    pq.write_table(table.slice(half), parts / "part-1.parquet")
+    (d / "enrollments.parquet").write_bytes((campaign / "enrollments.parquet").read_bytes())
+    assert _settle(d, tmp_path / "dir", "parquet", "--quiet") == 0
+    assert _settle(campaign, tmp_path / "file", "parquet", "--quiet") == 0
+    for name in ("grants.parquet", "rejections.parquet"):
+        assert (pq.read_table(tmp_path / "dir" / name).num_rows
+                == pq.read_table(tmp_path / "file" / name).num_rows > 0)
+
+
 def test_individual_number_appears_in_no_output_and_nothing_printed(
         campaign: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _settle(campaign, tmp_path / "out") == 0
@@ -169,3 +194,68 @@ def test_unreadable_input_exits_2_and_keeps_previous_outputs(
     rc = main(["settle", "--enrollments", str(tmp_path / "missing.jsonl"),
                "--transactions", str(campaign / "transactions.jsonl"), "--out", str(out)])
     assert rc == 2
+
+
+def _outcomes(out: Path) -> dict[str, tuple[str, str | None]]:
+    res: dict[str, tuple[str, str | None]] = {
+        g["source"]: (GRANT, None) for g in pq.read_table(out / "grants.parquet").to_pylist()}
+    for r in pq.read_table(out / "rejections.parquet").to_pylist():
+        assert r["source"] not in res  # one outcome each
+        res[r["source"]] = (r["reason"], r["detail"])
+    return res
+
+
+def _matches(p: Poison, got: tuple[str, str | None]) -> bool:
+    reason, detail = got
+    return reason == p.reason and (not p.detail or p.detail in (detail or "")) \
+        and len(detail or "") <= 200 and PII not in (detail or "")
+
+
+def test_poison_records_settle_with_their_rejections_and_exit_0(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "enrollments.jsonl").write_bytes(orjson.dumps(ENROLLMENT) + b"\n")
+    catalogue = json_poison("cli")
+    (d / "transactions.jsonl").write_bytes(b"\n".join(c.text for c in catalogue) + b"\n")
+    assert _settle(d, tmp_path / "out", "jsonl", "--quiet") == 0
+    got = _outcomes(tmp_path / "out")
+    for i, c in enumerate(catalogue):
+        assert _matches(c, got[f"transactions.jsonl:{i + 1}"]), (c.name, got)
+    # Parquet: one file per Arrow poison (their column types differ)
+    tables = [c for c in arrow_poison("cli") + catalogue
+              if c.table is not None and c.name not in PARQUET_CANNOT_HOLD]
+    for k, c in enumerate(tables):
+        assert c.table is not None
+        pq.write_table(c.table, d / "transactions.parquet")
+        out = tmp_path / f"out-{k}"
+        assert main(["settle", "--enrollments", str(d / "enrollments.jsonl"), "--transactions",
+                     str(d / "transactions.parquet"), "--out", str(out), "--quiet"]) == 0
+        got = _outcomes(out)
+        assert len(got) == c.table.num_rows, c.name  # (an accepted enrollment has none)
+        for i in range(c.table.num_rows):
+            assert _matches(c, got[f"transactions.parquet:{i + 1}"]), (c.name, got)
+    # enrollments: JSON Lines, and Parquet one file per table
+    enrollments = enrollment_poison("cli")
+    texts = [c for c in enrollments if c.text]
+    (d / "enrollments.jsonl").write_bytes(b"\n".join(c.text for c in texts) + b"\n")
+    (d / "transactions.jsonl").write_bytes(b"")
+    assert _settle(d, tmp_path / "enr", "jsonl", "--quiet") == 0
+    got = _outcomes(tmp_path / "enr")
+    for i, c in enumerate(texts):
+        assert _matches(c, got[f"enrollments.jsonl:{i + 1}"]), (c.name, got)
+    for k, c in enumerate(c for c in enrollments
+                          if c.table is not None and c.name not in PARQUET_CANNOT_HOLD):
+        assert c.table is not None
+        pq.write_table(c.table, d / "enrollments.parquet")
+        out = tmp_path / f"enr-{k}"
+        assert main(["settle", "--enrollments", str(d / "enrollments.parquet"),
+                     "--transactions", str(d / "transactions.jsonl"), "--out", str(out),
+                     "--quiet"]) == 0
+        got = _outcomes(out)
+        if c.reason == GRANT:  # an accepted enrollment has no outcome record
+            assert got == {}, c.name
+        else:
+            assert _matches(c, got["enrollments.parquet:1"]), (c.name, got)
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err and printed.err == ""

@@ -45,7 +45,7 @@ def test_exactly_the_documented_metrics() -> None:
     m.observe_batch(1, 0.1)
     m.observe_points([1])
     assert exposed_names(m) == set(METRIC_NAMES)  # in particular, no "_created" series
-    assert len(METRIC_NAMES) == 16
+    assert len(METRIC_NAMES) == 17
 
 
 def test_fresh_registry_per_instance_and_given_registry_used() -> None:
@@ -180,19 +180,24 @@ def test_partition_gauges_and_forgetting_revoked_partitions() -> None:
     m.set_consumer_lag("mynapoint.transactions", 0, 500)
     m.set_consumer_lag("mynapoint.enrollments", 0, 2)
     m.set_consumer_lag("mynapoint.transactions", 3, 0)
+    m.set_last_batch(0, 1_700_000_000.25)
+    m.set_last_batch(3, 1_700_000_001)
     assert value(m, "mynapoint_parked_records", partition="0") == 12
     assert value(m, "mynapoint_stream_time_seconds", partition="0") == 1_600_000_000.5
     assert value(m, "mynapoint_stream_time_seconds", partition="3") == 1_600_000_100
+    assert value(m, "mynapoint_last_batch_timestamp_seconds", partition="0") == 1_700_000_000.25
     assert value(m, "mynapoint_consumer_lag", topic="mynapoint.transactions",
                  partition="0") == 500
     m.forget_partitions([0, 7])
     s = scrape(m)
     remaining = {(name, dict(labels).get("partition")) for name, labels in s
                  if name in {"mynapoint_parked_records", "mynapoint_stream_time_seconds",
-                             "mynapoint_consumer_lag"}}
+                             "mynapoint_consumer_lag",
+                             "mynapoint_last_batch_timestamp_seconds"}}
     assert remaining == {("mynapoint_parked_records", "3"),
                          ("mynapoint_stream_time_seconds", "3"),
-                         ("mynapoint_consumer_lag", "3")}
+                         ("mynapoint_consumer_lag", "3"),
+                         ("mynapoint_last_batch_timestamp_seconds", "3")}
 
 
 def test_worker_gauges_and_bad_messages() -> None:
@@ -222,6 +227,7 @@ def test_worker_gauges_and_bad_messages() -> None:
     lambda m: m.set_parked(-1, 1),
     lambda m: m.set_stream_time("0", 1.0),
     lambda m: m.set_consumer_lag("bad topic", 0, 1),
+    lambda m: m.set_last_batch(INDIVIDUAL_NUMBER, 1.0),
 ])
 def test_label_values_come_only_from_closed_sets(call) -> None:
     m = EngineMetrics()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.generate import generate_tables, write_jsonl
@@ -86,6 +87,22 @@ def collect_and_compare(bootstrap: str, prefix: str, sc: Scenario, manifest: Pat
                        strict=True))
     return (compare(sc.offline.grants, sc.offline.rejections, grants, rejections, mapping),
             grants, rejections)
+
+
+async def output_end_offsets(bootstrap: str, prefix: str) -> dict[TopicPartition, int]:
+    t = topics_for(prefix)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await c.start()
+    try:
+        return dict(await c.end_offsets([TopicPartition(x, p) for x in (t.grants, t.rejections)
+                                         for p in range(PARTITIONS)]))
+    finally:
+        await c.stop()
+
+
+def output_end(bootstrap: str, prefix: str) -> int:
+    """Outcome messages in the output topics so far (all partitions, copies included)."""
+    return sum(asyncio.run(output_end_offsets(bootstrap, prefix)).values())
 
 
 def records_in(sc: Scenario) -> int:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.kafka.local import free_port
@@ -31,6 +30,7 @@ from tests.streams.harness import (
     collect_and_compare,
     fault_report,
     make_scenario,
+    output_end,
     publish,
     topics_for,
     worker,
@@ -52,19 +52,13 @@ def _publisher(bootstrap: str, prefix: str, sc: Scenario, manifest: Path,
     return t
 
 
-def _output_end(bootstrap: str, prefix: str) -> int:
-    """Outcome messages in the output topics so far (all partitions)."""
-    async def go() -> int:
-        t = topics_for(prefix)
-        c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        await c.start()
-        try:
-            tps = [TopicPartition(x, p) for x in (t.grants, t.rejections)
-                   for p in range(PARTITIONS)]
-            return sum((await c.end_offsets(tps)).values())
-        finally:
-            await c.stop()
-    return asyncio.run(go())
+def _outcomes_beyond(bootstrap: str, prefix: str, count: int, wait: float = 60.0) -> int:
+    """Wait until more than ``count`` outcomes are out; return how many."""
+    deadline = time.monotonic() + wait
+    while (n := output_end(bootstrap, prefix)) <= count:
+        assert time.monotonic() < deadline, f"no outcome beyond {count} within {wait} s"
+        time.sleep(0.2)
+    return n
 
 
 def _ignored_in_logs(log_dir: Path) -> int:
@@ -83,7 +77,7 @@ def test_sigkill_three_times_inside_batches(kafka_broker, topic_prefix, scenario
     marker = tmp_path / "batch.marker"
     env = {"MYNAPOINT_BATCH_MARKER": str(marker)}
     w = worker(kafka_broker.bootstrap, prefix, tmp_path, "w0", env=env).start()
-    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 120.0)
+    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 90.0)
     kills = 0
     try:
         for k in range(3):
@@ -114,7 +108,7 @@ def test_zombie_frozen_past_its_session_writes_nothing_that_survives(
     prefix = topic_prefix()
     a = worker(kafka_broker.bootstrap, prefix, tmp_path, "a",
                env={"MYNAPOINT_STALL_AT": "outputs:5"}).start()
-    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 150.0)
+    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 100.0)
     b = None
     try:
         a.wait_for("stalling at outputs:5")
@@ -150,22 +144,20 @@ def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix,
     prefix = topic_prefix()
     bootstrap = kafka_broker.bootstrap
     a = worker(bootstrap, prefix, tmp_path, "a").start()
-    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 200.0)
+    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 120.0)
     b = None
     try:
         a.wait_for("assigned partitions [0")
-        time.sleep(1.0)
-        before_join = _output_end(bootstrap, prefix)
+        before_join = _outcomes_beyond(bootstrap, prefix, 0)
         b = worker(bootstrap, prefix, tmp_path, "b").start()
         b.wait_for("assigned partitions [", 60)
-        time.sleep(1.0)
-        before_leave = _output_end(bootstrap, prefix)
+        before_leave = _outcomes_beyond(bootstrap, prefix, before_join)
         assert a.stop() == 0, "the leaving worker must shut down cleanly"
-        after_leave = _output_end(bootstrap, prefix)
+        after_leave = output_end(bootstrap, prefix)
         assert t.is_alive(), "records must still flow after both changes"
         t.join()
         cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
-        total = _output_end(bootstrap, prefix)
+        total = output_end(bootstrap, prefix)
     finally:
         a.stop()
         if b is not None:
@@ -182,9 +174,9 @@ def test_wiped_state_directory_is_rebuilt_from_the_changelog(kafka_broker, topic
     prefix = topic_prefix()
     bootstrap = kafka_broker.bootstrap
     w = worker(bootstrap, prefix, tmp_path, "first").start()
-    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1500.0)
+    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 300.0)
     try:
-        time.sleep(2.0)
+        _outcomes_beyond(bootstrap, prefix, 0)  # the first run decided something
         assert t.is_alive()
         w.stop()
         shutil.rmtree(tmp_path / "state")
@@ -227,6 +219,24 @@ def _wait_refused(port: int, want: set[int]) -> None:
         time.sleep(0.5)
 
 
+def _refuses_every_partition(bootstrap: str, prefix: str, tmp_path: Path, reason: str) -> int:
+    """Start a worker that must refuse every partition (metric and one log line
+    each matching ``reason``) and emit nothing; return the outcome count."""
+    outputs = output_end(bootstrap, prefix)
+    port = free_port()
+    w = worker(bootstrap, prefix, tmp_path, "refusing",
+               extra=["--metrics-port", str(port)]).start()
+    try:
+        _wait_refused(port, set(range(PARTITIONS)))
+        log = (tmp_path / "refusing.log").read_text()
+        assert len(re.findall(reason, log)) == PARTITIONS, log
+        time.sleep(2.0)
+        assert output_end(bootstrap, prefix) == outputs, "outcomes emitted while refused"
+    finally:
+        w.stop()
+    return outputs
+
+
 def test_lost_changelog_is_refused_until_rebuilt(kafka_broker, topic_prefix, scenario,
                                                  tmp_path: Path) -> None:
     """The changelog topic is deleted while the worker is down. On restart the
@@ -241,26 +251,15 @@ def test_lost_changelog_is_refused_until_rebuilt(kafka_broker, topic_prefix, sce
     w.stop()
     shutil.rmtree(tmp_path / "state")  # and the local copies: nothing of the state is left
     _delete_topics(bootstrap, [topics_for(prefix).changelog])
-    outputs = _output_end(bootstrap, prefix)
-    port = free_port()
-    w = worker(bootstrap, prefix, tmp_path, "refusing",
-               extra=["--metrics-port", str(port)]).start()
-    try:
-        _wait_refused(port, set(range(PARTITIONS)))
-        log = (tmp_path / "refusing.log").read_text()
-        assert len(re.findall(r"partition \d refused: .*state changelog was deleted", log)) \
-            == PARTITIONS, log
-        time.sleep(2.0)
-        assert _output_end(bootstrap, prefix) == outputs, "outcomes emitted from empty state"
-    finally:
-        w.stop()
+    outputs = _refuses_every_partition(bootstrap, prefix, tmp_path,
+                                       r"partition \d refused: .*state changelog was deleted")
     done = asyncio.run(rebuild_state(bootstrap, Topics(prefix, f"{prefix}-engine"), None))
     assert sorted(done) == list(range(PARTITIONS))
     w = worker(bootstrap, prefix, tmp_path, "rebuilt").start()
     try:
         cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
         deadline = time.monotonic() + 60
-        while (again := _output_end(bootstrap, prefix)) < 2 * outputs:
+        while (again := output_end(bootstrap, prefix)) < 2 * outputs:
             assert time.monotonic() < deadline, "the input was not decided again"
             time.sleep(0.5)
     finally:
@@ -288,19 +287,8 @@ def test_recreated_input_topic_is_refused_not_skipped(kafka_broker, topic_prefix
     only_txn.enrollments.write_text("")
     publish(bootstrap, prefix, only_txn, tmp_path / "m2.parquet", 1)
     new_sources = set(pq.read_table(tmp_path / "m2.parquet")["kafka_source"].to_pylist())
-    outputs = _output_end(bootstrap, prefix)
-    port = free_port()
-    w = worker(bootstrap, prefix, tmp_path, "refusing",
-               extra=["--metrics-port", str(port)]).start()
-    try:
-        _wait_refused(port, set(range(PARTITIONS)))
-        log = (tmp_path / "refusing.log").read_text()
-        assert len(re.findall(r"refused: .*transactions/\d .*input topic was", log)) \
-            == PARTITIONS, log
-        time.sleep(2.0)
-        assert _output_end(bootstrap, prefix) == outputs, "records decided or skipped"
-    finally:
-        w.stop()
+    _refuses_every_partition(bootstrap, prefix, tmp_path,
+                             r"refused: .*transactions/\d .*input topic was")
     asyncio.run(rebuild_state(bootstrap, Topics(prefix, f"{prefix}-engine"), None))
     w = worker(bootstrap, prefix, tmp_path, "rebuilt").start()
     try:
@@ -324,3 +312,30 @@ def test_recreated_input_topic_is_refused_not_skipped(kafka_broker, topic_prefix
                                      "partitions_refused": PARTITIONS})
     assert missing == 0 and len(decided) == len(new_sources)
     assert not stats.get("conflicts")
+
+
+def test_a_failed_take_over_is_retried_and_lag_is_exported_for_every_topic(
+        kafka_broker, topic_prefix, scenario, tmp_path: Path) -> None:
+    """An exception while taking a partition over is not swallowed with the
+    partition left assigned and unserved: it is logged and retried. And consumer
+    lag is exported for the transactions topic too, not only enrollments."""
+    prefix = topic_prefix()
+    bootstrap = kafka_broker.bootstrap
+    port = free_port()
+    w = worker(bootstrap, prefix, tmp_path, "w", env={"MYNAPOINT_FAIL_AT": "takeover:0"},
+               extra=["--metrics-port", str(port)]).start()
+    try:
+        w.wait_for(f"assigned partitions {list(range(PARTITIONS))}", 60)
+        publish(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1000)
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+        time.sleep(1.5)  # lag is exported at most once a second
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                      timeout=5).read().decode()
+    finally:
+        w.stop()
+    log = (tmp_path / "w.log").read_text()
+    assert re.search(r"taking over partition \d failed \(KafkaConnectionError: .*injected", log)
+    assert cmp.equal, str(cmp)
+    lag_topics = set(re.findall(r'mynapoint_consumer_lag\{partition="\d",topic="([^"]+)"\}',
+                                text))
+    assert set(topics_for(prefix).consumed) <= lag_topics, lag_topics

@@ -5,10 +5,12 @@ never stops."""
 from __future__ import annotations
 
 import asyncio
-import io
+import re
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -19,8 +21,21 @@ from aiokafka import AIOKafkaProducer
 from engine.ledger.compare import compare
 from engine.streams.collect import collect
 from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
+from tests.poison_records import (
+    ENROLLMENT,
+    GRANT,
+    PERSON,
+    Poison,
+    arrow_poison,
+    enrollment_poison,
+    expected_count,
+    invalid_utf8_table,
+    ipc,
+    json_poison,
+)
 from tests.streams.harness import (
     PARTITIONS,
+    Scenario,
     make_scenario,
     publish,
     topics_for,
@@ -29,7 +44,7 @@ from tests.streams.harness import (
 
 pytestmark = pytest.mark.kafka
 
-PERSON = "Poison01"  # enrolled below; not in the generated campaign
+# PERSON (tests/poison_records.py) is enrolled below; not in the generated campaign
 TS = 1_593_561_600_000  # 2020-07-01T00:00:00Z: before the stream, so it moves no clock
 
 
@@ -79,10 +94,7 @@ async def _inject(bootstrap: str, prefix: str) -> dict[str, tuple[int, str]]:
     # an Arrow IPC batch with a PII number in an extra column
     table = pa.table({**{k: [v] for k, v in _charge("p-arrow-pii", 100).items()},
                       "note": ["123456789018"]})
-    buf = io.BytesIO()
-    with pa.ipc.new_stream(buf, table.schema) as w:
-        w.write_table(table)
-    await send("arrow_pii", t.transactions, buf.getvalue(), PERSON.encode(), right,
+    await send("arrow_pii", t.transactions, ipc(table), PERSON.encode(), right,
                [(FORMAT_HEADER, FORMAT_ARROW)])
     await p.stop()
     return {k: v for k, v in sent.items()}  # type: ignore[misc]
@@ -91,25 +103,10 @@ async def _inject(bootstrap: str, prefix: str) -> dict[str, tuple[int, str]]:
 def test_poison_records_mixed_into_a_normal_stream(kafka_broker, topic_prefix, tmp_path: Path,
                                                    tmp_path_factory) -> None:
     sc = make_scenario(tmp_path_factory.mktemp("poison-campaign"), 200, 2000, seed=11)
-    prefix = topic_prefix()
-    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
-    t = threading.Thread(target=publish, args=(kafka_broker.bootstrap, prefix, sc,
-                                               tmp_path / "m.parquet", 1, 2000.0))
-    try:
-        t.start()
-        time.sleep(0.5)
-        sent = asyncio.run(_inject(kafka_broker.bootstrap, prefix))
-        t.join()
-        # 2 re-routed grants, 6 unreadable messages, 2 chunk records, 1 Arrow row
-        # (the enrollment has no output)
-        extra = 11
-        grants, rejections = asyncio.run(collect(
-            kafka_broker.bootstrap, topics_for(prefix),
-            expect=sc.expected_outcomes + extra, idle_timeout=20.0))
-        assert w.alive, "a poison message stopped the worker"
-    finally:
-        w.stop()
-        t.join()
+    # 2 re-routed grants, 6 unreadable messages, 2 chunk records, 1 Arrow row
+    # (the enrollment has no output)
+    sent, grants, rejections = _run_with(kafka_broker.bootstrap, topic_prefix(), tmp_path, sc,
+                                         _inject, lambda sent: 11)
 
     def src(name: str, i: int | None = None) -> str:
         topic, part, off = sent[name]
@@ -135,11 +132,144 @@ def test_poison_records_mixed_into_a_normal_stream(kafka_broker, topic_prefix, t
     assert pii["mykey_id"] is None and pii["txn_id"] is None
     assert "123456789018" not in str(rejections.to_pylist()) + str(grants.to_pylist())
     # and the normal stream around them is exactly the offline result
-    ours = {s for s in [src(n) for n in sent if n not in ("chunk", "arrow_pii")]
-            + [src("chunk", 0), src("chunk", 1), src("arrow_pii", 0)]}
-    normal_g = grants.filter(pa.array([s not in ours for s in grants["source"].to_pylist()]))
-    normal_r = rejections.filter(pa.array([s not in ours
-                                           for s in rejections["source"].to_pylist()]))
+    _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
+                                {f"{topic}/{part}/{off}" for topic, part, off in sent.values()})
+
+async def _inject_catalogue(bootstrap: str, prefix: str
+                            ) -> dict[str, list[tuple[Poison, str]]]:
+    """Every poison of tests/poison_records.py in every message format; returns, per
+    format, each entry with the source its (first) outcome carries."""
+    t = topics_for(prefix)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=10 << 20)
+    await p.start()
+    right = partition_for(PERSON.encode(), PARTITIONS)
+    key = PERSON.encode()
+
+    async def send(value: bytes, fmt: bytes | None, topic: str | None = None) -> str:
+        md = await p.send_and_wait(topic or t.transactions, value, key=key, partition=right,
+                                   timestamp_ms=TS,
+                                   headers=[(FORMAT_HEADER, fmt)] if fmt else None)
+        return f"{topic or t.transactions}/{md.partition}/{md.offset}"
+
+    await send(orjson.dumps(ENROLLMENT), None, t.enrollments)
+    await asyncio.sleep(0.5)  # applications precede spending
+    sent: dict[str, list[tuple[Poison, str]]] = {"one": [], "chunk": [], "arrow": []}
+    for c in json_poison("one"):
+        if c.stream:
+            sent["one"].append((c, await send(c.text, None)))
+    chunk = [c for c in json_poison("chunk") if c.stream]
+    base = await send(b"\n".join(c.text for c in chunk), FORMAT_JSONL)
+    sent["chunk"] = [(c, f"{base}#{i}") for i, c in enumerate(chunk)]
+    tables = [c for c in json_poison("jarrow") + arrow_poison("arrow")
+              if c.stream and c.table is not None]
+    for c in tables:
+        assert c.table is not None
+        sent["arrow"].append((c, await send(ipc(c.table), FORMAT_ARROW) + "#0"))
+    # on the wrong partition: a record that passes its checks is re-routed (written
+    # out again with its timestamps, which must all be writable), one that fails them
+    # is decided where it is
+    wrong = _other_partition(key)
+    sent["misrouted"] = []
+    for c in json_poison("wrong"):
+        if c.name.startswith("year-") or c.name in ("fraction-12", "lower-case"):
+            md = await p.send_and_wait(t.transactions, c.text, key=b"SomeoneE", partition=wrong,
+                                       timestamp_ms=TS)
+            sent["misrouted"].append((c, f"{t.transactions}/{md.partition}/{md.offset}"))
+    sent["unreadable"] = [(Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
+                           await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW))]
+    # enrollments: each person on their own partition where the key says so
+    for fmt in ("enr-one", "enr-chunk", "enr-arrow"):
+        catalogue = enrollment_poison(fmt[4:8])
+        texts = [c for c in catalogue if c.text]
+        if fmt == "enr-one":
+            sent[fmt] = []
+            for c in texts:
+                m = re.search(rb'"mykey_id":"([0-9A-Za-z]{8})"', c.text)
+                md = await p.send_and_wait(t.enrollments, c.text,
+                                           key=m.group(1) if m else b"x", timestamp_ms=TS)
+                sent[fmt].append((c, f"{t.enrollments}/{md.partition}/{md.offset}"))
+        elif fmt == "enr-chunk":
+            base = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, t.enrollments)
+            sent[fmt] = [(c, f"{base}#{i}") for i, c in enumerate(texts)]
+        else:
+            sent[fmt] = [(c, await send(ipc(c.table), FORMAT_ARROW, t.enrollments) + "#0")
+                         for c in catalogue if c.table is not None]
+    await p.stop()
+    return sent
+
+
+def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, tmp_path: Path,
+                                                   tmp_path_factory) -> None:
+    sc = make_scenario(tmp_path_factory.mktemp("poison-catalogue"), 150, 1500, seed=12)
+    sent, grants, rejections = _run_with(
+        kafka_broker.bootstrap, topic_prefix(), tmp_path, sc, _inject_catalogue,
+        lambda sent: sum(expected_count(c) for fmt, entries in sent.items() for c, _ in entries
+                         if not (fmt.startswith("enr") and c.reason == GRANT)))
+    rej = {r["source"]: r for r in rejections.to_pylist()}
+    grt = {g["source"]: g for g in grants.to_pylist()}
+    assert len(rej) == rejections.num_rows and len(grt) == grants.num_rows  # one each
+    assert "123456789018" not in str(rejections.to_pylist()) + str(grants.to_pylist())
+    formats_seen: dict[str, int] = {}
+    for fmt, entries in sent.items():
+        for c, src in entries:
+            rows = [f"{src.rsplit('#', 1)[0]}#{i}" for i in range(c.table.num_rows)] \
+                if fmt == "arrow" and c.table is not None else [src]
+            for s in rows:
+                if fmt.startswith("enr") and c.reason == GRANT:  # accepted: no outcome
+                    assert s not in rej and s not in grt, (fmt, c.name)
+                    continue
+                assert (s in rej) != (s in grt), (fmt, c.name, s)  # exactly one outcome
+                if c.reason == GRANT:
+                    assert grt[s]["points"] == 25, (fmt, c.name)
+                else:
+                    r = rej[s]
+                    assert r["reason"] == c.reason, (fmt, c.name, r)
+                    assert c.detail in r["detail"] and len(r["detail"]) <= 200, (fmt, c.name)
+            formats_seen[fmt] = formats_seen.get(fmt, 0) + 1
+    assert formats_seen["one"] == formats_seen["chunk"] > 40 and formats_seen["arrow"] > 70
+    assert formats_seen["enr-one"] == formats_seen["enr-chunk"] > 10
+    assert formats_seen["misrouted"] == 8
+    assert formats_seen["enr-arrow"] > 4
+    # the normal stream around them is exactly the offline result
+    _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
+                                {src.split("#")[0] for entries in sent.values()
+                                 for _, src in entries})
+
+
+def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
+              inject: Callable[[str, str], Awaitable[Any]], extra: Callable[[Any], int]
+              ) -> tuple[Any, pa.Table, pa.Table]:
+    """A worker settles the scenario, published as one-record messages, with
+    ``inject``'s poison sent in the middle; returns what ``inject`` returned and the
+    collected outcomes (the scenario's plus ``extra(sent)``)."""
+    w = worker(bootstrap, prefix, tmp_path).start()
+    t = threading.Thread(target=publish, args=(bootstrap, prefix, sc, tmp_path / "m.parquet",
+                                               1, 2000.0))
+    try:
+        t.start()
+        time.sleep(0.5)
+        sent = asyncio.run(inject(bootstrap, prefix))
+        t.join()
+        grants, rejections = asyncio.run(collect(
+            bootstrap, topics_for(prefix), expect=sc.expected_outcomes + extra(sent),
+            idle_timeout=20.0))
+        assert w.alive, "a poison message stopped the worker"
+    finally:
+        w.stop()
+        t.join()
+    log = (tmp_path / "w.log").read_text(errors="replace")
+    assert "Traceback" not in log and "123456789018" not in log, log[-2000:]
+    return sent, grants, rejections
+
+
+def _assert_the_rest_is_offline(sc: Scenario, tmp_path: Path, grants: pa.Table,
+                                rejections: pa.Table, poison_messages: set[str]) -> None:
+    """The outcomes of every message but the poison ones are the offline result."""
+    def normal(t: pa.Table) -> pa.Table:
+        return t.filter(pa.array([s.split("#")[0] not in poison_messages
+                                  for s in t["source"].to_pylist()]))
+
+    normal_g, normal_r = normal(grants), normal(rejections)
     assert normal_g.num_rows + normal_r.num_rows == sc.expected_outcomes
     m = pq.read_table(tmp_path / "m.parquet")
     mapping = dict(zip(m["kafka_source"].to_pylist(), m["input_source"].to_pylist(),

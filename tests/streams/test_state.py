@@ -84,3 +84,26 @@ def test_a_reset_fence_voids_everything_before_it(tmp_path: Path) -> None:
     assert store.get("personBB").c == 2
     assert store.meta.stream_time == NO_TIME and store.meta.changelog_offset == 3
     store.close()
+
+
+def test_state_slots_are_locked_per_process_not_by_pid(tmp_path: Path) -> None:
+    """Two workers on one machine never share local state; a slot is free again
+    as soon as its holder is gone (the kernel drops the flock), whatever PIDs say."""
+    from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+    from engine.streams.topics import Topics
+    from engine.streams.worker import Worker
+
+    def new() -> Worker:
+        return Worker("127.0.0.1:1", Topics("t", "g"), DEFAULT_CAMPAIGN, DEFAULT_REGISTRY,
+                      tmp_path)
+
+    a, b = new(), new()
+    a._lock_slot()
+    b._lock_slot()
+    assert a.state_dir != b.state_dir
+    assert a.state_dir is not None and a.state_dir.name == "slot-0"
+    assert a._slot_lock is not None
+    a._slot_lock.close()  # the holder is gone
+    c = new()
+    c._lock_slot()
+    assert c.state_dir == a.state_dir

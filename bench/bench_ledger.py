@@ -1,0 +1,174 @@
+"""Finance ledger benchmark, against DuckDB alone, measured in the same run:
+
+- load: ``mynapoint ledger load --from OUT`` of the settle outputs of N
+  transactions into a fresh ledger vs. DuckDB alone ingesting the same Parquet
+  files (``CREATE TABLE ... AS SELECT * FROM read_parquet(...)``, fresh file);
+- statements over that ledger (``mynapoint ledger statements``);
+- reconcile of a claim of ``--claim-rows`` rows (``mynapoint ledger reconcile``).
+
+Every command runs in its own process under ``/usr/bin/time -v`` (wall time,
+interpreter start and imports included); medians of ``--repeat`` runs.
+
+    .venv/bin/python bench/bench_ledger.py [--n 10000000] [--claim-rows 1000000] [--repeat 3]
+
+Writes the "## Finance ledger" section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_settle import ROOT, WORK, machine, timed, write_section
+
+DUCKDB_ALONE = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])
+for name in ("grants", "rejections"):
+    src = f"{sys.argv[2]}/{name}.parquet"
+    con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet('{src}')")
+con.close()
+"""
+
+# A claim from the ledger: the non-zero grants of the operator whose count is nearest to
+# the size asked for, with every 1000th row's points changed, every 1000th row repeated,
+# every 500th row left out, and rows of unknown transactions to reach the size.
+MAKE_CLAIM = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+con.execute("SET enable_progress_bar = false")
+n = int(sys.argv[3])
+op = con.execute(f"SELECT operator_id FROM grants WHERE points <> 0 GROUP BY 1 "
+                 f"ORDER BY abs(count(*) - {n}), 1 LIMIT 1").fetchone()[0]
+con.execute(f'''
+CREATE TEMP TABLE claim AS
+WITH g AS (SELECT operator_id, txn_id, mykey_id, points, row_number() OVER () AS i
+           FROM grants WHERE operator_id = '{op}' AND points <> 0 LIMIT {n})
+SELECT operator_id, txn_id, mykey_id,
+       CASE WHEN i % 1000 = 7 THEN points + 1 ELSE points END AS points FROM g
+WHERE i % 500 <> 3
+UNION ALL SELECT operator_id, txn_id, mykey_id, points FROM g WHERE i % 1000 = 1''')
+short = max(n - con.execute("SELECT count(*) FROM claim").fetchone()[0], 0)
+con.execute(f'''COPY (SELECT * FROM claim UNION ALL
+                SELECT '{op}', 'bench-' || x, 'AB12cd34', 100 FROM range({short}) t(x))
+                TO '{sys.argv[2]}' (HEADER)''')
+print(op)
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=10_000_000)
+    ap.add_argument("--claim-rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    py = sys.executable
+    data = WORK / f"settle-{a.n}"
+    out = data / "out"
+    if not (out / "grants.parquet").exists():
+        print(f"generating and settling {a.n:,} clean transactions ...", flush=True)
+        subprocess.run([py, "-m", "engine.cli", "generate", "--users", str(max(a.n // 10, 100)),
+                        "--transactions", str(a.n), "--clean", "--format", "parquet",
+                        "--out", str(data)], check=True, cwd=ROOT)
+        subprocess.run([py, "-m", "engine.cli", "settle", "--enrollments",
+                        str(data / "enrollments.parquet"), "--transactions",
+                        str(data / "transactions.parquet"), "--out", str(out), "--quiet"],
+                       check=True, cwd=ROOT)
+    work = WORK / "ledger"
+    work.mkdir(parents=True, exist_ok=True)
+    led, alone = work / "ledger.duckdb", work / "alone.duckdb"
+
+    def fresh(*paths: Path) -> None:
+        for p in paths:
+            for f in (p, Path(f"{p}.wal")):
+                f.unlink(missing_ok=True)
+
+    ledger_cmd = [py, "-m", "engine.cli", "ledger"]
+    load = [*ledger_cmd, "load", "--ledger", str(led), "--from", str(out)]
+    base = [py, "-c", DUCKDB_ALONE, str(alone), str(out)]
+    fresh(led, alone)
+    timed(base)  # warm the page cache
+    loads = []
+    for i in range(a.repeat):
+        fresh(led, alone)
+        bw, br = timed(base)
+        lw, lr = timed(load)
+        loads.append((bw, br, lw, lr))
+        print(f"load run {i + 1}: DuckDB alone {bw:.2f} s | ledger load {lw:.2f} s", flush=True)
+    import duckdb
+    with duckdb.connect(str(led), read_only=True) as con:
+        grants, rejections, nonzero = con.execute(
+            "SELECT (SELECT count(*) FROM grants), (SELECT count(*) FROM rejections), "
+            "(SELECT count(*) FROM grants WHERE points <> 0)").fetchone()
+    statements = [*ledger_cmd, "statements", "--ledger", str(led), "--out", str(work / "st")]
+    timed(statements)
+    st_runs = [timed(statements) for _ in range(a.repeat)]
+    print("statements:", ", ".join(f"{w:.2f} s" for w, _ in st_runs), flush=True)
+    claim = work / "claim.csv"
+    op = subprocess.run([py, "-c", MAKE_CLAIM, str(led), str(claim), str(a.claim_rows)],
+                        check=True, capture_output=True, text=True).stdout.split()[-1]
+    claim_rows = sum(1 for _ in claim.open("rb")) - 1
+    reconcile = [*ledger_cmd, "reconcile", "--ledger", str(led), "--operator", op,
+                 "--claim", str(claim), "--out", str(work / "rc")]
+    rc_runs = []
+    for _ in range(a.repeat):
+        t0 = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-v", *reconcile], capture_output=True, text=True)
+        rc_runs.append(time.perf_counter() - t0)
+        if p.returncode != 1:  # the claim has differences by construction
+            raise SystemExit(f"reconcile exited {p.returncode}: {p.stderr}")
+    print("reconcile:", ", ".join(f"{w:.2f} s" for w in rc_runs), flush=True)
+    summary = p.stdout.splitlines()
+
+    bw = statistics.median(r[0] for r in loads)
+    lw = statistics.median(r[2] for r in loads)
+    sw = statistics.median(w for w, _ in st_runs)
+    rw = statistics.median(rc_runs)
+
+    def runs(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
+
+    load_runs = runs([r[2] for r in loads])
+    base_runs = runs([r[0] for r in loads])
+    st_text = runs([w for w, _ in st_runs])
+    verdict = [
+        f"- load ≤ 2× DuckDB alone: {'met' if lw <= 2 * bw else 'missed'} ({lw / bw:.2f}×)",
+        f"- statements ≤ 2 s: {'met' if sw <= 2 else 'missed'} ({sw:.2f} s)",
+        f"- reconcile of a {claim_rows:,}-row claim ≤ 5 s: {'met' if rw <= 5 else 'missed'} "
+        f"({rw:.2f} s)",
+    ]
+    text = f"""## Finance ledger
+
+Measured {time.strftime('%Y-%m-%d')} on {machine()}.
+
+Command: `.venv/bin/python bench/bench_ledger.py --n {a.n} --claim-rows {a.claim_rows}
+--repeat {a.repeat}` (the settle outputs of {a.n:,} clean generated transactions:
+{grants:,} grants, {nonzero:,} of them non-zero, and {rejections:,} rejections; every
+command in its own process, interpreter start and imports included, medians of
+{a.repeat} runs after a warm-up).
+
+| | wall (median) | runs |
+|---|---|---|
+| baseline: DuckDB alone, `CREATE TABLE AS` from both files | {bw:.2f} s | {base_runs} |
+| `mynapoint ledger load --from` (fresh ledger) | {lw:.2f} s | {load_runs} |
+| `mynapoint ledger statements` | {sw:.2f} s | {st_text} |
+| `mynapoint ledger reconcile`, {claim_rows:,}-row claim of `{op}` | {rw:.2f} s | {runs(rc_runs)} |
+
+Reconcile summary: {'; '.join(summary)}.
+
+Targets:
+{chr(10).join(verdict)}
+"""
+    print(text)
+    if not a.no_write:
+        write_section(text, "## Finance ledger")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Operating the engine: health endpoints, ``mynapoint status``, log formats."""

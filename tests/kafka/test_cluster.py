@@ -1,0 +1,202 @@
+"""The local three-broker KRaft cluster (``mynapoint kafka start --brokers 3``),
+against real brokers: layout, replication of the engine's topics, kill and restart
+of one node on its own data, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from engine.kafka import local
+from engine.streams.topics import Topics, ensure_topics
+
+pytestmark = pytest.mark.kafka
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine.cli", "kafka", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Cluster]:
+    """Started with the command line, as a user would; handled through the Python API."""
+    cwd = tmp_path_factory.mktemp("cluster")
+    port = local.free_cluster_port(3)
+    started = _cli(cwd, "start", "--brokers", "3", "--port", str(port))
+    assert started.returncode == 0, started.stderr
+    assert "cluster of 3 brokers ready" in started.stdout
+    assert "replication factor 3, min.insync.replicas 2" in started.stdout
+    found = local.cluster_status(port, cwd / ".kafka" / f"cluster-{port}")
+    assert found is not None
+    try:
+        yield found
+    finally:
+        stopped = _cli(cwd, "stop", "--port", str(port))
+        shutil.rmtree(cwd / ".kafka", ignore_errors=True)
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped
+
+
+def _status(c: local.Cluster) -> subprocess.CompletedProcess[str]:
+    return _cli(c.root.parent.parent, "status", "--port", str(c.layout.nodes[0].port))
+
+
+def _run(coro, timeout: float = 90.0):
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+async def _describe(bootstrap: str, names: list[str]) -> tuple[dict, dict]:
+    """(partition metadata by topic, topic configs by topic)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while True:
+            # a node that has not yet caught up with the controller describes a new
+            # topic without partitions for a moment
+            meta = {m["topic"]: m["partitions"] for m in await admin.describe_topics(names)}
+            if all(meta.get(n) for n in names):
+                break
+            await asyncio.sleep(0.2)
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+        configs: dict[str, dict[str, str]] = {}
+        for r in responses:
+            for _code, _msg, _type, name, entries in r.resources:
+                configs[name] = {e[0]: e[1] for e in entries}
+        return meta, configs
+    finally:
+        await admin.close()
+
+
+def test_three_nodes_one_quorum(cluster: local.Cluster) -> None:
+    assert cluster.size == 3 and sorted(cluster.nodes) == [1, 2, 3]
+    ports = sorted(b.port for b in cluster.nodes.values())
+    assert ports == [ports[0], ports[0] + 1, ports[0] + 2]
+    assert cluster.bootstrap == ",".join(f"127.0.0.1:{p}" for p in ports)
+    dirs = {b.data_dir for b in cluster.nodes.values()}
+    assert len(dirs) == 3 and all(d.parent == cluster.root for d in dirs)
+    for b in cluster.nodes.values():
+        props = (b.data_dir / "server.properties").read_text()
+        assert f"node.id={b.node_id}\n" in props
+        assert "controller.quorum.voters=1@127.0.0.1:" in props and ",3@127.0.0.1:" in props
+        for line in ("default.replication.factor=3", "min.insync.replicas=2",
+                     "offsets.topic.replication.factor=3",
+                     "transaction.state.log.replication.factor=3",
+                     "transaction.state.log.min.isr=2"):
+            assert f"\n{line}\n" in props
+        assert local.is_ready(b.bootstrap, 5.0)
+
+
+def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: local.Cluster,
+                                                          topic_prefix: str) -> None:
+    topics = Topics(topic_prefix)
+    assert _run(ensure_topics(cluster.bootstrap, topics, 4)) == 4
+    names = [*topics.inputs, topics.grants, topics.rejections, topics.changelog]
+    meta, configs = _run(_describe(cluster.bootstrap, names))
+    for name in names:
+        assert len(meta[name]) == 4
+        assert all(sorted(p["replicas"]) == [1, 2, 3] for p in meta[name]), meta[name]
+        assert configs[name]["min.insync.replicas"] == "2"
+    assert configs[topics.changelog]["cleanup.policy"] == "compact"
+
+
+def test_single_broker_topics_keep_one_replica(kafka_broker: local.Broker,
+                                               topic_prefix: str) -> None:
+    topics = Topics(topic_prefix)
+    _run(ensure_topics(kafka_broker.bootstrap, topics, 2))
+    meta, configs = _run(_describe(kafka_broker.bootstrap, [topics.grants]))
+    assert all(p["replicas"] == [1] for p in meta[topics.grants])
+    assert configs[topics.grants]["min.insync.replicas"] == "1"
+
+
+async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await p.start()
+    try:
+        for v in values:
+            await p.send(topic, v, key=v)
+        await p.flush()
+    finally:
+        await p.stop()
+
+
+async def _read_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         enable_auto_commit=False)
+    await c.start()
+    out: list[bytes] = []
+    try:
+        while len(out) < expected:
+            for msgs in (await c.getmany(timeout_ms=1000)).values():
+                out.extend(m.value for m in msgs if m.value is not None)
+    finally:
+        await c.stop()
+    return out
+
+
+async def _in_sync(bootstrap: str, topic: str) -> list[list[int]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (meta,) = await admin.describe_topics([topic])
+        return [sorted(p["isr"]) for p in meta["partitions"]]
+    finally:
+        await admin.close()
+
+
+def test_kill_one_node_then_restart_it_on_its_data(cluster: local.Cluster,
+                                                   topic_prefix: str) -> None:
+    """Writes with acks=all go on while one node is dead (two replicas in sync);
+    the node comes back on the same data directory and rejoins every ISR."""
+    topics = Topics(topic_prefix)
+    _run(ensure_topics(cluster.bootstrap, topics, 3, changelog=False))
+    before = [f"before-{i}".encode() for i in range(50)]
+    during = [f"during-{i}".encode() for i in range(50)]
+    _run(_produce(cluster.bootstrap, topics.grants, before))
+    victim = cluster.nodes[2]
+    cluster.kill(2)
+    assert 2 not in cluster.nodes
+    down = _status(cluster)
+    assert down.returncode == 1
+    assert "node 2: not running" in down.stdout and "node 3: running" in down.stdout
+    _run(_produce(cluster.bootstrap, topics.grants, during), timeout=120)
+    back = cluster.restart(2)
+    assert back.pid != victim.pid and back.data_dir == victim.data_dir
+    assert back.port == victim.port
+    deadline = time.monotonic() + 90
+    while any(isr != [1, 2, 3] for isr in _run(_in_sync(cluster.bootstrap, topics.grants))):
+        assert time.monotonic() < deadline, "the restarted node did not rejoin the ISRs"
+        time.sleep(1.0)
+    got = _run(_read_all(cluster.bootstrap, topics.grants, 100))
+    assert sorted(got) == sorted(before + during)
+
+
+def test_cli_status_reports_each_node(cluster: local.Cluster) -> None:
+    ok = _status(cluster)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert [f"node {i}: running" in ok.stdout for i in (1, 2, 3)] == [True] * 3
+
+
+@pytest.mark.parametrize("brokers", [0, local.MAX_BROKERS + 1])
+def test_bad_broker_count_is_one_line_exit_2(brokers: int, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(action="start", port=local.free_port(), brokers=brokers)
+    assert local.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--brokers must be 1 to {local.MAX_BROKERS}" in err
+    assert not (tmp_path / ".kafka").exists()

@@ -1,0 +1,249 @@
+"""Broker faults under live traffic, against real brokers: the worker rides them out
+without a restart of its own and the outcomes still equal offline ``settle``.
+
+Each test writes its counts to ``.reliability/<test>.json`` (docs quote the last run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from engine.kafka import local
+from engine.ledger.compare import Comparison
+from tests.streams.harness import (
+    LAST_STATS,
+    Scenario,
+    collect_and_compare,
+    fault_report,
+    make_scenario,
+    output_end,
+    output_end_offsets,
+    publish,
+    topics_for,
+    worker,
+)
+
+pytestmark = pytest.mark.kafka
+
+DOWN_SECONDS = 10.0  # a killed single broker stays down this long
+MAX_STALL_SECONDS = 30.0  # the longest pause in outcome production a cluster may show
+RATE = 150.0  # records/s: slow enough that the kill lands while records flow
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    return make_scenario(tmp_path_factory.mktemp("faults"), 300, 3000, seed=11)
+
+
+class Publisher(threading.Thread):
+    """``publish`` in the background; keeps its counts or its exception."""
+
+    def __init__(self, bootstrap: str, prefix: str, sc: Scenario, manifest: Path) -> None:
+        super().__init__(daemon=True)
+        self.args = (bootstrap, prefix, sc, manifest, 1, RATE)
+        self.counts: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.counts = publish(*self.args)
+        except BaseException as e:  # reported by the test, not lost in the thread
+            self.error = e
+
+
+def wait_for_outputs(bootstrap: str, prefix: str, at_least: int, wait: float = 90.0) -> int:
+    """Block until the worker has produced ``at_least`` outcomes; return the count."""
+    deadline = time.monotonic() + wait
+    while (n := output_end(bootstrap, prefix)) < at_least:
+        assert time.monotonic() < deadline, f"only {n} outcomes after {wait} s"
+        time.sleep(0.5)
+    return n
+
+
+async def _production_times(bootstrap: str, prefix: str) -> list[int]:
+    ends = await output_end_offsets(bootstrap, prefix)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                         auto_offset_reset="earliest")
+    await c.start()
+    stamps: list[int] = []
+    try:
+        tps = [tp for tp, end in ends.items() if end > 0]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        left = {tp: ends[tp] for tp in tps}
+        while left:
+            for tp, msgs in (await c.getmany(*left, timeout_ms=1000)).items():
+                stamps.extend(m.timestamp for m in msgs)
+                if msgs and msgs[-1].offset + 1 >= left[tp]:
+                    del left[tp]
+    finally:
+        await c.stop()
+    return sorted(stamps)
+
+
+def longest_stall(bootstrap: str, prefix: str) -> float:
+    """Longest pause, in seconds, between two consecutive outcome productions.
+
+    The worker leaves an outcome's timestamp to its producer, which stamps the
+    moment the outcome was handed over: the gaps are the worker's own pauses.
+    """
+    stamps = asyncio.run(asyncio.wait_for(_production_times(bootstrap, prefix), 120))
+    assert len(stamps) > 1
+    return max(b - a for a, b in itertools.pairwise(stamps)) / 1000
+
+
+def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
+                   fault: Callable[[], dict[str, Any]]
+                   ) -> tuple[Comparison, dict[str, Any], bool]:
+    """One worker settles ``sc`` published in the background; ``fault()`` runs once a
+    tenth of the outcomes are out. Returns the comparison with offline, the facts
+    for the report, and whether the publisher was still sending at the fault."""
+    w = worker(bootstrap, prefix, tmp_path, "w").start()
+    pub = Publisher(bootstrap, prefix, sc, tmp_path / "m.parquet")
+    try:
+        w.wait_for("assigned partitions")
+        pid = w.proc.pid if w.proc else None
+        pub.start()
+        produced = wait_for_outputs(bootstrap, prefix, sc.expected_outcomes // 10)
+        in_flight = pub.is_alive()
+        facts = fault()
+        assert w.alive, "the worker died in the fault"
+        pub.join(300)
+        assert not pub.is_alive(), "publishing did not finish after the fault"
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, sc, tmp_path / "m.parquet",
+                                        idle=60.0)
+        assert w.alive and w.proc is not None and w.proc.pid == pid, "the worker exited"
+        stall = longest_stall(bootstrap, prefix)
+    finally:
+        w.stop()
+        pub.join(60)
+    assert pub.error is None, f"publishing failed: {pub.error!r}"
+    assert pub.counts is not None
+    return cmp, {"publish_seconds": round(pub.counts["seconds"], 1), "outputs_at_fault": produced,
+                 "redelivered_identical_copies": LAST_STATS.get("copies"),
+                 "longest_stall_seconds": round(stall, 1), "worker_pid": pid,
+                 **facts}, in_flight
+
+
+def assert_unharmed(request: pytest.FixtureRequest, sc: Scenario,
+                    outcome: tuple[Comparison, dict[str, Any], bool]) -> dict[str, Any]:
+    cmp, facts, in_flight = outcome
+    counts = fault_report(request.node.name, sc, cmp, **facts)
+    print(f"{request.node.name}: {json.dumps(counts)}")
+    assert in_flight, "publishing had ended before the fault: slow it down"
+    assert 0 < counts["outputs_at_fault"] < sc.expected_outcomes, "the fault missed the stream"
+    assert cmp.equal, str(cmp)
+    assert counts["missing"] == counts["doubled"] == 0
+    return counts
+
+
+# ------------------------------------------------------------------ one failed batch
+
+
+@pytest.mark.parametrize("stage", ["decided", "outputs", "state"])
+def test_failed_batch_is_retried_in_process(kafka_broker: local.Broker, topic_prefix: str,
+                                            scenario: Scenario, tmp_path: Path,
+                                            stage: str) -> None:
+    """A Kafka error in the middle of a batch (injected: decided in memory only,
+    outcomes acknowledged, state written) makes the same worker process read the
+    batch again from its first offsets and decide it again from durable state."""
+    bootstrap = kafka_broker.bootstrap
+    prefix = topic_prefix()
+    publish(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1)
+    w = worker(bootstrap, prefix, tmp_path, "w", env={"MYNAPOINT_FAIL_AT": f"{stage}:3"})
+    w.start()
+    try:
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m.parquet")
+        assert w.alive, "the worker exited on the fault"
+    finally:
+        w.stop()
+    log = (tmp_path / "w.log").read_text()
+    assert f"injected fault after {stage} of batch 3" in log and "retrying it in" in log
+    assert cmp.equal, str(cmp)
+
+
+# ------------------------------------------------------------------ single broker
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[local.Broker]:
+    """A broker for this test alone: it gets killed."""
+    data = tmp_path / "broker"
+    broker = local.start(port=local.free_port(), data_dir=data, wait=120.0)
+    try:
+        yield broker
+    finally:
+        local.stop(port=broker.port, data_dir=data)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefix: str,
+                                           scenario: Scenario, tmp_path: Path,
+                                           request: pytest.FixtureRequest) -> None:
+    """SIGKILL the only broker mid-stream, keep it down 10 s, restart it on its data:
+    the same worker process finishes, and the outcomes equal offline."""
+
+    def fault() -> dict[str, Any]:
+        own_broker.kill()
+        killed_at = time.monotonic()
+        time.sleep(DOWN_SECONDS)
+        restarted = local.start(port=own_broker.port, data_dir=own_broker.data_dir,
+                                wait=120.0)
+        return {"broker_down_seconds": round(time.monotonic() - killed_at, 1),
+                "broker_restart_seconds": round(restarted.startup_seconds or 0.0, 1)}
+
+    outcome = settle_through(own_broker.bootstrap, topic_prefix(), scenario, tmp_path, fault)
+    assert_unharmed(request, scenario, outcome)
+
+
+# ------------------------------------------------------------------ three brokers
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[local.Cluster]:
+    c = local.start_cluster(3, port=local.free_cluster_port(3), root=tmp_path / "cluster",
+                            wait=120.0)
+    try:
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(c.root, ignore_errors=True)
+
+
+async def _coordinator(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return await admin.find_coordinator(group)
+    finally:
+        await admin.close()
+
+
+def test_cluster_loses_a_broker(cluster: local.Cluster, topic_prefix: str,
+                                scenario: Scenario, tmp_path: Path,
+                                request: pytest.FixtureRequest) -> None:
+    """Three brokers (RF 3, min ISR 2): SIGKILL the one coordinating the workers'
+    group mid-stream and leave it dead. No outcome pause longer than 30 s, and
+    the outcomes equal offline."""
+    prefix = topic_prefix()
+
+    def fault() -> dict[str, Any]:
+        victim = asyncio.run(_coordinator(cluster.bootstrap, topics_for(prefix).group_id))
+        cluster.kill(victim)
+        return {"killed_node": victim, "killed_node_role": "group coordinator"}
+
+    outcome = settle_through(cluster.bootstrap, prefix, scenario, tmp_path, fault)
+    counts = assert_unharmed(request, scenario, outcome)
+    assert counts["longest_stall_seconds"] <= MAX_STALL_SECONDS, counts
