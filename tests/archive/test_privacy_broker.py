@@ -200,6 +200,11 @@ def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
                 {**enr, "mykey_id": "Zz00aa60"}), []), (t.transactions, b"Zz00aa50",
                 orjson.dumps(_txn(100 + k, mykey_id="Zz00aa60")), [])]))
             time.sleep(1.0)
+        # an archive started only now lists what retention took as a known hole
+        late = asyncio.run(archive(broker.bootstrap, t, str(tmp_path / "late")))
+        assert late["deleted_before_archived"] >= 2
+        holes = [e for e in Archive.open(tmp_path / "late").entries if e.file is None]
+        assert holes and Archive.open(tmp_path / "late").verify() == []
         # the archive keeps the record, redacted and flagged
         a = Archive.open(tmp_path / "ar")
         assert a.verify() == [] and _holders(tmp_path / "ar") == []
@@ -208,3 +213,41 @@ def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
         assert [f["reason"] for f in flags] == ["PERSONAL_NUMBER_FORBIDDEN"]
     finally:
         local.stop(port=port, data_dir=data_dir)
+
+
+def test_input_topics_get_the_bounded_default_retention(kafka_broker, topic_prefix,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    monkeypatch.delenv("MYNAPOINT_INPUT_RETENTION", raising=False)
+    t = topics_for(topic_prefix)
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, t, PARTITIONS))
+
+    async def retention() -> dict[str, str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+        await admin.start()
+        try:
+            names = [t.enrollments, t.transactions, t.reroute_enrollments, t.grants,
+                     t.rejections]
+            res = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+            out: dict[str, str] = {}
+            for r in res:
+                for res_obj in r.to_object()["resources"]:
+                    for entry in res_obj["config_entries"]:
+                        if entry["config_names"] == "retention.ms":
+                            out[res_obj["resource_name"]] = entry["config_value"]
+            return out
+        finally:
+            await admin.close()
+
+    got = asyncio.run(retention())
+    week = str(7 * 24 * 3600 * 1000)
+    assert got == {t.enrollments: week, t.transactions: week, t.reroute_enrollments: week,
+                   t.grants: "-1", t.rejections: "-1"}
+    monkeypatch.setenv("MYNAPOINT_INPUT_RETENTION", "P0D")
+    with pytest.raises(ValueError, match="positive ISO 8601 duration"):
+        asyncio.run(ensure_topics(kafka_broker.bootstrap, topics_for(topic_prefix()),
+                                  PARTITIONS))
