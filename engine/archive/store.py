@@ -159,6 +159,7 @@ class Archive:
             os.fsync(f.fileno())
         if crash is not None:
             crash("archive-tmp")
+        os.chmod(tmp, 0o444)  # closed files are never written again
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         if crash is not None:
