@@ -182,11 +182,6 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
 def main(args: argparse.Namespace) -> int:
     from engine.kafka.client_config import ClientConfigError, load_client_config
 
-    try:
-        client = load_client_config(args.client_config)
-    except ClientConfigError as e:
-        print(f"mynapoint archive: {e}", file=sys.stderr)
-        return 2
     if args.verify:
         try:
             problems = Archive.open(args.out).verify()
@@ -201,6 +196,7 @@ def main(args: argparse.Namespace) -> int:
     topics = Topics(args.topic_prefix)
 
     async def run() -> dict[str, Any]:
+        client = load_client_config(args.client_config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -216,7 +212,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"mynapoint archive: cannot read from the Kafka broker at {args.broker} "
               f"({type(e).__name__})", file=sys.stderr)
         return 2
-    except ArchiveError as e:
+    except (ArchiveError, ClientConfigError) as e:
         print(f"mynapoint archive: {e}", file=sys.stderr)
         return 2
     except OSError as e:
