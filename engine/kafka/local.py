@@ -579,8 +579,10 @@ def _wait_ready(broker: Broker, log_offset: int, wait: float) -> None:
         time.sleep(0.2)
 
 
-def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60.0) -> Broker:
-    """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``."""
+def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60.0,
+          extra_properties: dict[str, str] | None = None) -> Broker:
+    """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``;
+    ``extra_properties`` are appended to its server.properties (tests: retention)."""
     data = Path(data_dir).resolve() if data_dir is not None else default_data_dir(port)
     java = _require("java", "install a Java 17 runtime to run the Kafka broker")
     if _broker_pid(data) is None:
@@ -605,7 +607,9 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
         libs = fetch_jars()
         previous = _ports_of(data)
         controller_port = _choose_controller_port(port, previous[1] if previous else None)
-        props, log4j = _write_config(data, _server_properties(data, port, controller_port))
+        props, log4j = _write_config(data, _server_properties(data, port, controller_port)
+                                     + "".join(f"{k}={v}\n"
+                                               for k, v in (extra_properties or {}).items()))
         _format(java, libs, props, log4j, None)
         broker, log_offset, t0 = _launch(java, libs, data, props, log4j, JVM_OPTS,
                                          port, controller_port, 1)
