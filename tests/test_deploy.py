@@ -95,7 +95,14 @@ def test_every_deploy_file_parses() -> None:
 
 
 def test_services() -> None:
-    assert set(compose()["services"]) == {"kafka", "worker", "archiver", "prometheus", "grafana"}
+    assert set(compose()["services"]) == {"kafka", "worker", "archiver", "prometheus",
+                                          "grafana"}
+    # the archive, the system of record for replays, outlives the containers
+    archiver = service("archiver")
+    assert archiver["command"][:2] == ["archive", "--follow"]
+    assert archiver["volumes"] == ["archive:/var/lib/mynapoint/archive"]
+    assert "archive" in compose()["volumes"]
+    assert service("worker")["environment"]["MYNAPOINT_INPUT_RETENTION"] == "P7D"
     assert service("kafka")["image"] == "apache/kafka:3.9.1"
     assert service("prometheus")["image"].startswith("prom/prometheus:")
     assert service("grafana")["image"].startswith("grafana/grafana:")
