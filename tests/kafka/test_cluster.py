@@ -70,13 +70,19 @@ async def _describe(bootstrap: str, names: list[str]) -> tuple[dict, dict]:
             if all(meta.get(n) for n in names):
                 break
             await asyncio.sleep(0.2)
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
-        configs: dict[str, dict[str, str]] = {}
-        for r in responses:
-            for _code, _msg, _type, name, entries in r.resources:
-                configs[name] = {e[0]: e[1] for e in entries}
-        return meta, configs
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            # the node asked may likewise not know a new topic's configs yet
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+            configs: dict[str, dict[str, str]] = {}
+            for r in responses:
+                for code, _msg, _type, name, entries in r.resources:
+                    if code == 0 and entries:
+                        configs[name] = {e[0]: e[1] for e in entries}
+            if set(configs) >= set(names) or asyncio.get_running_loop().time() > deadline:
+                return meta, configs
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
 
