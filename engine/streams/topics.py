@@ -15,6 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
+from engine.kafka.client_config import default_client
+
 FORMAT_HEADER = "mynapoint-format"
 # Set by the engine on records it re-routes to their person's partition, on its own
 # internal re-routing topics only; ignored on the public input topics, where anybody
@@ -140,17 +142,19 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
     cannot keep a person on one partition, so that is an error, not a warning.
     Right after creation a broker may describe a topic with no partitions or no
     leader yet, so this waits until every partition has a leader.
-    ``changelog=False`` (publishers) leaves the workers' state topic alone.
+    ``changelog=False`` (publishers) touches the input topics only: a publisher
+    (an operator) may neither see the outputs nor the engine's own topics (ACLs).
     """
     import asyncio
     import time
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
-        wanted = [topics.enrollments, topics.transactions, topics.grants, topics.rejections]
+        wanted = list(topics.inputs)
         if changelog:
-            wanted += [topics.changelog, topics.reroute_enrollments, topics.reroute_transactions]
+            wanted += [*topics.outputs, topics.changelog, topics.reroute_enrollments,
+                       topics.reroute_transactions]
         meta = await admin.describe_topics(wanted)
         existing = {m["topic"]: len(m["partitions"]) for m in meta
                     if m.get("error_code", 0) == 0 and m["partitions"]}

@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from engine.kafka import local
+from engine.kafka.client_config import default_client
 from engine.streams.topics import Topics, ensure_topics
 
 pytestmark = pytest.mark.kafka
@@ -60,7 +61,7 @@ def _run(coro, timeout: float = 90.0):
 
 async def _describe(bootstrap: str, names: list[str]) -> tuple[dict, dict]:
     """(partition metadata by topic, topic configs by topic)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         while True:
@@ -123,7 +124,8 @@ def test_single_broker_topics_keep_one_replica(kafka_broker: local.Broker,
 
 
 async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
+                         acks="all", enable_idempotence=True)
     await p.start()
     try:
         for v in values:
@@ -134,7 +136,8 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 
 async def _read_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **default_client(),
+                         auto_offset_reset="earliest",
                          enable_auto_commit=False)
     await c.start()
     out: list[bytes] = []
@@ -148,7 +151,7 @@ async def _read_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
 
 
 async def _in_sync(bootstrap: str, topic: str) -> list[list[int]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         (meta,) = await admin.describe_topics([topic])

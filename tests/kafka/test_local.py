@@ -16,12 +16,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from engine.kafka import local
+from engine.kafka.client_config import default_client
 
 pytestmark = pytest.mark.kafka
 
 
 async def _create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
@@ -30,7 +31,7 @@ async def _create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all",
                                 enable_idempotence=True)
     await producer.start()
     try:
@@ -43,7 +44,8 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
 
 async def _consume(bootstrap: str, topic: str, group: str, expected: int,
                    isolation_level: str = "read_uncommitted") -> list[tuple[bytes, bytes]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **default_client(),
+                                group_id=group,
                                 auto_offset_reset="earliest", isolation_level=isolation_level)
     await consumer.start()
     out: list[tuple[bytes, bytes]] = []
@@ -101,7 +103,7 @@ def test_transactional_producer_commits(kafka_broker: local.Broker, topic_prefix
     _run(_create_topic(kafka_broker.bootstrap, topic))
 
     async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap,
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client(),
                                     transactional_id=f"{topic_prefix}-txid")
         await producer.start()
         try:

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.kafka import local
+from engine.kafka.client_config import default_client
 from engine.ledger.compare import Comparison
 from tests.streams.harness import (
     LAST_STATS,
@@ -74,7 +75,7 @@ def wait_for_outputs(bootstrap: str, prefix: str, at_least: int, wait: float = 9
 
 async def _production_times(bootstrap: str, prefix: str) -> list[int]:
     ends = await output_end_offsets(bootstrap, prefix)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), enable_auto_commit=False,
                          auto_offset_reset="earliest")
     await c.start()
     stamps: list[int] = []
@@ -223,7 +224,7 @@ def cluster(tmp_path: Path) -> Iterator[local.Cluster]:
 
 
 async def _coordinator(bootstrap: str, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         return await admin.find_coordinator(group)

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.kafka import local
+from engine.kafka.client_config import default_client
 from engine.streams import collect as collect_mod
 from engine.streams import publish as publish_mod
 from engine.streams.codec_out import (
@@ -85,7 +86,7 @@ def _numbered(lines: list[bytes]) -> dict[int, bytes]:
 
 
 async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -354,7 +355,7 @@ def _rejection(source: str, **kw: Any) -> dict[str, Any]:
 
 
 async def _produce(bootstrap: str, items: list[tuple[str, int, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all")
     await producer.start()
     try:
         for topic, partition, value in items:
