@@ -19,10 +19,12 @@ Tests that use ``kafka_broker`` are marked ``kafka`` automatically, so
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,17 +66,27 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[local.Broker]:
     # The broker is secured (SCRAM, ACLs): the suite's own clients and every command it
     # runs, in process or as a subprocess, authenticate as admin unless a test says
     # otherwise (engine.kafka.client_config.ENV).
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = str(broker.credentials(security.ADMIN))
     try:
-        yield broker
+        with client_config_of(broker.credentials(security.ADMIN)):
+            yield broker
+    finally:
+        local.stop(port=port, data_dir=data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def client_config_of(path: Path) -> Iterator[None]:
+    """Make ``path`` the default client properties (``$MYNAPOINT_CLIENT_CONFIG``) for
+    a block: a test with a secured broker of its own."""
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = str(path)
+    try:
+        yield
     finally:
         if previous is None:
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = previous
-        local.stop(port=port, data_dir=data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from engine.kafka import local
 from engine.kafka.client_config import default_client
 from engine.streams.topics import Topics, ensure_topics
+from tests.kafka_fixtures import client_config_of
 
 pytestmark = pytest.mark.kafka
 
@@ -42,7 +43,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Cluster]
     found = local.cluster_status(port, cwd / ".kafka" / f"cluster-{port}")
     assert found is not None
     try:
-        yield found
+        with client_config_of(found.credentials()):
+            yield found
     finally:
         stopped = _cli(cwd, "stop", "--port", str(port))
         shutil.rmtree(cwd / ".kafka", ignore_errors=True)
@@ -117,8 +119,9 @@ def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: local.Cluster
 def test_single_broker_topics_keep_one_replica(kafka_broker: local.Broker,
                                                topic_prefix: str) -> None:
     topics = Topics(topic_prefix)
-    _run(ensure_topics(kafka_broker.bootstrap, topics, 2))
-    meta, configs = _run(_describe(kafka_broker.bootstrap, [topics.grants]))
+    with client_config_of(kafka_broker.credentials()):  # not the module's cluster
+        _run(ensure_topics(kafka_broker.bootstrap, topics, 2))
+        meta, configs = _run(_describe(kafka_broker.bootstrap, [topics.grants]))
     assert all(p["replicas"] == [1] for p in meta[topics.grants])
     assert configs[topics.grants]["min.insync.replicas"] == "1"
 

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from engine.kafka import local
-from engine.kafka.client_config import default_client
+from engine.kafka.client_config import ENV, default_client
 
 pytestmark = pytest.mark.kafka
 
@@ -145,8 +145,8 @@ def test_stop_never_kills_an_unrelated_process(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_kill_then_start_recovers_data(request: pytest.FixtureRequest,
-                                       topic_prefix: str) -> None:
+def test_kill_then_start_recovers_data(request: pytest.FixtureRequest, topic_prefix: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     port = local.free_port()
     data_dir = request.config.rootpath / ".kafka" / f"test-{port}"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -154,6 +154,7 @@ def test_kill_then_start_recovers_data(request: pytest.FixtureRequest,
     records = _records(500)
     try:
         broker = local.start(port=port, data_dir=data_dir, wait=120.0)
+        monkeypatch.setenv(ENV, str(broker.credentials()))
         _run(_create_topic(broker.bootstrap, topic))
         _run(_produce(broker.bootstrap, topic, records))
 

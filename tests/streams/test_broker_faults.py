@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.kafka import local
-from engine.kafka.client_config import default_client
+from engine.kafka.client_config import ENV, default_client
 from engine.ledger.compare import Comparison
 from tests.streams.harness import (
     LAST_STATS,
@@ -179,10 +179,11 @@ def test_failed_batch_is_retried_in_process(kafka_broker: local.Broker, topic_pr
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[local.Broker]:
+def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[local.Broker]:
     """A broker for this test alone: it gets killed."""
     data = tmp_path / "broker"
     broker = local.start(port=local.free_port(), data_dir=data, wait=120.0)
+    monkeypatch.setenv(ENV, str(broker.credentials()))
     try:
         yield broker
     finally:
@@ -213,9 +214,10 @@ def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefi
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[local.Cluster]:
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[local.Cluster]:
     c = local.start_cluster(3, port=local.free_cluster_port(3), root=tmp_path / "cluster",
                             wait=120.0)
+    monkeypatch.setenv(ENV, str(c.credentials()))
     try:
         yield c
     finally:
