@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
 async def _stream(args, con, enr_path, txn_path, out, off, compare, summarize, render,  # type: ignore[no-untyped-def]
                   write_atomically) -> int:
     from engine.kafka import local
-from engine.kafka.client_config import use_client_config
+    from engine.kafka.client_config import use_client_config
     from engine.streams.collect import collect
     from engine.streams.process import WorkerProcess
     from engine.streams.publish import publish_files
