@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a KRaft cluster of N brokers (replication factor min(3, N))")
     k.add_argument("principal", nargs="?", default=None, metavar="PRINCIPAL",
                    help="with credentials: whose client properties file")
+    k.add_argument("--tls", action="store_true",
+                   help="start: SASL_SSL with a CA and certificate made by "
+                        "scripts/make-certs.sh (in the data dir's tls/)")
     k.add_argument("--operators", default=None,
                    help="operators.toml: one SCRAM principal per operator (default: shipped)")
 

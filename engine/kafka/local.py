@@ -30,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -61,6 +62,10 @@ JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
 CLUSTER_JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
 CLUSTER_FILE = "cluster.json"
 ACLS_APPLIED = "acls.applied"
+TLS_DIR = "tls"
+TLS_CA = "ca.pem"
+TLS_KEYSTORE = "broker-keystore.pem"
+MAKE_CERTS = Path(__file__).resolve().parents[2] / "scripts" / "make-certs.sh"
 MAX_BROKERS = 9
 
 # Jars whose presence marks a complete download; the rename makes partial copies
@@ -92,6 +97,7 @@ class Broker:
     node_id: int = 1
     # where credentials/ lives: the data dir of a single broker, a cluster's root
     secrets_root: Path | None = None
+    tls: bool = False  # the client listener is SASL_SSL (else SASL_PLAINTEXT)
 
     @property
     def bootstrap(self) -> str:
@@ -235,7 +241,15 @@ def default_data_dir(port: int) -> Path:
 
 
 def _server_properties(data_dir: Path, port: int, controller_port: int, admin_password: str,
-                       node_id: int = 1, voters: str | None = None, nodes: int = 1) -> str:
+                       node_id: int = 1, voters: str | None = None, nodes: int = 1,
+                       tls_dir: Path | None = None) -> str:
+    protocol = "SASL_SSL" if tls_dir else "SASL_PLAINTEXT"
+    # PEM stores (KIP-651): the key must be PKCS#8; no store passwords with PEM
+    tls = "" if tls_dir is None else f"""ssl.keystore.type=PEM
+ssl.keystore.location={tls_dir / TLS_KEYSTORE}
+ssl.truststore.type=PEM
+ssl.truststore.location={tls_dir / TLS_CA}
+"""
     segment = 128 * 1024 * 1024
     max_message = 10 * 1024 * 1024
     replicas, min_isr = replication_for(nodes)
@@ -248,7 +262,7 @@ advertised.listeners=BROKER://{HOST}:{port}
 # Clients (and brokers among themselves) authenticate with SCRAM; the controller
 # listener stays PLAINTEXT on loopback, its ANONYMOUS callers being super users
 # (engine.kafka.security). No client listener is PLAINTEXT.
-listener.security.protocol.map=BROKER:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=BROKER:{protocol},CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=BROKER
 sasl.enabled.mechanisms={security.MECHANISM}
@@ -258,7 +272,7 @@ listener.name.broker.{security.MECHANISM.lower()}.sasl.jaas.config=\
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users={security.SUPER_USERS}
 allow.everyone.if.no.acl.found=false
-log.dirs={data_dir / "data"}
+{tls}log.dirs={data_dir / "data"}
 
 # The worker creates its topics with explicit partition counts.
 auto.create.topics.enable=false
@@ -475,7 +489,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _api_versions(host: str, port: int, timeout: float) -> bool:
+def _api_versions(host: str, port: int, timeout: float, tls: bool = False) -> bool:
     """Send one ApiVersions request (v0) and return whether the broker answered it
     without error.
 
@@ -486,8 +500,15 @@ def _api_versions(host: str, port: int, timeout: float) -> bool:
     correlation_id = 0x6D79
     client_id = b"mynapoint-probe"
     request = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        raw.settimeout(timeout)
+        sock = raw
+        if tls:
+            # a liveness probe only: nothing secret is sent, so no verification
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            sock = ctx.wrap_socket(raw, server_hostname=host)
         sock.sendall(struct.pack(">i", len(request)) + request)
         (size,) = struct.unpack(">i", _recv_exact(sock, 4))
         data = _recv_exact(sock, size)
@@ -516,7 +537,7 @@ def _count_brokers(bootstrap: str, client: dict[str, Any], timeout: float) -> in
         return pool.submit(asyncio.run, ask()).result()
 
 
-def is_ready(bootstrap: str, timeout: float = 5.0) -> bool:
+def is_ready(bootstrap: str, timeout: float = 5.0, tls: bool = False) -> bool:
     """True once the broker at ``host:port`` answers an ApiVersions request.
 
     Retries until ``timeout`` seconds have passed (0 = a single attempt).
@@ -527,9 +548,9 @@ def is_ready(bootstrap: str, timeout: float = 5.0) -> bool:
     while True:
         remaining = max(deadline - time.monotonic(), 0.0)
         try:
-            if _api_versions(host or HOST, port, min(max(remaining, 1.0), 5.0)):
+            if _api_versions(host or HOST, port, min(max(remaining, 1.0), 5.0), tls):
                 return True
-        except (OSError, struct.error, UnicodeDecodeError):
+        except (OSError, struct.error, UnicodeDecodeError):  # ssl.SSLError is an OSError
             pass
         if time.monotonic() >= deadline:
             return False
@@ -563,7 +584,8 @@ def _wait_ready(broker: Broker, log_offset: int, wait: float) -> None:
                 f"({log}, {data_dir / CONSOLE_LOG}):\n"
                 + _tail(_read_from(log, log_offset) + _read_from(data_dir / CONSOLE_LOG, 0))
             )
-        if STARTED_LINE in _read_from(log, log_offset) and is_ready(broker.bootstrap, 0):
+        if STARTED_LINE in _read_from(log, log_offset) and is_ready(broker.bootstrap, 0,
+                                                                     broker.tls):
             return
         if time.monotonic() > deadline:
             _terminate(broker.pid, 10.0)
@@ -575,7 +597,7 @@ def _wait_ready(broker: Broker, log_offset: int, wait: float) -> None:
 
 
 def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60.0,
-          operators: str | Path | None = None) -> Broker:
+          operators: str | Path | None = None, tls: bool = False) -> Broker:
     """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``."""
     data = Path(data_dir).resolve() if data_dir is not None else default_data_dir(port)
     java = _require("java", "install a Java 17 runtime to run the Kafka broker")
@@ -592,8 +614,9 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
                     f"the broker of {data} is already running (pid {pid}) on {running_on}, "
                     f"not on {port}; stop it first"
                 )
-            broker = Broker(port, pid, data, ports[1], secrets_root=data)
-            if not is_ready(broker.bootstrap, wait):
+            broker = Broker(port, pid, data, ports[1], secrets_root=data,
+                            tls=_uses_tls(data))
+            if not is_ready(broker.bootstrap, wait, broker.tls):
                 raise KafkaError(f"broker pid {pid} on {broker.bootstrap} does not answer")
             return broker
 
@@ -601,12 +624,15 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
         libs = fetch_jars()
         previous = _ports_of(data)
         controller_port = _choose_controller_port(port, previous[1] if previous else None)
-        creds = _new_credentials(data, data, operators)
+        tls_dir = _tls_dir(data, tls)
+        creds = _new_credentials(data, data, operators, tls_dir)
         props, log4j = _write_config(data, _server_properties(
-            data, port, controller_port, security.read_password(data, security.ADMIN)))
+            data, port, controller_port, security.read_password(data, security.ADMIN),
+            tls_dir=tls_dir))
         _format(java, libs, props, log4j, None, creds)
         broker, log_offset, t0 = _launch(java, libs, data, props, log4j, JVM_OPTS,
                                          port, controller_port, 1, data)
+        broker.tls = tls_dir is not None
         _wait_ready(broker, log_offset, wait)
         _ensure_acls(java, libs, log4j, broker.bootstrap, data, operators)
         broker.startup_seconds = time.monotonic() - t0
@@ -622,8 +648,33 @@ def _operator_ids(operators: str | Path | None) -> tuple[str, ...]:
         raise KafkaError(f"operators: {e}") from None
 
 
-def _new_credentials(data: Path, secrets_root: Path, operators: str | Path | None
-                     ) -> security.Credentials | None:
+def _uses_tls(data: Path) -> bool:
+    return (data / TLS_DIR / TLS_CA).is_file()
+
+
+def _tls_dir(data: Path, tls: bool) -> Path | None:
+    """The certificates of a TLS broker: made once (scripts/make-certs.sh) when a new
+    data dir is started with ``tls``; an existing data dir keeps what it was made with."""
+    formatted = (data / "data" / "meta.properties").is_file()
+    if formatted:
+        if tls and not _uses_tls(data):
+            raise KafkaError(f"{data} was made without TLS; stop it and remove {data} to "
+                             "start afresh with --tls")
+        return data / TLS_DIR if _uses_tls(data) else None
+    shutil.rmtree(data / TLS_DIR, ignore_errors=True)
+    if not tls:
+        return None
+    if not MAKE_CERTS.is_file():
+        raise KafkaError(f"{MAKE_CERTS} is missing (it comes with the source tree)")
+    proc = subprocess.run(["bash", str(MAKE_CERTS), str(data / TLS_DIR)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KafkaError("making certificates failed:\n" + _tail(proc.stderr, 8))
+    return data / TLS_DIR
+
+
+def _new_credentials(data: Path, secrets_root: Path, operators: str | Path | None,
+                     tls_dir: Path | None = None) -> security.Credentials | None:
     """Fresh passwords for every principal when ``data`` is not formatted yet (SCRAM
     users can only be added by ``format``); None when it is."""
     if (data / "data" / "meta.properties").is_file():
@@ -639,7 +690,10 @@ def _new_credentials(data: Path, secrets_root: Path, operators: str | Path | Non
         raise KafkaError(str(e)) from None
     shutil.rmtree(security.credentials_dir(secrets_root), ignore_errors=True)
     (secrets_root / ACLS_APPLIED).unlink(missing_ok=True)
-    creds.write(secrets_root)
+    if tls_dir is None:
+        creds.write(secrets_root)
+    else:
+        creds.write(secrets_root, "SASL_SSL", tls_dir / TLS_CA)
     return creds
 
 
@@ -770,7 +824,7 @@ def status(port: int = 9092, data_dir: str | Path | None = None) -> Broker | Non
     ports = _ports_of(data)
     if pid is None or ports is None:
         return None
-    return Broker(ports[0], pid, data, ports[1], secrets_root=data)
+    return Broker(ports[0], pid, data, ports[1], secrets_root=data, tls=_uses_tls(data))
 
 
 # ------------------------------------------------------------------------ cluster
@@ -1063,6 +1117,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"Kafka {KAFKA_VERSION} jars: {fetch_jars()}")
         elif args.action == "credentials":
             print(credentials_path(port, getattr(args, "principal", None)))
+        elif args.action == "start" and brokers != 1 and getattr(args, "tls", False):
+            raise KafkaError("--tls is for the single local broker; a cluster runs "
+                             "SASL_PLAINTEXT on loopback")
         elif args.action == "start" and brokers != 1:
             c = start_cluster(brokers, port, operators=getattr(args, "operators", None))
             rf, isr = replication_for(c.size)
@@ -1072,7 +1129,8 @@ def main(args: argparse.Namespace) -> int:
                   f"--broker {c.bootstrap} (replication factor {rf}, "
                   f"min.insync.replicas {isr}); data in {c.root}")
         elif args.action == "start":
-            broker = start(port, operators=getattr(args, "operators", None))
+            broker = start(port, operators=getattr(args, "operators", None),
+                           tls=getattr(args, "tls", False))
             if broker.startup_seconds is None:
                 print(f"Kafka already running on {broker.bootstrap} (pid {broker.pid})")
             else:
@@ -1092,7 +1150,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             found = status(port)
             bootstrap = f"{HOST}:{port}"
-            if found is not None and is_ready(found.bootstrap, 2.0):
+            if found is not None and is_ready(found.bootstrap, 2.0, found.tls):
                 print(f"Kafka running on {found.bootstrap} (pid {found.pid}); "
                       f"data in {found.data_dir}")
                 return 0
