@@ -31,6 +31,8 @@ KAFKA_ACTIONS = {
     "stop": "stop the local broker (or cluster) started for PORT",
     "status": "exit 0 if the local broker (every node of a cluster) for PORT runs and "
               "answers, else 1",
+    "add-operator": "a new operator ID on the running local broker: SCRAM user, "
+                    "password, ACLs (no restart); prints its properties file",
     "credentials": "print the path of PRINCIPAL's Kafka client properties file "
                    "(admin, engine, finance or an operator id)",
 }
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--brokers", type=int, default=1,
                    help="start a KRaft cluster of N brokers (replication factor min(3, N))")
     k.add_argument("principal", nargs="?", default=None, metavar="PRINCIPAL",
-                   help="with credentials: whose client properties file")
+                   help="credentials: whose properties file; add-operator: the new id")
     k.add_argument("--tls", action="store_true",
                    help="start: SASL_SSL with a CA and certificate made by "
                         "scripts/make-certs.sh (in the data dir's tls/)")

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.kafka import security
-from engine.streams.topics import replication_for
+from engine.streams.topics import Topics, replication_for
 
 KAFKA_VERSION = "3.9.1"
 SCALA_VERSION = "2.13"
@@ -560,15 +560,19 @@ def is_ready(bootstrap: str, timeout: float = 5.0, tls: bool = False) -> bool:
 # ------------------------------------------------------------------ start / stop
 
 
-def _java_tool(java: str, libs: Path, log4j: Path, *args: str) -> str:
+def _java_tool(java: str, libs: Path, log4j: Path, *args: str, hide: tuple[str, ...] = ()
+               ) -> str:
+    """Run a Kafka tool; its output in an error never shows the strings of ``hide``
+    (passwords a tool may echo when it rejects its input)."""
     cmd = [java, "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}",
            "-cp", f"{libs}{os.sep}*", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise KafkaError(
-            f"{args[0]} {args[1]} failed (exit {proc.returncode}):\n"
-            + _tail(proc.stdout + proc.stderr)
-        )
+        out = proc.stdout + proc.stderr
+        for secret in hide:
+            out = out.replace(secret, "******")
+        raise KafkaError(f"{args[0]} {args[1]} failed (exit {proc.returncode}):\n"
+                         + _tail(out))
     return proc.stdout.strip()
 
 
@@ -765,7 +769,8 @@ def _format(java: str, libs: Path, props: Path, log4j: Path, cluster_id: str | N
     # read by argparse4j (fromfile prefix @): one argument per line, verbatim
     security.write_private(argfile, "\n".join(args) + "\n")
     try:
-        _java_tool(java, libs, log4j, "kafka.tools.StorageTool", f"@{argfile}")
+        _java_tool(java, libs, log4j, "kafka.tools.StorageTool", f"@{argfile}",
+                   hide=tuple(creds.passwords.values()))
     finally:
         argfile.unlink(missing_ok=True)
 
@@ -1089,14 +1094,70 @@ def _print_cluster(c: Cluster) -> bool:
     return ok
 
 
+def add_operator(bootstrap: str, secrets_root: Path, operator_id: str,
+                 topics: Topics | None = None) -> Path:
+    """A new operator on a running deployment, without a restart: its SCRAM user
+    (ConfigCommand, the password through ``--add-config-file``), its ACLs, its client
+    properties file (returned)."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", operator_id):
+        raise KafkaError(f"operator id must match [a-z0-9][a-z0-9_-]{{0,31}}: {operator_id!r}")
+    try:
+        security.principals([operator_id])
+    except security.SecurityError as e:
+        raise KafkaError(str(e)) from None
+    target = security.credentials_file(secrets_root, operator_id)
+    if target.is_file():
+        raise KafkaError(f"operator {operator_id!r} already has credentials: {target}")
+    admin_file = security.credentials_file(secrets_root, security.ADMIN)
+    admin = load_client_config_file(admin_file)
+    password = security.new_password()
+    java = _require("java", "install a Java 17 runtime to run the Kafka tools")
+    libs = fetch_jars()
+    config = secrets_root / f"add-{operator_id}.properties"
+    # a properties file: the value without the brackets of the --add-config syntax
+    security.write_private(config, f"{security.MECHANISM}=iterations=8192,password={password}\n")
+    log4j = secrets_root / LOG4J_PROPERTIES
+    if not log4j.is_file():
+        log4j.write_text(_log4j_properties(secrets_root))
+    try:
+        _java_tool(java, libs, log4j, "kafka.admin.ConfigCommand", "--bootstrap-server",
+                   bootstrap, "--command-config", str(admin_file), "--alter",
+                   "--add-config-file", str(config), "--entity-type", "users",
+                   "--entity-name", operator_id, hide=(password,))
+    finally:
+        config.unlink(missing_ok=True)
+    add_acls(bootstrap, secrets_root, security.operator_acls(topics or Topics(), [operator_id]),
+             java=java, libs=libs, log4j=log4j)
+    protocol = admin.get("security_protocol", "SASL_PLAINTEXT")
+    ca = secrets_root / TLS_DIR / TLS_CA
+    security.write_private(target, security.client_properties(
+        operator_id, password, protocol, ca if protocol == "SASL_SSL" else None))
+    return target
+
+
+def load_client_config_file(path: Path) -> dict[str, Any]:
+    from engine.kafka.client_config import ClientConfigError, load_client_config
+
+    try:
+        return load_client_config(path)
+    except ClientConfigError as e:
+        raise KafkaError(str(e)) from None
+
+
+def _secrets_root(port: int) -> Path:
+    cluster = default_cluster_dir(port)
+    return cluster if (cluster / CLUSTER_FILE).is_file() else default_data_dir(port)
+
+
 def credentials_path(port: int, principal: str | None) -> Path:
     """The client properties file of ``principal`` for the broker (or cluster) of
     ``port``; the path only, never the password."""
     if not principal:
         raise KafkaError("credentials needs a PRINCIPAL (admin, engine, finance or an "
                          "operator id)")
-    cluster = default_cluster_dir(port)
-    root = cluster if (cluster / CLUSTER_FILE).is_file() else default_data_dir(port)
+    root = _secrets_root(port)
     path = security.credentials_file(root, principal)
     if not path.is_file():
         known = sorted(p.stem for p in security.credentials_dir(root).glob("*.properties"))
@@ -1115,6 +1176,15 @@ def main(args: argparse.Namespace) -> int:
         cluster = cluster_status(port) if args.action in ("stop", "status") else None
         if args.action == "fetch":
             print(f"Kafka {KAFKA_VERSION} jars: {fetch_jars()}")
+        elif args.action == "add-operator":
+            if not getattr(args, "principal", None):
+                raise KafkaError("add-operator needs an operator ID")
+            root = _secrets_root(port)
+            if not security.credentials_file(root, security.ADMIN).is_file():
+                raise KafkaError(f"no local broker with credentials for port {port}")
+            cluster_now = cluster_status(port)
+            bootstrap = cluster_now.bootstrap if cluster_now else f"{HOST}:{port}"
+            print(add_operator(bootstrap, root, args.principal))
         elif args.action == "credentials":
             print(credentials_path(port, getattr(args, "principal", None)))
         elif args.action == "start" and brokers != 1 and getattr(args, "tls", False):

@@ -150,7 +150,13 @@ def acl_plan(topics: Topics, operator_ids: Sequence[str]) -> list[list[str]]:
         [*user(ENGINE), "--group", topics.group_id, *ops("Read")],
         [*user(FINANCE), *on(topics.outputs), *ops("Read", "Describe")],
     ]
-    if operator_ids:
-        plan.append([*(a for o in operator_ids for a in user(o)), *on(topics.inputs),
-                     *ops("Write", "Describe")])
-    return plan
+    return plan + operator_acls(topics, operator_ids)
+
+
+def operator_acls(topics: Topics, operator_ids: Sequence[str]) -> list[list[str]]:
+    """Operators write (and describe) the inputs, nothing else (see :func:`acl_plan`)."""
+    if not operator_ids:
+        return []
+    return [[*(a for o in operator_ids for a in ("--allow-principal", f"User:{o}")),
+             *(a for t in topics.inputs for a in ("--topic", t)),
+             "--operation", "Write", "--operation", "Describe"]]

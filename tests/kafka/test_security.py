@@ -172,3 +172,22 @@ def test_credentials_path_names_the_file_never_the_password(
     err = capsys.readouterr().err
     assert "nobody" in err and "admin" in err and len(err.splitlines()) == 1
     assert os.environ.get("MYNAPOINT_CLIENT_CONFIG") is not None  # the session's admin
+
+
+def test_add_operator_without_restart(kafka_broker: local.Broker,
+                                      secured_topics: Topics) -> None:
+    b, t = kafka_broker.bootstrap, secured_topics
+    path = local.add_operator(b, kafka_broker.data_dir, "newpay", t)
+    assert path == kafka_broker.credentials("newpay")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not list(kafka_broker.data_dir.glob("add-*.properties"))  # no password left
+    new = kafka_broker.client("newpay")
+    before = asyncio.run(_ends(b, t.enrollments))
+    asyncio.run(_produce(b, t.enrollments, new))
+    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(_produce(b, t.grants, new))
+    with pytest.raises(local.KafkaError, match="already has credentials"):
+        local.add_operator(b, kafka_broker.data_dir, "newpay", t)
+    with pytest.raises(local.KafkaError, match="reserved"):
+        local.add_operator(b, kafka_broker.data_dir, "engine", t)
