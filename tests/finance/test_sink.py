@@ -152,7 +152,7 @@ def fresh_topics(bootstrap: str) -> Any:
     from tests.kafka_fixtures import new_prefix
 
     topics = Topics(new_prefix())
-    asyncio.run(ensure_topics(bootstrap, topics, 2, changelog=False))
+    asyncio.run(ensure_topics(bootstrap, topics, 2))
     return topics
 
 

@@ -168,7 +168,7 @@ def test_kill_one_node_then_restart_it_on_its_data(cluster: local.Cluster,
     """Writes with acks=all go on while one node is dead (two replicas in sync);
     the node comes back on the same data directory and rejoins every ISR."""
     topics = Topics(topic_prefix)
-    _run(ensure_topics(cluster.bootstrap, topics, 3, changelog=False))
+    _run(ensure_topics(cluster.bootstrap, topics, 3))
     before = [f"before-{i}".encode() for i in range(50)]
     during = [f"during-{i}".encode() for i in range(50)]
     _run(_produce(cluster.bootstrap, topics.grants, before))
