@@ -53,6 +53,15 @@ def _publisher(bootstrap: str, prefix: str, sc: Scenario, manifest: Path,
     return t
 
 
+def _outcomes_beyond(bootstrap: str, prefix: str, count: int, wait: float = 60.0) -> int:
+    """Wait until more than ``count`` outcomes are out; return how many."""
+    deadline = time.monotonic() + wait
+    while (n := output_end(bootstrap, prefix)) <= count:
+        assert time.monotonic() < deadline, f"no outcome beyond {count} within {wait} s"
+        time.sleep(0.2)
+    return n
+
+
 def _ignored_in_logs(log_dir: Path) -> int:
     return sum(int(n) for f in log_dir.glob("*.log")
                for n in re.findall(r"\((\d+) of a fenced-off writer ignored\)",
@@ -69,7 +78,7 @@ def test_sigkill_three_times_inside_batches(kafka_broker, topic_prefix, scenario
     marker = tmp_path / "batch.marker"
     env = {"MYNAPOINT_BATCH_MARKER": str(marker)}
     w = worker(kafka_broker.bootstrap, prefix, tmp_path, "w0", env=env).start()
-    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 120.0)
+    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 90.0)
     kills = 0
     try:
         for k in range(3):
@@ -100,7 +109,7 @@ def test_zombie_frozen_past_its_session_writes_nothing_that_survives(
     prefix = topic_prefix()
     a = worker(kafka_broker.bootstrap, prefix, tmp_path, "a",
                env={"MYNAPOINT_STALL_AT": "outputs:5"}).start()
-    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 150.0)
+    t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 100.0)
     b = None
     try:
         a.wait_for("stalling at outputs:5")
@@ -136,16 +145,14 @@ def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix,
     prefix = topic_prefix()
     bootstrap = kafka_broker.bootstrap
     a = worker(bootstrap, prefix, tmp_path, "a").start()
-    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 200.0)
+    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 120.0)
     b = None
     try:
         a.wait_for("assigned partitions [0")
-        time.sleep(1.0)
-        before_join = output_end(bootstrap, prefix)
+        before_join = _outcomes_beyond(bootstrap, prefix, 0)
         b = worker(bootstrap, prefix, tmp_path, "b").start()
         b.wait_for("assigned partitions [", 60)
-        time.sleep(1.0)
-        before_leave = output_end(bootstrap, prefix)
+        before_leave = _outcomes_beyond(bootstrap, prefix, before_join)
         assert a.stop() == 0, "the leaving worker must shut down cleanly"
         after_leave = output_end(bootstrap, prefix)
         assert t.is_alive(), "records must still flow after both changes"
@@ -168,9 +175,9 @@ def test_wiped_state_directory_is_rebuilt_from_the_changelog(kafka_broker, topic
     prefix = topic_prefix()
     bootstrap = kafka_broker.bootstrap
     w = worker(bootstrap, prefix, tmp_path, "first").start()
-    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1500.0)
+    t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 300.0)
     try:
-        time.sleep(2.0)
+        _outcomes_beyond(bootstrap, prefix, 0)  # the first run decided something
         assert t.is_alive()
         w.stop()
         shutil.rmtree(tmp_path / "state")
