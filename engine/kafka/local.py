@@ -568,11 +568,11 @@ def _java_tool(java: str, libs: Path, log4j: Path, *args: str, hide: tuple[str, 
            "-cp", f"{libs}{os.sep}*", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        out = proc.stdout + proc.stderr
+        message = (f"{args[0]} {args[1]} failed (exit {proc.returncode}):\n"
+                   + _tail(proc.stdout + proc.stderr))
         for secret in hide:
-            out = out.replace(secret, "******")
-        raise KafkaError(f"{args[0]} {args[1]} failed (exit {proc.returncode}):\n"
-                         + _tail(out))
+            message = message.replace(secret, "******")
+        raise KafkaError(message)
     return proc.stdout.strip()
 
 

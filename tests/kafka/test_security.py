@@ -191,3 +191,19 @@ def test_add_operator_without_restart(kafka_broker: local.Broker,
         local.add_operator(b, kafka_broker.data_dir, "newpay", t)
     with pytest.raises(local.KafkaError, match="reserved"):
         local.add_operator(b, kafka_broker.data_dir, "engine", t)
+
+
+def test_a_failing_tool_never_shows_a_password(tmp_path: Path) -> None:
+    """A Kafka tool that rejects its input may echo it (ConfigCommand does): the
+    error raised to the user masks every password."""
+    echo = tmp_path / "Echo.java"
+    echo.write_text('public class Echo { public static void main(String[] a) {'
+                    ' System.err.println("Invalid property password=" + a[0]);'
+                    ' System.exit(1); } }')
+    java = local._require("java", "needed")
+    secret = security.new_password()
+    with pytest.raises(local.KafkaError) as info:
+        local._java_tool(java, local.fetch_jars(), tmp_path / "log4j.properties",
+                         str(echo), secret, hide=(secret,))
+    assert secret not in str(info.value)
+    assert "password=******" in str(info.value)
