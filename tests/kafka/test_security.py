@@ -207,3 +207,50 @@ def test_a_failing_tool_never_shows_a_password(tmp_path: Path) -> None:
                          str(echo), secret, hide=(secret,))
     assert secret not in str(info.value)
     assert "password=******" in str(info.value)
+
+
+def _cli(*args: str, env_config: str | None = None) -> Any:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MYNAPOINT_CLIENT_CONFIG"}
+    if env_config:
+        env["MYNAPOINT_CLIENT_CONFIG"] = env_config
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
+                          text=True, timeout=180, env=env)
+
+
+def test_commands_authenticate_with_client_config(kafka_broker: local.Broker,
+                                                  secured_topics: Topics,
+                                                  tmp_path: Path) -> None:
+    """publish as an operator, collect as finance, each with --client-config; the
+    engine's file cannot publish, no file at all cannot connect."""
+    b, t = kafka_broker.bootstrap, secured_topics
+    enr = tmp_path / "e.jsonl"
+    enr.write_text('{"mykey_id": "AB12cd34", "operator_id": "paypay", '
+                   '"received_at": "2020-09-01T00:00:00+09:00"}\n')
+    base = ["publish", "--enrollments", str(enr), "--broker", b, "--topic-prefix", t.prefix,
+            "--partitions", "2", "--quiet"]
+    before = asyncio.run(_ends(b, t.enrollments))
+    ok = _cli(*base, "--client-config", str(kafka_broker.credentials(OPERATOR)))
+    assert ok.returncode == 0, ok.stderr
+    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
+    refused = _cli(*base, "--client-config", str(kafka_broker.credentials(security.ENGINE)))
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Authorization" in refused.stderr
+    anonymous = _cli(*base)
+    assert anonymous.returncode == 2 and "Traceback" not in anonymous.stderr
+    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
+    for f in kafka_broker.credentials(security.ENGINE).parent.glob("*.properties"):
+        password = load_client_config(f)["sasl_plain_password"]
+        assert password not in refused.stderr + ok.stdout + ok.stderr + anonymous.stderr
+
+    collected = _cli("collect", "--out", str(tmp_path / "out"), "--broker", b,
+                     "--topic-prefix", t.prefix,
+                     env_config=str(kafka_broker.credentials(security.FINANCE)))
+    assert collected.returncode == 0, collected.stderr
+    assert (tmp_path / "out" / "grants.parquet").is_file()
+    bad = _cli("collect", "--out", str(tmp_path / "o2"), "--client-config",
+               str(tmp_path / "missing.properties"))
+    assert bad.returncode == 2 and "missing.properties" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
