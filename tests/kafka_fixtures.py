@@ -25,6 +25,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,17 @@ def client_config_of(path: Path) -> Iterator[None]:
 @pytest.fixture
 def topic_prefix() -> TopicPrefix:
     return TopicPrefix(new_prefix())
+
+
+async def produce_one(bootstrap: str, topic: str, client: dict[str, Any]) -> None:
+    """One record as the principal of ``client``; a refusal raises (ACL, TLS tests)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **client)
+    await asyncio.wait_for(p.start(), 40)
+    try:
+        await asyncio.wait_for(p.send_and_wait(topic, b"{}", key=b"AB12cd34"), 30)
+    finally:
+        await p.stop()

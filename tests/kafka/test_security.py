@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -20,6 +20,7 @@ from aiokafka.errors import (
 from engine.kafka import local, security
 from engine.kafka.client_config import load_client_config, parse_client_config
 from engine.streams.topics import Topics, ensure_topics
+from tests.kafka_fixtures import produce_one
 
 OPERATOR = "paypay"
 
@@ -33,15 +34,6 @@ def secured_topics(kafka_broker: local.Broker) -> Topics:
     local.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
                    security.acl_plan(topics, [OPERATOR, "aupay"]))
     return topics
-
-
-async def _produce(bootstrap: str, topic: str, client: dict[str, Any]) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **client)
-    await asyncio.wait_for(p.start(), 30)
-    try:
-        await asyncio.wait_for(p.send_and_wait(topic, b"{}", key=b"AB12cd34"), 30)
-    finally:
-        await p.stop()
 
 
 async def _read(bootstrap: str, topic: str, client: dict[str, Any]) -> int:
@@ -96,11 +88,11 @@ def test_operator_writes_its_inputs_and_nothing_else(kafka_broker: local.Broker,
     b, t = kafka_broker.bootstrap, secured_topics
     op = kafka_broker.client(OPERATOR)
     before = asyncio.run(_ends(b, t.transactions))
-    asyncio.run(_produce(b, t.transactions, op))
+    asyncio.run(produce_one(b, t.transactions, op))
     assert asyncio.run(_ends(b, t.transactions)) == before + 1
     for topic in (t.grants, t.rejections, t.changelog, t.reroute_transactions):
         with pytest.raises(TopicAuthorizationFailedError):
-            asyncio.run(_produce(b, topic, op))
+            asyncio.run(produce_one(b, topic, op))
         with pytest.raises(TopicAuthorizationFailedError):
             asyncio.run(_read(b, topic, op))
     # an operator cannot read the inputs either (another operator's records)
@@ -125,13 +117,13 @@ def test_operator_writes_its_inputs_and_nothing_else(kafka_broker: local.Broker,
 def test_finance_reads_outputs_writes_nothing(kafka_broker: local.Broker,
                                               secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
-    asyncio.run(_produce(b, t.grants, kafka_broker.client(security.ENGINE)))
+    asyncio.run(produce_one(b, t.grants, kafka_broker.client(security.ENGINE)))
     fin = kafka_broker.client(security.FINANCE)
     assert asyncio.run(_read(b, t.grants, fin)) >= 1
     assert asyncio.run(_read(b, t.rejections, fin)) >= 0
     for topic in (*t.outputs, *t.inputs, t.changelog):
         with pytest.raises(TopicAuthorizationFailedError):
-            asyncio.run(_produce(b, topic, fin))
+            asyncio.run(produce_one(b, topic, fin))
 
 
 def test_engine_cannot_publish_inputs(kafka_broker: local.Broker,
@@ -140,8 +132,8 @@ def test_engine_cannot_publish_inputs(kafka_broker: local.Broker,
     eng = kafka_broker.client(security.ENGINE)
     for topic in t.inputs:
         with pytest.raises(TopicAuthorizationFailedError):
-            asyncio.run(_produce(b, topic, eng))
-    asyncio.run(_produce(b, t.changelog, eng))  # its own internal topic
+            asyncio.run(produce_one(b, topic, eng))
+    asyncio.run(produce_one(b, t.changelog, eng))  # its own internal topic
 
 
 def test_wrong_password_and_plaintext_are_refused(kafka_broker: local.Broker,
@@ -152,7 +144,7 @@ def test_wrong_password_and_plaintext_are_refused(kafka_broker: local.Broker,
     unknown = {**kafka_broker.client(OPERATOR), "sasl_plain_username": "nobody"}
     for client in (wrong, unknown, {}):
         with pytest.raises((KafkaConnectionError, KafkaError, TimeoutError)):
-            asyncio.run(_produce(b, t.transactions, client))
+            asyncio.run(produce_one(b, t.transactions, client))
     assert asyncio.run(_ends(b, t.transactions)) == before
 
 
@@ -183,10 +175,10 @@ def test_add_operator_without_restart(kafka_broker: local.Broker,
     assert not list(kafka_broker.data_dir.glob("add-*.properties"))  # no password left
     new = kafka_broker.client("newpay")
     before = asyncio.run(_ends(b, t.enrollments))
-    asyncio.run(_produce(b, t.enrollments, new))
+    asyncio.run(produce_one(b, t.enrollments, new))
     assert asyncio.run(_ends(b, t.enrollments)) == before + 1
     with pytest.raises(TopicAuthorizationFailedError):
-        asyncio.run(_produce(b, t.grants, new))
+        asyncio.run(produce_one(b, t.grants, new))
     with pytest.raises(local.KafkaError, match="already has credentials"):
         local.add_operator(b, kafka_broker.data_dir, "newpay", t)
     with pytest.raises(local.KafkaError, match="reserved"):

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from engine.kafka import local, security
 from engine.kafka.client_config import load_client_config
+from tests.kafka_fixtures import produce_one
 
 pytestmark = pytest.mark.kafka  # a broker of its own (Java)
 
@@ -30,15 +30,6 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Broke
     finally:
         local.stop(port=broker.port, data_dir=data)
         shutil.rmtree(data, ignore_errors=True)
-
-
-async def _send(bootstrap: str, client: dict[str, Any], topic: str) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **client)
-    await asyncio.wait_for(p.start(), 40)
-    try:
-        await asyncio.wait_for(p.send_and_wait(topic, b"x", key=b"k"), 30)
-    finally:
-        await p.stop()
 
 
 async def _create(bootstrap: str, client: dict[str, Any], topic: str) -> None:
@@ -63,17 +54,17 @@ def test_client_with_the_ca_connects_one_without_is_refused(tls_broker: local.Br
 
     with_ca = load_client_config(path)
     asyncio.run(_create(tls_broker.bootstrap, with_ca, "tls-check"))
-    asyncio.run(_send(tls_broker.bootstrap, with_ca, "tls-check"))
+    asyncio.run(produce_one(tls_broker.bootstrap, "tls-check", with_ca))
 
     # the same credentials, trusting only the system's CAs: the handshake fails
     without_ca = {**with_ca, "ssl_context": ssl.create_default_context()}
     with pytest.raises((KafkaConnectionError, KafkaError, ssl.SSLError, TimeoutError)):
-        asyncio.run(_send(tls_broker.bootstrap, without_ca, "tls-check"))
+        asyncio.run(produce_one(tls_broker.bootstrap, "tls-check", without_ca))
     # and no TLS at all: refused
     plain = {k: v for k, v in with_ca.items() if k != "ssl_context"}
     plain["security_protocol"] = "SASL_PLAINTEXT"
     with pytest.raises((KafkaConnectionError, KafkaError, TimeoutError)):
-        asyncio.run(_send(tls_broker.bootstrap, plain, "tls-check"))
+        asyncio.run(produce_one(tls_broker.bootstrap, "tls-check", plain))
 
 
 def test_make_certs_names_extra_hosts(tmp_path: Path) -> None:
