@@ -12,7 +12,7 @@ import contextlib
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 from aiokafka.partitioner import murmur2
 
 from engine.kafka.client_config import default_client
@@ -156,6 +156,12 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
             wanted += [*topics.outputs, topics.changelog, topics.reroute_enrollments,
                        topics.reroute_transactions]
         meta = await admin.describe_topics(wanted)
+        denied = [m["topic"] for m in meta
+                  if m.get("error_code", 0) == TopicAuthorizationFailedError.errno]
+        if denied:
+            # a topic this principal may not see is not a missing one: say so now
+            # instead of failing to create it and waiting for a leader
+            raise TopicAuthorizationFailedError(f"not authorized for {', '.join(denied)}")
         existing = {m["topic"]: len(m["partitions"]) for m in meta
                     if m.get("error_code", 0) == 0 and m["partitions"]}
         if topics.transactions in existing:

@@ -246,3 +246,14 @@ def test_commands_authenticate_with_client_config(kafka_broker: local.Broker,
                str(tmp_path / "missing.properties"))
     assert bad.returncode == 2 and "missing.properties" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_worker_refused_by_acls_says_so_in_one_line(kafka_broker: local.Broker,
+                                                    secured_topics: Topics,
+                                                    tmp_path: Path) -> None:
+    r = _cli("worker", "--broker", kafka_broker.bootstrap, "--topic-prefix",
+             secured_topics.prefix, "--partitions", "2", "--state-dir", str(tmp_path),
+             "--client-config", str(kafka_broker.credentials(OPERATOR)))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Authorization" in r.stderr and "Traceback" not in r.stderr
