@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kafka", help="local Kafka broker or cluster (loopback only)",
         description="A local Kafka broker (or a KRaft cluster of N brokers) for development,\n"
                     "tests and the demo, bound to 127.0.0.1, data in .kafka/.\n\nactions:\n"
-                    + "\n".join(f"  {a:<8}{h}" for a, h in KAFKA_ACTIONS.items()),
+                    + "\n".join(f"  {a:<14}{h}" for a, h in KAFKA_ACTIONS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("action", choices=list(KAFKA_ACTIONS), metavar="ACTION",
                    help="one of: " + ", ".join(KAFKA_ACTIONS) + " (see above)")

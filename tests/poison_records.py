@@ -364,10 +364,11 @@ def invalid_utf8_table(prefix: str) -> pa.Table:
     return _one(f"{prefix}-bad-utf8", note=_invalid_utf8())
 
 
-def ipc(table: pa.Table) -> bytes:
-    """An Arrow IPC stream message of a table."""
+def ipc(table: pa.Table, compression: str | None = None) -> bytes:
+    """An Arrow IPC stream message of a table (``compression``: of the buffers)."""
     buf = io.BytesIO()
-    with pa.ipc.new_stream(buf, table.schema) as w:
+    with pa.ipc.new_stream(buf, table.schema,
+                           options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
         w.write_table(table)
     return buf.getvalue()
 

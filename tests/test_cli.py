@@ -4,6 +4,7 @@ error when the broker is not there."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -36,8 +37,9 @@ def test_top_level_help_is_for_users() -> None:
 def test_kafka_help_describes_every_action() -> None:
     out = mynapoint("kafka", "--help").stdout
     for action, text in KAFKA_ACTIONS.items():
-        assert f"  {action:<8}{text}" in out
-    assert "--port PORT  broker port" in out
+        assert f"  {action:<14}{text}" in out
+    # every option is explained too, not just named
+    assert re.search(r"^  --port PORT {2,}\S", out, re.M), out
 
 
 def test_collect_timeout_help_says_what_it_does() -> None:

@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -294,6 +295,11 @@ group.min.session.timeout.ms=1000
 
 # Keep the data of a campaign (a year) instead of the default week.
 log.retention.hours=8760
+# Records carry business time as CreateTime, and a segment rolls once a record is
+# log.roll.ms past the segment's first one: a replay of a months-long campaign would
+# start a new segment (and producer-state snapshot) on almost every append. Size
+# rolls them instead.
+log.roll.ms=9223372036854775807
 log.segment.bytes={segment}
 message.max.bytes={max_message}
 replica.fetch.max.bytes={max_message}
@@ -433,11 +439,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_cluster_port(brokers: int, attempts: int = 50) -> int:
-    """A ``port`` for :func:`start_cluster` whose whole range of node and controller
-    ports is free right now."""
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; IANA's (49152) is higher, so this is safe too
+
+
+def restartable_port(brokers: int = 1, attempts: int = 200) -> int:
+    """A ``port`` for :func:`start` or :func:`start_cluster` whose node ports
+    (``port`` .. ``port + brokers - 1``) and controller ports (+1000) are free now
+    and lie below the kernel's ephemeral range.
+
+    While a broker is down its clients keep connecting to its port; an outgoing
+    connection may be given that very port as its own and connect to itself (TCP
+    self-connect), and the broker's restart then finds its port taken. Ports outside
+    the ephemeral range are never handed out that way.
+    """
+    floor = _ephemeral_floor()
+    rng = random.Random()
     for _ in range(attempts):
-        port = free_port()
+        if floor - 1000 - brokers > 20000:
+            port = rng.randrange(20000, floor - 1000 - brokers)
+        else:  # a machine with a wide ephemeral range: free now is the best we have
+            port = free_port()
         wanted = [*range(port, port + brokers), *range(port + 1000, port + 1000 + brokers)]
         if wanted[-1] <= 65535 and all(_port_free(p) for p in wanted):
             return port

@@ -8,6 +8,7 @@ never raises on content, so a poison message cannot stop a partition.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,10 +149,17 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 rerouted.append(False)
         elif fmt == FORMAT_ARROW:
             try:
+                if _ipc_body_compressed(value):
+                    # decompressed before any check could bound its size (a 1 MB
+                    # message can claim gigabytes); Kafka compresses messages anyway
+                    _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                                 "message uses Arrow IPC body compression (not accepted: "
+                                 "compress at the Kafka level)")
+                    continue
                 table = pa.ipc.open_stream(value).read_all()
                 # offsets and UTF-8 too: the string kernels read raw buffers
                 table.validate(full=True)
-            except (pa.ArrowException, OSError, ValueError):
+            except (pa.ArrowException, OSError, ValueError, struct.error, IndexError):
                 _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
                              "message is not a valid Arrow IPC stream")
                 continue
@@ -194,6 +202,48 @@ def concat_batches(batches: list[InBatch]) -> InBatch | None:
                    [s for b in batches for s in b.source],
                    np.concatenate([b.arrival for b in batches]),
                    np.concatenate([b.rerouted for b in batches]), bad)
+
+
+def _ipc_body_compressed(value: bytes) -> bool:
+    """Whether a record or dictionary batch of an Arrow IPC stream declares body
+    compression: read from the messages' flatbuffer metadata, before any body is
+    decoded. (Arrow's format: Message.header -> RecordBatch, or DictionaryBatch.data
+    -> RecordBatch; RecordBatch field 3 is ``compression``.)"""
+    reader = pa.ipc.MessageReader.open_stream(value)
+    while True:
+        try:
+            msg = reader.read_next_message()
+        except StopIteration:
+            return False
+        if msg is None:
+            return False
+        meta = msg.metadata.to_pybytes()
+        root = struct.unpack_from("<I", meta, 0)[0]
+        kind = _fb_field(meta, root, 1)
+        header = _fb_field(meta, root, 2)
+        if kind is None or header is None:
+            continue
+        header_type = meta[kind]
+        batch = header + struct.unpack_from("<I", meta, header)[0]
+        if header_type == 2:  # DictionaryBatch: its RecordBatch is field 1
+            data = _fb_field(meta, batch, 1)
+            if data is None:
+                continue
+            batch = data + struct.unpack_from("<I", meta, data)[0]
+        elif header_type != 3:  # not a RecordBatch
+            continue
+        if _fb_field(meta, batch, 3) is not None:
+            return True
+
+
+def _fb_field(buf: bytes, table: int, i: int) -> int | None:
+    """Position of field ``i`` of the flatbuffer table at ``table``, None if absent."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vt_size = struct.unpack_from("<H", buf, vtable)[0]
+    if 4 + 2 * i >= vt_size:
+        return None
+    off: int = struct.unpack_from("<H", buf, vtable + 4 + 2 * i)[0]
+    return table + off if off else None
 
 
 def _bad_message(seg: _Segments, bad: dict[str, int], sources: list[str], arrival: list[int],

@@ -35,7 +35,7 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Cluster]:
     """Started with the command line, as a user would; handled through the Python API."""
     cwd = tmp_path_factory.mktemp("cluster")
-    port = local.free_cluster_port(3)
+    port = local.restartable_port(3)
     started = _cli(cwd, "start", "--brokers", "3", "--port", str(port))
     assert started.returncode == 0, started.stderr
     assert "cluster of 3 brokers ready" in started.stdout
@@ -206,3 +206,31 @@ def test_bad_broker_count_is_one_line_exit_2(brokers: int, tmp_path: Path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--brokers must be 1 to {local.MAX_BROKERS}" in err
     assert not (tmp_path / ".kafka").exists()
+
+
+async def _produce_stamped(bootstrap: str, topic: str, stamps_ms: list[int]) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all",
+                         enable_idempotence=True)
+    await p.start()
+    try:
+        for i, ts in enumerate(stamps_ms):
+            await p.send_and_wait(topic, f"r{i}".encode(), partition=0, timestamp_ms=ts)
+    finally:
+        await p.stop()
+
+
+def test_business_timestamps_do_not_roll_a_segment_per_append(kafka_broker: local.Broker,
+                                                              topic_prefix: str) -> None:
+    """Records stamped with their business time, months apart (a campaign replay),
+    stay in one segment: a roll per append also meant a producer-state snapshot per
+    append, and with it a record doubled by an idempotent producer's retry across a
+    broker SIGKILL (seen once in five runs before, never in eight after)."""
+    topics = Topics(topic_prefix)
+    day = 86_400_000
+    june_2020 = 1_591_000_000_000
+    with client_config_of(kafka_broker.credentials()):  # not the module's cluster
+        _run(ensure_topics(kafka_broker.bootstrap, topics, 1, changelog=False))
+        _run(_produce_stamped(kafka_broker.bootstrap, topics.transactions,
+                              [june_2020 + i * 10 * day for i in range(30)]))
+    segments = list((kafka_broker.data_dir / "data" / f"{topics.transactions}-0").glob("*.log"))
+    assert len(segments) == 1, sorted(s.name for s in segments)

@@ -105,6 +105,12 @@ def longest_stall(bootstrap: str, prefix: str) -> float:
     return max(b - a for a, b in itertools.pairwise(stamps)) / 1000
 
 
+def _story(log_dir: Path, lines: int = 30) -> str:
+    """The worker's own log lines (not aiokafka's), for a failure message."""
+    text = (log_dir / "w.log").read_text(errors="replace").splitlines()
+    return "\n".join([x for x in text if "mynapoint" in x or "Error" in x[:80]][-lines:])
+
+
 def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
                    fault: Callable[[], dict[str, Any]]
                    ) -> tuple[Comparison, dict[str, Any], bool]:
@@ -120,18 +126,21 @@ def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
         produced = wait_for_outputs(bootstrap, prefix, sc.expected_outcomes // 10)
         in_flight = pub.is_alive()
         facts = fault()
-        assert w.alive, "the worker died in the fault"
+        assert w.alive, f"the worker died in the fault:\n{_story(tmp_path)}"
         pub.join(300)
-        assert not pub.is_alive(), "publishing did not finish after the fault"
+        assert not pub.is_alive(), f"publishing did not finish:\n{_story(tmp_path)}"
         cmp, _, _ = collect_and_compare(bootstrap, prefix, sc, tmp_path / "m.parquet",
                                         idle=60.0)
-        assert w.alive and w.proc is not None and w.proc.pid == pid, "the worker exited"
+        assert w.alive and w.proc is not None and w.proc.pid == pid, \
+            f"the worker exited:\n{_story(tmp_path)}"
         stall = longest_stall(bootstrap, prefix)
     finally:
         w.stop()
         pub.join(60)
     assert pub.error is None, f"publishing failed: {pub.error!r}"
     assert pub.counts is not None
+    if not cmp.equal:
+        cmp.differences.append(f"worker log:\n{_story(tmp_path)}")
     return cmp, {"publish_seconds": round(pub.counts["seconds"], 1), "outputs_at_fault": produced,
                  "redelivered_identical_copies": LAST_STATS.get("copies"),
                  "longest_stall_seconds": round(stall, 1), "worker_pid": pid,
@@ -182,7 +191,7 @@ def test_failed_batch_is_retried_in_process(kafka_broker: local.Broker, topic_pr
 def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[local.Broker]:
     """A broker for this test alone: it gets killed."""
     data = tmp_path / "broker"
-    broker = local.start(port=local.free_port(), data_dir=data, wait=120.0)
+    broker = local.start(port=local.restartable_port(), data_dir=data, wait=120.0)
     monkeypatch.setenv(ENV, str(broker.credentials()))
     try:
         yield broker
@@ -215,7 +224,7 @@ def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefi
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[local.Cluster]:
-    c = local.start_cluster(3, port=local.free_cluster_port(3), root=tmp_path / "cluster",
+    c = local.start_cluster(3, port=local.restartable_port(3), root=tmp_path / "cluster",
                             wait=120.0)
     monkeypatch.setenv(ENV, str(c.credentials()))
     try:

@@ -37,6 +37,7 @@ from tests.poison_records import (
     PII,
     Poison,
     arrow_poison,
+    base,
     enrollment_poison,
     invalid_utf8_table,
     ipc,
@@ -166,6 +167,19 @@ def test_an_arrow_message_with_invalid_utf8_is_one_malformed_outcome() -> None:
     b = arrow([invalid_utf8_table("u")])
     assert stateless(b) == [("MALFORMED", "message is not a valid Arrow IPC stream")]
     assert b.source == ["t/0/0"] and b.bad_messages == {"bad_batch": 1}
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_an_arrow_message_with_compressed_buffers_is_one_malformed_outcome(codec: str) -> None:
+    # its size is unknown until decompressed: a 1 MB message could claim gigabytes
+    table = pa.Table.from_pylist([base("c-1")])
+    dictionary = table.append_column("d", pa.array(["x"]).dictionary_encode())
+    for t in (table, dictionary):
+        b = decode([Msg("t", 0, 0, TS_MS, None, ipc(t, codec), [(FORMAT_HEADER, FORMAT_ARROW)]),
+                    Msg("t", 0, 1, TS_MS, None, ipc(t), [(FORMAT_HEADER, FORMAT_ARROW)])])
+        [(reason, detail), plain] = stateless(b)
+        assert reason == "MALFORMED" and "Arrow IPC body compression" in (detail or "")
+        assert b.source == ["t/0/0", "t/0/1#0"] and plain[0] != "MALFORMED"
 
 
 def test_a_chunk_over_the_record_limit_is_one_malformed_outcome() -> None:

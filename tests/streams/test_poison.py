@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from engine.kafka.client_config import default_client
-from engine.ledger.compare import compare
+from engine.ledger.compare import Comparison, compare
 from engine.streams.collect import collect
 from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
 from tests.poison_records import (
@@ -28,6 +28,7 @@ from tests.poison_records import (
     PERSON,
     Poison,
     arrow_poison,
+    base,
     enrollment_poison,
     expected_count,
     invalid_utf8_table,
@@ -35,8 +36,10 @@ from tests.poison_records import (
     json_poison,
 )
 from tests.streams.harness import (
+    LAST_STATS,
     PARTITIONS,
     Scenario,
+    fault_report,
     make_scenario,
     publish,
     topics_for,
@@ -159,8 +162,8 @@ async def _inject_catalogue(bootstrap: str, prefix: str
         if c.stream:
             sent["one"].append((c, await send(c.text, None)))
     chunk = [c for c in json_poison("chunk") if c.stream]
-    base = await send(b"\n".join(c.text for c in chunk), FORMAT_JSONL)
-    sent["chunk"] = [(c, f"{base}#{i}") for i, c in enumerate(chunk)]
+    at = await send(b"\n".join(c.text for c in chunk), FORMAT_JSONL)
+    sent["chunk"] = [(c, f"{at}#{i}") for i, c in enumerate(chunk)]
     tables = [c for c in json_poison("jarrow") + arrow_poison("arrow")
               if c.stream and c.table is not None]
     for c in tables:
@@ -176,8 +179,11 @@ async def _inject_catalogue(bootstrap: str, prefix: str
             md = await p.send_and_wait(t.transactions, c.text, key=b"SomeoneE", partition=wrong,
                                        timestamp_ms=TS)
             sent["misrouted"].append((c, f"{t.transactions}/{md.partition}/{md.offset}"))
-    sent["unreadable"] = [(Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
-                           await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW))]
+    sent["unreadable"] = [
+        (Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
+         await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW)),
+        (Poison("compressed", "", b"", "MALFORMED", "Arrow IPC body compression"),
+         await send(ipc(pa.Table.from_pylist([base("zstd-1")]), "zstd"), FORMAT_ARROW))]
     # enrollments: each person on their own partition where the key says so
     for fmt in ("enr-one", "enr-chunk", "enr-arrow"):
         catalogue = enrollment_poison(fmt[4:8])
@@ -190,8 +196,8 @@ async def _inject_catalogue(bootstrap: str, prefix: str
                                            key=m.group(1) if m else b"x", timestamp_ms=TS)
                 sent[fmt].append((c, f"{t.enrollments}/{md.partition}/{md.offset}"))
         elif fmt == "enr-chunk":
-            base = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, t.enrollments)
-            sent[fmt] = [(c, f"{base}#{i}") for i, c in enumerate(texts)]
+            at = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, t.enrollments)
+            sent[fmt] = [(c, f"{at}#{i}") for i, c in enumerate(texts)]
         else:
             sent[fmt] = [(c, await send(ipc(c.table), FORMAT_ARROW, t.enrollments) + "#0")
                          for c in catalogue if c.table is not None]
@@ -232,9 +238,13 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
     assert formats_seen["misrouted"] == 8
     assert formats_seen["enr-arrow"] > 4
     # the normal stream around them is exactly the offline result
-    _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
-                                {src.split("#")[0] for entries in sent.values()
-                                 for _, src in entries})
+    cmp = _assert_the_rest_is_offline(sc, tmp_path, grants, rejections,
+                                      {src.split("#")[0] for entries in sent.values()
+                                       for _, src in entries})
+    poison = sum(formats_seen.values())
+    fault_report("poison_every_kind", sc, cmp, poison_records=poison,
+                 poison_outcomes=grants.num_rows + rejections.num_rows - sc.expected_outcomes,
+                 message_formats=3)
 
 
 def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
@@ -251,9 +261,13 @@ def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
         time.sleep(0.5)
         sent = asyncio.run(inject(bootstrap, prefix))
         t.join()
+        stats: dict[str, object] = {}
         grants, rejections = asyncio.run(collect(
             bootstrap, topics_for(prefix), expect=sc.expected_outcomes + extra(sent),
-            idle_timeout=20.0))
+            idle_timeout=20.0, stats=stats))
+        assert not stats.get("conflicts"), stats  # a copy is the same decision
+        LAST_STATS.clear()
+        LAST_STATS.update(stats)
         assert w.alive, "a poison message stopped the worker"
     finally:
         w.stop()
@@ -264,7 +278,7 @@ def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
 
 
 def _assert_the_rest_is_offline(sc: Scenario, tmp_path: Path, grants: pa.Table,
-                                rejections: pa.Table, poison_messages: set[str]) -> None:
+                                rejections: pa.Table, poison_messages: set[str]) -> Comparison:
     """The outcomes of every message but the poison ones are the offline result."""
     def normal(t: pa.Table) -> pa.Table:
         return t.filter(pa.array([s.split("#")[0] not in poison_messages
@@ -277,3 +291,4 @@ def _assert_the_rest_is_offline(sc: Scenario, tmp_path: Path, grants: pa.Table,
                        strict=True))
     c = compare(sc.offline.grants, sc.offline.rejections, normal_g, normal_r, mapping)
     assert c.equal, str(c)
+    return c
