@@ -82,7 +82,14 @@ def test_start_is_idempotent(kafka_broker: local.Broker) -> None:
 
 def test_broker_listens_on_loopback_only(kafka_broker: local.Broker) -> None:
     props = (kafka_broker.data_dir / local.SERVER_PROPERTIES).read_text()
-    assert f"advertised.listeners=PLAINTEXT://127.0.0.1:{kafka_broker.port}\n" in props
+    assert f"advertised.listeners=BROKER://127.0.0.1:{kafka_broker.port}\n" in props
+    # clients authenticate (SCRAM) and ACLs deny by default; only the controller
+    # listener, on loopback, is PLAINTEXT
+    assert "listener.security.protocol.map=BROKER:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT\n" \
+        in props
+    assert "allow.everyone.if.no.acl.found=false\n" in props
+    assert "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer" \
+        in props
     for line in props.splitlines():
         if line.startswith("listeners="):
             assert all("//127.0.0.1:" in url for url in line.split("=", 1)[1].split(","))
