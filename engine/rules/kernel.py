@@ -201,7 +201,10 @@ def decide(
 
     for i in range(n + 1):
         # ---- expiry: stream time passes a waiting record's deadline (streaming only)
-        if i < n and not final and typ[i] == TRANSACTION and ts[i] > stream_time:
+        # a record the campaign refuses as received too late (flag_a: LATE) does not
+        # set the clock: one far-future timestamp must not expire every wait
+        if (i < n and not final and typ[i] == TRANSACTION and ts[i] > stream_time
+                and not flag_a[i]):
             stream_time = ts[i]
         # also after the last record: a waiting record whose deadline stream time
         # has already passed must not sit until some later record arrives

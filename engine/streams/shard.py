@@ -122,7 +122,7 @@ class ShardDecider:
 
         new_st = store.meta.stream_time
         if txn is not None and txn.v.n:
-            r = txn.v.received[txn.v.received != NO_TIME]
+            r = txn.v.received[(txn.v.received != NO_TIME) & ~txn.v.flag_a]
             if len(r):
                 new_st = max(new_st, int(r.max()))
         for key, due in list(store.parked.items()):

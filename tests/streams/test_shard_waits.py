@@ -145,3 +145,15 @@ def test_stream_time_is_every_transaction_timestamp_and_no_enrollment(
     assert _reasons(res) == {"waits": "NOT_ENROLLED", None: "MALFORMED"}
     assert f.store.meta.stream_time == (T0 + 25 * H) * 1000
     f.store.close()
+
+
+def test_a_late_far_future_record_does_not_expire_every_wait(tmp_path: Path) -> None:
+    """A record received in year 9999 is LATE; it must not move stream time there
+    (which would decide every waiting record of the partition at once)."""
+    f = Feed(tmp_path)
+    assert _reasons(f.poll("transaction", [_txn("waits", T0)])) == {}
+    rogue = _txn("rogue", 253_402_300_000_000, person="Other001")  # 9999-12-31
+    res = f.poll("transaction", [rogue])
+    assert _reasons(res) == {"rogue": "LATE"}
+    assert PERSON in f.store.parked and f.store.meta.stream_time == T0 * 1000
+    f.store.close()
