@@ -38,6 +38,7 @@ from engine.streams.topics import (
     FORMAT_HEADER,
     FORMAT_JSONL,
     Topics,
+    ensure_topics,
     partition_for,
 )
 
@@ -374,7 +375,7 @@ def test_collect_dedups_orders_and_detects_conflicts(
         kafka_broker: local.Broker, topic_prefix: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     topics = Topics(prefix=topic_prefix)
-    asyncio.run(publish_mod.ensure_topics_settled(kafka_broker.bootstrap, topics, 4))
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 4))
     g1 = _grant(1, "x.transactions/2/10#3")
     g2 = _grant(2, "x.transactions/0/99")
     g3 = _grant(3, "x.transactions/2/10#0", kind="refund", points=-250, occurred_at=0)
