@@ -77,6 +77,10 @@ from engine.streams.topics import (
 )
 
 CONNECT_TIMEOUT = 30.0
+# An idempotent producer retries a send until it is stored, but gives up on a batch
+# older than this while its partition has no leader: a broker killed and restarted
+# (about 35 s on a busy machine) must not end a publish that would then be re-run.
+SEND_TIMEOUT_MS = 300_000
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 # Key, headers and record-batch framing must fit next to the value.
 MAX_VALUE_BYTES = MAX_REQUEST_BYTES - 64 * 1024
@@ -569,7 +573,7 @@ async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path 
                            f"({type(e).__name__}: {e})") from None
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, **default_client(), enable_idempotence=True, acks="all",
-        linger_ms=5,
+        linger_ms=5, request_timeout_ms=SEND_TIMEOUT_MS,
         max_request_size=MAX_REQUEST_BYTES, max_batch_size=BUILDER_BYTES,
         compression_type="lz4" if has_lz4() else None)
     counts: dict[str, Any] = {"partitions": n_parts, "enrollments": 0, "transactions": 0,

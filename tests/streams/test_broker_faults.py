@@ -129,6 +129,7 @@ def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
         assert w.alive, f"the worker died in the fault:\n{_story(tmp_path)}"
         pub.join(300)
         assert not pub.is_alive(), f"publishing did not finish:\n{_story(tmp_path)}"
+        assert pub.error is None, f"publishing failed: {pub.error!r}"
         cmp, _, _ = collect_and_compare(bootstrap, prefix, sc, tmp_path / "m.parquet",
                                         idle=60.0)
         assert w.alive and w.proc is not None and w.proc.pid == pid, \
