@@ -51,7 +51,8 @@ _COMMANDS = {
     "status": "engine.ops.status:main",
     "demo": "engine.demo:main",
     "ledger": "engine.finance.cli:main",
-    "admin": "engine.streams.rebuild:main",
+    "admin": "engine.cli:admin",
+    "archive": "engine.archive.archiver:main",
 }
 
 
@@ -69,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clean", action="store_true",
                    help="only well-formed, eligible-looking records (benchmarks)")
 
-    s = sub.add_parser("settle", help="settle enrollment and transaction files offline")
-    s.add_argument("--enrollments", required=True)
-    s.add_argument("--transactions", required=True)
+    s = sub.add_parser("settle", help="settle enrollment and transaction files, or an "
+                                      "archive, offline")
+    s.add_argument("--enrollments", default=None)
+    s.add_argument("--transactions", default=None)
+    s.add_argument("--archive", default=None, metavar="DIR",
+                   help="settle a redacted archive (mynapoint archive) instead of files")
     s.add_argument("--operators", default=None, help="operators.toml (default: shipped)")
     s.add_argument("--campaign", default=None, help="campaign.toml (default: shipped)")
     s.add_argument("--out", required=True)
@@ -144,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--campaign", default=None,
                    help="campaign.toml for the summary's cap and id (default: shipped)")
 
+    ar = sub.add_parser("archive", help="archive the input topics, redacted, to Parquet")
+    ar.add_argument("--out", required=True, metavar="DIR")
+    ar.add_argument("--follow", action="store_true",
+                    help="keep archiving new input (default: stop at the inputs' end)")
+    ar.add_argument("--broker", default=DEFAULT_BROKER)
+    ar.add_argument("--topic-prefix", default="mynapoint")
+    ar.add_argument("--client-config", default=None, metavar="F",
+                    help="Kafka client properties (security.protocol, sasl.*, ssl.*)")
+    ar.add_argument("--file-rows", type=int, default=20_000,
+                    help="messages per archive file (at most)")
+    ar.add_argument("--verify", action="store_true",
+                    help="only audit DIR against its manifest (exit 1 on a problem)")
+
     st = sub.add_parser(
         "status", help="the whole streaming engine at a glance (exit 0/1/2)",
         description="Per input partition: owning worker, committed offset, lag, stream "
@@ -170,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     _ledger_parser(sub)
 
     a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
-    a.add_argument("action", choices=["rebuild-state"],
+    a.add_argument("action", choices=["rebuild-state", "locate"],
                    help="rebuild-state: void the state of partitions and decide their "
-                        "input again from the beginning (workers must be stopped)")
+                        "input again from the beginning (workers must be stopped); "
+                        "locate: every place holding data about --mykey-id")
     a.add_argument("--partition", type=int, action="append", default=[],
                    help="partition to rebuild (repeatable; default: all)")
     a.add_argument("--broker", default=DEFAULT_BROKER)
@@ -180,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--topic-prefix", default="mynapoint")
     a.add_argument("--group", default=None,
                    help="the workers' consumer group (default: <topic-prefix>-engine)")
+    a.add_argument("--mykey-id", default=None, help="locate: the person")
+    a.add_argument("--state-dir", default=".kafka/state",
+                   help="locate: the workers' local state root")
+    a.add_argument("--archive", default=None, metavar="DIR", help="locate: an archive")
+    a.add_argument("--ledger", default=None, metavar="L.duckdb", help="locate: a ledger")
+    a.add_argument("--kafka", dest="with_kafka", action="store_true",
+                   help="locate: also read the engine's topics on --broker")
 
     d = sub.add_parser("demo", help="the main job, end to end on a local broker")
     d.add_argument("--users", type=int, default=20_000)
@@ -187,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=9092)
     d.add_argument("--offline", action="store_true", help="skip Kafka, settle offline only")
     return p
+
+
+def admin(args: argparse.Namespace) -> int:
+    module = "engine.privacy.locate" if args.action == "locate" else "engine.streams.rebuild"
+    return int(importlib.import_module(module).main(args) or 0)
 
 
 def _ledger_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -60,8 +61,11 @@ async def _stream(args, con, enr_path, txn_path, out, off, compare, summarize, r
     from engine.streams.collect import collect
     from engine.streams.process import WorkerProcess
     from engine.streams.publish import publish_files
-    from engine.streams.topics import Topics
+    from engine.streams.topics import INPUT_RETENTION_ENV, Topics
 
+    # The demo replays 2020 records, stamped with their business time, into fresh
+    # topics: Kafka counts retention from that stamp, so these topics keep them.
+    os.environ.setdefault(INPUT_RETENTION_ENV, "P36500D")
     con.rule("3. Kafka and a worker")
     was_running = local.status(args.port) is not None
     broker = local.start(args.port)

@@ -626,8 +626,10 @@ def _wait_ready(broker: Broker, log_offset: int, wait: float) -> None:
 
 
 def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60.0,
-          operators: str | Path | None = None, tls: bool = False) -> Broker:
-    """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``."""
+          operators: str | Path | None = None, tls: bool = False,
+          extra_properties: dict[str, str] | None = None) -> Broker:
+    """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``;
+    ``extra_properties`` are appended to its server.properties (tests: retention)."""
     data = Path(data_dir).resolve() if data_dir is not None else default_data_dir(port)
     java = _require("java", "install a Java 17 runtime to run the Kafka broker")
     if _broker_pid(data) is None:
@@ -657,7 +659,8 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
         creds = _new_credentials(data, data, operators, tls_dir)
         props, log4j = _write_config(data, _server_properties(
             data, port, controller_port, security.read_password(data, security.ADMIN),
-            tls_dir=tls_dir))
+            tls_dir=tls_dir) + "".join(f"{k}={v}\n"
+                                       for k, v in (extra_properties or {}).items()))
         _format(java, libs, props, log4j, None, creds)
         broker, log_offset, t0 = _launch(java, libs, data, props, log4j, JVM_OPTS,
                                          port, controller_port, 1, data)

@@ -18,7 +18,7 @@ from engine.io.readers import InputError, read_records
 from engine.ledger.summary import render, summarize_arrays
 from engine.rules.model import Campaign, Registry
 from engine.rules.settlement import decide_offline
-from engine.rules.validate import validate_enrollments, validate_transactions
+from engine.rules.validate import Validated, validate_enrollments, validate_transactions
 
 PROGRESS_MIN_BYTES = 20_000_000  # below this a run is over before a bar is worth drawing
 
@@ -51,18 +51,41 @@ def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Ca
         t_dec = bar.add_task("deciding", total=None) if bar else None
         enr = validate_enrollments(enr_shaped, campaign, registry)
         txn = validate_transactions(txn_shaped, campaign, registry)
-        d = decide_offline(enr, txn, campaign)
+        result = settle_validated(enr, enr_src, txn, txn_src, campaign, registry)
         if bar:
             bar.update(t_dec, completed=1, total=1)
-        grants = grants_table(txn, d.txn_reason, d.txn_points, d.txn_cum, d.txn_seq, txn_src,
-                              campaign.id, campaign.cap_points)
-        rej_e = rejections_table(enr, d.enr_reason, d.enr_seq, enr_src)
-        rej_t = rejections_table(txn, d.txn_reason, d.txn_seq, txn_src)
-        rejections = _merge_by_seq(rej_e, d.enr_seq[d.enr_reason > 0],
-                                   rej_t, d.txn_seq[d.txn_reason > 0])
     finally:
         if bar:
             bar.stop()
+    return result
+
+
+def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry) -> SettleResult:
+    """Settle a redacted archive (engine.archive): the records the stream read, with
+    the stream's sources; raises ArchiveError for an archive that fails its audit."""
+    from engine.archive.replay import read_archive
+    from engine.archive.store import Archive, ArchiveError
+
+    a = Archive.open(archive)
+    problems = a.verify()
+    if problems:
+        raise ArchiveError(f"{archive}: {problems[0]}"
+                           + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    enr, enr_src = read_archive(a, "enrollment", campaign, registry)
+    txn, txn_src = read_archive(a, "transaction", campaign, registry)
+    return settle_validated(enr, enr_src, txn, txn_src, campaign, registry)
+
+
+def settle_validated(enr: Validated, enr_src: pa.Array, txn: Validated, txn_src: pa.Array,
+                     campaign: Campaign, registry: Registry) -> SettleResult:
+    """Decide validated records offline (whole input) and tabulate the outcomes."""
+    d = decide_offline(enr, txn, campaign)
+    grants = grants_table(txn, d.txn_reason, d.txn_points, d.txn_cum, d.txn_seq, txn_src,
+                          campaign.id, campaign.cap_points)
+    rej_e = rejections_table(enr, d.enr_reason, d.enr_seq, enr_src)
+    rej_t = rejections_table(txn, d.txn_reason, d.txn_seq, txn_src)
+    rejections = _merge_by_seq(rej_e, d.enr_seq[d.enr_reason > 0],
+                               rej_t, d.txn_seq[d.txn_reason > 0])
     assert d.txn_person is not None
     summary = summarize_arrays([o.id for o in registry.operators], txn.op, d.txn_person,
                                txn.kind, txn.amount, d.txn_points, d.txn_reason, d.enr_reason,
@@ -83,10 +106,20 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"mynapoint settle: configuration error: {e}", file=sys.stderr)
         return 2
+    from engine.archive.store import ArchiveError
+
+    files = (args.enrollments, args.transactions)
+    if (any(files) if args.archive else not all(files)):
+        print("mynapoint settle: give --enrollments and --transactions, or --archive",
+              file=sys.stderr)
+        return 2
     try:
-        result = settle_files(args.enrollments, args.transactions, campaign, registry,
-                              progress=not args.quiet and sys.stderr.isatty())
-    except InputError as e:
+        if args.archive:
+            result = settle_archive(args.archive, campaign, registry)
+        else:
+            result = settle_files(args.enrollments, args.transactions, campaign, registry,
+                                  progress=not args.quiet and sys.stderr.isatty())
+    except (InputError, ArchiveError) as e:
         print(f"mynapoint settle: input error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)

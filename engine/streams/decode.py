@@ -19,7 +19,7 @@ import pyarrow as pa
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io.readers import BadRecord, load_record, split_lines
 from engine.rules.model import NO_TIME, Campaign, Registry
-from engine.rules.strings import END_US, json_facts
+from engine.rules.strings import END_US, is_individual_number, json_facts
 from engine.rules.validate import (
     Shaped,
     Validated,
@@ -117,8 +117,11 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 bad[obj.kind] = bad.get(obj.kind, 0) + 1
             elif isinstance(obj, dict) and origin is None:
                 # in Kafka the record timestamp *is* received_at (set to null rather
-                # than removed: shaping compares the object's size with its text)
-                if "received_at" in obj:
+                # than removed: shaping compares the object's size with its text), but
+                # an Individual Number there must still reach check 1
+                ra = obj.get("received_at")
+                if "received_at" in obj and not (isinstance(ra, str)
+                                                 and is_individual_number(ra)):
                     obj["received_at"] = None
                 # the key is only a routing hint: records are placed by their mykey_id
                 mykey = obj.get("mykey_id")

@@ -29,6 +29,27 @@ CHANGELOG_MAX_BYTES = 8 << 20  # a person's state at its limit fits (docs/DECISI
 FORMAT_JSONL = b"jsonl"
 FORMAT_ARROW = b"arrow-ipc"
 MAX_RECORDS_PER_MESSAGE = 65_535  # the record index shares an int64 with the offset
+MAX_RECORD_BYTES = 1 << 20  # a record larger than this is MALFORMED (worker and archive)
+# How long the broker keeps raw input (docs/PRIVACY.md): a deployment setting, ISO 8601.
+INPUT_RETENTION_ENV = "MYNAPOINT_INPUT_RETENTION"
+DEFAULT_INPUT_RETENTION = "P7D"
+
+
+def input_retention_ms() -> int:
+    """The input topics' retention in ms, from ``$MYNAPOINT_INPUT_RETENTION`` (P7D)."""
+    import os
+
+    from engine.config import parse_duration
+
+    text = os.environ.get(INPUT_RETENTION_ENV) or DEFAULT_INPUT_RETENTION
+    try:
+        ms = parse_duration(text) // 1000
+    except ValueError:
+        ms = 0
+    if ms <= 0:
+        raise ValueError(f"{INPUT_RETENTION_ENV} must be a positive ISO 8601 duration like "
+                         f"P7D, got {text[:40]!r}")
+    return ms
 
 
 @dataclass(frozen=True)
@@ -135,7 +156,8 @@ async def replication_settings(admin: AIOKafkaAdminClient) -> tuple[int, dict[st
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
-                        changelog: bool = True, settle_seconds: float = 15.0) -> int:
+                        changelog: bool = True, settle_seconds: float = 15.0,
+                        input_configs: dict[str, str] | None = None) -> int:
     """Create missing topics; return the partition count in use.
 
     Existing topics decide the count; if inputs and outputs disagree the worker
@@ -144,6 +166,8 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
     leader yet, so this waits until every partition has a leader.
     ``changelog=False`` (publishers) touches the input topics only: a publisher
     (an operator) may neither see the outputs nor the engine's own topics (ACLs).
+    Raw input (the input and re-routing topics) is kept for
+    :func:`input_retention_ms`, plus ``input_configs`` (tests: segment sizes).
     """
     import asyncio
     import time
@@ -168,16 +192,17 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
             partitions = existing[topics.transactions]
         elif topics.enrollments in existing:
             partitions = existing[topics.enrollments]
-        # Records carry their business time (received_at) as CreateTime, so time-based
-        # retention would delete a replayed archive as soon as it lands: keep forever
-        # and leave retention to the operators' own policy.
-        keep = {"retention.ms": "-1"}
-        changelog_cfg = {"cleanup.policy": "compact",
-                         "max.message.bytes": str(CHANGELOG_MAX_BYTES)}
+        # Raw input may hold what must not be kept (an Individual Number sent by
+        # mistake): bounded retention; the redacted archive is what replays read
+        # (docs/PRIVACY.md). Outcomes hold no raw input and are kept.
+        raw = {"retention.ms": str(input_retention_ms()), **(input_configs or {})}
+        raw_topics = (*topics.inputs, topics.reroute_enrollments, topics.reroute_transactions)
+        configs = {t: raw for t in raw_topics}
+        configs[topics.changelog] = {"cleanup.policy": "compact",
+                                     "max.message.bytes": str(CHANGELOG_MAX_BYTES)}
         replicas, durability = await replication_settings(admin)
         new = [NewTopic(t, partitions, replicas,
-                        topic_configs={**durability, **(changelog_cfg if t == topics.changelog
-                                                        else keep)})
+                        topic_configs={**durability, **configs.get(t, {"retention.ms": "-1"})})
                for t in wanted if t not in existing]
         if new:
             # another worker may win the race; the count check below still applies

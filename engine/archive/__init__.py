@@ -1,0 +1,1 @@
+"""The redacted archive of the raw input: the system of record for replays."""

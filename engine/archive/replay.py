@@ -1,0 +1,112 @@
+"""Replaying the archive: its messages back into validated record batches.
+
+Each archived message is rebuilt (position, timestamp, key, headers, redacted
+value) and decoded by the stream's own decoder, so every record gets the source
+``topic/partition/offset[#i]`` and the ``received_at`` it had in the stream; the
+flagged records then take the verdict the stream gave them from the flag (the
+Individual Number that caused it is gone). ``mynapoint settle --archive``
+decides the result offline, like any whole input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+
+from engine.archive.redact import MESSAGE, null_where
+from engine.archive.store import Archive
+from engine.io.readers import split_lines
+from engine.rules.model import Campaign, Reason, Registry
+from engine.rules.validate import Validated
+from engine.streams.decode import InBatch, concat_batches, decode_messages, empty_validated
+from engine.streams.topics import MAX_RECORD_BYTES
+
+
+@dataclass
+class Msg:
+    """What :func:`decode_messages` reads of a Kafka message."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+# What a flagged JSON record is replayed as: a value that is not an object, which the
+# decoder shapes exactly like a record rejected at check 1 (no field is read); the
+# flag then gives it the stream's verdict.
+_STAND_IN = b'"[REDACTED]"'
+
+
+def _stand_in(fmt: str, value: bytes | None, indexes: list[int]) -> bytes | None:
+    if not indexes or value is None:
+        return value
+    if fmt == "record" and MESSAGE in indexes:
+        return _STAND_IN
+    if fmt == "jsonl" and MESSAGE not in indexes:
+        lines, _ = split_lines(value)
+        for i in indexes:
+            lines[i] = _STAND_IN
+        return b"".join(line + b"\n" for line in lines)
+    return value
+
+
+def messages(table: pa.Table) -> list[Msg]:
+    cols = {name: table.column(name).to_pylist()
+            for name in ("topic", "partition", "offset", "timestamp", "key", "value", "headers",
+                         "format", "flags")}
+    return [Msg(t, p, o, ts, k, _stand_in(fmt, v, [f["index"] for f in fl]),
+                [(h["key"], h["value"] or b"") for h in hs])
+            for t, p, o, ts, k, v, hs, fmt, fl in zip(
+                cols["topic"], cols["partition"], cols["offset"], cols["timestamp"],
+                cols["key"], cols["value"], cols["headers"], cols["format"], cols["flags"],
+                strict=True)]
+
+
+def flagged(table: pa.Table) -> dict[str, tuple[int, str]]:
+    """source -> (reason code, detail) of the table's flagged records."""
+    out: dict[str, tuple[int, str]] = {}
+    for t, p, o, fl in zip(*(table.column(c).to_pylist()
+                             for c in ("topic", "partition", "offset", "flags")), strict=True):
+        for f in fl:
+            src = f"{t}/{p}/{o}" + (f"#{f['index']}" if f["index"] != MESSAGE else "")
+            out[src] = (int(Reason[f["reason"]]), f["detail"])
+    return out
+
+
+def apply_flags(b: InBatch, flags: dict[str, tuple[int, str]]) -> InBatch:
+    """The stream's verdict for flagged records. A record rejected for an
+    Individual Number shows no txn_id/operator_id/mykey_id, like in the stream."""
+    if not flags:
+        return b
+    v = b.v
+    reason = v.reason.copy()
+    detail = v.detail.copy()
+    pnf = np.zeros(v.n, dtype=np.bool_)
+    for i, src in enumerate(b.source):
+        f = flags.get(src)
+        if f is not None:
+            reason[i], detail[i] = f
+            pnf[i] = f[0] == Reason.PERSONAL_NUMBER_FORBIDDEN
+    fields = {k: null_where(getattr(v, k), pnf)
+              for k in ("mykey_id", "operator_id", "txn_id", "original_txn_id")}
+    b.v = replace(v, reason=reason, detail=detail, **fields)
+    return b
+
+
+def read_archive(archive: Archive, record_type: str, campaign: Campaign,
+                 registry: Registry) -> tuple[Validated, pa.Array]:
+    """All archived records of a type, validated, with their stream sources."""
+    parts: list[InBatch] = []
+    for table in archive.tables(record_type):
+        b = decode_messages(messages(table), record_type, campaign, registry, MAX_RECORD_BYTES)
+        parts.append(apply_flags(b, flagged(table)))
+    batch = concat_batches(parts)
+    if batch is None:
+        return empty_validated(record_type), pa.array([], type=pa.string())
+    return batch.v, pa.array(batch.source, type=pa.string())

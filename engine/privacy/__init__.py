@@ -1,0 +1,1 @@
+"""What the engine holds about a person, and where (docs/PRIVACY.md)."""

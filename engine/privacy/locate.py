@@ -1,0 +1,209 @@
+"""``mynapoint admin locate --mykey-id ID``: where the engine holds data about a person.
+
+The first step of honouring a deletion request (docs/PRIVACY.md). It reads, never
+writes: the workers' local state checkpoints (RocksDB, opened read-only, so running
+workers are not disturbed), the archive's files, and every table of a DuckDB
+ledger that has a ``mykey_id`` column. With ``--broker`` it also reads the
+engine's Kafka topics: the state changelog, the outcome topics and the raw input
+still within retention (all keyed by ``mykey_id``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.kafka.client_config import default_client
+from engine.rules.strings import is_individual_number
+
+
+@dataclass
+class Place:
+    kind: str       # state | archive | ledger | kafka
+    where: str      # a path, a table, a topic
+    what: str       # what is held there, counted
+
+
+def _valid_id(text: str) -> bool:
+    return len(text) == 8 and text.isascii() and text.isalnum()
+
+
+def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
+    """Every local state checkpoint (``<state-dir>/<group>/slot-N/pP``) holding the person."""
+    from rocksdict import AccessType, Options, Rdict
+
+    from engine.streams.state import decode_person
+
+    out: list[Place] = []
+    if not state_dir.exists():
+        return out
+    for cur in sorted(state_dir.rglob("CURRENT")):
+        db_dir = cur.parent
+        try:
+            db = Rdict(str(db_dir), options=Options(raw_mode=True),
+                       access_type=AccessType.read_only())
+        except Exception as e:  # not a store, or one being written: say so, go on
+            out.append(Place("state", str(db_dir), f"not readable ({type(e).__name__})"))
+            continue
+        try:
+            raw = db.get(mykey_id.encode())
+        finally:
+            db.close()
+        if raw is None:
+            continue
+        st = decode_person(raw)
+        enrolled = f"enrolled with {st.enr_op}" if st.enr_op else "not enrolled"
+        out.append(Place("state", str(db_dir),
+                         f"{enrolled}; {len(st.txns)} transactions, {len(st.parked)} waiting, "
+                         f"spending {st.c} yen"))
+    return out
+
+
+def in_archive(archive_dir: Path, mykey_id: str) -> list[Place]:
+    """Archive files with messages that mention the person (key or content)."""
+    from engine.archive.store import Archive
+
+    needle = mykey_id.encode()
+    a = Archive.open(archive_dir)
+    out: list[Place] = []
+    for e in a.files():
+        t = a.read(e)
+        offsets = [o for o, k, v in zip(t.column("offset").to_pylist(), t.column("key").to_pylist(),
+                                        t.column("value").to_pylist(), strict=True)
+                   if (k is not None and needle in k) or (v is not None and needle in v)]
+        if offsets:
+            shown = ", ".join(str(o) for o in offsets[:10]) + (" ..." if len(offsets) > 10 else "")
+            out.append(Place("archive", str(archive_dir / str(e.file)),
+                             f"{len(offsets)} messages of {e.topic}/{e.partition} "
+                             f"(offsets {shown})"))
+    return out
+
+
+def in_ledger(ledger: Path, mykey_id: str) -> list[Place]:
+    """Rows of every table of a DuckDB file that has a ``mykey_id`` column."""
+    import duckdb
+
+    out: list[Place] = []
+    con = duckdb.connect(str(ledger), read_only=True)
+    try:
+        tables = con.execute(
+            "SELECT table_schema, table_name FROM information_schema.columns "
+            "WHERE column_name = 'mykey_id' ORDER BY 1, 2").fetchall()
+        for schema, table in tables:
+            name = f'"{schema}"."{table}"'
+            row = con.execute(f"SELECT count(*) FROM {name} WHERE mykey_id = ?",
+                              [mykey_id]).fetchone()
+            n = int(row[0]) if row else 0
+            if n:
+                out.append(Place("ledger", f"{ledger}:{schema}.{table}", f"{n} rows"))
+    finally:
+        con.close()
+    return out
+
+
+async def in_kafka(bootstrap: str, prefix: str, group: str, mykey_id: str) -> list[Place]:
+    """Records keyed by the person on the engine's topics (changelog: the latest
+    value counts; a tombstone means nothing is held)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from engine.streams.topics import Topics
+
+    t = Topics(prefix, group)
+    key = mykey_id.encode()
+    out: list[Place] = []
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                         auto_offset_reset="earliest", **default_client())
+    await c.start()
+    try:
+        await c._client.force_metadata_update()
+        # before any assign(), which narrows the client's metadata to its topics
+        every = {topic: [TopicPartition(topic, p)
+                         for p in sorted(c.partitions_for_topic(topic) or ())]
+                 for topic in (t.changelog, t.grants, t.rejections, *t.inputs)}
+        for topic, tps in every.items():
+            if not tps:
+                continue
+            c.assign(tps)
+            ends = await c.end_offsets(tps)
+            for tp in tps:
+                c.seek(tp, 0)  # below the log start: reset to the earliest kept
+            hits = 0
+            latest: bytes | None = None
+            left = {tp for tp in tps if ends[tp] > 0}
+            idle_until = time.monotonic() + 10.0
+            while left and time.monotonic() < idle_until:
+                got = await c.getmany(*left, timeout_ms=500, max_records=10_000)
+                if got:
+                    idle_until = time.monotonic() + 10.0
+                for tp, msgs in got.items():
+                    for m in msgs:
+                        if m.key == key:
+                            hits += 1
+                            latest = m.value
+                    if msgs and msgs[-1].offset + 1 >= ends[tp]:
+                        left.discard(tp)
+            if topic == t.changelog:
+                if latest is not None:
+                    out.append(Place("kafka", topic, "the person's state (latest record)"))
+            elif hits:
+                out.append(Place("kafka", topic, f"{hits} records keyed by the person"))
+    finally:
+        await c.stop()
+    return out
+
+
+def locate(mykey_id: str, state_dir: Path | None, archive: Path | None, ledger: Path | None,
+           kafka: tuple[str, str, str] | None = None) -> list[Place]:
+    places: list[Place] = []
+    if state_dir is not None:
+        places += in_state(state_dir, mykey_id)
+    if archive is not None:
+        places += in_archive(archive, mykey_id)
+    if ledger is not None:
+        places += in_ledger(ledger, mykey_id)
+    if kafka is not None:
+        places += asyncio.run(in_kafka(*kafka, mykey_id))
+    return places
+
+
+def main(args: argparse.Namespace) -> int:
+    who = args.mykey_id or ""
+    if is_individual_number(who):
+        # never echo it; the engine does not look people up by Individual Number
+        print("mynapoint admin locate: that is an Individual Number; give the person's "
+              "MyKey ID", file=sys.stderr)
+        return 2
+    if not _valid_id(who):
+        print("mynapoint admin locate: --mykey-id must be exactly 8 characters [0-9A-Za-z]",
+              file=sys.stderr)
+        return 2
+    for flag, path in (("--archive", args.archive), ("--ledger", args.ledger)):
+        if path is not None and not Path(path).exists():
+            print(f"mynapoint admin locate: {flag} {path}: no such file or directory",
+                  file=sys.stderr)
+            return 2
+    from engine.archive.store import ArchiveError
+
+    kafka: Any = None
+    if args.with_kafka:
+        kafka = (args.broker, args.topic_prefix, args.group or "")
+    try:
+        places = locate(who, Path(args.state_dir) if args.state_dir else None,
+                        Path(args.archive) if args.archive else None,
+                        Path(args.ledger) if args.ledger else None, kafka)
+    except ArchiveError as e:
+        print(f"mynapoint admin locate: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a foreign DuckDB file, an unreachable broker: one line
+        print(f"mynapoint admin locate: cannot read ({type(e).__name__}: "
+              f"{str(e).splitlines()[0][:200] if str(e) else ''})", file=sys.stderr)
+        return 2
+    for p in places:
+        print(f"{p.kind}\t{p.where}\t{p.what}")
+    print(f"{len(places)} places hold data about {who}")
+    return 0

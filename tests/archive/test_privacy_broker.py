@@ -1,0 +1,255 @@
+"""Individual Numbers against the real broker: after a run with the number in every
+place a message can carry it, only the raw input segments hold it, and a
+test-sized retention deletes those."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from engine.archive.archiver import archive
+from engine.archive.store import Archive
+from engine.cli import main as cli
+from engine.kafka import local
+from engine.kafka.client_config import default_client
+from engine.streams.collect import collect
+from engine.streams.topics import (
+    FORMAT_ARROW,
+    FORMAT_HEADER,
+    FORMAT_JSONL,
+    ensure_topics,
+    partition_for,
+)
+from tests.streams.harness import PARTITIONS, topics_for, worker
+
+pytestmark = pytest.mark.kafka
+
+NUMBER = "123456789018"
+N_BYTES = NUMBER.encode()
+WHEN = "2020-09-02T12:00:00+09:00"
+WHEN_MS = 1599015600000
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _txn(i: int, **extra: object) -> dict[str, object]:
+    rec: dict[str, object] = {"txn_id": f"T{i}", "operator_id": "paypay",
+                              "mykey_id": "Zz00aa50", "kind": "purchase", "amount": 1000,
+                              "occurred_at": WHEN}
+    rec.update(extra)
+    return rec
+
+
+def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """(topic, key, value, headers): the number in every field position."""
+    t = topics_for(prefix)
+    enr = {"mykey_id": "Zz00aa50", "operator_id": "paypay", "applied_at": WHEN}
+    out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = [
+        (t.enrollments, b"Zz00aa50", orjson.dumps(enr), []),
+        (t.enrollments, b"Zz00aa51", orjson.dumps({**enr, "mykey_id": "Zz00aa51",
+                                                   "earn_on": NUMBER}), []),
+        # a valid misrouted record, so the re-routing topic is used (and scanned)
+        (t.enrollments, b"Zz00aa50", orjson.dumps({**enr, "mykey_id": "Zz00aa52"}), []),
+    ]
+    places: list[dict[str, object]] = [
+        {"mykey_id": NUMBER}, {"txn_id": NUMBER}, {"operator_id": NUMBER}, {"kind": NUMBER},
+        {"amount": NUMBER}, {"occurred_at": NUMBER}, {"original_txn_id": NUMBER},
+        {"received_at": NUMBER}, {"note": NUMBER}, {"extra": {"a": [1, {"b": NUMBER}]}},
+        {NUMBER: "a field name"}, {"nested": {NUMBER: 1}},
+    ]
+    for i, place in enumerate(places):
+        rec = _txn(i, **place)
+        key = str(rec["mykey_id"]).encode()
+        out.append((t.transactions, key, orjson.dumps(rec), []))
+    # misrouted (a wrong key) and holding the number: rejected where read, not re-routed
+    out.append((t.transactions, b"Zz00aa99", orjson.dumps(_txn(20, note=NUMBER)), []))
+    out.append((t.transactions, N_BYTES, orjson.dumps(_txn(21)), []))          # key
+    out.append((t.transactions, b"Zz00aa22", orjson.dumps(_txn(22)),
+                [("trace", N_BYTES), (NUMBER, b"x")]))                           # headers
+    chunk = b"\n".join(orjson.dumps(_txn(30 + i, **p)) for i, p in enumerate(places[:4]))
+    out.append((t.transactions, b"Zz00aa30", chunk, [(FORMAT_HEADER, FORMAT_JSONL)]))
+    table = pa.table({"txn_id": ["A1", "A2"], "operator_id": ["paypay"] * 2,
+                      "mykey_id": ["Zz00aa50", NUMBER], "kind": ["purchase"] * 2,
+                      "amount": pa.array([100, 200], pa.int64()), "occurred_at": [WHEN] * 2,
+                      "tags": pa.array([["x"], [NUMBER]], pa.list_(pa.string()))})
+    out.append((t.transactions, b"Zz00aa40", _ipc(table), [(FORMAT_HEADER, FORMAT_ARROW)]))
+    out.append((t.transactions, b"Zz00aa41", _ipc(pa.table({NUMBER: ["v"]})),
+                [(FORMAT_HEADER, FORMAT_ARROW)]))                                # column name
+    return out
+
+
+# outcomes of _messages: one per transaction record (12 + 3 + 4 + 2 + 1) and the one
+# rejected enrollment; accepted enrollments have none
+OUTCOMES = 23
+
+
+async def _produce(bootstrap: str, msgs: list[tuple[str, bytes | None, bytes,
+                                                    list[tuple[str, bytes]]]],
+                   ts: int | None = None) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
+    await p.start()
+    try:
+        for topic, key, value, headers in msgs:
+            await p.send_and_wait(topic, value, key=key, headers=headers, timestamp_ms=ts,
+                                  partition=partition_for(key or b"", PARTITIONS))
+    finally:
+        await p.stop()
+
+
+def _holders(root: Path) -> list[str]:
+    """Files under root whose bytes contain the number."""
+    if not root.exists():
+        return []
+    return sorted(str(f.relative_to(root)) for f in root.rglob("*")
+                  if f.is_file() and N_BYTES in f.read_bytes())
+
+
+def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_prefix,
+                                                           tmp_path: Path, capsys) -> None:
+    prefix = topic_prefix()
+    msgs = _messages(prefix)
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path / "w").start()
+    try:
+        asyncio.run(_produce(kafka_broker.bootstrap, msgs, ts=WHEN_MS))
+        grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics_for(prefix),
+                                                 expect=OUTCOMES, idle_timeout=30.0))
+        asyncio.run(archive(kafka_broker.bootstrap, topics_for(prefix), str(tmp_path / "ar")))
+    finally:
+        w.stop()
+    assert grants.num_rows + rejections.num_rows == OUTCOMES
+    assert grants.num_rows == 3  # T21 (number in the key), T22 (in headers), A1
+    pnf = rejections.filter(pa.compute.equal(rejections["reason"],
+                                             "PERSONAL_NUMBER_FORBIDDEN")).num_rows
+    assert pnf == 20  # every other record, received_at of a one-record message included
+    data = kafka_broker.data_dir / "data"
+    mine = [d for d in data.iterdir() if d.name.startswith(prefix + ".")]
+    names = {d.name.rsplit("-", 1)[0] for d in mine}
+    t = topics_for(prefix)
+    # the scan covers outputs, changelog and re-routing topics, all with data
+    assert {t.grants, t.rejections, t.changelog, t.reroute_enrollments} <= names
+    assert any(f.suffix == ".log" and f.stat().st_size > 0 for d in mine
+               if d.name.startswith(t.reroute_enrollments + "-") for f in d.iterdir())
+    raw = [h for d in mine for h in _holders(d)
+           if d.name.rsplit("-", 1)[0] in t.inputs]
+    others = [f"{d.name}/{h}" for d in mine for h in _holders(d)
+              if d.name.rsplit("-", 1)[0] not in t.inputs]
+    assert raw, "the raw input segments hold the number (the scan can find it)"
+    assert others == []
+    assert _holders(tmp_path / "w") == []   # state directory and the worker's log
+    assert _holders(tmp_path / "ar") == []  # the archive
+    a = Archive.open(tmp_path / "ar")
+    assert a.verify() == [] and sum(e.rows for e in a.files()) == len(msgs)
+    # the erasure report finds the enrolled person everywhere the engine keeps them
+    assert cli(["admin", "locate", "--mykey-id", "Zz00aa50", "--state-dir",
+                str(tmp_path / "w" / "state"), "--archive", str(tmp_path / "ar"), "--kafka",
+                "--broker", kafka_broker.bootstrap, "--topic-prefix", prefix,
+                "--group", f"{prefix}-engine"]) == 0
+    report = capsys.readouterr().out
+    kinds = {(line.split("\t")[0], line.split("\t")[1].split("/")[-1].split(":")[0])
+             for line in report.splitlines()[:-1]}
+    assert {k for k, _ in kinds} == {"state", "archive", "kafka"}, report
+    assert {w for k, w in kinds if k == "kafka"} == {t.changelog, t.grants, t.enrollments,
+                                                     t.transactions}, report
+
+
+def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
+        topic_prefix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = local.free_port()
+    data_dir = tmp_path / "broker"
+    broker = local.start(port=port, data_dir=data_dir, wait=120.0,
+                         extra_properties={"log.retention.check.interval.ms": "500"})
+    try:
+        monkeypatch.setenv("MYNAPOINT_INPUT_RETENTION", "PT3S")
+        prefix = topic_prefix()
+        t = topics_for(prefix)
+        asyncio.run(ensure_topics(broker.bootstrap, t, PARTITIONS, input_configs={
+            "segment.ms": "500", "file.delete.delay.ms": "0"}))
+        now = int(time.time() * 1000)
+        enr = {"mykey_id": "Zz00aa50", "operator_id": "paypay", "applied_at": WHEN}
+        first = [(t.enrollments, b"Zz00aa50", orjson.dumps(enr), []),
+                 (t.transactions, b"Zz00aa50", orjson.dumps(_txn(1, mykey_id="Zz00aa50",
+                                                                 note=NUMBER)), [])]
+        w = worker(broker.bootstrap, prefix, tmp_path / "w").start()
+        try:
+            asyncio.run(_produce(broker.bootstrap, first, ts=now))
+            _, rej = asyncio.run(collect(broker.bootstrap, t, expect=1, idle_timeout=10.0))
+            assert rej.column("reason").to_pylist() == ["PERSONAL_NUMBER_FORBIDDEN"]
+            asyncio.run(archive(broker.bootstrap, t, str(tmp_path / "ar")))
+        finally:
+            w.stop()
+        inputs = [d for d in (data_dir / "data").iterdir()
+                  if d.name.rsplit("-", 1)[0] in t.inputs]
+        assert any(_holders(d) for d in inputs)
+        deadline = time.monotonic() + 90
+        k = 0
+        while any(_holders(d) for d in inputs):
+            assert time.monotonic() < deadline, [_holders(d) for d in inputs]
+            # later records roll the segments (segment.ms counts record timestamps)
+            k += 1
+            asyncio.run(_produce(broker.bootstrap, [(t.enrollments, b"Zz00aa60", orjson.dumps(
+                {**enr, "mykey_id": "Zz00aa60"}), []), (t.transactions, b"Zz00aa50",
+                orjson.dumps(_txn(100 + k, mykey_id="Zz00aa60")), [])]))
+            time.sleep(1.0)
+        # an archive started only now lists what retention took as a known hole
+        late = asyncio.run(archive(broker.bootstrap, t, str(tmp_path / "late")))
+        assert late["deleted_before_archived"] >= 2
+        holes = [e for e in Archive.open(tmp_path / "late").entries if e.file is None]
+        assert holes and Archive.open(tmp_path / "late").verify() == []
+        # the archive keeps the record, redacted and flagged
+        a = Archive.open(tmp_path / "ar")
+        assert a.verify() == [] and _holders(tmp_path / "ar") == []
+        flags = [f for e in a.files() for fl in a.read(e).column("flags").to_pylist()
+                 for f in fl]
+        assert [f["reason"] for f in flags] == ["PERSONAL_NUMBER_FORBIDDEN"]
+    finally:
+        local.stop(port=port, data_dir=data_dir)
+
+
+def test_input_topics_get_the_bounded_default_retention(kafka_broker, topic_prefix,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    monkeypatch.delenv("MYNAPOINT_INPUT_RETENTION", raising=False)
+    t = topics_for(topic_prefix)
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, t, PARTITIONS))
+
+    async def retention() -> dict[str, str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap,
+                                    **default_client())
+        await admin.start()
+        try:
+            names = [t.enrollments, t.transactions, t.reroute_enrollments, t.grants,
+                     t.rejections]
+            res = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+            out: dict[str, str] = {}
+            for r in res:
+                for res_obj in r.to_object()["resources"]:
+                    for entry in res_obj["config_entries"]:
+                        if entry["config_names"] == "retention.ms":
+                            out[res_obj["resource_name"]] = entry["config_value"]
+            return out
+        finally:
+            await admin.close()
+
+    got = asyncio.run(retention())
+    week = str(7 * 24 * 3600 * 1000)
+    assert got == {t.enrollments: week, t.transactions: week, t.reroute_enrollments: week,
+                   t.grants: "-1", t.rejections: "-1"}
+    monkeypatch.setenv("MYNAPOINT_INPUT_RETENTION", "P0D")
+    with pytest.raises(ValueError, match="positive ISO 8601 duration"):
+        asyncio.run(ensure_topics(kafka_broker.bootstrap, topics_for(topic_prefix()),
+                                  PARTITIONS))
