@@ -17,7 +17,7 @@ from engine.archive.archiver import archive
 from engine.archive.store import Archive
 from engine.cli import main as cli
 from engine.kafka import local
-from engine.kafka.client_config import default_client
+from engine.kafka.client_config import ENV, default_client
 from engine.streams.collect import collect
 from engine.streams.topics import (
     FORMAT_ARROW,
@@ -169,6 +169,7 @@ def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
     data_dir = tmp_path / "broker"
     broker = local.start(port=port, data_dir=data_dir, wait=120.0,
                          extra_properties={"log.retention.check.interval.ms": "500"})
+    monkeypatch.setenv(ENV, str(broker.credentials()))  # a secured broker of its own
     try:
         monkeypatch.setenv("MYNAPOINT_INPUT_RETENTION", "PT3S")
         prefix = topic_prefix()
