@@ -95,7 +95,7 @@ def test_every_deploy_file_parses() -> None:
 
 
 def test_services() -> None:
-    assert set(compose()["services"]) == {"kafka", "worker", "prometheus", "grafana"}
+    assert set(compose()["services"]) == {"kafka", "worker", "archiver", "prometheus", "grafana"}
     assert service("kafka")["image"] == "apache/kafka:3.9.1"
     assert service("prometheus")["image"].startswith("prom/prometheus:")
     assert service("grafana")["image"].startswith("grafana/grafana:")
