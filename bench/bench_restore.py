@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_settle import machine, write_section  # noqa: E402
 from engine.kafka import local  # noqa: E402
+from engine.kafka.client_config import default_client  # noqa: E402
 from engine.streams.process import WorkerProcess  # noqa: E402
 from engine.streams.state import META_KEY, PersonState, ShardMeta, TxnEntry, encode  # noqa: E402
 from engine.streams.topics import Topics, ensure_topics  # noqa: E402
@@ -44,7 +45,7 @@ def person(i: int) -> tuple[bytes, bytes]:
 
 
 async def fill(bootstrap: str, topics: Topics, people: int) -> int:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20,
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks=1, linger_ms=20,
                          max_batch_size=1 << 20)
     await p.start()
     try:
@@ -68,7 +69,8 @@ async def fill(bootstrap: str, topics: Topics, people: int) -> int:
 
 
 async def bare_read(bootstrap: str, topics: Topics) -> tuple[int, float]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, max_partition_fetch_bytes=16 << 20)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                         max_partition_fetch_bytes=16 << 20)
     await c.start()
     try:
         tp = TopicPartition(topics.changelog, 0)

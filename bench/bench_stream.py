@@ -73,6 +73,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from engine.config import DEFAULT_REGISTRY, load_campaign  # noqa: E402
 from engine.generate import generate_tables, write_parquet  # noqa: E402
 from engine.kafka import local  # noqa: E402
+from engine.kafka.client_config import default_client  # noqa: E402
 from engine.ledger.settle import settle_files  # noqa: E402
 from engine.streams.process import WorkerProcess  # noqa: E402
 from engine.streams.publish import publish_files  # noqa: E402
@@ -265,7 +266,7 @@ async def wait_outcomes(bootstrap: str, tps: list[TopicPartition], expected: int
     sum is the message count. Returns detection time, first/last outcome time.
     ``max_seconds`` > 0 stops watching early (``partial``), for profiles."""
     t_start = time.monotonic()
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), enable_auto_commit=False,
                          auto_offset_reset="earliest")
     await c.start()
     try:
@@ -310,7 +311,7 @@ async def wait_outcomes(bootstrap: str, tps: list[TopicPartition], expected: int
 
 
 async def topic_ends(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
     await c.start()
     try:
         return dict(await c.end_offsets(tps))
@@ -321,7 +322,7 @@ async def topic_ends(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPar
 async def wait_committed(bootstrap: str, group: str, ends: dict[TopicPartition, int],
                          timeout: float = 120.0) -> float:
     """Wait until ``group`` has committed the given end offsets; returns seconds waited."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     t0 = time.monotonic()
     try:
@@ -540,10 +541,11 @@ async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]
                        rate: float, seconds: float, warmup: float) -> dict[str, Any]:
     """Send ``rows`` at ``rate`` for ``warmup + seconds``; latencies of the records
     sent during the warm-up are reported apart (``all_*``)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all",
                                 enable_idempotence=True, linger_ms=0,
                                 max_batch_size=1 << 20)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                                enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
     await producer.start()
     await consumer.start()
@@ -715,7 +717,7 @@ def faust_run(bootstrap: str, ds: Dataset, n: int) -> dict[str, Any]:
     out_topic = f"{name}.faust-outcomes"
 
     async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
         await admin.start()
         try:
             await admin.create_topics([NewTopic(out_topic, PARTITIONS, 1)])

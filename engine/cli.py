@@ -31,7 +31,14 @@ KAFKA_ACTIONS = {
     "stop": "stop the local broker (or cluster) started for PORT",
     "status": "exit 0 if the local broker (every node of a cluster) for PORT runs and "
               "answers, else 1",
+    "add-operator": "a new operator ID on the running local broker: SCRAM user, "
+                    "password, ACLs (no restart); prints its properties file",
+    "credentials": "print the path of PRINCIPAL's Kafka client properties file "
+                   "(admin, engine, finance or an operator id)",
 }
+CLIENT_CONFIG_HELP = ("Kafka client properties (security.protocol, sasl.mechanism, "
+                      "sasl.jaas.config, ssl.*), as the Java tools' --command-config; "
+                      "default $MYNAPOINT_CLIENT_CONFIG, else plaintext")
 
 # command name -> "module:function"; the function takes the parsed args, returns exit code
 _COMMANDS = {
@@ -78,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kafka", help="local Kafka broker or cluster (loopback only)",
         description="A local Kafka broker (or a KRaft cluster of N brokers) for development,\n"
                     "tests and the demo, bound to 127.0.0.1, data in .kafka/.\n\nactions:\n"
-                    + "\n".join(f"  {a:<8}{h}" for a, h in KAFKA_ACTIONS.items()),
+                    + "\n".join(f"  {a:<14}{h}" for a, h in KAFKA_ACTIONS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("action", choices=list(KAFKA_ACTIONS), metavar="ACTION",
                    help="one of: " + ", ".join(KAFKA_ACTIONS) + " (see above)")
@@ -87,11 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "PORT+i-1)")
     k.add_argument("--brokers", type=int, default=1,
                    help="start a KRaft cluster of N brokers (replication factor min(3, N))")
+    k.add_argument("principal", nargs="?", default=None, metavar="PRINCIPAL",
+                   help="credentials: whose properties file; add-operator: the new id")
+    k.add_argument("--tls", action="store_true",
+                   help="start: SASL_SSL with a CA and certificate made by "
+                        "scripts/make-certs.sh (in the data dir's tls/)")
+    k.add_argument("--operators", default=None,
+                   help="operators.toml: one SCRAM principal per operator (default: shipped)")
 
     w = sub.add_parser("worker", help="run a streaming settlement worker")
     w.add_argument("--operators", default=None)
     w.add_argument("--campaign", default=None)
     w.add_argument("--broker", default=DEFAULT_BROKER)
+    w.add_argument("--client-config", default=None, metavar="FILE", help=CLIENT_CONFIG_HELP)
     w.add_argument("--partitions", type=int, default=8,
                    help="partition count for topics the worker creates")
     w.add_argument("--group", default=None,
@@ -111,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--batch", type=int, default=1000,
                     help="records per message (1 = one JSON record per message)")
     pb.add_argument("--broker", default=DEFAULT_BROKER)
+    pb.add_argument("--client-config", default=None, metavar="FILE", help=CLIENT_CONFIG_HELP)
     pb.add_argument("--partitions", type=int, default=8)
     pb.add_argument("--topic-prefix", default="mynapoint")
     pb.add_argument("--quiet", action="store_true")
@@ -121,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("collect", help="read the output topics into Parquet files")
     c.add_argument("--out", required=True)
     c.add_argument("--broker", default=DEFAULT_BROKER)
+    c.add_argument("--client-config", default=None, metavar="FILE", help=CLIENT_CONFIG_HELP)
     c.add_argument("--topic-prefix", default="mynapoint")
     c.add_argument("--expect", type=int, default=0,
                    help="wait until this many distinct outcomes were read")
@@ -177,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--partition", type=int, action="append", default=[],
                    help="partition to rebuild (repeatable; default: all)")
     a.add_argument("--broker", default=DEFAULT_BROKER)
+    a.add_argument("--client-config", default=None, metavar="FILE", help=CLIENT_CONFIG_HELP)
     a.add_argument("--topic-prefix", default="mynapoint")
     a.add_argument("--group", default=None,
                    help="the workers' consumer group (default: <topic-prefix>-engine)")
@@ -259,6 +277,14 @@ def _ledger_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from engine.kafka.client_config import ClientConfigError, use_client_config
+
+    try:
+        # one place for every command: its clients and any process it starts use it
+        use_client_config(getattr(args, "client_config", None))
+    except ClientConfigError as e:
+        print(f"mynapoint {args.command}: {e}", file=sys.stderr)
+        return 2
     module_name, func_name = _COMMANDS[args.command].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) or 0)

@@ -57,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
 async def _stream(args, con, enr_path, txn_path, out, off, compare, summarize, render,  # type: ignore[no-untyped-def]
                   write_atomically) -> int:
     from engine.kafka import local
+    from engine.kafka.client_config import use_client_config
     from engine.streams.collect import collect
     from engine.streams.process import WorkerProcess
     from engine.streams.publish import publish_files
@@ -68,6 +69,10 @@ async def _stream(args, con, enr_path, txn_path, out, off, compare, summarize, r
     con.rule("3. Kafka and a worker")
     was_running = local.status(args.port) is not None
     broker = local.start(args.port)
+    # The demo drives every role itself (publisher, worker, collector) on a prefix of
+    # its own, so it authenticates as admin; a deployment gives each role its own
+    # principal (`mynapoint kafka credentials engine|finance|<operator>`).
+    use_client_config(broker.credentials())
     prefix = f"demo{int(time.time())}"
     topics = Topics(prefix, f"{prefix}-engine")
     log_dir = Path(".kafka")

@@ -5,6 +5,10 @@ Enabled from tests/conftest.py with ``pytest_plugins = ["tests.kafka_fixtures"]`
 - ``kafka_broker`` (session): a broker on a free loopback port, data in
   ``.kafka/test-<port>``; stopped and deleted at the end of the session. If it cannot
   start, the tests using it fail (never skip): a missing broker is a broken setup.
+  The broker is secured (SASL/SCRAM, ACLs); the fixture points
+  ``$MYNAPOINT_CLIENT_CONFIG`` at the admin credentials for the session, and
+  ``kafka_broker.credentials(principal)`` / ``.client(principal)`` give any
+  principal's file / aiokafka arguments.
 - ``topic_prefix`` (function): a fresh prefix such as ``t1a2b3c4d`` for each test, so
   tests never share topics or consumer groups. It is a ``str``; calling it returns a
   further fresh prefix, for a test that needs several independent pipelines.
@@ -15,13 +19,18 @@ Tests that use ``kafka_broker`` are marked ``kafka`` automatically, so
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from engine.kafka import local
+from engine.kafka import local, security
+from engine.kafka.client_config import ENV
 
 
 class TopicPrefix(str):
@@ -55,13 +64,46 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[local.Broker]:
     # A leftover from a crashed run on a recycled port would carry old topics.
     shutil.rmtree(data_dir, ignore_errors=True)
     broker = local.start(port=port, data_dir=data_dir, wait=120.0)
+    # The broker is secured (SCRAM, ACLs): the suite's own clients and every command it
+    # runs, in process or as a subprocess, authenticate as admin unless a test says
+    # otherwise (engine.kafka.client_config.ENV).
     try:
-        yield broker
+        with client_config_of(broker.credentials(security.ADMIN)):
+            yield broker
     finally:
         local.stop(port=port, data_dir=data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def client_config_of(path: Path) -> Iterator[None]:
+    """Make ``path`` the default client properties (``$MYNAPOINT_CLIENT_CONFIG``) for
+    a block: a test with a secured broker of its own."""
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = previous
+
+
 @pytest.fixture
 def topic_prefix() -> TopicPrefix:
     return TopicPrefix(new_prefix())
+
+
+async def produce_one(bootstrap: str, topic: str, client: dict[str, Any]) -> None:
+    """One record as the principal of ``client``; a refusal raises (ACL, TLS tests)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **client)
+    await asyncio.wait_for(p.start(), 40)
+    try:
+        await asyncio.wait_for(p.send_and_wait(topic, b"{}", key=b"AB12cd34"), 30)
+    finally:
+        await p.stop()

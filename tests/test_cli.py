@@ -37,7 +37,7 @@ def test_top_level_help_is_for_users() -> None:
 def test_kafka_help_describes_every_action() -> None:
     out = mynapoint("kafka", "--help").stdout
     for action, text in KAFKA_ACTIONS.items():
-        assert f"  {action:<8}{text}" in out
+        assert f"  {action:<14}{text}" in out
     # every option is explained too, not just named
     assert re.search(r"^  --port PORT {2,}\S", out, re.M), out
 

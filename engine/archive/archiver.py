@@ -24,6 +24,7 @@ import pyarrow as pa
 from engine.archive.redact import flags_for, format_of, index_of, redact_message
 from engine.archive.store import ARCHIVE_SCHEMA, Archive, ArchiveError, Entry
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.kafka.client_config import default_client
 from engine.streams.decode import decode_messages
 from engine.streams.topics import MAX_RECORD_BYTES, Topics
 
@@ -96,7 +97,7 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
     crash = _Crash()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 << 20, **(client or {}))
+                                max_partition_fetch_bytes=8 << 20, **(client or default_client()))
     await consumer.start()
     counts = {"messages": 0, "files": 0, "redacted": 0, "flagged": 0,
               "removed_unlisted": len(cleaned), "deleted_before_archived": 0}

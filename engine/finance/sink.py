@@ -31,7 +31,7 @@ from typing import Any
 
 from engine.finance import ledger
 from engine.finance.ledger import AppendResult, InputError, transaction
-from engine.kafka.client_config import ClientConfigError, load_client_config
+from engine.kafka.client_config import ClientConfigError, default_client, load_client_config
 from engine.streams.collect import Outcomes, at_end, topic_partitions
 from engine.streams.topics import Topics
 
@@ -145,7 +145,7 @@ async def sink(ledger_path: str | Path, bootstrap: str, topics: Topics, *, follo
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    client = client or {}
+    client = client or default_client()
     kinds = topics.outcomes
     con = ledger.connect(ledger_path, write=True)
     result = SinkResult()

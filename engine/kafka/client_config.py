@@ -19,6 +19,7 @@ security. Error messages never quote a value (passwords live in this file).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,19 @@ def _ssl_context(props: dict[str, str], name: str) -> Any:
     return ctx
 
 
+ENV = "MYNAPOINT_CLIENT_CONFIG"
+
+
 def load_client_config(path: str | Path | None) -> dict[str, Any]:
-    """:func:`parse_client_config` of a file; ``None`` gives ``{}`` (plaintext)."""
+    """:func:`parse_client_config` of a file; ``None`` means the file named by
+    ``$MYNAPOINT_CLIENT_CONFIG``, or ``{}`` (plaintext) when that is unset too.
+
+    Every command that talks to Kafka takes ``--client-config F``; the CLI puts it
+    into that variable (:func:`use_client_config`) so that the command's clients, and
+    any process it starts, authenticate alike.
+    """
+    if path is None:
+        path = os.environ.get(ENV) or None
     if path is None:
         return {}
     p = Path(path)
@@ -120,3 +132,16 @@ def load_client_config(path: str | Path | None) -> dict[str, Any]:
         reason = getattr(e, "strerror", None) or type(e).__name__
         raise ClientConfigError(f"cannot read client config {p}: {reason}") from None
     return parse_client_config(text, str(p))
+
+
+def default_client() -> dict[str, Any]:
+    """The aiokafka keyword arguments of this process (see :func:`load_client_config`)."""
+    return load_client_config(None)
+
+
+def use_client_config(path: str | Path | None) -> None:
+    """Check ``path`` (a :class:`ClientConfigError` if unusable) and make it this
+    process's default; ``None`` keeps the inherited default."""
+    if path is not None:
+        load_client_config(path)
+        os.environ[ENV] = str(Path(path).resolve())

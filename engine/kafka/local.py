@@ -31,6 +31,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -39,8 +40,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from engine.streams.topics import replication_for
+from engine.kafka import security
+from engine.streams.topics import Topics, replication_for
 
 KAFKA_VERSION = "3.9.1"
 SCALA_VERSION = "2.13"
@@ -59,6 +62,11 @@ JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
 # Several nodes share 2 cores and the tests' memory: a smaller heap each.
 CLUSTER_JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
 CLUSTER_FILE = "cluster.json"
+ACLS_APPLIED = "acls.applied"
+TLS_DIR = "tls"
+TLS_CA = "ca.pem"
+TLS_KEYSTORE = "broker-keystore.pem"
+MAKE_CERTS = Path(__file__).resolve().parents[2] / "scripts" / "make-certs.sh"
 MAX_BROKERS = 9
 
 # Jars whose presence marks a complete download; the rename makes partial copies
@@ -88,10 +96,23 @@ class Broker:
     controller_port: int
     startup_seconds: float | None = None  # None when it was already running
     node_id: int = 1
+    # where credentials/ lives: the data dir of a single broker, a cluster's root
+    secrets_root: Path | None = None
+    tls: bool = False  # the client listener is SASL_SSL (else SASL_PLAINTEXT)
 
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
+
+    def credentials(self, principal: str = security.ADMIN) -> Path:
+        """The client properties file of ``principal`` (``--client-config``)."""
+        return security.credentials_file(self.secrets_root or self.data_dir, principal)
+
+    def client(self, principal: str = security.ADMIN) -> dict[str, Any]:
+        """aiokafka keyword arguments authenticating as ``principal``."""
+        from engine.kafka.client_config import load_client_config
+
+        return load_client_config(self.credentials(principal))
 
     def stop(self, timeout: float = 30.0) -> bool:
         return stop(self.port, self.data_dir, timeout=timeout)
@@ -220,8 +241,16 @@ def default_data_dir(port: int) -> Path:
     return Path.cwd() / ".kafka" / f"broker-{port}"
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int, node_id: int = 1,
-                       voters: str | None = None, nodes: int = 1) -> str:
+def _server_properties(data_dir: Path, port: int, controller_port: int, admin_password: str,
+                       node_id: int = 1, voters: str | None = None, nodes: int = 1,
+                       tls_dir: Path | None = None) -> str:
+    protocol = "SASL_SSL" if tls_dir else "SASL_PLAINTEXT"
+    # PEM stores (KIP-651): the key must be PKCS#8; no store passwords with PEM
+    tls = "" if tls_dir is None else f"""ssl.keystore.type=PEM
+ssl.keystore.location={tls_dir / TLS_KEYSTORE}
+ssl.truststore.type=PEM
+ssl.truststore.location={tls_dir / TLS_CA}
+"""
     segment = 128 * 1024 * 1024
     max_message = 10 * 1024 * 1024
     replicas, min_isr = replication_for(nodes)
@@ -229,12 +258,22 @@ def _server_properties(data_dir: Path, port: int, controller_port: int, node_id:
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters or f"{node_id}@{HOST}:{controller_port}"}
-listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}
-advertised.listeners=PLAINTEXT://{HOST}:{port}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=BROKER://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}
+advertised.listeners=BROKER://{HOST}:{port}
+# Clients (and brokers among themselves) authenticate with SCRAM; the controller
+# listener stays PLAINTEXT on loopback, its ANONYMOUS callers being super users
+# (engine.kafka.security). No client listener is PLAINTEXT.
+listener.security.protocol.map=BROKER:{protocol},CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-log.dirs={data_dir / "data"}
+inter.broker.listener.name=BROKER
+sasl.enabled.mechanisms={security.MECHANISM}
+sasl.mechanism.inter.broker.protocol={security.MECHANISM}
+listener.name.broker.{security.MECHANISM.lower()}.sasl.jaas.config=\
+  {security.jaas(security.ADMIN, admin_password)}
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users={security.SUPER_USERS}
+allow.everyone.if.no.acl.found=false
+{tls}log.dirs={data_dir / "data"}
 
 # The worker creates its topics with explicit partition counts.
 auto.create.topics.enable=false
@@ -475,54 +514,56 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _metadata_brokers(host: str, port: int, timeout: float) -> list[tuple[str, int]]:
-    """Send one Metadata request (v4, no topics) and return the brokers it lists.
+def _api_versions(host: str, port: int, timeout: float, tls: bool = False) -> bool:
+    """Send one ApiVersions request (v0) and return whether the broker answered it
+    without error.
 
     Hand-rolled so that readiness can be checked from any thread or event loop
-    without starting a client; v4 is the oldest version Kafka 4.x still accepts.
+    without starting a client; ApiVersions is the one request a SASL listener answers
+    before authentication, so no password is needed to probe.
     """
     correlation_id = 0x6D79
     client_id = b"mynapoint-probe"
-    request = (
-        struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
-        + struct.pack(">ib", 0, 0)  # zero topics, no auto-creation
-    )
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
+    request = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        raw.settimeout(timeout)
+        sock = raw
+        if tls:
+            # a liveness probe only: nothing secret is sent, so no verification
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            sock = ctx.wrap_socket(raw, server_hostname=host)
         sock.sendall(struct.pack(">i", len(request)) + request)
         (size,) = struct.unpack(">i", _recv_exact(sock, 4))
         data = _recv_exact(sock, size)
-    pos = 0
-
-    def take(fmt: str) -> int:
-        nonlocal pos
-        (value,) = struct.unpack_from(fmt, data, pos)
-        pos += struct.calcsize(fmt)
-        return int(value)
-
-    def take_str() -> str | None:
-        nonlocal pos
-        n = take(">h")
-        if n < 0:
-            return None
-        pos += n
-        return data[pos - n:pos].decode()
-
-    if take(">i") != correlation_id:
-        raise ConnectionError("unexpected correlation id in metadata response")
-    take(">i")  # throttle time
-    brokers = []
-    for _ in range(take(">i")):
-        take(">i")  # node id
-        broker_host = take_str() or ""
-        broker_port = take(">i")
-        take_str()  # rack
-        brokers.append((broker_host, broker_port))
-    return brokers
+    got, error = struct.unpack_from(">ih", data, 0)
+    return bool(got == correlation_id and error == 0)
 
 
-def is_ready(bootstrap: str, timeout: float = 5.0) -> bool:
-    """True once the broker at ``host:port`` answers a metadata request listing itself.
+def _count_brokers(bootstrap: str, client: dict[str, Any], timeout: float) -> int:
+    """Brokers the cluster metadata lists, asked with credentials (in a thread of
+    its own, so that this works from inside a running event loop too)."""
+    import asyncio
+    import concurrent.futures
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def ask() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=
+                                    int(timeout * 1000), **client)
+        await admin.start()
+        try:
+            return len((await admin.describe_cluster())["brokers"])
+        finally:
+            await admin.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, ask()).result()
+
+
+def is_ready(bootstrap: str, timeout: float = 5.0, tls: bool = False) -> bool:
+    """True once the broker at ``host:port`` answers an ApiVersions request.
 
     Retries until ``timeout`` seconds have passed (0 = a single attempt).
     """
@@ -532,9 +573,9 @@ def is_ready(bootstrap: str, timeout: float = 5.0) -> bool:
     while True:
         remaining = max(deadline - time.monotonic(), 0.0)
         try:
-            if _metadata_brokers(host or HOST, port, min(max(remaining, 1.0), 5.0)):
+            if _api_versions(host or HOST, port, min(max(remaining, 1.0), 5.0), tls):
                 return True
-        except (OSError, struct.error, UnicodeDecodeError):
+        except (OSError, struct.error, UnicodeDecodeError):  # ssl.SSLError is an OSError
             pass
         if time.monotonic() >= deadline:
             return False
@@ -544,15 +585,19 @@ def is_ready(bootstrap: str, timeout: float = 5.0) -> bool:
 # ------------------------------------------------------------------ start / stop
 
 
-def _java_tool(java: str, libs: Path, log4j: Path, *args: str) -> str:
+def _java_tool(java: str, libs: Path, log4j: Path, *args: str, hide: tuple[str, ...] = ()
+               ) -> str:
+    """Run a Kafka tool; its output in an error never shows the strings of ``hide``
+    (passwords a tool may echo when it rejects its input)."""
     cmd = [java, "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}",
            "-cp", f"{libs}{os.sep}*", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise KafkaError(
-            f"{args[0]} {args[1]} failed (exit {proc.returncode}):\n"
-            + _tail(proc.stdout + proc.stderr)
-        )
+        message = (f"{args[0]} {args[1]} failed (exit {proc.returncode}):\n"
+                   + _tail(proc.stdout + proc.stderr))
+        for secret in hide:
+            message = message.replace(secret, "******")
+        raise KafkaError(message)
     return proc.stdout.strip()
 
 
@@ -568,7 +613,8 @@ def _wait_ready(broker: Broker, log_offset: int, wait: float) -> None:
                 f"({log}, {data_dir / CONSOLE_LOG}):\n"
                 + _tail(_read_from(log, log_offset) + _read_from(data_dir / CONSOLE_LOG, 0))
             )
-        if STARTED_LINE in _read_from(log, log_offset) and is_ready(broker.bootstrap, 0):
+        if STARTED_LINE in _read_from(log, log_offset) and is_ready(broker.bootstrap, 0,
+                                                                     broker.tls):
             return
         if time.monotonic() > deadline:
             _terminate(broker.pid, 10.0)
@@ -580,6 +626,7 @@ def _wait_ready(broker: Broker, log_offset: int, wait: float) -> None:
 
 
 def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60.0,
+          operators: str | Path | None = None, tls: bool = False,
           extra_properties: dict[str, str] | None = None) -> Broker:
     """Start (or find already running) the broker of ``data_dir`` on ``127.0.0.1:port``;
     ``extra_properties`` are appended to its server.properties (tests: retention)."""
@@ -598,8 +645,9 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
                     f"the broker of {data} is already running (pid {pid}) on {running_on}, "
                     f"not on {port}; stop it first"
                 )
-            broker = Broker(port, pid, data, ports[1])
-            if not is_ready(broker.bootstrap, wait):
+            broker = Broker(port, pid, data, ports[1], secrets_root=data,
+                            tls=_uses_tls(data))
+            if not is_ready(broker.bootstrap, wait, broker.tls):
                 raise KafkaError(f"broker pid {pid} on {broker.bootstrap} does not answer")
             return broker
 
@@ -607,39 +655,157 @@ def start(port: int = 9092, data_dir: str | Path | None = None, wait: float = 60
         libs = fetch_jars()
         previous = _ports_of(data)
         controller_port = _choose_controller_port(port, previous[1] if previous else None)
-        props, log4j = _write_config(data, _server_properties(data, port, controller_port)
-                                     + "".join(f"{k}={v}\n"
-                                               for k, v in (extra_properties or {}).items()))
-        _format(java, libs, props, log4j, None)
+        tls_dir = _tls_dir(data, tls)
+        creds = _new_credentials(data, data, operators, tls_dir)
+        props, log4j = _write_config(data, _server_properties(
+            data, port, controller_port, security.read_password(data, security.ADMIN),
+            tls_dir=tls_dir) + "".join(f"{k}={v}\n"
+                                       for k, v in (extra_properties or {}).items()))
+        _format(java, libs, props, log4j, None, creds)
         broker, log_offset, t0 = _launch(java, libs, data, props, log4j, JVM_OPTS,
-                                         port, controller_port, 1)
+                                         port, controller_port, 1, data)
+        broker.tls = tls_dir is not None
         _wait_ready(broker, log_offset, wait)
+        _ensure_acls(java, libs, log4j, broker.bootstrap, data, operators)
         broker.startup_seconds = time.monotonic() - t0
         return broker
+
+
+def _operator_ids(operators: str | Path | None) -> tuple[str, ...]:
+    from engine.config import ConfigError, load_operators
+
+    try:
+        return tuple(o.id for o in load_operators(operators).operators)
+    except (ConfigError, OSError) as e:
+        raise KafkaError(f"operators: {e}") from None
+
+
+def _uses_tls(data: Path) -> bool:
+    return (data / TLS_DIR / TLS_CA).is_file()
+
+
+def _tls_dir(data: Path, tls: bool) -> Path | None:
+    """The certificates of a TLS broker: made once (scripts/make-certs.sh) when a new
+    data dir is started with ``tls``; an existing data dir keeps what it was made with."""
+    formatted = (data / "data" / "meta.properties").is_file()
+    if formatted:
+        if tls and not _uses_tls(data):
+            raise KafkaError(f"{data} was made without TLS; stop it and remove {data} to "
+                             "start afresh with --tls")
+        return data / TLS_DIR if _uses_tls(data) else None
+    shutil.rmtree(data / TLS_DIR, ignore_errors=True)
+    if not tls:
+        return None
+    if not MAKE_CERTS.is_file():
+        raise KafkaError(f"{MAKE_CERTS} is missing (it comes with the source tree)")
+    proc = subprocess.run(["bash", str(MAKE_CERTS), str(data / TLS_DIR)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KafkaError("making certificates failed:\n" + _tail(proc.stderr, 8))
+    return data / TLS_DIR
+
+
+def _new_credentials(data: Path, secrets_root: Path, operators: str | Path | None,
+                     tls_dir: Path | None = None) -> security.Credentials | None:
+    """Fresh passwords for every principal when ``data`` is not formatted yet (SCRAM
+    users can only be added by ``format``); None when it is."""
+    if (data / "data" / "meta.properties").is_file():
+        if not security.credentials_file(secrets_root, security.ADMIN).is_file():
+            raise KafkaError(f"{data} is formatted but its credentials "
+                             f"({security.credentials_dir(secrets_root)}) are gone; "
+                             f"stop it and remove {data} to start afresh")
+        return None
+    try:
+        creds = security.Credentials.generate(
+            security.principals(_operator_ids(operators)))
+    except security.SecurityError as e:
+        raise KafkaError(str(e)) from None
+    shutil.rmtree(security.credentials_dir(secrets_root), ignore_errors=True)
+    (secrets_root / ACLS_APPLIED).unlink(missing_ok=True)
+    if tls_dir is None:
+        creds.write(secrets_root)
+    else:
+        creds.write(secrets_root, "SASL_SSL", tls_dir / TLS_CA)
+    return creds
+
+
+def _ensure_acls(java: str, libs: Path, log4j: Path, bootstrap: str, secrets_root: Path,
+                 operators: str | Path | None) -> None:
+    """Create the ACLs of the default topic names once per formatted deployment."""
+    from engine.streams.topics import Topics
+
+    marker = secrets_root / ACLS_APPLIED
+    if marker.is_file():
+        return
+    add_acls(bootstrap, secrets_root, security.acl_plan(Topics(), _operator_ids(operators)),
+             java=java, libs=libs, log4j=log4j)
+    marker.write_text("ACLs of the default topics were created\n")
+
+
+def add_acls(bootstrap: str, secrets_root: Path, plan: list[list[str]], *,
+             java: str | None = None, libs: Path | None = None,
+             log4j: Path | None = None) -> None:
+    """Run ``kafka.admin.AclCommand --add`` for each argument group of ``plan`` as
+    admin (``--command-config``: no password on the command line), a few at a time
+    (each call is a JVM start, ≈1 s)."""
+    java = java or _require("java", "install a Java 17 runtime to run the Kafka tools")
+    libs = libs or fetch_jars()
+    admin = security.credentials_file(secrets_root, security.ADMIN)
+    if log4j is None:
+        log4j = secrets_root / LOG4J_PROPERTIES
+        if not log4j.is_file():
+            log4j.write_text(_log4j_properties(secrets_root))
+    base = [java, "-Xmx256m", "-XX:TieredStopAtLevel=1", f"-Dlog4j.configuration=file:{log4j}",
+            "-cp", f"{libs}{os.sep}*", "kafka.admin.AclCommand", "--bootstrap-server",
+            bootstrap, "--command-config", str(admin), "--add", "--force"]
+    pending = [subprocess.Popen([*base, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+               for args in plan]
+    failed = []
+    for proc in pending:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            failed.append(_tail(out.decode(errors="replace"), 8))
+    if failed:
+        raise KafkaError("creating ACLs failed:\n" + failed[0])
 
 
 def _write_config(data: Path, server_properties: str) -> tuple[Path, Path]:
     props = data / SERVER_PROPERTIES
     log4j = data / LOG4J_PROPERTIES
     (data / "logs").mkdir(parents=True, exist_ok=True)
-    props.write_text(server_properties)
+    # holds the inter-broker password
+    security.write_private(props, server_properties)
     log4j.write_text(_log4j_properties(data))
     (data / PID_FILE).unlink(missing_ok=True)
     return props, log4j
 
 
-def _format(java: str, libs: Path, props: Path, log4j: Path, cluster_id: str | None) -> None:
-    """Format the data dir once; the nodes of a cluster must share ``cluster_id``."""
+def _format(java: str, libs: Path, props: Path, log4j: Path, cluster_id: str | None,
+            creds: security.Credentials | None) -> None:
+    """Format the data dir once with every SCRAM user; the nodes of a cluster must
+    share ``cluster_id``. The passwords go through a 0600 argument file (``java
+    @file``), never the command line."""
     if (props.parent / "data" / "meta.properties").is_file():
         return
+    if creds is None:
+        raise KafkaError(f"{props.parent} is not formatted and has no new credentials")
     if cluster_id is None:
         cluster_id = _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "random-uuid")
-    _java_tool(java, libs, log4j, "kafka.tools.StorageTool", "format",
-               "-t", cluster_id, "-c", str(props), "-g")
+    argfile = props.parent / "format.args"
+    args = ["format", "-t", cluster_id, "-c", str(props), *creds.scram_args()]
+    # read by argparse4j (fromfile prefix @): one argument per line, verbatim
+    security.write_private(argfile, "\n".join(args) + "\n")
+    try:
+        _java_tool(java, libs, log4j, "kafka.tools.StorageTool", f"@{argfile}",
+                   hide=tuple(creds.passwords.values()))
+    finally:
+        argfile.unlink(missing_ok=True)
 
 
 def _launch(java: str, libs: Path, data: Path, props: Path, log4j: Path, jvm_opts: list[str],
-            port: int, controller_port: int, node_id: int) -> tuple[Broker, int, float]:
+            port: int, controller_port: int, node_id: int, secrets_root: Path
+            ) -> tuple[Broker, int, float]:
     """Start the JVM without waiting; returns the broker, its log offset and start time."""
     t0 = time.monotonic()
     log_offset = _file_size(data / SERVER_LOG)
@@ -652,7 +818,8 @@ def _launch(java: str, libs: Path, data: Path, props: Path, log4j: Path, jvm_opt
                                 stderr=subprocess.STDOUT, start_new_session=True)
     _children[proc.pid] = proc
     (data / PID_FILE).write_text(f"{proc.pid}\n")
-    return Broker(port, proc.pid, data, controller_port, node_id=node_id), log_offset, t0
+    return (Broker(port, proc.pid, data, controller_port, node_id=node_id,
+                   secrets_root=secrets_root), log_offset, t0)
 
 
 def _terminate(pid: int, timeout: float) -> None:
@@ -690,7 +857,7 @@ def status(port: int = 9092, data_dir: str | Path | None = None) -> Broker | Non
     ports = _ports_of(data)
     if pid is None or ports is None:
         return None
-    return Broker(ports[0], pid, data, ports[1])
+    return Broker(ports[0], pid, data, ports[1], secrets_root=data, tls=_uses_tls(data))
 
 
 # ------------------------------------------------------------------------ cluster
@@ -746,7 +913,8 @@ def _node_broker(root: Path, node: _Node) -> Broker | None:
     pid = _broker_pid(data)
     if pid is None:
         return None
-    return Broker(node.port, pid, data, node.controller_port, node_id=node.node_id)
+    return Broker(node.port, pid, data, node.controller_port, node_id=node.node_id,
+                  secrets_root=root)
 
 
 @dataclass
@@ -789,6 +957,14 @@ class Cluster:
         broker.startup_seconds = time.monotonic() - t0
         return broker
 
+    def credentials(self, principal: str = security.ADMIN) -> Path:
+        return security.credentials_file(self.root, principal)
+
+    def client(self, principal: str = security.ADMIN) -> dict[str, Any]:
+        from engine.kafka.client_config import load_client_config
+
+        return load_client_config(self.credentials(principal))
+
     def stop(self, timeout: float = 30.0) -> int:
         self.nodes.clear()
         return stop_cluster(root=self.root, timeout=timeout)
@@ -802,9 +978,9 @@ def _wait_complete(nodes: list[Broker], expected: int, wait: float) -> None:
     for b in nodes:
         while True:
             try:
-                if len(_metadata_brokers(HOST, b.port, 5.0)) >= expected:
+                if _count_brokers(b.bootstrap, b.client(), 5.0) >= expected:
                     break
-            except (OSError, struct.error, UnicodeDecodeError):
+            except Exception:
                 pass
             if time.monotonic() > deadline:
                 raise KafkaError(f"node {b.node_id} on {b.bootstrap} does not list all "
@@ -812,7 +988,8 @@ def _wait_complete(nodes: list[Broker], expected: int, wait: float) -> None:
             time.sleep(0.2)
 
 
-def _launch_nodes(root: Path, layout: _Layout, node_ids: list[int]
+def _launch_nodes(root: Path, layout: _Layout, node_ids: list[int],
+                  creds: security.Credentials | None = None
                   ) -> list[tuple[Broker, int, float]]:
     java = _require("java", "install a Java 17 runtime to run the Kafka broker")
     libs = fetch_jars()
@@ -825,15 +1002,17 @@ def _launch_nodes(root: Path, layout: _Layout, node_ids: list[int]
         _check_port_free(node.port)
         _check_port_free(node.controller_port)
         props, log4j = _write_config(data, _server_properties(
-            data, node.port, node.controller_port, node_id, layout.voters, len(layout.nodes)))
-        _format(java, libs, props, log4j, layout.cluster_id)
+            data, node.port, node.controller_port,
+            security.read_password(root, security.ADMIN), node_id, layout.voters,
+            len(layout.nodes)))
+        _format(java, libs, props, log4j, layout.cluster_id, creds)
         launched.append(_launch(java, libs, data, props, log4j, CLUSTER_JVM_OPTS,
-                                node.port, node.controller_port, node_id))
+                                node.port, node.controller_port, node_id, root))
     return launched
 
 
 def start_cluster(brokers: int = 3, port: int = 9092, root: str | Path | None = None,
-                  wait: float = 120.0) -> Cluster:
+                  wait: float = 120.0, operators: str | Path | None = None) -> Cluster:
     """Start (or find running) a cluster of ``brokers`` nodes; node ``i`` listens on
     ``port + i - 1``. Nodes that are down are started; all must answer in ``wait`` s."""
     if not 1 <= brokers <= MAX_BROKERS:
@@ -846,7 +1025,10 @@ def start_cluster(brokers: int = 3, port: int = 9092, root: str | Path | None = 
     base.mkdir(parents=True, exist_ok=True)
     with _file_lock(base / ".lock"):
         layout = _read_layout(base)
+        creds = None
         if layout is None:
+            # every node formats with the same users: one deployment, one password each
+            creds = _new_credentials(base / "unformatted", base, operators)
             nodes = tuple(_Node(i + 1, port + i, port + 1000 + i) for i in range(brokers))
             for n in nodes:
                 _check_port_free(n.port)
@@ -868,7 +1050,7 @@ def start_cluster(brokers: int = 3, port: int = 9092, root: str | Path | None = 
                    if (b := _node_broker(base, n)) is not None}
         down = [n.node_id for n in layout.nodes if n.node_id not in running]
         # All missing nodes start before any is awaited: none is ready without a quorum.
-        launched = _launch_nodes(base, layout, down)
+        launched = _launch_nodes(base, layout, down, creds)
         t0 = min((t for _, _, t in launched), default=None)
         try:
             for broker, log_offset, _ in launched:
@@ -879,6 +1061,9 @@ def start_cluster(brokers: int = 3, port: int = 9092, root: str | Path | None = 
                 _terminate(broker.pid, 10.0)
             raise
         _wait_complete(list(running.values()), len(layout.nodes), wait)
+        first = next(iter(running.values()))
+        _ensure_acls(_require("java", "install a Java 17 runtime"), fetch_jars(),
+                     base / LOG4J_PROPERTIES, first.bootstrap, base, operators)
     return Cluster(base, layout, running,
                    None if t0 is None else time.monotonic() - t0)
 
@@ -937,6 +1122,79 @@ def _print_cluster(c: Cluster) -> bool:
     return ok
 
 
+def add_operator(bootstrap: str, secrets_root: Path, operator_id: str,
+                 topics: Topics | None = None) -> Path:
+    """A new operator on a running deployment, without a restart: its SCRAM user
+    (ConfigCommand, the password through ``--add-config-file``), its ACLs, its client
+    properties file (returned)."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", operator_id):
+        raise KafkaError(f"operator id must match [a-z0-9][a-z0-9_-]{{0,31}}: {operator_id!r}")
+    try:
+        security.principals([operator_id])
+    except security.SecurityError as e:
+        raise KafkaError(str(e)) from None
+    target = security.credentials_file(secrets_root, operator_id)
+    if target.is_file():
+        raise KafkaError(f"operator {operator_id!r} already has credentials: {target}")
+    admin_file = security.credentials_file(secrets_root, security.ADMIN)
+    admin = load_client_config_file(admin_file)
+    password = security.new_password()
+    java = _require("java", "install a Java 17 runtime to run the Kafka tools")
+    libs = fetch_jars()
+    config = secrets_root / f"add-{operator_id}.properties"
+    # a properties file: the value without the brackets of the --add-config syntax
+    security.write_private(config, f"{security.MECHANISM}=iterations=8192,password={password}\n")
+    log4j = secrets_root / LOG4J_PROPERTIES
+    if not log4j.is_file():
+        log4j.write_text(_log4j_properties(secrets_root))
+    try:
+        _java_tool(java, libs, log4j, "kafka.admin.ConfigCommand", "--bootstrap-server",
+                   bootstrap, "--command-config", str(admin_file), "--alter",
+                   "--add-config-file", str(config), "--entity-type", "users",
+                   "--entity-name", operator_id, hide=(password,))
+    finally:
+        config.unlink(missing_ok=True)
+    add_acls(bootstrap, secrets_root, security.operator_acls(topics or Topics(), [operator_id]),
+             java=java, libs=libs, log4j=log4j)
+    protocol = admin.get("security_protocol", "SASL_PLAINTEXT")
+    ca = secrets_root / TLS_DIR / TLS_CA
+    security.write_private(target, security.client_properties(
+        operator_id, password, protocol, ca if protocol == "SASL_SSL" else None))
+    return target
+
+
+def load_client_config_file(path: Path) -> dict[str, Any]:
+    from engine.kafka.client_config import ClientConfigError, load_client_config
+
+    try:
+        return load_client_config(path)
+    except ClientConfigError as e:
+        raise KafkaError(str(e)) from None
+
+
+def _secrets_root(port: int) -> Path:
+    cluster = default_cluster_dir(port)
+    return cluster if (cluster / CLUSTER_FILE).is_file() else default_data_dir(port)
+
+
+def credentials_path(port: int, principal: str | None) -> Path:
+    """The client properties file of ``principal`` for the broker (or cluster) of
+    ``port``; the path only, never the password."""
+    if not principal:
+        raise KafkaError("credentials needs a PRINCIPAL (admin, engine, finance or an "
+                         "operator id)")
+    root = _secrets_root(port)
+    path = security.credentials_file(root, principal)
+    if not path.is_file():
+        known = sorted(p.stem for p in security.credentials_dir(root).glob("*.properties"))
+        raise KafkaError(f"no credentials for {principal!r} in {security.credentials_dir(root)}"
+                         + (f" (principals: {', '.join(known)})" if known else
+                            "; start the broker first"))
+    return path
+
+
 def main(args: argparse.Namespace) -> int:
     port: int = args.port
     brokers: int = getattr(args, "brokers", 1)
@@ -946,8 +1204,22 @@ def main(args: argparse.Namespace) -> int:
         cluster = cluster_status(port) if args.action in ("stop", "status") else None
         if args.action == "fetch":
             print(f"Kafka {KAFKA_VERSION} jars: {fetch_jars()}")
+        elif args.action == "add-operator":
+            if not getattr(args, "principal", None):
+                raise KafkaError("add-operator needs an operator ID")
+            root = _secrets_root(port)
+            if not security.credentials_file(root, security.ADMIN).is_file():
+                raise KafkaError(f"no local broker with credentials for port {port}")
+            cluster_now = cluster_status(port)
+            bootstrap = cluster_now.bootstrap if cluster_now else f"{HOST}:{port}"
+            print(add_operator(bootstrap, root, args.principal))
+        elif args.action == "credentials":
+            print(credentials_path(port, getattr(args, "principal", None)))
+        elif args.action == "start" and brokers != 1 and getattr(args, "tls", False):
+            raise KafkaError("--tls is for the single local broker; a cluster runs "
+                             "SASL_PLAINTEXT on loopback")
         elif args.action == "start" and brokers != 1:
-            c = start_cluster(brokers, port)
+            c = start_cluster(brokers, port, operators=getattr(args, "operators", None))
             rf, isr = replication_for(c.size)
             state = ("already running" if c.startup_seconds is None
                      else f"ready in {c.startup_seconds:.1f} s")
@@ -955,7 +1227,8 @@ def main(args: argparse.Namespace) -> int:
                   f"--broker {c.bootstrap} (replication factor {rf}, "
                   f"min.insync.replicas {isr}); data in {c.root}")
         elif args.action == "start":
-            broker = start(port)
+            broker = start(port, operators=getattr(args, "operators", None),
+                           tls=getattr(args, "tls", False))
             if broker.startup_seconds is None:
                 print(f"Kafka already running on {broker.bootstrap} (pid {broker.pid})")
             else:
@@ -975,7 +1248,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             found = status(port)
             bootstrap = f"{HOST}:{port}"
-            if found is not None and is_ready(found.bootstrap, 2.0):
+            if found is not None and is_ready(found.bootstrap, 2.0, found.tls):
                 print(f"Kafka running on {found.bootstrap} (pid {found.pid}); "
                       f"data in {found.data_dir}")
                 return 0

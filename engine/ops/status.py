@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from engine.kafka.client_config import ClientConfigError, load_client_config
+from engine.kafka.client_config import ClientConfigError, default_client, load_client_config
 from engine.ops.health import describe_error, metrics_address
 from engine.streams.topics import Topics
 
@@ -148,7 +148,7 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
 
     from engine.ops.logs import quiet
 
-    client = client or {}
+    client = client or default_client()
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, **client)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.kafka.client_config import default_client
 from engine.rules.strings import is_individual_number
 
 
@@ -116,7 +117,7 @@ async def in_kafka(bootstrap: str, prefix: str, group: str, mykey_id: str) -> li
     key = mykey_id.encode()
     out: list[Place] = []
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         auto_offset_reset="earliest")
+                         auto_offset_reset="earliest", **default_client())
     await c.start()
     try:
         await c._client.force_metadata_update()

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA, TIMESTAMP
+from engine.kafka.client_config import default_client
 from engine.streams.codec_out import (
     OutputDecodeError,
     decode_grant,
@@ -178,7 +179,7 @@ async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout:
         raise CollectError(f"cannot reach the Kafka broker at {bootstrap} "
                            f"({type(e).__name__}: {e})") from None
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        bootstrap_servers=bootstrap, **default_client(), group_id=None, enable_auto_commit=False,
         isolation_level="read_committed", auto_offset_reset="earliest",
         max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     reached_end = False
@@ -237,7 +238,7 @@ async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> d
     """Partition count of each existing topic among ``names``."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
     try:
         await admin.start()
         meta = await admin.describe_topics(names)

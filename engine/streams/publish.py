@@ -64,6 +64,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.io.readers import sources, split_lines
+from engine.kafka.client_config import default_client
 from engine.rules.strings import kafka_partitions
 from engine.streams.topics import (
     FORMAT_ARROW,
@@ -571,8 +572,8 @@ async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path 
         raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
                            f"({type(e).__name__}: {e})") from None
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5,
-        request_timeout_ms=SEND_TIMEOUT_MS,
+        bootstrap_servers=bootstrap, **default_client(), enable_idempotence=True, acks="all",
+        linger_ms=5, request_timeout_ms=SEND_TIMEOUT_MS,
         max_request_size=MAX_REQUEST_BYTES, max_batch_size=BUILDER_BYTES,
         compression_type="lz4" if has_lz4() else None)
     counts: dict[str, Any] = {"partitions": n_parts, "enrollments": 0, "transactions": 0,

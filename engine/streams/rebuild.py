@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from engine.kafka.client_config import default_client
 from engine.streams import recovery
 from engine.streams.topics import Topics, ensure_topics
 
@@ -38,7 +39,7 @@ class RebuildError(RuntimeError):
 async def rebuild_state(bootstrap: str, topics: Topics, partitions: list[int] | None,
                         default_partitions: int = 8) -> dict[int, int]:
     """Reset the given partitions (all when None); return partition -> reset offset."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         groups = await admin.describe_consumer_groups([topics.group_id])
@@ -53,9 +54,10 @@ async def rebuild_state(bootstrap: str, topics: Topics, partitions: list[int] | 
     bad = [p for p in todo if not 0 <= p < n]
     if bad:
         raise RebuildError(f"no partition {bad[0]}: the topics have {n} partitions")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
-                                acks="all")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=topics.group_id,
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
+                                enable_idempotence=True, acks="all")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                                group_id=topics.group_id,
                                 enable_auto_commit=False)
     await producer.start()
     await consumer.start()

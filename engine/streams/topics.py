@@ -12,8 +12,10 @@ import contextlib
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 from aiokafka.partitioner import murmur2
+
+from engine.kafka.client_config import default_client
 
 FORMAT_HEADER = "mynapoint-format"
 # Set by the engine on records it re-routes to their person's partition, on its own
@@ -162,20 +164,28 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
     cannot keep a person on one partition, so that is an error, not a warning.
     Right after creation a broker may describe a topic with no partitions or no
     leader yet, so this waits until every partition has a leader.
-    ``changelog=False`` (publishers) leaves the workers' state topic alone.
+    ``changelog=False`` (publishers) touches the input topics only: a publisher
+    (an operator) may neither see the outputs nor the engine's own topics (ACLs).
     Raw input (the input and re-routing topics) is kept for
     :func:`input_retention_ms`, plus ``input_configs`` (tests: segment sizes).
     """
     import asyncio
     import time
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
-        wanted = [topics.enrollments, topics.transactions, topics.grants, topics.rejections]
+        wanted = list(topics.inputs)
         if changelog:
-            wanted += [topics.changelog, topics.reroute_enrollments, topics.reroute_transactions]
+            wanted += [*topics.outputs, topics.changelog, topics.reroute_enrollments,
+                       topics.reroute_transactions]
         meta = await admin.describe_topics(wanted)
+        denied = [m["topic"] for m in meta
+                  if m.get("error_code", 0) == TopicAuthorizationFailedError.errno]
+        if denied:
+            # a topic this principal may not see is not a missing one: say so now
+            # instead of failing to create it and waiting for a leader
+            raise TopicAuthorizationFailedError(f"not authorized for {', '.join(denied)}")
         existing = {m["topic"]: len(m["partitions"]) for m in meta
                     if m.get("error_code", 0) == 0 and m["partitions"]}
         if topics.transactions in existing:

@@ -58,6 +58,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from engine.config import ConfigError, load_campaign, load_operators
+from engine.kafka.client_config import default_client
 from engine.metrics import EngineMetrics
 from engine.ops import health, logs
 from engine.rules.model import Campaign, Registry
@@ -141,12 +142,12 @@ class Worker:
         self._lock_slot()
         self.partitions = await ensure_topics(self.bootstrap, self.topics, self.partitions)
         self.decider = ShardDecider(self.campaign, self.registry, self.partitions)
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **default_client())
         await self.admin.start()
         self.producer = self._new_producer()
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.topics.group_id,
+            bootstrap_servers=self.bootstrap, **default_client(), group_id=self.topics.group_id,
             client_id=self.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
@@ -164,7 +165,8 @@ class Worker:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
+            bootstrap_servers=self.bootstrap, **default_client(), enable_idempotence=True,
+            acks="all",
             linger_ms=2, max_batch_size=1 << 20, max_request_size=CHANGELOG_MAX_BYTES)
 
     async def stop(self) -> None:
@@ -224,7 +226,7 @@ class Worker:
         delay = 0.5
         while not self.stopping.is_set():
             store: ShardStore | None = None
-            reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+            reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **default_client(),
                                       enable_auto_commit=False,
                                       isolation_level="read_committed",
                                       max_partition_fetch_bytes=CHANGELOG_MAX_BYTES * 2)

@@ -17,6 +17,7 @@ from engine.archive.archiver import archive
 from engine.archive.store import Archive
 from engine.cli import main as cli
 from engine.kafka import local
+from engine.kafka.client_config import ENV, default_client
 from engine.streams.collect import collect
 from engine.streams.topics import (
     FORMAT_ARROW,
@@ -96,7 +97,7 @@ OUTCOMES = 23
 async def _produce(bootstrap: str, msgs: list[tuple[str, bytes | None, bytes,
                                                     list[tuple[str, bytes]]]],
                    ts: int | None = None) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
     await p.start()
     try:
         for topic, key, value, headers in msgs:
@@ -168,6 +169,7 @@ def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
     data_dir = tmp_path / "broker"
     broker = local.start(port=port, data_dir=data_dir, wait=120.0,
                          extra_properties={"log.retention.check.interval.ms": "500"})
+    monkeypatch.setenv(ENV, str(broker.credentials()))  # a secured broker of its own
     try:
         monkeypatch.setenv("MYNAPOINT_INPUT_RETENTION", "PT3S")
         prefix = topic_prefix()
@@ -226,7 +228,8 @@ def test_input_topics_get_the_bounded_default_retention(kafka_broker, topic_pref
     asyncio.run(ensure_topics(kafka_broker.bootstrap, t, PARTITIONS))
 
     async def retention() -> dict[str, str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap,
+                                    **default_client())
         await admin.start()
         try:
             names = [t.enrollments, t.transactions, t.reroute_enrollments, t.grants,

@@ -21,6 +21,7 @@ import pytest
 from engine.finance import ledger
 from engine.finance.ledger import InputError
 from engine.finance.sink import CRASH_ENV, client_options
+from engine.kafka.client_config import default_client
 from engine.ledger.compare import compare
 from tests.streams.harness import Scenario, collect_and_compare, make_scenario, publish, worker
 
@@ -151,14 +152,14 @@ def fresh_topics(bootstrap: str) -> Any:
     from tests.kafka_fixtures import new_prefix
 
     topics = Topics(new_prefix())
-    asyncio.run(ensure_topics(bootstrap, topics, 2, changelog=False))
+    asyncio.run(ensure_topics(bootstrap, topics, 2))
     return topics
 
 
 async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
     await p.start()
     try:
         for v in values:

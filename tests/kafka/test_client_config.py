@@ -3,18 +3,26 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
 import pytest
 
-from engine.kafka.client_config import ClientConfigError, load_client_config, parse_client_config
+from engine.kafka.client_config import (
+    ENV,
+    ClientConfigError,
+    load_client_config,
+    parse_client_config,
+    use_client_config,
+)
 
 JAAS = ('sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required '
         'username="settle" password="p a\\\\\\"ss";\n')  # file: p a\\\"ss
 
 
-def test_none_is_plaintext() -> None:
+def test_none_is_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV, raising=False)
     assert load_client_config(None) == {}
     assert parse_client_config("# only a comment\n") == {"security_protocol": "PLAINTEXT"}
 
@@ -61,3 +69,17 @@ def test_unreadable_file(tmp_path: Path) -> None:
     f = tmp_path / "c.properties"
     f.write_text("security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\n" + JAAS)
     assert load_client_config(f)["sasl_plain_password"] == 'p a"ss'
+
+
+def test_none_means_the_environment_default(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.properties"
+    f.write_text("security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\n"
+                 "sasl.username=u\nsasl.password=p\n")
+    monkeypatch.setenv(ENV, str(f))
+    assert load_client_config(None)["sasl_plain_username"] == "u"
+    monkeypatch.delenv(ENV)
+    use_client_config(f)  # what --client-config does
+    assert os.environ[ENV] == str(f.resolve())
+    with pytest.raises(ClientConfigError, match="missing"):
+        use_client_config(tmp_path / "missing")

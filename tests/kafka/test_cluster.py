@@ -19,7 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from engine.kafka import local
+from engine.kafka.client_config import default_client
 from engine.streams.topics import Topics, ensure_topics
+from tests.kafka_fixtures import client_config_of
 
 pytestmark = pytest.mark.kafka
 
@@ -41,7 +43,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Cluster]
     found = local.cluster_status(port, cwd / ".kafka" / f"cluster-{port}")
     assert found is not None
     try:
-        yield found
+        with client_config_of(found.credentials()):
+            yield found
     finally:
         stopped = _cli(cwd, "stop", "--port", str(port))
         shutil.rmtree(cwd / ".kafka", ignore_errors=True)
@@ -60,7 +63,7 @@ def _run(coro, timeout: float = 90.0):
 
 async def _describe(bootstrap: str, names: list[str]) -> tuple[dict, dict]:
     """(partition metadata by topic, topic configs by topic)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         while True:
@@ -122,14 +125,16 @@ def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: local.Cluster
 def test_single_broker_topics_keep_one_replica(kafka_broker: local.Broker,
                                                topic_prefix: str) -> None:
     topics = Topics(topic_prefix)
-    _run(ensure_topics(kafka_broker.bootstrap, topics, 2))
-    meta, configs = _run(_describe(kafka_broker.bootstrap, [topics.grants]))
+    with client_config_of(kafka_broker.credentials()):  # not the module's cluster
+        _run(ensure_topics(kafka_broker.bootstrap, topics, 2))
+        meta, configs = _run(_describe(kafka_broker.bootstrap, [topics.grants]))
     assert all(p["replicas"] == [1] for p in meta[topics.grants])
     assert configs[topics.grants]["min.insync.replicas"] == "1"
 
 
 async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
+                         acks="all", enable_idempotence=True)
     await p.start()
     try:
         for v in values:
@@ -140,7 +145,8 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 
 async def _read_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **default_client(),
+                         auto_offset_reset="earliest",
                          enable_auto_commit=False)
     await c.start()
     out: list[bytes] = []
@@ -154,7 +160,7 @@ async def _read_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
 
 
 async def _in_sync(bootstrap: str, topic: str) -> list[list[int]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         (meta,) = await admin.describe_topics([topic])
@@ -168,7 +174,7 @@ def test_kill_one_node_then_restart_it_on_its_data(cluster: local.Cluster,
     """Writes with acks=all go on while one node is dead (two replicas in sync);
     the node comes back on the same data directory and rejoins every ISR."""
     topics = Topics(topic_prefix)
-    _run(ensure_topics(cluster.bootstrap, topics, 3, changelog=False))
+    _run(ensure_topics(cluster.bootstrap, topics, 3))
     before = [f"before-{i}".encode() for i in range(50)]
     during = [f"during-{i}".encode() for i in range(50)]
     _run(_produce(cluster.bootstrap, topics.grants, before))
@@ -209,7 +215,8 @@ def test_bad_broker_count_is_one_line_exit_2(brokers: int, tmp_path: Path,
 
 
 async def _produce_stamped(bootstrap: str, topic: str, stamps_ms: list[int]) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all",
+                         enable_idempotence=True)
     await p.start()
     try:
         for i, ts in enumerate(stamps_ms):
@@ -225,10 +232,11 @@ def test_business_timestamps_do_not_roll_a_segment_per_append(kafka_broker: loca
     append, and with it a record doubled by an idempotent producer's retry across a
     broker SIGKILL (seen once in five runs before, never in eight after)."""
     topics = Topics(topic_prefix)
-    _run(ensure_topics(kafka_broker.bootstrap, topics, 1, changelog=False))
     day = 86_400_000
     june_2020 = 1_591_000_000_000
-    _run(_produce_stamped(kafka_broker.bootstrap, topics.transactions,
-                          [june_2020 + i * 10 * day for i in range(30)]))
+    with client_config_of(kafka_broker.credentials()):  # not the module's cluster
+        _run(ensure_topics(kafka_broker.bootstrap, topics, 1, changelog=False))
+        _run(_produce_stamped(kafka_broker.bootstrap, topics.transactions,
+                              [june_2020 + i * 10 * day for i in range(30)]))
     segments = list((kafka_broker.data_dir / "data" / f"{topics.transactions}-0").glob("*.log"))
     assert len(segments) == 1, sorted(s.name for s in segments)

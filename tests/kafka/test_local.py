@@ -16,12 +16,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from engine.kafka import local
+from engine.kafka.client_config import ENV, default_client
 
 pytestmark = pytest.mark.kafka
 
 
 async def _create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
@@ -30,7 +31,7 @@ async def _create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all",
                                 enable_idempotence=True)
     await producer.start()
     try:
@@ -43,7 +44,8 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
 
 async def _consume(bootstrap: str, topic: str, group: str, expected: int,
                    isolation_level: str = "read_uncommitted") -> list[tuple[bytes, bytes]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **default_client(),
+                                group_id=group,
                                 auto_offset_reset="earliest", isolation_level=isolation_level)
     await consumer.start()
     out: list[tuple[bytes, bytes]] = []
@@ -80,7 +82,14 @@ def test_start_is_idempotent(kafka_broker: local.Broker) -> None:
 
 def test_broker_listens_on_loopback_only(kafka_broker: local.Broker) -> None:
     props = (kafka_broker.data_dir / local.SERVER_PROPERTIES).read_text()
-    assert f"advertised.listeners=PLAINTEXT://127.0.0.1:{kafka_broker.port}\n" in props
+    assert f"advertised.listeners=BROKER://127.0.0.1:{kafka_broker.port}\n" in props
+    # clients authenticate (SCRAM) and ACLs deny by default; only the controller
+    # listener, on loopback, is PLAINTEXT
+    assert "listener.security.protocol.map=BROKER:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT\n" \
+        in props
+    assert "allow.everyone.if.no.acl.found=false\n" in props
+    assert "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer" \
+        in props
     for line in props.splitlines():
         if line.startswith("listeners="):
             assert all("//127.0.0.1:" in url for url in line.split("=", 1)[1].split(","))
@@ -101,7 +110,7 @@ def test_transactional_producer_commits(kafka_broker: local.Broker, topic_prefix
     _run(_create_topic(kafka_broker.bootstrap, topic))
 
     async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap,
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client(),
                                     transactional_id=f"{topic_prefix}-txid")
         await producer.start()
         try:
@@ -143,8 +152,8 @@ def test_stop_never_kills_an_unrelated_process(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_kill_then_start_recovers_data(request: pytest.FixtureRequest,
-                                       topic_prefix: str) -> None:
+def test_kill_then_start_recovers_data(request: pytest.FixtureRequest, topic_prefix: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     port = local.free_port()
     data_dir = request.config.rootpath / ".kafka" / f"test-{port}"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -152,6 +161,7 @@ def test_kill_then_start_recovers_data(request: pytest.FixtureRequest,
     records = _records(500)
     try:
         broker = local.start(port=port, data_dir=data_dir, wait=120.0)
+        monkeypatch.setenv(ENV, str(broker.credentials()))
         _run(_create_topic(broker.bootstrap, topic))
         _run(_produce(broker.bootstrap, topic, records))
 

@@ -10,15 +10,18 @@ from pathlib import Path
 import pytest
 
 from engine.kafka import local
+from engine.kafka.client_config import ENV
 from engine.streams.process import WorkerProcess
 from tests.ops.http import get, poll
 
 pytestmark = pytest.mark.kafka  # starts a broker of its own (Java)
 
 
-def test_readyz_reports_a_lost_broker(tmp_path: Path) -> None:
+def test_readyz_reports_a_lost_broker(tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     port = local.free_port()
     broker = local.start(port=port, data_dir=tmp_path / "kafka", wait=120.0)
+    monkeypatch.setenv(ENV, str(broker.credentials()))
     metrics = local.free_port()
     w = WorkerProcess(broker.bootstrap, "loss", 2, state_dir=tmp_path / "state",
                       log_path=tmp_path / "w.log", extra=["--metrics-port", str(metrics)])

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from engine.kafka import local
+from engine.kafka.client_config import default_client
 from engine.streams.process import WorkerProcess
 from tests.ops.http import get_json, wait_until
 from tests.streams.harness import make_scenario, publish, topics_for, worker
@@ -123,7 +124,7 @@ def produce_live(bootstrap: str, topic: str) -> None:
     from aiokafka import AIOKafkaProducer
 
     async def go() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
         await p.start()
         try:
             for i in range(4):

@@ -108,9 +108,9 @@ def test_status_errors_are_one_line(kafka_broker: local.Broker, topic_prefix: st
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("mynapoint status: no engine topics on")
-    from engine.streams import publish as publish_mod
-    asyncio.run(publish_mod.ensure_topics_settled(kafka_broker.bootstrap,
-                                                  Topics(topic_prefix), 2))
+    from engine.streams.topics import ensure_topics
+    # every topic a worker creates (a publisher creates the inputs only)
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, Topics(topic_prefix), 2))
     r = mynapoint("status", "--broker", kafka_broker.bootstrap, "--topic-prefix", topic_prefix,
                   "--group", "nobody-here")
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -181,13 +181,12 @@ def test_a_refused_request_is_one_error_not_a_connection_failure(
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import GroupAuthorizationFailedError
 
-    from engine.streams import publish as publish_mod
+    from engine.streams.topics import ensure_topics
 
     async def refuse(*_a: object, **_k: object) -> None:
         raise GroupAuthorizationFailedError("not authorized")
 
-    asyncio.run(publish_mod.ensure_topics_settled(kafka_broker.bootstrap,
-                                                  Topics(topic_prefix), 2))
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, Topics(topic_prefix), 2))
     monkeypatch.setattr(AIOKafkaAdminClient, "describe_consumer_groups", refuse)
     with pytest.raises(status_mod.StatusError) as e:
         asyncio.run(status_mod.status(kafka_broker.bootstrap, Topics(topic_prefix)))

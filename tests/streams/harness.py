@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.generate import generate_tables, write_jsonl
+from engine.kafka.client_config import default_client
 from engine.ledger.compare import Comparison, compare
 from engine.ledger.settle import SettleResult, settle_files
 from engine.streams.collect import collect
@@ -91,7 +92,7 @@ def collect_and_compare(bootstrap: str, prefix: str, sc: Scenario, manifest: Pat
 
 async def output_end_offsets(bootstrap: str, prefix: str) -> dict[TopicPartition, int]:
     t = topics_for(prefix)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
     await c.start()
     try:
         return dict(await c.end_offsets([TopicPartition(x, p) for x in (t.grants, t.rejections)

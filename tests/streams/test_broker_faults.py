@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.kafka import local
+from engine.kafka.client_config import ENV, default_client
 from engine.ledger.compare import Comparison
 from tests.streams.harness import (
     LAST_STATS,
@@ -74,7 +75,7 @@ def wait_for_outputs(bootstrap: str, prefix: str, at_least: int, wait: float = 9
 
 async def _production_times(bootstrap: str, prefix: str) -> list[int]:
     ends = await output_end_offsets(bootstrap, prefix)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), enable_auto_commit=False,
                          auto_offset_reset="earliest")
     await c.start()
     stamps: list[int] = []
@@ -207,10 +208,11 @@ def test_failed_batch_is_retried_in_process(kafka_broker: local.Broker, topic_pr
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[local.Broker]:
+def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[local.Broker]:
     """A broker for this test alone: it gets killed."""
     data = tmp_path / "broker"
     broker = local.start(port=local.restartable_port(), data_dir=data, wait=120.0)
+    monkeypatch.setenv(ENV, str(broker.credentials()))
     try:
         yield broker
     finally:
@@ -241,9 +243,10 @@ def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefi
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[local.Cluster]:
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[local.Cluster]:
     c = local.start_cluster(3, port=local.restartable_port(3), root=tmp_path / "cluster",
                             wait=120.0)
+    monkeypatch.setenv(ENV, str(c.credentials()))
     try:
         yield c
     finally:
@@ -252,7 +255,7 @@ def cluster(tmp_path: Path) -> Iterator[local.Cluster]:
 
 
 async def _coordinator(bootstrap: str, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
         return await admin.find_coordinator(group)

@@ -8,9 +8,8 @@ import time
 from typing import Any
 
 from engine.kafka import local
-from engine.streams import publish as publish_mod
 from engine.streams.collect import collect
-from engine.streams.topics import Topics
+from engine.streams.topics import Topics, ensure_topics
 
 
 def timed(bootstrap: str, topics: Topics, expect: int, idle: float) -> tuple[float, Any]:
@@ -23,7 +22,7 @@ def timed(bootstrap: str, topics: Topics, expect: int, idle: float) -> tuple[flo
 def test_timeout_is_idle_time_with_expect_and_unused_without(
         kafka_broker: local.Broker, topic_prefix: str) -> None:
     topics = Topics(prefix=topic_prefix)
-    asyncio.run(publish_mod.ensure_topics_settled(kafka_broker.bootstrap, topics, 2))
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 2))
     # nothing expected: stops at the (empty) end at once, however long --timeout is
     took, stats = timed(kafka_broker.bootstrap, topics, expect=0, idle=60.0)
     assert took < 15 and stats["reached_end"]

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from engine.kafka.client_config import default_client
 from engine.kafka.local import free_port
 from engine.streams.collect import collect
 from engine.streams.rebuild import rebuild_state
@@ -202,7 +203,7 @@ def _refused(metrics_port: int) -> set[int]:
 
 def _delete_topics(bootstrap: str, names: list[str]) -> None:
     async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
         await admin.start()
         try:
             await admin.delete_topics(names)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from engine.kafka.client_config import default_client
 from engine.ledger.compare import Comparison, compare
 from engine.streams.collect import collect
 from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
@@ -63,7 +64,7 @@ def _charge(txn_id: str, amount: int) -> dict[str, object]:
 async def _inject(bootstrap: str, prefix: str) -> dict[str, tuple[int, str]]:
     """Produce one message of every poison kind; return {name: (partition, topic)}."""
     t = topics_for(prefix)
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=10 << 20)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), max_request_size=10 << 20)
     await p.start()
     right = partition_for(PERSON.encode(), PARTITIONS)
     wrong = _other_partition(PERSON.encode())
@@ -143,7 +144,7 @@ async def _inject_catalogue(bootstrap: str, prefix: str
     """Every poison of tests/poison_records.py in every message format; returns, per
     format, each entry with the source its (first) outcome carries."""
     t = topics_for(prefix)
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=10 << 20)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), max_request_size=10 << 20)
     await p.start()
     right = partition_for(PERSON.encode(), PARTITIONS)
     key = PERSON.encode()

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.kafka import local
+from engine.kafka.client_config import default_client
 from engine.streams import collect as collect_mod
 from engine.streams import publish as publish_mod
 from engine.streams.codec_out import (
@@ -37,6 +38,7 @@ from engine.streams.topics import (
     FORMAT_HEADER,
     FORMAT_JSONL,
     Topics,
+    ensure_topics,
     partition_for,
 )
 
@@ -85,7 +87,7 @@ def _numbered(lines: list[bytes]) -> dict[int, bytes]:
 
 
 async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -354,7 +356,7 @@ def _rejection(source: str, **kw: Any) -> dict[str, Any]:
 
 
 async def _produce(bootstrap: str, items: list[tuple[str, int, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all")
     await producer.start()
     try:
         for topic, partition, value in items:
@@ -373,7 +375,7 @@ def test_collect_dedups_orders_and_detects_conflicts(
         kafka_broker: local.Broker, topic_prefix: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     topics = Topics(prefix=topic_prefix)
-    asyncio.run(publish_mod.ensure_topics_settled(kafka_broker.bootstrap, topics, 4))
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 4))
     g1 = _grant(1, "x.transactions/2/10#3")
     g2 = _grant(2, "x.transactions/0/99")
     g3 = _grant(3, "x.transactions/2/10#0", kind="refund", points=-250, occurred_at=0)

@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.kafka.client_config import default_client
 from engine.rules.settlement import settle_records
 from engine.streams.codec_out import format_utc
 from engine.streams.collect import collect
@@ -32,7 +33,8 @@ def _txn(txn_id: str, person: str, received_ms: int) -> dict[str, object]:
 async def _changelog_sizes(bootstrap: str, prefix: str) -> tuple[int, bytes]:
     """Largest changelog message and all changelog bytes (to search them)."""
     t = topics_for(prefix)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                         auto_offset_reset="earliest")
     await c.start()
     try:
         tps = [TopicPartition(t.changelog, p) for p in range(PARTITIONS)]
@@ -62,7 +64,7 @@ def test_a_forged_source_header_on_a_public_topic_is_ignored(kafka_broker, topic
     forged = (f"other.topic/0/1#{PII}" + "x" * 500_000).encode()
 
     async def send() -> tuple[int, int]:
-        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap,
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client(),
                              max_request_size=2 << 20)
         await p.start()
         try:
@@ -114,7 +116,7 @@ def test_a_person_with_100000_waiting_records(kafka_broker, topic_prefix,
     w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
 
     async def send() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap,
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client(),
                              max_request_size=4 << 20)
         await p.start()
         try:
@@ -165,7 +167,7 @@ def test_a_rerouted_record_arriving_after_its_deadline_is_decided_at_once(
     w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
 
     async def send() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
         await p.start()
         try:
             t = topics_for(prefix)

@@ -1,0 +1,259 @@
+"""The secured local broker: SCRAM authentication and ACLs, against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
+
+from engine.kafka import local, security
+from engine.kafka.client_config import load_client_config, parse_client_config
+from engine.streams.topics import Topics, ensure_topics
+from tests.kafka_fixtures import produce_one
+
+OPERATOR = "paypay"
+
+
+@pytest.fixture(scope="module")
+def secured_topics(kafka_broker: local.Broker) -> Topics:
+    """A deployment of its own prefix: topics created by admin, ACLs as `kafka start`
+    creates them for the default prefix."""
+    topics = Topics(prefix="secured")
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 2))
+    local.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
+                   security.acl_plan(topics, [OPERATOR, "aupay"]))
+    return topics
+
+
+async def _read(bootstrap: str, topic: str, client: dict[str, Any]) -> int:
+    # subscribed (not assigned): a refused metadata lookup then raises at start
+    # (no DESCRIBE) or at the fetch (no READ) instead of being retried
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                         auto_offset_reset="earliest", request_timeout_ms=10_000, **client)
+    await asyncio.wait_for(c.start(), 30)
+    try:
+        got = await asyncio.wait_for(c.getmany(timeout_ms=3000), 30)
+        return sum(len(v) for v in got.values())
+    finally:
+        await c.stop()
+
+
+async def _ends(bootstrap: str, topic: str) -> int:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **load_client_config(None))
+    await c.start()
+    try:
+        ends = await c.end_offsets([TopicPartition(topic, p) for p in range(2)])
+        return sum(ends.values())
+    finally:
+        await c.stop()
+
+
+def test_credentials_are_private_scram_properties(kafka_broker: local.Broker) -> None:
+    creds = security.credentials_dir(kafka_broker.data_dir)
+    names = {p.stem for p in creds.glob("*.properties")}
+    assert {"admin", "engine", "finance", OPERATOR, "aupay"} <= names
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
+    passwords = set()
+    for f in creds.glob("*.properties"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        kw = parse_client_config(f.read_text())
+        assert kw["security_protocol"] == "SASL_PLAINTEXT"
+        assert kw["sasl_mechanism"] == "SCRAM-SHA-512"
+        assert kw["sasl_plain_username"] == f.stem
+        assert len(kw["sasl_plain_password"]) >= 40
+        passwords.add(kw["sasl_plain_password"])
+    assert len(passwords) == len(names)
+    # never on a command line, never in the broker's logs
+    cmdline = Path(f"/proc/{kafka_broker.pid}/cmdline").read_bytes().decode()
+    logs = "".join(p.read_text(errors="replace")
+                   for p in (kafka_broker.data_dir / "logs").glob("*.log"))
+    assert not [pw for pw in passwords if pw in cmdline or pw in logs]
+    assert stat.S_IMODE((kafka_broker.data_dir / "server.properties").stat().st_mode) == 0o600
+    assert not (kafka_broker.data_dir / "format.args").exists()
+
+
+def test_operator_writes_its_inputs_and_nothing_else(kafka_broker: local.Broker,
+                                                     secured_topics: Topics) -> None:
+    b, t = kafka_broker.bootstrap, secured_topics
+    op = kafka_broker.client(OPERATOR)
+    before = asyncio.run(_ends(b, t.transactions))
+    asyncio.run(produce_one(b, t.transactions, op))
+    assert asyncio.run(_ends(b, t.transactions)) == before + 1
+    for topic in (t.grants, t.rejections, t.changelog, t.reroute_transactions):
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(produce_one(b, topic, op))
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(_read(b, topic, op))
+    # an operator cannot read the inputs either (another operator's records)
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(_read(b, t.enrollments, op))
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=b, **op)
+        await admin.start()
+        try:
+            resp = await admin.create_topics([NewTopic("secured.op-made", 1, 1)])
+            codes = [e[1] for e in resp.topic_errors]
+            if any(codes):
+                raise KafkaError(f"refused: {codes}")
+        finally:
+            await admin.close()
+
+    with pytest.raises(KafkaError):
+        asyncio.run(create())
+
+
+def test_finance_reads_outputs_writes_nothing(kafka_broker: local.Broker,
+                                              secured_topics: Topics) -> None:
+    b, t = kafka_broker.bootstrap, secured_topics
+    asyncio.run(produce_one(b, t.grants, kafka_broker.client(security.ENGINE)))
+    fin = kafka_broker.client(security.FINANCE)
+    assert asyncio.run(_read(b, t.grants, fin)) >= 1
+    assert asyncio.run(_read(b, t.rejections, fin)) >= 0
+    for topic in (*t.outputs, *t.inputs, t.changelog):
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(produce_one(b, topic, fin))
+
+
+def test_engine_cannot_publish_inputs(kafka_broker: local.Broker,
+                                      secured_topics: Topics) -> None:
+    b, t = kafka_broker.bootstrap, secured_topics
+    eng = kafka_broker.client(security.ENGINE)
+    for topic in t.inputs:
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(produce_one(b, topic, eng))
+    asyncio.run(produce_one(b, t.changelog, eng))  # its own internal topic
+
+
+def test_wrong_password_and_plaintext_are_refused(kafka_broker: local.Broker,
+                                                  secured_topics: Topics) -> None:
+    b, t = kafka_broker.bootstrap, secured_topics
+    before = asyncio.run(_ends(b, t.transactions))
+    wrong = {**kafka_broker.client(OPERATOR), "sasl_plain_password": "not-the-password"}
+    unknown = {**kafka_broker.client(OPERATOR), "sasl_plain_username": "nobody"}
+    for client in (wrong, unknown, {}):
+        with pytest.raises((KafkaConnectionError, KafkaError, TimeoutError)):
+            asyncio.run(produce_one(b, t.transactions, client))
+    assert asyncio.run(_ends(b, t.transactions)) == before
+
+
+def test_credentials_path_names_the_file_never_the_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = local.default_data_dir(19092)
+    security.Credentials.generate(["admin", OPERATOR]).write(root)
+    from engine.cli import main
+
+    assert main(["kafka", "credentials", OPERATOR, "--port", "19092"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == str(security.credentials_file(root, OPERATOR))
+    assert "password" not in out
+    assert main(["kafka", "credentials", "nobody", "--port", "19092"]) == 2
+    err = capsys.readouterr().err
+    assert "nobody" in err and "admin" in err and len(err.splitlines()) == 1
+    assert os.environ.get("MYNAPOINT_CLIENT_CONFIG") is not None  # the session's admin
+
+
+def test_add_operator_without_restart(kafka_broker: local.Broker,
+                                      secured_topics: Topics) -> None:
+    b, t = kafka_broker.bootstrap, secured_topics
+    path = local.add_operator(b, kafka_broker.data_dir, "newpay", t)
+    assert path == kafka_broker.credentials("newpay")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not list(kafka_broker.data_dir.glob("add-*.properties"))  # no password left
+    new = kafka_broker.client("newpay")
+    before = asyncio.run(_ends(b, t.enrollments))
+    asyncio.run(produce_one(b, t.enrollments, new))
+    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(produce_one(b, t.grants, new))
+    with pytest.raises(local.KafkaError, match="already has credentials"):
+        local.add_operator(b, kafka_broker.data_dir, "newpay", t)
+    with pytest.raises(local.KafkaError, match="reserved"):
+        local.add_operator(b, kafka_broker.data_dir, "engine", t)
+
+
+def test_a_failing_tool_never_shows_a_password(tmp_path: Path) -> None:
+    """A Kafka tool that rejects its input may echo it (ConfigCommand does): the
+    error raised to the user masks every password."""
+    echo = tmp_path / "Echo.java"
+    echo.write_text('public class Echo { public static void main(String[] a) {'
+                    ' System.err.println("Invalid property password=" + a[0]);'
+                    ' System.exit(1); } }')
+    java = local._require("java", "needed")
+    secret = security.new_password()
+    with pytest.raises(local.KafkaError) as info:
+        local._java_tool(java, local.fetch_jars(), tmp_path / "log4j.properties",
+                         str(echo), secret, hide=(secret,))
+    assert secret not in str(info.value)
+    assert "password=******" in str(info.value)
+
+
+def _cli(*args: str, env_config: str | None = None) -> Any:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MYNAPOINT_CLIENT_CONFIG"}
+    if env_config:
+        env["MYNAPOINT_CLIENT_CONFIG"] = env_config
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
+                          text=True, timeout=180, env=env)
+
+
+def test_commands_authenticate_with_client_config(kafka_broker: local.Broker,
+                                                  secured_topics: Topics,
+                                                  tmp_path: Path) -> None:
+    """publish as an operator, collect as finance, each with --client-config; the
+    engine's file cannot publish, no file at all cannot connect."""
+    b, t = kafka_broker.bootstrap, secured_topics
+    enr = tmp_path / "e.jsonl"
+    enr.write_text('{"mykey_id": "AB12cd34", "operator_id": "paypay", '
+                   '"received_at": "2020-09-01T00:00:00+09:00"}\n')
+    base = ["publish", "--enrollments", str(enr), "--broker", b, "--topic-prefix", t.prefix,
+            "--partitions", "2", "--quiet"]
+    before = asyncio.run(_ends(b, t.enrollments))
+    ok = _cli(*base, "--client-config", str(kafka_broker.credentials(OPERATOR)))
+    assert ok.returncode == 0, ok.stderr
+    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
+    refused = _cli(*base, "--client-config", str(kafka_broker.credentials(security.ENGINE)))
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Authorization" in refused.stderr
+    anonymous = _cli(*base)
+    assert anonymous.returncode == 2 and "Traceback" not in anonymous.stderr
+    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
+    for f in kafka_broker.credentials(security.ENGINE).parent.glob("*.properties"):
+        password = load_client_config(f)["sasl_plain_password"]
+        assert password not in refused.stderr + ok.stdout + ok.stderr + anonymous.stderr
+
+    collected = _cli("collect", "--out", str(tmp_path / "out"), "--broker", b,
+                     "--topic-prefix", t.prefix,
+                     env_config=str(kafka_broker.credentials(security.FINANCE)))
+    assert collected.returncode == 0, collected.stderr
+    assert (tmp_path / "out" / "grants.parquet").is_file()
+    bad = _cli("collect", "--out", str(tmp_path / "o2"), "--client-config",
+               str(tmp_path / "missing.properties"))
+    assert bad.returncode == 2 and "missing.properties" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_worker_refused_by_acls_says_so_in_one_line(kafka_broker: local.Broker,
+                                                    secured_topics: Topics,
+                                                    tmp_path: Path) -> None:
+    r = _cli("worker", "--broker", kafka_broker.bootstrap, "--topic-prefix",
+             secured_topics.prefix, "--partitions", "2", "--state-dir", str(tmp_path),
+             "--client-config", str(kafka_broker.credentials(OPERATOR)))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Authorization" in r.stderr and "Traceback" not in r.stderr
