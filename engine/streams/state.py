@@ -199,13 +199,23 @@ class ShardStore:
         self.cache.clear()
         return ignored
 
-    def _wipe(self) -> None:
-        keep = ShardMeta(stream_time=self.no_time, changelog_offset=self.meta.changelog_offset,
-                         fence=self.meta.fence)
+    def _wipe(self, keep_position: bool = True) -> None:
+        """Empty the store; ``keep_position`` keeps the changelog offset and fence
+        (a reset fence read on restore), else it is new (a foreign local copy)."""
+        keep = ShardMeta(stream_time=self.no_time)
+        if keep_position:
+            keep.changelog_offset, keep.fence = self.meta.changelog_offset, self.meta.fence
         self.db.close()
         Rdict.destroy(str(self.path))
         self.db = Rdict(str(self.path), options=self._options())
         self.meta = keep
+        self.cache.clear()
+        self.parked.clear()
+
+    def reset(self) -> None:
+        """Forget everything, position included: the local copy is not this
+        changelog's (it is ahead of it)."""
+        self._wipe(keep_position=False)
 
     def rebuild_parked_index(self, timeout: int) -> None:
         self.parked.clear()

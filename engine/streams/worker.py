@@ -284,9 +284,7 @@ class Worker:
         await recovery.check_changelog(self.admin, self.topics, p, end)
         if store.meta.changelog_offset >= end:
             # a local copy ahead of the changelog belongs to another history
-            store.close()
-            ShardStore.destroy(store.path)
-            store.__init__(store.path, NO_TIME)  # type: ignore[misc]
+            store.reset()
         fence = await recovery.write_fence(self.producer, self.topics, p)
         t0 = time.perf_counter()
         read, ignored = await recovery.restore(reader, self.topics, store, p, fence,

@@ -107,3 +107,16 @@ def test_state_slots_are_locked_per_process_not_by_pid(tmp_path: Path) -> None:
     c = new()
     c._lock_slot()
     assert c.state_dir == a.state_dir
+
+
+def test_reset_forgets_a_foreign_local_copy_position_included(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path / "p4", NO_TIME)
+    store.restore([(FENCE_KEY, encode(Fence()), 5, None),
+                   (b"personAA", encode(PersonState(c=1)), 6, 5)])
+    store.reset()
+    assert store.get("personAA") == PersonState()
+    assert (store.meta.changelog_offset, store.meta.fence) == (-1, -1)
+    store.close()
+    again = ShardStore(tmp_path / "p4", NO_TIME)
+    assert again.meta.changelog_offset == -1 and again.get("personAA") == PersonState()
+    again.close()
