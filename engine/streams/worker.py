@@ -59,6 +59,13 @@ from aiokafka.structs import OffsetAndMetadata
 
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.kafka.client_config import default_client
+from engine.kafka.topics import (
+    CHANGELOG_MAX_BYTES,
+    SOURCE_HEADER,
+    TopicMismatch,
+    Topics,
+    ensure_topics,
+)
 from engine.metrics import EngineMetrics
 from engine.ops import health, logs
 from engine.rules.model import Campaign, Registry
@@ -67,13 +74,6 @@ from engine.streams import recovery
 from engine.streams.decode import InBatch, concat_batches, decode_messages
 from engine.streams.shard import ShardDecider, ShardResult
 from engine.streams.state import ShardStore
-from engine.streams.topics import (
-    CHANGELOG_MAX_BYTES,
-    SOURCE_HEADER,
-    TopicMismatch,
-    Topics,
-    ensure_topics,
-)
 
 log = logging.getLogger("mynapoint.worker")
 NO_TIME = -(2**63)

@@ -14,14 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
-from engine.generate import generate_tables, write_jsonl
 from engine.io.readers import split_lines
-from engine.ledger.settle import settle_files
+from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL
 from engine.rules.model import NO_TIME
 from engine.streams.decode import decode_messages
 from engine.streams.shard import ShardDecider
 from engine.streams.state import ShardStore
-from engine.streams.topics import FORMAT_HEADER, FORMAT_JSONL
+from engine.tools.generate import generate_tables, write_jsonl
+from engine.tools.settle import settle_files
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 
