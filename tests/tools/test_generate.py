@@ -21,10 +21,12 @@ from engine.rules.model import (
     TRANSACTION_REASONS,
     Campaign,
 )
+from engine.rules.strings import check_digit, is_individual_number
 from engine.tools import generate as G
+from engine.tools import synth as Y
 
 CAMPAIGN = Campaign()
-OPERATORS = {o.id: o for o in G._load_operators()}
+OPERATORS = {o.id: o for o in Y.load_operators()}
 HOUR_US = 3600 * 10**6
 
 MYKEY = re.compile(r"[0-9A-Za-z]{8}")
@@ -86,38 +88,38 @@ def clean_files(clean: tuple[pa.Table, pa.Table], tmp_path_factory: pytest.TempP
 # ----------------------------------------------------------------------- basics
 
 def test_individual_number_check_digit() -> None:
-    assert G.check_digit("12345678901") == 8
-    assert G.is_individual_number("123456789018")
-    assert not G.is_individual_number("123456789019")
-    assert not G.is_individual_number("12345678901")     # 11 digits
-    assert not G.is_individual_number("１２３４５６７８９０１８")   # not ASCII
+    assert check_digit("12345678901") == 8
+    assert is_individual_number("123456789018")
+    assert not is_individual_number("123456789019")
+    assert not is_individual_number("12345678901")     # 11 digits
+    assert not is_individual_number("１２３４５６７８９０１８")   # not ASCII
     rng = np.random.default_rng(5)
     for _ in range(200):
-        assert G.is_individual_number(G._individual_number(rng, valid=True))
-        assert not G.is_individual_number(G._individual_number(rng, valid=False))
+        assert is_individual_number(Y.individual_number(rng, valid=True))
+        assert not is_individual_number(Y.individual_number(rng, valid=False))
 
 
 def test_vectorised_timestamps_match_scalar_formatting() -> None:
     rng = np.random.default_rng(3)
-    t = rng.integers(G.jst_us(2020, 6, 1), G.jst_us(2021, 12, 31), 5000)
+    t = rng.integers(Y.jst_us(2020, 6, 1), Y.jst_us(2021, 12, 31), 5000)
     t = t // 1000 * 1000
     style = rng.integers(0, 5, len(t))
-    got = G.rfc3339(t, style).to_pylist()
-    want = [None if s == G.ST_NULL else G.format_ts(int(x), int(s)) for x, s in zip(t, style,
+    got = Y.rfc3339(t, style).to_pylist()
+    want = [None if s == Y.ST_NULL else Y.format_ts(int(x), int(s)) for x, s in zip(t, style,
                                                                                 strict=True)]
     assert got == want
-    assert G.format_ts(G.jst_us(2021, 2, 10, 8, 30), G.ST_Z) == "2021-02-09T23:30:00Z"
-    assert G.format_ts(G.jst_us(2021, 2, 10, 8, 30), G.ST_JST) == "2021-02-10T08:30:00+09:00"
+    assert Y.format_ts(Y.jst_us(2021, 2, 10, 8, 30), Y.ST_Z) == "2021-02-09T23:30:00Z"
+    assert Y.format_ts(Y.jst_us(2021, 2, 10, 8, 30), Y.ST_JST) == "2021-02-10T08:30:00+09:00"
 
 
 def test_radix_strings_match_scalar_ids() -> None:
     g = G._Generator(10, 10, seed=1, clean=False)
     g.people()
     seq = np.arange(50, dtype=np.int64)
-    ids = G._radix_strings(G._mix64(seq, g.salt), 13, G._B36, b"tx-").to_pylist()
+    ids = Y.radix_strings(G._mix64(seq, g.salt), 13, Y.B36, b"tx-").to_pylist()
     assert ids == [g.txn_id(i) for i in range(50)]
     assert len(set(ids)) == 50
-    keys = G._radix_strings(g.key_codes, 8, G._B62).to_pylist()
+    keys = Y.radix_strings(g.key_codes, 8, Y.B62).to_pylist()
     assert keys == [g.mykey(i) for i in range(10)]
 
 
@@ -215,7 +217,7 @@ def test_clean_formats(clean_files: tuple[list[dict], list[dict]]) -> None:
         if len(op.kinds) == 2:
             assert e["earn_on"] in ("charge", "purchase")
         elif "earn_on" in e:
-            assert e["earn_on"] == G.KIND_NAMES[op.kinds[0]]
+            assert e["earn_on"] == Y.KIND_NAMES[op.kinds[0]]
     for t in txn:
         assert set(t) <= TXN_KEYS and TXN_KEYS - {"original_txn_id"} <= set(t)
         assert TXN_ID.fullmatch(t["txn_id"])
@@ -239,11 +241,11 @@ def test_clean_parquet_schema(tmp_path: Path, clean: tuple[pa.Table, pa.Table]) 
     G.write_parquet(enr, tmp_path / "e.parquet")
     ts = pa.timestamp("us", tz="UTC")
     st = pq.read_schema(tmp_path / "t.parquet")
-    assert st.names == list(G.TXN_FIELDS)
+    assert st.names == list(Y.TXN_FIELDS)
     assert st.field("occurred_at").type == ts and st.field("received_at").type == ts
     assert st.field("amount").type == pa.int64()
     se = pq.read_schema(tmp_path / "e.parquet")
-    assert se.names == list(G.ENR_FIELDS)
+    assert se.names == list(Y.ENR_FIELDS)
     assert se.field("applied_at").type == ts
     back = pq.read_table(tmp_path / "t.parquet")
     assert back.equals(txn)
@@ -254,7 +256,7 @@ def test_clean_is_all_eligible(clean_files: tuple[list[dict], list[dict]]) -> No
     people = {}
     for e in enr:
         op = OPERATORS[e["operator_id"]]
-        kind = e.get("earn_on") or G.KIND_NAMES[op.kinds[0]]
+        kind = e.get("earn_on") or Y.KIND_NAMES[op.kinds[0]]
         applied = us(e["applied_at"])
         assert e["mykey_id"] not in people
         assert applied < CAMPAIGN.enroll_end and jst_day(applied) >= op.opens
@@ -350,9 +352,9 @@ def test_realistic_mix(realistic_files: tuple[Path, Path]) -> None:
     assert any(s.endswith("Z") for s in times) and any(s.endswith("+09:00") for s in times)
     assert any(isinstance(t.get("received_at"), str) and RFC3339.fullmatch(t["received_at"])
                and us(t["received_at"]) >= CAMPAIGN.accept_end for t in txn)
-    assert any(G.is_individual_number(v) for t in txn + enr for v in t.values()
+    assert any(is_individual_number(v) for t in txn + enr for v in t.values()
                if isinstance(v, str))
-    assert any(t.get("operator_id") in G.UNKNOWN_OPERATORS for t in txn)
+    assert any(t.get("operator_id") in Y.UNKNOWN_OPERATORS for t in txn)
     amounts = [t.get("amount") for t in txn]
     assert 0 in amounts and any(isinstance(a, int) and a < 0 for a in amounts)
     assert any(isinstance(a, float) for a in amounts)
@@ -371,7 +373,7 @@ def test_rejectable_share_stays_small() -> None:
     kinds = Counter(txn.column("kind").to_pylist())
     assert kinds["refund"] < 0.04 * n
     ops = txn.column("operator_id").to_pylist()
-    assert sum(o in G.UNKNOWN_OPERATORS for o in ops) < 0.005 * n
+    assert sum(o in Y.UNKNOWN_OPERATORS for o in ops) < 0.005 * n
     assert txn.column("_raw").drop_null().length() < 0.003 * n
     late = sum(1 for r in txn.column("received_at").to_pylist()
                if r and RFC3339.fullmatch(r) and us(r) >= CAMPAIGN.accept_end)
