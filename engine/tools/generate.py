@@ -9,8 +9,7 @@ amounts, a share of people reach the cap; operators upload in batches, retry, co
 amounts, send refunds (some before the original), send late files, and occasionally
 send broken or forbidden data. Rejectable records stay at a few percent, and a fixed
 set of hand-written *scenarios* (:mod:`engine.tools.scenarios`: boundary instants, the
-UTC/JST date line, every
-reason code of SETTLEMENT_RULES.md) is mixed in whenever there are at least
+UTC/JST date line, every reason code of SETTLEMENT_RULES.md) is mixed in whenever there are at least
 ``SCENARIO_MIN_USERS`` users and ``SCENARIO_MIN_TRANSACTIONS`` transactions.
 
 Clean mode (``clean=True``) is for benchmarks: every record well-formed, every
