@@ -8,10 +8,12 @@ locale-free, which is what makes the streaming and offline paths agree.
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+
 import numba
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numba.typed import List
 
 from engine.rules.model import US_PER_DAY, US_PER_SECOND
@@ -408,14 +410,159 @@ def kafka_partitions(arr: pa.Array, n_partitions: int) -> np.ndarray:
     return _murmur2_partitions(o, d, v, n_partitions)
 
 
+# --------------------------------------------------------------------- RFC 3339 text
+#
+# The one place instants become text. Rows are assembled from a per-day and a
+# per-second byte table (table lookups instead of digit arithmetic, no Python string
+# per row until the caller asks for one); the generator builds the operators'
+# renderings on the same heads.
+
+_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
+_TOD_TABLE: np.ndarray | None = None
+_UTC_FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def strings_from_matrix(mat: np.ndarray) -> pa.Array:
+    """A StringArray straight from a byte matrix (row i = string i), zero-copy.
+
+    Python string objects are never created, which is what keeps ten million ids and
+    timestamps within a second or two.
+    """
+    n, w = mat.shape
+    offsets = np.arange(0, (n + 1) * w, w, dtype=np.int64)
+    data = pa.py_buffer(np.ascontiguousarray(mat).reshape(-1))
+    if offsets[-1] < 2**31:
+        off32 = pa.py_buffer(offsets.astype(np.int32))
+        return pa.Array.from_buffers(pa.string(), n, [None, off32, data])
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), data])
+
+
+def _tod_table() -> np.ndarray:
+    """"HH:MM:SS" for every second of a day, as an (86400, 8) byte table."""
+    global _TOD_TABLE
+    if _TOD_TABLE is None:
+        sec = np.arange(86400)
+        t = np.empty((86400, 8), dtype=np.uint8)
+        for col, v in ((0, sec // 3600), (3, sec // 60 % 60), (6, sec % 60)):
+            t[:, col] = _DIGITS[v // 10]
+            t[:, col + 1] = _DIGITS[v % 10]
+        t[:, 2] = t[:, 5] = ord(":")
+        _TOD_TABLE = t
+    return _TOD_TABLE
+
+
+def _date_rows(days: np.ndarray) -> np.ndarray:
+    """``YYYY-MM-DDT`` byte rows of day numbers since the epoch."""
+    d0, d1 = int(days.min()), int(days.max())
+    if d1 - d0 < max(4 * len(days), 1024):   # a campaign spans a few hundred days
+        table_days, index = np.arange(d0, d1 + 1), days - d0
+    else:                                    # a few instants far apart
+        table_days, index = np.unique(days, return_inverse=True)
+    dates = np.datetime_as_string(table_days.astype("datetime64[D]"), unit="D")
+    table = np.empty((len(table_days), 11), dtype=np.uint8)
+    table[:, :10] = np.char.encode(dates, "ascii").view(np.uint8).reshape(-1, 10)
+    table[:, 10] = ord("T")
+    return table[index]  # type: ignore[no-any-return]
+
+
+def datetime_heads(us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``YYYY-MM-DDTHH:MM:SS`` byte rows (n, 19) of wall-clock instants in µs (UTC, or
+    already shifted to another zone by the caller), and each one's µs within the second.
+    Instants must lie in :data:`TIME_RANGE`."""
+    us = np.asarray(us, dtype=np.int64)
+    mat = np.empty((len(us), 19), dtype=np.uint8)
+    if len(us) == 0:
+        return mat, np.zeros(0, dtype=np.int64)
+    days = us // US_PER_DAY
+    sod = us - days * US_PER_DAY
+    mat[:, :11] = _date_rows(days)
+    mat[:, 11:] = _tod_table()[sod // US_PER_SECOND]
+    return mat, sod % US_PER_SECOND
+
+
+def rfc3339_array(us: np.ndarray, suffix: str = "Z") -> pa.Array:
+    """The engine's RFC 3339 text of UTC µs instants: ``YYYY-MM-DDTHH:MM:SS`` then
+    ``.ffffff`` only when the fraction is not zero, then ``suffix`` (the form of
+    ``schemas/grant.schema.json``). ``suffix=""`` writes a wall-clock time without
+    offset.
+
+    >>> rfc3339_array(np.array([1598886000000000, 1598886000123456, -1])).to_pylist()
+    ['2020-08-31T15:00:00Z', '2020-08-31T15:00:00.123456Z', '1969-12-31T23:59:59.999999Z']
+    """
+    us = np.asarray(us, dtype=np.int64)
+    if not in_time_range(us).all():
+        # only unchecked input gets here (publish of a foreign Parquet column): years
+        # beyond four digits, written as numpy writes them, one by one
+        return pa.array([_far_instant(int(u), suffix) for u in us], type=pa.string())
+    head, frac = datetime_heads(us)
+    n = len(frac)
+    tail = suffix.encode("ascii")
+    width = 26 + len(tail)
+    full = np.empty((n, width), dtype=np.uint8)
+    full[:, :19] = head
+    full[:, 19] = ord(".")
+    for k in range(6):
+        full[:, 25 - k] = _DIGITS[frac // 10**k % 10]
+    full[:, 26:] = np.frombuffer(tail, dtype=np.uint8)
+    has_frac = frac != 0
+    keep = np.ones((n, width), dtype=np.bool_)
+    keep[~has_frac, 19:26] = False
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.where(has_frac, width, width - 7), out=offsets[1:])
+    data = pa.py_buffer(full[keep])
+    if offsets[-1] < 2**31:
+        return pa.Array.from_buffers(pa.string(), n,
+                                     [None, pa.py_buffer(offsets.astype(np.int32)), data])
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), data])
+
+
+def _far_instant(us: int, suffix: str) -> str:
+    text = str(np.datetime64(us, "us"))
+    return (text[:-7] if text.endswith(".000000") else text) + suffix
+
+
 def rfc3339_utc(us: np.ndarray) -> list[str]:
-    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` for UTC microsecond instants, vectorised.
+    """:func:`rfc3339_array` as Python strings.
 
     >>> rfc3339_utc(np.array([1598886000123456]))
     ['2020-08-31T15:00:00.123456Z']
     """
-    ts = pa.array(np.asarray(us, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC"))
-    return pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ").to_pylist()  # type: ignore[no-any-return]
+    return rfc3339_array(us).to_pylist()  # type: ignore[no-any-return]
+
+
+def format_utc(us: int | datetime) -> str:
+    """One instant (µs since the epoch, or an aware datetime) in the engine's form.
+
+    >>> format_utc(0), format_utc(-1)
+    ('1970-01-01T00:00:00Z', '1969-12-31T23:59:59.999999Z')
+    """
+    if isinstance(us, datetime):
+        if us.tzinfo is None:
+            raise ValueError("a naive datetime has no defined instant")
+        delta = us - _EPOCH
+        us = (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+    return rfc3339_utc(np.array([us], dtype=np.int64))[0]
+
+
+def is_utc_form(text: str) -> bool:
+    """True when ``text`` has the form :func:`format_utc` writes (the calendar unchecked)."""
+    return _UTC_FORM.fullmatch(text) is not None
+
+
+def parse_utc(text: str) -> int:
+    """The inverse of :func:`format_utc`: only the UTC ``Z`` form the engine writes
+    (up to six fraction digits), values checked by :func:`parse_timestamps`.
+
+    >>> parse_utc("2020-09-13T12:26:40.25Z") == 1_600_000_000_250_000
+    True
+    """
+    if not is_utc_form(text):
+        raise ValueError(f"not an RFC 3339 UTC timestamp ending in Z: {text!r}")
+    us, ok = parse_timestamps(pa.array([text], type=pa.string()))
+    if not ok[0]:
+        raise ValueError(f"no such date or time of day: {text!r}")
+    return int(us[0])
 
 
 @numba.njit(cache=True, nogil=True)

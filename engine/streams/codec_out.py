@@ -24,66 +24,24 @@ True
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import msgspec
 import orjson
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
+from engine.rules.strings import format_utc, is_utc_form, parse_utc
 
 GRANT_FIELDS: tuple[str, ...] = tuple(GRANT_SCHEMA.names)
 REJECTION_FIELDS: tuple[str, ...] = tuple(REJECTION_SCHEMA.names)
 
-_US_PER_DAY = 86_400_000_000
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-_UTC = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?Z")
 # numpy scalars arrive when a worker builds rows from arrays
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 class OutputDecodeError(ValueError):
     """An output message is not a well-formed grant or rejection."""
-
-
-def format_utc(us: int | datetime) -> str:
-    """Microseconds since the epoch as RFC 3339 UTC; the fraction only when not zero.
-
-    >>> format_utc(0), format_utc(-1)
-    ('1970-01-01T00:00:00Z', '1969-12-31T23:59:59.999999Z')
-    """
-    if isinstance(us, datetime):
-        if us.tzinfo is None:
-            raise ValueError("occurred_at: a naive datetime has no defined instant")
-        delta = us - datetime(1970, 1, 1, tzinfo=UTC)
-        us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    days, rest = divmod(int(us), _US_PER_DAY)
-    d = date.fromordinal(_EPOCH_ORDINAL + days)
-    secs, frac = divmod(rest, 1_000_000)
-    h, rem = divmod(secs, 3600)
-    m, s = divmod(rem, 60)
-    text = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{h:02d}:{m:02d}:{s:02d}"
-    return f"{text}.{frac:06d}Z" if frac else text + "Z"
-
-
-def parse_utc(text: str) -> int:
-    """The inverse of :func:`format_utc`; only the UTC ``Z`` form the engine writes.
-
-    >>> parse_utc("2020-09-13T12:26:40.25Z") == 1_600_000_000_250_000
-    True
-    """
-    m = _UTC.fullmatch(text)
-    if m is None:
-        raise ValueError(f"not an RFC 3339 UTC timestamp ending in Z: {text!r}")
-    y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
-    if h > 23 or mi > 59 or s > 59:
-        raise ValueError(f"time of day out of range: {text!r}")
-    days = date(y, mo, d).toordinal() - _EPOCH_ORDINAL
-    frac = int((m.group(7) or "0").ljust(6, "0"))
-    return days * _US_PER_DAY + ((h * 60 + mi) * 60 + s) * 1_000_000 + frac
 
 
 def grant_to_json(row: dict[str, Any]) -> bytes:
@@ -145,7 +103,7 @@ def decode_grant(data: bytes) -> GrantMsg:
         msg = _GRANT_DECODER.decode(data)
     except msgspec.DecodeError as e:
         raise OutputDecodeError(f"grant: {e}") from None
-    if _UTC.fullmatch(msg.occurred_at) is None:
+    if not is_utc_form(msg.occurred_at):
         raise OutputDecodeError(f"grant: occurred_at is not RFC 3339 UTC ending in Z: "
                                 f"{msg.occurred_at!r}")
     return msg

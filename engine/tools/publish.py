@@ -74,7 +74,7 @@ from engine.kafka.topics import (
     Topics,
     ensure_topics,
 )
-from engine.rules.strings import kafka_partitions
+from engine.rules.strings import kafka_partitions, rfc3339_array
 
 CONNECT_TIMEOUT = 30.0
 # An idempotent producer retries a send until it is stored, but gives up on a batch
@@ -250,12 +250,13 @@ def _json_default(v: Any) -> Any:
     raise TypeError(f"cannot express a {type(v).__name__} value in JSON")
 
 
-def _rfc3339_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    t = col.type
-    if t.tz is None:
-        return pc.strftime(col.cast(pa.timestamp("us"), safe=False), format="%Y-%m-%dT%H:%M:%S")
-    utc = col.cast(pa.timestamp("us", tz="UTC"), safe=False)
-    return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ")
+def _rfc3339_strings(col: pa.ChunkedArray) -> pa.Array:
+    # An aware column in the engine's one form; a naive one as wall-clock time without
+    # offset, so that the engine judges it as offline reading would (no instant).
+    zone = "" if col.type.tz is None else "Z"
+    us = col.cast(pa.timestamp("us", tz=col.type.tz), safe=False).cast(pa.int64()).combine_chunks()
+    text = rfc3339_array(us.fill_null(0).to_numpy(), suffix=zone)
+    return pc.if_else(us.is_valid(), text, pa.scalar(None, pa.string()))
 
 
 def _json_rows(inp: _Input) -> list[bytes]:

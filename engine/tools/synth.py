@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.rules.model import JST_OFFSET_US, KIND_NAMES, US_PER_DAY, US_PER_SECOND, Campaign
-from engine.rules.strings import check_digit
+from engine.rules.strings import check_digit, datetime_heads, strings_from_matrix
 
 S = US_PER_SECOND
 MINUTE = 60 * S
@@ -55,7 +55,6 @@ HOUR_WEIGHTS = np.array([2, 1, .6, .4, .3, .4, 1, 2.5, 4, 5, 6, 7,
 B36 = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
 B62 = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
                      dtype=np.uint8)
-_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
 
 TXN_FIELDS = ("txn_id", "operator_id", "mykey_id", "kind", "amount", "occurred_at",
               "original_txn_id", "received_at")
@@ -91,21 +90,6 @@ def format_ts(us: int, style: int) -> str:
     text = rfc3339(np.array([us], dtype=np.int64), np.array([style]))[0].as_py()
     assert text is not None, "ST_NULL renders no text"
     return text  # type: ignore[no-any-return]
-
-
-def _strings_from_matrix(mat: np.ndarray) -> pa.Array:
-    """A StringArray straight from a byte matrix (row i = string i), zero-copy.
-
-    Python string objects are never created, which is what keeps ten million ids and
-    timestamps within a second or two.
-    """
-    n, w = mat.shape
-    offsets = np.arange(0, (n + 1) * w, w, dtype=np.int64)
-    data = pa.py_buffer(np.ascontiguousarray(mat).reshape(-1))
-    if offsets[-1] < 2**31:
-        off32 = pa.py_buffer(offsets.astype(np.int32))
-        return pa.Array.from_buffers(pa.string(), n, [None, off32, data])
-    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), data])
 
 
 def _pair_table(alphabet: np.ndarray) -> np.ndarray:
@@ -153,32 +137,15 @@ def radix_strings(values: np.ndarray, width: int, alphabet: np.ndarray,
         mat[:, :p] = np.frombuffer(prefix, dtype=np.uint8)
     if p % 2:   # one digit shares a word with the prefix
         mat[:, p] = alphabet[(v % np.uint64(base)).astype(np.intp)]
-    return _strings_from_matrix(mat)
+    return strings_from_matrix(mat)
 
 
 _SUFFIXES = pa.array(["+09:00", "Z", "", "", None] + [f".{i:03d}Z" for i in range(1000)])
-_TOD_TABLE: np.ndarray | None = None
-
-
-def _tod_table() -> np.ndarray:
-    """"HH:MM:SS" for every second of a day, as an (86400, 8) byte table."""
-    global _TOD_TABLE
-    if _TOD_TABLE is None:
-        sec = np.arange(86400)
-        t = np.empty((86400, 8), dtype=np.uint8)
-        for col, v in ((0, sec // 3600), (3, sec // 60 % 60), (6, sec % 60)):
-            t[:, col] = _DIGITS[v // 10]
-            t[:, col + 1] = _DIGITS[v % 10]
-        t[:, 2] = t[:, 5] = ord(":")
-        _TOD_TABLE = t
-    return _TOD_TABLE
-
-
 def rfc3339(us: np.ndarray, style: np.ndarray) -> pa.Array:
     """Vectorised :func:`format_ts`; ``ST_NULL`` rows become nulls.
 
-    Timestamps are assembled from a per-day and a per-second byte table (a campaign
-    spans a few hundred days) plus a suffix: table lookups instead of digit arithmetic.
+    The engine's own heads (``engine.rules.strings.datetime_heads``) plus each
+    operator's habit as a suffix.
     """
     n = len(us)
     style = np.asarray(style, dtype=np.int64)
@@ -186,21 +153,10 @@ def rfc3339(us: np.ndarray, style: np.ndarray) -> pa.Array:
         return pa.array([], type=pa.string())
     is_null = style == ST_NULL
     local = us + np.where((style == ST_JST) | (style == ST_NO_OFFSET), JST_OFFSET_US, 0)
-    days = local // DAY
-    sod = local - days * DAY
-    live = days[~is_null]
-    d0 = int(live.min()) if len(live) else 0
-    d1 = int(live.max()) if len(live) else 0
-    days = np.where(is_null, d0, days) - d0
-    dates = np.datetime_as_string(np.arange(d0, d1 + 1).astype("datetime64[D]"), unit="D")
-    day_table = np.empty((d1 - d0 + 1, 11), dtype=np.uint8)
-    day_table[:, :10] = np.char.encode(dates, "ascii").view(np.uint8).reshape(-1, 10)
-    day_table[:, 10] = ord("T")
-    mat = np.empty((n, 19), dtype=np.uint8)
-    mat[:, :11] = day_table[days]
-    mat[:, 11:] = _tod_table()[np.where(is_null, 0, sod // S)]
-    head = _strings_from_matrix(mat)
-    suffix = np.where(style == ST_Z_MS, 5 + sod // 1000 % 1000, style)
+    live = local[~is_null]
+    mat, frac = datetime_heads(np.where(is_null, live[0] if len(live) else 0, local))
+    head = strings_from_matrix(mat)
+    suffix = np.where(style == ST_Z_MS, 5 + frac // 1000, style)
     return pc.binary_join_element_wise(head, _SUFFIXES.take(pa.array(suffix)), "")
 
 
