@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from engine.rules.model import (
     Kind,
     Operator,
     Registry,
+    epoch_us,
 )
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "parse_duration",
 ]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OPERATOR_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _DURATION = re.compile(
     r"P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?"
@@ -91,8 +91,7 @@ def _instant(file: str, key: str, v: Any) -> int:
     if not isinstance(v, datetime) or v.tzinfo is None:
         raise ConfigError(file, key, "must be a timestamp with an offset, e.g. "
                           "2020-09-01T00:00:00+09:00")
-    delta = v - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+    return epoch_us(v)
 
 
 def _jst_date(file: str, key: str, v: Any) -> int:

@@ -17,11 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
-from engine.rules.model import KIND_NAMES, Reason
+from engine.rules.model import KIND_NAMES, REASON_NAMES, Reason
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.validate import Validated
-
-REASON_NAMES = np.array([r.name for r in Reason], dtype=object)
 
 
 def repeat(value: str, n: int) -> pa.Array:
@@ -92,7 +90,7 @@ def rejections_table(v: Validated, reason: np.ndarray, seq: np.ndarray,
     n = len(idx)
     return pa.table({
         "record_type": repeat(v.record_type, n),
-        "reason": pa.array(REASON_NAMES.tolist(), type=pa.string()).take(
+        "reason": pa.array(REASON_NAMES, type=pa.string()).take(
             pa.array(reason[idx].astype(np.int64))),
         "detail": pa.array(rejection_details(v, reason, idx), type=pa.string()),
         "txn_id": v.txn_id.take(take),

@@ -9,7 +9,12 @@ Everything here is immutable and free of I/O; loading these from TOML is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import IntEnum
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import numpy as np
 
 US_PER_SECOND = 1_000_000
 US_PER_DAY = 86_400 * US_PER_SECOND
@@ -17,8 +22,12 @@ JST_OFFSET_US = 9 * 3600 * US_PER_SECOND
 NO_TIME = -(2**63)  # "no received_at"; sorts before every real instant
 
 
-def jst_day(us: int) -> int:
-    """JST calendar day number of an instant.
+_Instants = TypeVar("_Instants", int, "np.ndarray")
+
+
+def jst_day(us: _Instants) -> _Instants:
+    """JST calendar day number of an instant, or of each in an integer array: the one
+    JST-day formula.
 
     >>> from datetime import date
     >>> # 2020-08-31T15:00:00Z is already 2020-09-01 in Japan
@@ -26,6 +35,23 @@ def jst_day(us: int) -> int:
     True
     """
     return (us + JST_OFFSET_US) // US_PER_DAY
+
+
+def epoch_us(dt: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime, exactly (no float).
+
+    >>> from datetime import timedelta, timezone
+    >>> jst = timezone(timedelta(hours=9))
+    >>> epoch_us(datetime(2020, 9, 1, tzinfo=jst)) == Campaign().window_start
+    True
+    """
+    if dt.tzinfo is None:
+        raise ValueError("a naive datetime has no defined instant")
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Kind(IntEnum):
@@ -64,6 +90,9 @@ class Reason(IntEnum):
     REFUND_EXCEEDS_ORIGINAL = 19
     PERSON_LIMIT = 20
 
+
+# Output names by reason code: the one table, derived from the enum.
+REASON_NAMES: tuple[str, ...] = tuple(r.name for r in Reason)
 
 ENROLLMENT_REASONS = (
     Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.UNKNOWN_OPERATOR,

@@ -9,14 +9,14 @@ locale-free, which is what makes the streaming and offline paths agree.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numba
 import numpy as np
 import pyarrow as pa
 from numba.typed import List
 
-from engine.rules.model import US_PER_DAY, US_PER_SECOND
+from engine.rules.model import US_PER_DAY, US_PER_SECOND, epoch_us
 
 # Character classes of the Records section, as 256-entry lookup tables.
 _ALNUM = np.zeros(256, dtype=np.bool_)
@@ -356,11 +356,6 @@ def is_individual_number(s: str) -> bool:
     return int(s[11]) == check_digit(s[:11])
 
 
-def jst_days(us: np.ndarray) -> np.ndarray:
-    """JST calendar day numbers of UTC microsecond instants."""
-    return (us + 9 * 3600 * US_PER_SECOND) // US_PER_DAY
-
-
 @numba.njit(cache=True, nogil=True)
 def _murmur2_partitions(offsets, data, valid, n_partitions):  # type: ignore[no-untyped-def]
     # Kafka's Java murmur2 (what the default partitioner uses), in 32-bit arithmetic
@@ -420,7 +415,6 @@ def kafka_partitions(arr: pa.Array, n_partitions: int) -> np.ndarray:
 _DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
 _TOD_TABLE: np.ndarray | None = None
 _UTC_FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def strings_from_matrix(mat: np.ndarray) -> pa.Array:
@@ -538,10 +532,7 @@ def format_utc(us: int | datetime) -> str:
     ('1970-01-01T00:00:00Z', '1969-12-31T23:59:59.999999Z')
     """
     if isinstance(us, datetime):
-        if us.tzinfo is None:
-            raise ValueError("a naive datetime has no defined instant")
-        delta = us - _EPOCH
-        us = (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+        us = epoch_us(us)
     return rfc3339_utc(np.array([us], dtype=np.int64))[0]
 
 

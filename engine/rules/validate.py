@@ -31,6 +31,7 @@ from engine.rules.model import (
     Kind,
     Reason,
     Registry,
+    jst_day,
 )
 
 TXN_STRING_FIELDS = ("txn_id", "operator_id", "mykey_id", "kind", "original_txn_id")
@@ -563,7 +564,7 @@ def validate_transactions(s: Shaped, campaign: Campaign, registry: Registry) -> 
     op = _operator_codes(s.columns["operator_id"], registry)
     chk.fail(op < 0, Reason.UNKNOWN_OPERATOR, "field 'operator_id' is not a registered operator")
     # facts for the stateful checks
-    day = strings.jst_days(occurred).astype(np.int32)
+    day = jst_day(occurred).astype(np.int32)
     late = (received != NO_TIME) & (received >= campaign.accept_end)
     last_day = np.array([o.last_day if o.last_day is not None else 2**31 - 1
                          for o in registry.operators] + [2**31 - 1], dtype=np.int64)
@@ -598,7 +599,7 @@ def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> V
     received = _received(s, chk, received, recv_present)
     op = _operator_codes(s.columns["operator_id"], registry)
     chk.fail(op < 0, Reason.UNKNOWN_OPERATOR, "field 'operator_id' is not a registered operator")
-    day = strings.jst_days(applied).astype(np.int32)
+    day = jst_day(applied).astype(np.int32)
     opens = np.array([o.selection_opens for o in registry.operators] + [0], dtype=np.int64)
     # operator's earning kinds as a 2-bit mask: 1 = charge, 2 = purchase
     kinds_mask = np.array([sum(1 << int(k) for k in o.earns_on) for o in registry.operators]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.rules import kernel
-from engine.rules.model import KIND_NAMES, NO_TIME, Campaign, Reason, Registry
+from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import kafka_partitions, rfc3339_utc
 from engine.streams.codec_out import format_utc
@@ -28,8 +28,6 @@ from engine.streams.state import (
     encode,
     txn_key,
 )
-
-REASON_NAMES = [r.name for r in Reason]
 
 
 def _origin(source: str) -> tuple[str, int]:

@@ -68,7 +68,7 @@ from engine.kafka.topics import (
 )
 from engine.metrics import EngineMetrics
 from engine.ops import health, logs
-from engine.rules.model import Campaign, Registry
+from engine.rules.model import NO_TIME, Campaign, Registry
 from engine.rules.strings import kafka_partitions
 from engine.streams import recovery
 from engine.streams.decode import InBatch, concat_batches, decode_messages
@@ -76,7 +76,6 @@ from engine.streams.shard import ShardDecider, ShardResult
 from engine.streams.state import ShardStore
 
 log = logging.getLogger("mynapoint.worker")
-NO_TIME = -(2**63)
 # A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
 # waiting does not cure a missing permission, so those still stop the worker.
 RETRY_FIRST_SECONDS = 0.5

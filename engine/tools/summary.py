@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.rules.model import Reason
+from engine.rules.model import REASON_NAMES
 
 
 def summarize(grants: pa.Table, rejections: pa.Table, records_in: dict[str, int] | None,
@@ -95,7 +95,7 @@ def summarize_arrays(op_ids: list[str], txn_op: np.ndarray, txn_person: np.ndarr
                      cap_points: int, campaign: str) -> dict[str, Any]:
     """:func:`summarize` from the decision arrays of offline settle, without
     grouping millions of strings. Must give exactly the same dict (tested)."""
-    names = [r.name for r in Reason]
+    names = REASON_NAMES
     by_reason: dict[str, dict[str, int]] = {}
     for rt, reasons in (("enrollment", enr_reason), ("transaction", txn_reason)):
         counts = np.bincount(reasons.astype(np.int64), minlength=len(names))

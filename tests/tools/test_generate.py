@@ -20,6 +20,7 @@ from engine.rules.model import (
     ENROLLMENT_REASONS,
     TRANSACTION_REASONS,
     Campaign,
+    jst_day,
 )
 from engine.rules.strings import check_digit, is_individual_number
 from engine.tools import generate as G
@@ -40,10 +41,6 @@ ENR_KEYS = {"mykey_id", "operator_id", "applied_at", "earn_on", "received_at"}
 def us(ts: str) -> int:
     return int(datetime.fromisoformat(ts).timestamp()) * 10**6 + (
         int(ts[20:23]) * 1000 if ts[19] == "." else 0)
-
-
-def jst_day(t: int) -> int:
-    return (t + 9 * HOUR_US) // (24 * HOUR_US)
 
 
 def read_jsonl(path: Path) -> tuple[list[object], list[bytes]]:
