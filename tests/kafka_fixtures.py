@@ -96,6 +96,31 @@ def topic_prefix() -> TopicPrefix:
     return TopicPrefix(new_prefix())
 
 
+async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every message of ``topic`` (as admin, from the beginning to the current end), in
+    (partition, offset) order."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from engine.kafka.client_config import default_client
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                out.extend(msgs)
+        return sorted(out, key=lambda m: (m.partition, m.offset))
+    finally:
+        await consumer.stop()
+
+
 async def produce_one(bootstrap: str, topic: str, client: dict[str, Any]) -> None:
     """One record as the principal of ``client``; a refusal raises (ACL, TLS tests)."""
     import asyncio

@@ -59,6 +59,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.kafka.client_config import default_client
+from engine.kafka.produce import BatchSender, Outgoing
 from engine.kafka.topics import (
     CHANGELOG_MAX_BYTES,
     SOURCE_HEADER,
@@ -590,23 +591,14 @@ class Worker:
     async def _send_all(self, topic: str, partition: int,
                         msgs: list[tuple[bytes | None, bytes, Any, Any]]
                         ) -> list[tuple[Any, int]]:
-        """Send many messages with few producer batches (no coroutine per message);
-        returns each batch's delivery future with its record count."""
+        """Send many messages with few producer batches; returns each batch's delivery
+        future with its record count."""
         assert self.producer is not None
-        futs: list[tuple[Any, int]] = []
-        batch = self.producer.create_batch()
+        sender = BatchSender(self.producer, topic)
         for key, value, headers, ts in msgs:
-            if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                n = batch.record_count()
-                futs.append((await self.producer.send_batch(batch, topic, partition=partition),
-                             n))
-                batch = self.producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                    raise ValueError(f"a message for {topic} exceeds the producer batch size")
-        if batch.record_count():
-            n = batch.record_count()
-            futs.append((await self.producer.send_batch(batch, topic, partition=partition), n))
-        return futs
+            await sender.add(Outgoing(partition, key, value, ts, headers or []))
+        await sender.send_open()
+        return [(d.future, len(d.tags)) for d in sender.sent]
 
     def _observe(self, results: dict[int, ShardResult], seconds: float) -> None:
         m = self.metrics

@@ -65,6 +65,9 @@ import pyarrow.parquet as pq
 
 from engine.io.readers import sources, split_lines
 from engine.kafka.client_config import default_client
+
+# NO_TIMESTAMP: the engine reads a message without one as a record without received_at
+from engine.kafka.produce import NO_TIMESTAMP, BatchSender, Delivery, Outgoing
 from engine.kafka.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
@@ -87,7 +90,6 @@ MAX_VALUE_BYTES = MAX_REQUEST_BYTES - 64 * 1024
 # Per-partition record batch handed to the producer: big enough that the
 # per-request overhead vanishes, small enough to keep partitions interleaved.
 BUILDER_BYTES = 1024 * 1024
-NO_TIMESTAMP = -1  # Kafka's "no timestamp"; the engine reads it as no received_at
 
 _TIME_FIELDS = {
     "enrollment": ("received_at", "applied_at"),
@@ -306,12 +308,21 @@ def _jsonl_value(lines: list[bytes], idx: np.ndarray) -> bytes:
     return b"\n".join([lines[i] for i in idx.tolist()])
 
 
-Message = tuple[int, bytes | None, bytes, int, list[tuple[str, bytes]], Any]
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """A message to send and the input records it carries: the record index (a
+    one-record message) or an index array (a chunk)."""
+
+    out: Outgoing
+    records: int | np.ndarray
+
+    @property
+    def count(self) -> int:
+        return 1 if isinstance(self.records, int) else len(self.records)
 
 
-def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int) -> Iterator[Message]:
-    """(partition, key, value, timestamp_ms, headers, records) in sending order;
-    ``records`` is the record index (one-record message) or an index array."""
+def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int) -> Iterator[_Message]:
+    """The messages of ``inp`` in sending order."""
     keys, ts = inp.keys, inp.ts_ms
     if batch == 1:
         values = inp.lines if inp.lines is not None else _json_rows(inp)
@@ -320,7 +331,7 @@ def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int) -> Itera
             if len(v) > MAX_VALUE_BYTES:
                 raise PublishError(f"{inp.where(i)}: record of {len(v):,} bytes exceeds the "
                                    f"message size limit of {MAX_VALUE_BYTES:,} bytes")
-            yield plist[i], keys[i], v, ts[i], [], i
+            yield _Message(Outgoing(plist[i], keys[i], v, ts[i]), i)
         return
     if inp.lines is not None:
         lines = inp.lines
@@ -356,8 +367,9 @@ def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int) -> Itera
             # even when the chunk ends with a malformed line that has no time.
             timed = ts_arr[idx]
             timed = timed[timed != NO_TIMESTAMP]
-            yield (int(parts[idx[0]]), keys[int(idx[0])], value,
-                   int(timed[-1]) if len(timed) else NO_TIMESTAMP, headers, idx)
+            yield _Message(Outgoing(int(parts[idx[0]]), keys[int(idx[0])], value,
+                                    int(timed[-1]) if len(timed) else NO_TIMESTAMP, headers),
+                           idx)
 
 
 # ---------------------------------------------------------------- sending
@@ -379,117 +391,62 @@ class _RateLimit:
         return due - now
 
 
-class _Open:
-    """A record batch being filled for one partition."""
+class _Placement:
+    """Where each input record went: partition, offset, and its index within a
+    chunk message (-1 for one-record messages)."""
 
-    __slots__ = ("builder", "records", "timed")
-
-    def __init__(self, builder: Any) -> None:
-        self.builder = builder
-        self.records: list[Any] = []
-        self.timed = False
-
-
-class _Sender:
-    """Per-partition record batches built directly (``create_batch``), which
-    avoids a coroutine and a future per message; delivery metadata gives every
-    record's offset."""
-
-    def __init__(self, producer: Any, topic: str, n_records: int) -> None:
-        self.producer = producer
-        self.topic = topic
-        self.open: dict[int, _Open] = {}
-        self.sent: list[tuple[int, Any, list[Any]]] = []
+    def __init__(self, n_records: int) -> None:
         self.partition = np.full(n_records, -1, dtype=np.int64)
         self.offset = np.full(n_records, -1, dtype=np.int64)
         self.index = np.full(n_records, -1, dtype=np.int64)
         self.messages = 0
 
-    def append(self, p: int, key: bytes | None, value: bytes, ts: int,
-               headers: list[tuple[str, bytes]], records: Any) -> bool:
-        """False when partition ``p``'s batch cannot take the message: call
-        :meth:`roll`, then append again."""
-        entry = self.open.get(p)
-        if entry is None:
-            entry = self.open[p] = _Open(self.producer.create_batch())
-        if ts != NO_TIMESTAMP:
-            if not entry.timed and entry.records:
-                # aiokafka's builder takes a leading -1 as "no base timestamp yet"
-                # and would give the earlier untimed records this one's time.
-                return False
-            entry.timed = True
-        if entry.builder.append(timestamp=ts, key=key, value=value, headers=headers) is None:
-            return False
-        entry.records.append(records)
-        self.messages += 1
-        return True
-
-    async def roll(self, p: int) -> None:
-        await self.send(p)
-        self.open[p] = _Open(self.producer.create_batch())
-
-    async def send(self, p: int) -> None:
-        entry = self.open.pop(p)
-        if not entry.records:
-            return
-        entry.builder.close()  # a closed batch is sent at once, without waiting for linger
-        fut = await self.producer.send_batch(entry.builder, self.topic, partition=p)
-        self.sent.append((p, fut, entry.records))
-
-    async def send_open(self) -> None:
-        for p in list(self.open):
-            await self.send(p)
-
-    async def flush(self) -> None:
-        """Send what is open and wait until the broker acknowledged everything."""
-        await self.send_open()
-        for p, fut, records in self.sent:
-            base = (await fut).offset
-            if isinstance(records[0], int):
-                idx = np.asarray(records, dtype=np.int64)
+    def record(self, deliveries: list[Delivery]) -> None:
+        """Note the offsets of acknowledged batches (tags: each message's records)."""
+        for d in deliveries:
+            p, base, tags = d.partition, d.future.result().offset, d.tags
+            self.messages += len(tags)
+            if isinstance(tags[0], int):
+                idx = np.asarray(tags, dtype=np.int64)
                 self.partition[idx] = p
                 self.offset[idx] = base + np.arange(len(idx), dtype=np.int64)
                 continue
-            for k, idx in enumerate(records):
+            for k, idx in enumerate(tags):
                 self.partition[idx] = p
                 self.offset[idx] = base + k
                 self.index[idx] = np.arange(len(idx), dtype=np.int64)
-        self.sent.clear()
 
 
 async def _publish_one(producer: Any, inp: _Input, topic: str, n_parts: int, batch: int,
-                       limit: _RateLimit | None, bar: Any) -> _Sender:
+                       limit: _RateLimit | None, bar: Any) -> _Placement:
     # the record's key, or its raw bytes when it has none: one vectorised murmur2
     routing = pa.array([k if k is not None else r for k, r in zip(inp.keys, inp.route,
                                                                   strict=True)],
                        type=pa.binary())
     parts = kafka_partitions(routing, n_parts)
-    sender = _Sender(producer, topic, inp.n)
+    sender = BatchSender(producer, topic)
     task = bar.add_task(f"{inp.record_type}s → {topic}", total=inp.n) if bar else None
     pending = 0
-    for p, key, value, ts, headers, records in _messages(inp, parts, n_parts, batch):
-        count = 1 if isinstance(records, int) else len(records)
+    for m in _messages(inp, parts, n_parts, batch):
         if limit is not None:
-            wait = limit.delay(count)
+            wait = limit.delay(m.count)
             if wait > 0.002:
                 # Records must reach the broker at the rate, not just leave this loop.
                 await sender.send_open()
                 await asyncio.sleep(wait)
-        if not sender.append(p, key, value, ts, headers, records):
-            await sender.roll(p)
-            if not sender.append(p, key, value, ts, headers, records):
-                raise AssertionError("an empty record batch always takes one message")
-        pending += count
+        await sender.add(m.out, m.records)
+        pending += m.count
         if bar and pending >= 5_000:
             bar.advance(task, pending)
             pending = 0
-    await sender.flush()
+    placement = _Placement(inp.n)
+    placement.record(await sender.flush())
     if bar:
         bar.advance(task, pending)
-    return sender
+    return placement
 
 
-def _manifest_rows(inp: _Input, sender: _Sender, topic: str, batch: int) -> pa.Table:
+def _manifest_rows(inp: _Input, sender: _Placement, topic: str, batch: int) -> pa.Table:
     kafka = pc.binary_join_element_wise(
         pa.scalar(topic), pa.array(sender.partition).cast(pa.string()),
         pa.array(sender.offset).cast(pa.string()), "/")

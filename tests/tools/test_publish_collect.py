@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from engine.devtools import broker as devbroker
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
@@ -41,6 +41,7 @@ from engine.streams.codec_out import (
 )
 from engine.tools import collect as collect_mod
 from engine.tools import publish as publish_mod
+from tests.kafka_fixtures import read_topic
 
 PARTS = 8
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -87,22 +88,7 @@ def _numbered(lines: list[bytes]) -> dict[int, bytes]:
 
 
 async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            batch = await consumer.getmany(timeout_ms=500)
-            for msgs in batch.values():
-                out.extend(msgs)
-        return sorted(out, key=lambda m: (m.partition, m.offset))
-    finally:
-        await consumer.stop()
+    return await read_topic(bootstrap, topic, PARTS)
 
 
 def _by_source(msgs: list[Any]) -> dict[str, Any]:
@@ -470,10 +456,10 @@ def test_oversized_chunks_split_in_order(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(publish_mod, "MAX_VALUE_BYTES", 2_000)
     msgs = list(publish_mod._messages(inp, parts, 1, 100))
     assert len(msgs) > 2
-    assert all(len(value) <= 2_000 for _, _, value, _, _, _ in msgs)
-    sent = [line for _, _, value, _, _, _ in msgs for line in value.split(b"\n")]
+    assert all(len(m.out.value) <= 2_000 for m in msgs)
+    sent = [line for m in msgs for line in m.out.value.split(b"\n")]
     assert sent == inp.lines
-    assert np.concatenate([idx for *_, idx in msgs]).tolist() == list(range(inp.n))
+    assert np.concatenate([m.records for m in msgs]).tolist() == list(range(inp.n))
     monkeypatch.setattr(publish_mod, "MAX_VALUE_BYTES", 50)
     with pytest.raises(publish_mod.PublishError, match=r"t\.jsonl:1: record of"):
         list(publish_mod._messages(inp, parts, 1, 100))
