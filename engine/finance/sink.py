@@ -32,8 +32,8 @@ from typing import Any
 from engine.finance import ledger
 from engine.finance.ledger import AppendResult, InputError, transaction
 from engine.kafka.client_config import ClientConfigError, default_client, load_client_config
-from engine.kafka.topics import Topics
-from engine.tools.collect import Outcomes, at_end, topic_partitions
+from engine.kafka.topics import Topics, topic_partitions
+from engine.tools.collect import Outcomes, at_end
 
 CONNECT_TIMEOUT = 30.0
 CRASH_ENV = "MYNAPOINT_SINK_CRASH_AT"  # tests: "<before_commit|after_commit>:<batch>"

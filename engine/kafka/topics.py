@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
@@ -155,6 +156,28 @@ async def replication_settings(admin: AIOKafkaAdminClient) -> tuple[int, dict[st
     return replicas, ({"min.insync.replicas": str(min_isr)} if replicas > 1 else {})
 
 
+def partition_counts(meta: list[dict[str, Any]]) -> dict[str, int]:
+    """Partition count of each topic that an admin ``describe_topics`` answer shows as
+    existing (no error, at least one partition); the one reading of that answer.
+
+    >>> partition_counts([{"topic": "a", "partitions": [{}, {}]}, {"topic": "b",
+    ...     "error_code": 3, "partitions": []}, {"topic": "c", "partitions": []}])
+    {'a': 2}
+    """
+    return {m["topic"]: len(m["partitions"]) for m in meta
+            if m.get("error_code", 0) == 0 and m["partitions"]}
+
+
+async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> dict[str, int]:
+    """Partition count of each existing topic among ``names``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
+    try:
+        await admin.start()
+        return partition_counts(await admin.describe_topics(names))
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
                         changelog: bool = True, settle_seconds: float = 15.0,
                         input_configs: dict[str, str] | None = None) -> int:
@@ -186,8 +209,7 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
             # a topic this principal may not see is not a missing one: say so now
             # instead of failing to create it and waiting for a leader
             raise TopicAuthorizationFailedError(f"not authorized for {', '.join(denied)}")
-        existing = {m["topic"]: len(m["partitions"]) for m in meta
-                    if m.get("error_code", 0) == 0 and m["partitions"]}
+        existing = partition_counts(meta)
         if topics.transactions in existing:
             partitions = existing[topics.transactions]
         elif topics.enrollments in existing:

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from engine.kafka.client_config import ClientConfigError, default_client, load_client_config
-from engine.kafka.topics import Topics
+from engine.kafka.topics import Topics, partition_counts
 from engine.ops.health import describe_error, metrics_address
 
 CONNECT_TIMEOUT = 15.0
@@ -160,8 +160,7 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
             await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT)
             await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT)
             meta = await admin.describe_topics(names + internal)
-            parts = {m["topic"]: len(m["partitions"]) for m in meta
-                     if m.get("error_code", 0) == 0 and m["partitions"]}
+            parts = partition_counts(meta)
             if not parts:
                 raise StatusError(f"no engine topics on {bootstrap} (looked for "
                                   f"{', '.join(names)}; wrong --topic-prefix?)")

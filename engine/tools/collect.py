@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA, TIMESTAMP
 from engine.kafka.client_config import default_client
-from engine.kafka.topics import Topics
+from engine.kafka.topics import Topics, topic_partitions
 from engine.streams.codec_out import (
     OutputDecodeError,
     decode_grant,
@@ -232,20 +232,6 @@ async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout:
             "examples": grants.examples + rejections.examples,
         })
     return grant_table, rejection_table
-
-
-async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> dict[str, int]:
-    """Partition count of each existing topic among ``names``."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
-    try:
-        await admin.start()
-        meta = await admin.describe_topics(names)
-    finally:
-        await admin.close()
-    return {m["topic"]: len(m["partitions"]) for m in meta
-            if m.get("error_code", 0) == 0 and m["partitions"]}
 
 
 async def at_end(consumer: Any, tps: list[Any], ends: dict[Any, int]) -> bool:
