@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--campaign", default=None, help="campaign.toml (default: shipped)")
     s.add_argument("--out", required=True)
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    s.add_argument("--partitions", type=int, default=None, metavar="N",
+                   help="settle one slice of N: the people Kafka's murmur2 partitioner puts "
+                        "on partition --partition of N (records without a valid mykey_id: "
+                        "partition 0); the N slices' outputs together are the whole run")
+    s.add_argument("--partition", type=int, default=None, metavar="K",
+                   help="which slice, 0 to N-1 (with --partitions)")
 
     k = sub.add_parser(
         "kafka", help="local Kafka broker or cluster (loopback only)",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -433,6 +433,15 @@ class Validated:
     flag_b: np.ndarray          # bool: txn OUTSIDE_WINDOW| enrollment SELECTION_NOT_OPEN
     flag_c: np.ndarray          # bool: -                 | enrollment INVALID_EARN_ON
     earn_given: np.ndarray      # bool (enrollments)
+
+    def take(self, idx: np.ndarray) -> Validated:
+        """The records at ``idx`` (int64 positions), in that order."""
+        arrow_idx = pa.array(idx, type=pa.int64())
+        cols = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("n", "record_type")}
+        return Validated(n=len(idx), record_type=self.record_type,
+                         **{k: v.take(arrow_idx) if isinstance(v, pa.Array) else v[idx]
+                            for k, v in cols.items()})
 
 
 class _Checker:

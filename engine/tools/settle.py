@@ -17,10 +17,36 @@ from engine.io.outputs import grants_table, rejections_table, write_atomically
 from engine.io.readers import InputError, read_records
 from engine.rules.model import Campaign, Registry
 from engine.rules.settlement import decide_offline
+from engine.rules.strings import kafka_partitions
 from engine.rules.validate import Validated, validate_enrollments, validate_transactions
 from engine.tools.summary import render, summarize_arrays
 
 PROGRESS_MIN_BYTES = 20_000_000  # below this a run is over before a bar is worth drawing
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Partition ``index`` of ``count``: the people whose ``mykey_id`` Kafka's default
+    partitioner (murmur2) puts on that partition of ``count``, as on the input topics;
+    records without a valid ``mykey_id`` belong to partition 0 (docs/DECISIONS.md).
+    Every record belongs to exactly one slice and a person's records to the same one,
+    so the slices' outputs together are the whole run's."""
+
+    count: int = 1
+    index: int = 0
+
+    def select(self, v: Validated, src: pa.Array) -> tuple[Validated, pa.Array]:
+        if self.count == 1:
+            return v, src
+        parts = kafka_partitions(v.mykey_id, self.count)
+        # no valid mykey_id (absent, malformed, redacted): rejected without state,
+        # so any one slice may decide it; partition 0 always exists
+        parts[parts < 0] = 0
+        idx = np.flatnonzero(parts == self.index)
+        return v.take(idx), src.take(pa.array(idx, type=pa.int64()))
+
+
+WHOLE = Slice()
 
 
 @dataclass
@@ -31,7 +57,8 @@ class SettleResult:
 
 
 def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Campaign,
-                 registry: Registry, progress: bool = False) -> SettleResult:
+                 registry: Registry, progress: bool = False, part: Slice = WHOLE
+                 ) -> SettleResult:
     """Read, validate, decide and tabulate; raises InputError for unusable files."""
     bar: Any = None
     size = sum(Path(p).stat().st_size for p in (enrollments, transactions)
@@ -51,7 +78,7 @@ def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Ca
         t_dec = bar.add_task("deciding", total=None) if bar else None
         enr = validate_enrollments(enr_shaped, campaign, registry)
         txn = validate_transactions(txn_shaped, campaign, registry)
-        result = settle_validated(enr, enr_src, txn, txn_src, campaign, registry)
+        result = settle_validated(enr, enr_src, txn, txn_src, campaign, registry, part)
         if bar:
             bar.update(t_dec, completed=1, total=1)
     finally:
@@ -60,7 +87,8 @@ def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Ca
     return result
 
 
-def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry) -> SettleResult:
+def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry,
+                   part: Slice = WHOLE) -> SettleResult:
     """Settle a redacted archive (engine.archive): the records the stream read, with
     the stream's sources; raises ArchiveError for an archive that fails its audit."""
     from engine.archive.replay import read_archive
@@ -73,12 +101,16 @@ def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry) 
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     enr, enr_src = read_archive(a, "enrollment", campaign, registry)
     txn, txn_src = read_archive(a, "transaction", campaign, registry)
-    return settle_validated(enr, enr_src, txn, txn_src, campaign, registry)
+    return settle_validated(enr, enr_src, txn, txn_src, campaign, registry, part)
 
 
 def settle_validated(enr: Validated, enr_src: pa.Array, txn: Validated, txn_src: pa.Array,
-                     campaign: Campaign, registry: Registry) -> SettleResult:
-    """Decide validated records offline (whole input) and tabulate the outcomes."""
+                     campaign: Campaign, registry: Registry, part: Slice = WHOLE
+                     ) -> SettleResult:
+    """Decide validated records offline (the whole input, or the slice ``part`` of it)
+    and tabulate the outcomes."""
+    enr, enr_src = part.select(enr, enr_src)
+    txn, txn_src = part.select(txn, txn_src)
     d = decide_offline(enr, txn, campaign)
     grants = grants_table(txn, d.txn_reason, d.txn_points, d.txn_cum, d.txn_seq, txn_src,
                           campaign.id, campaign.cap_points)
@@ -90,6 +122,8 @@ def settle_validated(enr: Validated, enr_src: pa.Array, txn: Validated, txn_src:
     summary = summarize_arrays([o.id for o in registry.operators], txn.op, d.txn_person,
                                txn.kind, txn.amount, d.txn_points, d.txn_reason, d.enr_reason,
                                d.n_people, campaign.cap_points, campaign.id)
+    if part != WHOLE:
+        summary["partition"] = {"index": part.index, "count": part.count}
     return SettleResult(grants, rejections, summary)
 
 
@@ -108,6 +142,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from engine.archive.store import ArchiveError
 
+    count, index = getattr(args, "partitions", None), getattr(args, "partition", None)
+    if index is not None and count is None:
+        print("mynapoint settle: --partition needs --partitions", file=sys.stderr)
+        return 2
+    count = 1 if count is None else count
+    index = 0 if index is None else index
+    if count < 1 or not 0 <= index < count:
+        print(f"mynapoint settle: --partitions must be at least 1 and --partition between 0 "
+              f"and {max(count, 1) - 1}, got --partitions {count} --partition {index}",
+              file=sys.stderr)
+        return 2
+    part = Slice(count, index)
     files = (args.enrollments, args.transactions)
     if (any(files) if args.archive else not all(files)):
         print("mynapoint settle: give --enrollments and --transactions, or --archive",
@@ -115,10 +161,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.archive:
-            result = settle_archive(args.archive, campaign, registry)
+            result = settle_archive(args.archive, campaign, registry, part)
         else:
             result = settle_files(args.enrollments, args.transactions, campaign, registry,
-                                  progress=not args.quiet and sys.stderr.isatty())
+                                  progress=not args.quiet and sys.stderr.isatty(), part=part)
     except (InputError, ArchiveError) as e:
         print(f"mynapoint settle: input error: {e}", file=sys.stderr)
         return 2
