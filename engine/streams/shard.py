@@ -72,7 +72,11 @@ class ShardDecider:
         self.terms = terms_of(campaign, streaming=True)
 
     def decide(self, store: ShardStore, partition: int, enr: InBatch | None,
-               txn: InBatch | None) -> ShardResult:
+               txn: InBatch | None, clock: int | None = None,
+               final: bool = False) -> ShardResult:
+        """Decide the batch's records of ``partition`` against ``store``; stage the
+        state changes in the result. ``clock`` moves stream time without input
+        (expiry); ``final`` decides every waiting record (end of input)."""
         res = ShardResult()
         camp = self.campaign
         timeout = camp.park_timeout
@@ -129,13 +133,14 @@ class ShardDecider:
                 pidx.append(pi)
             keep.append((b, typ, np.asarray(idx, dtype=np.int64), pidx))
 
-        new_st = store.meta.stream_time
+        new_st = store.meta.stream_time if clock is None else max(store.meta.stream_time,
+                                                                   clock)
         if txn is not None and txn.v.n:
             r = txn.v.received[(txn.v.received != NO_TIME) & ~txn.v.too_late]
             if len(r):
                 new_st = max(new_st, int(r.max()))
         for key, due in list(store.parked.items()):
-            if due < new_st:
+            if due < new_st or final:
                 person(key)
         # --- waiting records of every involved person go first, by arrival
         pre: list[tuple[int, Parked]] = []
@@ -238,7 +243,9 @@ class ShardDecider:
         recs.deadline[:] = np.where(ts == NO_TIME, NO_TIME, ts + timeout)
         out = new_decided(n)
         n_entries, st_after, _ = kernel.decide(
-            people_a, recs, reg, n0, max(len(codes), 1), self.terms, store.meta.stream_time,
+            people_a, recs, reg, n0, max(len(codes), 1),
+            self.terms._replace(final=True) if final else self.terms,
+            store.meta.stream_time if clock is None else max(store.meta.stream_time, clock),
             out)
         store.meta.stream_time = int(st_after)
 
