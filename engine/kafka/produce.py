@@ -10,6 +10,7 @@ of its messages in order, so that a caller can learn each message's offset.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,3 +104,19 @@ class BatchSender:
         for d in done:
             await d.future
         return done
+
+
+# key, value, headers, timestamp (ms, None = now): the worker's outcome and changelog rows
+Message = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int | None]
+
+
+async def send_batched(producer: Any, topic: str, partition: int,
+                       msgs: Iterable[Message]) -> list[tuple[Any, int]]:
+    """Messages for one topic partition through a :class:`BatchSender`; returns each
+    batch's delivery future with its record count (its metadata carries the batch's
+    base offset)."""
+    sender = BatchSender(producer, topic)
+    for key, value, headers, ts in msgs:
+        await sender.add(Outgoing(partition, key, value, ts, headers or []))
+    await sender.send_open()
+    return [(d.future, len(d.tags)) for d in sender.sent]

@@ -15,7 +15,8 @@ from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.rules.model import NO_TIME, Campaign
 from engine.rules.settlement import settle_records
 from engine.streams.decode import decode_messages
-from engine.streams.shard import ShardDecider, ShardResult
+from engine.streams.logic import PartitionLogic
+from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore, decode_person
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
@@ -37,8 +38,8 @@ class Feed:
                  topic_prefix: str = "") -> None:
         self.topic_prefix = topic_prefix
         self.campaign = campaign
-        self.decider = ShardDecider(campaign, DEFAULT_REGISTRY, 1)
         self.store = ShardStore(tmp / "p0", NO_TIME)
+        self.logic = PartitionLogic(campaign, DEFAULT_REGISTRY, 1, 0, self.store)
         self.offset = 0
         self.batches = 0
 
@@ -50,9 +51,9 @@ class Feed:
                             orjson.dumps(it["rec"]), None))
             self.offset += 1
         b = decode_messages(msgs, record_type, self.campaign, DEFAULT_REGISTRY, 1 << 20)
-        res = self.decider.decide(self.store, 0, b if record_type == "enrollment" else None,
-                                  b if record_type == "transaction" else None)
-        self.store.apply(res.blobs, self.batches)
+        res = self.logic.decide(b if record_type == "enrollment" else None,
+                                b if record_type == "transaction" else None)
+        self.logic.commit(self.batches)
         self.batches += 1
         return res
 
@@ -90,6 +91,59 @@ def test_a_wait_that_ends_with_the_last_record_of_a_batch_ends_in_that_batch(
     res = f.poll("transaction", [_txn("mover", T0 + 25 * H, person="Other001")])
     assert _reasons(res)["waits"] == "NOT_ENROLLED"
     assert PERSON not in f.store.parked
+    f.store.close()
+
+
+def test_expire_decides_the_waits_stream_time_passed_without_input(tmp_path: Path) -> None:
+    f = Feed(tmp_path)
+    f.poll("transaction", [_txn("early", T0), _txn("later", T0 + 10 * H)])
+    assert f.logic.waiting == 1
+    # 24 h after the first record's receipt: its wait is not over yet (deadline < time)
+    assert _reasons(f.logic.expire((T0 + 24 * H) * 1000)) == {}
+    res = f.logic.expire((T0 + 24 * H + 1) * 1000)
+    assert _reasons(res) == {"early": "NOT_ENROLLED"} and f.logic.waiting == 1
+    assert f.logic.stream_time == (T0 + 24 * H + 1) * 1000
+    f.logic.commit(f.batches)
+    # stream time never goes back
+    assert _reasons(f.logic.expire(T0 * 1000)) == {}
+    assert f.logic.stream_time == (T0 + 24 * H + 1) * 1000
+    f.store.close()
+
+
+def test_final_decides_every_wait_like_the_end_of_offline_input(tmp_path: Path) -> None:
+    items = [_txn("no-enrollment", T0), _txn("refund", T0 + 1, kind="refund",
+                                             original_txn_id="never", amount=100),
+             _txn("other", T0 + 2, person="Other001")]
+    f = Feed(tmp_path)
+    assert _reasons(f.poll("transaction", items)) == {}
+    res = f.logic.final()
+    offline = settle_records([], [it["rec"] for it in items], DEFAULT_CAMPAIGN,
+                             DEFAULT_REGISTRY)
+    assert _reasons(res) == {it["rec"]["txn_id"]: o.reason for it, o in
+                             zip(items, offline, strict=True)}
+    assert set(_reasons(res).values()) == {"NOT_ENROLLED", "ORIGINAL_NOT_FOUND"}
+    f.logic.commit(f.batches)
+    assert f.logic.waiting == 0 and not f.store.parked
+    f.store.close()
+
+
+def test_discard_forgets_what_was_not_committed(tmp_path: Path) -> None:
+    f = Feed(tmp_path)
+    f.poll("transaction", [_txn("kept", T0)])
+    b = decode_messages([Msg("transaction", 0, 99, T0 + 1, PERSON.encode(),
+                             orjson.dumps(_txn("lost", T0 + 1)["rec"]), None)],
+                        "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 20)
+    f.logic.decide(None, b)
+    assert f.logic.snapshot()  # staged, not durable
+    f.logic.discard()
+    assert f.logic.snapshot() == {}
+    parked = decode_person(f.store.db[PERSON.encode()]).parked
+    assert [p.txn_id for p in parked] == ["kept"]
+    # decided again from the checkpoint, the same record waits again
+    f.logic.decide(None, b)
+    f.logic.commit(f.batches)
+    assert [p.txn_id for p in decode_person(f.store.db[PERSON.encode()]).parked] == [
+        "kept", "lost"]
     f.store.close()
 
 
