@@ -26,6 +26,7 @@ from engine.kafka.topics import (
     partition_for,
 )
 from engine.tools.collect import collect
+from tests.builders import arrow_ipc, txn
 from tests.streams.harness import PARTITIONS, topics_for, worker
 
 pytestmark = pytest.mark.kafka
@@ -36,19 +37,8 @@ WHEN = "2020-09-02T12:00:00+09:00"
 WHEN_MS = 1599015600000
 
 
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
-
-
 def _txn(i: int, **extra: object) -> dict[str, object]:
-    rec: dict[str, object] = {"txn_id": f"T{i}", "operator_id": "paypay",
-                              "mykey_id": "Zz00aa50", "kind": "purchase", "amount": 1000,
-                              "occurred_at": WHEN}
-    rec.update(extra)
-    return rec
+    return {**txn(txn_id=f"T{i}", mykey="Zz00aa50", at=WHEN), **extra}
 
 
 def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]:
@@ -83,8 +73,8 @@ def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[st
                       "mykey_id": ["Zz00aa50", NUMBER], "kind": ["purchase"] * 2,
                       "amount": pa.array([100, 200], pa.int64()), "occurred_at": [WHEN] * 2,
                       "tags": pa.array([["x"], [NUMBER]], pa.list_(pa.string()))})
-    out.append((t.transactions, b"Zz00aa40", _ipc(table), [(FORMAT_HEADER, FORMAT_ARROW)]))
-    out.append((t.transactions, b"Zz00aa41", _ipc(pa.table({NUMBER: ["v"]})),
+    out.append((t.transactions, b"Zz00aa40", arrow_ipc(table), [(FORMAT_HEADER, FORMAT_ARROW)]))
+    out.append((t.transactions, b"Zz00aa41", arrow_ipc(pa.table({NUMBER: ["v"]})),
                 [(FORMAT_HEADER, FORMAT_ARROW)]))                                # column name
     return out
 

@@ -15,6 +15,7 @@ from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, MAX_RECORD_BYTES
 from engine.rules.strings import check_digit, is_individual_number
 from engine.streams.decode import decode_messages
+from tests.builders import arrow_ipc, txn
 
 NUMBER = "123456789018"        # valid check digit
 NOT_NUMBER = "123456789012"    # wrong check digit: must stay
@@ -25,19 +26,9 @@ TOPIC = "p.transactions"
 
 
 def _txn(i: int, **extra: object) -> dict[str, object]:
-    rec: dict[str, object] = {"txn_id": f"T{i}", "operator_id": "paypay",
-                              "mykey_id": f"AB12cd{i % 100:02d}", "kind": "purchase",
-                              "amount": 1000 + i, "occurred_at": "2020-09-02T12:00:00+09:00",
-                              "received_at": "2020-09-02T12:00:05+09:00"}
-    rec.update(extra)
-    return rec
-
-
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
+    return {**txn(amount=1000 + i, txn_id=f"T{i}", mykey=f"AB12cd{i % 100:02d}",
+                  at="2020-09-02T12:00:00+09:00", received_at="2020-09-02T12:00:05+09:00"),
+            **extra}
 
 
 def _messages() -> list[Msg]:
@@ -87,8 +78,8 @@ def _messages() -> list[Msg]:
                          pa.struct([("k", pa.string())])),
         "cat": pa.array(["u", NUMBER, "u", "u"]).dictionary_encode(),
     })
-    add(_ipc(table), headers=[(FORMAT_HEADER, FORMAT_ARROW)])
-    add(_ipc(pa.table({NUMBER: ["v"], "txn_id": ["B1"]})),
+    add(arrow_ipc(table), headers=[(FORMAT_HEADER, FORMAT_ARROW)])
+    add(arrow_ipc(pa.table({NUMBER: ["v"], "txn_id": ["B1"]})),
         headers=[(FORMAT_HEADER, FORMAT_ARROW)])
     add(b"garbage " + NUMBER.encode(), headers=[(FORMAT_HEADER, FORMAT_ARROW)])
     add(b"x " + NUMBER.encode(), headers=[(FORMAT_HEADER, b"unknown")])
@@ -152,7 +143,7 @@ def test_the_archive_holds_no_individual_number() -> None:
 
 def test_a_column_named_by_a_number_is_renamed_and_flags_every_row() -> None:
     red = redact_message(None, [(FORMAT_HEADER, FORMAT_ARROW)],
-                         _ipc(pa.table({NUMBER: ["a", "b"], "x": [NUMBER, "c"]})))
+                         arrow_ipc(pa.table({NUMBER: ["a", "b"], "x": [NUMBER, "c"]})))
     t = pa.ipc.open_stream(red.value).read_all()
     assert t.column_names == [REDACTED, "x"] and t.column("x").to_pylist() == [REDACTED, "c"]
 

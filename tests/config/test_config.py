@@ -3,7 +3,6 @@ kind of bad configuration raises ConfigError naming the file and the key."""
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from engine.config import DEFAULT_REGISTRY, ConfigError, load_campaign, load_ope
 from engine.rules.model import Campaign, Kind, Rounding
 from engine.rules.settlement import settle_records
 from tests import reference_model
+from tests.builders import day, enr, txn
 
 US = 1_000_000
 A = "AAAA0001"
@@ -25,10 +25,6 @@ selection_opens = 2020-07-01
 """
 
 
-def day(s: str) -> int:
-    return (date.fromisoformat(s) - date(1970, 1, 1)).days
-
-
 def write(tmp_path: Path, name: str, text: str) -> Path:
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")
@@ -37,16 +33,6 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def campaign(tmp_path: Path, text: str) -> Campaign:
     return load_campaign(write(tmp_path, "campaign.toml", text))
-
-
-def enr(op: str = "paypay", applied: str = "2020-09-01T10:00:00+09:00", **extra: object) -> dict:
-    return {"mykey_id": A, "operator_id": op, "applied_at": applied, **extra}
-
-
-def txn(amount: int = 1000, at: str = "2020-10-01T12:00:00+09:00", op: str = "paypay",
-        kind: str = "purchase", txn_id: str = "t1", **extra: object) -> dict:
-    return {"txn_id": txn_id, "operator_id": op, "mykey_id": A, "kind": kind,
-            "amount": amount, "occurred_at": at, **extra}
 
 
 def run(enrollments: list, transactions: list, c: Campaign | None = None,
@@ -219,40 +205,40 @@ def test_operator_id_and_name(tmp_path: Path) -> None:
     reg = registry(tmp_path, OPERATOR_TABLE.replace('"opa"', '"my-pay_1"'))
     assert [(op.id, op.name) for op in reg.operators] == [("my-pay_1", "Op A")]
     assert reg.code("my-pay_1") == 0 and reg.code("paypay") == -1
-    assert run([enr("my-pay_1")], [txn(op="my-pay_1")], registry=reg) == [
+    assert run([enr(op="my-pay_1")], [txn(op="my-pay_1")], registry=reg) == [
         (None, 0, 0), (None, 250, 250)]
-    assert run([enr("paypay")], [], registry=reg) == [("UNKNOWN_OPERATOR", 0, 0)]
+    assert run([enr(op="paypay")], [], registry=reg) == [("UNKNOWN_OPERATOR", 0, 0)]
 
 
 def test_operator_earns_on(tmp_path: Path) -> None:
     reg = registry(tmp_path, OPERATOR_TABLE.replace('["purchase"]', '["charge"]'))
     assert reg.operators[0].earns_on == (Kind.CHARGE,)
-    assert run([enr("opa")], [txn(op="opa", kind="purchase")], registry=reg)[1][0] == \
+    assert run([enr(op="opa")], [txn(op="opa", kind="purchase")], registry=reg)[1][0] == \
         "KIND_NOT_ELIGIBLE"
-    assert run([enr("opa")], [txn(op="opa", kind="charge")], registry=reg)[1][0] is None
+    assert run([enr(op="opa")], [txn(op="opa", kind="charge")], registry=reg)[1][0] is None
 
 
 def test_operator_earns_on_both(tmp_path: Path) -> None:
     reg = registry(tmp_path, OPERATOR_TABLE.replace('["purchase"]', '["charge", "purchase"]'))
     assert set(reg.operators[0].earns_on) == {Kind.CHARGE, Kind.PURCHASE}
-    assert run([enr("opa")], [], registry=reg) == [("INVALID_EARN_ON", 0, 0)]
-    assert run([enr("opa", earn_on="charge")], [txn(op="opa", kind="charge")],
+    assert run([enr(op="opa")], [], registry=reg) == [("INVALID_EARN_ON", 0, 0)]
+    assert run([enr(op="opa", earn_on="charge")], [txn(op="opa", kind="charge")],
                registry=reg)[1][0] is None
 
 
 def test_operator_selection_opens(tmp_path: Path) -> None:
     reg = registry(tmp_path, OPERATOR_TABLE.replace("2020-07-01", "2020-09-10"))
     assert reg.operators[0].selection_opens == day("2020-09-10")
-    assert run([enr("opa", "2020-09-09T23:59:59+09:00")], [], registry=reg) == [
+    assert run([enr(op="opa", applied="2020-09-09T23:59:59+09:00")], [], registry=reg) == [
         ("SELECTION_NOT_OPEN", 0, 0)]
-    assert run([enr("opa", "2020-09-09T15:00:00Z")], [], registry=reg) == [(None, 0, 0)]
+    assert run([enr(op="opa", applied="2020-09-09T15:00:00Z")], [], registry=reg) == [(None, 0, 0)]
 
 
 def test_operator_last_day(tmp_path: Path) -> None:
     reg = registry(tmp_path, OPERATOR_TABLE + "last_day = 2020-12-31\n")
     assert reg.operators[0].last_day == day("2020-12-31")
     assert registry(tmp_path, OPERATOR_TABLE).operators[0].last_day is None
-    out = run([enr("opa")], [txn(op="opa", at="2020-12-31T23:59:59+09:00"),
+    out = run([enr(op="opa")], [txn(op="opa", at="2020-12-31T23:59:59+09:00"),
                              txn(op="opa", at="2020-12-31T15:00:00Z", txn_id="t2")],
               registry=reg)
     assert [r[0] for r in out] == [None, None, "OUTSIDE_WINDOW"]

@@ -14,15 +14,15 @@ from engine.archive.store import Archive, Entry
 from engine.cli import main as cli
 from engine.rules.model import NO_TIME
 from engine.streams.state import PersonState, ShardStore, encode
+from tests.builders import txn
 
 WHO = "AB12cd34"
 OTHER = "ZZ99yy88"
 
 
 def _txn(who: str, i: int) -> bytes:
-    return orjson.dumps({"txn_id": f"T{i}", "operator_id": "paypay", "mykey_id": who,
-                         "kind": "purchase", "amount": 100,
-                         "occurred_at": "2020-09-02T12:00:00+09:00"})
+    return orjson.dumps(txn(amount=100, txn_id=f"T{i}", mykey=who,
+                            at="2020-09-02T12:00:00+09:00"))
 
 
 @pytest.fixture

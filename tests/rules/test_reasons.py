@@ -5,7 +5,6 @@ refunds and the cap. Each example runs through the engine *and* the reference mo
 from __future__ import annotations
 
 import dataclasses
-from datetime import date
 
 import pytest
 
@@ -13,35 +12,10 @@ from engine.config import DEFAULT_REGISTRY
 from engine.rules.model import Campaign, Kind, Operator, Registry, Rounding
 from engine.rules.settlement import settle_records
 from tests import reference_model
+from tests.builders import JAN_APPLY, A, B, day, enr, refund, txn
 
 PII = "123456789018"          # a valid Individual Number (check digit 8)
 NOT_PII = "123456789019"      # 12 digits, wrong check digit
-A, B = "AAAA0001", "BBBB0002"
-JAN_APPLY = "2020-09-01T10:00:00+09:00"
-
-
-def day(s: str) -> int:
-    return (date.fromisoformat(s) - date(1970, 1, 1)).days
-
-
-def enr(mykey: str = A, op: str = "paypay", applied: str = JAN_APPLY, **extra: object) -> dict:
-    return {"mykey_id": mykey, "operator_id": op, "applied_at": applied, **extra}
-
-
-_n = iter(range(10**9))
-
-
-def txn(kind: str = "purchase", amount: object = 1000, *, mykey: str = A, op: str = "paypay",
-        at: str = "2020-10-01T12:00:00+09:00", txn_id: str | None = None,
-        **extra: object) -> dict:
-    return {"txn_id": f"t{next(_n)}" if txn_id is None else txn_id, "operator_id": op,
-            "mykey_id": mykey, "kind": kind, "amount": amount, "occurred_at": at, **extra}
-
-
-def refund(original: dict, amount: int, **kw: object) -> dict:
-    kw.setdefault("mykey", original["mykey_id"])
-    kw.setdefault("op", original["operator_id"])
-    return txn("refund", amount, original_txn_id=original["txn_id"], **kw)
 
 
 FILLER_ENROLLMENT = {"mykey_id": "FILL0000", "operator_id": "paypay", "applied_at": JAN_APPLY}

@@ -18,6 +18,7 @@ from engine.streams.decode import decode_messages
 from engine.streams.logic import PartitionLogic
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore, decode_person
+from tests.builders import txn
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 PERSON = "Wait0001"
@@ -26,8 +27,7 @@ H = 3600 * 1000  # ms
 
 def _txn(txn_id: str, received_ms: int, kind: str = "purchase", person: str = PERSON,
          **extra: Any) -> dict[str, Any]:
-    rec = {"txn_id": txn_id, "operator_id": "paypay", "mykey_id": person, "kind": kind,
-           "amount": 4000, "occurred_at": "2020-09-13T12:00:00Z", **extra}
+    rec = {**txn(kind, 4000, txn_id=txn_id, mykey=person, at="2020-09-13T12:00:00Z"), **extra}
     return {"rec": rec, "ts": received_ms}
 
 

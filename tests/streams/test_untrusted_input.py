@@ -16,6 +16,7 @@ from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER, part
 from engine.rules.settlement import settle_records
 from engine.streams.codec_out import format_utc
 from engine.tools.collect import collect
+from tests.builders import txn
 from tests.streams.harness import PARTITIONS, topics_for, worker, write_report
 
 pytestmark = pytest.mark.kafka
@@ -25,9 +26,8 @@ T0 = 1_600_000_000_000  # 2020-09-13T12:26:40Z, in ms
 
 
 def _txn(txn_id: str, person: str, received_ms: int) -> dict[str, object]:
-    return {"txn_id": txn_id, "operator_id": "paypay", "mykey_id": person, "kind": "purchase",
-            "amount": 1000, "occurred_at": "2020-09-13T12:00:00Z",
-            "received_at": format_utc(received_ms * 1000)}
+    return txn(txn_id=txn_id, mykey=person, at="2020-09-13T12:00:00Z",
+               received_at=format_utc(received_ms * 1000))
 
 
 async def _changelog_sizes(bootstrap: str, prefix: str) -> tuple[int, bytes]:

@@ -41,6 +41,7 @@ from engine.streams.codec_out import (
 )
 from engine.tools import collect as collect_mod
 from engine.tools import publish as publish_mod
+from tests.builders import write_lines
 from tests.kafka_fixtures import read_topic
 
 PARTS = 8
@@ -147,19 +148,14 @@ def _transaction_lines(n: int = 300) -> list[bytes]:
     return lines
 
 
-def _write_lines(path: Path, lines: list[bytes]) -> Path:
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
-
-
 # ------------------------------------------------------------------ publish
 
 
 def test_publish_one_record_per_message(kafka_broker: devbroker.Broker, topic_prefix: str,
                                         tmp_path: Path) -> None:
-    enr = _write_lines(tmp_path / "enrollments.jsonl", ENROLLMENT_LINES)
+    enr = write_lines(tmp_path / "enrollments.jsonl", ENROLLMENT_LINES)
     txn_lines = _transaction_lines(60)
-    txn = _write_lines(tmp_path / "transactions.jsonl", txn_lines)
+    txn = write_lines(tmp_path / "transactions.jsonl", txn_lines)
     manifest = tmp_path / "manifest.parquet"
     counts = _publish(kafka_broker.bootstrap, topic_prefix, enrollments=enr, transactions=txn,
                       batch=1, manifest=manifest)
@@ -197,7 +193,7 @@ def test_publish_one_record_per_message(kafka_broker: devbroker.Broker, topic_pr
 def test_publish_jsonl_batches(kafka_broker: devbroker.Broker, topic_prefix: str,
                                tmp_path: Path) -> None:
     lines = _transaction_lines(300)
-    txn = _write_lines(tmp_path / "transactions.jsonl", lines)
+    txn = write_lines(tmp_path / "transactions.jsonl", lines)
     manifest = tmp_path / "manifest.parquet"
     counts = _publish(kafka_broker.bootstrap, topic_prefix, enrollments=None, transactions=txn,
                       batch=50, manifest=manifest)
@@ -301,7 +297,7 @@ def test_publish_parquet_one_record(kafka_broker: devbroker.Broker, topic_prefix
 
 
 def test_publish_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ok = _write_lines(tmp_path / "t.jsonl", [b"{}"])
+    ok = write_lines(tmp_path / "t.jsonl", [b"{}"])
 
     def args(**kw: Any) -> argparse.Namespace:
         base = {"enrollments": None, "transactions": str(ok), "rate": 0.0, "batch": 1,
@@ -451,7 +447,7 @@ def test_codec_round_trip_and_strictness() -> None:
 
 def test_oversized_chunks_split_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lines = _transaction_lines(120)
-    inp = publish_mod.read_input(_write_lines(tmp_path / "t.jsonl", lines), "transaction")
+    inp = publish_mod.read_input(write_lines(tmp_path / "t.jsonl", lines), "transaction")
     parts = np.zeros(inp.n, dtype=np.int64)       # everything on one partition
     monkeypatch.setattr(publish_mod, "MAX_VALUE_BYTES", 2_000)
     msgs = list(publish_mod._messages(inp, parts, 1, 100))

@@ -1,0 +1,62 @@
+"""Record, date and message builders shared by the tests.
+
+Records are the decoded JSON objects of the rules page (``dict``); every builder
+takes the field values a test cares about and fills the rest with values that pass
+every check, so that a test states only what it is about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+A, B = "AAAA0001", "BBBB0002"                  # two valid mykey_ids
+JAN_APPLY = "2020-09-01T10:00:00+09:00"        # an enrollment before any spending
+SPENT_AT = "2020-10-01T12:00:00+09:00"         # inside the window, after JAN_APPLY
+
+_txn_ids: Iterator[int] = count()
+
+
+def day(iso_date: str) -> int:
+    """Day number (JST calendar) of an ISO date such as ``"2020-09-01"``."""
+    return (date.fromisoformat(iso_date) - date(1970, 1, 1)).days
+
+
+def enr(mykey: str = A, op: str = "paypay", applied: str = JAN_APPLY,
+        **extra: object) -> dict[str, Any]:
+    """An enrollment; ``extra`` adds or replaces fields (``earn_on=...``, ``received_at=...``)."""
+    return {"mykey_id": mykey, "operator_id": op, "applied_at": applied, **extra}
+
+
+def txn(kind: str = "purchase", amount: object = 1000, *, mykey: str = A, op: str = "paypay",
+        at: str = SPENT_AT, txn_id: str | None = None, **extra: object) -> dict[str, Any]:
+    """A transaction with a fresh ``txn_id`` unless one is given; ``extra`` adds or
+    replaces fields."""
+    return {"txn_id": f"t{next(_txn_ids)}" if txn_id is None else txn_id, "operator_id": op,
+            "mykey_id": mykey, "kind": kind, "amount": amount, "occurred_at": at, **extra}
+
+
+def refund(original: dict[str, Any], amount: int, **kw: Any) -> dict[str, Any]:
+    """A refund of ``original`` (same person and operator unless ``kw`` says otherwise)."""
+    kw.setdefault("mykey", original["mykey_id"])
+    kw.setdefault("op", original["operator_id"])
+    return txn("refund", amount, original_txn_id=original["txn_id"], **kw)
+
+
+def arrow_ipc(table: pa.Table) -> bytes:
+    """``table`` as one Arrow IPC stream: the value of an arrow-ipc batch message."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    """A JSON Lines file of ``lines``."""
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
