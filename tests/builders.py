@@ -8,12 +8,18 @@ every check, so that a test states only what it is about.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from itertools import count
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.rules.model import Campaign
+from engine.tools.generate import generate_tables, write_jsonl, write_parquet
+from engine.tools.settle import SettleResult, settle_files
 
 A, B = "AAAA0001", "BBBB0002"                  # two valid mykey_ids
 JAN_APPLY = "2020-09-01T10:00:00+09:00"        # an enrollment before any spending
@@ -60,3 +66,40 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
     """A JSON Lines file of ``lines``."""
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
+
+
+# ------------------------------------------------------------ generate -> settle
+
+def write_campaign(directory: Path, users: int, transactions: int, seed: int, *,
+                   clean: bool = False, formats: tuple[str, ...] = ("jsonl",)) -> Path:
+    """A generated campaign as ``enrollments.<ext>`` and ``transactions.<ext>`` in
+    ``directory`` for each of ``formats`` ("jsonl", "parquet"); returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    enr, txn = generate_tables(users, transactions, seed=seed, clean=clean)
+    writers = {"jsonl": write_jsonl, "parquet": write_parquet}
+    for ext in formats:
+        writers[ext](enr, directory / f"enrollments.{ext}")
+        writers[ext](txn, directory / f"transactions.{ext}")
+    return directory
+
+
+@dataclass
+class Scenario:
+    """A generated campaign (JSON Lines files) and its offline settlement, the
+    reference every other path is compared with."""
+
+    enrollments: Path
+    transactions: Path
+    offline: SettleResult
+
+    @property
+    def expected_outcomes(self) -> int:
+        return self.offline.grants.num_rows + self.offline.rejections.num_rows
+
+
+def make_scenario(directory: Path, users: int, transactions: int, seed: int,
+                  campaign: Campaign = DEFAULT_CAMPAIGN) -> Scenario:
+    """Generate, write and settle offline: the one "generate -> settle" path."""
+    write_campaign(directory, users, transactions, seed)
+    e, t = directory / "enrollments.jsonl", directory / "transactions.jsonl"
+    return Scenario(e, t, settle_files(e, t, campaign, DEFAULT_REGISTRY))

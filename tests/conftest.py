@@ -1,6 +1,10 @@
 import os
 import pathlib
 import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 # The project root, so `tests.*` plugin modules import however pytest is invoked.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -13,3 +17,22 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 os.environ.setdefault("MYNAPOINT_INPUT_RETENTION", "P36500D")
 
 pytest_plugins = ["tests.kafka_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def settled_campaign(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """Factory: ``settled_campaign(users, transactions, seed, campaign=...)`` is a
+    ``tests.builders.Scenario`` (generated files plus their offline settlement), made
+    once per session for the same arguments (its tables are immutable)."""
+    from tests.builders import make_scenario
+
+    made: dict[tuple[Any, ...], Any] = {}
+
+    def make(users: int, transactions: int, seed: int, **kw: Any) -> Any:
+        key = (users, transactions, seed, *sorted(kw.items()))
+        if key not in made:
+            made[key] = make_scenario(tmp_path_factory.mktemp("campaign"), users,
+                                      transactions, seed, **kw)
+        return made[key]
+
+    return make

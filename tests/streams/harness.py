@@ -9,47 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.devtools.worker_process import WorkerProcess
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import Topics
 from engine.tools.collect import collect
 from engine.tools.compare import Comparison, compare
-from engine.tools.generate import generate_tables, write_jsonl
 from engine.tools.publish import publish_files
-from engine.tools.settle import SettleResult, settle_files
+from tests.builders import Scenario, make_scenario  # noqa: F401  (the streams tests' import)
 
 PARTITIONS = 4
 LAST_STATS: dict[str, object] = {}  # collect's counts from the last collect_and_compare
 # counts of the fault tests' last run, quoted by docs/RELIABILITY.md
 REPORT_DIR = Path(__file__).resolve().parents[2] / ".reliability"
-
-
-@dataclass
-class Scenario:
-    enrollments: Path
-    transactions: Path
-    offline: SettleResult
-
-    @property
-    def expected_outcomes(self) -> int:
-        return self.offline.grants.num_rows + self.offline.rejections.num_rows
-
-
-def make_scenario(directory: Path, users: int, transactions: int, seed: int) -> Scenario:
-    directory.mkdir(parents=True, exist_ok=True)
-    enr, txn = generate_tables(users, transactions, seed=seed)
-    e, t = directory / "enrollments.jsonl", directory / "transactions.jsonl"
-    write_jsonl(enr, e)
-    write_jsonl(txn, t)
-    return Scenario(e, t, settle_files(e, t, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY))
 
 
 def topics_for(prefix: str) -> Topics:

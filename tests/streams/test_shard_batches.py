@@ -20,22 +20,16 @@ from engine.rules.model import NO_TIME
 from engine.streams.decode import decode_messages
 from engine.streams.logic import PartitionLogic
 from engine.streams.state import ShardStore
-from engine.tools.generate import generate_tables, write_jsonl
-from engine.tools.settle import settle_files
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    d = tmp_path_factory.mktemp("shard")
-    enr, txn = generate_tables(120, 1500, seed=13)
-    write_jsonl(enr, d / "e.jsonl")
-    write_jsonl(txn, d / "t.jsonl")
-    off = settle_files(d / "e.jsonl", d / "t.jsonl", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)
-    e_lines, e_no = split_lines((d / "e.jsonl").read_bytes())
-    t_lines, t_no = split_lines((d / "t.jsonl").read_bytes())
-    return off, (e_lines, e_no.tolist()), (t_lines, t_no.tolist())
+def campaign(settled_campaign):  # type: ignore[no-untyped-def]
+    sc = settled_campaign(120, 1500, 13)
+    e_lines, e_no = split_lines(sc.enrollments.read_bytes())
+    t_lines, t_no = split_lines(sc.transactions.read_bytes())
+    return sc.offline, (e_lines, e_no.tolist()), (t_lines, t_no.tolist())
 
 
 def _messages(lines: list[bytes], numbers: list[int], topic: str,
@@ -63,8 +57,8 @@ def _messages(lines: list[bytes], numbers: list[int], topic: str,
 @given(cuts=st.lists(st.integers(0, 1500), max_size=25))
 def test_any_batching_decides_like_offline(campaign, cuts: list[int]) -> None:  # type: ignore[no-untyped-def]
     off, (e_lines, e_no), (t_lines, t_no) = campaign
-    e_polls, e_where = _messages(e_lines, e_no, "e", [])
-    t_polls, t_where = _messages(t_lines, t_no, "t", cuts)
+    e_polls, e_where = _messages(e_lines, e_no, "enrollments", [])
+    t_polls, t_where = _messages(t_lines, t_no, "transactions", cuts)
     where = {**e_where, **t_where}
     store_dir = Path(tempfile.mkdtemp())
     grants, rejections = {}, {}

@@ -14,7 +14,8 @@ from engine.cli import main
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.rules.model import ENGINE_LIMIT_REASONS, ENROLLMENT_REASONS, TRANSACTION_REASONS
 from engine.streams.codec_out import grant_to_json, rejection_to_json
-from engine.tools.generate import generate_tables, write_jsonl, write_parquet
+from engine.tools.generate import generate_tables, write_jsonl
+from tests.builders import write_campaign
 from tests.poison_records import (
     ENROLLMENT,
     GRANT,
@@ -31,12 +32,8 @@ PII = "123456789018"  # a valid Individual Number (check digit 8)
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("settle-cli")
-    enr, txn = generate_tables(300, 3000, seed=5)
-    write_jsonl(enr, d / "enrollments.jsonl")
-    write_jsonl(txn, d / "transactions.jsonl")
-    write_parquet(enr, d / "enrollments.parquet")
-    write_parquet(txn, d / "transactions.parquet")
+    d = write_campaign(tmp_path_factory.mktemp("settle-cli"), 300, 3000, 5,
+                       formats=("jsonl", "parquet"))
     # an Individual Number in an extra field and in a known field, on top of the
     # generator's own cases
     with open(d / "transactions.jsonl", "ab") as f:

@@ -13,7 +13,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from engine.cli import main
-from engine.tools.generate import generate_tables, write_jsonl, write_parquet
+from tests.builders import write_campaign
 
 N = 3
 PII = "123456789018"  # a valid Individual Number (check digit 8)
@@ -35,15 +35,11 @@ KEYLESS = [
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("slices")
-    enr, txn = generate_tables(400, 4000, seed=17)
-    write_jsonl(enr, d / "enrollments.jsonl")
-    write_jsonl(txn, d / "transactions.jsonl")
+    d = write_campaign(tmp_path_factory.mktemp("slices"), 400, 4000, 17,
+                       formats=("jsonl", "parquet"))
     with open(d / "transactions.jsonl", "ab") as f:
         for r in KEYLESS:
             f.write(orjson.dumps(r) + b"\n")
-    write_parquet(enr, d / "enrollments.parquet")
-    write_parquet(txn, d / "transactions.parquet")
     return d
 
 

@@ -4,23 +4,20 @@ must agree exactly, or finance would reconcile against two different numbers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, load_campaign
-from engine.tools.generate import generate_tables, write_jsonl
-from engine.tools.settle import settle_files
+from engine.config import DEFAULT_CAMPAIGN, load_campaign
 from engine.tools.summary import summarize
 
 
 @pytest.mark.parametrize("cap", [5000, 0, 300])
-def test_summary_from_arrays_equals_summary_from_tables(tmp_path: Path, cap: int) -> None:
-    enr, txn = generate_tables(300, 3000, seed=3)
-    write_jsonl(enr, tmp_path / "e.jsonl")
-    write_jsonl(txn, tmp_path / "t.jsonl")
+def test_summary_from_arrays_equals_summary_from_tables(tmp_path: Path, cap: int,
+                                                       settled_campaign: Any) -> None:
     (tmp_path / "c.toml").write_text(f"cap_points = {cap}\n")
     campaign = load_campaign(tmp_path / "c.toml") if cap != 5000 else DEFAULT_CAMPAIGN
-    r = settle_files(tmp_path / "e.jsonl", tmp_path / "t.jsonl", campaign, DEFAULT_REGISTRY)
+    r = settled_campaign(300, 3000, 3, campaign=campaign).offline
     from_tables = summarize(r.grants, r.rejections, r.summary["records_in"],
                             campaign.cap_points, campaign.id)
     assert r.summary == from_tables
@@ -29,14 +26,10 @@ def test_summary_from_arrays_equals_summary_from_tables(tmp_path: Path, cap: int
     assert r.summary["points_granted"] == sum(r.grants["points"].to_pylist())
 
 
-def test_summary_of_outputs_alone_has_no_negative_counts(tmp_path: Path) -> None:
+def test_summary_of_outputs_alone_has_no_negative_counts(settled_campaign: Any) -> None:
     """``collect`` knows outputs only: accepted transactions are the grants, and what
     it cannot know (accepted enrollments leave no output) is None, never negative."""
-    enr, txn = generate_tables(200, 2000, seed=5)
-    write_jsonl(enr, tmp_path / "e.jsonl")
-    write_jsonl(txn, tmp_path / "t.jsonl")
-    r = settle_files(tmp_path / "e.jsonl", tmp_path / "t.jsonl", DEFAULT_CAMPAIGN,
-                     DEFAULT_REGISTRY)
+    r = settled_campaign(200, 2000, 5).offline
     assert r.rejections.num_rows > 0
     s = summarize(r.grants, r.rejections, None, 5000, "c")
     assert s["accepted"]["transactions"] == r.grants.num_rows == \
