@@ -51,11 +51,27 @@ def _origin(source: str) -> tuple[str, int]:
     return where, (int(offset) << SUB_BITS) | int(index or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """A record read on the wrong partition, to be sent to its person's partition on
+    the engine's internal re-routing topic."""
+
+    record_type: str          # "enrollment" | "transaction"
+    partition: int            # its person's partition
+    record: dict[str, Any]    # the record as JSON, as validated (no extra fields)
+    source: str               # where it was first read: topic/partition/offset[#i]
+    received: int             # received_at (µs) or NO_TIME
+
+
+# an outcome message: (key = mykey_id or None, the outcome as JSON)
+Outcome = tuple[bytes | None, dict[str, Any]]
+
+
 @dataclass
 class ShardResult:
-    grants: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
-    rejections: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
-    reroute: list[tuple[str, int, dict[str, Any], str, int]] = field(default_factory=list)
+    grants: list[Outcome] = field(default_factory=list)
+    rejections: list[Outcome] = field(default_factory=list)
+    reroute: list[Reroute] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     outcomes: dict[str, list[str]] = field(default_factory=dict)
     points: int = 0
@@ -180,9 +196,9 @@ class _Call:
                     pidx.append(-1)
                     continue
                 if parts[i] != partition:
-                    self.res.reroute.append((b.v.record_type, parts[i],
-                                             self.d._reroute_record(b, i, key), b.source[i],
-                                             int(b.v.received[i])))
+                    self.res.reroute.append(Reroute(
+                        b.v.record_type, parts[i], self.d._reroute_record(b, i, key),
+                        b.source[i], int(b.v.received[i])))
                     continue
                 pi = self.person(key)
                 st = self.states[pi]
