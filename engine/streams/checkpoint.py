@@ -118,14 +118,15 @@ class Checkpoint:
                     # a record without a valid key goes to the partition it came from
                     out[(topic, part if part >= 0 else p)].append((key, dumps(row), None,
                                                                    None))
-            for rtype, target, rec, source, received in res.reroute:
-                topic = (self.topics.reroute_transactions if rtype == "transaction"
+            for rr in res.reroute:
+                topic = (self.topics.reroute_transactions if rr.record_type == "transaction"
                          else self.topics.reroute_enrollments)
                 # the engine reads a re-routed record's time from its JSON, not from
                 # the message timestamp (which the producer would set to "now")
-                ts = received // 1000 if received != NO_TIME else None
-                out[(topic, target)].append((rec["mykey_id"].encode(), dumps(rec),
-                                             [(SOURCE_HEADER, source.encode())], ts))
+                ts = rr.received // 1000 if rr.received != NO_TIME else None
+                out[(topic, rr.partition)].append((rr.record["mykey_id"].encode(),
+                                                   dumps(rr.record),
+                                                   [(SOURCE_HEADER, rr.source.encode())], ts))
         futs: list[Any] = []
         for (topic, part), msgs in out.items():
             futs.extend(f for f, _ in await send_batched(self.producer, topic, part, msgs))
