@@ -21,6 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import results_md  # noqa: E402
+
 WORK = ROOT / "bench" / "_work"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
@@ -54,13 +59,8 @@ def machine() -> str:
 
 
 def write_section(text: str, head: str = "## Offline settle") -> None:
-    """Replace (or append) the section of bench/RESULTS.md that starts with ``head``."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if head in old:
-        start = old.index(head)
-        nxt = old.find("\n## ", start + len(head))
-        old = old[:start] + (old[nxt + 1:] if nxt >= 0 else "")
-    RESULTS.write_text(old.rstrip() + "\n\n" + text.strip() + "\n")
+    """Replace (or append) the section of bench/RESULTS.md headed ``head``, in place."""
+    results_md.write_section(text, head, RESULTS)
 
 
 def main() -> int:

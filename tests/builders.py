@@ -98,8 +98,10 @@ class Scenario:
 
 
 def make_scenario(directory: Path, users: int, transactions: int, seed: int,
-                  campaign: Campaign = DEFAULT_CAMPAIGN) -> Scenario:
-    """Generate, write and settle offline: the one "generate -> settle" path."""
-    write_campaign(directory, users, transactions, seed)
-    e, t = directory / "enrollments.jsonl", directory / "transactions.jsonl"
+                  campaign: Campaign = DEFAULT_CAMPAIGN, *, clean: bool = False,
+                  ext: str = "jsonl") -> Scenario:
+    """Generate, write (as ``ext``) and settle offline: the one "generate -> settle"
+    path of the tests and the benchmarks."""
+    write_campaign(directory, users, transactions, seed, clean=clean, formats=(ext,))
+    e, t = directory / f"enrollments.{ext}", directory / f"transactions.{ext}"
     return Scenario(e, t, settle_files(e, t, campaign, DEFAULT_REGISTRY))

@@ -1,0 +1,302 @@
+"""The ``## Streaming`` section of bench/RESULTS.md, rendered from the results of
+bench/bench_stream.py (``results.json``): report rendering apart from measurement, so
+that ``bench_stream.py --render-only`` can redo the text without measuring again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(x: float | None, nd: int = 0) -> str:
+    return "n/a" if x is None else f"{x:,.{nd}f}"
+
+
+def _target(value: float | None, goal: float, higher: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    if (value >= goal) if higher else (value <= goal):
+        return f"**met** ({value / goal:.2f}x the target)" if higher else \
+            f"**met** ({value:.0f} ms)"
+    if higher:
+        short = 100 * (1 - value / goal)
+        return f"**missed**: {value / goal:.2f}x the target ({short:.0f} % short)"
+    return f"**missed**: {value:.0f} ms, {value / goal:.1f}x the limit"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    r = results["runs"]
+    mode = results["mode"]
+    b1, b2 = r.get("batched_1w", {}), r.get("batched_2w", {})
+    s1, s2 = r.get("single_1w", {}), r.get("single_2w", {})
+    lat, fa = r.get("latency", {}), r.get("faust", {})
+    sz = results["sizes"]
+    best_b = max((x.get("txn_per_s") or 0) for x in (b1, b2)) or None
+    base = fa.get("events_per_s")
+    out: list[str] = []
+    w = out.append
+    w("## Streaming")
+    w("")
+    w(f"End-to-end on one machine: broker, worker(s), publisher and measuring consumer all "
+      f"share it. Run of {results['date']} (`{mode}` sizes), "
+      f"`bench/bench_stream.py`; raw numbers in `bench/_work/stream/results.json`.")
+    w("")
+    w("### Machine")
+    w("")
+    w(f"- {m['nproc']} vCPU, {m['cpu']} ({m['hypervisor']} guest), {m['ram_gib']} GiB RAM, "
+      f"Linux {m['kernel']}")
+    w(f"- Python {m['python']}; {m['kafka']}; {m['java']}")
+    eng = results.get("engine") or {}
+    if eng:
+        w(f"- Engine code: commit {eng['start']}"
+          + (f" at the start, {eng['end']} at the end of the run" if eng.get("end") and
+             eng["end"] != eng["start"] else ""))
+    w("- Kafka topics: 8 partitions, replication 1; worker producer idempotent, acks=all")
+    w("")
+    w("### Commands")
+    w("")
+    w("```")
+    w(".venv/bin/pip install py-spy    # profiler, for the benchmark only (not in pyproject)")
+    w(f".venv/bin/python bench/bench_stream.py{' --quick' if mode == 'quick' else ''}")
+    w("```")
+    w("")
+    w("It starts its own broker on a free port (data in `bench/_work/stream/kafka`), and "
+      "per measurement a fresh topic prefix. The workers are "
+      "`python -m engine.cli worker --broker … --topic-prefix … --partitions 8 "
+      "--state-dir bench/_work/stream/state --metrics-port …` (`WorkerProcess`); "
+      "the Faust baseline is `bench/faust_baseline.py worker -l warn --without-web`.")
+    w("")
+    w("### Results")
+    w("")
+    w("| measurement | input | workers | seconds | transactions/s | records/s | outcomes "
+      "| CPU cores used: ours / others |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|")
+
+    def cpu(x: dict[str, Any]) -> str:
+        c = x.get("cpu")
+        return f"{c['own_cores']:.2f} / {c['foreign_cores']:.2f}" if c else "n/a"
+
+
+    def row(name: str, x: dict[str, Any], inp: str) -> None:
+        if not x:
+            return
+        if not x.get("txn_per_s"):
+            w(f"| {name} | {inp} | {x.get('workers', '?')} | FAILED: {x.get('error')} "
+              f"| | | | |")
+            return
+        w(f"| {name} | {inp} | {x['workers']} | {x['seconds']:.2f} | "
+          f"**{x['txn_per_s']:,.0f}** | {x['records_per_s']:,.0f} | "
+          f"{x['count']:,} / {x['expected_outcomes']:,} | {cpu(x)} |")
+
+    bi = (f"{sz['batched_users']:,} enr + {sz['batched_txns']:,} txn, "
+          f"arrow-ipc × {sz['batch']:,}")
+    si = f"{sz['single_users']:,} enr + {sz['single_txns']:,} txn, 1 JSON record/msg"
+    row("(a) batched", b1, bi)
+    row("(a) batched", b2, bi)
+    row("(b) one-record", s1, si)
+    row("(b) one-record", s2, si)
+    if fa:
+        if base:
+            w(f"| (d) Faust baseline (canonical agent) | {fa['events']:,} txn, 1 JSON "
+              f"record/msg | 1 | {fa['span_seconds']:.2f} | **{base:,.0f}** | {base:,.0f} | "
+              f"{fa['count']:,} / {fa['events']:,} | {cpu(fa)} |")
+        else:
+            w(f"| (d) Faust baseline | | 1 | FAILED: {fa.get('error')} | | | | |")
+    w("")
+    w("Seconds run from the worker's first `assigned partitions` log line to the timestamp "
+      "of the last outcome message; everything was published before the worker started "
+      "(so this is the engine's drain rate, not the publisher's). Records/s counts "
+      "enrollments too. Outcomes = output messages / offline `settle` grants + rejections "
+      "(an excess would be duplicates: none seen). For Faust: first to last outcome. "
+      "CPU cores used: average over the measurement of this benchmark's processes "
+      "(broker, workers, publisher/consumer) and of everything else on the machine "
+      f"(other people's jobs; {m['nproc']} cores in all).")
+    w("")
+    extra = []
+    for name, x in (("(a) 1 worker", b1), ("(a) 2 workers", b2), ("(b) 1 worker", s1),
+                    ("(b) 2 workers", s2)):
+        if x.get("txn_per_s"):
+            mt = x.get("metrics") or []
+            nb = sum(q.get("mynapoint_batch_records_count", 0) for q in mt)
+            nr = sum(q.get("mynapoint_batch_records_sum", 0) for q in mt)
+            bs = sum(q.get("mynapoint_batch_seconds_sum", 0) for q in mt)
+            busy = bs / (x["seconds"] * max(x["workers"], 1)) if x["seconds"] else 0
+            extra.append(
+                f"- {name}: worker start-up {x['startup_seconds']:.1f} s (not counted), "
+                f"first outcome {_f(x.get('first_outcome_after'), 2)} s after ready, "
+                f"~{_f(x.get('rate_10_90'))} outcomes/s between 10 % and 90 % done, "
+                f"{int(nb):,} polls of {nr / nb if nb else 0:,.0f} records on average, "
+                f"{100 * busy:.0f} % of the wall time inside `Worker.process`, "
+                f"{x.get('changelog_messages', 0) / max(x['count'], 1):.2f} state-changelog "
+                f"messages per outcome, worker peak RSS "
+                f"{', '.join(f'{v:,.0f}' for v in x.get('worker_peak_rss_mib') or [] if v)} "
+                f"MiB; publisher "
+                f"needed {x['published_seconds']:.1f} s for the {x['messages']:,} messages"
+                + (f"; {x['assignments']} assignment log lines (rebalance settled "
+                   f"{x['settled_after_seconds']:.1f} s after the first)"
+                   if x["workers"] > 1 else ""))
+    for name, x in (("(a) 1 worker", b1), ("(a) 2 workers", b2), ("(b) 1 worker", s1),
+                    ("(b) 2 workers", s2), ("latency", lat), ("Faust", fa)):
+        o = x.get("other_attempt")
+        if o:
+            val = (f"{o['txn_per_s']:,.0f} transactions/s" if o.get("txn_per_s") else
+                   f"{o['events_per_s']:,.0f} events/s" if o.get("events_per_s") else
+                   f"p50 {_f(o.get('p50'), 1)} ms, p99 {_f(o.get('p99'), 1)} ms"
+                   if o.get("p99") else f"error {o.get('error')}")
+            extra.append(f"- {name} was measured twice because other processes took CPU; "
+                         f"shown is the attempt they disturbed less; the other gave {val} "
+                         f"with {(o.get('cpu') or {}).get('foreign_cores', 0):.2f} cores "
+                         f"used by others")
+    if extra:
+        w("Details:")
+        w("")
+        out.extend(extra)
+        w("")
+    if lat:
+        w("### Latency at half the sustained one-record rate")
+        w("")
+        if lat.get("measured"):
+            w(f"One worker, input topic pre-filled with {lat['enrollments']:,} enrollments "
+              f"(read before the load starts); transactions sent as one-record messages at "
+              f"{lat['target_rate']:,.0f}/s (= 0.5 × the one-record rate of (b), "
+              f"{r['single_1w'].get('txn_per_s', 0):,.0f}/s) for {lat['warmup']:.0f} s of "
+              f"warm-up + {lat['seconds']:.0f} s measured, Kafka timestamp = received_at = "
+              f"now, campaign `accept_end` moved to 2099 "
+              f"(`bench/_work/stream/campaign-live.toml`). Latency = outcome received by a "
+              f"consumer of the output topics − input handed to the producer (both "
+              f"`time.time()` on this machine), matched by `source`.")
+            w("")
+            w("| sent | achieved rate | outcomes matched | p50 | p90 | p99 | p99.9 | max |")
+            w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+            w(f"| {lat['measured']:,} (+ warm-up) | {lat['achieved_rate']:,.0f}/s | "
+              f"{lat['matched']:,} ({lat['unmatched']} unmatched) | {lat['p50']:.1f} ms | "
+              f"{lat['p90']:.1f} ms | **{lat['p99']:.1f} ms** | {lat['p99.9']:.1f} ms | "
+              f"{lat['max']:.1f} ms |")
+            w("")
+            w(f"Including the warm-up: p50 {lat['all_p50']:.1f} ms, p99 {lat['all_p99']:.1f} "
+              f"ms, max {lat['all_max']:.1f} ms. Worst latency per second of sending (ms): "
+              f"{', '.join(str(x) for x in lat['worst_per_second_ms'])}. "
+              f"Outcomes: {lat['outcome_kinds']}. CPU cores used during the load: "
+              f"{cpu(lat)} (ours / others), of which the worker "
+              f"{(lat.get('cpu') or {}).get('live_children_cores', 0):.2f}.")
+            mt = (lat.get("metrics") or [{}])[0]
+            nb = mt.get("mynapoint_batch_records_count", 0)
+            if nb:
+                span = lat["send_seconds"]
+                w(f"The worker processed {int(nb):,} polls of "
+                  f"{mt.get('mynapoint_batch_records_sum', 0) / nb:,.0f} records on average, "
+                  f"and spent {mt.get('mynapoint_batch_seconds_sum', 0):.1f} s inside "
+                  f"`Worker.process` during the {span:.0f} s of sending.")
+            w("")
+        else:
+            w(f"FAILED: {lat.get('error') or lat}")
+            w("")
+        sweep = [(k, v) for k, v in r.items() if k.startswith("latency_") and v.get("measured")]
+        if sweep:
+            w("The same at lower rates (shorter runs), to show where the tail comes from:")
+            w("")
+            w("| rate | fraction of (b) | measured | p50 | p90 | p99 | max | polls × records "
+              "| time in `Worker.process` |")
+            w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            rows = sorted([*sweep, ("latency", lat)], key=lambda kv: kv[1]["target_rate"])
+            for _k, v in rows:
+                mt = (v.get("metrics") or [{}])[0]
+                nb = mt.get("mynapoint_batch_records_count", 0) or 0
+                frac = v["target_rate"] / (r["single_1w"].get("txn_per_s") or 1)
+                w(f"| {v['achieved_rate']:,.0f}/s | {frac:.2f} | {v['measured']:,} | "
+                  f"{v['p50']:.1f} ms | {v['p90']:.1f} ms | **{v['p99']:.1f} ms** | "
+                  f"{v['max']:.1f} ms | {int(nb):,} × "
+                  f"{mt.get('mynapoint_batch_records_sum', 0) / nb if nb else 0:,.0f} | "
+                  f"{mt.get('mynapoint_batch_seconds_sum', 0):.1f} s of "
+                  f"{v['send_seconds']:.0f} s |")
+            w("")
+    w("### Targets")
+    w("")
+    w(f"- batched ≥ 100,000 transactions/s: {_target(best_b, 100_000)} (best of one and "
+      f"two workers); stretch 500,000: {_target(best_b, 500_000)}")
+    one_s = s1.get("txn_per_s")
+    if one_s and base:
+        w(f"- one-record ≥ 5× the canonical Faust agent ({base:,.0f} events/s → "
+          f"≥ {5 * base:,.0f}/s): one worker against one Faust worker "
+          f"{_target(one_s, 5 * base)}, i.e. {one_s / base:.1f}× Faust"
+          + (f"; two workers {s2['txn_per_s'] / base:.1f}× Faust" if s2.get("txn_per_s")
+             else ""))
+    else:
+        w("- one-record ≥ 5× Faust: not measured")
+    w(f"- p99 ≤ 100 ms at half load: {_target(lat.get('p99'), 100, higher=False)}")
+    ok = [v["achieved_rate"] for k, v in r.items()
+          if k.startswith("latency") and v.get("p99") is not None and v["p99"] <= 100]
+    tried = [v["achieved_rate"] for k, v in r.items()
+             if k.startswith("latency") and v.get("p99") is not None]
+    if tried:
+        w(f"  (p99 ≤ 100 ms was reached at {max(ok):,.0f}/s and below)" if ok else
+          f"  (not reached at any measured rate, down to {min(tried):,.0f}/s)")
+    w("")
+    profs = [(k, r[k]) for k in ("profile_batched", "profile_single", "profile_live")
+             if k in r]
+    if profs:
+        w("### Where the time goes (py-spy, worker process)")
+        w("")
+        rate = results.get("profile_rate", "?")
+        w(f"Separate runs with `py-spy record --nonblocking -r {rate} -f raw -p "
+          f"<worker pid>` attached from the worker's `assigned partitions` to its last "
+          f"outcome (idle time, i.e. waiting in epoll, is not sampled, so the shares are of "
+          f"CPU-busy samples). Time in C extensions (orjson, pyarrow, numba's compiled "
+          f"kernel, rocksdict, msgspec) is charged to the Python function that called them.")
+        w("")
+        for key, x in profs:
+            p = x.get("profile")
+            if key == "profile_live":
+                kind = (f"live one-record load at {x.get('target_rate', 0):,.0f} "
+                        f"transactions/s (as in the latency run)")
+                what = (f"{x.get('sent', 0):,} transactions sent; p50 "
+                        f"{_f(x.get('p50'), 1)} ms, p99 {_f(x.get('p99'), 1)} ms while "
+                        f"profiled")
+            else:
+                kind = "batched drain" if key == "profile_batched" else "one-record drain"
+                what = (f"{x['transactions']:,} transactions, {_f(x.get('txn_per_s'))} "
+                        f"transactions/s while profiled")
+                if x.get("partial"):
+                    what = (f"the first {x['seconds']:.0f} s of draining the data of (a): "
+                            f"{x['count']:,} outcomes, {_f(x.get('txn_per_s'))}/s while "
+                            f"profiled")
+            if not p:
+                w(f"{kind}: no profile ({x.get('profile_error') or x.get('error')})")
+                w("")
+                continue
+            w(f"**{kind}** ({what}; {p['samples']:,} samples, worker busy "
+              f"{100 * (p['busy_fraction'] or 0):.0f} % of the profiled time; raw stacks in "
+              f"`{x.get('profile_file')}`)")
+            w("")
+            w("| area | share of samples |")
+            w("|---|---:|")
+            for a, _c, pc in p["areas"]:
+                w(f"| {a} | {pc:.1f} % |")
+            w("")
+            w("| top functions by own (self) time | self |")
+            w("|---|---:|")
+            for f, _c, pc in p["self"][:10]:
+                w(f"| `{f}` | {pc:.1f} % |")
+            w("")
+            w("| top functions by inclusive time | incl. |")
+            w("|---|---:|")
+            shown = 0
+            for f, _c, pc in p["inclusive"]:
+                if any(s in f for s in ("<module>", "_run_module", "_run_code", "run_forever",
+                                        "run_until_complete", "_run_once", "Runner.run",
+                                        "run (asyncio", "main (engine/", "Handle._run",
+                                        "run_worker")):
+                    continue
+                w(f"| `{f}` | {pc:.1f} % |")
+                shown += 1
+                if shown >= 12:
+                    break
+            w("")
+    notes = results.get("notes") or []
+    if notes:
+        w("### Observations")
+        w("")
+        for n in notes:
+            w(f"- {n}")
+        w("")
+    return "\n".join(out).rstrip() + "\n"
