@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from engine.rules.model import Reason
+from engine.rules.model import NO_TIME, Reason
 
 # record types
 ENROLLMENT = 0
@@ -30,7 +30,7 @@ TRANSACTION = 1
 PENDING, ACCEPTED, REJECTED = 0, 1, 2
 # out_reason sentinel for a record still waiting when the batch ends
 PARKED = -1
-NO_TIME_K = -(2**63)  # engine.rules.model.NO_TIME, as a numba global
+NO_TIME_K = NO_TIME  # a plain global for numba
 
 KIND_REFUND = 2
 
