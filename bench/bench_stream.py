@@ -74,8 +74,9 @@ from bench.results_md import RESULTS_MD, write_section  # noqa: E402
 from bench.stream_report import render  # noqa: E402
 from engine.config import load_campaign  # noqa: E402
 from engine.devtools import broker as devbroker  # noqa: E402
+from engine.devtools import security  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
-from engine.kafka.client_config import default_client  # noqa: E402
+from engine.kafka.client_config import ENV, default_client  # noqa: E402
 from engine.kafka.produce import BatchSender, Outgoing  # noqa: E402
 from engine.kafka.topics import Topics, partition_for  # noqa: E402
 from engine.rules.strings import format_utc  # noqa: E402
@@ -937,6 +938,9 @@ def main() -> int:
     live = make_dataset("live", sz["latency_users"], 2 * sz["single_txns"], 13, settle=False)
     port = free_port()
     broker = devbroker.start(port, data_dir=WORK / "kafka")
+    # the broker is secured (SCRAM, ACLs): this process, the workers and the baseline
+    # it starts all authenticate as admin (engine.kafka.client_config.ENV)
+    os.environ[ENV] = str(broker.credentials(security.ADMIN))
     CpuAccount.broker_pid = broker.pid
     log(f"broker {broker.bootstrap} up in {broker.startup_seconds or 0:.1f} s")
     if args.wait_quiet:
