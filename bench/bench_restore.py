@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -27,8 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_settle import machine, write_section  # noqa: E402
 from engine.devtools import broker as devbroker  # noqa: E402
+from engine.devtools import security  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
-from engine.kafka.client_config import default_client  # noqa: E402
+from engine.kafka.client_config import ENV, default_client  # noqa: E402
+from engine.kafka.produce import Message, send_batched  # noqa: E402
 from engine.kafka.topics import Topics, ensure_topics  # noqa: E402
 from engine.streams.state import META_KEY, PersonState, ShardMeta, TxnEntry, encode  # noqa: E402
 
@@ -49,20 +53,18 @@ async def fill(bootstrap: str, topics: Topics, people: int) -> int:
                          max_batch_size=1 << 20)
     await p.start()
     try:
-        batch = p.create_batch()
-        futs = []
         nbytes = 0
-        for i in range(people):
-            k, v = person(i)
-            nbytes += len(v)
-            if batch.append(key=k, value=v, timestamp=None) is None:
-                futs.append(await p.send_batch(batch, topics.changelog, partition=0))
-                batch = p.create_batch()
-                batch.append(key=k, value=v, timestamp=None)
-        batch.append(key=META_KEY.encode(), value=encode(ShardMeta(stream_time=0)),
-                     timestamp=None)
-        futs.append(await p.send_batch(batch, topics.changelog, partition=0))
-        await asyncio.gather(*futs)
+
+        def messages() -> Iterator[Message]:
+            nonlocal nbytes
+            for i in range(people):
+                k, v = person(i)
+                nbytes += len(v)
+                yield k, v, None, None
+            yield META_KEY.encode(), encode(ShardMeta(stream_time=0)), None, None
+
+        sent = await send_batched(p, topics.changelog, 0, messages())
+        await asyncio.gather(*(f for f, _ in sent))
         return nbytes
     finally:
         await p.stop()
@@ -112,6 +114,8 @@ def main() -> int:
     WORK.mkdir(parents=True)
     port = devbroker.free_port()
     broker = devbroker.start(port=port, data_dir=WORK / "kafka", wait=120)
+    # the broker is secured: this process and the workers authenticate as admin
+    os.environ[ENV] = str(broker.credentials(security.ADMIN))
     try:
         prefix = "bench"
         topics = Topics(prefix)
