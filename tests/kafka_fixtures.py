@@ -23,7 +23,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import pytest
 from engine.devtools import broker as devbroker
 from engine.devtools import security
 from engine.kafka.client_config import ENV
+from engine.kafka.produce import Outgoing
 
 
 class TopicPrefix(str):
@@ -119,6 +120,23 @@ async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
         return sorted(out, key=lambda m: (m.partition, m.offset))
     finally:
         await consumer.stop()
+
+
+async def produce(bootstrap: str, messages: Iterable[tuple[str, Outgoing]]) -> None:
+    """Send each ``(topic, message)`` as admin and wait for its acknowledgement, in
+    order: the tests' producer, where a test needs messages the engine did not write."""
+    from aiokafka import AIOKafkaProducer
+
+    from engine.kafka.client_config import default_client
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all")
+    await p.start()
+    try:
+        for topic, m in messages:
+            await p.send_and_wait(topic, m.value, key=m.key, partition=m.partition,
+                                  timestamp_ms=m.timestamp_ms, headers=m.headers or None)
+    finally:
+        await p.stop()
 
 
 async def produce_one(bootstrap: str, topic: str, client: dict[str, Any]) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from engine.archive.archiver import archive
 from engine.archive.store import Archive
 from engine.cli import main as cli
 from engine.devtools import broker as devbroker
 from engine.kafka.client_config import ENV, default_client
+from engine.kafka.produce import Outgoing
 from engine.kafka.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
@@ -27,6 +27,7 @@ from engine.kafka.topics import (
 )
 from engine.tools.collect import collect
 from tests.builders import arrow_ipc, txn
+from tests.kafka_fixtures import produce
 from tests.streams.harness import PARTITIONS, topics_for, worker
 
 pytestmark = pytest.mark.kafka
@@ -87,14 +88,9 @@ OUTCOMES = 23
 async def _produce(bootstrap: str, msgs: list[tuple[str, bytes | None, bytes,
                                                     list[tuple[str, bytes]]]],
                    ts: int | None = None) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
-    await p.start()
-    try:
-        for topic, key, value, headers in msgs:
-            await p.send_and_wait(topic, value, key=key, headers=headers, timestamp_ms=ts,
-                                  partition=partition_for(key or b"", PARTITIONS))
-    finally:
-        await p.stop()
+    await produce(bootstrap, [
+        (topic, Outgoing(partition_for(key or b"", PARTITIONS), key, value, ts, headers))
+        for topic, key, value, headers in msgs])
 
 
 def _holders(root: Path) -> list[str]:

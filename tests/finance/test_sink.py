@@ -21,7 +21,6 @@ import pytest
 from engine.finance import ledger
 from engine.finance.ledger import InputError
 from engine.finance.sink import CRASH_ENV, client_options
-from engine.kafka.client_config import default_client
 from engine.tools.compare import compare
 from tests.streams.harness import Scenario, collect_and_compare, make_scenario, publish, worker
 
@@ -157,15 +156,10 @@ def fresh_topics(bootstrap: str) -> Any:
 
 
 async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    from aiokafka import AIOKafkaProducer
+    from engine.kafka.produce import Outgoing
+    from tests.kafka_fixtures import produce
 
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
-    await p.start()
-    try:
-        for v in values:
-            await p.send_and_wait(topic, v, partition=0)
-    finally:
-        await p.stop()
+    await produce(bootstrap, [(topic, Outgoing(0, None, v)) for v in values])
 
 
 def test_copies_skipped_conflicts_reported_never_written(kafka_broker, stream: Stream,

@@ -18,11 +18,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from engine.devtools import broker as devbroker
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
-from engine.kafka.client_config import default_client
+from engine.kafka.produce import Outgoing
 from engine.kafka.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
@@ -42,7 +41,7 @@ from engine.streams.codec_out import (
 from engine.tools import collect as collect_mod
 from engine.tools import publish as publish_mod
 from tests.builders import write_lines
-from tests.kafka_fixtures import read_topic
+from tests.kafka_fixtures import produce, read_topic
 
 PARTS = 8
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -338,13 +337,7 @@ def _rejection(source: str, **kw: Any) -> dict[str, Any]:
 
 
 async def _produce(bootstrap: str, items: list[tuple[str, int, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all")
-    await producer.start()
-    try:
-        for topic, partition, value in items:
-            await producer.send_and_wait(topic, value, partition=partition)
-    finally:
-        await producer.stop()
+    await produce(bootstrap, [(topic, Outgoing(p, None, value)) for topic, p, value in items])
 
 
 def _collect_args(kafka_broker: devbroker.Broker, prefix: str, out: Path,
