@@ -247,11 +247,12 @@ def append(con: Any, kind: str, stage: str) -> AppendResult:
         con.execute(f"CREATE OR REPLACE TEMP VIEW _dedup AS "
                     f"SELECT {col_list} FROM _first ORDER BY _ord")
         source = "_dedup"
-    if con.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
-        res.merge(_judge(con, kind, source, table, key, differs, same_input=False))
     before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    con.execute(f"CREATE OR REPLACE TEMP VIEW _fresh AS SELECT {col_list} FROM {source} s "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = s.{key})")
+    new = f"SELECT {col_list} FROM {source} s"
+    if before:
+        res.merge(_judge(con, kind, source, table, key, differs, same_input=False))
+        new += f" WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = s.{key})"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _fresh AS {new}")
     if kind == "grant":
         accumulate(con, "_fresh")  # before the insert: afterwards _fresh is empty
     con.execute(f"INSERT INTO {table} SELECT * FROM _fresh")
@@ -267,14 +268,17 @@ def accumulate(con: Any, new: str) -> None:
     """Add the grants of relation ``new`` (none of them in the ledger yet) to
     ``grant_months`` and ``grant_people``, inside the caller's transaction."""
     month = jst_month_index("occurred_at")
+    # anti-joins with empty tables are skipped: on a first load of 10^7 grants they cost
+    # a sixth of the load
+    known = ("" if not con.execute("SELECT EXISTS (SELECT 1 FROM grant_people)").fetchone()[0]
+             else f"""WHERE NOT EXISTS (SELECT 1 FROM grant_people p
+                          WHERE p.operator_id = n.operator_id AND p.mykey_id = n.mykey_id
+                            AND p.spending_month = {month_start("n.m")})""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _new_people AS
         SELECT n.operator_id, {month_start("n.m")} AS spending_month, n.mykey_id
         FROM (SELECT DISTINCT operator_id, {month} AS m, mykey_id FROM {new}
-              WHERE points <> 0) n
-        WHERE NOT EXISTS (SELECT 1 FROM grant_people p
-                          WHERE p.operator_id = n.operator_id AND p.mykey_id = n.mykey_id
-                            AND p.spending_month = {month_start("n.m")})""")
+              WHERE points <> 0) n {known}""")
     con.execute("INSERT INTO grant_people SELECT * FROM _new_people")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _new_months AS
