@@ -32,10 +32,10 @@ def measure(n: int) -> dict[str, float]:
     import pyarrow as pa
 
     from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
-    from engine.generate import generate_tables, write_jsonl
     from engine.io.readers import read_records
     from engine.rules.validate import validate_transactions
     from engine.streams.decode import decode_messages
+    from engine.tools.generate import generate_tables, write_jsonl
 
     WORK.mkdir(parents=True, exist_ok=True)
     _, txn = generate_tables(max(n // 15, 1), n, seed=3)

@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_settle import machine, write_section  # noqa: E402
-from engine.kafka import local  # noqa: E402
+from engine.devtools import broker as devbroker  # noqa: E402
+from engine.devtools.worker_process import WorkerProcess  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
-from engine.streams.process import WorkerProcess  # noqa: E402
+from engine.kafka.topics import Topics, ensure_topics  # noqa: E402
 from engine.streams.state import META_KEY, PersonState, ShardMeta, TxnEntry, encode  # noqa: E402
-from engine.streams.topics import Topics, ensure_topics  # noqa: E402
 
 WORK = ROOT / "bench" / "_work" / "restore"
 
@@ -110,8 +110,8 @@ def main() -> int:
     args = ap.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    port = local.free_port()
-    broker = local.start(port=port, data_dir=WORK / "kafka", wait=120)
+    port = devbroker.free_port()
+    broker = devbroker.start(port=port, data_dir=WORK / "kafka", wait=120)
     try:
         prefix = "bench"
         topics = Topics(prefix)

@@ -71,13 +71,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from engine.config import DEFAULT_REGISTRY, load_campaign  # noqa: E402
-from engine.generate import generate_tables, write_parquet  # noqa: E402
-from engine.kafka import local  # noqa: E402
+from engine.devtools import broker as devbroker  # noqa: E402
+from engine.devtools.worker_process import WorkerProcess  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
-from engine.ledger.settle import settle_files  # noqa: E402
-from engine.streams.process import WorkerProcess  # noqa: E402
-from engine.streams.publish import publish_files  # noqa: E402
-from engine.streams.topics import Topics, partition_for  # noqa: E402
+from engine.kafka.topics import Topics, partition_for  # noqa: E402
+from engine.tools.generate import generate_tables, write_parquet  # noqa: E402
+from engine.tools.publish import publish_files  # noqa: E402
+from engine.tools.settle import settle_files  # noqa: E402
 
 PARTITIONS = 8
 WORK = ROOT / "bench" / "_work" / "stream"
@@ -872,8 +872,8 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
         "python": platform.python_version(), "kernel": platform.release(),
         "hypervisor": "KVM" if "hypervisor" in flags else "none",
-        "kafka": f"Apache Kafka {local.KAFKA_VERSION}, local single-node KRaft "
-                 f"(engine.kafka.local, JVM {' '.join(local.JVM_OPTS)})",
+        "kafka": f"Apache Kafka {devbroker.KAFKA_VERSION}, local single-node KRaft "
+                 f"(engine.devtools.broker, JVM {' '.join(devbroker.JVM_OPTS)})",
         "java": java,
     }
 
@@ -1264,7 +1264,7 @@ def main() -> int:
     single = make_dataset("single", sz["single_users"], sz["single_txns"], 12)
     live = make_dataset("live", sz["latency_users"], 2 * sz["single_txns"], 13, settle=False)
     port = free_port()
-    broker = local.start(port, data_dir=WORK / "kafka")
+    broker = devbroker.start(port, data_dir=WORK / "kafka")
     CpuAccount.broker_pid = broker.pid
     log(f"broker {broker.bootstrap} up in {broker.startup_seconds or 0:.1f} s")
     if args.wait_quiet:

@@ -5,9 +5,10 @@ Sub-packages:
 - ``engine.rules``    pure decision and points logic (no I/O, no clock, no globals)
 - ``engine.config``   campaign and operator registry (TOML, shipped defaults)
 - ``engine.io``       readers (JSON Lines, Parquet, Arrow IPC) and output writers
-- ``engine.ledger``   offline ``settle`` pipeline
-- ``engine.kafka``    local single-node Kafka broker management
-- ``engine.streams``  the streaming worker, publisher and collector
+- ``engine.kafka``    Kafka client plumbing: client properties, topics, partitioning
+- ``engine.streams``  the streaming worker: decode, decide, state, recovery
+- ``engine.tools``    file tools: settle, compare, publish, collect, generate, demo
+- ``engine.devtools`` local broker/cluster and worker process for demo and tests
 - ``engine.metrics``  Prometheus metrics
 """
 

@@ -42,14 +42,14 @@ CLIENT_CONFIG_HELP = ("Kafka client properties (security.protocol, sasl.mechanis
 
 # command name -> "module:function"; the function takes the parsed args, returns exit code
 _COMMANDS = {
-    "generate": "engine.generate:main",
-    "settle": "engine.ledger.settle:main",
-    "kafka": "engine.kafka.local:main",
+    "generate": "engine.tools.generate:main",
+    "settle": "engine.tools.settle:main",
+    "kafka": "engine.devtools.broker:main",
     "worker": "engine.streams.worker:main",
-    "publish": "engine.streams.publish:main",
-    "collect": "engine.streams.collect:main",
+    "publish": "engine.tools.publish:main",
+    "collect": "engine.tools.collect:main",
     "status": "engine.ops.status:main",
-    "demo": "engine.demo:main",
+    "demo": "engine.tools.demo:main",
     "ledger": "engine.finance.cli:main",
     "admin": "engine.cli:admin",
     "archive": "engine.archive.archiver:main",

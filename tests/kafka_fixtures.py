@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from engine.kafka import local, security
+from engine.devtools import broker as devbroker
+from engine.devtools import security
 from engine.kafka.client_config import ENV
 
 
@@ -58,12 +59,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(request: pytest.FixtureRequest) -> Iterator[local.Broker]:
-    port = local.free_port()
+def kafka_broker(request: pytest.FixtureRequest) -> Iterator[devbroker.Broker]:
+    port = devbroker.free_port()
     data_dir = request.config.rootpath / ".kafka" / f"test-{port}"
     # A leftover from a crashed run on a recycled port would carry old topics.
     shutil.rmtree(data_dir, ignore_errors=True)
-    broker = local.start(port=port, data_dir=data_dir, wait=120.0)
+    broker = devbroker.start(port=port, data_dir=data_dir, wait=120.0)
     # The broker is secured (SCRAM, ACLs): the suite's own clients and every command it
     # runs, in process or as a subprocess, authenticate as admin unless a test says
     # otherwise (engine.kafka.client_config.ENV).
@@ -71,7 +72,7 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[local.Broker]:
         with client_config_of(broker.credentials(security.ADMIN)):
             yield broker
     finally:
-        local.stop(port=port, data_dir=data_dir)
+        devbroker.stop(port=port, data_dir=data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

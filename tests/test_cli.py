@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import KAFKA_ACTIONS, build_parser
-from engine.kafka.local import free_port as closed_port  # nothing listens there
+from engine.devtools.broker import free_port as closed_port  # nothing listens there
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,8 +25,8 @@ from engine.archive.redact import flags_for, format_of, index_of, redact_message
 from engine.archive.store import ARCHIVE_SCHEMA, Archive, ArchiveError, Entry
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.client_config import default_client
+from engine.kafka.topics import MAX_RECORD_BYTES, Topics
 from engine.streams.decode import decode_messages
-from engine.streams.topics import MAX_RECORD_BYTES, Topics
 
 FLUSH_ROWS = 20_000
 FLUSH_IDLE_S = 5.0

@@ -29,15 +29,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.io.readers import BadRecord, load_record, split_lines
-from engine.rules.model import Reason
-from engine.rules.strings import individual_number_mask, is_individual_number
-from engine.streams.topics import (
+from engine.kafka.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
     FORMAT_JSONL,
     MAX_RECORD_BYTES,
     MAX_RECORDS_PER_MESSAGE,
 )
+from engine.rules.model import Reason
+from engine.rules.strings import individual_number_mask, is_individual_number
 
 REDACTED = "[REDACTED]"
 _REDACTED_B = REDACTED.encode()

@@ -1,13 +1,13 @@
 """``mynapoint ledger load --from-kafka``: an exactly-once sink of the output topics.
 
 The sink reads every partition of the outcome topics (names from
-:attr:`engine.streams.topics.Topics.outcomes`) without a consumer group. The
+:attr:`engine.kafka.topics.Topics.outcomes`) without a consumer group. The
 position it has reached is kept in the ledger itself (table ``kafka_offsets``) and
 written in the same DuckDB transaction as the rows read before it: after a
 SIGKILL at any moment, the ledger holds either a batch and its offsets or
 neither, and a restart continues from the committed offsets. So every outcome
 reaches the ledger exactly once. Messages are decoded and de-duplicated within a
-batch by :class:`engine.streams.collect.Outcomes` (collect's reader); the ledger
+batch by :class:`engine.tools.collect.Outcomes` (collect's reader); the ledger
 then skips identical copies and refuses conflicting ones
 (:func:`engine.finance.ledger.append`), which are reported and counted, and the
 load goes on.
@@ -32,8 +32,8 @@ from typing import Any
 from engine.finance import ledger
 from engine.finance.ledger import AppendResult, InputError, transaction
 from engine.kafka.client_config import ClientConfigError, default_client, load_client_config
-from engine.streams.collect import Outcomes, at_end, topic_partitions
-from engine.streams.topics import Topics
+from engine.kafka.topics import Topics
+from engine.tools.collect import Outcomes, at_end, topic_partitions
 
 CONNECT_TIMEOUT = 30.0
 CRASH_ENV = "MYNAPOINT_SINK_CRASH_AT"  # tests: "<before_commit|after_commit>:<batch>"

@@ -1,1 +1,2 @@
-"""A local single-node Kafka broker (KRaft, loopback only) from Maven Central jars."""
+"""Kafka client plumbing shared by the worker, the tools and finance: client
+properties (SASL/TLS), topic names, partitioning and creation."""

@@ -33,8 +33,8 @@ from typing import Any
 import orjson
 
 from engine.kafka.client_config import ClientConfigError, default_client, load_client_config
+from engine.kafka.topics import Topics
 from engine.ops.health import describe_error, metrics_address
-from engine.streams.topics import Topics
 
 CONNECT_TIMEOUT = 15.0
 HTTP_TIMEOUT = 2.0

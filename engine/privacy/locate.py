@@ -111,7 +111,7 @@ async def in_kafka(bootstrap: str, prefix: str, group: str, mykey_id: str) -> li
     value counts; a tombstone means nothing is held)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from engine.streams.topics import Topics
+    from engine.kafka.topics import Topics
 
     t = Topics(prefix, group)
     key = mykey_id.encode()

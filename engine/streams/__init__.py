@@ -1,9 +1,10 @@
 """The streaming engine on Kafka.
 
-- ``worker``   consume → decide → produce loop, rebalances, commits
-- ``decode``   Kafka messages (one record, JSON Lines chunk, Arrow IPC) to batches
-- ``shard``    one partition's batch decided against its stored state
-- ``state``    per-person state in RocksDB, mirrored to a compacted changelog
-- ``topics``   names, partitioning, creation
-- ``publish``, ``collect``, ``codec_out``, ``process``: tools around the worker
+- ``worker``    consume → decide → produce loop, rebalances, commits
+- ``decode``    Kafka messages (one record, JSON Lines chunk, Arrow IPC) to batches
+- ``shard``     one partition's batch decided against its stored state
+- ``state``     per-person state in RocksDB, mirrored to a compacted changelog
+- ``recovery``  taking a partition over: checks, fence, restore
+- ``rebuild``   ``mynapoint admin rebuild-state``
+- ``codec_out`` outcome messages
 """

@@ -18,6 +18,13 @@ import pyarrow as pa
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io.readers import BadRecord, load_record, split_lines
+from engine.kafka.topics import (
+    FORMAT_ARROW,
+    FORMAT_HEADER,
+    FORMAT_JSONL,
+    MAX_RECORDS_PER_MESSAGE,
+    SOURCE_HEADER,
+)
 from engine.rules.model import NO_TIME, Campaign, Registry
 from engine.rules.strings import END_US, is_individual_number, json_facts
 from engine.rules.validate import (
@@ -27,13 +34,6 @@ from engine.rules.validate import (
     shape_table,
     validate_enrollments,
     validate_transactions,
-)
-from engine.streams.topics import (
-    FORMAT_ARROW,
-    FORMAT_HEADER,
-    FORMAT_JSONL,
-    MAX_RECORDS_PER_MESSAGE,
-    SOURCE_HEADER,
 )
 
 SUB_BITS = 16  # arrival = offset << 16 | index within the message
@@ -272,7 +272,7 @@ def concat_validated(parts: list[Validated], record_type: str) -> Validated:
         return np.concatenate(vals)
 
     names = ("reason", "detail", "mykey_id", "operator_id", "txn_id", "original_txn_id", "op",
-             "kind", "amount", "at", "day", "received", "flag_a", "flag_b", "flag_c",
+             "kind", "amount", "at", "day", "received", "too_late", "outside", "bad_earn_on",
              "earn_given")
     return Validated(n=sum(p.n for p in parts), record_type=record_type,
                      **{k: cat(k) for k in names})

@@ -28,8 +28,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from engine.kafka.client_config import default_client
+from engine.kafka.topics import Topics, ensure_topics
 from engine.streams import recovery
-from engine.streams.topics import Topics, ensure_topics
 
 
 class RebuildError(RuntimeError):

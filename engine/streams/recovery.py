@@ -34,8 +34,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from engine.kafka.topics import FENCE_HEADER, Topics
 from engine.streams.state import FENCE_KEY, Fence, ShardStore, encode
-from engine.streams.topics import FENCE_HEADER, Topics
 
 RESTORE_BATCH = 50_000
 

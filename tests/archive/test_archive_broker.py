@@ -17,9 +17,9 @@ import pytest
 from engine.archive.store import Archive
 from engine.cli import main as cli
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
-from engine.ledger.compare import compare
-from engine.ledger.settle import settle_archive
-from engine.streams.collect import collect
+from engine.tools.collect import collect
+from engine.tools.compare import compare
+from engine.tools.settle import settle_archive
 from tests.streams.harness import Scenario, make_scenario, publish, topics_for, worker
 
 pytestmark = pytest.mark.kafka

@@ -16,16 +16,16 @@ from aiokafka import AIOKafkaProducer
 from engine.archive.archiver import archive
 from engine.archive.store import Archive
 from engine.cli import main as cli
-from engine.kafka import local
+from engine.devtools import broker as devbroker
 from engine.kafka.client_config import ENV, default_client
-from engine.streams.collect import collect
-from engine.streams.topics import (
+from engine.kafka.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
     FORMAT_JSONL,
     ensure_topics,
     partition_for,
 )
+from engine.tools.collect import collect
 from tests.streams.harness import PARTITIONS, topics_for, worker
 
 pytestmark = pytest.mark.kafka
@@ -165,9 +165,9 @@ def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_p
 
 def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
         topic_prefix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    port = local.free_port()
+    port = devbroker.free_port()
     data_dir = tmp_path / "broker"
-    broker = local.start(port=port, data_dir=data_dir, wait=120.0,
+    broker = devbroker.start(port=port, data_dir=data_dir, wait=120.0,
                          extra_properties={"log.retention.check.interval.ms": "500"})
     monkeypatch.setenv(ENV, str(broker.credentials()))  # a secured broker of its own
     try:
@@ -214,7 +214,7 @@ def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
                  for f in fl]
         assert [f["reason"] for f in flags] == ["PERSONAL_NUMBER_FORBIDDEN"]
     finally:
-        local.stop(port=port, data_dir=data_dir)
+        devbroker.stop(port=port, data_dir=data_dir)
 
 
 def test_input_topics_get_the_bounded_default_retention(kafka_broker, topic_prefix,

@@ -12,9 +12,9 @@ from engine.archive.archiver import archive_rows
 from engine.archive.redact import REDACTED, redact_message, redact_opaque
 from engine.archive.replay import Msg, apply_flags, flagged, messages
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.kafka.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, MAX_RECORD_BYTES
 from engine.rules.strings import check_digit, is_individual_number
 from engine.streams.decode import decode_messages
-from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, MAX_RECORD_BYTES
 
 NUMBER = "123456789018"        # valid check digit
 NOT_NUMBER = "123456789012"    # wrong check digit: must stay

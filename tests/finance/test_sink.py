@@ -22,7 +22,7 @@ from engine.finance import ledger
 from engine.finance.ledger import InputError
 from engine.finance.sink import CRASH_ENV, client_options
 from engine.kafka.client_config import default_client
-from engine.ledger.compare import compare
+from engine.tools.compare import compare
 from tests.finance.example import assert_derived_consistent
 from tests.streams.harness import Scenario, collect_and_compare, make_scenario, publish, worker
 
@@ -163,7 +163,7 @@ def test_sigkill_mid_load_leaves_every_outcome_once(stream: Stream, tmp_path: Pa
 
 
 def fresh_topics(bootstrap: str) -> Any:
-    from engine.streams.topics import Topics, ensure_topics
+    from engine.kafka.topics import Topics, ensure_topics
     from tests.kafka_fixtures import new_prefix
 
     topics = Topics(new_prefix())
@@ -220,7 +220,7 @@ def test_copies_skipped_conflicts_reported_never_written(kafka_broker, stream: S
 
 def test_follow_serves_metrics_and_stops_on_sigterm(kafka_broker, stream: Stream,
                                                     tmp_path: Path) -> None:
-    from engine.kafka.local import free_port
+    from engine.devtools.broker import free_port
     from engine.streams.codec_out import grant_to_json
 
     topics = fresh_topics(stream.bootstrap)

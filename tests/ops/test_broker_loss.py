@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.kafka import local
+from engine.devtools import broker as devbroker
+from engine.devtools.worker_process import WorkerProcess
 from engine.kafka.client_config import ENV
-from engine.streams.process import WorkerProcess
 from tests.ops.http import get, poll
 
 pytestmark = pytest.mark.kafka  # starts a broker of its own (Java)
@@ -19,10 +19,10 @@ pytestmark = pytest.mark.kafka  # starts a broker of its own (Java)
 
 def test_readyz_reports_a_lost_broker(tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    port = local.free_port()
-    broker = local.start(port=port, data_dir=tmp_path / "kafka", wait=120.0)
+    port = devbroker.free_port()
+    broker = devbroker.start(port=port, data_dir=tmp_path / "kafka", wait=120.0)
     monkeypatch.setenv(ENV, str(broker.credentials()))
-    metrics = local.free_port()
+    metrics = devbroker.free_port()
     w = WorkerProcess(broker.bootstrap, "loss", 2, state_dir=tmp_path / "state",
                       log_path=tmp_path / "w.log", extra=["--metrics-port", str(metrics)])
     base = f"http://127.0.0.1:{metrics}"
@@ -30,7 +30,7 @@ def test_readyz_reports_a_lost_broker(tmp_path: Path,
         w.start()
         assert poll(base + "/readyz", 200)["broker"] is True
         assert "mynapoint_worker_up 1.0" in get(base + "/metrics")[1]
-        local.stop(port=port, data_dir=tmp_path / "kafka")
+        devbroker.stop(port=port, data_dir=tmp_path / "kafka")
         body = poll(base + "/readyz", 503, timeout=30)
         assert body["status"] == "not ready" and body["broker"] is False
         assert body["reason"].startswith("broker unreachable: ")
@@ -39,4 +39,4 @@ def test_readyz_reports_a_lost_broker(tmp_path: Path,
         assert w.alive
     finally:
         w.stop()
-        local.stop(port=port, data_dir=tmp_path / "kafka")
+        devbroker.stop(port=port, data_dir=tmp_path / "kafka")

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.kafka import local
+from engine.devtools import broker as devbroker
+from engine.devtools.worker_process import WorkerProcess
 from engine.kafka.client_config import default_client
-from engine.streams.process import WorkerProcess
 from tests.ops.http import get_json, wait_until
 from tests.streams.harness import make_scenario, publish, topics_for, worker
 from tests.test_deploy import ALERTS, dashboard_exprs, runbook_queries
@@ -77,7 +77,7 @@ def prometheus(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(target_port: int) -> Prometheus:
-        port = local.free_port()
+        port = devbroker.free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s",
                        "scrape_timeout": "1s"},
@@ -138,11 +138,11 @@ def produce_live(bootstrap: str, topic: str) -> None:
 
 
 def test_dashboard_and_alerts_on_a_live_prometheus(
-        kafka_broker: local.Broker, topic_prefix: str, tmp_path: Path,
+        kafka_broker: devbroker.Broker, topic_prefix: str, tmp_path: Path,
         prometheus: Callable[[int], Prometheus]) -> None:
     t0 = time.monotonic()
     sc = make_scenario(tmp_path / "data", users=150, transactions=1200, seed=11)
-    metrics_port = local.free_port()
+    metrics_port = devbroker.free_port()
     w: WorkerProcess = worker(kafka_broker.bootstrap, topic_prefix, tmp_path / "logs")
     w.args += ["--metrics-port", str(metrics_port), "--log-format", "json"]
     w.start()

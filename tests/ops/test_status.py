@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from engine.kafka import local
+from engine.devtools import broker as devbroker
+from engine.kafka.topics import Topics
 from engine.ops import status as status_mod
 from engine.ops.status import PartitionStatus, WorkerStatus, judge
-from engine.streams.topics import Topics
 from tests.ops.http import poll
 from tests.streams.harness import PARTITIONS, make_scenario, publish, topics_for, worker
 from tests.test_cli import mynapoint
 
 
 def test_status_of_a_running_then_stopped_engine(
-        kafka_broker: local.Broker, topic_prefix: str, tmp_path: Path) -> None:
+        kafka_broker: devbroker.Broker, topic_prefix: str, tmp_path: Path) -> None:
     sc = make_scenario(tmp_path / "data", users=150, transactions=1200, seed=7)
-    port = local.free_port()
+    port = devbroker.free_port()
     w = worker(kafka_broker.bootstrap, topic_prefix, tmp_path / "logs")
     w.args += ["--metrics-port", str(port)]
     w.start()
@@ -103,12 +103,12 @@ def test_status_of_a_running_then_stopped_engine(
         w2.stop()
 
 
-def test_status_errors_are_one_line(kafka_broker: local.Broker, topic_prefix: str) -> None:
+def test_status_errors_are_one_line(kafka_broker: devbroker.Broker, topic_prefix: str) -> None:
     r = mynapoint("status", "--broker", kafka_broker.bootstrap, "--topic-prefix", topic_prefix)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("mynapoint status: no engine topics on")
-    from engine.streams.topics import ensure_topics
+    from engine.kafka.topics import ensure_topics
     # every topic a worker creates (a publisher creates the inputs only)
     asyncio.run(ensure_topics(kafka_broker.bootstrap, Topics(topic_prefix), 2))
     r = mynapoint("status", "--broker", kafka_broker.bootstrap, "--topic-prefix", topic_prefix,
@@ -175,13 +175,13 @@ def test_render_names_unreachable_workers_and_ends_with_the_verdict(
 
 
 def test_a_refused_request_is_one_error_not_a_connection_failure(
-        kafka_broker: local.Broker, topic_prefix: str,
+        kafka_broker: devbroker.Broker, topic_prefix: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # what a broker with ACLs answers a principal without DESCRIBE on the group
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import GroupAuthorizationFailedError
 
-    from engine.streams.topics import ensure_topics
+    from engine.kafka.topics import ensure_topics
 
     async def refuse(*_a: object, **_k: object) -> None:
         raise GroupAuthorizationFailedError("not authorized")

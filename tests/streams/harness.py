@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
-from engine.generate import generate_tables, write_jsonl
+from engine.devtools.worker_process import WorkerProcess
 from engine.kafka.client_config import default_client
-from engine.ledger.compare import Comparison, compare
-from engine.ledger.settle import SettleResult, settle_files
-from engine.streams.collect import collect
-from engine.streams.process import WorkerProcess
-from engine.streams.publish import publish_files
-from engine.streams.topics import Topics
+from engine.kafka.topics import Topics
+from engine.tools.collect import collect
+from engine.tools.compare import Comparison, compare
+from engine.tools.generate import generate_tables, write_jsonl
+from engine.tools.publish import publish_files
+from engine.tools.settle import SettleResult, settle_files
 
 PARTITIONS = 4
 LAST_STATS: dict[str, object] = {}  # collect's counts from the last collect_and_compare

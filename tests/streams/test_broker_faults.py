@@ -20,9 +20,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from engine.kafka import local
+from engine.devtools import broker as devbroker
 from engine.kafka.client_config import ENV, default_client
-from engine.ledger.compare import Comparison
+from engine.tools.compare import Comparison
 from tests.streams.harness import (
     LAST_STATS,
     Scenario,
@@ -183,7 +183,7 @@ def assert_unharmed(request: pytest.FixtureRequest, sc: Scenario,
 
 
 @pytest.mark.parametrize("stage", ["decided", "outputs", "state"])
-def test_failed_batch_is_retried_in_process(kafka_broker: local.Broker, topic_prefix: str,
+def test_failed_batch_is_retried_in_process(kafka_broker: devbroker.Broker, topic_prefix: str,
                                             scenario: Scenario, tmp_path: Path,
                                             stage: str) -> None:
     """A Kafka error in the middle of a batch (injected: decided in memory only,
@@ -208,19 +208,19 @@ def test_failed_batch_is_retried_in_process(kafka_broker: local.Broker, topic_pr
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[local.Broker]:
+def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[devbroker.Broker]:
     """A broker for this test alone: it gets killed."""
     data = tmp_path / "broker"
-    broker = local.start(port=local.restartable_port(), data_dir=data, wait=120.0)
+    broker = devbroker.start(port=devbroker.restartable_port(), data_dir=data, wait=120.0)
     monkeypatch.setenv(ENV, str(broker.credentials()))
     try:
         yield broker
     finally:
-        local.stop(port=broker.port, data_dir=data)
+        devbroker.stop(port=broker.port, data_dir=data)
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefix: str,
+def test_single_broker_sigkill_and_restart(own_broker: devbroker.Broker, topic_prefix: str,
                                            scenario: Scenario, tmp_path: Path,
                                            request: pytest.FixtureRequest) -> None:
     """SIGKILL the only broker mid-stream, keep it down 10 s, restart it on its data:
@@ -230,7 +230,7 @@ def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefi
         own_broker.kill()
         killed_at = time.monotonic()
         time.sleep(DOWN_SECONDS)
-        restarted = local.start(port=own_broker.port, data_dir=own_broker.data_dir,
+        restarted = devbroker.start(port=own_broker.port, data_dir=own_broker.data_dir,
                                 wait=120.0)
         return {"broker_down_seconds": round(time.monotonic() - killed_at, 1),
                 "broker_restart_seconds": round(restarted.startup_seconds or 0.0, 1)}
@@ -243,8 +243,8 @@ def test_single_broker_sigkill_and_restart(own_broker: local.Broker, topic_prefi
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[local.Cluster]:
-    c = local.start_cluster(3, port=local.restartable_port(3), root=tmp_path / "cluster",
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[devbroker.Cluster]:
+    c = devbroker.start_cluster(3, port=devbroker.restartable_port(3), root=tmp_path / "cluster",
                             wait=120.0)
     monkeypatch.setenv(ENV, str(c.credentials()))
     try:
@@ -263,7 +263,7 @@ async def _coordinator(bootstrap: str, group: str) -> int:
         await admin.close()
 
 
-def test_cluster_loses_a_broker(cluster: local.Cluster, topic_prefix: str,
+def test_cluster_loses_a_broker(cluster: devbroker.Cluster, topic_prefix: str,
                                 scenario: Scenario, tmp_path: Path,
                                 request: pytest.FixtureRequest) -> None:
     """Three brokers (RF 3, min ISR 2): SIGKILL the one coordinating the workers'

@@ -19,16 +19,16 @@ from hypothesis import strategies as st
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io.readers import load_record
-from engine.ledger.settle import settle_files
-from engine.rules.model import Reason
-from engine.rules.validate import shape_objects, validate_transactions
-from engine.streams.decode import InBatch, decode_messages
-from engine.streams.topics import (
+from engine.kafka.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
     FORMAT_JSONL,
     MAX_RECORDS_PER_MESSAGE,
 )
+from engine.rules.model import Reason
+from engine.rules.validate import shape_objects, validate_transactions
+from engine.streams.decode import InBatch, decode_messages
+from engine.tools.settle import settle_files
 from tests.poison_records import (
     ENROLLMENT,
     GRANT,

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    # every reason code occurs at this size (see tests/test_generate.py)
+    # every reason code occurs at this size (see tests/tools/test_generate.py)
     return make_scenario(tmp_path_factory.mktemp("campaign"), 400, 4000, seed=7)
 
 

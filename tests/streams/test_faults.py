@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
-from engine.kafka.local import free_port
-from engine.streams.collect import collect
+from engine.kafka.topics import Topics
 from engine.streams.rebuild import rebuild_state
-from engine.streams.topics import Topics
+from engine.tools.collect import collect
 from tests.streams.harness import (
     LAST_STATS,
     PARTITIONS,

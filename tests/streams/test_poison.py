@@ -19,9 +19,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from engine.kafka.client_config import default_client
-from engine.ledger.compare import Comparison, compare
-from engine.streams.collect import collect
-from engine.streams.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
+from engine.kafka.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
+from engine.tools.collect import collect
+from engine.tools.compare import Comparison, compare
 from tests.poison_records import (
     ENROLLMENT,
     GRANT,

@@ -90,7 +90,7 @@ def test_state_slots_are_locked_per_process_not_by_pid(tmp_path: Path) -> None:
     """Two workers on one machine never share local state; a slot is free again
     as soon as its holder is gone (the kernel drops the flock), whatever PIDs say."""
     from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
-    from engine.streams.topics import Topics
+    from engine.kafka.topics import Topics
     from engine.streams.worker import Worker
 
     def new() -> Worker:

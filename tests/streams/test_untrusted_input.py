@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.client_config import default_client
+from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER, partition_for
 from engine.rules.settlement import settle_records
 from engine.streams.codec_out import format_utc
-from engine.streams.collect import collect
-from engine.streams.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER, partition_for
+from engine.tools.collect import collect
 from tests.streams.harness import PARTITIONS, topics_for, worker, write_report
 
 pytestmark = pytest.mark.kafka

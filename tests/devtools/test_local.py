@@ -1,4 +1,4 @@
-"""The local broker management in engine.kafka.local, against a real Kafka 3.9 broker."""
+"""The local broker management in engine.devtools.broker, against a real Kafka 3.9 broker."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from engine.kafka import local
+from engine.devtools import broker as devbroker
 from engine.kafka.client_config import ENV, default_client
 
 pytestmark = pytest.mark.kafka
@@ -70,18 +70,18 @@ def _records(n: int) -> list[tuple[bytes, bytes]]:
     return [(f"user-{i % 17}".encode(), f"record-{i}".encode()) for i in range(n)]
 
 
-def test_start_is_idempotent(kafka_broker: local.Broker) -> None:
+def test_start_is_idempotent(kafka_broker: devbroker.Broker) -> None:
     assert kafka_broker.bootstrap == f"127.0.0.1:{kafka_broker.port}"
-    assert local.is_ready(kafka_broker.bootstrap, 5.0)
-    again = local.start(port=kafka_broker.port, data_dir=kafka_broker.data_dir)
+    assert devbroker.is_ready(kafka_broker.bootstrap, 5.0)
+    again = devbroker.start(port=kafka_broker.port, data_dir=kafka_broker.data_dir)
     assert again.pid == kafka_broker.pid
     assert again.startup_seconds is None  # found running, not started
     assert again.bootstrap == kafka_broker.bootstrap
-    assert local.status(kafka_broker.port, kafka_broker.data_dir) == again
+    assert devbroker.status(kafka_broker.port, kafka_broker.data_dir) == again
 
 
-def test_broker_listens_on_loopback_only(kafka_broker: local.Broker) -> None:
-    props = (kafka_broker.data_dir / local.SERVER_PROPERTIES).read_text()
+def test_broker_listens_on_loopback_only(kafka_broker: devbroker.Broker) -> None:
+    props = (kafka_broker.data_dir / devbroker.SERVER_PROPERTIES).read_text()
     assert f"advertised.listeners=BROKER://127.0.0.1:{kafka_broker.port}\n" in props
     # clients authenticate (SCRAM) and ACLs deny by default; only the controller
     # listener, on loopback, is PLAINTEXT
@@ -95,7 +95,7 @@ def test_broker_listens_on_loopback_only(kafka_broker: local.Broker) -> None:
             assert all("//127.0.0.1:" in url for url in line.split("=", 1)[1].split(","))
 
 
-def test_produce_consume_round_trip(kafka_broker: local.Broker, topic_prefix: str) -> None:
+def test_produce_consume_round_trip(kafka_broker: devbroker.Broker, topic_prefix: str) -> None:
     topic = f"{topic_prefix}-roundtrip"
     records = _records(200)
     _run(_create_topic(kafka_broker.bootstrap, topic))
@@ -104,7 +104,7 @@ def test_produce_consume_round_trip(kafka_broker: local.Broker, topic_prefix: st
     assert sorted(got) == sorted(records)
 
 
-def test_transactional_producer_commits(kafka_broker: local.Broker, topic_prefix: str) -> None:
+def test_transactional_producer_commits(kafka_broker: devbroker.Broker, topic_prefix: str) -> None:
     # A single-node broker needs the transaction-log settings, or this hangs.
     topic = f"{topic_prefix}-tx"
     _run(_create_topic(kafka_broker.bootstrap, topic))
@@ -139,13 +139,13 @@ def test_stop_never_kills_an_unrelated_process(tmp_path: Path) -> None:
                                   "kafka.Kafka", "/elsewhere/server.properties"])
     try:
         for proc in (sleeper, lookalike):
-            (tmp_path / local.PID_FILE).write_text(f"{proc.pid}\n")
-            assert local.stop(port=local.free_port(), data_dir=tmp_path) is False
+            (tmp_path / devbroker.PID_FILE).write_text(f"{proc.pid}\n")
+            assert devbroker.stop(port=devbroker.free_port(), data_dir=tmp_path) is False
             assert proc.poll() is None, "stop() killed a process that is not its broker"
-            assert not (tmp_path / local.PID_FILE).exists(), "stale pid file was kept"
+            assert not (tmp_path / devbroker.PID_FILE).exists(), "stale pid file was kept"
         # Nothing recorded at all: a no-op.
-        assert local.stop(port=local.free_port(), data_dir=tmp_path) is False
-        assert local.stop(port=local.free_port(), data_dir=tmp_path / "missing") is False
+        assert devbroker.stop(port=devbroker.free_port(), data_dir=tmp_path) is False
+        assert devbroker.stop(port=devbroker.free_port(), data_dir=tmp_path / "missing") is False
     finally:
         for proc in (sleeper, lookalike):
             proc.kill()
@@ -154,30 +154,30 @@ def test_stop_never_kills_an_unrelated_process(tmp_path: Path) -> None:
 
 def test_kill_then_start_recovers_data(request: pytest.FixtureRequest, topic_prefix: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    port = local.free_port()
+    port = devbroker.free_port()
     data_dir = request.config.rootpath / ".kafka" / f"test-{port}"
     shutil.rmtree(data_dir, ignore_errors=True)
     topic = f"{topic_prefix}-durable"
     records = _records(500)
     try:
-        broker = local.start(port=port, data_dir=data_dir, wait=120.0)
+        broker = devbroker.start(port=port, data_dir=data_dir, wait=120.0)
         monkeypatch.setenv(ENV, str(broker.credentials()))
         _run(_create_topic(broker.bootstrap, topic))
         _run(_produce(broker.bootstrap, topic, records))
 
         broker.kill()
-        assert local.status(port, data_dir) is None
-        assert not local.is_ready(broker.bootstrap, 0)
+        assert devbroker.status(port, data_dir) is None
+        assert not devbroker.is_ready(broker.bootstrap, 0)
 
-        restarted = local.start(port=port, data_dir=data_dir, wait=120.0)
+        restarted = devbroker.start(port=port, data_dir=data_dir, wait=120.0)
         assert restarted.pid != broker.pid
         assert restarted.startup_seconds is not None
         got = _run(_consume(restarted.bootstrap, topic, f"{topic_prefix}-g", len(records)))
         assert sorted(got) == sorted(records)
         assert restarted.stop() is True
-        assert not local.is_ready(restarted.bootstrap, 0)
+        assert not devbroker.is_ready(restarted.bootstrap, 0)
     finally:
-        local.stop(port=port, data_dir=data_dir)
+        devbroker.stop(port=port, data_dir=data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -186,15 +186,15 @@ def test_port_taken_by_something_else_fails_clearly(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        with pytest.raises(local.KafkaError, match=f"port {port} .* already in use"):
-            local.start(port=port, data_dir=tmp_path / "broker")
+        with pytest.raises(devbroker.KafkaError, match=f"port {port} .* already in use"):
+            devbroker.start(port=port, data_dir=tmp_path / "broker")
     assert not (tmp_path / "broker").exists()
 
 
 def test_missing_java_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(local.KafkaError, match="`java` not found on PATH"):
-        local.start(port=local.free_port(), data_dir=tmp_path / "broker")
+    with pytest.raises(devbroker.KafkaError, match="`java` not found on PATH"):
+        devbroker.start(port=devbroker.free_port(), data_dir=tmp_path / "broker")
 
 
 def test_missing_mvn_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,9 +205,9 @@ def test_missing_mvn_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     (bin_dir / "java").symlink_to(java)
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("MYNAPOINT_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(local.KafkaError, match="`mvn` not found on PATH"):
-        local.fetch_jars()
-    assert not local.libs_dir().exists()
+    with pytest.raises(devbroker.KafkaError, match="`mvn` not found on PATH"):
+        devbroker.fetch_jars()
+    assert not devbroker.libs_dir().exists()
 
 
 def test_concurrent_fetches_share_one_complete_download(
@@ -218,7 +218,7 @@ def test_concurrent_fetches_share_one_complete_download(
 
     def fetch() -> None:
         try:
-            results.append(local.fetch_jars())
+            results.append(devbroker.fetch_jars())
         except BaseException as exc:
             errors.append(exc)
 
@@ -228,15 +228,15 @@ def test_concurrent_fetches_share_one_complete_download(
     for t in threads:
         t.join(300)
     assert not errors
-    assert results == [local.libs_dir()] * 2
-    assert local.jars_present()
-    home = local.libs_dir().parent
+    assert results == [devbroker.libs_dir()] * 2
+    assert devbroker.jars_present()
+    home = devbroker.libs_dir().parent
     assert sorted(p.name for p in home.iterdir()) == ["fetch.lock", "libs", "pom.xml"]
-    assert local.fetch_jars() == local.libs_dir()  # cached: no mvn run
+    assert devbroker.fetch_jars() == devbroker.libs_dir()  # cached: no mvn run
 
 
 def test_cli_status_and_stop_when_nothing_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    port = local.free_port()
-    assert local.main(argparse.Namespace(action="status", port=port)) == 1
+    port = devbroker.free_port()
+    assert devbroker.main(argparse.Namespace(action="status", port=port)) == 1
     assert "not running" in capsys.readouterr().out
-    assert local.main(argparse.Namespace(action="stop", port=port)) == 0
+    assert devbroker.main(argparse.Namespace(action="stop", port=port)) == 0

@@ -17,21 +17,22 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from engine.kafka import local, security
+from engine.devtools import broker as devbroker
+from engine.devtools import security
 from engine.kafka.client_config import load_client_config, parse_client_config
-from engine.streams.topics import Topics, ensure_topics
+from engine.kafka.topics import Topics, ensure_topics
 from tests.kafka_fixtures import produce_one
 
 OPERATOR = "paypay"
 
 
 @pytest.fixture(scope="module")
-def secured_topics(kafka_broker: local.Broker) -> Topics:
+def secured_topics(kafka_broker: devbroker.Broker) -> Topics:
     """A deployment of its own prefix: topics created by admin, ACLs as `kafka start`
     creates them for the default prefix."""
     topics = Topics(prefix="secured")
     asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 2))
-    local.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
+    devbroker.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
                    security.acl_plan(topics, [OPERATOR, "aupay"]))
     return topics
 
@@ -59,7 +60,7 @@ async def _ends(bootstrap: str, topic: str) -> int:
         await c.stop()
 
 
-def test_credentials_are_private_scram_properties(kafka_broker: local.Broker) -> None:
+def test_credentials_are_private_scram_properties(kafka_broker: devbroker.Broker) -> None:
     creds = security.credentials_dir(kafka_broker.data_dir)
     names = {p.stem for p in creds.glob("*.properties")}
     assert {"admin", "engine", "finance", OPERATOR, "aupay"} <= names
@@ -83,7 +84,7 @@ def test_credentials_are_private_scram_properties(kafka_broker: local.Broker) ->
     assert not (kafka_broker.data_dir / "format.args").exists()
 
 
-def test_operator_writes_its_inputs_and_nothing_else(kafka_broker: local.Broker,
+def test_operator_writes_its_inputs_and_nothing_else(kafka_broker: devbroker.Broker,
                                                      secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
     op = kafka_broker.client(OPERATOR)
@@ -114,7 +115,7 @@ def test_operator_writes_its_inputs_and_nothing_else(kafka_broker: local.Broker,
         asyncio.run(create())
 
 
-def test_finance_reads_outputs_writes_nothing(kafka_broker: local.Broker,
+def test_finance_reads_outputs_writes_nothing(kafka_broker: devbroker.Broker,
                                               secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
     asyncio.run(produce_one(b, t.grants, kafka_broker.client(security.ENGINE)))
@@ -126,7 +127,7 @@ def test_finance_reads_outputs_writes_nothing(kafka_broker: local.Broker,
             asyncio.run(produce_one(b, topic, fin))
 
 
-def test_engine_cannot_publish_inputs(kafka_broker: local.Broker,
+def test_engine_cannot_publish_inputs(kafka_broker: devbroker.Broker,
                                       secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
     eng = kafka_broker.client(security.ENGINE)
@@ -136,7 +137,7 @@ def test_engine_cannot_publish_inputs(kafka_broker: local.Broker,
     asyncio.run(produce_one(b, t.changelog, eng))  # its own internal topic
 
 
-def test_wrong_password_and_plaintext_are_refused(kafka_broker: local.Broker,
+def test_wrong_password_and_plaintext_are_refused(kafka_broker: devbroker.Broker,
                                                   secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
     before = asyncio.run(_ends(b, t.transactions))
@@ -152,10 +153,11 @@ def test_credentials_path_names_the_file_never_the_password(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    root = local.default_data_dir(19092)
+    root = devbroker.default_data_dir(19092)
     security.Credentials.generate(["admin", OPERATOR]).write(root)
     from engine.cli import main
 
+    session_config = os.environ.get("MYNAPOINT_CLIENT_CONFIG")
     assert main(["kafka", "credentials", OPERATOR, "--port", "19092"]) == 0
     out = capsys.readouterr().out.strip()
     assert out == str(security.credentials_file(root, OPERATOR))
@@ -163,13 +165,14 @@ def test_credentials_path_names_the_file_never_the_password(
     assert main(["kafka", "credentials", "nobody", "--port", "19092"]) == 2
     err = capsys.readouterr().err
     assert "nobody" in err and "admin" in err and len(err.splitlines()) == 1
-    assert os.environ.get("MYNAPOINT_CLIENT_CONFIG") is not None  # the session's admin
+    # printing a path must not switch the session's default client
+    assert os.environ.get("MYNAPOINT_CLIENT_CONFIG") == session_config
 
 
-def test_add_operator_without_restart(kafka_broker: local.Broker,
+def test_add_operator_without_restart(kafka_broker: devbroker.Broker,
                                       secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
-    path = local.add_operator(b, kafka_broker.data_dir, "newpay", t)
+    path = devbroker.add_operator(b, kafka_broker.data_dir, "newpay", t)
     assert path == kafka_broker.credentials("newpay")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not list(kafka_broker.data_dir.glob("add-*.properties"))  # no password left
@@ -179,10 +182,10 @@ def test_add_operator_without_restart(kafka_broker: local.Broker,
     assert asyncio.run(_ends(b, t.enrollments)) == before + 1
     with pytest.raises(TopicAuthorizationFailedError):
         asyncio.run(produce_one(b, t.grants, new))
-    with pytest.raises(local.KafkaError, match="already has credentials"):
-        local.add_operator(b, kafka_broker.data_dir, "newpay", t)
-    with pytest.raises(local.KafkaError, match="reserved"):
-        local.add_operator(b, kafka_broker.data_dir, "engine", t)
+    with pytest.raises(devbroker.KafkaError, match="already has credentials"):
+        devbroker.add_operator(b, kafka_broker.data_dir, "newpay", t)
+    with pytest.raises(devbroker.KafkaError, match="reserved"):
+        devbroker.add_operator(b, kafka_broker.data_dir, "engine", t)
 
 
 def test_a_failing_tool_never_shows_a_password(tmp_path: Path) -> None:
@@ -192,10 +195,10 @@ def test_a_failing_tool_never_shows_a_password(tmp_path: Path) -> None:
     echo.write_text('public class Echo { public static void main(String[] a) {'
                     ' System.err.println("Invalid property password=" + a[0]);'
                     ' System.exit(1); } }')
-    java = local._require("java", "needed")
+    java = devbroker._require("java", "needed")
     secret = security.new_password()
-    with pytest.raises(local.KafkaError) as info:
-        local._java_tool(java, local.fetch_jars(), tmp_path / "log4j.properties",
+    with pytest.raises(devbroker.KafkaError) as info:
+        devbroker._java_tool(java, devbroker.fetch_jars(), tmp_path / "log4j.properties",
                          str(echo), secret, hide=(secret,))
     assert secret not in str(info.value)
     assert "password=******" in str(info.value)
@@ -212,7 +215,7 @@ def _cli(*args: str, env_config: str | None = None) -> Any:
                           text=True, timeout=180, env=env)
 
 
-def test_commands_authenticate_with_client_config(kafka_broker: local.Broker,
+def test_commands_authenticate_with_client_config(kafka_broker: devbroker.Broker,
                                                   secured_topics: Topics,
                                                   tmp_path: Path) -> None:
     """publish as an operator, collect as finance, each with --client-config; the
@@ -248,7 +251,7 @@ def test_commands_authenticate_with_client_config(kafka_broker: local.Broker,
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_worker_refused_by_acls_says_so_in_one_line(kafka_broker: local.Broker,
+def test_worker_refused_by_acls_says_so_in_one_line(kafka_broker: devbroker.Broker,
                                                     secured_topics: Topics,
                                                     tmp_path: Path) -> None:
     r = _cli("worker", "--broker", kafka_broker.bootstrap, "--topic-prefix",

@@ -7,9 +7,9 @@ import asyncio
 import time
 from typing import Any
 
-from engine.kafka import local
-from engine.streams.collect import collect
-from engine.streams.topics import Topics, ensure_topics
+from engine.devtools import broker as devbroker
+from engine.kafka.topics import Topics, ensure_topics
+from engine.tools.collect import collect
 
 
 def timed(bootstrap: str, topics: Topics, expect: int, idle: float) -> tuple[float, Any]:
@@ -20,7 +20,7 @@ def timed(bootstrap: str, topics: Topics, expect: int, idle: float) -> tuple[flo
 
 
 def test_timeout_is_idle_time_with_expect_and_unused_without(
-        kafka_broker: local.Broker, topic_prefix: str) -> None:
+        kafka_broker: devbroker.Broker, topic_prefix: str) -> None:
     topics = Topics(prefix=topic_prefix)
     asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 2))
     # nothing expected: stops at the (empty) end at once, however long --timeout is

@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import generate as G
 from engine.rules.model import (
     ENGINE_LIMIT_REASONS,
     ENROLLMENT_REASONS,
     TRANSACTION_REASONS,
     Campaign,
 )
+from engine.tools import generate as G
 
 CAMPAIGN = Campaign()
 OPERATORS = {o.id: o for o in G._load_operators()}

@@ -10,7 +10,7 @@ and by every ``--client-config`` of ours) and the broker's own ``server.properti
 get theirs through an argument file (``java @file``) or ``--command-config``.
 
 ACLs (``StandardAuthorizer``, deny by default) are a function of the topic names
-(:class:`engine.streams.topics.Topics`), see :func:`acl_plan`.
+(:class:`engine.kafka.topics.Topics`), see :func:`acl_plan`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.streams.topics import Topics
+from engine.kafka.topics import Topics
 
 MECHANISM = "SCRAM-SHA-512"
 ADMIN, ENGINE, FINANCE = "admin", "engine", "finance"

@@ -65,8 +65,7 @@ import pyarrow.parquet as pq
 
 from engine.io.readers import sources, split_lines
 from engine.kafka.client_config import default_client
-from engine.rules.strings import kafka_partitions
-from engine.streams.topics import (
+from engine.kafka.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
     FORMAT_JSONL,
@@ -75,6 +74,7 @@ from engine.streams.topics import (
     Topics,
     ensure_topics,
 )
+from engine.rules.strings import kafka_partitions
 
 CONNECT_TIMEOUT = 30.0
 # An idempotent producer retries a send until it is stored, but gives up on a batch

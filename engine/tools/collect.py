@@ -33,13 +33,13 @@ import pyarrow.compute as pc
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA, TIMESTAMP
 from engine.kafka.client_config import default_client
+from engine.kafka.topics import Topics
 from engine.streams.codec_out import (
     OutputDecodeError,
     decode_grant,
     decode_rejection,
     parse_utc,
 )
-from engine.streams.topics import Topics
 
 CONNECT_TIMEOUT = 30.0
 _MAX_EXAMPLES = 5
@@ -258,7 +258,7 @@ async def at_end(consumer: Any, tps: list[Any], ends: dict[Any, int]) -> bool:
 def main(args: argparse.Namespace) -> int:
     from engine.config import ConfigError, load_campaign
     from engine.io.outputs import write_atomically
-    from engine.ledger.summary import summarize
+    from engine.tools.summary import summarize
 
     try:
         campaign = load_campaign(getattr(args, "campaign", None))

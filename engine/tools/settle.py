@@ -15,10 +15,10 @@ import pyarrow as pa
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.io.outputs import grants_table, rejections_table, write_atomically
 from engine.io.readers import InputError, read_records
-from engine.ledger.summary import render, summarize_arrays
 from engine.rules.model import Campaign, Registry
 from engine.rules.settlement import decide_offline
 from engine.rules.validate import Validated, validate_enrollments, validate_transactions
+from engine.tools.summary import render, summarize_arrays
 
 PROGRESS_MIN_BYTES = 20_000_000  # below this a run is over before a bar is worth drawing
 

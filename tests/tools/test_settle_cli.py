@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.cli import main
-from engine.generate import generate_tables, write_jsonl, write_parquet
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.rules.model import ENGINE_LIMIT_REASONS, ENROLLMENT_REASONS, TRANSACTION_REASONS
 from engine.streams.codec_out import grant_to_json, rejection_to_json
+from engine.tools.generate import generate_tables, write_jsonl, write_parquet
 from tests.poison_records import (
     ENROLLMENT,
     GRANT,

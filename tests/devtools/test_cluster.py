@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from engine.kafka import local
+from engine.devtools import broker as devbroker
 from engine.kafka.client_config import default_client
-from engine.streams.topics import Topics, ensure_topics
+from engine.kafka.topics import Topics, ensure_topics
 from tests.kafka_fixtures import client_config_of
 
 pytestmark = pytest.mark.kafka
@@ -32,15 +32,15 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devbroker.Cluster]:
     """Started with the command line, as a user would; handled through the Python API."""
     cwd = tmp_path_factory.mktemp("cluster")
-    port = local.restartable_port(3)
+    port = devbroker.restartable_port(3)
     started = _cli(cwd, "start", "--brokers", "3", "--port", str(port))
     assert started.returncode == 0, started.stderr
     assert "cluster of 3 brokers ready" in started.stdout
     assert "replication factor 3, min.insync.replicas 2" in started.stdout
-    found = local.cluster_status(port, cwd / ".kafka" / f"cluster-{port}")
+    found = devbroker.cluster_status(port, cwd / ".kafka" / f"cluster-{port}")
     assert found is not None
     try:
         with client_config_of(found.credentials()):
@@ -51,7 +51,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Cluster]
         assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped
 
 
-def _status(c: local.Cluster) -> subprocess.CompletedProcess[str]:
+def _status(c: devbroker.Cluster) -> subprocess.CompletedProcess[str]:
     return _cli(c.root.parent.parent, "status", "--port", str(c.layout.nodes[0].port))
 
 
@@ -90,7 +90,7 @@ async def _describe(bootstrap: str, names: list[str]) -> tuple[dict, dict]:
         await admin.close()
 
 
-def test_three_nodes_one_quorum(cluster: local.Cluster) -> None:
+def test_three_nodes_one_quorum(cluster: devbroker.Cluster) -> None:
     assert cluster.size == 3 and sorted(cluster.nodes) == [1, 2, 3]
     ports = sorted(b.port for b in cluster.nodes.values())
     assert ports == [ports[0], ports[0] + 1, ports[0] + 2]
@@ -106,10 +106,10 @@ def test_three_nodes_one_quorum(cluster: local.Cluster) -> None:
                      "transaction.state.log.replication.factor=3",
                      "transaction.state.log.min.isr=2"):
             assert f"\n{line}\n" in props
-        assert local.is_ready(b.bootstrap, 5.0)
+        assert devbroker.is_ready(b.bootstrap, 5.0)
 
 
-def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: local.Cluster,
+def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: devbroker.Cluster,
                                                           topic_prefix: str) -> None:
     topics = Topics(topic_prefix)
     assert _run(ensure_topics(cluster.bootstrap, topics, 4)) == 4
@@ -122,7 +122,7 @@ def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: local.Cluster
     assert configs[topics.changelog]["cleanup.policy"] == "compact"
 
 
-def test_single_broker_topics_keep_one_replica(kafka_broker: local.Broker,
+def test_single_broker_topics_keep_one_replica(kafka_broker: devbroker.Broker,
                                                topic_prefix: str) -> None:
     topics = Topics(topic_prefix)
     with client_config_of(kafka_broker.credentials()):  # not the module's cluster
@@ -169,7 +169,7 @@ async def _in_sync(bootstrap: str, topic: str) -> list[list[int]]:
         await admin.close()
 
 
-def test_kill_one_node_then_restart_it_on_its_data(cluster: local.Cluster,
+def test_kill_one_node_then_restart_it_on_its_data(cluster: devbroker.Cluster,
                                                    topic_prefix: str) -> None:
     """Writes with acks=all go on while one node is dead (two replicas in sync);
     the node comes back on the same data directory and rejoins every ISR."""
@@ -196,21 +196,21 @@ def test_kill_one_node_then_restart_it_on_its_data(cluster: local.Cluster,
     assert sorted(got) == sorted(before + during)
 
 
-def test_cli_status_reports_each_node(cluster: local.Cluster) -> None:
+def test_cli_status_reports_each_node(cluster: devbroker.Cluster) -> None:
     ok = _status(cluster)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert [f"node {i}: running" in ok.stdout for i in (1, 2, 3)] == [True] * 3
 
 
-@pytest.mark.parametrize("brokers", [0, local.MAX_BROKERS + 1])
+@pytest.mark.parametrize("brokers", [0, devbroker.MAX_BROKERS + 1])
 def test_bad_broker_count_is_one_line_exit_2(brokers: int, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    args = argparse.Namespace(action="start", port=local.free_port(), brokers=brokers)
-    assert local.main(args) == 2
+    args = argparse.Namespace(action="start", port=devbroker.free_port(), brokers=brokers)
+    assert devbroker.main(args) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--brokers must be 1 to {local.MAX_BROKERS}" in err
+    assert err.count("\n") == 1 and f"--brokers must be 1 to {devbroker.MAX_BROKERS}" in err
     assert not (tmp_path / ".kafka").exists()
 
 
@@ -225,7 +225,7 @@ async def _produce_stamped(bootstrap: str, topic: str, stamps_ms: list[int]) -> 
         await p.stop()
 
 
-def test_business_timestamps_do_not_roll_a_segment_per_append(kafka_broker: local.Broker,
+def test_business_timestamps_do_not_roll_a_segment_per_append(kafka_broker: devbroker.Broker,
                                                               topic_prefix: str) -> None:
     """Records stamped with their business time, months apart (a campaign replay),
     stay in one segment: a roll per append also meant a producer-state snapshot per

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.kafka import security
-from engine.streams.topics import Topics, replication_for
+from engine.devtools import security
+from engine.kafka.topics import Topics, replication_for
 
 KAFKA_VERSION = "3.9.1"
 SCALA_VERSION = "2.13"
@@ -262,7 +262,7 @@ listeners=BROKER://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}
 advertised.listeners=BROKER://{HOST}:{port}
 # Clients (and brokers among themselves) authenticate with SCRAM; the controller
 # listener stays PLAINTEXT on loopback, its ANONYMOUS callers being super users
-# (engine.kafka.security). No client listener is PLAINTEXT.
+# (engine.devtools.security). No client listener is PLAINTEXT.
 listener.security.protocol.map=BROKER:{protocol},CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=BROKER
@@ -732,7 +732,7 @@ def _new_credentials(data: Path, secrets_root: Path, operators: str | Path | Non
 def _ensure_acls(java: str, libs: Path, log4j: Path, bootstrap: str, secrets_root: Path,
                  operators: str | Path | None) -> None:
     """Create the ACLs of the default topic names once per formatted deployment."""
-    from engine.streams.topics import Topics
+    from engine.kafka.topics import Topics
 
     marker = secrets_root / ACLS_APPLIED
     if marker.is_file():

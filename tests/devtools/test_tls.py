@@ -14,7 +14,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from engine.kafka import local, security
+from engine.devtools import broker as devbroker
+from engine.devtools import security
 from engine.kafka.client_config import load_client_config
 from tests.kafka_fixtures import produce_one
 
@@ -22,13 +23,13 @@ pytestmark = pytest.mark.kafka  # a broker of its own (Java)
 
 
 @pytest.fixture(scope="module")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Broker]:
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devbroker.Broker]:
     data = tmp_path_factory.mktemp("tls") / "broker"
-    broker = local.start(port=local.free_port(), data_dir=data, wait=120.0, tls=True)
+    broker = devbroker.start(port=devbroker.free_port(), data_dir=data, wait=120.0, tls=True)
     try:
         yield broker
     finally:
-        local.stop(port=broker.port, data_dir=data)
+        devbroker.stop(port=broker.port, data_dir=data)
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -41,13 +42,13 @@ async def _create(bootstrap: str, client: dict[str, Any], topic: str) -> None:
         await admin.close()
 
 
-def test_client_with_the_ca_connects_one_without_is_refused(tls_broker: local.Broker) -> None:
-    assert tls_broker.tls and local.is_ready(tls_broker.bootstrap, 5.0, tls=True)
+def test_client_with_the_ca_connects_one_without_is_refused(tls_broker: devbroker.Broker) -> None:
+    assert tls_broker.tls and devbroker.is_ready(tls_broker.bootstrap, 5.0, tls=True)
     path = tls_broker.credentials(security.ADMIN)
     text = path.read_text()
     assert "security.protocol=SASL_SSL" in text and "ssl.truststore.type=PEM" in text
-    ca = tls_broker.data_dir / local.TLS_DIR / local.TLS_CA
-    keystore = tls_broker.data_dir / local.TLS_DIR / local.TLS_KEYSTORE
+    ca = tls_broker.data_dir / devbroker.TLS_DIR / devbroker.TLS_CA
+    keystore = tls_broker.data_dir / devbroker.TLS_DIR / devbroker.TLS_KEYSTORE
     assert f"ssl.truststore.location={ca}" in text
     assert stat.S_IMODE(keystore.stat().st_mode) == 0o600
     assert keystore.read_text().startswith("-----BEGIN PRIVATE KEY-----")  # PKCS#8
@@ -70,7 +71,7 @@ def test_client_with_the_ca_connects_one_without_is_refused(tls_broker: local.Br
 def test_make_certs_names_extra_hosts(tmp_path: Path) -> None:
     import subprocess
 
-    out = subprocess.run(["bash", str(local.MAKE_CERTS), str(tmp_path / "c"), "kafka"],
+    out = subprocess.run(["bash", str(devbroker.MAKE_CERTS), str(tmp_path / "c"), "kafka"],
                          capture_output=True, text=True, check=True)
     assert "DNS:kafka" in out.stdout
     text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in",

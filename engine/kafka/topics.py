@@ -138,7 +138,7 @@ def replication_for(brokers: int) -> tuple[int, int]:
     Three copies at most; from three on, two must acknowledge (``acks=all``), so
     that one broker can die without refusing writes or losing an acknowledged
     record. With two brokers a second acknowledgement would let either death stop
-    every write. The local cluster (``engine.kafka.local``) is configured alike.
+    every write. The local cluster (``engine.devtools.broker``) is configured alike.
 
     >>> [replication_for(n) for n in (1, 2, 3, 5)]
     [(1, 1), (2, 1), (3, 2), (3, 2)]

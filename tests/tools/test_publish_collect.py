@@ -20,11 +20,17 @@ import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from engine.devtools import broker as devbroker
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
-from engine.kafka import local
 from engine.kafka.client_config import default_client
-from engine.streams import collect as collect_mod
-from engine.streams import publish as publish_mod
+from engine.kafka.topics import (
+    FORMAT_ARROW,
+    FORMAT_HEADER,
+    FORMAT_JSONL,
+    Topics,
+    ensure_topics,
+    partition_for,
+)
 from engine.streams.codec_out import (
     OutputDecodeError,
     format_utc,
@@ -33,14 +39,8 @@ from engine.streams.codec_out import (
     rejection_from_json,
     rejection_to_json,
 )
-from engine.streams.topics import (
-    FORMAT_ARROW,
-    FORMAT_HEADER,
-    FORMAT_JSONL,
-    Topics,
-    ensure_topics,
-    partition_for,
-)
+from engine.tools import collect as collect_mod
+from engine.tools import publish as publish_mod
 
 PARTS = 8
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -169,7 +169,7 @@ def _write_lines(path: Path, lines: list[bytes]) -> Path:
 # ------------------------------------------------------------------ publish
 
 
-def test_publish_one_record_per_message(kafka_broker: local.Broker, topic_prefix: str,
+def test_publish_one_record_per_message(kafka_broker: devbroker.Broker, topic_prefix: str,
                                         tmp_path: Path) -> None:
     enr = _write_lines(tmp_path / "enrollments.jsonl", ENROLLMENT_LINES)
     txn_lines = _transaction_lines(60)
@@ -208,7 +208,7 @@ def test_publish_one_record_per_message(kafka_broker: local.Broker, topic_prefix
     assert first.split("/")[1] == escaped.split("/")[1]
 
 
-def test_publish_jsonl_batches(kafka_broker: local.Broker, topic_prefix: str,
+def test_publish_jsonl_batches(kafka_broker: devbroker.Broker, topic_prefix: str,
                                tmp_path: Path) -> None:
     lines = _transaction_lines(300)
     txn = _write_lines(tmp_path / "transactions.jsonl", lines)
@@ -260,7 +260,7 @@ def _parquet_table(n: int) -> pa.Table:
     })
 
 
-def test_publish_parquet_arrow_batches(kafka_broker: local.Broker, topic_prefix: str,
+def test_publish_parquet_arrow_batches(kafka_broker: devbroker.Broker, topic_prefix: str,
                                        tmp_path: Path) -> None:
     table = _parquet_table(420)
     path = tmp_path / "tx.parquet"
@@ -292,7 +292,7 @@ def test_publish_parquet_arrow_batches(kafka_broker: local.Broker, topic_prefix:
         assert by_source[base].partition == expected
 
 
-def test_publish_parquet_one_record(kafka_broker: local.Broker, topic_prefix: str,
+def test_publish_parquet_one_record(kafka_broker: devbroker.Broker, topic_prefix: str,
                                     tmp_path: Path) -> None:
     path = tmp_path / "tx.parquet"
     pq.write_table(_parquet_table(5), path)
@@ -319,7 +319,7 @@ def test_publish_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
     def args(**kw: Any) -> argparse.Namespace:
         base = {"enrollments": None, "transactions": str(ok), "rate": 0.0, "batch": 1,
-                "broker": f"127.0.0.1:{local.free_port()}", "partitions": PARTS,
+                "broker": f"127.0.0.1:{devbroker.free_port()}", "partitions": PARTS,
                 "topic_prefix": "unused", "quiet": True, "manifest": None}
         base.update(kw)
         return argparse.Namespace(**base)
@@ -365,14 +365,14 @@ async def _produce(bootstrap: str, items: list[tuple[str, int, bytes]]) -> None:
         await producer.stop()
 
 
-def _collect_args(kafka_broker: local.Broker, prefix: str, out: Path,
+def _collect_args(kafka_broker: devbroker.Broker, prefix: str, out: Path,
                   expect: int = 0) -> argparse.Namespace:
     return argparse.Namespace(out=str(out), broker=kafka_broker.bootstrap, topic_prefix=prefix,
                               expect=expect, timeout=1.0, campaign=None)
 
 
 def test_collect_dedups_orders_and_detects_conflicts(
-        kafka_broker: local.Broker, topic_prefix: str, tmp_path: Path,
+        kafka_broker: devbroker.Broker, topic_prefix: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     topics = Topics(prefix=topic_prefix)
     asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 4))
@@ -430,7 +430,7 @@ def test_collect_dedups_orders_and_detects_conflicts(
     assert "conflicting copy" in err and g2["grant_id"] in err
 
 
-def test_collect_missing_topics_exit_2(kafka_broker: local.Broker, topic_prefix: str,
+def test_collect_missing_topics_exit_2(kafka_broker: devbroker.Broker, topic_prefix: str,
                                        tmp_path: Path) -> None:
     assert collect_mod.main(_collect_args(kafka_broker, topic_prefix, tmp_path)) == 2
     assert not (tmp_path / "grants.parquet").exists()

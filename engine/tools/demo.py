@@ -23,11 +23,11 @@ from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from engine.generate import generate_tables, write_jsonl
     from engine.io.outputs import write_atomically
-    from engine.ledger.compare import compare
-    from engine.ledger.settle import settle_files
-    from engine.ledger.summary import render, summarize
+    from engine.tools.compare import compare
+    from engine.tools.generate import generate_tables, write_jsonl
+    from engine.tools.settle import settle_files
+    from engine.tools.summary import render, summarize
 
     con = Console()
     data, out = Path("data"), Path("out")
@@ -56,19 +56,19 @@ def main(args: argparse.Namespace) -> int:
 
 async def _stream(args, con, enr_path, txn_path, out, off, compare, summarize, render,  # type: ignore[no-untyped-def]
                   write_atomically) -> int:
-    from engine.kafka import local
+    from engine.devtools import broker as devbroker
+    from engine.devtools.worker_process import WorkerProcess
     from engine.kafka.client_config import use_client_config
-    from engine.streams.collect import collect
-    from engine.streams.process import WorkerProcess
-    from engine.streams.publish import publish_files
-    from engine.streams.topics import INPUT_RETENTION_ENV, Topics
+    from engine.kafka.topics import INPUT_RETENTION_ENV, Topics
+    from engine.tools.collect import collect
+    from engine.tools.publish import publish_files
 
     # The demo replays 2020 records, stamped with their business time, into fresh
     # topics: Kafka counts retention from that stamp, so these topics keep them.
     os.environ.setdefault(INPUT_RETENTION_ENV, "P36500D")
     con.rule("3. Kafka and a worker")
-    was_running = local.status(args.port) is not None
-    broker = local.start(args.port)
+    was_running = devbroker.status(args.port) is not None
+    broker = devbroker.start(args.port)
     # The demo drives every role itself (publisher, worker, collector) on a prefix of
     # its own, so it authenticates as admin; a deployment gives each role its own
     # principal (`mynapoint kafka credentials engine|finance|<operator>`).

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, load_campaign
-from engine.generate import generate_tables, write_jsonl
-from engine.ledger.settle import settle_files
-from engine.ledger.summary import summarize
+from engine.tools.generate import generate_tables, write_jsonl
+from engine.tools.settle import settle_files
+from engine.tools.summary import summarize
 
 
 @pytest.mark.parametrize("cap", [5000, 0, 300])
