@@ -187,12 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     _ledger_parser(sub)
 
     a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
-    a.add_argument("action", choices=["rebuild-state", "locate"],
+    a.add_argument("action", choices=["rebuild-state", "accept-loss", "locate"],
                    help="rebuild-state: void the state of partitions and decide their "
                         "input again from the beginning (workers must be stopped); "
+                        "accept-loss: accept input deleted by retention before it was "
+                        "decided, keeping the state (workers must be stopped); "
                         "locate: every place holding data about --mykey-id")
     a.add_argument("--partition", type=int, action="append", default=[],
-                   help="partition to rebuild (repeatable; default: all)")
+                   help="partition to rebuild or accept a loss on (repeatable; "
+                        "default: all)")
     a.add_argument("--broker", default=DEFAULT_BROKER)
     a.add_argument("--client-config", default=None, metavar="FILE", help=CLIENT_CONFIG_HELP)
     a.add_argument("--topic-prefix", default="mynapoint")

@@ -256,8 +256,8 @@ class Worker:
                 self.metrics.set_refused(p, True)
                 self.readiness.refuse(p, str(e))
                 log.error("partition %d refused: %s. Nothing is decided on it until an "
-                          "operator runs `mynapoint admin rebuild-state --partition %d` "
-                          "(docs/RUNBOOK.md)", p, e, p, extra={"partition": p})
+                          "operator runs `%s --partition %d` "
+                          "(docs/RUNBOOK.md)", p, e, e.remedy, p, extra={"partition": p})
                 return
             except asyncio.CancelledError:
                 if store is not None:
@@ -281,7 +281,7 @@ class Worker:
         assert self.admin is not None and self.producer is not None
         tp = TopicPartition(self.topics.changelog, p)
         end = (await reader.end_offsets([tp]))[tp]
-        await recovery.check_changelog(self.admin, self.topics, p, end)
+        committed = await recovery.check_changelog(self.admin, self.topics, p, end)
         if store.meta.changelog_offset >= end:
             # a local copy ahead of the changelog belongs to another history
             store.reset()
@@ -290,7 +290,7 @@ class Worker:
         read, ignored = await recovery.restore(reader, self.topics, store, p, fence,
                                                self._restore_progress)
         self.metrics.fenced_records_ignored(ignored)
-        await recovery.check_inputs(reader, store, p)
+        await recovery.check_inputs(reader, store, p, committed)
         store.rebuild_parked_index(self.campaign.park_timeout)
         log.info("partition %d restored: %d changelog records read (%d of a fenced-off "
                  "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0,
