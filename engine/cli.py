@@ -118,10 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-batch", type=int, default=20_000)
     w.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or one JSON object per line")
+    w.add_argument("--replay", action="store_true",
+                   help="the input topics are a replay written by `publish --archive`: "
+                        "believe its original positions and archived verdicts (only on "
+                        "fresh topics no operator may write: docs/PRIVACY.md)")
 
-    pb = sub.add_parser("publish", help="replay enrollment/transaction files into Kafka")
+    pb = sub.add_parser("publish", help="replay enrollment/transaction files, or a "
+                                        "redacted archive, into Kafka")
     pb.add_argument("--enrollments", default=None)
     pb.add_argument("--transactions", default=None)
+    pb.add_argument("--archive", default=None, metavar="DIR",
+                    help="replay an archive (mynapoint archive) message for message into "
+                         "fresh topics, for a worker started with --replay")
     pb.add_argument("--rate", type=float, default=0.0, help="records per second (0 = max)")
     pb.add_argument("--batch", type=int, default=1000,
                     help="records per message (1 = one JSON record per message)")

@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,12 +37,12 @@ from engine.kafka.topics import (
 )
 from engine.rules.model import Reason
 from engine.rules.strings import individual_number_mask, is_individual_number
+from engine.streams.decode import WHOLE_MESSAGE as MESSAGE  # a whole message's flag index
 
 REDACTED = "[REDACTED]"
 _REDACTED_B = REDACTED.encode()
 _RUN = re.compile(rb"(?<![0-9])[0-9]{12}(?![0-9])")
 _QUOTED = re.compile(rb'"([0-9]{12})"')
-MESSAGE = -1  # flag index of a whole message (one-record and unreadable messages)
 
 
 def _is_number_bytes(b: bytes) -> bool:
@@ -259,9 +258,3 @@ def index_of(source: str) -> tuple[int, int]:
     pos = source.rpartition("/")[2]
     offset, _, i = pos.partition("#")
     return int(offset), int(i) if i else MESSAGE
-
-
-def null_where(arr: pa.Array, mask: np.ndarray) -> pa.Array:
-    if not mask.any():
-        return arr
-    return pc.if_else(pa.array(mask), pa.scalar(None, arr.type), arr)

@@ -106,8 +106,8 @@ class Worker:
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
                  metrics: EngineMetrics | None = None,
                  max_record_bytes: int = 1 << 20,
-                 readiness: health.Readiness | None = None, client_id: str | None = None
-                 ) -> None:
+                 readiness: health.Readiness | None = None, client_id: str | None = None,
+                 replay: bool = False) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.campaign = campaign
@@ -115,6 +115,8 @@ class Worker:
         self.partitions = partitions
         self.max_batch = max_batch
         self.max_record_bytes = max_record_bytes
+        # the inputs are an archive's replay (publish --archive): believe REPLAY_HEADER
+        self.replay = replay
         self.metrics = metrics or EngineMetrics()
         self.readiness = readiness or health.Readiness()
         self.client_id = client_id or health.CLIENT_ID_PREFIX
@@ -581,7 +583,8 @@ class Worker:
             if not msgs:
                 continue
             b = decode_messages(msgs, record_type, self.campaign, self.registry,
-                                self.max_record_bytes, internal=trusted)
+                                self.max_record_bytes, internal=trusted,
+                                replay=self.replay and not trusted)
             self.metrics.observe_records(topic, record_type, b.v.n)
             for kind, k in b.bad_messages.items():
                 self.metrics.bad_message(kind, k)
@@ -654,7 +657,8 @@ async def run_worker(args: argparse.Namespace) -> int:
         client_id = health.advertised_client_id(str(host), int(port))
     w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
                Path(args.state_dir), args.partitions, args.max_batch, metrics,
-               readiness=readiness, client_id=client_id)
+               readiness=readiness, client_id=client_id,
+               replay=getattr(args, "replay", False))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stopping.set)
