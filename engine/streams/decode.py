@@ -351,7 +351,7 @@ def concat_validated(parts: list[Validated], record_type: str) -> Validated:
         return np.concatenate(vals)
 
     names = ("reason", "detail", "mykey_id", "operator_id", "txn_id", "original_txn_id", "op",
-             "kind", "amount", "at", "day", "received", "flag_a", "flag_b", "flag_c",
+             "kind", "amount", "at", "day", "received", "too_late", "outside", "bad_earn_on",
              "earn_given")
     return Validated(n=sum(p.n for p in parts), record_type=record_type,
                      **{k: cat(k) for k in names})
