@@ -27,6 +27,7 @@ from engine.kafka.topics import (
     partition_for,
 )
 from engine.tools.collect import collect
+from engine.tools.compare import compare
 from tests.streams.harness import PARTITIONS, topics_for, worker
 
 pytestmark = pytest.mark.kafka
@@ -121,6 +122,12 @@ def _holders(root: Path) -> list[str]:
         return []
     return sorted(str(f.relative_to(root)) for f in root.rglob("*")
                   if f.is_file() and N_BYTES in f.read_bytes())
+
+
+def _written(data: Path, topic: str) -> bool:
+    """Whether a topic's log segments hold any record."""
+    return any(f.suffix == ".log" and f.stat().st_size > 0 for d in data.iterdir()
+               if d.name.rsplit("-", 1)[0] == topic for f in d.iterdir())
 
 
 def _parquet_holders(root: Path) -> list[str]:
@@ -218,6 +225,7 @@ def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_p
     mine = {d.name.rsplit("-", 1)[0] for d in data.iterdir() if d.name.startswith(prefix + ".")}
     # the scan covers outputs, changelog and re-routing topics, all with data
     assert {t.grants, t.rejections, t.changelog, t.reroute_enrollments} <= mine
+    assert _written(data, t.reroute_enrollments)
     raw = [h for h in scanned if h.split("/")[1].rsplit("-", 1)[0] in t.inputs]
     assert raw, "the raw input segments hold the number (the scan can find it)"
     assert [h for h in scanned if h not in raw] == []
@@ -233,6 +241,23 @@ def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_p
     assert _parquet_holders(tmp_path / "ar") == []
     a = Archive.open(tmp_path / "ar")
     assert a.verify() == [] and sum(e.rows for e in a.files()) == len(msgs)
+    # replayed through fresh topics (misrouted records re-routed again, flags for the
+    # redacted numbers): the same outcomes, and the number in none of those topics
+    fresh = topic_prefix()
+    assert cli(["publish", "--archive", str(tmp_path / "ar"), "--broker",
+                kafka_broker.bootstrap, "--topic-prefix", fresh, "--quiet"]) == 0
+    w = worker(kafka_broker.bootstrap, fresh, tmp_path / "replay", extra=["--replay"]).start()
+    try:
+        again = asyncio.run(collect(kafka_broker.bootstrap, topics_for(fresh),
+                                    expect=OUTCOMES, idle_timeout=30.0))
+    finally:
+        w.stop()
+    cmp = compare(grants, rejections, *again)
+    assert cmp.equal, str(cmp)
+    replay_topics = sorted({d.name.rsplit("-", 1)[0] for d in data.iterdir()
+                            if d.name.startswith(fresh + ".")})
+    assert _written(data, topics_for(fresh).reroute_enrollments)  # re-routed again
+    assert sum(asyncio.run(_topic_holders(kafka_broker.bootstrap, replay_topics)).values()) == 0
     # the erasure report finds the enrolled person everywhere the engine keeps them
     assert cli(["admin", "locate", "--mykey-id", "Zz00aa50", "--state-dir",
                 str(tmp_path / "w" / "state"), "--archive", str(tmp_path / "ar"), "--kafka",
