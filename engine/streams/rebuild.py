@@ -37,6 +37,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import Topics, ensure_topics
+from engine.ops import logs
 from engine.streams import recovery
 
 
@@ -130,10 +131,16 @@ async def accept_loss(bootstrap: str, topics: Topics, partitions: list[int] | No
 
 def main(args: argparse.Namespace) -> int:
     topics = Topics(args.topic_prefix, args.group or "")
-    if args.action == "accept-loss":
-        return _accept_loss_main(args, topics)
+    accepting = args.action == "accept-loss"
+    reset: dict[int, int] = {}
+    lost: list[tuple[str, int, int, int]] = []
     try:
-        done = asyncio.run(rebuild_state(args.broker, topics, args.partition or None))
+        with logs.quiet("aiokafka"):  # the one line below says it all
+            if accepting:
+                lost = asyncio.run(accept_loss(args.broker, topics, args.partition or None))
+            else:
+                reset = asyncio.run(rebuild_state(args.broker, topics,
+                                                  args.partition or None))
     except RebuildError as e:
         print(f"mynapoint admin: {e}", file=sys.stderr)
         return 2
@@ -141,25 +148,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"mynapoint admin: cannot reach the broker at {args.broker}: "
               f"{type(e).__name__}", file=sys.stderr)
         return 2
-    for p, off in done.items():
-        print(f"partition {p}: state reset at {topics.changelog}/{p}/{off}; input will be "
-              "decided again from the beginning when the workers start")
-    return 0
-
-
-def _accept_loss_main(args: argparse.Namespace, topics: Topics) -> int:
-    try:
-        done = asyncio.run(accept_loss(args.broker, topics, args.partition or None))
-    except RebuildError as e:
-        print(f"mynapoint admin: {e}", file=sys.stderr)
-        return 2
-    except (KafkaError, OSError) as e:
-        print(f"mynapoint admin: cannot reach the broker at {args.broker}: "
-              f"{type(e).__name__}", file=sys.stderr)
-        return 2
-    for topic, p, first, end in done:
+    if not accepting:
+        for p, off in reset.items():
+            print(f"partition {p}: state reset at {topics.changelog}/{p}/{off}; input will "
+                  "be decided again from the beginning when the workers start")
+        return 0
+    for topic, p, first, end in lost:
         print(f"{topic}/{p}: offsets {first} to {end - 1} ({end - first} records) accepted "
               "as lost; the partition goes on from the first kept record")
-    if not done:
+    if not lost:
         print("nothing to accept: every committed position is still held by its topic")
     return 0
