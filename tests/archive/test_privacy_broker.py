@@ -63,6 +63,7 @@ def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[st
                                                    "earn_on": NUMBER}), []),
         # a valid misrouted record, so the re-routing topic is used (and scanned)
         (t.enrollments, b"Zz00aa50", orjson.dumps({**enr, "mykey_id": "Zz00aa52"}), []),
+        (t.enrollments, b"Zz00aa54", orjson.dumps({**enr, "mykey_id": "Zz00aa54"}), []),
         (t.enrollments, b"Zz00aa53", orjson.dumps({**enr, "mykey_id": "Zz00aa53",
                                                    "note": {"deep": [NUMBER]}}), []),
     ]
@@ -79,12 +80,15 @@ def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[st
     # misrouted (a wrong key) and holding the number: rejected where read, not re-routed
     out.append((t.transactions, b"Zz00aa99", orjson.dumps(_txn(20, note=NUMBER)), []))
     out.append((t.transactions, N_BYTES, orjson.dumps(_txn(21)), []))          # key
-    out.append((t.transactions, b"Zz00aa22", orjson.dumps(_txn(22)),
+    # the three granted records belong to three people: misrouted records of one
+    # person are decided in the order their partitions happen to be read, in the
+    # stream as in a replay (docs/DECISIONS.md, 63), which cumulative_points shows
+    out.append((t.transactions, b"Zz00aa22", orjson.dumps(_txn(22, mykey_id="Zz00aa52")),
                 [("trace", N_BYTES), (NUMBER, b"x")]))                           # headers
     chunk = b"\n".join(orjson.dumps(_txn(30 + i, **p)) for i, p in enumerate(places[:4]))
     out.append((t.transactions, b"Zz00aa30", chunk, [(FORMAT_HEADER, FORMAT_JSONL)]))
     table = pa.table({"txn_id": ["A1", "A2"], "operator_id": ["paypay"] * 2,
-                      "mykey_id": ["Zz00aa50", NUMBER], "kind": ["purchase"] * 2,
+                      "mykey_id": ["Zz00aa54", NUMBER], "kind": ["purchase"] * 2,
                       "amount": pa.array([100, 200], pa.int64()), "occurred_at": [WHEN] * 2,
                       "tags": pa.array([["x"], [NUMBER]], pa.list_(pa.string()))})
     out.append((t.transactions, b"Zz00aa40", _ipc(table), [(FORMAT_HEADER, FORMAT_ARROW)]))
