@@ -124,10 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-batch", type=int, default=20_000)
     w.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or one JSON object per line")
+    w.add_argument("--replay", action="store_true",
+                   help="the input topics are a replay written by `publish --archive`: "
+                        "believe its original positions and archived verdicts (only on "
+                        "fresh topics no operator may write: docs/PRIVACY.md)")
 
-    pb = sub.add_parser("publish", help="replay enrollment/transaction files into Kafka")
+    pb = sub.add_parser("publish", help="replay enrollment/transaction files, or a "
+                                        "redacted archive, into Kafka")
     pb.add_argument("--enrollments", default=None)
     pb.add_argument("--transactions", default=None)
+    pb.add_argument("--archive", default=None, metavar="DIR",
+                    help="replay an archive (mynapoint archive) message for message into "
+                         "fresh topics, for a worker started with --replay")
     pb.add_argument("--rate", type=float, default=0.0, help="records per second (0 = max)")
     pb.add_argument("--batch", type=int, default=1000,
                     help="records per message (1 = one JSON record per message)")
@@ -193,12 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     _ledger_parser(sub)
 
     a = sub.add_parser("admin", help="operator actions on the engine's Kafka state")
-    a.add_argument("action", choices=["rebuild-state", "locate"],
+    a.add_argument("action", choices=["rebuild-state", "accept-loss", "locate"],
                    help="rebuild-state: void the state of partitions and decide their "
                         "input again from the beginning (workers must be stopped); "
+                        "accept-loss: accept input deleted by retention before it was "
+                        "decided, keeping the state (workers must be stopped); "
                         "locate: every place holding data about --mykey-id")
     a.add_argument("--partition", type=int, action="append", default=[],
-                   help="partition to rebuild (repeatable; default: all)")
+                   help="partition to rebuild or accept a loss on (repeatable; "
+                        "default: all)")
     a.add_argument("--broker", default=DEFAULT_BROKER)
     a.add_argument("--client-config", default=None, metavar="FILE", help=CLIENT_CONFIG_HELP)
     a.add_argument("--topic-prefix", default="mynapoint")

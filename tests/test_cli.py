@@ -115,3 +115,12 @@ def test_worker_with_metrics_port_taken_exits_2_with_one_line(tmp_path: Path) ->
     (line,) = r.stderr.strip().splitlines()
     assert line == f"mynapoint worker: cannot serve metrics on port {port}: " \
                    "Address already in use"
+
+
+@pytest.mark.parametrize("action", ["rebuild-state", "accept-loss"])
+def test_admin_without_broker_exits_2_with_one_line(action: str) -> None:
+    port = closed_port()
+    r = mynapoint("admin", action, "--broker", f"127.0.0.1:{port}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"mynapoint admin: cannot reach the broker at 127.0.0.1:{port}")

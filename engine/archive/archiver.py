@@ -104,6 +104,7 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
     try:
         tps: list[Any] = []
         rtype: dict[str, str] = {}
+        counts_of: dict[str, int] = {}
         for topic, rt in ((topics.enrollments, "enrollment"),
                           (topics.transactions, "transaction")):
             parts = None
@@ -116,6 +117,7 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
             if not parts:
                 raise ArchiveError(f"input topic {topic} does not exist on {bootstrap}")
             rtype[topic] = rt
+            counts_of[topic] = len(parts)  # a replay into fresh topics needs the same
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps)
@@ -126,7 +128,8 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
             if begins[tp] > start:
                 # retention removed these before they were archived: say so in the
                 # manifest, so an audit sees the hole as known, not as a loss
-                store.add(Entry(tp.topic, rtype[tp.topic], tp.partition, start, begins[tp], 0))
+                store.add(Entry(tp.topic, rtype[tp.topic], tp.partition, start, begins[tp], 0,
+                                partitions=counts_of[tp.topic]))
                 counts["deleted_before_archived"] += begins[tp] - start
                 start = begins[tp]
             consumer.seek(tp, start)
@@ -143,7 +146,8 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
             start = store.next_offset(tp.topic, tp.partition)
             entry = Entry(tp.topic, rtype[tp.topic], tp.partition,
                           seek_start[tp] if start is None else start, msgs[-1].offset + 1,
-                          len(msgs), first=msgs[0].offset, last=msgs[-1].offset)
+                          len(msgs), first=msgs[0].offset, last=msgs[-1].offset,
+                          partitions=counts_of[tp.topic])
             store.write_file(table, entry, crash)
             counts["messages"] += len(msgs)
             counts["files"] += 1

@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,12 +37,13 @@ from engine.kafka.topics import (
 )
 from engine.rules.model import Reason
 from engine.rules.strings import individual_number_mask, is_individual_number
+from engine.rules.validate import pii_in_arrow
+from engine.streams.decode import WHOLE_MESSAGE as MESSAGE  # a whole message's flag index
 
 REDACTED = "[REDACTED]"
 _REDACTED_B = REDACTED.encode()
 _RUN = re.compile(rb"(?<![0-9])[0-9]{12}(?![0-9])")
 _QUOTED = re.compile(rb'"([0-9]{12})"')
-MESSAGE = -1  # flag index of a whole message (one-record and unreadable messages)
 
 
 def _is_number_bytes(b: bytes) -> bool:
@@ -104,43 +104,78 @@ def redact_json(value: Any) -> tuple[Any, bool]:
 
 
 def _redact_array(arr: pa.Array) -> tuple[pa.Array, bool]:
+    """The array with every Individual Number it holds as a value or a nested field
+    name redacted, the type kept; what this walk does not reach is found by
+    :func:`redact_table`'s check after it."""
     t = arr.type
     if pa.types.is_dictionary(t):
         dec = arr.cast(t.value_type)
         new, changed = _redact_array(dec)
         return (new, True) if changed else (arr, False)
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        s = arr.cast(pa.string()) if pa.types.is_large_string(t) else arr
+    text = (pa.types.is_string(t) or pa.types.is_large_string(t)
+            or pa.types.is_string_view(t))
+    raw = pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+    if text or raw:
+        plain = pa.string() if text else pa.binary()
+        s = arr if t == plain else arr.cast(plain)
         mask = individual_number_mask(s)
         if not mask.any():
             return arr, False
-        out = pc.if_else(pa.array(mask), pa.scalar(REDACTED, pa.string()), s)
+        out = pc.if_else(pa.array(mask), pa.scalar(REDACTED if text else _REDACTED_B, plain),
+                         s)
         return out.cast(t), True
     if pa.types.is_struct(t):
         kids = [_redact_array(arr.field(k)) for k in range(t.num_fields)]
-        if not any(c for _, c in kids):
+        taken = {t.field(k).name for k in range(t.num_fields)}
+        fields = []
+        renamed = False
+        for k in range(t.num_fields):
+            f = t.field(k)
+            if is_individual_number(f.name):
+                taken.discard(f.name)
+                f = f.with_name(_unique(REDACTED, taken))
+                renamed = True
+            fields.append(f.with_type(kids[k][0].type))
+        if not renamed and not any(c for _, c in kids):
             return arr, False
-        return pa.StructArray.from_arrays([k for k, _ in kids],
-                                          fields=[t.field(k) for k in range(t.num_fields)],
+        return pa.StructArray.from_arrays([k for k, _ in kids], fields=fields,
                                           mask=arr.is_null()), True
+    if pa.types.is_map(t):
+        keys, ck = _redact_array(arr.keys)
+        items, ci = _redact_array(arr.items)
+        if not (ck or ci):
+            return arr, False
+        return pa.MapArray.from_arrays(arr.offsets, keys, items, mask=arr.is_null()), True
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         values, changed = _redact_array(arr.values)
         if not changed:
             return arr, False
         cls = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
         return cls.from_arrays(arr.offsets, values, mask=arr.is_null()), True
+    if pa.types.is_fixed_size_list(t):
+        values, changed = _redact_array(arr.values)
+        if not changed:
+            return arr, False
+        return pa.FixedSizeListArray.from_arrays(values, t.list_size,
+                                                 mask=arr.is_null()), True
     return arr, False
 
 
-def redact_table(table: pa.Table) -> tuple[pa.Table, bool]:
-    """Values, column names and schema metadata of an Arrow table, redacted."""
-    changed = False
+def redact_table(table: pa.Table) -> tuple[pa.Table, bool, bool]:
+    """Values, column names and schema metadata of an Arrow table, redacted;
+    (table, changed, blanked). A column that still holds a number after the walk
+    (a type it does not rebuild: unions, run-end encodings, extension types, a
+    fixed-size binary) is replaced by a null column: ``blanked``, then every
+    record's verdict must come from a flag (the stream's own)."""
+    changed = blanked = False
     cols: list[pa.Array] = []
     names: list[str] = []
     taken = set(table.column_names)
     for name in table.column_names:
         col = table.column(name).combine_chunks()
         new, c = _redact_array(col)
+        if pii_in_arrow(new)[0].any():
+            new, c, blanked = pa.nulls(len(new)), True, True
         if is_individual_number(name):
             taken.discard(name)
             name = _unique(REDACTED, taken)
@@ -153,7 +188,7 @@ def redact_table(table: pa.Table) -> tuple[pa.Table, bool]:
         clean = {k: redact_opaque(v) for k, v in meta.items()}
         changed |= clean != meta
         meta = {redact_opaque(k): v for k, v in clean.items()}
-    return pa.Table.from_arrays(cols, names=names, metadata=meta), changed
+    return pa.Table.from_arrays(cols, names=names, metadata=meta), changed, blanked
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -225,8 +260,10 @@ def redact_message(key: bytes | None, headers: list[tuple[str, bytes]],
         except (pa.ArrowException, OSError, ValueError):
             table = None
         if table is not None and table.num_rows <= MAX_RECORDS_PER_MESSAGE:
-            clean, c = redact_table(table)
+            clean, c, blanked = redact_table(table)
             new_value = _ipc(clean) if c else value
+            if blanked:
+                opaque.extend(range(table.num_rows))
         else:
             new_value = redact_opaque(value)
             if new_value != value:
@@ -259,9 +296,3 @@ def index_of(source: str) -> tuple[int, int]:
     pos = source.rpartition("/")[2]
     offset, _, i = pos.partition("#")
     return int(offset), int(i) if i else MESSAGE
-
-
-def null_where(arr: pa.Array, mask: np.ndarray) -> pa.Array:
-    if not mask.any():
-        return arr
-    return pc.if_else(pa.array(mask), pa.scalar(None, arr.type), arr)

@@ -10,18 +10,25 @@ decides the result offline, like any whole input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 
-from engine.archive.redact import MESSAGE, null_where
+from engine.archive.redact import MESSAGE
 from engine.archive.store import Archive
 from engine.io.readers import split_lines
-from engine.kafka.topics import MAX_RECORD_BYTES
+from engine.kafka.topics import MAX_RECORD_BYTES, REPLAY_HEADER
 from engine.rules.model import Campaign, Reason, Registry
 from engine.rules.validate import Validated
-from engine.streams.decode import InBatch, concat_batches, decode_messages, empty_validated
+from engine.streams.decode import (
+    Flags,
+    InBatch,
+    apply_flags,
+    concat_batches,
+    decode_messages,
+    empty_validated,
+    replay_header,
+)
 
 
 @dataclass
@@ -68,7 +75,21 @@ def messages(table: pa.Table) -> list[Msg]:
                 strict=True)]
 
 
-def flagged(table: pa.Table) -> dict[str, tuple[int, str]]:
+def replay_messages(table: pa.Table) -> list[Msg]:
+    """The table's messages as ``publish --archive`` sends them: each with a
+    :data:`REPLAY_HEADER` holding its original position and its flags, for a
+    ``--replay`` worker. A header of that name the sender had set is dropped: it
+    was never believed on the public topic and must not become believable."""
+    out = messages(table)
+    for m, fl in zip(out, table.column("flags").to_pylist(), strict=True):
+        own = replay_header(f"{m.topic}/{m.partition}/{m.offset}",
+                            [(f["index"], f["reason"], f["detail"]) for f in fl])
+        m.headers = [(k, v) for k, v in m.headers if k != REPLAY_HEADER]
+        m.headers.append((REPLAY_HEADER, own))
+    return out
+
+
+def flagged(table: pa.Table) -> Flags:
     """source -> (reason code, detail) of the table's flagged records."""
     out: dict[str, tuple[int, str]] = {}
     for t, p, o, fl in zip(*(table.column(c).to_pylist()
@@ -77,26 +98,6 @@ def flagged(table: pa.Table) -> dict[str, tuple[int, str]]:
             src = f"{t}/{p}/{o}" + (f"#{f['index']}" if f["index"] != MESSAGE else "")
             out[src] = (int(Reason[f["reason"]]), f["detail"])
     return out
-
-
-def apply_flags(b: InBatch, flags: dict[str, tuple[int, str]]) -> InBatch:
-    """The stream's verdict for flagged records. A record rejected for an
-    Individual Number shows no txn_id/operator_id/mykey_id, like in the stream."""
-    if not flags:
-        return b
-    v = b.v
-    reason = v.reason.copy()
-    detail = v.detail.copy()
-    pnf = np.zeros(v.n, dtype=np.bool_)
-    for i, src in enumerate(b.source):
-        f = flags.get(src)
-        if f is not None:
-            reason[i], detail[i] = f
-            pnf[i] = f[0] == Reason.PERSONAL_NUMBER_FORBIDDEN
-    fields = {k: null_where(getattr(v, k), pnf)
-              for k in ("mykey_id", "operator_id", "txn_id", "original_txn_id")}
-    b.v = replace(v, reason=reason, detail=detail, **fields)
-    return b
 
 
 def read_archive(archive: Archive, record_type: str, campaign: Campaign,

@@ -71,6 +71,7 @@ class Entry:
     bytes: int = 0
     first: int = -1
     last: int = -1
+    partitions: int = 0         # the topic's partition count when archived (0: unknown)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -120,6 +121,17 @@ class Archive:
                 a.entries.append(Entry(**orjson.loads(line)))
             except (orjson.JSONDecodeError, TypeError):
                 raise ArchiveError(f"{path}: line {n} is not a manifest entry") from None
+        return a
+
+    @classmethod
+    def open_verified(cls, root: str | Path) -> Archive:
+        """An archive that passes :meth:`verify`; else ArchiveError naming the first
+        problem (what replays read)."""
+        a = cls.open(root)
+        problems = a.verify()
+        if problems:
+            raise ArchiveError(f"{root}: {problems[0]}" + (
+                f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         return a
 
     def next_offset(self, topic: str, partition: int) -> int | None:

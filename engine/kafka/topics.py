@@ -23,6 +23,11 @@ FORMAT_HEADER = "mynapoint-format"
 # internal re-routing topics only; ignored on the public input topics, where anybody
 # could forge it.
 SOURCE_HEADER = "mynapoint-source"
+# Set by ``publish --archive`` on every message it replays from the redacted archive:
+# the message's original position and the verdicts the archive flagged (JSON, see
+# engine.streams.decode.replay_header). Believed only by a worker started with
+# ``--replay`` (docs/DECISIONS.md): on topics operators write, anybody could forge it.
+REPLAY_HEADER = "mynapoint-replay"
 # On every changelog record: the offset of the fence record its writer wrote when it
 # took the partition (see engine.streams.recovery).
 FENCE_HEADER = "mynapoint-fence"

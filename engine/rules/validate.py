@@ -274,7 +274,7 @@ def _children(arr: pa.Array) -> list[tuple[pa.Array, np.ndarray]]:
     raise TypeError(t)
 
 
-def _pii_in_arrow(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def pii_in_arrow(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(Individual Number anywhere in the row, row holds a type that cannot be
     searched) for every row of a column. Walks nested types with an explicit
     stack, whatever their depth."""
@@ -338,7 +338,7 @@ def shape_table(table: pa.Table, record_type: str) -> Shaped:
             hit = np.ones(n, dtype=np.bool_)
             where = "(a field name)"
         else:
-            hit, odd = _pii_in_arrow(arr)
+            hit, odd = pii_in_arrow(arr)
             where = name
             if odd.any():
                 odd_where.append((odd, name))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io.readers import BadRecord, load_record, split_lines
@@ -23,9 +25,10 @@ from engine.kafka.topics import (
     FORMAT_HEADER,
     FORMAT_JSONL,
     MAX_RECORDS_PER_MESSAGE,
+    REPLAY_HEADER,
     SOURCE_HEADER,
 )
-from engine.rules.model import NO_TIME, Campaign, Registry
+from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.rules.strings import END_US, is_individual_number, json_facts
 from engine.rules.validate import (
     Shaped,
@@ -95,18 +98,94 @@ class _Segments:
         self.parts.append(s)
 
 
+Flags = dict[str, tuple[int, str]]  # source -> (reason code, detail) decided elsewhere
+WHOLE_MESSAGE = -1  # the flag index of a message's only (or unreadable) record
+
+
+def replay_header(source: str, flags: list[tuple[int, str, str]]) -> bytes:
+    """The :data:`REPLAY_HEADER` of a message replayed from the archive: its
+    original position and its flags ``(index, reason name, detail)``.
+
+    >>> replay_header("m.transactions/3/17", [(1, "PERSONAL_NUMBER_FORBIDDEN", "d")])
+    b'{"source":"m.transactions/3/17","flags":[[1,"PERSONAL_NUMBER_FORBIDDEN","d"]]}'
+    """
+    return orjson.dumps({"source": source, "flags": [list(f) for f in flags]})
+
+
+def parse_replay_header(value: bytes) -> tuple[str, Flags] | None:
+    """(original source, flags by record source) of a :func:`replay_header`; None
+    when it is not one (then the message is decided as what it is, where it is).
+
+    >>> parse_replay_header(replay_header("t/1/5", [(2, "PERSONAL_NUMBER_FORBIDDEN", "d")]))
+    ('t/1/5', {'t/1/5#2': (1, 'd')})
+    >>> parse_replay_header(b'{"source": 5}') is None
+    True
+    """
+    try:
+        obj = orjson.loads(value)
+        source, raw = obj["source"], obj["flags"]
+        if type(source) is not str or type(raw) is not list:
+            return None
+        flags: Flags = {}
+        for index, name, detail in raw:
+            if type(index) is not int or type(detail) is not str:
+                return None
+            src = source if index == WHOLE_MESSAGE else f"{source}#{index}"
+            flags[src] = (int(Reason[name]), detail)
+        return source, flags
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def apply_flags(b: InBatch, flags: Flags) -> InBatch:
+    """The verdicts decided before the archive redacted what caused them. A record
+    rejected for an Individual Number shows no txn_id/operator_id/mykey_id, like in
+    the stream."""
+    if not flags:
+        return b
+    v = b.v
+    reason = v.reason.copy()
+    detail = v.detail.copy()
+    pnf = np.zeros(v.n, dtype=np.bool_)
+    for i, src in enumerate(b.source):
+        f = flags.get(src)
+        if f is not None:
+            reason[i], detail[i] = f
+            pnf[i] = f[0] == Reason.PERSONAL_NUMBER_FORBIDDEN
+    fields = {k: null_where(getattr(v, k), pnf)
+              for k in ("mykey_id", "operator_id", "txn_id", "original_txn_id")}
+    b.v = replace(v, reason=reason, detail=detail, **fields)
+    return b
+
+
+def null_where(arr: pa.Array, mask: np.ndarray) -> pa.Array:
+    if not mask.any():
+        return arr
+    return pc.if_else(pa.array(mask), pa.scalar(None, arr.type), arr)
+
+
 def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                     registry: Registry, max_record_bytes: int,
-                    internal: bool = False) -> InBatch:
+                    internal: bool = False, replay: bool = False) -> InBatch:
     """``internal``: the messages come from the engine's own re-routing topic, the
-    only place where a :data:`SOURCE_HEADER` is believed."""
+    only place where a :data:`SOURCE_HEADER` is believed. ``replay``: they come
+    from ``publish --archive`` (a worker started with ``--replay``), the only
+    place where a :data:`REPLAY_HEADER` is believed: its original position is the
+    records' source and its flags their verdicts."""
     seg = _Segments(record_type)
     sources: list[str] = []
     arrival: list[int] = []
     rerouted: list[bool] = []
     bad: dict[str, int] = {}
+    flags: Flags = {}
     for m in msgs:
         base = f"{m.topic}/{m.partition}/{m.offset}"
+        replayed = _header(m, REPLAY_HEADER) if replay else None
+        if replayed is not None:
+            parsed = parse_replay_header(replayed)
+            if parsed is not None:
+                base = parsed[0]
+                flags.update(parsed[1])
         fmt = _header(m, FORMAT_HEADER)
         ts = _ts_us(m)
         value = m.value if m.value is not None else b""
@@ -187,8 +266,8 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
     validate = validate_transactions if record_type == "transaction" else validate_enrollments
     parts = [validate(s, campaign, registry) for s in seg.parts]
     v = concat_validated(parts, record_type)
-    return InBatch(v, sources, np.asarray(arrival, dtype=np.int64),
-                   np.asarray(rerouted, dtype=np.bool_), bad)
+    return apply_flags(InBatch(v, sources, np.asarray(arrival, dtype=np.int64),
+                               np.asarray(rerouted, dtype=np.bool_), bad), flags)
 
 
 def concat_batches(batches: list[InBatch]) -> InBatch | None:

@@ -19,10 +19,13 @@ heartbeats go on however long it takes):
    partition now ends before that offset or holds another message there, the
    topic was recreated (Kafka then also forgets the group's offsets for it):
    its new records would fall below the people's high-water marks and be
-   skipped.
+   skipped. If it now *starts* after that offset, time-based retention deleted
+   records nobody decided (the workers were down longer than the inputs'
+   retention): input lost to the stream, which must not pass unnoticed.
 
 A failed check raises :class:`Refused`: the partition is not decided, with a
-one-line reason and a metric, until ``mynapoint admin rebuild-state``.
+one-line reason and a metric, until an operator acts (``Refused.remedy``:
+``mynapoint admin rebuild-state``, or ``admin accept-loss`` for deleted input).
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ RESTORE_BATCH = 50_000
 
 
 class Refused(Exception):
-    """Partition ``p`` must not be decided; ``str()`` is the one-line reason."""
+    """Partition ``p`` must not be decided; ``str()`` is the one-line reason and
+    ``remedy`` the operator's command that ends the refusal."""
+
+    def __init__(self, reason: str, remedy: str = "mynapoint admin rebuild-state") -> None:
+        super().__init__(reason)
+        self.remedy = remedy
 
 
 def message_crc(key: bytes | None, value: bytes | None) -> int:
@@ -53,10 +61,18 @@ def message_crc(key: bytes | None, value: bytes | None) -> int:
     return zlib.crc32(value or b"", zlib.crc32(key or b""))
 
 
-def commit_metadata(changelog_next: int) -> str:
+def commit_metadata(changelog_next: int, lost: tuple[int, int] | None = None) -> str:
     """Commit metadata for an input partition: the changelog position the state
-    had when these offsets were committed."""
-    return orjson.dumps({"cl": changelog_next}).decode()
+    had when these offsets were committed, and, written by ``admin accept-loss``
+    only, the offsets ``[from, to)`` an operator accepted as deleted unread.
+
+    >>> commit_metadata(7), commit_metadata(7, (3, 9))
+    ('{"cl":7}', '{"cl":7,"lost":[3,9]}')
+    """
+    meta: dict[str, object] = {"cl": changelog_next}
+    if lost is not None:
+        meta["lost"] = list(lost)
+    return orjson.dumps(meta).decode()
 
 
 def _parse_metadata(text: str | None) -> dict[str, int]:
@@ -67,23 +83,47 @@ def _parse_metadata(text: str | None) -> dict[str, int]:
     return meta if isinstance(meta, dict) else {}
 
 
+def changelog_need(committed: Any) -> int:
+    """The changelog position one committed offset was committed with (-1: none)."""
+    if committed is None or committed.offset < 0:
+        return -1
+    cl = _parse_metadata(committed.metadata).get("cl", -1)
+    return cl if type(cl) is int else -1
+
+
+def accepted_loss(committed: Any) -> tuple[int, int] | None:
+    """The ``[from, to)`` offsets an operator accepted as lost (``admin accept-loss``)
+    in one committed offset's metadata, if any."""
+    if committed is None:
+        return None
+    lost = _parse_metadata(committed.metadata).get("lost")
+    if (isinstance(lost, list) and len(lost) == 2
+            and all(type(x) is int for x in lost)):
+        return lost[0], lost[1]
+    return None
+
+
 async def check_changelog(admin: AIOKafkaAdminClient, topics: Topics, p: int,
-                          changelog_end: int) -> None:
+                          changelog_end: int) -> dict[TopicPartition, Any]:
     """Raise :class:`Refused` when the group's committed offsets of partition ``p``
-    were committed with more changelog than there now is."""
+    were committed with more changelog than there now is; return those offsets."""
     tps = [TopicPartition(t, p) for t in topics.consumed]
     committed = await admin.list_consumer_group_offsets(topics.group_id, partitions=tps)
-    need = max((_parse_metadata(om.metadata).get("cl", -1) for om in committed.values()
-                if om is not None and om.offset >= 0), default=-1)
+    need = max((changelog_need(om) for om in committed.values()), default=-1)
     if changelog_end < need:
         raise Refused(f"{topics.changelog}/{p} ends at offset {changelog_end} but the "
                       f"committed input positions need its first {need} records: the "
                       "state changelog was deleted or recreated")
+    return dict(committed)
 
 
-async def check_inputs(reader: AIOKafkaConsumer, store: ShardStore, p: int) -> None:
+async def check_inputs(reader: AIOKafkaConsumer, store: ShardStore, p: int,
+                       committed: dict[TopicPartition, Any] | None = None) -> None:
     """Raise :class:`Refused` when an input partition no longer holds, where the
-    restored state says it decided up to, the message it decided there."""
+    restored state says it decided up to, the message it decided there, or no
+    longer holds the records after it (deleted by retention before any worker
+    read them) unless an operator accepted that loss (``committed``: the group's
+    offsets with their metadata, see :func:`accepted_loss`)."""
     seen = {TopicPartition(t, p): pos for t, pos in store.meta.inputs.items()}
     if not seen:
         return
@@ -94,13 +134,25 @@ async def check_inputs(reader: AIOKafkaConsumer, store: ShardStore, p: int) -> N
             raise Refused(f"{tp.topic}/{p} ends at offset {ends[tp]} but the state has "
                           f"decided it up to offset {nxt}: the input topic was deleted or "
                           "recreated")
-        if nxt - 1 < starts[tp]:
-            continue  # that message is past retention: nothing left to compare
+        if nxt < starts[tp]:
+            lost = accepted_loss((committed or {}).get(tp))
+            if lost is not None and lost[0] <= nxt and lost[1] >= starts[tp]:
+                continue  # an operator accepted exactly this (or a wider) loss
+            raise Refused(f"{tp.topic}/{p} offsets {nxt} to {starts[tp] - 1} "
+                          f"({starts[tp] - nxt} records) were deleted by retention before "
+                          "the engine decided them: input lost to the stream (the archive "
+                          "may hold it)", remedy="mynapoint admin accept-loss")
+        if nxt == starts[tp]:
+            continue  # the message decided last is past retention: nothing to compare
         reader.assign([tp])
         reader.seek(tp, nxt - 1)
         got = await reader.getmany(tp, timeout_ms=5_000, max_records=1)
         msgs = [m for m in got.get(tp, []) if m.offset == nxt - 1]
-        if msgs and message_crc(msgs[0].key, msgs[0].value) != crc:
+        if not msgs:
+            # deleted since beginning_offsets (or a slow fetch): not a pass; the
+            # take-over is retried and looks again
+            raise RuntimeError(f"could not read {tp.topic}/{p} offset {nxt - 1}")
+        if message_crc(msgs[0].key, msgs[0].value) != crc:
             raise Refused(f"{tp.topic}/{p} offset {nxt - 1} holds another message than the "
                           "one the state decided there: the input topic was recreated")
 

@@ -97,8 +97,8 @@ class Worker:
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
                  metrics: EngineMetrics | None = None,
                  max_record_bytes: int = 1 << 20,
-                 readiness: health.Readiness | None = None, client_id: str | None = None
-                 ) -> None:
+                 readiness: health.Readiness | None = None, client_id: str | None = None,
+                 replay: bool = False) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.campaign = campaign
@@ -106,6 +106,8 @@ class Worker:
         self.partitions = partitions
         self.max_batch = max_batch
         self.max_record_bytes = max_record_bytes
+        # the inputs are an archive's replay (publish --archive): believe REPLAY_HEADER
+        self.replay = replay
         self.metrics = metrics or EngineMetrics()
         self.readiness = readiness or health.Readiness()
         self.client_id = client_id or health.CLIENT_ID_PREFIX
@@ -246,8 +248,8 @@ class Worker:
                 self.metrics.set_refused(p, True)
                 self.readiness.refuse(p, str(e))
                 log.error("partition %d refused: %s. Nothing is decided on it until an "
-                          "operator runs `mynapoint admin rebuild-state --partition %d` "
-                          "(docs/RUNBOOK.md)", p, e, p, extra={"partition": p})
+                          "operator runs `%s --partition %d` "
+                          "(docs/RUNBOOK.md)", p, e, e.remedy, p, extra={"partition": p})
                 return
             except asyncio.CancelledError:
                 if store is not None:
@@ -271,7 +273,7 @@ class Worker:
         assert self.admin is not None and self.producer is not None
         tp = TopicPartition(self.topics.changelog, p)
         end = (await reader.end_offsets([tp]))[tp]
-        await recovery.check_changelog(self.admin, self.topics, p, end)
+        committed = await recovery.check_changelog(self.admin, self.topics, p, end)
         if store.meta.changelog_offset >= end:
             # a local copy ahead of the changelog belongs to another history
             store.reset()
@@ -280,7 +282,7 @@ class Worker:
         read, ignored = await recovery.restore(reader, self.topics, store, p, fence,
                                                self._restore_progress)
         self.metrics.fenced_records_ignored(ignored)
-        await recovery.check_inputs(reader, store, p)
+        await recovery.check_inputs(reader, store, p, committed)
         store.rebuild_parked_index(self.campaign.park_timeout)
         log.info("partition %d restored: %d changelog records read (%d of a fenced-off "
                  "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0,
@@ -493,7 +495,8 @@ class Worker:
             if not msgs:
                 continue
             b = decode_messages(msgs, record_type, self.campaign, self.registry,
-                                self.max_record_bytes, internal=trusted)
+                                self.max_record_bytes, internal=trusted,
+                                replay=self.replay and not trusted)
             self.metrics.observe_records(topic, record_type, b.v.n)
             for kind, k in b.bad_messages.items():
                 self.metrics.bad_message(kind, k)
@@ -545,7 +548,8 @@ async def run_worker(args: argparse.Namespace) -> int:
         client_id = health.advertised_client_id(str(host), int(port))
     w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
                Path(args.state_dir), args.partitions, args.max_batch, metrics,
-               readiness=readiness, client_id=client_id)
+               readiness=readiness, client_id=client_id,
+               replay=getattr(args, "replay", False))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stopping.set)

@@ -499,14 +499,137 @@ async def ensure_topics_settled(bootstrap: str, topics: Topics, partitions: int,
             await asyncio.sleep(0.2)
 
 
+async def _input_topics(bootstrap: str, topics: Topics, partitions: int) -> int:
+    """Create the input topics if missing; their partition count."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        return await asyncio.wait_for(ensure_topics_settled(bootstrap, topics, partitions),
+                                      CONNECT_TIMEOUT)
+    except TopicMismatch as e:
+        raise PublishError(f"broker {bootstrap}: {e}") from None
+    except (TimeoutError, KafkaError, OSError) as e:
+        raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
+                           f"({type(e).__name__}: {e})") from None
+
+
+def _producer(bootstrap: str) -> Any:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.codec import has_lz4
+
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, **default_client(), enable_idempotence=True, acks="all",
+        linger_ms=5, request_timeout_ms=SEND_TIMEOUT_MS,
+        max_request_size=MAX_REQUEST_BYTES, max_batch_size=BUILDER_BYTES,
+        compression_type="lz4" if has_lz4() else None)
+
+
+async def _start(producer: Any, bootstrap: str) -> None:
+    from aiokafka.errors import KafkaError
+
+    try:
+        await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT)
+    except (TimeoutError, KafkaError, OSError) as e:
+        raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
+                           f"({type(e).__name__}: {e})") from None
+
+
+async def _held_messages(bootstrap: str, topics: Topics, partitions: int) -> dict[str, int]:
+    """Messages ever written to each input topic (end offsets), retention or not."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
+    await c.start()
+    try:
+        ends = await c.end_offsets([TopicPartition(t, p) for t in topics.inputs
+                                    for p in range(partitions)])
+    finally:
+        await c.stop()
+    out: dict[str, int] = {}
+    for tp, end in ends.items():
+        out[tp.topic] = out.get(tp.topic, 0) + end
+    return out
+
+
+def _replay_topic(topics: Topics, entry: Any) -> str:
+    """The fresh input topic an archived file's messages are replayed into."""
+    return topics.enrollments if entry.record_type == "enrollment" else topics.transactions
+
+
+async def publish_archive(bootstrap: str, topics: Topics, archive: str | Path
+                          ) -> dict[str, Any]:
+    """Replay a redacted archive into fresh input topics, message for message: each
+    to the partition it was read from, in its original order, with its key,
+    headers, timestamp and (redacted) value, and a REPLAY_HEADER with its
+    original position and flags (engine.archive.replay.replay_messages), so that
+    a ``--replay`` worker decides every record as the stream did, ids and sources
+    included. All enrollments go before the first transaction, as publish_files
+    sends them. Returns counts."""
+    from aiokafka.errors import KafkaError
+
+    from engine.archive.replay import replay_messages
+    from engine.archive.store import Archive, ArchiveError
+
+    try:
+        a = Archive.open_verified(archive)
+    except ArchiveError as e:
+        raise PublishError(str(e)) from None
+    if not a.entries:
+        raise PublishError(f"{archive}: the archive holds no messages")
+    n_parts = max(max(e.partitions for e in a.entries),
+                  max(e.partition for e in a.entries) + 1)
+    source_topics = {e.topic for e in a.entries}
+    for t in topics.inputs:
+        if t in source_topics:
+            raise PublishError(f"{t} is a topic the archive was read from: replay into "
+                               "fresh topics (another --topic-prefix)")
+    t0 = time.monotonic()
+    got = await _input_topics(bootstrap, topics, n_parts)
+    if got != n_parts:
+        raise PublishError(f"{topics.transactions} has {got} partitions, the archived topics "
+                           f"had {n_parts}: a replay needs fresh topics")
+    held = {t: n for t, n in (await _held_messages(bootstrap, topics, n_parts)).items() if n}
+    if held:
+        t, n = next(iter(held.items()))
+        raise PublishError(f"{t} already holds {n:,} messages: a replay needs fresh topics "
+                           "(replayed records would repeat the original outcome ids)")
+    producer = _producer(bootstrap)
+    counts: dict[str, Any] = {"partitions": n_parts, "enrollment_messages": 0,
+                              "transaction_messages": 0}
+    try:
+        await _start(producer, bootstrap)
+        for record_type in ("enrollment", "transaction"):
+            files = a.files(record_type)
+            if not files:
+                continue
+            sender = BatchSender(producer, _replay_topic(topics, files[0]))
+            i = 0
+            for entry in files:
+                for m in replay_messages(a.read(entry)):
+                    ts = m.timestamp if m.timestamp is not None else NO_TIMESTAMP
+                    await sender.add(Outgoing(m.partition, m.key, m.value or b"", ts,
+                                              list(m.headers or [])), i)
+                    i += 1
+            try:
+                await sender.flush()
+            except KafkaError as e:
+                raise PublishError(f"replaying {archive} to {bootstrap} failed "
+                                   f"({type(e).__name__}: {e})") from None
+            counts[f"{record_type}_messages"] = sender.messages
+    except ArchiveError as e:
+        raise PublishError(str(e)) from None
+    finally:
+        await producer.stop()
+    counts["seconds"] = time.monotonic() - t0
+    return counts
+
+
 async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path | None,
                         transactions: str | Path | None, batch: int = 1000, rate: float = 0.0,
                         partitions: int = 8, progress: bool = False,
                         manifest: str | Path | None = None) -> dict[str, Any]:
     """Publish the files; return counts (records and messages per type, partitions,
     seconds). Raises :class:`PublishError` for an unusable file or broker."""
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.codec import has_lz4
     from aiokafka.errors import KafkaError
 
     if not 1 <= batch <= MAX_RECORDS_PER_MESSAGE:
@@ -521,30 +644,15 @@ async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path 
     if transactions is not None:
         inputs.append((read_input(transactions, "transaction"), topics.transactions))
     t0 = time.monotonic()
-    try:
-        n_parts = await asyncio.wait_for(ensure_topics_settled(bootstrap, topics, partitions),
-                                         CONNECT_TIMEOUT)
-    except TopicMismatch as e:
-        raise PublishError(f"broker {bootstrap}: {e}") from None
-    except (TimeoutError, KafkaError, OSError) as e:
-        raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
-                           f"({type(e).__name__}: {e})") from None
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, **default_client(), enable_idempotence=True, acks="all",
-        linger_ms=5, request_timeout_ms=SEND_TIMEOUT_MS,
-        max_request_size=MAX_REQUEST_BYTES, max_batch_size=BUILDER_BYTES,
-        compression_type="lz4" if has_lz4() else None)
+    n_parts = await _input_topics(bootstrap, topics, partitions)
+    producer = _producer(bootstrap)
     counts: dict[str, Any] = {"partitions": n_parts, "enrollments": 0, "transactions": 0,
                               "enrollment_messages": 0, "transaction_messages": 0}
     manifest_parts: list[pa.Table] = []
     limit = _RateLimit(rate) if rate > 0 else None
     bar = _progress_bar() if progress and sys.stderr.isatty() else None
     try:
-        try:
-            await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT)
-        except (TimeoutError, KafkaError, OSError) as e:
-            raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
-                               f"({type(e).__name__}: {e})") from None
+        await _start(producer, bootstrap)
         if bar:
             bar.start()
         for inp, topic in inputs:
@@ -571,14 +679,35 @@ async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path 
     return counts
 
 
+def _archive_main(args: argparse.Namespace) -> int:
+    if args.enrollments is not None or args.transactions is not None:
+        print("mynapoint publish: --archive replays an archive; it takes no --enrollments "
+              "or --transactions", file=sys.stderr)
+        return 2
+    try:
+        counts = asyncio.run(publish_archive(args.broker, Topics(prefix=args.topic_prefix),
+                                             args.archive))
+    except PublishError as e:
+        print(f"mynapoint publish: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"replayed {counts['enrollment_messages']:,} enrollment and "
+              f"{counts['transaction_messages']:,} transaction messages from {args.archive} "
+              f"to {counts['partitions']} partitions in {counts['seconds']:.1f} s; decide "
+              "them with `mynapoint worker --replay`")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    # Right after topic creation the broker briefly answers NOT_LEADER and the
+    # producer retries; a real failure still ends in an exception.
+    logging.getLogger("aiokafka.producer.sender").setLevel(logging.ERROR)
+    if getattr(args, "archive", None) is not None:
+        return _archive_main(args)
     if args.enrollments is None and args.transactions is None:
         print("mynapoint publish: nothing to publish (give --enrollments and/or "
               "--transactions)", file=sys.stderr)
         return 2
-    # Right after topic creation the broker briefly answers NOT_LEADER and the
-    # producer retries; a real failure still ends in an exception below.
-    logging.getLogger("aiokafka.producer.sender").setLevel(logging.ERROR)
     try:
         counts = asyncio.run(publish_files(
             args.broker, Topics(prefix=args.topic_prefix), args.enrollments,

@@ -92,13 +92,9 @@ def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry,
     """Settle a redacted archive (engine.archive): the records the stream read, with
     the stream's sources; raises ArchiveError for an archive that fails its audit."""
     from engine.archive.replay import read_archive
-    from engine.archive.store import Archive, ArchiveError
+    from engine.archive.store import Archive
 
-    a = Archive.open(archive)
-    problems = a.verify()
-    if problems:
-        raise ArchiveError(f"{archive}: {problems[0]}"
-                           + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    a = Archive.open_verified(archive)
     enr, enr_src = read_archive(a, "enrollment", campaign, registry)
     txn, txn_src = read_archive(a, "transaction", campaign, registry)
     return settle_validated(enr, enr_src, txn, txn_src, campaign, registry, part)

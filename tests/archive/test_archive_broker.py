@@ -66,6 +66,30 @@ def test_settling_the_archive_gives_the_streams_ledger(kafka_broker, topic_prefi
     assert replay_g.num_rows == grants.num_rows > 500
     again = settle_archive(tmp_path / "archive", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)
     assert again.grants.equals(replay_g) and again.rejections.equals(replay_r)
+    # and through Kafka: publish --archive into fresh topics, a --replay worker
+    fresh = topic_prefix()
+    assert cli(["publish", "--archive", str(tmp_path / "archive"), "--broker",
+                kafka_broker.bootstrap, "--topic-prefix", fresh, "--quiet"]) == 0
+    w = worker(kafka_broker.bootstrap, fresh, tmp_path / "replay-worker",
+               extra=["--replay"]).start()
+    try:
+        stream_g, stream_r = asyncio.run(collect(kafka_broker.bootstrap, topics_for(fresh),
+                                                 expect=scenario.expected_outcomes,
+                                                 idle_timeout=30.0))
+    finally:
+        w.stop()
+    cmp = compare(grants, rejections, stream_g, stream_r)
+    assert cmp.equal, str(cmp)
+    assert set(stream_r["source"].to_pylist()) == set(rejections["source"].to_pylist())
+    # the replay went through the fresh topics: their own positions are nowhere
+    assert not any(s.startswith(fresh + ".") for s in stream_g["source"].to_pylist()
+                   + stream_r["source"].to_pylist())
+    # a second replay into the same topics would repeat every id: refused
+    assert cli(["publish", "--archive", str(tmp_path / "archive"), "--broker",
+                kafka_broker.bootstrap, "--topic-prefix", fresh, "--quiet"]) == 2
+    # and the topics it was read from are no fresh topics
+    assert cli(["publish", "--archive", str(tmp_path / "archive"), "--broker",
+                kafka_broker.bootstrap, "--topic-prefix", prefix, "--quiet"]) == 2
 
 
 @pytest.mark.parametrize("stage", ["archive-tmp", "archive-file"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from engine.archive.archiver import archive
@@ -26,6 +27,7 @@ from engine.kafka.topics import (
     partition_for,
 )
 from engine.tools.collect import collect
+from engine.tools.compare import compare
 from tests.builders import arrow_ipc, txn
 from tests.kafka_fixtures import produce
 from tests.streams.harness import PARTITIONS, topics_for, worker
@@ -52,6 +54,9 @@ def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[st
                                                    "earn_on": NUMBER}), []),
         # a valid misrouted record, so the re-routing topic is used (and scanned)
         (t.enrollments, b"Zz00aa50", orjson.dumps({**enr, "mykey_id": "Zz00aa52"}), []),
+        (t.enrollments, b"Zz00aa54", orjson.dumps({**enr, "mykey_id": "Zz00aa54"}), []),
+        (t.enrollments, b"Zz00aa53", orjson.dumps({**enr, "mykey_id": "Zz00aa53",
+                                                   "note": {"deep": [NUMBER]}}), []),
     ]
     places: list[dict[str, object]] = [
         {"mykey_id": NUMBER}, {"txn_id": NUMBER}, {"operator_id": NUMBER}, {"kind": NUMBER},
@@ -66,23 +71,31 @@ def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[st
     # misrouted (a wrong key) and holding the number: rejected where read, not re-routed
     out.append((t.transactions, b"Zz00aa99", orjson.dumps(_txn(20, note=NUMBER)), []))
     out.append((t.transactions, N_BYTES, orjson.dumps(_txn(21)), []))          # key
-    out.append((t.transactions, b"Zz00aa22", orjson.dumps(_txn(22)),
+    # the three granted records belong to three people: misrouted records of one
+    # person are decided in the order their partitions happen to be read, in the
+    # stream as in a replay (docs/DECISIONS.md, 65), which cumulative_points shows
+    out.append((t.transactions, b"Zz00aa22", orjson.dumps(_txn(22, mykey_id="Zz00aa52")),
                 [("trace", N_BYTES), (NUMBER, b"x")]))                           # headers
     chunk = b"\n".join(orjson.dumps(_txn(30 + i, **p)) for i, p in enumerate(places[:4]))
     out.append((t.transactions, b"Zz00aa30", chunk, [(FORMAT_HEADER, FORMAT_JSONL)]))
     table = pa.table({"txn_id": ["A1", "A2"], "operator_id": ["paypay"] * 2,
-                      "mykey_id": ["Zz00aa50", NUMBER], "kind": ["purchase"] * 2,
+                      "mykey_id": ["Zz00aa54", NUMBER], "kind": ["purchase"] * 2,
                       "amount": pa.array([100, 200], pa.int64()), "occurred_at": [WHEN] * 2,
                       "tags": pa.array([["x"], [NUMBER]], pa.list_(pa.string()))})
     out.append((t.transactions, b"Zz00aa40", arrow_ipc(table), [(FORMAT_HEADER, FORMAT_ARROW)]))
     out.append((t.transactions, b"Zz00aa41", arrow_ipc(pa.table({NUMBER: ["v"]})),
                 [(FORMAT_HEADER, FORMAT_ARROW)]))                                # column name
+    row = {k: [v] for k, v in _txn(42, mykey_id="Zz00aa42").items()}
+    for nested in (pa.array([{"k": NUMBER}]),                    # a struct's value
+                   pa.array([{NUMBER: "v"}])):                   # a struct's field name
+        out.append((t.transactions, b"Zz00aa42", arrow_ipc(pa.table({**row, "meta": nested})),
+                    [(FORMAT_HEADER, FORMAT_ARROW)]))
     return out
 
 
-# outcomes of _messages: one per transaction record (12 + 3 + 4 + 2 + 1) and the one
-# rejected enrollment; accepted enrollments have none
-OUTCOMES = 23
+# outcomes of _messages: one per transaction record (12 + 3 + 4 + 2 + 1 + 2) and the
+# two rejected enrollments; accepted enrollments have none
+OUTCOMES = 26
 
 
 async def _produce(bootstrap: str, msgs: list[tuple[str, bytes | None, bytes,
@@ -101,6 +114,79 @@ def _holders(root: Path) -> list[str]:
                   if f.is_file() and N_BYTES in f.read_bytes())
 
 
+def _written(data: Path, topic: str) -> bool:
+    """Whether a topic's log segments hold any record."""
+    return any(f.suffix == ".log" and f.stat().st_size > 0 for d in data.iterdir()
+               if d.name.rsplit("-", 1)[0] == topic for f in d.iterdir())
+
+
+def _parquet_holders(root: Path) -> list[str]:
+    """Parquet files whose *decoded* content (values, column names, schema
+    metadata) holds the number: a byte scan cannot see into zstd pages."""
+    out = []
+    for f in sorted(root.rglob("*.parquet")):
+        table = pq.read_table(f)
+        text = orjson.dumps([table.schema.to_string(show_schema_metadata=True),
+                             table.to_pylist()],
+                            default=lambda b: b.decode("latin-1"))
+        if N_BYTES in text:
+            out.append(str(f.relative_to(root)))
+    return out
+
+
+def _state_holders(root: Path) -> list[str]:
+    """RocksDB checkpoints whose keys or values (decompressed) hold the number."""
+    from rocksdict import AccessType, Options, Rdict
+
+    out = []
+    dbs = sorted(cur.parent for cur in root.rglob("CURRENT"))
+    assert dbs, "the worker wrote local state (the scan can look into it)"
+    for d in dbs:
+        db = Rdict(str(d), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            if any(N_BYTES in k or N_BYTES in v for k, v in db.items()):
+                out.append(str(d.relative_to(root)))
+        finally:
+            db.close()
+    return out
+
+
+async def _topic_holders(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Per topic, how many records (read back, decompressed: key, value, headers)
+    hold the number."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                         auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics
+               for p in sorted(c.partitions_for_topic(t) or await _partitions(c, t))]
+        ends = await c.end_offsets(tps)
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        found = {t: 0 for t in topics}
+        todo = {tp for tp in tps if ends[tp] > 0}
+        while todo:
+            got = await c.getmany(timeout_ms=2_000)
+            assert got, f"could not read {sorted(str(tp) for tp in todo)}"
+            for tp, msgs in got.items():
+                for m in msgs:
+                    blob = b"".join([m.key or b"", m.value or b"",
+                                     *(k.encode() + (v or b"") for k, v in m.headers or ())])
+                    found[tp.topic] += N_BYTES in blob
+                if await c.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+        return found
+    finally:
+        await c.stop()
+
+
+async def _partitions(c: object, topic: str) -> set[int]:
+    await c._client.force_metadata_update()  # type: ignore[attr-defined]
+    return c.partitions_for_topic(topic) or set()  # type: ignore[attr-defined]
+
+
 def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_prefix,
                                                            tmp_path: Path, capsys) -> None:
     prefix = topic_prefix()
@@ -117,25 +203,51 @@ def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_p
     assert grants.num_rows == 3  # T21 (number in the key), T22 (in headers), A1
     pnf = rejections.filter(pa.compute.equal(rejections["reason"],
                                              "PERSONAL_NUMBER_FORBIDDEN")).num_rows
-    assert pnf == 20  # every other record, received_at of a one-record message included
-    data = kafka_broker.data_dir / "data"
-    mine = [d for d in data.iterdir() if d.name.startswith(prefix + ".")]
-    names = {d.name.rsplit("-", 1)[0] for d in mine}
+    assert pnf == 23  # every other record, received_at of a one-record message included
     t = topics_for(prefix)
+    # The whole broker directory (its logs, the offsets and metadata logs, every
+    # topic of this run), except the topics of other tests sharing the broker.
+    data = kafka_broker.data_dir / "data"
+    foreign = {d.name for d in data.iterdir()
+               if d.is_dir() and not d.name.startswith(("__", prefix + "."))}
+    scanned = [h for h in _holders(kafka_broker.data_dir)
+               if not (h.startswith("data/") and h.split("/")[1] in foreign)]
+    mine = {d.name.rsplit("-", 1)[0] for d in data.iterdir() if d.name.startswith(prefix + ".")}
     # the scan covers outputs, changelog and re-routing topics, all with data
-    assert {t.grants, t.rejections, t.changelog, t.reroute_enrollments} <= names
-    assert any(f.suffix == ".log" and f.stat().st_size > 0 for d in mine
-               if d.name.startswith(t.reroute_enrollments + "-") for f in d.iterdir())
-    raw = [h for d in mine for h in _holders(d)
-           if d.name.rsplit("-", 1)[0] in t.inputs]
-    others = [f"{d.name}/{h}" for d in mine for h in _holders(d)
-              if d.name.rsplit("-", 1)[0] not in t.inputs]
+    assert {t.grants, t.rejections, t.changelog, t.reroute_enrollments} <= mine
+    assert _written(data, t.reroute_enrollments)
+    raw = [h for h in scanned if h.split("/")[1].rsplit("-", 1)[0] in t.inputs]
     assert raw, "the raw input segments hold the number (the scan can find it)"
-    assert others == []
+    assert [h for h in scanned if h not in raw] == []
+    assert all(h.endswith(".log") for h in raw), raw  # segments, not their indexes
+    # read back, decompressed: only the input topics' records hold it
+    counts = asyncio.run(_topic_holders(kafka_broker.bootstrap, sorted(mine)))
+    assert counts[t.transactions] > 0 and counts[t.enrollments] > 0
+    assert {k: n for k, n in counts.items() if n and k not in t.inputs} == {}
+    assert sum(counts.values()) < sum(1 for _ in msgs)  # the scan tells records apart
     assert _holders(tmp_path / "w") == []   # state directory and the worker's log
-    assert _holders(tmp_path / "ar") == []  # the archive
+    assert _state_holders(tmp_path / "w") == []
+    assert _holders(tmp_path / "ar") == []  # the archive, raw and decoded
+    assert _parquet_holders(tmp_path / "ar") == []
     a = Archive.open(tmp_path / "ar")
     assert a.verify() == [] and sum(e.rows for e in a.files()) == len(msgs)
+    # replayed through fresh topics (misrouted records re-routed again, flags for the
+    # redacted numbers): the same outcomes, and the number in none of those topics
+    fresh = topic_prefix()
+    assert cli(["publish", "--archive", str(tmp_path / "ar"), "--broker",
+                kafka_broker.bootstrap, "--topic-prefix", fresh, "--quiet"]) == 0
+    w = worker(kafka_broker.bootstrap, fresh, tmp_path / "replay", extra=["--replay"]).start()
+    try:
+        again = asyncio.run(collect(kafka_broker.bootstrap, topics_for(fresh),
+                                    expect=OUTCOMES, idle_timeout=30.0))
+    finally:
+        w.stop()
+    cmp = compare(grants, rejections, *again)
+    assert cmp.equal, str(cmp)
+    replay_topics = sorted({d.name.rsplit("-", 1)[0] for d in data.iterdir()
+                            if d.name.startswith(fresh + ".")})
+    assert _written(data, topics_for(fresh).reroute_enrollments)  # re-routed again
+    assert sum(asyncio.run(_topic_holders(kafka_broker.bootstrap, replay_topics)).values()) == 0
     # the erasure report finds the enrolled person everywhere the engine keeps them
     assert cli(["admin", "locate", "--mykey-id", "Zz00aa50", "--state-dir",
                 str(tmp_path / "w" / "state"), "--archive", str(tmp_path / "ar"), "--kafka",

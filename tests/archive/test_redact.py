@@ -13,6 +13,7 @@ from engine.archive.redact import REDACTED, redact_message, redact_opaque
 from engine.archive.replay import Msg, apply_flags, flagged, messages
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, MAX_RECORD_BYTES
+from engine.rules.model import Reason
 from engine.rules.strings import check_digit, is_individual_number
 from engine.streams.decode import decode_messages
 from tests.builders import arrow_ipc, txn
@@ -186,3 +187,45 @@ def test_archive_cli_bad_client_config_is_one_line_exit_2(tmp_path, capsys) -> N
     assert cli(["archive", "--out", str(tmp_path / "a"), "--client-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "sasl.mechansim" in err
+
+
+def _nested_columns() -> dict[str, pa.Array]:
+    """Extra columns of every Arrow type the decoder searches, the number in row 1
+    (a struct's or a map's field name holds it in every row)."""
+    n, x = NUMBER, "x"
+    return {
+        "struct_value": pa.array([{"k": x}, {"k": n}, {"k": x}]),
+        "struct_name": pa.array([{n: x}, {n: x}, None], pa.struct([(n, pa.string())])),
+        "deep_name": pa.array([[], [{"a": {n: 1}}], None]),
+        "map_key": pa.array([[(x, x)], [(n, x)], []], pa.map_(pa.string(), pa.string())),
+        "map_item": pa.array([[(x, x)], [(x, n)], None], pa.map_(pa.string(), pa.string())),
+        "view": pa.array([x, n, None], pa.string_view()),
+        "large": pa.array([x, n, x], pa.large_string()),
+        "binary": pa.array([b"x", n.encode(), None], pa.binary()),
+        "fixed_list": pa.array([[x, x], [n, x], None], pa.list_(pa.string(), 2)),
+        "fixed_binary": pa.array([b"a" * 12, n.encode(), None], pa.binary(12)),
+        "dict": pa.array([x, n, x]).dictionary_encode(),
+        "union": pa.UnionArray.from_sparse(pa.array([0, 0, 1], pa.int8()),
+                                           [pa.array([x, n, x]), pa.array([1, 2, 3])]),
+        "run_end": pa.RunEndEncodedArray.from_arrays(pa.array([1, 2, 3], pa.int32()),
+                                                     pa.array([x, n, x])),
+    }
+
+
+def test_every_arrow_type_is_redacted_and_replays_identically() -> None:
+    base = {"txn_id": ["N0", "N1", "N2"], "operator_id": ["paypay"] * 3,
+            "mykey_id": ["AB12cd10", "AB12cd11", "AB12cd12"], "kind": ["purchase"] * 3,
+            "amount": pa.array([100, 200, 300], pa.int64()),
+            "occurred_at": ["2020-09-02T12:00:00+09:00"] * 3,
+            "received_at": ["2020-09-02T12:00:05+09:00"] * 3}
+    for name, col in _nested_columns().items():
+        msgs = [Msg(TOPIC, 0, 0, 1599000000000, b"AB12cd10",
+                    arrow_ipc(pa.table({**base, name: col})), [(FORMAT_HEADER, FORMAT_ARROW)])]
+        original = _original(msgs)
+        assert [r[1] for r in original][1] == Reason.PERSONAL_NUMBER_FORBIDDEN, name
+        replayed, table = _replay(msgs)
+        assert replayed == original, name
+        (m,) = messages(table)
+        t = pa.ipc.open_stream(m.value).read_all()
+        seen = t.schema.to_string() + str(t.to_pylist())
+        assert NUMBER not in seen and NUMBER.encode() not in m.value, name

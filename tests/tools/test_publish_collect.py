@@ -315,6 +315,39 @@ def test_publish_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert a.broker in capsys.readouterr().err
 
 
+def test_publish_archive_errors_exit_2_with_one_line(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.archive.archiver import archive_rows
+    from engine.archive.replay import Msg
+    from engine.archive.store import Archive, Entry
+
+    def run(archive: Path, **kw: Any) -> str:
+        base = {"enrollments": None, "transactions": None, "archive": str(archive),
+                "broker": f"127.0.0.1:{devbroker.free_port()}", "topic_prefix": "fresh",
+                "quiet": True}
+        base.update(kw)
+        assert publish_mod.main(argparse.Namespace(**base)) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    assert "not an archive" in run(tmp_path / "nothing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.jsonl").write_text("")
+    assert "holds no messages" in run(empty)
+    good = tmp_path / "good"
+    msg = Msg("old.transactions", 0, 0, 1_599_000_000_000, b"AB12cd00", b"{}", [])
+    Archive.open(good, must_exist=False).write_file(
+        archive_rows([msg], "transaction"),
+        Entry("old.transactions", "transaction", 0, 0, 1, 1, first=0, last=0, partitions=4))
+    assert "takes no --enrollments" in run(good, transactions="t.jsonl")
+    assert "the archive was read from" in run(good, topic_prefix="old")
+    assert "cannot reach the Kafka broker" in run(good)
+    (good / "data" / "extra.parquet").write_bytes(b"x")
+    assert "not in the manifest" in run(good)
+
+
 # ------------------------------------------------------------------ collect
 
 

@@ -1,0 +1,130 @@
+"""Input deleted by time-based retention before any worker read it (a worker down
+longer than ``MYNAPOINT_INPUT_RETENTION``): the restarted worker neither hangs
+nor skips it silently."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from engine.cli import main as cli
+from engine.devtools import broker as devbroker
+from engine.kafka.client_config import ENV, default_client
+from engine.kafka.topics import ensure_topics, partition_for
+from engine.tools.collect import collect
+from tests.streams.harness import PARTITIONS, topics_for, worker
+
+pytestmark = pytest.mark.kafka
+
+WHEN = "2020-09-02T12:00:00+09:00"
+PERSON = "Zz00aa50"
+P = partition_for(PERSON.encode(), PARTITIONS)
+
+
+def _txn(txn_id: str) -> bytes:
+    return orjson.dumps({"txn_id": txn_id, "operator_id": "paypay", "mykey_id": PERSON,
+                         "kind": "purchase", "amount": 1000, "occurred_at": WHEN})
+
+
+async def _send(bootstrap: str, msgs: list[tuple[str, bytes]], ahead_ms: int = 0) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
+    await p.start()
+    try:
+        for topic, value in msgs:
+            await p.send_and_wait(topic, value, key=PERSON.encode(), partition=P,
+                                  timestamp_ms=int(time.time() * 1000) + ahead_ms)
+    finally:
+        await p.stop()
+
+
+async def _log_start(bootstrap: str, topic: str) -> int:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
+    await c.start()
+    try:
+        tp = TopicPartition(topic, P)
+        return int((await c.beginning_offsets([tp]))[tp])
+    finally:
+        await c.stop()
+
+
+def _metrics(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def test_input_deleted_unread_is_refused_as_lost_then_accepted(
+        topic_prefix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    port = devbroker.free_port()
+    data_dir = tmp_path / "broker"
+    broker = devbroker.start(port=port, data_dir=data_dir, wait=120.0,
+                             extra_properties={"log.retention.check.interval.ms": "500"})
+    monkeypatch.setenv(ENV, str(broker.credentials()))
+    monkeypatch.setenv("MYNAPOINT_INPUT_RETENTION", "PT3S")
+    bootstrap = broker.bootstrap
+    try:
+        prefix = topic_prefix()
+        t = topics_for(prefix)
+        asyncio.run(ensure_topics(bootstrap, t, PARTITIONS, input_configs={
+            "segment.ms": "500", "segment.bytes": "16384", "file.delete.delay.ms": "0"}))
+        enr = orjson.dumps({"mykey_id": PERSON, "operator_id": "paypay", "applied_at": WHEN})
+        w = worker(bootstrap, prefix, tmp_path, "first").start()
+        try:
+            asyncio.run(_send(bootstrap, [(t.enrollments, enr), (t.transactions, _txn("T1"))]))
+            # received now, so LATE: what matters is that T1 was decided
+            g, r = asyncio.run(collect(bootstrap, t, expect=1, idle_timeout=20.0))
+            assert g.num_rows + r.num_rows == 1
+        finally:
+            w.stop()
+        # while no worker runs: T2, then records an hour ahead, which roll T2's
+        # segment (segment.ms counts record time) and outlive the test's retention
+        asyncio.run(_send(bootstrap, [(t.transactions, _txn("T2"))]))
+        asyncio.run(_send(bootstrap, [(t.transactions, _txn("F1")),
+                                      (t.transactions, _txn("F2"))], ahead_ms=3_600_000))
+        deadline = time.monotonic() + 90
+        while asyncio.run(_log_start(bootstrap, t.transactions)) < 2:
+            assert time.monotonic() < deadline, "retention did not delete T2"
+            time.sleep(0.5)
+        metrics_port = devbroker.free_port()
+        w = worker(bootstrap, prefix, tmp_path, "second",
+                   extra=["--metrics-port", str(metrics_port)]).start()
+        try:
+            deadline = time.monotonic() + 60
+            while not re.search(rf'mynapoint_partition_refused\{{partition="{P}"\}} 1',
+                                _metrics(metrics_port)):
+                assert time.monotonic() < deadline, (tmp_path / "second.log").read_text()
+                time.sleep(0.5)
+            log = (tmp_path / "second.log").read_text()
+            assert re.search(rf"partition {P} refused: {t.transactions}/{P} offsets 1 to "
+                             r"1 \(1 records\) were deleted by retention before the "
+                             r"engine decided them.*admin accept-loss", log), log
+            # the other partitions are decided; this one emits nothing
+            time.sleep(2.0)
+            g, r = asyncio.run(collect(bootstrap, t, idle_timeout=3.0))
+            assert g.num_rows + r.num_rows == 1
+        finally:
+            w.stop()
+        assert asyncio.run(_log_start(bootstrap, t.transactions)) == 2
+        assert cli(["admin", "accept-loss", "--partition", str(P), "--broker", bootstrap,
+                    "--topic-prefix", prefix, "--group", f"{prefix}-engine"]) == 0
+        out = capsys.readouterr().out
+        assert f"{t.transactions}/{P}: offsets 1 to 1 (1 records) accepted as lost" in out, out
+        w = worker(bootstrap, prefix, tmp_path, "third",
+                   extra=["--metrics-port", str(metrics_port)]).start()
+        try:
+            w.wait_for(f"partition {P} restored")
+            # what retention kept after the accepted range is decided, T2 never
+            g, r = asyncio.run(collect(bootstrap, t, expect=3, idle_timeout=20.0))
+            decided = sorted(r.column("txn_id").to_pylist() + g.column("txn_id").to_pylist())
+            assert decided == ["F1", "F2", "T1"]
+            assert re.search(rf'mynapoint_partition_refused\{{partition="{P}"\}} 0',
+                             _metrics(metrics_port))
+        finally:
+            w.stop()
+    finally:
+        devbroker.stop(port=port, data_dir=data_dir)
