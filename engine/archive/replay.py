@@ -20,8 +20,8 @@ from engine.archive.store import Archive
 from engine.io.readers import split_lines
 from engine.kafka.topics import MAX_RECORD_BYTES
 from engine.rules.model import Campaign, Reason, Registry
-from engine.rules.validate import Validated
-from engine.streams.decode import InBatch, concat_batches, decode_messages, empty_validated
+from engine.rules.validate import Validated, empty_validated
+from engine.streams.decode import InBatch, concat_batches, decode_messages
 
 
 @dataclass

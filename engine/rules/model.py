@@ -63,17 +63,19 @@ class Reason(IntEnum):
     ORIGINAL_NOT_ELIGIBLE = 18
     REFUND_EXCEEDS_ORIGINAL = 19
     PERSON_LIMIT = 20
+    # appended, not inserted: the codes are stored in state (order of checks is below)
+    OPERATOR_MISMATCH = 21
 
 
 ENROLLMENT_REASONS = (
-    Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.UNKNOWN_OPERATOR,
-    Reason.DUPLICATE, Reason.ALREADY_ENROLLED, Reason.ENROLLMENT_CLOSED,
+    Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.OPERATOR_MISMATCH,
+    Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE, Reason.ALREADY_ENROLLED, Reason.ENROLLMENT_CLOSED,
     Reason.SELECTION_NOT_OPEN, Reason.INVALID_EARN_ON,
 )
 TRANSACTION_REASONS = (
     Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.INVALID_AMOUNT,
-    Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE, Reason.CONFLICTING_DUPLICATE,
-    Reason.PERSON_LIMIT, Reason.LATE,
+    Reason.OPERATOR_MISMATCH, Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE,
+    Reason.CONFLICTING_DUPLICATE, Reason.PERSON_LIMIT, Reason.LATE,
     Reason.OUTSIDE_WINDOW, Reason.NOT_ENROLLED, Reason.WRONG_OPERATOR,
     Reason.KIND_NOT_ELIGIBLE, Reason.BEFORE_APPLICATION, Reason.ORIGINAL_NOT_FOUND,
     Reason.ORIGINAL_NOT_ELIGIBLE, Reason.REFUND_EXCEEDS_ORIGINAL,
@@ -82,6 +84,9 @@ TRANSACTION_REASONS = (
 # Reasons that protect the engine rather than apply a campaign rule: no realistic
 # campaign data produces them, so they are tested on purpose-built inputs.
 ENGINE_LIMIT_REASONS = (Reason.PERSON_LIMIT,)
+# Reasons about where a record came from, not what it holds: input that names no
+# source operator (a plain file, generated data) never produces them.
+SOURCE_REASONS = (Reason.OPERATOR_MISMATCH,)
 
 
 class Rounding(IntEnum):

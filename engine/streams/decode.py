@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io.readers import BadRecord, load_record, split_lines
 from engine.kafka.topics import (
     FORMAT_ARROW,
@@ -30,6 +29,7 @@ from engine.rules.strings import END_US, is_individual_number, json_facts
 from engine.rules.validate import (
     Shaped,
     Validated,
+    concat_validated,
     shape_objects,
     shape_table,
     validate_enrollments,
@@ -257,28 +257,3 @@ def _bad_message(seg: _Segments, bad: dict[str, int], sources: list[str], arriva
     sources.append(base)
     arrival.append(offset << SUB_BITS)
     rerouted.append(False)
-
-
-def concat_validated(parts: list[Validated], record_type: str) -> Validated:
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return empty_validated(record_type)
-
-    def cat(name: str) -> Any:
-        vals = [getattr(p, name) for p in parts]
-        if isinstance(vals[0], pa.Array):
-            return pa.concat_arrays([x.cast(pa.string()) for x in vals])
-        return np.concatenate(vals)
-
-    names = ("reason", "detail", "mykey_id", "operator_id", "txn_id", "original_txn_id", "op",
-             "kind", "amount", "at", "day", "received", "flag_a", "flag_b", "flag_c",
-             "earn_given")
-    return Validated(n=sum(p.n for p in parts), record_type=record_type,
-                     **{k: cat(k) for k in names})
-
-
-def empty_validated(record_type: str) -> Validated:
-    s = shape_objects([], record_type)
-    validate = validate_transactions if record_type == "transaction" else validate_enrollments
-    return validate(s, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)
