@@ -15,8 +15,13 @@ streaming, on a min-heap by deadline so expiry costs O(log n) per record.
 
 from __future__ import annotations
 
+from collections import namedtuple
+from typing import NamedTuple
+
 import numba
 import numpy as np
+
+from engine.rules.model import Reason
 
 # record types
 ENROLLMENT = 0
@@ -27,24 +32,85 @@ PENDING, ACCEPTED, REJECTED = 0, 1, 2
 PARKED = -1
 NO_TIME_K = -(2**63)  # engine.rules.model.NO_TIME, as a numba global
 
-# Reason codes, duplicated from engine.rules.model.Reason as plain ints for numba.
-R_DUPLICATE = 5
-R_CONFLICTING_DUPLICATE = 6
-R_ALREADY_ENROLLED = 7
-R_ENROLLMENT_CLOSED = 8
-R_SELECTION_NOT_OPEN = 9
-R_INVALID_EARN_ON = 10
-R_LATE = 11
-R_OUTSIDE_WINDOW = 12
-R_NOT_ENROLLED = 13
-R_WRONG_OPERATOR = 14
-R_KIND_NOT_ELIGIBLE = 15
-R_BEFORE_APPLICATION = 16
-R_ORIGINAL_NOT_FOUND = 17
-R_ORIGINAL_NOT_ELIGIBLE = 18
-R_REFUND_EXCEEDS_ORIGINAL = 19
-R_PERSON_LIMIT = 20
 KIND_REFUND = 2
+
+# The reason codes the kernel decides, as a runtime value built from the enum: numba
+# would freeze module constants into its on-disk cache, which does not notice a change
+# of engine.rules.model.
+Reasons = namedtuple("Reasons", [r.name for r in Reason])  # type: ignore[misc]
+REASONS = Reasons(*(int(r) for r in Reason))
+
+
+class People(NamedTuple):
+    """Per person (in/out): enrollment, ``c``, ``r`` and the registry size ``n``."""
+
+    op: np.ndarray      # int32, operator code or -1 while not enrolled
+    kind: np.ndarray    # int8, earning kind
+    day: np.ndarray     # int32, JST day of application
+    c: np.ndarray       # int64, accepted amount
+    r: np.ndarray       # int64, per-transaction floor sum
+    n: np.ndarray       # int64, registry entries (bounded by person_limit)
+
+
+class Records(NamedTuple):
+    """Per record, in arrival order. The three flags are the stateless time checks
+    validation computed: for a transaction LATE / OUTSIDE_WINDOW, for an enrollment
+    ENROLLMENT_CLOSED / SELECTION_NOT_OPEN / INVALID_EARN_ON."""
+
+    typ: np.ndarray        # int8, ENROLLMENT or TRANSACTION
+    reason: np.ndarray     # int8, stateless rejection (0 = passed checks 1-4)
+    person: np.ndarray     # int32, row in People
+    op: np.ndarray         # int32
+    kind: np.ndarray       # int8
+    amount: np.ndarray     # int64
+    at: np.ndarray         # int64, occurred_at / applied_at (µs)
+    day: np.ndarray        # int32, its JST day
+    txn: np.ndarray        # int64, txn_id code (-1 none)
+    orig: np.ndarray       # int64, original_txn_id code (-1 none)
+    received: np.ndarray   # int64, received_at (µs) or NO_TIME
+    deadline: np.ndarray   # int64, end of its wait (streaming)
+    too_late: np.ndarray   # bool: LATE / ENROLLMENT_CLOSED
+    outside: np.ndarray    # bool: OUTSIDE_WINDOW / SELECTION_NOT_OPEN
+    bad_earn_on: np.ndarray  # bool: INVALID_EARN_ON
+    preparked: np.ndarray  # int8, 1 = waited in an earlier batch
+
+
+class Entries(NamedTuple):
+    """Registry of first-seen (person, operator, txn_id) keys (in/out); capacity
+    at least the entries already there plus the batch's records."""
+
+    person: np.ndarray    # int32
+    op: np.ndarray        # int32
+    txn: np.ndarray       # int64, txn_id code
+    kind: np.ndarray      # int8
+    amount: np.ndarray    # int64
+    at: np.ndarray        # int64
+    orig: np.ndarray      # int64
+    status: np.ndarray    # int8, PENDING / ACCEPTED / REJECTED
+    refunded: np.ndarray  # int64
+    rec: np.ndarray       # int64, the batch record that created or waits as it (-1)
+
+
+class Terms(NamedTuple):
+    """The campaign's terms and the mode of the call."""
+
+    rate: int
+    cap: int
+    rounding: int
+    park_for_enrollment: bool
+    final: bool
+    person_limit: int
+    reasons: tuple  # type: ignore[type-arg]  # REASONS
+
+
+class Decided(NamedTuple):
+    """Per record (out): 0 accepted, a reason code, or PARKED; points; cumulative
+    points; 0-based decision order within the call (-1 while parked)."""
+
+    reason: np.ndarray
+    points: np.ndarray
+    cum: np.ndarray
+    seq: np.ndarray
 
 
 @numba.njit(cache=True, nogil=True)
@@ -147,25 +213,18 @@ def _release_key(t, p, o, k_head, k_tail, nxt, out_reason, person, op, work, w,
 
 
 @numba.njit(cache=True, nogil=True)
-def decide(
-    # per person (in/out); p_n counts the person's registry entries (state size)
-    p_op, p_kind, p_day, p_c, p_r, p_n,
-    # per record, in arrival order
-    typ, reason, person, op, kind, amount, at, day, txn, orig, ts, deadline,
-    flag_a, flag_b, flag_c, preparked,
-    # registry of first-seen transaction keys (in/out), capacity >= n_entries + len(typ)
-    e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded, e_rec,
-    n_entries, n_codes,
-    # campaign terms and mode
-    rate, cap, rounding, park_for_enrollment, final, stream_time, person_limit,
-    # outputs
-    out_reason, out_points, out_cum, out_seq,
-):  # type: ignore[no-untyped-def]
-    """Decide a batch. Returns ``(n_entries, stream_time, n_decided)``.
-
-    ``out_reason``: 0 accepted, a reason code, or PARKED; ``out_seq`` is the
-    0-based decision order within the call (-1 while parked).
+def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # type: ignore[no-untyped-def]
+    """Decide a batch (:class:`Records`) against ``people`` and the registry ``reg``
+    holding ``n_entries``; ``n_codes`` bounds the txn_id codes. Fills ``out``
+    (:class:`Decided`); returns ``(n_entries, stream_time, n_decided)``.
     """
+    p_op, p_kind, p_day, p_c, p_r, p_n = people
+    (typ, reason, person, op, kind, amount, at, day, txn, orig, ts, deadline,
+     too_late, outside, bad_earn_on, preparked) = recs
+    (e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded,
+     e_rec) = reg
+    rate, cap, rounding, park_for_enrollment, final, person_limit, rc = terms
+    out_reason, out_points, out_cum, out_seq = out
     n = len(typ)
     cap_e = len(e_person)
     head = np.full(n_codes, -1, dtype=np.int64)
@@ -201,10 +260,10 @@ def decide(
 
     for i in range(n + 1):
         # ---- expiry: stream time passes a waiting record's deadline (streaming only)
-        # a record the campaign refuses as received too late (flag_a: LATE) does not
+        # a record the campaign refuses as received too late (too_late: LATE) does not
         # set the clock: one far-future timestamp must not expire every wait
         if (i < n and not final and typ[i] == TRANSACTION and ts[i] > stream_time
-                and not flag_a[i]):
+                and not too_late[i]):
             stream_time = ts[i]
         # also after the last record: a waiting record whose deadline stream time
         # has already passed must not sit until some later record arrives
@@ -217,12 +276,12 @@ def decide(
                     eo = _find(head, e_next, e_person, e_op, orig[j], person[j], op[j])
                     if eo >= 0 and e_status[eo] == PENDING and e_kind[eo] != KIND_REFUND:
                         continue  # waits with its original, which still waits
-                    out_reason[j] = R_ORIGINAL_NOT_FOUND
+                    out_reason[j] = rc.ORIGINAL_NOT_FOUND
                     out_seq[j] = seq
                     seq += 1
                     e_status[rec_entry[j]] = REJECTED
                 else:
-                    out_reason[j] = R_NOT_ENROLLED
+                    out_reason[j] = rc.NOT_ENROLLED
                     out_seq[j] = seq
                     seq += 1
                     e_status[rec_entry[j]] = REJECTED
@@ -231,7 +290,7 @@ def decide(
                     while r >= 0:
                         if (out_reason[r] == PARKED and person[r] == person[j]
                                 and op[r] == op[j]):
-                            out_reason[r] = R_ORIGINAL_NOT_ELIGIBLE
+                            out_reason[r] = rc.ORIGINAL_NOT_ELIGIBLE
                             out_seq[r] = seq
                             seq += 1
                             e_status[rec_entry[r]] = REJECTED
@@ -252,13 +311,13 @@ def decide(
                     out_reason[j] = reason[j]
                 elif p_op[p] >= 0:
                     same = p_op[p] == op[j] and kind[j] >= 0 and p_kind[p] == kind[j]
-                    out_reason[j] = R_DUPLICATE if same else R_ALREADY_ENROLLED
-                elif flag_a[j]:
-                    out_reason[j] = R_ENROLLMENT_CLOSED
-                elif flag_b[j]:
-                    out_reason[j] = R_SELECTION_NOT_OPEN
-                elif flag_c[j]:
-                    out_reason[j] = R_INVALID_EARN_ON
+                    out_reason[j] = rc.DUPLICATE if same else rc.ALREADY_ENROLLED
+                elif too_late[j]:
+                    out_reason[j] = rc.ENROLLMENT_CLOSED
+                elif outside[j]:
+                    out_reason[j] = rc.SELECTION_NOT_OPEN
+                elif bad_earn_on[j]:
+                    out_reason[j] = rc.INVALID_EARN_ON
                 else:
                     out_reason[j] = 0
                     p_op[p] = op[j]
@@ -306,13 +365,13 @@ def decide(
                 if e >= 0:
                     same = (e_kind[e] == kind[j] and e_amount[e] == amount[j]
                             and e_at[e] == at[j] and e_orig[e] == orig[j])
-                    out_reason[j] = R_DUPLICATE if same else R_CONFLICTING_DUPLICATE
+                    out_reason[j] = rc.DUPLICATE if same else rc.CONFLICTING_DUPLICATE
                     out_seq[j] = seq
                     seq += 1
                     continue
                 if p_n[p] >= person_limit:
                     # a person's state must stay bounded (changelog message size)
-                    out_reason[j] = R_PERSON_LIMIT
+                    out_reason[j] = rc.PERSON_LIMIT
                     out_seq[j] = seq
                     seq += 1
                     continue
@@ -338,24 +397,24 @@ def decide(
                     nwork = _release_key(txn[j], p, op[j], k_head, k_tail, nxt, out_reason,
                                          person, op, work, w, nwork)
             e = rec_entry[j]
-            if flag_a[j]:
-                out_reason[j] = R_LATE
+            if too_late[j]:
+                out_reason[j] = rc.LATE
             elif kind[j] != KIND_REFUND:
-                if flag_b[j]:
-                    out_reason[j] = R_OUTSIDE_WINDOW
+                if outside[j]:
+                    out_reason[j] = rc.OUTSIDE_WINDOW
                 elif p_op[p] < 0:
                     if park_for_enrollment and not (ts[j] != NO_TIME_K
                                                     and deadline[j] < stream_time):
                         _append(w_head, w_tail, nxt, p, j)
                         _heap_push(hk, hv, hsize, deadline[j], j)
                         continue
-                    out_reason[j] = R_NOT_ENROLLED
+                    out_reason[j] = rc.NOT_ENROLLED
                 elif p_op[p] != op[j]:
-                    out_reason[j] = R_WRONG_OPERATOR
+                    out_reason[j] = rc.WRONG_OPERATOR
                 elif p_kind[p] != kind[j]:
-                    out_reason[j] = R_KIND_NOT_ELIGIBLE
+                    out_reason[j] = rc.KIND_NOT_ELIGIBLE
                 elif day[j] < p_day[p]:
-                    out_reason[j] = R_BEFORE_APPLICATION
+                    out_reason[j] = rc.BEFORE_APPLICATION
                 else:
                     before = person_total(p_c[p], p_r[p], rate, cap, rounding)
                     p_c[p] += amount[j]
@@ -369,7 +428,7 @@ def decide(
                 overdue = (not final and ts[j] != NO_TIME_K and deadline[j] < stream_time)
                 if eo < 0 and overdue:
                     # its wait would already be over: decided at once (rules, Order)
-                    out_reason[j] = R_ORIGINAL_NOT_FOUND
+                    out_reason[j] = rc.ORIGINAL_NOT_FOUND
                 elif eo < 0 or (e_kind[eo] != KIND_REFUND and e_status[eo] == PENDING):
                     # wait for the original (or with it, even when overdue: the
                     # original's own decision releases it)
@@ -378,11 +437,11 @@ def decide(
                         _heap_push(hk, hv, hsize, deadline[j], j)
                     continue
                 elif e_kind[eo] == KIND_REFUND:
-                    out_reason[j] = R_ORIGINAL_NOT_FOUND
+                    out_reason[j] = rc.ORIGINAL_NOT_FOUND
                 elif e_status[eo] == REJECTED:
-                    out_reason[j] = R_ORIGINAL_NOT_ELIGIBLE
+                    out_reason[j] = rc.ORIGINAL_NOT_ELIGIBLE
                 elif amount[j] + e_refunded[eo] > e_amount[eo]:
-                    out_reason[j] = R_REFUND_EXCEEDS_ORIGINAL
+                    out_reason[j] = rc.REFUND_EXCEEDS_ORIGINAL
                 else:
                     e_refunded[eo] += amount[j]
                     before = person_total(p_c[p], p_r[p], rate, cap, rounding)
@@ -404,7 +463,7 @@ def decide(
         for j in range(n):
             if out_reason[j] != PARKED:
                 continue
-            out_reason[j] = R_ORIGINAL_NOT_FOUND if kind[j] == KIND_REFUND else R_NOT_ENROLLED
+            out_reason[j] = rc.ORIGINAL_NOT_FOUND if kind[j] == KIND_REFUND else rc.NOT_ENROLLED
             out_seq[j] = seq
             seq += 1
             if rec_entry[j] >= 0:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.rules import kernel
+from engine.rules.marshal import new_decided, new_entries, new_people, records_of, terms_of
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.rules.strings import person_codes
 from engine.rules.validate import (
@@ -93,42 +94,22 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
         txn_job = pool.submit(dictionary_codes, txn.txn_id, txn.original_txn_id)
         (pe, pt), n_people = people_job.result()
         (tt, to), n_codes = txn_job.result()
-    n_people = max(n_people, 1)
-    people = (np.full(n_people, -1, np.int32), np.full(n_people, -1, np.int8),
-              np.zeros(n_people, np.int32), np.zeros(n_people, np.int64),
-              np.zeros(n_people, np.int64), np.zeros(n_people, np.int64))
+    people = new_people(n_people)
     enr_out = _run(people, enr, kernel.ENROLLMENT, pe, np.full(ne, -1, np.int64),
                    np.full(ne, -1, np.int64), 1, campaign)
     txn_out = _run(people, txn, kernel.TRANSACTION, pt, tt, to, max(n_codes, 1), campaign)
-    return Decisions(enr_out[0], txn_out[0], txn_out[1], txn_out[2], enr_out[3],
-                     txn_out[3] + ne, pt, n_people)
+    return Decisions(enr_out.reason, txn_out.reason, txn_out.points, txn_out.cum,
+                     enr_out.seq, txn_out.seq + ne, pt, max(n_people, 1))
 
 
-def _run(people: tuple[np.ndarray, ...], v: Validated, typ: int, person: np.ndarray,
+def _run(people: kernel.People, v: Validated, typ: int, person: np.ndarray,
          txn: np.ndarray, orig: np.ndarray, n_codes: int, campaign: Campaign
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    n = v.n
-    cap_e = n if typ == kernel.TRANSACTION else 0
-    e = [np.zeros(cap_e, np.int32), np.zeros(cap_e, np.int32), np.zeros(cap_e, np.int64),
-         np.zeros(cap_e, np.int8), np.zeros(cap_e, np.int64), np.zeros(cap_e, np.int64),
-         np.zeros(cap_e, np.int64), np.zeros(cap_e, np.int8), np.zeros(cap_e, np.int64),
-         np.zeros(cap_e, np.int64)]
-    out_reason = np.zeros(n, np.int8)
-    out_points = np.zeros(n, np.int64)
-    out_cum = np.zeros(n, np.int64)
-    out_seq = np.zeros(n, np.int64)
-    kernel.decide(  # type: ignore[call-arg]
-        *people,
-        np.full(n, typ, np.int8), v.reason, person.astype(np.int32), v.op, v.kind,
-        v.amount, v.at, v.day, txn, orig,
-        np.full(n, NO_TIME, np.int64), np.zeros(n, np.int64),
-        v.flag_a, v.flag_b, v.flag_c, np.zeros(n, np.int8),
-        *e, 0, n_codes,
-        campaign.rate_percent, campaign.cap_points, int(campaign.rounding), False, True,
-        NO_TIME, campaign.person_limit,
-        out_reason, out_points, out_cum, out_seq,
-    )
-    return out_reason, out_points, out_cum, out_seq
+         ) -> kernel.Decided:
+    out = new_decided(v.n)
+    kernel.decide(people, records_of(v, typ, person.astype(np.int32), txn, orig),
+                  new_entries(v.n if typ == kernel.TRANSACTION else 0), 0, n_codes,
+                  terms_of(campaign, streaming=False), NO_TIME, out)
+    return out
 
 
 @dataclass(frozen=True)

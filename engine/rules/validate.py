@@ -432,9 +432,9 @@ class Validated:
     at: np.ndarray              # int64 µs: occurred_at / applied_at
     day: np.ndarray             # int32 JST day of ``at``
     received: np.ndarray        # int64 µs, NO_TIME when absent
-    flag_a: np.ndarray          # bool: txn LATE          | enrollment ENROLLMENT_CLOSED
-    flag_b: np.ndarray          # bool: txn OUTSIDE_WINDOW| enrollment SELECTION_NOT_OPEN
-    flag_c: np.ndarray          # bool: -                 | enrollment INVALID_EARN_ON
+    too_late: np.ndarray        # bool: txn LATE           | enrollment ENROLLMENT_CLOSED
+    outside: np.ndarray         # bool: txn OUTSIDE_WINDOW | enrollment SELECTION_NOT_OPEN
+    bad_earn_on: np.ndarray     # bool: -                  | enrollment INVALID_EARN_ON
     earn_given: np.ndarray      # bool (enrollments)
 
 
@@ -602,7 +602,7 @@ def validate_transactions(s: Shaped, campaign: Campaign, registry: Registry) -> 
         txn_id=_keep(s.columns["txn_id"], txn_ok & ~pii),
         original_txn_id=_keep(s.columns["original_txn_id"], orig_ok & ~pii),
         op=op, kind=kind, amount=amount, at=occurred, day=day, received=received,
-        flag_a=late, flag_b=outside, flag_c=np.zeros(n, dtype=np.bool_),
+        too_late=late, outside=outside, bad_earn_on=np.zeros(n, dtype=np.bool_),
         earn_given=np.zeros(n, dtype=np.bool_),
     )
 
@@ -644,9 +644,9 @@ def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> V
         txn_id=nulls, original_txn_id=nulls,
         op=op, kind=effective, amount=np.zeros(n, dtype=np.int64), at=applied,
         day=day, received=received,
-        flag_a=applied >= campaign.enroll_end,
-        flag_b=day < opens[op],
-        flag_c=~earn_ok,
+        too_late=applied >= campaign.enroll_end,
+        outside=day < opens[op],
+        bad_earn_on=~earn_ok,
         earn_given=given,
     )
 
@@ -665,7 +665,7 @@ def concat_validated(parts: list[Validated], record_type: str) -> Validated:
         return np.concatenate(vals)
 
     names = ("reason", "detail", "mykey_id", "operator_id", "txn_id", "original_txn_id", "op",
-             "kind", "amount", "at", "day", "received", "flag_a", "flag_b", "flag_c",
+             "kind", "amount", "at", "day", "received", "too_late", "outside", "bad_earn_on",
              "earn_given")
     return Validated(n=sum(p.n for p in parts), record_type=record_type,
                      **{k: cat(k) for k in names})

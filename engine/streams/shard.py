@@ -14,6 +14,14 @@ from typing import Any
 import numpy as np
 
 from engine.rules import kernel
+from engine.rules.marshal import (
+    fill_records,
+    new_decided,
+    new_entries,
+    new_people,
+    new_records,
+    terms_of,
+)
 from engine.rules.model import KIND_NAMES, NO_TIME, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import kafka_partitions, rfc3339_utc
@@ -61,6 +69,7 @@ class ShardDecider:
         self.registry = registry
         self.partitions = partitions
         self.op_ids = [o.id for o in registry.operators]
+        self.terms = terms_of(campaign, streaming=True)
 
     def decide(self, store: ShardStore, partition: int, enr: InBatch | None,
                txn: InBatch | None) -> ShardResult:
@@ -122,7 +131,7 @@ class ShardDecider:
 
         new_st = store.meta.stream_time
         if txn is not None and txn.v.n:
-            r = txn.v.received[(txn.v.received != NO_TIME) & ~txn.v.flag_a]
+            r = txn.v.received[(txn.v.received != NO_TIME) & ~txn.v.too_late]
             if len(r):
                 new_st = max(new_st, int(r.max()))
         for key, due in list(store.parked.items()):
@@ -147,21 +156,7 @@ class ShardDecider:
 
         n_pre = len(pre)
         n = n_pre + sum(len(k[2]) for k in keep)
-        typ_a = np.zeros(n, np.int8)
-        reason = np.zeros(n, np.int8)
-        pers = np.full(n, -1, np.int32)
-        op = np.full(n, -1, np.int32)
-        kind = np.zeros(n, np.int8)
-        amount = np.zeros(n, np.int64)
-        at = np.zeros(n, np.int64)
-        day = np.zeros(n, np.int32)
-        txc = np.full(n, -1, np.int64)
-        orc = np.full(n, -1, np.int64)
-        ts = np.full(n, NO_TIME, np.int64)
-        fa = np.zeros(n, np.bool_)
-        fb = np.zeros(n, np.bool_)
-        fc = np.zeros(n, np.bool_)
-        preparked = np.zeros(n, np.int8)
+        recs = new_records(n)
         # prior registry entries the batch can touch
         entries: dict[tuple[int, str], int] = {}
         e_rows: list[tuple[int, int, str, TxnEntry, int]] = []
@@ -181,112 +176,76 @@ class ShardDecider:
 
         for j, (pi, pk) in enumerate(pre):
             opc = self.registry.code(pk.operator_id)
-            typ_a[j] = kernel.TRANSACTION
-            pers[j] = pi
-            op[j] = opc
-            kind[j] = pk.kind
-            amount[j] = pk.amount
-            at[j] = pk.at
-            day[j] = pk.day
-            txc[j] = code(pk.txn_id)
-            orc[j] = code(pk.orig)
-            ts[j] = pk.received
-            preparked[j] = 1
+            recs.typ[j] = kernel.TRANSACTION
+            recs.person[j] = pi
+            recs.op[j] = opc
+            recs.kind[j] = pk.kind
+            recs.amount[j] = pk.amount
+            recs.at[j] = pk.at
+            recs.day[j] = pk.day
+            recs.txn[j] = code(pk.txn_id)
+            recs.orig[j] = code(pk.orig)
+            recs.received[j] = pk.received
+            recs.preparked[j] = 1
             want_entry(pi, opc, pk.txn_id, j)
             want_entry(pi, opc, pk.orig, -1)
         j = n_pre
         spans: list[tuple[InBatch, int, Any]] = []
-        for b, typ, idx, pidx in keep:
-            m = len(idx)
+        for b, typ, rows, pidx in keep:
+            m = len(rows)
             sl = slice(j, j + m)
             v = b.v
-            typ_a[sl] = typ
-            reason[sl] = v.reason[idx]
-            pers[sl] = pidx
-            op[sl] = v.op[idx]
-            kind[sl] = v.kind[idx]
-            amount[sl] = v.amount[idx]
-            at[sl] = v.at[idx]
-            day[sl] = v.day[idx]
-            ts[sl] = v.received[idx]
-            fa[sl] = v.flag_a[idx]
-            fb[sl] = v.flag_b[idx]
-            fc[sl] = v.flag_c[idx]
+            fill_records(recs, sl, typ, v, rows, np.asarray(pidx, np.int32))
             if typ == kernel.TRANSACTION:
                 tids = v.txn_id.to_pylist()
                 oids = v.original_txn_id.to_pylist()
-                for q, i in enumerate(idx):
+                for q, i in enumerate(rows.tolist()):
                     if pidx[q] < 0:
                         continue
                     t, o = tids[i], oids[i]
-                    txc[j + q] = code(t)
-                    orc[j + q] = code(o)
+                    recs.txn[j + q] = code(t)
+                    recs.orig[j + q] = code(o)
                     opc = int(v.op[i])
                     want_entry(pidx[q], opc, t, -1)
                     want_entry(pidx[q], opc, o, -1)
-            spans.append((b, j, idx))
+            spans.append((b, j, rows))
             j += m
 
         # --- per person state and registry arrays
-        np_ = max(len(plist), 1)
-        p_op = np.full(np_, -1, np.int32)
-        p_kind = np.full(np_, -1, np.int8)
-        p_day = np.zeros(np_, np.int32)
-        p_c = np.zeros(np_, np.int64)
-        p_r = np.zeros(np_, np.int64)
-        p_n = np.zeros(np_, np.int64)
+        people_a = new_people(len(plist))
         for pi, st in enumerate(states):
             if st.enr_op is not None:
-                p_op[pi] = self.registry.code(st.enr_op)
-                p_kind[pi] = st.enr_kind
-                p_day[pi] = st.enr_day
-            p_c[pi] = st.c
-            p_r[pi] = st.r
-            p_n[pi] = len(st.txns)
+                people_a.op[pi] = self.registry.code(st.enr_op)
+                people_a.kind[pi] = st.enr_kind
+                people_a.day[pi] = st.enr_day
+            people_a.c[pi] = st.c
+            people_a.r[pi] = st.r
+            people_a.n[pi] = len(st.txns)
         n0 = len(e_rows)
-        cap_e = n0 + n
-        e_person = np.zeros(cap_e, np.int32)
-        e_op = np.zeros(cap_e, np.int32)
-        e_txn = np.zeros(cap_e, np.int64)
-        e_kind = np.zeros(cap_e, np.int8)
-        e_amount = np.zeros(cap_e, np.int64)
-        e_at = np.zeros(cap_e, np.int64)
-        e_orig = np.zeros(cap_e, np.int64)
-        e_status = np.zeros(cap_e, np.int8)
-        e_refunded = np.zeros(cap_e, np.int64)
-        e_rec = np.full(cap_e, -1, np.int64)
+        reg = new_entries(n0 + n)
         for e, (pi, opc, tid, ent, rec) in enumerate(e_rows):
-            e_person[e] = pi
-            e_op[e] = opc
-            e_txn[e] = code(tid)
-            e_kind[e] = ent.kind
-            e_amount[e] = ent.amount
-            e_at[e] = ent.at
-            e_orig[e] = code(ent.orig)
-            e_status[e] = ent.status
-            e_refunded[e] = ent.refunded
-            e_rec[e] = rec
-        out_reason = np.zeros(n, np.int8)
-        out_points = np.zeros(n, np.int64)
-        out_cum = np.zeros(n, np.int64)
-        out_seq = np.zeros(n, np.int64)
-        deadline = np.where(ts == NO_TIME, NO_TIME, ts + timeout)
-        n_entries, st_after, _ = kernel.decide(  # type: ignore[call-arg]
-            p_op, p_kind, p_day, p_c, p_r, p_n,
-            typ_a, reason, pers, op, kind, amount, at, day, txc, orc, ts, deadline,
-            fa, fb, fc, preparked.copy(),
-            e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded,
-            e_rec, n0, max(len(codes), 1),
-            camp.rate_percent, camp.cap_points, int(camp.rounding), True, False,
-            store.meta.stream_time, camp.person_limit,
-            out_reason, out_points, out_cum, out_seq,
-        )
+            reg.person[e] = pi
+            reg.op[e] = opc
+            reg.txn[e] = code(tid)
+            reg.kind[e] = ent.kind
+            reg.amount[e] = ent.amount
+            reg.at[e] = ent.at
+            reg.orig[e] = code(ent.orig)
+            reg.status[e] = ent.status
+            reg.refunded[e] = ent.refunded
+            reg.rec[e] = rec
+        ts = recs.received
+        recs.deadline[:] = np.where(ts == NO_TIME, NO_TIME, ts + timeout)
+        out = new_decided(n)
+        n_entries, st_after, _ = kernel.decide(
+            people_a, recs, reg, n0, max(len(codes), 1), self.terms, store.meta.stream_time,
+            out)
         store.meta.stream_time = int(st_after)
 
         # --- outcomes, in decision order
         strs = list(codes)
-        order = np.argsort(np.where(out_reason == kernel.PARKED, np.iinfo(np.int64).max,
-                                    out_seq), kind="stable")
+        order = np.argsort(np.where(out.reason == kernel.PARKED, np.iinfo(np.int64).max,
+                                    out.seq), kind="stable")
         span_of = np.full(n, -1, np.int64)
         row_of = np.full(n, -1, np.int64)
         for si, (_b, start, idx) in enumerate(spans):
@@ -299,18 +258,18 @@ class ShardDecider:
                         "operator_id": b.v.operator_id.to_pylist(),
                         "txn_id": b.v.txn_id.to_pylist()}
         cap = camp.cap_points
-        reason_l = out_reason.tolist()
+        reason_l = out.reason.tolist()
         order_l = order.tolist()
         decided = [j for j in order_l if reason_l[j] != kernel.PARKED]
-        points_l = out_points.tolist()
-        cum_l = out_cum.tolist()
-        kind_l = kind.tolist()
-        amount_l = amount.tolist()
+        points_l = out.points.tolist()
+        cum_l = out.cum.tolist()
+        kind_l = recs.kind.tolist()
+        amount_l = recs.amount.tolist()
         span_l = span_of.tolist()
         row_l = row_of.tolist()
-        typ_l = typ_a.tolist()
+        typ_l = recs.typ.tolist()
         accepted = [j for j in decided if reason_l[j] == 0 and typ_l[j] == kernel.TRANSACTION]
-        occurred = dict(zip(accepted, rfc3339_utc(at[accepted]), strict=True)) if accepted \
+        occurred = dict(zip(accepted, rfc3339_utc(recs.at[accepted]), strict=True)) if accepted \
             else {}
         for j in decided:
             r = reason_l[j]
@@ -353,11 +312,11 @@ class ShardDecider:
 
         # --- new state of every involved person
         for pi, st in enumerate(states):
-            st.enr_op = self.op_ids[p_op[pi]] if p_op[pi] >= 0 else None
-            st.enr_kind = int(p_kind[pi])
-            st.enr_day = int(p_day[pi])
-            st.c = int(p_c[pi])
-            st.r = int(p_r[pi])
+            st.enr_op = self.op_ids[people_a.op[pi]] if people_a.op[pi] >= 0 else None
+            st.enr_kind = int(people_a.kind[pi])
+            st.enr_day = int(people_a.day[pi])
+            st.c = int(people_a.c[pi])
+            st.r = int(people_a.r[pi])
             st.parked = []
         for (pi, typ), w in wm_new.items():
             st = states[pi]
@@ -368,23 +327,25 @@ class ShardDecider:
         ne = int(n_entries)
         op_ids = self.op_ids
         for pe, oe, te, ke, ae, ate, ore, se, re_ in zip(
-                e_person[:ne].tolist(), e_op[:ne].tolist(), e_txn[:ne].tolist(),
-                e_kind[:ne].tolist(), e_amount[:ne].tolist(), e_at[:ne].tolist(),
-                e_orig[:ne].tolist(), e_status[:ne].tolist(), e_refunded[:ne].tolist(),
+                reg.person[:ne].tolist(), reg.op[:ne].tolist(), reg.txn[:ne].tolist(),
+                reg.kind[:ne].tolist(), reg.amount[:ne].tolist(), reg.at[:ne].tolist(),
+                reg.orig[:ne].tolist(), reg.status[:ne].tolist(), reg.refunded[:ne].tolist(),
                 strict=True):
             states[pe].txns[txn_key(op_ids[oe], strs[te])] = TxnEntry(
                 ke, ae, ate, strs[ore] if ore >= 0 else None, se, re_)
-        for j in np.flatnonzero(out_reason == kernel.PARKED).tolist():
-            pi = int(pers[j])
+        for j in np.flatnonzero(out.reason == kernel.PARKED).tolist():
+            pi = int(recs.person[j])
             if j < n_pre:
                 pk = pre[j][1]
             else:
                 b, _start, _idx = spans[span_of[j]]
                 i = int(row_of[j])
                 c = cols[int(span_of[j])]
-                pk = Parked(int(b.arrival[i]), int(kind[j]), c["operator_id"][i],
-                            c["txn_id"][i], strs[orc[j]] if orc[j] >= 0 else None,
-                            int(amount[j]), int(at[j]), int(day[j]), int(ts[j]), b.source[i])
+                o = int(recs.orig[j])
+                pk = Parked(int(b.arrival[i]), int(recs.kind[j]), c["operator_id"][i],
+                            c["txn_id"][i], strs[o] if o >= 0 else None, int(recs.amount[j]),
+                            int(recs.at[j]), int(recs.day[j]), int(recs.received[j]),
+                            b.source[i])
             states[pi].parked.append(pk)
         for pi, st in enumerate(states):
             key = plist[pi]
