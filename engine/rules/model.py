@@ -8,6 +8,7 @@ Everything here is immutable and free of I/O; loading these from TOML is
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -35,6 +36,7 @@ class Kind(IntEnum):
 
 
 KIND_NAMES = ("charge", "purchase", "refund")
+OPERATOR_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # an operator id (SETTLEMENT_RULES.md)
 NO_KIND = -1
 
 

@@ -9,7 +9,7 @@ never raises on content, so a poison message cannot stop a partition.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,9 +97,13 @@ class _Segments:
 
 def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                     registry: Registry, max_record_bytes: int,
-                    internal: bool = False) -> InBatch:
+                    internal: bool = False,
+                    source_operator: Callable[[str], str | None] | None = None) -> InBatch:
     """``internal``: the messages come from the engine's own re-routing topic, the
-    only place where a :data:`SOURCE_HEADER` is believed."""
+    only place where a :data:`SOURCE_HEADER` is believed. ``source_operator``: the
+    operator of an input topic (None: not an operator's topic); a record's is that of
+    the topic it was published to (for a re-routed record, the topic its trusted
+    source names), and its ``operator_id`` must match it (OPERATOR_MISMATCH)."""
     seg = _Segments(record_type)
     sources: list[str] = []
     arrival: list[int] = []
@@ -184,11 +188,32 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
                          f"unknown {FORMAT_HEADER} header")
     seg.flush_objs()
+    if source_operator is not None:
+        _set_source_operators(seg.parts, sources, source_operator)
     validate = validate_transactions if record_type == "transaction" else validate_enrollments
     parts = [validate(s, campaign, registry) for s in seg.parts]
     v = concat_validated(parts, record_type)
     return InBatch(v, sources, np.asarray(arrival, dtype=np.int64),
                    np.asarray(rerouted, dtype=np.bool_), bad)
+
+
+def _set_source_operators(parts: list[Shaped], sources: list[str],
+                          operator_of: Callable[[str], str | None]) -> None:
+    """Each record's source operator, from the topic its source names (sources and
+    shaped parts hold the records in the same order)."""
+    by_topic: dict[str, str | None] = {}
+    ops: list[str | None] = []
+    for src in sources:
+        topic = src.partition("/")[0]
+        if topic not in by_topic:
+            by_topic[topic] = operator_of(topic)
+        ops.append(by_topic[topic])
+    if not any(ops):
+        return
+    at = 0
+    for s in parts:
+        s.source_operator = pa.array(ops[at:at + s.n], type=pa.string())
+        at += s.n
 
 
 def concat_batches(batches: list[InBatch]) -> InBatch | None:

@@ -581,7 +581,8 @@ class Worker:
             if not msgs:
                 continue
             b = decode_messages(msgs, record_type, self.campaign, self.registry,
-                                self.max_record_bytes, internal=trusted)
+                                self.max_record_bytes, internal=trusted,
+                                source_operator=self.topics.operator_of)
             self.metrics.observe_records(topic, record_type, b.v.n)
             for kind, k in b.bad_messages.items():
                 self.metrics.bad_message(kind, k)

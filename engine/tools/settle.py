@@ -16,7 +16,7 @@ import pyarrow as pa
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.io.outputs import grants_table, rejections_table, write_atomically
 from engine.io.readers import InputError, read_records
-from engine.rules.model import Campaign, Registry
+from engine.rules.model import OPERATOR_ID, Campaign, Registry
 from engine.rules.settlement import decide_offline
 from engine.rules.validate import (
     Validated,
@@ -39,7 +39,7 @@ class SettleResult:
 # One input file, with the operator its records came from (None: not named, and then
 # OPERATOR_MISMATCH is not checked). On the command line: ``PATH`` or ``OPERATOR=PATH``.
 Input = tuple[str | None, Path]
-_TAGGED = re.compile(r"([a-z0-9][a-z0-9_-]{0,31})=(.+)", re.DOTALL)
+_TAGGED = re.compile(rf"({OPERATOR_ID.pattern})=(.+)", re.DOTALL)
 
 
 def parse_input(text: str, registry: Registry) -> Input:
