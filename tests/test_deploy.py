@@ -479,6 +479,47 @@ ALERT_TESTS = """
     - eval_time: 15m
       alertname: OutcomeLatencyHigh
       exp_alerts: []
+# One operator's records claim another operator: a ticket while the 10 min window holds
+# them, none for the operator with none, none once the window has passed.
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_operator_mismatches_total{operator="paypay", instance="w1"}'
+      values: '0 0 0 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3'
+    - series: 'mynapoint_operator_mismatches_total{operator="aupay", instance="w1"}'
+      values: '0x17'
+  alert_rule_test:
+    - eval_time: 2m
+      alertname: OperatorMismatch
+      exp_alerts: []
+    - eval_time: 5m
+      alertname: OperatorMismatch
+      exp_alerts:
+        - exp_labels: {severity: warning, operator: paypay}
+    - eval_time: 16m
+      alertname: OperatorMismatch
+      exp_alerts: []
+# A worker whose password is refused pages at once; one that is not refused does not.
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_kafka_authentication_failures_total{instance="w1"}'
+      values: '0 0 0 1 2 3 4 5 6 7 8 9 10'
+    - series: 'mynapoint_kafka_authorization_denials_total{instance="w2", resource="group"}'
+      values: '0x12'
+    - series: 'mynapoint_kafka_authorization_denials_total{instance="w3", resource="topic"}'
+      values: '0 0 0 0 0 0 0 0 1 1 1 1 1'
+  alert_rule_test:
+    - eval_time: 2m
+      alertname: KafkaAccessRefused
+      exp_alerts: []
+    - eval_time: 6m
+      alertname: KafkaAccessRefused
+      exp_alerts:
+        - exp_labels: {severity: critical, instance: w1}
+    - eval_time: 10m
+      alertname: KafkaAccessRefused
+      exp_alerts:
+        - exp_labels: {severity: critical, instance: w1}
+        - exp_labels: {severity: critical, instance: w3}
 """
 
 
