@@ -51,11 +51,27 @@ def _origin(source: str) -> tuple[str, int]:
     return where, (int(offset) << SUB_BITS) | int(index or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """A record read on the wrong partition, to be sent to its person's partition on
+    the engine's internal re-routing topic."""
+
+    record_type: str          # "enrollment" | "transaction"
+    partition: int            # its person's partition
+    record: dict[str, Any]    # the record as JSON, as validated (no extra fields)
+    source: str               # where it was first read: topic/partition/offset[#i]
+    received: int             # received_at (µs) or NO_TIME
+
+
+# an outcome message: (key = mykey_id or None, the outcome as JSON)
+Outcome = tuple[bytes | None, dict[str, Any]]
+
+
 @dataclass
 class ShardResult:
-    grants: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
-    rejections: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
-    reroute: list[tuple[str, int, dict[str, Any], str, int]] = field(default_factory=list)
+    grants: list[Outcome] = field(default_factory=list)
+    rejections: list[Outcome] = field(default_factory=list)
+    reroute: list[Reroute] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     outcomes: dict[str, list[str]] = field(default_factory=dict)
     points: int = 0
@@ -72,31 +88,103 @@ class ShardDecider:
         self.terms = terms_of(campaign, streaming=True)
 
     def decide(self, store: ShardStore, partition: int, enr: InBatch | None,
-               txn: InBatch | None) -> ShardResult:
-        res = ShardResult()
-        camp = self.campaign
-        timeout = camp.park_timeout
-        # --- which records are decided here, and which people they involve
-        people: dict[str, int] = {}
-        plist: list[str] = []
-        states: list[PersonState] = []
+               txn: InBatch | None, clock: int | None = None,
+               final: bool = False) -> ShardResult:
+        """Decide the batch's records of ``partition`` against ``store``; stage the
+        state changes in the result. ``clock`` moves stream time without input
+        (expiry); ``final`` decides every waiting record (end of input)."""
+        call = _Call(self, store)
+        call.select(partition, enr, txn)
+        stream_time = store.meta.stream_time if clock is None else max(
+            store.meta.stream_time, clock)
+        call.involve_waiting(stream_time, txn, final)
+        call.marshal()
+        call.run_kernel(self.terms._replace(final=True) if final else self.terms, stream_time)
+        call.outcomes()
+        call.new_state()
+        return call.res
 
-        def person(key: str) -> int:
-            i = people.get(key)
-            if i is None:
-                i = len(plist)
-                people[key] = i
-                plist.append(key)
-                states.append(store.get(key))
-            return i
+    def _reroute_record(self, b: InBatch, i: int, key: str) -> dict[str, Any]:
+        v = b.v
+        rec: dict[str, Any] = {"mykey_id": key, "operator_id": v.operator_id[i].as_py()}
+        if v.received[i] != NO_TIME:
+            rec["received_at"] = format_utc(int(v.received[i]))
+        if v.record_type == "transaction":
+            rec.update(txn_id=v.txn_id[i].as_py(), kind=KIND_NAMES[int(v.kind[i])],
+                       amount=int(v.amount[i]), occurred_at=format_utc(int(v.at[i])))
+            o = v.original_txn_id[i].as_py()
+            if o is not None:
+                rec["original_txn_id"] = o
+        else:
+            rec["applied_at"] = format_utc(int(v.at[i]))
+            if v.earn_given[i]:
+                rec["earn_on"] = KIND_NAMES[int(v.kind[i])]
+        return rec
 
+
+class _Call:
+    """One :meth:`ShardDecider.decide` call, step by step: which records and people,
+    the kernel's arrays, the kernel, the outcomes, the people's new state."""
+
+    def __init__(self, d: ShardDecider, store: ShardStore) -> None:
+        self.d = d
+        self.store = store
+        self.res = ShardResult()
+        self.people: dict[str, int] = {}
+        self.plist: list[str] = []
+        self.states: list[PersonState] = []
+        # (batch, record type, rows decided here, their person index or -1)
+        self.keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
+        self.wm_new: dict[tuple[int, int], int] = {}
+        self.pre: list[tuple[int, Parked]] = []
+        self.codes: dict[str, int] = {}
+        self.entries: dict[tuple[int, str], int] = {}
+        self.e_rows: list[tuple[int, int, str, TxnEntry, int]] = []
+        self.spans: list[tuple[InBatch, int, np.ndarray]] = []
+
+    def person(self, key: str) -> int:
+        i = self.people.get(key)
+        if i is None:
+            i = len(self.plist)
+            self.people[key] = i
+            self.plist.append(key)
+            self.states.append(self.store.get(key))
+        return i
+
+    def code(self, s: str | None) -> int:
+        """Dense code of a txn_id within this call (-1: none)."""
+        if s is None:
+            return -1
+        c = self.codes.get(s)
+        if c is None:
+            c = self.codes[s] = len(self.codes)
+        return c
+
+    def want_entry(self, pi: int, opc: int, txn_id: str | None, rec: int) -> None:
+        """Load the person's registry entry of (operator, txn_id) if there is one;
+        ``rec`` >= 0 names the batch record that waits as that entry."""
+        if txn_id is None or opc < 0:
+            return
+        k = txn_key(self.d.op_ids[opc], txn_id)
+        e = self.entries.get((pi, k))
+        if e is not None:
+            if rec >= 0:
+                self.e_rows[e] = (*self.e_rows[e][:4], rec)
+            return
+        ent = self.states[pi].txns.get(k)
+        if ent is not None:
+            self.entries[(pi, k)] = len(self.e_rows)
+            self.e_rows.append((pi, opc, txn_id, ent, rec))
+
+    # ------------------------------------------------------------------ steps
+    def select(self, partition: int, enr: InBatch | None, txn: InBatch | None) -> None:
+        """Which records are decided here (not re-routed, not already applied), and
+        the people they involve."""
         batches = [(b, t) for b, t in ((enr, kernel.ENROLLMENT), (txn, kernel.TRANSACTION))
                    if b is not None and b.v.n]
-        keep: list[tuple[InBatch, int, Any, list[int]]] = []
-        wm_new: dict[tuple[int, int], int] = {}
         for b, typ in batches:
             keys = b.v.mykey_id.to_pylist()
-            parts = kafka_partitions(b.v.mykey_id, self.partitions).tolist()
+            parts = kafka_partitions(b.v.mykey_id, self.d.partitions).tolist()
             reasons = b.v.reason.tolist()
             arrivals = b.arrival.tolist()
             rerouted = b.rerouted.tolist()
@@ -108,12 +196,12 @@ class ShardDecider:
                     pidx.append(-1)
                     continue
                 if parts[i] != partition:
-                    res.reroute.append((b.v.record_type, parts[i],
-                                        self._reroute_record(b, i, key), b.source[i],
-                                        int(b.v.received[i])))
+                    self.res.reroute.append(Reroute(
+                        b.v.record_type, parts[i], self.d._reroute_record(b, i, key),
+                        b.source[i], int(b.v.received[i])))
                     continue
-                pi = person(key)
-                st = states[pi]
+                pi = self.person(key)
+                st = self.states[pi]
                 arr = arrivals[i]
                 if rerouted[i]:
                     origin, at_origin = _origin(b.source[i])
@@ -123,59 +211,36 @@ class ShardDecider:
                 elif arr <= (st.wm_e if typ == kernel.ENROLLMENT else st.wm_t):
                     continue  # redelivered after a crash; its outcome is already out
                 wk = (pi, typ)
-                if wm_new.get(wk, -1) < arr:
-                    wm_new[wk] = arr
+                if self.wm_new.get(wk, -1) < arr:
+                    self.wm_new[wk] = arr
                 idx.append(i)
                 pidx.append(pi)
-            keep.append((b, typ, np.asarray(idx, dtype=np.int64), pidx))
+            self.keep.append((b, typ, np.asarray(idx, dtype=np.int64), pidx))
 
-        new_st = store.meta.stream_time
+    def involve_waiting(self, stream_time: int, txn: InBatch | None, final: bool) -> None:
+        """Add the people whose waits end in this call (or all, ``final``); their
+        waiting records go first, by arrival."""
+        new_st = stream_time
         if txn is not None and txn.v.n:
             r = txn.v.received[(txn.v.received != NO_TIME) & ~txn.v.too_late]
             if len(r):
                 new_st = max(new_st, int(r.max()))
-        for key, due in list(store.parked.items()):
-            if due < new_st:
-                person(key)
-        # --- waiting records of every involved person go first, by arrival
-        pre: list[tuple[int, Parked]] = []
-        for pi, st in enumerate(states):
+        for key, due in list(self.store.parked.items()):
+            if due < new_st or final:
+                self.person(key)
+        for pi, st in enumerate(self.states):
             for pk in st.parked:
-                pre.append((pi, pk))
-        pre.sort(key=lambda x: x[1].arrival)
+                self.pre.append((pi, pk))
+        self.pre.sort(key=lambda x: x[1].arrival)
 
-        codes: dict[str, int] = {}
-
-        def code(s: str | None) -> int:
-            if s is None:
-                return -1
-            c = codes.get(s)
-            if c is None:
-                c = codes[s] = len(codes)
-            return c
-
-        n_pre = len(pre)
-        n = n_pre + sum(len(k[2]) for k in keep)
-        recs = new_records(n)
-        # prior registry entries the batch can touch
-        entries: dict[tuple[int, str], int] = {}
-        e_rows: list[tuple[int, int, str, TxnEntry, int]] = []
-
-        def want_entry(pi: int, opc: int, txn_id: str | None, rec: int) -> None:
-            if txn_id is None or opc < 0:
-                return
-            k = txn_key(self.op_ids[opc], txn_id)
-            if (pi, k) in entries:
-                if rec >= 0:
-                    e_rows[entries[(pi, k)]] = (*e_rows[entries[(pi, k)]][:4], rec)
-                return
-            ent = states[pi].txns.get(k)
-            if ent is not None:
-                entries[(pi, k)] = len(e_rows)
-                e_rows.append((pi, opc, txn_id, ent, rec))
-
-        for j, (pi, pk) in enumerate(pre):
-            opc = self.registry.code(pk.operator_id)
+    def marshal(self) -> None:
+        """The kernel's records (waiting ones first), people and registry entries."""
+        n_pre = len(self.pre)
+        n = n_pre + sum(len(k[2]) for k in self.keep)
+        recs = self.recs = new_records(n)
+        code, want_entry = self.code, self.want_entry
+        for j, (pi, pk) in enumerate(self.pre):
+            opc = self.d.registry.code(pk.operator_id)
             recs.typ[j] = kernel.TRANSACTION
             recs.person[j] = pi
             recs.op[j] = opc
@@ -190,12 +255,10 @@ class ShardDecider:
             want_entry(pi, opc, pk.txn_id, j)
             want_entry(pi, opc, pk.orig, -1)
         j = n_pre
-        spans: list[tuple[InBatch, int, Any]] = []
-        for b, typ, rows, pidx in keep:
+        for b, typ, rows, pidx in self.keep:
             m = len(rows)
-            sl = slice(j, j + m)
             v = b.v
-            fill_records(recs, sl, typ, v, rows, np.asarray(pidx, np.int32))
+            fill_records(recs, slice(j, j + m), typ, v, rows, np.asarray(pidx, np.int32))
             if typ == kernel.TRANSACTION:
                 tids = v.txn_id.to_pylist()
                 oids = v.original_txn_id.to_pylist()
@@ -208,22 +271,20 @@ class ShardDecider:
                     opc = int(v.op[i])
                     want_entry(pidx[q], opc, t, -1)
                     want_entry(pidx[q], opc, o, -1)
-            spans.append((b, j, rows))
+            self.spans.append((b, j, rows))
             j += m
-
-        # --- per person state and registry arrays
-        people_a = new_people(len(plist))
-        for pi, st in enumerate(states):
+        people = self.people_a = new_people(len(self.plist))
+        for pi, st in enumerate(self.states):
             if st.enr_op is not None:
-                people_a.op[pi] = self.registry.code(st.enr_op)
-                people_a.kind[pi] = st.enr_kind
-                people_a.day[pi] = st.enr_day
-            people_a.c[pi] = st.c
-            people_a.r[pi] = st.r
-            people_a.n[pi] = len(st.txns)
-        n0 = len(e_rows)
-        reg = new_entries(n0 + n)
-        for e, (pi, opc, tid, ent, rec) in enumerate(e_rows):
+                people.op[pi] = self.d.registry.code(st.enr_op)
+                people.kind[pi] = st.enr_kind
+                people.day[pi] = st.enr_day
+            people.c[pi] = st.c
+            people.r[pi] = st.r
+            people.n[pi] = len(st.txns)
+        self.n0 = len(self.e_rows)
+        reg = self.reg = new_entries(self.n0 + n)
+        for e, (pi, opc, tid, ent, rec) in enumerate(self.e_rows):
             reg.person[e] = pi
             reg.op[e] = opc
             reg.txn[e] = code(tid)
@@ -235,54 +296,57 @@ class ShardDecider:
             reg.refunded[e] = ent.refunded
             reg.rec[e] = rec
         ts = recs.received
-        recs.deadline[:] = np.where(ts == NO_TIME, NO_TIME, ts + timeout)
-        out = new_decided(n)
-        n_entries, st_after, _ = kernel.decide(
-            people_a, recs, reg, n0, max(len(codes), 1), self.terms, store.meta.stream_time,
-            out)
-        store.meta.stream_time = int(st_after)
+        recs.deadline[:] = np.where(ts == NO_TIME, NO_TIME, ts + self.d.campaign.park_timeout)
+        # where each kernel record came from: (span, row) of a batch, or -1 (waiting)
+        self.span_of = np.full(n, -1, np.int64)
+        self.row_of = np.full(n, -1, np.int64)
+        for si, (_b, start, rows) in enumerate(self.spans):
+            self.span_of[start:start + len(rows)] = si
+            self.row_of[start:start + len(rows)] = rows
+        self.cols = [{"mykey_id": b.v.mykey_id.to_pylist(),
+                      "operator_id": b.v.operator_id.to_pylist(),
+                      "txn_id": b.v.txn_id.to_pylist()} for b, _s, _r in self.spans]
 
-        # --- outcomes, in decision order
-        strs = list(codes)
+    def run_kernel(self, terms: kernel.Terms, stream_time: int) -> None:
+        self.out = new_decided(len(self.recs.typ))
+        n_entries, st_after, _ = kernel.decide(
+            self.people_a, self.recs, self.reg, self.n0, max(len(self.codes), 1), terms,
+            stream_time, self.out)
+        self.n_entries = int(n_entries)
+        self.store.meta.stream_time = int(st_after)
+
+    def outcomes(self) -> None:
+        """Grants and rejections, in decision order."""
+        res, recs, out, camp = self.res, self.recs, self.out, self.d.campaign
+        n_pre = len(self.pre)
         order = np.argsort(np.where(out.reason == kernel.PARKED, np.iinfo(np.int64).max,
                                     out.seq), kind="stable")
-        span_of = np.full(n, -1, np.int64)
-        row_of = np.full(n, -1, np.int64)
-        for si, (_b, start, idx) in enumerate(spans):
-            span_of[start:start + len(idx)] = si
-            row_of[start:start + len(idx)] = idx
         outcomes: dict[str, list[str]] = {"enrollment": [], "transaction": []}
-        cols: dict[int, dict[str, list[Any]]] = {}
-        for si, (b, _s, _i) in enumerate(spans):
-            cols[si] = {"mykey_id": b.v.mykey_id.to_pylist(),
-                        "operator_id": b.v.operator_id.to_pylist(),
-                        "txn_id": b.v.txn_id.to_pylist()}
         cap = camp.cap_points
         reason_l = out.reason.tolist()
-        order_l = order.tolist()
-        decided = [j for j in order_l if reason_l[j] != kernel.PARKED]
+        decided = [j for j in order.tolist() if reason_l[j] != kernel.PARKED]
         points_l = out.points.tolist()
         cum_l = out.cum.tolist()
         kind_l = recs.kind.tolist()
         amount_l = recs.amount.tolist()
-        span_l = span_of.tolist()
-        row_l = row_of.tolist()
+        span_l = self.span_of.tolist()
+        row_l = self.row_of.tolist()
         typ_l = recs.typ.tolist()
         accepted = [j for j in decided if reason_l[j] == 0 and typ_l[j] == kernel.TRANSACTION]
-        occurred = dict(zip(accepted, rfc3339_utc(recs.at[accepted]), strict=True)) if accepted \
-            else {}
+        occurred = dict(zip(accepted, rfc3339_utc(recs.at[accepted]), strict=True)) \
+            if accepted else {}
         for j in decided:
             r = reason_l[j]
             if j < n_pre:
-                pi, pk = pre[j]
-                key, opid, tid, src = plist[pi], pk.operator_id, pk.txn_id, pk.source
+                pi, pk = self.pre[j]
+                key, opid, tid, src = self.plist[pi], pk.operator_id, pk.txn_id, pk.source
                 rtype = "transaction"
                 detail = None
             else:
                 si = span_l[j]
-                b = spans[si][0]
+                b = self.spans[si][0]
                 i = row_l[j]
-                c = cols[si]
+                c = self.cols[si]
                 key, opid, tid, src = c["mykey_id"][i], c["operator_id"][i], c["txn_id"][i], \
                     b.source[i]
                 rtype = b.v.record_type
@@ -310,22 +374,25 @@ class ShardDecider:
                     "operator_id": opid, "mykey_id": key, "source": src}))
         res.outcomes = outcomes
 
-        # --- new state of every involved person
+    def new_state(self) -> None:
+        """Every involved person's new state, staged as blobs with the meta."""
+        people, reg, recs, out = self.people_a, self.reg, self.recs, self.out
+        states, op_ids = self.states, self.d.op_ids
+        strs = list(self.codes)
         for pi, st in enumerate(states):
-            st.enr_op = self.op_ids[people_a.op[pi]] if people_a.op[pi] >= 0 else None
-            st.enr_kind = int(people_a.kind[pi])
-            st.enr_day = int(people_a.day[pi])
-            st.c = int(people_a.c[pi])
-            st.r = int(people_a.r[pi])
+            st.enr_op = op_ids[people.op[pi]] if people.op[pi] >= 0 else None
+            st.enr_kind = int(people.kind[pi])
+            st.enr_day = int(people.day[pi])
+            st.c = int(people.c[pi])
+            st.r = int(people.r[pi])
             st.parked = []
-        for (pi, typ), w in wm_new.items():
+        for (pi, typ), w in self.wm_new.items():
             st = states[pi]
             if typ == kernel.ENROLLMENT:
                 st.wm_e = max(st.wm_e, w)
             else:
                 st.wm_t = max(st.wm_t, w)
-        ne = int(n_entries)
-        op_ids = self.op_ids
+        ne = self.n_entries
         for pe, oe, te, ke, ae, ate, ore, se, re_ in zip(
                 reg.person[:ne].tolist(), reg.op[:ne].tolist(), reg.txn[:ne].tolist(),
                 reg.kind[:ne].tolist(), reg.amount[:ne].tolist(), reg.at[:ne].tolist(),
@@ -333,22 +400,26 @@ class ShardDecider:
                 strict=True):
             states[pe].txns[txn_key(op_ids[oe], strs[te])] = TxnEntry(
                 ke, ae, ate, strs[ore] if ore >= 0 else None, se, re_)
+        n_pre = len(self.pre)
         for j in np.flatnonzero(out.reason == kernel.PARKED).tolist():
             pi = int(recs.person[j])
             if j < n_pre:
-                pk = pre[j][1]
+                pk = self.pre[j][1]
             else:
-                b, _start, _idx = spans[span_of[j]]
-                i = int(row_of[j])
-                c = cols[int(span_of[j])]
+                si = int(self.span_of[j])
+                b = self.spans[si][0]
+                i = int(self.row_of[j])
+                c = self.cols[si]
                 o = int(recs.orig[j])
                 pk = Parked(int(b.arrival[i]), int(recs.kind[j]), c["operator_id"][i],
                             c["txn_id"][i], strs[o] if o >= 0 else None, int(recs.amount[j]),
                             int(recs.at[j]), int(recs.day[j]), int(recs.received[j]),
                             b.source[i])
             states[pi].parked.append(pk)
+        store, res = self.store, self.res
+        timeout = self.d.campaign.park_timeout
         for pi, st in enumerate(states):
-            key = plist[pi]
+            key = self.plist[pi]
             if st.parked:
                 store.parked[key] = min(p.received for p in st.parked) + timeout
             else:
@@ -356,21 +427,3 @@ class ShardDecider:
             res.blobs[key] = encode(st)
         res.blobs[META_KEY] = encode(store.meta)
         res.parked = len(store.parked)
-        return res
-
-    def _reroute_record(self, b: InBatch, i: int, key: str) -> dict[str, Any]:
-        v = b.v
-        rec: dict[str, Any] = {"mykey_id": key, "operator_id": v.operator_id[i].as_py()}
-        if v.received[i] != NO_TIME:
-            rec["received_at"] = format_utc(int(v.received[i]))
-        if v.record_type == "transaction":
-            rec.update(txn_id=v.txn_id[i].as_py(), kind=KIND_NAMES[int(v.kind[i])],
-                       amount=int(v.amount[i]), occurred_at=format_utc(int(v.at[i])))
-            o = v.original_txn_id[i].as_py()
-            if o is not None:
-                rec["original_txn_id"] = o
-        else:
-            rec["applied_at"] = format_utc(int(v.at[i]))
-            if v.earn_given[i]:
-                rec["earn_on"] = KIND_NAMES[int(v.kind[i])]
-        return rec

@@ -11,14 +11,12 @@ topics and of its two re-routing topics, thanks to range assignment over
 co-partitioned topics):
 
 1. decode and validate the batch (``engine.streams.decode``),
-2. decide it against the partition's stored state (``engine.streams.shard``),
-3. produce outcomes (and records re-routed to their person's partition, on the
-   engine's internal re-routing topics), wait for every acknowledgement,
-4. write the changed state to the changelog (tagged with this worker's fence),
-   wait,
-5. commit the input offsets (with the changelog position as commit metadata),
-6. only then write the state to the local RocksDB checkpoint: a worker whose
-   commit fails has lost the partition and drops its local copy instead.
+2. decide it with the partition's settlement logic (``engine.streams.logic``),
+3. make it durable in the order ``engine.streams.checkpoint`` owns: outcomes and
+   re-routed records acknowledged, then the state snapshot in the changelog
+   (tagged with this worker's fence), then the input offsets committed (with the
+   changelog position as metadata), then the local RocksDB checkpoint; a worker
+   whose commit fails has lost the partition and drops its local copy instead.
 
 A crash anywhere re-runs at most the uncommitted tail; see ``state.py`` for
 why that is harmless. Taking a partition over (checks, fence, restore) runs in
@@ -41,42 +39,35 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import orjson
-import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
-    CommitFailedError,
     GroupAuthorizationFailedError,
-    IllegalStateError,
-    KafkaConnectionError,
     KafkaError,
     TopicAuthorizationFailedError,
 )
-from aiokafka.structs import OffsetAndMetadata
 
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import (
     CHANGELOG_MAX_BYTES,
-    SOURCE_HEADER,
     TopicMismatch,
     Topics,
     ensure_topics,
 )
 from engine.metrics import EngineMetrics
 from engine.ops import health, logs
-from engine.rules.model import Campaign, Reason, Registry
-from engine.rules.strings import kafka_partitions
+from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.streams import recovery
+from engine.streams.checkpoint import Checkpoint, Faults
 from engine.streams.decode import InBatch, concat_batches, decode_messages
-from engine.streams.shard import ShardDecider, ShardResult
+from engine.streams.logic import PartitionLogic
+from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
 
 log = logging.getLogger("mynapoint.worker")
-NO_TIME = -(2**63)
 # A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
 # waiting does not cure a missing permission, so those still stop the worker.
 RETRY_FIRST_SECONDS = 0.5
@@ -121,12 +112,11 @@ class Worker:
         self.state_root = state_dir / topics.group_id
         self.state_dir: Path | None = None      # this process's locked slot
         self._slot_lock: IO[str] | None = None
-        self.stores: dict[int, ShardStore] = {}
         self.refused: dict[int, str] = {}
         self._taking: dict[int, asyncio.Task[None]] = {}
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
-        self.decider: ShardDecider | None = None
+        self.logics: dict[int, PartitionLogic] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.admin: AIOKafkaAdminClient | None = None
@@ -135,13 +125,12 @@ class Worker:
         self._lag_at = 0.0
         self._marker = os.environ.get("MYNAPOINT_BATCH_MARKER")
         self.producer_stale = False  # replace it before the next batch
-        self.faults_injected: set[str] = set()
+        self.faults = Faults()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._lock_slot()
         self.partitions = await ensure_topics(self.bootstrap, self.topics, self.partitions)
-        self.decider = ShardDecider(self.campaign, self.registry, self.partitions)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **default_client())
         await self.admin.start()
         self.producer = self._new_producer()
@@ -180,7 +169,7 @@ class Worker:
             await self.producer.stop()
         if self.admin is not None:
             await self.admin.close()
-        self.close_partitions(set(self.stores))
+        self.close_partitions(set(self.logics))
 
     def _lock_slot(self) -> None:
         """Take the first free state slot under the state root.
@@ -212,7 +201,7 @@ class Worker:
     def assign_partitions(self, parts: set[int]) -> None:
         assert self.consumer is not None
         self.readiness.assign(parts)
-        for p in sorted(parts - set(self.stores)):
+        for p in sorted(parts - set(self.logics)):
             self.readiness.restoring(p)
             self.consumer.pause(*self._tps(p))
             prev = self._taking.get(p)
@@ -233,21 +222,22 @@ class Worker:
             try:
                 await reader.start()
                 store = ShardStore(self.state_dir / f"p{p}", NO_TIME)
-                self._crash_point("takeover")
+                self.faults.point("takeover", self.batches)
                 await self._restore(reader, store, p)
                 async with self.lock:
                     if p not in self._assigned():
                         store.close()
                         return
-                    self.stores[p] = store
+                    self.logics[p] = PartitionLogic(self.campaign, self.registry,
+                                                    self.partitions, p, store)
                     self.consumer.resume(*self._tps(p))
                     self.readiness.restored(p)
                 self.metrics.set_refused(p, False)  # a 0 series, so dashboards show it
                 self.metrics.set_parked(p, len(store.parked))
                 if store.meta.stream_time != NO_TIME:  # status shows it before a batch
                     self.metrics.set_stream_time(p, store.meta.stream_time / 1e6)
-                self.metrics.set_assigned_partitions(len(self.stores))
-                log.info("assigned partitions %s", sorted(self.stores))
+                self.metrics.set_assigned_partitions(len(self.logics))
+                log.info("assigned partitions %s", sorted(self.logics))
                 return
             except recovery.Refused as e:
                 if store is not None:
@@ -307,12 +297,12 @@ class Worker:
             if task is not None and not task.done():
                 task.cancel()
                 self._taking[p] = task  # the next take-over waits for it to let go
-            store = self.stores.pop(p, None)
-            if store is not None:
-                store.close()  # the files stay: a checkpoint for the next owner here
+            logic = self.logics.pop(p, None)
+            if logic is not None:
+                logic.store.close()  # the files stay: a checkpoint for the next owner here
             self.refused.pop(p, None)
         self.metrics.forget_partitions(parts)
-        self.metrics.set_assigned_partitions(len(self.stores))
+        self.metrics.set_assigned_partitions(len(self.logics))
         self.readiness.release(parts)
 
     def _drop_local_state(self, parts: set[int]) -> None:
@@ -321,16 +311,16 @@ class Worker:
         local files included; a new take-over restores from the changelog."""
         assert self.consumer is not None
         for p in parts:
-            store = self.stores.pop(p, None)
-            if store is None:
+            logic = self.logics.pop(p, None)
+            if logic is None:
                 continue
-            store.close()
-            ShardStore.destroy(store.path)
+            logic.store.close()
+            ShardStore.destroy(logic.store.path)
         still = parts & self._assigned()
         self.readiness.release(parts - still)
         if still:
             self.assign_partitions(still)
-        self.metrics.set_assigned_partitions(len(self.stores))
+        self.metrics.set_assigned_partitions(len(self.logics))
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -374,8 +364,8 @@ class Worker:
             # checkpoint matches: no round trip to a coordinator that may be down
             if msgs and tp in assigned:
                 self.consumer.seek(tp, msgs[0].offset)
-        for p in {tp.partition for tp in data} & set(self.stores):
-            self.stores[p].discard_unapplied(self.campaign.park_timeout)
+        for p in {tp.partition for tp in data} & set(self.logics):
+            self.logics[p].discard()
         self.producer_stale = True
 
     async def _replace_producer(self) -> None:
@@ -394,7 +384,7 @@ class Worker:
         assert self.consumer is not None
         c = self.consumer
         assigned = c.assignment()
-        for p in list(self.stores):
+        for p in list(self.logics):
             te = TopicPartition(self.topics.enrollments, p)
             tt = TopicPartition(self.topics.transactions, p)
             if te not in assigned or tt not in assigned:
@@ -417,7 +407,7 @@ class Worker:
         if now - self._lag_at < 1.0:
             return
         self._lag_at = now
-        for p in list(self.stores):
+        for p in list(self.logics):
             for tp in self._tps(p):
                 hw = self.consumer.highwater(tp)
                 if hw is None:
@@ -446,7 +436,6 @@ class Worker:
 
     async def process(self, data: dict[Any, list[Any]]) -> None:
         assert self.producer is not None and self.consumer is not None
-        assert self.decider is not None
         t0 = time.perf_counter()
         if self._marker:
             Path(self._marker).touch()
@@ -454,7 +443,7 @@ class Worker:
         offsets: dict[TopicPartition, Any] = {}
         stamps: list[int] = []
         for tp, msgs in data.items():
-            if tp.partition not in self.stores or not msgs:
+            if tp.partition not in self.logics or not msgs:
                 continue
             by_part[tp.partition][tp.topic] = msgs
             offsets[tp] = msgs[-1]
@@ -473,77 +462,19 @@ class Worker:
                 offsets.pop(tt, None)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
-            inputs = self.stores[p].meta.inputs
+            logic = self.logics[p]
+            inputs = logic.meta.inputs
             for topic, msgs in topics.items():
                 inputs[topic] = [msgs[-1].offset + 1,
                                  recovery.message_crc(msgs[-1].key, msgs[-1].value)]
             t = self.topics
             enr = self._decode(topics, t.enrollments, t.reroute_enrollments, "enrollment")
             txn = self._decode(topics, t.transactions, t.reroute_transactions, "transaction")
-            results[p] = self.decider.decide(self.stores[p], p, enr, txn)
-        self._crash_point("decided")
-        # outcomes (and re-routed records) first: state must never run ahead of them
-        futs: list[asyncio.Future[Any]] = []
-        out: dict[tuple[str, int], list[tuple[bytes | None, bytes, list[Any] | None, Any]]] = \
-            defaultdict(list)
-        for p, res in results.items():
-            for topic, rows in ((self.topics.grants, res.grants),
-                                (self.topics.rejections, res.rejections)):
-                if not rows:
-                    continue
-                parts = kafka_partitions(pa.array([k for k, _ in rows], type=pa.binary()),
-                                         self.partitions).tolist()
-                dumps = orjson.dumps
-                for (key, row), part in zip(rows, parts, strict=True):
-                    out[(topic, part if part >= 0 else p)].append(
-                        (key, dumps(row), None, None))
-            for rtype, target, rec, source, received in res.reroute:
-                topic = (self.topics.reroute_transactions if rtype == "transaction"
-                         else self.topics.reroute_enrollments)
-                # the engine reads a re-routed record's time from its JSON, not from
-                # the message timestamp (which the producer would set to "now")
-                ts = received // 1000 if received != NO_TIME else None
-                out[(topic, target)].append((rec["mykey_id"].encode(), orjson.dumps(rec),
-                                             [(SOURCE_HEADER, source.encode())], ts))
-        for (topic, part), msgs in out.items():
-            futs.extend(f for f, _ in await self._send_all(topic, part, msgs))
-        if futs:
-            await asyncio.gather(*futs)
-        self._crash_point("outputs")
-        # then state: the changelog, tagged with the fence this worker took p under
-        cl_futs: dict[int, list[tuple[Any, int]]] = {}
-        for p, res in results.items():
-            tag = recovery.fence_tag(self.stores[p].meta.fence)
-            msgs2: list[tuple[bytes | None, bytes, Any, Any]] = [
-                (k.encode(), v, tag, None) for k, v in res.blobs.items()]
-            cl_futs[p] = await self._send_all(self.topics.changelog, p, msgs2)
-        last_cl: dict[int, int] = {}
-        for p, fl in cl_futs.items():
-            mds = await asyncio.gather(*(f for f, _ in fl))
-            # a producer batch's metadata carries its base offset
-            last_cl[p] = max((md.offset + n - 1 for md, (_, n) in zip(mds, fl, strict=True)),
-                             default=-1)
-        self._crash_point("state")
-        committed = True
-        if offsets:
-            meta = {tp: OffsetAndMetadata(
-                m.offset + 1,
-                recovery.commit_metadata(max(last_cl.get(tp.partition, -1),
-                                             self.stores[tp.partition].meta.changelog_offset)
-                                         + 1))
-                for tp, m in offsets.items()}
-            try:
-                await self.consumer.commit(meta)
-            except (CommitFailedError, IllegalStateError, KafkaError) as e:
-                committed = False
-                log.warning("offset commit failed (%s: %s): this worker lost partitions %s "
-                            "(or cannot tell); dropping their local state", type(e).__name__,
-                            e, sorted(results))
-        if committed:
-            for p, res in results.items():
-                self.stores[p].apply(res.blobs, last_cl[p])
-            self._crash_point("commit")
-        else:
+            results[p] = logic.decide(enr, txn)
+        self.faults.point("decided", self.batches)
+        cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
+                        self.faults, self.batches)
+        if not await cp.run(results, self.logics, offsets):
             self._drop_local_state(set(results))
         self._observe(results, time.perf_counter() - t0)
         if self._marker:
@@ -555,25 +486,6 @@ class Worker:
         live = lat[(lat >= 0) & (lat < 3600)]
         if len(live):
             self.metrics.observe_outcome_latencies(live)
-
-    def _crash_point(self, stage: str) -> None:
-        """Crash injection for tests: ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs
-        this worker right after ``stage`` ("takeover" of a partition begun,
-        "decided" in memory, "outputs" acknowledged, "state" in the changelog, or
-        "commit" done and the local checkpoint written) of its ``batch``-th batch
-        (0-based), before anything else happens. ``MYNAPOINT_STALL_AT`` (same syntax)
-        SIGSTOPs it there instead, and ``MYNAPOINT_FAIL_AT`` raises a Kafka connection
-        error there, once, as a broker fault would."""
-        here = f"{stage}:{self.batches}"
-        if os.environ.get("MYNAPOINT_CRASH_AT") == here:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if os.environ.get("MYNAPOINT_STALL_AT") == here:
-            # a frozen worker (GC pause, SIGSTOP): the test resumes it with SIGCONT
-            log.warning("stalling at %s (test fault injection)", here)
-            os.kill(os.getpid(), signal.SIGSTOP)
-        if os.environ.get("MYNAPOINT_FAIL_AT") == here and here not in self.faults_injected:
-            self.faults_injected.add(here)
-            raise KafkaConnectionError(f"injected fault after {stage} of batch {self.batches}")
 
     def _decode(self, topics: dict[str, list[Any]], public: str, internal: str,
                 record_type: str) -> InBatch | None:
@@ -596,27 +508,6 @@ class Worker:
             parts.append(b)
         return concat_batches(parts)
 
-    async def _send_all(self, topic: str, partition: int,
-                        msgs: list[tuple[bytes | None, bytes, Any, Any]]
-                        ) -> list[tuple[Any, int]]:
-        """Send many messages with few producer batches (no coroutine per message);
-        returns each batch's delivery future with its record count."""
-        assert self.producer is not None
-        futs: list[tuple[Any, int]] = []
-        batch = self.producer.create_batch()
-        for key, value, headers, ts in msgs:
-            if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                n = batch.record_count()
-                futs.append((await self.producer.send_batch(batch, topic, partition=partition),
-                             n))
-                batch = self.producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                    raise ValueError(f"a message for {topic} exceeds the producer batch size")
-        if batch.record_count():
-            n = batch.record_count()
-            futs.append((await self.producer.send_batch(batch, topic, partition=partition), n))
-        return futs
-
     def _observe(self, results: dict[int, ShardResult], seconds: float) -> None:
         m = self.metrics
         n_rec = 0
@@ -629,13 +520,13 @@ class Worker:
                 m.observe_points([res.points])
             if res.clawed_back:
                 m.observe_points([-res.clawed_back])
-            store = self.stores.get(p)
-            if store is None:  # dropped: this worker lost the partition meanwhile
+            logic = self.logics.get(p)
+            if logic is None:  # dropped: this worker lost the partition meanwhile
                 continue
             m.set_parked(p, res.parked)
             m.set_last_batch(p, time.time())
-            if store.meta.stream_time != NO_TIME:
-                m.set_stream_time(p, store.meta.stream_time / 1e6)
+            if logic.stream_time is not None:
+                m.set_stream_time(p, logic.stream_time / 1e6)
         m.observe_batch(n_rec, seconds)
         self.batches += 1
         self.records += n_rec

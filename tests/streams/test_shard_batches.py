@@ -18,7 +18,7 @@ from engine.io.readers import split_lines
 from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL
 from engine.rules.model import NO_TIME
 from engine.streams.decode import decode_messages
-from engine.streams.shard import ShardDecider
+from engine.streams.logic import PartitionLogic
 from engine.streams.state import ShardStore
 from engine.tools.generate import generate_tables, write_jsonl
 from engine.tools.settle import settle_files
@@ -67,26 +67,31 @@ def test_any_batching_decides_like_offline(campaign, cuts: list[int]) -> None:  
     t_polls, t_where = _messages(t_lines, t_no, "t", cuts)
     where = {**e_where, **t_where}
     store_dir = Path(tempfile.mkdtemp())
-    decider = ShardDecider(DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1)
     grants, rejections = {}, {}
-    store = ShardStore(store_dir / "p0", NO_TIME)
-    polls = [("enrollment", p) for p in e_polls] + [("transaction", p) for p in t_polls]
-    for n, (rtype, poll) in enumerate(polls):
-        batch = decode_messages(poll, rtype, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 20)
-        res = decider.decide(store, 0, batch if rtype == "enrollment" else None,
-                             batch if rtype == "transaction" else None)
-        store.apply(res.blobs, n)
-        if n % 3 == 1:  # a restart between polls: state only from the store
-            store.close()
-            store = ShardStore(store_dir / "p0", NO_TIME)
-            store.rebuild_parked_index(DEFAULT_CAMPAIGN.park_timeout)
+
+    def logic_on_disk() -> PartitionLogic:
+        return PartitionLogic(DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1, 0,
+                              ShardStore(store_dir / "p0", NO_TIME))
+
+    def collect(res) -> None:  # type: ignore[no-untyped-def]
         for _, g in res.grants:
             grants[g["grant_id"]] = (g["points"], g["cumulative_points"], where[g["source"]])
         for _, r in res.rejections:
             rejections[where[r["source"]]] = r["reason"]
-    store.close()
+
+    logic = logic_on_disk()
+    polls = [("enrollment", p) for p in e_polls] + [("transaction", p) for p in t_polls]
+    for n, (rtype, poll) in enumerate(polls):
+        batch = decode_messages(poll, rtype, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 20)
+        collect(logic.decide(batch if rtype == "enrollment" else None,
+                             batch if rtype == "transaction" else None))
+        logic.commit(n)
+        if n % 3 == 1:  # a restart between polls: state only from the store
+            logic.store.close()
+            logic = logic_on_disk()
+            logic.restore([])
     # offline: refunds still waiting at the end of input are rejected; the stream
-    # keeps them waiting (no stream time passes their deadline here)
+    # keeps them waiting (no stream time passes their deadline here) ...
     off_g = {g["grant_id"]: (g["points"], g["cumulative_points"], g["source"])
              for g in off.grants.to_pylist()}
     off_r = {r["source"]: r["reason"] for r in off.rejections.to_pylist()}
@@ -94,3 +99,11 @@ def test_any_batching_decides_like_offline(campaign, cuts: list[int]) -> None:  
     waiting = {s: r for s, r in off_r.items() if s not in rejections}
     assert set(waiting.values()) <= {"ORIGINAL_NOT_FOUND"}
     assert {s: r for s, r in off_r.items() if s in rejections} == rejections
+    # ... until the end of input (the final phase): then every record is decided
+    # exactly as offline
+    final = logic.final()
+    assert len(final.rejections) == len(waiting) and not final.grants
+    collect(final)
+    logic.store.close()
+    assert grants == off_g
+    assert rejections == off_r

@@ -1,0 +1,168 @@
+"""One batch's way to durability, in the only order that is safe.
+
+1. **outcomes** — grants, rejections and re-routed records are produced and every
+   acknowledgement is awaited: state must never run ahead of what operators and
+   finance can see, or a crash would lose outcomes whose effect is in the state;
+2. **state** — each partition's state snapshot goes to its changelog partition,
+   tagged with the fence the worker took the partition under, and is awaited;
+3. **commit** — input offsets are committed with the changelog position as
+   metadata (a take-over checks the changelog still reaches it);
+4. **local** — only then the local checkpoint (RocksDB) is written. A failed commit
+   means the partition was lost: its local copy is dropped instead.
+
+A crash between steps redelivers the batch; the per-person high-water marks in
+the state skip what is already in it, and outcome ids are stable, so a consumer
+sees at most a repeated, identical outcome. :class:`Faults` injects crashes,
+stalls and broker errors at the named points between the steps (tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+)
+from aiokafka.structs import OffsetAndMetadata
+
+from engine.kafka.produce import Message, send_batched
+from engine.kafka.topics import SOURCE_HEADER, Topics
+from engine.rules.model import NO_TIME
+from engine.rules.strings import kafka_partitions
+from engine.streams import recovery
+from engine.streams.logic import PartitionLogic
+from engine.streams.shard import ShardResult
+
+log = logging.getLogger("mynapoint.worker")
+
+STAGES = ("takeover", "decided", "outputs", "state", "commit")
+
+
+class Faults:
+    """Crash injection for tests, at an exact batch and stage.
+
+    ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs the process right after
+    ``stage`` ("takeover" of a partition begun, "decided" in memory, "outputs"
+    acknowledged, "state" in the changelog, or "commit" done and the local
+    checkpoint written) of its ``batch``-th batch (0-based), before anything else
+    happens. ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead (a
+    zombie the test resumes with SIGCONT), and ``MYNAPOINT_FAIL_AT`` raises a Kafka
+    connection error there, once, as a broker fault would."""
+
+    def __init__(self) -> None:
+        self.crash_at = os.environ.get("MYNAPOINT_CRASH_AT")
+        self.stall_at = os.environ.get("MYNAPOINT_STALL_AT")
+        self.fail_at = os.environ.get("MYNAPOINT_FAIL_AT")
+        self.injected: set[str] = set()
+
+    def point(self, stage: str, batch: int) -> None:
+        here = f"{stage}:{batch}"
+        if self.crash_at == here:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.stall_at == here:
+            log.warning("stalling at %s (test fault injection)", here)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if self.fail_at == here and here not in self.injected:
+            self.injected.add(here)
+            raise KafkaConnectionError(f"injected fault after {stage} of batch {batch}")
+
+
+class Checkpoint:
+    """Steps 1–4 for the results of one batch (see the module's docstring)."""
+
+    def __init__(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer,
+                 topics: Topics, partitions: int, faults: Faults, batch: int) -> None:
+        self.producer = producer
+        self.consumer = consumer
+        self.topics = topics
+        self.partitions = partitions
+        self.faults = faults
+        self.batch = batch
+
+    async def run(self, results: dict[int, ShardResult], logics: dict[int, PartitionLogic],
+                  offsets: dict[TopicPartition, Any]) -> bool:
+        """Returns False when the commit failed (the partitions are lost)."""
+        await self.outcomes(results)
+        self.faults.point("outputs", self.batch)
+        changelog = await self.state({p: logics[p] for p in results})
+        self.faults.point("state", self.batch)
+        if not await self.commit(offsets, logics, changelog):
+            return False
+        for p in results:
+            logics[p].commit(changelog[p])
+        self.faults.point("commit", self.batch)
+        return True
+
+    async def outcomes(self, results: dict[int, ShardResult]) -> None:
+        out: dict[tuple[str, int], list[Message]] = defaultdict(list)
+        dumps = orjson.dumps
+        for p, res in results.items():
+            for topic, rows in ((self.topics.grants, res.grants),
+                                (self.topics.rejections, res.rejections)):
+                if not rows:
+                    continue
+                parts = kafka_partitions(pa.array([k for k, _ in rows], type=pa.binary()),
+                                         self.partitions).tolist()
+                for (key, row), part in zip(rows, parts, strict=True):
+                    # a record without a valid key goes to the partition it came from
+                    out[(topic, part if part >= 0 else p)].append((key, dumps(row), None,
+                                                                   None))
+            for rr in res.reroute:
+                topic = (self.topics.reroute_transactions if rr.record_type == "transaction"
+                         else self.topics.reroute_enrollments)
+                # the engine reads a re-routed record's time from its JSON, not from
+                # the message timestamp (which the producer would set to "now")
+                ts = rr.received // 1000 if rr.received != NO_TIME else None
+                out[(topic, rr.partition)].append((rr.record["mykey_id"].encode(),
+                                                   dumps(rr.record),
+                                                   [(SOURCE_HEADER, rr.source.encode())], ts))
+        futs: list[Any] = []
+        for (topic, part), msgs in out.items():
+            futs.extend(f for f, _ in await send_batched(self.producer, topic, part, msgs))
+        if futs:
+            await asyncio.gather(*futs)
+
+    async def state(self, logics: dict[int, PartitionLogic]) -> dict[int, int]:
+        """Write each snapshot to its changelog partition; returns the offset of the
+        last record written per partition (-1: none)."""
+        sent: dict[int, list[tuple[Any, int]]] = {}
+        for p, logic in logics.items():
+            tag = recovery.fence_tag(logic.meta.fence)
+            sent[p] = await send_batched(
+                self.producer, self.topics.changelog, p,
+                ((k.encode(), v, tag, None) for k, v in logic.snapshot().items()))
+        last: dict[int, int] = {}
+        for p, batches in sent.items():
+            mds = await asyncio.gather(*(f for f, _ in batches))
+            last[p] = max((md.offset + n - 1 for md, (_, n) in zip(mds, batches, strict=True)),
+                          default=-1)
+        return last
+
+    async def commit(self, offsets: dict[TopicPartition, Any],
+                     logics: dict[int, PartitionLogic], changelog: dict[int, int]) -> bool:
+        if not offsets:
+            return True
+        meta = {tp: OffsetAndMetadata(
+            m.offset + 1,
+            recovery.commit_metadata(max(changelog.get(tp.partition, -1),
+                                         logics[tp.partition].meta.changelog_offset) + 1))
+            for tp, m in offsets.items()}
+        try:
+            await self.consumer.commit(meta)
+        except (CommitFailedError, IllegalStateError, KafkaError) as e:
+            log.warning("offset commit failed (%s: %s): this worker lost partitions %s "
+                        "(or cannot tell); dropping their local state", type(e).__name__,
+                        e, sorted({tp.partition for tp in offsets}))
+            return False
+        return True

@@ -1,0 +1,96 @@
+"""The settlement of one partition as a small object with named phases.
+
+A runtime drives it (cf. bytewax's ``StatefulBatchLogic``); it knows nothing of
+Kafka, so the aiokafka worker, the tests, and later another runtime (a Faust
+agent) drive the same object:
+
+- :meth:`PartitionLogic.decide` — a batch of enrollments and transactions
+  (already validated, :class:`~engine.streams.decode.InBatch`) → outcomes;
+- :meth:`PartitionLogic.expire` — stream time moved without input → the outcomes
+  of the waits that ended;
+- :meth:`PartitionLogic.final` — end of input (a closed campaign, a file) → every
+  record still waiting is decided without what it waited for;
+- :meth:`PartitionLogic.snapshot` — the state changes not yet durable, to persist;
+  :meth:`PartitionLogic.commit` — they are durable (written to the local copy);
+  :meth:`PartitionLogic.discard` — they never will be (the batch failed half-way);
+- :meth:`PartitionLogic.restore` — changelog records read at a take-over.
+
+The crash-safety order around these phases is the runtime's
+(:mod:`engine.streams.checkpoint`): outcomes acknowledged, then the snapshot
+durable, then input offsets committed, then :meth:`commit`.
+"""
+
+from __future__ import annotations
+
+from engine.rules.model import NO_TIME, Campaign, Registry
+from engine.streams.decode import InBatch
+from engine.streams.shard import ShardDecider, ShardResult
+from engine.streams.state import ShardMeta, ShardStore
+
+
+class PartitionLogic:
+    def __init__(self, campaign: Campaign, registry: Registry, partitions: int,
+                 partition: int, store: ShardStore) -> None:
+        self.partition = partition
+        self.store = store
+        self.park_timeout = campaign.park_timeout
+        self._decider = ShardDecider(campaign, registry, partitions)
+        self._staged: dict[str, bytes] = {}
+
+    # ------------------------------------------------------------------ phases
+    def decide(self, enrollments: InBatch | None, transactions: InBatch | None
+               ) -> ShardResult:
+        return self._stage(self._decider.decide(self.store, self.partition, enrollments,
+                                                transactions))
+
+    def expire(self, stream_time: int) -> ShardResult:
+        """Move stream time to ``stream_time`` (never back) and decide the waits
+        whose deadline it passed."""
+        return self._stage(self._decider.decide(self.store, self.partition, None, None,
+                                                clock=stream_time))
+
+    def final(self) -> ShardResult:
+        return self._stage(self._decider.decide(self.store, self.partition, None, None,
+                                                final=True))
+
+    def snapshot(self) -> dict[str, bytes]:
+        """State records (key → value) changed since the last :meth:`commit`."""
+        return dict(self._staged)
+
+    def commit(self, changelog_offset: int) -> None:
+        """The snapshot is in the changelog up to ``changelog_offset`` (and the input
+        offsets are committed): make it the local checkpoint."""
+        self.store.apply(self._staged, changelog_offset)
+        self._staged = {}
+
+    def discard(self) -> None:
+        """Forget changes that will not become durable: decide again from the
+        local checkpoint."""
+        self._staged = {}
+        self.store.discard_unapplied(self.park_timeout)
+
+    def restore(self, records: list[tuple[bytes, bytes, int, int | None]]) -> int:
+        """Apply changelog records (key, value, offset, fence tag); returns how many
+        a fenced-off writer wrote (ignored)."""
+        ignored = self.store.restore(records)
+        self.store.rebuild_parked_index(self.park_timeout)
+        return ignored
+
+    # ------------------------------------------------------------------ views
+    @property
+    def meta(self) -> ShardMeta:
+        return self.store.meta
+
+    @property
+    def stream_time(self) -> int | None:
+        st = self.store.meta.stream_time
+        return None if st == NO_TIME else st
+
+    @property
+    def waiting(self) -> int:
+        """People with records waiting."""
+        return len(self.store.parked)
+
+    def _stage(self, res: ShardResult) -> ShardResult:
+        self._staged.update(res.blobs)
+        return res
