@@ -131,11 +131,12 @@ class Topics:
         >>> [t.operator_of(x) for x in ("mynapoint.paypay.transactions", "mynapoint.transactions",
         ...                             "mynapoint.mynapoint-engine.reroute-transactions")]
         ['paypay', None, None]
+        >>> Topics("acme.mynapoint").operator_of("acme.mynapoint.paypay.enrollments")
+        'paypay'
         """
-        head, dot, rest = topic.partition(".")
-        if head != self.prefix or not dot:
+        if not topic.startswith(self.prefix + "."):
             return None
-        operator, dot, kind = rest.partition(".")
+        operator, _, kind = topic[len(self.prefix) + 1:].partition(".")
         if kind not in _INPUT_KINDS or not OPERATOR_ID.fullmatch(operator):
             return None
         return operator
