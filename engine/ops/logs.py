@@ -110,7 +110,9 @@ def quiet(name: str) -> Iterator[None]:
         ours = record.name == name or record.name.startswith(name + ".")
         return not ours or record.levelno >= logging.CRITICAL
 
-    handlers = list(logging.getLogger().handlers)
+    # lastResort prints when no handler is configured (a command that never called
+    # configure): silenced too
+    handlers = [*logging.getLogger().handlers, *filter(None, [logging.lastResort])]
     for h in handlers:
         h.addFilter(shown)
     try:
