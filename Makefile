@@ -29,7 +29,7 @@ demo-offline: install
 	    --transactions data/transactions.jsonl --out out/
 
 lint: install
-	$(BIN)/ruff check engine tests bench
+	$(BIN)/ruff check engine tests bench examples
 
 typecheck: install
 	$(BIN)/mypy engine

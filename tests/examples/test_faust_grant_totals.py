@@ -1,0 +1,110 @@
+"""examples/faust_grant_totals.py, a user's own Faust app reading the engine's outputs,
+on the real secured broker: the engine settles a campaign, the Faust app adds up the
+grants per operator in a Faust Table, and its published totals equal the sums of the
+points the engine granted (the same as offline settle's)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from engine.devtools import broker as devbroker
+from engine.devtools import security
+from engine.kafka.client_config import default_client
+from tests.streams.harness import (
+    collect_and_compare,
+    make_scenario,
+    publish,
+    topics_for,
+    worker,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "faust_grant_totals.py"
+
+
+async def _latest_totals(bootstrap: str, topic: str, want: dict[str, int],
+                         timeout: float) -> dict[str, int]:
+    """The newest value per key of ``topic``, read until it equals ``want`` or the
+    time is up (the app creates the topic when it starts)."""
+    end = time.monotonic() + timeout
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                         auto_offset_reset="earliest", enable_auto_commit=False,
+                         metadata_max_age_ms=1000)
+    await c.start()
+    latest: dict[str, int] = {}
+    try:
+        while topic not in await c.topics() and time.monotonic() < end:
+            await asyncio.sleep(1.0)
+        c.subscribe([topic])
+        while time.monotonic() < end and latest != want:
+            got = await c.getmany(timeout_ms=500)
+            for msgs in got.values():
+                for m in msgs:
+                    latest[m.key.decode().strip('"')] = orjson.loads(m.value)
+    finally:
+        await c.stop()
+    return latest
+
+
+def test_a_users_faust_agent_adds_up_the_engines_grants_per_operator(
+        kafka_broker: devbroker.Broker, topic_prefix: object, tmp_path: Path) -> None:
+    bootstrap = kafka_broker.bootstrap
+    prefix = topic_prefix()  # type: ignore[operator]
+    sc = make_scenario(tmp_path / "data", 40, 400, seed=31)
+    publish(bootstrap, prefix, sc, tmp_path / "m.parquet", 50)
+    w = worker(bootstrap, prefix, tmp_path)
+    w.start()
+    try:
+        cmp, grants, _ = collect_and_compare(bootstrap, prefix, sc, tmp_path / "m.parquet")
+    finally:
+        w.stop()
+    assert cmp.equal, str(cmp)
+    want: dict[str, int] = defaultdict(int)
+    for g in sc.offline.grants.to_pylist():
+        want[g["operator_id"]] += g["points"]
+    assert len(want) >= 3 and any(g["points"] < 0 for g in grants.to_pylist()), \
+        "the scenario should span operators and include a claw-back"
+
+    app = f"{prefix}-totals-app"
+    before = asyncio.run(_topics(bootstrap))
+    env = {**os.environ, "GRANT_TOTALS_BROKER": bootstrap,
+           "GRANT_TOTALS_TOPICS": topics_for(prefix).grants,
+           "GRANT_TOTALS_APP": app,
+           "GRANT_TOTALS_CLIENT_CONFIG": str(kafka_broker.credentials(security.ADMIN)),
+           "PYTHONPATH": str(ROOT)}
+    log = (tmp_path / "faust.log").open("wb")
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE), "--datadir", str(tmp_path / "faust"),
+                             "worker", "-l", "warn", "--without-web"],
+                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        got = asyncio.run(_latest_totals(bootstrap, f"{app}-totals", dict(want), 150.0))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert got == dict(want), (tmp_path / "faust.log").read_text()[-3000:]
+    # everything the app created is under its own prefix: one prefixed ACL grants it
+    created = asyncio.run(_topics(bootstrap)) - before
+    assert created and all(t.startswith(f"{app}-") for t in created), created
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
+    await c.start()
+    try:
+        return set(await c.topics())
+    finally:
+        await c.stop()
