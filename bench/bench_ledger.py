@@ -7,7 +7,9 @@
 - reconcile of a claim of ``--claim-rows`` rows (``mynapoint ledger reconcile``).
 
 Every command runs in its own process under ``/usr/bin/time -v`` (wall time,
-interpreter start and imports included); medians of ``--repeat`` runs.
+interpreter start and imports included, and CPU time: user + system, all threads);
+medians of ``--repeat`` runs. The 1-minute load average is sampled around every run
+and reported: on a shared machine wall times are only comparable within a run.
 
     .venv/bin/python bench/bench_ledger.py [--n 10000000] [--claim-rows 1000000] [--repeat 3]
 
@@ -17,13 +19,31 @@ Writes the "## Finance ledger" section of bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_settle import ROOT, WORK, machine, timed, write_section
+from bench_settle import ROOT, WORK, machine, write_section
+
+LOADS: list[float] = []  # 1-minute load averages seen before and after each run
+
+
+def timed(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float, str]:
+    """(wall s, CPU s, stdout) of a command run under /usr/bin/time -v."""
+    LOADS.append(os.getloadavg()[0])
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    LOADS.append(os.getloadavg()[0])
+    if p.returncode not in ok:
+        raise SystemExit(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([0-9.]+)", p.stderr)[1])
+              for k in ("User", "System"))
+    return wall, cpu, p.stdout
 
 DUCKDB_ALONE = """
 import sys, duckdb
@@ -96,10 +116,11 @@ def main() -> int:
     loads = []
     for i in range(a.repeat):
         fresh(led, alone)
-        bw, br = timed(base)
-        lw, lr = timed(load)
-        loads.append((bw, br, lw, lr))
-        print(f"load run {i + 1}: DuckDB alone {bw:.2f} s | ledger load {lw:.2f} s", flush=True)
+        bw, bc, _ = timed(base)
+        lw, lc, _ = timed(load)
+        loads.append((bw, bc, lw, lc))
+        print(f"load run {i + 1}: DuckDB alone {bw:.2f} s ({bc:.1f} CPU s) | ledger load "
+              f"{lw:.2f} s ({lc:.1f} CPU s)", flush=True)
     import duckdb
     with duckdb.connect(str(led), read_only=True) as con:
         grants, rejections, nonzero = con.execute(
@@ -108,36 +129,33 @@ def main() -> int:
     statements = [*ledger_cmd, "statements", "--ledger", str(led), "--out", str(work / "st")]
     timed(statements)
     st_runs = [timed(statements) for _ in range(a.repeat)]
-    print("statements:", ", ".join(f"{w:.2f} s" for w, _ in st_runs), flush=True)
+    print("statements:", ", ".join(f"{w:.2f} s" for w, _, _ in st_runs), flush=True)
     claim = work / "claim.csv"
     op = subprocess.run([py, "-c", MAKE_CLAIM, str(led), str(claim), str(a.claim_rows)],
                         check=True, capture_output=True, text=True).stdout.split()[-1]
     claim_rows = sum(1 for _ in claim.open("rb")) - 1
     reconcile = [*ledger_cmd, "reconcile", "--ledger", str(led), "--operator", op,
                  "--claim", str(claim), "--out", str(work / "rc")]
-    rc_runs = []
-    for _ in range(a.repeat):
-        t0 = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-v", *reconcile], capture_output=True, text=True)
-        rc_runs.append(time.perf_counter() - t0)
-        if p.returncode != 1:  # the claim has differences by construction
-            raise SystemExit(f"reconcile exited {p.returncode}: {p.stderr}")
-    print("reconcile:", ", ".join(f"{w:.2f} s" for w in rc_runs), flush=True)
-    summary = p.stdout.splitlines()
+    # the claim has differences by construction: exit 1
+    rc_runs = [timed(reconcile, ok=(1,)) for _ in range(a.repeat)]
+    print("reconcile:", ", ".join(f"{w:.2f} s" for w, _, _ in rc_runs), flush=True)
+    summary = rc_runs[-1][2].splitlines()
 
-    bw = statistics.median(r[0] for r in loads)
-    lw = statistics.median(r[2] for r in loads)
-    sw = statistics.median(w for w, _ in st_runs)
-    rw = statistics.median(rc_runs)
+    bw, bc, lw, lc = (statistics.median(r[i] for r in loads) for i in range(4))
+    sw, sc = (statistics.median(r[i] for r in st_runs) for i in range(2))
+    rw, rcpu = (statistics.median(r[i] for r in rc_runs) for i in range(2))
 
     def runs(values: list[float]) -> str:
         return ", ".join(f"{v:.2f}" for v in values)
 
     load_runs = runs([r[2] for r in loads])
     base_runs = runs([r[0] for r in loads])
-    st_text = runs([w for w, _ in st_runs])
+    st_text = runs([w for w, _, _ in st_runs])
+    rc_text = runs([r[0] for r in rc_runs])
+    rc_label = f"`mynapoint ledger reconcile`, {claim_rows:,}-row claim of `{op}`"
     verdict = [
-        f"- load ≤ 2× DuckDB alone: {'met' if lw <= 2 * bw else 'missed'} ({lw / bw:.2f}×)",
+        f"- load ≤ 2× DuckDB alone: {'met' if lw <= 2 * bw else 'missed'} ({lw / bw:.2f}× "
+        f"wall; {lc / bc:.2f}× CPU)",
         f"- statements ≤ 2 s: {'met' if sw <= 2 else 'missed'} ({sw:.2f} s)",
         f"- reconcile of a {claim_rows:,}-row claim ≤ 5 s: {'met' if rw <= 5 else 'missed'} "
         f"({rw:.2f} s)",
@@ -150,14 +168,15 @@ Command: `.venv/bin/python bench/bench_ledger.py --n {a.n} --claim-rows {a.claim
 --repeat {a.repeat}` (the settle outputs of {a.n:,} clean generated transactions:
 {grants:,} grants, {nonzero:,} of them non-zero, and {rejections:,} rejections; every
 command in its own process, interpreter start and imports included, medians of
-{a.repeat} runs after a warm-up).
+{a.repeat} runs after a warm-up). 1-minute load average during the runs:
+{min(LOADS):.1f}–{max(LOADS):.1f} (median {statistics.median(LOADS):.1f}) on {os.cpu_count()} cores.
 
-| | wall (median) | runs |
-|---|---|---|
-| baseline: DuckDB alone, `CREATE TABLE AS` from both files | {bw:.2f} s | {base_runs} |
-| `mynapoint ledger load --from` (fresh ledger) | {lw:.2f} s | {load_runs} |
-| `mynapoint ledger statements` | {sw:.2f} s | {st_text} |
-| `mynapoint ledger reconcile`, {claim_rows:,}-row claim of `{op}` | {rw:.2f} s | {runs(rc_runs)} |
+| | wall (median) | CPU s (median) | wall of each run |
+|---|---|---|---|
+| baseline: DuckDB alone, `CREATE TABLE AS` from both files | {bw:.2f} s | {bc:.1f} | {base_runs} |
+| `mynapoint ledger load --from` (fresh ledger) | {lw:.2f} s | {lc:.1f} | {load_runs} |
+| `mynapoint ledger statements` | {sw:.2f} s | {sc:.1f} | {st_text} |
+| {rc_label} | {rw:.2f} s | {rcpu:.1f} | {rc_text} |
 
 Reconcile summary: {'; '.join(summary)}.
 

@@ -3,8 +3,9 @@ of two ledgers (FINANCE_RULES.md, version 1).
 
 Both compare a set of (operator_id, mykey_id, txn_id, points) rows with the
 ledger's non-zero grants by one full outer join in DuckDB (:data:`COMPARE_SQL`);
-reconciliation first sets aside claim rows of another operator and repeats of a
-key. Output rows are sorted by category (text order), then ``txn_id``.
+reconciliation compares the first line of each key of the operator's claim rows,
+and reports claim rows of another operator and the later lines of a repeated key
+separately. Output rows are sorted by category (text order), then ``txn_id``.
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ CATEGORIES = ("duplicate_in_claim", "missing_from_claim", "not_in_ledger", "poin
               "wrong_operator")
 
 # _ours: the ledger's side (operator_id, mykey_id, txn_id, points); _theirs: the other side
-# with a line number (NULL when it has none). One row per key on each side.
+# with a line number (NULL when it has none) and how often the key is listed. One row per
+# key on each side. Kept: the differences, and the keys listed more than once (their
+# ledger points are those of the duplicate_in_claim rows, without a second ledger scan).
 COMPARE_SQL = """
-SELECT CASE WHEN t.txn_id IS NULL THEN 'missing_from_claim'
-            WHEN o.txn_id IS NULL THEN 'not_in_ledger'
-            WHEN o.points <> t.points THEN 'points_differ' END AS category,
-       coalesce(o.operator_id, t.operator_id) AS operator_id,
-       coalesce(o.mykey_id, t.mykey_id) AS mykey_id,
-       coalesce(o.txn_id, t.txn_id) AS txn_id,
-       o.points AS ledger_points, t.points AS claimed_points, t.line AS line
-FROM _ours o FULL OUTER JOIN _theirs t
-  ON o.operator_id = t.operator_id AND o.mykey_id = t.mykey_id AND o.txn_id = t.txn_id
+CREATE OR REPLACE TEMP TABLE _compared AS
+SELECT * FROM (
+    SELECT CASE WHEN t.txn_id IS NULL THEN 'missing_from_claim'
+                WHEN o.txn_id IS NULL THEN 'not_in_ledger'
+                WHEN o.points <> t.points THEN 'points_differ' END AS category,
+           coalesce(o.operator_id, t.operator_id) AS operator_id,
+           coalesce(o.mykey_id, t.mykey_id) AS mykey_id,
+           coalesce(o.txn_id, t.txn_id) AS txn_id,
+           o.points AS ledger_points, t.points AS claimed_points, t.line AS line, t.listed
+    FROM _ours o FULL OUTER JOIN _theirs t
+      ON o.operator_id = t.operator_id AND o.mykey_id = t.mykey_id AND o.txn_id = t.txn_id)
+WHERE category IS NOT NULL OR listed > 1
 """
 
 
@@ -55,9 +61,10 @@ def _nonzero_grants(ledger: str, operator: str | None) -> str:
 
 
 def _finish(con: Any) -> Reconciliation:
+    """The differences: those of :data:`COMPARE_SQL` (run before) and ``_extra``."""
     diffs = con.execute(
-        f"SELECT * FROM ({COMPARE_SQL}) WHERE category IS NOT NULL UNION ALL "
-        "SELECT * FROM _extra "
+        f"SELECT {', '.join(DIFFERENCE_COLUMNS)} FROM _compared WHERE category IS NOT NULL "
+        "UNION ALL SELECT * FROM _extra "
         "ORDER BY category, txn_id, operator_id, mykey_id, line NULLS FIRST").to_arrow_table()
     summary = diffs.group_by("category").aggregate([
         ("category", "count"), ("ledger_points", "sum"), ("claimed_points", "sum")])
@@ -85,28 +92,31 @@ def reconcile(con: Any, operator: str, claim: pa.Table) -> Reconciliation:
     :func:`engine.finance.files.read_csv_input`."""
     con.register("_claim", claim.select(CLAIM_SCHEMA.names).cast(CLAIM_SCHEMA))
     params = {"op": operator}
-    con.execute("CREATE OR REPLACE TEMP TABLE _claim_rows AS SELECT *, "
-                "row_number() OVER (PARTITION BY mykey_id, txn_id ORDER BY line) AS nth "
-                "FROM _claim WHERE operator_id = $op", params)
+    # The first line of each key is compared, its later lines are duplicates: one hash
+    # aggregate finds both (numbering the rows of each key with a window sorted a
+    # million partitions and took most of the time).
+    con.execute("CREATE OR REPLACE TEMP TABLE _theirs AS "
+                "SELECT operator_id, mykey_id, txn_id, arg_min(points, line) AS points, "
+                "min(line) AS line, count(*) AS listed FROM _claim WHERE operator_id = $op "
+                "GROUP BY operator_id, mykey_id, txn_id", params)
     con.execute(f"CREATE OR REPLACE TEMP VIEW _ours AS {_nonzero_grants('main', operator)}")
-    con.execute("CREATE OR REPLACE TEMP VIEW _theirs AS "
-                "SELECT operator_id, mykey_id, txn_id, points, line FROM _claim_rows "
-                "WHERE nth = 1")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _extra AS
-        SELECT 'wrong_operator' AS category, operator_id, mykey_id, txn_id,
-               CAST(NULL AS BIGINT) AS ledger_points, points AS claimed_points, line
-        FROM _claim WHERE operator_id <> $op
-        UNION ALL
-        SELECT 'duplicate_in_claim', c.operator_id, c.mykey_id, c.txn_id, o.points, c.points,
-               c.line
-        FROM _claim_rows c LEFT JOIN _ours o USING (operator_id, mykey_id, txn_id)
-        WHERE c.nth > 1""", params)
     try:
+        con.execute(COMPARE_SQL)
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE _extra AS
+            SELECT 'wrong_operator' AS category, operator_id, mykey_id, txn_id,
+                   CAST(NULL AS BIGINT) AS ledger_points, points AS claimed_points, line
+            FROM _claim WHERE operator_id <> $op
+            UNION ALL
+            SELECT 'duplicate_in_claim', c.operator_id, c.mykey_id, c.txn_id,
+                   k.ledger_points, c.points, c.line
+            FROM _claim c JOIN (SELECT * FROM _compared WHERE listed > 1) k
+              ON c.operator_id = k.operator_id AND c.mykey_id = k.mykey_id
+             AND c.txn_id = k.txn_id AND c.line > k.line""", params)
         return _finish(con)
     finally:
-        for stmt in ("DROP TABLE _extra", "DROP TABLE _claim_rows", "DROP VIEW _ours",
-                     "DROP VIEW _theirs"):
+        for stmt in ("DROP TABLE IF EXISTS _extra", "DROP TABLE IF EXISTS _compared",
+                     "DROP TABLE _theirs", "DROP VIEW _ours"):
             con.execute(stmt)
         con.unregister("_claim")
 
@@ -159,8 +169,9 @@ def diff(con: Any, against: str) -> LedgerDiff:
     role of the claim."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW _ours AS {_nonzero_grants('main', None)}")
     con.execute("CREATE OR REPLACE TEMP VIEW _theirs AS SELECT operator_id, mykey_id, "
-                f"txn_id, points, CAST(NULL AS BIGINT) AS line FROM {against}.grants "
-                "WHERE points <> 0")
+                "txn_id, points, CAST(NULL AS BIGINT) AS line, 1 AS listed "
+                f"FROM {against}.grants WHERE points <> 0")
+    con.execute(COMPARE_SQL)
     con.execute("CREATE OR REPLACE TEMP TABLE _extra AS SELECT * FROM (SELECT "
                 "NULL::VARCHAR AS category, NULL::VARCHAR AS operator_id, "
                 "NULL::VARCHAR AS mykey_id, NULL::VARCHAR AS txn_id, "
@@ -169,7 +180,8 @@ def diff(con: Any, against: str) -> LedgerDiff:
     res = _finish(con)
     people = con.execute(DIFF_PEOPLE_SQL).to_arrow_table()
     operators = con.execute(DIFF_OPERATORS_SQL).to_arrow_table()
-    for stmt in ("DROP TABLE _extra", "DROP VIEW _ours", "DROP VIEW _theirs"):
+    for stmt in ("DROP TABLE _extra", "DROP TABLE _compared", "DROP VIEW _ours",
+                 "DROP VIEW _theirs"):
         con.execute(stmt)
     diffs = res.differences.drop_columns(["line"]).rename_columns(
         ["category", "operator_id", "mykey_id", "txn_id", "ledger_points", "against_points"])

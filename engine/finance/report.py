@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine.finance.statements import jst_month_index, month_text, statements
+from engine.finance.statements import statements
 from engine.rules.model import Campaign, Registry
 
 RULES_VERSIONS = ("SETTLEMENT_RULES.md version 1", "FINANCE_RULES.md version 1")
@@ -121,9 +121,9 @@ def _budget(con: Any, campaign: Campaign) -> tuple[str, str]:
     """The budget chart (cumulative net points by spending month, projected at the
     current pace) and a sentence on when the budget runs out."""
     rows = con.execute(
-        f"SELECT {month_text('m')}, CAST(sum(points) AS BIGINT) FROM "
-        f"(SELECT {jst_month_index('occurred_at')} AS m, points FROM grants) "
-        "GROUP BY m ORDER BY m").fetchall()
+        "SELECT strftime(spending_month, '%Y-%m'), "
+        "CAST(sum(points_granted - points_clawed_back) AS BIGINT) FROM grant_months "
+        "GROUP BY 1 ORDER BY 1").fetchall()
     months = [_month_index(m) for m, _ in rows]
     cumulative: list[int] = []
     for _, p in rows:

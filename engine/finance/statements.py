@@ -1,8 +1,12 @@
 """Monthly statements and the final settlement (FINANCE_RULES.md, version 1).
 
-Both are single DuckDB queries over the ledger. Months are JST calendar months of
-``occurred_at``: the instant is shifted by +9 h and truncated to its month with
-plain integer arithmetic on the epoch, so no time-zone database is involved.
+Both are single DuckDB queries over the ledger's ``grant_months`` table: the
+per-(operator, JST spending month) counts and sums that :func:`engine.finance.
+ledger.append` keeps with the grants. An operator's payout month is its spending
+month shifted by the operator's lag, one to one, so the statement rows are those
+of ``grant_months`` with the month moved and no grant needs to be read again. The
+control totals are computed from the grants themselves, so ``ties_out`` checks the
+derived table against the rows.
 """
 
 from __future__ import annotations
@@ -13,25 +17,12 @@ from typing import Any
 import pyarrow as pa
 
 from engine.finance.ledger import InputError, LedgerError
-from engine.rules.model import JST_OFFSET_US, PAYOUT_MONTHS, Registry
+from engine.rules.model import PAYOUT_MONTHS, Registry
 
 STATEMENT_COLUMNS = ("operator_id", "payout_month", "grants", "points_granted", "clawbacks",
                      "points_clawed_back", "net_points", "people", "net_amount")
 SETTLEMENT_COLUMNS = ("operator_id", "owed_points", "paid_points", "balance")
 ADVANCE_COLUMNS = ("operator_id", "payout_month", "paid_points")
-
-
-def jst_month_index(column: str) -> str:
-    """SQL: the JST calendar month of a TIMESTAMPTZ column as ``year * 12 + month - 1``
-    (integers group several times faster than formatted text; format with
-    :func:`month_text` after grouping)."""
-    local = f"make_timestamp(epoch_us({column}) + {JST_OFFSET_US})"
-    return f"(year({local}) * 12 + month({local}) - 1)"
-
-
-def month_text(index: str) -> str:
-    """SQL: ``YYYY-MM`` of a month index of :func:`jst_month_index`."""
-    return f"printf('%04d-%02d', ({index}) // 12, ({index}) % 12 + 1)"
 
 
 def payout_lags(registry: Registry) -> pa.Table:
@@ -45,33 +36,20 @@ def payout_lags(registry: Registry) -> pa.Table:
 def check_operators(con: Any, registry: Registry, file: str) -> None:
     """Every operator in the ledger must be in the registry (its payout is needed)."""
     con.register("_registry", payout_lags(registry))
-    unknown = con.execute("SELECT DISTINCT operator_id FROM grants WHERE operator_id NOT IN "
+    unknown = con.execute("SELECT DISTINCT operator_id FROM grant_months WHERE operator_id NOT IN "
                           "(SELECT operator_id FROM _registry) ORDER BY 1 LIMIT 1").fetchall()
     if unknown:
         raise LedgerError(f"the ledger has grants of operator {unknown[0][0]!r}, which is "
                           f"not in {file}")
 
 
-STATEMENTS_SQL = f"""
-WITH g AS (
-    SELECT operator_id, mykey_id, points,
-           CASE WHEN kind = 'refund' THEN -amount ELSE amount END AS signed_amount,
-           {jst_month_index("occurred_at")} + r.lag_months AS payout_index
-    FROM grants JOIN _registry r USING (operator_id)
-)
-SELECT operator_id, {month_text("payout_index")} AS payout_month,
-       count(*) FILTER (WHERE points > 0) AS grants,
-       CAST(coalesce(sum(points) FILTER (WHERE points > 0), 0) AS BIGINT) AS points_granted,
-       count(*) FILTER (WHERE points < 0) AS clawbacks,
-       CAST(coalesce(-sum(points) FILTER (WHERE points < 0), 0) AS BIGINT)
-           AS points_clawed_back,
-       CAST(coalesce(sum(points), 0) AS BIGINT) AS net_points,
-       count(DISTINCT mykey_id) FILTER (WHERE points <> 0) AS people,
-       CAST(sum(signed_amount) AS BIGINT) AS net_amount
-FROM g
-GROUP BY operator_id, payout_index
-HAVING count(*) FILTER (WHERE points <> 0) > 0
-ORDER BY operator_id, payout_index
+STATEMENTS_SQL = """
+SELECT operator_id, strftime(spending_month + to_months(r.lag_months), '%Y-%m') AS payout_month,
+       grants, points_granted, clawbacks, points_clawed_back,
+       points_granted - points_clawed_back AS net_points, people, net_amount
+FROM grant_months JOIN _registry r USING (operator_id)
+WHERE grants + clawbacks > 0
+ORDER BY operator_id, payout_month
 """
 
 

@@ -153,3 +153,23 @@ def read_csv(path: Path) -> str:
     data = path.read_bytes()
     assert data.startswith(b"\xef\xbb\xbf"), "CSV for Excel in Japan must start with a BOM"
     return data[3:].decode("utf-8").replace('"', "")
+
+
+def derived(con: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """The ledger's derived tables, sorted, next to their recomputation from its grants
+    by tests/finance/reference.py."""
+    from tests.finance import reference
+
+    grants = ledger.read_table(con, "grant").to_pylist()
+    return {
+        "grant_months": con.execute("SELECT * FROM grant_months ORDER BY ALL").fetchall(),
+        "grant_people": con.execute("SELECT * FROM grant_people ORDER BY ALL").fetchall(),
+        "reference_months": reference.grant_months(grants),
+        "reference_people": reference.grant_people(grants),
+    }
+
+
+def assert_derived_consistent(con: Any) -> None:
+    d = derived(con)
+    assert d["grant_months"] == d["reference_months"]
+    assert d["grant_people"] == d["reference_people"]

@@ -4,7 +4,7 @@ property tests: deliberately simple, sharing nothing with engine/finance."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 JST = timezone(timedelta(hours=9))
@@ -93,3 +93,31 @@ def diff(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[tuple[Any, ..
         elif left[k] != right[k]:
             out.append(("points_differ", op, key, txn, left[k], right[k]))
     return sorted(out, key=lambda r: (r[0], r[3], r[1], r[2]))
+
+
+def spending_month_start(occurred_at: datetime) -> date:
+    local = occurred_at.astimezone(JST)
+    return date(local.year, local.month, 1)
+
+
+def grant_months(grants: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The ledger's ``grant_months``: per (operator, JST spending month) grants,
+    points_granted, clawbacks, points_clawed_back, zero_point_grants, net_amount, people."""
+    groups: dict[tuple[str, date], list[dict[str, Any]]] = defaultdict(list)
+    for g in grants:
+        groups[(g["operator_id"], spending_month_start(g["occurred_at"]))].append(g)
+    rows = []
+    for (op, month), gs in sorted(groups.items()):
+        pos = [g["points"] for g in gs if g["points"] > 0]
+        neg = [g["points"] for g in gs if g["points"] < 0]
+        rows.append((op, month, len(pos), sum(pos), len(neg), -sum(neg),
+                     sum(1 for g in gs if g["points"] == 0),
+                     sum(-g["amount"] if g["kind"] == "refund" else g["amount"] for g in gs),
+                     len({g["mykey_id"] for g in gs if g["points"] != 0})))
+    return rows
+
+
+def grant_people(grants: list[dict[str, Any]]) -> list[tuple[str, date, str]]:
+    """The ledger's ``grant_people``: who had a non-zero grant, per operator and month."""
+    return sorted({(g["operator_id"], spending_month_start(g["occurred_at"]), g["mykey_id"])
+                   for g in grants if g["points"] != 0})

@@ -23,6 +23,7 @@ from engine.finance.ledger import InputError
 from engine.finance.sink import CRASH_ENV, client_options
 from engine.kafka.client_config import default_client
 from engine.tools.compare import compare
+from tests.finance.example import assert_derived_consistent
 from tests.streams.harness import Scenario, collect_and_compare, make_scenario, publish, worker
 
 pytestmark = pytest.mark.kafka
@@ -47,9 +48,20 @@ def rows(path: Path) -> int:
 
 
 def tables(path: Path) -> dict[str, Any]:
+    """The rows and the derived tables (grant_months, grant_people) of a ledger."""
     con = ledger.connect(path)
     try:
-        return {k: ledger.read_table(con, k) for k in ledger.KINDS}
+        return {**{k: ledger.read_table(con, k) for k in ledger.KINDS},
+                **{t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                   for t in ("grant_months", "grant_people")}}
+    finally:
+        con.close()
+
+
+def assert_derived_consistent_file(path: Path) -> None:
+    con = ledger.connect(path)
+    try:
+        assert_derived_consistent(con)
     finally:
         con.close()
 
@@ -105,6 +117,7 @@ def test_stream_ledger_equals_offline_ledger(stream: Stream, tmp_path: Path) -> 
     offline = tmp_path / "collected.duckdb"
     assert cli("load", "--ledger", str(offline), "--from", str(stream.collected)).returncode == 0
     assert tables(path) == tables(offline)
+    assert_derived_consistent_file(path)
     # caught up: a second run reads nothing new and changes nothing
     before = tables(path)
     r = cli(*sink_args(stream.bootstrap, stream.prefix, path))
@@ -145,6 +158,8 @@ def test_sigkill_mid_load_leaves_every_outcome_once(stream: Stream, tmp_path: Pa
     assert r.returncode == 0, r.stderr
     assert rows(path) == total
     assert_equals_offline(stream, path)
+    # the derived tables were written with the rows, so the kills left them consistent
+    assert_derived_consistent_file(path)
 
 
 def fresh_topics(bootstrap: str) -> Any:
