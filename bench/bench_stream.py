@@ -76,7 +76,8 @@ from engine.config import load_campaign  # noqa: E402
 from engine.devtools import broker as devbroker  # noqa: E402
 from engine.devtools import security  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
-from engine.kafka.client_config import ENV, default_client  # noqa: E402
+from engine.kafka.client_config import ENV as CLIENT_CONFIG_ENV  # noqa: E402
+from engine.kafka.client_config import default_client  # noqa: E402
 from engine.kafka.produce import BatchSender, Outgoing  # noqa: E402
 from engine.kafka.topics import Topics, partition_for  # noqa: E402
 from engine.rules.strings import format_utc  # noqa: E402
@@ -896,6 +897,8 @@ def main() -> int:
                     help="with --quick: write bench/RESULTS.md anyway (normally only a full "
                          "run does)")
     ap.add_argument("--keep", action="store_true", help="keep the broker's data afterwards")
+    ap.add_argument("--tls", action="store_true",
+                    help="the broker's listener on SASL_SSL instead of SASL_PLAINTEXT")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="S",
                     help="first wait up to S seconds until other processes leave the CPUs "
                          "alone (default: 900, 0 with --quick)")
@@ -937,10 +940,12 @@ def main() -> int:
     single = make_dataset("single", sz["single_users"], sz["single_txns"], 12)
     live = make_dataset("live", sz["latency_users"], 2 * sz["single_txns"], 13, settle=False)
     port = free_port()
-    broker = devbroker.start(port, data_dir=WORK / "kafka")
-    # the broker is secured (SCRAM, ACLs): this process, the workers and the baseline
-    # it starts all authenticate as admin (engine.kafka.client_config.ENV)
-    os.environ[ENV] = str(broker.credentials(security.ADMIN))
+    broker = devbroker.start(port, data_dir=WORK / "kafka", tls=args.tls)
+    # The local broker is secured (SCRAM, ACLs): every client of the run, in process
+    # or in a worker process, authenticates as admin (the run's topic prefixes have
+    # no ACLs of their own), over TLS with --tls.
+    os.environ[CLIENT_CONFIG_ENV] = str(broker.credentials(security.ADMIN))
+    results["security"] = "SASL_SSL" if args.tls else "SASL_PLAINTEXT"
     CpuAccount.broker_pid = broker.pid
     log(f"broker {broker.bootstrap} up in {broker.startup_seconds or 0:.1f} s")
     if args.wait_quiet:

@@ -72,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("settle", help="settle enrollment and transaction files, or an "
                                       "archive, offline")
-    s.add_argument("--enrollments", default=None)
-    s.add_argument("--transactions", default=None)
+    tagged = ("a file, or OPERATOR=FILE for a file of that operator's records (a record "
+              "naming another operator is OPERATOR_MISMATCH); repeat for several files")
+    s.add_argument("--enrollments", action="append", default=None, metavar="[OPERATOR=]FILE",
+                   help=tagged)
+    s.add_argument("--transactions", action="append", default=None, metavar="[OPERATOR=]FILE",
+                   help=tagged)
     s.add_argument("--archive", default=None, metavar="DIR",
                    help="settle a redacted archive (mynapoint archive) instead of files")
     s.add_argument("--operators", default=None, help="operators.toml (default: shipped)")

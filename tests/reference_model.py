@@ -215,10 +215,17 @@ def _parse_enrollment(rec: object) -> dict:
             "earn_on": None if earn_on is None else KIND_BY_NAME[earn_on]}
 
 
+def _check_source(claimed: str, source: str | None) -> None:
+    """Check 3 of enrollments, 4 of transactions, first half (rules v2)."""
+    if source is not None and claimed != source:
+        raise Rejected("OPERATOR_MISMATCH", f"operator_id is not {source!r}")
+
+
 def _decide_enrollment(rec: object, campaign: Campaign, operators: dict,
-                       enrolled: dict) -> None:
+                       enrolled: dict, source: str | None = None) -> None:
     """Raises Rejected, or records the accepted enrollment in ``enrolled``."""
     e = _parse_enrollment(rec)
+    _check_source(e["operator_id"], source)
     op = operators.get(e["operator_id"])
     if op is None:
         raise Rejected("UNKNOWN_OPERATOR", f"operator_id {e['operator_id']!r} is not known")
@@ -325,7 +332,13 @@ class _Person:
 
 
 def settle_records(enrollments: Sequence[object], transactions: Sequence[object],
-                   campaign: Campaign, registry: Registry) -> list[RefOutcome]:
+                   campaign: Campaign, registry: Registry,
+                   enrollment_sources: Sequence[str | None] | None = None,
+                   transaction_sources: Sequence[str | None] | None = None
+                   ) -> list[RefOutcome]:
+    """``*_sources``: the operator each record came from, None where not known."""
+    enr_src = list(enrollment_sources or [None] * len(enrollments))
+    txn_src = list(transaction_sources or [None] * len(transactions))
     operators = {op.id: op for op in registry.operators}
     enrolled: dict[str, dict] = {}            # mykey_id -> accepted enrollment
     people: dict[str, _Person] = {}
@@ -343,7 +356,7 @@ def settle_records(enrollments: Sequence[object], transactions: Sequence[object]
     # ---- enrollments first, in list order
     for i, rec in enumerate(enrollments):
         try:
-            _decide_enrollment(rec, campaign, operators, enrolled)
+            _decide_enrollment(rec, campaign, operators, enrolled, enr_src[i])
         except Rejected as r:
             emit("enrollment", i, r.reason, r.detail)
         else:
@@ -408,6 +421,7 @@ def settle_records(enrollments: Sequence[object], transactions: Sequence[object]
     for i, rec in enumerate(transactions):
         try:
             t = _parse_transaction(rec, campaign)                  # checks 1-3
+            _check_source(t["operator_id"], txn_src[i])            # check 4
             if t["operator_id"] not in operators:                 # check 4
                 raise Rejected("UNKNOWN_OPERATOR",
                                f"operator_id {t['operator_id']!r} is not known")

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import javaproperties
 import pytest
 import yaml
 
 from engine.cli import build_parser
+from engine.devtools import deployment, security
+from engine.kafka.client_config import parse_client_config
+from engine.kafka.topics import Topics
 from engine.metrics import METRIC_NAMES, EngineMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +29,7 @@ PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
 GRAFANA = ROOT / "deploy/grafana"
 DASHBOARD = GRAFANA / "dashboards/mynapoint.json"
+SECRETS = ROOT / "deploy/secrets"
 
 METRIC_RE = re.compile(r"\bmynapoint_[a-z_]+")
 
@@ -84,6 +90,13 @@ def dashboard_exprs() -> list[str]:
     return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
 
 
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("deploy") / "secrets"
+    deployment.write_secrets(out, ["paypay", "aupay"])
+    return out
+
+
 # -- files parse and reference what exists --------------------------------------------
 
 
@@ -95,12 +108,12 @@ def test_every_deploy_file_parses() -> None:
 
 
 def test_services() -> None:
-    assert set(compose()["services"]) == {"kafka", "worker", "archiver", "prometheus",
-                                          "grafana"}
+    assert set(compose()["services"]) == {"kafka", "kafka-acls", "worker", "archiver",
+                                          "prometheus", "grafana"}
     # the archive, the system of record for replays, outlives the containers
     archiver = service("archiver")
     assert archiver["command"][:2] == ["archive", "--follow"]
-    assert archiver["volumes"] == ["archive:/var/lib/mynapoint/archive"]
+    assert archiver["volumes"][0] == "archive:/var/lib/mynapoint/archive"
     assert "archive" in compose()["volumes"]
     assert service("worker")["environment"]["MYNAPOINT_INPUT_RETENTION"] == "P7D"
     assert service("kafka")["image"] == "apache/kafka:3.9.1"
@@ -108,7 +121,9 @@ def test_services() -> None:
     assert service("grafana")["image"].startswith("grafana/grafana:")
 
 
-def test_every_referenced_file_exists() -> None:
+def test_every_referenced_file_exists(secrets: Path) -> None:
+    """Secrets (deploy/secrets, not in the repository) exist once the deployment's
+    generator has run: checked against a freshly generated directory."""
     c = compose()
     for name, svc in c["services"].items():
         build = svc.get("build")
@@ -116,6 +131,8 @@ def test_every_referenced_file_exists() -> None:
             context = COMPOSE.parent / build["context"]
             assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
         for dst, src in bind_mounts(svc).items():
+            if SECRETS in (src, *src.parents):
+                src = secrets / src.relative_to(SECRETS)
             assert src.exists(), f"{name}: {src} (mounted at {dst}) does not exist"
         for v in svc.get("volumes", []):
             src = v.split(":")[0]
@@ -137,23 +154,26 @@ def test_dockerfile() -> None:
     assert 'ENTRYPOINT ["mynapoint"]' in lines
 
 
+def server_properties() -> dict[str, str]:
+    return javaproperties.loads((ROOT / "deploy/kafka/server.properties").read_text())
+
+
 def test_kafka_is_a_single_kraft_node() -> None:
-    env = service("kafka")["environment"]
-    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
-    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"])
-    listeners = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+    props = server_properties()
+    assert props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.voters"] == f"{props['node.id']}@127.0.0.1:9093"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", service("kafka")["environment"]["CLUSTER_ID"])
+    listeners = dict(item.split("://") for item in props["listeners"].split(","))
     protocols = dict(item.split(":") for item in
-                     env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+                     props["listener.security.protocol.map"].split(","))
     assert set(listeners) == set(protocols)
-    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
-    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in listeners
-    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
-    assert advertised[env["KAFKA_INTER_BROKER_LISTENER_NAME"]] == "kafka:9092"
-    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
-        assert env[key] == "1", key
+    assert props["controller.listener.names"] in listeners
+    assert props["inter.broker.listener.name"] in listeners
+    advertised = dict(item.split("://") for item in props["advertised.listeners"].split(","))
+    assert advertised[props["inter.broker.listener.name"]] == "kafka:9092"
+    for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                "transaction.state.log.min.isr"):
+        assert props[key] == "1", key
     # host ports only on loopback
     for svc in compose()["services"].values():
         for port in svc.get("ports", []):
@@ -170,6 +190,7 @@ def test_worker_command_is_a_valid_cli_call_and_scalable() -> None:
     assert "container_name" not in w and "ports" not in w
     assert service("kafka")["healthcheck"]
     assert w["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert w["depends_on"]["kafka-acls"]["condition"] == "service_completed_successfully"
     # the image's default command is the same call
     text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
@@ -479,6 +500,47 @@ ALERT_TESTS = """
     - eval_time: 15m
       alertname: OutcomeLatencyHigh
       exp_alerts: []
+# One operator's records claim another operator: a ticket while the 10 min window holds
+# them, none for the operator with none, none once the window has passed.
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_operator_mismatches_total{operator="paypay", instance="w1"}'
+      values: '0 0 0 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3'
+    - series: 'mynapoint_operator_mismatches_total{operator="aupay", instance="w1"}'
+      values: '0x17'
+  alert_rule_test:
+    - eval_time: 2m
+      alertname: OperatorMismatch
+      exp_alerts: []
+    - eval_time: 5m
+      alertname: OperatorMismatch
+      exp_alerts:
+        - exp_labels: {severity: warning, operator: paypay}
+    - eval_time: 16m
+      alertname: OperatorMismatch
+      exp_alerts: []
+# A worker whose password is refused pages at once; one that is not refused does not.
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_kafka_authentication_failures_total{instance="w1"}'
+      values: '0 0 0 1 2 3 4 5 6 7 8 9 10'
+    - series: 'mynapoint_kafka_authorization_denials_total{instance="w2", resource="group"}'
+      values: '0x12'
+    - series: 'mynapoint_kafka_authorization_denials_total{instance="w3", resource="topic"}'
+      values: '0 0 0 0 0 0 0 0 1 1 1 1 1'
+  alert_rule_test:
+    - eval_time: 2m
+      alertname: KafkaAccessRefused
+      exp_alerts: []
+    - eval_time: 6m
+      alertname: KafkaAccessRefused
+      exp_alerts:
+        - exp_labels: {severity: critical, instance: w1}
+    - eval_time: 10m
+      alertname: KafkaAccessRefused
+      exp_alerts:
+        - exp_labels: {severity: critical, instance: w1}
+        - exp_labels: {severity: critical, instance: w3}
 """
 
 
@@ -580,3 +642,75 @@ def test_worker_healthcheck_probes_the_health_endpoints() -> None:
     ready.started()
     ready.assign({0})
     assert call("/readyz").startswith("200")
+
+
+# -- SASL_SSL -------------------------------------------------------------------------
+
+
+def test_kafka_speaks_sasl_ssl_only_and_its_controller_is_private() -> None:
+    props = server_properties()
+    protocols = dict(item.split(":") for item in
+                     props["listener.security.protocol.map"].split(","))
+    listeners = dict(item.split("://") for item in props["listeners"].split(","))
+    controller = props["controller.listener.names"]
+    assert {p for name, p in protocols.items() if name != controller} == {"SASL_SSL"}
+    # the ANONYMOUS super user of the PLAINTEXT controller is reachable from nowhere else
+    assert protocols[controller] == "PLAINTEXT"
+    assert listeners[controller].startswith("127.0.0.1:")
+    assert props["sasl.enabled.mechanisms"] == security.MECHANISM
+    assert props["super.users"] == security.SUPER_USERS
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    # every secret the broker reads is a mounted file
+    for key in ("ssl.keystore.location", "ssl.truststore.location"):
+        assert host_path(service("kafka"), props[key]) is not None, key
+    assert not [k for k in props if "jaas" in k or "password" in k]
+
+
+def test_secrets_are_private_and_mounted_only_where_needed(secrets: Path) -> None:
+    for f in secrets.rglob("*"):
+        if f.is_file() and f.name != "ca.pem":
+            assert f.stat().st_mode & 0o077 == 0, f
+    mounted = {name: {src.relative_to(SECRETS).as_posix()
+                      for src in bind_mounts(svc).values()
+                      if SECRETS in (src, *src.parents)}
+               for name, svc in compose()["services"].items()}
+    assert mounted["kafka"] == {"broker.properties", "scram.args", "tls/broker-keystore.pem",
+                                "tls/ca.pem", "credentials/admin.properties"}
+    assert mounted["kafka-acls"] == {"acls.args", "tls/ca.pem", "credentials/admin.properties"}
+    for name in ("worker", "archiver"):
+        assert mounted[name] == {"credentials/engine.properties", "tls/ca.pem"}, name
+        env = service(name)["environment"]["MYNAPOINT_CLIENT_CONFIG"]
+        assert host_path(service(name), env) == SECRETS / "credentials/engine.properties"
+    assert mounted["prometheus"] == mounted["grafana"] == set()
+    assert not any("ca-key.pem" in m for ms in mounted.values() for m in ms)
+
+
+def test_generated_client_files_trust_the_mounted_ca(secrets: Path) -> None:
+    for principal in ("admin", "engine", "finance", "paypay"):
+        # as the container sees it: the mount point holds the generated directory
+        text = (secrets / "credentials" / f"{principal}.properties").read_text()
+        kw = parse_client_config(text.replace(str(deployment.MOUNT), str(secrets)))
+        assert kw["security_protocol"] == "SASL_SSL"
+        assert kw["sasl_plain_username"] == principal
+        assert kw["ssl_context"] is not None
+    text = (secrets / "credentials/engine.properties").read_text()
+    ca = re.search(r"^ssl.truststore.location=(.+)$", text, re.M)
+    assert ca and host_path(service("worker"), ca.group(1)) == SECRETS / "tls/ca.pem"
+    # operators publish from the host: their file names the CA on the host
+    op = (secrets / "credentials/paypay.properties").read_text()
+    assert f"ssl.truststore.location={(secrets / 'tls/ca.pem').resolve()}" in op
+
+
+def test_users_and_acls_are_the_local_brokers(secrets: Path) -> None:
+    scram = (secrets / "scram.args").read_text().splitlines()
+    users = {re.search(r"name=([^,]+),", v).group(1) for v in scram[1::2]}  # type: ignore[union-attr]
+    assert set(scram[0::2]) == {"--add-scram"}
+    assert users == set(security.principals(["paypay", "aupay"]))
+    lines = (secrets / "acls.args").read_text().splitlines()
+    assert [shlex.split(x) for x in lines] == security.acl_plan(Topics(), ["paypay", "aupay"])
+    admin = re.search(r'password="([^"]+)"', (secrets / "broker.properties").read_text())
+    assert admin and f"password={admin.group(1)}]" in "\n".join(scram)
+    # the entrypoint formats with them and passes them in an argument file only
+    start = (ROOT / "deploy/kafka/start.sh").read_text()
+    assert "scram.args" in start and '"@$args"' in start

@@ -19,14 +19,13 @@ from engine.archive.store import Archive
 from engine.io.readers import split_lines
 from engine.kafka.topics import MAX_RECORD_BYTES, REPLAY_HEADER
 from engine.rules.model import Campaign, Reason, Registry
-from engine.rules.validate import Validated
+from engine.rules.validate import Validated, empty_validated
 from engine.streams.decode import (
     Flags,
     InBatch,
     apply_flags,
     concat_batches,
     decode_messages,
-    empty_validated,
     replay_header,
 )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.rules.model import (
     KIND_NAMES,
+    OPERATOR_ID,
     PAYOUT_MONTHS,
     ROUNDING_NAMES,
     US_PER_SECOND,
@@ -36,7 +37,6 @@ __all__ = [
     "parse_duration",
 ]
 
-_OPERATOR_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _DURATION = re.compile(
     r"P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?"
 )
@@ -187,7 +187,7 @@ def load_operators(path: Path | str | None = None) -> Registry:
             if k not in t:
                 raise ConfigError(file, f"{where}.{k}", "required key missing")
         oid = t["id"]
-        if not isinstance(oid, str) or not _OPERATOR_ID.fullmatch(oid):
+        if not isinstance(oid, str) or not OPERATOR_ID.fullmatch(oid):
             raise ConfigError(file, f"{where}.id", "must match [a-z0-9][a-z0-9_-]{0,31}")
         where = f"operators[{i}] ({oid})"
         if oid in seen:

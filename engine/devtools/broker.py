@@ -44,6 +44,7 @@ from typing import Any
 
 from engine.devtools import security
 from engine.kafka.topics import Topics, replication_for
+from engine.rules.model import OPERATOR_ID
 
 KAFKA_VERSION = "3.9.1"
 SCALA_VERSION = "2.13"
@@ -1127,10 +1128,8 @@ def add_operator(bootstrap: str, secrets_root: Path, operator_id: str,
     """A new operator on a running deployment, without a restart: its SCRAM user
     (ConfigCommand, the password through ``--add-config-file``), its ACLs, its client
     properties file (returned)."""
-    import re
-
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", operator_id):
-        raise KafkaError(f"operator id must match [a-z0-9][a-z0-9_-]{{0,31}}: {operator_id!r}")
+    if not OPERATOR_ID.fullmatch(operator_id):
+        raise KafkaError(f"operator id must match {OPERATOR_ID.pattern}: {operator_id!r}")
     try:
         security.principals([operator_id])
     except security.SecurityError as e:

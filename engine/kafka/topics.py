@@ -17,6 +17,7 @@ from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedErr
 from aiokafka.partitioner import murmur2
 
 from engine.kafka.client_config import default_client
+from engine.rules.model import OPERATOR_ID
 
 FORMAT_HEADER = "mynapoint-format"
 # Set by the engine on records it re-routes to their person's partition, on its own
@@ -56,6 +57,9 @@ def input_retention_ms() -> int:
         raise ValueError(f"{INPUT_RETENTION_ENV} must be a positive ISO 8601 duration like "
                          f"P7D, got {text[:40]!r}")
     return ms
+
+
+_INPUT_KINDS = ("enrollments", "transactions")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,25 @@ class Topics:
 
     def is_internal(self, topic: str) -> bool:
         return topic in (self.reroute_enrollments, self.reroute_transactions)
+
+    def operator_of(self, topic: str) -> str | None:
+        """The operator whose input a per-operator topic
+        ``<prefix>.<operator_id>.enrollments|transactions`` is; None for any other
+        topic (the shared inputs, outputs, the engine's own).
+
+        >>> t = Topics("mynapoint")
+        >>> [t.operator_of(x) for x in ("mynapoint.paypay.transactions", "mynapoint.transactions",
+        ...                             "mynapoint.mynapoint-engine.reroute-transactions")]
+        ['paypay', None, None]
+        >>> Topics("acme.mynapoint").operator_of("acme.mynapoint.paypay.enrollments")
+        'paypay'
+        """
+        if not topic.startswith(self.prefix + "."):
+            return None
+        operator, _, kind = topic[len(self.prefix) + 1:].partition(".")
+        if kind not in _INPUT_KINDS or not OPERATOR_ID.fullmatch(operator):
+            return None
+        return operator
 
 
 def partition_for(key: bytes, partitions: int) -> int:

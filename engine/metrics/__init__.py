@@ -12,6 +12,7 @@ Updates are made per batch, not per record, so that metrics stay off the hot pat
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
@@ -31,7 +32,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.rules.model import ENROLLMENT_REASONS, TRANSACTION_REASONS, Reason
+from engine.rules.model import ENROLLMENT_REASONS, OPERATOR_ID, TRANSACTION_REASONS, Reason
 
 if TYPE_CHECKING:
     from engine.ops.health import Readiness
@@ -71,7 +72,18 @@ METRIC_NAMES = (
     "mynapoint_restore_remaining_records",
     "mynapoint_fenced_records_ignored_total",
     "mynapoint_last_batch_timestamp_seconds",
+    "mynapoint_operator_mismatches_total",
+    "mynapoint_kafka_authentication_failures_total",
+    "mynapoint_kafka_authorization_denials_total",
 )
+# What a refused request was about (aiokafka's error classes, by what they name)
+AUTHORIZATION_RESOURCES = {
+    "TopicAuthorizationFailedError": "topic",
+    "GroupAuthorizationFailedError": "group",
+    "ClusterAuthorizationFailedError": "cluster",
+    "TransactionalIdAuthorizationFailed": "transactional_id",
+}
+AUTHENTICATION_ERRORS = ("SaslAuthenticationFailed", "AuthenticationFailedError")
 
 
 def _record_type(record_type: str) -> str:
@@ -84,6 +96,21 @@ def _topic(topic: str) -> str:
     if not _TOPIC_RE.match(topic):
         raise ValueError("not a Kafka topic name")
     return topic
+
+
+class _ClientErrorHandler(logging.Handler):
+    def __init__(self, metrics: EngineMetrics) -> None:
+        super().__init__(logging.WARNING)
+        self.metrics = metrics
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = [a for a in (record.args if isinstance(record.args, tuple) else ())
+                 if isinstance(a, BaseException)]
+        if record.exc_info and record.exc_info[1] is not None:
+            found.append(record.exc_info[1])
+        for e in found:
+            if type(e).__name__ in AUTHENTICATION_ERRORS:
+                self.metrics.kafka_error(e)
 
 
 def _partition(partition: int) -> str:
@@ -227,6 +254,20 @@ class EngineMetrics:
             "mynapoint_last_batch_timestamp_seconds",
             "When this worker last decided a batch of an input partition, Unix seconds.",
             ["partition"], registry=r)
+        self.operator_mismatches = Counter(
+            "mynapoint_operator_mismatches_total",
+            "OPERATOR_MISMATCH rejections (a record naming another operator than the "
+            "one whose input topic it arrived on), by that topic's operator.",
+            ["operator"], registry=r)
+        self.authentication_failures = Counter(
+            "mynapoint_kafka_authentication_failures_total",
+            "SASL authentications of this process's Kafka clients the broker refused.",
+            registry=r)
+        self.authorization_denials = Counter(
+            "mynapoint_kafka_authorization_denials_total",
+            "Kafka requests of this process refused by an ACL, by resource type.",
+            ["resource"], registry=r)
+        self._operators: set[str] = set()
         self._lag_series: set[tuple[str, str]] = set()
         self._series_lock = threading.Lock()
 
@@ -238,6 +279,8 @@ class EngineMetrics:
                 self.outcomes.labels(record_type, reason.name)
         for kind in BAD_MESSAGE_KINDS:
             self.bad_messages.labels(kind)
+        for resource in AUTHORIZATION_RESOURCES.values():
+            self.authorization_denials.labels(resource)
 
     # -- counters, in bulk ------------------------------------------------------------
 
@@ -284,6 +327,41 @@ class EngineMetrics:
             raise ValueError(f"kind must be one of {BAD_MESSAGE_KINDS}")
         if n:
             self.bad_messages.labels(kind).inc(n)
+
+    def known_operators(self, operator_ids: Iterable[str]) -> None:
+        """The operators of the registry: the closed set of ``operator`` labels (each
+        exported as 0 from the start)."""
+        for op in operator_ids:
+            if not isinstance(op, str) or not OPERATOR_ID.fullmatch(op):
+                raise ValueError("not an operator id")
+            self._operators.add(op)
+            self.operator_mismatches.labels(op)
+
+    def observe_operator_mismatches(self, operators: Iterable[str]) -> None:
+        """Count OPERATOR_MISMATCH rejections, one source operator each."""
+        for op, n in _Tally(operators).items():
+            if op not in self._operators:
+                raise ValueError("not an operator of the registry")
+            self.operator_mismatches.labels(op).inc(n)
+
+    def kafka_error(self, e: BaseException) -> None:
+        """Count an error one of our Kafka clients got, if it is a refusal by the
+        broker's security (an authorization denial, a failed authentication)."""
+        name = type(e).__name__
+        if name in AUTHORIZATION_RESOURCES:
+            self.authorization_denials.labels(AUTHORIZATION_RESOURCES[name]).inc()
+        elif name in AUTHENTICATION_ERRORS:
+            self.authentication_failures.inc()
+
+    def count_client_errors(self, logger: str = "aiokafka") -> logging.Handler:
+        """Count the refusals the Kafka client library only logs, from now on (the
+        handler returned can be removed from ``logger``): aiokafka reports a failed
+        SASL authentication as a generic connection error and puts the broker's answer
+        (``SaslAuthenticationFailed``) in a log record's arguments, so that is where it
+        is counted (by the exception object, not the text)."""
+        handler = _ClientErrorHandler(self)
+        logging.getLogger(logger).addHandler(handler)
+        return handler
 
     # -- histograms -------------------------------------------------------------------
 

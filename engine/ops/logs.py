@@ -102,11 +102,21 @@ def configure(fmt: str = "text", level: int = logging.WARNING,
 @contextmanager
 def quiet(name: str) -> Iterator[None]:
     """Silence logger ``name`` below CRITICAL for a block: where the caller reports
-    a failure itself in one line, the library's own error lines would repeat it."""
-    logger = logging.getLogger(name)
-    old = logger.level
-    logger.setLevel(logging.CRITICAL)
+    a failure itself in one line, the library's own error lines would repeat it.
+    Only the output is silenced (a filter on the root's handlers), not the logger:
+    handlers on the logger itself still see every record (the metrics count
+    refused authentications there, engine.metrics)."""
+    def shown(record: logging.LogRecord) -> bool:
+        ours = record.name == name or record.name.startswith(name + ".")
+        return not ours or record.levelno >= logging.CRITICAL
+
+    # lastResort prints when no handler is configured (a command that never called
+    # configure): silenced too
+    handlers = [*logging.getLogger().handlers, *filter(None, [logging.lastResort])]
+    for h in handlers:
+        h.addFilter(shown)
     try:
         yield
     finally:
-        logger.setLevel(old)
+        for h in handlers:
+            h.removeFilter(shown)

@@ -8,6 +8,7 @@ Everything here is immutable and free of I/O; loading these from TOML is
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -61,6 +62,7 @@ class Kind(IntEnum):
 
 
 KIND_NAMES = ("charge", "purchase", "refund")
+OPERATOR_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # an operator id (SETTLEMENT_RULES.md)
 NO_KIND = -1
 
 
@@ -89,20 +91,22 @@ class Reason(IntEnum):
     ORIGINAL_NOT_ELIGIBLE = 18
     REFUND_EXCEEDS_ORIGINAL = 19
     PERSON_LIMIT = 20
+    # appended, not inserted: the codes are stored in state (order of checks is below)
+    OPERATOR_MISMATCH = 21
 
 
 # Output names by reason code: the one table, derived from the enum.
 REASON_NAMES: tuple[str, ...] = tuple(r.name for r in Reason)
 
 ENROLLMENT_REASONS = (
-    Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.UNKNOWN_OPERATOR,
-    Reason.DUPLICATE, Reason.ALREADY_ENROLLED, Reason.ENROLLMENT_CLOSED,
+    Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.OPERATOR_MISMATCH,
+    Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE, Reason.ALREADY_ENROLLED, Reason.ENROLLMENT_CLOSED,
     Reason.SELECTION_NOT_OPEN, Reason.INVALID_EARN_ON,
 )
 TRANSACTION_REASONS = (
     Reason.PERSONAL_NUMBER_FORBIDDEN, Reason.MALFORMED, Reason.INVALID_AMOUNT,
-    Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE, Reason.CONFLICTING_DUPLICATE,
-    Reason.PERSON_LIMIT, Reason.LATE,
+    Reason.OPERATOR_MISMATCH, Reason.UNKNOWN_OPERATOR, Reason.DUPLICATE,
+    Reason.CONFLICTING_DUPLICATE, Reason.PERSON_LIMIT, Reason.LATE,
     Reason.OUTSIDE_WINDOW, Reason.NOT_ENROLLED, Reason.WRONG_OPERATOR,
     Reason.KIND_NOT_ELIGIBLE, Reason.BEFORE_APPLICATION, Reason.ORIGINAL_NOT_FOUND,
     Reason.ORIGINAL_NOT_ELIGIBLE, Reason.REFUND_EXCEEDS_ORIGINAL,
@@ -111,6 +115,9 @@ TRANSACTION_REASONS = (
 # Reasons that protect the engine rather than apply a campaign rule: no realistic
 # campaign data produces them, so they are tested on purpose-built inputs.
 ENGINE_LIMIT_REASONS = (Reason.PERSON_LIMIT,)
+# Reasons about where a record came from, not what it holds: input that names no
+# source operator (a plain file, generated data) never produces them.
+SOURCE_REASONS = (Reason.OPERATOR_MISMATCH,)
 
 
 class Rounding(IntEnum):

@@ -167,10 +167,19 @@ STATEFUL_DETAIL: dict[Reason, str] = {
 
 
 def settle_records(enrollments: Sequence[object], transactions: Sequence[object],
-                   campaign: Campaign, registry: Registry) -> list[Outcome]:
-    """Settle decoded JSON values; enrollment outcomes first, then transactions."""
-    enr = validate_enrollments(shape_objects(enrollments, "enrollment"), campaign, registry)
-    txn = validate_transactions(shape_objects(transactions, "transaction"), campaign, registry)
+                   campaign: Campaign, registry: Registry,
+                   enrollment_sources: Sequence[str | None] | None = None,
+                   transaction_sources: Sequence[str | None] | None = None) -> list[Outcome]:
+    """Settle decoded JSON values; enrollment outcomes first, then transactions.
+    ``*_sources``: the operator each record came from (None: not known), one per
+    record, for the OPERATOR_MISMATCH check."""
+    es = shape_objects(enrollments, "enrollment")
+    ts = shape_objects(transactions, "transaction")
+    for shaped, src in ((es, enrollment_sources), (ts, transaction_sources)):
+        if src is not None:
+            shaped.source_operator = pa.array(list(src), type=pa.string())
+    enr = validate_enrollments(es, campaign, registry)
+    txn = validate_transactions(ts, campaign, registry)
     d = decide_offline(enr, txn, campaign)
     out: list[Outcome] = []
     for i, det in enumerate(reason_detail(enr, d.enr_reason)):

@@ -1,5 +1,5 @@
 """Stateless checks of a batch of records: Individual Number, MALFORMED,
-INVALID_AMOUNT and UNKNOWN_OPERATOR, plus the per-record facts the stateful
+INVALID_AMOUNT, OPERATOR_MISMATCH and UNKNOWN_OPERATOR, plus the per-record facts the stateful
 checks need (JST days, window and lateness flags).
 
 Records arrive in two shapes. Decoded JSON values (JSON Lines, one-record
@@ -66,6 +66,10 @@ class Shaped:
     amount: np.ndarray | None = None        # int64
     amount_class: np.ndarray | None = None  # int8
     ts_override: np.ndarray | None = None   # Kafka record timestamps (streaming only)
+    # the operator each record came from (the operator of its input topic, or of the
+    # file it was read from); null, or no column at all, where nobody says: then the
+    # OPERATOR_MISMATCH check is skipped (SETTLEMENT_RULES.md v2)
+    source_operator: pa.Array | None = None
 
 
 def _is_pii(s: str) -> bool:
@@ -528,6 +532,26 @@ def _keep(arr: pa.Array, ok: np.ndarray) -> pa.Array:
     return pc.if_else(pa.array(ok, type=pa.bool_()), arr, pa.scalar(None, pa.string()))
 
 
+def _operator_mismatch(s: Shaped, chk: _Checker) -> None:
+    """OPERATOR_MISMATCH where the record names another operator than the one it
+    came from. The detail names the source operator (a registered id, taken from a
+    topic or a file's tag) but never echoes the record's own claim."""
+    src = s.source_operator
+    if src is None or src.null_count == len(src):
+        return
+    src = src.cast(pa.string())
+    differs = pc.fill_null(pc.not_equal(s.columns["operator_id"], src), False)
+    mask = np.asarray(differs.to_numpy(zero_copy_only=False), dtype=np.bool_)
+    if not mask.any():
+        return
+    # one vectorised pass per source operator: a batch comes from a handful of them
+    for name in pc.unique(src.filter(pa.array(mask))).to_pylist():
+        same = np.asarray(pc.equal(src, name).fill_null(False).to_numpy(zero_copy_only=False),
+                          dtype=np.bool_)
+        chk.fail(mask & same, Reason.OPERATOR_MISMATCH,
+                 f"field 'operator_id' is not {name!r}, the operator the record came from")
+
+
 def _operator_codes(arr: pa.Array, registry: Registry) -> np.ndarray:
     ids = pa.array([op.id for op in registry.operators], type=pa.string())
     return pc.index_in(arr, value_set=ids).fill_null(-1).to_numpy().astype(np.int32)
@@ -569,7 +593,7 @@ def validate_transactions(s: Shaped, campaign: Campaign, registry: Registry) -> 
     chk.fail(((s.amount_class == AMOUNT_INT) & ((amount < 1) | (amount > campaign.max_amount)))
              | (s.amount_class == AMOUNT_HUGE),
              Reason.INVALID_AMOUNT, f"field 'amount' must be in 1..{campaign.max_amount} yen")
-    # UNKNOWN_OPERATOR
+    _operator_mismatch(s, chk)
     op = _operator_codes(s.columns["operator_id"], registry)
     chk.fail(op < 0, Reason.UNKNOWN_OPERATOR, "field 'operator_id' is not a registered operator")
     # facts for the stateful checks
@@ -606,6 +630,7 @@ def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> V
              "field 'earn_on' must be \"charge\" or \"purchase\"")
     received, recv_present = _time_field(s, chk, "received_at", False)
     received = _received(s, chk, received, recv_present)
+    _operator_mismatch(s, chk)
     op = _operator_codes(s.columns["operator_id"], registry)
     chk.fail(op < 0, Reason.UNKNOWN_OPERATOR, "field 'operator_id' is not a registered operator")
     day = jst_day(applied).astype(np.int32)
@@ -634,3 +659,30 @@ def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> V
         bad_earn_on=~earn_ok,
         earn_given=given,
     )
+
+
+def concat_validated(parts: list[Validated], record_type: str) -> Validated:
+    """One batch of several validated ones (several files, topics or messages)."""
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return empty_validated(record_type)
+
+    def cat(name: str) -> Any:
+        vals = [getattr(p, name) for p in parts]
+        if isinstance(vals[0], pa.Array):
+            return pa.concat_arrays([x.cast(pa.string()) for x in vals])
+        return np.concatenate(vals)
+
+    names = ("reason", "detail", "mykey_id", "operator_id", "txn_id", "original_txn_id", "op",
+             "kind", "amount", "at", "day", "received", "too_late", "outside", "bad_earn_on",
+             "earn_given")
+    return Validated(n=sum(p.n for p in parts), record_type=record_type,
+                     **{k: cat(k) for k in names})
+
+
+def empty_validated(record_type: str) -> Validated:
+    """A batch of no records (an input with nothing in it)."""
+    s = shape_objects([], record_type)
+    validate = validate_transactions if record_type == "transaction" else validate_enrollments
+    return validate(s, Campaign(), Registry(()))

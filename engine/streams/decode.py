@@ -9,7 +9,7 @@ never raises on content, so a poison message cannot stop a partition.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,7 +18,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io.readers import BadRecord, load_record, split_lines
 from engine.kafka.topics import (
     FORMAT_ARROW,
@@ -33,6 +32,7 @@ from engine.rules.strings import END_US, is_individual_number, json_facts
 from engine.rules.validate import (
     Shaped,
     Validated,
+    concat_validated,
     shape_objects,
     shape_table,
     validate_enrollments,
@@ -166,12 +166,16 @@ def null_where(arr: pa.Array, mask: np.ndarray) -> pa.Array:
 
 def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                     registry: Registry, max_record_bytes: int,
-                    internal: bool = False, replay: bool = False) -> InBatch:
+                    internal: bool = False, replay: bool = False,
+                    source_operator: Callable[[str], str | None] | None = None) -> InBatch:
     """``internal``: the messages come from the engine's own re-routing topic, the
     only place where a :data:`SOURCE_HEADER` is believed. ``replay``: they come
     from ``publish --archive`` (a worker started with ``--replay``), the only
     place where a :data:`REPLAY_HEADER` is believed: its original position is the
-    records' source and its flags their verdicts."""
+    records' source and its flags their verdicts. ``source_operator``: the
+    operator of an input topic (None: not an operator's topic); a record's is that of
+    the topic it was published to (for a re-routed or replayed record, the topic its
+    trusted source names), and its ``operator_id`` must match it (OPERATOR_MISMATCH)."""
     seg = _Segments(record_type)
     sources: list[str] = []
     arrival: list[int] = []
@@ -263,11 +267,32 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
                          f"unknown {FORMAT_HEADER} header")
     seg.flush_objs()
+    if source_operator is not None:
+        _set_source_operators(seg.parts, sources, source_operator)
     validate = validate_transactions if record_type == "transaction" else validate_enrollments
     parts = [validate(s, campaign, registry) for s in seg.parts]
     v = concat_validated(parts, record_type)
     return apply_flags(InBatch(v, sources, np.asarray(arrival, dtype=np.int64),
                                np.asarray(rerouted, dtype=np.bool_), bad), flags)
+
+
+def _set_source_operators(parts: list[Shaped], sources: list[str],
+                          operator_of: Callable[[str], str | None]) -> None:
+    """Each record's source operator, from the topic its source names (sources and
+    shaped parts hold the records in the same order)."""
+    by_topic: dict[str, str | None] = {}
+    ops: list[str | None] = []
+    for src in sources:
+        topic = src.partition("/")[0]
+        if topic not in by_topic:
+            by_topic[topic] = operator_of(topic)
+        ops.append(by_topic[topic])
+    if not any(ops):
+        return
+    at = 0
+    for s in parts:
+        s.source_operator = pa.array(ops[at:at + s.n], type=pa.string())
+        at += s.n
 
 
 def concat_batches(batches: list[InBatch]) -> InBatch | None:
@@ -336,28 +361,3 @@ def _bad_message(seg: _Segments, bad: dict[str, int], sources: list[str], arriva
     sources.append(base)
     arrival.append(offset << SUB_BITS)
     rerouted.append(False)
-
-
-def concat_validated(parts: list[Validated], record_type: str) -> Validated:
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return empty_validated(record_type)
-
-    def cat(name: str) -> Any:
-        vals = [getattr(p, name) for p in parts]
-        if isinstance(vals[0], pa.Array):
-            return pa.concat_arrays([x.cast(pa.string()) for x in vals])
-        return np.concatenate(vals)
-
-    names = ("reason", "detail", "mykey_id", "operator_id", "txn_id", "original_txn_id", "op",
-             "kind", "amount", "at", "day", "received", "too_late", "outside", "bad_earn_on",
-             "earn_given")
-    return Validated(n=sum(p.n for p in parts), record_type=record_type,
-                     **{k: cat(k) for k in names})
-
-
-def empty_validated(record_type: str) -> Validated:
-    s = shape_objects([], record_type)
-    validate = validate_transactions if record_type == "transaction" else validate_enrollments
-    return validate(s, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY)

@@ -59,7 +59,7 @@ from engine.kafka.topics import (
 )
 from engine.metrics import EngineMetrics
 from engine.ops import health, logs
-from engine.rules.model import NO_TIME, Campaign, Registry
+from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.streams import recovery
 from engine.streams.checkpoint import Checkpoint, Faults
 from engine.streams.decode import InBatch, concat_batches, decode_messages
@@ -256,6 +256,7 @@ class Worker:
                     store.close()
                 raise
             except Exception as e:  # a broken take-over must be retried
+                self.metrics.kafka_error(e)
                 if store is not None:
                     store.close()
                 log.warning("taking over partition %d failed (%s: %s); retrying in %.1f s",
@@ -338,7 +339,8 @@ class Worker:
                     async with self.lock:
                         await self.process(data)
                 failures = 0
-            except NOT_RETRIED:
+            except NOT_RETRIED as e:
+                self.metrics.kafka_error(e)
                 raise
             except KafkaError as e:
                 # A broker died or moved a leader or the group coordinator, and
@@ -496,8 +498,14 @@ class Worker:
                 continue
             b = decode_messages(msgs, record_type, self.campaign, self.registry,
                                 self.max_record_bytes, internal=trusted,
-                                replay=self.replay and not trusted)
+                                replay=self.replay and not trusted,
+                                source_operator=self.topics.operator_of)
             self.metrics.observe_records(topic, record_type, b.v.n)
+            mismatched = np.flatnonzero(b.v.reason == Reason.OPERATOR_MISMATCH)
+            if len(mismatched):
+                ops = (self.topics.operator_of(b.source[i].partition("/")[0])
+                       for i in mismatched)
+                self.metrics.observe_operator_mismatches(op for op in ops if op)
             for kind, k in b.bad_messages.items():
                 self.metrics.bad_message(kind, k)
             parts.append(b)
@@ -535,6 +543,8 @@ async def run_worker(args: argparse.Namespace) -> int:
         print(f"mynapoint worker: configuration error: {e}", file=sys.stderr)
         return 2
     metrics = EngineMetrics()
+    metrics.known_operators(o.id for o in registry.operators)
+    metrics.count_client_errors()  # for the process's life
     readiness = health.Readiness()
     client_id = health.CLIENT_ID_PREFIX
     if args.metrics_port:
@@ -558,6 +568,7 @@ async def run_worker(args: argparse.Namespace) -> int:
         with logs.quiet("aiokafka"):  # the one line below says it all
             await w.start()
     except (KafkaError, TopicMismatch, OSError) as e:
+        metrics.kafka_error(e)
         beat.cancel()
         with logs.quiet("aiokafka"), contextlib.suppress(Exception):
             await w.stop()  # releases what did start; a second failure adds nothing

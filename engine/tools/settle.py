@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,15 @@ import pyarrow as pa
 from engine.config import ConfigError, load_campaign, load_operators
 from engine.io.outputs import grants_table, rejections_table, write_atomically
 from engine.io.readers import InputError, read_records
-from engine.rules.model import Campaign, Registry
+from engine.rules.model import OPERATOR_ID, Campaign, Registry
 from engine.rules.settlement import decide_offline
 from engine.rules.strings import kafka_partitions
-from engine.rules.validate import Validated, validate_enrollments, validate_transactions
+from engine.rules.validate import (
+    Validated,
+    concat_validated,
+    validate_enrollments,
+    validate_transactions,
+)
 from engine.tools.summary import render, summarize_arrays
 
 PROGRESS_MIN_BYTES = 20_000_000  # below this a run is over before a bar is worth drawing
@@ -56,13 +62,41 @@ class SettleResult:
     summary: dict[str, Any]
 
 
-def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Campaign,
-                 registry: Registry, progress: bool = False, part: Slice = WHOLE
-                 ) -> SettleResult:
-    """Read, validate, decide and tabulate; raises InputError for unusable files."""
+# One input file, with the operator its records came from (None: not named, and then
+# OPERATOR_MISMATCH is not checked). On the command line: ``PATH`` or ``OPERATOR=PATH``.
+Input = tuple[str | None, Path]
+_TAGGED = re.compile(rf"({OPERATOR_ID.pattern})=(.+)", re.DOTALL)
+
+
+def parse_input(text: str, registry: Registry) -> Input:
+    """``OPERATOR=PATH`` or ``PATH`` (write ``./a=b.jsonl`` for a file whose name has
+    that form); raises InputError for an operator the registry does not know.
+
+    >>> from engine.config import DEFAULT_REGISTRY as reg
+    >>> parse_input("paypay=in/tx.jsonl", reg), parse_input("tx.jsonl", reg)
+    (('paypay', PosixPath('in/tx.jsonl')), (None, PosixPath('tx.jsonl')))
+    """
+    m = _TAGGED.fullmatch(text)
+    if m is None:
+        return None, Path(text)
+    if registry.code(m.group(1)) < 0:
+        raise InputError(f"{m.group(1)!r} (before '=' in {text[:80]!r}) is not a registered "
+                         "operator")
+    return m.group(1), Path(m.group(2))
+
+
+def settle_files(enrollments: str | Path | list[Input], transactions: str | Path | list[Input],
+                 campaign: Campaign, registry: Registry,
+                 progress: bool = False, part: Slice = WHOLE) -> SettleResult:
+    """Read, validate, decide and tabulate (the whole input, or the slice ``part``);
+    raises InputError for unusable files. Each input is one file, or several files
+    each with the operator it came from; several files are read in the order given."""
+    def inputs(x: str | Path | list[Input]) -> list[Input]:
+        return x if isinstance(x, list) else [(None, Path(x))]
+
+    enr_in, txn_in = inputs(enrollments), inputs(transactions)
     bar: Any = None
-    size = sum(Path(p).stat().st_size for p in (enrollments, transactions)
-               if Path(p).exists())
+    size = sum(p.stat().st_size for _, p in (*enr_in, *txn_in) if p.exists())
     if progress and size >= PROGRESS_MIN_BYTES:
         from rich.progress import Progress
         bar = Progress(transient=True)
@@ -72,12 +106,10 @@ def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Ca
             return (lambda k: bar.advance(task, k)) if bar else None
 
         t_enr = bar.add_task("reading enrollments", total=None) if bar else None
-        enr_shaped, enr_src = read_records(enrollments, "enrollment", tick(t_enr))
+        enr, enr_src = _read_all(enr_in, "enrollment", campaign, registry, tick(t_enr))
         t_txn = bar.add_task("reading transactions", total=None) if bar else None
-        txn_shaped, txn_src = read_records(transactions, "transaction", tick(t_txn))
+        txn, txn_src = _read_all(txn_in, "transaction", campaign, registry, tick(t_txn))
         t_dec = bar.add_task("deciding", total=None) if bar else None
-        enr = validate_enrollments(enr_shaped, campaign, registry)
-        txn = validate_transactions(txn_shaped, campaign, registry)
         result = settle_validated(enr, enr_src, txn, txn_src, campaign, registry, part)
         if bar:
             bar.update(t_dec, completed=1, total=1)
@@ -85,6 +117,20 @@ def settle_files(enrollments: str | Path, transactions: str | Path, campaign: Ca
         if bar:
             bar.stop()
     return result
+
+
+def _read_all(inputs: list[Input], record_type: str, campaign: Campaign, registry: Registry,
+              progress: Any) -> tuple[Validated, pa.Array]:
+    validate = validate_enrollments if record_type == "enrollment" else validate_transactions
+    parts: list[Validated] = []
+    sources: list[pa.Array] = []
+    for operator, path in inputs:
+        shaped, src = read_records(path, record_type, progress)
+        if operator is not None:
+            shaped.source_operator = pa.repeat(pa.scalar(operator, pa.string()), shaped.n)
+        parts.append(validate(shaped, campaign, registry))
+        sources.append(src.cast(pa.string()))
+    return concat_validated(parts, record_type), pa.concat_arrays(sources)
 
 
 def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry,
@@ -159,7 +205,9 @@ def main(args: argparse.Namespace) -> int:
         if args.archive:
             result = settle_archive(args.archive, campaign, registry, part)
         else:
-            result = settle_files(args.enrollments, args.transactions, campaign, registry,
+            result = settle_files([parse_input(x, registry) for x in args.enrollments],
+                                  [parse_input(x, registry) for x in args.transactions],
+                                  campaign, registry,
                                   progress=not args.quiet and sys.stderr.isatty(), part=part)
     except (InputError, ArchiveError) as e:
         print(f"mynapoint settle: input error: {e}", file=sys.stderr)

@@ -73,7 +73,7 @@ def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[st
     out.append((t.transactions, N_BYTES, orjson.dumps(_txn(21)), []))          # key
     # the three granted records belong to three people: misrouted records of one
     # person are decided in the order their partitions happen to be read, in the
-    # stream as in a replay (docs/DECISIONS.md, 65), which cumulative_points shows
+    # stream as in a replay (docs/DECISIONS.md, 67), which cumulative_points shows
     out.append((t.transactions, b"Zz00aa22", orjson.dumps(_txn(22, mykey_id="Zz00aa52")),
                 [("trace", N_BYTES), (NUMBER, b"x")]))                           # headers
     chunk = b"\n".join(orjson.dumps(_txn(30 + i, **p)) for i, p in enumerate(places[:4]))

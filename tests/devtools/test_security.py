@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from pathlib import Path
@@ -260,3 +261,31 @@ def test_worker_refused_by_acls_says_so_in_one_line(kafka_broker: devbroker.Brok
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Authorization" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_refusals_seen_by_our_clients_are_counted(kafka_broker: devbroker.Broker,
+                                                  secured_topics: Topics) -> None:
+    """A refused authentication (aiokafka only logs it) and an ACL denial, as the
+    worker counts them (engine.metrics), also while aiokafka's output is silenced."""
+    from prometheus_client import CollectorRegistry
+
+    from engine.metrics import EngineMetrics
+    from engine.ops import logs
+
+    m = EngineMetrics(CollectorRegistry())
+    handler = m.count_client_errors()
+    try:
+        wrong = {**kafka_broker.client(security.ENGINE), "sasl_plain_password": "wrong"}
+        with logs.quiet("aiokafka"), pytest.raises((KafkaConnectionError, KafkaError)):
+            asyncio.run(produce_one(kafka_broker.bootstrap, secured_topics.grants, wrong))
+        with pytest.raises(TopicAuthorizationFailedError) as denied:
+            asyncio.run(_read(kafka_broker.bootstrap, secured_topics.grants,
+                              kafka_broker.client(OPERATOR)))
+        m.kafka_error(denied.value)
+        m.kafka_error(KafkaConnectionError("not a refusal"))
+    finally:
+        logging.getLogger("aiokafka").removeHandler(handler)
+    value = m.registry.get_sample_value
+    assert (value("mynapoint_kafka_authentication_failures_total") or 0) >= 1
+    assert value("mynapoint_kafka_authorization_denials_total", {"resource": "topic"}) == 1
+    assert value("mynapoint_kafka_authorization_denials_total", {"resource": "group"}) == 0

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.request
 
 import numpy as np
 import pytest
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+)
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.metrics import BAD_MESSAGE_KINDS, LATENCY_BUCKETS, METRIC_NAMES, EngineMetrics
+from engine.ops.logs import quiet
 from engine.rules.model import ENROLLMENT_REASONS, TRANSACTION_REASONS, Reason
 
 # 12 digits with a valid check digit (computed by the rule on the privacy section)
@@ -45,7 +53,7 @@ def test_exactly_the_documented_metrics() -> None:
     m.observe_batch(1, 0.1)
     m.observe_points([1])
     assert exposed_names(m) == set(METRIC_NAMES)  # in particular, no "_created" series
-    assert len(METRIC_NAMES) == 17
+    assert len(METRIC_NAMES) == 20
 
 
 def test_fresh_registry_per_instance_and_given_registry_used() -> None:
@@ -228,6 +236,8 @@ def test_worker_gauges_and_bad_messages() -> None:
     lambda m: m.set_stream_time("0", 1.0),
     lambda m: m.set_consumer_lag("bad topic", 0, 1),
     lambda m: m.set_last_batch(INDIVIDUAL_NUMBER, 1.0),
+    lambda m: m.observe_operator_mismatches([INDIVIDUAL_NUMBER]),
+    lambda m: m.known_operators(["PayPay"]),
 ])
 def test_label_values_come_only_from_closed_sets(call) -> None:
     m = EngineMetrics()
@@ -266,3 +276,35 @@ def test_serve_address_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     finally:
         explicit.shutdown()
         explicit.server_close()
+
+
+def test_operator_mismatches_by_operator_from_zero() -> None:
+    m = EngineMetrics()
+    m.known_operators(["paypay", "aupay"])
+    m.observe_operator_mismatches(["paypay", "paypay"])
+    assert value(m, "mynapoint_operator_mismatches_total", operator="paypay") == 2
+    assert value(m, "mynapoint_operator_mismatches_total", operator="aupay") == 0
+
+
+def test_refusals_by_the_brokers_security_are_counted_by_kind() -> None:
+    m = EngineMetrics()
+    for e in (TopicAuthorizationFailedError("t"), GroupAuthorizationFailedError("g"),
+              TopicAuthorizationFailedError("t"), KafkaConnectionError("down"),
+              ValueError("no Kafka error")):
+        m.kafka_error(e)
+    assert value(m, "mynapoint_kafka_authorization_denials_total", resource="topic") == 2
+    assert value(m, "mynapoint_kafka_authorization_denials_total", resource="group") == 1
+    assert value(m, "mynapoint_kafka_authorization_denials_total", resource="cluster") == 0
+    assert value(m, "mynapoint_kafka_authentication_failures_total") == 0
+    handler = m.count_client_errors()
+    log = logging.getLogger("aiokafka.client")
+    try:
+        # as aiokafka reports a refused SASL handshake, also while its output is muted
+        with quiet("aiokafka"):
+            log.error('Unable connect to "%s:%s": %s', "127.0.0.1", 9092,
+                      SaslAuthenticationFailed("wrong password"))
+        log.error("Unable connect to node with id %s: %s", 1, KafkaConnectionError("down"))
+    finally:
+        logging.getLogger("aiokafka").removeHandler(handler)
+    log.error('Unable connect to "%s:%s": %s', "h", 1, SaslAuthenticationFailed("after"))
+    assert value(m, "mynapoint_kafka_authentication_failures_total") == 1

@@ -53,15 +53,27 @@ def _settle(d: Path, out: Path, ext: str = "jsonl", *extra: str) -> int:
 
 def test_outputs_have_the_contract_columns_and_every_reason_occurs(
         campaign: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _settle(campaign, tmp_path / "out") == 0
+    # plus one file of each kind from paypay, holding a record that claims aupay
+    forged = {"mykey_id": "Forged01", "operator_id": "aupay",
+              "applied_at": "2020-09-01T10:00:00+09:00"}
+    (tmp_path / "pp-e.jsonl").write_bytes(orjson.dumps(forged) + b"\n")
+    (tmp_path / "pp-t.jsonl").write_bytes(orjson.dumps(
+        {"txn_id": "f1", "operator_id": "aupay", "mykey_id": "Forged01", "kind": "purchase",
+         "amount": 100, "occurred_at": "2020-10-01T00:00:00Z"}) + b"\n")
+    assert _settle(campaign, tmp_path / "out", "jsonl",
+                   "--enrollments", f"paypay={tmp_path / 'pp-e.jsonl'}",
+                   "--transactions", f"paypay={tmp_path / 'pp-t.jsonl'}") == 0
     grants = pq.read_table(tmp_path / "out" / "grants.parquet")
     rejections = pq.read_table(tmp_path / "out" / "rejections.parquet")
     assert grants.schema.equals(GRANT_SCHEMA)
     assert rejections.schema.equals(REJECTION_SCHEMA)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["records_in"]["transactions"] == 3002
+    assert summary["records_in"]["transactions"] == 3003
     assert (summary["accepted"]["transactions"] + summary["rejected"]["transaction"]
-            == 3002)
+            == 3003)
+    mismatched = [r for r in rejections.to_pylist() if r["reason"] == "OPERATOR_MISMATCH"]
+    assert [(r["source"], r["operator_id"]) for r in mismatched] == [
+        ("pp-e.jsonl:1", "aupay"), ("pp-t.jsonl:1", "aupay")]
     assert grants.num_rows == summary["accepted"]["transactions"]
     seen = {(r["record_type"], r["reason"]) for r in rejections.to_pylist()}
     expected = ({("enrollment", r.name) for r in ENROLLMENT_REASONS}
@@ -76,6 +88,15 @@ def test_outputs_have_the_contract_columns_and_every_reason_occurs(
         name, line = g["source"].rsplit(":", 1)
         assert name == "transactions.jsonl"
         assert orjson.loads(lines[int(line) - 1])["txn_id"] == g["txn_id"]
+
+
+def test_an_input_tagged_with_an_unknown_operator_exits_2(
+        campaign: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _settle(campaign, tmp_path / "out", "jsonl",
+                   "--transactions", f"nopay={campaign / 'transactions.jsonl'}") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nopay'" in err and "not a registered operator" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_outputs_conform_to_the_published_json_schemas(campaign: Path, tmp_path: Path) -> None:
