@@ -14,6 +14,7 @@ from engine.streams.decode import decode_messages
 from engine.streams.logic import PartitionLogic
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
+from tests import builders
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 PERSON = "Wait0001"
@@ -22,8 +23,9 @@ H = 3600 * 1000  # ms
 
 def txn(txn_id: str, received_ms: int, kind: str = "purchase", person: str = PERSON,
          **extra: Any) -> dict[str, Any]:
-    rec = {"txn_id": txn_id, "operator_id": "paypay", "mykey_id": person, "kind": kind,
-           "amount": 4000, "occurred_at": "2020-09-13T12:00:00Z", **extra}
+    """A transaction (tests.builders.txn) and the time it was received (ms)."""
+    extra.setdefault("amount", 4000)
+    rec = builders.txn(kind, mykey=person, at="2020-09-13T12:00:00Z", txn_id=txn_id, **extra)
     return {"rec": rec, "ts": received_ms}
 
 
