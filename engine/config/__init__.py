@@ -9,6 +9,7 @@ half-understood configuration.
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from datetime import date, datetime
 from importlib import resources
@@ -218,3 +219,14 @@ def load_operators(path: Path | str | None = None) -> Registry:
 
 DEFAULT_CAMPAIGN = load_campaign(None)
 DEFAULT_REGISTRY = load_operators(None)
+
+
+def load_or_report(command: str, campaign: Path | str | None,
+                   operators: Path | str | None) -> tuple[Campaign, Registry] | None:
+    """Both configuration files for ``mynapoint COMMAND``; or None after one line on
+    stderr naming the file, the key and the problem (the command then exits 2)."""
+    try:
+        return load_campaign(campaign), load_operators(operators)
+    except ConfigError as e:
+        print(f"mynapoint {command}: configuration error: {e}", file=sys.stderr)
+        return None

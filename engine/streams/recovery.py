@@ -1,7 +1,7 @@
 """Taking over a partition: is the engine's position trustworthy, the fence, restore.
 
-A worker that is assigned partition ``p`` runs, outside the rebalance callback (so
-heartbeats go on however long it takes):
+A worker that is assigned partition ``p`` runs :func:`take_over`, outside the
+rebalance callback (so heartbeats go on however long it takes):
 
 1. :func:`check_changelog` — the committed input offsets of ``p`` carry, as
    commit metadata, the changelog position they were committed with. If the
@@ -204,4 +204,22 @@ async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p
             pos = max(pos, await reader.position(tp))
         if progress is not None:
             progress(p, max(until - pos + 1, 0))
+    return read, ignored
+
+
+async def take_over(reader: AIOKafkaConsumer, admin: AIOKafkaAdminClient,
+                    producer: AIOKafkaProducer, topics: Topics, store: ShardStore, p: int,
+                    progress: Any = None) -> tuple[int, int]:
+    """Steps 1–4 of the module's docstring for partition ``p`` into ``store``; returns
+    (changelog records read, records of a fenced-off writer ignored). Raises
+    :class:`Refused` when a check fails."""
+    tp = TopicPartition(topics.changelog, p)
+    end = (await reader.end_offsets([tp]))[tp]
+    committed = await check_changelog(admin, topics, p, end)
+    if store.meta.changelog_offset >= end:
+        # a local copy ahead of the changelog belongs to another history
+        store.reset()
+    fence = await write_fence(producer, topics, p)
+    read, ignored = await restore(reader, topics, store, p, fence, progress)
+    await check_inputs(reader, store, p, committed)
     return read, ignored

@@ -49,7 +49,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from engine.config import ConfigError, load_campaign, load_operators
+from engine.config import load_or_report
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import (
     CHANGELOG_MAX_BYTES,
@@ -272,18 +272,11 @@ class Worker:
 
     async def _restore(self, reader: AIOKafkaConsumer, store: ShardStore, p: int) -> None:
         assert self.admin is not None and self.producer is not None
-        tp = TopicPartition(self.topics.changelog, p)
-        end = (await reader.end_offsets([tp]))[tp]
-        committed = await recovery.check_changelog(self.admin, self.topics, p, end)
-        if store.meta.changelog_offset >= end:
-            # a local copy ahead of the changelog belongs to another history
-            store.reset()
-        fence = await recovery.write_fence(self.producer, self.topics, p)
         t0 = time.perf_counter()
-        read, ignored = await recovery.restore(reader, self.topics, store, p, fence,
-                                               self._restore_progress)
+        read, ignored = await recovery.take_over(reader, self.admin, self.producer,
+                                                 self.topics, store, p,
+                                                 self._restore_progress)
         self.metrics.fenced_records_ignored(ignored)
-        await recovery.check_inputs(reader, store, p, committed)
         store.rebuild_parked_index(self.campaign.park_timeout)
         log.info("partition %d restored: %d changelog records read (%d of a fenced-off "
                  "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0,
@@ -536,12 +529,10 @@ class Worker:
 
 
 async def run_worker(args: argparse.Namespace) -> int:
-    try:
-        campaign = load_campaign(args.campaign)
-        registry = load_operators(args.operators)
-    except ConfigError as e:
-        print(f"mynapoint worker: configuration error: {e}", file=sys.stderr)
+    config = load_or_report("worker", args.campaign, args.operators)
+    if config is None:
         return 2
+    campaign, registry = config
     metrics = EngineMetrics()
     metrics.known_operators(o.id for o in registry.operators)
     metrics.count_client_errors()  # for the process's life

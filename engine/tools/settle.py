@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from engine.config import ConfigError, load_campaign, load_operators
+from engine.config import load_or_report
 from engine.io.outputs import grants_table, rejections_table, write_atomically
 from engine.io.readers import InputError, read_records
 from engine.rules.model import OPERATOR_ID, Campaign, Registry
@@ -176,12 +176,10 @@ def _merge_by_seq(a: pa.Table, seq_a: Any, b: pa.Table, seq_b: Any) -> pa.Table:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        campaign = load_campaign(args.campaign)
-        registry = load_operators(args.operators)
-    except ConfigError as e:
-        print(f"mynapoint settle: configuration error: {e}", file=sys.stderr)
+    config = load_or_report("settle", args.campaign, args.operators)
+    if config is None:
         return 2
+    campaign, registry = config
     from engine.archive.store import ArchiveError
 
     count, index = getattr(args, "partitions", None), getattr(args, "partition", None)

@@ -351,3 +351,21 @@ def test_error_names_the_operator(tmp_path: Path) -> None:
         '["purchase"]', '["refund"]')
     err = assert_error(write(tmp_path, "operators.toml", text), "earns_on", load_operators)
     assert "opb" in str(err) or "operators[1]" in str(err)
+
+
+@pytest.mark.parametrize("command", ["settle", "worker"])
+def test_a_command_with_a_bad_config_gets_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    from engine.cli import main
+
+    bad = tmp_path / "campaign.toml"
+    bad.write_text('rate_percent = "lots"\n')
+    args = ["--campaign", str(bad)]
+    if command == "settle":
+        args += ["--enrollments", str(tmp_path / "e.jsonl"),
+                 "--transactions", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o")]
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mynapoint {command}: configuration error: ")
+    assert "rate_percent" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
