@@ -77,6 +77,7 @@ from engine.kafka.topics import (
     Topics,
     ensure_topics,
 )
+from engine.ops import logs
 from engine.rules.strings import kafka_partitions, rfc3339_array
 
 CONNECT_TIMEOUT = 30.0
@@ -685,8 +686,11 @@ def _archive_main(args: argparse.Namespace) -> int:
               "or --transactions", file=sys.stderr)
         return 2
     try:
-        counts = asyncio.run(publish_archive(args.broker, Topics(prefix=args.topic_prefix),
-                                             args.archive))
+        # a failure is reported below in one line; aiokafka's own lines would repeat it
+        with logs.quiet("aiokafka"):
+            counts = asyncio.run(publish_archive(args.broker,
+                                                 Topics(prefix=args.topic_prefix),
+                                                 args.archive))
     except PublishError as e:
         print(f"mynapoint publish: {e}", file=sys.stderr)
         return 2
@@ -709,10 +713,12 @@ def main(args: argparse.Namespace) -> int:
               "--transactions)", file=sys.stderr)
         return 2
     try:
-        counts = asyncio.run(publish_files(
-            args.broker, Topics(prefix=args.topic_prefix), args.enrollments,
-            args.transactions, batch=args.batch, rate=args.rate, partitions=args.partitions,
-            progress=not args.quiet, manifest=getattr(args, "manifest", None)))
+        with logs.quiet("aiokafka"):  # a failure is reported below in one line
+            counts = asyncio.run(publish_files(
+                args.broker, Topics(prefix=args.topic_prefix), args.enrollments,
+                args.transactions, batch=args.batch, rate=args.rate,
+                partitions=args.partitions, progress=not args.quiet,
+                manifest=getattr(args, "manifest", None)))
     except PublishError as e:
         print(f"mynapoint publish: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -343,7 +345,14 @@ def test_publish_archive_errors_exit_2_with_one_line(tmp_path: Path,
         Entry("old.transactions", "transaction", 0, 0, 1, 1, first=0, last=0, partitions=4))
     assert "takes no --enrollments" in run(good, transactions="t.jsonl")
     assert "the archive was read from" in run(good, topic_prefix="old")
-    assert "cannot reach the Kafka broker" in run(good)
+    # with a log handler configured (as after `logs.configure`), aiokafka's own
+    # connection errors must not add lines to the one that reports the failure
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    try:
+        assert "cannot reach the Kafka broker" in run(good)
+    finally:
+        logging.getLogger().removeHandler(handler)
     (good / "data" / "extra.parquet").write_bytes(b"x")
     assert "not in the manifest" in run(good)
 
