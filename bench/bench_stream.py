@@ -75,7 +75,7 @@ from bench.stream_report import render  # noqa: E402
 from engine.config import load_campaign  # noqa: E402
 from engine.devtools import broker as devbroker  # noqa: E402
 from engine.devtools import security  # noqa: E402
-from engine.devtools.worker_process import WorkerProcess  # noqa: E402
+from engine.devtools.worker_process import WorkerProcess, terminate  # noqa: E402
 from engine.kafka.client_config import ENV as CLIENT_CONFIG_ENV  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
 from engine.kafka.produce import BatchSender, Outgoing  # noqa: E402
@@ -741,12 +741,7 @@ def faust_run(bootstrap: str, ds: Dataset, n: int) -> dict[str, Any]:
         res.update(got)
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)
     res["cpu"] = cpu.result()
     text = log_path.read_text(errors="replace")
     res["root_logger_line"] = next((ln.strip() for ln in text.splitlines()

@@ -268,7 +268,7 @@ def render(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from engine.streams.codec_out import format_utc
+    from engine.rules.strings import format_utc
 
     # piped output (a script, a log) gets whole rows rather than 80-column wrapping
     con = Console(highlight=False, width=None if sys.stdout.isatty() else 140)

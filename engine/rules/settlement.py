@@ -106,7 +106,7 @@ def _run(people: kernel.People, v: Validated, typ: int, person: np.ndarray,
          txn: np.ndarray, orig: np.ndarray, n_codes: int, campaign: Campaign
          ) -> kernel.Decided:
     out = new_decided(v.n)
-    kernel.decide(people, records_of(v, typ, person.astype(np.int32), txn, orig),
+    kernel.decide(people, records_of(v, typ, person, txn, orig),
                   new_entries(v.n if typ == kernel.TRANSACTION else 0), 0, n_codes,
                   terms_of(campaign, streaming=False), NO_TIME, out)
     return out

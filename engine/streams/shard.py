@@ -24,8 +24,7 @@ from engine.rules.marshal import (
 )
 from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
-from engine.rules.strings import kafka_partitions, rfc3339_utc
-from engine.streams.codec_out import format_utc
+from engine.rules.strings import format_utc, kafka_partitions, rfc3339_utc
 from engine.streams.decode import SUB_BITS, InBatch
 from engine.streams.state import (
     META_KEY,
@@ -77,6 +76,26 @@ class ShardResult:
     parked: int = 0
 
 
+def reroute_record(b: InBatch, i: int, key: str) -> dict[str, Any]:
+    """Record ``i`` of ``b`` as JSON for its person's partition: the validated fields
+    only (extras and the message's format are not carried)."""
+    v = b.v
+    rec: dict[str, Any] = {"mykey_id": key, "operator_id": v.operator_id[i].as_py()}
+    if v.received[i] != NO_TIME:
+        rec["received_at"] = format_utc(int(v.received[i]))
+    if v.record_type == "transaction":
+        rec.update(txn_id=v.txn_id[i].as_py(), kind=KIND_NAMES[int(v.kind[i])],
+                   amount=int(v.amount[i]), occurred_at=format_utc(int(v.at[i])))
+        o = v.original_txn_id[i].as_py()
+        if o is not None:
+            rec["original_txn_id"] = o
+    else:
+        rec["applied_at"] = format_utc(int(v.at[i]))
+        if v.earn_given[i]:
+            rec["earn_on"] = KIND_NAMES[int(v.kind[i])]
+    return rec
+
+
 class ShardDecider:
     def __init__(self, campaign: Campaign, registry: Registry, partitions: int) -> None:
         self.campaign = campaign
@@ -102,22 +121,6 @@ class ShardDecider:
         call.new_state()
         return call.res
 
-    def _reroute_record(self, b: InBatch, i: int, key: str) -> dict[str, Any]:
-        v = b.v
-        rec: dict[str, Any] = {"mykey_id": key, "operator_id": v.operator_id[i].as_py()}
-        if v.received[i] != NO_TIME:
-            rec["received_at"] = format_utc(int(v.received[i]))
-        if v.record_type == "transaction":
-            rec.update(txn_id=v.txn_id[i].as_py(), kind=KIND_NAMES[int(v.kind[i])],
-                       amount=int(v.amount[i]), occurred_at=format_utc(int(v.at[i])))
-            o = v.original_txn_id[i].as_py()
-            if o is not None:
-                rec["original_txn_id"] = o
-        else:
-            rec["applied_at"] = format_utc(int(v.at[i]))
-            if v.earn_given[i]:
-                rec["earn_on"] = KIND_NAMES[int(v.kind[i])]
-        return rec
 
 
 class _Call:
@@ -195,7 +198,7 @@ class _Call:
                     continue
                 if parts[i] != partition:
                     self.res.reroute.append(Reroute(
-                        b.v.record_type, parts[i], self.d._reroute_record(b, i, key),
+                        b.v.record_type, parts[i], reroute_record(b, i, key),
                         b.source[i], int(b.v.received[i])))
                     continue
                 pi = self.person(key)

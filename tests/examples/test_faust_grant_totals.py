@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from engine.devtools import broker as devbroker
 from engine.devtools import security
+from engine.devtools.worker_process import terminate
 from engine.kafka.client_config import default_client
 from tests.streams.harness import (
     collect_and_compare,
@@ -89,11 +89,7 @@ def test_a_users_faust_agent_adds_up_the_engines_grants_per_operator(
     try:
         got = asyncio.run(_latest_totals(bootstrap, f"{app}-totals", dict(want), 150.0))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
         log.close()
     assert got == dict(want), (tmp_path / "faust.log").read_text()[-3000:]
     # everything the app created is under its own prefix: one prefixed ACL grants it
