@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-batch", type=int, default=20_000)
     w.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or one JSON object per line")
+    w.add_argument("--runtime", choices=["aiokafka", "faust"], default="aiokafka",
+                   help="aiokafka (default, the faster) or faust: the same settlement "
+                        "logic and guarantees inside a Faust app (docs/ARCHITECTURE.md)")
     w.add_argument("--replay", action="store_true",
                    help="the input topics are a replay written by `publish --archive`: "
                         "believe its original positions and archived verdicts (only on "

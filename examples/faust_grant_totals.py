@@ -37,7 +37,7 @@ from typing import Any
 
 import faust
 
-from engine.kafka.client_config import load_client_config
+from engine.kafka.client_config import faust_credentials, load_client_config
 
 
 class Grant(faust.Record, serializer="json"):
@@ -48,17 +48,6 @@ class Grant(faust.Record, serializer="json"):
     points: int
 
 
-def credentials(path: str | None) -> faust.SASLCredentials | None:
-    """Faust's credentials from a Kafka client properties file (None: plaintext)."""
-    kw = load_client_config(path) if path else {}
-    if "sasl_mechanism" not in kw:
-        return None
-    return faust.SASLCredentials(username=kw["sasl_plain_username"],
-                                 password=kw["sasl_plain_password"],
-                                 mechanism=kw["sasl_mechanism"],
-                                 ssl_context=kw.get("ssl_context"))
-
-
 def make_app() -> faust.App:
     env = os.environ
     name = env.get("GRANT_TOTALS_APP", "grant-totals")
@@ -66,7 +55,8 @@ def make_app() -> faust.App:
     app = faust.App(
         name,
         broker=f"kafka://{env.get('GRANT_TOTALS_BROKER', '127.0.0.1:9092')}",
-        broker_credentials=credentials(env.get("GRANT_TOTALS_CLIENT_CONFIG")),
+        broker_credentials=faust_credentials(
+            load_client_config(env.get("GRANT_TOTALS_CLIENT_CONFIG"))),
         store="memory://",  # the table is rebuilt from its changelog topic at start
         topic_partitions=partitions,
         broker_session_timeout=10,

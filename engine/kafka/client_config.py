@@ -145,3 +145,19 @@ def use_client_config(path: str | Path | None) -> None:
     if path is not None:
         load_client_config(path)
         os.environ[ENV] = str(Path(path).resolve())
+
+
+def faust_credentials(kw: dict[str, Any]) -> Any:
+    """Faust's ``broker_credentials`` for aiokafka keyword arguments from
+    :func:`load_client_config` (None: plaintext), so that a Faust app authenticates
+    with the same properties file as every other client."""
+    import faust
+
+    if "sasl_mechanism" in kw:
+        return faust.SASLCredentials(username=kw["sasl_plain_username"],
+                                     password=kw["sasl_plain_password"],
+                                     mechanism=kw["sasl_mechanism"],
+                                     ssl_context=kw.get("ssl_context"))
+    if "ssl_context" in kw:
+        return faust.SSLCredentials(kw["ssl_context"])
+    return None

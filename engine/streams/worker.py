@@ -128,15 +128,11 @@ class Worker:
         self._marker = os.environ.get("MYNAPOINT_BATCH_MARKER")
         self.producer_stale = False  # replace it before the next batch
         self.faults = Faults()
+        self._failures = 0  # batches failed in a row (the retry delay grows with it)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self._lock_slot()
-        self.partitions = await ensure_topics(self.bootstrap, self.topics, self.partitions)
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **default_client())
-        await self.admin.start()
-        self.producer = self._new_producer()
-        await self.producer.start()
+        await self.start_clients()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, **default_client(), group_id=self.topics.group_id,
             client_id=self.client_id,
@@ -153,6 +149,15 @@ class Worker:
         self.consumer.subscribe(list(self.topics.consumed), listener=_Rebalance(self))
         self.metrics.set_up(True)
         self.readiness.started()
+
+    async def start_clients(self) -> None:
+        """Everything but the consumer, which is the runtime's (aiokafka's or Faust's)."""
+        self._lock_slot()
+        self.partitions = await ensure_topics(self.bootstrap, self.topics, self.partitions)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **default_client())
+        await self.admin.start()
+        self.producer = self._new_producer()
+        await self.producer.start()
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -319,34 +324,39 @@ class Worker:
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
-        assert self.consumer is not None
-        failures = 0
         while not self.stopping.is_set():
-            data: dict[Any, list[Any]] = {}
-            try:
-                if self.producer_stale:
-                    await self._replace_producer()
-                await self._prioritise_enrollments()
-                data = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-                if data:
-                    async with self.lock:
-                        await self.process(data)
-                failures = 0
-            except NOT_RETRIED as e:
-                self.metrics.kafka_error(e)
-                raise
-            except KafkaError as e:
-                # A broker died or moved a leader or the group coordinator, and
-                # aiokafka gave up on a send or a lookup (a failed commit is handled in
-                # process). Nothing of the batch is in the local checkpoint yet, so it
-                # is decided again from there: the same outcomes and changelog records.
-                delay = min(RETRY_FIRST_SECONDS * 2 ** failures, RETRY_MAX_SECONDS)
-                failures += 1
-                log.warning("batch failed (%s: %s); retrying it in %.1f s",
-                            type(e).__name__, e, delay)
+            await self.step(200)
+
+    async def step(self, timeout_ms: int) -> None:
+        """One batch: fetch (waiting up to ``timeout_ms``), decide, checkpoint. The
+        aiokafka runtime loops on it; the Faust runtime's agent calls it."""
+        assert self.consumer is not None
+        data: dict[Any, list[Any]] = {}
+        try:
+            if self.producer_stale:
+                await self._replace_producer()
+            await self._prioritise_enrollments()
+            data = await self.consumer.getmany(timeout_ms=timeout_ms,
+                                               max_records=self.max_batch)
+            if data:
                 async with self.lock:
-                    self._rewind(data)
-                await asyncio.sleep(delay)
+                    await self.process(data)
+            self._failures = 0
+        except NOT_RETRIED as e:
+            self.metrics.kafka_error(e)
+            raise
+        except KafkaError as e:
+            # A broker died or moved a leader or the group coordinator, and
+            # aiokafka gave up on a send or a lookup (a failed commit is handled in
+            # process). Nothing of the batch is in the local checkpoint yet, so it
+            # is decided again from there: the same outcomes and changelog records.
+            delay = min(RETRY_FIRST_SECONDS * 2 ** self._failures, RETRY_MAX_SECONDS)
+            self._failures += 1
+            log.warning("batch failed (%s: %s); retrying it in %.1f s",
+                        type(e).__name__, e, delay)
+            async with self.lock:
+                self._rewind(data)
+            await asyncio.sleep(delay)
 
     def _rewind(self, data: dict[Any, list[Any]]) -> None:
         """Undo a failed batch: read it again, forget its undurable state changes,
@@ -528,7 +538,9 @@ class Worker:
         self.records += n_rec
 
 
-async def run_worker(args: argparse.Namespace) -> int:
+def build_worker(args: argparse.Namespace, cls: type[Worker] = Worker) -> Worker | int:
+    """The worker ``args`` describe, its metrics and health endpoints served (both
+    runtimes); an exit code after printing one line when that is impossible."""
     config = load_or_report("worker", args.campaign, args.operators)
     if config is None:
         return 2
@@ -547,35 +559,52 @@ async def run_worker(args: argparse.Namespace) -> int:
             return 2
         host, port = server.server_address[:2]
         client_id = health.advertised_client_id(str(host), int(port))
-    w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
+    return cls(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
                Path(args.state_dir), args.partitions, args.max_batch, metrics,
                readiness=readiness, client_id=client_id,
                replay=getattr(args, "replay", False))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, w.stopping.set)
-    beat = asyncio.create_task(health.heartbeat(readiness))
-    try:
-        with logs.quiet("aiokafka"):  # the one line below says it all
-            await w.start()
-    except (KafkaError, TopicMismatch, OSError) as e:
-        metrics.kafka_error(e)
-        beat.cancel()
-        with logs.quiet("aiokafka"), contextlib.suppress(Exception):
-            await w.stop()  # releases what did start; a second failure adds nothing
-        print(f"mynapoint worker: cannot start on the Kafka broker at {args.broker}: "
-              f"{logs.redact(health.describe_error(e))}", file=sys.stderr)
-        return 2
-    assert w.consumer is not None
-    watch = asyncio.create_task(
-        health.watch_broker(readiness, w.consumer.topics,  # a metadata request
-                            on_change=metrics.set_up))
+
+
+START_ERRORS = (KafkaError, TopicMismatch, OSError)
+
+
+def start_failed(args: argparse.Namespace, w: Worker, e: BaseException) -> int:
+    w.metrics.kafka_error(e)
+    print(f"mynapoint worker: cannot start on the Kafka broker at {args.broker}: "
+          f"{logs.redact(health.describe_error(e))}", file=sys.stderr)
+    return 2
+
+
+def announce(args: argparse.Namespace, w: Worker, runtime: str = "") -> None:
     started = (f"consuming {', '.join(w.topics.inputs)} ({w.partitions} partitions) "
-               f"from {args.broker}")
+               f"from {args.broker}{runtime}")
     if getattr(args, "log_format", "text") == "json":
         log.info(started)  # every line a JSON object, for log shippers
     else:
         print(f"mynapoint worker: {started}", flush=True)
+
+
+async def run_worker(args: argparse.Namespace) -> int:
+    w = build_worker(args)
+    if isinstance(w, int):
+        return w
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, w.stopping.set)
+    beat = asyncio.create_task(health.heartbeat(w.readiness))
+    try:
+        with logs.quiet("aiokafka"):  # the one line below says it all
+            await w.start()
+    except START_ERRORS as e:
+        beat.cancel()
+        with logs.quiet("aiokafka"), contextlib.suppress(Exception):
+            await w.stop()  # releases what did start; a second failure adds nothing
+        return start_failed(args, w, e)
+    assert w.consumer is not None
+    watch = asyncio.create_task(
+        health.watch_broker(w.readiness, w.consumer.topics,  # a metadata request
+                            on_change=w.metrics.set_up))
+    announce(args, w)
     try:
         await w.run()
     finally:
@@ -587,4 +616,8 @@ async def run_worker(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     logs.configure(getattr(args, "log_format", "text"))
+    if getattr(args, "runtime", "aiokafka") == "faust":
+        from engine.streams.faust_runtime import run_faust
+
+        return run_faust(args)
     return asyncio.run(run_worker(args))

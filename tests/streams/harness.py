@@ -24,6 +24,9 @@ from engine.tools.publish import publish_files
 from tests.builders import Scenario, make_scenario  # noqa: F401  (the streams tests' import)
 
 PARTITIONS = 4
+# The worker's runtimes: the stream tests that take the ``runtime`` fixture run under
+# each (tests/streams/conftest.py)
+RUNTIMES = ("aiokafka", "faust")
 LAST_STATS: dict[str, object] = {}  # collect's counts from the last collect_and_compare
 # counts of the fault tests' last run, quoted by docs/RELIABILITY.md
 REPORT_DIR = Path(__file__).resolve().parents[2] / ".reliability"
@@ -34,13 +37,13 @@ def topics_for(prefix: str) -> Topics:
 
 
 def worker(bootstrap: str, prefix: str, log_dir: Path, name: str = "w",
-           env: dict[str, str] | None = None, extra: list[str] | None = None
-           ) -> WorkerProcess:
+           env: dict[str, str] | None = None, extra: list[str] | None = None,
+           runtime: str = "aiokafka") -> WorkerProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     return WorkerProcess(bootstrap, prefix, PARTITIONS, state_dir=log_dir / "state",
                          log_path=log_dir / f"{name}.log",
                          extra=["--group", f"{prefix}-engine", "--max-batch", "500",
-                                *(extra or [])], env=env)
+                                "--runtime", runtime, *(extra or [])], env=env)
 
 
 def publish(bootstrap: str, prefix: str, sc: Scenario, manifest: Path, batch: int,

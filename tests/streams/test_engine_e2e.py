@@ -27,9 +27,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 
 @pytest.mark.parametrize("batch", [1000, 1])
 def test_stream_equals_offline(kafka_broker, topic_prefix, scenario, tmp_path: Path,
-                               batch: int) -> None:
+                               batch: int, runtime: str) -> None:
     prefix = topic_prefix()
-    w = worker(kafka_broker.bootstrap, prefix, tmp_path).start()
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, runtime=runtime).start()
     try:
         publish(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", batch)
         cmp, grants, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,

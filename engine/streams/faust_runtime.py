@@ -1,0 +1,398 @@
+"""The Faust runtime: the engine's worker inside a ``faust.App``.
+
+``mynapoint worker --runtime faust`` (or ``faust -A engine.streams.faust_runtime:app
+worker -l info`` with the same options in ``$MYNAPOINT_WORKER_ARGS``) runs the
+settlement with Faust consuming the input topics. Only the consuming is Faust's;
+everything that makes the outcomes and guarantees is the engine's own, the very code
+the aiokafka runtime runs (:class:`engine.streams.worker.Worker`): decoding, the
+per-partition :class:`~engine.streams.logic.PartitionLogic`, the take-over
+(:mod:`engine.streams.recovery`) and the crash-safety order of
+:mod:`engine.streams.checkpoint`, whose offset commits carry the changelog position
+the take-over needs.
+
+- **One agent** reads every consumed topic (``Topics.consumed``) as raw bytes and
+  gathers events with ``stream.take_events``; each gathered batch is handed to
+  :class:`FaustConsumer`, which shapes it like aiokafka's ``getmany`` answer
+  (``{TopicPartition: [ConsumerRecord]}``), and the agent then runs
+  :meth:`Worker.step` — the same fetch → decide → checkpoint step the aiokafka
+  runtime loops on. A timer runs the step too, so that records held back (a
+  partition being taken over, transactions waiting for their enrollments, a batch
+  rewound after a broker error) are decided without new traffic.
+- **Faust never commits an offset.** The topics are declared with ``acks=False`` and
+  read with ``noack()``: Faust's consumer then neither tracks nor acks their messages
+  (``Conductor.acks_enabled_for`` is false, so ``Consumer._acked`` stays empty and
+  ``Consumer.commit`` finds nothing to commit), and its gap filling is skipped for
+  them too. Offsets are committed only by the engine's :class:`Checkpoint`, on
+  Faust's own aiokafka consumer (in Faust's consumer thread), after outcomes and
+  state are durable, with the ``cl`` metadata. ``tests/streams/test_runtimes.py``
+  proves it on the broker.
+- **Assignment.** Faust's own partition assignor puts partition ``p`` of every topic
+  one agent reads on one worker (co-partitioned), which is what the engine's state
+  per partition needs. It is only used while ``table_standby_replicas`` > 0 or the
+  app has tables (else Faust falls back to round-robin), hence ``1`` below.
+- **Rebalances.** Faust's ``on_partitions_revoked``/``on_partitions_assigned``
+  signals call the worker's own handlers (stores closed; take-over in the
+  background, the partition held back until it is done).
+- Not used: Faust tables and their changelogs (the engine's state is columnar per
+  partition, not per key), ``exactly_once`` (open duplicate bugs, and the engine's
+  checkpoint already gives identical outcomes on redelivery), Faust's web server
+  (off unless ``MYNAPOINT_FAUST_WEB=1``; it then binds 127.0.0.1), its leader topic
+  and topic creation (the worker creates the engine's topics itself), Faust's
+  sensors (the engine's own Prometheus metrics and ``/healthz`` ``/readyz`` are
+  served exactly as under the aiokafka runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import faust
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+from faust.app.base import BootStrategy
+
+from engine.kafka.client_config import default_client, faust_credentials
+from engine.kafka.topics import CHANGELOG_MAX_BYTES, ensure_topics
+from engine.ops import health, logs
+from engine.streams.worker import START_ERRORS, Worker, announce, build_worker, start_failed
+
+log = logging.getLogger("mynapoint.worker")
+
+WORKER_ARGS_ENV = "MYNAPOINT_WORKER_ARGS"  # `mynapoint worker` options for `faust -A`
+WEB_ENV = "MYNAPOINT_FAUST_WEB"  # "1": let `faust worker` start Faust's web server
+TAKE_WITHIN = 0.02  # seconds the agent waits to fill a batch (latency at low load)
+IDLE_STEP = 0.2  # seconds between steps without new events (as the aiokafka loop)
+
+
+def _record(m: Any) -> ConsumerRecord[bytes, bytes]:
+    """Faust's message as aiokafka's record: the decoder and the checkpoint read
+    the same fields whichever runtime fetched it (Faust keeps the timestamp in s)."""
+    ts = m.timestamp
+    return ConsumerRecord(topic=m.topic, partition=m.partition, offset=m.offset,
+                          timestamp=round(ts * 1000) if ts is not None else -1,
+                          timestamp_type=m.timestamp_type, key=m.key, value=m.value,
+                          checksum=None, serialized_key_size=m.serialized_key_size,
+                          serialized_value_size=m.serialized_value_size,
+                          headers=tuple(m.headers or ()))
+
+
+class FaustConsumer:
+    """The part of an aiokafka consumer the :class:`Worker` uses, over a Faust app.
+
+    Records the agent hands over wait here per partition until a step fetches them
+    (:meth:`getmany`). Pausing, seeking back and positions are the engine's view:
+    a paused partition's records are held (Faust may still be fetching it, e.g.
+    while the partition is being taken over), a seek puts the last fetched records
+    back, and a partition's position is the next offset the engine has not been
+    given. A record the engine was already given is dropped when Faust reads it
+    again (Faust seeks every partition to its committed offset at each rebalance;
+    events gathered before a rebalance may still arrive after it).
+    """
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._queue: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._last: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        self._paused: set[TopicPartition] = set()
+
+    # ------------------------------------------------------------------ Faust side
+    def put(self, events: Iterable[Any]) -> None:
+        assigned = self.assignment()
+        for event in events:
+            m = event.message
+            tp = TopicPartition(m.topic, m.partition)
+            if tp not in assigned:
+                continue  # revoked meanwhile: its new owner reads it from the commit
+            nxt = self._next.get(tp)
+            if nxt is not None and m.offset < nxt:
+                continue  # already given to the engine
+            q = self._queue.setdefault(tp, [])
+            while q and q[-1].offset >= m.offset:
+                q.pop()  # Faust reads again from the committed offset: its copy wins
+            q.append(_record(m))
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Partitions revoked: whatever is held of them is read again by their owner."""
+        for tp in tps:
+            self._queue.pop(tp, None)
+            self._next.pop(tp, None)
+            self._last.pop(tp, None)
+            self._paused.discard(tp)
+
+    def deliverable(self) -> int:
+        return sum(len(q) for tp, q in self._queue.items() if tp not in self._paused)
+
+    def _thread(self) -> Any:
+        return self._app.consumer._thread  # type: ignore[attr-defined]  # its own loop
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        """Call the aiokafka consumer's method ``name`` in Faust's consumer thread."""
+        thread = self._thread()
+        return await thread.call_thread(getattr(thread._ensure_consumer(), name), *args)
+
+    # ------------------------------------------------------------------ aiokafka side
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None
+                      ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        room = max_records or sys.maxsize
+        out: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        for tp, q in self._queue.items():
+            if room <= 0:
+                break
+            if tp in self._paused or not q:
+                continue
+            out[tp] = q[:room]
+            del q[:len(out[tp])]
+            room -= len(out[tp])
+            self._next[tp] = out[tp][-1].offset + 1
+        for tp in out:  # the partitions served last go to the back of the line
+            self._queue[tp] = self._queue.pop(tp)
+        self._last = out
+        return out
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Only back into the last fetched records (the worker hands back or
+        rewinds a batch): they are fetched again, in order."""
+        back = [m for m in self._last.get(tp, ()) if m.offset >= offset]
+        q = self._queue.setdefault(tp, [])
+        if back:
+            q[:] = back + [m for m in q if m.offset > back[-1].offset]
+        self._next[tp] = offset
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self._paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._paused.difference_update(tps)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def assignment(self) -> set[TopicPartition]:
+        try:
+            return {TopicPartition(tp.topic, tp.partition)
+                    for tp in self._app.consumer.assignment()}
+        except Exception:  # not started yet, or stopping
+            return set()
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        try:
+            return int(self._app.consumer.highwater(tp))
+        except Exception:  # not (or no longer) assigned, or not known yet
+            return None
+
+    async def position(self, tp: TopicPartition) -> int:
+        nxt = self._next.get(tp)
+        if nxt is not None:
+            return nxt
+        q = self._queue.get(tp)
+        if q:
+            return q[0].offset
+        committed = await self._call("committed", tp)
+        if committed is None:
+            committed = (await self._call("beginning_offsets", [tp]))[tp]
+        self._next[tp] = committed
+        return int(committed)
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        await self._call("commit", offsets)
+
+    async def topics(self) -> Any:
+        return await self._call("topics")
+
+    async def stop(self) -> None:
+        """Faust stops its consumer itself."""
+
+
+class FaustWorker(Worker):
+    """The engine's worker with Faust's consumer (:class:`FaustConsumer`)."""
+
+    app: EngineApp
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stepping = asyncio.Lock()  # one step at a time: the agent's or the timer's
+
+    async def start(self) -> None:
+        await self.start_clients()
+        self.consumer = FaustConsumer(self.app)  # type: ignore[assignment]
+        self.metrics.set_up(True)
+        self.readiness.started()
+
+    @property
+    def faust_consumer(self) -> FaustConsumer:
+        assert isinstance(self.consumer, FaustConsumer)
+        return self.consumer
+
+    async def faust_step(self) -> None:
+        """:meth:`Worker.step` until nothing is left to decide now; one at a time
+        (the agent and the idle timer both call it)."""
+        async with self.stepping:
+            while not self.stopping.is_set():
+                await self.step(0)
+                if not self.faust_consumer.deliverable():
+                    return
+
+    async def on_revoked(self, revoked: Iterable[Any]) -> None:
+        tps = {TopicPartition(tp.topic, tp.partition) for tp in revoked}
+        async with self.lock:  # a batch in flight finishes (and commits) first
+            self.close_partitions({tp.partition for tp in tps})
+            self.faust_consumer.forget(tps)
+
+    def on_assigned(self, assigned: Iterable[Any]) -> None:
+        self.assign_partitions({tp.partition for tp in assigned})
+
+
+class _Boot(BootStrategy):
+    """Faust's web server stays off whatever ``faust worker`` says (its
+    ``--with-web`` is on by default), unless ``MYNAPOINT_FAUST_WEB=1``."""
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        if os.environ.get(WEB_ENV) != "1":
+            self.enable_web = False
+
+
+class EngineApp(faust.App):
+    BootStrategy = _Boot
+    engine: FaustWorker
+    args: argparse.Namespace
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # Faust's worker configured logging its way: the engine's format and
+        # redaction apply under both runtimes
+        logs.configure(getattr(self.args, "log_format", "text"))
+        await self.engine.start()
+        announce(self.args, self.engine, " (faust runtime)")
+        self.add_future(health.heartbeat(self.engine.readiness))
+        self.add_future(health.watch_broker(self.engine.readiness,
+                                            self.engine.faust_consumer.topics,
+                                            on_change=self.engine.metrics.set_up))
+        self.add_future(self._idle())
+
+    async def _idle(self) -> None:
+        while not self.engine.stopping.is_set():
+            await asyncio.sleep(IDLE_STEP)
+            await self.engine.faust_step()
+
+    async def on_stop(self) -> None:
+        self.engine.stopping.set()
+        async with self.engine.stepping:  # the batch in flight completes its checkpoint
+            pass
+        await super().on_stop()
+        await self.engine.stop()
+
+
+def make_app(w: FaustWorker, args: argparse.Namespace) -> EngineApp:
+    topics = w.topics
+    client = default_client()
+    datadir = w.state_root / "faust"  # Faust wants one; it holds nothing of the engine's
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = EngineApp(
+        topics.group_id,  # the consumer group: the one the take-over reads commits of
+        broker=[f"kafka://{b.strip()}" for b in args.broker.split(",")],
+        broker_credentials=faust_credentials(client),
+        datadir=str(datadir),
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        consumer_max_fetch_size=CHANGELOG_MAX_BYTES,
+        table_standby_replicas=1,  # keeps Faust's co-partitioning assignor (above)
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=False,
+        web_bind="127.0.0.1",
+    )
+    app.engine = w
+    app.args = args
+    w.app = app
+    source = app.topic(*topics.consumed, acks=False, key_serializer="raw",
+                       value_serializer="raw", internal=False)
+
+    @app.agent(source, name=f"{topics.group_id}.settle")
+    async def settle(stream: Any) -> None:
+        async for events in stream.noack().take_events(w.max_batch, within=TAKE_WITHIN):
+            w.faust_consumer.put(events)
+            await w.faust_step()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # (mode stubs: sync only)
+    async def revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await w.on_revoked(args[0])  # (sender, revoked partitions, signal=...)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        w.on_assigned(args[0])
+
+    return app
+
+
+async def _preflight(args: argparse.Namespace, w: Worker) -> int:
+    """The broker reachable and the topics there, before Faust starts: a bad broker
+    gets the same one-line error and exit 2 as under the aiokafka runtime."""
+    try:
+        with logs.quiet("aiokafka"):
+            await ensure_topics(w.bootstrap, w.topics, w.partitions)
+    except START_ERRORS as e:
+        return start_failed(args, w, e)
+    return 0
+
+
+def run_faust(args: argparse.Namespace) -> int:
+    w = build_worker(args, FaustWorker)
+    if isinstance(w, int):
+        return w
+    assert isinstance(w, FaustWorker)
+    rc = asyncio.run(_preflight(args, w))
+    if rc:
+        return rc
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its own
+    app = make_app(w, args)
+    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+_app: EngineApp | None = None
+
+
+def app_from_env(argv: Sequence[str] | None = None) -> EngineApp:
+    """The app ``faust -A engine.streams.faust_runtime:app`` runs: the options of
+    ``mynapoint worker`` from ``$MYNAPOINT_WORKER_ARGS``."""
+    from engine.cli import build_parser
+    from engine.kafka.client_config import ClientConfigError, use_client_config
+
+    if argv is None:
+        argv = shlex.split(os.environ.get(WORKER_ARGS_ENV, ""))
+    args = build_parser().parse_args(["worker", *argv])
+    try:
+        use_client_config(args.client_config)
+    except ClientConfigError as e:
+        raise SystemExit(f"mynapoint worker: {e}") from None
+    w = build_worker(args, FaustWorker)
+    if isinstance(w, int):
+        raise SystemExit(w)
+    assert isinstance(w, FaustWorker)
+    return make_app(w, args)
+
+
+def __getattr__(name: str) -> Any:
+    global _app
+    if name != "app":
+        raise AttributeError(name)
+    if _app is None:
+        _app = app_from_env()
+    return _app
+
+
+__all__ = ["EngineApp", "FaustConsumer", "FaustWorker", "make_app", "run_faust"]
