@@ -356,6 +356,7 @@ def run_faust(args: argparse.Namespace) -> int:
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its own
     app = make_app(w, args)
     worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    worker.spinner = None  # terminal escapes in a log file
     try:
         worker.execute_from_commandline()
     except SystemExit as e:
