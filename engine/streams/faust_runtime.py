@@ -91,9 +91,10 @@ class FaustConsumer:
     a paused partition's records are held (Faust may still be fetching it, e.g.
     while the partition is being taken over), a seek puts the last fetched records
     back, and a partition's position is the next offset the engine has not been
-    given. A record the engine was already given is dropped when Faust reads it
-    again (Faust seeks every partition to its committed offset at each rebalance;
-    events gathered before a rebalance may still arrive after it).
+    given. Events fetched before a rebalance are dropped, however late the agent
+    hands them over: at each rebalance Faust seeks every partition back to its
+    committed offset and reads them again, in order; within one generation a
+    record at or below the last one held or given is a copy and is dropped.
     """
 
     def __init__(self, app: faust.App) -> None:
@@ -105,18 +106,21 @@ class FaustConsumer:
 
     # ------------------------------------------------------------------ Faust side
     def put(self, events: Iterable[Any]) -> None:
+        generation = self._app.consumer_generation_id
         assigned = self.assignment()
         for event in events:
             m = event.message
+            if m.generation_id != generation:
+                # fetched before a rebalance (gathered, then handed over after it):
+                # Faust reads every partition again from its committed offset
+                continue
             tp = TopicPartition(m.topic, m.partition)
             if tp not in assigned:
-                continue  # revoked meanwhile: its new owner reads it from the commit
-            nxt = self._next.get(tp)
-            if nxt is not None and m.offset < nxt:
-                continue  # already given to the engine
+                continue
             q = self._queue.setdefault(tp, [])
-            while q and q[-1].offset >= m.offset:
-                q.pop()  # Faust reads again from the committed offset: its copy wins
+            last = q[-1].offset if q else self._next.get(tp, -1) - 1
+            if m.offset <= last:
+                continue  # already held or given to the engine
             q.append(_record(m))
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:

@@ -42,7 +42,7 @@ def test_stream_equals_offline(kafka_broker, topic_prefix, scenario, tmp_path: P
 
 @pytest.mark.parametrize("stage", ["outputs", "state", "commit"])
 def test_crash_at_an_exact_point_of_a_batch(kafka_broker, topic_prefix, scenario,
-                                            tmp_path: Path, stage: str) -> None:
+                                            tmp_path: Path, stage: str, runtime: str) -> None:
     """Crash injection at the dangerous instants of the 4th batch: outcomes
     acknowledged but state not written (they are decided again, identically),
     state in the changelog but offsets not committed (the redelivered records are
@@ -51,9 +51,9 @@ def test_crash_at_an_exact_point_of_a_batch(kafka_broker, topic_prefix, scenario
     prefix = topic_prefix()
     publish(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 1)
     w = worker(kafka_broker.bootstrap, prefix, tmp_path, "crashing",
-               env={"MYNAPOINT_CRASH_AT": f"{stage}:3"}).start()
+               env={"MYNAPOINT_CRASH_AT": f"{stage}:3"}, runtime=runtime).start()
     assert w.wait_exit() == -9, "the worker did not reach the crash point"
-    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "restarted").start()
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "restarted", runtime=runtime).start()
     try:
         cmp, _, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,
                                         tmp_path / "m.parquet")

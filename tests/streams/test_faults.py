@@ -62,6 +62,12 @@ def _outcomes_beyond(bootstrap: str, prefix: str, count: int, wait: float = 60.0
     return n
 
 
+def _named(report: str, runtime: str) -> str:
+    """The fault report's name: the default runtime's keeps the name RELIABILITY.md
+    quotes."""
+    return report if runtime == "aiokafka" else f"{report}_{runtime}"
+
+
 def _ignored_in_logs(log_dir: Path) -> int:
     return sum(int(n) for f in log_dir.glob("*.log")
                for n in re.findall(r"\((\d+) of a fenced-off writer ignored\)",
@@ -69,7 +75,7 @@ def _ignored_in_logs(log_dir: Path) -> int:
 
 
 def test_sigkill_three_times_inside_batches(kafka_broker, topic_prefix, scenario,
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path, runtime: str) -> None:
     """SIGKILL the worker three times at random moments, each proven to land while
     it was inside a batch, restart it each time: nothing missing, doubled or
     different."""
@@ -77,7 +83,7 @@ def test_sigkill_three_times_inside_batches(kafka_broker, topic_prefix, scenario
     rng = random.Random(20201)
     marker = tmp_path / "batch.marker"
     env = {"MYNAPOINT_BATCH_MARKER": str(marker)}
-    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "w0", env=env).start()
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "w0", env=env, runtime=runtime).start()
     t = _publisher(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 90.0)
     kills = 0
     try:
@@ -88,14 +94,15 @@ def test_sigkill_three_times_inside_batches(kafka_broker, topic_prefix, scenario
             w.kill_inside_batch(marker)
             kills += t.is_alive()  # only kills while records still flow count
             marker.unlink(missing_ok=True)
-            w = worker(kafka_broker.bootstrap, prefix, tmp_path, f"w{k + 1}", env=env).start()
+            w = worker(kafka_broker.bootstrap, prefix, tmp_path, f"w{k + 1}", env=env,
+                       runtime=runtime).start()
         t.join()
         cmp, _, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,
                                         tmp_path / "m.parquet")
     finally:
         w.stop()
         t.join()
-    fault_report("sigkill_x3", scenario, cmp, kills_inside_batches=kills)
+    fault_report(_named("sigkill_x3", runtime), scenario, cmp, kills_inside_batches=kills)
     assert kills == 3, "a kill landed after publishing ended: slow publishing down"
     assert cmp.equal, str(cmp)
 
@@ -139,18 +146,18 @@ def test_zombie_frozen_past_its_session_writes_nothing_that_survives(
 
 
 def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix, scenario,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, runtime: str) -> None:
     """A second worker joins while records flow, then the first leaves: both owned
     partitions, and outcomes were produced before, between and after the changes."""
     prefix = topic_prefix()
     bootstrap = kafka_broker.bootstrap
-    a = worker(bootstrap, prefix, tmp_path, "a").start()
+    a = worker(bootstrap, prefix, tmp_path, "a", runtime=runtime).start()
     t = _publisher(bootstrap, prefix, scenario, tmp_path / "m.parquet", 120.0)
     b = None
     try:
         a.wait_for("assigned partitions [0")
         before_join = _outcomes_beyond(bootstrap, prefix, 0)
-        b = worker(bootstrap, prefix, tmp_path, "b").start()
+        b = worker(bootstrap, prefix, tmp_path, "b", runtime=runtime).start()
         b.wait_for("assigned partitions [", 60)
         before_leave = _outcomes_beyond(bootstrap, prefix, before_join)
         assert a.stop() == 0, "the leaving worker must shut down cleanly"
@@ -164,7 +171,7 @@ def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix,
         if b is not None:
             b.stop()
         t.join()
-    fault_report("scale_out", scenario, cmp, outcomes_before_join=before_join,
+    fault_report(_named("scale_out", runtime), scenario, cmp, outcomes_before_join=before_join,
                  outcomes_before_leave=before_leave, outcomes_after_leave=after_leave)
     assert 0 < before_join < before_leave <= after_leave < total
     assert cmp.equal, str(cmp)

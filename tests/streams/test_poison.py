@@ -105,12 +105,12 @@ async def _inject(bootstrap: str, prefix: str) -> dict[str, tuple[int, str]]:
 
 
 def test_poison_records_mixed_into_a_normal_stream(kafka_broker, topic_prefix, tmp_path: Path,
-                                                   tmp_path_factory) -> None:
+                                                   tmp_path_factory, runtime: str) -> None:
     sc = make_scenario(tmp_path_factory.mktemp("poison-campaign"), 200, 2000, seed=11)
     # 2 re-routed grants, 6 unreadable messages, 2 chunk records, 1 Arrow row
     # (the enrollment has no output)
     sent, grants, rejections = _run_with(kafka_broker.bootstrap, topic_prefix(), tmp_path, sc,
-                                         _inject, lambda sent: 11)
+                                         _inject, lambda sent: 11, runtime)
 
     def src(name: str, i: int | None = None) -> str:
         topic, part, off = sent[name]
@@ -248,12 +248,12 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
 
 
 def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
-              inject: Callable[[str, str], Awaitable[Any]], extra: Callable[[Any], int]
-              ) -> tuple[Any, pa.Table, pa.Table]:
+              inject: Callable[[str, str], Awaitable[Any]], extra: Callable[[Any], int],
+              runtime: str = "aiokafka") -> tuple[Any, pa.Table, pa.Table]:
     """A worker settles the scenario, published as one-record messages, with
     ``inject``'s poison sent in the middle; returns what ``inject`` returned and the
     collected outcomes (the scenario's plus ``extra(sent)``)."""
-    w = worker(bootstrap, prefix, tmp_path).start()
+    w = worker(bootstrap, prefix, tmp_path, runtime=runtime).start()
     t = threading.Thread(target=publish, args=(bootstrap, prefix, sc, tmp_path / "m.parquet",
                                                1, 2000.0))
     try:
