@@ -101,7 +101,8 @@ class FaustConsumer:
         self._app = app
         self._queue: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
         self._next: dict[TopicPartition, int] = {}
-        self._last: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        # given to the engine and not committed yet: what a seek can go back to
+        self._given: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
         self._paused: set[TopicPartition] = set()
 
     # ------------------------------------------------------------------ Faust side
@@ -128,7 +129,7 @@ class FaustConsumer:
         for tp in tps:
             self._queue.pop(tp, None)
             self._next.pop(tp, None)
-            self._last.pop(tp, None)
+            self._given.pop(tp, None)
             self._paused.discard(tp)
 
     def deliverable(self) -> int:
@@ -156,17 +157,20 @@ class FaustConsumer:
             del q[:len(out[tp])]
             room -= len(out[tp])
             self._next[tp] = out[tp][-1].offset + 1
+            self._given.setdefault(tp, []).extend(out[tp])
         for tp in out:  # the partitions served last go to the back of the line
             self._queue[tp] = self._queue.pop(tp)
-        self._last = out
         return out
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Only back into the last fetched records (the worker hands back or
-        rewinds a batch): they are fetched again, in order."""
-        back = [m for m in self._last.get(tp, ()) if m.offset >= offset]
-        q = self._queue.setdefault(tp, [])
+        """Back to a record given but not committed (the worker hands records back
+        or rewinds a batch, never behind its commit): fetched again, in order."""
+        given = self._given.get(tp, [])
+        keep = [m for m in given if m.offset < offset]
+        back = given[len(keep):]
+        self._given[tp] = keep
         if back:
+            q = self._queue.setdefault(tp, [])
             q[:] = back + [m for m in q if m.offset > back[-1].offset]
         self._next[tp] = offset
 
@@ -207,6 +211,9 @@ class FaustConsumer:
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
         await self._call("commit", offsets)
+        for tp, committed in offsets.items():
+            if tp in self._given:
+                self._given[tp] = [m for m in self._given[tp] if m.offset >= committed.offset]
 
     async def topics(self) -> Any:
         return await self._call("topics")
