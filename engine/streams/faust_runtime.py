@@ -50,11 +50,13 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import faust
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from faust.app.base import BootStrategy
 
@@ -97,13 +99,25 @@ class FaustConsumer:
     record at or below the last one held or given is a copy and is dropped.
     """
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, probe: AIOKafkaConsumer, admin: AIOKafkaAdminClient,
+                 group: str) -> None:
         self._app = app
+        # offsets are looked up with the worker's own clients (on this loop): Faust's
+        # consumer thread is used only for what must come from the group member, the
+        # commit
+        self._probe = probe
+        self._admin = admin
+        self._group = group
         self._queue: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
         self._next: dict[TopicPartition, int] = {}
         # given to the engine and not committed yet: what a seek can go back to
         self._given: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
         self._paused: set[TopicPartition] = set()
+        # end offsets asked of the broker: Faust's fetcher leaves aiokafka's highwater
+        # unknown for partitions it has not fetched from (an operator's empty topic),
+        # which would hold the enrollments-first ordering forever
+        self._ends: dict[TopicPartition, int] = {}
+        self._ends_at = 0.0
 
     # ------------------------------------------------------------------ Faust side
     def put(self, events: Iterable[Any]) -> None:
@@ -131,6 +145,27 @@ class FaustConsumer:
             self._next.pop(tp, None)
             self._given.pop(tp, None)
             self._paused.discard(tp)
+            self._ends.pop(tp, None)
+
+    async def refresh_ends(self, every: float = 0.1) -> None:
+        now = time.monotonic()
+        tps = list(self.assignment())
+        if tps and now - self._ends_at >= every:
+            self._ends_at = now
+            self._ends.update(await self._probe.end_offsets(tps))
+            unknown = [tp for tp in tps if tp not in self._next and not self._queue.get(tp)]
+            if unknown:
+                await self._start_positions(unknown)
+
+    async def _start_positions(self, tps: list[TopicPartition]) -> None:
+        """Where Faust starts reading ``tps``: the group's commit, else the beginning
+        (``auto_offset_reset=earliest``)."""
+        committed = await self._admin.list_consumer_group_offsets(self._group, partitions=tps)
+        first = await self._probe.beginning_offsets(tps)
+        for tp in tps:
+            c = committed.get(tp)
+            self._next.setdefault(tp, c.offset if c is not None and c.offset >= 0
+                                  else first[tp])
 
     def deliverable(self) -> int:
         return sum(len(q) for tp, q in self._queue.items() if tp not in self._paused)
@@ -192,9 +227,11 @@ class FaustConsumer:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         try:
-            return int(self._app.consumer.highwater(tp))
-        except Exception:  # not (or no longer) assigned, or not known yet
-            return None
+            fetched = self._app.consumer.highwater(tp)
+        except Exception:  # not (or no longer) assigned
+            fetched = None
+        known = [hw for hw in (fetched, self._ends.get(tp)) if hw is not None]
+        return max(known) if known else None
 
     async def position(self, tp: TopicPartition) -> int:
         nxt = self._next.get(tp)
@@ -203,11 +240,8 @@ class FaustConsumer:
         q = self._queue.get(tp)
         if q:
             return q[0].offset
-        committed = await self._call("committed", tp)
-        if committed is None:
-            committed = (await self._call("beginning_offsets", [tp]))[tp]
-        self._next[tp] = committed
-        return int(committed)
+        await self._start_positions([tp])
+        return self._next[tp]
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
         await self._call("commit", offsets)
@@ -216,7 +250,7 @@ class FaustConsumer:
                 self._given[tp] = [m for m in self._given[tp] if m.offset >= committed.offset]
 
     async def topics(self) -> Any:
-        return await self._call("topics")
+        return await self._probe.topics()
 
     async def stop(self) -> None:
         """Faust stops its consumer itself."""
@@ -229,11 +263,17 @@ class FaustWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.probe: AIOKafkaConsumer | None = None
         self.stepping = asyncio.Lock()  # one step at a time: the agent's or the timer's
 
     async def start(self) -> None:
         await self.start_clients()
-        self.consumer = FaustConsumer(self.app)  # type: ignore[assignment]
+        assert self.admin is not None
+        self.probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **default_client(),
+                                      enable_auto_commit=False)
+        await self.probe.start()
+        self.consumer = FaustConsumer(self.app, self.probe, self.admin,  # type: ignore[assignment]
+                                      self.topics.group_id)
         self.metrics.set_up(True)
         self.readiness.started()
 
@@ -246,6 +286,7 @@ class FaustWorker(Worker):
         """:meth:`Worker.step` until nothing is left to decide now; one at a time
         (the agent and the idle timer both call it)."""
         async with self.stepping:
+            await self.faust_consumer.refresh_ends()
             while not self.stopping.is_set():
                 await self.step(0)
                 if not self.faust_consumer.deliverable():
@@ -256,6 +297,11 @@ class FaustWorker(Worker):
         async with self.lock:  # a batch in flight finishes (and commits) first
             self.close_partitions({tp.partition for tp in tps})
             self.faust_consumer.forget(tps)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.probe is not None:
+            await self.probe.stop()
 
     def on_assigned(self, assigned: Iterable[Any]) -> None:
         self.assign_partitions({tp.partition for tp in assigned})
