@@ -71,8 +71,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from bench.results_md import RESULTS_MD, write_section  # noqa: E402
-from bench.stream_report import render  # noqa: E402
-from engine.config import load_campaign  # noqa: E402
+from bench.stream_report import render, render_runtimes  # noqa: E402
+from engine.config import load_campaign, load_operators  # noqa: E402
 from engine.devtools import broker as devbroker  # noqa: E402
 from engine.devtools import security  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess, terminate  # noqa: E402
@@ -109,6 +109,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "faust_events": 3_000,
         "profile_batched_seconds": 0.0, "profile_live_seconds": 3.0,
     },
+}
+
+# --runtimes: the two worker runtimes and the canonical Faust agent side by side
+RUNTIME_SIZES: dict[str, dict[str, Any]] = {
+    "full": {"batched_users": 20_000, "batched_txns": 200_000, "batch": 5_000,
+             "single_users": 5_000, "single_txns": 50_000, "faust_events": 20_000},
+    "quick": {"batched_users": 2_000, "batched_txns": 20_000, "batch": 5_000,
+              "single_users": 500, "single_txns": 5_000, "faust_events": 2_000},
 }
 
 # Same terms as the shipped campaign, but records received now are not LATE.
@@ -238,8 +246,13 @@ def make_dataset(name: str, users: int, txns: int, seed: int, settle: bool = Tru
 # ------------------------------------------------------------------------ Kafka helpers
 
 def output_tps(topics: Topics) -> list[TopicPartition]:
-    return [TopicPartition(t, p) for t in (topics.grants, topics.rejections)
-            for p in range(PARTITIONS)]
+    return [TopicPartition(t, p) for t in topics.outcomes for p in range(PARTITIONS)]
+
+
+def run_topics(prefix: str) -> Topics:
+    """A measurement's topics: per operator of the shipped registry, as in production
+    (publish routes each record to its operator's inputs)."""
+    return Topics(prefix, operators=tuple(o.id for o in load_operators().operators))
 
 
 async def _edge_timestamps(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int],
@@ -385,9 +398,10 @@ def scrape_metrics(port: int) -> dict[str, float]:
 class BenchWorker:
     """A ``WorkerProcess`` with its metrics port, and optionally ``py-spy`` attached."""
 
-    def __init__(self, bootstrap: str, prefix: str, name: str, campaign: Path | None) -> None:
+    def __init__(self, bootstrap: str, prefix: str, name: str, campaign: Path | None,
+                 runtime: str = "aiokafka") -> None:
         self.metrics_port = free_port()
-        extra = ["--metrics-port", str(self.metrics_port)]
+        extra = ["--metrics-port", str(self.metrics_port), "--runtime", runtime]
         if campaign is not None:
             extra += ["--campaign", str(campaign)]
         self.log_path = WORK / "logs" / f"{prefix}-{name}.log"
@@ -449,18 +463,19 @@ def _rate_between(series: list[tuple[float, int]], total: int, lo: float,
 
 def engine_run(bootstrap: str, label: str, ds: Dataset, batch: int, workers: int,
                campaign: Path | None = None, profile: Path | None = None,
-               max_seconds: float = 0.0) -> dict[str, Any]:
+               max_seconds: float = 0.0, runtime: str = "aiokafka") -> dict[str, Any]:
     prefix = f"{label}-{int(time.time() * 1000) % 10**9}"
-    topics = Topics(prefix)
+    topics = run_topics(prefix)
     pub = asyncio.run(publish_files(bootstrap, topics, ds.enrollments, ds.transactions,
                                     batch=batch, partitions=PARTITIONS))
     n_rec = ds.n_enrollments + ds.n_transactions
     log(f"{label}: published {n_rec:,} records in "
         f"{pub['enrollment_messages'] + pub['transaction_messages']:,} messages in "
         f"{pub['seconds']:.1f} s ({n_rec / pub['seconds']:,.0f} records/s)")
-    ws = [BenchWorker(bootstrap, prefix, f"w{i}", campaign) for i in range(workers)]
+    ws = [BenchWorker(bootstrap, prefix, f"w{i}", campaign, runtime) for i in range(workers)]
     res: dict[str, Any] = {
         "label": label, "prefix": prefix, "batch": batch, "workers": workers,
+        "runtime": runtime,
         "enrollments": ds.n_enrollments, "transactions": ds.n_transactions,
         "expected_outcomes": ds.expected, "published_seconds": pub["seconds"],
         "messages": pub["enrollment_messages"] + pub["transaction_messages"],
@@ -708,6 +723,7 @@ def faust_run(bootstrap: str, ds: Dataset, n: int) -> dict[str, Any]:
     pub = asyncio.run(publish_files(bootstrap, topics, None, src, batch=1,
                                     partitions=PARTITIONS))
     out_topic = f"{name}.faust-outcomes"
+    source = topics.input_of(None, "transaction")  # no operators: all in one topic
 
     async def create() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
@@ -720,12 +736,12 @@ def faust_run(bootstrap: str, ds: Dataset, n: int) -> dict[str, Any]:
 
     asyncio.run(create())
     env = {**os.environ, "FAUST_BENCH_BROKER": bootstrap,
-           "FAUST_BENCH_INPUT": topics.transactions, "FAUST_BENCH_OUTPUT": out_topic,
+           "FAUST_BENCH_INPUT": source, "FAUST_BENCH_OUTPUT": out_topic,
            "FAUST_BENCH_APP": name, "FAUST_BENCH_DATADIR": str(d / "data")}
     cmd = [sys.executable, str(ROOT / "bench" / "faust_baseline.py"), "worker", "-l", "warn",
            "--without-web"]
     log_path = d / "faust.log"
-    log(f"faust: {pub['transactions']:,} one-record messages in {topics.transactions}; "
+    log(f"faust: {pub['transactions']:,} one-record messages in {source}; "
         f"starting the agent")
     res: dict[str, Any] = {"label": "faust", "events": n, "command": " ".join(
         ["FAUST_BENCH_...=...", ".venv/bin/python", "bench/faust_baseline.py", *cmd[2:]])}
@@ -897,6 +913,10 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="S",
                     help="first wait up to S seconds until other processes leave the CPUs "
                          "alone (default: 900, 0 with --quick)")
+    ap.add_argument("--runtimes", action="store_true",
+                    help="only compare the runtimes: batched and one-record input, one "
+                         "worker under each runtime (aiokafka, faust), and the canonical "
+                         "Faust agent, in one run (the '## Runtimes' section)")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the RESULTS.md section from the last results.json")
     args = ap.parse_args()
@@ -915,7 +935,9 @@ def main() -> int:
             args.no_md = True
     if args.wait_quiet is None:
         args.wait_quiet = 0.0 if args.quick else 900.0
-    sz = SIZES[mode]
+    sz = RUNTIME_SIZES[mode] if args.runtimes else SIZES[mode]
+    if args.runtimes:
+        WORK = WORK.with_name(WORK.name + "-runtimes")
     os.chdir(ROOT)
     if WORK.exists():
         shutil.rmtree(WORK)
@@ -933,7 +955,8 @@ def main() -> int:
     results["engine"] = {"start": engine_version()}
     batched = make_dataset("batched", sz["batched_users"], sz["batched_txns"], 11)
     single = make_dataset("single", sz["single_users"], sz["single_txns"], 12)
-    live = make_dataset("live", sz["latency_users"], 2 * sz["single_txns"], 13, settle=False)
+    live = None if args.runtimes else make_dataset("live", sz["latency_users"],
+                                                   2 * sz["single_txns"], 13, settle=False)
     port = free_port()
     broker = devbroker.start(port, data_dir=WORK / "kafka", tls=args.tls)
     # The local broker is secured (SCRAM, ACLs): every client of the run, in process
@@ -968,6 +991,8 @@ def main() -> int:
                 "txn_per_s", "events_per_s", "p50", "p99", "cpu", "error")}
         runs[key] = res
 
+    if args.runtimes:
+        return _runtimes(args, results, measure, broker, batched, single, sz)
     try:
         measure("batched_1w", lambda: engine_run(broker.bootstrap, "batched-1w", batched,
                                                  sz["batch"], 1))
@@ -1012,6 +1037,30 @@ def main() -> int:
     log(f"total {results['total_seconds']:.0f} s")
     failed = [k for k, v in runs.items() if isinstance(v, dict) and v.get("error")]
     return 1 if failed else 0
+
+
+def _runtimes(args: argparse.Namespace, results: dict[str, Any], measure: Any, broker: Any,
+              batched: Dataset, single: Dataset, sz: dict[str, Any]) -> int:
+    """``--runtimes``: both runtimes on the same inputs, then the canonical agent."""
+    runs = results["runs"]
+    try:
+        for runtime in ("aiokafka", "faust"):
+            measure(f"batched_{runtime}", lambda r=runtime: engine_run(
+                broker.bootstrap, f"batched-{r}", batched, sz["batch"], 1, runtime=r))
+            measure(f"single_{runtime}", lambda r=runtime: engine_run(
+                broker.bootstrap, f"single-{r}", single, 1, 1, runtime=r))
+        measure("faust", lambda: faust_run(broker.bootstrap, single, sz["faust_events"]))
+    finally:
+        broker.stop()
+        shutil.rmtree(WORK / "kafka", ignore_errors=True)
+    results["engine"]["end"] = engine_version()
+    (WORK / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    section = render_runtimes(results)
+    print()
+    print(section)
+    if not args.no_md:
+        write_section(section, "## Runtimes")
+    return 1 if any(isinstance(v, dict) and v.get("error") for v in runs.values()) else 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from typing import Any
 
 import faust
 
+from engine.kafka.client_config import default_client, faust_credentials
+
 PARTITIONS = 8
 
 
@@ -49,6 +51,8 @@ def make_app() -> faust.App:
     app = faust.App(
         env.get("FAUST_BENCH_APP", "bench-faust"),
         broker=f"kafka://{env.get('FAUST_BENCH_BROKER', '127.0.0.1:9092')}",
+        # $MYNAPOINT_CLIENT_CONFIG, as every engine client (the local broker is secured)
+        broker_credentials=faust_credentials(default_client()),
         store=env.get("FAUST_BENCH_STORE", "rocksdb://"),
         datadir=env.get("FAUST_BENCH_DATADIR", "bench/_work/faust"),
         topic_partitions=PARTITIONS,

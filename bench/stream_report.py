@@ -300,3 +300,86 @@ def render(results: dict[str, Any]) -> str:
             w(f"- {n}")
         w("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def render_runtimes(results: dict[str, Any]) -> str:
+    """The ``## Runtimes`` section: ``bench_stream.py --runtimes``."""
+    m, r, sz = results["machine"], results["runs"], results["sizes"]
+    quiet = results.get("quiet") or {}
+    out: list[str] = []
+    w = out.append
+    w("## Runtimes")
+    w("")
+    w(f"The worker under each runtime (`mynapoint worker --runtime aiokafka|faust`) and the "
+      f"canonical Faust agent (`bench/faust_baseline.py`), in one run of {results['date']} "
+      f"(`bench/bench_stream.py --runtimes{' --quick' if results['mode'] == 'quick' else ''}`"
+      f"), one worker, 8 partitions, everything published before the worker starts; "
+      f"{m['nproc']} vCPU {m['cpu']}, broker, worker and load generator on the same machine. "
+      f"Engine code: commit {results['engine']['start']}.")
+    w("")
+    load = quiet.get("foreign_cores")
+    w("**Machine load**: "
+      + (f"other processes used {load:.2f} of {m['nproc']} cores when the run started; "
+         if load is not None else "the run did not wait for a quiet machine; ")
+      + "each row shows the cores this run's processes (broker, worker, load generator) "
+      "and everything else used meanwhile. Figures taken while others used a core or more "
+      "are lower bounds.")
+    w("")
+    w("| measurement | input | seconds | transactions/s | outcomes | CPU µs per message "
+      "(this run's processes) | cores: ours / others |")
+    w("|---|---|---:|---:|---:|---:|---:|")
+
+    def row(name: str, x: dict[str, Any], inp: str, n_msgs: int | None) -> None:
+        c = x.get("cpu") or {}
+        if x.get("error") or not (x.get("txn_per_s") or x.get("events_per_s")):
+            w(f"| {name} | {inp} | failed: {x.get('error', 'not run')} | | | | |")
+            return
+        secs = x.get("seconds") or x.get("span_seconds")
+        rate = x.get("txn_per_s") or x.get("events_per_s")
+        us = (1e6 * c["own_cores"] * c["wall"] / n_msgs) if c and n_msgs else None
+        outcomes = (f"{x.get('count', 0):,} / {x.get('expected_outcomes', x.get('events', 0)):,}")
+        w(f"| {name} | {inp} | {_f(secs, 2)} | **{_f(rate)}** | {outcomes} | {_f(us)} | "
+          f"{_f(c.get('own_cores'), 2)} / {_f(c.get('foreign_cores'), 2)} |")
+
+    batched = (f"{sz['batched_users']:,} enr + {sz['batched_txns']:,} txn, arrow-ipc × "
+               f"{sz['batch']:,}")
+    single = f"{sz['single_users']:,} enr + {sz['single_txns']:,} txn, 1 JSON record/msg"
+    for key, name, inp in (("batched_aiokafka", "batched, aiokafka runtime", batched),
+                           ("batched_faust", "batched, Faust runtime", batched),
+                           ("single_aiokafka", "one-record, aiokafka runtime", single),
+                           ("single_faust", "one-record, Faust runtime", single)):
+        x = r.get(key, {})
+        row(name, x, inp, x.get("messages"))
+    fa = r.get("faust", {})
+    row("canonical Faust agent", fa, f"{sz['faust_events']:,} txn, 1 JSON record/msg",
+        fa.get("events"))
+    w("")
+    sa, sf = r.get("single_aiokafka", {}), r.get("single_faust", {})
+    ba, bf = r.get("batched_aiokafka", {}), r.get("batched_faust", {})
+    base = fa.get("events_per_s")
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}×" if a and b else "n/a"
+
+    w(f"- Faust runtime / aiokafka runtime: batched "
+      f"{ratio(bf.get('txn_per_s'), ba.get('txn_per_s'))}, one-record "
+      f"{ratio(sf.get('txn_per_s'), sa.get('txn_per_s'))}.")
+    w(f"- One-record input against the canonical Faust agent: aiokafka runtime "
+      f"{ratio(sa.get('txn_per_s'), base)}, Faust runtime {ratio(sf.get('txn_per_s'), base)}.")
+
+    def per_msg(x: dict[str, Any]) -> float | None:
+        c = x.get("cpu") or {}
+        return 1e6 * c["own_cores"] * c["wall"] / x["messages"] if c and x.get("messages") \
+            else None
+
+    a_us, f_us = per_msg(sa), per_msg(sf)
+    if a_us and f_us:
+        w(f"- What the Faust runtime costs per one-record message: {f_us - a_us:,.0f} µs of "
+          f"CPU more than the aiokafka runtime ({f_us:,.0f} against {a_us:,.0f} µs, all of "
+          f"this run's processes, start-up included): Faust's consumer thread, conductor, "
+          f"stream and `take_events` buffering per event, and the conversion of each event "
+          f"back to an aiokafka record; the settlement itself is the same code.")
+    w("- Start-up (launch to partitions assigned): "
+      + ", ".join(f"{k.replace('_', ' ')} {_f(r.get(k, {}).get('startup_seconds'), 1)} s"
+                  for k in ("single_aiokafka", "single_faust")) + ".")
+    return "\n".join(out) + "\n"
