@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
@@ -324,11 +325,14 @@ class EngineApp(faust.App):
 
     async def on_start(self) -> None:
         await super().on_start()
-        # Faust's worker configured logging its way: the engine's format and
-        # redaction apply under both runtimes
-        logs.configure(getattr(self.args, "log_format", "text"))
+        # Faust's worker configured logging its way, and `faust worker` sends stdout
+        # and stderr to its logger whatever the app says: the engine's format,
+        # redaction and start line go to the process's own streams, as under aiokafka
+        with contextlib.redirect_stderr(sys.__stderr__):
+            logs.configure(getattr(self.args, "log_format", "text"))
         await self.engine.start()
-        announce(self.args, self.engine, " (faust runtime)")
+        with contextlib.redirect_stdout(sys.__stdout__):
+            announce(self.args, self.engine, " (faust runtime)")
         self.add_future(health.heartbeat(self.engine.readiness))
         self.add_future(health.watch_broker(self.engine.readiness,
                                             self.engine.faust_consumer.topics,
@@ -367,6 +371,7 @@ def make_app(w: FaustWorker, args: argparse.Namespace) -> EngineApp:
         topic_disable_leader=True,
         web_enabled=False,
         web_bind="127.0.0.1",
+        worker_redirect_stdouts=False,  # the engine's lines go out as under aiokafka
     )
     app.engine = w
     app.args = args
@@ -412,7 +417,7 @@ def run_faust(args: argparse.Namespace) -> int:
         return rc
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its own
     app = make_app(w, args)
-    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.spinner = None  # terminal escapes in a log file
     try:
         worker.execute_from_commandline()

@@ -1,5 +1,6 @@
-"""What differs between the worker's runtimes (aiokafka, faust) and must not matter:
-who commits input offsets. Under both, every committed input offset carries the
+"""What differs between the worker's runtimes (aiokafka, faust) and must not matter.
+
+Who commits input offsets: Under both, every committed input offset carries the
 changelog position the state had (``"cl"``, which a take-over needs) and lies at
 or behind what that state had decided, sampled while records flow. Under Faust this
 proves that Faust's own commit path never ran: it would commit without metadata."""
@@ -7,6 +8,9 @@ proves that Faust's own commit path never ran: it would commit without metadata.
 from __future__ import annotations
 
 import asyncio
+import shlex
+import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,15 +20,19 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
+from engine.streams.faust_runtime import WORKER_ARGS_ENV
 from engine.streams.recovery import changelog_need
 from engine.streams.state import META_KEY, ShardMeta, decode_meta
 from tests.kafka_fixtures import read_topic
+from tests.ops.http import get, poll, wait_until
 from tests.streams.harness import (
     PARTITIONS,
     collect_and_compare,
     make_scenario,
     publish,
+    records_in,
     topics_for,
     worker,
 )
@@ -83,3 +91,48 @@ def test_offsets_are_committed_only_behind_the_engines_state(
             checked.add((tp.topic, tp.partition, committed.offset))
     # commits were seen moving on every input partition while records flowed
     assert len(checked) >= 4 * PARTITIONS, checked
+
+
+def _outcomes_counted(metrics_text: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith("mynapoint_outcomes_total{"))
+
+
+def test_metrics_and_health_alike_and_faust_cli(kafka_broker, topic_prefix, tmp_path: Path,
+                                               tmp_path_factory, runtime: str) -> None:
+    """The engine's /metrics, /healthz and /readyz under each runtime; the Faust one
+    started as a plain Faust app (``faust -A engine.streams.faust_runtime:app worker``)
+    with the worker's options in ``$MYNAPOINT_WORKER_ARGS``, its web server off."""
+    sc = make_scenario(tmp_path_factory.mktemp("health"), 60, 500, seed=9)
+    bootstrap, prefix = kafka_broker.bootstrap, topic_prefix()
+    port = free_port()
+    w = worker(bootstrap, prefix, tmp_path, runtime=runtime,
+               extra=["--metrics-port", str(port)])
+    if runtime == "faust":
+        w.args = [sys.executable, "-m", "faust", "-A", "engine.streams.faust_runtime:app",
+                  "worker", "-l", "info"]
+        w.env[WORKER_ARGS_ENV] = shlex.join(
+            ["--broker", bootstrap, "--topic-prefix", prefix, "--partitions",
+             str(PARTITIONS), "--state-dir", str(tmp_path / "state"), "--group",
+             f"{prefix}-engine", "--metrics-port", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    w.start()
+    try:
+        w.wait_for("assigned partitions [0, 1, 2, 3]")
+        assert poll(base + "/readyz", 200)["broker"] is True
+        assert get(base + "/healthz")[0] == 200
+        publish(bootstrap, prefix, sc, tmp_path / "m.parquet", 1)
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, sc, tmp_path / "m.parquet")
+        assert cmp.equal, str(cmp)
+        def counted() -> str | None:
+            text = get(base + "/metrics")[1]
+            return text if _outcomes_counted(text) >= records_in(sc) else None
+
+        # every input record decided once (enrollments count as accepted outcomes)
+        text = wait_until("every record's outcome counted", counted)
+        assert _outcomes_counted(text) == records_in(sc)
+        assert "mynapoint_worker_up 1.0" in text
+        with socket.socket() as s:  # Faust's web server (port 6066) is not listening
+            assert s.connect_ex(("127.0.0.1", 6066)) != 0
+    finally:
+        w.stop()
