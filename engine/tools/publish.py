@@ -575,13 +575,17 @@ async def ensure_topics_settled(bootstrap: str, topics: Topics, partitions: int,
 async def _input_topics(bootstrap: str, topics: Topics, partitions: int,
                         only: list[str]) -> int:
     """Create the input topics ``only`` if missing; their partition count."""
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
     try:
         return await asyncio.wait_for(ensure_topics_settled(bootstrap, topics, partitions,
                                                             only=only), CONNECT_TIMEOUT)
     except TopicMismatch as e:
         raise PublishError(f"broker {bootstrap}: {e}") from None
+    except TopicAuthorizationFailedError as e:
+        raise PublishError(f"the Kafka broker at {bootstrap} refused: {e.args[0] if e.args else e}"
+                           " (an operator may write only its own input topics: is --operator "
+                           "your own operator id?)") from None
     except (TimeoutError, KafkaError, OSError) as e:
         raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
                            f"({type(e).__name__}: {e})") from None
@@ -746,7 +750,8 @@ async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path 
                                   dtype=np.int64, count=inp.n)
         inputs.append((inp, names, targets))
     t0 = time.monotonic()
-    wanted = sorted({n for _, names, _ in inputs for n in names})
+    # only the topics records go to: an operator may not even see another's
+    wanted = sorted({names[t] for _, names, targets in inputs for t in np.unique(targets)})
     n_parts = await _input_topics(bootstrap, topics, partitions, wanted)
     producer = _producer(bootstrap)
     counts: dict[str, Any] = {"partitions": n_parts, "enrollments": 0, "transactions": 0,
