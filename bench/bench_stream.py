@@ -1028,18 +1028,23 @@ def main() -> int:
         broker.stop()
         if not args.keep:
             shutil.rmtree(WORK / "kafka", ignore_errors=True)
-    results["engine"]["end"] = engine_version()
     results["total_seconds"] = time.monotonic() - t_start
-    (WORK / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    section = render(results)
-    print()
-    print(section)
-    if not args.no_md:
-        write_section(section, "## Streaming")
-        log(f"wrote the Streaming section of {RESULTS_MD.relative_to(ROOT)}")
+    _save(args, results, render, "## Streaming")
     log(f"total {results['total_seconds']:.0f} s")
     failed = [k for k, v in runs.items() if isinstance(v, dict) and v.get("error")]
     return 1 if failed else 0
+
+
+def _save(args: argparse.Namespace, results: dict[str, Any], renderer: Any, head: str) -> None:
+    """results.json, the rendered section printed and (unless --no-md) in RESULTS.md."""
+    results["engine"]["end"] = engine_version()
+    (WORK / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    section = renderer(results)
+    print()
+    print(section)
+    if not args.no_md:
+        write_section(section, head)
+        log(f"wrote the {head[3:]} section of {RESULTS_MD.relative_to(ROOT)}")
 
 
 def _runtimes(args: argparse.Namespace, results: dict[str, Any], measure: Any, broker: Any,
@@ -1056,13 +1061,7 @@ def _runtimes(args: argparse.Namespace, results: dict[str, Any], measure: Any, b
     finally:
         broker.stop()
         shutil.rmtree(WORK / "kafka", ignore_errors=True)
-    results["engine"]["end"] = engine_version()
-    (WORK / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    section = render_runtimes(results)
-    print()
-    print(section)
-    if not args.no_md:
-        write_section(section, "## Runtimes")
+    _save(args, results, render_runtimes, "## Runtimes")
     return 1 if any(isinstance(v, dict) and v.get("error") for v in runs.values()) else 0
 
 

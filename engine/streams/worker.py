@@ -4,7 +4,9 @@ The data path is a plain aiokafka consume → decide → produce loop rather tha
 Faust agents: Faust spends ~190 µs of CPU per message in its own stream
 machinery and its ``exactly_once`` mode has open duplicate bugs (faust-streaming
 #517, #323, #177), which together rule out the speed and guarantee targets.
-See docs/ARCHITECTURE.md for the measurements and README "Guarantees".
+See docs/ARCHITECTURE.md for the measurements and README "Guarantees". For users
+whose stream jobs are Faust apps, ``--runtime faust`` (``engine.streams.faust_runtime``)
+runs this same worker with Faust consuming.
 
 Per poll, for every partition ``p`` this worker owns (``p`` of both input
 topics and of its two re-routing topics, thanks to range assignment over
