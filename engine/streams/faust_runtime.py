@@ -287,7 +287,10 @@ class FaustWorker(Worker):
         """:meth:`Worker.step` until nothing is left to decide now; one at a time
         (the agent and the idle timer both call it)."""
         async with self.stepping:
-            await self.faust_consumer.refresh_ends()
+            try:
+                await self.faust_consumer.refresh_ends()
+            except Exception as e:  # the broker away: the last known ends will do
+                self.metrics.kafka_error(e)
             while not self.stopping.is_set():
                 await self.step(0)
                 if not self.faust_consumer.deliverable():
