@@ -1,0 +1,135 @@
+"""The Faust runtime's consumer facade without a broker: what the worker is given,
+in which order, after pauses, seeks, commits and rebalances."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.streams.faust_runtime import FaustConsumer
+
+TP = TopicPartition("m.paypay.transactions", 0)
+
+
+@dataclass
+class Msg:
+    offset: int
+    generation_id: int = 1
+    topic: str = TP.topic
+    partition: int = TP.partition
+    timestamp: float = 1_600_000_000.123
+    timestamp_type: int = 0
+    key: bytes = b"k"
+    value: bytes = b"v"
+    serialized_key_size: int = 1
+    serialized_value_size: int = 1
+    headers: tuple[Any, ...] = ()
+
+
+@dataclass
+class Event:
+    message: Msg
+
+
+@dataclass
+class Thread:
+    committed: list[Any] = field(default_factory=list)
+
+    def _ensure_consumer(self) -> Any:
+        return self
+
+    async def commit(self, offsets: Any) -> None:
+        self.committed.append(offsets)
+
+    async def call_thread(self, fn: Any, *args: Any) -> Any:
+        return await fn(*args)
+
+
+@dataclass
+class Consumer:
+    _thread: Thread = field(default_factory=Thread)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
+    def highwater(self, tp: Any) -> int:
+        return 0
+
+
+@dataclass
+class App:
+    consumer: Consumer = field(default_factory=Consumer)
+    consumer_generation_id: int = 1
+
+
+def facade() -> tuple[FaustConsumer, App]:
+    app = App()
+    return FaustConsumer(app, probe=None, admin=None, group="g"), app  # type: ignore[arg-type]
+
+
+def offsets(got: dict[TopicPartition, list[Any]]) -> list[int]:
+    return [m.offset for m in got.get(TP, [])]
+
+
+def test_records_are_given_in_order_and_once() -> None:
+    fc, _ = facade()
+    fc.put(Event(Msg(o)) for o in range(6))
+    fc.put(Event(Msg(o)) for o in (3, 4, 6))  # copies of held records, then a new one
+    got = asyncio.run(fc.getmany(max_records=4))
+    assert offsets(got) == [0, 1, 2, 3]
+    assert got[TP][0].timestamp == 1_600_000_000_123  # milliseconds, as aiokafka's
+    fc.put([Event(Msg(2))])  # already given
+    assert offsets(asyncio.run(fc.getmany())) == [4, 5, 6]
+
+
+def test_pause_holds_and_seek_gives_again_what_was_not_committed() -> None:
+    fc, app = facade()
+    fc.put(Event(Msg(o)) for o in range(5))
+    assert offsets(asyncio.run(fc.getmany())) == [0, 1, 2, 3, 4]
+    asyncio.run(fc.commit({TP: OffsetAndMetadata(2, "")}))
+    assert app.consumer._thread.committed  # through Faust's consumer thread
+    fc.seek(TP, 2)  # handed back: fetched again from there, in order
+    fc.pause(TP)
+    fc.put(Event(Msg(o)) for o in (5, 6))
+    assert fc.deliverable() == 0 and asyncio.run(fc.getmany()) == {}
+    assert asyncio.run(fc.position(TP)) == 2
+    fc.resume(TP)
+    assert offsets(asyncio.run(fc.getmany())) == [2, 3, 4, 5, 6]
+
+
+def test_events_fetched_before_a_rebalance_are_dropped() -> None:
+    fc, app = facade()
+    fc.put(Event(Msg(o)) for o in range(3))
+    fc.forget({TP})  # revoked; Faust reads it again from the commit
+    app.consumer_generation_id = 2
+    fc.put(Event(Msg(o, generation_id=1)) for o in range(3, 6))  # gathered before
+    fc.put(Event(Msg(o, generation_id=2)) for o in range(0, 4))
+    assert offsets(asyncio.run(fc.getmany())) == [0, 1, 2, 3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5), st.booleans()), min_size=1, max_size=12))
+def test_any_fetch_and_rewind_sequence_decides_every_offset_in_order(
+        steps: list[tuple[int, bool]]) -> None:
+    """Whatever the batch sizes, and whether each batch is rewound (a broker error:
+    seek back to its first offset) or committed, the committed sequence of offsets is
+    0, 1, 2, ... without a gap or a repeat."""
+    fc, _ = facade()
+    fc.put(Event(Msg(o)) for o in range(40))
+    decided: list[int] = []
+    for size, rewind in steps:
+        batch = offsets(asyncio.run(fc.getmany(max_records=size)))
+        if not batch:
+            break
+        if rewind:
+            fc.seek(TP, batch[0])
+            continue
+        decided.extend(batch)
+        asyncio.run(fc.commit({TP: OffsetAndMetadata(batch[-1] + 1, "")}))
+    assert decided == list(range(len(decided)))
