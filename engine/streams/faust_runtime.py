@@ -153,7 +153,7 @@ class FaustConsumer:
         tps = list(self.assignment())
         if tps and now - self._ends_at >= every:
             self._ends_at = now
-            self._ends.update(await self._probe.end_offsets(tps))
+            await self.end_offsets(tps)
             unknown = [tp for tp in tps if tp not in self._next and not self._queue.get(tp)]
             if unknown:
                 await self._start_positions(unknown)
@@ -243,6 +243,11 @@ class FaustConsumer:
             return q[0].offset
         await self._start_positions([tp])
         return self._next[tp]
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        ends = dict(await self._probe.end_offsets(tps))
+        self._ends.update(ends)
+        return ends
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
         await self._call("commit", offsets)
