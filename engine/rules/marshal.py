@@ -68,7 +68,7 @@ def new_entries(capacity: int) -> Entries:
 
 def new_decided(n: int) -> Decided:
     return Decided(np.zeros(n, np.int8), np.zeros(n, np.int64), np.zeros(n, np.int64),
-                   np.zeros(n, np.int64))
+                   np.zeros(n, np.int64), np.zeros(n, np.int64))
 
 
 def terms_of(campaign: Campaign, streaming: bool) -> Terms:
