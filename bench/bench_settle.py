@@ -37,6 +37,37 @@ print(r.num_rows)
 """
 
 
+PIECE = 10_000_000  # rows the generator holds in memory at once
+
+
+def generate_in_pieces(n: int, data: Path) -> None:
+    """``mynapoint generate --clean`` beyond memory: pieces of 10 M transactions (and
+    1 M people each, seeds 2020, 2021, ...) appended to one Parquet file per record
+    type, a row group of 2^20 rows at a time, so row groups can be streamed back."""
+    import pyarrow.parquet as pq
+
+    from engine.tools.generate import generate_tables, parquet_view
+
+    data.mkdir(parents=True, exist_ok=True)
+    writers: dict[str, pq.ParquetWriter] = {}
+    try:
+        for i, start in enumerate(range(0, n, PIECE)):
+            m = min(PIECE, n - start)
+            enr, txn = generate_tables(max(m // 10, 100), m, seed=2020 + i, clean=True)
+            for name, t in (("enrollments", enr), ("transactions", txn)):
+                t = parquet_view(t)
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(str(data / f"{name}.parquet.part"),
+                                                     t.schema, compression="snappy")
+                writers[name].write_table(t, row_group_size=1 << 20)
+            print(f"  {start + m:,} transactions", flush=True)
+    finally:
+        for w in writers.values():
+            w.close()
+    for name in writers:
+        (data / f"{name}.parquet.part").rename(data / f"{name}.parquet")
+
+
 def timed(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS GiB) of a command run under /usr/bin/time -v."""
     t0 = time.perf_counter()
@@ -74,9 +105,12 @@ def main() -> int:
     txn = data / "transactions.parquet"
     if not txn.exists():
         print(f"generating {a.n:,} clean transactions ...", flush=True)
-        subprocess.run([py, "-m", "engine.cli", "generate", "--users", str(max(a.n // 10, 100)),
-                        "--transactions", str(a.n), "--clean", "--format", "parquet",
-                        "--out", str(data)], check=True, cwd=ROOT)
+        if a.n <= PIECE:
+            subprocess.run([py, "-m", "engine.cli", "generate", "--users",
+                            str(max(a.n // 10, 100)), "--transactions", str(a.n), "--clean",
+                            "--format", "parquet", "--out", str(data)], check=True, cwd=ROOT)
+        else:
+            generate_in_pieces(a.n, data)
     settle = [py, "-m", "engine.cli", "settle", "--enrollments",
               str(data / "enrollments.parquet"), "--transactions", str(txn),
               "--out", str(data / "out"), "--quiet"]
