@@ -138,5 +138,7 @@ def merge_runs(paths: list[Path], sink: TableWriter) -> None:
             parts.append(head.slice(0, cut))
             heads[i] = head.slice(cut) if cut < head.num_rows else next(sources[i], None)
         t = pa.Table.from_batches(parts)
-        order = np.argsort(np.asarray(t.column(KEY).to_numpy()), kind="stable")
-        sink.write(t.take(pa.array(order)).drop_columns([KEY]))
+        keys_t = np.asarray(t.column(KEY).to_numpy())
+        if len(keys_t) > 1 and not np.all(keys_t[1:] >= keys_t[:-1]):
+            t = t.take(pa.array(np.argsort(keys_t, kind="stable")))
+        sink.write(t.drop_columns([KEY]))
