@@ -8,6 +8,7 @@ type in one row — is that record's MALFORMED rejection, never an error.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,29 +158,44 @@ def iter_records(path: str | Path, record_type: str,
     """:func:`read_records` one piece at a time: a Parquet file row group by row group
     (every check is per record, so the pieces are judged exactly as the whole
     would be), anything else in one piece."""
+    for piece in record_pieces(path, record_type, progress):
+        yield piece()
+
+
+def record_pieces(path: str | Path, record_type: str,
+                  progress: Callable[[int], None] | None = None
+                  ) -> Iterator[Callable[[], tuple[Shaped, pa.Array]]]:
+    """:func:`iter_records` as functions that each read and shape one piece, so
+    that a caller can read the next row group while it checks this one. Each opens
+    the file for itself (safe on separate threads)."""
     p = Path(path)
     if p.suffix.lower() != ".parquet" or p.is_dir():
-        yield read_records(p, record_type, progress)
+        yield partial(read_records, p, record_type, progress)
         return
     try:
-        f = pq.ParquetFile(p)
-        groups = f.metadata.num_row_groups
+        with pq.ParquetFile(p) as f:
+            sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"{p}: cannot read Parquet ({e})") from None
-    with f:
-        if groups == 0:
-            yield _shaped_parquet(p, f.read(), record_type, 1)
-            return
-        first = 1
-        for g in range(groups):
-            try:
-                table = f.read_row_group(g)
-            except (OSError, pa.ArrowException) as e:
-                raise InputError(f"{p}: cannot read Parquet ({e})") from None
-            if progress:
-                progress(table.num_rows)
-            yield _shaped_parquet(p, table, record_type, first)
-            first += table.num_rows
+    if not sizes:
+        yield partial(_read_row_group, p, None, record_type, 1, progress)
+    first = 1
+    for g, size in enumerate(sizes):
+        yield partial(_read_row_group, p, g, record_type, first, progress)
+        first += size
+
+
+def _read_row_group(p: Path, group: int | None, record_type: str, first: int,
+                    progress: Callable[[int], None] | None) -> tuple[Shaped, pa.Array]:
+    """Row group ``group`` of a Parquet file (None: the whole file, which has none)."""
+    try:
+        with pq.ParquetFile(p) as f:
+            table = f.read() if group is None else f.read_row_group(group)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{p}: cannot read Parquet ({e})") from None
+    if progress:
+        progress(table.num_rows)
+    return _shaped_parquet(p, table, record_type, first)
 
 
 def _shaped_parquet(p: Path, table: pa.Table, record_type: str,

@@ -6,8 +6,11 @@ import argparse
 import re
 import shutil
 import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from engine.io.outputs import (
     write_atomically,
 )
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
-from engine.io.readers import InputError, count_rows, iter_records
+from engine.io.readers import InputError, count_rows, record_pieces
 from engine.rules.model import OPERATOR_ID, Campaign, Registry
 from engine.rules.settlement import decide_offline
 from engine.rules.strings import kafka_partitions
@@ -156,13 +159,26 @@ def _settle_in_memory(enr_in: list[Input], txn_in: list[Input], campaign: Campai
 
 def _validated_pieces(inputs: list[Input], record_type: str, campaign: Campaign,
                       registry: Registry, progress: Any) -> Iterator[tuple[Validated, pa.Array]]:
-    """The records of the inputs, in order, validated a piece (row group) at a time."""
+    """The records of the inputs, in order, validated a piece (row group) at a time;
+    the next piece is read and checked on a second thread meanwhile (Parquet
+    decoding, Arrow compute and the numba checks release the GIL)."""
     validate = validate_enrollments if record_type == "enrollment" else validate_transactions
-    for operator, path in inputs:
-        for shaped, src in iter_records(path, record_type, progress):
-            if operator is not None:
-                shaped.source_operator = pa.repeat(pa.scalar(operator, pa.string()), shaped.n)
-            yield validate(shaped, campaign, registry), src.cast(pa.string())
+
+    def job(operator: str | None, piece: Any) -> tuple[Validated, pa.Array]:
+        shaped, src = piece()
+        if operator is not None:
+            shaped.source_operator = pa.repeat(pa.scalar(operator, pa.string()), shaped.n)
+        return validate(shaped, campaign, registry), src.cast(pa.string())
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ahead: deque[Future[tuple[Validated, pa.Array]]] = deque()
+        for operator, path in inputs:
+            for piece in record_pieces(path, record_type, progress):
+                ahead.append(pool.submit(job, operator, piece))
+                if len(ahead) > 1:
+                    yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 def _read_all(inputs: list[Input], record_type: str, campaign: Campaign, registry: Registry,
@@ -246,10 +262,17 @@ class Settled:
             else REJECTION_SCHEMA.empty_table(), self.summary)
 
     def write(self, grants: TableWriter, rejections: TableWriter) -> None:
-        for _, t in self.grant_pieces():
-            grants.write(t)
-        for _, _, t in self.rejections():
-            rejections.write(t)
+        """Write the outputs; each row group is written on a second thread while the
+        next one is built (Parquet encoding releases the GIL)."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: Future[None] | None = None
+            for sink, table in chain(((grants, t) for _, t in self.grant_pieces()),
+                                     ((rejections, t) for _, _, t in self.rejections())):
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(sink.write, table)
+            if pending is not None:
+                pending.result()
 
 
 def settle_to(out: Path, enrollments: list[Input], transactions: list[Input],
