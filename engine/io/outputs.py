@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +52,7 @@ def decision_order(mask: np.ndarray, seq: np.ndarray) -> np.ndarray:
 
 
 def grants_table(v: Validated, idx: np.ndarray, points: np.ndarray, cum: np.ndarray,
-                 source: pa.Array, campaign: str, cap: int) -> pa.Table:
+                 source: Any, campaign: str, cap: int) -> pa.Table:
     """The grants of the accepted transactions at ``idx``, in that order."""
     take = pa.array(idx, type=pa.int64())
     op = v.operator_id.take(take)
@@ -81,8 +82,10 @@ def rejection_details(v: Validated, reason: np.ndarray, idx: np.ndarray) -> np.n
 
 
 def rejections_table(v: Validated, reason: np.ndarray, idx: np.ndarray,
-                     source: pa.Array) -> pa.Table:
-    """The rejections of the records at ``idx``, in that order."""
+                     source: Any) -> pa.Table:
+    """The rejections of the records at ``idx``, in that order (``source``: anything
+    whose ``take`` gives the source strings, an Arrow array or
+    :class:`engine.io.readers.Sources`)."""
     take = pa.array(idx, type=pa.int64())
     n = len(idx)
     return pa.table({

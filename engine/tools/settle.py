@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import orjson
@@ -29,19 +29,21 @@ from engine.io.outputs import (
     write_atomically,
 )
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
-from engine.io.readers import InputError, count_rows, record_pieces
+from engine.io.readers import InputError, Sources, count_rows, record_pieces
 from engine.rules.model import OPERATOR_ID, Campaign, Registry
 from engine.rules.settlement import decide_offline
 from engine.rules.strings import kafka_partitions
 from engine.rules.validate import (
     Validated,
     concat_validated,
-    empty_validated,
     validate_enrollments,
     validate_transactions,
 )
-from engine.tools.slices import SortedRun, Spill, from_table, merge_runs, to_batch
+from engine.tools.slices import SortedRun, Spill, merge_runs
 from engine.tools.summary import merge_summaries, render, summarize_arrays
+
+# the sources of a batch: strings (an archive's), or file positions (input files)
+Source: TypeAlias = "pa.Array | Sources"
 
 PROGRESS_MIN_BYTES = 20_000_000  # below this a run is over before a bar is worth drawing
 
@@ -57,7 +59,7 @@ class Slice:
     count: int = 1
     index: int = 0
 
-    def select(self, v: Validated, src: pa.Array) -> tuple[Validated, pa.Array]:
+    def select(self, v: Validated, src: Source) -> tuple[Validated, Source]:
         if self.count == 1:
             return v, src
         parts = kafka_partitions(v.mykey_id, self.count)
@@ -65,7 +67,8 @@ class Slice:
         # so any one slice may decide it; partition 0 always exists
         parts[parts < 0] = 0
         idx = np.flatnonzero(parts == self.index)
-        return v.take(idx), src.take(pa.array(idx, type=pa.int64()))
+        return v.take(idx), (src.select(idx) if isinstance(src, Sources)
+                             else src.take(pa.array(idx, type=pa.int64())))
 
 
 WHOLE = Slice()
@@ -158,20 +161,20 @@ def _settle_in_memory(enr_in: list[Input], txn_in: list[Input], campaign: Campai
 
 
 def _validated_pieces(inputs: list[Input], record_type: str, campaign: Campaign,
-                      registry: Registry, progress: Any) -> Iterator[tuple[Validated, pa.Array]]:
+                      registry: Registry, progress: Any) -> Iterator[tuple[Validated, Sources]]:
     """The records of the inputs, in order, validated a piece (row group) at a time;
     the next piece is read and checked on a second thread meanwhile (Parquet
     decoding, Arrow compute and the numba checks release the GIL)."""
     validate = validate_enrollments if record_type == "enrollment" else validate_transactions
 
-    def job(operator: str | None, piece: Any) -> tuple[Validated, pa.Array]:
+    def job(operator: str | None, piece: Any) -> tuple[Validated, Sources]:
         shaped, src = piece()
         if operator is not None:
             shaped.source_operator = pa.repeat(pa.scalar(operator, pa.string()), shaped.n)
-        return validate(shaped, campaign, registry), src.cast(pa.string())
+        return validate(shaped, campaign, registry), src
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        ahead: deque[Future[tuple[Validated, pa.Array]]] = deque()
+        ahead: deque[Future[tuple[Validated, Sources]]] = deque()
         for operator, path in inputs:
             for piece in record_pieces(path, record_type, progress):
                 ahead.append(pool.submit(job, operator, piece))
@@ -182,15 +185,13 @@ def _validated_pieces(inputs: list[Input], record_type: str, campaign: Campaign,
 
 
 def _read_all(inputs: list[Input], record_type: str, campaign: Campaign, registry: Registry,
-              progress: Any) -> tuple[Validated, pa.Array]:
+              progress: Any) -> tuple[Validated, Sources]:
     parts: list[Validated] = []
-    sources: list[pa.Array] = []
+    sources: list[Sources] = []
     for v, src in _validated_pieces(inputs, record_type, campaign, registry, progress):
         parts.append(v)
         sources.append(src)
-    if not sources:
-        return concat_validated(parts, record_type), pa.array([], type=pa.string())
-    return concat_validated(parts, record_type), pa.concat_arrays(sources)
+    return concat_validated(parts, record_type), Sources.concat(sources)
 
 
 def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry,
@@ -206,7 +207,7 @@ def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry,
     return settle_validated(enr, enr_src, txn, txn_src, campaign, registry, part)
 
 
-def settle_validated(enr: Validated, enr_src: pa.Array, txn: Validated, txn_src: pa.Array,
+def settle_validated(enr: Validated, enr_src: Source, txn: Validated, txn_src: Source,
                      campaign: Campaign, registry: Registry, part: Slice = WHOLE
                      ) -> SettleResult:
     """Decide validated records offline (the whole input, or the slice ``part`` of it)
@@ -220,7 +221,7 @@ class Settled:
     """Validated records decided in memory (the whole input, or some of its people),
     and the output rows they make, in decision order and a row group at a time."""
 
-    def __init__(self, enr: Validated, enr_src: pa.Array, txn: Validated, txn_src: pa.Array,
+    def __init__(self, enr: Validated, enr_src: Source, txn: Validated, txn_src: Source,
                  campaign: Campaign, registry: Registry, part: Slice = WHOLE) -> None:
         self.enr, self.enr_src, self.txn, self.txn_src = enr, enr_src, txn, txn_src
         self.campaign, self.part = campaign, part
@@ -332,8 +333,7 @@ def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign
                 for k in range(n):
                     idx = np.flatnonzero(mine & (p // part.count == k))
                     if len(idx):
-                        spill.add(record_type, k, to_batch(
-                            v.take(idx), src.take(pa.array(idx, type=pa.int64())), index[idx]))
+                        spill.add(k, v.take(idx), src.select(idx), index[idx])
             totals[record_type] = first
     finally:
         spill.close()
@@ -343,8 +343,8 @@ def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign
     summaries = []
     tick = bar.task("deciding slices")
     for k in range(n):
-        enr, enr_src, enr_index = _spilled(spill, "enrollment", k)
-        txn, txn_src, txn_index = _spilled(spill, "transaction", k)
+        enr, enr_src, enr_index = spill.read("enrollment", k)
+        txn, txn_src, txn_index = spill.read("transaction", k)
         s = Settled(enr, enr_src, txn, txn_src, campaign, registry)
         summaries.append(s.summary)
         # the whole run's order: enrollments by their arrival, then each transaction
@@ -378,14 +378,6 @@ def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign
     if part != WHOLE:
         summary["partition"] = {"index": part.index, "count": part.count}
     return summary
-
-
-def _spilled(spill: Spill, record_type: str, k: int
-             ) -> tuple[Validated, pa.Array, np.ndarray]:
-    t = spill.read(record_type, k)
-    if t is None:
-        return empty_validated(record_type), pa.array([], pa.string()), np.zeros(0, np.int64)
-    return from_table(t, record_type)
 
 
 def main(args: argparse.Namespace) -> int:

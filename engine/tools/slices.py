@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from engine.io.outputs import TableWriter
-from engine.rules.validate import Validated
+from engine.io.readers import Sources
+from engine.rules.validate import Validated, empty_validated
 
 KEY = "_order"  # column of the slices' output files: position in the whole run's order
 _SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -29,18 +30,22 @@ _ARRAYS = ("reason", "op", "kind", "amount", "at", "day", "received", "too_late"
 _STRINGS = ("mykey_id", "operator_id", "txn_id", "original_txn_id")
 
 
-def to_batch(v: Validated, source: pa.Array, index: np.ndarray) -> pa.RecordBatch:
-    """A validated batch as Arrow columns, with each record's source and its position
-    in the whole input."""
+def to_batch(v: Validated, source: Sources, index: np.ndarray,
+             names: dict[str, int]) -> pa.RecordBatch:
+    """A validated batch as Arrow columns, with each record's source (as a number
+    into ``names``, which grows) and its position in the whole input."""
     cols: dict[str, pa.Array] = {name: pa.array(getattr(v, name)) for name in _ARRAYS}
     cols.update({name: getattr(v, name).cast(pa.string()) for name in _STRINGS})
     cols["detail"] = pa.array(v.detail, type=pa.string())
-    cols["source"] = source
+    codes = np.array([names.setdefault(n, len(names)) for n in source.names] or [0], np.int32)
+    cols["source_file"] = pa.array(codes[source.file])
+    cols["source_position"] = pa.array(source.position)
     cols["index"] = pa.array(index, type=pa.int64())
     return pa.RecordBatch.from_pydict(cols)
 
 
-def from_table(t: pa.Table, record_type: str) -> tuple[Validated, pa.Array, np.ndarray]:
+def from_table(t: pa.Table, record_type: str, names: dict[str, int]
+               ) -> tuple[Validated, Sources, np.ndarray]:
     """The inverse of :func:`to_batch` (of several batches)."""
     t = t.combine_chunks()
 
@@ -55,7 +60,8 @@ def from_table(t: pa.Table, record_type: str) -> tuple[Validated, pa.Array, np.n
                   detail=np.asarray(col("detail").to_numpy(zero_copy_only=False), dtype=object),
                   **{name: arr(name) for name in _ARRAYS},
                   **{name: col(name) for name in _STRINGS})
-    return v, col("source"), arr("index")
+    src = Sources(tuple(names), arr("source_file"), arr("source_position"))
+    return v, src, arr("index")
 
 
 class Spill:
@@ -65,18 +71,19 @@ class Spill:
         self.dir = directory
         self.count = count
         self._writers: dict[tuple[str, int], pa.ipc.RecordBatchStreamWriter] = {}
-        self._schemas: dict[str, pa.Schema] = {}
+        self.names: dict[str, int] = {}  # the input files' names, numbered
 
     def path(self, record_type: str, k: int) -> Path:
         return self.dir / f"{record_type}-{k}.arrows"
 
-    def add(self, record_type: str, k: int, batch: pa.RecordBatch) -> None:
-        w = self._writers.get((record_type, k))
+    def add(self, k: int, v: Validated, source: Sources, index: np.ndarray) -> None:
+        """Append records to slice ``k``'s file of their type."""
+        batch = to_batch(v, source, index, self.names)
+        w = self._writers.get((v.record_type, k))
         if w is None:
-            w = pa.ipc.new_stream(str(self.path(record_type, k)), batch.schema,
+            w = pa.ipc.new_stream(str(self.path(v.record_type, k)), batch.schema,
                                   options=_SPILL_OPTIONS)
-            self._writers[(record_type, k)] = w
-            self._schemas[record_type] = batch.schema
+            self._writers[(v.record_type, k)] = w
         w.write_batch(batch)
 
     def close(self) -> None:
@@ -84,13 +91,15 @@ class Spill:
             w.close()
         self._writers.clear()
 
-    def read(self, record_type: str, k: int) -> pa.Table | None:
-        """Slice ``k``'s records of that type (None: it has none)."""
+    def read(self, record_type: str, k: int) -> tuple[Validated, Sources, np.ndarray]:
+        """Slice ``k``'s records of that type, their sources and their positions in
+        the whole input."""
         p = self.path(record_type, k)
         if not p.exists():
-            return None
+            return (empty_validated(record_type), Sources.concat([]), np.zeros(0, np.int64))
         with pa.OSFile(str(p)) as f:
-            return pa.ipc.open_stream(f).read_all()
+            t = pa.ipc.open_stream(f).read_all()
+        return from_table(t, record_type, self.names)
 
 
 class SortedRun:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.io.readers import BadRecord, count_rows, iter_records, load_record, read_records
+from engine.io.readers import (
+    BadRecord,
+    Sources,
+    count_rows,
+    iter_records,
+    load_record,
+    read_records,
+)
 from engine.rules.strings import is_individual_number, json_facts
 
 PII = "123456789018"
@@ -109,12 +117,24 @@ def test_parquet_is_read_a_row_group_at_a_time_with_file_wide_sources(tmp_path: 
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3)
     pieces = list(iter_records(path, "enrollment"))
     assert [s.n for s, _ in pieces] == [3, 3, 1]
-    assert [x for _, src in pieces for x in src.to_pylist()] == [
+    assert [x for _, src in pieces for x in src.take(np.arange(len(src))).to_pylist()] == [
         f"e.parquet:{i}" for i in range(1, 8)]
     whole, _ = read_records(path, "enrollment")
     assert pa.concat_arrays([s.columns["mykey_id"] for s, _ in pieces]).equals(
         whole.columns["mykey_id"])
     assert count_rows(path) == 7
+
+
+def test_sources_are_made_only_for_the_rows_asked_for() -> None:
+    s = Sources.concat([Sources.of("a.jsonl", np.array([1, 3])),
+                        Sources.of("b.parquet", np.array([1, 2])),
+                        Sources.of("a.jsonl", np.array([9]))])
+    assert s.names == ("a.jsonl", "b.parquet") and len(s) == 5
+    assert s.take(pa.array([4, 2, 0, 3])).to_pylist() == [
+        "a.jsonl:9", "b.parquet:1", "a.jsonl:1", "b.parquet:2"]
+    assert s.select(np.array([3, 1])).take(np.array([1, 0])).to_pylist() == [
+        "a.jsonl:3", "b.parquet:2"]
+    assert s.take(np.zeros(0, np.int64)).to_pylist() == []
 
 
 def test_count_rows_of_json_lines_counts_lines(tmp_path: Path) -> None:
