@@ -42,7 +42,8 @@ WORK = ROOT / "bench" / "_work" / "restore"
 def person(i: int) -> tuple[bytes, bytes]:
     """A typical enrolled person of the shipped campaign: three purchases."""
     st = PersonState(enr_op="paypay", enr_kind=1, enr_day=18_506 + i % 30, c=12_000, r=3_000,
-                     wm_e=i << 16, wm_t=(i << 16) + 3,
+                     marks={"mynapoint.paypay.enrollments/0": i << 16,
+                            "mynapoint.paypay.transactions/0": (i << 16) + 3},
                      txns={f"paypay/t{i:08d}-{k}": TxnEntry(1, 4_000, 1_600_000_000_000_000,
                                                            None, 1) for k in range(3)})
     return f"P{i:07d}".encode(), encode(st)

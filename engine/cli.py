@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--client-config", default=None, metavar="FILE", help=CLIENT_CONFIG_HELP)
     pb.add_argument("--partitions", type=int, default=8)
     pb.add_argument("--topic-prefix", default="mynapoint")
+    pb.add_argument("--operator", default=None, metavar="ID",
+                    help="publish as this operator: every record to its input topics "
+                         "(default: each record to the operator its operator_id names)")
+    pb.add_argument("--operators", default=None,
+                    help="operators.toml: whose topics records are routed to "
+                         "(default: shipped)")
     pb.add_argument("--quiet", action="store_true")
     pb.add_argument("--manifest", default=None, metavar="FILE",
                     help="write a Parquet file mapping every input line/row to its "

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.kafka.topics import Topics
 from engine.rules.model import Campaign
 from engine.tools.generate import generate_tables, write_jsonl, write_parquet
 from engine.tools.settle import SettleResult, settle_files
@@ -52,6 +53,23 @@ def refund(original: dict[str, Any], amount: int, **kw: Any) -> dict[str, Any]:
     kw.setdefault("mykey", original["mykey_id"])
     kw.setdefault("op", original["operator_id"])
     return txn("refund", amount, original_txn_id=original["txn_id"], **kw)
+
+
+def txn_topic(t: Topics, op: str = "paypay") -> str:
+    """An operator's transactions input (the tests' records claim paypay)."""
+    return t.input_of(op, "transaction")
+
+
+def enr_topic(t: Topics, op: str = "paypay") -> str:
+    return t.input_of(op, "enrollment")
+
+
+def grant_topic(t: Topics, op: str = "paypay") -> str:
+    return t.outcome_topic("grant", op)
+
+
+def rejection_topic(t: Topics, op: str = "paypay") -> str:
+    return t.outcome_topic("rejection", op)
 
 
 def arrow_ipc(table: pa.Table) -> bytes:

@@ -25,7 +25,7 @@ from engine.archive.redact import flags_for, format_of, index_of, redact_message
 from engine.archive.store import ARCHIVE_SCHEMA, Archive, ArchiveError, Entry
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.client_config import default_client
-from engine.kafka.topics import MAX_RECORD_BYTES, Topics
+from engine.kafka.topics import MAX_RECORD_BYTES, Topics, discover
 from engine.streams.decode import decode_messages
 
 FLUSH_ROWS = 20_000
@@ -105,8 +105,9 @@ async def archive(bootstrap: str, topics: Topics, out: str, follow: bool = False
         tps: list[Any] = []
         rtype: dict[str, str] = {}
         counts_of: dict[str, int] = {}
-        for topic, rt in ((topics.enrollments, "enrollment"),
-                          (topics.transactions, "transaction")):
+        topics = await discover(bootstrap, topics, **(client or default_client()))
+        for topic in topics.inputs:
+            rt = topics.record_type(topic)
             parts = None
             for _ in range(50):
                 parts = consumer.partitions_for_topic(topic)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from engine.archive.redact import MESSAGE
 from engine.archive.store import Archive
 from engine.io.readers import split_lines
-from engine.kafka.topics import MAX_RECORD_BYTES, REPLAY_HEADER
+from engine.kafka.topics import MAX_RECORD_BYTES, REPLAY_HEADER, Topics
 from engine.rules.model import Campaign, Reason, Registry
 from engine.rules.validate import Validated, empty_validated
 from engine.streams.decode import (
@@ -28,6 +28,7 @@ from engine.streams.decode import (
     decode_messages,
     replay_header,
 )
+from engine.streams.order import merge_topics
 
 
 @dataclass
@@ -101,11 +102,29 @@ def flagged(table: pa.Table) -> Flags:
 
 def read_archive(archive: Archive, record_type: str, campaign: Campaign,
                  registry: Registry) -> tuple[Validated, pa.Array]:
-    """All archived records of a type, validated, with their stream sources."""
+    """All archived records of a type, validated, with their stream sources; each
+    checked against the operator of the topic it was read from, as the stream did.
+    Enrollments in the order the stream decided them: per partition, the operators'
+    topics merged by message timestamp (engine.streams.order)."""
     parts: list[InBatch] = []
-    for table in archive.tables(record_type):
-        b = decode_messages(messages(table), record_type, campaign, registry, MAX_RECORD_BYTES)
-        parts.append(apply_flags(b, flagged(table)))
+    if record_type == "enrollment":
+        by_partition: dict[int, dict[str, list[Msg]]] = {}
+        flags: Flags = {}
+        for table in archive.tables(record_type):
+            flags.update(flagged(table))
+            for m in messages(table):
+                by_partition.setdefault(m.partition, {}).setdefault(m.topic, []).append(m)
+        for p in sorted(by_partition):
+            seqs = {t: sorted(ms, key=lambda m: m.offset) for t, ms in by_partition[p].items()}
+            merged, _ = merge_topics(seqs, set())
+            b = decode_messages(merged, record_type, campaign, registry, MAX_RECORD_BYTES,
+                                source_operator=Topics.operator_of)
+            parts.append(apply_flags(b, flags))
+    else:
+        for table in archive.tables(record_type):
+            b = decode_messages(messages(table), record_type, campaign, registry,
+                                MAX_RECORD_BYTES, source_operator=Topics.operator_of)
+            parts.append(apply_flags(b, flagged(table)))
     batch = concat_batches(parts)
     if batch is None:
         return empty_validated(record_type), pa.array([], type=pa.string())

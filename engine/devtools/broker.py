@@ -23,6 +23,7 @@ not; failures exit 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.devtools import security
-from engine.kafka.topics import Topics, replication_for
+from engine.kafka.topics import Topics, ensure_topics, replication_for
 from engine.rules.model import OPERATOR_ID
 
 KAFKA_VERSION = "3.9.1"
@@ -738,37 +739,20 @@ def _ensure_acls(java: str, libs: Path, log4j: Path, bootstrap: str, secrets_roo
     marker = secrets_root / ACLS_APPLIED
     if marker.is_file():
         return
-    add_acls(bootstrap, secrets_root, security.acl_plan(Topics(), _operator_ids(operators)),
-             java=java, libs=libs, log4j=log4j)
+    add_acls(bootstrap, secrets_root, security.acl_plan(Topics(), _operator_ids(operators)))
     marker.write_text("ACLs of the default topics were created\n")
 
 
-def add_acls(bootstrap: str, secrets_root: Path, plan: list[list[str]], *,
-             java: str | None = None, libs: Path | None = None,
-             log4j: Path | None = None) -> None:
-    """Run ``kafka.admin.AclCommand --add`` for each argument group of ``plan`` as
-    admin (``--command-config``: no password on the command line), a few at a time
-    (each call is a JVM start, ≈1 s)."""
-    java = java or _require("java", "install a Java 17 runtime to run the Kafka tools")
-    libs = libs or fetch_jars()
-    admin = security.credentials_file(secrets_root, security.ADMIN)
-    if log4j is None:
-        log4j = secrets_root / LOG4J_PROPERTIES
-        if not log4j.is_file():
-            log4j.write_text(_log4j_properties(secrets_root))
-    base = [java, "-Xmx256m", "-XX:TieredStopAtLevel=1", f"-Dlog4j.configuration=file:{log4j}",
-            "-cp", f"{libs}{os.sep}*", "kafka.admin.AclCommand", "--bootstrap-server",
-            bootstrap, "--command-config", str(admin), "--add", "--force"]
-    pending = [subprocess.Popen([*base, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-               for args in plan]
-    failed = []
-    for proc in pending:
-        out, _ = proc.communicate()
-        if proc.returncode != 0:
-            failed.append(_tail(out.decode(errors="replace"), 8))
-    if failed:
-        raise KafkaError("creating ACLs failed:\n" + failed[0])
+def add_acls(bootstrap: str, secrets_root: Path, plan: list[list[str]]) -> None:
+    """Create the ACLs of ``plan`` (``kafka.admin.AclCommand --add`` argument groups,
+    the form the compose file's one-shot service runs) as admin, in one CreateAcls
+    request: a JVM per group cost about a second each, and a registry of eleven
+    operators needs three dozen groups."""
+    admin = load_client_config_file(security.credentials_file(secrets_root, security.ADMIN))
+    try:
+        asyncio.run(security.create_acls(bootstrap, admin, plan))
+    except security.SecurityError as e:
+        raise KafkaError(f"creating ACLs failed: {e}") from None
 
 
 def _write_config(data: Path, server_properties: str) -> tuple[Path, Path]:
@@ -1155,8 +1139,15 @@ def add_operator(bootstrap: str, secrets_root: Path, operator_id: str,
                    "--entity-name", operator_id, hide=(password,))
     finally:
         config.unlink(missing_ok=True)
-    add_acls(bootstrap, secrets_root, security.operator_acls(topics or Topics(), [operator_id]),
-             java=java, libs=libs, log4j=log4j)
+    add_acls(bootstrap, secrets_root, security.operator_acls(topics or Topics(), [operator_id]))
+    names = topics or Topics()
+    # the unattributed input first: an existing topic sets the partition count
+    wanted = [names.input_of(None, "transaction"), *names.operator_topics(operator_id)]
+    try:
+        asyncio.run(ensure_topics(bootstrap, names, 8, changelog=False, only=wanted,
+                                  client=admin))
+    except Exception as e:
+        raise KafkaError(f"creating the topics of {operator_id} failed: {e}") from None
     protocol = admin.get("security_protocol", "SASL_PLAINTEXT")
     ca = secrets_root / TLS_DIR / TLS_CA
     security.write_private(target, security.client_properties(

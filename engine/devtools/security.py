@@ -15,11 +15,13 @@ ACLs (``StandardAuthorizer``, deny by default) are a function of the topic names
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.kafka.topics import Topics
 
@@ -122,41 +124,126 @@ def read_password(data_dir: Path, principal: str) -> str:
 
 
 def acl_plan(topics: Topics, operator_ids: Sequence[str]) -> list[list[str]]:
-    """AclCommand ``--add`` argument groups (one JVM each) for a deployment's topics.
+    """AclCommand ``--add`` argument groups for a deployment's topics.
 
-    - engine: reads and creates the inputs, writes and creates the outputs, does
+    - engine: reads and creates every input, writes and creates every output, does
       anything on its own internal topics (``<prefix>.<group>.`` — the trailing dot
-      keeps a group named like another's prefix out), reads its consumer group;
-    - finance: reads the outputs, writes nothing;
-    - operators: write (and describe) the inputs only; no CREATE, so they cannot make
-      topics, and nothing on outputs or internal topics;
-    - admin is a super user (server.properties), needs no ACL.
-    Literal ACLs except the engine's internal prefix.
+      keeps a group named like another's prefix out), reads its consumer group; it
+      cannot write an input;
+    - finance: reads every output, writes nothing;
+    - each operator: writes (and describes) its own two inputs, reads (and describes)
+      its own two outputs and uses consumer groups under ``<prefix>.<operator>.``;
+      no CREATE, nothing on another operator's topics, the unattributed input or the
+      engine's internal topics;
+    - admin is a super user (server.properties), needs no ACL; it alone writes the
+      unattributed input.
+    Literal ACLs except the engine's internal prefix and the operators' groups.
     """
-    def user(p: str) -> list[str]:
-        return ["--allow-principal", f"User:{p}"]
-
-    def on(names: Iterable[str]) -> list[str]:
-        return [a for n in names for a in ("--topic", n)]
-
-    def ops(*names: str) -> list[str]:
-        return [a for n in names for a in ("--operation", n)]
-
+    unattributed = Topics(topics.prefix, topics.group)
     plan = [
-        [*user(ENGINE), *on(topics.inputs), *ops("Read", "Describe", "Create")],
-        [*user(ENGINE), *on(topics.outputs), *ops("Write", "Describe", "Create")],
-        [*user(ENGINE), "--topic", f"{topics.prefix}.{topics.group_id}.",
-         "--resource-pattern-type", "prefixed", *ops("All")],
-        [*user(ENGINE), "--group", topics.group_id, *ops("Read")],
-        [*user(FINANCE), *on(topics.outputs), *ops("Read", "Describe")],
+        [*_user(ENGINE), "--topic", f"{topics.prefix}.{topics.group_id}.",
+         "--resource-pattern-type", "prefixed", *_ops("All")],
+        [*_user(ENGINE), "--group", topics.group_id, *_ops("Read")],
+        *_service_acls(unattributed),
     ]
     return plan + operator_acls(topics, operator_ids)
 
 
+def _user(p: str) -> list[str]:
+    return ["--allow-principal", f"User:{p}"]
+
+
+def _on(names: Iterable[str]) -> list[str]:
+    return [a for n in names for a in ("--topic", n)]
+
+
+def _ops(*names: str) -> list[str]:
+    return [a for n in names for a in ("--operation", n)]
+
+
+def _service_acls(topics: Topics) -> list[list[str]]:
+    """The engine's and finance's access to the topics of ``topics.operators`` (and
+    of the unattributed input)."""
+    return [
+        [*_user(ENGINE), *_on(topics.inputs), *_ops("Read", "Describe", "Create")],
+        [*_user(ENGINE), *_on(topics.outputs), *_ops("Write", "Describe", "Create")],
+        [*_user(FINANCE), *_on(topics.outputs), *_ops("Read", "Describe")],
+    ]
+
+
 def operator_acls(topics: Topics, operator_ids: Sequence[str]) -> list[list[str]]:
-    """Operators write (and describe) the inputs, nothing else (see :func:`acl_plan`)."""
+    """Each operator's own access, and the services' to its topics (see
+    :func:`acl_plan`): what ``kafka add-operator`` adds."""
     if not operator_ids:
         return []
-    return [[*(a for o in operator_ids for a in ("--allow-principal", f"User:{o}")),
-             *(a for t in topics.inputs for a in ("--topic", t)),
-             "--operation", "Write", "--operation", "Describe"]]
+    theirs = topics.with_operators(operator_ids)
+    plan = [g for g in _service_acls(theirs)]
+    for o in operator_ids:
+        plan += [
+            [*_user(o), *_on(topics.inputs_of(o)), *_ops("Write", "Describe")],
+            [*_user(o), *_on(topics.outputs_of(o)), *_ops("Read", "Describe")],
+            [*_user(o), "--group", f"{topics.prefix}.{o}.", "--resource-pattern-type",
+             "prefixed", *_ops("Read", "Describe")],
+        ]
+    return plan
+
+
+# Kafka's protocol codes (org.apache.kafka.common.acl / resource)
+_RESOURCE = {"--topic": 2, "--group": 3}
+_PATTERN = {"literal": 3, "prefixed": 4}
+_OPERATION = {"All": 2, "Read": 3, "Write": 4, "Create": 5, "Delete": 6, "Alter": 7,
+              "Describe": 8}
+_ALLOW = 3
+
+
+def acl_bindings(plan: list[list[str]]) -> list[tuple[int, str, int, str, str, int, int]]:
+    """The ACL bindings an AclCommand ``--add`` argument group grants: every principal
+    every operation on every resource (CreateAcls v1 tuples).
+
+    >>> acl_bindings([["--allow-principal", "User:a", "--topic", "t", "--operation", "Read"]])
+    [(2, 't', 3, 'User:a', '*', 3, 3)]
+    """
+    out = []
+    for group in plan:
+        users, resources, operations, pattern = [], [], [], "literal"
+        for flag, value in itertools.pairwise(group):
+            if flag == "--allow-principal":
+                users.append(value)
+            elif flag in _RESOURCE:
+                resources.append((_RESOURCE[flag], value))
+            elif flag == "--operation":
+                operations.append(_OPERATION[value])
+            elif flag == "--resource-pattern-type":
+                pattern = value
+        out += [(kind, name, _PATTERN[pattern], user, "*", op, _ALLOW)
+                for user in users for kind, name in resources for op in operations]
+    return out
+
+
+async def create_acls(bootstrap: str, client: dict[str, object],
+                      plan: list[list[str]]) -> None:
+    """Create ``plan``'s ACLs in one CreateAcls request, as the principal of
+    ``client`` (admin); raises :class:`SecurityError` naming the first refusal."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.admin import CreateAclsRequest
+
+    bindings = acl_bindings(plan)
+
+    class _Many(CreateAclsRequest):  # aiokafka's request carries one binding
+        def __init__(self) -> None:
+            pass
+
+        def build(self, request_struct_class: Any) -> Any:
+            if request_struct_class.API_VERSION < 1:
+                raise SecurityError("the broker does not take prefixed ACLs (CreateAcls v1)")
+            return request_struct_class(bindings)
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)  # type: ignore[arg-type]
+    await admin.start()
+    try:
+        response = await admin._send_request(_Many())
+    finally:
+        await admin.close()
+    for (code, message), binding in zip(response.creation_responses, bindings, strict=True):
+        if code:
+            raise SecurityError(f"{binding[3]} on {binding[1]}: error {code} {message or ''}")

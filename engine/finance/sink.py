@@ -32,7 +32,7 @@ from typing import Any
 from engine.finance import ledger
 from engine.finance.ledger import AppendResult, InputError, transaction
 from engine.kafka.client_config import ClientConfigError, default_client, load_client_config
-from engine.kafka.topics import Topics, topic_partitions
+from engine.kafka.topics import Topics, discover, topic_partitions
 from engine.tools.collect import Outcomes, at_end
 
 CONNECT_TIMEOUT = 30.0
@@ -146,7 +146,6 @@ async def sink(ledger_path: str | Path, bootstrap: str, topics: Topics, *, follo
     from aiokafka.errors import KafkaError
 
     client = client or default_client()
-    kinds = topics.outcomes
     con = ledger.connect(ledger_path, write=True)
     result = SinkResult()
     consumer = None
@@ -154,6 +153,9 @@ async def sink(ledger_path: str | Path, bootstrap: str, topics: Topics, *, follo
         stored = {(t, p): o for t, p, o in con.execute(
             "SELECT topic, partition, next_offset FROM kafka_offsets").fetchall()}
         try:
+            topics = await asyncio.wait_for(discover(bootstrap, topics, **client),
+                                            CONNECT_TIMEOUT)
+            kinds = topics.outcomes
             parts = await asyncio.wait_for(topic_partitions(bootstrap, list(kinds), **client),
                                            CONNECT_TIMEOUT)
         except (TimeoutError, KafkaError, OSError) as e:
@@ -236,7 +238,7 @@ def run_sink(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if args.follow:
-            log(f"following {', '.join(Topics(prefix=args.topic_prefix).outcomes)} "
+            log(f"following the output topics {args.topic_prefix}.*.grants|rejections "
                 f"into {args.ledger}")
         return await sink(args.ledger, args.broker, Topics(prefix=args.topic_prefix),
                           follow=args.follow, idle_timeout=args.idle_timeout,

@@ -9,7 +9,8 @@ lets one worker own a person's whole state.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -60,39 +61,94 @@ def input_retention_ms() -> int:
 
 
 _INPUT_KINDS = ("enrollments", "transactions")
+_OUTPUT_KINDS = {"grants": "grant", "rejections": "rejection"}
+# The input of records no registry operator sent: ``publish`` (as admin) routes there
+# what has no known ``operator_id`` (unknown, missing, not JSON), so such records get
+# the reason offline ``settle`` gives them (UNKNOWN_OPERATOR, MALFORMED) and no
+# operator's topic receives another's garbage. An operator id cannot start with "_",
+# so no operator can be named like it; only admin may write it (ACLs).
+UNATTRIBUTED = "_unattributed"
 
 
 @dataclass(frozen=True)
 class Topics:
+    """The engine's topic names (docs/ARCHITECTURE.md, "Topics").
+
+    Every operator of the registry has its own inputs and outputs,
+    ``<prefix>.<operator>.enrollments|transactions|grants|rejections``; records of no
+    known operator have the :data:`UNATTRIBUTED` four. All are co-partitioned (one
+    partition count, keyed by ``mykey_id``), so partition ``p`` of every topic holds
+    the same people and one worker owns a person's whole state across operators.
+
+    >>> t = Topics("m", operators=("paypay", "waon"))
+    >>> t.inputs_of("waon")
+    ('m.waon.enrollments', 'm.waon.transactions')
+    >>> t.enrollment_inputs
+    ('m.paypay.enrollments', 'm.waon.enrollments', 'm._unattributed.enrollments')
+    >>> t.outcome_topic("rejection", None)
+    'm._unattributed.rejections'
+    """
+
     prefix: str = "mynapoint"
     group: str = ""  # consumer group of the workers; "" means "<prefix>-engine"
+    operators: tuple[str, ...] = ()
 
     @property
     def group_id(self) -> str:
         return self.group or f"{self.prefix}-engine"
 
-    @property
-    def enrollments(self) -> str:
-        return f"{self.prefix}.enrollments"
+    def with_operators(self, operators: Iterable[str]) -> Topics:
+        return replace(self, operators=tuple(operators))
 
     @property
-    def transactions(self) -> str:
-        return f"{self.prefix}.transactions"
+    def _sources(self) -> tuple[str, ...]:
+        return (*self.operators, UNATTRIBUTED)
+
+    def inputs_of(self, operator: str) -> tuple[str, str]:
+        """The enrollments and transactions topics ``operator`` (alone) writes."""
+        return (f"{self.prefix}.{operator}.enrollments",
+                f"{self.prefix}.{operator}.transactions")
+
+    def outputs_of(self, operator: str) -> tuple[str, str]:
+        """The grants and rejections topics ``operator`` (alone) reads: the outcomes
+        of the records that arrived on its inputs."""
+        return (f"{self.prefix}.{operator}.grants", f"{self.prefix}.{operator}.rejections")
+
+    def operator_topics(self, operator: str) -> tuple[str, ...]:
+        return (*self.inputs_of(operator), *self.outputs_of(operator))
+
+    def input_of(self, operator: str | None, record_type: str) -> str:
+        enr, txn = self.inputs_of(operator or UNATTRIBUTED)
+        return enr if record_type == "enrollment" else txn
+
+    def outcome_topic(self, kind: str, operator: str | None) -> str:
+        """Where the outcome (``"grant"``/``"rejection"``) of a record that arrived
+        from ``operator`` (None: from the unattributed input) goes."""
+        grants, rejections = self.outputs_of(operator or UNATTRIBUTED)
+        return grants if kind == "grant" else rejections
 
     @property
-    def grants(self) -> str:
-        return f"{self.prefix}.grants"
+    def enrollment_inputs(self) -> tuple[str, ...]:
+        return tuple(self.inputs_of(o)[0] for o in self._sources)
 
     @property
-    def rejections(self) -> str:
-        return f"{self.prefix}.rejections"
+    def transaction_inputs(self) -> tuple[str, ...]:
+        return tuple(self.inputs_of(o)[1] for o in self._sources)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (*self.enrollment_inputs, *self.transaction_inputs)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(t for o in self._sources for t in self.outputs_of(o))
 
     @property
     def outcomes(self) -> dict[str, str]:
         """Every output topic a reader of outcomes consumes, with the kind it holds
         (``"grant"`` or ``"rejection"``): readers (collect, the ledger sink) take the
         names from here only."""
-        return {self.grants: "grant", self.rejections: "rejection"}
+        return {t: _OUTPUT_KINDS[t.rpartition(".")[2]] for t in self.outputs}
 
     @property
     def changelog(self) -> str:
@@ -107,45 +163,72 @@ class Topics:
         return f"{self.prefix}.{self.group_id}.reroute-transactions"
 
     @property
-    def inputs(self) -> tuple[str, str]:
-        return (self.enrollments, self.transactions)
-
-    @property
-    def outputs(self) -> tuple[str, str]:
-        return (self.grants, self.rejections)
-
-    @property
-    def consumed(self) -> tuple[str, str, str, str]:
+    def consumed(self) -> tuple[str, ...]:
         """Every topic a worker reads: the public inputs and its own re-routing
-        topics, co-partitioned, so that one worker owns partition p of all four."""
-        return (self.enrollments, self.transactions, self.reroute_enrollments,
-                self.reroute_transactions)
+        topics, co-partitioned, so that one worker owns partition p of all of them."""
+        return (*self.inputs, self.reroute_enrollments, self.reroute_transactions)
 
     def record_type(self, topic: str) -> str:
-        return "enrollment" if topic in (self.enrollments, self.reroute_enrollments) \
-            else "transaction"
+        return "enrollment" if topic == self.reroute_enrollments \
+            or topic.endswith(".enrollments") else "transaction"
 
     def is_internal(self, topic: str) -> bool:
         return topic in (self.reroute_enrollments, self.reroute_transactions)
 
-    def operator_of(self, topic: str) -> str | None:
+    @staticmethod
+    def operator_of(topic: str) -> str | None:
         """The operator whose input a per-operator topic
         ``<prefix>.<operator_id>.enrollments|transactions`` is; None for any other
-        topic (the shared inputs, outputs, the engine's own).
+        topic (the unattributed input, outputs, the engine's own). Under any prefix:
+        a replayed or re-routed record's trusted source names the topic it was first
+        published to, which for a replay is under the archived run's prefix.
 
         >>> t = Topics("mynapoint")
-        >>> [t.operator_of(x) for x in ("mynapoint.paypay.transactions", "mynapoint.transactions",
-        ...                             "mynapoint.mynapoint-engine.reroute-transactions")]
-        ['paypay', None, None]
-        >>> Topics("acme.mynapoint").operator_of("acme.mynapoint.paypay.enrollments")
+        >>> [t.operator_of(x) for x in ("mynapoint.paypay.transactions",
+        ...     "mynapoint._unattributed.transactions", "mynapoint.paypay.grants",
+        ...     "mynapoint.mynapoint-engine.reroute-transactions", "paypay.transactions")]
+        ['paypay', None, None, None, None]
+        >>> t.operator_of("acme.mynapoint.paypay.enrollments")
         'paypay'
         """
-        if not topic.startswith(self.prefix + "."):
-            return None
-        operator, _, kind = topic[len(self.prefix) + 1:].partition(".")
-        if kind not in _INPUT_KINDS or not OPERATOR_ID.fullmatch(operator):
+        head, _, kind = topic.rpartition(".")
+        prefix, _, operator = head.rpartition(".")
+        if kind not in _INPUT_KINDS or not prefix or not OPERATOR_ID.fullmatch(operator):
             return None
         return operator
+
+    def operators_in(self, names: Iterable[str]) -> tuple[str, ...]:
+        """The operators that have topics among ``names`` (a broker's topic list), in
+        name order: how readers without a registry (collect, the ledger sink, the
+        archiver) find every operator they may read.
+
+        >>> Topics("m").operators_in(["m.b.grants", "m.a.transactions", "m.x.y", "n.c.grants",
+        ...                           "m._unattributed.grants"])
+        ('a', 'b')
+        """
+        found = set()
+        for name in names:
+            if not name.startswith(self.prefix + "."):
+                continue
+            operator, _, kind = name[len(self.prefix) + 1:].partition(".")
+            if (kind in _INPUT_KINDS or kind in _OUTPUT_KINDS) \
+                    and OPERATOR_ID.fullmatch(operator):
+                found.add(operator)
+        return tuple(sorted(found))
+
+
+async def discover(bootstrap: str, topics: Topics, **client: Any) -> Topics:
+    """``topics`` with the operators whose topics exist on the broker (and that this
+    principal may see: the broker lists only authorized topics); ``topics`` itself
+    when it already names its operators (a command given the registry)."""
+    if topics.operators:
+        return topics
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
+    try:
+        await admin.start()
+        return topics.with_operators(topics.operators_in(await admin.list_topics()))
+    finally:
+        await admin.close()
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -208,7 +291,9 @@ async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> d
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
                         changelog: bool = True, settle_seconds: float = 15.0,
-                        input_configs: dict[str, str] | None = None) -> int:
+                        input_configs: dict[str, str] | None = None,
+                        only: Sequence[str] | None = None,
+                        client: dict[str, Any] | None = None) -> int:
     """Create missing topics; return the partition count in use.
 
     Existing topics decide the count; if inputs and outputs disagree the worker
@@ -216,17 +301,18 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
     Right after creation a broker may describe a topic with no partitions or no
     leader yet, so this waits until every partition has a leader.
     ``changelog=False`` (publishers) touches the input topics only: a publisher
-    (an operator) may neither see the outputs nor the engine's own topics (ACLs).
+    (an operator) may neither see the outputs nor the engine's own topics (ACLs);
+    ``only``: just these input topics (an operator's own two).
     Raw input (the input and re-routing topics) is kept for
     :func:`input_retention_ms`, plus ``input_configs`` (tests: segment sizes).
     """
     import asyncio
     import time
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
     await admin.start()
     try:
-        wanted = list(topics.inputs)
+        wanted = list(only if only is not None else topics.inputs)
         if changelog:
             wanted += [*topics.outputs, topics.changelog, topics.reroute_enrollments,
                        topics.reroute_transactions]
@@ -238,10 +324,10 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
             # instead of failing to create it and waiting for a leader
             raise TopicAuthorizationFailedError(f"not authorized for {', '.join(denied)}")
         existing = partition_counts(meta)
-        if topics.transactions in existing:
-            partitions = existing[topics.transactions]
-        elif topics.enrollments in existing:
-            partitions = existing[topics.enrollments]
+        for name in wanted:  # the first existing topic decides the count
+            if name in existing:
+                partitions = existing[name]
+                break
         # Raw input may hold what must not be kept (an Individual Number sent by
         # mistake): bounded retention; the redacted archive is what replays read
         # (docs/PRIVACY.md). Outcomes hold no raw input and are kept.

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from engine.kafka.client_config import ClientConfigError, default_client, load_client_config
-from engine.kafka.topics import Topics, partition_counts
+from engine.kafka.topics import Topics, discover, partition_counts
 from engine.ops.health import describe_error, metrics_address
 
 CONNECT_TIMEOUT = 15.0
@@ -152,11 +152,12 @@ async def gather(bootstrap: str, topics: Topics, client: dict[str, Any] | None =
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, **client)
-    names = [*topics.inputs, *topics.outputs]
-    # the workers' own re-routing topics: consumed like inputs, created by the workers
-    internal = [t for t in topics.consumed if t not in topics.inputs]
     try:
         with quiet("aiokafka"):  # its connection errors repeat the one line we print
+            topics = await discover(bootstrap, topics, **client)
+            names = [*topics.inputs, *topics.outputs]
+            # the workers' own re-routing topics: consumed like inputs, created by them
+            internal = [t for t in topics.consumed if t not in topics.inputs]
             await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT)
             await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT)
             meta = await admin.describe_topics(names + internal)

@@ -111,9 +111,9 @@ async def in_kafka(bootstrap: str, prefix: str, group: str, mykey_id: str) -> li
     value counts; a tombstone means nothing is held)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from engine.kafka.topics import Topics
+    from engine.kafka.topics import Topics, discover
 
-    t = Topics(prefix, group)
+    t = await discover(bootstrap, Topics(prefix, group))
     key = mykey_id.encode()
     out: list[Place] = []
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -124,7 +124,7 @@ async def in_kafka(bootstrap: str, prefix: str, group: str, mykey_id: str) -> li
         # before any assign(), which narrows the client's metadata to its topics
         every = {topic: [TopicPartition(topic, p)
                          for p in sorted(c.partitions_for_topic(topic) or ())]
-                 for topic in (t.changelog, t.grants, t.rejections, *t.inputs)}
+                 for topic in (t.changelog, *t.outputs, *t.inputs)}
         for topic, tps in every.items():
             if not tps:
                 continue

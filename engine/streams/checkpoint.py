@@ -107,14 +107,21 @@ class Checkpoint:
     async def outcomes(self, results: dict[int, ShardResult]) -> None:
         out: dict[tuple[str, int], list[Message]] = defaultdict(list)
         dumps = orjson.dumps
+        # an outcome goes to the outputs of the operator whose input the record arrived
+        # on (its source names that topic, also for a re-routed or replayed record)
+        where: dict[tuple[str, str], str] = {}
         for p, res in results.items():
-            for topic, rows in ((self.topics.grants, res.grants),
-                                (self.topics.rejections, res.rejections)):
+            for kind, rows in (("grant", res.grants), ("rejection", res.rejections)):
                 if not rows:
                     continue
                 parts = kafka_partitions(pa.array([k for k, _ in rows], type=pa.binary()),
                                          self.partitions).tolist()
                 for (key, row), part in zip(rows, parts, strict=True):
+                    src = row["source"].partition("/")[0]
+                    topic = where.get((kind, src))
+                    if topic is None:
+                        topic = where[(kind, src)] = self.topics.outcome_topic(
+                            kind, self.topics.operator_of(src))
                     # a record without a valid key goes to the partition it came from
                     out[(topic, part if part >= 0 else p)].append((key, dumps(row), None,
                                                                    None))

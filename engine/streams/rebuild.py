@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from engine.kafka.client_config import default_client
-from engine.kafka.topics import Topics, ensure_topics
+from engine.kafka.topics import Topics, discover, ensure_topics
 from engine.ops import logs
 from engine.streams import recovery
 
@@ -69,6 +69,7 @@ async def _stopped_partitions(bootstrap: str, topics: Topics, partitions: list[i
 async def rebuild_state(bootstrap: str, topics: Topics, partitions: list[int] | None,
                         default_partitions: int = 8) -> dict[int, int]:
     """Reset the given partitions (all when None); return partition -> reset offset."""
+    topics = await discover(bootstrap, topics)  # every operator's inputs are consumed
     todo = await _stopped_partitions(bootstrap, topics, partitions, default_partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
                                 enable_idempotence=True, acks="all")
@@ -98,6 +99,7 @@ async def accept_loss(bootstrap: str, topics: Topics, partitions: list[int] | No
     """Accept as lost what retention deleted below each consumed topic's first kept
     record on the given partitions (all when None), keeping the state; return
     (topic, partition, from, to) of every accepted range."""
+    topics = await discover(bootstrap, topics)  # every operator's inputs are consumed
     todo = await _stopped_partitions(bootstrap, topics, partitions, default_partitions)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
                                 group_id=topics.group_id, enable_auto_commit=False)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.kafka.topics import Topics
 from engine.rules import kernel
 from engine.rules.marshal import (
     fill_records,
@@ -103,6 +104,28 @@ class ShardDecider:
         self.partitions = partitions
         self.op_ids = [o.id for o in registry.operators]
         self.terms = terms_of(campaign, streaming=True)
+        self._lanes: dict[str, int] = {}  # source topic -> lane
+
+    def lane(self, source: str) -> int:
+        """The stream-time lane of a record first read at ``source``: its operator's
+        input (registry order), the last lane for the unattributed input."""
+        lane = self._lanes.get(source.partition("/")[0])
+        if lane is None:
+            op = Topics.operator_of(source.partition("/")[0])
+            code = self.registry.code(op) if op is not None else -1
+            lane = self._lanes[source.partition("/")[0]] = code if code >= 0 \
+                else len(self.op_ids)
+        return lane
+
+    def stream_times(self, store: ShardStore, clock: int | None) -> np.ndarray:
+        lanes = np.full(len(self.op_ids) + 1, NO_TIME, np.int64)
+        for name, t in store.meta.lanes.items():
+            code = self.registry.code(name) if name else len(self.op_ids)
+            if code >= 0:
+                lanes[code] = t
+        if clock is not None:
+            np.maximum(lanes, clock, out=lanes)
+        return lanes
 
     def decide(self, store: ShardStore, partition: int, enr: InBatch | None,
                txn: InBatch | None, clock: int | None = None,
@@ -112,11 +135,10 @@ class ShardDecider:
         (expiry); ``final`` decides every waiting record (end of input)."""
         call = _Call(self, store)
         call.select(partition, enr, txn)
-        stream_time = store.meta.stream_time if clock is None else max(
-            store.meta.stream_time, clock)
-        call.involve_waiting(stream_time, txn, final)
+        lanes = self.stream_times(store, clock)
+        call.involve_waiting(int(lanes.max()), txn, final)
         call.marshal()
-        call.run_kernel(self.terms._replace(final=True) if final else self.terms, stream_time)
+        call.run_kernel(self.terms._replace(final=True) if final else self.terms, lanes)
         call.outcomes()
         call.new_state()
         return call.res
@@ -136,7 +158,6 @@ class _Call:
         self.states: list[PersonState] = []
         # (batch, record type, rows decided here, their person index or -1)
         self.keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
-        self.wm_new: dict[tuple[int, int], int] = {}
         self.pre: list[tuple[int, Parked]] = []
         self.codes: dict[str, int] = {}
         self.entries: dict[tuple[int, str], int] = {}
@@ -187,8 +208,6 @@ class _Call:
             keys = b.v.mykey_id.to_pylist()
             parts = kafka_partitions(b.v.mykey_id, self.d.partitions).tolist()
             reasons = b.v.reason.tolist()
-            arrivals = b.arrival.tolist()
-            rerouted = b.rerouted.tolist()
             idx: list[int] = []
             pidx: list[int] = []
             for i, key in enumerate(keys):
@@ -202,18 +221,10 @@ class _Call:
                         b.source[i], int(b.v.received[i])))
                     continue
                 pi = self.person(key)
-                st = self.states[pi]
-                arr = arrivals[i]
-                if rerouted[i]:
-                    origin, at_origin = _origin(b.source[i])
-                    if at_origin <= st.rerouted.get(origin, -1):
-                        continue  # a second copy, re-routed again after a crash
-                    st.rerouted[origin] = at_origin
-                elif arr <= (st.wm_e if typ == kernel.ENROLLMENT else st.wm_t):
-                    continue  # redelivered after a crash; its outcome is already out
-                wk = (pi, typ)
-                if self.wm_new.get(wk, -1) < arr:
-                    self.wm_new[wk] = arr
+                origin, at = _origin(b.source[i])
+                if at <= self.states[pi].marks.get(origin, -1):
+                    continue  # redelivered (or re-routed again) after a crash: decided
+                self.states[pi].marks[origin] = at
                 idx.append(i)
                 pidx.append(pi)
             self.keep.append((b, typ, np.asarray(idx, dtype=np.int64), pidx))
@@ -253,6 +264,7 @@ class _Call:
             recs.orig[j] = code(pk.orig)
             recs.received[j] = pk.received
             recs.preparked[j] = 1
+            recs.lane[j] = self.d.lane(pk.source)
             want_entry(pi, opc, pk.txn_id, j)
             want_entry(pi, opc, pk.orig, -1)
         j = n_pre
@@ -260,6 +272,8 @@ class _Call:
             m = len(rows)
             v = b.v
             fill_records(recs, slice(j, j + m), typ, v, rows, np.asarray(pidx, np.int32))
+            src, lane = b.source, self.d.lane
+            recs.lane[j:j + m] = [lane(src[i]) for i in rows.tolist()]
             if typ == kernel.TRANSACTION:
                 tids = v.txn_id.to_pylist()
                 oids = v.original_txn_id.to_pylist()
@@ -308,13 +322,16 @@ class _Call:
                       "operator_id": b.v.operator_id.to_pylist(),
                       "txn_id": b.v.txn_id.to_pylist()} for b, _s, _r in self.spans]
 
-    def run_kernel(self, terms: kernel.Terms, stream_time: int) -> None:
+    def run_kernel(self, terms: kernel.Terms, lanes: np.ndarray) -> None:
         self.out = new_decided(len(self.recs.typ))
-        n_entries, st_after, _ = kernel.decide(
+        n_entries, _ = kernel.decide(
             self.people_a, self.recs, self.reg, self.n0, max(len(self.codes), 1), terms,
-            stream_time, self.out)
+            lanes, self.out)
         self.n_entries = int(n_entries)
-        self.store.meta.stream_time = int(st_after)
+        meta, ops = self.store.meta, self.d.op_ids
+        for code in np.flatnonzero(lanes != NO_TIME).tolist():
+            meta.lanes[ops[code] if code < len(ops) else ""] = int(lanes[code])
+        meta.stream_time = max(meta.stream_time, int(lanes.max()))
 
     def outcomes(self) -> None:
         """Grants and rejections, in decision order."""
@@ -387,12 +404,6 @@ class _Call:
             st.c = int(people.c[pi])
             st.r = int(people.r[pi])
             st.parked = []
-        for (pi, typ), w in self.wm_new.items():
-            st = states[pi]
-            if typ == kernel.ENROLLMENT:
-                st.wm_e = max(st.wm_e, w)
-            else:
-                st.wm_t = max(st.wm_t, w)
         ne = self.n_entries
         for pe, oe, te, ke, ae, ate, ore, se, re_ in zip(
                 reg.person[:ne].tolist(), reg.op[:ne].tolist(), reg.txn[:ne].tolist(),

@@ -6,11 +6,13 @@ partition ``p`` of a compacted changelog topic so that any worker can rebuild
 it. Values are msgpack (msgspec) blobs of :class:`PersonState`; one meta key
 holds the shard's stream time and the changelog offset the local copy has.
 
-Why a per-person high-water mark (``wm_e``/``wm_t``): outputs are produced,
-then state, then input offsets are committed. A crash after some people's
-state was written but before the commit redelivers records whose effect is
-already in those people's state; their outcomes were already produced (they
-precede state), so a record at or below its person's mark is skipped.
+Why per-person high-water marks (``marks``): outputs are produced, then state,
+then input offsets are committed. A crash after some people's state was written
+but before the commit redelivers records whose effect is already in those
+people's state; their outcomes were already produced (they precede state), so a
+record at or below its person's mark for the topic-partition it came from is
+skipped. Marks are kept per source topic-partition because offsets of different
+topics (every operator's inputs, the re-routing topics) are not comparable.
 """
 
 from __future__ import annotations
@@ -58,24 +60,26 @@ class PersonState(msgspec.Struct, array_like=True):
     enr_day: int = 0
     c: int = 0
     r: int = 0
-    wm_e: int = -1
-    wm_t: int = -1
     txns: dict[str, TxnEntry] = msgspec.field(default_factory=dict)
     parked: list[Parked] = msgspec.field(default_factory=list)
-    # re-routed records applied, as the highest arrival per source "topic/partition":
-    # a source partition re-routes in its own order, so a copy at or below the mark
-    # is a redelivery (bounded by the partition count, unlike a list of sources)
-    rerouted: dict[str, int] = msgspec.field(default_factory=dict)
+    # records applied, as the highest arrival per source "topic/partition" (the topic
+    # a record was first published to, also for a re-routed one): a source partition
+    # is read, and re-routed, in its own order, so a record at or below its mark is a
+    # redelivery (bounded by the number of input topic-partitions)
+    marks: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class ShardMeta(msgspec.Struct):
-    stream_time: int
+    stream_time: int  # the largest of ``lanes`` (what dashboards show per partition)
     changelog_offset: int = -1
     # offset of the newest fence record applied (engine.streams.recovery)
     fence: int = -1
     # consumed topic -> [next offset decided, crc of the last message decided there]:
     # how a take-over tells that an input topic was recreated under the state
     inputs: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    # stream time per input the partition's records arrive on: the operator whose
+    # topic it is ("" for the unattributed input); a wait ends by its own input's
+    lanes: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Fence(msgspec.Struct):
@@ -191,6 +195,8 @@ class ShardStore:
             if k == meta_key:
                 m = decode_meta(v)
                 self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
+                for lane, t in m.lanes.items():
+                    self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
                 self.meta.inputs = m.inputs
             else:
                 wb.put(k, v)

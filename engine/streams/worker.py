@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import IO, Any
 
@@ -64,6 +64,7 @@ from engine.streams import recovery
 from engine.streams.checkpoint import Checkpoint, Faults
 from engine.streams.decode import InBatch, concat_batches, decode_messages
 from engine.streams.logic import PartitionLogic
+from engine.streams.order import merge_topics
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
 
@@ -128,6 +129,10 @@ class Worker:
         self._marker = os.environ.get("MYNAPOINT_BATCH_MARKER")
         self.producer_stale = False  # replace it before the next batch
         self.faults = Faults()
+        # enrollment messages fetched but not yet decided (the merge waits for another
+        # operator's topic): in memory only, their topic paused, nothing committed
+        self._held: dict[TopicPartition, list[Any]] = {}
+        self._inflight: dict[TopicPartition, int] = {}  # first offsets of the batch
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -296,6 +301,8 @@ class Worker:
             if logic is not None:
                 logic.store.close()  # the files stay: a checkpoint for the next owner here
             self.refused.pop(p, None)
+            for tp in self._enrollment_tps(p):
+                self._held.pop(tp, None)  # the next owner reads them from the commit
         self.metrics.forget_partitions(parts)
         self.metrics.set_assigned_partitions(len(self.logics))
         self.readiness.release(parts)
@@ -323,6 +330,7 @@ class Worker:
         failures = 0
         while not self.stopping.is_set():
             data: dict[Any, list[Any]] = {}
+            self._inflight = {}
             try:
                 if self.producer_stale:
                     await self._replace_producer()
@@ -354,12 +362,18 @@ class Worker:
         records the broker never stored, and would fail every later send)."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
-        for tp, msgs in data.items():
-            # the batch's first offsets are the committed ones, which the local
-            # checkpoint matches: no round trip to a coordinator that may be down
-            if msgs and tp in assigned:
-                self.consumer.seek(tp, msgs[0].offset)
-        for p in {tp.partition for tp in data} & set(self.logics):
+        # the batch's first offsets (held-back enrollments included) are the committed
+        # ones, which the local checkpoint matches: no round trip to a coordinator
+        # that may be down
+        first = {tp: msgs[0].offset for tp, msgs in data.items() if msgs}
+        for source in (self._inflight, {tp: m[0].offset for tp, m in self._held.items()}):
+            for tp, offset in source.items():
+                first[tp] = min(offset, first.get(tp, offset))
+        self._held.clear()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+        for p in {tp.partition for tp in first} & set(self.logics):
             self.logics[p].discard()
         self.producer_stale = True
 
@@ -373,26 +387,32 @@ class Worker:
         self.producer_stale = False
 
     async def _prioritise_enrollments(self) -> None:
-        """Hold back a transactions partition while its enrollments partition is
+        """Hold back a partition's transactions while any of its enrollments topics is
         behind: applications precede spending, and a transaction read before its
-        person's enrollment would otherwise wait (and might time out)."""
+        person's enrollment would otherwise wait (and might time out). Enrollments
+        held back by the merge (engine.streams.order) are not fetched again."""
         assert self.consumer is not None
         c = self.consumer
         assigned = c.assignment()
+        paused = c.paused()
         for p in list(self.logics):
-            te = TopicPartition(self.topics.enrollments, p)
-            tt = TopicPartition(self.topics.transactions, p)
-            if te not in assigned or tt not in assigned:
+            for tp in self._enrollment_tps(p):
+                if tp in self._held and tp not in paused:
+                    c.pause(tp)
+                elif tp not in self._held and tp in paused and tp in assigned:
+                    c.resume(tp)
+            txns = [tp for tp in self._transaction_tps(p) if tp in assigned]
+            if not txns:
                 continue
             try:
-                lag = await self._enrollment_lag(p)
+                behind = await self._enrollments_behind(p)
             except Exception:  # position unknown during a rebalance: decide next round
                 continue
-            lag = lag is None or lag > 0
-            if lag and tt not in c.paused():
-                c.pause(tt)
-            elif not lag and tt in c.paused():
-                c.resume(tt)
+            for tp in txns:
+                if behind and tp not in paused:
+                    c.pause(tp)
+                elif not behind and tp in paused:
+                    c.resume(tp)
         await self._export_lag()
 
     async def _export_lag(self) -> None:
@@ -413,21 +433,56 @@ class Worker:
                     continue
                 self.metrics.set_consumer_lag(tp.topic, p, max(hw - pos, 0))
 
-    async def _enrollment_lag(self, p: int) -> int | None:
-        """Unread records of enrollments partition ``p``; None while unknown."""
+    def _enrollment_tps(self, p: int) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self.topics.enrollment_inputs]
+
+    def _transaction_tps(self, p: int) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self.topics.transaction_inputs]
+
+    async def _unread(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` has records in Kafka this worker has not fetched (True while
+        unknown)."""
         assert self.consumer is not None
-        te = TopicPartition(self.topics.enrollments, p)
-        hw = self.consumer.highwater(te)
-        if hw is None:
-            return None
-        return max(hw - await self.consumer.position(te), 0)
+        hw = self.consumer.highwater(tp)
+        return hw is None or hw > await self.consumer.position(tp)
 
     async def _enrollments_behind(self, p: int) -> bool:
         assert self.consumer is not None
-        if TopicPartition(self.topics.enrollments, p) not in self.consumer.assignment():
-            return False
-        lag = await self._enrollment_lag(p)
-        return lag is None or lag > 0
+        assigned = self.consumer.assignment()
+        for tp in self._enrollment_tps(p):
+            if tp in self._held or (tp in assigned and await self._unread(tp)):
+                return True
+        return False
+
+    async def _merge_enrollments(self, p: int, topics: dict[str, list[Any]],
+                                 offsets: dict[TopicPartition, Any]) -> list[Any]:
+        """Partition ``p``'s enrollment messages in decision order (see
+        engine.streams.order); what must wait is held in memory, its topic paused, and
+        only released messages count for the offsets committed."""
+        assert self.consumer is not None
+        fetched: dict[str, list[Any]] = {}
+        for tp in self._enrollment_tps(p):
+            msgs = self._held.pop(tp, []) + topics.pop(tp.topic, [])
+            if msgs:
+                fetched[tp.topic] = msgs
+        if not fetched:
+            return []
+        assigned = self.consumer.assignment()
+        unread = {tp.topic for tp in self._enrollment_tps(p)
+                  if tp in assigned and await self._unread(tp)}
+        released, held = merge_topics(fetched, unread)
+        for t, msgs in fetched.items():
+            tp = TopicPartition(t, p)
+            if t in held:
+                self._held[tp] = held[t]
+                self.consumer.pause(tp)  # not fetched again while it waits here
+            done = len(msgs) - len(held.get(t, ()))
+            if done:
+                topics[t] = msgs[:done]
+                offsets[tp] = msgs[done - 1]
+            else:
+                offsets.pop(tp, None)
+        return released
 
     async def process(self, data: dict[Any, list[Any]]) -> None:
         assert self.producer is not None and self.consumer is not None
@@ -444,17 +499,23 @@ class Worker:
             offsets[tp] = msgs[-1]
             if not self.topics.is_internal(tp.topic):
                 stamps.extend(m.timestamp for m in msgs)
+        self._inflight = {tp: m[0].offset for tp, m in self._held.items()}
+        for tp in self._held:  # held back by the merge last time: decided with these
+            if tp.partition in self.logics:
+                by_part.setdefault(tp.partition, {})
+        enrollments: dict[int, list[Any]] = {}
         for p, topics in by_part.items():
-            held = topics.get(self.topics.transactions)
+            enrollments[p] = await self._merge_enrollments(p, topics, offsets)
+            held = [t for t in self.topics.transaction_inputs if topics.get(t)]
             if held and await self._enrollments_behind(p):
                 # Applications precede spending: hand these transactions back until the
                 # partition's enrollments are read, rather than let them wait (and
                 # perhaps time out) for enrollments that are already in Kafka.
-                tt = TopicPartition(self.topics.transactions, p)
-                self.consumer.seek(tt, held[0].offset)
-                self.consumer.pause(tt)
-                del topics[self.topics.transactions]
-                offsets.pop(tt, None)
+                for t in held:
+                    tt = TopicPartition(t, p)
+                    self.consumer.seek(tt, topics.pop(t)[0].offset)
+                    self.consumer.pause(tt)
+                    offsets.pop(tt, None)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             logic = self.logics[p]
@@ -462,9 +523,12 @@ class Worker:
             for topic, msgs in topics.items():
                 inputs[topic] = [msgs[-1].offset + 1,
                                  recovery.message_crc(msgs[-1].key, msgs[-1].value)]
-            t = self.topics
-            enr = self._decode(topics, t.enrollments, t.reroute_enrollments, "enrollment")
-            txn = self._decode(topics, t.transactions, t.reroute_transactions, "transaction")
+            names = self.topics
+            public_txns = [m for name in names.transaction_inputs for m in topics.get(name, ())]
+            enr = self._decode(enrollments[p], topics.get(names.reroute_enrollments),
+                               "enrollment")
+            txn = self._decode(public_txns, topics.get(names.reroute_transactions),
+                               "transaction")
             results[p] = logic.decide(enr, txn)
         self.faults.point("decided", self.batches)
         cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
@@ -482,18 +546,24 @@ class Worker:
         if len(live):
             self.metrics.observe_outcome_latencies(live)
 
-    def _decode(self, topics: dict[str, list[Any]], public: str, internal: str,
+    def _decode(self, public: list[Any], internal: list[Any] | None,
                 record_type: str) -> InBatch | None:
+        """Decode the public messages (in decision order, several topics) and the
+        re-routed ones of a partition."""
         parts: list[InBatch] = []
-        for topic, trusted in ((public, False), (internal, True)):
-            msgs = topics.get(topic)
+        for msgs, trusted in ((public, False), (internal, True)):
             if not msgs:
                 continue
             b = decode_messages(msgs, record_type, self.campaign, self.registry,
                                 self.max_record_bytes, internal=trusted,
                                 replay=self.replay and not trusted,
                                 source_operator=self.topics.operator_of)
-            self.metrics.observe_records(topic, record_type, b.v.n)
+            counts = Counter(m.topic for m in msgs)
+            if len(counts) == 1:
+                self.metrics.observe_records(msgs[0].topic, record_type, b.v.n)
+            else:  # a message may carry many records: count them by their source
+                for topic, n in Counter(s.partition("/")[0] for s in b.source).items():
+                    self.metrics.observe_records(topic, record_type, n)
             mismatched = np.flatnonzero(b.v.reason == Reason.OPERATOR_MISMATCH)
             if len(mismatched):
                 ops = (self.topics.operator_of(b.source[i].partition("/")[0])
@@ -547,7 +617,8 @@ async def run_worker(args: argparse.Namespace) -> int:
             return 2
         host, port = server.server_address[:2]
         client_id = health.advertised_client_id(str(host), int(port))
-    w = Worker(args.broker, Topics(args.topic_prefix, args.group or ""), campaign, registry,
+    topics = Topics(args.topic_prefix, args.group or "", tuple(o.id for o in registry.operators))
+    w = Worker(args.broker, topics, campaign, registry,
                Path(args.state_dir), args.partitions, args.max_batch, metrics,
                readiness=readiness, client_id=client_id,
                replay=getattr(args, "replay", False))

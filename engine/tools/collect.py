@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA, TIMESTAMP
 from engine.kafka.client_config import default_client
-from engine.kafka.topics import Topics, topic_partitions
+from engine.kafka.topics import Topics, discover, topic_partitions
 from engine.streams.codec_out import (
     OutputDecodeError,
     decode_grant,
@@ -171,9 +171,11 @@ async def collect(bootstrap: str, topics: Topics, expect: int = 0, idle_timeout:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    by_topic = {t: Outcomes(kind) for t, kind in topics.outcomes.items()}
-    grants, rejections = by_topic[topics.grants], by_topic[topics.rejections]
+    grants, rejections = Outcomes("grant"), Outcomes("rejection")
     try:
+        topics = await asyncio.wait_for(discover(bootstrap, topics), CONNECT_TIMEOUT)
+        by_topic = {t: grants if kind == "grant" else rejections
+                    for t, kind in topics.outcomes.items()}
         parts = await asyncio.wait_for(topic_partitions(bootstrap, list(by_topic)), CONNECT_TIMEOUT)
     except (TimeoutError, KafkaError, OSError) as e:
         raise CollectError(f"cannot reach the Kafka broker at {bootstrap} "

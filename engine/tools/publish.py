@@ -63,6 +63,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from engine.config import load_or_report
 from engine.io.readers import sources, split_lines
 from engine.kafka.client_config import default_client
 
@@ -78,6 +79,7 @@ from engine.kafka.topics import (
     ensure_topics,
 )
 from engine.ops import logs
+from engine.rules.model import OPERATOR_ID
 from engine.rules.strings import kafka_partitions, rfc3339_array
 
 CONNECT_TIMEOUT = 30.0
@@ -110,6 +112,7 @@ class _Input:
     route: list[bytes]            # what the partitioner hashes
     ts_ms: list[int]              # message timestamps, NO_TIMESTAMP where none
     positions: np.ndarray         # 1-based line or row numbers
+    ops: list[str | None]         # operator_id where it is a string
     lines: list[bytes] | None = None
     table: pa.Table | None = None
 
@@ -181,6 +184,7 @@ def _read_jsonl(path: Path, record_type: str) -> _Input:
     stamps: list[list[str | None]] = [[] for _ in fields]
     keys: list[bytes | None] = []
     route: list[bytes] = []
+    ops: list[str | None] = []
     loads = orjson.loads
     for line in lines:
         try:
@@ -188,8 +192,10 @@ def _read_jsonl(path: Path, record_type: str) -> _Input:
         except orjson.JSONDecodeError:
             obj = None
         key = None
+        op = None
         if type(obj) is dict:
             key = _encode_key(obj.get("mykey_id"))
+            op = obj.get("operator_id")
             for f, out in zip(fields, stamps, strict=True):
                 v = obj.get(f)
                 out.append(v if type(v) is str else None)
@@ -198,8 +204,9 @@ def _read_jsonl(path: Path, record_type: str) -> _Input:
                 out.append(None)
         keys.append(key)
         route.append(line if key is None else key)
+        ops.append(op if type(op) is str else None)
     ts = _timestamps_ms([pa.array(s, type=pa.string()) for s in stamps], len(lines))
-    return _Input(path, record_type, keys, route, ts, numbers, lines=lines)
+    return _Input(path, record_type, keys, route, ts, numbers, ops, lines=lines)
 
 
 def _read_parquet(path: Path, record_type: str) -> _Input:
@@ -225,8 +232,12 @@ def _read_parquet(path: Path, record_type: str) -> _Input:
     route = [k if k is not None else str(i).encode() for i, k in enumerate(keys)]
     cols = [c for c in (column(f) for f in _TIME_FIELDS[record_type]) if c is not None]
     ts = _timestamps_ms(cols, n)
+    ops: list[str | None] = [None] * n
+    col = column("operator_id")
+    if col is not None and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        ops = col.to_pylist()
     return _Input(path, record_type, keys, route, ts, np.arange(1, n + 1, dtype=np.int64),
-                  table=table)
+                  ops, table=table)
 
 
 def read_input(path: str | Path, record_type: str) -> _Input:
@@ -281,6 +292,39 @@ def _json_rows(inp: _Input) -> list[bytes]:
     return out
 
 
+def _person_chunk_plan(groups: np.ndarray, keys: list[bytes | None],
+                       size: int) -> list[np.ndarray]:
+    """Chunks per (topic, partition) group, like :func:`_chunk_plan`, but a person's
+    records bound for different topics never share a time span: a chunk still open
+    when the same person's next record goes to another topic is closed first, so
+    that the worker's merge of a partition's enrollment topics by message timestamp
+    (engine.streams.order, with the timestamps :func:`_messages` assigns) decides
+    them in file order, as offline ``settle`` does."""
+    open_: dict[int, list[int]] = {}
+    serial: dict[int, int] = {}    # group -> how many chunks it has closed
+    last: dict[bytes, tuple[int, int]] = {}  # person -> (group, serial) of its last chunk
+    plan: list[np.ndarray] = []
+
+    def close(g: int) -> None:
+        plan.append(np.asarray(open_.pop(g), dtype=np.int64))
+        serial[g] = serial.get(g, 0) + 1
+
+    for i, g in enumerate(groups.tolist()):
+        k = keys[i]
+        if k is not None:
+            seen = last.get(k)
+            if seen is not None and seen[0] != g and seen[0] in open_ \
+                    and serial.get(seen[0], 0) == seen[1]:
+                close(seen[0])
+            last[k] = (g, serial.get(g, 0))
+        open_.setdefault(g, []).append(i)
+        if len(open_[g]) == size:
+            close(g)
+    for g in sorted(open_, key=lambda g: open_[g][-1]):
+        close(g)
+    return plan
+
+
 def _chunk_plan(parts: np.ndarray, n_parts: int, size: int) -> list[np.ndarray]:
     """Per-partition chunks of record indices, in the order a streaming publisher
     would flush them: a full chunk when its last record is read, the rest at the end."""
@@ -316,23 +360,31 @@ class _Message:
 
     out: Outgoing
     records: int | np.ndarray
+    topic: int = 0  # index into the topics the records are published to
 
     @property
     def count(self) -> int:
         return 1 if isinstance(self.records, int) else len(self.records)
 
 
-def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int) -> Iterator[_Message]:
-    """The messages of ``inp`` in sending order."""
+def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int,
+              targets: np.ndarray | None = None, by_person: bool = False
+              ) -> Iterator[_Message]:
+    """The messages of ``inp`` in sending order; ``targets``: each record's topic
+    (an index; all 0 when None). ``by_person``: chunk with :func:`_person_chunk_plan`,
+    for records several topics carry and the worker merges by message timestamp."""
     keys, ts = inp.keys, inp.ts_ms
+    if targets is None:
+        targets = np.zeros(inp.n, dtype=np.int64)
     if batch == 1:
         values = inp.lines if inp.lines is not None else _json_rows(inp)
         plist = parts.tolist()
+        tlist = targets.tolist()
         for i, v in enumerate(values):
             if len(v) > MAX_VALUE_BYTES:
                 raise PublishError(f"{inp.where(i)}: record of {len(v):,} bytes exceeds the "
                                    f"message size limit of {MAX_VALUE_BYTES:,} bytes")
-            yield _Message(Outgoing(plist[i], keys[i], v, ts[i]), i)
+            yield _Message(Outgoing(plist[i], keys[i], v, ts[i]), i, tlist[i])
         return
     if inp.lines is not None:
         lines = inp.lines
@@ -361,16 +413,27 @@ def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int) -> Itera
             yield from fit(idx[half:])
 
     ts_arr = np.asarray(ts, dtype=np.int64)
-    for chunk in _chunk_plan(parts, n_parts, batch):
+    groups = targets.astype(np.int64) * n_parts + parts
+    plan = _person_chunk_plan(groups, keys, batch) if by_person \
+        else _chunk_plan(groups, int(targets.max(initial=0) + 1) * n_parts, batch)
+    previous: dict[int, int] = {}  # partition -> timestamp of its last message
+    for chunk in plan:
         for idx, value in fit(chunk):
             # The latest business time in the chunk, so that the broker's time
             # index and time-based lookups see the chunk where its records belong,
             # even when the chunk ends with a malformed line that has no time.
             timed = ts_arr[idx]
             timed = timed[timed != NO_TIMESTAMP]
-            yield _Message(Outgoing(int(parts[idx[0]]), keys[int(idx[0])], value,
-                                    int(timed[-1]) if len(timed) else NO_TIMESTAMP, headers),
-                           idx)
+            stamp = int(timed[-1]) if len(timed) else NO_TIMESTAMP
+            part = int(parts[idx[0]])
+            if by_person and stamp != NO_TIMESTAMP:
+                # strictly increasing per partition in sending order, which the
+                # person-aware plan made file order for each person (a chunk's records
+                # carry their own received_at: the engine does not read this stamp)
+                stamp = max(stamp, previous.get(part, NO_TIMESTAMP) + 1)
+                previous[part] = stamp
+            yield _Message(Outgoing(part, keys[int(idx[0])], value, stamp, headers), idx,
+                           int(targets[idx[0]]))
 
 
 # ---------------------------------------------------------------- sending
@@ -400,6 +463,7 @@ class _Placement:
         self.partition = np.full(n_records, -1, dtype=np.int64)
         self.offset = np.full(n_records, -1, dtype=np.int64)
         self.index = np.full(n_records, -1, dtype=np.int64)
+        self.topic: list[str] = []
         self.messages = 0
 
     def record(self, deliveries: list[Delivery]) -> None:
@@ -418,38 +482,45 @@ class _Placement:
                 self.index[idx] = np.arange(len(idx), dtype=np.int64)
 
 
-async def _publish_one(producer: Any, inp: _Input, topic: str, n_parts: int, batch: int,
-                       limit: _RateLimit | None, bar: Any) -> _Placement:
+async def _publish_one(producer: Any, inp: _Input, names: list[str], targets: np.ndarray,
+                       n_parts: int, batch: int, limit: _RateLimit | None,
+                       bar: Any) -> _Placement:
+    """Send ``inp``'s records, record ``i`` to topic ``names[targets[i]]``."""
     # the record's key, or its raw bytes when it has none: one vectorised murmur2
     routing = pa.array([k if k is not None else r for k, r in zip(inp.keys, inp.route,
                                                                   strict=True)],
                        type=pa.binary())
     parts = kafka_partitions(routing, n_parts)
-    sender = BatchSender(producer, topic)
-    task = bar.add_task(f"{inp.record_type}s → {topic}", total=inp.n) if bar else None
+    senders = [BatchSender(producer, name) for name in names]
+    label = names[0] if len(names) == 1 else f"{len(names)} topics"
+    task = bar.add_task(f"{inp.record_type}s → {label}", total=inp.n) if bar else None
     pending = 0
-    for m in _messages(inp, parts, n_parts, batch):
+    by_person = inp.record_type == "enrollment" and len(set(targets.tolist())) > 1
+    for m in _messages(inp, parts, n_parts, batch, targets, by_person):
         if limit is not None:
             wait = limit.delay(m.count)
             if wait > 0.002:
                 # Records must reach the broker at the rate, not just leave this loop.
-                await sender.send_open()
+                for sender in senders:
+                    await sender.send_open()
                 await asyncio.sleep(wait)
-        await sender.add(m.out, m.records)
+        await senders[m.topic].add(m.out, m.records)
         pending += m.count
         if bar and pending >= 5_000:
             bar.advance(task, pending)
             pending = 0
     placement = _Placement(inp.n)
-    placement.record(await sender.flush())
+    for sender in senders:
+        placement.record(await sender.flush())
+    placement.topic = [names[t] for t in targets.tolist()]
     if bar:
         bar.advance(task, pending)
     return placement
 
 
-def _manifest_rows(inp: _Input, sender: _Placement, topic: str, batch: int) -> pa.Table:
+def _manifest_rows(inp: _Input, sender: _Placement, batch: int) -> pa.Table:
     kafka = pc.binary_join_element_wise(
-        pa.scalar(topic), pa.array(sender.partition).cast(pa.string()),
+        pa.array(sender.topic, type=pa.string()), pa.array(sender.partition).cast(pa.string()),
         pa.array(sender.offset).cast(pa.string()), "/")
     if batch > 1:
         kafka = pc.binary_join_element_wise(kafka, pa.array(sender.index).cast(pa.string()),
@@ -487,26 +558,28 @@ def _progress_bar() -> Any:
 
 
 async def ensure_topics_settled(bootstrap: str, topics: Topics, partitions: int,
-                                settle: float = 5.0) -> int:
+                                settle: float = 5.0, only: list[str] | None = None) -> int:
     """:func:`ensure_topics`, retried for a few seconds on a mismatch: right after
     creation the broker may still describe the new topics with no partitions."""
     deadline = time.monotonic() + settle
     while True:
         try:
-            return await ensure_topics(bootstrap, topics, partitions, changelog=False)
+            return await ensure_topics(bootstrap, topics, partitions, changelog=False,
+                                       only=only)
         except TopicMismatch:
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.2)
 
 
-async def _input_topics(bootstrap: str, topics: Topics, partitions: int) -> int:
-    """Create the input topics if missing; their partition count."""
+async def _input_topics(bootstrap: str, topics: Topics, partitions: int,
+                        only: list[str]) -> int:
+    """Create the input topics ``only`` if missing; their partition count."""
     from aiokafka.errors import KafkaError
 
     try:
-        return await asyncio.wait_for(ensure_topics_settled(bootstrap, topics, partitions),
-                                      CONNECT_TIMEOUT)
+        return await asyncio.wait_for(ensure_topics_settled(bootstrap, topics, partitions,
+                                                            only=only), CONNECT_TIMEOUT)
     except TopicMismatch as e:
         raise PublishError(f"broker {bootstrap}: {e}") from None
     except (TimeoutError, KafkaError, OSError) as e:
@@ -535,14 +608,14 @@ async def _start(producer: Any, bootstrap: str) -> None:
                            f"({type(e).__name__}: {e})") from None
 
 
-async def _held_messages(bootstrap: str, topics: Topics, partitions: int) -> dict[str, int]:
-    """Messages ever written to each input topic (end offsets), retention or not."""
+async def _held_messages(bootstrap: str, names: list[str], partitions: int) -> dict[str, int]:
+    """Messages ever written to each topic (end offsets), retention or not."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
     await c.start()
     try:
-        ends = await c.end_offsets([TopicPartition(t, p) for t in topics.inputs
+        ends = await c.end_offsets([TopicPartition(t, p) for t in names
                                     for p in range(partitions)])
     finally:
         await c.stop()
@@ -553,8 +626,9 @@ async def _held_messages(bootstrap: str, topics: Topics, partitions: int) -> dic
 
 
 def _replay_topic(topics: Topics, entry: Any) -> str:
-    """The fresh input topic an archived file's messages are replayed into."""
-    return topics.enrollments if entry.record_type == "enrollment" else topics.transactions
+    """The fresh input topic an archived file's messages are replayed into: the same
+    operator's, under the fresh prefix."""
+    return topics.input_of(topics.operator_of(entry.topic), entry.record_type)
 
 
 async def publish_archive(bootstrap: str, topics: Topics, archive: str | Path
@@ -580,16 +654,17 @@ async def publish_archive(bootstrap: str, topics: Topics, archive: str | Path
     n_parts = max(max(e.partitions for e in a.entries),
                   max(e.partition for e in a.entries) + 1)
     source_topics = {e.topic for e in a.entries}
-    for t in topics.inputs:
+    fresh = sorted({_replay_topic(topics, e) for e in a.entries})
+    for t in fresh:
         if t in source_topics:
             raise PublishError(f"{t} is a topic the archive was read from: replay into "
                                "fresh topics (another --topic-prefix)")
     t0 = time.monotonic()
-    got = await _input_topics(bootstrap, topics, n_parts)
+    got = await _input_topics(bootstrap, topics, n_parts, fresh)
     if got != n_parts:
-        raise PublishError(f"{topics.transactions} has {got} partitions, the archived topics "
+        raise PublishError(f"{fresh[0]} has {got} partitions, the archived topics "
                            f"had {n_parts}: a replay needs fresh topics")
-    held = {t: n for t, n in (await _held_messages(bootstrap, topics, n_parts)).items() if n}
+    held = {t: n for t, n in (await _held_messages(bootstrap, fresh, n_parts)).items() if n}
     if held:
         t, n = next(iter(held.items()))
         raise PublishError(f"{t} already holds {n:,} messages: a replay needs fresh topics "
@@ -603,20 +678,24 @@ async def publish_archive(bootstrap: str, topics: Topics, archive: str | Path
             files = a.files(record_type)
             if not files:
                 continue
-            sender = BatchSender(producer, _replay_topic(topics, files[0]))
+            senders: dict[str, BatchSender] = {}
             i = 0
             for entry in files:
+                name = _replay_topic(topics, entry)
+                sender = senders.get(name) or senders.setdefault(
+                    name, BatchSender(producer, name))
                 for m in replay_messages(a.read(entry)):
                     ts = m.timestamp if m.timestamp is not None else NO_TIMESTAMP
                     await sender.add(Outgoing(m.partition, m.key, m.value or b"", ts,
                                               list(m.headers or [])), i)
                     i += 1
             try:
-                await sender.flush()
+                for sender in senders.values():
+                    await sender.flush()
             except KafkaError as e:
                 raise PublishError(f"replaying {archive} to {bootstrap} failed "
                                    f"({type(e).__name__}: {e})") from None
-            counts[f"{record_type}_messages"] = sender.messages
+            counts[f"{record_type}_messages"] = sum(s.messages for s in senders.values())
     except ArchiveError as e:
         raise PublishError(str(e)) from None
     finally:
@@ -628,9 +707,16 @@ async def publish_archive(bootstrap: str, topics: Topics, archive: str | Path
 async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path | None,
                         transactions: str | Path | None, batch: int = 1000, rate: float = 0.0,
                         partitions: int = 8, progress: bool = False,
-                        manifest: str | Path | None = None) -> dict[str, Any]:
+                        manifest: str | Path | None = None,
+                        operator: str | None = None) -> dict[str, Any]:
     """Publish the files; return counts (records and messages per type, partitions,
-    seconds). Raises :class:`PublishError` for an unusable file or broker."""
+    seconds). Raises :class:`PublishError` for an unusable file or broker.
+
+    ``operator``: the operator publishing (its credentials): every record goes to its
+    input topics, whatever the record claims (the engine checks the claim). Without
+    it (admin, tests, the demo), each record goes to the inputs of the operator its
+    ``operator_id`` names among ``topics.operators``, and a record naming none of them
+    (or nothing readable) to the unattributed input."""
     from aiokafka.errors import KafkaError
 
     if not 1 <= batch <= MAX_RECORDS_PER_MESSAGE:
@@ -639,13 +725,29 @@ async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path 
         raise PublishError(f"--rate must not be negative, got {rate}")
     # Every file is read before anything is sent: a bad second file must not
     # leave the first one half-published.
-    inputs: list[tuple[_Input, str]] = []
-    if enrollments is not None:
-        inputs.append((read_input(enrollments, "enrollment"), topics.enrollments))
-    if transactions is not None:
-        inputs.append((read_input(transactions, "transaction"), topics.transactions))
+    if operator is not None:
+        if not OPERATOR_ID.fullmatch(operator):
+            raise PublishError(f"--operator {operator[:40]!r} is not an operator id")
+        topics = topics.with_operators([operator])
+    inputs: list[tuple[_Input, list[str], np.ndarray]] = []
+    for path, record_type in ((enrollments, "enrollment"), (transactions, "transaction")):
+        if path is None:
+            continue
+        inp = read_input(path, record_type)
+        if operator is not None:
+            names = [topics.input_of(operator, record_type)]
+            targets = np.zeros(inp.n, dtype=np.int64)
+        else:
+            sources = [*topics.operators, None]
+            names = [topics.input_of(o, record_type) for o in sources]
+            index = {o: i for i, o in enumerate(topics.operators)}
+            unattributed = len(topics.operators)
+            targets = np.fromiter((index.get(o, unattributed) for o in inp.ops),  # type: ignore[arg-type]
+                                  dtype=np.int64, count=inp.n)
+        inputs.append((inp, names, targets))
     t0 = time.monotonic()
-    n_parts = await _input_topics(bootstrap, topics, partitions)
+    wanted = sorted({n for _, names, _ in inputs for n in names})
+    n_parts = await _input_topics(bootstrap, topics, partitions, wanted)
     producer = _producer(bootstrap)
     counts: dict[str, Any] = {"partitions": n_parts, "enrollments": 0, "transactions": 0,
                               "enrollment_messages": 0, "transaction_messages": 0}
@@ -656,16 +758,17 @@ async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path 
         await _start(producer, bootstrap)
         if bar:
             bar.start()
-        for inp, topic in inputs:
+        for inp, names, targets in inputs:
             try:
-                sender = await _publish_one(producer, inp, topic, n_parts, batch, limit, bar)
+                sender = await _publish_one(producer, inp, names, targets, n_parts, batch,
+                                            limit, bar)
             except KafkaError as e:
                 raise PublishError(f"publishing {inp.path} to {bootstrap} failed "
                                    f"({type(e).__name__}: {e})") from None
             counts[f"{inp.record_type}s"] = inp.n
             counts[f"{inp.record_type}_messages"] = sender.messages
             if manifest is not None:
-                manifest_parts.append(_manifest_rows(inp, sender, topic, batch))
+                manifest_parts.append(_manifest_rows(inp, sender, batch))
     finally:
         if bar:
             bar.stop()
@@ -712,13 +815,18 @@ def main(args: argparse.Namespace) -> int:
         print("mynapoint publish: nothing to publish (give --enrollments and/or "
               "--transactions)", file=sys.stderr)
         return 2
+    config = load_or_report("publish", None, getattr(args, "operators", None))
+    if config is None:
+        return 2
+    topics = Topics(args.topic_prefix, operators=tuple(o.id for o in config[1].operators))
     try:
         with logs.quiet("aiokafka"):  # a failure is reported below in one line
             counts = asyncio.run(publish_files(
-                args.broker, Topics(prefix=args.topic_prefix), args.enrollments,
+                args.broker, topics, args.enrollments,
                 args.transactions, batch=args.batch, rate=args.rate,
                 partitions=args.partitions, progress=not args.quiet,
-                manifest=getattr(args, "manifest", None)))
+                manifest=getattr(args, "manifest", None),
+                operator=getattr(args, "operator", None)))
     except PublishError as e:
         print(f"mynapoint publish: {e}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from engine.kafka.topics import (
 )
 from engine.tools.collect import collect
 from engine.tools.compare import compare
-from tests.builders import arrow_ipc, txn
+from tests.builders import arrow_ipc, enr_topic, grant_topic, rejection_topic, txn, txn_topic
 from tests.kafka_fixtures import produce
 from tests.streams.harness import PARTITIONS, topics_for, worker
 
@@ -49,13 +49,13 @@ def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[st
     t = topics_for(prefix)
     enr = {"mykey_id": "Zz00aa50", "operator_id": "paypay", "applied_at": WHEN}
     out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = [
-        (t.enrollments, b"Zz00aa50", orjson.dumps(enr), []),
-        (t.enrollments, b"Zz00aa51", orjson.dumps({**enr, "mykey_id": "Zz00aa51",
+        (enr_topic(t), b"Zz00aa50", orjson.dumps(enr), []),
+        (enr_topic(t), b"Zz00aa51", orjson.dumps({**enr, "mykey_id": "Zz00aa51",
                                                    "earn_on": NUMBER}), []),
         # a valid misrouted record, so the re-routing topic is used (and scanned)
-        (t.enrollments, b"Zz00aa50", orjson.dumps({**enr, "mykey_id": "Zz00aa52"}), []),
-        (t.enrollments, b"Zz00aa54", orjson.dumps({**enr, "mykey_id": "Zz00aa54"}), []),
-        (t.enrollments, b"Zz00aa53", orjson.dumps({**enr, "mykey_id": "Zz00aa53",
+        (enr_topic(t), b"Zz00aa50", orjson.dumps({**enr, "mykey_id": "Zz00aa52"}), []),
+        (enr_topic(t), b"Zz00aa54", orjson.dumps({**enr, "mykey_id": "Zz00aa54"}), []),
+        (enr_topic(t), b"Zz00aa53", orjson.dumps({**enr, "mykey_id": "Zz00aa53",
                                                    "note": {"deep": [NUMBER]}}), []),
     ]
     places: list[dict[str, object]] = [
@@ -67,28 +67,28 @@ def _messages(prefix: str) -> list[tuple[str, bytes | None, bytes, list[tuple[st
     for i, place in enumerate(places):
         rec = _txn(i, **place)
         key = str(rec["mykey_id"]).encode()
-        out.append((t.transactions, key, orjson.dumps(rec), []))
+        out.append((txn_topic(t), key, orjson.dumps(rec), []))
     # misrouted (a wrong key) and holding the number: rejected where read, not re-routed
-    out.append((t.transactions, b"Zz00aa99", orjson.dumps(_txn(20, note=NUMBER)), []))
-    out.append((t.transactions, N_BYTES, orjson.dumps(_txn(21)), []))          # key
+    out.append((txn_topic(t), b"Zz00aa99", orjson.dumps(_txn(20, note=NUMBER)), []))
+    out.append((txn_topic(t), N_BYTES, orjson.dumps(_txn(21)), []))          # key
     # the three granted records belong to three people: misrouted records of one
     # person are decided in the order their partitions happen to be read, in the
     # stream as in a replay (docs/DECISIONS.md, 67), which cumulative_points shows
-    out.append((t.transactions, b"Zz00aa22", orjson.dumps(_txn(22, mykey_id="Zz00aa52")),
+    out.append((txn_topic(t), b"Zz00aa22", orjson.dumps(_txn(22, mykey_id="Zz00aa52")),
                 [("trace", N_BYTES), (NUMBER, b"x")]))                           # headers
     chunk = b"\n".join(orjson.dumps(_txn(30 + i, **p)) for i, p in enumerate(places[:4]))
-    out.append((t.transactions, b"Zz00aa30", chunk, [(FORMAT_HEADER, FORMAT_JSONL)]))
+    out.append((txn_topic(t), b"Zz00aa30", chunk, [(FORMAT_HEADER, FORMAT_JSONL)]))
     table = pa.table({"txn_id": ["A1", "A2"], "operator_id": ["paypay"] * 2,
                       "mykey_id": ["Zz00aa54", NUMBER], "kind": ["purchase"] * 2,
                       "amount": pa.array([100, 200], pa.int64()), "occurred_at": [WHEN] * 2,
                       "tags": pa.array([["x"], [NUMBER]], pa.list_(pa.string()))})
-    out.append((t.transactions, b"Zz00aa40", arrow_ipc(table), [(FORMAT_HEADER, FORMAT_ARROW)]))
-    out.append((t.transactions, b"Zz00aa41", arrow_ipc(pa.table({NUMBER: ["v"]})),
+    out.append((txn_topic(t), b"Zz00aa40", arrow_ipc(table), [(FORMAT_HEADER, FORMAT_ARROW)]))
+    out.append((txn_topic(t), b"Zz00aa41", arrow_ipc(pa.table({NUMBER: ["v"]})),
                 [(FORMAT_HEADER, FORMAT_ARROW)]))                                # column name
     row = {k: [v] for k, v in _txn(42, mykey_id="Zz00aa42").items()}
     for nested in (pa.array([{"k": NUMBER}]),                    # a struct's value
                    pa.array([{NUMBER: "v"}])):                   # a struct's field name
-        out.append((t.transactions, b"Zz00aa42", arrow_ipc(pa.table({**row, "meta": nested})),
+        out.append((txn_topic(t), b"Zz00aa42", arrow_ipc(pa.table({**row, "meta": nested})),
                     [(FORMAT_HEADER, FORMAT_ARROW)]))
     return out
 
@@ -214,7 +214,7 @@ def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_p
                if not (h.startswith("data/") and h.split("/")[1] in foreign)]
     mine = {d.name.rsplit("-", 1)[0] for d in data.iterdir() if d.name.startswith(prefix + ".")}
     # the scan covers outputs, changelog and re-routing topics, all with data
-    assert {t.grants, t.rejections, t.changelog, t.reroute_enrollments} <= mine
+    assert {grant_topic(t), rejection_topic(t), t.changelog, t.reroute_enrollments} <= mine
     assert _written(data, t.reroute_enrollments)
     raw = [h for h in scanned if h.split("/")[1].rsplit("-", 1)[0] in t.inputs]
     assert raw, "the raw input segments hold the number (the scan can find it)"
@@ -222,7 +222,7 @@ def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_p
     assert all(h.endswith(".log") for h in raw), raw  # segments, not their indexes
     # read back, decompressed: only the input topics' records hold it
     counts = asyncio.run(_topic_holders(kafka_broker.bootstrap, sorted(mine)))
-    assert counts[t.transactions] > 0 and counts[t.enrollments] > 0
+    assert counts[txn_topic(t)] > 0 and counts[enr_topic(t)] > 0
     assert {k: n for k, n in counts.items() if n and k not in t.inputs} == {}
     assert sum(counts.values()) < sum(1 for _ in msgs)  # the scan tells records apart
     assert _holders(tmp_path / "w") == []   # state directory and the worker's log
@@ -257,8 +257,8 @@ def test_only_raw_input_segments_hold_an_individual_number(kafka_broker, topic_p
     kinds = {(line.split("\t")[0], line.split("\t")[1].split("/")[-1].split(":")[0])
              for line in report.splitlines()[:-1]}
     assert {k for k, _ in kinds} == {"state", "archive", "kafka"}, report
-    assert {w for k, w in kinds if k == "kafka"} == {t.changelog, t.grants, t.enrollments,
-                                                     t.transactions}, report
+    assert {w for k, w in kinds if k == "kafka"} == {t.changelog, grant_topic(t), enr_topic(t),
+                                                     txn_topic(t)}, report
 
 
 def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
@@ -276,8 +276,8 @@ def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
             "segment.ms": "500", "file.delete.delay.ms": "0"}))
         now = int(time.time() * 1000)
         enr = {"mykey_id": "Zz00aa50", "operator_id": "paypay", "applied_at": WHEN}
-        first = [(t.enrollments, b"Zz00aa50", orjson.dumps(enr), []),
-                 (t.transactions, b"Zz00aa50", orjson.dumps(_txn(1, mykey_id="Zz00aa50",
+        first = [(enr_topic(t), b"Zz00aa50", orjson.dumps(enr), []),
+                 (txn_topic(t), b"Zz00aa50", orjson.dumps(_txn(1, mykey_id="Zz00aa50",
                                                                  note=NUMBER)), [])]
         w = worker(broker.bootstrap, prefix, tmp_path / "w").start()
         try:
@@ -296,8 +296,8 @@ def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
             assert time.monotonic() < deadline, [_holders(d) for d in inputs]
             # later records roll the segments (segment.ms counts record timestamps)
             k += 1
-            asyncio.run(_produce(broker.bootstrap, [(t.enrollments, b"Zz00aa60", orjson.dumps(
-                {**enr, "mykey_id": "Zz00aa60"}), []), (t.transactions, b"Zz00aa50",
+            asyncio.run(_produce(broker.bootstrap, [(enr_topic(t), b"Zz00aa60", orjson.dumps(
+                {**enr, "mykey_id": "Zz00aa60"}), []), (txn_topic(t), b"Zz00aa50",
                 orjson.dumps(_txn(100 + k, mykey_id="Zz00aa60")), [])]))
             time.sleep(1.0)
         # an archive started only now lists what retention took as a known hole
@@ -330,8 +330,8 @@ def test_input_topics_get_the_bounded_default_retention(kafka_broker, topic_pref
                                     **default_client())
         await admin.start()
         try:
-            names = [t.enrollments, t.transactions, t.reroute_enrollments, t.grants,
-                     t.rejections]
+            names = [enr_topic(t), txn_topic(t), t.reroute_enrollments, grant_topic(t),
+                     rejection_topic(t)]
             res = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
             out: dict[str, str] = {}
@@ -346,8 +346,8 @@ def test_input_topics_get_the_bounded_default_retention(kafka_broker, topic_pref
 
     got = asyncio.run(retention())
     week = str(7 * 24 * 3600 * 1000)
-    assert got == {t.enrollments: week, t.transactions: week, t.reroute_enrollments: week,
-                   t.grants: "-1", t.rejections: "-1"}
+    assert got == {enr_topic(t): week, txn_topic(t): week, t.reroute_enrollments: week,
+                   grant_topic(t): "-1", rejection_topic(t): "-1"}
     monkeypatch.setenv("MYNAPOINT_INPUT_RETENTION", "P0D")
     with pytest.raises(ValueError, match="positive ISO 8601 duration"):
         asyncio.run(ensure_topics(kafka_broker.bootstrap, topics_for(topic_prefix()),

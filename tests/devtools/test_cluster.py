@@ -21,6 +21,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from engine.devtools import broker as devbroker
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import Topics, ensure_topics
+from tests.builders import grant_topic, rejection_topic, txn_topic
 from tests.kafka_fixtures import client_config_of
 
 pytestmark = pytest.mark.kafka
@@ -113,7 +114,7 @@ def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: devbroker.Clu
                                                           topic_prefix: str) -> None:
     topics = Topics(topic_prefix)
     assert _run(ensure_topics(cluster.bootstrap, topics, 4)) == 4
-    names = [*topics.inputs, topics.grants, topics.rejections, topics.changelog]
+    names = [*topics.inputs, grant_topic(topics), rejection_topic(topics), topics.changelog]
     meta, configs = _run(_describe(cluster.bootstrap, names))
     for name in names:
         assert len(meta[name]) == 4
@@ -127,9 +128,9 @@ def test_single_broker_topics_keep_one_replica(kafka_broker: devbroker.Broker,
     topics = Topics(topic_prefix)
     with client_config_of(kafka_broker.credentials()):  # not the module's cluster
         _run(ensure_topics(kafka_broker.bootstrap, topics, 2))
-        meta, configs = _run(_describe(kafka_broker.bootstrap, [topics.grants]))
-    assert all(p["replicas"] == [1] for p in meta[topics.grants])
-    assert configs[topics.grants]["min.insync.replicas"] == "1"
+        meta, configs = _run(_describe(kafka_broker.bootstrap, [grant_topic(topics)]))
+    assert all(p["replicas"] == [1] for p in meta[grant_topic(topics)])
+    assert configs[grant_topic(topics)]["min.insync.replicas"] == "1"
 
 
 async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
@@ -177,22 +178,22 @@ def test_kill_one_node_then_restart_it_on_its_data(cluster: devbroker.Cluster,
     _run(ensure_topics(cluster.bootstrap, topics, 3))
     before = [f"before-{i}".encode() for i in range(50)]
     during = [f"during-{i}".encode() for i in range(50)]
-    _run(_produce(cluster.bootstrap, topics.grants, before))
+    _run(_produce(cluster.bootstrap, grant_topic(topics), before))
     victim = cluster.nodes[2]
     cluster.kill(2)
     assert 2 not in cluster.nodes
     down = _status(cluster)
     assert down.returncode == 1
     assert "node 2: not running" in down.stdout and "node 3: running" in down.stdout
-    _run(_produce(cluster.bootstrap, topics.grants, during), timeout=120)
+    _run(_produce(cluster.bootstrap, grant_topic(topics), during), timeout=120)
     back = cluster.restart(2)
     assert back.pid != victim.pid and back.data_dir == victim.data_dir
     assert back.port == victim.port
     deadline = time.monotonic() + 90
-    while any(isr != [1, 2, 3] for isr in _run(_in_sync(cluster.bootstrap, topics.grants))):
+    while any(isr != [1, 2, 3] for isr in _run(_in_sync(cluster.bootstrap, grant_topic(topics)))):
         assert time.monotonic() < deadline, "the restarted node did not rejoin the ISRs"
         time.sleep(1.0)
-    got = _run(_read_all(cluster.bootstrap, topics.grants, 100))
+    got = _run(_read_all(cluster.bootstrap, grant_topic(topics), 100))
     assert sorted(got) == sorted(before + during)
 
 
@@ -236,7 +237,7 @@ def test_business_timestamps_do_not_roll_a_segment_per_append(kafka_broker: devb
     june_2020 = 1_591_000_000_000
     with client_config_of(kafka_broker.credentials()):  # not the module's cluster
         _run(ensure_topics(kafka_broker.bootstrap, topics, 1, changelog=False))
-        _run(_produce_stamped(kafka_broker.bootstrap, topics.transactions,
+        _run(_produce_stamped(kafka_broker.bootstrap, txn_topic(topics),
                               [june_2020 + i * 10 * day for i in range(30)]))
-    segments = list((kafka_broker.data_dir / "data" / f"{topics.transactions}-0").glob("*.log"))
+    segments = list((kafka_broker.data_dir / "data" / f"{txn_topic(topics)}-0").glob("*.log"))
     assert len(segments) == 1, sorted(s.name for s in segments)

@@ -24,17 +24,17 @@ from engine.kafka.client_config import load_client_config, parse_client_config
 from engine.kafka.topics import Topics, ensure_topics
 from tests.kafka_fixtures import produce_one
 
-OPERATOR = "paypay"
+OPERATOR, OTHER = "paypay", "aupay"
 
 
 @pytest.fixture(scope="module")
 def secured_topics(kafka_broker: devbroker.Broker) -> Topics:
     """A deployment of its own prefix: topics created by admin, ACLs as `kafka start`
     creates them for the default prefix."""
-    topics = Topics(prefix="secured")
+    topics = Topics(prefix="secured", operators=(OPERATOR, OTHER))
     asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 2))
     devbroker.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
-                   security.acl_plan(topics, [OPERATOR, "aupay"]))
+                       security.acl_plan(topics, [OPERATOR, OTHER]))
     return topics
 
 
@@ -89,17 +89,22 @@ def test_operator_writes_its_inputs_and_nothing_else(kafka_broker: devbroker.Bro
                                                      secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
     op = kafka_broker.client(OPERATOR)
-    before = asyncio.run(_ends(b, t.transactions))
-    asyncio.run(produce_one(b, t.transactions, op))
-    assert asyncio.run(_ends(b, t.transactions)) == before + 1
-    for topic in (t.grants, t.rejections, t.changelog, t.reroute_transactions):
+    for topic in t.inputs_of(OPERATOR):
+        before = asyncio.run(_ends(b, topic))
+        asyncio.run(produce_one(b, topic, op))
+        assert asyncio.run(_ends(b, topic)) == before + 1
+    # another operator's inputs, the unattributed input, every output (its own too:
+    # no operator can forge a grant) and the engine's topics
+    for topic in (*t.inputs_of(OTHER), t.input_of(None, "transaction"), *t.outputs,
+                  t.changelog, t.reroute_transactions):
         with pytest.raises(TopicAuthorizationFailedError):
             asyncio.run(produce_one(b, topic, op))
+    # reading: its own outputs only, never another's outcomes or anybody's inputs
+    for topic in t.outputs_of(OPERATOR):
+        assert asyncio.run(_read(b, topic, op)) >= 0
+    for topic in (*t.outputs_of(OTHER), *t.inputs, t.changelog):
         with pytest.raises(TopicAuthorizationFailedError):
             asyncio.run(_read(b, topic, op))
-    # an operator cannot read the inputs either (another operator's records)
-    with pytest.raises(TopicAuthorizationFailedError):
-        asyncio.run(_read(b, t.enrollments, op))
 
     async def create() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=b, **op)
@@ -116,13 +121,36 @@ def test_operator_writes_its_inputs_and_nothing_else(kafka_broker: devbroker.Bro
         asyncio.run(create())
 
 
+def test_operator_reads_its_outcomes_in_its_own_groups(kafka_broker: devbroker.Broker,
+                                                       secured_topics: Topics) -> None:
+    b, t = kafka_broker.bootstrap, secured_topics
+    grants = t.outcome_topic("grant", OPERATOR)
+    asyncio.run(produce_one(b, grants, kafka_broker.client(security.ENGINE)))
+
+    async def read_in_group(group: str) -> int:
+        c = AIOKafkaConsumer(grants, bootstrap_servers=b, group_id=group,
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             request_timeout_ms=10_000, **kafka_broker.client(OPERATOR))
+        await asyncio.wait_for(c.start(), 30)
+        try:
+            got = await asyncio.wait_for(c.getmany(timeout_ms=5000), 30)
+            return sum(len(v) for v in got.values())
+        finally:
+            await c.stop()
+
+    assert asyncio.run(read_in_group(f"secured.{OPERATOR}.statements")) >= 1
+    with pytest.raises(KafkaError):  # GroupAuthorizationFailed: another's group prefix
+        asyncio.run(read_in_group(f"secured.{OTHER}.statements"))
+
+
 def test_finance_reads_outputs_writes_nothing(kafka_broker: devbroker.Broker,
                                               secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
-    asyncio.run(produce_one(b, t.grants, kafka_broker.client(security.ENGINE)))
+    for topic in t.outputs:
+        asyncio.run(produce_one(b, topic, kafka_broker.client(security.ENGINE)))
     fin = kafka_broker.client(security.FINANCE)
-    assert asyncio.run(_read(b, t.grants, fin)) >= 1
-    assert asyncio.run(_read(b, t.rejections, fin)) >= 0
+    for topic in t.outputs:
+        assert asyncio.run(_read(b, topic, fin)) >= 1
     for topic in (*t.outputs, *t.inputs, t.changelog):
         with pytest.raises(TopicAuthorizationFailedError):
             asyncio.run(produce_one(b, topic, fin))
@@ -141,13 +169,14 @@ def test_engine_cannot_publish_inputs(kafka_broker: devbroker.Broker,
 def test_wrong_password_and_plaintext_are_refused(kafka_broker: devbroker.Broker,
                                                   secured_topics: Topics) -> None:
     b, t = kafka_broker.bootstrap, secured_topics
-    before = asyncio.run(_ends(b, t.transactions))
+    mine = t.input_of(OPERATOR, "transaction")
+    before = asyncio.run(_ends(b, mine))
     wrong = {**kafka_broker.client(OPERATOR), "sasl_plain_password": "not-the-password"}
     unknown = {**kafka_broker.client(OPERATOR), "sasl_plain_username": "nobody"}
     for client in (wrong, unknown, {}):
         with pytest.raises((KafkaConnectionError, KafkaError, TimeoutError)):
-            asyncio.run(produce_one(b, t.transactions, client))
-    assert asyncio.run(_ends(b, t.transactions)) == before
+            asyncio.run(produce_one(b, mine, client))
+    assert asyncio.run(_ends(b, mine)) == before
 
 
 def test_credentials_path_names_the_file_never_the_password(
@@ -178,11 +207,21 @@ def test_add_operator_without_restart(kafka_broker: devbroker.Broker,
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not list(kafka_broker.data_dir.glob("add-*.properties"))  # no password left
     new = kafka_broker.client("newpay")
-    before = asyncio.run(_ends(b, t.enrollments))
-    asyncio.run(produce_one(b, t.enrollments, new))
-    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
-    with pytest.raises(TopicAuthorizationFailedError):
-        asyncio.run(produce_one(b, t.grants, new))
+    # its four topics exist, with the deployment's partition count
+    for topic in t.operator_topics("newpay"):
+        assert asyncio.run(_ends(b, topic)) >= 0
+    enrollments = t.input_of("newpay", "enrollment")
+    before = asyncio.run(_ends(b, enrollments))
+    asyncio.run(produce_one(b, enrollments, new))
+    assert asyncio.run(_ends(b, enrollments)) == before + 1
+    # the engine reads it and writes its outputs, which it alone reads besides finance
+    assert asyncio.run(_read(b, enrollments, kafka_broker.client(security.ENGINE))) >= 1
+    grants = t.outcome_topic("grant", "newpay")
+    asyncio.run(produce_one(b, grants, kafka_broker.client(security.ENGINE)))
+    assert asyncio.run(_read(b, grants, new)) >= 1
+    for topic in (grants, *t.inputs_of(OPERATOR)):
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(produce_one(b, topic, new))
     with pytest.raises(devbroker.KafkaError, match="already has credentials"):
         devbroker.add_operator(b, kafka_broker.data_dir, "newpay", t)
     with pytest.raises(devbroker.KafkaError, match="reserved"):

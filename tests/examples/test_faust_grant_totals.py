@@ -20,6 +20,7 @@ from engine.devtools import broker as devbroker
 from engine.devtools import security
 from engine.devtools.worker_process import terminate
 from engine.kafka.client_config import default_client
+from tests.builders import grant_topic
 from tests.streams.harness import (
     collect_and_compare,
     make_scenario,
@@ -78,7 +79,7 @@ def test_a_users_faust_agent_adds_up_the_engines_grants_per_operator(
     app = f"{prefix}-totals-app"
     before = asyncio.run(_topics(bootstrap))
     env = {**os.environ, "GRANT_TOTALS_BROKER": bootstrap,
-           "GRANT_TOTALS_TOPICS": topics_for(prefix).grants,
+           "GRANT_TOTALS_TOPICS": grant_topic(topics_for(prefix)),
            "GRANT_TOTALS_APP": app,
            "GRANT_TOTALS_CLIENT_CONFIG": str(kafka_broker.credentials(security.ADMIN)),
            "PYTHONPATH": str(ROOT)}

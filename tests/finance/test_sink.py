@@ -22,6 +22,7 @@ from engine.finance import ledger
 from engine.finance.ledger import InputError
 from engine.finance.sink import CRASH_ENV, client_options
 from engine.tools.compare import compare
+from tests.builders import grant_topic, rejection_topic
 from tests.finance.example import assert_derived_consistent
 from tests.streams.harness import Scenario, collect_and_compare, make_scenario, publish, worker
 
@@ -187,8 +188,8 @@ def test_copies_skipped_conflicts_reported_never_written(kafka_broker, stream: S
     grants = stream.scenario.offline.grants.slice(0, 50).to_pylist()
     values = [grant_to_json(g) for g in grants]
     changed = dict(grants[7], points=grants[7]["points"] + 1)
-    asyncio.run(_produce(stream.bootstrap, topics.grants, values))
-    asyncio.run(_produce(stream.bootstrap, topics.rejections, [b"{}"]))  # undecodable
+    asyncio.run(_produce(stream.bootstrap, grant_topic(topics), values))
+    asyncio.run(_produce(stream.bootstrap, rejection_topic(topics), [b"{}"]))  # undecodable
     path = tmp_path / "l.duckdb"
     r = cli(*sink_args(stream.bootstrap, prefix, path))
     assert r.returncode == 0, r.stderr
@@ -196,10 +197,10 @@ def test_copies_skipped_conflicts_reported_never_written(kafka_broker, stream: S
     first = tables(path)
     assert first["grant"].num_rows == 50
     # redelivery: identical copies and one conflicting copy; the load goes on after it
-    asyncio.run(_produce(stream.bootstrap, topics.grants,
+    asyncio.run(_produce(stream.bootstrap, grant_topic(topics),
                          [values[3], grant_to_json(changed), values[9]]))
     extra = dict(grants[0], grant_id="c/x/AB12cd34/new", txn_id="new")
-    asyncio.run(_produce(stream.bootstrap, topics.grants, [grant_to_json(extra)]))
+    asyncio.run(_produce(stream.bootstrap, grant_topic(topics), [grant_to_json(extra)]))
     r = cli(*sink_args(stream.bootstrap, prefix, path))
     assert r.returncode == 1
     assert "2 identical copies skipped; 1 conflicting copies refused" in r.stdout
@@ -220,8 +221,8 @@ def test_follow_serves_metrics_and_stops_on_sigterm(kafka_broker, stream: Stream
     topics = fresh_topics(stream.bootstrap)
     prefix = topics.prefix
     grants = stream.scenario.offline.grants.slice(0, 5).to_pylist()
-    asyncio.run(_produce(stream.bootstrap, topics.grants, [grant_to_json(g) for g in grants]))
-    asyncio.run(_produce(stream.bootstrap, topics.rejections, []))
+    asyncio.run(_produce(stream.bootstrap, grant_topic(topics), [grant_to_json(g) for g in grants]))
+    asyncio.run(_produce(stream.bootstrap, rejection_topic(topics), []))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "ledger",
                              *sink_args(stream.bootstrap, prefix, tmp_path / "l.duckdb",
@@ -229,7 +230,7 @@ def test_follow_serves_metrics_and_stops_on_sigterm(kafka_broker, stream: Stream
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         changed = dict(grants[1], points=grants[1]["points"] + 1)
-        asyncio.run(_produce(stream.bootstrap, topics.grants, [grant_to_json(changed)]))
+        asyncio.run(_produce(stream.bootstrap, grant_topic(topics), [grant_to_json(changed)]))
         deadline = time.monotonic() + 60
         text = ""
         while "mynapoint_ledger_conflicts_total 1.0" not in text:

@@ -11,6 +11,7 @@ from engine.devtools import broker as devbroker
 from engine.kafka.client_config import default_client
 from engine.kafka.produce import NO_TIMESTAMP, BatchSender, Outgoing
 from engine.kafka.topics import Topics, ensure_topics
+from tests.builders import txn_topic
 from tests.kafka_fixtures import read_topic
 
 PARTS = 2
@@ -39,7 +40,7 @@ async def _send(bootstrap: str, topic: str, msgs: list[Outgoing]) -> dict[Any, t
 
 def test_batches_keep_order_offsets_and_timestamps(kafka_broker: devbroker.Broker,
                                                    topic_prefix: str) -> None:
-    topic = Topics(topic_prefix).transactions
+    topic = txn_topic(Topics(topic_prefix))
     asyncio.run(ensure_topics(kafka_broker.bootstrap, Topics(topic_prefix), PARTS,
                               changelog=False))
     # untimed messages followed by timed ones in one partition: aiokafka's builder

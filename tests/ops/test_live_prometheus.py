@@ -27,6 +27,7 @@ import yaml
 from engine.devtools import broker as devbroker
 from engine.devtools.worker_process import WorkerProcess
 from engine.kafka.client_config import default_client
+from tests.builders import txn_topic
 from tests.ops.http import get_json, wait_until
 from tests.streams.harness import make_scenario, publish, topics_for, worker
 from tests.test_deploy import ALERTS, dashboard_exprs, runbook_queries
@@ -155,7 +156,7 @@ def test_dashboard_and_alerts_on_a_live_prometheus(
         wait_until("the first scrape", lambda: prom.value(f'up{{job="{JOB}"}}') == 1)
 
         publish(kafka_broker.bootstrap, topic_prefix, sc, tmp_path / "m.parquet", batch=50)
-        produce_live(kafka_broker.bootstrap, topics_for(topic_prefix).transactions)
+        produce_live(kafka_broker.bootstrap, txn_topic(topics_for(topic_prefix)))
         expected = sc.expected_outcomes + 4
         wait_until("every outcome to be counted",
                    lambda: prom.value("sum(mynapoint_outcomes_total)") >= expected)

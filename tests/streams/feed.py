@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.kafka.topics import Topics
 from engine.rules.model import NO_TIME, Campaign
 from engine.streams.decode import decode_messages
 from engine.streams.logic import PartitionLogic
@@ -41,14 +42,18 @@ class Feed:
         self.offset = 0
         self.batches = 0
 
-    def poll(self, record_type: str, items: list[dict[str, Any]]) -> ShardResult:
+    def poll(self, record_type: str, items: list[dict[str, Any]],
+             topic: str | None = None) -> ShardResult:
+        """``topic``: the input the messages arrive on (default: one that belongs to no
+        operator, so no OPERATOR_MISMATCH check and one stream time)."""
         msgs = []
         for it in items:
             key = it["rec"]["mykey_id"].encode()
-            msgs.append(Msg(self.topic_prefix + record_type, 0, self.offset, it["ts"], key,
-                            orjson.dumps(it["rec"]), None))
+            msgs.append(Msg(topic or self.topic_prefix + record_type, 0, self.offset, it["ts"],
+                            key, orjson.dumps(it["rec"]), None))
             self.offset += 1
-        b = decode_messages(msgs, record_type, self.campaign, DEFAULT_REGISTRY, 1 << 20)
+        b = decode_messages(msgs, record_type, self.campaign, DEFAULT_REGISTRY, 1 << 20,
+                            source_operator=Topics.operator_of)
         res = self.logic.decide(b if record_type == "enrollment" else None,
                                 b if record_type == "transaction" else None)
         self.logic.commit(self.batches)

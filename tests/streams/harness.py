@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from engine.config import DEFAULT_REGISTRY
 from engine.devtools.worker_process import WorkerProcess
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import Topics
@@ -30,7 +31,9 @@ REPORT_DIR = Path(__file__).resolve().parents[2] / ".reliability"
 
 
 def topics_for(prefix: str) -> Topics:
-    return Topics(prefix, f"{prefix}-engine")
+    """The topics of a test deployment: the shipped registry's operators (the ones
+    the worker processes are started with)."""
+    return Topics(prefix, f"{prefix}-engine", tuple(o.id for o in DEFAULT_REGISTRY.operators))
 
 
 def worker(bootstrap: str, prefix: str, log_dir: Path, name: str = "w",
@@ -72,7 +75,7 @@ async def output_end_offsets(bootstrap: str, prefix: str) -> dict[TopicPartition
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
     await c.start()
     try:
-        return dict(await c.end_offsets([TopicPartition(x, p) for x in (t.grants, t.rejections)
+        return dict(await c.end_offsets([TopicPartition(x, p) for x in t.outputs
                                          for p in range(PARTITIONS)]))
     finally:
         await c.stop()

@@ -19,6 +19,7 @@ from engine.devtools import broker as devbroker
 from engine.kafka.client_config import ENV, default_client
 from engine.kafka.topics import ensure_topics, partition_for
 from engine.tools.collect import collect
+from tests.builders import enr_topic, txn_topic
 from tests.streams.harness import PARTITIONS, topics_for, worker
 
 pytestmark = pytest.mark.kafka
@@ -75,7 +76,7 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
         enr = orjson.dumps({"mykey_id": PERSON, "operator_id": "paypay", "applied_at": WHEN})
         w = worker(bootstrap, prefix, tmp_path, "first").start()
         try:
-            asyncio.run(_send(bootstrap, [(t.enrollments, enr), (t.transactions, _txn("T1"))]))
+            asyncio.run(_send(bootstrap, [(enr_topic(t), enr), (txn_topic(t), _txn("T1"))]))
             # received now, so LATE: what matters is that T1 was decided
             g, r = asyncio.run(collect(bootstrap, t, expect=1, idle_timeout=20.0))
             assert g.num_rows + r.num_rows == 1
@@ -83,11 +84,11 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
             w.stop()
         # while no worker runs: T2, then records an hour ahead, which roll T2's
         # segment (segment.ms counts record time) and outlive the test's retention
-        asyncio.run(_send(bootstrap, [(t.transactions, _txn("T2"))]))
-        asyncio.run(_send(bootstrap, [(t.transactions, _txn("F1")),
-                                      (t.transactions, _txn("F2"))], ahead_ms=3_600_000))
+        asyncio.run(_send(bootstrap, [(txn_topic(t), _txn("T2"))]))
+        asyncio.run(_send(bootstrap, [(txn_topic(t), _txn("F1")),
+                                      (txn_topic(t), _txn("F2"))], ahead_ms=3_600_000))
         deadline = time.monotonic() + 90
-        while asyncio.run(_log_start(bootstrap, t.transactions)) < 2:
+        while asyncio.run(_log_start(bootstrap, txn_topic(t))) < 2:
             assert time.monotonic() < deadline, "retention did not delete T2"
             time.sleep(0.5)
         metrics_port = devbroker.free_port()
@@ -100,7 +101,7 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
                 assert time.monotonic() < deadline, (tmp_path / "second.log").read_text()
                 time.sleep(0.5)
             log = (tmp_path / "second.log").read_text()
-            assert re.search(rf"partition {P} refused: {t.transactions}/{P} offsets 1 to "
+            assert re.search(rf"partition {P} refused: {txn_topic(t)}/{P} offsets 1 to "
                              r"1 \(1 records\) were deleted by retention before the "
                              r"engine decided them.*admin accept-loss", log), log
             # the other partitions are decided; this one emits nothing
@@ -109,11 +110,11 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
             assert g.num_rows + r.num_rows == 1
         finally:
             w.stop()
-        assert asyncio.run(_log_start(bootstrap, t.transactions)) == 2
+        assert asyncio.run(_log_start(bootstrap, txn_topic(t))) == 2
         assert cli(["admin", "accept-loss", "--partition", str(P), "--broker", bootstrap,
                     "--topic-prefix", prefix, "--group", f"{prefix}-engine"]) == 0
         out = capsys.readouterr().out
-        assert f"{t.transactions}/{P}: offsets 1 to 1 (1 records) accepted as lost" in out, out
+        assert f"{txn_topic(t)}/{P}: offsets 1 to 1 (1 records) accepted as lost" in out, out
         w = worker(bootstrap, prefix, tmp_path, "third",
                    extra=["--metrics-port", str(metrics_port)]).start()
         try:

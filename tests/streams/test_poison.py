@@ -22,6 +22,7 @@ from engine.kafka.client_config import default_client
 from engine.kafka.topics import FORMAT_ARROW, FORMAT_HEADER, FORMAT_JSONL, partition_for
 from engine.tools.collect import collect
 from engine.tools.compare import Comparison, compare
+from tests.builders import enr_topic, txn_topic
 from tests.poison_records import (
     ENROLLMENT,
     GRANT,
@@ -76,29 +77,29 @@ async def _inject(bootstrap: str, prefix: str) -> dict[str, tuple[int, str]]:
                                    timestamp_ms=TS, headers=headers)
         sent[name] = (topic, md.partition, md.offset)
 
-    await send("enrollment", t.enrollments, orjson.dumps(
+    await send("enrollment", enr_topic(t), orjson.dumps(
         {"mykey_id": PERSON, "operator_id": "paypay", "applied_at": "2020-09-01T09:00:00+09:00"}),
         PERSON.encode(), right)
     await asyncio.sleep(0.5)  # applications precede spending
-    await send("wrong_key", t.transactions, orjson.dumps(_charge("p-wrong-key", 1000)),
+    await send("wrong_key", txn_topic(t), orjson.dumps(_charge("p-wrong-key", 1000)),
                b"SomeoneE", wrong)
-    await send("no_key", t.transactions, orjson.dumps(_charge("p-no-key", 2000)), None, wrong)
-    await send("invalid_utf8", t.transactions, b'{"txn_id": "\xff\xfe"}', b"x", 0)
-    await send("invalid_json", t.transactions, b'{"txn_id": ', b"x", 0)
-    await send("too_large", t.transactions,
+    await send("no_key", txn_topic(t), orjson.dumps(_charge("p-no-key", 2000)), None, wrong)
+    await send("invalid_utf8", txn_topic(t), b'{"txn_id": "\xff\xfe"}', b"x", 0)
+    await send("invalid_json", txn_topic(t), b'{"txn_id": ', b"x", 0)
+    await send("too_large", txn_topic(t),
                orjson.dumps({**_charge("p-big", 1), "note": "x" * (1 << 21)}), PERSON.encode(),
                right)
-    await send("empty", t.transactions, None, b"x", 0)
-    await send("bad_arrow", t.transactions, b"not arrow at all", b"x", 1,
+    await send("empty", txn_topic(t), None, b"x", 0)
+    await send("bad_arrow", txn_topic(t), b"not arrow at all", b"x", 1,
                [(FORMAT_HEADER, FORMAT_ARROW)])
-    await send("unknown_format", t.transactions, b"{}", b"x", 1, [(FORMAT_HEADER, b"csv")])
+    await send("unknown_format", txn_topic(t), b"{}", b"x", 1, [(FORMAT_HEADER, b"csv")])
     # a JSON Lines chunk mixing a good line with a broken one, sent to the wrong partition
     chunk = orjson.dumps(_charge("p-chunk-ok", 400)) + b"\n{broken\n"
-    await send("chunk", t.transactions, chunk, None, wrong, [(FORMAT_HEADER, FORMAT_JSONL)])
+    await send("chunk", txn_topic(t), chunk, None, wrong, [(FORMAT_HEADER, FORMAT_JSONL)])
     # an Arrow IPC batch with a PII number in an extra column
     table = pa.table({**{k: [v] for k, v in _charge("p-arrow-pii", 100).items()},
                       "note": ["123456789018"]})
-    await send("arrow_pii", t.transactions, ipc(table), PERSON.encode(), right,
+    await send("arrow_pii", txn_topic(t), ipc(table), PERSON.encode(), right,
                [(FORMAT_HEADER, FORMAT_ARROW)])
     await p.stop()
     return {k: v for k, v in sent.items()}  # type: ignore[misc]
@@ -150,12 +151,12 @@ async def _inject_catalogue(bootstrap: str, prefix: str
     key = PERSON.encode()
 
     async def send(value: bytes, fmt: bytes | None, topic: str | None = None) -> str:
-        md = await p.send_and_wait(topic or t.transactions, value, key=key, partition=right,
+        md = await p.send_and_wait(topic or txn_topic(t), value, key=key, partition=right,
                                    timestamp_ms=TS,
                                    headers=[(FORMAT_HEADER, fmt)] if fmt else None)
-        return f"{topic or t.transactions}/{md.partition}/{md.offset}"
+        return f"{topic or txn_topic(t)}/{md.partition}/{md.offset}"
 
-    await send(orjson.dumps(ENROLLMENT), None, t.enrollments)
+    await send(orjson.dumps(ENROLLMENT), None, enr_topic(t))
     await asyncio.sleep(0.5)  # applications precede spending
     sent: dict[str, list[tuple[Poison, str]]] = {"one": [], "chunk": [], "arrow": []}
     for c in json_poison("one"):
@@ -176,9 +177,9 @@ async def _inject_catalogue(bootstrap: str, prefix: str
     sent["misrouted"] = []
     for c in json_poison("wrong"):
         if c.name.startswith("year-") or c.name in ("fraction-12", "lower-case"):
-            md = await p.send_and_wait(t.transactions, c.text, key=b"SomeoneE", partition=wrong,
+            md = await p.send_and_wait(txn_topic(t), c.text, key=b"SomeoneE", partition=wrong,
                                        timestamp_ms=TS)
-            sent["misrouted"].append((c, f"{t.transactions}/{md.partition}/{md.offset}"))
+            sent["misrouted"].append((c, f"{txn_topic(t)}/{md.partition}/{md.offset}"))
     sent["unreadable"] = [
         (Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
          await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW)),
@@ -192,14 +193,14 @@ async def _inject_catalogue(bootstrap: str, prefix: str
             sent[fmt] = []
             for c in texts:
                 m = re.search(rb'"mykey_id":"([0-9A-Za-z]{8})"', c.text)
-                md = await p.send_and_wait(t.enrollments, c.text,
+                md = await p.send_and_wait(enr_topic(t), c.text,
                                            key=m.group(1) if m else b"x", timestamp_ms=TS)
-                sent[fmt].append((c, f"{t.enrollments}/{md.partition}/{md.offset}"))
+                sent[fmt].append((c, f"{enr_topic(t)}/{md.partition}/{md.offset}"))
         elif fmt == "enr-chunk":
-            at = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, t.enrollments)
+            at = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, enr_topic(t))
             sent[fmt] = [(c, f"{at}#{i}") for i, c in enumerate(texts)]
         else:
-            sent[fmt] = [(c, await send(ipc(c.table), FORMAT_ARROW, t.enrollments) + "#0")
+            sent[fmt] = [(c, await send(ipc(c.table), FORMAT_ARROW, enr_topic(t)) + "#0")
                          for c in catalogue if c.table is not None]
     await p.stop()
     return sent

@@ -104,3 +104,45 @@ def test_a_late_far_future_record_does_not_expire_every_wait(tmp_path: Path) -> 
     assert reasons(res) == {"rogue": "LATE"}
     assert PERSON in f.store.parked and f.store.meta.stream_time == T0 * 1000
     f.store.close()
+
+
+def test_one_operators_input_running_ahead_does_not_end_anothers_waits(
+        tmp_path: Path) -> None:
+    """Stream time is per input (the rules: "the input partition that holds the
+    waiting record"): with a topic per operator, another operator's records do not
+    end a wait, the waiting record's own input does."""
+    f = Feed(tmp_path)
+    paypay, aupay = "m.paypay.transactions", "m.aupay.transactions"
+    refund = txn("refund", T0, kind="refund", original_txn_id="orig", amount=100)
+    assert reasons(f.poll("transaction", [refund], topic=paypay)) == {}
+    res = f.poll("transaction", [txn("ahead", T0 + 50 * H, person="Other001", op="aupay")],
+                 topic=aupay)
+    assert "refund" not in reasons(res) and PERSON in f.store.parked
+    res = f.poll("transaction", [txn("mover", T0 + 25 * H, person="Other002")], topic=paypay)
+    assert reasons(res)["refund"] == "ORIGINAL_NOT_FOUND"
+    assert f.store.meta.lanes == {"paypay": (T0 + 25 * H) * 1000,
+                                  "aupay": (T0 + 50 * H) * 1000}
+    assert f.store.meta.stream_time == (T0 + 50 * H) * 1000  # the partition's, for metrics
+    f.store.close()
+
+
+def test_a_record_on_another_operators_topic_is_a_mismatch_and_changes_nothing(
+        tmp_path: Path) -> None:
+    """A forged record (claims aupay, published on paypay's input) gets one
+    OPERATOR_MISMATCH and leaves the person as if it never existed."""
+    f = Feed(tmp_path)
+    enr = {"rec": {"mykey_id": PERSON, "operator_id": "aupay",
+                   "applied_at": "2020-09-01T09:00:00+09:00"}, "ts": T0}
+    res = f.poll("enrollment", [enr], topic="m.paypay.enrollments")
+    assert [(r["reason"], r["operator_id"]) for _, r in res.rejections] == [
+        ("OPERATOR_MISMATCH", "aupay")]
+    assert PERSON.encode() not in f.store.db  # no state at all
+    forged = txn("t1", T0, kind="charge", op="aupay")
+    res = f.poll("transaction", [forged], topic="m.paypay.transactions")
+    assert reasons(res) == {"t1": "OPERATOR_MISMATCH"}
+    # the genuine aupay records, on aupay's inputs: decided as if nothing came before
+    assert reasons(f.poll("enrollment", [enr], topic="m.aupay.enrollments")) == {}
+    res = f.poll("transaction", [txn("t1", T0 + H, kind="charge", op="aupay")],
+                 topic="m.aupay.transactions")
+    assert [g["txn_id"] for _, g in res.grants] == ["t1"] and reasons(res) == {"t1": "granted"}
+    f.store.close()

@@ -16,7 +16,7 @@ from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER, part
 from engine.rules.settlement import settle_records
 from engine.streams.codec_out import format_utc
 from engine.tools.collect import collect
-from tests.builders import txn
+from tests.builders import enr_topic, txn, txn_topic
 from tests.streams.harness import PARTITIONS, topics_for, worker, write_report
 
 pytestmark = pytest.mark.kafka
@@ -69,11 +69,11 @@ def test_a_forged_source_header_on_a_public_topic_is_ignored(kafka_broker, topic
         await p.start()
         try:
             t = topics_for(prefix)
-            await p.send_and_wait(t.enrollments, orjson.dumps(
+            await p.send_and_wait(enr_topic(t), orjson.dumps(
                 {"mykey_id": person, "operator_id": "paypay",
                  "applied_at": "2020-09-01T09:00:00+09:00"}), key=person.encode(),
                 partition=part, headers=[(SOURCE_HEADER, forged)], timestamp_ms=T0)
-            md = await p.send_and_wait(t.transactions, orjson.dumps(
+            md = await p.send_and_wait(txn_topic(t), orjson.dumps(
                 {k: v for k, v in _txn("forged-1", person, T0).items() if k != "received_at"}),
                 key=person.encode(), partition=part, headers=[(SOURCE_HEADER, forged)],
                 timestamp_ms=T0)
@@ -91,7 +91,7 @@ def test_a_forged_source_header_on_a_public_topic_is_ignored(kafka_broker, topic
     assert rejections.num_rows == 0
     g = grants.to_pylist()
     assert [(x["txn_id"], x["points"], x["source"]) for x in g] == [
-        ("forged-1", 250, f"{topics_for(prefix).transactions}/{partition}/{offset}")]
+        ("forged-1", 250, f"{txn_topic(topics_for(prefix))}/{partition}/{offset}")]
     assert PII.encode() not in changelog and b"xxxxxxxx" not in changelog
     assert largest < 10_000
 
@@ -123,9 +123,9 @@ def test_a_person_with_100000_waiting_records(kafka_broker, topic_prefix,
             t = topics_for(prefix)
             for k in range(0, n, 5_000):
                 chunk = b"\n".join(orjson.dumps(r) for r in recs[k:k + 5_000])
-                await p.send_and_wait(t.transactions, chunk, partition=part,
+                await p.send_and_wait(txn_topic(t), chunk, partition=part,
                                       headers=[(FORMAT_HEADER, FORMAT_JSONL)])
-            await p.send_and_wait(t.transactions, orjson.dumps(mover), partition=part,
+            await p.send_and_wait(txn_topic(t), orjson.dumps(mover), partition=part,
                                   headers=[(FORMAT_HEADER, FORMAT_JSONL)])
         finally:
             await p.stop()
@@ -172,11 +172,11 @@ def test_a_rerouted_record_arriving_after_its_deadline_is_decided_at_once(
         try:
             t = topics_for(prefix)
             # stream time of the home partition: two days after the late record
-            await p.send_and_wait(t.transactions, orjson.dumps(_txn("mover", other, 0)),
+            await p.send_and_wait(txn_topic(t), orjson.dumps(_txn("mover", other, 0)),
                                   key=other.encode(), partition=home,
                                   timestamp_ms=T0 + 48 * 3600 * 1000)
             await asyncio.sleep(2.0)  # decided: the home partition is idle from now on
-            await p.send_and_wait(t.transactions, orjson.dumps(_txn("late", person, 0)),
+            await p.send_and_wait(txn_topic(t), orjson.dumps(_txn("late", person, 0)),
                                   key=b"SomeoneX", partition=(home + 1) % PARTITIONS,
                                   timestamp_ms=T0)
         finally:

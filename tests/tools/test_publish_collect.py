@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from engine.config import DEFAULT_REGISTRY
 from engine.devtools import broker as devbroker
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.kafka.produce import Outgoing
@@ -107,9 +108,30 @@ def _manifest(path: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _topics(prefix: str) -> Topics:
+    return Topics(prefix, operators=tuple(o.id for o in DEFAULT_REGISTRY.operators))
+
+
 def _publish(bootstrap: str, prefix: str, **kw: Any) -> dict[str, Any]:
-    return asyncio.run(publish_mod.publish_files(bootstrap, Topics(prefix=prefix),
+    return asyncio.run(publish_mod.publish_files(bootstrap, _topics(prefix),
                                                  partitions=PARTS, **kw))
+
+
+def _expected_topic(line: bytes, record_type: str, topics: Topics) -> str:
+    """Where ``publish`` routes a line: its operator's input, else the unattributed."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        obj = None
+    op = obj.get("operator_id") if isinstance(obj, dict) else None
+    return topics.input_of(op if op in topics.operators else None, record_type)
+
+
+async def _read_inputs(bootstrap: str, topics: Topics, record_type: str) -> list[Any]:
+    """Every input message of a record type, all operators' topics together."""
+    names = topics.enrollment_inputs if record_type == "enrollment" \
+        else topics.transaction_inputs
+    return [m for name in names for m in await read_topic(bootstrap, name, PARTS)]
 
 
 ENROLLMENT_LINES = [
@@ -160,7 +182,7 @@ def test_publish_one_record_per_message(kafka_broker: devbroker.Broker, topic_pr
     manifest = tmp_path / "manifest.parquet"
     counts = _publish(kafka_broker.bootstrap, topic_prefix, enrollments=enr, transactions=txn,
                       batch=1, manifest=manifest)
-    topics = Topics(prefix=topic_prefix)
+    topics = _topics(topic_prefix)
     expected = {"enrollment": _numbered(ENROLLMENT_LINES),
                 "transaction": _numbered(txn_lines)}
     assert counts["enrollments"] == counts["enrollment_messages"] == len(expected["enrollment"])
@@ -168,24 +190,28 @@ def test_publish_one_record_per_message(kafka_broker: devbroker.Broker, topic_pr
     mapping = _manifest(manifest)
     assert len(mapping) == len(expected["enrollment"]) + len(expected["transaction"])
 
-    for record_type, topic, path in (("enrollment", topics.enrollments, enr),
-                                     ("transaction", topics.transactions, txn)):
-        msgs = asyncio.run(_read_topic(kafka_broker.bootstrap, topic))
+    for record_type, path in (("enrollment", enr), ("transaction", txn)):
+        msgs = asyncio.run(_read_inputs(kafka_broker.bootstrap, topics, record_type))
         by_source = _by_source(msgs)
         assert len(msgs) == len(expected[record_type])
-        last_line = dict.fromkeys(range(PARTS), 0)
+        last_line: dict[tuple[str, int], int] = {}
         for number, line in expected[record_type].items():
             rt, kafka_source = mapping[f"{path.name}:{number}"]
             assert rt == record_type
             m = by_source[kafka_source]      # a one-record message has no "#i"
             assert m.value == line           # byte for byte, malformed or not
             key, partition = _route(line)
-            assert (m.key, m.partition) == (key, partition)
+            assert (m.topic, m.key, m.partition) == (
+                _expected_topic(line, record_type, topics), key, partition)
             assert FORMAT_HEADER not in dict(m.headers)
             assert m.timestamp == _expected_ts(line, record_type)
-            # file order is kept within a partition
-            assert number > last_line[m.partition]
-            last_line[m.partition] = number
+            # file order is kept within a topic-partition
+            assert number > last_line.get((m.topic, m.partition), 0)
+            last_line[(m.topic, m.partition)] = number
+    # the operators named are routed to their topics, the rest to the unattributed one
+    assert {m.topic for m in asyncio.run(_read_inputs(kafka_broker.bootstrap, topics,
+                                                      "enrollment"))} == {
+        topics.input_of(o, "enrollment") for o in ("paypay", "suica", "aupay", None)}
     # the escaped "\u0041B12cd34" is the person AB12cd34: same key, same partition
     first, escaped = (mapping[f"enrollments.jsonl:{n}"][1] for n in (1, 10))
     assert first.split("/")[1] == escaped.split("/")[1]
@@ -200,7 +226,8 @@ def test_publish_jsonl_batches(kafka_broker: devbroker.Broker, topic_prefix: str
                       batch=50, manifest=manifest)
     numbered = _numbered(lines)
     assert counts["transactions"] == len(numbered)
-    msgs = asyncio.run(_read_topic(kafka_broker.bootstrap, Topics(topic_prefix).transactions))
+    msgs = asyncio.run(_read_inputs(kafka_broker.bootstrap, _topics(topic_prefix),
+                                   "transaction"))
     assert counts["transaction_messages"] == len(msgs)
     assert max(len(m.value.split(b"\n")) for m in msgs) == 50  # some partition needed chunks
     for m in msgs:
@@ -213,14 +240,15 @@ def test_publish_jsonl_batches(kafka_broker: devbroker.Broker, topic_prefix: str
         assert m.timestamp == (stamps[-1] if stamps else -1)
     mapping = _manifest(manifest)
     by_source = _by_source(msgs)
-    per_partition: dict[int, list[tuple[int, int, int]]] = {}
+    per_partition: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
     for number, line in numbered.items():
         rt, kafka_source = mapping[f"transactions.jsonl:{number}"]
         assert rt == "transaction"
         base, index = kafka_source.split("#")
         m = by_source[base]
         assert m.value.split(b"\n")[int(index)] == line
-        per_partition.setdefault(m.partition, []).append((m.offset, int(index), number))
+        per_partition.setdefault((m.topic, m.partition), []).append(
+            (m.offset, int(index), number))
     for seq in per_partition.values():
         # in (offset, index) order the records are in file order
         assert [n for _, _, n in sorted(seq)] == [n for _, _, n in seq]
@@ -252,7 +280,8 @@ def test_publish_parquet_arrow_batches(kafka_broker: devbroker.Broker, topic_pre
     manifest = tmp_path / "m.parquet"
     _publish(kafka_broker.bootstrap, topic_prefix, enrollments=None, transactions=path,
              batch=100, manifest=manifest)
-    msgs = asyncio.run(_read_topic(kafka_broker.bootstrap, Topics(topic_prefix).transactions))
+    msgs = asyncio.run(_read_inputs(kafka_broker.bootstrap, _topics(topic_prefix),
+                                   "transaction"))
     by_source = _by_source(msgs)
     decoded: dict[str, pa.Table] = {}
     for m in msgs:
@@ -280,7 +309,8 @@ def test_publish_parquet_one_record(kafka_broker: devbroker.Broker, topic_prefix
     path = tmp_path / "tx.parquet"
     pq.write_table(_parquet_table(5), path)
     _publish(kafka_broker.bootstrap, topic_prefix, enrollments=None, transactions=path, batch=1)
-    msgs = asyncio.run(_read_topic(kafka_broker.bootstrap, Topics(topic_prefix).transactions))
+    msgs = asyncio.run(_read_inputs(kafka_broker.bootstrap, _topics(topic_prefix),
+                                   "transaction"))
     objs = {orjson.loads(m.value)["txn_id"]: (m, orjson.loads(m.value)) for m in msgs}
     m, first = objs["t0"]
     assert first == {"txn_id": "t0", "operator_id": "paypay", "mykey_id": "AB12cd34",
@@ -339,10 +369,10 @@ def test_publish_archive_errors_exit_2_with_one_line(tmp_path: Path,
     (empty / "manifest.jsonl").write_text("")
     assert "holds no messages" in run(empty)
     good = tmp_path / "good"
-    msg = Msg("old.transactions", 0, 0, 1_599_000_000_000, b"AB12cd00", b"{}", [])
+    msg = Msg("old.paypay.transactions", 0, 0, 1_599_000_000_000, b"AB12cd00", b"{}", [])
     Archive.open(good, must_exist=False).write_file(
         archive_rows([msg], "transaction"),
-        Entry("old.transactions", "transaction", 0, 0, 1, 1, first=0, last=0, partitions=4))
+        Entry("old.paypay.transactions", "transaction", 0, 0, 1, 1, first=0, last=0, partitions=4))
     assert "takes no --enrollments" in run(good, transactions="t.jsonl")
     assert "the archive was read from" in run(good, topic_prefix="old")
     # with a log handler configured (as after `logs.configure`), aiokafka's own
@@ -391,7 +421,7 @@ def _collect_args(kafka_broker: devbroker.Broker, prefix: str, out: Path,
 def test_collect_dedups_orders_and_detects_conflicts(
         kafka_broker: devbroker.Broker, topic_prefix: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    topics = Topics(prefix=topic_prefix)
+    topics = Topics(prefix=topic_prefix, operators=("paypay",))
     asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 4))
     g1 = _grant(1, "x.transactions/2/10#3")
     g2 = _grant(2, "x.transactions/0/99")
@@ -400,7 +430,7 @@ def test_collect_dedups_orders_and_detects_conflicts(
     r2 = _rejection("x.enrollments/3/0", record_type="enrollment", reason="MALFORMED",
                     detail="record is not valid JSON", txn_id=None, operator_id=None,
                     mykey_id=None)
-    G, R = topics.grants, topics.rejections
+    G, R = topics.outcome_topic("grant", "paypay"), topics.outcome_topic("rejection", None)
     asyncio.run(_produce(kafka_broker.bootstrap, [
         (G, 0, grant_to_json(g1)), (G, 1, grant_to_json(g2)), (G, 3, grant_to_json(g3)),
         (G, 2, grant_to_json(g1)),                                   # redelivered copy

@@ -1,0 +1,64 @@
+"""The order in which one partition's enrollment topics are decided.
+
+Every operator has its own enrollments topic, and Kafka orders records within a
+topic-partition only. Which of two operators a person applied with first decides
+which application stands (``ALREADY_ENROLLED`` for the other), so the worker cannot
+take the topics in whatever order fetches happen to return them: that would make
+the outcome depend on timing, and a replay could differ from the original run.
+
+The rule (docs/DECISIONS.md): the enrollment messages of a partition are merged by
+(message timestamp, topic name), each topic's own order kept, as Kafka Streams
+merges a task's partitions. A message is released only when every topic that still
+has unread records has a fetched message to compare it with; a topic that is read
+to its end (caught up) holds nothing back. So whenever the input is already in
+Kafka (a replay, a backlog, a restart), the order does not depend on how the
+records were fetched; only a message appended later with an older timestamp than
+one already decided is taken in arrival order, the one thing no merge can avoid.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def merge_key(msg: Any) -> int:
+    ts = msg.timestamp
+    return ts if ts is not None and ts >= 0 else -1
+
+
+def merge_topics(fetched: Mapping[str, Sequence[Any]], unread: set[str]
+                 ) -> tuple[list[Any], dict[str, list[Any]]]:
+    """Merge ``fetched`` messages per topic; return (released in order, held back per
+    topic). ``unread``: topics with records in Kafka beyond those fetched (or not known
+    yet); the merge stops when such a topic has no fetched message left.
+
+    >>> from collections import namedtuple
+    >>> M = namedtuple("M", "topic offset timestamp")
+    >>> a = [M("a", 0, 10), M("a", 1, 30)]
+    >>> b = [M("b", 0, 20)]
+    >>> done, held = merge_topics({"a": a, "b": b}, {"b"})
+    >>> [(m.topic, m.offset) for m in done], {t: len(h) for t, h in held.items()}
+    ([('a', 0), ('b', 0)], {'a': 1})
+    >>> [(m.topic, m.offset) for m in merge_topics({"a": a, "b": b}, set())[0]]
+    [('a', 0), ('b', 0), ('a', 1)]
+    """
+    waiting = [t for t in unread if not fetched.get(t)]
+    if waiting:
+        return [], {t: list(m) for t, m in fetched.items() if m}
+    pos = {t: 0 for t in fetched}
+    heap = [(merge_key(m[0]), t) for t, m in fetched.items() if m]
+    heapq.heapify(heap)
+    released: list[Any] = []
+    while heap:
+        _, t = heapq.heappop(heap)
+        msgs = fetched[t]
+        released.append(msgs[pos[t]])
+        pos[t] += 1
+        if pos[t] < len(msgs):
+            heapq.heappush(heap, (merge_key(msgs[pos[t]]), t))
+        elif t in unread:
+            break  # its next message, still in Kafka, may come first
+    held = {t: list(m[pos[t]:]) for t, m in fetched.items() if pos[t] < len(m)}
+    return released, held
