@@ -104,9 +104,10 @@ def parse_input(text: str, registry: Registry) -> Input:
     return m.group(1), Path(m.group(2))
 
 
-# Transactions decided in memory at once (about 3 GB at peak on the shipped data);
-# a larger input is decided in slices of people spilled to disk (engine.tools.slices).
-SLICE_ROWS = 12_000_000
+# Transactions decided in memory at once; a larger input is decided in slices of people
+# spilled to disk (engine.tools.slices). At 10 M transactions three slices peaked at
+# 1.9 GiB against 4.3 GiB for one, in about the same time (bench/RESULTS.md).
+SLICE_ROWS = 4_000_000
 
 
 def _inputs(x: str | Path | list[Input]) -> list[Input]:
