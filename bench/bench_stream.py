@@ -238,8 +238,7 @@ def make_dataset(name: str, users: int, txns: int, seed: int, settle: bool = Tru
 # ------------------------------------------------------------------------ Kafka helpers
 
 def output_tps(topics: Topics) -> list[TopicPartition]:
-    return [TopicPartition(t, p) for t in (topics.grants, topics.rejections)
-            for p in range(PARTITIONS)]
+    return [TopicPartition(t, p) for t in topics.outputs for p in range(PARTITIONS)]
 
 
 async def _edge_timestamps(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int],
@@ -583,7 +582,9 @@ async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]
     t0 = time.monotonic()
     i = 0
     k = 0
-    topic = topics.transactions
+    # the bench's Topics name no operator: publish and this sender use the unattributed
+    # input, one topic per record type as before per-operator topics (same work)
+    topic = topics.input_of(None, "transaction")
     sender = BatchSender(producer, topic)   # tags: when each message was handed over
     while True:
         elapsed = time.monotonic() - t0
@@ -667,7 +668,8 @@ def latency_run(bootstrap: str, ds: Dataset, rate: float, seconds: float, warmup
     try:
         w.start()
         w.wp.wait_for("assigned partitions", 120)
-        enr_ends = asyncio.run(topic_ends(bootstrap, [TopicPartition(topics.enrollments, p)
+        enr_ends = asyncio.run(topic_ends(bootstrap, [TopicPartition(t, p)
+                                                      for t in topics.enrollment_inputs
                                                       for p in range(PARTITIONS)]))
         res["enrollments_read_seconds"] = asyncio.run(
             wait_committed(bootstrap, topics.group_id, enr_ends))
@@ -720,12 +722,14 @@ def faust_run(bootstrap: str, ds: Dataset, n: int) -> dict[str, Any]:
 
     asyncio.run(create())
     env = {**os.environ, "FAUST_BENCH_BROKER": bootstrap,
-           "FAUST_BENCH_INPUT": topics.transactions, "FAUST_BENCH_OUTPUT": out_topic,
+           "FAUST_BENCH_INPUT": topics.input_of(None, "transaction"),
+           "FAUST_BENCH_OUTPUT": out_topic,
            "FAUST_BENCH_APP": name, "FAUST_BENCH_DATADIR": str(d / "data")}
     cmd = [sys.executable, str(ROOT / "bench" / "faust_baseline.py"), "worker", "-l", "warn",
            "--without-web"]
     log_path = d / "faust.log"
-    log(f"faust: {pub['transactions']:,} one-record messages in {topics.transactions}; "
+    log(f"faust: {pub['transactions']:,} one-record messages in "
+        f"{topics.input_of(None, 'transaction')}; "
         f"starting the agent")
     res: dict[str, Any] = {"label": "faust", "events": n, "command": " ".join(
         ["FAUST_BENCH_...=...", ".venv/bin/python", "bench/faust_baseline.py", *cmd[2:]])}

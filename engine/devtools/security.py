@@ -242,8 +242,33 @@ async def create_acls(bootstrap: str, client: dict[str, object],
     await admin.start()
     try:
         response = await admin._send_request(_Many())
+        for (code, message), binding in zip(response.creation_responses, bindings,
+                                            strict=True):
+            if code:
+                raise SecurityError(f"{binding[3]} on {binding[1]}: error {code} "
+                                    f"{message or ''}")
+        if bindings:
+            await _until_enforced(admin, bindings[-1])
     finally:
         await admin.close()
-    for (code, message), binding in zip(response.creation_responses, bindings, strict=True):
-        if code:
-            raise SecurityError(f"{binding[3]} on {binding[1]}: error {code} {message or ''}")
+
+
+async def _until_enforced(admin: Any, binding: tuple[int, str, int, str, str, int, int],
+                          timeout: float = 15.0) -> None:
+    """Wait until every broker's authorizer has the request's ACLs (they reach the
+    brokers through the metadata log, a moment after CreateAcls returns): the
+    caller's next request must already be judged by them."""
+    import asyncio
+    import time
+
+    from aiokafka.protocol.admin import DescribeAclsRequest
+
+    deadline = time.monotonic() + timeout
+    for node in [b.nodeId for b in admin._client.cluster.brokers()]:
+        while True:
+            got = await admin._send_request(DescribeAclsRequest(*binding), node)
+            if any(r[-1] for r in got.resources):
+                break
+            if time.monotonic() > deadline:
+                raise SecurityError(f"ACLs not in force on broker {node} after {timeout:g} s")
+            await asyncio.sleep(0.05)

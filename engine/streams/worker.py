@@ -301,7 +301,7 @@ class Worker:
             if logic is not None:
                 logic.store.close()  # the files stay: a checkpoint for the next owner here
             self.refused.pop(p, None)
-            for tp in self._enrollment_tps(p):
+            for tp in (*self._enrollment_tps(p), *self._transaction_tps(p)):
                 self._held.pop(tp, None)  # the next owner reads them from the commit
         self.metrics.forget_partitions(parts)
         self.metrics.set_assigned_partitions(len(self.logics))
@@ -313,6 +313,8 @@ class Worker:
         local files included; a new take-over restores from the changelog."""
         assert self.consumer is not None
         for p in parts:
+            for tp in (*self._enrollment_tps(p), *self._transaction_tps(p)):
+                self._held.pop(tp, None)  # read again from the commit by the take-over
             logic = self.logics.pop(p, None)
             if logic is None:
                 continue
@@ -389,30 +391,27 @@ class Worker:
     async def _prioritise_enrollments(self) -> None:
         """Hold back a partition's transactions while any of its enrollments topics is
         behind: applications precede spending, and a transaction read before its
-        person's enrollment would otherwise wait (and might time out). Enrollments
-        held back by the merge (engine.streams.order) are not fetched again."""
+        person's enrollment would otherwise wait (and might time out). Messages held
+        back by the merge (engine.streams.order) are not fetched again meanwhile."""
         assert self.consumer is not None
         c = self.consumer
         assigned = c.assignment()
         paused = c.paused()
         for p in list(self.logics):
-            for tp in self._enrollment_tps(p):
-                if tp in self._held and tp not in paused:
-                    c.pause(tp)
-                elif tp not in self._held and tp in paused and tp in assigned:
-                    c.resume(tp)
-            txns = [tp for tp in self._transaction_tps(p) if tp in assigned]
-            if not txns:
-                continue
             try:
                 behind = await self._enrollments_behind(p)
             except Exception:  # position unknown during a rebalance: decide next round
                 continue
-            for tp in txns:
-                if behind and tp not in paused:
-                    c.pause(tp)
-                elif not behind and tp in paused:
-                    c.resume(tp)
+            for tps, held_back in ((self._enrollment_tps(p), False),
+                                   (self._transaction_tps(p), behind)):
+                for tp in tps:
+                    if tp not in assigned:
+                        continue
+                    hold = held_back or tp in self._held
+                    if hold and tp not in paused:
+                        c.pause(tp)
+                    elif not hold and tp in paused:
+                        c.resume(tp)
         await self._export_lag()
 
     async def _export_lag(self) -> None:
@@ -454,25 +453,29 @@ class Worker:
                 return True
         return False
 
-    async def _merge_enrollments(self, p: int, topics: dict[str, list[Any]],
-                                 offsets: dict[TopicPartition, Any]) -> list[Any]:
-        """Partition ``p``'s enrollment messages in decision order (see
-        engine.streams.order); what must wait is held in memory, its topic paused, and
-        only released messages count for the offsets committed."""
+    async def _merge(self, tps: list[TopicPartition], topics: dict[str, list[Any]],
+                     offsets: dict[TopicPartition, Any], hold_all: bool = False) -> list[Any]:
+        """The messages of one record type of a partition (one topic per operator) in
+        decision order (engine.streams.order); what must wait is held in memory, its
+        topic paused, and only released messages count for the offsets committed.
+        ``hold_all``: release nothing yet (the partition's enrollments are behind)."""
         assert self.consumer is not None
         fetched: dict[str, list[Any]] = {}
-        for tp in self._enrollment_tps(p):
+        for tp in tps:
             msgs = self._held.pop(tp, []) + topics.pop(tp.topic, [])
             if msgs:
                 fetched[tp.topic] = msgs
         if not fetched:
             return []
-        assigned = self.consumer.assignment()
-        unread = {tp.topic for tp in self._enrollment_tps(p)
-                  if tp in assigned and await self._unread(tp)}
-        released, held = merge_topics(fetched, unread)
+        if hold_all:
+            released: list[Any] = []
+            held = fetched
+        else:
+            assigned = self.consumer.assignment()
+            unread = {tp.topic for tp in tps if tp in assigned and await self._unread(tp)}
+            released, held = merge_topics(fetched, unread)
         for t, msgs in fetched.items():
-            tp = TopicPartition(t, p)
+            tp = TopicPartition(t, tps[0].partition)
             if t in held:
                 self._held[tp] = held[t]
                 self.consumer.pause(tp)  # not fetched again while it waits here
@@ -504,18 +507,14 @@ class Worker:
             if tp.partition in self.logics:
                 by_part.setdefault(tp.partition, {})
         enrollments: dict[int, list[Any]] = {}
+        transactions: dict[int, list[Any]] = {}
         for p, topics in by_part.items():
-            enrollments[p] = await self._merge_enrollments(p, topics, offsets)
-            held = [t for t in self.topics.transaction_inputs if topics.get(t)]
-            if held and await self._enrollments_behind(p):
-                # Applications precede spending: hand these transactions back until the
-                # partition's enrollments are read, rather than let them wait (and
-                # perhaps time out) for enrollments that are already in Kafka.
-                for t in held:
-                    tt = TopicPartition(t, p)
-                    self.consumer.seek(tt, topics.pop(t)[0].offset)
-                    self.consumer.pause(tt)
-                    offsets.pop(tt, None)
+            enrollments[p] = await self._merge(self._enrollment_tps(p), topics, offsets)
+            # Applications precede spending: transactions wait (in memory, their topics
+            # paused) until the partition's enrollments are read, rather than wait in
+            # the state (and perhaps time out) for enrollments already in Kafka.
+            transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
+                                                hold_all=await self._enrollments_behind(p))
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             logic = self.logics[p]
@@ -524,12 +523,17 @@ class Worker:
                 inputs[topic] = [msgs[-1].offset + 1,
                                  recovery.message_crc(msgs[-1].key, msgs[-1].value)]
             names = self.topics
-            public_txns = [m for name in names.transaction_inputs for m in topics.get(name, ())]
             enr = self._decode(enrollments[p], topics.get(names.reroute_enrollments),
                                "enrollment")
-            txn = self._decode(public_txns, topics.get(names.reroute_transactions),
+            txn = self._decode(transactions[p], topics.get(names.reroute_transactions),
                                "transaction")
+            if enr is None and txn is None:
+                continue  # all held back by the merge: nothing to decide or commit
             results[p] = logic.decide(enr, txn)
+        if not results and not offsets:  # not a batch: crash points count real ones
+            if self._marker:
+                Path(self._marker).unlink(missing_ok=True)
+            return
         self.faults.point("decided", self.batches)
         cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
                         self.faults, self.batches)

@@ -292,37 +292,27 @@ def _json_rows(inp: _Input) -> list[bytes]:
     return out
 
 
-def _person_chunk_plan(groups: np.ndarray, keys: list[bytes | None],
-                       size: int) -> list[np.ndarray]:
-    """Chunks per (topic, partition) group, like :func:`_chunk_plan`, but a person's
-    records bound for different topics never share a time span: a chunk still open
-    when the same person's next record goes to another topic is closed first, so
-    that the worker's merge of a partition's enrollment topics by message timestamp
-    (engine.streams.order, with the timestamps :func:`_messages` assigns) decides
-    them in file order, as offline ``settle`` does."""
-    open_: dict[int, list[int]] = {}
-    serial: dict[int, int] = {}    # group -> how many chunks it has closed
-    last: dict[bytes, tuple[int, int]] = {}  # person -> (group, serial) of its last chunk
-    plan: list[np.ndarray] = []
+def _run_chunk_plan(groups: np.ndarray, parts: np.ndarray, size: int) -> list[np.ndarray]:
+    """Chunks for records bound for several topics: per partition, in file order, a
+    chunk ends where the next record goes to another topic (or at ``size``), so that
+    the worker's merge of a partition's topics by message timestamp (engine.streams
+    .order, with the timestamps :func:`_messages` assigns) reads them in file order,
+    as the shared topics did and as offline ``settle`` decides."""
+    open_: dict[int, tuple[int, list[int]]] = {}  # partition -> (group, records)
+    plan: list[tuple[int, np.ndarray]] = []
 
-    def close(g: int) -> None:
-        plan.append(np.asarray(open_.pop(g), dtype=np.int64))
-        serial[g] = serial.get(g, 0) + 1
+    def close(p: int) -> None:
+        _, idx = open_.pop(p)
+        plan.append((idx[-1], np.asarray(idx, dtype=np.int64)))
 
-    for i, g in enumerate(groups.tolist()):
-        k = keys[i]
-        if k is not None:
-            seen = last.get(k)
-            if seen is not None and seen[0] != g and seen[0] in open_ \
-                    and serial.get(seen[0], 0) == seen[1]:
-                close(seen[0])
-            last[k] = (g, serial.get(g, 0))
-        open_.setdefault(g, []).append(i)
-        if len(open_[g]) == size:
-            close(g)
-    for g in sorted(open_, key=lambda g: open_[g][-1]):
-        close(g)
-    return plan
+    for i, (g, p) in enumerate(zip(groups.tolist(), parts.tolist(), strict=True)):
+        if p in open_ and (open_[p][0] != g or len(open_[p][1]) == size):
+            close(p)
+        open_.setdefault(p, (g, []))[1].append(i)
+    for p in list(open_):
+        close(p)
+    plan.sort(key=lambda c: c[0])
+    return [c for _, c in plan]
 
 
 def _chunk_plan(parts: np.ndarray, n_parts: int, size: int) -> list[np.ndarray]:
@@ -368,11 +358,11 @@ class _Message:
 
 
 def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int,
-              targets: np.ndarray | None = None, by_person: bool = False
+              targets: np.ndarray | None = None, merged: bool = False
               ) -> Iterator[_Message]:
     """The messages of ``inp`` in sending order; ``targets``: each record's topic
-    (an index; all 0 when None). ``by_person``: chunk with :func:`_person_chunk_plan`,
-    for records several topics carry and the worker merges by message timestamp."""
+    (an index; all 0 when None). ``merged``: the records go to several topics that
+    the worker merges by message timestamp: chunk with :func:`_run_chunk_plan`."""
     keys, ts = inp.keys, inp.ts_ms
     if targets is None:
         targets = np.zeros(inp.n, dtype=np.int64)
@@ -414,7 +404,7 @@ def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int,
 
     ts_arr = np.asarray(ts, dtype=np.int64)
     groups = targets.astype(np.int64) * n_parts + parts
-    plan = _person_chunk_plan(groups, keys, batch) if by_person \
+    plan = _run_chunk_plan(groups, parts, batch) if merged \
         else _chunk_plan(groups, int(targets.max(initial=0) + 1) * n_parts, batch)
     previous: dict[int, int] = {}  # partition -> timestamp of its last message
     for chunk in plan:
@@ -426,10 +416,10 @@ def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int,
             timed = timed[timed != NO_TIMESTAMP]
             stamp = int(timed[-1]) if len(timed) else NO_TIMESTAMP
             part = int(parts[idx[0]])
-            if by_person and stamp != NO_TIMESTAMP:
-                # strictly increasing per partition in sending order, which the
-                # person-aware plan made file order for each person (a chunk's records
-                # carry their own received_at: the engine does not read this stamp)
+            if merged and stamp != NO_TIMESTAMP:
+                # strictly increasing per partition in sending order, which is file order
+                # (a chunk's records carry their own received_at: the engine reads no
+                # record's time from this stamp, only the merge order)
                 stamp = max(stamp, previous.get(part, NO_TIMESTAMP) + 1)
                 previous[part] = stamp
             yield _Message(Outgoing(part, keys[int(idx[0])], value, stamp, headers), idx,
@@ -495,8 +485,8 @@ async def _publish_one(producer: Any, inp: _Input, names: list[str], targets: np
     label = names[0] if len(names) == 1 else f"{len(names)} topics"
     task = bar.add_task(f"{inp.record_type}s → {label}", total=inp.n) if bar else None
     pending = 0
-    by_person = inp.record_type == "enrollment" and len(set(targets.tolist())) > 1
-    for m in _messages(inp, parts, n_parts, batch, targets, by_person):
+    merged = len(np.unique(targets)) > 1
+    for m in _messages(inp, parts, n_parts, batch, targets, merged):
         if limit is not None:
             wait = limit.delay(m.count)
             if wait > 0.002:
@@ -575,13 +565,17 @@ async def ensure_topics_settled(bootstrap: str, topics: Topics, partitions: int,
 async def _input_topics(bootstrap: str, topics: Topics, partitions: int,
                         only: list[str]) -> int:
     """Create the input topics ``only`` if missing; their partition count."""
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
     try:
         return await asyncio.wait_for(ensure_topics_settled(bootstrap, topics, partitions,
                                                             only=only), CONNECT_TIMEOUT)
     except TopicMismatch as e:
         raise PublishError(f"broker {bootstrap}: {e}") from None
+    except TopicAuthorizationFailedError as e:
+        raise PublishError(f"the Kafka broker at {bootstrap} refused: {e.args[0] if e.args else e}"
+                           " (an operator may write only its own input topics: is --operator "
+                           "your own operator id?)") from None
     except (TimeoutError, KafkaError, OSError) as e:
         raise PublishError(f"cannot reach the Kafka broker at {bootstrap} "
                            f"({type(e).__name__}: {e})") from None
@@ -746,7 +740,8 @@ async def publish_files(bootstrap: str, topics: Topics, enrollments: str | Path 
                                   dtype=np.int64, count=inp.n)
         inputs.append((inp, names, targets))
     t0 = time.monotonic()
-    wanted = sorted({n for _, names, _ in inputs for n in names})
+    # only the topics records go to: an operator may not even see another's
+    wanted = sorted({names[t] for _, names, targets in inputs for t in np.unique(targets)})
     n_parts = await _input_topics(bootstrap, topics, partitions, wanted)
     producer = _producer(bootstrap)
     counts: dict[str, Any] = {"partitions": n_parts, "enrollments": 0, "transactions": 0,

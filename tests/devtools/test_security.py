@@ -266,16 +266,17 @@ def test_commands_authenticate_with_client_config(kafka_broker: devbroker.Broker
                    '"received_at": "2020-09-01T00:00:00+09:00"}\n')
     base = ["publish", "--enrollments", str(enr), "--broker", b, "--topic-prefix", t.prefix,
             "--partitions", "2", "--quiet"]
-    before = asyncio.run(_ends(b, t.enrollments))
+    mine = t.input_of(OPERATOR, "enrollment")
+    before = asyncio.run(_ends(b, mine))
     ok = _cli(*base, "--client-config", str(kafka_broker.credentials(OPERATOR)))
     assert ok.returncode == 0, ok.stderr
-    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
+    assert asyncio.run(_ends(b, mine)) == before + 1
     refused = _cli(*base, "--client-config", str(kafka_broker.credentials(security.ENGINE)))
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1 and "Authorization" in refused.stderr
     anonymous = _cli(*base)
     assert anonymous.returncode == 2 and "Traceback" not in anonymous.stderr
-    assert asyncio.run(_ends(b, t.enrollments)) == before + 1
+    assert asyncio.run(_ends(b, mine)) == before + 1
     for f in kafka_broker.credentials(security.ENGINE).parent.glob("*.properties"):
         password = load_client_config(f)["sasl_plain_password"]
         assert password not in refused.stderr + ok.stdout + ok.stderr + anonymous.stderr
@@ -312,14 +313,14 @@ def test_refusals_seen_by_our_clients_are_counted(kafka_broker: devbroker.Broker
     from engine.ops import logs
 
     m = EngineMetrics(CollectorRegistry())
+    theirs = secured_topics.outcome_topic("grant", OTHER)  # another operator's outcomes
     handler = m.count_client_errors()
     try:
         wrong = {**kafka_broker.client(security.ENGINE), "sasl_plain_password": "wrong"}
         with logs.quiet("aiokafka"), pytest.raises((KafkaConnectionError, KafkaError)):
-            asyncio.run(produce_one(kafka_broker.bootstrap, secured_topics.grants, wrong))
+            asyncio.run(produce_one(kafka_broker.bootstrap, theirs, wrong))
         with pytest.raises(TopicAuthorizationFailedError) as denied:
-            asyncio.run(_read(kafka_broker.bootstrap, secured_topics.grants,
-                              kafka_broker.client(OPERATOR)))
+            asyncio.run(_read(kafka_broker.bootstrap, theirs, kafka_broker.client(OPERATOR)))
         m.kafka_error(denied.value)
         m.kafka_error(KafkaConnectionError("not a refusal"))
     finally:

@@ -20,7 +20,6 @@ from engine.devtools import broker as devbroker
 from engine.devtools import security
 from engine.devtools.worker_process import terminate
 from engine.kafka.client_config import default_client
-from tests.builders import grant_topic
 from tests.streams.harness import (
     collect_and_compare,
     make_scenario,
@@ -79,7 +78,8 @@ def test_a_users_faust_agent_adds_up_the_engines_grants_per_operator(
     app = f"{prefix}-totals-app"
     before = asyncio.run(_topics(bootstrap))
     env = {**os.environ, "GRANT_TOTALS_BROKER": bootstrap,
-           "GRANT_TOTALS_TOPICS": grant_topic(topics_for(prefix)),
+           "GRANT_TOTALS_TOPICS": ",".join(
+               t for t, kind in topics_for(prefix).outcomes.items() if kind == "grant"),
            "GRANT_TOTALS_APP": app,
            "GRANT_TOTALS_CLIENT_CONFIG": str(kafka_broker.credentials(security.ADMIN)),
            "PYTHONPATH": str(ROOT)}

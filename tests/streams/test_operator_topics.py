@@ -1,0 +1,119 @@
+"""Per-operator topics on the real secured broker: the broker is the trust boundary.
+
+A worker runs as the ``engine`` principal, operators publish with their own
+credentials through ``mynapoint publish --operator``. A record that claims another
+operator gets one OPERATOR_MISMATCH on the publishing operator's rejections and
+leaves the claimed operator's customer untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine.devtools import broker as devbroker
+from engine.devtools import security
+from engine.kafka.client_config import ENV
+from engine.kafka.topics import ensure_topics
+from engine.tools.collect import collect
+from tests.builders import write_lines
+from tests.streams.harness import PARTITIONS, topics_for, worker
+
+pytestmark = pytest.mark.kafka
+
+PERSON = "Forge001"
+
+
+def _publish_as(kafka_broker: devbroker.Broker, operator: str, prefix: str,
+                enrollments: Path, transactions: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != ENV}  # nothing but its own file
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "publish", "--broker", kafka_broker.bootstrap,
+         "--client-config", str(kafka_broker.credentials(operator)), "--operator", operator,
+         "--topic-prefix", prefix, "--partitions", str(PARTITIONS), "--batch", "1",
+         "--enrollments", str(enrollments), "--transactions", str(transactions), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_forged_record_is_one_mismatch_on_the_senders_outputs_and_changes_nothing(
+        kafka_broker: devbroker.Broker, topic_prefix, tmp_path: Path) -> None:
+    prefix = topic_prefix()
+    topics = topics_for(prefix)
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, PARTITIONS))
+    devbroker.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
+                       security.acl_plan(topics, topics.operators))
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path / "w",
+               env={ENV: str(kafka_broker.credentials(security.ENGINE))}).start()
+    try:
+        # paypay sends, on its own topics, an application and a charge claiming aupay
+        forged = _publish_as(
+            kafka_broker, "paypay", prefix,
+            write_lines(tmp_path / "f-enr.jsonl", [orjson.dumps(
+                {"mykey_id": PERSON, "operator_id": "aupay",
+                 "applied_at": "2020-09-01T09:00:00+09:00"})]),
+            write_lines(tmp_path / "f-txn.jsonl", [orjson.dumps(
+                {"txn_id": "t1", "operator_id": "aupay", "mykey_id": PERSON, "kind": "charge",
+                 "amount": 9000, "occurred_at": "2020-10-01T12:00:00+09:00"})]))
+        assert forged.returncode == 0, forged.stderr
+        # then aupay's genuine ones for the same person, with the same txn_id
+        genuine = _publish_as(
+            kafka_broker, "aupay", prefix,
+            write_lines(tmp_path / "g-enr.jsonl", [orjson.dumps(
+                {"mykey_id": PERSON, "operator_id": "aupay",
+                 "applied_at": "2020-09-02T09:00:00+09:00"})]),
+            write_lines(tmp_path / "g-txn.jsonl", [orjson.dumps(
+                {"txn_id": "t1", "operator_id": "aupay", "mykey_id": PERSON, "kind": "charge",
+                 "amount": 3000, "occurred_at": "2020-10-02T12:00:00+09:00"})]))
+        assert genuine.returncode == 0, genuine.stderr
+        # an operator publishing as another is refused by the broker, nothing written
+        impostor = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "publish", "--broker", kafka_broker.bootstrap,
+             "--client-config", str(kafka_broker.credentials("paypay")), "--operator",
+             "aupay", "--topic-prefix", prefix, "--partitions", str(PARTITIONS),
+             "--transactions", str(tmp_path / "g-txn.jsonl"), "--quiet"],
+            env={k: v for k, v in os.environ.items() if k != ENV},
+            capture_output=True, text=True, timeout=120)
+        assert impostor.returncode == 2 and "not authorized" in impostor.stderr.lower(), \
+            impostor.stderr
+        stats: dict[str, object] = {}
+        grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics, expect=4,
+                                                 idle_timeout=20.0, stats=stats))
+    finally:
+        w.stop()
+    rej = rejections.to_pylist()
+    assert [(r["record_type"], r["reason"], r["operator_id"]) for r in rej] == [
+        ("enrollment", "OPERATOR_MISMATCH", "aupay"),
+        ("transaction", "OPERATOR_MISMATCH", "aupay")]
+    assert all(r["source"].startswith(f"{prefix}.paypay.") for r in rej)
+    assert "'paypay'" in rej[1]["detail"]  # names where it came from
+    # decided as if the forged records had never existed: accepted, full points
+    assert [(g["txn_id"], g["points"], g["source"].split("/")[0]) for g in grants.to_pylist()] \
+        == [("t1", 750, f"{prefix}.aupay.transactions")]
+    # and each outcome is on the outputs of the operator whose input it arrived on
+    ends = asyncio.run(_output_counts(kafka_broker, topics))
+    assert {t: n for t, n in ends.items() if n} == {
+        topics.outcome_topic("rejection", "paypay"): 2,
+        topics.outcome_topic("grant", "aupay"): 1}
+
+
+async def _output_counts(kafka_broker: devbroker.Broker, topics) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=kafka_broker.bootstrap,
+                         **kafka_broker.client(security.FINANCE))
+    await c.start()
+    try:
+        ends = await c.end_offsets([TopicPartition(t, p) for t in topics.outputs
+                                    for p in range(PARTITIONS)])
+    finally:
+        await c.stop()
+    out: dict[str, int] = {}
+    for tp, n in ends.items():
+        out[tp.topic] = out.get(tp.topic, 0) + n
+    return out
