@@ -251,8 +251,9 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # t
     w_head = np.full(np_, -1, dtype=np.int64)
     w_tail = np.full(np_, -1, dtype=np.int64)
     nxt = np.full(n, -1, dtype=np.int64)
-    hk = np.zeros(n, dtype=np.int64)
-    hv = np.zeros(n, dtype=np.int64)
+    # the deadline heap: streaming only (offline nothing expires)
+    hk = np.zeros(0 if final else n, dtype=np.int64)
+    hv = np.zeros(0 if final else n, dtype=np.int64)
     hsize = np.zeros(1, dtype=np.int64)
     seq = 0
     for i in range(n):
