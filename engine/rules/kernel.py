@@ -108,10 +108,11 @@ class Decided(NamedTuple):
     points; 0-based decision order within the call (-1 while parked); and the arrival
     that decided it: the index of the record during whose arrival it was decided
     (``n``: stream time passing after the last one), or ``n + j`` for record ``j``
-    decided at the end of the input (-1 while parked). A person's records are decided
-    only during arrivals of that person's records, so calls over disjoint sets of
-    people merge into one call's order by (trigger in the whole input, seq): what
-    lets offline settle decide slices of people apart (docs/DECISIONS.md)."""
+    decided at the end of the input (-1 while parked). Offline, where nothing expires,
+    a person's records are decided only during arrivals of that person's records, so
+    calls over disjoint sets of people merge into one call's order by (trigger in the
+    whole input, seq): what lets offline settle decide slices of people apart
+    (docs/DECISIONS.md)."""
 
     reason: np.ndarray
     points: np.ndarray
