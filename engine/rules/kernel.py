@@ -73,6 +73,7 @@ class Records(NamedTuple):
     outside: np.ndarray    # bool: OUTSIDE_WINDOW / SELECTION_NOT_OPEN
     bad_earn_on: np.ndarray  # bool: INVALID_EARN_ON
     preparked: np.ndarray  # int8, 1 = waited in an earlier batch
+    lane: np.ndarray       # int32, the input it arrived on: its stream time's index
 
 
 class Entries(NamedTuple):
@@ -160,6 +161,12 @@ def _heap_push(hk, hv, size, key, val):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
+def _lane_push(hk, hv, hsize, cap, ln, key, val):  # type: ignore[no-untyped-def]
+    _heap_push(hk[ln * cap:(ln + 1) * cap], hv[ln * cap:(ln + 1) * cap], hsize[ln:ln + 1],
+               key, val)
+
+
+@numba.njit(cache=True, nogil=True)
 def _heap_pop(hk, hv, size):  # type: ignore[no-untyped-def]
     v = hv[0]
     size[0] -= 1
@@ -221,14 +228,21 @@ def _release_key(t, p, o, k_head, k_tail, nxt, out_reason, person, op, work, w,
 
 
 @numba.njit(cache=True, nogil=True)
-def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # type: ignore[no-untyped-def]
+def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, out):  # type: ignore[no-untyped-def]
     """Decide a batch (:class:`Records`) against ``people`` and the registry ``reg``
     holding ``n_entries``; ``n_codes`` bounds the txn_id codes. Fills ``out``
-    (:class:`Decided`); returns ``(n_entries, stream_time, n_decided)``.
+    (:class:`Decided`); returns ``(n_entries, n_decided)``.
+
+    ``stream_times`` (in/out, int64): the stream time of each input a record may
+    arrive on (``recs.lane``): a waiting record's wait ends when the stream time of
+    its own input passes its deadline (rules, "Order and waiting"), so one
+    operator's input running ahead does not end another's waits. ``follows`` (bool per
+    lane): the input has nothing unread; after the batch, its waits end by the
+    partition's stream time (the largest), as nothing of its own can end them now.
     """
     p_op, p_kind, p_day, p_c, p_r, p_n = people
     (typ, reason, person, op, kind, amount, at, day, txn, orig, ts, deadline,
-     too_late, outside, bad_earn_on, preparked) = recs
+     too_late, outside, bad_earn_on, preparked, lane) = recs
     (e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded,
      e_rec) = reg
     rate, cap, rounding, park_for_enrollment, final, person_limit, rc = terms
@@ -252,10 +266,12 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # t
     w_head = np.full(np_, -1, dtype=np.int64)
     w_tail = np.full(np_, -1, dtype=np.int64)
     nxt = np.full(n, -1, dtype=np.int64)
-    # the deadline heap: streaming only (offline nothing expires)
-    hk = np.zeros(0 if final else n, dtype=np.int64)
-    hv = np.zeros(0 if final else n, dtype=np.int64)
-    hsize = np.zeros(1, dtype=np.int64)
+    # one min-heap of deadlines per input (lane), lane l at [l * hcap, (l + 1) * hcap)
+    n_lanes = len(stream_times)
+    hcap = 1 if final else max(n, 1)
+    hk = np.zeros(n_lanes * hcap, dtype=np.int64)
+    hv = np.zeros(n_lanes * hcap, dtype=np.int64)
+    hsize = np.zeros(n_lanes, dtype=np.int64)
     seq = 0
     for i in range(n):
         out_reason[i] = PARKED
@@ -272,14 +288,29 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # t
         # ---- expiry: stream time passes a waiting record's deadline (streaming only)
         # a record the campaign refuses as received too late (too_late: LATE) does not
         # set the clock: one far-future timestamp must not expire every wait
-        if (i < n and not final and typ[i] == TRANSACTION and ts[i] > stream_time
+        lo, hi = 0, 0  # the lanes whose waits to check
+        if (i < n and not final and typ[i] == TRANSACTION and ts[i] > stream_times[lane[i]]
                 and not too_late[i]):
-            stream_time = ts[i]
+            stream_times[lane[i]] = ts[i]
+            lo, hi = lane[i], lane[i] + 1
         # also after the last record: a waiting record whose deadline stream time
         # has already passed must not sit until some later record arrives
-        if not final:
-            while hsize[0] > 0 and hk[0] < stream_time:
-                j = _heap_pop(hk, hv, hsize)
+        part = NO_TIME_K
+        if i == n:
+            lo, hi = 0, n_lanes
+            for ln in range(n_lanes):
+                part = max(part, stream_times[ln])
+        for ln in range(lo, hi):
+            if final:
+                break
+            hkl = hk[ln * hcap:(ln + 1) * hcap]
+            hvl = hv[ln * hcap:(ln + 1) * hcap]
+            hsl = hsize[ln:ln + 1]
+            clock = stream_times[ln]
+            if i == n and follows[ln] and part > clock:
+                clock = part  # only for waits: its own later records keep their clock
+            while hsl[0] > 0 and hkl[0] < clock:
+                j = _heap_pop(hkl, hvl, hsl)
                 if out_reason[j] != PARKED:
                     continue
                 if kind[j] == KIND_REFUND:
@@ -372,7 +403,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # t
                 else:
                     _append(w_head, w_tail, nxt, p, j)
                 if not final:
-                    _heap_push(hk, hv, hsize, deadline[j], j)
+                    _lane_push(hk, hv, hsize, hcap, lane[j], deadline[j], j)
                 continue
             if rec_entry[j] < 0:
                 # check 5: first seen (person, operator, txn_id) stands
@@ -421,9 +452,9 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # t
                     out_reason[j] = rc.OUTSIDE_WINDOW
                 elif p_op[p] < 0:
                     if park_for_enrollment and not (ts[j] != NO_TIME_K
-                                                    and deadline[j] < stream_time):
+                                                    and deadline[j] < stream_times[lane[j]]):
                         _append(w_head, w_tail, nxt, p, j)
-                        _heap_push(hk, hv, hsize, deadline[j], j)
+                        _lane_push(hk, hv, hsize, hcap, lane[j], deadline[j], j)
                         continue
                     out_reason[j] = rc.NOT_ENROLLED
                 elif p_op[p] != op[j]:
@@ -442,7 +473,8 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # t
                     out_cum[j] = after
             else:
                 eo = _find(head, e_next, e_person, e_op, orig[j], p, op[j])
-                overdue = (not final and ts[j] != NO_TIME_K and deadline[j] < stream_time)
+                overdue = (not final and ts[j] != NO_TIME_K
+                           and deadline[j] < stream_times[lane[j]])
                 if eo < 0 and overdue:
                     # its wait would already be over: decided at once (rules, Order)
                     out_reason[j] = rc.ORIGINAL_NOT_FOUND
@@ -451,7 +483,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # t
                     # original's own decision releases it)
                     _append(k_head, k_tail, nxt, orig[j], j)
                     if not final:
-                        _heap_push(hk, hv, hsize, deadline[j], j)
+                        _lane_push(hk, hv, hsize, hcap, lane[j], deadline[j], j)
                     continue
                 elif e_kind[eo] == KIND_REFUND:
                     out_reason[j] = rc.ORIGINAL_NOT_FOUND
@@ -487,4 +519,4 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_time, out):  # t
             seq += 1
             if rec_entry[j] >= 0:
                 e_status[rec_entry[j]] = REJECTED
-    return n_entries, stream_time, seq
+    return n_entries, seq

@@ -30,7 +30,7 @@ def new_records(n: int) -> Records:
         orig=np.full(n, -1, np.int64), received=np.full(n, NO_TIME, np.int64),
         deadline=np.zeros(n, np.int64), too_late=np.zeros(n, np.bool_),
         outside=np.zeros(n, np.bool_), bad_earn_on=np.zeros(n, np.bool_),
-        preparked=np.zeros(n, np.int8))
+        preparked=np.zeros(n, np.int8), lane=np.zeros(n, np.int32))
 
 
 def fill_records(recs: Records, at: slice, typ: int, v: Validated, idx: np.ndarray,
@@ -56,7 +56,7 @@ def records_of(v: Validated, typ: int, person: np.ndarray, txn: np.ndarray,
         op=v.op, kind=v.kind, amount=v.amount, at=v.at, day=v.day, txn=txn, orig=orig,
         received=v.received, deadline=v.received,
         too_late=v.too_late, outside=v.outside, bad_earn_on=v.bad_earn_on,
-        preparked=np.zeros(n, np.int8))
+        preparked=np.zeros(n, np.int8), lane=np.zeros(n, np.int32))
 
 
 def new_entries(capacity: int) -> Entries:

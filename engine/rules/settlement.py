@@ -110,7 +110,8 @@ def _run(people: kernel.People, v: Validated, typ: int, person: np.ndarray,
     out = new_decided(v.n)
     kernel.decide(people, records_of(v, typ, person, txn, orig),
                   new_entries(v.n if typ == kernel.TRANSACTION else 0), 0, n_codes,
-                  terms_of(campaign, streaming=False), NO_TIME, out)
+                  terms_of(campaign, streaming=False), np.full(1, NO_TIME, np.int64),
+                  np.zeros(1, np.bool_), out)
     return out
 
 

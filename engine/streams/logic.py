@@ -38,10 +38,12 @@ class PartitionLogic:
         self._staged: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ phases
-    def decide(self, enrollments: InBatch | None, transactions: InBatch | None
-               ) -> ShardResult:
+    def decide(self, enrollments: InBatch | None, transactions: InBatch | None,
+               caught_up: frozenset[str] = frozenset()) -> ShardResult:
+        """``caught_up``: operators whose transactions input has nothing unread (""
+        for the unattributed input; see ShardDecider.decide)."""
         return self._stage(self._decider.decide(self.store, self.partition, enrollments,
-                                                transactions))
+                                                transactions, caught_up=caught_up))
 
     def expire(self, stream_time: int) -> ShardResult:
         """Move stream time to ``stream_time`` (never back) and decide the waits

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.kafka.topics import Topics
 from engine.rules import kernel
 from engine.rules.marshal import (
     fill_records,
@@ -103,20 +104,50 @@ class ShardDecider:
         self.partitions = partitions
         self.op_ids = [o.id for o in registry.operators]
         self.terms = terms_of(campaign, streaming=True)
+        self._lanes: dict[str, int] = {}  # source topic -> lane
+
+    def lane(self, source: str) -> int:
+        """The stream-time lane of a record first read at ``source``: its operator's
+        input (registry order), the last lane for the unattributed input."""
+        lane = self._lanes.get(source.partition("/")[0])
+        if lane is None:
+            op = Topics.operator_of(source.partition("/")[0])
+            code = self.registry.code(op) if op is not None else -1
+            lane = self._lanes[source.partition("/")[0]] = code if code >= 0 \
+                else len(self.op_ids)
+        return lane
+
+    def stream_times(self, store: ShardStore, clock: int | None) -> np.ndarray:
+        lanes = np.full(len(self.op_ids) + 1, NO_TIME, np.int64)
+        for name, t in store.meta.lanes.items():
+            code = self.registry.code(name) if name else len(self.op_ids)
+            if code >= 0:
+                lanes[code] = t
+        if clock is not None:
+            np.maximum(lanes, clock, out=lanes)
+        return lanes
 
     def decide(self, store: ShardStore, partition: int, enr: InBatch | None,
                txn: InBatch | None, clock: int | None = None,
-               final: bool = False) -> ShardResult:
+               final: bool = False, caught_up: frozenset[str] = frozenset()) -> ShardResult:
         """Decide the batch's records of ``partition`` against ``store``; stage the
         state changes in the result. ``clock`` moves stream time without input
-        (expiry); ``final`` decides every waiting record (end of input)."""
+        (expiry); ``final`` decides every waiting record (end of input);
+        ``caught_up``: the operators ("" for the unattributed input) whose
+        transactions input has nothing unread — their waits follow the partition's
+        stream time after this batch (kernel.decide)."""
         call = _Call(self, store)
         call.select(partition, enr, txn)
-        stream_time = store.meta.stream_time if clock is None else max(
-            store.meta.stream_time, clock)
-        call.involve_waiting(stream_time, txn, final)
+        lanes = self.stream_times(store, clock)
+        call.involve_waiting(int(lanes.max()), txn, final)
         call.marshal()
-        call.run_kernel(self.terms._replace(final=True) if final else self.terms, stream_time)
+        follows = np.zeros(len(lanes), np.bool_)
+        for name in caught_up:
+            code = self.registry.code(name) if name else len(self.op_ids)
+            if code >= 0:
+                follows[code] = True
+        call.run_kernel(self.terms._replace(final=True) if final else self.terms, lanes,
+                        follows)
         call.outcomes()
         call.new_state()
         return call.res
@@ -242,6 +273,7 @@ class _Call:
             recs.orig[j] = code(pk.orig)
             recs.received[j] = pk.received
             recs.preparked[j] = 1
+            recs.lane[j] = self.d.lane(pk.source)
             want_entry(pi, opc, pk.txn_id, j)
             want_entry(pi, opc, pk.orig, -1)
         j = n_pre
@@ -249,6 +281,8 @@ class _Call:
             m = len(rows)
             v = b.v
             fill_records(recs, slice(j, j + m), typ, v, rows, np.asarray(pidx, np.int32))
+            src, lane = b.source, self.d.lane
+            recs.lane[j:j + m] = [lane(src[i]) for i in rows.tolist()]
             if typ == kernel.TRANSACTION:
                 tids = v.txn_id.to_pylist()
                 oids = v.original_txn_id.to_pylist()
@@ -297,13 +331,16 @@ class _Call:
                       "operator_id": b.v.operator_id.to_pylist(),
                       "txn_id": b.v.txn_id.to_pylist()} for b, _s, _r in self.spans]
 
-    def run_kernel(self, terms: kernel.Terms, stream_time: int) -> None:
+    def run_kernel(self, terms: kernel.Terms, lanes: np.ndarray, follows: np.ndarray) -> None:
         self.out = new_decided(len(self.recs.typ))
-        n_entries, st_after, _ = kernel.decide(
+        n_entries, _ = kernel.decide(
             self.people_a, self.recs, self.reg, self.n0, max(len(self.codes), 1), terms,
-            stream_time, self.out)
+            lanes, follows, self.out)
         self.n_entries = int(n_entries)
-        self.store.meta.stream_time = int(st_after)
+        meta, ops = self.store.meta, self.d.op_ids
+        for code in np.flatnonzero(lanes != NO_TIME).tolist():
+            meta.lanes[ops[code] if code < len(ops) else ""] = int(lanes[code])
+        meta.stream_time = max(meta.stream_time, int(lanes.max()))
 
     def outcomes(self) -> None:
         """Grants and rejections, in decision order."""

@@ -70,13 +70,16 @@ class PersonState(msgspec.Struct, array_like=True):
 
 
 class ShardMeta(msgspec.Struct):
-    stream_time: int
+    stream_time: int  # the largest of ``lanes`` (what dashboards show per partition)
     changelog_offset: int = -1
     # offset of the newest fence record applied (engine.streams.recovery)
     fence: int = -1
     # consumed topic -> [next offset decided, crc of the last message decided there]:
     # how a take-over tells that an input topic was recreated under the state
     inputs: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    # stream time per input the partition's records arrive on: the operator whose
+    # topic it is ("" for the unattributed input); a wait ends by its own input's
+    lanes: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Fence(msgspec.Struct):
@@ -192,6 +195,8 @@ class ShardStore:
             if k == meta_key:
                 m = decode_meta(v)
                 self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
+                for lane, t in m.lanes.items():
+                    self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
                 self.meta.inputs = m.inputs
             else:
                 wb.put(k, v)

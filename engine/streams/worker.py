@@ -445,6 +445,18 @@ class Worker:
         hw = self.consumer.highwater(tp)
         return hw is None or hw > await self.consumer.position(tp)
 
+    async def _caught_up(self, p: int) -> frozenset[str]:
+        """The operators ("" for the unattributed input) whose transactions topic of
+        partition ``p`` has nothing unread or held: their waits may end by the
+        partition's stream time (engine.streams.shard)."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        out = set()
+        for tp in self._transaction_tps(p):
+            if tp in assigned and tp not in self._held and not await self._unread(tp):
+                out.add(self.topics.operator_of(tp.topic) or "")
+        return frozenset(out)
+
     async def _enrollments_behind(self, p: int) -> bool:
         assert self.consumer is not None
         assigned = self.consumer.assignment()
@@ -454,11 +466,13 @@ class Worker:
         return False
 
     async def _merge(self, tps: list[TopicPartition], topics: dict[str, list[Any]],
-                     offsets: dict[TopicPartition, Any], hold_all: bool = False) -> list[Any]:
+                     offsets: dict[TopicPartition, Any], hold_all: bool = False,
+                     ordered: bool = True) -> list[Any]:
         """The messages of one record type of a partition (one topic per operator) in
-        decision order (engine.streams.order); what must wait is held in memory, its
-        topic paused, and only released messages count for the offsets committed.
-        ``hold_all``: release nothing yet (the partition's enrollments are behind)."""
+        decision order (``ordered``: merged, engine.streams.order; else topic by
+        topic); what must wait is held in memory, its topic paused, and only released
+        messages count for the offsets committed. ``hold_all``: release nothing yet
+        (the partition's enrollments are behind)."""
         assert self.consumer is not None
         fetched: dict[str, list[Any]] = {}
         for tp in tps:
@@ -470,6 +484,8 @@ class Worker:
         if hold_all:
             released: list[Any] = []
             held = fetched
+        elif not ordered:
+            released, held = [m for msgs in fetched.values() for m in msgs], {}
         else:
             assigned = self.consumer.assignment()
             unread = {tp.topic for tp in tps if tp in assigned and await self._unread(tp)}
@@ -512,9 +528,12 @@ class Worker:
             enrollments[p] = await self._merge(self._enrollment_tps(p), topics, offsets)
             # Applications precede spending: transactions wait (in memory, their topics
             # paused) until the partition's enrollments are read, rather than wait in
-            # the state (and perhaps time out) for enrollments already in Kafka.
+            # the state (and perhaps time out) for enrollments already in Kafka. Each
+            # operator's transactions keep their own stream time (kernel lanes), so
+            # their topics need no merge.
             transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
-                                                hold_all=await self._enrollments_behind(p))
+                                                hold_all=await self._enrollments_behind(p),
+                                                ordered=False)
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             logic = self.logics[p]
@@ -529,7 +548,7 @@ class Worker:
                                "transaction")
             if enr is None and txn is None:
                 continue  # all held back by the merge: nothing to decide or commit
-            results[p] = logic.decide(enr, txn)
+            results[p] = logic.decide(enr, txn, await self._caught_up(p))
         if not results and not offsets:  # not a batch: crash points count real ones
             if self._marker:
                 Path(self._marker).unlink(missing_ok=True)

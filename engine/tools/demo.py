@@ -74,7 +74,9 @@ async def _stream(args, con, enr_path, txn_path, out, off, compare, summarize, r
     # principal (`mynapoint kafka credentials engine|finance|<operator>`).
     use_client_config(broker.credentials())
     prefix = f"demo{int(time.time())}"
-    topics = Topics(prefix, f"{prefix}-engine")
+    # every operator's own topics, as the worker creates them from the registry
+    topics = Topics(prefix, f"{prefix}-engine",
+                    tuple(o.id for o in DEFAULT_REGISTRY.operators))
     log_dir = Path(".kafka")
     log_dir.mkdir(exist_ok=True)
     worker = WorkerProcess(broker.bootstrap, prefix, 8, log_path=log_dir / f"{prefix}-worker.log")

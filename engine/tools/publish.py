@@ -485,7 +485,9 @@ async def _publish_one(producer: Any, inp: _Input, names: list[str], targets: np
     label = names[0] if len(names) == 1 else f"{len(names)} topics"
     task = bar.add_task(f"{inp.record_type}s → {label}", total=inp.n) if bar else None
     pending = 0
-    merged = len(np.unique(targets)) > 1
+    # a partition's enrollment topics are merged by the worker (the order decides which
+    # of two operators a person applied with first); transactions' are not
+    merged = inp.record_type == "enrollment" and len(np.unique(targets)) > 1
     for m in _messages(inp, parts, n_parts, batch, targets, merged):
         if limit is not None:
             wait = limit.delay(m.count)

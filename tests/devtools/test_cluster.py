@@ -112,7 +112,7 @@ def test_three_nodes_one_quorum(cluster: devbroker.Cluster) -> None:
 
 def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: devbroker.Cluster,
                                                           topic_prefix: str) -> None:
-    topics = Topics(topic_prefix)
+    topics = Topics(topic_prefix, operators=("paypay",))
     assert _run(ensure_topics(cluster.bootstrap, topics, 4)) == 4
     names = [*topics.inputs, grant_topic(topics), rejection_topic(topics), topics.changelog]
     meta, configs = _run(_describe(cluster.bootstrap, names))
@@ -125,7 +125,7 @@ def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: devbroker.Clu
 
 def test_single_broker_topics_keep_one_replica(kafka_broker: devbroker.Broker,
                                                topic_prefix: str) -> None:
-    topics = Topics(topic_prefix)
+    topics = Topics(topic_prefix, operators=("paypay",))
     with client_config_of(kafka_broker.credentials()):  # not the module's cluster
         _run(ensure_topics(kafka_broker.bootstrap, topics, 2))
         meta, configs = _run(_describe(kafka_broker.bootstrap, [grant_topic(topics)]))
@@ -174,7 +174,7 @@ def test_kill_one_node_then_restart_it_on_its_data(cluster: devbroker.Cluster,
                                                    topic_prefix: str) -> None:
     """Writes with acks=all go on while one node is dead (two replicas in sync);
     the node comes back on the same data directory and rejoins every ISR."""
-    topics = Topics(topic_prefix)
+    topics = Topics(topic_prefix, operators=("paypay",))
     _run(ensure_topics(cluster.bootstrap, topics, 3))
     before = [f"before-{i}".encode() for i in range(50)]
     during = [f"during-{i}".encode() for i in range(50)]
@@ -232,7 +232,7 @@ def test_business_timestamps_do_not_roll_a_segment_per_append(kafka_broker: devb
     stay in one segment: a roll per append also meant a producer-state snapshot per
     append, and with it a record doubled by an idempotent producer's retry across a
     broker SIGKILL (seen once in five runs before, never in eight after)."""
-    topics = Topics(topic_prefix)
+    topics = Topics(topic_prefix, operators=("paypay",))
     day = 86_400_000
     june_2020 = 1_591_000_000_000
     with client_config_of(kafka_broker.credentials()):  # not the module's cluster

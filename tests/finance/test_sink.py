@@ -166,7 +166,7 @@ def fresh_topics(bootstrap: str) -> Any:
     from engine.kafka.topics import Topics, ensure_topics
     from tests.kafka_fixtures import new_prefix
 
-    topics = Topics(new_prefix())
+    topics = Topics(new_prefix(), operators=("paypay",))
     asyncio.run(ensure_topics(bootstrap, topics, 2))
     return topics
 

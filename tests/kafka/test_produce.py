@@ -40,9 +40,9 @@ async def _send(bootstrap: str, topic: str, msgs: list[Outgoing]) -> dict[Any, t
 
 def test_batches_keep_order_offsets_and_timestamps(kafka_broker: devbroker.Broker,
                                                    topic_prefix: str) -> None:
-    topic = txn_topic(Topics(topic_prefix))
-    asyncio.run(ensure_topics(kafka_broker.bootstrap, Topics(topic_prefix), PARTS,
-                              changelog=False))
+    topics = Topics(topic_prefix, operators=("paypay",))
+    topic = txn_topic(topics)
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, PARTS, changelog=False))
     # untimed messages followed by timed ones in one partition: aiokafka's builder
     # would stamp the leading untimed ones with the later time
     stamps = [NO_TIMESTAMP, NO_TIMESTAMP, 1_600_000_000_000, NO_TIMESTAMP, 1_600_000_000_500]

@@ -43,7 +43,8 @@ class Feed:
         self.batches = 0
 
     def poll(self, record_type: str, items: list[dict[str, Any]],
-             topic: str | None = None) -> ShardResult:
+             topic: str | None = None, caught_up: frozenset[str] = frozenset()
+             ) -> ShardResult:
         """``topic``: the input the messages arrive on (default: one that belongs to no
         operator, so no OPERATOR_MISMATCH check and one stream time)."""
         msgs = []
@@ -55,7 +56,7 @@ class Feed:
         b = decode_messages(msgs, record_type, self.campaign, DEFAULT_REGISTRY, 1 << 20,
                             source_operator=Topics.operator_of)
         res = self.logic.decide(b if record_type == "enrollment" else None,
-                                b if record_type == "transaction" else None)
+                                b if record_type == "transaction" else None, caught_up)
         self.logic.commit(self.batches)
         self.batches += 1
         return res

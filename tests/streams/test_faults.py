@@ -24,7 +24,6 @@ from engine.kafka.client_config import default_client
 from engine.kafka.topics import Topics
 from engine.streams.rebuild import rebuild_state
 from engine.tools.collect import collect
-from tests.builders import txn_topic
 from tests.streams.harness import (
     LAST_STATS,
     PARTITIONS,
@@ -283,7 +282,7 @@ def test_recreated_input_topic_is_refused_not_skipped(kafka_broker, topic_prefix
     publish(bootstrap, prefix, scenario, tmp_path / "m1.parquet", 1)
     collect_and_compare(bootstrap, prefix, scenario, tmp_path / "m1.parquet")
     w.stop()
-    _delete_topics(bootstrap, [txn_topic(topics_for(prefix))])
+    _delete_topics(bootstrap, list(topics_for(prefix).transaction_inputs))
     fresh = make_scenario(tmp_path / "fresh", 60, 200, seed=99)
     only_txn = Scenario(tmp_path / "none.jsonl", fresh.transactions, fresh.offline)
     only_txn.enrollments.write_text("")

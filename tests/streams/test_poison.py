@@ -144,19 +144,23 @@ async def _inject_catalogue(bootstrap: str, prefix: str
                             ) -> dict[str, list[tuple[Poison, str]]]:
     """Every poison of tests/poison_records.py in every message format; returns, per
     format, each entry with the source its (first) outcome carries."""
+    # on the unattributed inputs: the catalogue's reasons are those of input that names
+    # no source operator (on an operator's topic, a record claiming no or another
+    # operator is OPERATOR_MISMATCH first: tests/streams/test_operator_topics.py)
     t = topics_for(prefix)
+    txns, enrs = t.input_of(None, "transaction"), t.input_of(None, "enrollment")
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), max_request_size=10 << 20)
     await p.start()
     right = partition_for(PERSON.encode(), PARTITIONS)
     key = PERSON.encode()
 
     async def send(value: bytes, fmt: bytes | None, topic: str | None = None) -> str:
-        md = await p.send_and_wait(topic or txn_topic(t), value, key=key, partition=right,
+        md = await p.send_and_wait(topic or txns, value, key=key, partition=right,
                                    timestamp_ms=TS,
                                    headers=[(FORMAT_HEADER, fmt)] if fmt else None)
-        return f"{topic or txn_topic(t)}/{md.partition}/{md.offset}"
+        return f"{topic or txns}/{md.partition}/{md.offset}"
 
-    await send(orjson.dumps(ENROLLMENT), None, enr_topic(t))
+    await send(orjson.dumps(ENROLLMENT), None, enrs)
     await asyncio.sleep(0.5)  # applications precede spending
     sent: dict[str, list[tuple[Poison, str]]] = {"one": [], "chunk": [], "arrow": []}
     for c in json_poison("one"):
@@ -177,9 +181,9 @@ async def _inject_catalogue(bootstrap: str, prefix: str
     sent["misrouted"] = []
     for c in json_poison("wrong"):
         if c.name.startswith("year-") or c.name in ("fraction-12", "lower-case"):
-            md = await p.send_and_wait(txn_topic(t), c.text, key=b"SomeoneE", partition=wrong,
+            md = await p.send_and_wait(txns, c.text, key=b"SomeoneE", partition=wrong,
                                        timestamp_ms=TS)
-            sent["misrouted"].append((c, f"{txn_topic(t)}/{md.partition}/{md.offset}"))
+            sent["misrouted"].append((c, f"{txns}/{md.partition}/{md.offset}"))
     sent["unreadable"] = [
         (Poison("bad-utf8", "", b"", "MALFORMED", "not a valid Arrow IPC"),
          await send(ipc(invalid_utf8_table("u")), FORMAT_ARROW)),
@@ -193,14 +197,14 @@ async def _inject_catalogue(bootstrap: str, prefix: str
             sent[fmt] = []
             for c in texts:
                 m = re.search(rb'"mykey_id":"([0-9A-Za-z]{8})"', c.text)
-                md = await p.send_and_wait(enr_topic(t), c.text,
+                md = await p.send_and_wait(enrs, c.text,
                                            key=m.group(1) if m else b"x", timestamp_ms=TS)
-                sent[fmt].append((c, f"{enr_topic(t)}/{md.partition}/{md.offset}"))
+                sent[fmt].append((c, f"{enrs}/{md.partition}/{md.offset}"))
         elif fmt == "enr-chunk":
-            at = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, enr_topic(t))
+            at = await send(b"\n".join(c.text for c in texts), FORMAT_JSONL, enrs)
             sent[fmt] = [(c, f"{at}#{i}") for i, c in enumerate(texts)]
         else:
-            sent[fmt] = [(c, await send(ipc(c.table), FORMAT_ARROW, enr_topic(t)) + "#0")
+            sent[fmt] = [(c, await send(ipc(c.table), FORMAT_ARROW, enrs) + "#0")
                          for c in catalogue if c.table is not None]
     await p.stop()
     return sent

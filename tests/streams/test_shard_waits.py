@@ -106,6 +106,43 @@ def test_a_late_far_future_record_does_not_expire_every_wait(tmp_path: Path) -> 
     f.store.close()
 
 
+def test_one_operators_input_running_ahead_does_not_end_anothers_waits(
+        tmp_path: Path) -> None:
+    """Stream time is per input (the rules: "the input partition that holds the
+    waiting record"): with a topic per operator, another operator's records do not
+    end a wait, the waiting record's own input does."""
+    f = Feed(tmp_path)
+    paypay, aupay = "m.paypay.transactions", "m.aupay.transactions"
+    refund = txn("refund", T0, kind="refund", original_txn_id="orig", amount=100)
+    assert reasons(f.poll("transaction", [refund], topic=paypay)) == {}
+    res = f.poll("transaction", [txn("ahead", T0 + 50 * H, person="Other001", op="aupay")],
+                 topic=aupay)
+    assert "refund" not in reasons(res) and PERSON in f.store.parked
+    res = f.poll("transaction", [txn("mover", T0 + 25 * H, person="Other002")], topic=paypay)
+    assert reasons(res)["refund"] == "ORIGINAL_NOT_FOUND"
+    assert f.store.meta.lanes == {"paypay": (T0 + 25 * H) * 1000,
+                                  "aupay": (T0 + 50 * H) * 1000}
+    assert f.store.meta.stream_time == (T0 + 50 * H) * 1000  # the partition's, for metrics
+    f.store.close()
+
+
+def test_the_waits_of_an_input_read_to_its_end_follow_the_partition_clock(
+        tmp_path: Path) -> None:
+    """An operator that went quiet (nothing unread on its topic) must not hold its
+    waiting records for ever: after a batch they end by the partition's clock."""
+    f = Feed(tmp_path)
+    paypay, aupay = "m.paypay.transactions", "m.aupay.transactions"
+    refund = txn("refund", T0, kind="refund", original_txn_id="orig", amount=100)
+    assert reasons(f.poll("transaction", [refund], topic=paypay)) == {}
+    ahead = txn("ahead", T0 + 50 * H, person="Other001", op="aupay")
+    assert "refund" not in reasons(f.poll("transaction", [ahead], topic=aupay))
+    more = txn("more", T0 + 51 * H, person="Other001", op="aupay")
+    res = f.poll("transaction", [more], topic=aupay, caught_up=frozenset({"paypay"}))
+    assert reasons(res)["refund"] == "ORIGINAL_NOT_FOUND"
+    assert f.store.meta.lanes["paypay"] == T0 * 1000  # its own clock did not move
+    f.store.close()
+
+
 def test_a_record_on_another_operators_topic_is_a_mismatch_and_changes_nothing(
         tmp_path: Path) -> None:
     """A forged record (claims aupay, published on paypay's input) gets one
