@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,25 +42,22 @@ def grant_ids(campaign: str, operator_id: pa.Array, mykey_id: pa.Array,
     return pc.binary_join_element_wise(pa.scalar(campaign), operator_id, mykey_id, txn_id, "/")
 
 
-def grants_table(v: Validated, reason: np.ndarray, points: np.ndarray, cum: np.ndarray,
-                 seq: np.ndarray, source: pa.Array, campaign: str, cap: int) -> pa.Table:
-    """One row per accepted transaction, in decision order."""
-    mask = reason == 0
+def decision_order(mask: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Positions where ``mask`` holds, in decision order (``seq``)."""
     idx = np.flatnonzero(mask)
     order = np.argsort(seq[idx], kind="stable")
-    if np.all(order[1:] > order[:-1]):
-        # decision order is input order (nothing waited): a filter is cheaper than a take
-        def pick(a: pa.Array) -> pa.Array:
-            return a.filter(pa.array(mask))
-    else:
+    if len(order) and not np.all(order[1:] > order[:-1]):
         idx = idx[order]
-        take = pa.array(idx, type=pa.int64())
+    return idx
 
-        def pick(a: pa.Array) -> pa.Array:
-            return a.take(take)
-    op = pick(v.operator_id)
-    key = pick(v.mykey_id)
-    txn = pick(v.txn_id)
+
+def grants_table(v: Validated, idx: np.ndarray, points: np.ndarray, cum: np.ndarray,
+                 source: Any, campaign: str, cap: int) -> pa.Table:
+    """The grants of the accepted transactions at ``idx``, in that order."""
+    take = pa.array(idx, type=pa.int64())
+    op = v.operator_id.take(take)
+    key = v.mykey_id.take(take)
+    txn = v.txn_id.take(take)
     kinds = pa.array(KIND_NAMES, type=pa.string()).take(pa.array(v.kind[idx]))
     c = cum[idx]
     return pa.table({
@@ -69,7 +69,7 @@ def grants_table(v: Validated, reason: np.ndarray, points: np.ndarray, cum: np.n
         "cumulative_points": pa.array(c, type=pa.int64()),
         "capped": pa.array(c == cap, type=pa.bool_()),
         "occurred_at": pa.array(v.at[idx], type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        "source": pick(source),
+        "source": source.take(take),
     }, schema=GRANT_SCHEMA)
 
 
@@ -81,11 +81,11 @@ def rejection_details(v: Validated, reason: np.ndarray, idx: np.ndarray) -> np.n
     return det
 
 
-def rejections_table(v: Validated, reason: np.ndarray, seq: np.ndarray,
-                     source: pa.Array) -> pa.Table:
-    """One row per rejected record, in decision order."""
-    idx = np.flatnonzero(reason > 0)
-    idx = idx[np.argsort(seq[idx], kind="stable")]
+def rejections_table(v: Validated, reason: np.ndarray, idx: np.ndarray,
+                     source: Any) -> pa.Table:
+    """The rejections of the records at ``idx``, in that order (``source``: anything
+    whose ``take`` gives the source strings, an Arrow array or
+    :class:`engine.io.readers.Sources`)."""
     take = pa.array(idx, type=pa.int64())
     n = len(idx)
     return pa.table({
@@ -106,27 +106,76 @@ _UNIQUE = ("grant_id", "source", "txn_id", "mykey_id")
 _REPEATING = ("campaign", "operator_id", "kind", "record_type", "reason", "detail")
 
 
-def _parquet_options(t: pa.Table) -> dict[str, object]:
-    cols = t.column_names
-    return {
-        "compression": {c: ("none" if c in _UNIQUE else "snappy") for c in cols},
-        "use_dictionary": [c for c in cols if c in _REPEATING],
-        "write_statistics": [c for c in cols if c not in _UNIQUE],
-    }
+ROW_GROUP = 1 << 20  # rows per output row group, however the rows are handed over
+
+
+class TableWriter:
+    """An output Parquet file written a row group at a time: settle never holds a
+    whole output table, and a table written whole or in pieces gives the same file."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        cols = schema.names
+        self._schema = schema
+        self._writer = pq.ParquetWriter(
+            path, schema,
+            compression={c: ("none" if c in _UNIQUE else "snappy") for c in cols},
+            use_dictionary=[c for c in cols if c in _REPEATING],
+            write_statistics=[c for c in cols if c not in _UNIQUE])
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+        self._written = False
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._rows += table.num_rows
+        if self._rows >= ROW_GROUP:
+            t = pa.concat_tables(self._pending)
+            full = t.num_rows - t.num_rows % ROW_GROUP
+            self._emit(t.slice(0, full))
+            self._pending = [t.slice(full)]
+            self._rows = t.num_rows - full
+
+    def _emit(self, table: pa.Table) -> None:
+        self._writer.write_table(table, row_group_size=ROW_GROUP)
+        self._written = True
+
+    def close(self) -> None:
+        if self._rows or not self._written:
+            self._emit(pa.concat_tables(self._pending) if self._pending
+                       else self._schema.empty_table())
+        self._writer.close()
+
+
+@contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling directory whose files replace those in ``out_dir`` when
+    the block succeeds: a failure part-way leaves the previous outputs untouched
+    (and no ``out_dir`` where there was none)."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir))
+    try:
+        yield tmp
+        for f in sorted(tmp.iterdir()):
+            if f.is_file():
+                os.replace(f, out_dir / f.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_atomically(out_dir: Path, files: dict[str, pa.Table | bytes]) -> None:
     """Write every file into a temporary sibling directory, then move them in:
     a failure part-way leaves the previous outputs untouched."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for name, content in files.items():
             if isinstance(content, bytes):
                 (tmp / name).write_bytes(content)
             else:
-                pq.write_table(content, tmp / name, **_parquet_options(content))
-        for name in files:
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                w = TableWriter(tmp / name, content.schema)
+                w.write(content)
+                w.close()

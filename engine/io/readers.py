@@ -7,7 +7,9 @@ type in one row — is that record's MALFORMED rejection, never an error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +136,141 @@ def sources(name: str, positions: np.ndarray) -> pa.Array:
                                             pa.py_buffer(data)).cast(pa.string())
 
 
+def count_rows(path: str | Path) -> int:
+    """How many records a file holds, from Parquet metadata (a directory of parts:
+    their sum); JSON Lines counts its newline bytes. Raises InputError like
+    :func:`read_records`. Offline settle sizes its slices with it."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() == ".parquet":
+            if p.is_dir():
+                return sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(p.rglob("*"))
+                           if f.is_file() and not f.name.startswith(("_", ".")))
+            return int(pq.ParquetFile(p).metadata.num_rows)
+        with p.open("rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+    except (OSError, pa.ArrowException):
+        return 0  # read_records names what is wrong with it
+
+
+def iter_records(path: str | Path, record_type: str,
+                 progress: Callable[[int], None] | None = None
+                 ) -> Iterator[tuple[Shaped, Sources]]:
+    """:func:`read_records` one piece at a time: a Parquet file row group by row group
+    (every check is per record, so the pieces are judged exactly as the whole
+    would be), anything else in one piece."""
+    for piece in record_pieces(path, record_type, progress):
+        yield piece()
+
+
+def record_pieces(path: str | Path, record_type: str,
+                  progress: Callable[[int], None] | None = None
+                  ) -> Iterator[Callable[[], tuple[Shaped, Sources]]]:
+    """:func:`iter_records` as functions that each read and shape one piece, so
+    that a caller can read the next row group while it checks this one. Each opens
+    the file for itself (safe on separate threads)."""
+    p = Path(path)
+    if p.suffix.lower() != ".parquet" or p.is_dir():
+        yield partial(_read_whole, p, record_type, progress)
+        return
+    try:
+        with pq.ParquetFile(p) as f:
+            sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{p}: cannot read Parquet ({e})") from None
+    if not sizes:
+        yield partial(_read_row_group, p, None, record_type, 1, progress)
+    first = 1
+    for g, size in enumerate(sizes):
+        yield partial(_read_row_group, p, g, record_type, first, progress)
+        first += size
+
+
+def _read_whole(p: Path, record_type: str,
+                progress: Callable[[int], None] | None) -> tuple[Shaped, Sources]:
+    shaped, numbers = _read_file(p, record_type, progress)
+    return shaped, Sources.of(p.name, numbers)
+
+
+def _read_row_group(p: Path, group: int | None, record_type: str, first: int,
+                    progress: Callable[[int], None] | None) -> tuple[Shaped, Sources]:
+    """Row group ``group`` of a Parquet file (None: the whole file, which has none)."""
+    try:
+        with pq.ParquetFile(p) as f:
+            table = f.read() if group is None else f.read_row_group(group)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{p}: cannot read Parquet ({e})") from None
+    if progress:
+        progress(table.num_rows)
+    return _shaped_parquet(p, table, record_type), Sources.of(
+        p.name, np.arange(first, first + table.num_rows, dtype=np.int64))
+
+
+def _shaped_parquet(p: Path, table: pa.Table, record_type: str) -> Shaped:
+    try:
+        return shape_table(table, record_type)
+    except Exception as e:  # a last line of defence: a whole-file error, no traceback
+        raise InputError(f"{p}: a column has a layout the engine cannot read "
+                         f"({type(e).__name__})") from None
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The ``file:position`` source of every record of a batch, made into strings only
+    for the rows an output shows (ten million of them would hold 300 MB). ``take``
+    gives the strings, like an Arrow array's."""
+
+    names: tuple[str, ...]
+    file: np.ndarray      # int32, index into names
+    position: np.ndarray  # int64, 1-based line or row number
+
+    @classmethod
+    def of(cls, name: str, positions: np.ndarray) -> Sources:
+        return cls((name,), np.zeros(len(positions), np.int32),
+                   np.asarray(positions, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def take(self, idx: pa.Array | np.ndarray) -> pa.Array:
+        rows = np.asarray(idx.to_numpy() if isinstance(idx, pa.Array) else idx, np.int64)
+        files = self.file[rows]
+        first = int(files[0]) if len(files) else 0
+        if len(self.names) <= 1 or bool((files == first).all()):
+            return sources(self.names[first] if self.names else "", self.position[rows])
+        parts, at = [], []
+        for f in np.unique(files).tolist():
+            where = np.flatnonzero(files == f)
+            parts.append(sources(self.names[f], self.position[rows[where]]))
+            at.append(where)
+        return pa.concat_arrays(parts).take(pa.array(np.argsort(np.concatenate(at))))
+
+    def select(self, idx: np.ndarray) -> Sources:
+        """The sources of the records at ``idx``, still as numbers."""
+        return Sources(self.names, self.file[idx], self.position[idx])
+
+    @staticmethod
+    def concat(parts: list[Sources]) -> Sources:
+        names: dict[str, int] = {}
+        files = []
+        for p in parts:
+            codes = np.array([names.setdefault(n, len(names)) for n in p.names] or [0],
+                             dtype=np.int32)
+            files.append(codes[p.file])
+        return Sources(tuple(names), np.concatenate(files or [np.zeros(0, np.int32)]),
+                       np.concatenate([p.position for p in parts] or [np.zeros(0, np.int64)]))
+
+
 def read_records(path: str | Path, record_type: str,
                  progress: Callable[[int], None] | None = None) -> tuple[Shaped, pa.Array]:
     """Read one input file into a shaped batch plus its ``source`` column."""
-    p = Path(path)
+    shaped, numbers = _read_file(Path(path), record_type, progress)
+    return shaped, sources(Path(path).name, numbers)
+
+
+def _read_file(p: Path, record_type: str, progress: Callable[[int], None] | None
+               ) -> tuple[Shaped, np.ndarray]:
+    """A whole file shaped, with the line or row number of each record."""
     suffix = p.suffix.lower()
     if suffix not in (".jsonl", ".ndjson", ".parquet"):
         raise InputError(f"{p}: unknown input format (use .jsonl or .parquet)")
@@ -154,12 +287,8 @@ def read_records(path: str | Path, record_type: str,
             raise InputError(f"{p}: cannot read Parquet ({e})") from None
         if progress:
             progress(table.num_rows)
-        try:
-            shaped = shape_table(table, record_type)
-        except Exception as e:  # a last line of defence: a whole-file error, no traceback
-            raise InputError(f"{p}: a column has a layout the engine cannot read "
-                             f"({type(e).__name__})") from None
-        return shaped, sources(p.name, np.arange(1, table.num_rows + 1, dtype=np.int64))
+        return (_shaped_parquet(p, table, record_type),
+                np.arange(1, table.num_rows + 1, dtype=np.int64))
     try:
         data = p.read_bytes()
     except OSError as e:
@@ -177,4 +306,4 @@ def read_records(path: str | Path, record_type: str,
         if progress:
             progress(min(step, len(lines) - start))
     raw = (np.concatenate(pii), np.concatenate(keys))
-    return shape_objects(objs, record_type, raw), sources(p.name, numbers)
+    return shape_objects(objs, record_type, raw), numbers

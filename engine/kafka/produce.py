@@ -55,6 +55,7 @@ class BatchSender:
         self.open: dict[int, _Open] = {}
         self.sent: list[Delivery] = []
         self.messages = 0
+        self._unacked: dict[int, list[Any]] = {}  # partition -> futures not yet awaited
 
     def _fits(self, m: Outgoing, tag: Any) -> bool:
         entry = self.open.get(m.partition)
@@ -90,6 +91,15 @@ class BatchSender:
         entry.builder.close()  # a closed batch is sent at once, without waiting for linger
         fut = await self.producer.send_batch(entry.builder, self.topic, partition=partition)
         self.sent.append(Delivery(partition, fut, entry.tags))
+        self._unacked.setdefault(partition, []).append(fut)
+
+    async def acknowledged(self, partition: int) -> None:
+        """Send ``partition``'s open batch and wait until the broker stored everything
+        sent to it so far: a message sent afterwards, on another topic, is then
+        appended after these (Kafka orders nothing across topics by itself)."""
+        await self.send(partition)
+        for fut in self._unacked.pop(partition, []):
+            await fut
 
     async def send_open(self) -> None:
         """Hand every open batch to the producer."""

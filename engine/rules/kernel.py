@@ -106,12 +106,20 @@ class Terms(NamedTuple):
 
 class Decided(NamedTuple):
     """Per record (out): 0 accepted, a reason code, or PARKED; points; cumulative
-    points; 0-based decision order within the call (-1 while parked)."""
+    points; 0-based decision order within the call (-1 while parked); and the arrival
+    that decided it: the index of the record during whose arrival it was decided
+    (``n``: stream time passing after the last one), or ``n + j`` for record ``j``
+    decided at the end of the input (-1 while parked). Offline, where nothing expires,
+    a person's records are decided only during arrivals of that person's records, so
+    calls over disjoint sets of people merge into one call's order by (trigger in the
+    whole input, seq): what lets offline settle decide slices of people apart
+    (docs/DECISIONS.md)."""
 
     reason: np.ndarray
     points: np.ndarray
     cum: np.ndarray
     seq: np.ndarray
+    trigger: np.ndarray
 
 
 @numba.njit(cache=True, nogil=True)
@@ -238,7 +246,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     (e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded,
      e_rec) = reg
     rate, cap, rounding, park_for_enrollment, final, person_limit, rc = terms
-    out_reason, out_points, out_cum, out_seq = out
+    out_reason, out_points, out_cum, out_seq, out_trigger = out
     n = len(typ)
     cap_e = len(e_person)
     head = np.full(n_codes, -1, dtype=np.int64)
@@ -270,6 +278,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
         out_points[i] = 0
         out_cum[i] = 0
         out_seq[i] = -1
+        out_trigger[i] = -1
 
     # A small explicit work list replaces recursion: decisions that release
     # other records append them right after themselves.
@@ -310,11 +319,13 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                         continue  # waits with its original, which still waits
                     out_reason[j] = rc.ORIGINAL_NOT_FOUND
                     out_seq[j] = seq
+                    out_trigger[j] = i
                     seq += 1
                     e_status[rec_entry[j]] = REJECTED
                 else:
                     out_reason[j] = rc.NOT_ENROLLED
                     out_seq[j] = seq
+                    out_trigger[j] = i
                     seq += 1
                     e_status[rec_entry[j]] = REJECTED
                     # its waiting refunds now see a rejected original
@@ -324,6 +335,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                                 and op[r] == op[j]):
                             out_reason[r] = rc.ORIGINAL_NOT_ELIGIBLE
                             out_seq[r] = seq
+                            out_trigger[r] = i
                             seq += 1
                             e_status[rec_entry[r]] = REJECTED
                         r = nxt[r]
@@ -372,6 +384,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                             k += 1
                         r = rn
                 out_seq[j] = seq
+                out_trigger[j] = i
                 seq += 1
                 continue
 
@@ -379,6 +392,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
             if reason[j] != 0:
                 out_reason[j] = reason[j]
                 out_seq[j] = seq
+                out_trigger[j] = i
                 seq += 1
                 continue
             if preparked[j] == 1:
@@ -399,12 +413,14 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                             and e_at[e] == at[j] and e_orig[e] == orig[j])
                     out_reason[j] = rc.DUPLICATE if same else rc.CONFLICTING_DUPLICATE
                     out_seq[j] = seq
+                    out_trigger[j] = i
                     seq += 1
                     continue
                 if p_n[p] >= person_limit:
                     # a person's state must stay bounded (changelog message size)
                     out_reason[j] = rc.PERSON_LIMIT
                     out_seq[j] = seq
+                    out_trigger[j] = i
                     seq += 1
                     continue
                 p_n[p] += 1
@@ -486,6 +502,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                     out_cum[j] = after
             e_status[e] = ACCEPTED if out_reason[j] == 0 else REJECTED
             out_seq[j] = seq
+            out_trigger[j] = i
             seq += 1
             # refunds waiting on this key are decided right after it
             nwork = _release_key(txn[j], p, op[j], k_head, k_tail, nxt, out_reason, person, op,
@@ -498,6 +515,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                 continue
             out_reason[j] = rc.ORIGINAL_NOT_FOUND if kind[j] == KIND_REFUND else rc.NOT_ENROLLED
             out_seq[j] = seq
+            out_trigger[j] = n + j
             seq += 1
             if rec_entry[j] >= 0:
                 e_status[rec_entry[j]] = REJECTED

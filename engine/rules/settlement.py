@@ -50,6 +50,8 @@ class Decisions:
     txn_seq: np.ndarray
     txn_person: np.ndarray | None = None  # dense person codes (offline only)
     n_people: int = 0
+    # the transaction during whose arrival each one was decided (kernel.Decided.trigger)
+    txn_trigger: np.ndarray | None = None
 
 
 def dictionary_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
@@ -99,7 +101,7 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
                    np.full(ne, -1, np.int64), 1, campaign)
     txn_out = _run(people, txn, kernel.TRANSACTION, pt, tt, to, max(n_codes, 1), campaign)
     return Decisions(enr_out.reason, txn_out.reason, txn_out.points, txn_out.cum,
-                     enr_out.seq, txn_out.seq + ne, pt, max(n_people, 1))
+                     enr_out.seq, txn_out.seq + ne, pt, max(n_people, 1), txn_out.trigger)
 
 
 def _run(people: kernel.People, v: Validated, typ: int, person: np.ndarray,

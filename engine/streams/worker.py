@@ -457,6 +457,19 @@ class Worker:
         hw = self.consumer.highwater(tp)
         return hw is None or hw > await self.consumer.position(tp)
 
+    async def _appended_since(self, tps: list[TopicPartition]) -> set[str]:
+        """The topics among ``tps`` (read to the end of their last fetch) that have
+        records appended since: the end a fetch reported is stale by the time another
+        topic's fetch arrives, and the merge must not pass a record still unseen."""
+        assert self.consumer is not None
+        if not tps:
+            return set()
+        try:
+            ends = await self.consumer.end_offsets(tps)
+        except KafkaError:  # unknown now: wait for the next round rather than guess
+            return {tp.topic for tp in tps}
+        return {tp.topic for tp in tps if ends[tp] > await self.consumer.position(tp)}
+
     async def _caught_up(self, p: int) -> frozenset[str]:
         """The operators ("" for the unattributed input) whose transactions topic of
         partition ``p`` has nothing unread or held: their waits may end by the
@@ -501,6 +514,8 @@ class Worker:
         else:
             assigned = self.consumer.assignment()
             unread = {tp.topic for tp in tps if tp in assigned and await self._unread(tp)}
+            unread |= await self._appended_since(
+                [tp for tp in tps if tp in assigned and tp.topic not in unread])
             released, held = merge_topics(fetched, unread)
         for t, msgs in fetched.items():
             tp = TopicPartition(t, tps[0].partition)

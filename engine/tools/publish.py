@@ -488,7 +488,14 @@ async def _publish_one(producer: Any, inp: _Input, names: list[str], targets: np
     # a partition's enrollment topics are merged by the worker (the order decides which
     # of two operators a person applied with first); transactions' are not
     merged = inp.record_type == "enrollment" and len(np.unique(targets)) > 1
+    last: dict[int, int] = {}  # partition -> topic of its previous message
     for m in _messages(inp, parts, n_parts, batch, targets, merged):
+        p = m.out.partition
+        if merged and last.get(p, m.topic) != m.topic:
+            # the worker merges these topics by timestamp up to what it can see at the
+            # end of each: what came before in this partition must be in Kafka first
+            await senders[last[p]].acknowledged(p)
+        last[p] = m.topic
         if limit is not None:
             wait = limit.delay(m.count)
             if wait > 0.002:

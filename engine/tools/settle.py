@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import orjson
 import pyarrow as pa
 
 from engine.config import load_or_report
-from engine.io.outputs import grants_table, rejections_table, write_atomically
-from engine.io.readers import InputError, read_records
+from engine.io.outputs import (
+    ROW_GROUP,
+    TableWriter,
+    atomic_dir,
+    decision_order,
+    grants_table,
+    rejections_table,
+    write_atomically,
+)
+from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
+from engine.io.readers import InputError, Sources, count_rows, record_pieces
 from engine.rules.model import OPERATOR_ID, Campaign, Registry
 from engine.rules.settlement import decide_offline
 from engine.rules.strings import kafka_partitions
@@ -25,7 +39,11 @@ from engine.rules.validate import (
     validate_enrollments,
     validate_transactions,
 )
-from engine.tools.summary import render, summarize_arrays
+from engine.tools.slices import SortedRun, Spill, merge_runs
+from engine.tools.summary import merge_summaries, render, summarize_arrays
+
+# the sources of a batch: strings (an archive's), or file positions (input files)
+Source: TypeAlias = "pa.Array | Sources"
 
 PROGRESS_MIN_BYTES = 20_000_000  # below this a run is over before a bar is worth drawing
 
@@ -41,7 +59,7 @@ class Slice:
     count: int = 1
     index: int = 0
 
-    def select(self, v: Validated, src: pa.Array) -> tuple[Validated, pa.Array]:
+    def select(self, v: Validated, src: Source) -> tuple[Validated, Source]:
         if self.count == 1:
             return v, src
         parts = kafka_partitions(v.mykey_id, self.count)
@@ -49,7 +67,8 @@ class Slice:
         # so any one slice may decide it; partition 0 always exists
         parts[parts < 0] = 0
         idx = np.flatnonzero(parts == self.index)
-        return v.take(idx), src.take(pa.array(idx, type=pa.int64()))
+        return v.take(idx), (src.select(idx) if isinstance(src, Sources)
+                             else src.take(pa.array(idx, type=pa.int64())))
 
 
 WHOLE = Slice()
@@ -85,52 +104,95 @@ def parse_input(text: str, registry: Registry) -> Input:
     return m.group(1), Path(m.group(2))
 
 
+# Transactions decided in memory at once; a larger input is decided in slices of people
+# spilled to disk (engine.tools.slices). At 10 M transactions three slices peaked at
+# 1.9 GiB against 4.3 GiB for one, in about the same time (bench/RESULTS.md).
+SLICE_ROWS = 4_000_000
+
+
+def _inputs(x: str | Path | list[Input]) -> list[Input]:
+    return x if isinstance(x, list) else [(None, Path(x))]
+
+
+class _Bar:
+    """The progress bar of a run, or nothing (quiet, not a terminal, a small input)."""
+
+    def __init__(self, on: bool, paths: list[Path]) -> None:
+        self.bar: Any = None
+        if on and sum(p.stat().st_size for p in paths if p.exists()) >= PROGRESS_MIN_BYTES:
+            from rich.progress import Progress
+            self.bar = Progress(transient=True)
+            self.bar.start()
+
+    def task(self, text: str) -> Any:
+        if not self.bar:
+            return None
+        t = self.bar.add_task(text, total=None)
+        return lambda k: self.bar.advance(t, k)
+
+    def stop(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
 def settle_files(enrollments: str | Path | list[Input], transactions: str | Path | list[Input],
                  campaign: Campaign, registry: Registry,
                  progress: bool = False, part: Slice = WHOLE) -> SettleResult:
     """Read, validate, decide and tabulate (the whole input, or the slice ``part``);
     raises InputError for unusable files. Each input is one file, or several files
     each with the operator it came from; several files are read in the order given."""
-    def inputs(x: str | Path | list[Input]) -> list[Input]:
-        return x if isinstance(x, list) else [(None, Path(x))]
-
-    enr_in, txn_in = inputs(enrollments), inputs(transactions)
-    bar: Any = None
-    size = sum(p.stat().st_size for _, p in (*enr_in, *txn_in) if p.exists())
-    if progress and size >= PROGRESS_MIN_BYTES:
-        from rich.progress import Progress
-        bar = Progress(transient=True)
-        bar.start()
+    enr_in, txn_in = _inputs(enrollments), _inputs(transactions)
+    bar = _Bar(progress, [p for _, p in (*enr_in, *txn_in)])
     try:
-        def tick(task: Any) -> Any:
-            return (lambda k: bar.advance(task, k)) if bar else None
-
-        t_enr = bar.add_task("reading enrollments", total=None) if bar else None
-        enr, enr_src = _read_all(enr_in, "enrollment", campaign, registry, tick(t_enr))
-        t_txn = bar.add_task("reading transactions", total=None) if bar else None
-        txn, txn_src = _read_all(txn_in, "transaction", campaign, registry, tick(t_txn))
-        t_dec = bar.add_task("deciding", total=None) if bar else None
-        result = settle_validated(enr, enr_src, txn, txn_src, campaign, registry, part)
-        if bar:
-            bar.update(t_dec, completed=1, total=1)
+        s = _settle_in_memory(enr_in, txn_in, campaign, registry, bar, part)
     finally:
-        if bar:
-            bar.stop()
-    return result
+        bar.stop()
+    return s.result()
+
+
+def _settle_in_memory(enr_in: list[Input], txn_in: list[Input], campaign: Campaign,
+                      registry: Registry, bar: _Bar, part: Slice) -> Settled:
+    enr, enr_src = _read_all(enr_in, "enrollment", campaign, registry, bar.task(
+        "reading enrollments"))
+    txn, txn_src = _read_all(txn_in, "transaction", campaign, registry, bar.task(
+        "reading transactions"))
+    enr, enr_src = part.select(enr, enr_src)
+    txn, txn_src = part.select(txn, txn_src)
+    return Settled(enr, enr_src, txn, txn_src, campaign, registry, part)
+
+
+def _validated_pieces(inputs: list[Input], record_type: str, campaign: Campaign,
+                      registry: Registry, progress: Any) -> Iterator[tuple[Validated, Sources]]:
+    """The records of the inputs, in order, validated a piece (row group) at a time;
+    the next piece is read and checked on a second thread meanwhile (Parquet
+    decoding, Arrow compute and the numba checks release the GIL)."""
+    validate = validate_enrollments if record_type == "enrollment" else validate_transactions
+
+    def job(operator: str | None, piece: Any) -> tuple[Validated, Sources]:
+        shaped, src = piece()
+        if operator is not None:
+            shaped.source_operator = pa.repeat(pa.scalar(operator, pa.string()), shaped.n)
+        return validate(shaped, campaign, registry), src
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ahead: deque[Future[tuple[Validated, Sources]]] = deque()
+        for operator, path in inputs:
+            for piece in record_pieces(path, record_type, progress):
+                ahead.append(pool.submit(job, operator, piece))
+                if len(ahead) > 1:
+                    yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 def _read_all(inputs: list[Input], record_type: str, campaign: Campaign, registry: Registry,
-              progress: Any) -> tuple[Validated, pa.Array]:
-    validate = validate_enrollments if record_type == "enrollment" else validate_transactions
+              progress: Any) -> tuple[Validated, Sources]:
     parts: list[Validated] = []
-    sources: list[pa.Array] = []
-    for operator, path in inputs:
-        shaped, src = read_records(path, record_type, progress)
-        if operator is not None:
-            shaped.source_operator = pa.repeat(pa.scalar(operator, pa.string()), shaped.n)
-        parts.append(validate(shaped, campaign, registry))
-        sources.append(src.cast(pa.string()))
-    return concat_validated(parts, record_type), pa.concat_arrays(sources)
+    sources: list[Sources] = []
+    for v, src in _validated_pieces(inputs, record_type, campaign, registry, progress):
+        parts.append(v)
+        sources.append(src)
+    return concat_validated(parts, record_type), Sources.concat(sources)
 
 
 def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry,
@@ -146,33 +208,177 @@ def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry,
     return settle_validated(enr, enr_src, txn, txn_src, campaign, registry, part)
 
 
-def settle_validated(enr: Validated, enr_src: pa.Array, txn: Validated, txn_src: pa.Array,
+def settle_validated(enr: Validated, enr_src: Source, txn: Validated, txn_src: Source,
                      campaign: Campaign, registry: Registry, part: Slice = WHOLE
                      ) -> SettleResult:
     """Decide validated records offline (the whole input, or the slice ``part`` of it)
     and tabulate the outcomes."""
     enr, enr_src = part.select(enr, enr_src)
     txn, txn_src = part.select(txn, txn_src)
-    d = decide_offline(enr, txn, campaign)
-    grants = grants_table(txn, d.txn_reason, d.txn_points, d.txn_cum, d.txn_seq, txn_src,
-                          campaign.id, campaign.cap_points)
-    rej_e = rejections_table(enr, d.enr_reason, d.enr_seq, enr_src)
-    rej_t = rejections_table(txn, d.txn_reason, d.txn_seq, txn_src)
-    rejections = _merge_by_seq(rej_e, d.enr_seq[d.enr_reason > 0],
-                               rej_t, d.txn_seq[d.txn_reason > 0])
-    assert d.txn_person is not None
-    summary = summarize_arrays([o.id for o in registry.operators], txn.op, d.txn_person,
-                               txn.kind, txn.amount, d.txn_points, d.txn_reason, d.enr_reason,
-                               d.n_people, campaign.cap_points, campaign.id)
+    return Settled(enr, enr_src, txn, txn_src, campaign, registry, part).result()
+
+
+class Settled:
+    """Validated records decided in memory (the whole input, or some of its people),
+    and the output rows they make, in decision order and a row group at a time."""
+
+    def __init__(self, enr: Validated, enr_src: Source, txn: Validated, txn_src: Source,
+                 campaign: Campaign, registry: Registry, part: Slice = WHOLE) -> None:
+        self.enr, self.enr_src, self.txn, self.txn_src = enr, enr_src, txn, txn_src
+        self.campaign, self.part = campaign, part
+        d = self.d = decide_offline(enr, txn, campaign)
+        assert d.txn_person is not None
+        self.summary = summarize_arrays(
+            [o.id for o in registry.operators], txn.op, d.txn_person, txn.kind, txn.amount,
+            d.txn_points, d.txn_reason, d.enr_reason, d.n_people, campaign.cap_points,
+            campaign.id)
+        if part != WHOLE:
+            self.summary["partition"] = {"index": part.index, "count": part.count}
+        self.grant_rows = decision_order(d.txn_reason == 0, d.txn_seq)
+        # every enrollment is decided before the first transaction
+        self.enr_rejected = decision_order(d.enr_reason > 0, d.enr_seq)
+        self.txn_rejected = decision_order(d.txn_reason > 0, d.txn_seq)
+
+    def grants(self, rows: slice = slice(None)) -> pa.Table:
+        idx = self.grant_rows[rows]
+        return grants_table(self.txn, idx, self.d.txn_points, self.d.txn_cum, self.txn_src,
+                            self.campaign.id, self.campaign.cap_points)
+
+    def rejections(self) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
+        """(record type, positions, table) pieces of the rejections, in order."""
+        for v, reason, src, idx in (
+                (self.enr, self.d.enr_reason, self.enr_src, self.enr_rejected),
+                (self.txn, self.d.txn_reason, self.txn_src, self.txn_rejected)):
+            for a in range(0, len(idx), ROW_GROUP):
+                rows = idx[a:a + ROW_GROUP]
+                yield v.record_type, rows, rejections_table(v, reason, rows, src)
+
+    def grant_pieces(self) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        for a in range(0, len(self.grant_rows), ROW_GROUP):
+            yield self.grant_rows[a:a + ROW_GROUP], self.grants(slice(a, a + ROW_GROUP))
+
+    def result(self) -> SettleResult:
+        return SettleResult(self.grants(), pa.concat_tables(
+            [t for _, _, t in self.rejections()], promote_options="none")
+            if len(self.enr_rejected) + len(self.txn_rejected)
+            else REJECTION_SCHEMA.empty_table(), self.summary)
+
+    def write(self, grants: TableWriter, rejections: TableWriter) -> None:
+        """Write the outputs; each row group is written on a second thread while the
+        next one is built (Parquet encoding releases the GIL)."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: Future[None] | None = None
+            for sink, table in chain(((grants, t) for _, t in self.grant_pieces()),
+                                     ((rejections, t) for _, _, t in self.rejections())):
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(sink.write, table)
+            if pending is not None:
+                pending.result()
+
+
+def settle_to(out: Path, enrollments: list[Input], transactions: list[Input],
+              campaign: Campaign, registry: Registry, progress: bool = False,
+              part: Slice = WHOLE, slice_rows: int = SLICE_ROWS) -> dict[str, Any]:
+    """``mynapoint settle``: settle files into ``out`` (grants, rejections, summary)
+    and return the summary. Inputs with more than ``slice_rows`` transactions (in
+    ``part``, estimated) are decided in slices of people spilled to disk, with the
+    same outputs. Raises InputError for unusable files, before anything is written
+    when the input is decided in memory."""
+    rows = sum(count_rows(p) for _, p in transactions) // part.count
+    n_slices = max(1, -(-rows // max(slice_rows, 1)))
+    bar = _Bar(progress, [p for _, p in (*enrollments, *transactions)])
+    try:
+        if n_slices == 1:
+            s = _settle_in_memory(enrollments, transactions, campaign, registry, bar, part)
+            with atomic_dir(out) as tmp:
+                gw = TableWriter(tmp / "grants.parquet", GRANT_SCHEMA)
+                rw = TableWriter(tmp / "rejections.parquet", REJECTION_SCHEMA)
+                s.write(gw, rw)
+                gw.close()
+                rw.close()
+                _write_summary(tmp, s.summary)
+            return s.summary
+        with atomic_dir(out) as tmp:
+            summary = _settle_sliced(tmp, enrollments, transactions, campaign, registry, bar,
+                                     part, n_slices)
+            _write_summary(tmp, summary)
+        return summary
+    finally:
+        bar.stop()
+
+
+def _write_summary(d: Path, summary: dict[str, Any]) -> None:
+    (d / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign: Campaign,
+                   registry: Registry, bar: _Bar, part: Slice, n: int) -> dict[str, Any]:
+    """Spill the validated records of ``part`` into ``n`` slices of people, decide each
+    slice in memory into sorted runs, merge the runs into the outputs."""
+    spill_dir = tmp / "spill"
+    spill_dir.mkdir()
+    spill = Spill(spill_dir, n)
+    totals = {}
+    try:
+        for record_type, inputs in (("enrollment", enr_in), ("transaction", txn_in)):
+            first = 0
+            for v, src in _validated_pieces(inputs, record_type, campaign, registry,
+                                            bar.task(f"reading {record_type}s")):
+                # one hash for both splits: h % (count * n) is h % count's refinement
+                p = kafka_partitions(v.mykey_id, part.count * n)
+                p[p < 0] = 0
+                index = np.arange(first, first + v.n, dtype=np.int64)
+                first += v.n
+                mine = p % part.count == part.index
+                for k in range(n):
+                    idx = np.flatnonzero(mine & (p // part.count == k))
+                    if len(idx):
+                        spill.add(k, v.take(idx), src.select(idx), index[idx])
+            totals[record_type] = first
+    finally:
+        spill.close()
+    n_enr, n_txn = totals["enrollment"], totals["transaction"]
+    runs_g: list[Path] = []
+    runs_r: list[Path] = []
+    summaries = []
+    tick = bar.task("deciding slices")
+    for k in range(n):
+        enr, enr_src, enr_index = spill.read("enrollment", k)
+        txn, txn_src, txn_index = spill.read("transaction", k)
+        s = Settled(enr, enr_src, txn, txn_src, campaign, registry)
+        summaries.append(s.summary)
+        # the whole run's order: enrollments by their arrival, then each transaction
+        # by the arrival that decided it (n_txn + j: decided at the end of the input)
+        trig = s.d.txn_trigger
+        assert trig is not None
+        final = trig >= txn.n
+        t_key = n_enr + txn_index[np.where(final, trig - txn.n, trig)] + np.where(final, n_txn, 0)
+        g = SortedRun(spill_dir / f"grants-{k}.arrows", GRANT_SCHEMA)
+        for rows, t in s.grant_pieces():
+            g.write(t, t_key[rows])
+        g.close()
+        r = SortedRun(spill_dir / f"rejections-{k}.arrows", REJECTION_SCHEMA)
+        for record_type, rows, t in s.rejections():
+            r.write(t, enr_index[rows] if record_type == "enrollment" else t_key[rows])
+        r.close()
+        runs_g.append(g.path)
+        runs_r.append(r.path)
+        del s, enr, txn
+        for name in ("enrollment", "transaction"):
+            spill.path(name, k).unlink(missing_ok=True)
+        if tick:
+            tick(1)
+    for name, schema, runs in (("grants", GRANT_SCHEMA, runs_g),
+                               ("rejections", REJECTION_SCHEMA, runs_r)):
+        w = TableWriter(tmp / f"{name}.parquet", schema)
+        merge_runs(runs, w)
+        w.close()
+    shutil.rmtree(spill_dir, ignore_errors=True)
+    summary = merge_summaries(summaries)
     if part != WHOLE:
         summary["partition"] = {"index": part.index, "count": part.count}
-    return SettleResult(grants, rejections, summary)
-
-
-def _merge_by_seq(a: pa.Table, seq_a: Any, b: pa.Table, seq_b: Any) -> pa.Table:
-    t = pa.concat_tables([a, b])
-    order = np.argsort(np.concatenate([np.sort(seq_a), np.sort(seq_b)]), kind="stable")
-    return t.take(pa.array(order))
+    return summary
 
 
 def main(args: argparse.Namespace) -> int:
@@ -199,30 +405,31 @@ def main(args: argparse.Namespace) -> int:
         print("mynapoint settle: give --enrollments and --transactions, or --archive",
               file=sys.stderr)
         return 2
+    out = Path(args.out)
     try:
         if args.archive:
             result = settle_archive(args.archive, campaign, registry, part)
+            summary = result.summary
+            write_atomically(out, {
+                "grants.parquet": result.grants,
+                "rejections.parquet": result.rejections,
+                "summary.json": orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
+            })
         else:
-            result = settle_files([parse_input(x, registry) for x in args.enrollments],
-                                  [parse_input(x, registry) for x in args.transactions],
-                                  campaign, registry,
-                                  progress=not args.quiet and sys.stderr.isatty(), part=part)
+            summary = settle_to(out, [parse_input(x, registry) for x in args.enrollments],
+                                [parse_input(x, registry) for x in args.transactions],
+                                campaign, registry,
+                                progress=not args.quiet and sys.stderr.isatty(), part=part,
+                                slice_rows=getattr(args, "slice_rows", None) or SLICE_ROWS)
     except (InputError, ArchiveError) as e:
         print(f"mynapoint settle: input error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    try:
-        write_atomically(out, {
-            "grants.parquet": result.grants,
-            "rejections.parquet": result.rejections,
-            "summary.json": orjson.dumps(result.summary, option=orjson.OPT_INDENT_2) + b"\n",
-        })
     except OSError as e:
         print(f"mynapoint settle: cannot write to {out}: {e.strerror}", file=sys.stderr)
         return 2
     if not args.quiet:
         from rich.console import Console
-        Console().print(render(result.summary))
+        Console().print(render(summary))
         print(f"wrote {out / 'grants.parquet'}, {out / 'rejections.parquet'}, "
               f"{out / 'summary.json'}")
     return 0

@@ -129,6 +129,27 @@ def summarize_arrays(op_ids: list[str], txn_op: np.ndarray, txn_person: np.ndarr
     }
 
 
+def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of runs over disjoint sets of people (slices of one input): every
+    figure is a count or a sum over records or people, so the parts add up. Keys in
+    the order :func:`summarize_arrays` writes them.
+
+    >>> a = {"campaign": "c", "n": 1, "by": {"x": 1}, "none": None}
+    >>> merge_summaries([a, {"campaign": "c", "n": 2, "by": {"y": 3}, "none": None}])
+    {'campaign': 'c', 'n': 3, 'by': {'x': 1, 'y': 3}, 'none': None}
+    """
+    def add(vals: list[Any]) -> Any:
+        first = vals[0]
+        if isinstance(first, dict):
+            keys = sorted({k for v in vals for k in v}) if not all(
+                list(v) == list(first) for v in vals) else list(first)
+            return {k: add([v[k] for v in vals if k in v]) for k in keys}
+        if isinstance(first, int) and not isinstance(first, bool):
+            return sum(vals)
+        return first
+    return add(parts)  # type: ignore[no-any-return]
+
+
 def people_total_has_grant(person: np.ndarray, n_people: int) -> np.ndarray:
     has = np.zeros(max(n_people, 1), np.bool_)
     has[person] = True

@@ -3,14 +3,25 @@ a plain walk of the decoded values (the reference)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.io.readers import BadRecord, load_record
+from engine.io.readers import (
+    BadRecord,
+    Sources,
+    count_rows,
+    iter_records,
+    load_record,
+    read_records,
+)
 from engine.rules.strings import is_individual_number, json_facts
 
 PII = "123456789018"
@@ -97,3 +108,37 @@ def test_the_text_scan_sees_what_a_repeated_key_hid() -> None:
     pii, keys = json_facts([text])
     assert not _reference(orjson.loads(text))
     assert pii.tolist() == [True] and keys.tolist() == [3]
+
+
+def test_parquet_is_read_a_row_group_at_a_time_with_file_wide_sources(tmp_path: Path) -> None:
+    rows = [{"mykey_id": f"AB12cd{i:02d}", "operator_id": "paypay",
+             "applied_at": "2020-09-01T10:00:00+09:00"} for i in range(7)]
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3)
+    pieces = list(iter_records(path, "enrollment"))
+    assert [s.n for s, _ in pieces] == [3, 3, 1]
+    assert [x for _, src in pieces for x in src.take(np.arange(len(src))).to_pylist()] == [
+        f"e.parquet:{i}" for i in range(1, 8)]
+    whole, _ = read_records(path, "enrollment")
+    assert pa.concat_arrays([s.columns["mykey_id"] for s, _ in pieces]).equals(
+        whole.columns["mykey_id"])
+    assert count_rows(path) == 7
+
+
+def test_sources_are_made_only_for_the_rows_asked_for() -> None:
+    s = Sources.concat([Sources.of("a.jsonl", np.array([1, 3])),
+                        Sources.of("b.parquet", np.array([1, 2])),
+                        Sources.of("a.jsonl", np.array([9]))])
+    assert s.names == ("a.jsonl", "b.parquet") and len(s) == 5
+    assert s.take(pa.array([4, 2, 0, 3])).to_pylist() == [
+        "a.jsonl:9", "b.parquet:1", "a.jsonl:1", "b.parquet:2"]
+    assert s.select(np.array([3, 1])).take(np.array([1, 0])).to_pylist() == [
+        "a.jsonl:3", "b.parquet:2"]
+    assert s.take(np.zeros(0, np.int64)).to_pylist() == []
+
+
+def test_count_rows_of_json_lines_counts_lines(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"a": 2}\n')
+    assert count_rows(path) == 3
+    assert count_rows(tmp_path / "missing.parquet") == 0

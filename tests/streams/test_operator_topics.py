@@ -30,14 +30,23 @@ pytestmark = pytest.mark.kafka
 PERSON = "Forge001"
 
 
-def _publish_as(kafka_broker: devbroker.Broker, operator: str, prefix: str,
-                enrollments: Path, transactions: Path) -> subprocess.CompletedProcess[str]:
+def _publish_as(kafka_broker: devbroker.Broker, principal: str, operator: str, prefix: str,
+                directory: Path, applied: str, amount: int, occurred: str
+                ) -> subprocess.CompletedProcess[str]:
+    """``mynapoint publish --operator OPERATOR`` with ``principal``'s credentials (and
+    nothing else): an application and a charge of PERSON, both claiming aupay."""
+    directory.mkdir(parents=True, exist_ok=True)
+    enr = write_lines(directory / "e.jsonl", [orjson.dumps(
+        {"mykey_id": PERSON, "operator_id": "aupay", "applied_at": applied})])
+    txn = write_lines(directory / "t.jsonl", [orjson.dumps(
+        {"txn_id": "t1", "operator_id": "aupay", "mykey_id": PERSON, "kind": "charge",
+         "amount": amount, "occurred_at": occurred})])
     env = {k: v for k, v in os.environ.items() if k != ENV}  # nothing but its own file
     return subprocess.run(
         [sys.executable, "-m", "engine.cli", "publish", "--broker", kafka_broker.bootstrap,
-         "--client-config", str(kafka_broker.credentials(operator)), "--operator", operator,
+         "--client-config", str(kafka_broker.credentials(principal)), "--operator", operator,
          "--topic-prefix", prefix, "--partitions", str(PARTITIONS), "--batch", "1",
-         "--enrollments", str(enrollments), "--transactions", str(transactions), "--quiet"],
+         "--enrollments", str(enr), "--transactions", str(txn), "--quiet"],
         env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -52,37 +61,20 @@ def test_a_forged_record_is_one_mismatch_on_the_senders_outputs_and_changes_noth
                env={ENV: str(kafka_broker.credentials(security.ENGINE))}).start()
     try:
         # paypay sends, on its own topics, an application and a charge claiming aupay
-        forged = _publish_as(
-            kafka_broker, "paypay", prefix,
-            write_lines(tmp_path / "f-enr.jsonl", [orjson.dumps(
-                {"mykey_id": PERSON, "operator_id": "aupay",
-                 "applied_at": "2020-09-01T09:00:00+09:00"})]),
-            write_lines(tmp_path / "f-txn.jsonl", [orjson.dumps(
-                {"txn_id": "t1", "operator_id": "aupay", "mykey_id": PERSON, "kind": "charge",
-                 "amount": 9000, "occurred_at": "2020-10-01T12:00:00+09:00"})]))
+        forged = _publish_as(kafka_broker, "paypay", "paypay", prefix, tmp_path / "forged",
+                             "2020-09-01T09:00:00+09:00", 9000, "2020-10-01T12:00:00+09:00")
         assert forged.returncode == 0, forged.stderr
         # then aupay's genuine ones for the same person, with the same txn_id
-        genuine = _publish_as(
-            kafka_broker, "aupay", prefix,
-            write_lines(tmp_path / "g-enr.jsonl", [orjson.dumps(
-                {"mykey_id": PERSON, "operator_id": "aupay",
-                 "applied_at": "2020-09-02T09:00:00+09:00"})]),
-            write_lines(tmp_path / "g-txn.jsonl", [orjson.dumps(
-                {"txn_id": "t1", "operator_id": "aupay", "mykey_id": PERSON, "kind": "charge",
-                 "amount": 3000, "occurred_at": "2020-10-02T12:00:00+09:00"})]))
+        genuine = _publish_as(kafka_broker, "aupay", "aupay", prefix, tmp_path / "genuine",
+                              "2020-09-02T09:00:00+09:00", 3000, "2020-10-02T12:00:00+09:00")
         assert genuine.returncode == 0, genuine.stderr
         # an operator publishing as another is refused by the broker, nothing written
-        impostor = subprocess.run(
-            [sys.executable, "-m", "engine.cli", "publish", "--broker", kafka_broker.bootstrap,
-             "--client-config", str(kafka_broker.credentials("paypay")), "--operator",
-             "aupay", "--topic-prefix", prefix, "--partitions", str(PARTITIONS),
-             "--transactions", str(tmp_path / "g-txn.jsonl"), "--quiet"],
-            env={k: v for k, v in os.environ.items() if k != ENV},
-            capture_output=True, text=True, timeout=120)
+        impostor = _publish_as(kafka_broker, "paypay", "aupay", prefix, tmp_path / "impostor",
+                               "2020-09-02T09:00:00+09:00", 3000, "2020-10-02T12:00:00+09:00")
         assert impostor.returncode == 2 and "not authorized" in impostor.stderr.lower(), \
             impostor.stderr
         stats: dict[str, object] = {}
-        grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics, expect=4,
+        grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics, expect=3,
                                                  idle_timeout=20.0, stats=stats))
     finally:
         w.stop()
