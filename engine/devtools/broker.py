@@ -546,9 +546,6 @@ def _api_versions(host: str, port: int, timeout: float, tls: bool = False) -> bo
 def _count_brokers(bootstrap: str, client: dict[str, Any], timeout: float) -> int:
     """Brokers the cluster metadata lists, asked with credentials (in a thread of
     its own, so that this works from inside a running event loop too)."""
-    import asyncio
-    import concurrent.futures
-
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def ask() -> int:
@@ -560,8 +557,16 @@ def _count_brokers(bootstrap: str, client: dict[str, Any], timeout: float) -> in
         finally:
             await admin.close()
 
+    return _run_async(ask())
+
+
+def _run_async(coro: Any) -> Any:
+    """Run a coroutine to its end from synchronous code, also when the caller is itself
+    inside an event loop (the demo starts the broker from one): on a thread of its own."""
+    import concurrent.futures
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, ask()).result()
+        return pool.submit(asyncio.run, coro).result()
 
 
 def is_ready(bootstrap: str, timeout: float = 5.0, tls: bool = False) -> bool:
@@ -750,7 +755,7 @@ def add_acls(bootstrap: str, secrets_root: Path, plan: list[list[str]]) -> None:
     operators needs three dozen groups."""
     admin = load_client_config_file(security.credentials_file(secrets_root, security.ADMIN))
     try:
-        asyncio.run(security.create_acls(bootstrap, admin, plan))
+        _run_async(security.create_acls(bootstrap, admin, plan))
     except security.SecurityError as e:
         raise KafkaError(f"creating ACLs failed: {e}") from None
 
@@ -1144,8 +1149,8 @@ def add_operator(bootstrap: str, secrets_root: Path, operator_id: str,
     # the unattributed input first: an existing topic sets the partition count
     wanted = [names.input_of(None, "transaction"), *names.operator_topics(operator_id)]
     try:
-        asyncio.run(ensure_topics(bootstrap, names, 8, changelog=False, only=wanted,
-                                  client=admin))
+        _run_async(ensure_topics(bootstrap, names, 8, changelog=False, only=wanted,
+                                 client=admin))
     except Exception as e:
         raise KafkaError(f"creating the topics of {operator_id} failed: {e}") from None
     protocol = admin.get("security_protocol", "SASL_PLAINTEXT")

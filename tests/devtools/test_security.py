@@ -51,11 +51,11 @@ async def _read(bootstrap: str, topic: str, client: dict[str, Any]) -> int:
         await c.stop()
 
 
-async def _ends(bootstrap: str, topic: str) -> int:
+async def _ends(bootstrap: str, topic: str, partitions: int = 2) -> int:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **load_client_config(None))
     await c.start()
     try:
-        ends = await c.end_offsets([TopicPartition(topic, p) for p in range(2)])
+        ends = await c.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
         return sum(ends.values())
     finally:
         await c.stop()
@@ -329,3 +329,31 @@ def test_refusals_seen_by_our_clients_are_counted(kafka_broker: devbroker.Broker
     assert (value("mynapoint_kafka_authentication_failures_total") or 0) >= 1
     assert value("mynapoint_kafka_authorization_denials_total", {"resource": "topic"}) == 1
     assert value("mynapoint_kafka_authorization_denials_total", {"resource": "group"}) == 0
+
+
+def test_acls_can_be_added_from_inside_an_event_loop(kafka_broker: devbroker.Broker) -> None:
+    """`mynapoint demo` starts the broker (and creates its ACLs) from a coroutine; the
+    ACLs are in force when the call returns."""
+    b, topic = kafka_broker.bootstrap, "secured.loop-made"
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=b, **kafka_broker.client())
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 1, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    op = kafka_broker.client(OPERATOR)
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(produce_one(b, topic, op))
+
+    async def from_a_coroutine() -> None:
+        devbroker.add_acls(b, kafka_broker.data_dir, [[
+            "--allow-principal", f"User:{OPERATOR}", "--topic", topic,
+            "--operation", "Write", "--operation", "Describe"]])
+
+    asyncio.run(from_a_coroutine())
+    asyncio.run(produce_one(b, topic, op))
+    assert asyncio.run(_ends(b, topic, 1)) == 1
