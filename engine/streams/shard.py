@@ -106,23 +106,25 @@ class ShardDecider:
         self.terms = terms_of(campaign, streaming=True)
         self._lanes: dict[str, int] = {}  # source topic -> lane
 
+    def _lane_of(self, operator: str | None) -> int:
+        """The stream-time lane of an operator's input (registry order); the last one
+        for the unattributed input ("" or None) and an operator the registry lacks."""
+        code = self.registry.code(operator) if operator else -1
+        return code if code >= 0 else len(self.op_ids)
+
     def lane(self, source: str) -> int:
-        """The stream-time lane of a record first read at ``source``: its operator's
-        input (registry order), the last lane for the unattributed input."""
-        lane = self._lanes.get(source.partition("/")[0])
+        """The lane of a record first read at ``source`` (``topic/partition/...``)."""
+        topic = source.partition("/")[0]
+        lane = self._lanes.get(topic)
         if lane is None:
-            op = Topics.operator_of(source.partition("/")[0])
-            code = self.registry.code(op) if op is not None else -1
-            lane = self._lanes[source.partition("/")[0]] = code if code >= 0 \
-                else len(self.op_ids)
+            lane = self._lanes[topic] = self._lane_of(Topics.operator_of(topic))
         return lane
 
     def stream_times(self, store: ShardStore, clock: int | None) -> np.ndarray:
         lanes = np.full(len(self.op_ids) + 1, NO_TIME, np.int64)
         for name, t in store.meta.lanes.items():
-            code = self.registry.code(name) if name else len(self.op_ids)
-            if code >= 0:
-                lanes[code] = t
+            if not name or self.registry.code(name) >= 0:  # an operator since removed: none
+                lanes[self._lane_of(name)] = t
         if clock is not None:
             np.maximum(lanes, clock, out=lanes)
         return lanes
@@ -142,10 +144,7 @@ class ShardDecider:
         call.involve_waiting(int(lanes.max()), txn, final)
         call.marshal()
         follows = np.zeros(len(lanes), np.bool_)
-        for name in caught_up:
-            code = self.registry.code(name) if name else len(self.op_ids)
-            if code >= 0:
-                follows[code] = True
+        follows[[self._lane_of(name) for name in caught_up]] = True
         call.run_kernel(self.terms._replace(final=True) if final else self.terms, lanes,
                         follows)
         call.outcomes()
