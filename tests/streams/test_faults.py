@@ -150,7 +150,6 @@ def test_zombie_frozen_past_its_session_writes_nothing_that_survives(
     assert cmp.equal, str(cmp)
 
 
-@pytest.mark.parametrize("runtime", ["aiokafka"])
 def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix, scenario,
                                                       tmp_path: Path, runtime: str) -> None:
     """A second worker joins while records flow, then the first leaves: both owned
