@@ -832,6 +832,13 @@ _AREAS = [
      ("aiokafka/consumer", "aiokafka/record")),
     ("aiokafka client/connection", ("aiokafka/",)),
     ("metrics (prometheus_client, engine.metrics)", ("prometheus_client", "metrics/")),
+    # the Faust runtime's own layers (its aiokafka consumer is counted above)
+    ("Faust: stream, agent, take_events (faust.streams, .agents, .channels)",
+     ("faust/streams.py", "faust/agents/", "faust/channels.py", "faust/events.py")),
+    ("Faust: consumer thread, conductor, fetcher (faust.transport)", ("faust/transport/",)),
+    ("Faust: other (app, sensors, mode services and thread hand-over)", ("faust/", "mode/")),
+    ("Faust facade (engine.streams.faust_runtime: event -> record, queue)",
+     ("streams/faust_runtime.py",)),
     ("worker loop (engine.streams.worker: outcome JSON, batching)", ("streams/worker.py",)),
     ("asyncio event loop", ("asyncio/",)),
 ]
@@ -846,9 +853,10 @@ def _area(frames: list[str]) -> str:
 
 
 def profile_run(bootstrap: str, label: str, ds: Dataset, batch: int,
-                max_seconds: float = 0.0) -> dict[str, Any]:
+                max_seconds: float = 0.0, runtime: str = "aiokafka") -> dict[str, Any]:
     path = WORK / "profiles" / f"{label}.txt"
-    res = engine_run(bootstrap, label, ds, batch, 1, profile=path, max_seconds=max_seconds)
+    res = engine_run(bootstrap, label, ds, batch, 1, profile=path, max_seconds=max_seconds,
+                     runtime=runtime)
     if path.exists():
         res["profile"] = summarize_profile(path, res.get("profile_seconds") or 0.0)
         res["profile_file"] = str(path.relative_to(ROOT))
@@ -1049,8 +1057,11 @@ def _save(args: argparse.Namespace, results: dict[str, Any], renderer: Any, head
 
 def _runtimes(args: argparse.Namespace, results: dict[str, Any], measure: Any, broker: Any,
               batched: Dataset, single: Dataset, sz: dict[str, Any]) -> int:
-    """``--runtimes``: both runtimes on the same inputs, then the canonical agent."""
+    """``--runtimes``: both runtimes on the same inputs, then the canonical agent, then
+    (separate runs, so that the sampler does not disturb the figures) a py-spy profile
+    of each runtime draining the one-record input."""
     runs = results["runs"]
+    results["loadavg_start"] = os.getloadavg()
     try:
         for runtime in ("aiokafka", "faust"):
             measure(f"batched_{runtime}", lambda r=runtime: engine_run(
@@ -1058,6 +1069,11 @@ def _runtimes(args: argparse.Namespace, results: dict[str, Any], measure: Any, b
             measure(f"single_{runtime}", lambda r=runtime: engine_run(
                 broker.bootstrap, f"single-{r}", single, 1, 1, runtime=r))
         measure("faust", lambda: faust_run(broker.bootstrap, single, sz["faust_events"]))
+        if not args.no_profile:
+            for runtime in ("aiokafka", "faust"):
+                measure(f"profile_single_{runtime}", lambda r=runtime: profile_run(
+                    broker.bootstrap, f"profile-single-{r}", single, 1, runtime=r))
+        results["loadavg_end"] = os.getloadavg()
     finally:
         broker.stop()
         shutil.rmtree(WORK / "kafka", ignore_errors=True)

@@ -382,4 +382,64 @@ def render_runtimes(results: dict[str, Any]) -> str:
     w("- Start-up (launch to partitions assigned): "
       + ", ".join(f"{k.replace('_', ' ')} {_f(r.get(k, {}).get('startup_seconds'), 1)} s"
                   for k in ("single_aiokafka", "single_faust")) + ".")
+    la, lb = results.get("loadavg_start"), results.get("loadavg_end")
+    if la:
+        w(f"- Load average (1, 5, 15 min) at the start: {', '.join(f'{x:.2f}' for x in la)}"
+          + (f"; at the end: {', '.join(f'{x:.2f}' for x in lb)}" if lb else "") + ".")
+    _runtime_profiles(w, r, results.get("profile_rate", "?"))
     return "\n".join(out) + "\n"
+
+
+def _runtime_profiles(w: Any, r: dict[str, Any], rate: Any) -> None:
+    """Per one-record message, CPU µs by area under each runtime (py-spy samples of the
+    worker process, all its threads, divided by the messages drained)."""
+    runs = {k: r.get(f"profile_single_{k}", {}) for k in ("aiokafka", "faust")}
+    if not any(x.get("profile") for x in runs.values()):
+        return
+    w("")
+    w("### Per message: where the Faust runtime's CPU goes (py-spy)")
+    w("")
+    w(f"Separate runs of the one-record input (not the measured ones), `py-spy record "
+      f"--nonblocking -r {rate} -f raw -p <worker pid>` from `assigned partitions` to the "
+      f"last outcome. py-spy samples only busy threads (the Faust runtime's consumer thread "
+      f"too), so samples / rate / messages is the worker's CPU per message, by the "
+      f"innermost frame of ours or of a library on the stack.")
+    w("")
+
+    def per_msg(x: dict[str, Any], area: str) -> float | None:
+        p = x.get("profile")
+        if not p or not x.get("messages"):
+            return None
+        c = next((c for a, c, _ in p["areas"] if a == area), 0)
+        return 1e6 * c / rate / x["messages"] if isinstance(rate, int) else None
+
+    areas: list[str] = []
+    for x in runs.values():
+        for a, _c, _pc in (x.get("profile") or {}).get("areas", []):
+            if a not in areas:
+                areas.append(a)
+    w("| area | aiokafka runtime, µs/message | Faust runtime, µs/message |")
+    w("|---|---:|---:|")
+    totals = {k: 0.0 for k in runs}
+    for a in areas:
+        vals = {k: per_msg(x, a) for k, x in runs.items()}
+        for k, v in vals.items():
+            totals[k] += v or 0.0
+        w(f"| {a} | {_f(vals['aiokafka'], 1)} | {_f(vals['faust'], 1)} |")
+    w(f"| **all** | **{_f(totals['aiokafka'], 1)}** | **{_f(totals['faust'], 1)}** |")
+    w("")
+    for k, x in runs.items():
+        p = x.get("profile")
+        if not p:
+            w(f"- {k} runtime: no profile ({x.get('profile_error') or x.get('error')})")
+            continue
+        w(f"- {k} runtime: {x.get('messages', 0):,} messages, {_f(x.get('txn_per_s'))} "
+          f"transactions/s while profiled, {p['samples']:,} samples; raw stacks in "
+          f"`{x.get('profile_file')}`.")
+    fp = runs["faust"].get("profile")
+    if fp:
+        w("")
+        w("| Faust runtime: top functions by own (self) time | self |")
+        w("|---|---:|")
+        for f, _c, pc in fp["self"][:12]:
+            w(f"| `{f}` | {pc:.1f} % |")

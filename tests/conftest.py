@@ -36,3 +36,10 @@ def settled_campaign(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., 
         return made[key]
 
     return make
+
+
+@pytest.fixture(params=("aiokafka", "faust"))
+def runtime(request: pytest.FixtureRequest) -> str:
+    """The worker runtime a test runs under: each of them, one suite (the stream,
+    broker-fault and security tests that start a worker take it)."""
+    return str(request.param)

@@ -294,10 +294,10 @@ def test_commands_authenticate_with_client_config(kafka_broker: devbroker.Broker
 
 def test_worker_refused_by_acls_says_so_in_one_line(kafka_broker: devbroker.Broker,
                                                     secured_topics: Topics,
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path, runtime: str) -> None:
     r = _cli("worker", "--broker", kafka_broker.bootstrap, "--topic-prefix",
              secured_topics.prefix, "--partitions", "2", "--state-dir", str(tmp_path),
-             "--client-config", str(kafka_broker.credentials(OPERATOR)))
+             "--client-config", str(kafka_broker.credentials(OPERATOR)), "--runtime", runtime)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Authorization" in r.stderr and "Traceback" not in r.stderr

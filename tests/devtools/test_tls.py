@@ -82,3 +82,30 @@ def test_make_certs_names_extra_hosts(tmp_path: Path) -> None:
                              str(tmp_path / "c" / "broker-cert.pem")],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_a_worker_settles_over_tls_as_the_engine(tls_broker: devbroker.Broker,
+                                                 settled_campaign: Any, tmp_path: Path,
+                                                 runtime: str) -> None:
+    """The worker, under each runtime, as the ``engine`` principal over SASL_SSL with
+    the deployment's ACLs in force: its outcomes equal offline ``settle``'s."""
+    from engine.kafka.client_config import ENV
+    from engine.kafka.topics import ensure_topics
+    from tests.kafka_fixtures import client_config_of, new_prefix
+    from tests.streams.harness import PARTITIONS, collect_and_compare, publish, topics_for, worker
+
+    sc = settled_campaign(60, 500, 5)
+    b, prefix = tls_broker.bootstrap, new_prefix()
+    topics = topics_for(prefix)
+    with client_config_of(tls_broker.credentials(security.ADMIN)):  # the test's own clients
+        asyncio.run(ensure_topics(b, topics, PARTITIONS))
+        devbroker.add_acls(b, tls_broker.data_dir, security.acl_plan(topics, topics.operators))
+        w = worker(b, prefix, tmp_path, env={ENV: str(tls_broker.credentials(security.ENGINE))},
+                   runtime=runtime).start()
+        try:
+            publish(b, prefix, sc, tmp_path / "m.parquet", 100)
+            cmp, grants, _ = collect_and_compare(b, prefix, sc, tmp_path / "m.parquet")
+        finally:
+            w.stop()
+    assert cmp.equal, str(cmp)
+    assert grants.num_rows == sc.offline.grants.num_rows > 0

@@ -25,9 +25,6 @@ from engine.tools.publish import publish_files
 from tests.builders import Scenario, make_scenario  # noqa: F401  (the streams tests' import)
 
 PARTITIONS = 4
-# The worker's runtimes: the stream tests that take the ``runtime`` fixture run under
-# each (tests/streams/conftest.py)
-RUNTIMES = ("aiokafka", "faust")
 LAST_STATS: dict[str, object] = {}  # collect's counts from the last collect_and_compare
 # counts of the fault tests' last run, quoted by docs/RELIABILITY.md
 REPORT_DIR = Path(__file__).resolve().parents[2] / ".reliability"
@@ -91,6 +88,12 @@ def output_end(bootstrap: str, prefix: str) -> int:
 
 def records_in(sc: Scenario) -> int:
     return sum(len(p.read_bytes().splitlines()) for p in (sc.enrollments, sc.transactions))
+
+
+def report_name(name: str, runtime: str) -> str:
+    """A fault report's name: the default runtime's keeps the name RELIABILITY.md has
+    always quoted, another runtime's gets its suffix."""
+    return name if runtime == "aiokafka" else f"{name}_{runtime}"
 
 
 def fault_report(name: str, sc: Scenario, cmp: Comparison, **facts: object) -> dict[str, object]:

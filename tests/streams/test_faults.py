@@ -38,6 +38,7 @@ from tests.streams.harness import (
     output_end,
     output_end_offsets,
     publish,
+    report_name,
     topics_for,
     worker,
     write_report,
@@ -65,12 +66,6 @@ def _outcomes_beyond(bootstrap: str, prefix: str, count: int, wait: float = 60.0
         assert time.monotonic() < deadline, f"no outcome beyond {count} within {wait} s"
         time.sleep(0.2)
     return n
-
-
-def _named(report: str, runtime: str) -> str:
-    """The fault report's name: the default runtime's keeps the name RELIABILITY.md
-    quotes."""
-    return report if runtime == "aiokafka" else f"{report}_{runtime}"
 
 
 def _ignored_in_logs(log_dir: Path) -> int:
@@ -107,7 +102,7 @@ def test_sigkill_three_times_inside_batches(kafka_broker, topic_prefix, scenario
     finally:
         w.stop()
         t.join()
-    fault_report(_named("sigkill_x3", runtime), scenario, cmp, kills_inside_batches=kills)
+    fault_report(report_name("sigkill_x3", runtime), scenario, cmp, kills_inside_batches=kills)
     assert kills == 3, "a kill landed after publishing ended: slow publishing down"
     assert cmp.equal, str(cmp)
 
@@ -153,11 +148,7 @@ def test_zombie_frozen_past_its_session_writes_nothing_that_survives(
 def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix, scenario,
                                                       tmp_path: Path, runtime: str) -> None:
     """A second worker joins while records flow, then the first leaves: both owned
-    partitions, and outcomes were produced before, between and after the changes.
-    Under the aiokafka runtime only: the Faust runtime lost one record in one of two
-    clean-clone runs of this test (a rebalance while records flow), not yet diagnosed;
-    until it is, the Faust runtime is not for groups that rebalance under load
-    (docs/ARCHITECTURE.md, "The Faust runtime")."""
+    partitions, and outcomes were produced before, between and after the changes."""
     prefix = topic_prefix()
     bootstrap = kafka_broker.bootstrap
     a = worker(bootstrap, prefix, tmp_path, "a", runtime=runtime).start()
@@ -182,7 +173,7 @@ def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix,
         if b is not None:
             b.stop()
         t.join()
-    fault_report(_named("scale_out", runtime), scenario, cmp, outcomes_before_join=before_join,
+    fault_report(report_name("scale_out", runtime), scenario, cmp, outcomes_before_join=before_join,
                  outcomes_before_leave=before_leave, outcomes_after_leave=after_leave)
     assert 0 < before_join < before_leave <= after_leave < total
     assert cmp.equal, str(cmp)

@@ -51,14 +51,15 @@ def _publish_as(kafka_broker: devbroker.Broker, principal: str, operator: str, p
 
 
 def test_a_forged_record_is_one_mismatch_on_the_senders_outputs_and_changes_nothing(
-        kafka_broker: devbroker.Broker, topic_prefix, tmp_path: Path) -> None:
+        kafka_broker: devbroker.Broker, topic_prefix, tmp_path: Path, runtime: str) -> None:
     prefix = topic_prefix()
     topics = topics_for(prefix)
     asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, PARTITIONS))
     devbroker.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
                        security.acl_plan(topics, topics.operators))
     w = worker(kafka_broker.bootstrap, prefix, tmp_path / "w",
-               env={ENV: str(kafka_broker.credentials(security.ENGINE))}).start()
+               env={ENV: str(kafka_broker.credentials(security.ENGINE))},
+               runtime=runtime).start()
     try:
         # paypay sends, on its own topics, an application and a charge claiming aupay
         forged = _publish_as(kafka_broker, "paypay", "paypay", prefix, tmp_path / "forged",

@@ -1,0 +1,48 @@
+"""bench/stream_report.py and bench_stream's profile areas: the Runtimes section's
+per-message profile is the samples' CPU divided by the messages drained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.bench_stream import summarize_profile
+from bench.stream_report import render_runtimes
+
+SITE = ".venv/lib/python3.11/site-packages"
+
+
+def _run(rate: float, messages: int, profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"txn_per_s": rate, "seconds": 1.0, "messages": messages, "count": 10,
+            "expected_outcomes": 10, "cpu": {"own_cores": 1.0, "wall": 1.0},
+            "profile": profile, "profile_file": "p.txt"}
+
+
+def test_faust_frames_get_their_own_areas_and_the_table_is_per_message(tmp_path: Path) -> None:
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        f"_drain_messages ({SITE}/faust/transport/consumer.py:1200) 30\n"
+        f"take_events ({SITE}/faust/streams.py:480);"
+        f"put (engine/streams/faust_runtime.py:120) 20\n"
+        f"take_events ({SITE}/faust/streams.py:480) 40\n"
+        f"decide (engine/streams/shard.py:10) 10\n")
+    fp = summarize_profile(raw, 1.0)
+    areas = {a: c for a, c, _ in fp["areas"]}
+    assert areas == {"Faust: consumer thread, conductor, fetcher (faust.transport)": 30,
+                     "Faust facade (engine.streams.faust_runtime: event -> record, queue)": 20,
+                     "Faust: stream, agent, take_events (faust.streams, .agents, .channels)": 40,
+                     "decide: state lookups + kernel (engine.streams.shard, rules.kernel)": 10}
+    ap = {"samples": 5, "areas": [("decide: state lookups + kernel (engine.streams.shard, "
+                                   "rules.kernel)", 5, 100.0)], "self": []}
+    results = {"machine": {"nproc": 2, "cpu": "x"}, "sizes": {
+        "batched_users": 1, "batched_txns": 1, "batch": 1, "single_users": 1,
+        "single_txns": 1, "faust_events": 1}, "date": "d", "mode": "full",
+        "engine": {"start": "c"}, "profile_rate": 100, "loadavg_start": (1.5, 1.0, 0.5),
+        "runs": {"profile_single_aiokafka": _run(9.0, 1000, ap),
+                 "profile_single_faust": _run(3.0, 1000, fp)}}
+    md = render_runtimes(results)
+    # 100 samples at 100 Hz = 1 s of CPU over 1,000 messages: 1,000 µs each
+    assert "| **all** | **50.0** | **1,000.0** |" in md
+    assert "| Faust: stream, agent, take_events (faust.streams, .agents, .channels) | 0.0 | " \
+           "400.0 |" in md
+    assert "Load average (1, 5, 15 min) at the start: 1.50, 1.00, 0.50" in md
