@@ -29,9 +29,11 @@ from engine.rules.strings import format_utc, kafka_partitions, rfc3339_utc
 from engine.streams.decode import SUB_BITS, InBatch
 from engine.streams.state import (
     META_KEY,
+    WAIT_PREFIX,
     Parked,
     PersonState,
     ShardStore,
+    Staged,
     TxnEntry,
     encode,
     txn_key,
@@ -70,7 +72,7 @@ class ShardResult:
     grants: list[Outcome] = field(default_factory=list)
     rejections: list[Outcome] = field(default_factory=list)
     reroute: list[Reroute] = field(default_factory=list)
-    blobs: dict[str, bytes] = field(default_factory=dict)
+    blobs: Staged = field(default_factory=dict)
     outcomes: dict[str, list[str]] = field(default_factory=dict)
     points: int = 0
     clawed_back: int = 0
@@ -438,12 +440,16 @@ class _Call:
             states[pi].parked.append(pk)
         store, res = self.store, self.res
         timeout = self.d.campaign.park_timeout
+        blobs = res.blobs
         for pi, st in enumerate(states):
             key = self.plist[pi]
             if st.parked:
-                store.parked[key] = min(p.received for p in st.parked) + timeout
-            else:
-                store.parked.pop(key, None)
-            res.blobs[key] = encode(st)
+                first = min(p.received for p in st.parked)
+                if store.parked.get(key) != first + timeout:
+                    blobs[WAIT_PREFIX + key] = encode(first)
+                store.parked[key] = first + timeout
+            elif store.parked.pop(key, None) is not None:
+                blobs[WAIT_PREFIX + key] = None
+            blobs[key] = encode(st)
         res.blobs[META_KEY] = encode(store.meta)
         res.parked = len(store.parked)
