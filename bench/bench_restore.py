@@ -100,11 +100,12 @@ def take_over(bootstrap: str, prefix: str, name: str) -> tuple[float, int, str]:
         text = log.read_text()
     finally:
         w.stop()
-    m = re.search(r"partition 0 restored: (\d+) changelog records read .* in ([0-9.]+) s", text)
-    assert m, text
+    m = re.search(r"partition 0 restored: (\d+) changelog records read", text)
+    done = re.search(r"partition 0 taken over in ([0-9.]+) s", text)
+    assert m and done, text
     assignments = text.count("assigned partitions")
     evicted = "Heartbeat failed" in text or "rebalance" in text.lower()
-    return float(m[2]), int(m[1]), f"{assignments} assignment(s), evicted: {evicted}"
+    return float(done[1]), int(m[1]), f"{assignments} assignment(s), evicted: {evicted}"
 
 
 def main() -> int:

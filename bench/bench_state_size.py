@@ -30,7 +30,7 @@ from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL  # noqa: E402
 from engine.rules.model import NO_TIME  # noqa: E402
 from engine.streams.decode import decode_messages  # noqa: E402
 from engine.streams.logic import PartitionLogic  # noqa: E402
-from engine.streams.state import META_KEY, ShardStore  # noqa: E402
+from engine.streams.state import META_KEY, ShardStore, is_person_key  # noqa: E402
 from engine.tools.generate import generate_tables, write_jsonl  # noqa: E402
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
@@ -76,8 +76,9 @@ def main() -> int:
     for k, v in logic.store.db.items():
         if k == META_KEY.encode():
             continue
-        people += 1
-        value_bytes += len(v)
+        value_bytes += len(v)  # the wait index is state too
+        if is_person_key(k):
+            people += 1
         largest = max(largest, len(v))
     logic.store.close()
     disk = _dir_bytes(work / "p0")

@@ -24,7 +24,7 @@ class Outgoing:
 
     partition: int
     key: bytes | None
-    value: bytes
+    value: bytes | None   # None: a tombstone (compaction removes the key)
     timestamp_ms: int | None = None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
@@ -80,7 +80,7 @@ class BatchSender:
             return
         await self.send(m.partition)
         if not self._fits(m, tag):
-            raise ValueError(f"a message for {self.topic} of {len(m.value):,} bytes exceeds "
+            raise ValueError(f"a message for {self.topic} of {len(m.value or b''):,} bytes exceeds "
                              "the producer batch size")
 
     async def send(self, partition: int) -> None:
@@ -117,7 +117,7 @@ class BatchSender:
 
 
 # key, value, headers, timestamp (ms, None = now): the worker's outcome and changelog rows
-Message = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int | None]
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
 
 
 async def send_batched(producer: Any, topic: str, partition: int,

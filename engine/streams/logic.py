@@ -25,7 +25,7 @@ from __future__ import annotations
 from engine.rules.model import NO_TIME, Campaign, Registry
 from engine.streams.decode import InBatch
 from engine.streams.shard import ShardDecider, ShardResult
-from engine.streams.state import ShardMeta, ShardStore
+from engine.streams.state import ShardMeta, ShardStore, Staged
 
 
 class PartitionLogic:
@@ -35,7 +35,7 @@ class PartitionLogic:
         self.store = store
         self.park_timeout = campaign.park_timeout
         self._decider = ShardDecider(campaign, registry, partitions)
-        self._staged: dict[str, bytes] = {}
+        self._staged: Staged = {}
 
     # ------------------------------------------------------------------ phases
     def decide(self, enrollments: InBatch | None, transactions: InBatch | None,
@@ -55,8 +55,8 @@ class PartitionLogic:
         return self._stage(self._decider.decide(self.store, self.partition, None, None,
                                                 final=True))
 
-    def snapshot(self) -> dict[str, bytes]:
-        """State records (key → value) changed since the last :meth:`commit`."""
+    def snapshot(self) -> Staged:
+        """State records (key → value, None: deleted) changed since the last :meth:`commit`."""
         return dict(self._staged)
 
     def commit(self, changelog_offset: int) -> None:
@@ -71,7 +71,7 @@ class PartitionLogic:
         self._staged = {}
         self.store.discard_unapplied(self.park_timeout)
 
-    def restore(self, records: list[tuple[bytes, bytes, int, int | None]]) -> int:
+    def restore(self, records: list[tuple[bytes, bytes | None, int, int | None]]) -> int:
         """Apply changelog records (key, value, offset, fence tag); returns how many
         a fenced-off writer wrote (ignored)."""
         ignored = self.store.restore(records)

@@ -4,7 +4,8 @@ Each input partition ``p`` (of enrollments and transactions alike) owns a
 :class:`ShardStore`: a RocksDB database (rocksdict) on local disk, mirrored to
 partition ``p`` of a compacted changelog topic so that any worker can rebuild
 it. Values are msgpack (msgspec) blobs of :class:`PersonState`; one meta key
-holds the shard's stream time and the changelog offset the local copy has.
+holds the shard's stream time and the changelog offset the local copy has; the
+``__wait__/`` keys index the people with waiting records.
 
 Why per-person high-water marks (``marks``): outputs are produced, then state,
 then input offsets are committed. A crash after some people's state was written
@@ -26,6 +27,13 @@ from rocksdict import Options, Rdict, WriteBatch
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
+# "__wait__/<mykey_id>" -> the earliest received_at of the person's waiting records
+# (msgpack int; the deadline adds the campaign's park timeout); deleted (a tombstone
+# in the changelog) when nothing waits any more.
+# An index beside the people, so that a take-over finds the waits by reading this
+# key range instead of decoding every person (docs/DECISIONS.md).
+WAIT_PREFIX = "__wait__/"
+_WAIT_B = WAIT_PREFIX.encode()
 
 
 class TxnEntry(msgspec.Struct, array_like=True):
@@ -97,6 +105,7 @@ _enc = msgspec.msgpack.Encoder()
 _dec_person = msgspec.msgpack.Decoder(PersonState)
 _dec_meta = msgspec.msgpack.Decoder(ShardMeta)
 _dec_fence = msgspec.msgpack.Decoder(Fence)
+_dec_int = msgspec.msgpack.Decoder(int)
 
 
 def encode(obj: Any) -> bytes:
@@ -109,6 +118,15 @@ def decode_person(b: bytes) -> PersonState:
 
 def decode_meta(b: bytes) -> ShardMeta:
     return _dec_meta.decode(b)
+
+
+def is_person_key(k: bytes) -> bool:
+    """A key of the store that holds a :class:`PersonState` (not meta, fence or index)."""
+    return k != META_KEY.encode() and k != FENCE_KEY and not k.startswith(_WAIT_B)
+
+
+# what a batch stages: key -> value, None deleting the key
+Staged = dict[str, bytes | None]
 
 
 class ShardStore:
@@ -144,11 +162,14 @@ class ShardStore:
             self.cache[key] = st
         return st
 
-    def apply(self, blobs: dict[str, bytes], changelog_offset: int) -> None:
+    def apply(self, blobs: Staged, changelog_offset: int) -> None:
         """Persist blobs already acknowledged by the changelog, then the meta."""
         wb = WriteBatch(raw_mode=True)
         for k, v in blobs.items():
-            wb.put(k.encode(), v)
+            if v is None:
+                wb.delete(k.encode())
+            else:
+                wb.put(k.encode(), v)
         self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
         wb.put(META_KEY.encode(), encode(self.meta))
         self.db.write(wb)
@@ -166,7 +187,7 @@ class ShardStore:
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=self.no_time)
         self.rebuild_parked_index(timeout)
 
-    def restore(self, records: list[tuple[bytes, bytes, int, int | None]]) -> int:
+    def restore(self, records: list[tuple[bytes, bytes | None, int, int | None]]) -> int:
         """Apply changelog records (key, value, offset, fence tag) newer than the
         local copy; return how many were ignored as a fenced-off writer's.
 
@@ -185,14 +206,16 @@ class ShardStore:
             self.meta.changelog_offset = off
             if k == FENCE_KEY:
                 self.meta.fence = off
-                if _dec_fence.decode(v).reset:
+                if v is not None and _dec_fence.decode(v).reset:
                     wb = WriteBatch(raw_mode=True)  # nothing before a reset survives
                     self._wipe()
                 continue
             if tag is not None and tag < self.meta.fence:
                 ignored += 1
                 continue
-            if k == meta_key:
+            if v is None:
+                wb.delete(k)  # a tombstone: the key's end (a wait index entry)
+            elif k == meta_key:
                 m = decode_meta(v)
                 self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
                 for lane, t in m.lanes.items():
@@ -224,14 +247,14 @@ class ShardStore:
         self._wipe(keep_position=False)
 
     def rebuild_parked_index(self, timeout: int) -> None:
+        """The people with waiting records, from the ``__wait__/`` key range."""
         self.parked.clear()
-        for k, v in self.db.items():  # raw mode: keys and values are bytes
-            if k == META_KEY.encode():
-                continue
-            st = decode_person(v)
-            if st.parked:
-                self.parked[k.decode()] = min(  # type: ignore[union-attr]
-                    p.received for p in st.parked) + timeout
+        skip = len(_WAIT_B)
+        for k, v in self.db.items(from_key=_WAIT_B):
+            key, raw = bytes(k), bytes(v)  # type: ignore[arg-type]  # raw mode: bytes
+            if not key.startswith(_WAIT_B):
+                break
+            self.parked[key[skip:].decode()] = _dec_int.decode(raw) + timeout
 
     def close(self) -> None:
         self.db.close()

@@ -285,14 +285,18 @@ class Worker:
     async def _restore(self, reader: AIOKafkaConsumer, store: ShardStore, p: int) -> None:
         assert self.admin is not None and self.producer is not None
         t0 = time.perf_counter()
-        read, ignored = await recovery.take_over(reader, self.admin, self.producer,
-                                                 self.topics, store, p,
-                                                 self._restore_progress)
-        self.metrics.fenced_records_ignored(ignored)
+
+        def restored(read: int, ignored: int) -> None:
+            self.metrics.fenced_records_ignored(ignored)
+            log.info("partition %d restored: %d changelog records read (%d of a fenced-off "
+                     "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0,
+                     extra={"partition": p})
+
+        await recovery.take_over(reader, self.admin, self.producer, self.topics, store, p,
+                                 self._restore_progress, restored)
         store.rebuild_parked_index(self.campaign.park_timeout)
-        log.info("partition %d restored: %d changelog records read (%d of a fenced-off "
-                 "writer ignored) in %.2f s", p, read, ignored, time.perf_counter() - t0,
-                 extra={"partition": p})
+        log.info("partition %d taken over in %.2f s (inputs checked)", p,
+                 time.perf_counter() - t0, extra={"partition": p})
 
     def _restore_progress(self, p: int, remaining: int) -> None:
         self.metrics.set_restore_remaining(p, remaining)

@@ -1,20 +1,30 @@
 """The shard store without Kafka: what is applied survives a cache drop and a
-reopen, and the cache stays bounded."""
+reopen, the cache stays bounded, and the index of waiting people matches them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.config import DEFAULT_CAMPAIGN
 from engine.rules.model import NO_TIME
 from engine.streams.state import (
     FENCE_KEY,
     META_KEY,
+    WAIT_PREFIX,
     Fence,
     PersonState,
     ShardStore,
     TxnEntry,
+    decode_person,
     encode,
+    is_person_key,
 )
+from tests import builders
+from tests.streams.feed import T0, Feed, H, txn
 
 
 def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
@@ -120,3 +130,82 @@ def test_reset_forgets_a_foreign_local_copy_position_included(tmp_path: Path) ->
     again = ShardStore(tmp_path / "p4", NO_TIME)
     assert again.meta.changelog_offset == -1 and again.get("personAA") == PersonState()
     again.close()
+
+
+_PEOPLE = ["Wait0001", "Wait0002", "Wait0003"]
+_op = st.one_of(
+    st.tuples(st.just("txn"), st.sampled_from(_PEOPLE), st.integers(0, 60)),
+    st.tuples(st.just("refund"), st.sampled_from(_PEOPLE), st.integers(0, 60)),
+    st.tuples(st.just("enr"), st.sampled_from(_PEOPLE), st.integers(0, 60)),
+    st.tuples(st.just("expire"), st.just(""), st.integers(0, 60)),
+)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(_op, min_size=1, max_size=12))
+def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
+        tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, int]]) -> None:
+    """The ``__wait__/`` keys (what a take-over reads instead of every person) always
+    name exactly the people with waiting records and their earliest deadline: the
+    reference is a decode of every person; both in the local copy and in a store
+    restored from the changelog records the batches wrote (tombstones included)."""
+    tmp = tmp_path_factory.mktemp("wait")
+    f = Feed(tmp)
+    written: list[dict[str, bytes | None]] = []
+    commit = f.logic.commit
+
+    def logged(offset: int) -> None:
+        written.append(f.logic.snapshot())
+        commit(offset)
+
+    f.logic.commit = logged  # type: ignore[method-assign]
+    timeout = DEFAULT_CAMPAIGN.park_timeout
+    for n, (what, person, hours) in enumerate(ops):
+        ts = T0 + hours * H
+        if what == "expire":
+            f.logic.expire(ts * 1000)
+            f.logic.commit(f.batches)
+        elif what == "enr":
+            f.poll("enrollment", [{"rec": builders.enr(person), "ts": ts}])
+        else:
+            extra = {"kind": "refund", "original_txn_id": "missing", "amount": 10} \
+                if what == "refund" else {}
+            f.poll("transaction", [txn(f"t{n}", ts, person=person, **extra)])
+        scan = {}
+        for k, v in f.store.db.items():
+            if is_person_key(k):
+                waiting = decode_person(v).parked
+                if waiting:
+                    scan[k.decode()] = min(p.received for p in waiting) + timeout
+        assert f.store.parked == scan
+        f.store.rebuild_parked_index(timeout)
+        assert f.store.parked == scan
+    f.store.close()
+    restored = ShardStore(tmp / "restored", NO_TIME)
+    offset = 0
+    records = []
+    for snap in written:
+        for k, v in snap.items():
+            records.append((k.encode(), v, offset, None))
+            offset += 1
+    restored.restore(records)
+    restored.rebuild_parked_index(timeout)
+    assert restored.parked == scan
+    restored.close()
+
+
+def test_an_ended_wait_deletes_its_index_key_locally_and_in_the_changelog(
+        tmp_path: Path) -> None:
+    f = Feed(tmp_path)
+    f.poll("transaction", [txn("waits", T0)])
+    key = (WAIT_PREFIX + "Wait0001").encode()
+    assert f.store.db.get(key) is not None
+    # the enrollment ends the wait: the index key goes, as a tombstone
+    staged: list[dict[str, bytes | None]] = []
+    commit = f.logic.commit
+    f.logic.commit = lambda o: (staged.append(f.logic.snapshot()), commit(o))[1]  # type: ignore[method-assign]
+    f.poll("enrollment", [{"rec": builders.enr("Wait0001"), "ts": T0 + 1}])
+    assert staged[0][WAIT_PREFIX + "Wait0001"] is None
+    assert f.store.db.get(key) is None and not f.store.parked
+    f.store.close()
