@@ -33,8 +33,8 @@ the take-over needs.
 - **Rebalances.** Faust's ``on_partitions_revoked``/``on_partitions_assigned``
   signals call the worker's own handlers (stores closed; take-over in the
   background, the partition held back until it is done).
-- Not used: Faust tables and their changelogs (the engine's state is columnar per
-  partition, not per key), ``exactly_once`` (open duplicate bugs, and the engine's
+- Not used: Faust tables and their changelogs (the engine keeps its own store and
+  fenced changelog per partition), ``exactly_once`` (open duplicate bugs, and the engine's
   checkpoint already gives identical outcomes on redelivery), Faust's web server
   (off unless ``MYNAPOINT_FAUST_WEB=1``; it then binds 127.0.0.1), its leader topic
   and topic creation (the worker creates the engine's topics itself), Faust's
