@@ -17,8 +17,9 @@ import argparse
 import sys
 import tempfile
 import time
-from collections import namedtuple
+from collections import Counter, namedtuple
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_settle import machine, write_section  # noqa: E402
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY  # noqa: E402
 from engine.io.readers import split_lines  # noqa: E402
-from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL  # noqa: E402
+from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, UNATTRIBUTED, Topics  # noqa: E402
 from engine.rules.model import NO_TIME  # noqa: E402
+from engine.streams import shard  # noqa: E402
 from engine.streams.decode import decode_messages  # noqa: E402
 from engine.streams.logic import PartitionLogic  # noqa: E402
 from engine.streams.state import META_KEY, ShardStore, is_person_key  # noqa: E402
@@ -41,6 +43,32 @@ def _chunks(lines: list[bytes], topic: str) -> list[list[Msg]]:
     return [[Msg(topic, 0, k, None, None, b"\n".join(lines[i:i + CHUNK]),
                  [(FORMAT_HEADER, FORMAT_JSONL)])]
             for k, i in enumerate(range(0, len(lines), CHUNK))]
+
+
+_PHASES = {"select": "select (records, people, redelivery marks)",
+           "involve_waiting": "waiting records due",
+           "marshal": "marshal (state objects → kernel arrays)",
+           "run_kernel": "numba kernel",
+           "outcomes": "outcome rows",
+           "new_state": "new state (arrays → objects, msgpack encode per person)"}
+
+
+def _time_phases() -> Counter[str]:
+    """Seconds per step of the shard's decide (the bench's own process only)."""
+    spent: Counter[str] = Counter()
+
+    def timed(f: Any, label: str) -> Any:
+        def step(self: Any, *args: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return f(self, *args)
+            finally:
+                spent[label] += time.perf_counter() - t
+        return step
+
+    for name, label in _PHASES.items():
+        setattr(shard._Call, name, timed(getattr(shard._Call, name), label))
+    return spent
 
 
 def _dir_bytes(path: Path) -> int:
@@ -61,15 +89,25 @@ def main() -> int:
     t_lines, _ = split_lines((work / "t.jsonl").read_bytes())
     logic = PartitionLogic(DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1, 0,
                            ShardStore(work / "p0", NO_TIME))
+    phases = _time_phases()
+    # topic names of the length the engine's are: the redelivery marks hold them
+    topics = Topics("mynapoint")
     t0 = time.perf_counter()
-    n = 0
-    for rtype, polls in (("enrollment", _chunks(e_lines, "e")),
-                         ("transaction", _chunks(t_lines, "t"))):
+    n = written = 0
+    for rtype, polls in (("enrollment", _chunks(e_lines, topics.input_of(UNATTRIBUTED,
+                                                                            "enrollment"))),
+                         ("transaction", _chunks(t_lines, topics.input_of(UNATTRIBUTED,
+                                                                             "transaction")))):
         for poll in polls:
+            t = time.perf_counter()
             b = decode_messages(poll, rtype, DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 26)
+            phases["decode (JSON Lines → validated columns)"] += time.perf_counter() - t
             logic.decide(b if rtype == "enrollment" else None,
                          b if rtype == "transaction" else None)
+            written += sum(len(v) for v in logic.snapshot().values() if v is not None)
+            t = time.perf_counter()
             logic.commit(n)
+            phases["commit (RocksDB write of the staged values)"] += time.perf_counter() - t
             n += 1
     seconds = time.perf_counter() - t0
     people = value_bytes = largest = 0
@@ -83,6 +121,9 @@ def main() -> int:
     logic.store.close()
     disk = _dir_bytes(work / "p0")
     per_person = value_bytes / max(people, 1)
+    records = enr.num_rows + txn.num_rows
+    rows = "\n".join(f"| {k} | {v:.2f} | {100 * v / seconds:.0f} % |"
+                     for k, v in phases.most_common())
     txn_per_person = a.transactions / max(people, 1)
     verdict = "met" if per_person <= 100 else f"missed ({per_person:.0f} B)"
     text = f"""## State per person
@@ -102,6 +143,13 @@ settlement logic in chunks of {CHUNK:,} records (no broker; {seconds:.1f} s).
 | state value bytes per person (changelog = RocksDB value) | **{per_person:.0f} B** |
 | largest person | {largest:,} B |
 | RocksDB directory on disk per person (compressed, with overhead) | {disk / max(people, 1):.0f} B |
+| state bytes written (changelog and RocksDB) per record decided | {written / records:.0f} B |
+
+Where the {seconds:.1f} s went (one process, `time.perf_counter` around each step):
+
+| step | seconds | share |
+|---|---:|---:|
+{rows}
 
 Target ≤ 100 B per person: {verdict}. Today's layout is one msgpack value per person
 holding every first-seen transaction (kind, amount, time, original, status, refunded,
