@@ -292,25 +292,40 @@ def _json_rows(inp: _Input) -> list[bytes]:
     return out
 
 
-def _run_chunk_plan(groups: np.ndarray, parts: np.ndarray, size: int) -> list[np.ndarray]:
-    """Chunks for records bound for several topics: per partition, in file order, a
-    chunk ends where the next record goes to another topic (or at ``size``), so that
-    the worker's merge of a partition's topics by message timestamp (engine.streams
-    .order, with the timestamps :func:`_messages` assigns) reads them in file order,
-    as the shared topics did and as offline ``settle`` decides."""
-    open_: dict[int, tuple[int, list[int]]] = {}  # partition -> (group, records)
+def _run_chunk_plan(groups: np.ndarray, parts: np.ndarray, persons: list[bytes | None],
+                    size: int) -> list[np.ndarray]:
+    """Chunks for records bound for several topics that the worker merges by message
+    timestamp (engine.streams.order, with the timestamps :func:`_messages` assigns):
+    per partition and topic, in file order, up to ``size`` records; a chunk is closed
+    (sent) before a record of one of its people goes to another topic, so each
+    person's records reach the worker in file order, which is all that offline
+    ``settle``'s file order decides (people are decided independently). Records of
+    different people may interleave freely: chunking by run of topic instead made
+    one message per one or two records of a mixed-operator file."""
+    open_: dict[tuple[int, int], list[int]] = {}   # (partition, group) -> records
+    where: dict[bytes, int] = {}                    # person -> group of its open chunk
     plan: list[tuple[int, np.ndarray]] = []
 
-    def close(p: int) -> None:
-        _, idx = open_.pop(p)
+    def close(p: int, g: int) -> None:
+        idx = open_.pop((p, g))
         plan.append((idx[-1], np.asarray(idx, dtype=np.int64)))
 
-    for i, (g, p) in enumerate(zip(groups.tolist(), parts.tolist(), strict=True)):
-        if p in open_ and (open_[p][0] != g or len(open_[p][1]) == size):
-            close(p)
-        open_.setdefault(p, (g, []))[1].append(i)
-    for p in list(open_):
-        close(p)
+    for i, (g, p, k) in enumerate(zip(groups.tolist(), parts.tolist(), persons,
+                                      strict=True)):
+        if k is not None:
+            og = where.get(k)
+            if og is not None and og != g and (p, og) in open_:
+                close(p, og)
+            where[k] = g
+        chunk = open_.get((p, g))
+        if chunk is not None and len(chunk) == size:
+            close(p, g)
+            chunk = None
+        if chunk is None:
+            chunk = open_[(p, g)] = []
+        chunk.append(i)
+    for p, g in list(open_):
+        close(p, g)
     plan.sort(key=lambda c: c[0])
     return [c for _, c in plan]
 
@@ -404,7 +419,7 @@ def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int,
 
     ts_arr = np.asarray(ts, dtype=np.int64)
     groups = targets.astype(np.int64) * n_parts + parts
-    plan = _run_chunk_plan(groups, parts, batch) if merged \
+    plan = _run_chunk_plan(groups, parts, keys, batch) if merged \
         else _chunk_plan(groups, int(targets.max(initial=0) + 1) * n_parts, batch)
     previous: dict[int, int] = {}  # partition -> timestamp of its last message
     for chunk in plan:

@@ -21,6 +21,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.config import DEFAULT_REGISTRY
 from engine.devtools import broker as devbroker
@@ -532,30 +534,61 @@ def test_oversized_chunks_split_in_order(tmp_path: Path, monkeypatch: pytest.Mon
         list(publish_mod._messages(inp, parts, 1, 100))
 
 
-def test_enrollments_for_several_topics_come_back_in_file_order_through_the_merge(
-        tmp_path: Path) -> None:
-    """Chunks of enrollments routed to several operators' topics, merged by (message
-    timestamp, topic) as the worker merges them, give every partition's records in
-    file order, also where the file's times go backwards."""
+def _merged_order(msgs: list[Any], ops: list[str], parts: np.ndarray) -> list[int]:
+    """Record indices as the worker's merge by (message timestamp, topic) reads them,
+    partition by partition."""
     from engine.streams.order import merge_topics
 
-    ops = ["paypay", "aupay", "suica"]
-    lines = [orjson.dumps({"mykey_id": f"P{i % 7:03d}abcd",
-                           "operator_id": ops[(i * 7 + i // 3) % 3],
-                           "applied_at": f"2020-09-{1 + (i * 5) % 28:02d}T10:00:00+09:00"})
-             for i in range(200)]
-    inp = publish_mod.read_input(write_lines(tmp_path / "e.jsonl", lines), "enrollment")
-    parts = np.asarray([partition_for(k, PARTS) for k in inp.keys], dtype=np.int64)
-    targets = np.asarray([ops.index(o) for o in inp.ops], dtype=np.int64)
-    msgs = list(publish_mod._messages(inp, parts, PARTS, 10, targets, merged=True))
-    assert max(m.count for m in msgs) <= 10 and len({m.topic for m in msgs}) == 3
     M = namedtuple("M", "topic offset timestamp records")
-    for p in range(PARTS):
+    out: list[int] = []
+    for p in sorted(set(parts.tolist())):
         seqs: dict[str, list[Any]] = {}
         for m in msgs:
             if m.out.partition == p:
                 seq = seqs.setdefault(ops[m.topic], [])
                 seq.append(M(ops[m.topic], len(seq), m.out.timestamp_ms, m.records))
         merged, held = merge_topics(seqs, set())
-        order = [int(i) for m in merged for i in np.atleast_1d(m.records)]
-        assert not held and order == sorted(order) == np.flatnonzero(parts == p).tolist()
+        assert not held
+        out.extend(int(i) for m in merged for i in np.atleast_1d(m.records))
+    return out
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(people=st.lists(st.integers(0, 11), min_size=1, max_size=120),
+       choice=st.lists(st.integers(0, 2), min_size=120, max_size=120),
+       days=st.lists(st.integers(1, 28), min_size=120, max_size=120))
+def test_enrollments_for_several_topics_reach_the_merge_in_each_persons_file_order(
+        tmp_path: Path, people: list[int], choice: list[int], days: list[int]) -> None:
+    """Enrollments of a mixed-operator file routed to several operators' topics, merged
+    by (message timestamp, topic) as the worker merges them: every record arrives
+    once, and each person's records in file order (also where the file's times go
+    backwards); people are decided independently, so that is offline's order."""
+    ops = ["paypay", "aupay", "suica"]
+    lines = [orjson.dumps({"mykey_id": f"P{k:03d}abcd", "operator_id": ops[choice[i]],
+                           "applied_at": f"2020-09-{days[i]:02d}T10:00:00+09:00"})
+             for i, k in enumerate(people)]
+    inp = publish_mod.read_input(write_lines(tmp_path / "e.jsonl", lines), "enrollment")
+    parts = np.asarray([partition_for(k, PARTS) for k in inp.keys], dtype=np.int64)
+    targets = np.asarray([ops.index(o) for o in inp.ops], dtype=np.int64)
+    msgs = list(publish_mod._messages(inp, parts, PARTS, 10, targets, merged=True))
+    assert max(m.count for m in msgs) <= 10
+    order = _merged_order(msgs, ops, parts)
+    assert sorted(order) == list(range(len(people)))
+    for k in set(people):
+        mine = [i for i in order if people[i] == k]
+        assert mine == sorted(mine)
+
+
+def test_distinct_people_across_operators_travel_in_full_chunks(tmp_path: Path) -> None:
+    """Operators interleaved record by record but no person with two of them: chunks
+    are full (one message per partition and topic), not one per run of a topic."""
+    ops = ["paypay", "aupay", "suica"]
+    lines = [orjson.dumps({"mykey_id": f"Q{i:03d}abcd", "operator_id": ops[i % 3],
+                           "applied_at": "2020-09-01T10:00:00+09:00"}) for i in range(300)]
+    inp = publish_mod.read_input(write_lines(tmp_path / "e.jsonl", lines), "enrollment")
+    parts = np.asarray([partition_for(k, PARTS) for k in inp.keys], dtype=np.int64)
+    targets = np.asarray([ops.index(o) for o in inp.ops], dtype=np.int64)
+    msgs = list(publish_mod._messages(inp, parts, PARTS, 1000, targets, merged=True))
+    assert len(msgs) == len({(int(p), int(t)) for p, t in zip(parts, targets, strict=True)})
+    assert sorted(_merged_order(msgs, ops, parts)) == list(range(300))
