@@ -74,6 +74,11 @@ log = logging.getLogger("mynapoint.worker")
 # A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
 # waiting does not cure a missing permission, so those still stop the worker.
 RETRY_FIRST_SECONDS = 0.5
+# A batch's input bytes: getmany bounds messages, not records, and one batched message
+# holds thousands of records, so a backlog of per-operator topics could come back as
+# one poll of a million records (tens of seconds without a heartbeat, then a
+# rebalance). ~4 MB is about 80,000 Arrow records or 16,000 one-record messages.
+MAX_BATCH_BYTES = 4 << 20
 RETRY_MAX_SECONDS = 10.0
 NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                ClusterAuthorizationFailedError)
@@ -352,8 +357,8 @@ class Worker:
             if self.producer_stale:
                 await self._replace_producer()
             await self._prioritise_enrollments()
-            data = await self.consumer.getmany(timeout_ms=timeout_ms,
-                                               max_records=self.max_batch)
+            data = self._bounded(await self.consumer.getmany(timeout_ms=timeout_ms,
+                                                             max_records=self.max_batch))
             if data:
                 async with self.lock:
                     await self.process(data)
@@ -373,6 +378,28 @@ class Worker:
             async with self.lock:
                 self._rewind(data)
             await asyncio.sleep(delay)
+
+    def _bounded(self, data: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """The first :data:`MAX_BATCH_BYTES` of a poll (at least one message); the
+        partitions cut off are sought back to their first message left, which the
+        next poll fetches again."""
+        assert self.consumer is not None
+        out: dict[Any, list[Any]] = {}
+        size = 0
+        for tp, msgs in data.items():
+            if size >= MAX_BATCH_BYTES:
+                self.consumer.seek(tp, msgs[0].offset)
+                continue
+            n = 0
+            for m in msgs:
+                if size >= MAX_BATCH_BYTES and (n or out):
+                    break
+                size += len(m.value or b"")
+                n += 1
+            out[tp] = msgs[:n]
+            if n < len(msgs):
+                self.consumer.seek(tp, msgs[n].offset)
+        return out
 
     def _rewind(self, data: dict[Any, list[Any]]) -> None:
         """Undo a failed batch: read it again, forget its undurable state changes,
@@ -580,6 +607,7 @@ class Worker:
             if enr is None and txn is None:
                 continue  # all held back by the merge: nothing to decide or commit
             results[p] = logic.decide(enr, txn, await self._caught_up(p))
+            await asyncio.sleep(0)  # heartbeats and fetches go on between partitions
         if not results and not offsets:  # not a batch: crash points count real ones
             if self._marker:
                 Path(self._marker).unlink(missing_ok=True)
