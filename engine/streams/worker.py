@@ -74,11 +74,6 @@ log = logging.getLogger("mynapoint.worker")
 # A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
 # waiting does not cure a missing permission, so those still stop the worker.
 RETRY_FIRST_SECONDS = 0.5
-# A batch's input bytes: getmany bounds messages, not records, and one batched message
-# holds thousands of records, so a backlog of per-operator topics could come back as
-# one poll of a million records (tens of seconds without a heartbeat, then a
-# rebalance). ~4 MB is about 80,000 Arrow records or 16,000 one-record messages.
-MAX_BATCH_BYTES = 4 << 20
 RETRY_MAX_SECONDS = 10.0
 NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                ClusterAuthorizationFailedError)
@@ -357,8 +352,8 @@ class Worker:
             if self.producer_stale:
                 await self._replace_producer()
             await self._prioritise_enrollments()
-            data = self._bounded(await self.consumer.getmany(timeout_ms=timeout_ms,
-                                                             max_records=self.max_batch))
+            data = await self.consumer.getmany(timeout_ms=timeout_ms,
+                                               max_records=self.max_batch)
             if data:
                 async with self.lock:
                     await self.process(data)
@@ -378,28 +373,6 @@ class Worker:
             async with self.lock:
                 self._rewind(data)
             await asyncio.sleep(delay)
-
-    def _bounded(self, data: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
-        """The first :data:`MAX_BATCH_BYTES` of a poll (at least one message); the
-        partitions cut off are sought back to their first message left, which the
-        next poll fetches again."""
-        assert self.consumer is not None
-        out: dict[Any, list[Any]] = {}
-        size = 0
-        for tp, msgs in data.items():
-            if size >= MAX_BATCH_BYTES:
-                self.consumer.seek(tp, msgs[0].offset)
-                continue
-            n = 0
-            for m in msgs:
-                if size >= MAX_BATCH_BYTES and (n or out):
-                    break
-                size += len(m.value or b"")
-                n += 1
-            out[tp] = msgs[:n]
-            if n < len(msgs):
-                self.consumer.seek(tp, msgs[n].offset)
-        return out
 
     def _rewind(self, data: dict[Any, list[Any]]) -> None:
         """Undo a failed batch: read it again, forget its undurable state changes,
