@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -81,13 +82,33 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler on whatever ``sys.stderr`` is when a record is emitted (unless
+    given a stream with ``setStream``): one bound to the stream at configure time
+    writes to a closed file once the process swaps stderr (pytest's capture between
+    tests, a redirecting caller) and turns a late record, e.g. a garbage-collected
+    client's warning, into a traceback."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+        self._fixed: object | None = None
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return self._fixed if self._fixed is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        self._fixed = value
+
+
 def configure(fmt: str = "text", level: int = logging.WARNING,
               own_level: int = logging.INFO) -> None:
     """Route every log record to stderr in ``fmt``; the engine's own loggers
     (``mynapoint.*``) at ``own_level``, the rest (aiokafka is chatty) at ``level``."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}")
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(Redact())
     root = logging.getLogger()

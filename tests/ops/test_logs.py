@@ -101,3 +101,20 @@ def test_redaction_keeps_other_numbers() -> None:
 def test_unknown_format_refused() -> None:
     with pytest.raises(ValueError):
         logs.configure("xml")
+
+
+def test_configured_logging_follows_stderr_when_it_is_replaced(
+        capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record logged after stderr was swapped (and the old stream closed) goes to
+    the new stderr, not to a closed file as a 'Logging error' traceback."""
+    import sys
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logs.configure("text")
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    first.close()
+    logging.getLogger("mynapoint.test").warning("late record")
+    assert "late record" in second.getvalue()
+    assert "Logging error" not in second.getvalue()
