@@ -292,40 +292,41 @@ def _json_rows(inp: _Input) -> list[bytes]:
     return out
 
 
-def _run_chunk_plan(groups: np.ndarray, parts: np.ndarray, persons: list[bytes | None],
+def _run_chunk_plan(groups: np.ndarray, persons: list[bytes | None],
                     size: int) -> list[np.ndarray]:
     """Chunks for records bound for several topics that the worker merges by message
     timestamp (engine.streams.order, with the timestamps :func:`_messages` assigns):
-    per partition and topic, in file order, up to ``size`` records; a chunk is closed
-    (sent) before a record of one of its people goes to another topic, so each
+    per group (a topic's partition), in file order, up to ``size`` records; a chunk is
+    closed (sent) before a record of one of its people goes to another topic, so each
     person's records reach the worker in file order, which is all that offline
     ``settle``'s file order decides (people are decided independently). Records of
     different people may interleave freely: chunking by run of topic instead made
     one message per one or two records of a mixed-operator file."""
-    open_: dict[tuple[int, int], list[int]] = {}   # (partition, group) -> records
-    where: dict[bytes, int] = {}                    # person -> group of its open chunk
+    open_: dict[int, list[int]] = {}   # group -> records
+    where: dict[bytes, int] = {}       # person -> group of its latest record
     plan: list[tuple[int, np.ndarray]] = []
 
-    def close(p: int, g: int) -> None:
-        idx = open_.pop((p, g))
+    def close(g: int) -> None:
+        idx = open_.pop(g)
         plan.append((idx[-1], np.asarray(idx, dtype=np.int64)))
 
-    for i, (g, p, k) in enumerate(zip(groups.tolist(), parts.tolist(), persons,
-                                      strict=True)):
+    for i, (g, k) in enumerate(zip(groups.tolist(), persons, strict=True)):
         if k is not None:
+            # a person's groups share its partition: the open chunk of its last
+            # record goes out before this one
             og = where.get(k)
-            if og is not None and og != g and (p, og) in open_:
-                close(p, og)
+            if og is not None and og != g and og in open_:
+                close(og)
             where[k] = g
-        chunk = open_.get((p, g))
+        chunk = open_.get(g)
         if chunk is not None and len(chunk) == size:
-            close(p, g)
+            close(g)
             chunk = None
         if chunk is None:
-            chunk = open_[(p, g)] = []
+            chunk = open_[g] = []
         chunk.append(i)
-    for p, g in list(open_):
-        close(p, g)
+    for g in list(open_):
+        close(g)
     plan.sort(key=lambda c: c[0])
     return [c for _, c in plan]
 
@@ -419,7 +420,7 @@ def _messages(inp: _Input, parts: np.ndarray, n_parts: int, batch: int,
 
     ts_arr = np.asarray(ts, dtype=np.int64)
     groups = targets.astype(np.int64) * n_parts + parts
-    plan = _run_chunk_plan(groups, parts, keys, batch) if merged \
+    plan = _run_chunk_plan(groups, keys, batch) if merged \
         else _chunk_plan(groups, int(targets.max(initial=0) + 1) * n_parts, batch)
     previous: dict[int, int] = {}  # partition -> timestamp of its last message
     for chunk in plan:
