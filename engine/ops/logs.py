@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TextIO
 
 import orjson
 
@@ -103,12 +104,18 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure(fmt: str = "text", level: int = logging.WARNING,
-              own_level: int = logging.INFO) -> None:
+              own_level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Route every log record to stderr in ``fmt``; the engine's own loggers
-    (``mynapoint.*``) at ``own_level``, the rest (aiokafka is chatty) at ``level``."""
+    (``mynapoint.*``) at ``own_level``, the rest (aiokafka is chatty) at ``level``.
+
+    ``stream`` pins the output to one stream instead of following ``sys.stderr``: a
+    host that replaces ``sys.stderr`` with a proxy into its own logging (``faust
+    worker`` does) would otherwise receive every record back as one of its own."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}")
     handler = _Stderr()
+    if stream is not None:
+        handler.setStream(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(Redact())
     root = logging.getLogger()

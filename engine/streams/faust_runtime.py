@@ -348,8 +348,7 @@ class EngineApp(faust.App):
         # Faust's worker configured logging its way, and `faust worker` sends stdout
         # and stderr to its logger whatever the app says: the engine's format,
         # redaction and start line go to the process's own streams, as under aiokafka
-        with contextlib.redirect_stderr(sys.__stderr__):
-            logs.configure(getattr(self.args, "log_format", "text"))
+        logs.configure(getattr(self.args, "log_format", "text"), stream=sys.__stderr__)
         await self.engine.start()
         with contextlib.redirect_stdout(sys.__stdout__):
             announce(self.args, self.engine, " (faust runtime)")

@@ -118,3 +118,17 @@ def test_configured_logging_follows_stderr_when_it_is_replaced(
     logging.getLogger("mynapoint.test").warning("late record")
     assert "late record" in second.getvalue()
     assert "Logging error" not in second.getvalue()
+
+
+def test_pinned_stream_ignores_a_host_proxy_on_stderr(
+        capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``faust worker`` swaps stderr for a proxy into its own logging: with the stream
+    pinned, the engine's records reach that stream and never the proxy."""
+    import sys
+
+    pinned, proxy = io.StringIO(), io.StringIO()
+    logs.configure("text", stream=pinned)
+    monkeypatch.setattr(sys, "stderr", proxy)
+    logging.getLogger("mynapoint.test").warning("start line")
+    assert "start line" in pinned.getvalue()
+    assert proxy.getvalue() == ""
