@@ -79,7 +79,7 @@ from engine.devtools.worker_process import WorkerProcess, terminate  # noqa: E40
 from engine.kafka.client_config import ENV as CLIENT_CONFIG_ENV  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
 from engine.kafka.produce import BatchSender, Outgoing  # noqa: E402
-from engine.kafka.topics import Topics, partition_for  # noqa: E402
+from engine.kafka.topics import INPUT_RETENTION_ENV, Topics, partition_for  # noqa: E402
 from engine.rules.strings import format_utc  # noqa: E402
 from engine.tools.publish import publish_files  # noqa: E402
 from tests.builders import make_scenario, write_campaign  # noqa: E402
@@ -114,9 +114,11 @@ SIZES: dict[str, dict[str, Any]] = {
 # --runtimes: the two worker runtimes and the canonical Faust agent side by side
 RUNTIME_SIZES: dict[str, dict[str, Any]] = {
     "full": {"batched_users": 20_000, "batched_txns": 200_000, "batch": 5_000,
-             "single_users": 5_000, "single_txns": 50_000, "faust_events": 20_000},
+             "single_users": 5_000, "single_txns": 50_000, "faust_events": 20_000,
+             "latency_users": 2_000, "latency_seconds": 20.0, "latency_warmup": 5.0},
     "quick": {"batched_users": 2_000, "batched_txns": 20_000, "batch": 5_000,
-              "single_users": 500, "single_txns": 5_000, "faust_events": 2_000},
+              "single_users": 500, "single_txns": 5_000, "faust_events": 2_000,
+              "latency_users": 500, "latency_seconds": 5.0, "latency_warmup": 1.0},
 }
 
 # Same terms as the shipped campaign, but records received now are not LATE.
@@ -671,14 +673,16 @@ async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]
 
 
 def latency_run(bootstrap: str, ds: Dataset, rate: float, seconds: float, warmup: float,
-                campaign: Path, profile: Path | None = None) -> dict[str, Any]:
+                campaign: Path, profile: Path | None = None,
+                runtime: str = "aiokafka") -> dict[str, Any]:
     prefix = f"latency-{int(time.time() * 1000) % 10**9}"
     topics = Topics(prefix)
     pub = asyncio.run(publish_files(bootstrap, topics, ds.enrollments, None, batch=5000,
                                     partitions=PARTITIONS))
     rows = live_rows(ds.transactions, int(rate * (seconds + warmup) * 1.05) + 100)
-    w = BenchWorker(bootstrap, prefix, "w0", campaign)
+    w = BenchWorker(bootstrap, prefix, "w0", campaign, runtime)
     res: dict[str, Any] = {"label": "latency", "prefix": prefix, "target_rate": rate,
+                           "runtime": runtime,
                            "seconds": seconds, "warmup": warmup,
                            "enrollments": pub["enrollments"]}
     try:
@@ -966,14 +970,18 @@ def main() -> int:
     results["engine"] = {"start": engine_version()}
     batched = make_dataset("batched", sz["batched_users"], sz["batched_txns"], 11)
     single = make_dataset("single", sz["single_users"], sz["single_txns"], 12)
-    live = None if args.runtimes else make_dataset("live", sz["latency_users"],
-                                                   2 * sz["single_txns"], 13, settle=False)
+    live = make_dataset("live", sz["latency_users"], 2 * sz["single_txns"], 13, settle=False)
     port = free_port()
     broker = devbroker.start(port, data_dir=WORK / "kafka", tls=args.tls)
     # The local broker is secured (SCRAM, ACLs): every client of the run, in process
     # or in a worker process, authenticates as admin (the run's topic prefixes have
     # no ACLs of their own), over TLS with --tls.
     os.environ[CLIENT_CONFIG_ENV] = str(broker.credentials(security.ADMIN))
+    # The datasets are the 2020 campaign, stamped with business time; with the shipped
+    # input retention (P7D) the broker's retention check (30 s after its start, then
+    # every 5 min) deleted whatever a worker had not read yet, and the consumer skipped
+    # to the new log start: the "one worker stalls" of earlier runs (DECISIONS 96).
+    os.environ.setdefault(INPUT_RETENTION_ENV, "P36500D")
     results["security"] = "SASL_SSL" if args.tls else "SASL_PLAINTEXT"
     CpuAccount.broker_pid = broker.pid
     log(f"broker {broker.bootstrap} up in {broker.startup_seconds or 0:.1f} s")
@@ -1003,7 +1011,7 @@ def main() -> int:
         runs[key] = res
 
     if args.runtimes:
-        return _runtimes(args, results, measure, broker, batched, single, sz)
+        return _runtimes(args, results, measure, broker, batched, single, sz, live, campaign)
     try:
         measure("batched_1w", lambda: engine_run(broker.bootstrap, "batched-1w", batched,
                                                  sz["batch"], 1))
@@ -1056,10 +1064,12 @@ def _save(args: argparse.Namespace, results: dict[str, Any], renderer: Any, head
 
 
 def _runtimes(args: argparse.Namespace, results: dict[str, Any], measure: Any, broker: Any,
-              batched: Dataset, single: Dataset, sz: dict[str, Any]) -> int:
-    """``--runtimes``: both runtimes on the same inputs, then the canonical agent, then
-    (separate runs, so that the sampler does not disturb the figures) a py-spy profile
-    of each runtime draining the one-record input."""
+              batched: Dataset, single: Dataset, sz: dict[str, Any], live: Dataset,
+              campaign: Path) -> int:
+    """``--runtimes``: both runtimes on the same inputs, each one's p99 at half of its
+    own one-record rate, then the canonical agent, then (separate runs, so that the
+    sampler does not disturb the figures) a py-spy profile of each runtime draining the
+    one-record input."""
     runs = results["runs"]
     results["loadavg_start"] = os.getloadavg()
     try:
@@ -1068,6 +1078,10 @@ def _runtimes(args: argparse.Namespace, results: dict[str, Any], measure: Any, b
                 broker.bootstrap, f"batched-{r}", batched, sz["batch"], 1, runtime=r))
             measure(f"single_{runtime}", lambda r=runtime: engine_run(
                 broker.bootstrap, f"single-{r}", single, 1, 1, runtime=r))
+            half = 0.5 * (runs[f"single_{runtime}"].get("txn_per_s") or 1_000)
+            measure(f"latency_{runtime}", lambda r=runtime, h=half: latency_run(
+                broker.bootstrap, live, h, sz["latency_seconds"], sz["latency_warmup"],
+                campaign, runtime=r))
         measure("faust", lambda: faust_run(broker.bootstrap, single, sz["faust_events"]))
         if not args.no_profile:
             for runtime in ("aiokafka", "faust"):

@@ -354,6 +354,24 @@ def render_runtimes(results: dict[str, Any]) -> str:
     row("canonical Faust agent", fa, f"{sz['faust_events']:,} txn, 1 JSON record/msg",
         fa.get("events"))
     w("")
+    w("p99 append → outcome at half of each runtime's own one-record rate (live one-record "
+      "transactions at a steady rate, their people's enrollments read first; the issue's "
+      "target for the default runtime is 100 ms):")
+    w("")
+    w("| runtime | rate sent / target (tx/s) | outcomes matched | p50 ms | p99 ms | max ms "
+      "| cores: ours / others |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    for rt in ("aiokafka", "faust"):
+        x = r.get(f"latency_{rt}", {})
+        c = x.get("cpu") or {}
+        if not x.get("measured"):
+            w(f"| {rt} | failed: {x.get('error', 'not run')} | | | | | |")
+            continue
+        w(f"| {rt} | {_f(x.get('achieved_rate'))} / {_f(x.get('target_rate'))} | "
+          f"{x.get('matched', 0):,} of {x.get('sent', 0):,} | {_f(x.get('p50'), 1)} | "
+          f"**{_f(x.get('p99'), 1)}** | {_f(x.get('max'), 1)} | "
+          f"{_f(c.get('own_cores'), 2)} / {_f(c.get('foreign_cores'), 2)} |")
+    w("")
     sa, sf = r.get("single_aiokafka", {}), r.get("single_faust", {})
     ba, bf = r.get("batched_aiokafka", {}), r.get("batched_faust", {})
     base = fa.get("events_per_s")

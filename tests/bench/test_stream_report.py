@@ -46,3 +46,17 @@ def test_faust_frames_get_their_own_areas_and_the_table_is_per_message(tmp_path:
     assert "| Faust: stream, agent, take_events (faust.streams, .agents, .channels) | 0.0 | " \
            "400.0 |" in md
     assert "Load average (1, 5, 15 min) at the start: 1.50, 1.00, 0.50" in md
+
+
+def test_runtimes_section_has_each_runtimes_p99_at_half_its_rate() -> None:
+    lat = {"measured": True, "achieved_rate": 990.0, "target_rate": 1000.0, "matched": 500,
+           "sent": 500, "p50": 12.0, "p99": 87.5, "max": 140.0,
+           "cpu": {"own_cores": 0.8, "foreign_cores": 0.1}}
+    results = {"machine": {"nproc": 2, "cpu": "x"}, "sizes": {
+        "batched_users": 1, "batched_txns": 1, "batch": 1, "single_users": 1,
+        "single_txns": 1, "faust_events": 1}, "date": "d", "mode": "full",
+        "engine": {"start": "c"}, "runs": {"latency_aiokafka": lat,
+                                           "latency_faust": {"error": "stalled"}}}
+    md = render_runtimes(results)
+    assert "| aiokafka | 990 / 1,000 | 500 of 500 | 12.0 | **87.5** | 140.0 | 0.80 / 0.10 |" in md
+    assert "| faust | failed: stalled |" in md
