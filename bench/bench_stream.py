@@ -980,7 +980,7 @@ def main() -> int:
     # The datasets are the 2020 campaign, stamped with business time; with the shipped
     # input retention (P7D) the broker's retention check (30 s after its start, then
     # every 5 min) deleted whatever a worker had not read yet, and the consumer skipped
-    # to the new log start: the "one worker stalls" of earlier runs (DECISIONS 96).
+    # to the new log start: the "one worker stalls" of earlier runs (DECISIONS 95).
     os.environ.setdefault(INPUT_RETENTION_ENV, "P36500D")
     results["security"] = "SASL_SSL" if args.tls else "SASL_PLAINTEXT"
     CpuAccount.broker_pid = broker.pid
