@@ -115,7 +115,9 @@ SIZES: dict[str, dict[str, Any]] = {
 RUNTIME_SIZES: dict[str, dict[str, Any]] = {
     "full": {"batched_users": 20_000, "batched_txns": 200_000, "batch": 5_000,
              "single_users": 5_000, "single_txns": 50_000, "faust_events": 20_000,
-             "latency_users": 2_000, "latency_seconds": 20.0, "latency_warmup": 5.0},
+             "latency_users": 2_000, "latency_seconds": 20.0, "latency_warmup": 5.0,
+             # enough live rows for 25 s at half the aiokafka runtime's rate
+             "latency_txns": 400_000},
     "quick": {"batched_users": 2_000, "batched_txns": 20_000, "batch": 5_000,
               "single_users": 500, "single_txns": 5_000, "faust_events": 2_000,
               "latency_users": 500, "latency_seconds": 5.0, "latency_warmup": 1.0},
@@ -970,7 +972,8 @@ def main() -> int:
     results["engine"] = {"start": engine_version()}
     batched = make_dataset("batched", sz["batched_users"], sz["batched_txns"], 11)
     single = make_dataset("single", sz["single_users"], sz["single_txns"], 12)
-    live = make_dataset("live", sz["latency_users"], 2 * sz["single_txns"], 13, settle=False)
+    live = make_dataset("live", sz["latency_users"],
+                        sz.get("latency_txns", 2 * sz["single_txns"]), 13, settle=False)
     port = free_port()
     broker = devbroker.start(port, data_dir=WORK / "kafka", tls=args.tls)
     # The local broker is secured (SCRAM, ACLs): every client of the run, in process
