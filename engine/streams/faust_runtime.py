@@ -261,6 +261,10 @@ class FaustConsumer:
         self._ends.update(ends)
         return ends
 
+    async def beginning_offsets(self, tps: list[TopicPartition]
+                                ) -> dict[TopicPartition, int]:
+        return dict(await self._probe.beginning_offsets(tps))
+
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
         await self._call("commit", offsets)
         for tp, committed in offsets.items():

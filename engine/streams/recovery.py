@@ -144,11 +144,11 @@ async def check_inputs(reader: AIOKafkaConsumer, store: ShardStore, p: int,
         if nxt < starts[tp]:
             lost = accepted_loss((committed or {}).get(tp))
             if lost is not None and lost[0] <= nxt and lost[1] >= starts[tp]:
-                continue  # an operator accepted exactly this (or a wider) loss
-            raise Refused(f"{tp.topic}/{p} offsets {nxt} to {starts[tp] - 1} "
-                          f"({starts[tp] - nxt} records) were deleted by retention before "
-                          "the engine decided them: input lost to the stream (the archive "
-                          "may hold it)", remedy="mynapoint admin accept-loss")
+                # an operator accepted exactly this (or a wider) loss: the state goes on
+                # from the first kept record (the next batch's gap check agrees)
+                store.meta.inputs[tp.topic] = [starts[tp], 0]
+                continue
+            raise retention_loss(tp, nxt, starts[tp])
         if nxt == starts[tp]:
             continue  # the message decided last is past retention: nothing to compare
         want[tp] = (nxt - 1, crc)
@@ -178,6 +178,33 @@ async def check_inputs(reader: AIOKafkaConsumer, store: ShardStore, p: int,
         if message_crc(m.key, m.value) != crc:
             raise Refused(f"{tp.topic}/{p} offset {offset} holds another message than the "
                           "one the state decided there: the input topic was recreated")
+
+
+def retention_loss(tp: TopicPartition, nxt: int, start: int) -> Refused:
+    """The refusal for input ``[nxt, start)`` of ``tp`` deleted before it was decided."""
+    return Refused(f"{tp.topic}/{tp.partition} offsets {nxt} to {start - 1} "
+                   f"({start - nxt} records) were deleted by retention before the engine "
+                   "decided them: input lost to the stream (the archive may hold it)",
+                   remedy="mynapoint admin accept-loss")
+
+
+async def deleted_unread(consumer: AIOKafkaConsumer, store: ShardStore,
+                         first: dict[TopicPartition, int]) -> Refused | None:
+    """The running counterpart of :func:`check_inputs`' retention check: ``first`` is
+    the first offset of each input in a batch. Where it lies past the state's next
+    offset (a gap), either the gap holds nothing (transaction markers) or retention
+    deleted records the engine had not read, and the consumer, told the offset is out
+    of range, went on from the new log start. One log-start request per batch with
+    gaps; the refusal is the take-over's, so a restart refuses alike."""
+    gaps = {tp: store.meta.inputs[tp.topic][0] for tp, offset in first.items()
+            if tp.topic in store.meta.inputs and offset > store.meta.inputs[tp.topic][0]}
+    if not gaps:
+        return None
+    starts = await consumer.beginning_offsets(list(gaps))
+    for tp, nxt in gaps.items():
+        if starts[tp] > nxt:
+            return retention_loss(tp, nxt, starts[tp])
+    return None
 
 
 async def write_fence(producer: AIOKafkaProducer, topics: Topics, p: int,

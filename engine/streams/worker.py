@@ -256,12 +256,7 @@ class Worker:
             except recovery.Refused as e:
                 if store is not None:
                     store.close()
-                self.refused[p] = str(e)
-                self.metrics.set_refused(p, True)
-                self.readiness.refuse(p, str(e))
-                log.error("partition %d refused: %s. Nothing is decided on it until an "
-                          "operator runs `%s --partition %d` "
-                          "(docs/RUNBOOK.md)", p, e, e.remedy, p, extra={"partition": p})
+                self._refuse(p, e)
                 return
             except asyncio.CancelledError:
                 if store is not None:
@@ -277,6 +272,30 @@ class Worker:
                 delay = min(delay * 2, 10.0)
             finally:
                 await reader.stop()
+
+    def _refuse(self, p: int, e: recovery.Refused) -> None:
+        """Decide nothing more on partition ``p`` (its topics stay paused) until an
+        operator's remedy and a restart."""
+        assert self.consumer is not None
+        self.refused[p] = str(e)
+        self.metrics.set_refused(p, True)
+        self.readiness.refuse(p, str(e))
+        log.error("partition %d refused: %s. Nothing is decided on it until an "
+                  "operator runs `%s --partition %d` "
+                  "(docs/RUNBOOK.md)", p, e, e.remedy, p, extra={"partition": p})
+
+    def _refuse_running(self, p: int, e: recovery.Refused) -> None:
+        """A refusal found while deciding: the partition's batch is dropped undecided
+        and uncommitted, its local state (the last committed batch's) closed."""
+        assert self.consumer is not None
+        self.consumer.pause(*self._tps(p))
+        for tp in self._tps(p):
+            self._held.pop(tp, None)
+        logic = self.logics.pop(p, None)
+        if logic is not None:
+            logic.store.close()
+        self.metrics.set_assigned_partitions(len(self.logics))
+        self._refuse(p, e)
 
     def _assigned(self) -> set[int]:
         assert self.consumer is not None
@@ -568,6 +587,14 @@ class Worker:
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             logic = self.logics[p]
+            lost = await recovery.deleted_unread(
+                self.consumer, logic.store,
+                {TopicPartition(t, p): msgs[0].offset for t, msgs in topics.items() if msgs})
+            if lost is not None:
+                self._refuse_running(p, lost)
+                for tp in self._tps(p):
+                    offsets.pop(tp, None)
+                continue
             inputs = logic.meta.inputs
             for topic, msgs in topics.items():
                 inputs[topic] = [msgs[-1].offset + 1,

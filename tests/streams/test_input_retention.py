@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -29,17 +30,19 @@ PERSON = "Zz00aa50"
 P = partition_for(PERSON.encode(), PARTITIONS)
 
 
-def _txn(txn_id: str) -> bytes:
-    return orjson.dumps({"txn_id": txn_id, "operator_id": "paypay", "mykey_id": PERSON,
+def _txn(txn_id: str, person: str = PERSON) -> bytes:
+    return orjson.dumps({"txn_id": txn_id, "operator_id": "paypay", "mykey_id": person,
                          "kind": "purchase", "amount": 1000, "occurred_at": WHEN})
 
 
-async def _send(bootstrap: str, msgs: list[tuple[str, bytes]], ahead_ms: int = 0) -> None:
+async def _send(bootstrap: str, msgs: list[tuple[str, bytes]], ahead_ms: int = 0,
+                person: str = PERSON) -> None:
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
     await p.start()
     try:
         for topic, value in msgs:
-            await p.send_and_wait(topic, value, key=PERSON.encode(), partition=P,
+            await p.send_and_wait(topic, value, key=person.encode(),
+                                  partition=partition_for(person.encode(), PARTITIONS),
                                   timestamp_ms=int(time.time() * 1000) + ahead_ms)
     finally:
         await p.stop()
@@ -129,3 +132,66 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
             w.stop()
     finally:
         devbroker.stop(port=port, data_dir=data_dir)
+
+
+async def _delete_before(bootstrap: str, topic: str, offset: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, P): RecordsToDelete(offset)})
+    finally:
+        await admin.close()
+
+
+def test_input_deleted_while_running_unread_is_refused_not_skipped(
+        kafka_broker, topic_prefix, tmp_path: Path) -> None:
+    """A running worker that has not read T2 when its records are deleted (retention
+    while it lags; here DeleteRecords while it is stopped for a moment) is told the
+    offset is out of range and would go on from the new log start: it refuses the
+    partition instead of deciding F1 as if T2 had never been sent, with the
+    take-over's message and remedy, and keeps deciding the other partitions."""
+    bootstrap, prefix = kafka_broker.bootstrap, topic_prefix()
+    t = topics_for(prefix)
+    port = devbroker.free_port()
+    w = worker(bootstrap, prefix, tmp_path, extra=["--metrics-port", str(port)]).start()
+    try:
+        w.wait_for("assigned partitions [0, 1, 2, 3]")
+        enr = orjson.dumps({"mykey_id": PERSON, "operator_id": "paypay", "applied_at": WHEN})
+        asyncio.run(_send(bootstrap, [(enr_topic(t), enr), (txn_topic(t), _txn("T1"))]))
+        g, r = asyncio.run(collect(bootstrap, t, expect=1, idle_timeout=20.0))
+        assert g.num_rows + r.num_rows == 1
+        assert w.proc is not None
+        w.proc.send_signal(signal.SIGSTOP)  # shorter than the group's session timeout
+        try:
+            asyncio.run(_send(bootstrap, [(txn_topic(t), _txn("T2")),
+                                          (txn_topic(t), _txn("F1"))]))
+            asyncio.run(_delete_before(bootstrap, txn_topic(t), 2))  # T2 gone unread
+        finally:
+            w.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while not re.search(rf'mynapoint_partition_refused\{{partition="{P}"\}} 1',
+                            _metrics(port)):
+            assert time.monotonic() < deadline, (tmp_path / "w.log").read_text()
+            time.sleep(0.3)
+        log = (tmp_path / "w.log").read_text()
+        assert re.search(rf"partition {P} refused: {txn_topic(t)}/{P} offsets 1 to 1 "
+                         r"\(1 records\) were deleted by retention before the engine "
+                         r"decided them.*admin accept-loss", log), log
+        # found while deciding, not by a take-over after a rebalance
+        assert log.count(f"partition {P} taken over") == 1, log
+        # the other partitions go on: a transaction on another partition is decided
+        other = next(f"Zz00aa{i:02d}" for i in range(10, 99)
+                     if partition_for(f"Zz00aa{i:02d}".encode(), PARTITIONS) != P)
+        other_enr = orjson.dumps({"mykey_id": other, "operator_id": "paypay",
+                                  "applied_at": WHEN})
+        asyncio.run(_send(bootstrap, [(enr_topic(t), other_enr),
+                                      (txn_topic(t), _txn("O1", other))], person=other))
+        g, r = asyncio.run(collect(bootstrap, t, expect=2, idle_timeout=20.0))
+        # F1 was never decided: only T1 and the other person's O1
+        assert g.num_rows + r.num_rows == 2
+        assert "F1" not in r.column("txn_id").to_pylist() + g.column("txn_id").to_pylist()
+    finally:
+        w.stop()
