@@ -129,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0 = off)")
     w.add_argument("--topic-prefix", default="mynapoint")
-    w.add_argument("--max-batch", type=int, default=20_000)
+    w.add_argument("--max-batch", type=int, default=20_000,
+                   help="messages per poll at most (default 20000)")
+    w.add_argument("--max-batch-bytes", type=int, default=None,
+                   help="input bytes decided per batch, about (default 4 MiB); the rest "
+                        "of a larger poll waits in memory for the next batch")
     w.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or one JSON object per line")
     w.add_argument("--runtime", choices=["aiokafka", "faust"], default="aiokafka",

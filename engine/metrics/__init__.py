@@ -61,6 +61,7 @@ METRIC_NAMES = (
     "mynapoint_points_clawed_back_total",
     "mynapoint_batch_records",
     "mynapoint_batch_seconds",
+    "mynapoint_batch_deferred_messages_total",
     "mynapoint_outcome_latency_seconds",
     "mynapoint_parked_records",
     "mynapoint_stream_time_seconds",
@@ -211,6 +212,11 @@ class EngineMetrics:
             "mynapoint_batch_seconds",
             "Time to decide, produce and commit one batch, in seconds.",
             buckets=BATCH_SECONDS_BUCKETS, registry=r)
+        self.deferred_messages = Counter(
+            "mynapoint_batch_deferred_messages_total",
+            "Input messages fetched by a poll that waited in memory for a later batch "
+            "(the batch's byte budget, --max-batch-bytes): a backlog being drained.",
+            registry=r)
         self.outcome_latency = _BulkHistogram(
             "mynapoint_outcome_latency_seconds",
             "Time from an input record's append to Kafka until its outcome was produced.",
@@ -369,6 +375,10 @@ class EngineMetrics:
         """One processed batch: its size and its decide+produce+commit time."""
         self.batch_records.observe(records)
         self.batch_seconds.observe(seconds)
+
+    def deferred(self, messages: int) -> None:
+        """``messages`` of a poll left for a later batch by the byte budget."""
+        self.deferred_messages.inc(messages)
 
     def observe_outcome_latencies(self, seconds: Iterable[float] | np.ndarray) -> None:
         """Append-to-outcome latencies of a batch's records, in seconds."""

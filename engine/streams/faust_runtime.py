@@ -314,7 +314,7 @@ class FaustWorker(Worker):
                 self.metrics.kafka_error(e)
             while not self.stopping.is_set():
                 await self.step(0)
-                if not self.faust_consumer.deliverable():
+                if not self.faust_consumer.deliverable() and not self.backlogged:
                     return
 
     async def on_revoked(self, revoked: Iterable[Any]) -> None:

@@ -66,7 +66,7 @@ from engine.streams import recovery
 from engine.streams.checkpoint import Checkpoint, Faults
 from engine.streams.decode import InBatch, concat_batches, decode_messages
 from engine.streams.logic import PartitionLogic
-from engine.streams.order import merge_topics
+from engine.streams.order import fair_prefixes, merge_topics
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
 
@@ -74,6 +74,10 @@ log = logging.getLogger("mynapoint.worker")
 # A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
 # waiting does not cure a missing permission, so those still stop the worker.
 RETRY_FIRST_SECONDS = 0.5
+# A batch's input bytes (about 1.3 s of deciding on the bench machine for batched
+# JSON Lines): a batched backlog's poll can hold a million records, and a batch that
+# long starves heartbeats and produces nothing for tens of seconds (DECISIONS 95)
+MAX_BATCH_BYTES = 4 << 20
 RETRY_MAX_SECONDS = 10.0
 NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                ClusterAuthorizationFailedError)
@@ -99,6 +103,7 @@ class Worker:
     def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
                  metrics: EngineMetrics | None = None,
+                 max_batch_bytes: int = MAX_BATCH_BYTES,
                  max_record_bytes: int = 1 << 20,
                  readiness: health.Readiness | None = None, client_id: str | None = None,
                  replay: bool = False) -> None:
@@ -108,6 +113,7 @@ class Worker:
         self.registry = registry
         self.partitions = partitions
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self.max_record_bytes = max_record_bytes
         # the inputs are an archive's replay (publish --archive): believe REPLAY_HEADER
         self.replay = replay
@@ -132,10 +138,13 @@ class Worker:
         self.producer_stale = False  # replace it before the next batch
         self.faults = Faults()
         self._failures = 0  # batches failed in a row (the retry delay grows with it)
-        # enrollment messages fetched but not yet decided (the merge waits for another
-        # operator's topic): in memory only, their topic paused, nothing committed
+        # messages fetched but not yet decided (the merge waits for another operator's
+        # topic, or the batch was full): in memory only, their topic paused, nothing
+        # committed
         self._held: dict[TopicPartition, list[Any]] = {}
-        self._inflight: dict[TopicPartition, int] = {}  # first offsets of the batch
+        # beyond the batch's byte budget: held after this batch (unread to the merge)
+        self._excess: dict[TopicPartition, list[Any]] = {}
+        self.backlogged = False  # messages held for the budget only: step again at once
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -366,14 +375,13 @@ class Worker:
         aiokafka runtime loops on it; the Faust runtime's agent calls it."""
         assert self.consumer is not None
         data: dict[Any, list[Any]] = {}
-        self._inflight = {}
         try:
             if self.producer_stale:
                 await self._replace_producer()
             await self._prioritise_enrollments()
-            data = await self.consumer.getmany(timeout_ms=timeout_ms,
-                                               max_records=self.max_batch)
-            if data:
+            data = await self.consumer.getmany(
+                timeout_ms=0 if self.backlogged else timeout_ms, max_records=self.max_batch)
+            if data or self.backlogged:
                 async with self.lock:
                     await self.process(data)
             self._failures = 0
@@ -399,14 +407,15 @@ class Worker:
         records the broker never stored, and would fail every later send)."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
-        # the batch's first offsets (held-back enrollments included) are the committed
-        # ones, which the local checkpoint matches: no round trip to a coordinator
-        # that may be down
+        # the batch's first offsets (held messages included: process put them in
+        # ``data``) are the committed ones, which the local checkpoint matches: no
+        # round trip to a coordinator that may be down
         first = {tp: msgs[0].offset for tp, msgs in data.items() if msgs}
-        for source in (self._inflight, {tp: m[0].offset for tp, m in self._held.items()}):
-            for tp, offset in source.items():
-                first[tp] = min(offset, first.get(tp, offset))
+        for tp, m in self._held.items():
+            first[tp] = min(m[0].offset, first.get(tp, m[0].offset))
         self._held.clear()
+        self._excess.clear()
+        self.backlogged = False
         for tp, offset in first.items():
             if tp in assigned:
                 self.consumer.seek(tp, offset)
@@ -477,6 +486,8 @@ class Worker:
         """Whether ``tp`` has records in Kafka this worker has not fetched (True while
         unknown)."""
         assert self.consumer is not None
+        if tp in self._excess:
+            return True
         hw = self.consumer.highwater(tp)
         return hw is None or hw > await self.consumer.position(tp)
 
@@ -553,6 +564,36 @@ class Worker:
                 offsets.pop(tp, None)
         return released
 
+    def _budget(self, data: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """This batch's messages: the held ones first (moved into ``data``, which a
+        failed batch rewinds from), then the new ones, at most about
+        ``max_batch_bytes`` shared fairly by topic-partition (order.fair_prefixes); the
+        rest wait in memory, their topics paused. Bounded by holding, never by seeking
+        back: a seek while aiokafka has fetches in flight passed messages it never
+        returned (DECISIONS 94)."""
+        for tp, msgs in self._held.items():
+            data[tp] = msgs + data.get(tp, [])
+        self._held = {}
+        data = {tp: msgs for tp, msgs in data.items() if tp.partition in self.logics}
+        take = fair_prefixes({tp: [len(m.value or b"") for m in msgs]
+                              for tp, msgs in data.items()}, self.max_batch_bytes)
+        batch: dict[Any, list[Any]] = {}
+        for tp, msgs in data.items():
+            batch[tp] = msgs[:take[tp]]
+            if take[tp] < len(msgs):
+                self._excess[tp] = msgs[take[tp]:]
+        if self._excess:
+            self.metrics.deferred(sum(len(m) for m in self._excess.values()))
+        return batch
+
+    def _hold_excess(self) -> None:
+        assert self.consumer is not None
+        self.backlogged = bool(self._excess)
+        for tp, msgs in self._excess.items():
+            self._held[tp] = self._held.get(tp, []) + msgs  # after the merge's own
+            self.consumer.pause(tp)  # not fetched again while it waits here
+        self._excess = {}
+
     async def process(self, data: dict[Any, list[Any]]) -> None:
         assert self.producer is not None and self.consumer is not None
         t0 = time.perf_counter()
@@ -561,17 +602,10 @@ class Worker:
         by_part: dict[int, dict[str, list[Any]]] = defaultdict(dict)
         offsets: dict[TopicPartition, Any] = {}
         stamps: list[int] = []
-        for tp, msgs in data.items():
-            if tp.partition not in self.logics or not msgs:
-                continue
-            by_part[tp.partition][tp.topic] = msgs
-            offsets[tp] = msgs[-1]
-            if not self.topics.is_internal(tp.topic):
-                stamps.extend(m.timestamp for m in msgs)
-        self._inflight = {tp: m[0].offset for tp, m in self._held.items()}
-        for tp in self._held:  # held back by the merge last time: decided with these
-            if tp.partition in self.logics:
-                by_part.setdefault(tp.partition, {})
+        for tp, msgs in self._budget(data).items():
+            if msgs:
+                by_part[tp.partition][tp.topic] = msgs
+                offsets[tp] = msgs[-1]
         enrollments: dict[int, list[Any]] = {}
         transactions: dict[int, list[Any]] = {}
         for p, topics in by_part.items():
@@ -584,6 +618,7 @@ class Worker:
             transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
                                                 hold_all=await self._enrollments_behind(p),
                                                 ordered=False)
+        self._hold_excess()
         results: dict[int, ShardResult] = {}
         for p, topics in sorted(by_part.items()):
             logic = self.logics[p]
@@ -599,6 +634,8 @@ class Worker:
             for topic, msgs in topics.items():
                 inputs[topic] = [msgs[-1].offset + 1,
                                  recovery.message_crc(msgs[-1].key, msgs[-1].value)]
+                if not self.topics.is_internal(topic):
+                    stamps.extend(m.timestamp for m in msgs)
             names = self.topics
             enr = self._decode(enrollments[p], topics.get(names.reroute_enrollments),
                                "enrollment")
@@ -705,7 +742,8 @@ def build_worker(args: argparse.Namespace, cls: type[Worker] = Worker) -> Worker
     return cls(args.broker, topics, campaign, registry,
                Path(args.state_dir), args.partitions, args.max_batch, metrics,
                readiness=readiness, client_id=client_id,
-               replay=getattr(args, "replay", False))
+               replay=getattr(args, "replay", False),
+               max_batch_bytes=getattr(args, "max_batch_bytes", None) or MAX_BATCH_BYTES)
 
 
 START_ERRORS = (KafkaError, TopicMismatch, OSError)

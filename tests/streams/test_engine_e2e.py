@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from engine.devtools.broker import free_port
+from tests.ops.http import get
 from tests.streams.harness import (
     LAST_STATS,
     Scenario,
@@ -68,3 +71,26 @@ def test_crash_at_an_exact_point_of_a_batch(kafka_broker, topic_prefix, scenario
     if stage == "outputs":
         # the crashed batch's outcomes were out already and were produced again
         assert LAST_STATS["copies"], LAST_STATS
+
+
+def test_a_backlog_beyond_the_batch_budget_is_decided_in_bounded_batches(
+        kafka_broker, topic_prefix, scenario, tmp_path: Path, runtime: str) -> None:
+    """The whole campaign in Kafka (batched messages) before the worker starts, and a
+    byte budget of a few messages per batch: most fetched messages wait in memory for
+    later batches (their topics paused, nothing sought back), and every record is
+    still decided once, as offline."""
+    prefix, port = topic_prefix(), free_port()
+    publish(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 100)
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, runtime=runtime,
+               extra=["--max-batch-bytes", "30000", "--metrics-port", str(port)]).start()
+    try:
+        cmp, _, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,
+                                        tmp_path / "m.parquet")
+        metrics = get(f"http://127.0.0.1:{port}/metrics")[1]
+    finally:
+        w.stop()
+    assert cmp.equal, str(cmp)
+    assert not LAST_STATS["copies"], LAST_STATS  # no batch decided twice
+    deferred = {s.name: s.value for f in text_string_to_metric_families(metrics)
+                for s in f.samples}["mynapoint_batch_deferred_messages_total"]
+    assert deferred > 0

@@ -8,7 +8,7 @@ from collections import namedtuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.streams.order import merge_topics
+from engine.streams.order import fair_prefixes, merge_topics
 
 M = namedtuple("M", "topic offset timestamp")
 
@@ -61,3 +61,49 @@ def test_a_topic_with_unread_records_and_nothing_fetched_holds_everything_back()
     a = [M("a", 0, 5)]
     released, held = merge_topics({"a": a}, {"b"})
     assert released == [] and held == {"a": a}
+
+
+def water_level(totals: list[int], budget: int) -> int:
+    """The reference share: the largest level L with sum(min(total, L)) <= budget."""
+    lo, hi = 0, max(totals, default=0)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(t, mid) for t in totals) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def prefix_within(sizes: list[int], limit: int) -> int:
+    n = used = 0
+    for size in sizes:
+        if used + size > limit:
+            break
+        used, n = used + size, n + 1
+    return n
+
+
+sizes = st.dictionaries(st.integers(0, 6), st.lists(st.integers(1, 400), max_size=15),
+                        min_size=1)
+
+
+@settings(max_examples=500, deadline=None)
+@given(sizes, st.integers(1, 3000))
+def test_fair_prefixes_bound_a_batch_and_starve_no_topic(raw: dict[int, list[int]],
+                                                         budget: int) -> None:
+    take = fair_prefixes(raw, budget)
+    assert set(take) == set(raw)
+    for k, v in raw.items():
+        assert (1 if v else 0) <= take[k] <= len(v)  # every topic advances
+    taken = sum(sum(v[:take[k]]) for k, v in raw.items())
+    total = sum(sum(v) for v in raw.values())
+    if total <= budget:
+        assert all(take[k] == len(v) for k, v in raw.items())
+    # beyond the budget only by the one message each topic is always given
+    assert taken <= budget + sum(v[0] for v in raw.values() if v)
+    if all(v[0] * len(raw) <= budget for v in raw.values() if v):
+        # max-min fair: nobody gets less than the water level of the reference allows
+        level = water_level([sum(v) for v in raw.values()], budget)
+        for k, v in raw.items():
+            assert take[k] >= prefix_within(v, min(sum(v), level)), (k, level)
