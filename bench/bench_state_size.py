@@ -33,6 +33,7 @@ from engine.streams import shard  # noqa: E402
 from engine.streams.decode import decode_messages  # noqa: E402
 from engine.streams.logic import PartitionLogic  # noqa: E402
 from engine.streams.state import META_KEY, ShardStore, is_person_key  # noqa: E402
+from engine.streams.worker import tune_gc  # noqa: E402
 from engine.tools.generate import generate_tables, write_jsonl  # noqa: E402
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
@@ -81,6 +82,7 @@ def main() -> int:
     ap.add_argument("--transactions", type=int, default=1_000_000)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
+    tune_gc()  # as a worker process does
     work = Path(tempfile.mkdtemp(prefix="state-size-"))
     enr, txn = generate_tables(a.users, a.transactions, seed=2020)
     write_jsonl(enr, work / "e.jsonl")

@@ -36,7 +36,12 @@ WAIT_PREFIX = "__wait__/"
 _WAIT_B = WAIT_PREFIX.encode()
 
 
-class TxnEntry(msgspec.Struct, array_like=True):
+# gc=False: a partition keeps up to ``cache_limit`` people in memory, each with its
+# entries; tracked by the cycle collector, they made every full collection walk about
+# a million objects (a third of the state step's time in bench_state_size). None of
+# these structs can be part of a reference cycle: they hold only strings, numbers and
+# containers of further such structs.
+class TxnEntry(msgspec.Struct, array_like=True, gc=False):
     """A first-seen (operator_id, txn_id) of one person."""
 
     kind: int
@@ -47,7 +52,7 @@ class TxnEntry(msgspec.Struct, array_like=True):
     refunded: int = 0
 
 
-class Parked(msgspec.Struct, array_like=True):
+class Parked(msgspec.Struct, array_like=True, gc=False):
     """A record waiting for an enrollment or an original; enough to decide it later."""
 
     arrival: int
@@ -62,7 +67,7 @@ class Parked(msgspec.Struct, array_like=True):
     source: str
 
 
-class PersonState(msgspec.Struct, array_like=True):
+class PersonState(msgspec.Struct, array_like=True, gc=False):
     enr_op: str | None = None
     enr_kind: int = -1
     enr_day: int = 0

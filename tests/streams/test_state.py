@@ -209,3 +209,19 @@ def test_an_ended_wait_deletes_its_index_key_locally_and_in_the_changelog(
     assert staged[0][WAIT_PREFIX + "Wait0001"] is None
     assert f.store.db.get(key) is None and not f.store.parked
     f.store.close()
+
+
+def test_people_in_memory_are_not_walked_by_the_cycle_collector() -> None:
+    """A decoded person, its entries and its waits are untracked (state.py: a full
+    collection walked every cached one)."""
+    import gc
+
+    from engine.streams.state import Parked
+
+    st = PersonState(enr_op="paypay", c=100)
+    st.txns["paypay/t1"] = TxnEntry(1, 100, 0, None, 1)
+    st.parked.append(Parked(1, 1, "paypay", "t2", None, 5, 0, 0, 0, "t/0/1"))
+    back = decode_person(encode(st))
+    assert back == st
+    for obj in (back, back.txns["paypay/t1"], back.parked[0]):
+        assert not gc.is_tracked(obj), obj
