@@ -23,6 +23,42 @@ def _target(value: float | None, goal: float, higher: bool = True) -> str:
     return f"**missed**: {value:.0f} ms, {value / goal:.1f}x the limit"
 
 
+def render_targets(r: dict[str, Any]) -> list[str]:
+    """The Targets lines of a stream run's ``runs``: issue 9's targets, judged on one
+    worker (two workers are shown, not judged)."""
+    b1, b2 = r.get("batched_1w", {}), r.get("batched_2w", {})
+    s1, s2 = r.get("single_1w", {}), r.get("single_2w", {})
+    lat = r.get("latency", {})
+    base = r.get("faust", {}).get("events_per_s")
+    out: list[str] = ["### Targets", ""]
+    w = out.append
+    one_b = b1.get("txn_per_s")
+    w(f"- batched ≥ 100,000 transactions/s, one worker: {_target(one_b, 100_000)}; "
+      f"stretch 300,000: {_target(one_b, 300_000)}"
+      + (f" (two workers: {b2['txn_per_s']:,.0f}/s)" if b2.get("txn_per_s") else ""))
+    one_s = s1.get("txn_per_s")
+    if one_s and base:
+        w(f"- one-record ≥ 30× the canonical Faust agent ({base:,.0f} events/s → "
+          f"≥ {30 * base:,.0f}/s): one worker against one Faust worker "
+          f"{_target(one_s, 30 * base)}, i.e. {one_s / base:.1f}× Faust; stretch 50×: "
+          f"{_target(one_s, 50 * base)}"
+          + (f"; two workers {s2['txn_per_s'] / base:.1f}× Faust" if s2.get("txn_per_s")
+             else ""))
+    else:
+        w("- one-record ≥ 30× Faust: not measured")
+    w(f"- p99 ≤ 100 ms at half load: {_target(lat.get('p99'), 100, higher=False)}; "
+      f"stretch 20 ms: {_target(lat.get('p99'), 20, higher=False)}")
+    ok = [v["achieved_rate"] for k, v in r.items()
+          if k.startswith("latency") and v.get("p99") is not None and v["p99"] <= 100]
+    tried = [v["achieved_rate"] for k, v in r.items()
+             if k.startswith("latency") and v.get("p99") is not None]
+    if tried:
+        w(f"  (p99 ≤ 100 ms was reached at {max(ok):,.0f}/s and below)" if ok else
+          f"  (not reached at any measured rate, down to {min(tried):,.0f}/s)")
+    w("")
+    return out
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     r = results["runs"]
@@ -31,7 +67,6 @@ def render(results: dict[str, Any]) -> str:
     s1, s2 = r.get("single_1w", {}), r.get("single_2w", {})
     lat, fa = r.get("latency", {}), r.get("faust", {})
     sz = results["sizes"]
-    best_b = max((x.get("txn_per_s") or 0) for x in (b1, b2)) or None
     base = fa.get("events_per_s")
     out: list[str] = []
     w = out.append
@@ -210,28 +245,7 @@ def render(results: dict[str, Any]) -> str:
                   f"{mt.get('mynapoint_batch_seconds_sum', 0):.1f} s of "
                   f"{v['send_seconds']:.0f} s |")
             w("")
-    w("### Targets")
-    w("")
-    w(f"- batched ≥ 100,000 transactions/s: {_target(best_b, 100_000)} (best of one and "
-      f"two workers); stretch 500,000: {_target(best_b, 500_000)}")
-    one_s = s1.get("txn_per_s")
-    if one_s and base:
-        w(f"- one-record ≥ 5× the canonical Faust agent ({base:,.0f} events/s → "
-          f"≥ {5 * base:,.0f}/s): one worker against one Faust worker "
-          f"{_target(one_s, 5 * base)}, i.e. {one_s / base:.1f}× Faust"
-          + (f"; two workers {s2['txn_per_s'] / base:.1f}× Faust" if s2.get("txn_per_s")
-             else ""))
-    else:
-        w("- one-record ≥ 5× Faust: not measured")
-    w(f"- p99 ≤ 100 ms at half load: {_target(lat.get('p99'), 100, higher=False)}")
-    ok = [v["achieved_rate"] for k, v in r.items()
-          if k.startswith("latency") and v.get("p99") is not None and v["p99"] <= 100]
-    tried = [v["achieved_rate"] for k, v in r.items()
-             if k.startswith("latency") and v.get("p99") is not None]
-    if tried:
-        w(f"  (p99 ≤ 100 ms was reached at {max(ok):,.0f}/s and below)" if ok else
-          f"  (not reached at any measured rate, down to {min(tried):,.0f}/s)")
-    w("")
+    out.extend(render_targets(r))
     profs = [(k, r[k]) for k in ("profile_batched", "profile_single", "profile_live")
              if k in r]
     if profs:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_stream import summarize_profile
-from bench.stream_report import render_runtimes
+from bench.stream_report import render_runtimes, render_targets
 
 SITE = ".venv/lib/python3.11/site-packages"
 
@@ -60,3 +60,21 @@ def test_runtimes_section_has_each_runtimes_p99_at_half_its_rate() -> None:
     md = render_runtimes(results)
     assert "| aiokafka | 990 / 1,000 | 500 of 500 | 12.0 | **87.5** | 140.0 | 0.80 / 0.10 |" in md
     assert "| faust | failed: stalled |" in md
+
+
+
+def test_targets_are_issue_9s_judged_on_one_worker() -> None:
+    """The verdicts use one worker's figures against issue 9's targets (≥ 100,000
+    batched, ≥ 30× Faust one-record, p99 ≤ 100 ms): two workers meeting a target
+    one worker misses do not make it met."""
+    runs = {"batched_1w": {"txn_per_s": 54_000.0}, "batched_2w": {"txn_per_s": 120_000.0},
+            "single_1w": {"txn_per_s": 24_000.0}, "single_2w": {"txn_per_s": 70_000.0},
+            "faust": {"events_per_s": 2_000.0},
+            "latency": {"p99": 90.0, "achieved_rate": 12_000.0}}
+    text = "\n".join(render_targets(runs))
+    assert "one worker: **missed**: 0.54x" in text, text
+    assert "(two workers: 120,000/s)" in text
+    assert "(2,000 events/s → ≥ 60,000/s): one worker against one Faust worker " \
+           "**missed**" in text
+    assert "p99 ≤ 100 ms at half load: **met**" in text
+    assert "stretch 20 ms: **missed**" in text
