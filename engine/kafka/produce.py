@@ -127,6 +127,8 @@ async def send_batched(producer: Any, topic: str, partition: int,
     base offset)."""
     sender = BatchSender(producer, topic)
     for key, value, headers, ts in msgs:
-        await sender.add(Outgoing(partition, key, value, ts, headers or []))
+        m = Outgoing(partition, key, value, ts, headers or [])
+        if not sender._fits(m, None):  # no coroutine per message: most fit
+            await sender.add(m)
     await sender.send_open()
     return [(d.future, len(d.tags)) for d in sender.sent]

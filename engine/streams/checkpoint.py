@@ -111,20 +111,20 @@ class Checkpoint:
         # on (its source names that topic, also for a re-routed or replayed record)
         where: dict[tuple[str, str], str] = {}
         for p, res in results.items():
-            for kind, rows in (("grant", res.grants), ("rejection", res.rejections)):
+            rejections = [(k, dumps(row), row["source"]) for k, row in res.rejections]
+            for kind, rows in (("grant", res.grant_messages), ("rejection", rejections)):
                 if not rows:
                     continue
-                parts = kafka_partitions(pa.array([k for k, _ in rows], type=pa.binary()),
+                parts = kafka_partitions(pa.array([k for k, _, _ in rows], type=pa.binary()),
                                          self.partitions).tolist()
-                for (key, row), part in zip(rows, parts, strict=True):
-                    src = row["source"].partition("/")[0]
+                for (key, value, source), part in zip(rows, parts, strict=True):
+                    src = source.partition("/")[0]
                     topic = where.get((kind, src))
                     if topic is None:
                         topic = where[(kind, src)] = self.topics.outcome_topic(
                             kind, self.topics.operator_of(src))
                     # a record without a valid key goes to the partition it came from
-                    out[(topic, part if part >= 0 else p)].append((key, dumps(row), None,
-                                                                   None))
+                    out[(topic, part if part >= 0 else p)].append((key, value, None, None))
             for rr in res.reroute:
                 topic = (self.topics.reroute_transactions if rr.record_type == "transaction"
                          else self.topics.reroute_enrollments)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from engine.kafka.topics import Topics
 from engine.rules import kernel
@@ -27,6 +28,7 @@ from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reas
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import format_utc, kafka_partitions, rfc3339_utc
 from engine.streams.decode import SUB_BITS, InBatch
+from engine.streams.grant_json import GrantJson
 from engine.streams.state import (
     META_KEY,
     WAIT_PREFIX,
@@ -69,7 +71,8 @@ Outcome = tuple[bytes | None, dict[str, Any]]
 
 @dataclass
 class ShardResult:
-    grants: list[Outcome] = field(default_factory=list)
+    # grants as their output messages: (key, JSON, source); see engine.streams.grant_json
+    grant_messages: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)
     rejections: list[Outcome] = field(default_factory=list)
     reroute: list[Reroute] = field(default_factory=list)
     blobs: Staged = field(default_factory=dict)
@@ -77,6 +80,11 @@ class ShardResult:
     points: int = 0
     clawed_back: int = 0
     parked: int = 0
+
+    @property
+    def grants(self) -> list[Outcome]:
+        """The grants as (key, JSON object), decoded from their messages."""
+        return [(k, orjson.loads(v)) for k, v, _ in self.grant_messages]
 
 
 def reroute_record(b: InBatch, i: int, key: str) -> dict[str, Any]:
@@ -106,6 +114,7 @@ class ShardDecider:
         self.partitions = partitions
         self.op_ids = [o.id for o in registry.operators]
         self.terms = terms_of(campaign, streaming=True)
+        self.grant_json = GrantJson(campaign.id, campaign.cap_points)
         self._lanes: dict[str, int] = {}  # source topic -> lane
 
     def _lane_of(self, operator: str | None) -> int:
@@ -352,24 +361,24 @@ class _Call:
 
     def outcomes(self) -> None:
         """Grants and rejections, in decision order."""
-        res, recs, out, camp = self.res, self.recs, self.out, self.d.campaign
+        res, recs, out = self.res, self.recs, self.out
         n_pre = len(self.pre)
         order = np.argsort(np.where(out.reason == kernel.PARKED, np.iinfo(np.int64).max,
                                     out.seq), kind="stable")
         outcomes: dict[str, list[str]] = {"enrollment": [], "transaction": []}
-        cap = camp.cap_points
         reason_l = out.reason.tolist()
         decided = [j for j in order.tolist() if reason_l[j] != kernel.PARKED]
-        points_l = out.points.tolist()
-        cum_l = out.cum.tolist()
-        kind_l = recs.kind.tolist()
-        amount_l = recs.amount.tolist()
         span_l = self.span_of.tolist()
         row_l = self.row_of.tolist()
         typ_l = recs.typ.tolist()
         accepted = [j for j in decided if reason_l[j] == 0 and typ_l[j] == kernel.TRANSACTION]
-        occurred = dict(zip(accepted, rfc3339_utc(recs.at[accepted]), strict=True)) \
-            if accepted else {}
+        occurred = rfc3339_utc(recs.at[accepted]) if accepted else []
+        # the grants' columns, in decision order (accepted is in it too)
+        g_keys: list[str] = []
+        g_ops: list[str] = []
+        g_tids: list[str] = []
+        g_srcs: list[str] = []
+        g_kb: list[bytes | None] = []
         for j in decided:
             r = reason_l[j]
             if j < n_pre:
@@ -389,18 +398,11 @@ class _Call:
             outcomes[rtype].append("accepted" if r == 0 else REASON_NAMES[r])
             kb = key.encode() if key is not None else None
             if r == 0 and rtype == "transaction":
-                pts = points_l[j]
-                cum = cum_l[j]
-                if pts >= 0:
-                    res.points += pts
-                else:
-                    res.clawed_back -= pts
-                res.grants.append((kb, {
-                    "grant_id": f"{camp.id}/{opid}/{key}/{tid}", "campaign": camp.id,
-                    "mykey_id": key, "operator_id": opid, "txn_id": tid,
-                    "kind": KIND_NAMES[kind_l[j]], "amount": amount_l[j], "points": pts,
-                    "cumulative_points": cum, "capped": cum == cap,
-                    "occurred_at": occurred[j], "source": src}))
+                g_keys.append(key)
+                g_ops.append(opid)
+                g_tids.append(tid)
+                g_srcs.append(src)
+                g_kb.append(kb)
             elif r != 0:
                 res.rejections.append((kb, {
                     "record_type": rtype, "reason": REASON_NAMES[r],
@@ -408,6 +410,15 @@ class _Call:
                     "txn_id": tid if rtype == "transaction" else None,
                     "operator_id": opid, "mykey_id": key, "source": src}))
         res.outcomes = outcomes
+        if accepted:
+            pts_a = out.points[accepted]
+            res.points += int(pts_a[pts_a > 0].sum())
+            res.clawed_back -= int(pts_a[pts_a < 0].sum())
+            values = self.d.grant_json.encode(
+                g_keys, g_ops, g_tids, recs.kind[accepted].tolist(),
+                recs.amount[accepted].tolist(), pts_a.tolist(), out.cum[accepted].tolist(),
+                occurred, g_srcs)
+            res.grant_messages = list(zip(g_kb, values, g_srcs, strict=True))
 
     def new_state(self) -> None:
         """Every involved person's new state, staged as blobs with the meta."""

@@ -1,0 +1,38 @@
+"""engine.streams.grant_json writes exactly what orjson writes for the grant's dict."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.rules.model import KIND_NAMES
+from engine.streams.grant_json import GrantJson
+
+# the patterns a grant's ids were validated against (schemas/)
+_KEYS = st.from_regex(r"\A[0-9A-Za-z]{8}\Z")
+_OPS = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,31}\Z")
+_TXNS = st.from_regex(r"\A[0-9A-Za-z._:-]{1,64}\Z")
+_INTS = st.integers(-(2**62), 2**62)
+
+
+@st.composite
+def _grant(draw: st.DrawFn) -> tuple:  # type: ignore[type-arg]
+    return (draw(_KEYS), draw(_OPS), draw(_TXNS), draw(st.sampled_from([0, 1, 2])),
+            draw(_INTS), draw(_INTS), draw(st.sampled_from([0, 4999, 5000, 12])),
+            draw(st.sampled_from(["2020-10-01T12:00:00Z", "2021-01-31T23:59:59.000001Z"])),
+            draw(st.text()))  # a replay's source may hold anything
+
+
+@given(campaign=st.text(min_size=1), grants=st.lists(_grant(), max_size=5))
+def test_bytes_equal_orjson_of_the_dict(campaign: str, grants: list[tuple]) -> None:  # type: ignore[type-arg]
+    cap = 5000
+    enc = GrantJson(campaign, cap)
+    cols = [list(c) for c in zip(*grants, strict=True)] if grants else [[] for _ in range(9)]
+    got = enc.encode(*cols)
+    want = [orjson.dumps({
+        "grant_id": f"{campaign}/{op}/{key}/{tid}", "campaign": campaign, "mykey_id": key,
+        "operator_id": op, "txn_id": tid, "kind": KIND_NAMES[kind], "amount": amount,
+        "points": pts, "cumulative_points": cum, "capped": cum == cap, "occurred_at": at,
+        "source": src}) for key, op, tid, kind, amount, pts, cum, at, src in grants]
+    assert got == want
