@@ -5,6 +5,7 @@ nor skips it silently."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import time
@@ -62,6 +63,21 @@ def _metrics(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
+def _await_refusal_of_t2(metrics_port: int, log_file: Path, topic: str) -> str:
+    """Wait until the worker refuses partition P for T2 (offset 1 of ``topic``) deleted
+    unread, with the message and remedy the runbook names; return its log."""
+    deadline = time.monotonic() + 60
+    while not re.search(rf'mynapoint_partition_refused\{{partition="{P}"\}} 1',
+                        _metrics(metrics_port)):
+        assert time.monotonic() < deadline, log_file.read_text()
+        time.sleep(0.3)
+    log = log_file.read_text()
+    assert re.search(rf"partition {P} refused: {topic}/{P} offsets 1 to 1 \(1 records\) "
+                     r"were deleted by retention before the engine decided them.*"
+                     r"admin accept-loss", log), log
+    return log
+
+
 def test_input_deleted_unread_is_refused_as_lost_then_accepted(
         topic_prefix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     port = devbroker.free_port()
@@ -98,15 +114,7 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
         w = worker(bootstrap, prefix, tmp_path, "second",
                    extra=["--metrics-port", str(metrics_port)]).start()
         try:
-            deadline = time.monotonic() + 60
-            while not re.search(rf'mynapoint_partition_refused\{{partition="{P}"\}} 1',
-                                _metrics(metrics_port)):
-                assert time.monotonic() < deadline, (tmp_path / "second.log").read_text()
-                time.sleep(0.5)
-            log = (tmp_path / "second.log").read_text()
-            assert re.search(rf"partition {P} refused: {txn_topic(t)}/{P} offsets 1 to "
-                             r"1 \(1 records\) were deleted by retention before the "
-                             r"engine decided them.*admin accept-loss", log), log
+            _await_refusal_of_t2(metrics_port, tmp_path / "second.log", txn_topic(t))
             # the other partitions are decided; this one emits nothing
             time.sleep(2.0)
             g, r = asyncio.run(collect(bootstrap, t, idle_timeout=3.0))
@@ -134,15 +142,34 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
         devbroker.stop(port=port, data_dir=data_dir)
 
 
-async def _delete_before(bootstrap: str, topic: str, offset: int) -> None:
+async def _append_and_delete_while_stopped(bootstrap: str, topic: str, pid: int) -> None:
+    """With the worker stopped: T2 and F1 appended, then T2 deleted. The clients are
+    connected first, so the worker stays stopped well within its session timeout; and
+    it stays stopped longer than its fetch wait (20 ms) before T2 is appended, so the
+    fetch it had pending is answered empty and cannot carry T2 into its socket."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.records_to_delete import RecordsToDelete
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
+    await producer.start()
     try:
-        await admin.delete_records({TopicPartition(topic, P): RecordsToDelete(offset)})
+        await producer.partitions_for(topic)  # metadata, then the leader's connection
+        assert await producer.client.ready(
+            producer.client.cluster.leader_for_partition(TopicPartition(topic, P)))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.5)
+            for txn_id in ("T2", "F1"):
+                md = await producer.send_and_wait(topic, _txn(txn_id), key=PERSON.encode(),
+                                                  partition=P)
+                assert md.offset == {"T2": 1, "F1": 2}[txn_id], md
+            await admin.delete_records({TopicPartition(topic, P): RecordsToDelete(2)})
+        finally:
+            os.kill(pid, signal.SIGCONT)
     finally:
+        await producer.stop()
         await admin.close()
 
 
@@ -164,22 +191,8 @@ def test_input_deleted_while_running_unread_is_refused_not_skipped(
         g, r = asyncio.run(collect(bootstrap, t, expect=1, idle_timeout=20.0))
         assert g.num_rows + r.num_rows == 1
         assert w.proc is not None
-        w.proc.send_signal(signal.SIGSTOP)  # shorter than the group's session timeout
-        try:
-            asyncio.run(_send(bootstrap, [(txn_topic(t), _txn("T2")),
-                                          (txn_topic(t), _txn("F1"))]))
-            asyncio.run(_delete_before(bootstrap, txn_topic(t), 2))  # T2 gone unread
-        finally:
-            w.proc.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 60
-        while not re.search(rf'mynapoint_partition_refused\{{partition="{P}"\}} 1',
-                            _metrics(port)):
-            assert time.monotonic() < deadline, (tmp_path / "w.log").read_text()
-            time.sleep(0.3)
-        log = (tmp_path / "w.log").read_text()
-        assert re.search(rf"partition {P} refused: {txn_topic(t)}/{P} offsets 1 to 1 "
-                         r"\(1 records\) were deleted by retention before the engine "
-                         r"decided them.*admin accept-loss", log), log
+        asyncio.run(_append_and_delete_while_stopped(bootstrap, txn_topic(t), w.proc.pid))
+        log = _await_refusal_of_t2(port, tmp_path / "w.log", txn_topic(t))
         # found while deciding, not by a take-over after a rebalance
         assert log.count(f"partition {P} taken over") == 1, log
         # the other partitions go on: a transaction on another partition is decided
