@@ -57,29 +57,37 @@ class BatchSender:
         self.messages = 0
         self._unacked: dict[int, list[Any]] = {}  # partition -> futures not yet awaited
 
-    def _fits(self, m: Outgoing, tag: Any) -> bool:
-        entry = self.open.get(m.partition)
+    def try_append(self, partition: int, key: bytes | None, value: bytes | None,
+                   timestamp_ms: int | None, headers: list[tuple[str, bytes]],
+                   tag: Any = None) -> bool:
+        """Append a message (the fields of an :class:`Outgoing`) to its partition's open
+        batch if it fits there: the common case of :meth:`add`, with neither a
+        coroutine nor an :class:`Outgoing` per message."""
+        entry = self.open.get(partition)
         if entry is None:
-            entry = self.open[m.partition] = _Open(self.producer.create_batch())
-        if m.timestamp_ms != NO_TIMESTAMP:
+            entry = self.open[partition] = _Open(self.producer.create_batch())
+        if timestamp_ms != NO_TIMESTAMP:
             if not entry.timed and entry.tags:
                 # aiokafka's builder takes a leading -1 as "no base timestamp yet" and
                 # would give the earlier untimed messages this one's time.
                 return False
             entry.timed = True
-        if entry.builder.append(timestamp=m.timestamp_ms, key=m.key, value=m.value,
-                                headers=m.headers) is None:
+        if entry.builder.append(timestamp=timestamp_ms, key=key, value=value,
+                                headers=headers) is None:
             return False
         entry.tags.append(tag)
         self.messages += 1
         return True
 
+    def try_add(self, m: Outgoing, tag: Any = None) -> bool:
+        return self.try_append(m.partition, m.key, m.value, m.timestamp_ms, m.headers, tag)
+
     async def add(self, m: Outgoing, tag: Any = None) -> None:
         """Append ``m`` to its partition's batch, sending that batch first when full."""
-        if self._fits(m, tag):
+        if self.try_add(m, tag):
             return
         await self.send(m.partition)
-        if not self._fits(m, tag):
+        if not self.try_add(m, tag):
             raise ValueError(f"a message for {self.topic} of {len(m.value or b''):,} bytes exceeds "
                              "the producer batch size")
 
@@ -127,8 +135,7 @@ async def send_batched(producer: Any, topic: str, partition: int,
     base offset)."""
     sender = BatchSender(producer, topic)
     for key, value, headers, ts in msgs:
-        m = Outgoing(partition, key, value, ts, headers or [])
-        if not sender._fits(m, None):  # no coroutine per message: most fit
-            await sender.add(m)
+        if not sender.try_append(partition, key, value, ts, headers or []):  # most fit
+            await sender.add(Outgoing(partition, key, value, ts, headers or []))
     await sender.send_open()
     return [(d.future, len(d.tags)) for d in sender.sent]

@@ -378,7 +378,6 @@ class _Call:
         g_ops: list[str] = []
         g_tids: list[str] = []
         g_srcs: list[str] = []
-        g_kb: list[bytes | None] = []
         for j in decided:
             r = reason_l[j]
             if j < n_pre:
@@ -402,7 +401,6 @@ class _Call:
                 g_ops.append(opid)
                 g_tids.append(tid)
                 g_srcs.append(src)
-                g_kb.append(kb)
             elif r != 0:
                 res.rejections.append((kb, {
                     "record_type": rtype, "reason": REASON_NAMES[r],
@@ -418,7 +416,8 @@ class _Call:
                 g_keys, g_ops, g_tids, recs.kind[accepted].tolist(),
                 recs.amount[accepted].tolist(), pts_a.tolist(), out.cum[accepted].tolist(),
                 occurred, g_srcs)
-            res.grant_messages = list(zip(g_kb, values, g_srcs, strict=True))
+            res.grant_messages = [(k.encode(), v, s)
+                                  for k, v, s in zip(g_keys, values, g_srcs, strict=True)]
 
     def new_state(self) -> None:
         """Every involved person's new state, staged as blobs with the meta."""

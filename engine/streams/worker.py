@@ -292,7 +292,6 @@ class Worker:
     def _refuse(self, p: int, e: recovery.Refused) -> None:
         """Decide nothing more on partition ``p`` (its topics stay paused) until an
         operator's remedy and a restart."""
-        assert self.consumer is not None
         self.refused[p] = str(e)
         self.metrics.set_refused(p, True)
         self.readiness.refuse(p, str(e))
@@ -305,13 +304,20 @@ class Worker:
         and uncommitted, its local state (the last committed batch's) closed."""
         assert self.consumer is not None
         self.consumer.pause(*self._tps(p))
+        self._close_local(p)
+        self.metrics.set_assigned_partitions(len(self.logics))
+        self._refuse(p, e)
+
+    def _close_local(self, p: int) -> PartitionLogic | None:
+        """Let go of partition ``p`` here: its held messages are forgotten (whoever
+        decides it next reads them from the commit) and its local store is closed.
+        Returns the logic it had, if any."""
         for tp in self._tps(p):
             self._held.pop(tp, None)
         logic = self.logics.pop(p, None)
         if logic is not None:
-            logic.store.close()
-        self.metrics.set_assigned_partitions(len(self.logics))
-        self._refuse(p, e)
+            logic.store.close()  # the files stay: a checkpoint for the next owner here
+        return logic
 
     def _assigned(self) -> set[int]:
         assert self.consumer is not None
@@ -343,12 +349,8 @@ class Worker:
             if task is not None and not task.done():
                 task.cancel()
                 self._taking[p] = task  # the next take-over waits for it to let go
-            logic = self.logics.pop(p, None)
-            if logic is not None:
-                logic.store.close()  # the files stay: a checkpoint for the next owner here
+            self._close_local(p)
             self.refused.pop(p, None)
-            for tp in (*self._enrollment_tps(p), *self._transaction_tps(p)):
-                self._held.pop(tp, None)  # the next owner reads them from the commit
         self.metrics.forget_partitions(parts)
         self.metrics.set_assigned_partitions(len(self.logics))
         self.readiness.release(parts)
@@ -359,13 +361,9 @@ class Worker:
         local files included; a new take-over restores from the changelog."""
         assert self.consumer is not None
         for p in parts:
-            for tp in (*self._enrollment_tps(p), *self._transaction_tps(p)):
-                self._held.pop(tp, None)  # read again from the commit by the take-over
-            logic = self.logics.pop(p, None)
-            if logic is None:
-                continue
-            logic.store.close()
-            ShardStore.destroy(logic.store.path)
+            logic = self._close_local(p)
+            if logic is not None:
+                ShardStore.destroy(logic.store.path)
         still = parts & self._assigned()
         self.readiness.release(parts - still)
         if still:

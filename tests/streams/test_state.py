@@ -225,3 +225,21 @@ def test_people_in_memory_are_not_walked_by_the_cycle_collector() -> None:
     assert back == st
     for obj in (back, back.txns["paypay/t1"], back.parked[0]):
         assert not gc.is_tracked(obj), obj
+
+
+def test_a_worker_process_collects_with_the_larger_thresholds(tmp_path: Path) -> None:
+    """build_worker (both runtimes) sets the collector thresholds of DECISIONS 98."""
+    import gc
+
+    from engine.cli import build_parser
+    from engine.streams.worker import GC_THRESHOLDS, Worker, build_worker
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        args = build_parser().parse_args(["worker", "--broker", "127.0.0.1:1",
+                                          "--state-dir", str(tmp_path)])
+        assert isinstance(build_worker(args), Worker)
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
