@@ -34,7 +34,14 @@ from engine.devtools.worker_process import WorkerProcess  # noqa: E402
 from engine.kafka.client_config import ENV, default_client  # noqa: E402
 from engine.kafka.produce import Message, send_batched  # noqa: E402
 from engine.kafka.topics import Topics, ensure_topics  # noqa: E402
-from engine.streams.state import META_KEY, PersonState, ShardMeta, TxnEntry, encode  # noqa: E402
+from engine.streams.state import (  # noqa: E402
+    META_KEY,
+    PersonState,
+    ShardMeta,
+    TxnEntry,
+    encode,
+    encode_entry,
+)
 
 WORK = ROOT / "bench" / "_work" / "restore"
 
@@ -44,8 +51,8 @@ def person(i: int) -> tuple[bytes, bytes]:
     st = PersonState(enr_op="paypay", enr_kind=1, enr_day=18_506 + i % 30, c=12_000, r=3_000,
                      marks={"mynapoint.paypay.enrollments/0": i << 16,
                             "mynapoint.paypay.transactions/0": (i << 16) + 3},
-                     txns={f"paypay/t{i:08d}-{k}": TxnEntry(1, 4_000, 1_600_000_000_000_000,
-                                                           None, 1) for k in range(3)})
+                     txns={f"paypay/t{i:08d}-{k}": encode_entry(
+                         TxnEntry(1, 4_000, 1_600_000_000_000_000, None, 1)) for k in range(3)})
     return f"P{i:07d}".encode(), encode(st)
 
 

@@ -37,7 +37,9 @@ from engine.streams.state import (
     ShardStore,
     Staged,
     TxnEntry,
+    decode_entry,
     encode,
+    encode_entry,
     txn_key,
 )
 
@@ -212,10 +214,10 @@ class _Call:
             if rec >= 0:
                 self.e_rows[e] = (*self.e_rows[e][:4], rec)
             return
-        ent = self.states[pi].txns.get(k)
-        if ent is not None:
+        raw = self.states[pi].txns.get(k)
+        if raw is not None:
             self.entries[(pi, k)] = len(self.e_rows)
-            self.e_rows.append((pi, opc, txn_id, ent, rec))
+            self.e_rows.append((pi, opc, txn_id, decode_entry(raw), rec))
 
     # ------------------------------------------------------------------ steps
     def select(self, partition: int, enr: InBatch | None, txn: InBatch | None) -> None:
@@ -435,20 +437,22 @@ class _Call:
             st.c = c
             st.r = r
             st.parked = []
-        # entries loaded from the state are the state's own objects: only their status
-        # and refunded sum can change; the kernel's new ones become new objects
+        # of the entries loaded from the state only the status and refunded sum can
+        # change, and only a changed one is encoded again
         n0, ne = self.n0, self.n_entries
-        for (_pi, _o, _t, ent, _r), se, re_ in zip(self.e_rows, reg.status[:n0].tolist(),
-                                                  reg.refunded[:n0].tolist(), strict=True):
-            ent.status = se
-            ent.refunded = re_
+        for (pi, o, t, ent, _r), se, re_ in zip(self.e_rows, reg.status[:n0].tolist(),
+                                               reg.refunded[:n0].tolist(), strict=True):
+            if ent.status != se or ent.refunded != re_:
+                ent.status = se
+                ent.refunded = re_
+                states[pi].txns[txn_key(op_ids[o], t)] = encode_entry(ent)
         for pe, oe, te, ke, ae, ate, ore, se, re_ in zip(
                 reg.person[n0:ne].tolist(), reg.op[n0:ne].tolist(), reg.txn[n0:ne].tolist(),
                 reg.kind[n0:ne].tolist(), reg.amount[n0:ne].tolist(), reg.at[n0:ne].tolist(),
                 reg.orig[n0:ne].tolist(), reg.status[n0:ne].tolist(),
                 reg.refunded[n0:ne].tolist(), strict=True):
-            states[pe].txns[txn_key(op_ids[oe], strs[te])] = TxnEntry(
-                ke, ae, ate, strs[ore] if ore >= 0 else None, se, re_)
+            states[pe].txns[txn_key(op_ids[oe], strs[te])] = encode_entry(TxnEntry(
+                ke, ae, ate, strs[ore] if ore >= 0 else None, se, re_))
         n_pre = len(self.pre)
         for j in np.flatnonzero(out.reason == kernel.PARKED).tolist():
             pi = int(recs.person[j])

@@ -73,7 +73,10 @@ class PersonState(msgspec.Struct, array_like=True, gc=False):
     enr_day: int = 0
     c: int = 0
     r: int = 0
-    txns: dict[str, TxnEntry] = msgspec.field(default_factory=dict)
+    # first-seen transactions by txn_key, each kept encoded (a TxnEntry's msgpack)
+    # until a batch names it: a touch decodes and re-encodes only the entries its
+    # records name, and the person's blob is the others' bytes copied as they are
+    txns: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
     parked: list[Parked] = msgspec.field(default_factory=list)
     # records applied, as the highest arrival per source "topic/partition" (the topic
     # a record was first published to, also for a re-routed one): a source partition
@@ -108,6 +111,7 @@ def txn_key(operator_id: str, txn_id: str) -> str:
 
 _enc = msgspec.msgpack.Encoder()
 _dec_person = msgspec.msgpack.Decoder(PersonState)
+_dec_entry = msgspec.msgpack.Decoder(TxnEntry)
 _dec_meta = msgspec.msgpack.Decoder(ShardMeta)
 _dec_fence = msgspec.msgpack.Decoder(Fence)
 _dec_int = msgspec.msgpack.Decoder(int)
@@ -119,6 +123,14 @@ def encode(obj: Any) -> bytes:
 
 def decode_person(b: bytes) -> PersonState:
     return _dec_person.decode(b)
+
+
+def decode_entry(raw: msgspec.Raw | bytes) -> TxnEntry:
+    return _dec_entry.decode(raw)
+
+
+def encode_entry(e: TxnEntry) -> msgspec.Raw:
+    return msgspec.Raw(_enc.encode(e))
 
 
 def decode_meta(b: bytes) -> ShardMeta:

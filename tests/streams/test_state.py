@@ -19,12 +19,14 @@ from engine.streams.state import (
     PersonState,
     ShardStore,
     TxnEntry,
+    decode_entry,
     decode_person,
     encode,
+    encode_entry,
     is_person_key,
 )
 from tests import builders
-from tests.streams.feed import T0, Feed, H, txn
+from tests.streams.feed import PERSON, T0, Feed, H, txn
 
 
 def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
@@ -32,11 +34,11 @@ def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
     for i in range(5):
         st = store.get(f"person{i:02d}")
         st.c = 100 * i
-        st.txns["paypay/t1"] = TxnEntry(1, 100 * i, 0, None, 1)
+        st.txns["paypay/t1"] = encode_entry(TxnEntry(1, 100 * i, 0, None, 1))
         store.apply({f"person{i:02d}": encode(st)}, changelog_offset=i)
         assert len(store.cache) <= 3  # bounded: dropped once over the limit
     assert store.get("person03").c == 300
-    assert store.get("person04").txns["paypay/t1"].amount == 400
+    assert decode_entry(store.get("person04").txns["paypay/t1"]).amount == 400
     store.meta.stream_time = 42
     store.apply({}, changelog_offset=9)
     store.close()
@@ -219,11 +221,12 @@ def test_people_in_memory_are_not_walked_by_the_cycle_collector() -> None:
     from engine.streams.state import Parked
 
     st = PersonState(enr_op="paypay", c=100)
-    st.txns["paypay/t1"] = TxnEntry(1, 100, 0, None, 1)
+    st.txns["paypay/t1"] = encode_entry(TxnEntry(1, 100, 0, None, 1))
     st.parked.append(Parked(1, 1, "paypay", "t2", None, 5, 0, 0, 0, "t/0/1"))
     back = decode_person(encode(st))
     assert back == st
-    for obj in (back, back.txns["paypay/t1"], back.parked[0]):
+    for obj in (back, back.txns, back.txns["paypay/t1"], back.parked[0],
+                decode_entry(back.txns["paypay/t1"])):
         assert not gc.is_tracked(obj), obj
 
 
@@ -243,3 +246,52 @@ def test_a_worker_process_collects_with_the_larger_thresholds(tmp_path: Path) ->
         assert gc.get_threshold() == GC_THRESHOLDS
     finally:
         gc.set_threshold(*before)
+
+
+def test_a_batch_re_encodes_only_the_entries_its_records_name(tmp_path: Path) -> None:
+    """A person's other entries are written back as the bytes they were read as; the
+    refunded original is encoded again with its new sum, and the person's blob
+    decodes to the same entries a full decode and re-encode would give."""
+    f = Feed(tmp_path)
+    f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
+    f.poll("transaction", [txn(f"h{i}", T0 + 1 + i) for i in range(5)])
+    f.store.cache.clear()  # read back from RocksDB: the entries come as bytes
+    before = decode_person(f.store.db[PERSON.encode()]).txns
+    f.poll("transaction", [txn("back", T0 + 11, kind="refund", original_txn_id="h2",
+                               amount=1000)])
+    after = decode_person(f.store.db[PERSON.encode()]).txns
+    assert set(after) == set(before) | {"paypay/back"}
+    changed = {k for k in before if bytes(after[k]) != bytes(before[k])}
+    assert changed == {"paypay/h2"}
+    assert decode_entry(after["paypay/h2"]).refunded == 1000
+    assert decode_entry(after["paypay/back"]).kind == 2
+    f.store.close()
+
+
+def test_entries_kept_encoded_write_the_same_bytes_as_decoded_ones() -> None:
+    """Keeping entries as msgspec.Raw does not change the format: a blob is byte for
+    byte the encoding of the person with decoded entries (changelogs and local
+    copies written before read the same)."""
+    import msgspec
+
+    from engine.streams.state import Parked
+
+    class Decoded(msgspec.Struct, array_like=True):
+        enr_op: str | None
+        enr_kind: int
+        enr_day: int
+        c: int
+        r: int
+        txns: dict[str, TxnEntry]
+        parked: list[Parked]
+        marks: dict[str, int]
+
+    entries = {"paypay/t1": TxnEntry(1, 100, 5, None, 1),
+               "paypay/t2": TxnEntry(2, 30, 6, "t1", 2, 0)}
+    st = PersonState("paypay", 1, 18_506, 100, 25,
+                     {k: encode_entry(e) for k, e in entries.items()},
+                     [Parked(1, 1, "paypay", "t3", None, 5, 0, 0, 0, "t/0/1")], {"t/0": 7})
+    old = Decoded(st.enr_op, st.enr_kind, st.enr_day, st.c, st.r, entries, st.parked,
+                  st.marks)
+    assert encode(st) == encode(old)
+    assert {k: decode_entry(v) for k, v in decode_person(encode(old)).txns.items()} == entries
