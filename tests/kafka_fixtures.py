@@ -146,8 +146,9 @@ async def produce_one(bootstrap: str, topic: str, client: dict[str, Any]) -> Non
     from aiokafka import AIOKafkaProducer
 
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **client)
-    await asyncio.wait_for(p.start(), 40)
-    try:
+    try:  # a refused start too: a producer left unclosed is reported when collected,
+        # in whatever later test's output that happens
+        await asyncio.wait_for(p.start(), 40)
         await asyncio.wait_for(p.send_and_wait(topic, b"{}", key=b"AB12cd34"), 30)
     finally:
         await p.stop()
