@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -249,14 +250,15 @@ def test_a_worker_process_collects_with_the_larger_thresholds(tmp_path: Path) ->
 
 
 def test_a_batch_re_encodes_only_the_entries_its_records_name(tmp_path: Path) -> None:
-    """A person's other entries are written back as the bytes they were read as; the
-    refunded original is encoded again with its new sum, and the person's blob
-    decodes to the same entries a full decode and re-encode would give."""
+    """A person read from RocksDB holds its entries as bytes; a batch writes the
+    other entries back as the bytes they were read as, and encodes again only the
+    refunded original (new sum) and the refund's own new entry."""
     f = Feed(tmp_path)
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
     f.poll("transaction", [txn(f"h{i}", T0 + 1 + i) for i in range(5)])
     f.store.cache.clear()  # read back from RocksDB: the entries come as bytes
     before = decode_person(f.store.db[PERSON.encode()]).txns
+    assert all(type(v) is msgspec.Raw for v in f.store.get(PERSON).txns.values())
     f.poll("transaction", [txn("back", T0 + 11, kind="refund", original_txn_id="h2",
                                amount=1000)])
     after = decode_person(f.store.db[PERSON.encode()]).txns
@@ -272,8 +274,6 @@ def test_entries_kept_encoded_write_the_same_bytes_as_decoded_ones() -> None:
     """Keeping entries as msgspec.Raw does not change the format: a blob is byte for
     byte the encoding of the person with decoded entries (changelogs and local
     copies written before read the same)."""
-    import msgspec
-
     from engine.streams.state import Parked
 
     class Decoded(msgspec.Struct, array_like=True):
