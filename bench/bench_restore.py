@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,25 +35,23 @@ from engine.devtools.worker_process import WorkerProcess  # noqa: E402
 from engine.kafka.client_config import ENV, default_client  # noqa: E402
 from engine.kafka.produce import Message, send_batched  # noqa: E402
 from engine.kafka.topics import Topics, ensure_topics  # noqa: E402
-from engine.streams.state import (  # noqa: E402
-    META_KEY,
-    PersonState,
-    ShardMeta,
-    TxnEntry,
-    encode,
-    encode_entry,
-)
+from engine.streams.entries import ENTRY  # noqa: E402
+from engine.streams.state import META_KEY, PersonState, ShardMeta, encode  # noqa: E402
 
 WORK = ROOT / "bench" / "_work" / "restore"
 
 
 def person(i: int) -> tuple[bytes, bytes]:
     """A typical enrolled person of the shipped campaign: three purchases."""
+    entries = np.zeros(3, ENTRY)
+    entries["key"] = [(i << 2) + k + 1 for k in range(3)]  # any distinct non-zero keys
+    entries["at"] = 1_600_000_000_000_000
+    entries["amount"] = 4_000
+    entries["kind"] = entries["status"] = 1
     st = PersonState(enr_op="paypay", enr_kind=1, enr_day=18_506 + i % 30, c=12_000, r=3_000,
                      marks={"mynapoint.paypay.enrollments/0": i << 16,
                             "mynapoint.paypay.transactions/0": (i << 16) + 3},
-                     txns={f"paypay/t{i:08d}-{k}": encode_entry(
-                         TxnEntry(1, 4_000, 1_600_000_000_000_000, None, 1)) for k in range(3)})
+                     entries=entries.tobytes())
     return f"P{i:07d}".encode(), encode(st)
 
 

@@ -59,7 +59,7 @@ def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
         st = decode_person(raw)
         enrolled = f"enrolled with {st.enr_op}" if st.enr_op else "not enrolled"
         out.append(Place("state", str(db_dir),
-                         f"{enrolled}; {len(st.txns)} transactions, {len(st.parked)} waiting, "
+                         f"{enrolled}; {st.n_entries} transactions, {len(st.parked)} waiting, "
                          f"spending {st.c} yen"))
     return out
 

@@ -27,7 +27,9 @@ from engine.rules.marshal import (
 from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import format_utc, kafka_partitions, rfc3339_utc
+from engine.rules.txn_keys import dense_codes, entry_keys
 from engine.streams.decode import SUB_BITS, InBatch
+from engine.streams.entries import ENTRY
 from engine.streams.grant_json import GrantJson
 from engine.streams.state import (
     META_KEY,
@@ -36,11 +38,7 @@ from engine.streams.state import (
     PersonState,
     ShardStore,
     Staged,
-    TxnEntry,
-    decode_entry,
     encode,
-    encode_entry,
-    txn_key,
 )
 
 
@@ -180,9 +178,6 @@ class _Call:
         # (batch, record type, rows decided here, their person index or -1)
         self.keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
         self.pre: list[tuple[int, Parked]] = []
-        self.codes: dict[str, int] = {}
-        self.entries: dict[tuple[int, str], int] = {}
-        self.e_rows: list[tuple[int, int, str, TxnEntry, int]] = []
         self.spans: list[tuple[InBatch, int, np.ndarray]] = []
 
     def person(self, key: str) -> int:
@@ -193,31 +188,6 @@ class _Call:
             self.plist.append(key)
             self.states.append(self.store.get(key))
         return i
-
-    def code(self, s: str | None) -> int:
-        """Dense code of a txn_id within this call (-1: none)."""
-        if s is None:
-            return -1
-        c = self.codes.get(s)
-        if c is None:
-            c = self.codes[s] = len(self.codes)
-        return c
-
-    def want_entry(self, pi: int, opc: int, txn_id: str | None, rec: int) -> None:
-        """Load the person's registry entry of (operator, txn_id) if there is one;
-        ``rec`` >= 0 names the batch record that waits as that entry."""
-        if txn_id is None or opc < 0:
-            return
-        k = txn_key(self.d.op_ids[opc], txn_id)
-        e = self.entries.get((pi, k))
-        if e is not None:
-            if rec >= 0:
-                self.e_rows[e] = (*self.e_rows[e][:4], rec)
-            return
-        raw = self.states[pi].txns.get(k)
-        if raw is not None:
-            self.entries[(pi, k)] = len(self.e_rows)
-            self.e_rows.append((pi, opc, txn_id, decode_entry(raw), rec))
 
     # ------------------------------------------------------------------ steps
     def select(self, partition: int, enr: InBatch | None, txn: InBatch | None) -> None:
@@ -267,53 +237,53 @@ class _Call:
         self.pre.sort(key=lambda x: x[1].arrival)
 
     def marshal(self) -> None:
-        """The kernel's records (waiting ones first), people and registry entries."""
+        """The kernel's records (waiting ones first), people and registry: every
+        entry of the people involved, with txn codes dense over the entry keys of
+        this call (engine.streams.entries)."""
         n_pre = len(self.pre)
         n = n_pre + sum(len(k[2]) for k in self.keep)
         recs = self.recs = new_records(n)
-        code, want_entry = self.code, self.want_entry
+        keys = np.zeros(n, np.uint64)    # entry key of each record's own txn_id
+        origs = np.zeros(n, np.uint64)   # and of its original_txn_id
+        rcode = self.d.registry.code
         for j, (pi, pk) in enumerate(self.pre):
-            opc = self.d.registry.code(pk.operator_id)
             recs.typ[j] = kernel.TRANSACTION
             recs.person[j] = pi
-            recs.op[j] = opc
+            recs.op[j] = rcode(pk.operator_id)
             recs.kind[j] = pk.kind
             recs.amount[j] = pk.amount
             recs.at[j] = pk.at
             recs.day[j] = pk.day
-            recs.txn[j] = code(pk.txn_id)
-            recs.orig[j] = code(pk.orig)
             recs.received[j] = pk.received
             recs.preparked[j] = 1
             recs.lane[j] = self.d.lane(pk.source)
-            want_entry(pi, opc, pk.txn_id, j)
-            want_entry(pi, opc, pk.orig, -1)
+        if n_pre:
+            ops = [pk.operator_id for _, pk in self.pre]
+            keys[:n_pre] = entry_keys(ops, [pk.txn_id for _, pk in self.pre])
+            origs[:n_pre] = entry_keys(ops, [pk.orig for _, pk in self.pre])
         j = n_pre
         for b, typ, rows, pidx in self.keep:
             m = len(rows)
             v = b.v
-            fill_records(recs, slice(j, j + m), typ, v, rows, np.asarray(pidx, np.int32))
+            person = np.asarray(pidx, np.int32)
+            fill_records(recs, slice(j, j + m), typ, v, rows, person)
             src, lane = b.source, self.d.lane
             recs.lane[j:j + m] = [lane(src[i]) for i in rows.tolist()]
-            if typ == kernel.TRANSACTION:
-                tids = v.txn_id.to_pylist()
-                oids = v.original_txn_id.to_pylist()
-                for q, i in enumerate(rows.tolist()):
-                    if pidx[q] < 0:
-                        continue
-                    t, o = tids[i], oids[i]
-                    recs.txn[j + q] = code(t)
-                    recs.orig[j + q] = code(o)
-                    opc = int(v.op[i])
-                    want_entry(pidx[q], opc, t, -1)
-                    want_entry(pidx[q], opc, o, -1)
+            if typ == kernel.TRANSACTION and m:
+                # only records with a person meet the state (the rest failed a check)
+                with_person = person >= 0
+                keys[j:j + m] = np.where(with_person,
+                                         entry_keys(v.operator_id, v.txn_id)[rows], 0)
+                origs[j:j + m] = np.where(
+                    with_person, entry_keys(v.operator_id, v.original_txn_id)[rows], 0)
             self.spans.append((b, j, rows))
             j += m
         # whole columns from Python lists: element-wise numpy stores cost ~100 ns each
         people = self.people_a = new_people(len(self.plist))
         states, np_ = self.states, len(self.states)
+        blobs = [st.entries for st in states]
+        counts = np.fromiter((len(e) for e in blobs), np.int64, np_) // ENTRY.itemsize
         if np_:
-            rcode = self.d.registry.code
             enrolled = [st.enr_op is not None for st in states]
             people.op[:np_] = [rcode(st.enr_op) if st.enr_op is not None else -1
                                for st in states]
@@ -323,21 +293,29 @@ class _Call:
                                 for st, e in zip(states, enrolled, strict=True)]
             people.c[:np_] = [st.c for st in states]
             people.r[:np_] = [st.r for st in states]
-            people.n[:np_] = [len(st.txns) for st in states]
-        self.n0 = n0 = len(self.e_rows)
+            people.n[:np_] = counts
+        stored = np.frombuffer(b"".join(blobs), ENTRY)
+        self.n0 = n0 = len(stored)
+        codes, self.key_of = dense_codes(np.concatenate(
+            (stored["key"], stored["orig"], keys, origs)))
+        recs.txn[:] = codes[2 * n0:2 * n0 + n]
+        recs.orig[:] = codes[2 * n0 + n:]
         reg = self.reg = new_entries(n0 + n)
         if n0:
-            loaded = self.e_rows
-            reg.person[:n0] = [r[0] for r in loaded]
-            reg.op[:n0] = [r[1] for r in loaded]
-            reg.txn[:n0] = [code(r[2]) for r in loaded]
-            reg.kind[:n0] = [r[3].kind for r in loaded]
-            reg.amount[:n0] = [r[3].amount for r in loaded]
-            reg.at[:n0] = [r[3].at for r in loaded]
-            reg.orig[:n0] = [code(r[3].orig) for r in loaded]
-            reg.status[:n0] = [r[3].status for r in loaded]
-            reg.refunded[:n0] = [r[3].refunded for r in loaded]
-            reg.rec[:n0] = [r[4] for r in loaded]
+            reg.person[:n0] = np.repeat(np.arange(np_, dtype=np.int32), counts)
+            reg.txn[:n0] = codes[:n0]
+            reg.orig[:n0] = codes[n0:2 * n0]
+            for name in ("kind", "amount", "at", "status", "refunded"):
+                getattr(reg, name)[:n0] = stored[name]
+            # an entry's operator is part of its key, so any record naming the key
+            # has it; the kernel matches entries by (person, operator, code)
+            op_of = np.full(len(self.key_of) + 1, -1, np.int32)
+            op_of[recs.txn] = recs.op
+            op_of[recs.orig] = recs.op
+            op_of[-1] = -1
+            reg.op[:n0] = op_of[reg.txn[:n0]]
+            if n_pre:
+                self._link_waiting(n0, len(self.key_of))
         ts = recs.received
         recs.deadline[:] = np.where(ts == NO_TIME, NO_TIME, ts + self.d.campaign.park_timeout)
         # where each kernel record came from: (span, row) of a batch, or -1 (waiting)
@@ -348,12 +326,29 @@ class _Call:
             self.row_of[start:start + len(rows)] = rows
         self.cols = [{"mykey_id": b.v.mykey_id.to_pylist(),
                       "operator_id": b.v.operator_id.to_pylist(),
-                      "txn_id": b.v.txn_id.to_pylist()} for b, _s, _r in self.spans]
+                      "txn_id": b.v.txn_id.to_pylist(),
+                      "original_txn_id": b.v.original_txn_id.to_pylist()}
+                     for b, _s, _r in self.spans]
+
+    def _link_waiting(self, n0: int, n_codes: int) -> None:
+        """A waiting record is its person's entry already (first seen, PENDING):
+        tell the kernel which one (``rec``), so it is not taken for a duplicate."""
+        reg, recs, n_pre = self.reg, self.recs, len(self.pre)
+        width = n_codes + 1
+        mine = np.isin(reg.person[:n0], recs.person[:n_pre])
+        where = np.flatnonzero(mine)
+        at = dict(zip((reg.person[where].astype(np.int64) * width
+                       + reg.txn[where]).tolist(), where.tolist(), strict=True))
+        for j, k in enumerate((recs.person[:n_pre].astype(np.int64) * width
+                               + recs.txn[:n_pre]).tolist()):
+            e = at.get(k)
+            if e is not None:
+                reg.rec[e] = j
 
     def run_kernel(self, terms: kernel.Terms, lanes: np.ndarray, follows: np.ndarray) -> None:
         self.out = new_decided(len(self.recs.typ))
         n_entries, _ = kernel.decide(
-            self.people_a, self.recs, self.reg, self.n0, max(len(self.codes), 1), terms,
+            self.people_a, self.recs, self.reg, self.n0, max(len(self.key_of), 1), terms,
             lanes, follows, self.out)
         self.n_entries = int(n_entries)
         meta, ops = self.store.meta, self.d.op_ids
@@ -425,7 +420,6 @@ class _Call:
         """Every involved person's new state, staged as blobs with the meta."""
         people, reg, recs, out = self.people_a, self.reg, self.recs, self.out
         states, op_ids = self.states, self.d.op_ids
-        strs = list(self.codes)
         np_ = len(states)
         for st, o, k, d, c, r in zip(states, people.op[:np_].tolist(),
                                      people.kind[:np_].tolist(), people.day[:np_].tolist(),
@@ -437,22 +431,22 @@ class _Call:
             st.c = c
             st.r = r
             st.parked = []
-        # of the entries loaded from the state only the status and refunded sum can
-        # change, and only a changed one is encoded again
-        n0, ne = self.n0, self.n_entries
-        for (pi, o, t, ent, _r), se, re_ in zip(self.e_rows, reg.status[:n0].tolist(),
-                                               reg.refunded[:n0].tolist(), strict=True):
-            if ent.status != se or ent.refunded != re_:
-                ent.status = se
-                ent.refunded = re_
-                states[pi].txns[txn_key(op_ids[o], t)] = encode_entry(ent)
-        for pe, oe, te, ke, ae, ate, ore, se, re_ in zip(
-                reg.person[n0:ne].tolist(), reg.op[n0:ne].tolist(), reg.txn[n0:ne].tolist(),
-                reg.kind[n0:ne].tolist(), reg.amount[n0:ne].tolist(), reg.at[n0:ne].tolist(),
-                reg.orig[n0:ne].tolist(), reg.status[n0:ne].tolist(),
-                reg.refunded[n0:ne].tolist(), strict=True):
-            states[pe].txns[txn_key(op_ids[oe], strs[te])] = encode_entry(TxnEntry(
-                ke, ae, ate, strs[ore] if ore >= 0 else None, se, re_))
+        # every person's entries, the stored ones (status and refunded sum may have
+        # changed) then the new ones, packed and cut per person
+        ne = self.n_entries
+        rows = np.empty(ne, ENTRY)
+        key_of = np.append(self.key_of, np.uint64(0))  # code -1: no key
+        rows["key"] = key_of[reg.txn[:ne]]
+        rows["orig"] = key_of[reg.orig[:ne]]
+        for name in ("at", "amount", "refunded", "kind", "status"):
+            rows[name] = getattr(reg, name)[:ne]
+        owner = reg.person[:ne]
+        packed = rows[np.argsort(owner, kind="stable")].tobytes()
+        ends = (np.cumsum(np.bincount(owner, minlength=np_)) * ENTRY.itemsize).tolist()
+        start = 0
+        for st, end in zip(states, ends, strict=True):
+            st.entries = packed[start:end]
+            start = end
         n_pre = len(self.pre)
         for j in np.flatnonzero(out.reason == kernel.PARKED).tolist():
             pi = int(recs.person[j])
@@ -463,9 +457,8 @@ class _Call:
                 b = self.spans[si][0]
                 i = int(self.row_of[j])
                 c = self.cols[si]
-                o = int(recs.orig[j])
                 pk = Parked(int(b.arrival[i]), int(recs.kind[j]), c["operator_id"][i],
-                            c["txn_id"][i], strs[o] if o >= 0 else None, int(recs.amount[j]),
+                            c["txn_id"][i], c["original_txn_id"][i], int(recs.amount[j]),
                             int(recs.at[j]), int(recs.day[j]), int(recs.received[j]),
                             b.source[i])
             states[pi].parked.append(pk)

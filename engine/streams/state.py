@@ -23,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 from rocksdict import Options, Rdict, WriteBatch
+
+from engine.rules.txn_keys import entry_keys
+from engine.streams.entries import ENTRY
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
@@ -42,7 +46,8 @@ _WAIT_B = WAIT_PREFIX.encode()
 # these structs can be part of a reference cycle: they hold only strings, numbers and
 # containers of further such structs.
 class TxnEntry(msgspec.Struct, array_like=True, gc=False):
-    """A first-seen (operator_id, txn_id) of one person."""
+    """A first-seen (operator_id, txn_id) of one person, in the format before
+    DECISIONS 101 (:func:`upgrade` reads it)."""
 
     kind: int
     amount: int
@@ -73,9 +78,8 @@ class PersonState(msgspec.Struct, array_like=True, gc=False):
     enr_day: int = 0
     c: int = 0
     r: int = 0
-    # first-seen transactions by txn_key, each kept encoded (a TxnEntry's msgpack)
-    # until a batch names it: a touch decodes and re-encodes only the entries its
-    # records name, and the person's blob is the others' bytes copied as they are
+    # the format before DECISIONS 101: first-seen transactions by txn_key, each a
+    # TxnEntry's msgpack; read (and moved to ``entries``), never written
     txns: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
     parked: list[Parked] = msgspec.field(default_factory=list)
     # records applied, as the highest arrival per source "topic/partition" (the topic
@@ -83,6 +87,13 @@ class PersonState(msgspec.Struct, array_like=True, gc=False):
     # is read, and re-routed, in its own order, so a record at or below its mark is a
     # redelivery (bounded by the number of input topic-partitions)
     marks: dict[str, int] = msgspec.field(default_factory=dict)
+    # first-seen transactions, packed rows of engine.streams.entries.ENTRY in the
+    # order they were first seen
+    entries: bytes = b""
+
+    @property
+    def n_entries(self) -> int:
+        return len(self.entries) // ENTRY.itemsize
 
 
 class ShardMeta(msgspec.Struct):
@@ -122,15 +133,28 @@ def encode(obj: Any) -> bytes:
 
 
 def decode_person(b: bytes) -> PersonState:
-    return _dec_person.decode(b)
+    """A stored person; one written in the format before DECISIONS 101 comes with
+    its entries packed (:func:`upgrade`)."""
+    st = _dec_person.decode(b)
+    if st.txns:
+        upgrade(st)
+    return st
 
 
-def decode_entry(raw: msgspec.Raw | bytes) -> TxnEntry:
-    return _dec_entry.decode(raw)
-
-
-def encode_entry(e: TxnEntry) -> msgspec.Raw:
-    return msgspec.Raw(_enc.encode(e))
+def upgrade(st: PersonState) -> None:
+    """Move entries of the old format (``txns``: ``operator_id/txn_id`` → TxnEntry
+    msgpack) to packed rows after the ones already packed; their order is the
+    order they were first seen in (a dict keeps insertion order)."""
+    keys = list(st.txns)
+    olds = [_dec_entry.decode(raw) for raw in st.txns.values()]
+    rows = np.zeros(len(keys), ENTRY)
+    ops = [k.partition("/")[0] for k in keys]
+    rows["key"] = entry_keys(ops, [k.partition("/")[2] for k in keys])
+    rows["orig"] = entry_keys(ops, [e.orig for e in olds])
+    for name in ("at", "amount", "refunded", "kind", "status"):
+        rows[name] = [getattr(e, name) for e in olds]
+    st.entries += rows.tobytes()
+    st.txns = {}
 
 
 def decode_meta(b: bytes) -> ShardMeta:

@@ -51,7 +51,7 @@ def test_person_limit_bounds_the_state_and_matches_offline(tmp_path: Path) -> No
     assert sum(r == "PERSON_LIMIT" for r in got.values()) == 350
     assert f.store.parked[PERSON] == T0 * 1000 + campaign.park_timeout  # the first one's
     st = decode_person(f.store.db[PERSON.encode()])
-    assert len(st.txns) == 50 and len(st.parked) == 50
+    assert st.n_entries == 50 and len(st.parked) == 50
     f.store.close()
     offline = settle_records([], [it["rec"] for it in items], campaign, DEFAULT_REGISTRY)
     assert {items[o.index]["rec"]["txn_id"]: o.reason for o in offline
@@ -71,7 +71,7 @@ def test_shipped_limit_keeps_a_full_person_under_the_broker_message_size(
     for k in range(0, len(items), 1000):
         f.poll("transaction", items[k:k + 1000])
     blob = f.store.db[PERSON.encode()]
-    assert len(decode_person(blob).txns) == limit
+    assert decode_person(blob).n_entries == limit
     assert len(blob) < 1 << 20, len(blob)
     f.store.close()
 

@@ -6,28 +6,43 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.config import DEFAULT_CAMPAIGN
 from engine.rules.model import NO_TIME
+from engine.rules.txn_keys import entry_keys
+from engine.streams.entries import ENTRY
 from engine.streams.state import (
     FENCE_KEY,
     META_KEY,
     WAIT_PREFIX,
     Fence,
+    Parked,
     PersonState,
     ShardStore,
     TxnEntry,
-    decode_entry,
     decode_person,
     encode,
-    encode_entry,
     is_person_key,
 )
 from tests import builders
 from tests.streams.feed import PERSON, T0, Feed, H, txn
+
+
+def _entry(txn_id: str = "t1", amount: int = 100, **fields: int) -> bytes:
+    row = np.zeros(1, ENTRY)
+    row["key"] = entry_keys(["paypay"], [txn_id])
+    row["amount"] = amount
+    for name, value in fields.items():
+        row[name] = value
+    return row.tobytes()
+
+
+def _rows(entries: bytes) -> np.ndarray:
+    return np.frombuffer(entries, ENTRY)
 
 
 def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
@@ -35,11 +50,11 @@ def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
     for i in range(5):
         st = store.get(f"person{i:02d}")
         st.c = 100 * i
-        st.txns["paypay/t1"] = encode_entry(TxnEntry(1, 100 * i, 0, None, 1))
+        st.entries = _entry(amount=100 * i)
         store.apply({f"person{i:02d}": encode(st)}, changelog_offset=i)
         assert len(store.cache) <= 3  # bounded: dropped once over the limit
     assert store.get("person03").c == 300
-    assert decode_entry(store.get("person04").txns["paypay/t1"]).amount == 400
+    assert _rows(store.get("person04").entries)["amount"].tolist() == [400]
     store.meta.stream_time = 42
     store.apply({}, changelog_offset=9)
     store.close()
@@ -219,15 +234,11 @@ def test_people_in_memory_are_not_walked_by_the_cycle_collector() -> None:
     collection walked every cached one)."""
     import gc
 
-    from engine.streams.state import Parked
-
-    st = PersonState(enr_op="paypay", c=100)
-    st.txns["paypay/t1"] = encode_entry(TxnEntry(1, 100, 0, None, 1))
+    st = PersonState(enr_op="paypay", c=100, entries=_entry())
     st.parked.append(Parked(1, 1, "paypay", "t2", None, 5, 0, 0, 0, "t/0/1"))
     back = decode_person(encode(st))
     assert back == st
-    for obj in (back, back.txns, back.txns["paypay/t1"], back.parked[0],
-                decode_entry(back.txns["paypay/t1"])):
+    for obj in (back, back.parked[0]):
         assert not gc.is_tracked(obj), obj
 
 
@@ -249,49 +260,101 @@ def test_a_worker_process_collects_with_the_larger_thresholds(tmp_path: Path) ->
         gc.set_threshold(*before)
 
 
-def test_a_batch_re_encodes_only_the_entries_its_records_name(tmp_path: Path) -> None:
-    """A person read from RocksDB holds its entries as bytes; a batch writes the
-    other entries back as the bytes they were read as, and encodes again only the
-    refunded original (new sum) and the refund's own new entry."""
+def test_a_refund_changes_only_its_originals_row_and_adds_its_own(tmp_path: Path) -> None:
+    """Entries are packed rows in the order first seen; a batch writes the others
+    back unchanged."""
     f = Feed(tmp_path)
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
     f.poll("transaction", [txn(f"h{i}", T0 + 1 + i) for i in range(5)])
-    f.store.cache.clear()  # read back from RocksDB: the entries come as bytes
-    before = decode_person(f.store.db[PERSON.encode()]).txns
-    assert all(type(v) is msgspec.Raw for v in f.store.get(PERSON).txns.values())
+    f.store.cache.clear()  # read back from RocksDB
+    before = _rows(decode_person(f.store.db[PERSON.encode()]).entries).copy()
+    assert before["key"].tolist() == entry_keys(["paypay"] * 5,
+                                                [f"h{i}" for i in range(5)]).tolist()
     f.poll("transaction", [txn("back", T0 + 11, kind="refund", original_txn_id="h2",
                                amount=1000)])
-    after = decode_person(f.store.db[PERSON.encode()]).txns
-    assert set(after) == set(before) | {"paypay/back"}
-    changed = {k for k in before if bytes(after[k]) != bytes(before[k])}
-    assert changed == {"paypay/h2"}
-    assert decode_entry(after["paypay/h2"]).refunded == 1000
-    assert decode_entry(after["paypay/back"]).kind == 2
+    after = _rows(decode_person(f.store.db[PERSON.encode()]).entries)
+    assert len(after) == 6
+    changed = [i for i in range(5) if after[i].tobytes() != before[i].tobytes()]
+    assert changed == [2] and after[2]["refunded"] == 1000
+    assert after[5]["key"] == entry_keys(["paypay"], ["back"])[0]
+    assert after[5]["orig"] == before[2]["key"] and after[5]["kind"] == 2
     f.store.close()
 
 
-def test_entries_kept_encoded_write_the_same_bytes_as_decoded_ones() -> None:
-    """Keeping entries as msgspec.Raw does not change the format: a blob is byte for
-    byte the encoding of the person with decoded entries (changelogs and local
-    copies written before read the same)."""
-    from engine.streams.state import Parked
+class _OldPerson(msgspec.Struct, array_like=True):
+    """A person as stored before DECISIONS 101: entries by ``operator_id/txn_id``."""
 
-    class Decoded(msgspec.Struct, array_like=True):
-        enr_op: str | None
-        enr_kind: int
-        enr_day: int
-        c: int
-        r: int
-        txns: dict[str, TxnEntry]
-        parked: list[Parked]
-        marks: dict[str, int]
+    enr_op: str | None
+    enr_kind: int
+    enr_day: int
+    c: int
+    r: int
+    txns: dict[str, TxnEntry]
+    parked: list[Parked]
+    marks: dict[str, int]
 
-    entries = {"paypay/t1": TxnEntry(1, 100, 5, None, 1),
-               "paypay/t2": TxnEntry(2, 30, 6, "t1", 2, 0)}
-    st = PersonState("paypay", 1, 18_506, 100, 25,
-                     {k: encode_entry(e) for k, e in entries.items()},
-                     [Parked(1, 1, "paypay", "t3", None, 5, 0, 0, 0, "t/0/1")], {"t/0": 7})
-    old = Decoded(st.enr_op, st.enr_kind, st.enr_day, st.c, st.r, entries, st.parked,
-                  st.marks)
-    assert encode(st) == encode(old)
-    assert {k: decode_entry(v) for k, v in decode_person(encode(old)).txns.items()} == entries
+
+def _as_old(st: PersonState, txn_ids: list[str]) -> bytes:
+    """``st`` written in the old format; ``txn_ids``: its entries' ids, in order (the
+    packed rows keep only their hashes)."""
+    rows = _rows(st.entries)
+    by_key = {int(k): t for k, t in zip(entry_keys(["paypay"] * len(txn_ids), txn_ids).tolist(),
+                                         txn_ids, strict=True)}
+    txns = {f"paypay/{by_key[int(e['key'])]}": TxnEntry(
+        int(e["kind"]), int(e["amount"]), int(e["at"]),
+        by_key[int(e["orig"])] if e["orig"] else None, int(e["status"]), int(e["refunded"]))
+        for e in rows}
+    return encode(_OldPerson(st.enr_op, st.enr_kind, st.enr_day, st.c, st.r, txns,
+                             st.parked, st.marks))
+
+
+def test_a_person_stored_in_the_old_format_reads_as_the_same_state(tmp_path: Path) -> None:
+    """Changelogs and local copies written before the packed entries still read:
+    the old entries become the rows the new code would have written."""
+    f = Feed(tmp_path)
+    f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
+    f.poll("transaction", [txn("h0", T0 + 1), txn("h1", T0 + 2),
+                           txn("back", T0 + 3, kind="refund", original_txn_id="h0",
+                               amount=400)])
+    new = decode_person(f.store.db[PERSON.encode()])
+    assert new.n_entries == 3
+    old = _as_old(new, ["h0", "h1", "back"])
+    assert msgspec.msgpack.decode(old)[5]  # the old blob does hold a txns map
+    assert decode_person(old) == new
+    f.store.close()
+
+
+def test_decisions_go_on_from_a_person_stored_in_the_old_format(tmp_path: Path) -> None:
+    """A duplicate of an old-format entry is found and a refund is matched to it."""
+    from tests.streams.feed import reasons
+
+    f = Feed(tmp_path)
+    f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
+    f.poll("transaction", [txn("h0", T0 + 1), txn("h1", T0 + 2)])
+    old = _as_old(decode_person(f.store.db[PERSON.encode()]), ["h0", "h1"])
+    f.store.db[PERSON.encode()] = old  # as a restore of an old changelog writes it
+    f.store.cache.clear()
+    res = f.poll("transaction", [txn("h0", T0 + 4),
+                                 txn("h1", T0 + 5, amount=999),
+                                 txn("back", T0 + 6, kind="refund", original_txn_id="h1",
+                                     amount=4000),
+                                 txn("more", T0 + 7, kind="refund", original_txn_id="h1",
+                                     amount=1)])
+    assert reasons(res) == {"h0": "DUPLICATE", "h1": "CONFLICTING_DUPLICATE",
+                            "back": "granted", "more": "REFUND_EXCEEDS_ORIGINAL"}
+    assert decode_person(f.store.db[PERSON.encode()]).n_entries == 4
+    f.store.close()
+
+
+def test_state_keeps_a_decided_transactions_id_only_as_a_hash(tmp_path: Path) -> None:
+    """docs/PRIVACY.md: a decided transaction's id is not in the stored person (its
+    key is a hash); one that waits keeps its id, needed for its outcome."""
+    f = Feed(tmp_path)
+    f.poll("transaction", [txn("waiting-for-enrolment-7", T0)])
+    assert b"waiting-for-enrolment-7" in f.store.db[PERSON.encode()]
+    f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0 + 1}])
+    f.poll("transaction", [txn("decided-at-once-8", T0 + 2)])
+    blob = f.store.db[PERSON.encode()]
+    assert decode_person(blob).n_entries == 2
+    assert b"waiting-for-enrolment-7" not in blob and b"decided-at-once-8" not in blob
+    f.store.close()

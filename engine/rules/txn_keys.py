@@ -1,0 +1,121 @@
+"""Transaction keys: a 64-bit hash of ``operator_id/txn_id``, and dense codes of
+the keys one kernel call meets.
+
+Both drivers decide with these keys: offline ``settle`` codes a file's
+transactions with them, the streaming state stores them (engine.streams.entries),
+so the two agree even on the one case a hash brings: two distinct transactions
+of one person with the same key, the second a DUPLICATE. With at most
+``person_limit`` (3,000) entries per person the chance is below
+3,000² / 2⁶⁵ ≈ 2.4 × 10⁻¹³ for that person (about 10 entries each: 25 M people
+× 45 pairs / 2⁶⁴ ≈ 6 × 10⁻¹¹ for the whole program); keys of different people are
+never compared. The hash is part of the stored format (a test pins its value).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pyarrow as pa
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fnv(h, data, start, end):  # type: ignore[no-untyped-def]
+    for k in range(start, end):
+        h = (h ^ np.uint64(data[k])) * _FNV_PRIME
+    return h
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_pairs(a_off, a_data, b_off, b_data, valid, out):  # type: ignore[no-untyped-def]
+    """FNV-1a over the bytes of ``a/b`` (``a`` empty: over ``b`` alone, a whole key),
+    then splitmix64's finalizer (FNV alone mixes the last bytes poorly); 0 is kept
+    for "none"."""
+    slash = np.uint64(ord("/"))
+    for i in range(len(out)):
+        if not valid[i]:
+            out[i] = 0
+            continue
+        h = _fnv(_FNV_OFFSET, a_data, a_off[i], a_off[i + 1])
+        if a_off[i + 1] > a_off[i]:
+            h = (h ^ slash) * _FNV_PRIME
+        h = _fnv(h, b_data, b_off[i], b_off[i + 1])
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+        out[i] = h if h != 0 else np.uint64(1)
+
+
+def _utf8(arr: pa.Array | pa.ChunkedArray | list[str | None]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets, bytes, valid) of a string column, offsets as int64."""
+    if isinstance(arr, list):
+        arr = pa.array(arr, pa.large_string())
+    elif isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    _validity, off_buf, data_buf = arr.buffers()
+    offsets = (np.frombuffer(off_buf, np.int64)[arr.offset:arr.offset + n + 1]
+               if off_buf is not None else np.zeros(n + 1, np.int64))
+    data = (np.frombuffer(data_buf, np.uint8) if data_buf is not None
+            else np.zeros(0, np.uint8))
+    return offsets, data, arr.is_valid().to_numpy(zero_copy_only=False)
+
+
+def key_hashes(keys: pa.Array | pa.ChunkedArray | list[str | None]) -> np.ndarray:
+    """uint64 hash of each whole key string (``operator_id/txn_id``); 0 for a null."""
+    off, data, valid = _utf8(keys)
+    out = np.zeros(len(valid), np.uint64)
+    _hash_pairs(np.zeros(len(valid) + 1, np.int64), data[:0], off, data, valid, out)
+    return out
+
+
+def entry_keys(operator_ids: pa.Array | pa.ChunkedArray | list[str | None],
+               txn_ids: pa.Array | pa.ChunkedArray | list[str | None]) -> np.ndarray:
+    """The entry key of each (operator_id, txn_id): the hash of ``operator_id/txn_id``
+    (0 where either is null)."""
+    a_off, a_data, a_valid = _utf8(operator_ids)
+    b_off, b_data, b_valid = _utf8(txn_ids)
+    out = np.zeros(len(a_valid), np.uint64)
+    _hash_pairs(a_off, a_data, b_off, b_data, a_valid & b_valid, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def dense_codes(h):  # type: ignore[no-untyped-def]
+    """Dense codes 0.. of the distinct non-zero hashes in ``h`` (-1 for 0), and the
+    hashes by code: the kernel's txn codes for one call."""
+    n = len(h)
+    cap = 16
+    while cap < 2 * n:
+        cap <<= 1
+    mask = np.uint64(cap - 1)
+    slots = np.zeros(cap, np.uint64)
+    code_at = np.zeros(cap, np.int64)
+    codes = np.empty(n, np.int64)
+    uniq = np.empty(n, np.uint64)
+    m = 0
+    for i in range(n):
+        x = h[i]
+        if x == 0:
+            codes[i] = -1
+            continue
+        s = x & mask
+        while True:
+            if slots[s] == 0:
+                slots[s] = x
+                code_at[s] = m
+                uniq[m] = x
+                codes[i] = m
+                m += 1
+                break
+            if slots[s] == x:
+                codes[i] = code_at[s]
+                break
+            s = (s + np.uint64(1)) & mask
+    return codes, uniq[:m]
