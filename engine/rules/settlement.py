@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from engine.rules import kernel
 from engine.rules.marshal import new_decided, new_entries, new_people, records_of, terms_of
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.rules.strings import person_codes
+from engine.rules.txn_keys import dense_codes, entry_keys
 from engine.rules.validate import (
     Validated,
     shape_objects,
@@ -54,32 +54,16 @@ class Decisions:
     txn_trigger: np.ndarray | None = None
 
 
-def dictionary_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
-    """Dense int64 codes of strings shared across arrays (null -> -1).
-
-    >>> [c.tolist() for c in dictionary_codes(pa.array(["a", None]), pa.array([]),
-    ...                                        pa.array(["b", "a"]))[0]]
-    [[0, -1], [], [1, 0]]
-
-    (A numba open-addressing hash over the raw bytes was tried and measured
-    slower than Arrow's hash kernel here.)
-    """
-    chunks = [a.cast(pa.string()) for a in arrays]
-    # one memo table across chunks, so codes agree between the arrays; empty arrays
-    # are left out of the chunked array and get empty code arrays
-    enc = pc.dictionary_encode(pa.chunked_array([c for c in chunks if len(c)], pa.string()))
-    it = iter(enc.chunks)
-    out: list[np.ndarray] = []
-    size = 0
-    for c in chunks:
-        if not len(c):
-            out.append(np.zeros(0, np.int64))
-            continue
-        chunk = next(it)
-        out.append(np.asarray(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False),
-                              dtype=np.int64))
-        size = max(size, len(chunk.dictionary))
-    return out, size
+def txn_codes(txn: Validated) -> tuple[np.ndarray, np.ndarray, int]:
+    """The kernel's codes of each transaction's key and of its original's (-1: none),
+    and how many there are: dense codes of :mod:`engine.rules.txn_keys`' hashes of
+    ``operator_id/txn_id``, the keys the streaming state stores, so both drivers
+    decide the same (DECISIONS 101)."""
+    n = txn.n
+    codes, uniq = dense_codes(np.concatenate((
+        entry_keys(txn.operator_id, txn.txn_id),
+        entry_keys(txn.operator_id, txn.original_txn_id))))
+    return codes[:n], codes[n:], len(uniq)
 
 
 def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisions:
@@ -90,12 +74,12 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
     (equivalent to one call over both, without concatenating 10^7-row inputs).
     """
     ne = enr.n
-    # Both encoders release the GIL (numba nogil, Arrow's hash kernel): run them at once
+    # Both encoders release the GIL (numba nogil): run them at once
     with ThreadPoolExecutor(max_workers=2) as pool:
         people_job = pool.submit(person_codes, enr.mykey_id, txn.mykey_id)
-        txn_job = pool.submit(dictionary_codes, txn.txn_id, txn.original_txn_id)
+        txn_job = pool.submit(txn_codes, txn)
         (pe, pt), n_people = people_job.result()
-        (tt, to), n_codes = txn_job.result()
+        tt, to, n_codes = txn_job.result()
     people = new_people(n_people)
     enr_out = _run(people, enr, kernel.ENROLLMENT, pe, np.full(ne, -1, np.int64),
                    np.full(ne, -1, np.int64), 1, campaign)

@@ -92,7 +92,7 @@ def dense_codes(h):  # type: ignore[no-untyped-def]
     hashes by code: the kernel's txn codes for one call."""
     n = len(h)
     cap = 16
-    while cap < 2 * n:
+    while cap < 2 * np.count_nonzero(h):  # most originals are none (0): no slot
         cap <<= 1
     mask = np.uint64(cap - 1)
     slots = np.zeros(cap, np.uint64)
