@@ -41,6 +41,16 @@ from engine.streams.state import (
     encode,
 )
 
+# outcome name by kernel reason code (0: accepted)
+_OUTCOME_NAMES = np.array(["accepted", *REASON_NAMES[1:]], dtype=object)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A 1-D object array of ``values`` (np.asarray would make a 2-D one of tuples)."""
+    a = np.empty(len(values), object)
+    a[:] = values
+    return a
+
 
 def _origin(source: str) -> tuple[str, int]:
     """("topic/partition", arrival) of an engine-written ``topic/partition/offset[#i]``.
@@ -324,10 +334,12 @@ class _Call:
         for si, (_b, start, rows) in enumerate(self.spans):
             self.span_of[start:start + len(rows)] = si
             self.row_of[start:start + len(rows)] = rows
-        self.cols = [{"mykey_id": b.v.mykey_id.to_pylist(),
-                      "operator_id": b.v.operator_id.to_pylist(),
-                      "txn_id": b.v.txn_id.to_pylist(),
-                      "original_txn_id": b.v.original_txn_id.to_pylist()}
+        # each batch's ids as object arrays, gathered by row for outcomes and waits
+        self.cols = [{"mykey_id": _objects(b.v.mykey_id.to_pylist()),
+                      "operator_id": _objects(b.v.operator_id.to_pylist()),
+                      "txn_id": _objects(b.v.txn_id.to_pylist()),
+                      "original_txn_id": _objects(b.v.original_txn_id.to_pylist()),
+                      "source": _objects(b.source)}
                      for b, _s, _r in self.spans]
 
     def _link_waiting(self, n0: int, n_codes: int) -> None:
@@ -357,64 +369,61 @@ class _Call:
         meta.stream_time = max(meta.stream_time, int(lanes.max()))
 
     def outcomes(self) -> None:
-        """Grants and rejections, in decision order."""
+        """Grants and rejections, in decision order: the ids of the records decided are
+        gathered column-wise (object arrays), only rejections are built one by one."""
         res, recs, out = self.res, self.recs, self.out
-        n_pre = len(self.pre)
         order = np.argsort(np.where(out.reason == kernel.PARKED, np.iinfo(np.int64).max,
                                     out.seq), kind="stable")
-        outcomes: dict[str, list[str]] = {"enrollment": [], "transaction": []}
-        reason_l = out.reason.tolist()
-        decided = [j for j in order.tolist() if reason_l[j] != kernel.PARKED]
-        span_l = self.span_of.tolist()
-        row_l = self.row_of.tolist()
-        typ_l = recs.typ.tolist()
-        accepted = [j for j in decided if reason_l[j] == 0 and typ_l[j] == kernel.TRANSACTION]
-        occurred = rfc3339_utc(recs.at[accepted]) if accepted else []
-        # the grants' columns, in decision order (accepted is in it too)
-        g_keys: list[str] = []
-        g_ops: list[str] = []
-        g_tids: list[str] = []
-        g_srcs: list[str] = []
-        for j in decided:
-            r = reason_l[j]
-            if j < n_pre:
-                pi, pk = self.pre[j]
-                key, opid, tid, src = self.plist[pi], pk.operator_id, pk.txn_id, pk.source
-                rtype = "transaction"
-                detail = None
-            else:
-                si = span_l[j]
-                b = self.spans[si][0]
-                i = row_l[j]
-                c = self.cols[si]
-                key, opid, tid, src = c["mykey_id"][i], c["operator_id"][i], c["txn_id"][i], \
-                    b.source[i]
-                rtype = b.v.record_type
-                detail = b.v.detail[i]
-            outcomes[rtype].append("accepted" if r == 0 else REASON_NAMES[r])
-            kb = key.encode() if key is not None else None
-            if r == 0 and rtype == "transaction":
-                g_keys.append(key)
-                g_ops.append(opid)
-                g_tids.append(tid)
-                g_srcs.append(src)
-            elif r != 0:
-                res.rejections.append((kb, {
-                    "record_type": rtype, "reason": REASON_NAMES[r],
+        decided = order[out.reason[order] != kernel.PARKED]
+        reason = out.reason[decided]
+        is_txn = recs.typ[decided] == kernel.TRANSACTION
+        names = _OUTCOME_NAMES[reason]
+        res.outcomes = {"enrollment": names[~is_txn].tolist(),
+                        "transaction": names[is_txn].tolist()}
+        ids = self.ids()
+        rejected = decided[reason != 0].tolist()
+        if rejected:
+            typ_l = recs.typ.tolist()
+            reason_l = out.reason.tolist()
+            key_l, op_l, tid_l, src_l, detail_l = (a[rejected].tolist() for a in ids)
+            for j, key, opid, tid, src, detail in zip(rejected, key_l, op_l, tid_l, src_l,
+                                                      detail_l, strict=True):
+                r = reason_l[j]
+                txn = typ_l[j] == kernel.TRANSACTION
+                res.rejections.append((key.encode() if key is not None else None, {
+                    "record_type": "transaction" if txn else "enrollment",
+                    "reason": REASON_NAMES[r],
                     "detail": detail if detail is not None else STATEFUL_DETAIL[Reason(r)],
-                    "txn_id": tid if rtype == "transaction" else None,
+                    "txn_id": tid if txn else None,
                     "operator_id": opid, "mykey_id": key, "source": src}))
-        res.outcomes = outcomes
-        if accepted:
+        accepted = decided[(reason == 0) & is_txn]
+        if len(accepted):
             pts_a = out.points[accepted]
             res.points += int(pts_a[pts_a > 0].sum())
             res.clawed_back -= int(pts_a[pts_a < 0].sum())
+            g_keys, g_ops, g_tids, g_srcs = (a[accepted].tolist() for a in ids[:4])
             values = self.d.grant_json.encode(
                 g_keys, g_ops, g_tids, recs.kind[accepted].tolist(),
                 recs.amount[accepted].tolist(), pts_a.tolist(), out.cum[accepted].tolist(),
-                occurred, g_srcs)
+                rfc3339_utc(recs.at[accepted]), g_srcs)
             res.grant_messages = [(k.encode(), v, s)
                                   for k, v, s in zip(g_keys, values, g_srcs, strict=True)]
+
+    def ids(self) -> tuple[np.ndarray, ...]:
+        """Per kernel record (object arrays): mykey_id, operator_id, txn_id, source and
+        the stateless check's detail (None for a waiting record)."""
+        n = len(self.recs.typ)
+        cols = tuple(np.empty(n, object) for _ in range(5))
+        if self.pre:
+            cols[0][:len(self.pre)] = [self.plist[pi] for pi, _ in self.pre]
+            for col, name in zip(cols[1:4], ("operator_id", "txn_id", "source"), strict=True):
+                col[:len(self.pre)] = [getattr(pk, name) for _, pk in self.pre]
+        for (b, start, rows), c in zip(self.spans, self.cols, strict=True):
+            at = slice(start, start + len(rows))
+            for col, whole in zip(cols, (c["mykey_id"], c["operator_id"], c["txn_id"],
+                                         c["source"], b.v.detail), strict=True):
+                col[at] = whole[rows]
+        return cols
 
     def new_state(self) -> None:
         """Every involved person's new state, staged as blobs with the meta."""
