@@ -153,15 +153,18 @@ Where the {seconds:.1f} s went (one process, `time.perf_counter` around each ste
 |---|---:|---:|
 {rows}
 
-Target ≤ 100 B per person: {verdict}. Today's layout is one msgpack value per person
-holding every first-seen transaction (kind, amount, time, original, status, refunded,
-and the `operator_id/txn_id` key as a string), so the size grows with the person's
-history. A lower bound for any layout: the rules keep every first-seen
-(operator, txn_id) of a person for DUPLICATE, and an original's amount and refunded
-sum for refunds, so with 10 transactions per person even 64-bit key hashes (80 B) plus
-4-byte amounts and refunded sums put the average above 100 B before the person's own
-row (enrollment, `c`, `r`, marks: ~30 B). A columnar layout (numeric rows, hashed keys:
-~21 B per transaction) would reach about 240 B, half of today, not the target.
+Target ≤ 100 B per person: {verdict}. The layout is one msgpack value per person:
+enrollment, `c`, `r`, the redelivery marks (by source topic-partition name), the
+records that wait, and every first-seen transaction as a packed 42-byte row (a 64-bit
+hash of `operator_id/txn_id`, the original's hash, time, amount, refunded sum, kind,
+status; DECISIONS 101), so the size grows with the person's history. A lower bound
+for any layout: the rules keep every first-seen (operator, txn_id) of a person for
+DUPLICATE, and an original's amount and refunded sum for refunds, so with 10
+transactions per person even 64-bit key hashes (80 B) plus 4-byte amounts and
+refunded sums put the average above 100 B before the person's own row (enrollment,
+`c`, `r`, marks: ~30 B). Narrower rows (32-bit amounts, times as offsets from the
+campaign start, the original's hash only on refunds: ~22 B) would bring the value to
+about 300 B, not the target.
 """
     print(text)
     if not a.no_write:
