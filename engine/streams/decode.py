@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,56 @@ class InBatch:
     arrival: np.ndarray      # int64
     rerouted: np.ndarray     # bool: came back from another partition (SOURCE_HEADER)
     bad_messages: dict[str, int]
+    # where each record was first read, parsed once per message rather than from each
+    # source string: the "topic/partition" (an index into ``origins``; -1: a source of
+    # an unexpected form, left to engine.streams.shard._origin) and the arrival there
+    origins: list[str] = field(default_factory=list)
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    origin_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def parse_source(source: str) -> tuple[str, int]:
+    """("topic/partition", arrival) of an engine-written ``topic/partition/offset[#i]``.
+
+    >>> parse_source("m.transactions/3/17#2")
+    ('m.transactions/3', 1114114)
+    """
+    where, _, pos = source.rpartition("/")
+    offset, _, index = pos.partition("#")
+    return where, (int(offset) << SUB_BITS) | int(index or 0)
+
+
+class _Origins:
+    """Per record: where it was first read and its arrival there, one parse per message."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.origin: list[np.ndarray] = []
+        self.at: list[np.ndarray] = []
+
+    def add(self, source: str, n: int = 0) -> None:
+        """The records of one message: ``source`` itself (``n`` = 0), or ``n`` records
+        sourced ``f"{source}#{i}"``."""
+        k, at = -1, 0
+        if not (n and "#" in source):  # "#" in a base: each record's own parse decides
+            try:
+                where, at = parse_source(source)
+            except ValueError:
+                pass
+            else:
+                k = self.index.get(where, -1)
+                if k < 0:
+                    k = self.index[where] = len(self.names)
+                    self.names.append(where)
+        m = max(n, 1)
+        self.origin.append(np.full(m, k, np.int32))
+        self.at.append(np.arange(m, dtype=np.int64) | at if n else np.full(1, at, np.int64))
+
+    def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        if not self.origin:
+            return self.names, np.zeros(0, np.int32), np.zeros(0, np.int64)
+        return self.names, np.concatenate(self.origin), np.concatenate(self.at)
 
 
 def _header(msg: Any, name: str) -> bytes | None:
@@ -180,6 +230,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
     sources: list[str] = []
     arrival: list[int] = []
     rerouted: list[bool] = []
+    origins = _Origins()
     bad: dict[str, int] = {}
     flags: Flags = {}
     for m in msgs:
@@ -217,10 +268,11 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             sources.append(origin.decode("utf-8", "replace") if origin else base)
             arrival.append(m.offset << SUB_BITS)
             rerouted.append(origin is not None)
+            origins.add(sources[-1])
         elif fmt == FORMAT_JSONL:
             lines, _ = split_lines(value)
             if len(lines) > MAX_RECORDS_PER_MESSAGE:
-                _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                              f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
             for i, line in enumerate(lines):
@@ -233,12 +285,13 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 sources.append(f"{base}#{i}")
                 arrival.append((m.offset << SUB_BITS) | i)
                 rerouted.append(False)
+            origins.add(base, len(lines))
         elif fmt == FORMAT_ARROW:
             try:
                 if _ipc_body_compressed(value):
                     # decompressed before any check could bound its size (a 1 MB
                     # message can claim gigabytes); Kafka compresses messages anyway
-                    _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                    _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                                  "message uses Arrow IPC body compression (not accepted: "
                                  "compress at the Kafka level)")
                     continue
@@ -246,25 +299,26 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 # offsets and UTF-8 too: the string kernels read raw buffers
                 table.validate(full=True)
             except (pa.ArrowException, OSError, ValueError, struct.error, IndexError):
-                _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                              "message is not a valid Arrow IPC stream")
                 continue
             if table.num_rows > MAX_RECORDS_PER_MESSAGE:
-                _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                              f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
             try:
                 seg.add_table(table, NO_TIME)
             except Exception as e:  # a last line of defence: Arrow's type space is open
-                _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+                _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                              "message has an Arrow layout the engine cannot read "
                              f"({type(e).__name__})")
                 continue
             sources.extend(f"{base}#{i}" for i in range(table.num_rows))
             arrival.extend((m.offset << SUB_BITS) | i for i in range(table.num_rows))
             rerouted.extend([False] * table.num_rows)
+            origins.add(base, table.num_rows)
         else:
-            _bad_message(seg, bad, sources, arrival, rerouted, base, m.offset, ts,
+            _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                          f"unknown {FORMAT_HEADER} header")
     seg.flush_objs()
     if source_operator is not None:
@@ -272,8 +326,10 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
     validate = validate_transactions if record_type == "transaction" else validate_enrollments
     parts = [validate(s, campaign, registry) for s in seg.parts]
     v = concat_validated(parts, record_type)
+    names, origin_ix, origin_at = origins.arrays()
     return apply_flags(InBatch(v, sources, np.asarray(arrival, dtype=np.int64),
-                               np.asarray(rerouted, dtype=np.bool_), bad), flags)
+                               np.asarray(rerouted, dtype=np.bool_), bad, names, origin_ix,
+                               origin_at), flags)
 
 
 def _set_source_operators(parts: list[Shaped], sources: list[str],
@@ -305,10 +361,16 @@ def concat_batches(batches: list[InBatch]) -> InBatch | None:
     for b in batches:
         for k, n in b.bad_messages.items():
             bad[k] = bad.get(k, 0) + n
+    names: list[str] = []
+    origin: list[np.ndarray] = []
+    for b in batches:  # each batch's indices move past the names before its own
+        origin.append(np.where(b.origin >= 0, b.origin + len(names), -1).astype(np.int32))
+        names += b.origins
     return InBatch(concat_validated([b.v for b in batches], batches[0].v.record_type),
                    [s for b in batches for s in b.source],
                    np.concatenate([b.arrival for b in batches]),
-                   np.concatenate([b.rerouted for b in batches]), bad)
+                   np.concatenate([b.rerouted for b in batches]), bad, names,
+                   np.concatenate(origin), np.concatenate([b.origin_at for b in batches]))
 
 
 def _ipc_body_compressed(value: bytes) -> bool:
@@ -354,10 +416,12 @@ def _fb_field(buf: bytes, table: int, i: int) -> int | None:
 
 
 def _bad_message(seg: _Segments, bad: dict[str, int], sources: list[str], arrival: list[int],
-                 rerouted: list[bool], base: str, offset: int, ts: int, detail: str) -> None:
+                 rerouted: list[bool], origins: _Origins, base: str, offset: int, ts: int,
+                 detail: str) -> None:
     """A message whose records cannot be told apart gets one MALFORMED outcome."""
     bad["bad_batch"] = bad.get("bad_batch", 0) + 1
     seg.add_obj(BadRecord(detail, "bad_batch"), ts)
     sources.append(base)
     arrival.append(offset << SUB_BITS)
     rerouted.append(False)
+    origins.add(base)

@@ -28,7 +28,7 @@ from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reas
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import format_utc, kafka_partitions, rfc3339_utc
 from engine.rules.txn_keys import dense_codes, entry_keys
-from engine.streams.decode import SUB_BITS, InBatch
+from engine.streams.decode import InBatch, parse_source
 from engine.streams.entries import ENTRY
 from engine.streams.grant_json import GrantJson
 from engine.streams.state import (
@@ -50,17 +50,6 @@ def _objects(values: list[Any]) -> np.ndarray:
     a = np.empty(len(values), object)
     a[:] = values
     return a
-
-
-def _origin(source: str) -> tuple[str, int]:
-    """("topic/partition", arrival) of an engine-written ``topic/partition/offset[#i]``.
-
-    >>> _origin("m.transactions/3/17#2")
-    ('m.transactions/3', 1114114)
-    """
-    where, _, pos = source.rpartition("/")
-    offset, _, index = pos.partition("#")
-    return where, (int(offset) << SUB_BITS) | int(index or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +198,7 @@ class _Call:
             keys = b.v.mykey_id.to_pylist()
             parts = kafka_partitions(b.v.mykey_id, self.d.partitions).tolist()
             reasons = b.v.reason.tolist()
+            origin_l, at_l, names = b.origin.tolist(), b.origin_at.tolist(), b.origins
             idx: list[int] = []
             pidx: list[int] = []
             for i, key in enumerate(keys):
@@ -222,7 +212,8 @@ class _Call:
                         b.source[i], int(b.v.received[i])))
                     continue
                 pi = self.person(key)
-                origin, at = _origin(b.source[i])
+                k = origin_l[i]
+                origin, at = (names[k], at_l[i]) if k >= 0 else parse_source(b.source[i])
                 if at <= self.states[pi].marks.get(origin, -1):
                     continue  # redelivered (or re-routed again) after a crash: decided
                 self.states[pi].marks[origin] = at
@@ -277,8 +268,11 @@ class _Call:
             v = b.v
             person = np.asarray(pidx, np.int32)
             fill_records(recs, slice(j, j + m), typ, v, rows, person)
-            src, lane = b.source, self.d.lane
-            recs.lane[j:j + m] = [lane(src[i]) for i in rows.tolist()]
+            # by where each record was first read (its topic), one lookup per topic
+            lanes = np.asarray([self.d.lane(w) for w in b.origins] + [-1], np.int32)
+            recs.lane[j:j + m] = lanes[b.origin[rows]]
+            for q in np.flatnonzero(b.origin[rows] < 0).tolist():
+                recs.lane[j + q] = self.d.lane(b.source[int(rows[q])])
             if typ == kernel.TRANSACTION and m:
                 # only records with a person meet the state (the rest failed a check)
                 with_person = person >= 0

@@ -7,11 +7,25 @@ from __future__ import annotations
 from collections import namedtuple
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
-from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER, Topics
+from engine.kafka.topics import (
+    FORMAT_HEADER,
+    FORMAT_JSONL,
+    REPLAY_HEADER,
+    SOURCE_HEADER,
+    Topics,
+)
 from engine.rules.model import Reason
-from engine.streams.decode import InBatch, decode_messages
+from engine.streams.decode import (
+    InBatch,
+    concat_batches,
+    decode_messages,
+    parse_source,
+    replay_header,
+)
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 T = Topics("mynapoint")
@@ -62,3 +76,64 @@ def test_a_source_header_on_a_public_topic_is_not_believed() -> None:
 def test_a_topic_of_no_operator_skips_the_check() -> None:
     b = decode([Msg("mynapoint.transactions", 0, 0, TS_MS, b"AB12cd34", txn("aupay"), [])])
     assert reasons(b) == [None]
+
+
+_SOURCES = st.one_of(
+    st.builds(lambda t, p, o: f"{t}/{p}/{o}", st.sampled_from(["m.t", "a/b", "x#y"]),
+              st.integers(0, 9), st.integers(0, 2**40)),
+    st.text(alphabet="/#0123456789ab+", max_size=10))
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> tuple[list[Msg], list[Msg]]:
+    """Public messages (one record, a chunk, a malformed one, replays) and re-routed ones
+    whose source headers may hold anything."""
+    public: list[Msg] = []
+    internal: list[Msg] = []
+    for offset in range(draw(st.integers(1, 6))):
+        form = draw(st.sampled_from(["one", "chunk", "bad", "replay", "rerouted"]))
+        headers: list[tuple[str, bytes]] = []
+        value = txn("paypay", offset)
+        if form in ("chunk", "replay"):
+            value = b"\n".join(txn("paypay", k) for k in range(draw(st.integers(1, 4))))
+            headers.append((FORMAT_HEADER, FORMAT_JSONL))
+        if form == "bad":
+            headers.append((FORMAT_HEADER, b"no-such-format"))
+        if form == "replay":
+            headers.append((REPLAY_HEADER, replay_header(draw(_SOURCES), [])))
+        if form == "rerouted":
+            headers.append((SOURCE_HEADER, draw(_SOURCES).encode()))
+            internal.append(Msg(T.reroute_transactions, 0, offset, TS_MS, b"AB12cd34", value,
+                                headers))
+        else:
+            public.append(Msg("mynapoint.paypay.transactions", 0, offset, TS_MS,
+                              b"AB12cd34", value, headers))
+    return public, internal
+
+
+@settings(max_examples=150, deadline=None)
+@given(_messages())
+def test_where_a_record_was_first_read_is_its_sources_parse(
+        msgs: tuple[list[Msg], list[Msg]]) -> None:
+    """The redelivery marks read a record's first topic/partition and arrival from
+    ``InBatch.origins``/``origin_at`` (one parse per message): they equal the parse of
+    its source string, also after public and re-routed batches are concatenated; a
+    record without one (-1) is parsed from its source by the shard."""
+    public, internal = msgs
+    parts = [decode_messages(ms, "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 20,
+                             internal=trusted, replay=not trusted,
+                             source_operator=T.operator_of)
+             for ms, trusted in ((public, False), (internal, True)) if ms]
+    b = concat_batches(parts)
+    assert b is not None and len(b.origin) == len(b.origin_at) == len(b.source) == b.v.n
+    for i, source in enumerate(b.source):
+        k = int(b.origin[i])
+        if k >= 0:
+            assert (b.origins[k], int(b.origin_at[i])) == parse_source(source)
+        else:
+            try:
+                parse_source(source)
+            except ValueError:
+                continue
+            # parsed per record only where the message's base holds a "#"
+            assert "#" in source.rpartition("#")[0], source
