@@ -14,9 +14,9 @@ from datetime import datetime
 import numba
 import numpy as np
 import pyarrow as pa
-from numba.typed import List
 
 from engine.rules.model import US_PER_DAY, US_PER_SECOND, epoch_us
+from engine.rules.txn_keys import dense_codes
 
 # Character classes of the Records section, as 256-entry lookup tables.
 _ALNUM = np.zeros(256, dtype=np.bool_)
@@ -557,54 +557,18 @@ def parse_utc(text: str) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _person_codes(offsets_list, data_list, valid_list, capacity):  # type: ignore[no-untyped-def]
+def _pack8(offsets, data, valid, out):  # type: ignore[no-untyped-def]
     # A valid mykey_id is exactly 8 ASCII bytes: packed into a uint64 it is its own
-    # exact hash key (never 0, which marks an empty slot). Open addressing, grown at
-    # half load, numbers keys in order of first appearance.
-    keys = np.zeros(capacity, dtype=np.uint64)
-    vals = np.zeros(capacity, dtype=np.int64)
-    n_codes = 0
-    outs = []
-    for s in range(len(offsets_list)):
-        offsets = offsets_list[s]
-        data = data_list[s]
-        valid = valid_list[s]
-        out = np.full(len(valid), -1, dtype=np.int64)
-        for i in range(len(valid)):
-            a = offsets[i]
-            if not valid[i] or offsets[i + 1] - a != 8:
-                continue
-            k = np.uint64(0)
-            for j in range(8):
-                k = (k << np.uint64(8)) | np.uint64(data[a + j])
-            h = k * np.uint64(0x9E3779B97F4A7C15)
-            slot = (h >> np.uint64(20)) & np.uint64(capacity - 1)
-            while True:
-                if keys[slot] == 0:
-                    keys[slot] = k
-                    vals[slot] = n_codes
-                    out[i] = n_codes
-                    n_codes += 1
-                    break
-                if keys[slot] == k:
-                    out[i] = vals[slot]
-                    break
-                slot = (slot + np.uint64(1)) & np.uint64(capacity - 1)
-            if 2 * n_codes > capacity:
-                old_k, old_v = keys, vals
-                capacity *= 2
-                keys = np.zeros(capacity, dtype=np.uint64)
-                vals = np.zeros(capacity, dtype=np.int64)
-                for q in range(len(old_k)):
-                    if old_k[q] != 0:
-                        h2 = old_k[q] * np.uint64(0x9E3779B97F4A7C15)
-                        sl = (h2 >> np.uint64(20)) & np.uint64(capacity - 1)
-                        while keys[sl] != 0:
-                            sl = (sl + np.uint64(1)) & np.uint64(capacity - 1)
-                        keys[sl] = old_k[q]
-                        vals[sl] = old_v[q]
-        outs.append(out)
-    return outs, n_codes
+    # exact key (never 0, which stands for "none")
+    for i in range(len(valid)):
+        a = offsets[i]
+        if not valid[i] or offsets[i + 1] - a != 8:
+            out[i] = 0
+            continue
+        k = np.uint64(0)
+        for j in range(8):
+            k = (k << np.uint64(8)) | np.uint64(data[a + j])
+        out[i] = k
 
 
 def person_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
@@ -615,11 +579,11 @@ def person_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
     ...                                    pa.array(["zz99ZZ00", "AB12cd34"]))[0]]
     [[0, -1], [1, 0]]
     """
-    offs, datas, valids = List(), List(), List()
+    packed = []
     for a in arrays:
         o, d, v = buffers(a)
-        offs.append(o)
-        datas.append(d)
-        valids.append(v)
-    outs, n = _person_codes(offs, datas, valids, 1 << 16)
-    return list(outs), int(n)
+        packed.append(np.zeros(len(v), np.uint64))
+        _pack8(o, d, v, packed[-1])
+    codes, uniq = dense_codes(np.concatenate(packed) if packed else np.zeros(0, np.uint64))
+    ends = np.cumsum([len(p) for p in packed]).tolist()
+    return [codes[e - len(p):e] for p, e in zip(packed, ends, strict=True)], len(uniq)

@@ -1,5 +1,5 @@
 """Transaction keys: a 64-bit hash of ``operator_id/txn_id``, and dense codes of
-the keys one kernel call meets.
+the keys one kernel call meets (the coder the people's codes use too).
 
 Both drivers decide with these keys: offline ``settle`` codes a file's
 transactions with them, the streaming state stores them (engine.streams.entries),
@@ -86,17 +86,24 @@ def entry_keys(operator_ids: pa.Array | pa.ChunkedArray | list[str | None],
     return out
 
 
+_FIB = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads keys that are not hashes
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot(x, bits):  # type: ignore[no-untyped-def]
+    return (x * _FIB) >> np.uint64(64 - bits)
+
+
 @numba.njit(cache=True, nogil=True)
 def dense_codes(h):  # type: ignore[no-untyped-def]
-    """Dense codes 0.. of the distinct non-zero hashes in ``h`` (-1 for 0), and the
-    hashes by code: the kernel's txn codes for one call."""
+    """Dense codes 0.. of the distinct non-zero keys in ``h`` (uint64; -1 for 0), in
+    order of first appearance, and the keys by code: the kernel's txn codes for one
+    call, and the people's codes of packed ``mykey_id`` values. Open addressing, grown
+    at half load, so the table follows the distinct keys, not the rows."""
     n = len(h)
-    cap = 16
-    while cap < 2 * np.count_nonzero(h):  # most originals are none (0): no slot
-        cap <<= 1
-    mask = np.uint64(cap - 1)
-    slots = np.zeros(cap, np.uint64)
-    code_at = np.zeros(cap, np.int64)
+    bits = 16
+    slots = np.zeros(1 << bits, np.uint64)
+    code_at = np.zeros(1 << bits, np.int64)
     codes = np.empty(n, np.int64)
     uniq = np.empty(n, np.uint64)
     m = 0
@@ -105,17 +112,27 @@ def dense_codes(h):  # type: ignore[no-untyped-def]
         if x == 0:
             codes[i] = -1
             continue
-        s = x & mask
-        while True:
-            if slots[s] == 0:
-                slots[s] = x
-                code_at[s] = m
-                uniq[m] = x
-                codes[i] = m
-                m += 1
-                break
-            if slots[s] == x:
-                codes[i] = code_at[s]
-                break
-            s = (s + np.uint64(1)) & mask
+        s = _slot(x, bits)
+        while slots[s] != 0 and slots[s] != x:
+            s = (s + np.uint64(1)) & np.uint64((1 << bits) - 1)
+        if slots[s] == x:
+            codes[i] = code_at[s]
+            continue
+        slots[s] = x
+        code_at[s] = m
+        uniq[m] = x
+        codes[i] = m
+        m += 1
+        if 2 * m > (1 << bits):
+            bits += 1
+            old_keys, old_codes = slots, code_at
+            slots = np.zeros(1 << bits, np.uint64)
+            code_at = np.zeros(1 << bits, np.int64)
+            for q in range(len(old_keys)):
+                if old_keys[q] != 0:
+                    t = _slot(old_keys[q], bits)
+                    while slots[t] != 0:
+                        t = (t + np.uint64(1)) & np.uint64((1 << bits) - 1)
+                    slots[t] = old_keys[q]
+                    code_at[t] = old_codes[q]
     return codes, uniq[:m]

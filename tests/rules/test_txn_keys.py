@@ -56,3 +56,30 @@ def test_dense_codes_number_keys_by_first_appearance(values: list[int]) -> None:
     codes, uniq = dense_codes(h)
     assert codes.tolist() == expect
     assert uniq.tolist() == list(model)
+
+
+def test_dense_codes_grow_past_their_first_table() -> None:
+    """More distinct keys than the first table holds (2^15 at half load), keys that are
+    not hashes (consecutive integers, as packed ids are), each seen twice."""
+    keys = np.arange(1, 100_001, dtype=np.uint64)
+    codes, uniq = dense_codes(np.concatenate((keys, keys[::-1])))
+    assert codes[:100_000].tolist() == list(range(100_000))
+    assert codes[100_000:].tolist() == list(range(99_999, -1, -1))
+    assert uniq.tolist() == keys.tolist()
+
+
+@COMPILES
+@given(st.lists(st.lists(st.one_of(st.none(), st.sampled_from(
+    ["AB12cd34", "zz99ZZ00", "00000001", "short", "nine_char", ""])), max_size=20),
+    max_size=3))
+def test_people_are_coded_by_the_same_table(arrays: list[list[str | None]]) -> None:
+    """engine.rules.strings.person_codes packs a ``mykey_id`` (exactly 8 bytes) into its
+    own key for :func:`dense_codes`; reference model: first appearance across the arrays,
+    anything else -1."""
+    from engine.rules.strings import person_codes
+
+    model: dict[str, int] = {}
+    expect = [[-1 if v is None or len(v.encode()) != 8 else model.setdefault(v, len(model))
+               for v in a] for a in arrays]
+    codes, n = person_codes(*(pa.array(a, pa.string()) for a in arrays))
+    assert [c.tolist() for c in codes] == expect and n == len(model)
