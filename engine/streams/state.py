@@ -78,8 +78,9 @@ class PersonState(msgspec.Struct, array_like=True, gc=False):
     enr_day: int = 0
     c: int = 0
     r: int = 0
-    # the format before DECISIONS 101: first-seen transactions by txn_key, each a
-    # TxnEntry's msgpack; read (and moved to ``entries``), never written
+    # the format before DECISIONS 101: first-seen transactions by
+    # "operator_id/txn_id", each a TxnEntry's msgpack; read (and moved to
+    # ``entries``), never written
     txns: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
     parked: list[Parked] = msgspec.field(default_factory=list)
     # records applied, as the highest arrival per source "topic/partition" (the topic
@@ -114,10 +115,6 @@ class Fence(msgspec.Struct):
     ``mynapoint admin rebuild-state`` (``reset``: all state before it is void)."""
 
     reset: bool = False
-
-
-def txn_key(operator_id: str, txn_id: str) -> str:
-    return f"{operator_id}/{txn_id}"
 
 
 _enc = msgspec.msgpack.Encoder()
