@@ -584,6 +584,7 @@ def person_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
         o, d, v = buffers(a)
         packed.append(np.zeros(len(v), np.uint64))
         _pack8(o, d, v, packed[-1])
-    codes, uniq = dense_codes(np.concatenate(packed) if packed else np.zeros(0, np.uint64))
+    codes, uniq = dense_codes(np.concatenate(packed) if packed else np.zeros(0, np.uint64),
+                              repeats=True)
     ends = np.cumsum([len(p) for p in packed]).tolist()
     return [codes[e - len(p):e] for p, e in zip(packed, ends, strict=True)], len(uniq)

@@ -89,50 +89,88 @@ def entry_keys(operator_ids: pa.Array | pa.ChunkedArray | list[str | None],
 _FIB = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads keys that are not hashes
 
 
-@numba.njit(cache=True, nogil=True)
-def _slot(x, bits):  # type: ignore[no-untyped-def]
-    return (x * _FIB) >> np.uint64(64 - bits)
-
-
-@numba.njit(cache=True, nogil=True)
-def dense_codes(h):  # type: ignore[no-untyped-def]
+def dense_codes(h: np.ndarray, repeats: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Dense codes 0.. of the distinct non-zero keys in ``h`` (uint64; -1 for 0), in
     order of first appearance, and the keys by code: the kernel's txn codes for one
-    call, and the people's codes of packed ``mykey_id`` values. Open addressing, grown
-    at half load, so the table follows the distinct keys, not the rows."""
-    n = len(h)
+    call, and the people's codes of packed ``mykey_id`` values. Open addressing at
+    most half full: sized for every key to be distinct, or, with ``repeats`` (keys
+    that recur, as people do), started small and grown, so the table follows the
+    distinct keys rather than the rows (a grown table costs a rehash per doubling)."""
     bits = 16
+    if not repeats:
+        bits = max(bits, int(2 * np.count_nonzero(h)).bit_length())
+    return _dense_codes(h, bits)  # type: ignore[no-any-return]
+
+
+@numba.njit(cache=True, nogil=True)
+def _dense_codes(h, bits):  # type: ignore[no-untyped-def]
+    n = len(h)
     slots = np.zeros(1 << bits, np.uint64)
     code_at = np.zeros(1 << bits, np.int64)
     codes = np.empty(n, np.int64)
     uniq = np.empty(n, np.uint64)
-    m = 0
-    for i in range(n):
+    i, m = 0, 0
+    while True:
+        i, m = _fill(h, i, slots, code_at, codes, uniq, m)
+        if i == n:
+            return codes, uniq[:m]
+        slots, code_at = _grow(slots, code_at)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log2(size):  # type: ignore[no-untyped-def]
+    bits = 0
+    while (1 << bits) < size:
+        bits += 1
+    return bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill(h, i, slots, code_at, codes, uniq, m):  # type: ignore[no-untyped-def]
+    """Code ``h[i:]`` until the table is half full; returns where it stopped and the
+    codes so far. (The table is not reassigned in here: that keeps the loop fast.)"""
+    size = len(slots)
+    mask = np.uint64(size - 1)
+    shift = np.uint64(64 - _log2(size))
+    n = len(h)
+    while i < n:
         x = h[i]
+        i += 1
         if x == 0:
-            codes[i] = -1
+            codes[i - 1] = -1
             continue
-        s = _slot(x, bits)
-        while slots[s] != 0 and slots[s] != x:
-            s = (s + np.uint64(1)) & np.uint64((1 << bits) - 1)
-        if slots[s] == x:
-            codes[i] = code_at[s]
-            continue
-        slots[s] = x
-        code_at[s] = m
-        uniq[m] = x
-        codes[i] = m
-        m += 1
-        if 2 * m > (1 << bits):
-            bits += 1
-            old_keys, old_codes = slots, code_at
-            slots = np.zeros(1 << bits, np.uint64)
-            code_at = np.zeros(1 << bits, np.int64)
-            for q in range(len(old_keys)):
-                if old_keys[q] != 0:
-                    t = _slot(old_keys[q], bits)
-                    while slots[t] != 0:
-                        t = (t + np.uint64(1)) & np.uint64((1 << bits) - 1)
-                    slots[t] = old_keys[q]
-                    code_at[t] = old_codes[q]
-    return codes, uniq[:m]
+        s = (x * _FIB) >> shift
+        while True:
+            k = slots[s]
+            if k == x:
+                codes[i - 1] = code_at[s]
+                break
+            if k == 0:
+                slots[s] = x
+                code_at[s] = m
+                uniq[m] = x
+                codes[i - 1] = m
+                m += 1
+                break
+            s = (s + np.uint64(1)) & mask
+        if 2 * m > size:
+            break
+    return i, m
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow(slots, code_at):  # type: ignore[no-untyped-def]
+    size = 2 * len(slots)
+    mask = np.uint64(size - 1)
+    shift = np.uint64(64 - _log2(size))
+    new_slots = np.zeros(size, np.uint64)
+    new_codes = np.zeros(size, np.int64)
+    for q in range(len(slots)):
+        x = slots[q]
+        if x != 0:
+            t = (x * _FIB) >> shift
+            while new_slots[t] != 0:
+                t = (t + np.uint64(1)) & mask
+            new_slots[t] = x
+            new_codes[t] = code_at[q]
+    return new_slots, new_codes
