@@ -28,8 +28,7 @@ import pyarrow as pa
 from engine.rules import kernel
 from engine.rules.marshal import new_decided, new_entries, new_people, records_of, terms_of
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
-from engine.rules.strings import person_codes
-from engine.rules.txn_keys import dense_codes, entry_keys
+from engine.rules.txn_keys import dense_codes, entry_keys, person_codes
 from engine.rules.validate import (
     Validated,
     shape_objects,

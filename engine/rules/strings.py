@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 
 from engine.rules.model import US_PER_DAY, US_PER_SECOND, epoch_us
-from engine.rules.txn_keys import dense_codes
 
 # Character classes of the Records section, as 256-entry lookup tables.
 _ALNUM = np.zeros(256, dtype=np.bool_)
@@ -556,35 +555,3 @@ def parse_utc(text: str) -> int:
     return int(us[0])
 
 
-@numba.njit(cache=True, nogil=True)
-def _pack8(offsets, data, valid, out):  # type: ignore[no-untyped-def]
-    # A valid mykey_id is exactly 8 ASCII bytes: packed into a uint64 it is its own
-    # exact key (never 0, which stands for "none")
-    for i in range(len(valid)):
-        a = offsets[i]
-        if not valid[i] or offsets[i + 1] - a != 8:
-            out[i] = 0
-            continue
-        k = np.uint64(0)
-        for j in range(8):
-            k = (k << np.uint64(8)) | np.uint64(data[a + j])
-        out[i] = k
-
-
-def person_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
-    """Dense codes of ``mykey_id`` values (exactly 8 bytes; anything else -> -1),
-    shared across arrays, numbered in order of first appearance.
-
-    >>> [c.tolist() for c in person_codes(pa.array(["AB12cd34", None]),
-    ...                                    pa.array(["zz99ZZ00", "AB12cd34"]))[0]]
-    [[0, -1], [1, 0]]
-    """
-    packed = []
-    for a in arrays:
-        o, d, v = buffers(a)
-        packed.append(np.zeros(len(v), np.uint64))
-        _pack8(o, d, v, packed[-1])
-    codes, uniq = dense_codes(np.concatenate(packed) if packed else np.zeros(0, np.uint64),
-                              repeats=True)
-    ends = np.cumsum([len(p) for p in packed]).tolist()
-    return [codes[e - len(p):e] for p, e in zip(packed, ends, strict=True)], len(uniq)

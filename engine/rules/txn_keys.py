@@ -1,5 +1,6 @@
-"""Transaction keys: a 64-bit hash of ``operator_id/txn_id``, and dense codes of
-the keys one kernel call meets (the coder the people's codes use too).
+"""Keys and their dense codes: a transaction's 64-bit hash of
+``operator_id/txn_id``, a person's packed ``mykey_id``, and the one coder that
+numbers the keys a kernel call meets.
 
 Both drivers decide with these keys: offline ``settle`` codes a file's
 transactions with them, the streaming state stores them (engine.streams.entries),
@@ -13,9 +14,13 @@ never compared. The hash is part of the stored format (a test pins its value).
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import numba
 import numpy as np
 import pyarrow as pa
+
+from engine.rules.strings import buffers
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -50,37 +55,26 @@ def _hash_pairs(a_off, a_data, b_off, b_data, valid, out):  # type: ignore[no-un
         out[i] = h if h != 0 else np.uint64(1)
 
 
-def _utf8(arr: pa.Array | pa.ChunkedArray | list[str | None]
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(offsets, bytes, valid) of a string column, offsets as int64."""
-    if isinstance(arr, list):
-        arr = pa.array(arr, pa.large_string())
-    elif isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    arr = arr.cast(pa.large_string())
-    n = len(arr)
-    _validity, off_buf, data_buf = arr.buffers()
-    offsets = (np.frombuffer(off_buf, np.int64)[arr.offset:arr.offset + n + 1]
-               if off_buf is not None else np.zeros(n + 1, np.int64))
-    data = (np.frombuffer(data_buf, np.uint8) if data_buf is not None
-            else np.zeros(0, np.uint8))
-    return offsets, data, arr.is_valid().to_numpy(zero_copy_only=False)
+Strings: TypeAlias = "pa.Array | pa.ChunkedArray | list[str | None]"
 
 
-def key_hashes(keys: pa.Array | pa.ChunkedArray | list[str | None]) -> np.ndarray:
+def _buffers(arr: Strings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return buffers(pa.array(arr, pa.string()) if isinstance(arr, list) else arr)
+
+
+def key_hashes(keys: Strings) -> np.ndarray:
     """uint64 hash of each whole key string (``operator_id/txn_id``); 0 for a null."""
-    off, data, valid = _utf8(keys)
+    off, data, valid = _buffers(keys)
     out = np.zeros(len(valid), np.uint64)
     _hash_pairs(np.zeros(len(valid) + 1, np.int64), data[:0], off, data, valid, out)
     return out
 
 
-def entry_keys(operator_ids: pa.Array | pa.ChunkedArray | list[str | None],
-               txn_ids: pa.Array | pa.ChunkedArray | list[str | None]) -> np.ndarray:
+def entry_keys(operator_ids: Strings, txn_ids: Strings) -> np.ndarray:
     """The entry key of each (operator_id, txn_id): the hash of ``operator_id/txn_id``
     (0 where either is null)."""
-    a_off, a_data, a_valid = _utf8(operator_ids)
-    b_off, b_data, b_valid = _utf8(txn_ids)
+    a_off, a_data, a_valid = _buffers(operator_ids)
+    b_off, b_data, b_valid = _buffers(txn_ids)
     out = np.zeros(len(a_valid), np.uint64)
     _hash_pairs(a_off, a_data, b_off, b_data, a_valid & b_valid, out)
     return out
@@ -174,3 +168,37 @@ def _grow(slots, code_at):  # type: ignore[no-untyped-def]
             new_slots[t] = x
             new_codes[t] = code_at[q]
     return new_slots, new_codes
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack8(offsets, data, valid, out):  # type: ignore[no-untyped-def]
+    # A valid mykey_id is exactly 8 ASCII bytes: packed into a uint64 it is its own
+    # exact key (never 0, which stands for "none")
+    for i in range(len(valid)):
+        a = offsets[i]
+        if not valid[i] or offsets[i + 1] - a != 8:
+            out[i] = 0
+            continue
+        k = np.uint64(0)
+        for j in range(8):
+            k = (k << np.uint64(8)) | np.uint64(data[a + j])
+        out[i] = k
+
+
+def person_codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
+    """Dense codes of ``mykey_id`` values (exactly 8 bytes; anything else -> -1),
+    shared across arrays, numbered in order of first appearance.
+
+    >>> [c.tolist() for c in person_codes(pa.array(["AB12cd34", None]),
+    ...                                    pa.array(["zz99ZZ00", "AB12cd34"]))[0]]
+    [[0, -1], [1, 0]]
+    """
+    packed = []
+    for a in arrays:
+        o, d, v = buffers(a)
+        packed.append(np.zeros(len(v), np.uint64))
+        _pack8(o, d, v, packed[-1])
+    codes, uniq = dense_codes(np.concatenate(packed) if packed else np.zeros(0, np.uint64),
+                              repeats=True)
+    ends = np.cumsum([len(p) for p in packed]).tolist()
+    return [codes[e - len(p):e] for p, e in zip(packed, ends, strict=True)], len(uniq)

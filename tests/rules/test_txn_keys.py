@@ -7,7 +7,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.rules.txn_keys import dense_codes, entry_keys, key_hashes
+from engine.rules.txn_keys import dense_codes, entry_keys, key_hashes, person_codes
 
 ids = st.text(min_size=1, max_size=12)
 # the first call of a numba function compiles it (or loads it from disk): no deadline
@@ -73,10 +73,9 @@ def test_dense_codes_grow_past_their_first_table() -> None:
     ["AB12cd34", "zz99ZZ00", "00000001", "short", "nine_char", ""])), max_size=20),
     max_size=3))
 def test_people_are_coded_by_the_same_table(arrays: list[list[str | None]]) -> None:
-    """engine.rules.strings.person_codes packs a ``mykey_id`` (exactly 8 bytes) into its
+    """person_codes packs a ``mykey_id`` (exactly 8 bytes) into its
     own key for :func:`dense_codes`; reference model: first appearance across the arrays,
     anything else -1."""
-    from engine.rules.strings import person_codes
 
     model: dict[str, int] = {}
     expect = [[-1 if v is None or len(v.encode()) != 8 else model.setdefault(v, len(model))
