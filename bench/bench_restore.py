@@ -36,7 +36,7 @@ from engine.kafka.client_config import ENV, default_client  # noqa: E402
 from engine.kafka.produce import Message, send_batched  # noqa: E402
 from engine.kafka.topics import Topics, ensure_topics  # noqa: E402
 from engine.streams.entries import ENTRY  # noqa: E402
-from engine.streams.state import META_KEY, PersonState, ShardMeta, encode  # noqa: E402
+from engine.streams.state import META_KEY, PersonState, ShardMeta, encode, source_key  # noqa: E402
 
 WORK = ROOT / "bench" / "_work" / "restore"
 
@@ -45,12 +45,12 @@ def person(i: int) -> tuple[bytes, bytes]:
     """A typical enrolled person of the shipped campaign: three purchases."""
     entries = np.zeros(3, ENTRY)
     entries["key"] = [(i << 2) + k + 1 for k in range(3)]  # any distinct non-zero keys
-    entries["at"] = 1_600_000_000_000_000
+    entries["fp"] = [(i * 7 + k) & 0xFFFFFFFF for k in range(3)]
     entries["amount"] = 4_000
     entries["kind"] = entries["status"] = 1
     st = PersonState(enr_op="paypay", enr_kind=1, enr_day=18_506 + i % 30, c=12_000, r=3_000,
-                     marks={"mynapoint.paypay.enrollments/0": i << 16,
-                            "mynapoint.paypay.transactions/0": (i << 16) + 3},
+                     marks={source_key("mynapoint.paypay.enrollments/0"): i << 16,
+                            source_key("mynapoint.paypay.transactions/0"): (i << 16) + 3},
                      entries=entries.tobytes())
     return f"P{i:07d}".encode(), encode(st)
 

@@ -154,17 +154,18 @@ Where the {seconds:.1f} s went (one process, `time.perf_counter` around each ste
 {rows}
 
 Target ≤ 100 B per person: {verdict}. The layout is one msgpack value per person:
-enrollment, `c`, `r`, the redelivery marks (by source topic-partition name), the
-records that wait, and every first-seen transaction as a packed 42-byte row (a 64-bit
-hash of `operator_id/txn_id`, the original's hash, time, amount, refunded sum, kind,
-status; DECISIONS 101), so the size grows with the person's history. A lower bound
-for any layout: the rules keep every first-seen (operator, txn_id) of a person for
+enrollment, `c`, `r`, the redelivery marks (by a 64-bit hash of the source
+topic-partition, DECISIONS 103), the records that wait, and every first-seen
+transaction as a packed 22-byte row (a 64-bit hash of `operator_id/txn_id`, a 32-bit
+fingerprint of its time and original, 32-bit amount and refunded sum, kind, status;
+DECISIONS 101-102), so the size grows with the person's history. A lower bound for
+any exact layout: the rules keep every first-seen (operator, txn_id) of a person for
 DUPLICATE, and an original's amount and refunded sum for refunds, so with 10
-transactions per person even 64-bit key hashes (80 B) plus 4-byte amounts and
-refunded sums put the average above 100 B before the person's own row (enrollment,
-`c`, `r`, marks: ~30 B). Narrower rows (32-bit amounts, times as offsets from the
-campaign start, the original's hash only on refunds: ~22 B) would bring the value to
-about 300 B, not the target.
+transactions per person the 64-bit keys alone are 80 B, and with the amounts and
+refunded sums (8 B a row) the average is above 160 B before the person's own row
+(enrollment, `c`, `r`, marks: ~50 B). Shorter keys would trade the target for a
+chance that a person's distinct transactions collide, which rejects one of them
+(DECISIONS 101).
 """
     print(text)
     if not a.no_write:

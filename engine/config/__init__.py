@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.rules.model import (
     KIND_NAMES,
+    MAX_AMOUNT_LIMIT,
     OPERATOR_ID,
     PAYOUT_MONTHS,
     ROUNDING_NAMES,
@@ -144,7 +145,8 @@ def load_campaign(path: Path | str | None = None) -> Campaign:
         raise ConfigError(file, "accept_end", "must not be before window_end")
     rate = _int(file, "rate_percent", raw.get("rate_percent", d.rate_percent), 1, 100)
     cap = _int(file, "cap_points", raw.get("cap_points", d.cap_points), 0, 10**12)
-    max_amount = _int(file, "max_amount", raw.get("max_amount", d.max_amount), 1, 10**12)
+    max_amount = _int(file, "max_amount", raw.get("max_amount", d.max_amount), 1,
+                      MAX_AMOUNT_LIMIT)
     rounding_name = raw.get("rounding", "cumulative_floor")
     if rounding_name not in ROUNDING_NAMES:
         raise ConfigError(file, "rounding", f"must be one of {sorted(ROUNDING_NAMES)}")

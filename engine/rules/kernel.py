@@ -67,6 +67,7 @@ class Records(NamedTuple):
     day: np.ndarray        # int32, its JST day
     txn: np.ndarray        # int64, txn_id code (-1 none)
     orig: np.ndarray       # int64, original_txn_id code (-1 none)
+    fp: np.ndarray         # uint32, txn_keys.fingerprints of occurred_at and original
     received: np.ndarray   # int64, received_at (µs) or NO_TIME
     deadline: np.ndarray   # int64, end of its wait (streaming)
     too_late: np.ndarray   # bool: LATE / ENROLLMENT_CLOSED
@@ -85,8 +86,7 @@ class Entries(NamedTuple):
     txn: np.ndarray       # int64, txn_id code
     kind: np.ndarray      # int8
     amount: np.ndarray    # int64
-    at: np.ndarray        # int64
-    orig: np.ndarray      # int64
+    fp: np.ndarray        # uint32, Records.fp: with kind and amount, what a duplicate repeats
     status: np.ndarray    # int8, PENDING / ACCEPTED / REJECTED
     refunded: np.ndarray  # int64
     rec: np.ndarray       # int64, the batch record that created or waits as it (-1)
@@ -241,10 +241,9 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     partition's stream time (the largest), as nothing of its own can end them now.
     """
     p_op, p_kind, p_day, p_c, p_r, p_n = people
-    (typ, reason, person, op, kind, amount, at, day, txn, orig, ts, deadline,
+    (typ, reason, person, op, kind, amount, _at, day, txn, orig, fp, ts, deadline,
      too_late, outside, bad_earn_on, preparked, lane) = recs
-    (e_person, e_op, e_txn, e_kind, e_amount, e_at, e_orig, e_status, e_refunded,
-     e_rec) = reg
+    e_person, e_op, e_txn, e_kind, e_amount, e_fp, e_status, e_refunded, e_rec = reg
     rate, cap, rounding, park_for_enrollment, final, person_limit, rc = terms
     out_reason, out_points, out_cum, out_seq, out_trigger = out
     n = len(typ)
@@ -409,8 +408,10 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                 # check 5: first seen (person, operator, txn_id) stands
                 e = _find(head, e_next, e_person, e_op, txn[j], p, op[j])
                 if e >= 0:
+                    # occurred_at and original_txn_id compared by fingerprint: a
+                    # collision can only name the rejection DUPLICATE (DECISIONS 102)
                     same = (e_kind[e] == kind[j] and e_amount[e] == amount[j]
-                            and e_at[e] == at[j] and e_orig[e] == orig[j])
+                            and e_fp[e] == fp[j])
                     out_reason[j] = rc.DUPLICATE if same else rc.CONFLICTING_DUPLICATE
                     out_seq[j] = seq
                     out_trigger[j] = i
@@ -431,8 +432,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                 e_txn[e] = txn[j]
                 e_kind[e] = kind[j]
                 e_amount[e] = amount[j]
-                e_at[e] = at[j]
-                e_orig[e] = orig[j]
+                e_fp[e] = fp[j]
                 e_status[e] = PENDING
                 e_refunded[e] = 0
                 e_rec[e] = j

@@ -27,7 +27,8 @@ def new_records(n: int) -> Records:
         person=np.full(n, -1, np.int32), op=np.full(n, -1, np.int32),
         kind=np.zeros(n, np.int8), amount=np.zeros(n, np.int64), at=np.zeros(n, np.int64),
         day=np.zeros(n, np.int32), txn=np.full(n, -1, np.int64),
-        orig=np.full(n, -1, np.int64), received=np.full(n, NO_TIME, np.int64),
+        orig=np.full(n, -1, np.int64), fp=np.zeros(n, np.uint32),
+        received=np.full(n, NO_TIME, np.int64),
         deadline=np.zeros(n, np.int64), too_late=np.zeros(n, np.bool_),
         outside=np.zeros(n, np.bool_), bad_earn_on=np.zeros(n, np.bool_),
         preparked=np.zeros(n, np.int8), lane=np.zeros(n, np.int32))
@@ -45,7 +46,7 @@ def fill_records(recs: Records, at: slice, typ: int, v: Validated, idx: np.ndarr
 
 
 def records_of(v: Validated, typ: int, person: np.ndarray, txn: np.ndarray,
-               orig: np.ndarray) -> Records:
+               orig: np.ndarray, fp: np.ndarray) -> Records:
     """A whole validated input as kernel records, its arrays used as they are (no
     copies of a 10^7-row input). Offline nothing waits past the end of the input,
     so the kernel reads neither received times nor deadlines (``terms_of``): both
@@ -53,7 +54,7 @@ def records_of(v: Validated, typ: int, person: np.ndarray, txn: np.ndarray,
     n = v.n
     return Records(
         typ=np.full(n, typ, np.int8), reason=v.reason, person=person.astype(np.int32),
-        op=v.op, kind=v.kind, amount=v.amount, at=v.at, day=v.day, txn=txn, orig=orig,
+        op=v.op, kind=v.kind, amount=v.amount, at=v.at, day=v.day, txn=txn, orig=orig, fp=fp,
         received=v.received, deadline=v.received,
         too_late=v.too_late, outside=v.outside, bad_earn_on=v.bad_earn_on,
         preparked=np.zeros(n, np.int8), lane=np.zeros(n, np.int32))
@@ -62,9 +63,8 @@ def records_of(v: Validated, typ: int, person: np.ndarray, txn: np.ndarray,
 def new_entries(capacity: int) -> Entries:
     c = capacity
     return Entries(np.zeros(c, np.int32), np.zeros(c, np.int32), np.zeros(c, np.int64),
-                   np.zeros(c, np.int8), np.zeros(c, np.int64), np.zeros(c, np.int64),
-                   np.zeros(c, np.int64), np.zeros(c, np.int8), np.zeros(c, np.int64),
-                   np.full(c, -1, np.int64))
+                   np.zeros(c, np.int8), np.zeros(c, np.int64), np.zeros(c, np.uint32),
+                   np.zeros(c, np.int8), np.zeros(c, np.int64), np.full(c, -1, np.int64))
 
 
 def new_decided(n: int) -> Decided:

@@ -133,6 +133,10 @@ ROUNDING_NAMES = {"cumulative_floor": Rounding.CUMULATIVE_FLOOR,
 PAYOUT_MONTHS = {"same_month": 0, "next_month": 1, "month_after_next": 2}
 
 
+# the largest max_amount: the streaming state stores amounts in 32 bits (DECISIONS 102)
+MAX_AMOUNT_LIMIT = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class Campaign:
     id: str = "mynapoint-2020"
@@ -151,6 +155,10 @@ class Campaign:
     # Distinct transactions kept per person (engine limit, not a campaign term): a
     # person's state must fit one changelog message. See docs/DECISIONS.md.
     person_limit: int = 3_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_amount <= MAX_AMOUNT_LIMIT:
+            raise ValueError(f"max_amount must be in 1..{MAX_AMOUNT_LIMIT}")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import pyarrow as pa
 from engine.rules import kernel
 from engine.rules.marshal import new_decided, new_entries, new_people, records_of, terms_of
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
-from engine.rules.txn_keys import dense_codes, entry_keys, person_codes
+from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints, person_codes
 from engine.rules.validate import (
     Validated,
     shape_objects,
@@ -53,16 +53,17 @@ class Decisions:
     txn_trigger: np.ndarray | None = None
 
 
-def txn_codes(txn: Validated) -> tuple[np.ndarray, np.ndarray, int]:
+def txn_codes(txn: Validated) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """The kernel's codes of each transaction's key and of its original's (-1: none),
-    and how many there are: dense codes of :mod:`engine.rules.txn_keys`' hashes of
-    ``operator_id/txn_id``, the keys the streaming state stores, so both drivers
-    decide the same (DECISIONS 101)."""
+    how many there are, and each one's fingerprint: dense codes of
+    :mod:`engine.rules.txn_keys`' hashes of ``operator_id/txn_id``, the keys and
+    fingerprints the streaming state stores, so both drivers decide the same
+    (DECISIONS 101-102)."""
     n = txn.n
-    codes, uniq = dense_codes(np.concatenate((
-        entry_keys(txn.operator_id, txn.txn_id),
-        entry_keys(txn.operator_id, txn.original_txn_id))))
-    return codes[:n], codes[n:], len(uniq)
+    origs = entry_keys(txn.operator_id, txn.original_txn_id)
+    codes, uniq = dense_codes(np.concatenate((entry_keys(txn.operator_id, txn.txn_id),
+                                              origs)))
+    return codes[:n], codes[n:], len(uniq), fingerprints(txn.at, origs)
 
 
 def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisions:
@@ -78,20 +79,22 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
         people_job = pool.submit(person_codes, enr.mykey_id, txn.mykey_id)
         txn_job = pool.submit(txn_codes, txn)
         (pe, pt), n_people = people_job.result()
-        tt, to, n_codes = txn_job.result()
+        tt, to, n_codes, fp = txn_job.result()
     people = new_people(n_people)
-    enr_out = _run(people, enr, kernel.ENROLLMENT, pe, np.full(ne, -1, np.int64),
-                   np.full(ne, -1, np.int64), 1, campaign)
-    txn_out = _run(people, txn, kernel.TRANSACTION, pt, tt, to, max(n_codes, 1), campaign)
+    none = np.full(ne, -1, np.int64)
+    enr_out = _run(people, enr, kernel.ENROLLMENT, pe, none, none, np.zeros(ne, np.uint32),
+                   1, campaign)
+    txn_out = _run(people, txn, kernel.TRANSACTION, pt, tt, to, fp, max(n_codes, 1),
+                   campaign)
     return Decisions(enr_out.reason, txn_out.reason, txn_out.points, txn_out.cum,
                      enr_out.seq, txn_out.seq + ne, pt, max(n_people, 1), txn_out.trigger)
 
 
 def _run(people: kernel.People, v: Validated, typ: int, person: np.ndarray,
-         txn: np.ndarray, orig: np.ndarray, n_codes: int, campaign: Campaign
-         ) -> kernel.Decided:
+         txn: np.ndarray, orig: np.ndarray, fp: np.ndarray, n_codes: int,
+         campaign: Campaign) -> kernel.Decided:
     out = new_decided(v.n)
-    kernel.decide(people, records_of(v, typ, person, txn, orig),
+    kernel.decide(people, records_of(v, typ, person, txn, orig, fp),
                   new_entries(v.n if typ == kernel.TRANSACTION else 0), 0, n_codes,
                   terms_of(campaign, streaming=False), np.full(1, NO_TIME, np.int64),
                   np.zeros(1, np.bool_), out)

@@ -46,13 +46,19 @@ def _hash_pairs(a_off, a_data, b_off, b_data, valid, out):  # type: ignore[no-un
         h = _fnv(_FNV_OFFSET, a_data, a_off[i], a_off[i + 1])
         if a_off[i + 1] > a_off[i]:
             h = (h ^ slash) * _FNV_PRIME
-        h = _fnv(h, b_data, b_off[i], b_off[i + 1])
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
+        h = _mix(_fnv(h, b_data, b_off[i], b_off[i + 1]))
         out[i] = h if h != 0 else np.uint64(1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mix(h):  # type: ignore[no-untyped-def]
+    """splitmix64's finalizer: every input bit moves every output bit."""
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h
 
 
 Strings: TypeAlias = "pa.Array | pa.ChunkedArray | list[str | None]"
@@ -63,7 +69,9 @@ def _buffers(arr: Strings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def key_hashes(keys: Strings) -> np.ndarray:
-    """uint64 hash of each whole key string (``operator_id/txn_id``); 0 for a null."""
+    """uint64 hash of each whole string (0 for a null): the hash :func:`entry_keys`
+    makes of ``operator_id/txn_id`` given joined, and the stored key of a source
+    ``topic/partition`` (engine.streams.state.source_key)."""
     off, data, valid = _buffers(keys)
     out = np.zeros(len(valid), np.uint64)
     _hash_pairs(np.zeros(len(valid) + 1, np.int64), data[:0], off, data, valid, out)
@@ -81,6 +89,25 @@ def entry_keys(operator_ids: Strings, txn_ids: Strings) -> np.ndarray:
 
 
 _FIB = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads keys that are not hashes
+
+
+def fingerprints(at: np.ndarray, orig_keys: np.ndarray) -> np.ndarray:
+    """uint32 fingerprint of each transaction's ``occurred_at`` (µs) and original's
+    entry key (0: none): with kind and amount, what tells a DUPLICATE from a
+    CONFLICTING_DUPLICATE (DECISIONS 102). Part of the stored format.
+
+    >>> fingerprints(np.array([0, 0, 1]), np.array([0, 7, 0], np.uint64)).tolist()
+    [0, 313405475, 3793791033]
+    """
+    out = np.empty(len(at), np.uint32)
+    _fingerprints(at, orig_keys, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _fingerprints(at, orig, out):  # type: ignore[no-untyped-def]
+    for i in range(len(out)):
+        out[i] = _mix(np.uint64(at[i]) * _FIB ^ orig[i]) >> np.uint64(32)
 
 
 def dense_codes(h: np.ndarray, repeats: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from engine.rules.marshal import (
 from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import format_utc, kafka_partitions, rfc3339_utc
-from engine.rules.txn_keys import dense_codes, entry_keys
+from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints
 from engine.streams.decode import InBatch, parse_source
 from engine.streams.entries import ENTRY
 from engine.streams.grant_json import GrantJson
@@ -39,6 +39,7 @@ from engine.streams.state import (
     ShardStore,
     Staged,
     encode,
+    source_key,
 )
 
 # outcome name by kernel reason code (0: accepted)
@@ -198,7 +199,8 @@ class _Call:
             keys = b.v.mykey_id.to_pylist()
             parts = kafka_partitions(b.v.mykey_id, self.d.partitions).tolist()
             reasons = b.v.reason.tolist()
-            origin_l, at_l, names = b.origin.tolist(), b.origin_at.tolist(), b.origins
+            origin_l, at_l = b.origin.tolist(), b.origin_at.tolist()
+            names = [source_key(w) for w in b.origins]
             idx: list[int] = []
             pidx: list[int] = []
             for i, key in enumerate(keys):
@@ -213,7 +215,11 @@ class _Call:
                     continue
                 pi = self.person(key)
                 k = origin_l[i]
-                origin, at = (names[k], at_l[i]) if k >= 0 else parse_source(b.source[i])
+                if k >= 0:
+                    origin, at = names[k], at_l[i]
+                else:
+                    where, at = parse_source(b.source[i])
+                    origin = source_key(where)
                 if at <= self.states[pi].marks.get(origin, -1):
                     continue  # redelivered (or re-routed again) after a crash: decided
                 self.states[pi].marks[origin] = at
@@ -300,16 +306,15 @@ class _Call:
             people.n[:np_] = counts
         stored = np.frombuffer(b"".join(blobs), ENTRY)
         self.n0 = n0 = len(stored)
-        codes, self.key_of = dense_codes(np.concatenate(
-            (stored["key"], stored["orig"], keys, origs)))
-        recs.txn[:] = codes[2 * n0:2 * n0 + n]
-        recs.orig[:] = codes[2 * n0 + n:]
+        codes, self.key_of = dense_codes(np.concatenate((stored["key"], keys, origs)))
+        recs.txn[:] = codes[n0:n0 + n]
+        recs.orig[:] = codes[n0 + n:]
+        recs.fp[:] = fingerprints(recs.at, origs)
         reg = self.reg = new_entries(n0 + n)
         if n0:
             reg.person[:n0] = np.repeat(np.arange(np_, dtype=np.int32), counts)
             reg.txn[:n0] = codes[:n0]
-            reg.orig[:n0] = codes[n0:2 * n0]
-            for name in ("kind", "amount", "at", "status", "refunded"):
+            for name in ("kind", "amount", "fp", "status", "refunded"):
                 getattr(reg, name)[:n0] = stored[name]
             # an entry's operator is part of its key, so any record naming the key
             # has it; the kernel matches entries by (person, operator, code)
@@ -440,8 +445,7 @@ class _Call:
         rows = np.empty(ne, ENTRY)
         key_of = np.append(self.key_of, np.uint64(0))  # code -1: no key
         rows["key"] = key_of[reg.txn[:ne]]
-        rows["orig"] = key_of[reg.orig[:ne]]
-        for name in ("at", "amount", "refunded", "kind", "status"):
+        for name in ("fp", "amount", "refunded", "kind", "status"):
             rows[name] = getattr(reg, name)[:ne]
         owner = reg.person[:ne]
         packed = rows[np.argsort(owner, kind="stable")].tobytes()

@@ -18,6 +18,7 @@ topics (every operator's inputs, the re-routing topics) are not comparable.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ import msgspec
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch
 
-from engine.rules.txn_keys import entry_keys
-from engine.streams.entries import ENTRY
+from engine.rules.txn_keys import entry_keys, key_hashes
+from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
@@ -83,14 +84,21 @@ class PersonState(msgspec.Struct, array_like=True, gc=False):
     # ``entries``), never written
     txns: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
     parked: list[Parked] = msgspec.field(default_factory=list)
-    # records applied, as the highest arrival per source "topic/partition" (the topic
-    # a record was first published to, also for a re-routed one): a source partition
-    # is read, and re-routed, in its own order, so a record at or below its mark is a
-    # redelivery (bounded by the number of input topic-partitions)
-    marks: dict[str, int] = msgspec.field(default_factory=dict)
+    # the format before DECISIONS 103: ``marks`` by source name; read (and moved to
+    # ``marks``), never written
+    named_marks: dict[str, int] = msgspec.field(default_factory=dict)
+    # the format of DECISIONS 101: rows of engine.streams.entries.WIDE_ENTRY; read
+    # (and moved to ``entries``), never written
+    wide: bytes = b""
     # first-seen transactions, packed rows of engine.streams.entries.ENTRY in the
     # order they were first seen
     entries: bytes = b""
+    # records applied, as the highest arrival per source "topic/partition" (the topic
+    # a record was first published to, also for a re-routed one), by its
+    # :func:`source_key`: a source partition is read, and re-routed, in its own order,
+    # so a record at or below its mark is a redelivery (bounded by the number of input
+    # topic-partitions)
+    marks: dict[int, int] = msgspec.field(default_factory=dict)
 
     @property
     def n_entries(self) -> int:
@@ -130,28 +138,45 @@ def encode(obj: Any) -> bytes:
 
 
 def decode_person(b: bytes) -> PersonState:
-    """A stored person; one written in the format before DECISIONS 101 comes with
-    its entries packed (:func:`upgrade`)."""
+    """A stored person; one written in an older format comes with its entries
+    packed as :data:`~engine.streams.entries.ENTRY` rows (:func:`upgrade`)."""
     st = _dec_person.decode(b)
-    if st.txns:
+    if st.txns or st.wide:
         upgrade(st)
+    if st.named_marks:
+        for name, at in st.named_marks.items():
+            k = source_key(name)
+            st.marks[k] = max(st.marks.get(k, -1), at)
+        st.named_marks = {}
     return st
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def source_key(name: str) -> int:
+    """The key of a source ``topic/partition`` in :attr:`PersonState.marks`: its 64-bit
+    hash (engine.rules.txn_keys), 18 bytes of msgpack with its mark instead of the
+    name's 30 or more (DECISIONS 103). Part of the stored format."""
+    return int(key_hashes([name])[0])
+
+
 def upgrade(st: PersonState) -> None:
-    """Move entries of the old format (``txns``: ``operator_id/txn_id`` → TxnEntry
-    msgpack) to packed rows after the ones already packed; their order is the
-    order they were first seen in (a dict keeps insertion order)."""
+    """Move entries of the older formats to packed rows, in the order they were
+    first seen: a value holds entries of one format only (each version upgrades
+    what it reads before writing), so the order is the older formats' first —
+    ``wide`` (DECISIONS 101) and ``txns`` (``operator_id/txn_id`` → TxnEntry
+    msgpack, whose dict keeps insertion order)."""
     keys = list(st.txns)
     olds = [_dec_entry.decode(raw) for raw in st.txns.values()]
-    rows = np.zeros(len(keys), ENTRY)
+    rows = np.zeros(len(keys), WIDE_ENTRY)
     ops = [k.partition("/")[0] for k in keys]
     rows["key"] = entry_keys(ops, [k.partition("/")[2] for k in keys])
     rows["orig"] = entry_keys(ops, [e.orig for e in olds])
     for name in ("at", "amount", "refunded", "kind", "status"):
         rows[name] = [getattr(e, name) for e in olds]
-    st.entries += rows.tobytes()
+    st.entries = (narrow(np.frombuffer(st.wide, WIDE_ENTRY)) + narrow(rows)
+                  + st.entries)
     st.txns = {}
+    st.wide = b""
 
 
 def decode_meta(b: bytes) -> ShardMeta:

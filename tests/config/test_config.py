@@ -3,6 +3,7 @@ kind of bad configuration raises ConfigError naming the file and the key."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,16 @@ def test_max_amount(tmp_path: Path) -> None:
     assert run([enr()], [txn(amount=1000)], c)[1][0] is None
 
 
+def test_max_amount_fits_the_states_32_bits(tmp_path: Path) -> None:
+    """DECISIONS 102: the largest amount a campaign may allow is the largest the
+    streaming state can store; a Campaign built in code is held to it too."""
+    c = campaign(tmp_path, f"max_amount = {2**32 - 1}\n")
+    assert c.max_amount == 2**32 - 1
+    assert run([enr()], [txn(amount=2**32 - 1)], c)[1][0] is None
+    with pytest.raises(ValueError, match="max_amount"):
+        dataclasses.replace(c, max_amount=2**32)
+
+
 @pytest.mark.parametrize(("text", "us"), [
     ("PT24H", 86_400_000_000), ("PT1H", 3_600_000_000), ("P1D", 86_400_000_000),
     ("PT90M", 5_400_000_000), ("PT30S", 30_000_000), ("P1DT2H", 93_600_000_000),
@@ -281,6 +292,7 @@ def assert_error(path: Path, key: str, loader) -> ConfigError:  # type: ignore[n
     ("cap_points = 5000.5\n", "cap_points"),
     ("max_amount = 0\n", "max_amount"),
     ('max_amount = "lots"\n', "max_amount"),
+    ("max_amount = 4294967296\n", "max_amount"),  # the state stores amounts in 32 bits
     ('rounding = "round_half_up"\n', "rounding"),
     ('rounding = "Cumulative_Floor"\n', "rounding"),
     ("rounding = 1\n", "rounding"),

@@ -3,7 +3,9 @@ reopen, the cache stays bounded, and the index of waiting people matches them.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -13,8 +15,9 @@ from hypothesis import strategies as st
 
 from engine.config import DEFAULT_CAMPAIGN
 from engine.rules.model import NO_TIME
-from engine.rules.txn_keys import entry_keys
-from engine.streams.entries import ENTRY
+from engine.rules.strings import parse_utc
+from engine.rules.txn_keys import entry_keys, fingerprints
+from engine.streams.entries import ENTRY, WIDE_ENTRY
 from engine.streams.state import (
     FENCE_KEY,
     META_KEY,
@@ -27,6 +30,7 @@ from engine.streams.state import (
     decode_person,
     encode,
     is_person_key,
+    source_key,
 )
 from tests import builders
 from tests.streams.feed import PERSON, T0, Feed, H, txn
@@ -277,7 +281,11 @@ def test_a_refund_changes_only_its_originals_row_and_adds_its_own(tmp_path: Path
     changed = [i for i in range(5) if after[i].tobytes() != before[i].tobytes()]
     assert changed == [2] and after[2]["refunded"] == 1000
     assert after[5]["key"] == entry_keys(["paypay"], ["back"])[0]
-    assert after[5]["orig"] == before[2]["key"] and after[5]["kind"] == 2
+    assert after[5]["kind"] == 2 and after[5]["amount"] == 1000
+    # the refund's fingerprint covers its original; the originals' has none
+    at = np.array([parse_utc("2020-09-13T12:00:00Z")])
+    assert after[5]["fp"] == fingerprints(at, entry_keys(["paypay"], ["h2"]))[0]
+    assert before[2]["fp"] == fingerprints(at, np.zeros(1, np.uint64))[0] != after[5]["fp"]
     f.store.close()
 
 
@@ -294,55 +302,108 @@ class _OldPerson(msgspec.Struct, array_like=True):
     marks: dict[str, int]
 
 
-def _as_old(st: PersonState, txn_ids: list[str]) -> bytes:
-    """``st`` written in the old format; ``txn_ids``: its entries' ids, in order (the
-    packed rows keep only their hashes)."""
+class _WidePerson(msgspec.Struct, array_like=True):
+    """A person as stored under DECISIONS 101: 42-byte rows with time and original."""
+
+    enr_op: str | None
+    enr_kind: int
+    enr_day: int
+    c: int
+    r: int
+    txns: dict[str, msgspec.Raw]
+    parked: list[Parked]
+    marks: dict[str, int]
+    entries: bytes
+
+
+def _as_old(st: PersonState, recs: list[dict[str, Any]]) -> bytes:
+    """``st`` written in the format before DECISIONS 101; ``recs``: the transactions
+    of its entries, in order (the rows keep neither ids nor times)."""
     rows = _rows(st.entries)
-    by_key = {int(k): t for k, t in zip(entry_keys(["paypay"] * len(txn_ids), txn_ids).tolist(),
-                                         txn_ids, strict=True)}
-    txns = {f"paypay/{by_key[int(e['key'])]}": TxnEntry(
-        int(e["kind"]), int(e["amount"]), int(e["at"]),
-        by_key[int(e["orig"])] if e["orig"] else None, int(e["status"]), int(e["refunded"]))
-        for e in rows}
+    txns = {f"paypay/{t['txn_id']}": TxnEntry(
+        int(e["kind"]), int(e["amount"]), parse_utc(t["occurred_at"]),
+        t.get("original_txn_id"), int(e["status"]), int(e["refunded"]))
+        for e, t in zip(rows, recs, strict=True)}
     return encode(_OldPerson(st.enr_op, st.enr_kind, st.enr_day, st.c, st.r, txns,
-                             st.parked, st.marks))
+                             st.parked, _named(st.marks)))
 
 
-def test_a_person_stored_in_the_old_format_reads_as_the_same_state(tmp_path: Path) -> None:
-    """Changelogs and local copies written before the packed entries still read:
+def _as_wide(st: PersonState, recs: list[dict[str, Any]]) -> bytes:
+    """``st`` written in the format of DECISIONS 101 (see :func:`_as_old`)."""
+    rows = _rows(st.entries)
+    wide = np.zeros(len(rows), WIDE_ENTRY)
+    for name in ("key", "amount", "refunded", "kind", "status"):
+        wide[name] = rows[name]
+    wide["at"] = [parse_utc(t["occurred_at"]) for t in recs]
+    wide["orig"] = entry_keys(["paypay"] * len(recs),
+                              [t.get("original_txn_id") for t in recs])
+    return encode(_WidePerson(st.enr_op, st.enr_kind, st.enr_day, st.c, st.r, {},
+                              st.parked, _named(st.marks), wide.tobytes()))
+
+
+def _named(marks: dict[int, int]) -> dict[str, int]:
+    """Marks by source name, as stored before DECISIONS 103 (Feed's sources)."""
+    named = {n: marks[source_key(n)] for n in ("enrollment/0", "transaction/0")
+             if source_key(n) in marks}
+    assert len(named) == len(marks) == 2
+    return named
+
+
+_FORMATS = {"txns map (before 101)": _as_old, "42-byte rows (101)": _as_wide}
+
+
+@pytest.mark.parametrize("write", _FORMATS.values(), ids=_FORMATS.keys())
+def test_a_person_stored_in_an_old_format_reads_as_the_same_state(
+        tmp_path: Path, write: Callable[[PersonState, list[dict[str, Any]]], bytes]) -> None:
+    """Changelogs and local copies written before the current rows still read:
     the old entries become the rows the new code would have written."""
     f = Feed(tmp_path)
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
-    f.poll("transaction", [txn("h0", T0 + 1), txn("h1", T0 + 2),
-                           txn("back", T0 + 3, kind="refund", original_txn_id="h0",
-                               amount=400)])
+    items = [txn("h0", T0 + 1), txn("h1", T0 + 2),
+             txn("back", T0 + 3, kind="refund", original_txn_id="h0", amount=400)]
+    f.poll("transaction", items)
     new = decode_person(f.store.db[PERSON.encode()])
-    assert new.n_entries == 3
-    old = _as_old(new, ["h0", "h1", "back"])
-    assert msgspec.msgpack.decode(old)[5]  # the old blob does hold a txns map
+    assert new.n_entries == 3 and _rows(new.entries)["refunded"].tolist() == [400, 0, 0]
+    old = write(new, [i["rec"] for i in items])
+    assert new.entries not in old  # the rows are in another format there
     assert decode_person(old) == new
     f.store.close()
 
 
-def test_decisions_go_on_from_a_person_stored_in_the_old_format(tmp_path: Path) -> None:
-    """A duplicate of an old-format entry is found and a refund is matched to it."""
+@pytest.mark.parametrize("write", _FORMATS.values(), ids=_FORMATS.keys())
+def test_decisions_go_on_from_a_person_stored_in_an_old_format(
+        tmp_path: Path, write: Callable[[PersonState, list[dict[str, Any]]], bytes]) -> None:
+    """A duplicate of an old-format entry is found (and a changed time or original
+    makes it conflicting), and a refund is matched to it."""
     from tests.streams.feed import reasons
 
     f = Feed(tmp_path)
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
-    f.poll("transaction", [txn("h0", T0 + 1), txn("h1", T0 + 2)])
-    old = _as_old(decode_person(f.store.db[PERSON.encode()]), ["h0", "h1"])
+    items = [txn("h0", T0 + 1), txn("h1", T0 + 2), txn("r0", T0 + 3, kind="refund",
+                                                     original_txn_id="h0", amount=10)]
+    f.poll("transaction", items)
+    old = write(decode_person(f.store.db[PERSON.encode()]), [i["rec"] for i in items])
     f.store.db[PERSON.encode()] = old  # as a restore of an old changelog writes it
     f.store.cache.clear()
+    moved = txn("h0", T0 + 4)
+    moved["rec"]["occurred_at"] = "2020-09-13T12:00:01Z"
     res = f.poll("transaction", [txn("h0", T0 + 4),
+                                 moved,
+                                 txn("r0", T0 + 4, kind="refund", original_txn_id="h0",
+                                     amount=10),
+                                 txn("r0", T0 + 4, kind="refund", original_txn_id="h1",
+                                     amount=10),
                                  txn("h1", T0 + 5, amount=999),
                                  txn("back", T0 + 6, kind="refund", original_txn_id="h1",
                                      amount=4000),
                                  txn("more", T0 + 7, kind="refund", original_txn_id="h1",
                                      amount=1)])
-    assert reasons(res) == {"h0": "DUPLICATE", "h1": "CONFLICTING_DUPLICATE",
-                            "back": "granted", "more": "REFUND_EXCEEDS_ORIGINAL"}
-    assert decode_person(f.store.db[PERSON.encode()]).n_entries == 4
+    assert [(r["txn_id"], r["reason"]) for _, r in res.rejections] == [
+        ("h0", "DUPLICATE"), ("h0", "CONFLICTING_DUPLICATE"), ("r0", "DUPLICATE"),
+        ("r0", "CONFLICTING_DUPLICATE"), ("h1", "CONFLICTING_DUPLICATE"),
+        ("more", "REFUND_EXCEEDS_ORIGINAL")]
+    assert reasons(res)["back"] == "granted" and len(res.grants) == 1
+    assert decode_person(f.store.db[PERSON.encode()]).n_entries == 5
     f.store.close()
 
 
