@@ -8,6 +8,7 @@ never raises on content, so a poison message cannot stop a partition.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -76,31 +77,36 @@ class _Origins:
     def __init__(self) -> None:
         self.names: list[str] = []
         self.index: dict[str, int] = {}
-        self.origin: list[np.ndarray] = []
-        self.at: list[np.ndarray] = []
+        self.origin: list[int] = []
+        self.at: list[int] = []
 
-    def add(self, source: str, n: int = 0) -> None:
-        """The records of one message: ``source`` itself (``n`` = 0), or ``n`` records
-        sourced ``f"{source}#{i}"``."""
+    def add(self, source: str, n: int | None = None, own: tuple[str, int] | None = None
+            ) -> None:
+        """The records of one message: ``source`` itself (``n`` None), or the ``n``
+        records, none or more, of a chunk, sourced ``f"{source}#{i}"``. ``own``:
+        ``parse_source(source)``, when the caller knows it (the message's own
+        position), so it is not parsed again. (Python lists, not arrays: one-record
+        messages are the common case, and two small arrays per message cost more than
+        the rest of their decoding's bookkeeping.)"""
         k, at = -1, 0
-        if not (n and "#" in source):  # "#" in a base: each record's own parse decides
-            try:
-                where, at = parse_source(source)
-            except ValueError:
-                pass
-            else:
-                k = self.index.get(where, -1)
-                if k < 0:
-                    k = self.index[where] = len(self.names)
-                    self.names.append(where)
-        m = max(n, 1)
-        self.origin.append(np.full(m, k, np.int32))
-        self.at.append(np.arange(m, dtype=np.int64) | at if n else np.full(1, at, np.int64))
+        if own is None and not (n is not None and "#" in source):  # "#": per record
+            with contextlib.suppress(ValueError):  # not of that form: parsed per record
+                own = parse_source(source)
+        if own is not None:
+            where, at = own
+            k = self.index.get(where, -1)
+            if k < 0:
+                k = self.index[where] = len(self.names)
+                self.names.append(where)
+        if n is not None:
+            self.origin.extend([k] * n)
+            self.at.extend(range(at, at + n))  # at has no index bits: at + i == at | i
+        else:
+            self.origin.append(k)
+            self.at.append(at)
 
     def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        if not self.origin:
-            return self.names, np.zeros(0, np.int32), np.zeros(0, np.int64)
-        return self.names, np.concatenate(self.origin), np.concatenate(self.at)
+        return self.names, np.asarray(self.origin, np.int32), np.asarray(self.at, np.int64)
 
 
 def _header(msg: Any, name: str) -> bytes | None:
@@ -234,12 +240,14 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
     bad: dict[str, int] = {}
     flags: Flags = {}
     for m in msgs:
-        base = f"{m.topic}/{m.partition}/{m.offset}"
+        where = f"{m.topic}/{m.partition}"
+        base = f"{where}/{m.offset}"
+        own: tuple[str, int] | None = (where, m.offset << SUB_BITS)  # parse_source(base)
         replayed = _header(m, REPLAY_HEADER) if replay else None
         if replayed is not None:
             parsed = parse_replay_header(replayed)
             if parsed is not None:
-                base = parsed[0]
+                base, own = parsed[0], None
                 flags.update(parsed[1])
         fmt = _header(m, FORMAT_HEADER)
         ts = _ts_us(m)
@@ -268,7 +276,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             sources.append(origin.decode("utf-8", "replace") if origin else base)
             arrival.append(m.offset << SUB_BITS)
             rerouted.append(origin is not None)
-            origins.add(sources[-1])
+            origins.add(sources[-1], own=own if origin is None else None)
         elif fmt == FORMAT_JSONL:
             lines, _ = split_lines(value)
             if len(lines) > MAX_RECORDS_PER_MESSAGE:
@@ -285,7 +293,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 sources.append(f"{base}#{i}")
                 arrival.append((m.offset << SUB_BITS) | i)
                 rerouted.append(False)
-            origins.add(base, len(lines))
+            origins.add(base, len(lines), own)
         elif fmt == FORMAT_ARROW:
             try:
                 if _ipc_body_compressed(value):
@@ -316,7 +324,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             sources.extend(f"{base}#{i}" for i in range(table.num_rows))
             arrival.extend((m.offset << SUB_BITS) | i for i in range(table.num_rows))
             rerouted.extend([False] * table.num_rows)
-            origins.add(base, table.num_rows)
+            origins.add(base, table.num_rows, own)
         else:
             _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                          f"unknown {FORMAT_HEADER} header")

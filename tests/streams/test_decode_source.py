@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections import namedtuple
 
 import orjson
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.topics import (
+    FORMAT_ARROW,
     FORMAT_HEADER,
     FORMAT_JSONL,
     REPLAY_HEADER,
@@ -26,6 +28,7 @@ from engine.streams.decode import (
     parse_source,
     replay_header,
 )
+from tests.builders import arrow_ipc
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 T = Topics("mynapoint")
@@ -78,6 +81,9 @@ def test_a_topic_of_no_operator_skips_the_check() -> None:
     assert reasons(b) == [None]
 
 
+_ARROW = pa.schema([(k, pa.int64() if k == "amount" else pa.string())
+                    for k in orjson.loads(txn("paypay"))])
+
 _SOURCES = st.one_of(
     st.builds(lambda t, p, o: f"{t}/{p}/{o}", st.sampled_from(["m.t", "a/b", "x#y"]),
               st.integers(0, 9), st.integers(0, 2**40)),
@@ -86,17 +92,21 @@ _SOURCES = st.one_of(
 
 @st.composite
 def _messages(draw: st.DrawFn) -> tuple[list[Msg], list[Msg]]:
-    """Public messages (one record, a chunk, a malformed one, replays) and re-routed ones
-    whose source headers may hold anything."""
+    """Public messages (one record, a JSON Lines or Arrow chunk, empty ones too, a
+    malformed one, replays) and re-routed ones whose source headers may hold anything."""
     public: list[Msg] = []
     internal: list[Msg] = []
     for offset in range(draw(st.integers(1, 6))):
-        form = draw(st.sampled_from(["one", "chunk", "bad", "replay", "rerouted"]))
+        form = draw(st.sampled_from(["one", "chunk", "arrow", "bad", "replay", "rerouted"]))
         headers: list[tuple[str, bytes]] = []
         value = txn("paypay", offset)
         if form in ("chunk", "replay"):
-            value = b"\n".join(txn("paypay", k) for k in range(draw(st.integers(1, 4))))
+            value = b"\n".join(txn("paypay", k) for k in range(draw(st.integers(0, 4))))
             headers.append((FORMAT_HEADER, FORMAT_JSONL))
+        if form == "arrow":
+            rows = [orjson.loads(txn("paypay", k)) for k in range(draw(st.integers(0, 3)))]
+            value = arrow_ipc(pa.Table.from_pylist(rows, schema=_ARROW))
+            headers.append((FORMAT_HEADER, FORMAT_ARROW))
         if form == "bad":
             headers.append((FORMAT_HEADER, b"no-such-format"))
         if form == "replay":
