@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 import orjson
 
@@ -27,7 +28,7 @@ from engine.rules.marshal import (
 from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import format_utc, kafka_partitions, rfc3339_utc
-from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints
+from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints, person_codes
 from engine.streams.decode import InBatch, parse_source
 from engine.streams.entries import ENTRY
 from engine.streams.grant_json import GrantJson
@@ -51,6 +52,19 @@ def _objects(values: list[Any]) -> np.ndarray:
     a = np.empty(len(values), object)
     a[:] = values
     return a
+
+
+@numba.njit(cache=True, nogil=True)
+def not_applied(group: np.ndarray, at: np.ndarray, mark: np.ndarray) -> np.ndarray:
+    """Which records, in order, are above their group's mark (``mark``, in/out: each
+    group's mark, raised by every record kept), as one record at a time would tell."""
+    keep = np.zeros(len(group), np.bool_)
+    for i in range(len(group)):
+        g = group[i]
+        if at[i] > mark[g]:
+            keep[i] = True
+            mark[g] = at[i]
+    return keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +191,7 @@ class _Call:
         self.states: list[PersonState] = []
         # (batch, record type, rows decided here, their person index or -1)
         self.keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
+        self.keys: list[list[str | None]] = []  # each kept batch's mykey_id, as read once
         self.pre: list[tuple[int, Parked]] = []
         self.spans: list[tuple[InBatch, int, np.ndarray]] = []
 
@@ -192,40 +207,56 @@ class _Call:
     # ------------------------------------------------------------------ steps
     def select(self, partition: int, enr: InBatch | None, txn: InBatch | None) -> None:
         """Which records are decided here (not re-routed, not already applied), and
-        the people they involve."""
+        the people they involve: Python per person and per source, not per record."""
         batches = [(b, t) for b, t in ((enr, kernel.ENROLLMENT), (txn, kernel.TRANSACTION))
                    if b is not None and b.v.n]
         for b, typ in batches:
-            keys = b.v.mykey_id.to_pylist()
-            parts = kafka_partitions(b.v.mykey_id, self.d.partitions).tolist()
-            reasons = b.v.reason.tolist()
-            origin_l, at_l = b.origin.tolist(), b.origin_at.tolist()
-            names = [source_key(w) for w in b.origins]
-            idx: list[int] = []
-            pidx: list[int] = []
-            for i, key in enumerate(keys):
-                if reasons[i] != 0 or key is None:
-                    idx.append(i)
-                    pidx.append(-1)
-                    continue
-                if parts[i] != partition:
-                    self.res.reroute.append(Reroute(
-                        b.v.record_type, parts[i], reroute_record(b, i, key),
-                        b.source[i], int(b.v.received[i])))
-                    continue
-                pi = self.person(key)
-                k = origin_l[i]
-                if k >= 0:
-                    origin, at = names[k], at_l[i]
-                else:
-                    where, at = parse_source(b.source[i])
-                    origin = source_key(where)
-                if at <= self.states[pi].marks.get(origin, -1):
-                    continue  # redelivered (or re-routed again) after a crash: decided
-                self.states[pi].marks[origin] = at
-                idx.append(i)
-                pidx.append(pi)
-            self.keep.append((b, typ, np.asarray(idx, dtype=np.int64), pidx))
+            v = b.v
+            valid = np.asarray(v.mykey_id.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+            checked = (v.reason == 0) & valid  # the rest failed a check: decided as they are
+            parts = kafka_partitions(v.mykey_id, self.d.partitions)
+            keys = v.mykey_id.to_pylist()
+            for i in np.flatnonzero(checked & (parts != partition)).tolist():
+                self.res.reroute.append(Reroute(v.record_type, int(parts[i]),
+                                                reroute_record(b, i, keys[i]), b.source[i],
+                                                int(v.received[i])))
+            mine = np.flatnonzero(checked & (parts == partition))
+            # the people, in order of first appearance (a checked mykey_id is 8 bytes)
+            codes = person_codes(v.mykey_id.take(mine))[0][0]
+            uniq, first = np.unique(codes, return_index=True)
+            order = np.argsort(first, kind="stable")
+            pi_of_code = np.empty(len(uniq), np.int64)
+            for c, r in zip(uniq[order].tolist(), first[order].tolist(), strict=True):
+                pi_of_code[c] = self.person(keys[int(mine[r])])
+            person = pi_of_code[codes]
+            # where each was first read (its stored mark's key) and its arrival there
+            origin = b.origin[mine].astype(np.int64)
+            at = b.origin_at[mine]
+            okeys = [source_key(w) for w in b.origins]
+            for q in np.flatnonzero(origin < 0).tolist():
+                where, at[q] = parse_source(b.source[int(mine[q])])
+                origin[q] = len(okeys)
+                okeys.append(source_key(where))
+            # a record at or below its person's mark for its source was applied before a
+            # crash (redelivered, or re-routed again): one mark lookup per (person, source)
+            pairs, first_p, group = np.unique(person * len(okeys) + origin, return_index=True,
+                                              return_inverse=True)
+            marks = np.fromiter(
+                (self.states[pi].marks.get(okeys[o], -1)
+                 for pi, o in zip(person[first_p].tolist(), origin[first_p].tolist(),
+                                  strict=True)), np.int64, len(pairs))
+            applied = marks.copy()
+            fresh = not_applied(group.reshape(-1), at, applied)
+            for g in np.flatnonzero(applied != marks).tolist():
+                self.states[int(person[first_p[g]])].marks[okeys[int(origin[first_p[g]])]] = \
+                    int(applied[g])
+            decided = ~checked
+            decided[mine[fresh]] = True
+            idx = np.flatnonzero(decided)
+            pidx = np.full(v.n, -1, np.int64)
+            pidx[mine] = person
+            self.keep.append((b, typ, idx, pidx[idx].tolist()))
+            self.keys.append(keys)
 
     def involve_waiting(self, stream_time: int, txn: InBatch | None, final: bool) -> None:
         """Add the people whose waits end in this call (or all, ``final``); their
@@ -334,12 +365,12 @@ class _Call:
             self.span_of[start:start + len(rows)] = si
             self.row_of[start:start + len(rows)] = rows
         # each batch's ids as object arrays, gathered by row for outcomes and waits
-        self.cols = [{"mykey_id": _objects(b.v.mykey_id.to_pylist()),
+        self.cols = [{"mykey_id": _objects(keys),
                       "operator_id": _objects(b.v.operator_id.to_pylist()),
                       "txn_id": _objects(b.v.txn_id.to_pylist()),
                       "original_txn_id": _objects(b.v.original_txn_id.to_pylist()),
                       "source": _objects(b.source)}
-                     for b, _s, _r in self.spans]
+                     for (b, _s, _r), keys in zip(self.spans, self.keys, strict=True)]
 
     def _link_waiting(self, n0: int, n_codes: int) -> None:
         """A waiting record is its person's entry already (first seen, PENDING):
