@@ -329,29 +329,36 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
             _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                          f"unknown {FORMAT_HEADER} header")
     seg.flush_objs()
+    names, origin_ix, origin_at = origins.arrays()
     if source_operator is not None:
-        _set_source_operators(seg.parts, sources, source_operator)
+        _set_source_operators(seg.parts, sources, names, origin_ix, source_operator)
     validate = validate_transactions if record_type == "transaction" else validate_enrollments
     parts = [validate(s, campaign, registry) for s in seg.parts]
     v = concat_validated(parts, record_type)
-    names, origin_ix, origin_at = origins.arrays()
     return apply_flags(InBatch(v, sources, np.asarray(arrival, dtype=np.int64),
                                np.asarray(rerouted, dtype=np.bool_), bad, names, origin_ix,
                                origin_at), flags)
 
 
-def _set_source_operators(parts: list[Shaped], sources: list[str],
-                          operator_of: Callable[[str], str | None]) -> None:
-    """Each record's source operator, from the topic its source names (sources and
-    shaped parts hold the records in the same order)."""
+def _set_source_operators(parts: list[Shaped], sources: list[str], names: list[str],
+                          origin: np.ndarray, operator_of: Callable[[str], str | None]
+                          ) -> None:
+    """Each record's source operator, from the topic its source names: looked up once
+    per ``topic/partition`` it was first read at (``names``, by the records' ``origin``;
+    a source that is a prefix of the record's), per record only where that is unknown
+    (-1). Sources and shaped parts hold the records in the same order."""
     by_topic: dict[str, str | None] = {}
-    ops: list[str | None] = []
-    for src in sources:
+
+    def op(src: str) -> str | None:
         topic = src.partition("/")[0]
         if topic not in by_topic:
             by_topic[topic] = operator_of(topic)
-        ops.append(by_topic[topic])
-    if not any(ops):
+        return by_topic[topic]
+
+    ops = np.array([*map(op, names), None], dtype=object)[origin]
+    for i in np.flatnonzero(origin < 0).tolist():
+        ops[i] = op(sources[i])
+    if not any(v is not None for v in by_topic.values()):
         return
     at = 0
     for s in parts:

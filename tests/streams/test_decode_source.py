@@ -67,6 +67,11 @@ def test_a_rerouted_record_keeps_the_operator_of_its_first_topic() -> None:
     b = decode([Msg(internal, 0, 0, TS_MS, b"AB12cd34", txn("aupay"), origin),
                 Msg(internal, 0, 1, TS_MS, b"AB12cd34", txn("paypay"), origin)], internal=True)
     assert reasons(b) == [None, "OPERATOR_MISMATCH"]
+    # a source of no parseable position still names its topic
+    odd = [(SOURCE_HEADER, b"mynapoint.aupay.transactions/3/x17")]
+    b = decode([Msg(internal, 0, 2, TS_MS, b"AB12cd34", txn("paypay"), odd),
+                Msg(internal, 0, 3, TS_MS, b"AB12cd34", txn("aupay"), odd)], internal=True)
+    assert b.origin.tolist() == [-1, -1] and reasons(b) == ["OPERATOR_MISMATCH", None]
 
 
 def test_a_source_header_on_a_public_topic_is_not_believed() -> None:
