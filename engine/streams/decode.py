@@ -41,6 +41,24 @@ from engine.rules.validate import (
 )
 
 SUB_BITS = 16  # arrival = offset << 16 | index within the message
+# "#i" of a chunk's record i, made once: a concatenation per record is cheaper than
+# formatting
+_INDEX_SUFFIXES: list[str] = []
+
+
+def _suffixes(n: int) -> list[str]:
+    if len(_INDEX_SUFFIXES) < n:
+        _INDEX_SUFFIXES.extend(f"#{i}" for i in range(len(_INDEX_SUFFIXES), n))
+    return _INDEX_SUFFIXES[:n]
+
+
+def _chunk(sources: list[str], arrival: list[int], rerouted: list[bool], base: str,
+           offset: int, n: int) -> None:
+    """Source, arrival and origin flag of the ``n`` records of a chunk message."""
+    sources.extend([base + sfx for sfx in _suffixes(n)])
+    first = offset << SUB_BITS  # no index bits: first + i == first | i
+    arrival.extend(range(first, first + n))
+    rerouted.extend([False] * n)
 
 
 @dataclass
@@ -283,16 +301,14 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                              f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
-            for i, line in enumerate(lines):
+            for line in lines:
                 obj = load_record(line, max_record_bytes)
                 if isinstance(obj, BadRecord):
                     bad[obj.kind] = bad.get(obj.kind, 0) + 1
                 # a chunk's records carry their own received_at, or none (see
                 # schemas/batch-message.md: the message timestamp is not lent)
                 seg.add_obj(obj, NO_TIME, line)
-                sources.append(f"{base}#{i}")
-                arrival.append((m.offset << SUB_BITS) | i)
-                rerouted.append(False)
+            _chunk(sources, arrival, rerouted, base, m.offset, len(lines))
             origins.add(base, len(lines), own)
         elif fmt == FORMAT_ARROW:
             try:
@@ -321,9 +337,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                              "message has an Arrow layout the engine cannot read "
                              f"({type(e).__name__})")
                 continue
-            sources.extend(f"{base}#{i}" for i in range(table.num_rows))
-            arrival.extend((m.offset << SUB_BITS) | i for i in range(table.num_rows))
-            rerouted.extend([False] * table.num_rows)
+            _chunk(sources, arrival, rerouted, base, m.offset, table.num_rows)
             origins.add(base, table.num_rows, own)
         else:
             _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
