@@ -117,9 +117,12 @@ def dense_codes(h: np.ndarray, repeats: bool = False) -> tuple[np.ndarray, np.nd
     most half full: sized for every key to be distinct, or, with ``repeats`` (keys
     that recur, as people do), started small and grown, so the table follows the
     distinct keys rather than the rows (a grown table costs a rehash per doubling)."""
-    bits = 16
-    if not repeats:
-        bits = max(bits, int(2 * np.count_nonzero(h)).bit_length())
+    # at least 256 slots; a small call (a live poll's few hundred keys) does not zero a
+    # table of 2^16 (1 MiB) it will not fill
+    if repeats:
+        bits = max(8, min(16, (2 * len(h)).bit_length()))
+    else:
+        bits = max(8, int(2 * np.count_nonzero(h)).bit_length())
     return _dense_codes(h, bits)  # type: ignore[no-any-return]
 
 
