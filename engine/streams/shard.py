@@ -221,35 +221,8 @@ class _Call:
                                                 reroute_record(b, i, keys[i]), b.source[i],
                                                 int(v.received[i])))
             mine = np.flatnonzero(checked & (parts == partition))
-            # the people, in order of first appearance (a checked mykey_id is 8 bytes)
-            codes = person_codes(v.mykey_id.take(mine))[0][0]
-            uniq, first = np.unique(codes, return_index=True)
-            order = np.argsort(first, kind="stable")
-            pi_of_code = np.empty(len(uniq), np.int64)
-            for c, r in zip(uniq[order].tolist(), first[order].tolist(), strict=True):
-                pi_of_code[c] = self.person(keys[int(mine[r])])
-            person = pi_of_code[codes]
-            # where each was first read (its stored mark's key) and its arrival there
-            origin = b.origin[mine].astype(np.int64)
-            at = b.origin_at[mine]
-            okeys = [source_key(w) for w in b.origins]
-            for q in np.flatnonzero(origin < 0).tolist():
-                where, at[q] = parse_source(b.source[int(mine[q])])
-                origin[q] = len(okeys)
-                okeys.append(source_key(where))
-            # a record at or below its person's mark for its source was applied before a
-            # crash (redelivered, or re-routed again): one mark lookup per (person, source)
-            pairs, first_p, group = np.unique(person * len(okeys) + origin, return_index=True,
-                                              return_inverse=True)
-            marks = np.fromiter(
-                (self.states[pi].marks.get(okeys[o], -1)
-                 for pi, o in zip(person[first_p].tolist(), origin[first_p].tolist(),
-                                  strict=True)), np.int64, len(pairs))
-            applied = marks.copy()
-            fresh = not_applied(group.reshape(-1), at, applied)
-            for g in np.flatnonzero(applied != marks).tolist():
-                self.states[int(person[first_p[g]])].marks[okeys[int(origin[first_p[g]])]] = \
-                    int(applied[g])
+            person = self._people(b, mine, keys)
+            fresh = self._not_applied(b, mine, person)
             decided = ~checked
             decided[mine[fresh]] = True
             idx = np.flatnonzero(decided)
@@ -257,6 +230,43 @@ class _Call:
             pidx[mine] = person
             self.keep.append((b, typ, idx, pidx[idx].tolist()))
             self.keys.append(keys)
+
+    def _people(self, b: InBatch, rows: np.ndarray, keys: list[str | None]) -> np.ndarray:
+        """The person index of each of ``rows``, looked up once per person, in order of
+        first appearance (their mykey_id is valid: 8 bytes, a dense code each)."""
+        codes = person_codes(b.v.mykey_id.take(rows))[0][0]
+        uniq, first = np.unique(codes, return_index=True)
+        order = np.argsort(first, kind="stable")
+        pi_of_code = np.empty(len(uniq), np.int64)
+        for c, r in zip(uniq[order].tolist(), first[order].tolist(), strict=True):
+            key = keys[int(rows[r])]
+            assert key is not None  # rows with a valid mykey_id only
+            pi_of_code[c] = self.person(key)
+        return pi_of_code[codes]  # type: ignore[no-any-return]
+
+    def _not_applied(self, b: InBatch, rows: np.ndarray, person: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` are not in their person's state yet. A record at or below
+        its person's mark for the source it was first read at was applied before a
+        crash (redelivered, or re-routed again); the marks are read and raised once
+        per (person, source)."""
+        origin = b.origin[rows].astype(np.int64)
+        at = b.origin_at[rows]
+        okeys = [source_key(w) for w in b.origins]
+        for q in np.flatnonzero(origin < 0).tolist():  # a source of no usual form
+            where, at[q] = parse_source(b.source[int(rows[q])])
+            origin[q] = len(okeys)
+            okeys.append(source_key(where))
+        pairs, first, group = np.unique(person * len(okeys) + origin, return_index=True,
+                                        return_inverse=True)
+        pi_l, o_l = person[first].tolist(), origin[first].tolist()
+        states = self.states
+        marks = np.fromiter((states[pi].marks.get(okeys[o], -1)
+                             for pi, o in zip(pi_l, o_l, strict=True)), np.int64, len(pairs))
+        raised = marks.copy()
+        fresh = not_applied(group.reshape(-1), at, raised)
+        for g in np.flatnonzero(raised != marks).tolist():
+            states[pi_l[g]].marks[okeys[o_l[g]]] = int(raised[g])
+        return fresh  # type: ignore[no-any-return]
 
     def involve_waiting(self, stream_time: int, txn: InBatch | None, final: bool) -> None:
         """Add the people whose waits end in this call (or all, ``final``); their
