@@ -232,17 +232,14 @@ class _Call:
             self.keys.append(keys)
 
     def _people(self, b: InBatch, rows: np.ndarray, keys: list[str | None]) -> np.ndarray:
-        """The person index of each of ``rows``, looked up once per person, in order of
-        first appearance (their mykey_id is valid: 8 bytes, a dense code each)."""
+        """The person index of each of ``rows``, looked up once per person (their
+        mykey_id is valid: 8 bytes, a dense code each, numbered in order of first
+        appearance)."""
         codes = person_codes(b.v.mykey_id.take(rows))[0][0]
-        uniq, first = np.unique(codes, return_index=True)
-        order = np.argsort(first, kind="stable")
-        pi_of_code = np.empty(len(uniq), np.int64)
-        for c, r in zip(uniq[order].tolist(), first[order].tolist(), strict=True):
-            key = keys[int(rows[r])]
-            assert key is not None  # rows with a valid mykey_id only
-            pi_of_code[c] = self.person(key)
-        return pi_of_code[codes]  # type: ignore[no-any-return]
+        first = np.unique(codes, return_index=True)[1]  # by code: by first appearance
+        person = self.person
+        pis = [person(keys[r]) for r in rows[first].tolist()]  # type: ignore[arg-type]
+        return np.asarray(pis, np.int64)[codes]  # type: ignore[no-any-return]
 
     def _not_applied(self, b: InBatch, rows: np.ndarray, person: np.ndarray) -> np.ndarray:
         """Which of ``rows`` are not in their person's state yet. A record at or below
@@ -256,16 +253,17 @@ class _Call:
             where, at[q] = parse_source(b.source[int(rows[q])])
             origin[q] = len(okeys)
             okeys.append(source_key(where))
-        pairs, first, group = np.unique(person * len(okeys) + origin, return_index=True,
-                                        return_inverse=True)
-        pi_l, o_l = person[first].tolist(), origin[first].tolist()
-        states = self.states
-        marks = np.fromiter((states[pi].marks.get(okeys[o], -1)
-                             for pi, o in zip(pi_l, o_l, strict=True)), np.int64, len(pairs))
-        raised = marks.copy()
+        _, first, group = np.unique(person * len(okeys) + origin, return_index=True,
+                                    return_inverse=True)
+        marks = [self.states[pi].marks for pi in person[first].tolist()]
+        okeys_l = [okeys[o] for o in origin[first].tolist()]
+        before = np.asarray([m.get(k, -1) for m, k in zip(marks, okeys_l, strict=True)],
+                            np.int64).reshape(-1)
+        raised = before.copy()
         fresh = not_applied(group.reshape(-1), at, raised)
-        for g in np.flatnonzero(raised != marks).tolist():
-            states[pi_l[g]].marks[okeys[o_l[g]]] = int(raised[g])
+        raised_l = raised.tolist()
+        for g in np.flatnonzero(raised != before).tolist():
+            marks[g][okeys_l[g]] = raised_l[g]
         return fresh  # type: ignore[no-any-return]
 
     def involve_waiting(self, stream_time: int, txn: InBatch | None, final: bool) -> None:
