@@ -51,14 +51,44 @@ def _hash_pairs(a_off, a_data, b_off, b_data, valid, out):  # type: ignore[no-un
 
 
 @numba.njit(cache=True, nogil=True)
-def _mix(h):  # type: ignore[no-untyped-def]
-    """splitmix64's finalizer: every input bit moves every output bit."""
-    h ^= h >> np.uint64(30)
-    h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(27)
-    h *= np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(31)
+def _xsm(h, s1, m1, s2, m2, s3):  # type: ignore[no-untyped-def]
+    """xor-shift-multiply: with odd multipliers a bijection on uint64, in which every
+    input bit moves every output bit."""
+    h ^= h >> s1
+    h *= m1
+    h ^= h >> s2
+    h *= m2
+    h ^= h >> s3
     return h
+
+
+@numba.njit(cache=True, nogil=True)
+def _mix(h):  # type: ignore[no-untyped-def]
+    """splitmix64's finalizer."""
+    return _xsm(h, np.uint64(30), np.uint64(0xBF58476D1CE4E5B9), np.uint64(27),
+                np.uint64(0x94D049BB133111EB), np.uint64(31))
+
+
+def xor_shift_multiply(values: np.ndarray, shifts: tuple[int, int, int],
+                       multipliers: tuple[int, int]) -> np.ndarray:
+    """:func:`_xsm` of each value as uint64, with the given constants (the scenario
+    generator's ids use their own, which fix the bytes a seed generates).
+
+    >>> xor_shift_multiply(np.array([1]), (30, 27, 31),
+    ...                    (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)).tolist()
+    [6238072747940578789]
+    """
+    out = np.empty(len(values), np.uint64)
+    (s1, s2, s3), (m1, m2) = shifts, multipliers
+    _xsm_all(np.asarray(values).astype(np.uint64), out, np.uint64(s1), np.uint64(m1),
+             np.uint64(s2), np.uint64(m2), np.uint64(s3))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _xsm_all(values, out, s1, m1, s2, m2, s3):  # type: ignore[no-untyped-def]
+    for i in range(len(out)):
+        out[i] = _xsm(values[i], s1, m1, s2, m2, s3)
 
 
 Strings: TypeAlias = "pa.Array | pa.ChunkedArray | list[str | None]"

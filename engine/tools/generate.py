@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.rules.model import KIND_NAMES, NO_TIME, jst_day
+from engine.rules.txn_keys import xor_shift_multiply
 from engine.tools.scenarios import SCENARIO_PEOPLE, Rec, scenario_transactions, stories
 from engine.tools.synth import (
     B36,
@@ -82,14 +83,8 @@ SCENARIO_MIN_TRANSACTIONS = 400
 def _mix64(x: np.ndarray, salt: int) -> np.ndarray:
     """A bijection on uint64 (xor-shift-multiply), so distinct sequence numbers give
     distinct, random-looking ids without any uniqueness check."""
-    with np.errstate(over="ignore"):
-        v = x.astype(np.uint64) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
-        v ^= v >> np.uint64(31)
-        v *= np.uint64(0x7FB5D329728EA185)
-        v ^= v >> np.uint64(27)
-        v *= np.uint64(0x81DADEF4BC2DD44D)
-        v ^= v >> np.uint64(33)
-    return v
+    return xor_shift_multiply(x.astype(np.uint64) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF),
+                              (31, 27, 33), (0x7FB5D329728EA185, 0x81DADEF4BC2DD44D))
 
 
 def _unique_codes(rng: np.random.Generator, n: int, space: int) -> np.ndarray:
