@@ -72,7 +72,8 @@ class InBatch:
     bad_messages: dict[str, int]
     # where each record was first read, parsed once per message rather than from each
     # source string: the "topic/partition" (an index into ``origins``; -1: a source of
-    # an unexpected form, left to engine.streams.shard._origin) and the arrival there
+    # an unexpected form, which the shard parses per record with parse_source) and the
+    # arrival there
     origins: list[str] = field(default_factory=list)
     origin: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     origin_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))

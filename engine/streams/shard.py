@@ -191,7 +191,9 @@ class _Call:
         self.states: list[PersonState] = []
         # (batch, record type, rows decided here, their person index or -1)
         self.keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
-        self.keys: list[list[str | None]] = []  # each kept batch's mykey_id, as read once
+        # each kept batch's ids as object arrays (in ``keep``'s order), gathered by row
+        # for outcomes and waits
+        self.cols: list[dict[str, np.ndarray]] = []
         self.pre: list[tuple[int, Parked]] = []
         self.spans: list[tuple[InBatch, int, np.ndarray]] = []
 
@@ -229,7 +231,11 @@ class _Call:
             pidx = np.full(v.n, -1, np.int64)
             pidx[mine] = person
             self.keep.append((b, typ, idx, pidx[idx].tolist()))
-            self.keys.append(keys)
+            self.cols.append({"mykey_id": _objects(keys),
+                              "operator_id": _objects(v.operator_id.to_pylist()),
+                              "txn_id": _objects(v.txn_id.to_pylist()),
+                              "original_txn_id": _objects(v.original_txn_id.to_pylist()),
+                              "source": _objects(b.source)})
 
     def _people(self, b: InBatch, rows: np.ndarray, keys: list[str | None]) -> np.ndarray:
         """The person index of each of ``rows``, looked up once per person (their
@@ -372,13 +378,6 @@ class _Call:
         for si, (_b, start, rows) in enumerate(self.spans):
             self.span_of[start:start + len(rows)] = si
             self.row_of[start:start + len(rows)] = rows
-        # each batch's ids as object arrays, gathered by row for outcomes and waits
-        self.cols = [{"mykey_id": _objects(keys),
-                      "operator_id": _objects(b.v.operator_id.to_pylist()),
-                      "txn_id": _objects(b.v.txn_id.to_pylist()),
-                      "original_txn_id": _objects(b.v.original_txn_id.to_pylist()),
-                      "source": _objects(b.source)}
-                     for (b, _s, _r), keys in zip(self.spans, self.keys, strict=True)]
 
     def _link_waiting(self, n0: int, n_codes: int) -> None:
         """A waiting record is its person's entry already (first seen, PENDING):
