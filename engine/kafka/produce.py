@@ -1,11 +1,14 @@
-"""The one producer batching path: messages into per-partition record batches.
+"""The producer's batching paths: messages into per-partition record batches.
 
 aiokafka's ``send`` costs a coroutine and a future per message; building record
 batches directly (``create_batch`` / ``send_batch``) costs one of each per batch,
 which is what lets the worker, ``publish`` and the benchmarks produce at the rate
-they consume. :class:`BatchSender` owns that: an open batch per partition, sent
-when full or on request, and the delivery future of every batch sent with the tags
-of its messages in order, so that a caller can learn each message's offset.
+they consume. :class:`BatchSender` owns that for messages made one at a time: an
+open batch per partition, sent when full or on request, and the delivery future of
+every batch sent with the tags of its messages in order, so that a caller can learn
+each message's offset. Messages that already are columns (the worker's grants and
+changelog) are laid out as whole batches by engine.kafka.record_batch and handed over
+by :func:`send_built`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NO_TIMESTAMP = -1  # Kafka's "no timestamp"
+BATCH_BYTES = 1 << 20  # the worker's producer batch size, also of its prebuilt batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +143,11 @@ async def send_batched(producer: Any, topic: str, partition: int,
             await sender.add(Outgoing(partition, key, value, ts, headers or []))
     await sender.send_open()
     return [(d.future, len(d.tags)) for d in sender.sent]
+
+
+async def send_built(producer: Any, topic: str, partition: int,
+                     batches: Iterable[Any]) -> list[tuple[Any, int]]:
+    """Record batches built whole (engine.kafka.record_batch) for one topic partition,
+    in order; returns what :func:`send_batched` returns."""
+    return [(await producer.send_batch(b, topic, partition=partition), b.record_count())
+            for b in batches]

@@ -404,6 +404,54 @@ def kafka_partitions(arr: pa.Array, n_partitions: int) -> np.ndarray:
     return _murmur2_partitions(o, d, v, n_partitions)
 
 
+
+@numba.njit(cache=True, nogil=True)
+def _prefix_codes(offsets, data, sep):  # type: ignore[no-untyped-def]
+    n = len(offsets) - 1
+    codes = np.empty(n, dtype=np.int64)
+    firsts = np.empty(n, dtype=np.int64)
+    ends = np.empty(n, dtype=np.int64)  # of each code's first prefix
+    k = 0
+    last = -1
+    for i in range(n):
+        a = offsets[i]
+        e = offsets[i + 1]
+        p = a
+        while p < e and data[p] != sep:
+            p += 1
+        code = -1
+        # rows come in runs of one prefix: try the previous row's first
+        c = last
+        for tries in range(k + 1):
+            if c >= 0:
+                f = offsets[firsts[c]]
+                if ends[c] - f == p - a and np.all(data[f:ends[c]] == data[a:p]):
+                    code = c
+                    break
+            c = tries
+            if c >= k:
+                break
+        if code < 0:
+            code = k
+            firsts[k] = i
+            ends[k] = p
+            k += 1
+        codes[i] = code
+        last = code
+    return codes, firsts[:k]
+
+
+def prefix_codes(arr: pa.Array, sep: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each string's text before the first ``sep`` (all of it without one), as a
+    code per row and the first row of each code, exact and in order of appearance.
+
+    >>> codes, firsts = prefix_codes(pa.array(["a/1", "b/1", "a/2", "a", "a/"]), "/")
+    >>> codes.tolist(), firsts.tolist()
+    ([0, 1, 0, 0, 0], [0, 1])
+    """
+    o, d, _ = buffers(arr)
+    return _prefix_codes(o, d, ord(sep))  # type: ignore[no-any-return]
+
 # --------------------------------------------------------------------- RFC 3339 text
 #
 # The one place instants become text. Rows are assembled from a per-day and a

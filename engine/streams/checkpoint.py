@@ -25,6 +25,7 @@ import signal
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -36,13 +37,14 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from engine.kafka.produce import Message, send_batched
+from engine.kafka.produce import BATCH_BYTES, Message, send_batched, send_built
+from engine.kafka.record_batch import record_batches
 from engine.kafka.topics import SOURCE_HEADER, Topics
 from engine.rules.model import NO_TIME
-from engine.rules.strings import kafka_partitions
+from engine.rules.strings import kafka_partitions, prefix_codes
 from engine.streams import recovery
 from engine.streams.logic import PartitionLogic
-from engine.streams.shard import ShardResult
+from engine.streams.shard import GrantMessages, ShardResult
 
 log = logging.getLogger("mynapoint.worker")
 
@@ -89,6 +91,7 @@ class Checkpoint:
         self.partitions = partitions
         self.faults = faults
         self.batch = batch
+        self._topics: dict[tuple[str, str], str] = {}  # (kind, input topic) -> output
 
     async def run(self, results: dict[int, ShardResult], logics: dict[int, PartitionLogic],
                   offsets: dict[TopicPartition, Any]) -> bool:
@@ -105,24 +108,17 @@ class Checkpoint:
         return True
 
     async def outcomes(self, results: dict[int, ShardResult]) -> None:
+        sends = [self._grants(p, res.grant_messages) for p, res in results.items()
+                 if len(res.grant_messages)]
         out: dict[tuple[str, int], list[Message]] = defaultdict(list)
         dumps = orjson.dumps
-        # an outcome goes to the outputs of the operator whose input the record arrived
-        # on (its source names that topic, also for a re-routed or replayed record)
-        where: dict[tuple[str, str], str] = {}
         for p, res in results.items():
-            rejections = [(k, dumps(row), row["source"]) for k, row in res.rejections]
-            for kind, rows in (("grant", res.grant_messages), ("rejection", rejections)):
-                if not rows:
-                    continue
+            rows = [(k, dumps(row), row["source"]) for k, row in res.rejections]
+            if rows:
                 parts = kafka_partitions(pa.array([k for k, _, _ in rows], type=pa.binary()),
                                          self.partitions).tolist()
                 for (key, value, source), part in zip(rows, parts, strict=True):
-                    src = source.partition("/")[0]
-                    topic = where.get((kind, src))
-                    if topic is None:
-                        topic = where[(kind, src)] = self.topics.outcome_topic(
-                            kind, self.topics.operator_of(src))
+                    topic = self._outcome_topic("rejection", source)
                     # a record without a valid key goes to the partition it came from
                     out[(topic, part if part >= 0 else p)].append((key, value, None, None))
             for rr in res.reroute:
@@ -135,20 +131,48 @@ class Checkpoint:
                                                    dumps(rr.record),
                                                    [(SOURCE_HEADER, rr.source.encode())], ts))
         futs: list[Any] = []
+        for send in sends:
+            futs.extend(f for f, _ in await send)
         for (topic, part), msgs in out.items():
             futs.extend(f for f, _ in await send_batched(self.producer, topic, part, msgs))
         if futs:
             await asyncio.gather(*futs)
+
+    def _outcome_topic(self, kind: str, source: str) -> str:
+        # an outcome goes to the outputs of the operator whose input the record arrived
+        # on (its source names that topic, also for a re-routed or replayed record)
+        src = source.partition("/")[0]
+        topic = self._topics.get((kind, src))
+        if topic is None:
+            topic = self._topics[(kind, src)] = self.topics.outcome_topic(
+                kind, self.topics.operator_of(src))
+        return topic
+
+    async def _grants(self, p: int, g: GrantMessages) -> list[tuple[Any, int]]:
+        """A partition's grants as record batches per output topic partition, each
+        partition's in decision order."""
+        parts = kafka_partitions(g.keys, self.partitions)
+        codes, firsts = prefix_codes(g.sources, "/")
+        topics = [self._outcome_topic("grant", g.sources[f].as_py()) for f in firsts.tolist()]
+        group = codes * self.partitions + np.where(parts >= 0, parts, p)
+        order = np.argsort(group, kind="stable")
+        sent: list[tuple[Any, int]] = []
+        for rows in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
+            code, part = divmod(int(group[rows[0]]), self.partitions)
+            sent += await send_built(self.producer, topics[code], part,
+                                     record_batches(g.keys, g.values, rows, BATCH_BYTES))
+        return sent
 
     async def state(self, logics: dict[int, PartitionLogic]) -> dict[int, int]:
         """Write each snapshot to its changelog partition; returns the offset of the
         last record written per partition (-1: none)."""
         sent: dict[int, list[tuple[Any, int]]] = {}
         for p, logic in logics.items():
-            tag = recovery.fence_tag(logic.meta.fence)
-            sent[p] = await send_batched(
-                self.producer, self.topics.changelog, p,
-                ((k.encode(), v, tag, None) for k, v in logic.snapshot().items()))
+            snap = logic.snapshot()
+            sent[p] = await send_built(self.producer, self.topics.changelog, p, record_batches(
+                pa.array(list(snap), pa.large_string()),
+                pa.array(list(snap.values()), pa.large_binary()), None, BATCH_BYTES,
+                recovery.fence_tag(logic.meta.fence)))
         last: dict[int, int] = {}
         for p, batches in sent.items():
             mds = await asyncio.gather(*(f for f, _ in batches))

@@ -14,6 +14,7 @@ from typing import Any
 import numba
 import numpy as np
 import orjson
+import pyarrow as pa
 
 from engine.kafka.topics import Topics
 from engine.rules import kernel
@@ -27,7 +28,7 @@ from engine.rules.marshal import (
 )
 from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reason, Registry
 from engine.rules.settlement import STATEFUL_DETAIL
-from engine.rules.strings import format_utc, kafka_partitions, rfc3339_utc
+from engine.rules.strings import format_utc, kafka_partitions, rfc3339_array
 from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints, person_codes
 from engine.streams.decode import InBatch, parse_source
 from engine.streams.entries import ENTRY
@@ -83,10 +84,26 @@ class Reroute:
 Outcome = tuple[bytes | None, dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class GrantMessages:
+    """A batch's grants as their output messages, columns in decision order: the key
+    (``mykey_id``), the JSON (see engine.streams.grant_json) and the source, which
+    names the input topic whose operator's outputs the grant goes to."""
+
+    keys: pa.Array
+    values: pa.Array
+    sources: pa.Array
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+_NO_GRANTS = GrantMessages(*(pa.array([], pa.large_string()) for _ in range(3)))
+
+
 @dataclass
 class ShardResult:
-    # grants as their output messages: (key, JSON, source); see engine.streams.grant_json
-    grant_messages: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)
+    grant_messages: GrantMessages = _NO_GRANTS
     rejections: list[Outcome] = field(default_factory=list)
     reroute: list[Reroute] = field(default_factory=list)
     blobs: Staged = field(default_factory=dict)
@@ -98,7 +115,9 @@ class ShardResult:
     @property
     def grants(self) -> list[Outcome]:
         """The grants as (key, JSON object), decoded from their messages."""
-        return [(k, orjson.loads(v)) for k, v, _ in self.grant_messages]
+        g = self.grant_messages
+        return [(k.encode(), orjson.loads(v))
+                for k, v in zip(g.keys.to_pylist(), g.values.to_pylist(), strict=True)]
 
 
 def reroute_record(b: InBatch, i: int, key: str) -> dict[str, Any]:
@@ -438,13 +457,12 @@ class _Call:
             pts_a = out.points[accepted]
             res.points += int(pts_a[pts_a > 0].sum())
             res.clawed_back -= int(pts_a[pts_a < 0].sum())
-            g_keys, g_ops, g_tids, g_srcs = (a[accepted].tolist() for a in ids[:4])
+            g_keys, g_ops, g_tids, g_srcs = (pa.array(a[accepted].tolist(), pa.large_string())
+                                             for a in ids[:4])
             values = self.d.grant_json.encode(
-                g_keys, g_ops, g_tids, recs.kind[accepted].tolist(),
-                recs.amount[accepted].tolist(), pts_a.tolist(), out.cum[accepted].tolist(),
-                rfc3339_utc(recs.at[accepted]), g_srcs)
-            res.grant_messages = [(k.encode(), v, s)
-                                  for k, v, s in zip(g_keys, values, g_srcs, strict=True)]
+                g_keys, g_ops, g_tids, recs.kind[accepted], recs.amount[accepted], pts_a,
+                out.cum[accepted], rfc3339_array(recs.at[accepted]), g_srcs)
+            res.grant_messages = GrantMessages(g_keys, values, g_srcs)
 
     def ids(self) -> tuple[np.ndarray, ...]:
         """Per kernel record (object arrays): mykey_id, operator_id, txn_id, source and

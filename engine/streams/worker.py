@@ -54,6 +54,7 @@ from aiokafka.errors import (
 
 from engine.config import load_or_report
 from engine.kafka.client_config import default_client
+from engine.kafka.produce import BATCH_BYTES
 from engine.kafka.topics import (
     CHANGELOG_MAX_BYTES,
     TopicMismatch,
@@ -186,7 +187,7 @@ class Worker:
         return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, **default_client(), enable_idempotence=True,
             acks="all",
-            linger_ms=2, max_batch_size=1 << 20, max_request_size=CHANGELOG_MAX_BYTES)
+            linger_ms=2, max_batch_size=BATCH_BYTES, max_request_size=CHANGELOG_MAX_BYTES)
 
     async def stop(self) -> None:
         self.metrics.set_up(False)
