@@ -1016,6 +1016,11 @@ def main() -> int:
     if args.runtimes:
         return _runtimes(args, results, measure, broker, batched, single, sz, live, campaign)
     try:
+        # Discarded: the first runs after the broker starts pay for its JVM's JIT
+        # compilation, and after a code change for numba compiling into its cache.
+        runs["warmup_batched"] = engine_run(broker.bootstrap, "warmup-batched", batched,
+                                            sz["batch"], 1)
+        runs["warmup_single"] = engine_run(broker.bootstrap, "warmup-single", single, 1, 1)
         measure("batched_1w", lambda: engine_run(broker.bootstrap, "batched-1w", batched,
                                                  sz["batch"], 1))
         measure("batched_2w", lambda: engine_run(broker.bootstrap, "batched-2w", batched,

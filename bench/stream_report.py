@@ -87,6 +87,12 @@ def render(results: dict[str, Any]) -> str:
           + (f" at the start, {eng['end']} at the end of the run" if eng.get("end") and
              eng["end"] != eng["start"] else ""))
     w("- Kafka topics: 8 partitions, replication 1; worker producer idempotent, acks=all")
+    wb, ws = r.get("warmup_batched", {}), r.get("warmup_single", {})
+    if wb.get("txn_per_s") and ws.get("txn_per_s"):
+        w(f"- Warm-up before the measurements, discarded (the broker's JVM compiles its hot "
+          f"paths in the first minutes, and numba compiles changed code into its cache): "
+          f"one worker, batched {wb['txn_per_s']:,.0f} and one-record "
+          f"{ws['txn_per_s']:,.0f} transactions/s")
     w("")
     w("### Commands")
     w("")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_stream import summarize_profile
-from bench.stream_report import render_runtimes, render_targets
+from bench.stream_report import render, render_runtimes, render_targets
 
 SITE = ".venv/lib/python3.11/site-packages"
 
@@ -78,3 +78,16 @@ def test_targets_are_issue_9s_judged_on_one_worker() -> None:
            "**missed**" in text
     assert "p99 ≤ 100 ms at half load: **met**" in text
     assert "stretch 20 ms: **missed**" in text
+
+
+def test_the_warm_up_runs_are_shown_apart_from_the_measurements() -> None:
+    results = {"machine": {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24,
+                           "kernel": "k", "python": "3.11", "kafka": "k", "java": "j"},
+               "sizes": {"batched_users": 1, "batched_txns": 1, "batch": 1,
+                         "single_users": 1, "single_txns": 1, "faust_events": 1},
+               "date": "d", "mode": "full", "engine": {"start": "c"},
+               "runs": {"warmup_batched": {"txn_per_s": 70_153.2},
+                        "warmup_single": {"txn_per_s": 35_365.0}}}
+    md = render(results)
+    assert "discarded" in md and "batched 70,153 and one-record 35,365 transactions/s" in md
+    assert "70,153" not in "\n".join(render_targets(results["runs"]))

@@ -26,6 +26,7 @@ from engine.rules.strings import (
     format_utc,
     parse_timestamps,
     parse_utc,
+    prefix_codes,
     rfc3339_array,
     rfc3339_utc,
 )
@@ -93,3 +94,15 @@ def test_aware_datetimes_and_far_instants() -> None:
 def test_parse_utc_is_strict(text: str) -> None:
     with pytest.raises(ValueError):
         parse_utc(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="ab/é", max_size=6), max_size=30))
+def test_prefix_codes_against_a_dict(texts: list[str]) -> None:
+    """Codes in order of first appearance, as a dict of the text before the first "/"
+    would give them, and each code's first row."""
+    seen: dict[str, int] = {}
+    want = [seen.setdefault(t.split("/")[0], len(seen)) for t in texts]
+    codes, firsts = prefix_codes(pa.array(texts, pa.string()), "/")
+    assert codes.tolist() == want
+    assert [texts[f].split("/")[0] for f in firsts.tolist()] == list(seen)
