@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from engine.rules.txn_keys import entry_keys, key_hashes
 from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
@@ -204,18 +204,25 @@ class ShardStore:
         self.no_time = no_time
         self.cache_limit = cache_limit
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = Rdict(str(path), options=self._options())
+        self.db = self._open()
         raw = self.db.get(META_KEY.encode())
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=no_time)
         self.cache: dict[str, PersonState] = {}
         # people with waiting records -> earliest deadline, so expiry needs no scan
         self.parked: dict[str, int] = {}
 
-    @staticmethod
-    def _options() -> Options:
+    def _open(self) -> Rdict:
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
-        return opts
+        db = Rdict(str(self.path), options=opts)
+        # No write-ahead log (DECISIONS 105): the changelog is the durable copy and this
+        # one a checkpoint of it. A kill loses what RocksDB had not flushed yet, which
+        # leaves an older, still consistent checkpoint (a batch and its meta are one
+        # write), and the restore reads the changelog from there; a clean close flushes.
+        wo = WriteOptions()
+        wo.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub has a method
+        db.set_write_options(wo)
+        return db
 
     def get(self, key: str) -> PersonState:
         st = self.cache.get(key)
@@ -299,7 +306,7 @@ class ShardStore:
             keep.changelog_offset, keep.fence = self.meta.changelog_offset, self.meta.fence
         self.db.close()
         Rdict.destroy(str(self.path))
-        self.db = Rdict(str(self.path), options=self._options())
+        self.db = self._open()
         self.meta = keep
         self.cache.clear()
         self.parked.clear()

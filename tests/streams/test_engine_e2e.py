@@ -54,7 +54,7 @@ def test_crash_at_an_exact_point_of_a_batch(kafka_broker, topic_prefix, scenario
     acknowledged but state not written (they are decided again, identically),
     state in the changelog but offsets not committed (the redelivered records are
     skipped), and committed with the local checkpoint written (the restart reads
-    only the changelog's tail)."""
+    the changelog from what the checkpoint had flushed, DECISIONS 105)."""
     prefix = topic_prefix()
     publish(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 1)
     w = worker(kafka_broker.bootstrap, prefix, tmp_path, "crashing",

@@ -69,6 +69,35 @@ def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
     again.close()
 
 
+_KILLED_WRITER = """
+import os, sys
+from engine.rules.model import NO_TIME
+from engine.streams.state import PersonState, ShardStore, encode
+store = ShardStore(__import__("pathlib").Path(sys.argv[1]), NO_TIME)
+for i in range(6):
+    store.apply({f"person{j:02d}": encode(PersonState(c=100 * i)) for j in range(50)},
+                changelog_offset=i)
+    if i == 2:
+        store.db.flush()  # RocksDB flushing a full memtable, as it does by itself
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_killed_store_keeps_an_older_consistent_checkpoint(tmp_path: Path) -> None:
+    """No write-ahead log (DECISIONS 105): a kill loses what RocksDB had not flushed,
+    and what is left is one earlier write whole, values and meta together, from which
+    a restore reads the changelog on."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "p")],
+                       cwd=Path(__file__).parents[2], capture_output=True)
+    assert r.returncode == -9, r.stderr.decode()
+    store = ShardStore(tmp_path / "p", NO_TIME)
+    assert store.meta.changelog_offset == 2  # not 5: the last three writes were lost
+    assert {store.get(f"person{j:02d}").c for j in range(50)} == {200}
+    store.close()
+
+
 def test_restore_applies_only_newer_changelog_records(tmp_path: Path) -> None:
     store = ShardStore(tmp_path / "p1", NO_TIME)
     a, b = PersonState(c=1), PersonState(c=2)
