@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from aiokafka.record.util import calc_crc32c
 
-from engine.rules.strings import buffers
+from engine.rules.strings import buffers, put_bytes
 
 HEADER = 61          # bytes before the first record
 _CRC_AT = 17         # the checksum covers everything after it (from the attributes)
@@ -150,16 +150,13 @@ def _write(rows, koff, kdat, kval, voff, vdat, vval, hdr, max_bytes):  # type: i
         if kval[i]:
             klen = koff[i + 1] - koff[i]
             at = _put_varint(buf, at, klen)
-            for k in range(koff[i], koff[i + 1]):  # a slice costs more for a short key
-                buf[at] = kdat[k]
-                at += 1
+            at = put_bytes(buf, at, kdat, koff[i], koff[i + 1])
         else:
             at = _put_varint(buf, at, -1)
         if vval[i]:
             vlen = voff[i + 1] - voff[i]
             at = _put_varint(buf, at, vlen)
-            buf[at:at + vlen] = vdat[voff[i]:voff[i + 1]]
-            at += vlen
+            at = put_bytes(buf, at, vdat, voff[i], voff[i + 1])
         else:
             at = _put_varint(buf, at, -1)                  # a tombstone
         for k in range(len(hdr)):

@@ -14,6 +14,9 @@ from datetime import datetime
 import numba
 import numpy as np
 import pyarrow as pa
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from engine.rules.model import US_PER_DAY, US_PER_SECOND, epoch_us
 
@@ -51,6 +54,32 @@ def buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
     return offsets.astype(np.int64, copy=False), data, valid
 
+
+
+@intrinsic
+def _memcpy(typingctx, dst, dst_at, src, src_at, n):  # type: ignore[no-untyped-def]
+    """LLVM's memcpy between two byte arrays (numba's slice assignment builds two array
+    views per copy, and a byte loop is not vectorised: both cost several times more for
+    the short copies of text assembly)."""
+    sig = types.void(dst, types.intp, src, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        d, d_at, s, s_at, k = args
+        dp = builder.gep(context.make_array(signature.args[0])(context, builder, d).data,
+                         [d_at])
+        sp = builder.gep(context.make_array(signature.args[2])(context, builder, s).data,
+                         [s_at])
+        cgutils.raw_memcpy(builder, dp, sp, k, 1)
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def put_bytes(buf, at, src, a, b):  # type: ignore[no-untyped-def]
+    """Copy ``src[a:b]`` into ``buf`` at ``at`` (the caller sized ``buf``); returns
+    the position after it."""
+    _memcpy(buf, at, src, a, b - a)  # type: ignore[call-arg]  # numba supplies typingctx
+    return at + b - a
 
 @numba.njit(cache=True, nogil=True)
 def _charset_ok(offsets, data, valid, table, lo, hi):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 
 from engine.rules.model import KIND_NAMES
-from engine.rules.strings import buffers
+from engine.rules.strings import buffers, put_bytes
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _SHORT = np.zeros(256, dtype=np.uint8)  # the control characters JSON names by a letter
@@ -34,16 +34,6 @@ def _pieces(parts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     off = np.zeros(len(parts) + 1, dtype=np.int64)
     off[1:] = np.cumsum([len(p) for p in parts])
     return np.frombuffer(b"".join(parts) or b"\0", dtype=np.uint8).copy(), off
-
-
-@numba.njit(cache=True, nogil=True)
-def _put(buf, at, src, a, b):  # type: ignore[no-untyped-def]
-    # a byte loop: a slice assignment costs three times as much for these short copies
-    while a < b:
-        buf[at] = src[a]
-        at += 1
-        a += 1
-    return at
 
 
 @numba.njit(cache=True, nogil=True)
@@ -105,37 +95,37 @@ def _encode(lit, lo, ko, kd, oo, od, to, td, ao, ad, so, sd,  # type: ignore[no-
     at = 0
     for i in range(n):
         offsets[i] = at
-        at = _put(buf, at, lit, lo[0], lo[1])   # {"grant_id":"<campaign>/
-        at = _put(buf, at, od, oo[i], oo[i + 1])
-        at = _put(buf, at, lit, lo[1], lo[2])   # /
-        at = _put(buf, at, kd, ko[i], ko[i + 1])
-        at = _put(buf, at, lit, lo[1], lo[2])   # /
-        at = _put(buf, at, td, to[i], to[i + 1])
-        at = _put(buf, at, lit, lo[2], lo[3])   # ","campaign":...,"mykey_id":"
-        at = _put(buf, at, kd, ko[i], ko[i + 1])
-        at = _put(buf, at, lit, lo[3], lo[4])   # ","operator_id":"
-        at = _put(buf, at, od, oo[i], oo[i + 1])
-        at = _put(buf, at, lit, lo[4], lo[5])   # ","txn_id":"
-        at = _put(buf, at, td, to[i], to[i + 1])
-        at = _put(buf, at, lit, lo[5], lo[6])   # ","kind":"
+        at = put_bytes(buf, at, lit, lo[0], lo[1])   # {"grant_id":"<campaign>/
+        at = put_bytes(buf, at, od, oo[i], oo[i + 1])
+        at = put_bytes(buf, at, lit, lo[1], lo[2])   # /
+        at = put_bytes(buf, at, kd, ko[i], ko[i + 1])
+        at = put_bytes(buf, at, lit, lo[1], lo[2])   # /
+        at = put_bytes(buf, at, td, to[i], to[i + 1])
+        at = put_bytes(buf, at, lit, lo[2], lo[3])   # ","campaign":...,"mykey_id":"
+        at = put_bytes(buf, at, kd, ko[i], ko[i + 1])
+        at = put_bytes(buf, at, lit, lo[3], lo[4])   # ","operator_id":"
+        at = put_bytes(buf, at, od, oo[i], oo[i + 1])
+        at = put_bytes(buf, at, lit, lo[4], lo[5])   # ","txn_id":"
+        at = put_bytes(buf, at, td, to[i], to[i + 1])
+        at = put_bytes(buf, at, lit, lo[5], lo[6])   # ","kind":"
         k = 15 + kinds[i]                       # the kind names follow the literals
-        at = _put(buf, at, lit, lo[k], lo[k + 1])
-        at = _put(buf, at, lit, lo[6], lo[7])   # ","amount":
+        at = put_bytes(buf, at, lit, lo[k], lo[k + 1])
+        at = put_bytes(buf, at, lit, lo[6], lo[7])   # ","amount":
         at = _put_int(buf, at, amounts[i])
-        at = _put(buf, at, lit, lo[7], lo[8])   # ,"points":
+        at = put_bytes(buf, at, lit, lo[7], lo[8])   # ,"points":
         at = _put_int(buf, at, points[i])
-        at = _put(buf, at, lit, lo[8], lo[9])   # ,"cumulative_points":
+        at = put_bytes(buf, at, lit, lo[8], lo[9])   # ,"cumulative_points":
         at = _put_int(buf, at, cum[i])
-        at = _put(buf, at, lit, lo[9], lo[10])  # ,"capped":
+        at = put_bytes(buf, at, lit, lo[9], lo[10])  # ,"capped":
         if cum[i] == cap:
-            at = _put(buf, at, lit, lo[13], lo[14])
+            at = put_bytes(buf, at, lit, lo[13], lo[14])
         else:
-            at = _put(buf, at, lit, lo[14], lo[15])
-        at = _put(buf, at, lit, lo[10], lo[11])  # ,"occurred_at":"
-        at = _put(buf, at, ad, ao[i], ao[i + 1])
-        at = _put(buf, at, lit, lo[11], lo[12])  # ","source":"
+            at = put_bytes(buf, at, lit, lo[14], lo[15])
+        at = put_bytes(buf, at, lit, lo[10], lo[11])  # ,"occurred_at":"
+        at = put_bytes(buf, at, ad, ao[i], ao[i + 1])
+        at = put_bytes(buf, at, lit, lo[11], lo[12])  # ","source":"
         at = _put_escaped(buf, at, sd, so[i], so[i + 1], short, hexd)
-        at = _put(buf, at, lit, lo[12], lo[13])  # "}
+        at = put_bytes(buf, at, lit, lo[12], lo[13])  # "}
     offsets[n] = at
     return buf, offsets
 
