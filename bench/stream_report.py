@@ -89,8 +89,8 @@ def render(results: dict[str, Any]) -> str:
     w("- Kafka topics: 8 partitions, replication 1; worker producer idempotent, acks=all")
     wb, ws = r.get("warmup_batched", {}), r.get("warmup_single", {})
     if wb.get("txn_per_s") and ws.get("txn_per_s"):
-        w(f"- Warm-up before the measurements, discarded (the broker's JVM compiles its hot "
-          f"paths in the first minutes, and numba compiles changed code into its cache): "
+        w(f"- Warm-up before the measurements, discarded (numba compiles code changed since the "
+          f"last run into its cache on the first one, and the broker's JVM starts cold): "
           f"one worker, batched {wb['txn_per_s']:,.0f} and one-record "
           f"{ws['txn_per_s']:,.0f} transactions/s")
     w("")
