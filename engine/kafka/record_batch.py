@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 import time
 
+import google_crc32c
 import numba
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,17 @@ HEADER = 61          # bytes before the first record
 _CRC_AT = 17         # the checksum covers everything after it (from the attributes)
 _TIME_AT = 27        # first and max timestamp, int64 each
 _PRODUCER_AT = 43    # producer id int64, epoch int16, base sequence int32
+
+
+def _crc32c(data: bytes) -> int:
+    # google-crc32c uses the CPU's CRC instruction: 0.08 ms per MiB with the copy it
+    # needs, against 0.67 for aiokafka's table-driven one (used where google-crc32c
+    # has only its pure-Python fallback)
+    return google_crc32c.value(data)  # type: ignore[no-any-return]
+
+
+if google_crc32c.implementation != "c":
+    _crc32c = calc_crc32c
 
 
 @numba.njit(cache=True, nogil=True)
@@ -202,7 +214,7 @@ class PrebuiltBatch:
     def _build(self) -> bytes:
         if self._buffer is None:
             data = self._data
-            struct.pack_into(">I", data, _CRC_AT, calc_crc32c(memoryview(data)[_CRC_AT + 4:]))
+            struct.pack_into(">I", data, _CRC_AT, _crc32c(bytes(memoryview(data)[_CRC_AT + 4:])))
             self._buffer = bytes(data)
         return self._buffer
 
