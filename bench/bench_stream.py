@@ -1016,8 +1016,8 @@ def main() -> int:
     if args.runtimes:
         return _runtimes(args, results, measure, broker, batched, single, sz, live, campaign)
     try:
-        # Discarded: the first runs after the broker starts pay for its JVM's JIT
-        # compilation, and after a code change for numba compiling into its cache.
+        # Discarded: the first run after a code change compiles numba's cache, and the
+        # broker's JVM starts cold (docs: bench/RESULTS.md, what the warm-up showed).
         runs["warmup_batched"] = engine_run(broker.bootstrap, "warmup-batched", batched,
                                             sz["batch"], 1)
         runs["warmup_single"] = engine_run(broker.bootstrap, "warmup-single", single, 1, 1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 
 import google_crc32c
 import numba
@@ -36,15 +37,14 @@ _TIME_AT = 27        # first and max timestamp, int64 each
 _PRODUCER_AT = 43    # producer id int64, epoch int16, base sequence int32
 
 
-def _crc32c(data: bytes) -> int:
-    # google-crc32c uses the CPU's CRC instruction: 0.08 ms per MiB with the copy it
-    # needs, against 0.67 for aiokafka's table-driven one (used where google-crc32c
-    # has only its pure-Python fallback)
-    return google_crc32c.value(data)  # type: ignore[no-any-return]
+def pick_crc32c(implementation: str) -> Callable[[bytes], int]:
+    """google-crc32c uses the CPU's CRC instruction: 0.08 ms per MiB with the copy it
+    needs, against 0.67 for aiokafka's table-driven one, which stays where
+    google-crc32c has only its pure-Python fallback."""
+    return google_crc32c.value if implementation == "c" else calc_crc32c  # type: ignore[no-any-return]
 
 
-if google_crc32c.implementation != "c":
-    _crc32c = calc_crc32c
+_crc32c = pick_crc32c(google_crc32c.implementation)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -84,6 +84,26 @@ def _body_size(i, koff, kval, voff, vval, j, hdr):  # type: ignore[no-untyped-de
 
 
 @numba.njit(cache=True, nogil=True)
+def _close(buf, bounds, b, end, records):  # type: ignore[no-untyped-def]
+    """Batch ``b`` (opened at ``bounds[b, 0]``) ends at ``end``: its header."""
+    start = bounds[b, 0]
+    _put_be(buf, start, 0, 8)                      # base offset
+    _put_be(buf, start + 8, end - start - 12, 4)   # batch length
+    _put_be(buf, start + 12, -1, 4)                # partition leader epoch
+    buf[start + 16] = 2                            # magic
+    _put_be(buf, start + 17, 0, 4)                 # checksum, when the producer takes it
+    _put_be(buf, start + 21, 0, 2)                 # attributes
+    _put_be(buf, start + 23, records - 1, 4)       # last offset delta
+    _put_be(buf, start + 27, 0, 16)                # timestamps, by record_batches
+    _put_be(buf, start + 43, -1, 8)                # producer id
+    _put_be(buf, start + 51, -1, 2)                # producer epoch
+    _put_be(buf, start + 53, 0, 4)                 # base sequence (as aiokafka)
+    _put_be(buf, start + 57, records, 4)           # records
+    bounds[b, 1] = end
+    bounds[b, 2] = records
+
+
+@numba.njit(cache=True, nogil=True)
 def _write(rows, koff, kdat, kval, voff, vdat, vval, hdr, max_bytes):  # type: ignore[no-untyped-def]
     """Messages ``rows`` (in order) as record batches of at most ``max_bytes`` each
     (a single larger message gets a batch of its own), each with the headers ``hdr``
@@ -91,90 +111,59 @@ def _write(rows, koff, kdat, kval, voff, vdat, vval, hdr, max_bytes):  # type: i
     per batch (first byte, end byte, records). Timestamps, producer fields and the
     checksum are left for :class:`PrebuiltBatch`."""
     n = len(rows)
-    bounds = np.empty((0, 3), np.int64)
-    if n == 0:
-        return np.empty(0, np.uint8), bounds
-    # a first pass for the sizes: the buffer is allocated once
+    # the sizes first, so that the buffer is allocated once: each record's body, and
+    # the batch it opens (-1: it continues the one before)
+    body = np.empty(n, np.int64)
+    opens = np.full(n, -1, np.int64)
     total = 0
     batches = 0
     size = 0
     j = 0
     for r in range(n):
-        body = _body_size(rows[r], koff, kval, voff, vval, j, hdr)
-        rec = _varint_size(body) + body
+        body[r] = _body_size(rows[r], koff, kval, voff, vval, j, hdr)
+        rec = _varint_size(body[r]) + body[r]
         if j > 0 and size + rec > max_bytes:
-            total += size
-            batches += 1
             j = 0
-            body = _body_size(rows[r], koff, kval, voff, vval, 0, hdr)
-            rec = _varint_size(body) + body
+            body[r] = _body_size(rows[r], koff, kval, voff, vval, 0, hdr)
+            rec = _varint_size(body[r]) + body[r]
         if j == 0:
+            opens[r] = batches
+            batches += 1
+            total += HEADER
             size = HEADER
         size += rec
+        total += rec
         j += 1
-    if j > 0:
-        total += size
-        batches += 1
     buf = np.empty(total, np.uint8)
     bounds = np.empty((batches, 3), np.int64)
     at = 0
-    b = -1
-    start = 0
     j = 0
-    i = 0
-    body = 0
-    rec = 0
-    for r in range(n + 1):
-        if r < n:
-            i = rows[r]
-            body = _body_size(i, koff, kval, voff, vval, j, hdr)
-            rec = _varint_size(body) + body
-        if r == n or (j > 0 and at + rec - start > max_bytes):
-            # close batch b: its header
-            _put_be(buf, start, 0, 8)                      # base offset
-            _put_be(buf, start + 8, at - start - 12, 4)    # batch length
-            _put_be(buf, start + 12, -1, 4)                # partition leader epoch
-            buf[start + 16] = 2                            # magic
-            _put_be(buf, start + 17, 0, 4)                 # checksum, later
-            _put_be(buf, start + 21, 0, 2)                 # attributes
-            _put_be(buf, start + 23, j - 1, 4)             # last offset delta
-            _put_be(buf, start + 27, 0, 16)                # timestamps, later
-            _put_be(buf, start + 43, -1, 8)                # producer id
-            _put_be(buf, start + 51, -1, 2)                # producer epoch
-            _put_be(buf, start + 53, 0, 4)                 # base sequence (as aiokafka)
-            _put_be(buf, start + 57, j, 4)                 # records
-            bounds[b, 0] = start
-            bounds[b, 1] = at
-            bounds[b, 2] = j
-            if r == n:
-                break
-            j = 0
-            body = _body_size(i, koff, kval, voff, vval, 0, hdr)
-            rec = _varint_size(body) + body
-        if j == 0:
-            b += 1
-            start = at
+    for r in range(n):
+        if opens[r] >= 0:
+            if r > 0:
+                _close(buf, bounds, opens[r] - 1, at, j)
+            bounds[opens[r], 0] = at
             at += HEADER
-        at = _put_varint(buf, at, body)
+            j = 0
+        i = rows[r]
+        at = _put_varint(buf, at, body[r])
         buf[at] = 0                                        # record attributes
         buf[at + 1] = 0                                    # timestamp delta (varint 0)
         at = _put_varint(buf, at + 2, j)                   # offset delta
         if kval[i]:
-            klen = koff[i + 1] - koff[i]
-            at = _put_varint(buf, at, klen)
+            at = _put_varint(buf, at, koff[i + 1] - koff[i])
             at = put_bytes(buf, at, kdat, koff[i], koff[i + 1])
         else:
             at = _put_varint(buf, at, -1)
         if vval[i]:
-            vlen = voff[i + 1] - voff[i]
-            at = _put_varint(buf, at, vlen)
+            at = _put_varint(buf, at, voff[i + 1] - voff[i])
             at = put_bytes(buf, at, vdat, voff[i], voff[i + 1])
         else:
             at = _put_varint(buf, at, -1)                  # a tombstone
-        for k in range(len(hdr)):
-            buf[at] = hdr[k]
-            at += 1
+        at = put_bytes(buf, at, hdr, 0, len(hdr))
         j += 1
+    if n:
+        _close(buf, bounds, batches - 1, at, j)
     return buf, bounds
 
 
@@ -187,7 +176,7 @@ class PrebuiltBatch:
     def __init__(self, data: bytearray, records: int) -> None:
         self._data = data
         self._records = records
-        self._buffer: bytes | None = None
+        self._summed = False
 
     def append(self, *, timestamp: object, key: object, value: object,
                headers: object = None) -> None:
@@ -209,32 +198,27 @@ class PrebuiltBatch:
                             base_sequence: int) -> None:
         struct.pack_into(">qhi", self._data, _PRODUCER_AT, producer_id, producer_epoch,
                          base_sequence)
-        self._buffer = None
+        self._summed = False
 
-    def _build(self) -> bytes:
-        if self._buffer is None:
+    def _build(self) -> bytearray:
+        """The batch as sent (a bytearray, as aiokafka's own builder hands over)."""
+        if not self._summed:
             data = self._data
             struct.pack_into(">I", data, _CRC_AT, _crc32c(bytes(memoryview(data)[_CRC_AT + 4:])))
-            self._buffer = bytes(data)
-        return self._buffer
+            self._summed = True
+        return self._data
 
 
 def _headers(headers: list[tuple[str, bytes]]) -> np.ndarray:
-    out = bytearray()
-
-    def varint(v: int) -> None:
-        z = (v << 1) ^ (v >> 63)
-        while z >= 0x80:
-            out.append((z & 0x7F) | 0x80)
-            z >>= 7
-        out.append(z)
-
-    varint(len(headers))
-    for k, v in headers:
-        for part in (k.encode(), v):
-            varint(len(part))
-            out += part
-    return np.frombuffer(bytes(out), dtype=np.uint8)
+    """Headers as a record carries them: their count, then each key and value with its
+    length (by the writer's own varints)."""
+    parts = [np.frombuffer(p, np.uint8) for k, v in headers for p in (k.encode(), v)]
+    buf = np.empty(10 + sum(10 + len(p) for p in parts), np.uint8)
+    at = _put_varint(buf, 0, len(headers))
+    for p in parts:
+        at = _put_varint(buf, at, len(p))
+        at = put_bytes(buf, at, p, 0, len(p))
+    return buf[:at]
 
 
 def record_batches(keys: pa.Array, values: pa.Array, rows: np.ndarray | None, max_bytes: int,

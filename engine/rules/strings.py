@@ -438,32 +438,27 @@ def kafka_partitions(arr: pa.Array, n_partitions: int) -> np.ndarray:
 def _prefix_codes(offsets, data, sep):  # type: ignore[no-untyped-def]
     n = len(offsets) - 1
     codes = np.empty(n, dtype=np.int64)
+    starts = np.empty(n, dtype=np.int64)  # each code's prefix: data[starts:ends]
+    ends = np.empty(n, dtype=np.int64)
     firsts = np.empty(n, dtype=np.int64)
-    ends = np.empty(n, dtype=np.int64)  # of each code's first prefix
     k = 0
     last = -1
     for i in range(n):
         a = offsets[i]
-        e = offsets[i + 1]
         p = a
-        while p < e and data[p] != sep:
+        while p < offsets[i + 1] and data[p] != sep:
             p += 1
         code = -1
-        # rows come in runs of one prefix: try the previous row's first
-        c = last
-        for tries in range(k + 1):
-            if c >= 0:
-                f = offsets[firsts[c]]
-                if ends[c] - f == p - a and np.all(data[f:ends[c]] == data[a:p]):
-                    code = c
-                    break
-            c = tries
-            if c >= k:
+        # rows come in runs of one prefix: the previous row's code first, then all
+        for c in range(-1, k):
+            c = last if c < 0 else c
+            if c >= 0 and ends[c] - starts[c] == p - a and \
+                    np.all(data[starts[c]:ends[c]] == data[a:p]):
+                code = c
                 break
         if code < 0:
             code = k
-            firsts[k] = i
-            ends[k] = p
+            starts[k], ends[k], firsts[k] = a, p, i
             k += 1
         codes[i] = code
         last = code

@@ -108,8 +108,6 @@ class Checkpoint:
         return True
 
     async def outcomes(self, results: dict[int, ShardResult]) -> None:
-        sends = [self._grants(p, res.grant_messages) for p, res in results.items()
-                 if len(res.grant_messages)]
         out: dict[tuple[str, int], list[Message]] = defaultdict(list)
         dumps = orjson.dumps
         for p, res in results.items():
@@ -131,8 +129,9 @@ class Checkpoint:
                                                    dumps(rr.record),
                                                    [(SOURCE_HEADER, rr.source.encode())], ts))
         futs: list[Any] = []
-        for send in sends:
-            futs.extend(f for f, _ in await send)
+        for p, res in results.items():
+            if len(res.grant_messages):
+                futs.extend(f for f, _ in await self._grants(p, res.grant_messages))
         for (topic, part), msgs in out.items():
             futs.extend(f for f, _ in await send_batched(self.producer, topic, part, msgs))
         if futs:

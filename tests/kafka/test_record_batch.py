@@ -6,12 +6,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from aiokafka.record import default_records
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from aiokafka.record.util import calc_crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kafka.record_batch import record_batches
+from engine.kafka.record_batch import pick_crc32c, record_batches
 
 TS = 1_601_510_400_123
 
@@ -92,9 +94,18 @@ def test_same_bytes_as_aiokafka(msgs: list[tuple[bytes | None, bytes | None]], m
 def test_checksum_follows_the_producer_state() -> None:
     [b] = record_batches(pa.array([b"k"]), pa.array([b"v"]), np.array([0]), 1 << 20,
                          timestamp_ms=TS)
-    first = b._build()
+    first = bytes(b._build())  # the batch itself is handed over, and changes
     b._set_producer_state(7, 1, 42)  # a retry under a new producer epoch
     again = DefaultRecordBatch(bytearray(b._build()))
     assert again.validate_crc() and b._build() != first
     assert (again.producer_id, again.producer_epoch, again.base_sequence) == (7, 1, 42)
     assert [(r.key, r.value, r.timestamp) for r in again] == [(b"k", b"v", TS)]
+
+
+@pytest.mark.parametrize("implementation", ["c", "python"])
+def test_either_checksum_is_kafkas_crc32c(implementation: str) -> None:
+    """google-crc32c's where it is compiled, aiokafka's where google-crc32c would fall
+    back to pure Python: both Kafka's CRC-32C."""
+    data = bytes(range(256)) * 41
+    assert pick_crc32c(implementation)(data) == calc_crc32c(data)
+    assert (pick_crc32c(implementation) is calc_crc32c) == (implementation != "c")
