@@ -48,13 +48,6 @@ from engine.streams.state import (
 _OUTCOME_NAMES = np.array(["accepted", *REASON_NAMES[1:]], dtype=object)
 
 
-def _objects(values: list[Any]) -> np.ndarray:
-    """A 1-D object array of ``values`` (np.asarray would make a 2-D one of tuples)."""
-    a = np.empty(len(values), object)
-    a[:] = values
-    return a
-
-
 @numba.njit(cache=True, nogil=True)
 def not_applied(group: np.ndarray, at: np.ndarray, mark: np.ndarray) -> np.ndarray:
     """Which records, in order, are above their group's mark (``mark``, in/out: each
@@ -210,9 +203,9 @@ class _Call:
         self.states: list[PersonState] = []
         # (batch, record type, rows decided here, their person index or -1)
         self.keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
-        # each kept batch's ids as object arrays (in ``keep``'s order), gathered by row
-        # for outcomes and waits
-        self.cols: list[dict[str, np.ndarray]] = []
+        # id columns per kernel record, gathered from the batches' Arrow columns once
+        # asked for (:meth:`column`)
+        self._columns: dict[str, pa.Array] = {}
         self.pre: list[tuple[int, Parked]] = []
         self.spans: list[tuple[InBatch, int, np.ndarray]] = []
 
@@ -236,13 +229,12 @@ class _Call:
             valid = np.asarray(v.mykey_id.is_valid().to_numpy(zero_copy_only=False), np.bool_)
             checked = (v.reason == 0) & valid  # the rest failed a check: decided as they are
             parts = kafka_partitions(v.mykey_id, self.d.partitions)
-            keys = v.mykey_id.to_pylist()
             for i in np.flatnonzero(checked & (parts != partition)).tolist():
-                self.res.reroute.append(Reroute(v.record_type, int(parts[i]),
-                                                reroute_record(b, i, keys[i]), b.source[i],
-                                                int(v.received[i])))
+                self.res.reroute.append(Reroute(
+                    v.record_type, int(parts[i]), reroute_record(b, i, v.mykey_id[i].as_py()),
+                    b.source[i], int(v.received[i])))
             mine = np.flatnonzero(checked & (parts == partition))
-            person = self._people(b, mine, keys)
+            person = self._people(b, mine)
             fresh = self._not_applied(b, mine, person)
             decided = ~checked
             decided[mine[fresh]] = True
@@ -250,20 +242,15 @@ class _Call:
             pidx = np.full(v.n, -1, np.int64)
             pidx[mine] = person
             self.keep.append((b, typ, idx, pidx[idx].tolist()))
-            self.cols.append({"mykey_id": _objects(keys),
-                              "operator_id": _objects(v.operator_id.to_pylist()),
-                              "txn_id": _objects(v.txn_id.to_pylist()),
-                              "original_txn_id": _objects(v.original_txn_id.to_pylist()),
-                              "source": _objects(b.source)})
 
-    def _people(self, b: InBatch, rows: np.ndarray, keys: list[str | None]) -> np.ndarray:
+    def _people(self, b: InBatch, rows: np.ndarray) -> np.ndarray:
         """The person index of each of ``rows``, looked up once per person (their
         mykey_id is valid: 8 bytes, a dense code each, numbered in order of first
         appearance)."""
         codes = person_codes(b.v.mykey_id.take(rows))[0][0]
         first = np.unique(codes, return_index=True)[1]  # by code: by first appearance
         person = self.person
-        pis = [person(keys[r]) for r in rows[first].tolist()]  # type: ignore[arg-type]
+        pis = [person(k) for k in b.v.mykey_id.take(pa.array(rows[first])).to_pylist()]
         return np.asarray(pis, np.int64)[codes]  # type: ignore[no-any-return]
 
     def _not_applied(self, b: InBatch, rows: np.ndarray, person: np.ndarray) -> np.ndarray:
@@ -426,7 +413,7 @@ class _Call:
 
     def outcomes(self) -> None:
         """Grants and rejections, in decision order: the ids of the records decided are
-        gathered column-wise (object arrays), only rejections are built one by one."""
+        gathered column-wise (Arrow), only rejections are built one by one."""
         res, recs, out = self.res, self.recs, self.out
         order = np.argsort(np.where(out.reason == kernel.PARKED, np.iinfo(np.int64).max,
                                     out.seq), kind="stable")
@@ -436,12 +423,15 @@ class _Call:
         names = _OUTCOME_NAMES[reason]
         res.outcomes = {"enrollment": names[~is_txn].tolist(),
                         "transaction": names[is_txn].tolist()}
-        ids = self.ids()
-        rejected = decided[reason != 0].tolist()
-        if rejected:
+        rejected_a = decided[reason != 0]
+        if len(rejected_a):
             typ_l = recs.typ.tolist()
             reason_l = out.reason.tolist()
-            key_l, op_l, tid_l, src_l, detail_l = (a[rejected].tolist() for a in ids)
+            at = pa.array(rejected_a)
+            key_l, op_l, tid_l, src_l = (self.column(name).take(at).to_pylist() for name in
+                                         ("mykey_id", "operator_id", "txn_id", "source"))
+            detail_l = self.details()[rejected_a].tolist()
+            rejected = rejected_a.tolist()
             for j, key, opid, tid, src, detail in zip(rejected, key_l, op_l, tid_l, src_l,
                                                       detail_l, strict=True):
                 r = reason_l[j]
@@ -457,28 +447,39 @@ class _Call:
             pts_a = out.points[accepted]
             res.points += int(pts_a[pts_a > 0].sum())
             res.clawed_back -= int(pts_a[pts_a < 0].sum())
-            g_keys, g_ops, g_tids, g_srcs = (pa.array(a[accepted].tolist(), pa.large_string())
-                                             for a in ids[:4])
+            at = pa.array(accepted)
+            g_keys, g_ops, g_tids, g_srcs = (self.column(name).take(at) for name in
+                                             ("mykey_id", "operator_id", "txn_id", "source"))
             values = self.d.grant_json.encode(
                 g_keys, g_ops, g_tids, recs.kind[accepted], recs.amount[accepted], pts_a,
                 out.cum[accepted], rfc3339_array(recs.at[accepted]), g_srcs)
             res.grant_messages = GrantMessages(g_keys, values, g_srcs)
 
-    def ids(self) -> tuple[np.ndarray, ...]:
-        """Per kernel record (object arrays): mykey_id, operator_id, txn_id, source and
-        the stateless check's detail (None for a waiting record)."""
-        n = len(self.recs.typ)
-        cols = tuple(np.empty(n, object) for _ in range(5))
-        if self.pre:
-            cols[0][:len(self.pre)] = [self.plist[pi] for pi, _ in self.pre]
-            for col, name in zip(cols[1:4], ("operator_id", "txn_id", "source"), strict=True):
-                col[:len(self.pre)] = [getattr(pk, name) for _, pk in self.pre]
-        for (b, start, rows), c in zip(self.spans, self.cols, strict=True):
-            at = slice(start, start + len(rows))
-            for col, whole in zip(cols, (c["mykey_id"], c["operator_id"], c["txn_id"],
-                                         c["source"], b.v.detail), strict=True):
-                col[at] = whole[rows]
-        return cols
+    def column(self, name: str) -> pa.Array:
+        """An id per kernel record (large strings, Arrow): ``mykey_id``,
+        ``operator_id``, ``txn_id``, ``original_txn_id`` or ``source``, taken from the
+        batches' columns by row, the waiting records' from their state."""
+        col = self._columns.get(name)
+        if col is None:
+            if name == "mykey_id":
+                pre = [self.plist[pi] for pi, _ in self.pre]
+            else:
+                attr = "orig" if name == "original_txn_id" else name
+                pre = [getattr(pk, attr) for _, pk in self.pre]
+            parts = [pa.array(pre, pa.large_string())]
+            for b, _start, rows in self.spans:
+                whole = (pa.array(b.source, pa.large_string()) if name == "source"
+                         else getattr(b.v, name).cast(pa.large_string()))
+                parts.append(whole.take(pa.array(rows)))
+            col = self._columns[name] = pa.concat_arrays(parts)
+        return col
+
+    def details(self) -> np.ndarray:
+        """Per kernel record, the stateless check's detail (None for a waiting record)."""
+        out = np.full(len(self.recs.typ), None, object)
+        for b, start, rows in self.spans:
+            out[start:start + len(rows)] = b.v.detail[rows]
+        return out
 
     def new_state(self) -> None:
         """Every involved person's new state, staged as blobs with the meta."""
@@ -511,19 +512,21 @@ class _Call:
             st.entries = packed[start:end]
             start = end
         n_pre = len(self.pre)
-        for j in np.flatnonzero(out.reason == kernel.PARKED).tolist():
+        waits = np.flatnonzero(out.reason == kernel.PARKED)
+        fresh = waits[waits >= n_pre]
+        at = pa.array(fresh)
+        ids = zip(*(self.column(name).take(at).to_pylist() for name in
+                    ("operator_id", "txn_id", "original_txn_id", "source")), strict=True)
+        for j in waits.tolist():
             pi = int(recs.person[j])
             if j < n_pre:
                 pk = self.pre[j][1]
             else:
-                si = int(self.span_of[j])
-                b = self.spans[si][0]
-                i = int(self.row_of[j])
-                c = self.cols[si]
-                pk = Parked(int(b.arrival[i]), int(recs.kind[j]), c["operator_id"][i],
-                            c["txn_id"][i], c["original_txn_id"][i], int(recs.amount[j]),
-                            int(recs.at[j]), int(recs.day[j]), int(recs.received[j]),
-                            b.source[i])
+                b = self.spans[int(self.span_of[j])][0]
+                opid, tid, orig, src = next(ids)
+                pk = Parked(int(b.arrival[int(self.row_of[j])]), int(recs.kind[j]), opid, tid,
+                            orig, int(recs.amount[j]), int(recs.at[j]), int(recs.day[j]),
+                            int(recs.received[j]), src)
             states[pi].parked.append(pk)
         store, res = self.store, self.res
         timeout = self.d.campaign.park_timeout

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ FENCE_KEY = b"__fence__"
 # key range instead of decoding every person (docs/DECISIONS.md).
 WAIT_PREFIX = "__wait__/"
 _WAIT_B = WAIT_PREFIX.encode()
+
+# The local checkpoint is written when this much applied state is pending, or this
+# long after the previous write (DECISIONS 106): a person touched by several batches
+# in between is written once, and a kill costs a restore of at most about this much
+# changelog.
+FLUSH_BYTES = 32 << 20
+FLUSH_SECONDS = 5.0
 
 
 # gc=False: a partition keeps up to ``cache_limit`` people in memory, each with its
@@ -195,14 +203,17 @@ Staged = dict[str, bytes | None]
 class ShardStore:
     """Local RocksDB copy of one partition's state, with an in-memory cache.
 
-    Reads go through the cache; writes are staged by :meth:`put` and reach
-    RocksDB only in :meth:`apply`, after the changelog has them.
+    Reads go through the cache; a batch's values are taken by :meth:`apply` once
+    the changelog has them, and reach RocksDB in :meth:`flush`.
     """
 
-    def __init__(self, path: Path, no_time: int, cache_limit: int = 100_000) -> None:
+    def __init__(self, path: Path, no_time: int, cache_limit: int = 100_000,
+                 flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS) -> None:
         self.path = path
         self.no_time = no_time
         self.cache_limit = cache_limit
+        self.flush_bytes = flush_bytes
+        self.flush_seconds = flush_seconds
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = self._open()
         raw = self.db.get(META_KEY.encode())
@@ -210,6 +221,12 @@ class ShardStore:
         self.cache: dict[str, PersonState] = {}
         # people with waiting records -> earliest deadline, so expiry needs no scan
         self.parked: dict[str, int] = {}
+        # applied (in the changelog) but not yet written to RocksDB: key -> value, None
+        # deleting it; with the meta as applied (DECISIONS 106)
+        self.unflushed: Staged = {}
+        self._unflushed_bytes = 0
+        self._applied_meta: bytes | None = None
+        self._flushed_at = time.monotonic()
 
     def _open(self) -> Rdict:
         opts = Options(raw_mode=True)
@@ -227,33 +244,57 @@ class ShardStore:
     def get(self, key: str) -> PersonState:
         st = self.cache.get(key)
         if st is None:
-            raw = self.db.get(key.encode())
+            raw = self.value(key)
             st = decode_person(raw) if raw is not None else PersonState()
             self.cache[key] = st
         return st
 
+    def value(self, key: str) -> bytes | None:
+        """The stored value of ``key`` as applied, whether RocksDB has it yet or not."""
+        if key in self.unflushed:
+            return self.unflushed[key]
+        raw = self.db.get(key.encode())
+        return None if raw is None else bytes(raw)
+
     def apply(self, blobs: Staged, changelog_offset: int) -> None:
-        """Persist blobs already acknowledged by the changelog, then the meta."""
+        """Take blobs already acknowledged by the changelog as the state; they reach
+        RocksDB in :meth:`flush`, once enough of them are pending (DECISIONS 106)."""
+        self.unflushed.update(blobs)
+        self._unflushed_bytes += sum(len(k) + len(v or b"") for k, v in blobs.items())
+        self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
+        self._applied_meta = encode(self.meta)
+        if (self._unflushed_bytes >= self.flush_bytes
+                or time.monotonic() - self._flushed_at >= self.flush_seconds):
+            self.flush()
+        # Every cached person is now also in ``unflushed`` or RocksDB (a batch stages
+        # all the people it touched), so dropping the cache is always safe; it bounds a
+        # worker's memory when a partition holds millions of people.
+        if len(self.cache) > self.cache_limit:
+            self.cache.clear()
+
+    def flush(self) -> None:
+        """Write what :meth:`apply` took to RocksDB, with the meta as applied: one
+        write, so a kill leaves the checkpoint before or after it, whole."""
+        self._flushed_at = time.monotonic()
+        if self._applied_meta is None:
+            return
         wb = WriteBatch(raw_mode=True)
-        for k, v in blobs.items():
+        for k, v in self.unflushed.items():
             if v is None:
                 wb.delete(k.encode())
             else:
                 wb.put(k.encode(), v)
-        self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
-        wb.put(META_KEY.encode(), encode(self.meta))
+        wb.put(META_KEY.encode(), self._applied_meta)
         self.db.write(wb)
-        # Every cached person is now also in RocksDB (a batch writes all the people it
-        # touched), so dropping the cache is always safe; it bounds a worker's memory
-        # when a partition holds millions of people.
-        if len(self.cache) > self.cache_limit:
-            self.cache.clear()
+        self.unflushed.clear()
+        self._unflushed_bytes = 0
+        self._applied_meta = None
 
     def discard_unapplied(self, timeout: int) -> None:
-        """Forget in-memory changes :meth:`apply` has not persisted: a batch that
-        failed half-way is decided again from the local checkpoint."""
+        """Forget in-memory changes :meth:`apply` has not taken: a batch that failed
+        half-way is decided again from the state as applied."""
         self.cache.clear()
-        raw = self.db.get(META_KEY.encode())
+        raw = self._applied_meta or self.db.get(META_KEY.encode())
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=self.no_time)
         self.rebuild_parked_index(timeout)
 
@@ -267,6 +308,7 @@ class ShardStore:
         """
         if not records:
             return 0
+        self.flush()
         wb = WriteBatch(raw_mode=True)
         meta_key = META_KEY.encode()
         ignored = 0
@@ -310,6 +352,9 @@ class ShardStore:
         self.meta = keep
         self.cache.clear()
         self.parked.clear()
+        self.unflushed.clear()
+        self._unflushed_bytes = 0
+        self._applied_meta = None
 
     def reset(self) -> None:
         """Forget everything, position included: the local copy is not this
@@ -325,8 +370,16 @@ class ShardStore:
             if not key.startswith(_WAIT_B):
                 break
             self.parked[key[skip:].decode()] = _dec_int.decode(raw) + timeout
+        for name, val in self.unflushed.items():
+            if name.startswith(WAIT_PREFIX):
+                if val is None:
+                    self.parked.pop(name[skip:], None)
+                else:
+                    self.parked[name[skip:]] = _dec_int.decode(val) + timeout
 
     def close(self) -> None:
+        """Flush and close: a clean stop leaves the whole state as applied."""
+        self.flush()
         self.db.close()
 
     @staticmethod

@@ -50,7 +50,7 @@ def test_person_limit_bounds_the_state_and_matches_offline(tmp_path: Path) -> No
     # the first 50 wait for an enrollment (they keep state); the rest is refused
     assert sum(r == "PERSON_LIMIT" for r in got.values()) == 350
     assert f.store.parked[PERSON] == T0 * 1000 + campaign.park_timeout  # the first one's
-    st = decode_person(f.store.db[PERSON.encode()])
+    st = decode_person(f.store.value(PERSON))
     assert st.n_entries == 50 and len(st.parked) == 50
     f.store.close()
     offline = settle_records([], [it["rec"] for it in items], campaign, DEFAULT_REGISTRY)
@@ -70,7 +70,7 @@ def test_shipped_limit_keeps_a_full_person_under_the_broker_message_size(
                   amount=1) for i in range(limit + 10)]
     for k in range(0, len(items), 1000):
         f.poll("transaction", items[k:k + 1000])
-    blob = f.store.db[PERSON.encode()]
+    blob = f.store.value(PERSON)
     assert decode_person(blob).n_entries == limit
     assert len(blob) < 1 << 20, len(blob)
     f.store.close()
@@ -153,7 +153,7 @@ def test_a_record_on_another_operators_topic_is_a_mismatch_and_changes_nothing(
     res = f.poll("enrollment", [enr], topic="m.paypay.enrollments")
     assert [(r["reason"], r["operator_id"]) for _, r in res.rejections] == [
         ("OPERATOR_MISMATCH", "aupay")]
-    assert PERSON.encode() not in f.store.db  # no state at all
+    assert f.store.value(PERSON) is None  # no state at all
     forged = txn("t1", T0, kind="charge", op="aupay")
     res = f.poll("transaction", [forged], topic="m.paypay.transactions")
     assert reasons(res) == {"t1": "OPERATOR_MISMATCH"}

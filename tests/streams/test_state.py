@@ -73,7 +73,7 @@ _KILLED_WRITER = """
 import os, sys
 from engine.rules.model import NO_TIME
 from engine.streams.state import PersonState, ShardStore, encode
-store = ShardStore(__import__("pathlib").Path(sys.argv[1]), NO_TIME)
+store = ShardStore(__import__("pathlib").Path(sys.argv[1]), NO_TIME, flush_bytes=0)
 for i in range(6):
     store.apply({f"person{j:02d}": encode(PersonState(c=100 * i)) for j in range(50)},
                 changelog_offset=i)
@@ -95,6 +95,79 @@ def test_a_killed_store_keeps_an_older_consistent_checkpoint(tmp_path: Path) -> 
     store = ShardStore(tmp_path / "p", NO_TIME)
     assert store.meta.changelog_offset == 2  # not 5: the last three writes were lost
     assert {store.get(f"person{j:02d}").c for j in range(50)} == {200}
+    store.close()
+
+
+_KILLED_BEFORE_FLUSH = """
+import os, sys
+from engine.rules.model import NO_TIME
+from engine.streams.state import PersonState, ShardStore, encode
+store = ShardStore(__import__("pathlib").Path(sys.argv[1]), NO_TIME)
+for i in range(6):
+    store.apply({f"person{j:02d}": encode(PersonState(c=100 * i)) for j in range(50)},
+                changelog_offset=i)
+    if i == 2:
+        store.flush()
+        store.db.flush()  # on disk, so that only the unflushed applies are at stake
+assert store.get("person00").c == 500  # applied, though not written to RocksDB
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_applied_state_reaches_rocksdb_when_flushed_and_a_kill_loses_only_the_rest(
+        tmp_path: Path) -> None:
+    """DECISIONS 106: applies wait in memory for the next flush; a kill before it
+    leaves the last flushed checkpoint (the changelog has the rest)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_FLUSH, str(tmp_path / "p")],
+                       cwd=Path(__file__).parents[2], capture_output=True)
+    assert r.returncode == -9, r.stderr.decode()
+    store = ShardStore(tmp_path / "p", NO_TIME)
+    assert store.meta.changelog_offset == 2
+    assert {store.get(f"person{j:02d}").c for j in range(50)} == {200}
+    store.close()
+
+
+def test_a_store_flushes_by_size_and_by_time_and_on_close(tmp_path: Path) -> None:
+    value = encode(PersonState(c=1))
+    small = ShardStore(tmp_path / "a", NO_TIME, flush_bytes=10 * len(value),
+                       flush_seconds=3600)
+    small.apply({f"person{j:02d}": value for j in range(5)}, 0)
+    assert small.db.get(b"person00") is None and small.value("person00") == value
+    assert small.get("person00").c == 1
+    small.apply({f"person{j:02d}": value for j in range(5, 10)}, 1)
+    assert small.db.get(b"person09") == value and not small.unflushed
+    small.close()
+    slow = ShardStore(tmp_path / "b", NO_TIME, flush_bytes=1 << 30, flush_seconds=0.2)
+    slow.apply({"person00": value}, 0)
+    assert slow.db.get(b"person00") is None
+    import time
+    time.sleep(0.25)
+    slow.apply({"person01": value}, 1)
+    assert slow.db.get(b"person00") == value == slow.db.get(b"person01")
+    slow.apply({"person02": value, "person00": None}, 2)
+    slow.close()
+    again = ShardStore(tmp_path / "b", NO_TIME)
+    assert again.meta.changelog_offset == 2
+    assert again.db.get(b"person02") == value and again.db.get(b"person00") is None
+    again.close()
+
+
+def test_a_discarded_batch_goes_back_to_the_state_as_applied_not_as_flushed(
+        tmp_path: Path) -> None:
+    store = ShardStore(tmp_path / "p", NO_TIME, flush_bytes=1 << 30, flush_seconds=3600)
+    store.apply({"personAA": encode(PersonState(c=1))}, 0)
+    store.flush()
+    store.apply({"personAA": encode(PersonState(c=2)),
+                 WAIT_PREFIX + "personBB": encode(5)}, 1)
+    store.meta.stream_time = 99
+    store.apply({"personAA": encode(PersonState(c=3))}, 2)  # not flushed
+    store.get("personAA").c = 4  # a batch that failed half-way had changed it
+    store.meta.stream_time = 123
+    store.discard_unapplied(timeout=10)
+    assert store.get("personAA").c == 3 and store.meta.stream_time == 99
+    assert store.meta.changelog_offset == 2 and store.parked == {"personBB": 15}
     store.close()
 
 
@@ -224,6 +297,7 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
                 if what == "refund" else {}
             f.poll("transaction", [txn(f"t{n}", ts, person=person, **extra)])
         scan = {}
+        f.store.flush()
         for k, v in f.store.db.items():
             if is_person_key(k):
                 waiting = decode_person(v).parked
@@ -250,15 +324,17 @@ def test_an_ended_wait_deletes_its_index_key_locally_and_in_the_changelog(
         tmp_path: Path) -> None:
     f = Feed(tmp_path)
     f.poll("transaction", [txn("waits", T0)])
-    key = (WAIT_PREFIX + "Wait0001").encode()
-    assert f.store.db.get(key) is not None
+    key = WAIT_PREFIX + "Wait0001"
+    assert f.store.value(key) is not None
     # the enrollment ends the wait: the index key goes, as a tombstone
     staged: list[dict[str, bytes | None]] = []
     commit = f.logic.commit
     f.logic.commit = lambda o: (staged.append(f.logic.snapshot()), commit(o))[1]  # type: ignore[method-assign]
     f.poll("enrollment", [{"rec": builders.enr("Wait0001"), "ts": T0 + 1}])
     assert staged[0][WAIT_PREFIX + "Wait0001"] is None
-    assert f.store.db.get(key) is None and not f.store.parked
+    assert f.store.value(key) is None and not f.store.parked
+    f.store.rebuild_parked_index(DEFAULT_CAMPAIGN.park_timeout)  # not flushed yet
+    assert not f.store.parked
     f.store.close()
 
 
@@ -300,12 +376,12 @@ def test_a_refund_changes_only_its_originals_row_and_adds_its_own(tmp_path: Path
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
     f.poll("transaction", [txn(f"h{i}", T0 + 1 + i) for i in range(5)])
     f.store.cache.clear()  # read back from RocksDB
-    before = _rows(decode_person(f.store.db[PERSON.encode()]).entries).copy()
+    before = _rows(decode_person(f.store.value(PERSON)).entries).copy()
     assert before["key"].tolist() == entry_keys(["paypay"] * 5,
                                                 [f"h{i}" for i in range(5)]).tolist()
     f.poll("transaction", [txn("back", T0 + 11, kind="refund", original_txn_id="h2",
                                amount=1000)])
-    after = _rows(decode_person(f.store.db[PERSON.encode()]).entries)
+    after = _rows(decode_person(f.store.value(PERSON)).entries)
     assert len(after) == 6
     changed = [i for i in range(5) if after[i].tobytes() != before[i].tobytes()]
     assert changed == [2] and after[2]["refunded"] == 1000
@@ -391,7 +467,7 @@ def test_a_person_stored_in_an_old_format_reads_as_the_same_state(
     items = [txn("h0", T0 + 1), txn("h1", T0 + 2),
              txn("back", T0 + 3, kind="refund", original_txn_id="h0", amount=400)]
     f.poll("transaction", items)
-    new = decode_person(f.store.db[PERSON.encode()])
+    new = decode_person(f.store.value(PERSON))
     assert new.n_entries == 3 and _rows(new.entries)["refunded"].tolist() == [400, 0, 0]
     old = write(new, [i["rec"] for i in items])
     assert new.entries not in old  # the rows are in another format there
@@ -411,7 +487,8 @@ def test_decisions_go_on_from_a_person_stored_in_an_old_format(
     items = [txn("h0", T0 + 1), txn("h1", T0 + 2), txn("r0", T0 + 3, kind="refund",
                                                      original_txn_id="h0", amount=10)]
     f.poll("transaction", items)
-    old = write(decode_person(f.store.db[PERSON.encode()]), [i["rec"] for i in items])
+    old = write(decode_person(f.store.value(PERSON)), [i["rec"] for i in items])
+    f.store.flush()
     f.store.db[PERSON.encode()] = old  # as a restore of an old changelog writes it
     f.store.cache.clear()
     moved = txn("h0", T0 + 4)
@@ -432,7 +509,7 @@ def test_decisions_go_on_from_a_person_stored_in_an_old_format(
         ("r0", "CONFLICTING_DUPLICATE"), ("h1", "CONFLICTING_DUPLICATE"),
         ("more", "REFUND_EXCEEDS_ORIGINAL")]
     assert reasons(res)["back"] == "granted" and len(res.grants) == 1
-    assert decode_person(f.store.db[PERSON.encode()]).n_entries == 5
+    assert decode_person(f.store.value(PERSON)).n_entries == 5
     f.store.close()
 
 
@@ -441,10 +518,10 @@ def test_state_keeps_a_decided_transactions_id_only_as_a_hash(tmp_path: Path) ->
     key is a hash); one that waits keeps its id, needed for its outcome."""
     f = Feed(tmp_path)
     f.poll("transaction", [txn("waiting-for-enrolment-7", T0)])
-    assert b"waiting-for-enrolment-7" in f.store.db[PERSON.encode()]
+    assert b"waiting-for-enrolment-7" in f.store.value(PERSON)
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0 + 1}])
     f.poll("transaction", [txn("decided-at-once-8", T0 + 2)])
-    blob = f.store.db[PERSON.encode()]
+    blob = f.store.value(PERSON)
     assert decode_person(blob).n_entries == 2
     assert b"waiting-for-enrolment-7" not in blob and b"decided-at-once-8" not in blob
     f.store.close()
