@@ -8,6 +8,7 @@ the records that were waiting, in the order the rules page prescribes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -483,19 +484,9 @@ class _Call:
 
     def new_state(self) -> None:
         """Every involved person's new state, staged as blobs with the meta."""
-        people, reg, recs, out = self.people_a, self.reg, self.recs, self.out
-        states, op_ids = self.states, self.d.op_ids
+        people, reg = self.people_a, self.reg
+        states = self.states
         np_ = len(states)
-        for st, o, k, d, c, r in zip(states, people.op[:np_].tolist(),
-                                     people.kind[:np_].tolist(), people.day[:np_].tolist(),
-                                     people.c[:np_].tolist(), people.r[:np_].tolist(),
-                                     strict=True):
-            st.enr_op = op_ids[o] if o >= 0 else None
-            st.enr_kind = k
-            st.enr_day = d
-            st.c = c
-            st.r = r
-            st.parked = []
         # every person's entries, the stored ones (status and refunded sum may have
         # changed) then the new ones, packed and cut per person
         ne = self.n_entries
@@ -507,18 +498,55 @@ class _Call:
         owner = reg.person[:ne]
         packed = rows[np.argsort(owner, kind="stable")].tobytes()
         ends = (np.cumsum(np.bincount(owner, minlength=np_)) * ENTRY.itemsize).tolist()
+        waiting = self._waiting()
+        store, res = self.store, self.res
+        timeout = self.d.campaign.park_timeout
+        blobs, due = res.blobs, store.parked
+        names = [*self.d.op_ids, None]  # by operator code; -1: not enrolled
         start = 0
-        for st, end in zip(states, ends, strict=True):
+        # one pass per person: Python per person is what this step costs
+        for pi, (key, st, o, k, d, c, r, end) in enumerate(zip(
+                self.plist, states, people.op[:np_].tolist(), people.kind[:np_].tolist(),
+                people.day[:np_].tolist(), people.c[:np_].tolist(), people.r[:np_].tolist(),
+                ends, strict=True)):
+            st.enr_op = names[o]
+            st.enr_kind = k
+            st.enr_day = d
+            st.c = c
+            st.r = r
             st.entries = packed[start:end]
             start = end
-        n_pre = len(self.pre)
-        waits = np.flatnonzero(out.reason == kernel.PARKED)
+            parked = waiting.get(pi)
+            if parked:
+                st.parked = parked
+                first = min(p.received for p in parked) + timeout
+                if due.get(key) != first:
+                    blobs[WAIT_PREFIX + key] = encode(first - timeout)
+                due[key] = first
+            else:
+                if st.parked:
+                    st.parked = []
+                if key in due:
+                    del due[key]
+                    blobs[WAIT_PREFIX + key] = None
+            blobs[key] = encode(st)
+        blobs[META_KEY] = encode(store.meta)
+        res.parked = len(due)
+
+    def _waiting(self) -> dict[int, list[Parked]]:
+        """The records that wait after this call, by person index, in record order."""
+        recs, n_pre = self.recs, len(self.pre)
+        waits = np.flatnonzero(self.out.reason == kernel.PARKED)
+        out: dict[int, list[Parked]] = {}
+        if not len(waits):
+            return out
         fresh = waits[waits >= n_pre]
-        at = pa.array(fresh)
-        ids = zip(*(self.column(name).take(at).to_pylist() for name in
-                    ("operator_id", "txn_id", "original_txn_id", "source")), strict=True)
+        ids: Iterator[tuple[Any, ...]] = iter(())
+        if len(fresh):
+            at = pa.array(fresh)
+            ids = zip(*(self.column(name).take(at).to_pylist() for name in
+                        ("operator_id", "txn_id", "original_txn_id", "source")), strict=True)
         for j in waits.tolist():
-            pi = int(recs.person[j])
             if j < n_pre:
                 pk = self.pre[j][1]
             else:
@@ -527,19 +555,5 @@ class _Call:
                 pk = Parked(int(b.arrival[int(self.row_of[j])]), int(recs.kind[j]), opid, tid,
                             orig, int(recs.amount[j]), int(recs.at[j]), int(recs.day[j]),
                             int(recs.received[j]), src)
-            states[pi].parked.append(pk)
-        store, res = self.store, self.res
-        timeout = self.d.campaign.park_timeout
-        blobs = res.blobs
-        for pi, st in enumerate(states):
-            key = self.plist[pi]
-            if st.parked:
-                first = min(p.received for p in st.parked)
-                if store.parked.get(key) != first + timeout:
-                    blobs[WAIT_PREFIX + key] = encode(first)
-                store.parked[key] = first + timeout
-            elif store.parked.pop(key, None) is not None:
-                blobs[WAIT_PREFIX + key] = None
-            blobs[key] = encode(st)
-        res.blobs[META_KEY] = encode(store.meta)
-        res.parked = len(store.parked)
+            out.setdefault(int(recs.person[j]), []).append(pk)
+        return out
