@@ -381,6 +381,28 @@ def _set_source_operators(parts: list[Shaped], sources: list[str], names: list[s
         at += s.n
 
 
+def records_by_topic(b: InBatch) -> dict[str, int]:
+    """How many of ``b``'s records were first read from each topic (the topic of each
+    one's source), counted per origin rather than per record."""
+    counts: dict[str, int] = {}
+    if len(b.origin) == b.v.n:
+        # a source of no usual form (no origin, or one without a partition) per record
+        usual = np.array([*("/" in w for w in b.origins), False])
+        odd_rows = ~usual[b.origin]
+        per = np.bincount(b.origin[~odd_rows], minlength=len(b.origins))
+        for where, n in zip(b.origins, per.tolist(), strict=True):
+            if n:
+                topic = where.partition("/")[0]
+                counts[topic] = counts.get(topic, 0) + n
+        odd = np.flatnonzero(odd_rows).tolist()
+    else:
+        odd = list(range(b.v.n))
+    for i in odd:
+        topic = b.source[i].partition("/")[0]
+        counts[topic] = counts.get(topic, 0) + 1
+    return counts
+
+
 def concat_batches(batches: list[InBatch]) -> InBatch | None:
     """One batch of several decoded ones of a record type (public, then re-routed)."""
     if not batches:

@@ -45,9 +45,6 @@ from engine.streams.state import (
     source_key,
 )
 
-# outcome name by kernel reason code (0: accepted)
-_OUTCOME_NAMES = np.array(["accepted", *REASON_NAMES[1:]], dtype=object)
-
 
 @numba.njit(cache=True, nogil=True)
 def not_applied(group: np.ndarray, at: np.ndarray, mark: np.ndarray) -> np.ndarray:
@@ -101,7 +98,8 @@ class ShardResult:
     rejections: list[Outcome] = field(default_factory=list)
     reroute: list[Reroute] = field(default_factory=list)
     blobs: Staged = field(default_factory=dict)
-    outcomes: dict[str, list[str]] = field(default_factory=dict)
+    # reason codes of the records decided, by record type (0: accepted)
+    outcomes: dict[str, np.ndarray] = field(default_factory=dict)
     points: int = 0
     clawed_back: int = 0
     parked: int = 0
@@ -421,9 +419,7 @@ class _Call:
         decided = order[out.reason[order] != kernel.PARKED]
         reason = out.reason[decided]
         is_txn = recs.typ[decided] == kernel.TRANSACTION
-        names = _OUTCOME_NAMES[reason]
-        res.outcomes = {"enrollment": names[~is_txn].tolist(),
-                        "transaction": names[is_txn].tolist()}
+        res.outcomes = {"enrollment": reason[~is_txn], "transaction": reason[is_txn]}
         rejected_a = decided[reason != 0]
         if len(rejected_a):
             typ_l = recs.typ.tolist()

@@ -37,7 +37,7 @@ import os
 import signal
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import IO, Any
 
@@ -66,7 +66,7 @@ from engine.ops import health, logs
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.streams import recovery
 from engine.streams.checkpoint import Checkpoint, Faults
-from engine.streams.decode import InBatch, concat_batches, decode_messages
+from engine.streams.decode import InBatch, concat_batches, decode_messages, records_by_topic
 from engine.streams.logic import PartitionLogic
 from engine.streams.order import fair_prefixes, merge_topics
 from engine.streams.shard import ShardResult
@@ -683,11 +683,10 @@ class Worker:
                                 self.max_record_bytes, internal=trusted,
                                 replay=self.replay and not trusted,
                                 source_operator=self.topics.operator_of)
-            counts = Counter(m.topic for m in msgs)
-            if len(counts) == 1:
+            if len({m.topic for m in msgs}) == 1:
                 self.metrics.observe_records(msgs[0].topic, record_type, b.v.n)
             else:  # a message may carry many records: count them by their source
-                for topic, n in Counter(s.partition("/")[0] for s in b.source).items():
+                for topic, n in records_by_topic(b).items():
                     self.metrics.observe_records(topic, record_type, n)
             mismatched = np.flatnonzero(b.v.reason == Reason.OPERATOR_MISMATCH)
             if len(mismatched):
@@ -703,10 +702,10 @@ class Worker:
         m = self.metrics
         n_rec = 0
         for p, res in results.items():
-            for rtype, names in res.outcomes.items():
-                if names:
-                    m.observe_outcomes(rtype, names)
-                    n_rec += len(names)
+            for rtype, codes in res.outcomes.items():
+                if len(codes):
+                    m.observe_reason_codes(rtype, codes)
+                    n_rec += len(codes)
             if res.points:
                 m.observe_points([res.points])
             if res.clawed_back:

@@ -152,3 +152,23 @@ def test_where_a_record_was_first_read_is_its_sources_parse(
                 continue
             # parsed per record only where the message's base holds a "#"
             assert "#" in source.rpartition("#")[0], source
+
+
+@settings(max_examples=150, deadline=None)
+@given(_messages())
+def test_records_are_counted_by_the_topic_of_their_source(
+        msgs: tuple[list[Msg], list[Msg]]) -> None:
+    """The worker's per-topic record counts (metrics), counted per origin, equal a
+    count of every record's source topic, odd sources included."""
+    from collections import Counter
+
+    from engine.streams.decode import records_by_topic
+
+    public, internal = msgs
+    for ms, trusted in ((public, False), (internal, True)):
+        if not ms:
+            continue
+        b = decode_messages(ms, "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 20,
+                            internal=trusted, replay=not trusted,
+                            source_operator=T.operator_of)
+        assert records_by_topic(b) == Counter(s.partition("/")[0] for s in b.source)
