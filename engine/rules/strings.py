@@ -55,7 +55,6 @@ def buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return offsets.astype(np.int64, copy=False), data, valid
 
 
-
 @intrinsic
 def _memcpy(typingctx, dst, dst_at, src, src_at, n):  # type: ignore[no-untyped-def]
     """LLVM's memcpy between two byte arrays (numba's slice assignment builds two array
@@ -80,6 +79,7 @@ def put_bytes(buf, at, src, a, b):  # type: ignore[no-untyped-def]
     the position after it."""
     _memcpy(buf, at, src, a, b - a)  # type: ignore[call-arg]  # numba supplies typingctx
     return at + b - a
+
 
 @numba.njit(cache=True, nogil=True)
 def _charset_ok(offsets, data, valid, table, lo, hi):  # type: ignore[no-untyped-def]
@@ -450,8 +450,8 @@ def _prefix_codes(offsets, data, sep):  # type: ignore[no-untyped-def]
             p += 1
         code = -1
         # rows come in runs of one prefix: the previous row's code first, then all
-        for c in range(-1, k):
-            c = last if c < 0 else c
+        for t in range(-1, k):
+            c = last if t < 0 else t
             if c >= 0 and ends[c] - starts[c] == p - a and \
                     np.all(data[starts[c]:ends[c]] == data[a:p]):
                 code = c

@@ -385,19 +385,15 @@ def records_by_topic(b: InBatch) -> dict[str, int]:
     """How many of ``b``'s records were first read from each topic (the topic of each
     one's source), counted per origin rather than per record."""
     counts: dict[str, int] = {}
-    if len(b.origin) == b.v.n:
-        # a source of no usual form (no origin, or one without a partition) per record
-        usual = np.array([*("/" in w for w in b.origins), False])
-        odd_rows = ~usual[b.origin]
-        per = np.bincount(b.origin[~odd_rows], minlength=len(b.origins))
-        for where, n in zip(b.origins, per.tolist(), strict=True):
-            if n:
-                topic = where.partition("/")[0]
-                counts[topic] = counts.get(topic, 0) + n
-        odd = np.flatnonzero(odd_rows).tolist()
-    else:
-        odd = list(range(b.v.n))
-    for i in odd:
+    # a source of no usual form (no origin, or one without a partition) per record
+    usual = np.array([*("/" in w for w in b.origins), False])
+    odd = ~usual[b.origin]
+    per = np.bincount(b.origin[~odd], minlength=len(b.origins))
+    for where, n in zip(b.origins, per.tolist(), strict=True):
+        if n:
+            topic = where.partition("/")[0]
+            counts[topic] = counts.get(topic, 0) + n
+    for i in np.flatnonzero(odd).tolist():
         topic = b.source[i].partition("/")[0]
         counts[topic] = counts.get(topic, 0) + 1
     return counts

@@ -515,10 +515,10 @@ class _Call:
             parked = waiting.get(pi)
             if parked:
                 st.parked = parked
-                first = min(p.received for p in parked) + timeout
-                if due.get(key) != first:
-                    blobs[WAIT_PREFIX + key] = encode(first - timeout)
-                due[key] = first
+                first = min(p.received for p in parked)
+                if due.get(key) != first + timeout:
+                    blobs[WAIT_PREFIX + key] = encode(first)
+                due[key] = first + timeout
             else:
                 if st.parked:
                     st.parked = []
