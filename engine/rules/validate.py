@@ -447,6 +447,14 @@ class Validated:
                          **{k: v.take(arrow_idx) if isinstance(v, pa.Array) else v[idx]
                             for k, v in cols.items()})
 
+    def slice(self, start: int, stop: int) -> Validated:
+        """The records ``start:stop``, without copying (views and Arrow slices)."""
+        cols = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("n", "record_type")}
+        return Validated(n=stop - start, record_type=self.record_type,
+                         **{k: v.slice(start, stop - start) if isinstance(v, pa.Array)
+                            else v[start:stop] for k, v in cols.items()})
+
 
 class _Checker:
     """Assigns the first failing check, in the order checks are called."""

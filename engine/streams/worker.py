@@ -66,7 +66,7 @@ from engine.ops import health, logs
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.streams import recovery
 from engine.streams.checkpoint import Checkpoint, Faults
-from engine.streams.decode import InBatch, concat_batches, decode_messages, records_by_topic
+from engine.streams.decode import InBatch, concat_batches, decode_groups, records_by_topic
 from engine.streams.logic import PartitionLogic
 from engine.streams.order import fair_prefixes, merge_topics
 from engine.streams.shard import ShardResult
@@ -625,7 +625,7 @@ class Worker:
                                                 hold_all=await self._enrollments_behind(p),
                                                 ordered=False)
         self._hold_excess()
-        results: dict[int, ShardResult] = {}
+        parts: list[int] = []
         for p, topics in sorted(by_part.items()):
             logic = self.logics[p]
             lost = await recovery.deleted_unread(
@@ -636,20 +636,24 @@ class Worker:
                 for tp in self._tps(p):
                     offsets.pop(tp, None)
                 continue
+            parts.append(p)
             inputs = logic.meta.inputs
             for topic, msgs in topics.items():
                 inputs[topic] = [msgs[-1].offset + 1,
                                  recovery.message_crc(msgs[-1].key, msgs[-1].value)]
                 if not self.topics.is_internal(topic):
                     stamps.extend(m.timestamp for m in msgs)
-            names = self.topics
-            enr = self._decode(enrollments[p], topics.get(names.reroute_enrollments),
-                               "enrollment")
-            txn = self._decode(transactions[p], topics.get(names.reroute_transactions),
-                               "transaction")
-            if enr is None and txn is None:
+        names = self.topics
+        enr = self._decode(parts, enrollments, by_part, names.reroute_enrollments,
+                           "enrollment")
+        txn = self._decode(parts, transactions, by_part, names.reroute_transactions,
+                           "transaction")
+        results: dict[int, ShardResult] = {}
+        for p in parts:
+            if p not in enr and p not in txn:
                 continue  # all held back by the merge: nothing to decide or commit
-            results[p] = logic.decide(enr, txn, await self._caught_up(p))
+            results[p] = self.logics[p].decide(enr.get(p), txn.get(p),
+                                               await self._caught_up(p))
             await asyncio.sleep(0)  # heartbeats and fetches go on between partitions
         if not results and not offsets:  # not a batch: crash points count real ones
             if self._marker:
@@ -671,32 +675,41 @@ class Worker:
         if len(live):
             self.metrics.observe_outcome_latencies(live)
 
-    def _decode(self, public: list[Any], internal: list[Any] | None,
-                record_type: str) -> InBatch | None:
-        """Decode the public messages (in decision order, several topics) and the
-        re-routed ones of a partition."""
-        parts: list[InBatch] = []
-        for msgs, trusted in ((public, False), (internal, True)):
-            if not msgs:
+    def _decode(self, parts: list[int], public: dict[int, list[Any]],
+                by_part: dict[int, dict[str, list[Any]]], reroute_topic: str,
+                record_type: str) -> dict[int, InBatch]:
+        """The records of one type of the partitions ``parts`` (public messages in
+        decision order, then the re-routed ones), by partition, each origin's decoded
+        in one call for all partitions (decode_groups)."""
+        decoded: dict[int, list[InBatch]] = defaultdict(list)
+        for msgs, trusted in (([public[p] for p in parts], False),
+                              ([by_part[p].get(reroute_topic, []) for p in parts], True)):
+            if not any(msgs):
                 continue
-            b = decode_messages(msgs, record_type, self.campaign, self.registry,
-                                self.max_record_bytes, internal=trusted,
-                                replay=self.replay and not trusted,
-                                source_operator=self.topics.operator_of)
-            if len({m.topic for m in msgs}) == 1:
-                self.metrics.observe_records(msgs[0].topic, record_type, b.v.n)
-            else:  # a message may carry many records: count them by their source
-                for topic, n in records_by_topic(b).items():
-                    self.metrics.observe_records(topic, record_type, n)
-            mismatched = np.flatnonzero(b.v.reason == Reason.OPERATOR_MISMATCH)
-            if len(mismatched):
-                ops = (self.topics.operator_of(b.source[i].partition("/")[0])
-                       for i in mismatched)
-                self.metrics.observe_operator_mismatches(op for op in ops if op)
-            for kind, k in b.bad_messages.items():
-                self.metrics.bad_message(kind, k)
-            parts.append(b)
-        return concat_batches(parts)
+            b, groups = decode_groups(msgs, record_type, self.campaign, self.registry,
+                                      self.max_record_bytes, internal=trusted,
+                                      replay=self.replay and not trusted,
+                                      source_operator=self.topics.operator_of)
+            self._observe_decoded(b, [m for ms in msgs for m in ms], record_type)
+            for p, ms, g in zip(parts, msgs, groups, strict=True):
+                if ms:
+                    decoded[p].append(g)
+        out = {p: concat_batches(bs) for p, bs in decoded.items()}
+        return {p: b for p, b in out.items() if b is not None}
+
+    def _observe_decoded(self, b: InBatch, msgs: list[Any], record_type: str) -> None:
+        if len({m.topic for m in msgs}) == 1:
+            self.metrics.observe_records(msgs[0].topic, record_type, b.v.n)
+        else:  # a message may carry many records: count them by their source
+            for topic, n in records_by_topic(b).items():
+                self.metrics.observe_records(topic, record_type, n)
+        mismatched = np.flatnonzero(b.v.reason == Reason.OPERATOR_MISMATCH)
+        if len(mismatched):
+            ops = (self.topics.operator_of(b.source[i].partition("/")[0])
+                   for i in mismatched)
+            self.metrics.observe_operator_mismatches(op for op in ops if op)
+        for kind, k in b.bad_messages.items():
+            self.metrics.bad_message(kind, k)
 
     def _observe(self, results: dict[int, ShardResult], seconds: float) -> None:
         m = self.metrics

@@ -172,3 +172,44 @@ def test_records_are_counted_by_the_topic_of_their_source(
                             internal=trusted, replay=not trusted,
                             source_operator=T.operator_of)
         assert records_by_topic(b) == Counter(s.partition("/")[0] for s in b.source)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_messages(), st.lists(st.integers(0, 6), max_size=4))
+def test_groups_decoded_together_are_each_group_decoded_alone(
+        msgs: tuple[list[Msg], list[Msg]], cuts: list[int]) -> None:
+    """The worker decodes the messages of all partitions of a poll in one call and
+    slices it per partition (decode_groups): each slice holds exactly what decoding
+    that partition's messages alone gives, empty groups included."""
+    from dataclasses import fields
+
+    import numpy as np
+
+    from engine.streams.decode import decode_groups
+
+    public, internal = msgs
+    for ms, trusted in ((public, False), (internal, True)):
+        bounds = [0, *sorted(min(c, len(ms)) for c in cuts), len(ms)]
+        groups = [ms[lo:hi] for lo, hi in zip(bounds, bounds[1:], strict=False)]
+        kw = {"internal": trusted, "replay": not trusted, "source_operator": T.operator_of}
+        whole, sliced = decode_groups(groups, "transaction", DEFAULT_CAMPAIGN,
+                                      DEFAULT_REGISTRY, 1 << 20, **kw)
+        assert sum(g.v.n for g in sliced) == whole.v.n
+        for g, got in zip(groups, sliced, strict=True):
+            alone = decode_messages(g, "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY,
+                                    1 << 20, **kw)
+            assert got.source == alone.source
+            assert got.arrival.tolist() == alone.arrival.tolist()
+            assert got.rerouted.tolist() == alone.rerouted.tolist()
+            assert ([(got.origins[k] if k >= 0 else None, at) for k, at
+                     in zip(got.origin.tolist(), got.origin_at.tolist(), strict=True)]
+                    == [(alone.origins[k] if k >= 0 else None, at) for k, at
+                        in zip(alone.origin.tolist(), alone.origin_at.tolist(), strict=True)])
+            for f in fields(alone.v):
+                a, b = getattr(got.v, f.name), getattr(alone.v, f.name)
+                if isinstance(a, np.ndarray):
+                    assert a.tolist() == b.tolist(), f.name
+                elif isinstance(a, pa.Array):
+                    assert a.to_pylist() == b.to_pylist(), f.name
+                else:
+                    assert a == b, f.name
