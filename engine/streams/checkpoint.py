@@ -44,7 +44,7 @@ from engine.rules.model import NO_TIME
 from engine.rules.strings import kafka_partitions, prefix_codes
 from engine.streams import recovery
 from engine.streams.logic import PartitionLogic
-from engine.streams.shard import GrantMessages, ShardResult
+from engine.streams.shard import GrantMessages, ShardResult, encode_grants
 
 log = logging.getLogger("mynapoint.worker")
 
@@ -129,6 +129,7 @@ class Checkpoint:
                                                    dumps(rr.record),
                                                    [(SOURCE_HEADER, rr.source.encode())], ts))
         futs: list[Any] = []
+        encode_grants([res.grant_messages for res in results.values()])
         for p, res in results.items():
             if len(res.grant_messages):
                 futs.extend(f for f, _ in await self._grants(p, res.grant_messages))

@@ -15,6 +15,8 @@ exactly ``orjson.dumps`` of the grant's dict in schema order
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 import orjson
@@ -157,3 +159,11 @@ class GrantJson:
         n = len(offsets) - 1
         return pa.Array.from_buffers(pa.large_binary(), n, [
             None, pa.py_buffer(offsets), pa.py_buffer(data[:offsets[n]])])
+
+
+@functools.lru_cache(maxsize=16)
+def grant_json(campaign_id: str, cap: int) -> GrantJson:
+    """The encoder of a campaign's grants, one per campaign: the partitions' deciders
+    share it, so a poll's grants of every partition are written in one call
+    (engine.streams.shard.encode_grants)."""
+    return GrantJson(campaign_id, cap)

@@ -33,7 +33,7 @@ from engine.rules.strings import format_utc, kafka_partitions, rfc3339_array
 from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints, person_codes
 from engine.streams.decode import InBatch, parse_source
 from engine.streams.entries import ENTRY
-from engine.streams.grant_json import GrantJson
+from engine.streams.grant_json import GrantJson, grant_json
 from engine.streams.state import (
     META_KEY,
     WAIT_PREFIX,
@@ -75,26 +75,65 @@ class Reroute:
 Outcome = tuple[bytes | None, dict[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GrantMessages:
     """A batch's grants as their output messages, columns in decision order: the key
-    (``mykey_id``), the JSON (see engine.streams.grant_json) and the source, which
-    names the input topic whose operator's outputs the grant goes to."""
+    (``mykey_id``), the JSON (``values``, see engine.streams.grant_json) and the
+    source, which names the input topic whose operator's outputs the grant goes to.
+    The JSON is written when first asked for, or for several batches at once
+    (:func:`encode_grants`): the encoder's cost is mostly per call."""
 
     keys: pa.Array
-    values: pa.Array
     sources: pa.Array
+    encoder: GrantJson | None = None
+    # operator_id, txn_id (Arrow strings), kind, amount, points, cumulative points
+    # and occurred_at (µs) of each grant
+    fields: tuple[Any, ...] = ()
+    encoded: pa.Array | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def values(self) -> pa.Array:
+        if self.encoded is None:
+            encode_grants([self])
+        assert self.encoded is not None
+        return self.encoded
 
-_NO_GRANTS = GrantMessages(*(pa.array([], pa.large_string()) for _ in range(3)))
+
+def encode_grants(gs: list[GrantMessages]) -> None:
+    """Write the JSON of the grants of ``gs`` not written yet, in one encoder call per
+    encoder, each batch's messages a slice of the result."""
+    by_encoder: dict[int, list[GrantMessages]] = {}
+    for g in gs:
+        if g.encoded is None:
+            if g.encoder is None or not len(g):
+                g.encoded = pa.array([], pa.large_binary())
+            else:
+                by_encoder.setdefault(id(g.encoder), []).append(g)
+    for group in by_encoder.values():
+        def cat(i: int, group: list[GrantMessages] = group) -> Any:
+            cols = [g.fields[i] for g in group]
+            return (pa.concat_arrays(cols) if isinstance(cols[0], pa.Array)
+                    else np.concatenate(cols))
+        ops, tids, kinds, amounts, points, cum, at = (cat(i) for i in range(7))
+        values = group[0].encoder.encode(  # type: ignore[union-attr]
+            pa.concat_arrays([g.keys for g in group]), ops, tids, kinds, amounts, points,
+            cum, rfc3339_array(at), pa.concat_arrays([g.sources for g in group]))
+        start = 0
+        for g in group:
+            g.encoded = values.slice(start, len(g))
+            start += len(g)
+
+
+def _no_grants() -> GrantMessages:
+    return GrantMessages(pa.array([], pa.large_string()), pa.array([], pa.large_string()))
 
 
 @dataclass
 class ShardResult:
-    grant_messages: GrantMessages = _NO_GRANTS
+    grant_messages: GrantMessages = field(default_factory=_no_grants)
     rejections: list[Outcome] = field(default_factory=list)
     reroute: list[Reroute] = field(default_factory=list)
     blobs: Staged = field(default_factory=dict)
@@ -139,7 +178,7 @@ class ShardDecider:
         self.partitions = partitions
         self.op_ids = [o.id for o in registry.operators]
         self.terms = terms_of(campaign, streaming=True)
-        self.grant_json = GrantJson(campaign.id, campaign.cap_points)
+        self.grant_json = grant_json(campaign.id, campaign.cap_points)
         self._lanes: dict[str, int] = {}  # source topic -> lane
 
     def _lane_of(self, operator: str | None) -> int:
@@ -447,10 +486,10 @@ class _Call:
             at = pa.array(accepted)
             g_keys, g_ops, g_tids, g_srcs = (self.column(name).take(at) for name in
                                              ("mykey_id", "operator_id", "txn_id", "source"))
-            values = self.d.grant_json.encode(
-                g_keys, g_ops, g_tids, recs.kind[accepted], recs.amount[accepted], pts_a,
-                out.cum[accepted], rfc3339_array(recs.at[accepted]), g_srcs)
-            res.grant_messages = GrantMessages(g_keys, values, g_srcs)
+            res.grant_messages = GrantMessages(
+                g_keys, g_srcs, self.d.grant_json,
+                (g_ops, g_tids, recs.kind[accepted], recs.amount[accepted], pts_a,
+                 out.cum[accepted], recs.at[accepted]))
 
     def column(self, name: str) -> pa.Array:
         """An id per kernel record (large strings, Arrow): ``mykey_id``,

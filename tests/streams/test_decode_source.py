@@ -4,6 +4,7 @@ trusted source header names; never a header on a public topic."""
 
 from __future__ import annotations
 
+import itertools
 from collections import namedtuple
 
 import orjson
@@ -190,7 +191,7 @@ def test_groups_decoded_together_are_each_group_decoded_alone(
     public, internal = msgs
     for ms, trusted in ((public, False), (internal, True)):
         bounds = [0, *sorted(min(c, len(ms)) for c in cuts), len(ms)]
-        groups = [ms[lo:hi] for lo, hi in zip(bounds, bounds[1:], strict=False)]
+        groups = [ms[lo:hi] for lo, hi in itertools.pairwise(bounds)]
         kw = {"internal": trusted, "replay": not trusted, "source_operator": T.operator_of}
         whole, sliced = decode_groups(groups, "transaction", DEFAULT_CAMPAIGN,
                                       DEFAULT_REGISTRY, 1 << 20, **kw)

@@ -41,3 +41,28 @@ def test_bytes_equal_orjson_of_the_dict(campaign: str, grants: list[tuple]) -> N
         "points": pts, "cumulative_points": cum, "capped": cum == cap, "occurred_at": at,
         "source": src}) for key, op, tid, kind, amount, pts, cum, at, src in grants]
     assert got == want
+
+
+@settings(deadline=None)
+@given(batches=st.lists(st.lists(_grant(), max_size=4), max_size=4))
+def test_batches_encoded_together_equal_each_encoded_alone(
+        batches: list[list[tuple]]) -> None:  # type: ignore[type-arg]
+    """The checkpoint writes the grants of every partition of a poll in one call
+    (shard.encode_grants); each partition's messages are what its own call writes."""
+    from engine.rules.strings import parse_utc
+    from engine.streams.grant_json import grant_json
+    from engine.streams.shard import GrantMessages, encode_grants
+
+    def messages(grants: list[tuple]) -> GrantMessages:  # type: ignore[type-arg]
+        cols = [list(c) for c in zip(*grants, strict=True)] if grants else [[]] * 9
+        s = [pa.array(c, pa.large_string()) for c in cols[:3]]
+        ints = [np.array(c, np.int64) for c in cols[3:7]]
+        at = np.array([parse_utc(x) for x in cols[7]], np.int64)
+        return GrantMessages(s[0], pa.array(cols[8], pa.large_string()),
+                             grant_json("c", 5000), (s[1], s[2], *ints, at))
+
+    together = [messages(g) for g in batches]
+    encode_grants(together)
+    alone = [messages(g) for g in batches]
+    assert [g.values.to_pylist() for g in together] == [g.values.to_pylist() for g in alone]
+    assert [len(g.values) for g in together] == [len(g) for g in batches]
