@@ -14,7 +14,7 @@ shape it came in.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -441,19 +441,20 @@ class Validated:
     def take(self, idx: np.ndarray) -> Validated:
         """The records at ``idx`` (int64 positions), in that order."""
         arrow_idx = pa.array(idx, type=pa.int64())
-        cols = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("n", "record_type")}
-        return Validated(n=len(idx), record_type=self.record_type,
-                         **{k: v.take(arrow_idx) if isinstance(v, pa.Array) else v[idx]
-                            for k, v in cols.items()})
+        return self._rows(len(idx), lambda a: a.take(arrow_idx), lambda a: a[idx])
 
     def slice(self, start: int, stop: int) -> Validated:
         """The records ``start:stop``, without copying (views and Arrow slices)."""
+        return self._rows(stop - start, lambda a: a.slice(start, stop - start),
+                          lambda a: a[start:stop])
+
+    def _rows(self, n: int, arrow: Callable[[pa.Array], pa.Array],
+              array: Callable[[np.ndarray], np.ndarray]) -> Validated:
         cols = {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in ("n", "record_type")}
-        return Validated(n=stop - start, record_type=self.record_type,
-                         **{k: v.slice(start, stop - start) if isinstance(v, pa.Array)
-                            else v[start:stop] for k, v in cols.items()})
+        return Validated(n=n, record_type=self.record_type,
+                         **{k: arrow(v) if isinstance(v, pa.Array) else array(v)
+                            for k, v in cols.items()})
 
 
 class _Checker:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -75,6 +75,18 @@ class Reroute:
 Outcome = tuple[bytes | None, dict[str, Any]]
 
 
+class GrantFields(NamedTuple):
+    """What a grant's JSON holds besides its key and source, one entry per grant."""
+
+    operator_id: pa.Array     # Arrow strings
+    txn_id: pa.Array
+    kind: np.ndarray
+    amount: np.ndarray
+    points: np.ndarray
+    cumulative: np.ndarray
+    occurred_at: np.ndarray   # µs
+
+
 @dataclass(slots=True)
 class GrantMessages:
     """A batch's grants as their output messages, columns in decision order: the key
@@ -85,10 +97,8 @@ class GrantMessages:
 
     keys: pa.Array
     sources: pa.Array
-    encoder: GrantJson | None = None
-    # operator_id, txn_id (Arrow strings), kind, amount, points, cumulative points
-    # and occurred_at (µs) of each grant
-    fields: tuple[Any, ...] = ()
+    encoder: GrantJson | None = None  # None: no grants
+    fields: GrantFields | None = None
     encoded: pa.Array | None = None
 
     def __len__(self) -> int:
@@ -105,22 +115,21 @@ class GrantMessages:
 def encode_grants(gs: list[GrantMessages]) -> None:
     """Write the JSON of the grants of ``gs`` not written yet, in one encoder call per
     encoder, each batch's messages a slice of the result."""
-    by_encoder: dict[int, list[GrantMessages]] = {}
+    by_encoder: dict[GrantJson, list[GrantMessages]] = {}
     for g in gs:
         if g.encoded is None:
-            if g.encoder is None or not len(g):
+            if g.encoder is None or g.fields is None or not len(g):
                 g.encoded = pa.array([], pa.large_binary())
             else:
-                by_encoder.setdefault(id(g.encoder), []).append(g)
-    for group in by_encoder.values():
-        def cat(i: int, group: list[GrantMessages] = group) -> Any:
-            cols = [g.fields[i] for g in group]
-            return (pa.concat_arrays(cols) if isinstance(cols[0], pa.Array)
-                    else np.concatenate(cols))
-        ops, tids, kinds, amounts, points, cum, at = (cat(i) for i in range(7))
-        values = group[0].encoder.encode(  # type: ignore[union-attr]
-            pa.concat_arrays([g.keys for g in group]), ops, tids, kinds, amounts, points,
-            cum, rfc3339_array(at), pa.concat_arrays([g.sources for g in group]))
+                by_encoder.setdefault(g.encoder, []).append(g)
+    for encoder, group in by_encoder.items():
+        f = GrantFields(*(pa.concat_arrays(cols) if isinstance(cols[0], pa.Array)
+                          else np.concatenate(cols)
+                          for cols in zip(*(g.fields for g in group), strict=True)))
+        values = encoder.encode(
+            pa.concat_arrays([g.keys for g in group]), f.operator_id, f.txn_id, f.kind,
+            f.amount, f.points, f.cumulative, rfc3339_array(f.occurred_at),
+            pa.concat_arrays([g.sources for g in group]))
         start = 0
         for g in group:
             g.encoded = values.slice(start, len(g))
@@ -488,8 +497,8 @@ class _Call:
                                              ("mykey_id", "operator_id", "txn_id", "source"))
             res.grant_messages = GrantMessages(
                 g_keys, g_srcs, self.d.grant_json,
-                (g_ops, g_tids, recs.kind[accepted], recs.amount[accepted], pts_a,
-                 out.cum[accepted], recs.at[accepted]))
+                GrantFields(g_ops, g_tids, recs.kind[accepted], recs.amount[accepted],
+                            pts_a, out.cum[accepted], recs.at[accepted]))
 
     def column(self, name: str) -> pa.Array:
         """An id per kernel record (large strings, Arrow): ``mykey_id``,

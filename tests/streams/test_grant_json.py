@@ -51,7 +51,7 @@ def test_batches_encoded_together_equal_each_encoded_alone(
     (shard.encode_grants); each partition's messages are what its own call writes."""
     from engine.rules.strings import parse_utc
     from engine.streams.grant_json import grant_json
-    from engine.streams.shard import GrantMessages, encode_grants
+    from engine.streams.shard import GrantFields, GrantMessages, encode_grants
 
     def messages(grants: list[tuple]) -> GrantMessages:  # type: ignore[type-arg]
         cols = [list(c) for c in zip(*grants, strict=True)] if grants else [[]] * 9
@@ -59,7 +59,7 @@ def test_batches_encoded_together_equal_each_encoded_alone(
         ints = [np.array(c, np.int64) for c in cols[3:7]]
         at = np.array([parse_utc(x) for x in cols[7]], np.int64)
         return GrantMessages(s[0], pa.array(cols[8], pa.large_string()),
-                             grant_json("c", 5000), (s[1], s[2], *ints, at))
+                             grant_json("c", 5000), GrantFields(s[1], s[2], *ints, at))
 
     together = [messages(g) for g in batches]
     encode_grants(together)
