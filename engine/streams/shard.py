@@ -296,8 +296,16 @@ class _Call:
         appearance)."""
         codes = person_codes(b.v.mykey_id.take(rows))[0][0]
         first = np.unique(codes, return_index=True)[1]  # by code: by first appearance
-        person = self.person
-        pis = [person(k) for k in b.v.mykey_id.take(pa.array(rows[first])).to_pylist()]
+        # :meth:`person` inlined: this runs once per person of every batch
+        people, plist, states, get = self.people, self.plist, self.states, self.store.get
+        pis = []
+        for k in b.v.mykey_id.take(pa.array(rows[first])).to_pylist():
+            i = people.get(k)
+            if i is None:
+                i = people[k] = len(plist)
+                plist.append(k)
+                states.append(get(k))
+            pis.append(i)
         return np.asarray(pis, np.int64)[codes]  # type: ignore[no-any-return]
 
     def _not_applied(self, b: InBatch, rows: np.ndarray, person: np.ndarray) -> np.ndarray:
@@ -534,13 +542,16 @@ class _Call:
         # every person's entries, the stored ones (status and refunded sum may have
         # changed) then the new ones, packed and cut per person
         ne = self.n_entries
+        owner = reg.person[:ne]
+        # gathered field by field into person order: a gather of the packed 22-byte
+        # rows themselves costs twice as much
+        order = np.argsort(owner, kind="stable")
         rows = np.empty(ne, ENTRY)
         key_of = np.append(self.key_of, np.uint64(0))  # code -1: no key
-        rows["key"] = key_of[reg.txn[:ne]]
+        rows["key"] = key_of[reg.txn[:ne][order]]
         for name in ("fp", "amount", "refunded", "kind", "status"):
-            rows[name] = getattr(reg, name)[:ne]
-        owner = reg.person[:ne]
-        packed = rows[np.argsort(owner, kind="stable")].tobytes()
+            rows[name] = getattr(reg, name)[:ne][order]
+        packed = rows.tobytes()
         ends = (np.cumsum(np.bincount(owner, minlength=np_)) * ENTRY.itemsize).tolist()
         waiting = self._waiting()
         store, res = self.store, self.res
