@@ -238,7 +238,10 @@ def render(results: dict[str, Any]) -> str:
               f"{', '.join(str(x) for x in lat['worst_per_second_ms'])}. "
               f"Outcomes: {lat['outcome_kinds']}. CPU cores used during the load: "
               f"{cpu(lat)} (ours / others), of which the worker "
-              f"{(lat.get('cpu') or {}).get('live_children_cores', 0):.2f}.")
+              f"{(lat.get('cpu') or {}).get('live_children_cores', 0):.2f}"
+              + (f", the load generator (sending, and reading the outcomes) "
+                 f"{lat['generator_cores']:.2f}, the broker the rest" if "generator_cores"
+                 in lat else "") + ".")
             mt = (lat.get("metrics") or [{}])[0]
             nb = mt.get("mynapoint_batch_records_count", 0)
             if nb:
