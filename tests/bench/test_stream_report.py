@@ -108,3 +108,24 @@ def test_a_one_worker_figure_is_the_median_of_its_drains_and_shows_them_all() ->
     assert "one worker (median of 3 drains: 95,000, 131,000, 102,000/s): **met** " \
            "(1.02x the target)" in text, text
     assert "one worker against" in text  # one drain: no median mentioned
+
+
+def test_the_latency_run_names_the_cores_the_load_generator_took() -> None:
+    lat = {"label": "latency", "measured": 1_000, "achieved_rate": 990.0,
+           "target_rate": 1000.0, "matched": 1_000, "unmatched": 0, "sent": 1_000,
+           "send_seconds": 1.0, "seconds": 1.0, "warmup": 0.0, "enrollments": 10,
+           "p50": 12.0, "p90": 20.0, "p99": 87.5, "p99.9": 90.0, "max": 140.0,
+           "all_p50": 12.0, "all_p99": 87.5, "all_max": 140.0, "worst_per_second_ms": [140],
+           "outcome_kinds": {"granted": 1_000},
+           "cpu": {"own_cores": 1.5, "foreign_cores": 0.0, "live_children_cores": 0.7}}
+    results = {"machine": {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24,
+                           "kernel": "k", "python": "3.11", "kafka": "k", "java": "j"},
+               "sizes": {"batched_users": 1, "batched_txns": 1, "batch": 1,
+                         "single_users": 1, "single_txns": 1, "faust_events": 1},
+               "date": "d", "mode": "full", "engine": {"start": "c"},
+               "runs": {"single_1w": {"error": "stalled"}, "latency": lat}}
+    # runs before the generator's CPU was recorded say nothing of the broker's share
+    assert "of which the worker 0.70." in render(results)
+    lat["generator_cores"] = 0.41
+    assert ("of which the worker 0.70, the load generator (sending, and reading the "
+            "outcomes) 0.41, the broker the rest.") in render(results)
