@@ -296,16 +296,8 @@ class _Call:
         appearance)."""
         codes = person_codes(b.v.mykey_id.take(rows))[0][0]
         first = np.unique(codes, return_index=True)[1]  # by code: by first appearance
-        # :meth:`person` inlined: this runs once per person of every batch
-        people, plist, states, get = self.people, self.plist, self.states, self.store.get
-        pis = []
-        for k in b.v.mykey_id.take(pa.array(rows[first])).to_pylist():
-            i = people.get(k)
-            if i is None:
-                i = people[k] = len(plist)
-                plist.append(k)
-                states.append(get(k))
-            pis.append(i)
+        person = self.person
+        pis = [person(k) for k in b.v.mykey_id.take(pa.array(rows[first])).to_pylist()]
         return np.asarray(pis, np.int64)[codes]  # type: ignore[no-any-return]
 
     def _not_applied(self, b: InBatch, rows: np.ndarray, person: np.ndarray) -> np.ndarray:
