@@ -385,8 +385,11 @@ def peak_rss_mib(pid: int) -> float | None:
 
 
 def scrape_metrics(port: int) -> dict[str, float]:
+    # the worker's polls, and its own append-to-outcome histogram (the record's Kafka
+    # timestamp to the batch's checkpoint), to compare with the consumer-side latency
     keep = ("mynapoint_batch_records_count", "mynapoint_batch_records_sum",
-            "mynapoint_batch_seconds_sum")
+            "mynapoint_batch_seconds_sum", "mynapoint_outcome_latency_seconds_bucket",
+            "mynapoint_outcome_latency_seconds_count")
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     except OSError:
@@ -394,7 +397,7 @@ def scrape_metrics(port: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.decode().splitlines():
         name, _, value = line.partition(" ")
-        if name in keep:
+        if name.partition("{")[0] in keep:
             out[name] = float(value)
     return out
 

@@ -78,6 +78,23 @@ def render_targets(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def worker_latency(metrics: dict[str, float]) -> str:
+    """The share of a run's records within each bound of the worker's outcome-latency
+    histogram up to the first bound that holds 99 % of them ("" if not scraped)."""
+    total = metrics.get("mynapoint_outcome_latency_seconds_count", 0.0)
+    bounds = sorted((float(k.split('le="')[1].rstrip('"}')), v) for k, v in metrics.items()
+                    if k.startswith("mynapoint_outcome_latency_seconds_bucket{")
+                    and "+Inf" not in k)
+    parts = []
+    for le, n in bounds:
+        if le < 0.05 or not total:
+            continue
+        parts.append(f"{100 * n / total:.1f} % within {le * 1000:,.0f} ms")
+        if n >= 0.99 * total:
+            break
+    return ", ".join(parts)
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     r = results["runs"]
@@ -243,6 +260,10 @@ def render(results: dict[str, Any]) -> str:
                  f"{lat['generator_cores']:.2f}, the broker the rest" if "generator_cores"
                  in lat else "") + ".")
             mt = (lat.get("metrics") or [{}])[0]
+            own = worker_latency(mt)
+            if own:
+                w(f"The worker's own measure of the same load (record timestamp to the end "
+                  f"of its batch's checkpoint, `mynapoint_outcome_latency_seconds`): {own}.")
             nb = mt.get("mynapoint_batch_records_count", 0)
             if nb:
                 span = lat["send_seconds"]

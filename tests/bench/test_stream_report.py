@@ -129,3 +129,19 @@ def test_the_latency_run_names_the_cores_the_load_generator_took() -> None:
     lat["generator_cores"] = 0.41
     assert ("of which the worker 0.70, the load generator (sending, and reading the "
             "outcomes) 0.41, the broker the rest.") in render(results)
+
+
+def test_the_workers_own_latency_is_read_from_its_histogram_up_to_99_percent() -> None:
+    from bench.stream_report import worker_latency
+
+    def buckets(counts: dict[str, float]) -> dict[str, float]:
+        out = {f'mynapoint_outcome_latency_seconds_bucket{{le="{le}"}}': n
+               for le, n in counts.items()}
+        out["mynapoint_outcome_latency_seconds_count"] = counts["+Inf"]
+        return out
+
+    m = buckets({"0.025": 10.0, "0.05": 40.0, "0.1": 90.0, "0.25": 99.5, "0.5": 100.0,
+                 "+Inf": 100.0})
+    assert worker_latency(m) == ("40.0 % within 50 ms, 90.0 % within 100 ms, "
+                                 "99.5 % within 250 ms")
+    assert worker_latency({}) == ""  # a run that did not scrape the histogram
