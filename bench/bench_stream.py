@@ -385,20 +385,25 @@ def peak_rss_mib(pid: int) -> float | None:
 
 
 def scrape_metrics(port: int) -> dict[str, float]:
-    # the worker's polls, and its own append-to-outcome histogram (the record's Kafka
-    # timestamp to the batch's checkpoint), to compare with the consumer-side latency
+    """Samples of the worker's polls, and its own append-to-outcome histogram (the
+    record's Kafka timestamp to the batch's checkpoint, a ``name{le="…"}`` key per
+    bucket) to compare with the consumer-side latency."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     keep = ("mynapoint_batch_records_count", "mynapoint_batch_records_sum",
-            "mynapoint_batch_seconds_sum", "mynapoint_outcome_latency_seconds_bucket",
-            "mynapoint_outcome_latency_seconds_count")
+            "mynapoint_batch_seconds_sum", "mynapoint_outcome_latency_seconds_count")
+    bucket = "mynapoint_outcome_latency_seconds_bucket"
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     except OSError:
         return {}
     out: dict[str, float] = {}
-    for line in text.decode().splitlines():
-        name, _, value = line.partition(" ")
-        if name.partition("{")[0] in keep:
-            out[name] = float(value)
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            if s.name in keep:
+                out[s.name] = float(s.value)
+            elif s.name == bucket:
+                out[f'{bucket}{{le="{s.labels["le"]}"}}'] = float(s.value)
     return out
 
 

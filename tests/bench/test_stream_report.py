@@ -145,3 +145,23 @@ def test_the_workers_own_latency_is_read_from_its_histogram_up_to_99_percent() -
     assert worker_latency(m) == ("40.0 % within 50 ms, 90.0 % within 100 ms, "
                                  "99.5 % within 250 ms")
     assert worker_latency({}) == ""  # a run that did not scrape the histogram
+
+
+def test_the_workers_histogram_is_scraped_from_its_metrics_endpoint() -> None:
+    from prometheus_client import start_http_server
+
+    from bench.bench_stream import free_port, scrape_metrics
+    from bench.stream_report import worker_latency
+    from engine.metrics import EngineMetrics
+
+    m = EngineMetrics()
+    m.observe_outcome_latencies([0.05, 0.2, 0.3])
+    port = free_port()
+    server, thread = start_http_server(port, registry=m.registry)
+    try:
+        got = scrape_metrics(port)
+    finally:
+        server.shutdown()
+        thread.join()
+    assert worker_latency(got) == ("33.3 % within 50 ms, 33.3 % within 100 ms, "
+                                   "66.7 % within 250 ms, 100.0 % within 500 ms")
