@@ -95,6 +95,16 @@ def test_broker_listens_on_loopback_only(kafka_broker: devbroker.Broker) -> None
             assert all("//127.0.0.1:" in url for url in line.split("=", 1)[1].split(","))
 
 
+def test_broker_runs_with_kafkas_own_jvm_settings(kafka_broker: devbroker.Broker) -> None:
+    """DECISIONS 108: a heap fixed at its size and the G1 settings of Kafka's start
+    scripts, on the process actually running."""
+    args = Path(f"/proc/{kafka_broker.pid}/cmdline").read_bytes().decode().split("\0")
+    heap = {a for a in args if a.startswith(("-Xms", "-Xmx"))}
+    assert heap == {"-Xms1g", "-Xmx1g"}
+    assert {"-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35"} <= set(args)
+
+
 def test_produce_consume_round_trip(kafka_broker: devbroker.Broker, topic_prefix: str) -> None:
     topic = f"{topic_prefix}-roundtrip"
     records = _records(200)
