@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partition", type=int, default=None, metavar="K",
                    help="which slice, 0 to N-1 (with --partitions)")
     s.add_argument("--slice-rows", type=int, default=None, metavar="N",
-                   help="transactions decided in memory at once (default 4,000,000): a "
+                   help="transactions decided in memory at once (default 10,000,000): a "
                         "larger input is decided in slices of people spilled to disk in "
                         "--out, with the same outputs")
 

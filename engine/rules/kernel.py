@@ -33,6 +33,7 @@ PARKED = -1
 NO_TIME_K = NO_TIME  # a plain global for numba
 
 KIND_REFUND = 2
+INDEX_LIMIT = 2**31  # the scratch lists of a call are int32
 
 # The reason codes the kernel decides, as a runtime value built from the enum: numba
 # would freeze module constants into its on-disk cache, which does not notice a change
@@ -248,23 +249,27 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     out_reason, out_points, out_cum, out_seq, out_trigger = out
     n = len(typ)
     cap_e = len(e_person)
-    head = np.full(n_codes, -1, dtype=np.int64)
-    e_next = np.full(cap_e, -1, dtype=np.int64)
+    # the lists below hold record and entry positions as int32: half the scratch of
+    # int64 (10 M records: 0.3 GB less at the peak of offline settle, DECISIONS 109)
+    if max(n, cap_e, n_codes) >= INDEX_LIMIT:
+        raise ValueError("a kernel call holds fewer than 2**31 records, entries and codes")
+    head = np.full(n_codes, -1, dtype=np.int32)
+    e_next = np.full(cap_e, -1, dtype=np.int32)
     for e in range(n_entries):
         t = e_txn[e]
         e_next[e] = head[t]
         head[t] = e
-    rec_entry = np.full(n, -1, dtype=np.int64)
+    rec_entry = np.full(n, -1, dtype=np.int32)
     for e in range(n_entries):
         if e_rec[e] >= 0:
             rec_entry[e_rec[e]] = e
     # waiting lists: by original key (txn code) and by person; FIFO via head/tail/next
-    k_head = np.full(n_codes, -1, dtype=np.int64)
-    k_tail = np.full(n_codes, -1, dtype=np.int64)
+    k_head = np.full(n_codes, -1, dtype=np.int32)
+    k_tail = np.full(n_codes, -1, dtype=np.int32)
     np_ = len(p_op)
-    w_head = np.full(np_, -1, dtype=np.int64)
-    w_tail = np.full(np_, -1, dtype=np.int64)
-    nxt = np.full(n, -1, dtype=np.int64)
+    w_head = np.full(np_, -1, dtype=np.int32)
+    w_tail = np.full(np_, -1, dtype=np.int32)
+    nxt = np.full(n, -1, dtype=np.int32)
     # one min-heap of deadlines per input (lane), lane l at [l * hcap, (l + 1) * hcap)
     n_lanes = len(stream_times)
     hcap = 1 if final else max(n, 1)
@@ -281,7 +286,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
 
     # A small explicit work list replaces recursion: decisions that release
     # other records append them right after themselves.
-    work = np.zeros(n, dtype=np.int64)
+    work = np.zeros(n, dtype=np.int32)
 
     for i in range(n + 1):
         # ---- expiry: stream time passes a waiting record's deadline (streaming only)

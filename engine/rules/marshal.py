@@ -53,7 +53,7 @@ def records_of(v: Validated, typ: int, person: np.ndarray, txn: np.ndarray,
     are given the validated received times rather than two new 10^7-row arrays."""
     n = v.n
     return Records(
-        typ=np.full(n, typ, np.int8), reason=v.reason, person=person.astype(np.int32),
+        typ=np.full(n, typ, np.int8), reason=v.reason, person=np.asarray(person, np.int32),
         op=v.op, kind=v.kind, amount=v.amount, at=v.at, day=v.day, txn=txn, orig=orig, fp=fp,
         received=v.received, deadline=v.received,
         too_late=v.too_late, outside=v.outside, bad_earn_on=v.bad_earn_on,

@@ -80,6 +80,8 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
         txn_job = pool.submit(txn_codes, txn)
         (pe, pt), n_people = people_job.result()
         tt, to, n_codes, fp = txn_job.result()
+    # the kernel's person rows are int32: converted once, the int64 codes let go
+    pe, pt = pe.astype(np.int32), pt.astype(np.int32)
     people = new_people(n_people)
     none = np.full(ne, -1, np.int64)
     enr_out = _run(people, enr, kernel.ENROLLMENT, pe, none, none, np.zeros(ne, np.uint32),

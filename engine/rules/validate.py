@@ -450,11 +450,14 @@ class Validated:
 
     def _rows(self, n: int, arrow: Callable[[pa.Array], pa.Array],
               array: Callable[[np.ndarray], np.ndarray]) -> Validated:
-        cols = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("n", "record_type")}
+        cols = {name: getattr(self, name) for name in _COLUMNS}
         return Validated(n=n, record_type=self.record_type,
                          **{k: arrow(v) if isinstance(v, pa.Array) else array(v)
                             for k, v in cols.items()})
+
+
+# the record columns of a Validated, in field order
+_COLUMNS = tuple(f.name for f in fields(Validated) if f.name not in ("n", "record_type"))
 
 
 class _Checker:
@@ -670,8 +673,12 @@ def validate_enrollments(s: Shaped, campaign: Campaign, registry: Registry) -> V
     )
 
 
-def concat_validated(parts: list[Validated], record_type: str) -> Validated:
-    """One batch of several validated ones (several files, topics or messages)."""
+def concat_validated(parts: list[Validated], record_type: str,
+                     consume: bool = False) -> Validated:
+    """One batch of several validated ones (several files, topics or messages).
+    ``consume``: the parts are not used again, so each column of theirs is let go as
+    soon as it is joined; the whole then costs one column more than its own size
+    instead of twice its size (10 M transactions: ~0.9 GB, DECISIONS 109)."""
     if len(parts) == 1:
         return parts[0]
     if not parts:
@@ -679,15 +686,15 @@ def concat_validated(parts: list[Validated], record_type: str) -> Validated:
 
     def cat(name: str) -> Any:
         vals = [getattr(p, name) for p in parts]
+        if consume:
+            for p in parts:
+                delattr(p, name)
         if isinstance(vals[0], pa.Array):
             return pa.concat_arrays([x.cast(pa.string()) for x in vals])
         return np.concatenate(vals)
 
-    names = ("reason", "detail", "mykey_id", "operator_id", "txn_id", "original_txn_id", "op",
-             "kind", "amount", "at", "day", "received", "too_late", "outside", "bad_earn_on",
-             "earn_given")
-    return Validated(n=sum(p.n for p in parts), record_type=record_type,
-                     **{k: cat(k) for k in names})
+    n = sum(p.n for p in parts)
+    return Validated(n=n, record_type=record_type, **{k: cat(k) for k in _COLUMNS})
 
 
 def empty_validated(record_type: str) -> Validated:

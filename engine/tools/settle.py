@@ -105,9 +105,31 @@ def parse_input(text: str, registry: Registry) -> Input:
 
 
 # Transactions decided in memory at once; a larger input is decided in slices of people
-# spilled to disk (engine.tools.slices). At 10 M transactions three slices peaked at
-# 1.9 GiB against 4.3 GiB for one, in about the same time (bench/RESULTS.md).
-SLICE_ROWS = 4_000_000
+# spilled to disk (engine.tools.slices). Decided whole, 10 M transactions peak at about
+# 2.7 GiB (DECISIONS 109: under 3 GB, the offline target), and spilling costs about a
+# third of the time (bench/RESULTS.md).
+SLICE_ROWS = 10_000_000
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def release_memory_eagerly() -> None:
+    """Let freed memory go back to the system as soon as it is freed, for a run that
+    allocates and drops large arrays one after another (DECISIONS 109). glibc raises
+    its mmap threshold to the size of each large block freed, after which the 8 MB
+    columns of each row group come from heaps that do not shrink, and Arrow's default
+    pool (mimalloc) keeps what it freed: at 10 M transactions the two held ~0.9 GB
+    more than the live arrays. A fixed threshold and Arrow's system pool return it."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    # not glibc (no mallopt): its allocator keeps its own defaults
+    with contextlib.suppress(OSError, AttributeError):
+        if name and "libc" in name:
+            ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _inputs(x: str | Path | list[Input]) -> list[Input]:
@@ -192,7 +214,7 @@ def _read_all(inputs: list[Input], record_type: str, campaign: Campaign, registr
     for v, src in _validated_pieces(inputs, record_type, campaign, registry, progress):
         parts.append(v)
         sources.append(src)
-    return concat_validated(parts, record_type), Sources.concat(sources)
+    return concat_validated(parts, record_type, consume=True), Sources.concat(sources)
 
 
 def settle_archive(archive: str | Path, campaign: Campaign, registry: Registry,
@@ -385,6 +407,7 @@ def main(args: argparse.Namespace) -> int:
     config = load_or_report("settle", args.campaign, args.operators)
     if config is None:
         return 2
+    release_memory_eagerly()
     campaign, registry = config
     from engine.archive.store import ArchiveError
 
