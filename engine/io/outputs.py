@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
+from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA, TIMESTAMP
 from engine.rules.model import KIND_NAMES, REASON_NAMES, Reason
 from engine.rules.settlement import STATEFUL_DETAIL
+from engine.rules.strings import one_array
 from engine.rules.validate import Validated
 
 
@@ -51,26 +53,56 @@ def decision_order(mask: np.ndarray, seq: np.ndarray) -> np.ndarray:
     return idx
 
 
+# What a grant row carries before its derived columns (grant_id, campaign, kind's
+# name, capped, the timestamp type): settle's slices spill and merge these, and only
+# the merged rows are made into output rows (DECISIONS 109).
+GRANT_CORE = pa.schema([
+    pa.field("mykey_id", pa.string()), pa.field("operator_id", pa.string()),
+    pa.field("txn_id", pa.string()), pa.field("kind", pa.int8()),
+    pa.field("amount", pa.int64()), pa.field("points", pa.int64()),
+    pa.field("cumulative_points", pa.int64()), pa.field("occurred_at", pa.int64()),
+])
+
+
+def grant_core(v: Validated, idx: np.ndarray, points: np.ndarray, cum: np.ndarray
+               ) -> pa.Table:
+    """The :data:`GRANT_CORE` columns of the accepted transactions at ``idx``."""
+    take = pa.array(idx, type=pa.int64())
+    return pa.table({
+        "mykey_id": v.mykey_id.take(take), "operator_id": v.operator_id.take(take),
+        "txn_id": v.txn_id.take(take), "kind": pa.array(v.kind[idx], type=pa.int8()),
+        "amount": pa.array(v.amount[idx], type=pa.int64()),
+        "points": pa.array(points[idx], type=pa.int64()),
+        "cumulative_points": pa.array(cum[idx], type=pa.int64()),
+        "occurred_at": pa.array(v.at[idx], type=pa.int64()),
+    }, schema=GRANT_CORE)
+
+
+def grants_from_core(core: pa.Table, source: pa.Array, campaign: str, cap: int) -> pa.Table:
+    """Output grant rows of :func:`grant_core` rows and their sources."""
+    def col(name: str) -> pa.Array:
+        return one_array(core.column(name))
+
+    op, key, txn = col("operator_id"), col("mykey_id"), col("txn_id")
+    n = core.num_rows
+    cum = col("cumulative_points")
+    return pa.table({
+        "grant_id": grant_ids(campaign, op, key, txn),
+        "campaign": repeat(campaign, n),
+        "mykey_id": key, "operator_id": op, "txn_id": txn,
+        "kind": pa.array(KIND_NAMES, type=pa.string()).take(col("kind")),
+        "amount": col("amount"), "points": col("points"), "cumulative_points": cum,
+        "capped": pc.equal(cum, pa.scalar(cap, pa.int64())),
+        "occurred_at": col("occurred_at").cast(TIMESTAMP),
+        "source": source,
+    }, schema=GRANT_SCHEMA)
+
+
 def grants_table(v: Validated, idx: np.ndarray, points: np.ndarray, cum: np.ndarray,
                  source: Any, campaign: str, cap: int) -> pa.Table:
     """The grants of the accepted transactions at ``idx``, in that order."""
-    take = pa.array(idx, type=pa.int64())
-    op = v.operator_id.take(take)
-    key = v.mykey_id.take(take)
-    txn = v.txn_id.take(take)
-    kinds = pa.array(KIND_NAMES, type=pa.string()).take(pa.array(v.kind[idx]))
-    c = cum[idx]
-    return pa.table({
-        "grant_id": grant_ids(campaign, op, key, txn),
-        "campaign": repeat(campaign, len(idx)),
-        "mykey_id": key, "operator_id": op, "txn_id": txn, "kind": kinds,
-        "amount": pa.array(v.amount[idx], type=pa.int64()),
-        "points": pa.array(points[idx], type=pa.int64()),
-        "cumulative_points": pa.array(c, type=pa.int64()),
-        "capped": pa.array(c == cap, type=pa.bool_()),
-        "occurred_at": pa.array(v.at[idx], type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        "source": source.take(take),
-    }, schema=GRANT_SCHEMA)
+    return grants_from_core(grant_core(v, idx, points, cum),
+                            source.take(pa.array(idx, type=pa.int64())), campaign, cap)
 
 
 def rejection_details(v: Validated, reason: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -144,6 +176,31 @@ class TableWriter:
             self._emit(pa.concat_tables(self._pending) if self._pending
                        else self._schema.empty_table())
         self._writer.close()
+
+
+class Writes:
+    """Output tables written on a second thread while the caller makes the next ones
+    (Parquet encoding and Arrow's compute functions release the GIL); at most one
+    waits. A context manager: leaving it waits for the last write."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: Future[None] | None = None
+
+    def put(self, write: Callable[[], None]) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pool.submit(write)
+
+    def __enter__(self) -> Writes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._pending is not None:
+                self._pending.result()
+        finally:
+            self._pool.shutdown()
 
 
 @contextmanager

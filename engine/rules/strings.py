@@ -32,10 +32,17 @@ for _c in b"0123456789abcdefghijklmnopqrstuvwxyz_-":
     _OPERATOR_CHARS[_c] = True
 
 
-def buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def one_array(c: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one array; one chunk (a Parquet row group's) as it is, since
+    ``combine_chunks`` copies even that."""
+    if not isinstance(c, pa.ChunkedArray):
+        return c
+    return c.chunk(0) if c.num_chunks == 1 else c.combine_chunks()
+
+
+def buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(offsets int64[n+1], data uint8[], valid bool[n]) of a string array."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    arr = one_array(arr)
     if arr.type in (pa.large_string(), pa.large_binary()):
         off_dtype: type = np.int64
     else:

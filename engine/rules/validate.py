@@ -334,8 +334,7 @@ def shape_table(table: pa.Table, record_type: str) -> Shaped:
     detail = np.full(n, None, dtype=object)
     names = table.column_names
     # by position: a table may name a column twice
-    cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-            for c in table.columns]
+    cols = [strings.one_array(c) for c in table.columns]
     odd_where: list[tuple[np.ndarray, str]] = []
     for name, arr in zip(names, cols, strict=True):
         if strings.is_individual_number(name):

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -20,10 +21,14 @@ import pyarrow as pa
 
 from engine.config import load_or_report
 from engine.io.outputs import (
+    GRANT_CORE,
     ROW_GROUP,
     TableWriter,
+    Writes,
     atomic_dir,
     decision_order,
+    grant_core,
+    grants_from_core,
     grants_table,
     rejections_table,
     write_atomically,
@@ -32,7 +37,7 @@ from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.io.readers import InputError, Sources, count_rows, record_pieces
 from engine.rules.model import OPERATOR_ID, Campaign, Registry
 from engine.rules.settlement import decide_offline
-from engine.rules.strings import kafka_partitions
+from engine.rules.strings import kafka_partitions, one_array
 from engine.rules.validate import (
     Validated,
     concat_validated,
@@ -285,18 +290,25 @@ class Settled:
             if len(self.enr_rejected) + len(self.txn_rejected)
             else REJECTION_SCHEMA.empty_table(), self.summary)
 
+    def grant_core_pieces(self) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        """The grants as :func:`grant_core` rows with their sources as numbers
+        (``source_file`` into the sources' names, ``source_position``), a row group
+        at a time: what the slices of a large input spill and merge."""
+        src = self.txn_src
+        assert isinstance(src, Sources)
+        for a in range(0, len(self.grant_rows), ROW_GROUP):
+            rows = self.grant_rows[a:a + ROW_GROUP]
+            t = grant_core(self.txn, rows, self.d.txn_points, self.d.txn_cum)
+            yield rows, t.append_column("source_file", pa.array(src.file[rows])).append_column(
+                "source_position", pa.array(src.position[rows]))
+
     def write(self, grants: TableWriter, rejections: TableWriter) -> None:
         """Write the outputs; each row group is written on a second thread while the
-        next one is built (Parquet encoding releases the GIL)."""
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending: Future[None] | None = None
+        next one is built."""
+        with Writes() as w:
             for sink, table in chain(((grants, t) for _, t in self.grant_pieces()),
                                      ((rejections, t) for _, _, t in self.rejections())):
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(sink.write, table)
-            if pending is not None:
-                pending.result()
+                w.put(partial(sink.write, table))
 
 
 def settle_to(out: Path, enrollments: list[Input], transactions: list[Input],
@@ -376,8 +388,8 @@ def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign
         assert trig is not None
         final = trig >= txn.n
         t_key = n_enr + txn_index[np.where(final, trig - txn.n, trig)] + np.where(final, n_txn, 0)
-        g = SortedRun(spill_dir / f"grants-{k}.arrows", GRANT_SCHEMA)
-        for rows, t in s.grant_pieces():
+        g = SortedRun(spill_dir / f"grants-{k}.arrows", SPILLED_GRANT)
+        for rows, t in s.grant_core_pieces():
             g.write(t, t_key[rows])
         g.close()
         r = SortedRun(spill_dir / f"rejections-{k}.arrows", REJECTION_SCHEMA)
@@ -391,16 +403,33 @@ def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign
             spill.path(name, k).unlink(missing_ok=True)
         if tick:
             tick(1)
-    for name, schema, runs in (("grants", GRANT_SCHEMA, runs_g),
-                               ("rejections", REJECTION_SCHEMA, runs_r)):
+    names = tuple(spill.names)
+
+    def grants(t: pa.Table) -> pa.Table:
+        src = Sources(names, _numbers(t, "source_file"), _numbers(t, "source_position"))
+        return grants_from_core(t, src.take(np.arange(t.num_rows)), campaign.id,
+                                campaign.cap_points)
+
+    for name, schema, runs, finish in (
+            ("grants", GRANT_SCHEMA, runs_g, grants),
+            ("rejections", REJECTION_SCHEMA, runs_r, None)):
         w = TableWriter(tmp / f"{name}.parquet", schema)
-        merge_runs(runs, w)
+        merge_runs(runs, w, finish)
         w.close()
     shutil.rmtree(spill_dir, ignore_errors=True)
     summary = merge_summaries(summaries)
     if part != WHOLE:
         summary["partition"] = {"index": part.index, "count": part.count}
     return summary
+
+
+def _numbers(t: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(one_array(t.column(name)).to_numpy())
+
+
+# A slice's grants as spilled: the grant_core columns and each one's source as numbers
+SPILLED_GRANT = GRANT_CORE.append(pa.field("source_file", pa.int32())).append(
+    pa.field("source_position", pa.int64()))
 
 
 def main(args: argparse.Namespace) -> int:

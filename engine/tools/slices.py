@@ -11,13 +11,14 @@ never reaches the disk, only the redacted columns a rejection may show.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from engine.io.outputs import TableWriter
+from engine.io.outputs import TableWriter, Writes
 from engine.io.readers import Sources
 from engine.rules.validate import Validated, empty_validated
 
@@ -125,11 +126,24 @@ def _batches(path: Path) -> Iterator[pa.RecordBatch]:
                 yield b
 
 
-def merge_runs(paths: list[Path], sink: TableWriter) -> None:
+def merge_runs(paths: list[Path], sink: TableWriter,
+               finish: Callable[[pa.Table], pa.Table] | None = None) -> None:
     """Merge slices' sorted runs into ``sink`` by :data:`KEY`, a batch at a time. Two
     slices never share a key (an arrival belongs to one person), and within a slice
     keys do not decrease, so a stable sort of what is below every run's horizon is
-    the whole run's order."""
+    the whole run's order. ``finish`` makes merged rows into output rows; it and the
+    sink's writing run on a second thread while the next batch is merged."""
+    with Writes() as w:
+        for t in _merged(paths):
+            w.put(partial(_finish_and_write, sink, finish, t.drop_columns([KEY])))
+
+
+def _finish_and_write(sink: TableWriter, finish: Callable[[pa.Table], pa.Table] | None,
+                      t: pa.Table) -> None:
+    sink.write(finish(t) if finish else t)
+
+
+def _merged(paths: list[Path]) -> Iterator[pa.Table]:
     sources = [_batches(p) for p in paths]
     heads: list[pa.RecordBatch | None] = [next(s, None) for s in sources]
     while True:
@@ -150,4 +164,4 @@ def merge_runs(paths: list[Path], sink: TableWriter) -> None:
         keys_t = np.asarray(t.column(KEY).to_numpy())
         if len(keys_t) > 1 and not np.all(keys_t[1:] >= keys_t[:-1]):
             t = t.take(pa.array(np.argsort(keys_t, kind="stable")))
-        sink.write(t.drop_columns([KEY]))
+        yield t
