@@ -131,16 +131,12 @@ def merge_runs(paths: list[Path], sink: TableWriter,
     """Merge slices' sorted runs into ``sink`` by :data:`KEY`, a batch at a time. Two
     slices never share a key (an arrival belongs to one person), and within a slice
     keys do not decrease, so a stable sort of what is below every run's horizon is
-    the whole run's order. ``finish`` makes merged rows into output rows; it and the
-    sink's writing run on a second thread while the next batch is merged."""
+    the whole run's order. ``finish`` makes merged rows into output rows; the sink
+    writes them on a second thread while the next batch is merged."""
     with Writes() as w:
         for t in _merged(paths):
-            w.put(partial(_finish_and_write, sink, finish, t.drop_columns([KEY])))
-
-
-def _finish_and_write(sink: TableWriter, finish: Callable[[pa.Table], pa.Table] | None,
-                      t: pa.Table) -> None:
-    sink.write(finish(t) if finish else t)
+            t = t.drop_columns([KEY])
+            w.put(partial(sink.write, finish(t) if finish else t))
 
 
 def _merged(paths: list[Path]) -> Iterator[pa.Table]:
