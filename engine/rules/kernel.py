@@ -66,8 +66,8 @@ class Records(NamedTuple):
     amount: np.ndarray     # int64
     at: np.ndarray         # int64, occurred_at / applied_at (µs)
     day: np.ndarray        # int32, its JST day
-    txn: np.ndarray        # int64, txn_id code (-1 none)
-    orig: np.ndarray       # int64, original_txn_id code (-1 none)
+    txn: np.ndarray        # txn_id code (-1 none): int32 offline, int64 streaming
+    orig: np.ndarray       # original_txn_id code (-1 none), as txn
     fp: np.ndarray         # uint32, txn_keys.fingerprints of occurred_at and original
     received: np.ndarray   # int64, received_at (µs) or NO_TIME
     deadline: np.ndarray   # int64, end of its wait (streaming)
@@ -103,6 +103,10 @@ class Terms(NamedTuple):
     final: bool
     person_limit: int
     reasons: tuple  # type: ignore[type-arg]  # REASONS
+    # The call decides only the people with ``person % shares == share``: offline, one
+    # call per thread over the same records (people decide apart, DECISIONS 110)
+    shares: int = 1
+    share: int = 0
 
 
 class Decided(NamedTuple):
@@ -229,7 +233,8 @@ def _release_key(t, p, o, k_head, k_tail, nxt, out_reason, person, op, work, w,
 
 
 @numba.njit(cache=True, nogil=True)
-def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, out):  # type: ignore[no-untyped-def]
+def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, out,  # type: ignore[no-untyped-def]
+           per_record=None):
     """Decide a batch (:class:`Records`) against ``people`` and the registry ``reg``
     holding ``n_entries``; ``n_codes`` bounds the txn_id codes. Fills ``out``
     (:class:`Decided`); returns ``(n_entries, n_decided)``.
@@ -240,12 +245,16 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     operator's input running ahead does not end another's waits. ``follows`` (bool per
     lane): the input has nothing unread; after the batch, its waits end by the
     partition's stream time (the largest), as nothing of its own can end them now.
+
+    ``per_record``: the scratch lists indexed by record, ``(rec_entry, nxt)``, int32,
+    -1 filled; calls deciding shares of the same records (:class:`Terms`) share them,
+    as each touches only its own records' rows. Omitted, the call makes its own.
     """
     p_op, p_kind, p_day, p_c, p_r, p_n = people
     (typ, reason, person, op, kind, amount, _at, day, txn, orig, fp, ts, deadline,
      too_late, outside, bad_earn_on, preparked, lane) = recs
     e_person, e_op, e_txn, e_kind, e_amount, e_fp, e_status, e_refunded, e_rec = reg
-    rate, cap, rounding, park_for_enrollment, final, person_limit, rc = terms
+    rate, cap, rounding, park_for_enrollment, final, person_limit, rc, shares, share = terms
     out_reason, out_points, out_cum, out_seq, out_trigger = out
     n = len(typ)
     cap_e = len(e_person)
@@ -253,13 +262,20 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     # int64 (10 M records: 0.3 GB less at the peak of offline settle, DECISIONS 109)
     if max(n, cap_e, n_codes) >= INDEX_LIMIT:
         raise ValueError("a kernel call holds fewer than 2**31 records, entries and codes")
+    if shares > 1 and not final:
+        # another share's records would move the stream time this share's waits end by
+        raise ValueError("people are decided in shares only at the end of the input")
     head = np.full(n_codes, -1, dtype=np.int32)
     e_next = np.full(cap_e, -1, dtype=np.int32)
     for e in range(n_entries):
         t = e_txn[e]
         e_next[e] = head[t]
         head[t] = e
-    rec_entry = np.full(n, -1, dtype=np.int32)
+    if per_record is None:
+        rec_entry = np.full(n, -1, dtype=np.int32)
+        nxt = np.full(n, -1, dtype=np.int32)
+    else:
+        rec_entry, nxt = per_record
     for e in range(n_entries):
         if e_rec[e] >= 0:
             rec_entry[e_rec[e]] = e
@@ -269,7 +285,6 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     np_ = len(p_op)
     w_head = np.full(np_, -1, dtype=np.int32)
     w_tail = np.full(np_, -1, dtype=np.int32)
-    nxt = np.full(n, -1, dtype=np.int32)
     # one min-heap of deadlines per input (lane), lane l at [l * hcap, (l + 1) * hcap)
     n_lanes = len(stream_times)
     hcap = 1 if final else max(n, 1)
@@ -278,6 +293,8 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     hsize = np.zeros(n_lanes, dtype=np.int64)
     seq = 0
     for i in range(n):
+        if shares > 1 and person[i] % shares != share:
+            continue  # another call's to write
         out_reason[i] = PARKED
         out_points[i] = 0
         out_cum[i] = 0
@@ -345,6 +362,8 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                         r = nxt[r]
         if i == n:
             break
+        if shares > 1 and person[i] % shares != share:
+            continue
 
         # ---- one arriving record, then whatever it releases, in order
         nwork = 1
@@ -516,7 +535,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     if final:
         # end of input: whatever still waits is decided without what it waited for
         for j in range(n):
-            if out_reason[j] != PARKED:
+            if out_reason[j] != PARKED or (shares > 1 and person[j] % shares != share):
                 continue
             out_reason[j] = rc.ORIGINAL_NOT_FOUND if kind[j] == KIND_REFUND else rc.NOT_ENROLLED
             out_seq[j] = seq
@@ -525,3 +544,34 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
             if rec_entry[j] >= 0:
                 e_status[rec_entry[j]] = REJECTED
     return n_entries, seq
+
+
+@numba.njit(cache=True, nogil=True)
+def merge_shares(seq, trigger, person, shares, counts):  # type: ignore[no-untyped-def]
+    """The decision order of one call over all the records, from calls that each
+    decided one share of the people (:class:`Terms`) with their own ``seq`` from 0
+    and ``counts[s]`` decisions: a share's decisions are in order of the arrival that
+    decided them, and an arrival decides only its own person's records (nothing
+    expires at the end of the input), so merging the shares by ``trigger`` is the
+    single call's order, record for record (DECISIONS 110)."""
+    n = len(seq)
+    start = np.zeros(shares + 1, dtype=np.int64)
+    for s in range(shares):
+        start[s + 1] = start[s] + counts[s]
+    by_seq = np.empty(n, dtype=np.int32)
+    for j in range(n):
+        by_seq[start[person[j] % shares] + seq[j]] = j
+    at = start[:shares].copy()
+    out = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        best = -1
+        first = np.int64(0)
+        for s in range(shares):
+            if at[s] < start[s + 1]:
+                t = trigger[by_seq[at[s]]]
+                if best < 0 or t < first:
+                    best, first = s, t
+        j = by_seq[at[best]]
+        at[best] += 1
+        out[j] = k
+    return out

@@ -18,6 +18,7 @@ is the same on decoded JSON values, convenient for tests and doctests::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,13 +67,24 @@ def txn_codes(txn: Validated) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     return codes[:n], codes[n:], len(uniq), fingerprints(txn.at, origs)
 
 
-def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisions:
+# Threads the transactions are decided on, one share of the people each (DECISIONS 110);
+# below SHARED_FROM transactions one call is as quick
+SHARES = max(1, min(len(os.sched_getaffinity(0)), 4))
+SHARED_FROM = 1 << 16
+
+
+def decide_offline(enr: Validated, txn: Validated, campaign: Campaign,
+                   shares: int | None = None) -> Decisions:
     """All enrollments first (they are all known), then transactions in order;
     whatever still waits at the end is decided without what it waited for.
 
-    Two kernel calls share the people's arrays: enrollments, then transactions
-    (equivalent to one call over both, without concatenating 10^7-row inputs).
+    Kernel calls share the people's arrays: enrollments, then transactions
+    (equivalent to one call over both, without concatenating 10^7-row inputs), the
+    transactions in ``shares`` calls on as many threads, each for its share of the
+    people (default: :data:`SHARES` from :data:`SHARED_FROM` transactions on).
     """
+    if shares is None:
+        shares = SHARES if txn.n >= SHARED_FROM else 1
     ne = enr.n
     # Both encoders release the GIL (numba nogil): run them at once
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -80,27 +92,42 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign) -> Decisi
         txn_job = pool.submit(txn_codes, txn)
         (pe, pt), n_people = people_job.result()
         tt, to, n_codes, fp = txn_job.result()
-    # the kernel's person rows are int32: converted once, the int64 codes let go
-    pe, pt = pe.astype(np.int32), pt.astype(np.int32)
     people = new_people(n_people)
     none = np.full(ne, -1, np.int64)
     enr_out = _run(people, enr, kernel.ENROLLMENT, pe, none, none, np.zeros(ne, np.uint32),
                    1, campaign)
     txn_out = _run(people, txn, kernel.TRANSACTION, pt, tt, to, fp, max(n_codes, 1),
-                   campaign)
+                   campaign, shares)
     return Decisions(enr_out.reason, txn_out.reason, txn_out.points, txn_out.cum,
                      enr_out.seq, txn_out.seq + ne, pt, max(n_people, 1), txn_out.trigger)
 
 
 def _run(people: kernel.People, v: Validated, typ: int, person: np.ndarray,
          txn: np.ndarray, orig: np.ndarray, fp: np.ndarray, n_codes: int,
-         campaign: Campaign) -> kernel.Decided:
+         campaign: Campaign, shares: int = 1) -> kernel.Decided:
     out = new_decided(v.n)
-    kernel.decide(people, records_of(v, typ, person, txn, orig, fp),
-                  new_entries(v.n if typ == kernel.TRANSACTION else 0), 0, n_codes,
-                  terms_of(campaign, streaming=False), np.full(1, NO_TIME, np.int64),
-                  np.zeros(1, np.bool_), out)
-    return out
+    recs = records_of(v, typ, person, txn, orig, fp)
+    terms = terms_of(campaign, streaming=False)
+    # a registry entry per transaction at most: the share's own transactions
+    room = (np.zeros(shares, np.int64) if typ != kernel.TRANSACTION else
+            np.array([v.n]) if shares == 1 else np.bincount(person % shares, minlength=shares))
+    per_record = None if shares == 1 else (np.full(v.n, -1, np.int32),
+                                           np.full(v.n, -1, np.int32))
+
+    def call(share: int) -> int:
+        # the calls write disjoint rows of the people's arrays, ``out`` and ``per_record``
+        _, decided = kernel.decide(people, recs, new_entries(int(room[share])), 0, n_codes,
+                                   terms._replace(shares=shares, share=share),
+                                   np.full(1, NO_TIME, np.int64), np.zeros(1, np.bool_), out,
+                                   per_record)
+        return int(decided)
+
+    if shares == 1:
+        call(0)
+        return out
+    with ThreadPoolExecutor(max_workers=shares) as pool:
+        counts = np.array(list(pool.map(call, range(shares))), np.int64)
+    return out._replace(seq=kernel.merge_shares(out.seq, out.trigger, person, shares, counts))
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,11 @@ def dense_codes(h: np.ndarray, repeats: bool = False) -> tuple[np.ndarray, np.nd
     call, and the people's codes of packed ``mykey_id`` values. Open addressing at
     most half full: sized for every key to be distinct, or, with ``repeats`` (keys
     that recur, as people do), started small and grown, so the table follows the
-    distinct keys rather than the rows (a grown table costs a rehash per doubling)."""
+    distinct keys rather than the rows (a grown table costs a rehash per doubling).
+    Codes are int32, like the kernel's positions: at 10^7 keys that is 0.2 GB less at
+    the peak of offline settle (DECISIONS 110)."""
+    if len(h) >= 2**31:
+        raise ValueError("dense codes are int32: fewer than 2**31 keys at once")
     # at least 256 slots; a small call (a live poll's few hundred keys) does not zero a
     # table of 2^16 (1 MiB) it will not fill
     if repeats:
@@ -160,8 +164,8 @@ def dense_codes(h: np.ndarray, repeats: bool = False) -> tuple[np.ndarray, np.nd
 def _dense_codes(h, bits):  # type: ignore[no-untyped-def]
     n = len(h)
     slots = np.zeros(1 << bits, np.uint64)
-    code_at = np.zeros(1 << bits, np.int64)
-    codes = np.empty(n, np.int64)
+    code_at = np.zeros(1 << bits, np.int32)
+    codes = np.empty(n, np.int32)
     uniq = np.empty(n, np.uint64)
     i, m = 0, 0
     while True:
@@ -218,7 +222,7 @@ def _grow(slots, code_at):  # type: ignore[no-untyped-def]
     mask = np.uint64(size - 1)
     shift = np.uint64(64 - _log2(size))
     new_slots = np.zeros(size, np.uint64)
-    new_codes = np.zeros(size, np.int64)
+    new_codes = np.zeros(size, np.int32)
     for q in range(len(slots)):
         x = slots[q]
         if x != 0:

@@ -12,11 +12,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.rules.model import Campaign, Kind, Operator, Registry, Rounding
-from engine.rules.settlement import settle_records
+from engine.rules.settlement import decide_offline, settle_records
+from engine.rules.validate import shape_objects, validate_enrollments, validate_transactions
 from tests import reference_model
 
 US = 1_000_000
@@ -373,3 +375,23 @@ def test_order_of_plain_accepted_records_does_not_matter(s: Scenario, rnd: objec
     assert totals(ts, tout) == totals(permuted, out2)
     # every record keeps its decision
     assert [o.reason for o in out2] == [tout[source[i]].reason for i in range(len(ts))]
+
+
+# ------------------------------------------------------------------ shares of people
+
+
+@SETTINGS
+@given(scenarios(), st.integers(2, 4))
+def test_people_decided_in_shares_give_the_single_calls_decisions(s: Scenario,
+                                                                   shares: int) -> None:
+    # offline settle decides its transactions on threads, a share of the people each
+    # (DECISIONS 110): every decision and the order of all of them must be the same
+    es, _ = merge(s.enrollments, s.enroll_order)
+    ts, _ = merge(s.transactions, s.txn_order)
+    enr = validate_enrollments(shape_objects(es, "enrollment"), s.campaign, s.registry)
+    txn = validate_transactions(shape_objects(ts, "transaction"), s.campaign, s.registry)
+    one = decide_offline(enr, txn, s.campaign, shares=1)
+    many = decide_offline(enr, txn, s.campaign, shares=shares)
+    for name in ("enr_reason", "txn_reason", "txn_points", "txn_cum", "enr_seq", "txn_seq",
+                 "txn_trigger"):
+        assert np.array_equal(getattr(one, name), getattr(many, name)), name
