@@ -84,13 +84,13 @@ class Entries(NamedTuple):
 
     person: np.ndarray    # int32
     op: np.ndarray        # int32
-    txn: np.ndarray       # int64, txn_id code
+    txn: np.ndarray       # int32, txn_id code
     kind: np.ndarray      # int8
     amount: np.ndarray    # int64
     fp: np.ndarray        # uint32, Records.fp: with kind and amount, what a duplicate repeats
     status: np.ndarray    # int8, PENDING / ACCEPTED / REJECTED
     refunded: np.ndarray  # int64
-    rec: np.ndarray       # int64, the batch record that created or waits as it (-1)
+    rec: np.ndarray       # int32, the batch record that created or waits as it (-1)
 
 
 class Terms(NamedTuple):

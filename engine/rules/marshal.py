@@ -62,9 +62,10 @@ def records_of(v: Validated, typ: int, person: np.ndarray, txn: np.ndarray,
 
 def new_entries(capacity: int) -> Entries:
     c = capacity
-    return Entries(np.zeros(c, np.int32), np.zeros(c, np.int32), np.zeros(c, np.int64),
+    # codes and record positions are int32, as in the kernel's own lists
+    return Entries(np.zeros(c, np.int32), np.zeros(c, np.int32), np.zeros(c, np.int32),
                    np.zeros(c, np.int8), np.zeros(c, np.int64), np.zeros(c, np.uint32),
-                   np.zeros(c, np.int8), np.zeros(c, np.int64), np.full(c, -1, np.int64))
+                   np.zeros(c, np.int8), np.zeros(c, np.int64), np.full(c, -1, np.int32))
 
 
 def new_decided(n: int) -> Decided:
