@@ -29,7 +29,7 @@ import pyarrow as pa
 from engine.rules import kernel
 from engine.rules.marshal import new_decided, new_entries, new_people, records_of, terms_of
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
-from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints, person_codes
+from engine.rules.txn_keys import entry_keys, fingerprints, person_codes, spread_codes
 from engine.rules.validate import (
     Validated,
     shape_objects,
@@ -54,17 +54,17 @@ class Decisions:
     txn_trigger: np.ndarray | None = None
 
 
-def txn_codes(txn: Validated) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+def txn_codes(txn: Validated, parts: int = 1) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """The kernel's codes of each transaction's key and of its original's (-1: none),
-    how many there are, and each one's fingerprint: dense codes of
+    their bound, and each one's fingerprint: codes (on ``parts`` threads) of
     :mod:`engine.rules.txn_keys`' hashes of ``operator_id/txn_id``, the keys and
     fingerprints the streaming state stores, so both drivers decide the same
     (DECISIONS 101-102)."""
     n = txn.n
     origs = entry_keys(txn.operator_id, txn.original_txn_id)
-    codes, uniq = dense_codes(np.concatenate((entry_keys(txn.operator_id, txn.txn_id),
-                                              origs)))
-    return codes[:n], codes[n:], len(uniq), fingerprints(txn.at, origs)
+    codes, bound = spread_codes(np.concatenate((entry_keys(txn.operator_id, txn.txn_id),
+                                                origs)), parts)
+    return codes[:n], codes[n:], bound, fingerprints(txn.at, origs)
 
 
 # Threads the transactions are decided on, one share of the people each (DECISIONS 110);
@@ -89,11 +89,11 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign,
     # Both encoders release the GIL (numba nogil): run them at once
     with ThreadPoolExecutor(max_workers=2) as pool:
         people_job = pool.submit(person_codes, enr.mykey_id, txn.mykey_id)
-        txn_job = pool.submit(txn_codes, txn)
+        txn_job = pool.submit(txn_codes, txn, shares)
         (pe, pt), n_people = people_job.result()
         tt, to, n_codes, fp = txn_job.result()
     people = new_people(n_people)
-    none = np.full(ne, -1, np.int64)
+    none = np.full(ne, -1, np.int32)
     enr_out = _run(people, enr, kernel.ENROLLMENT, pe, none, none, np.zeros(ne, np.uint32),
                    1, campaign)
     txn_out = _run(people, txn, kernel.TRANSACTION, pt, tt, to, fp, max(n_codes, 1),

@@ -14,6 +14,7 @@ never compared. The hash is part of the stored format (a test pins its value).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeAlias
 
 import numba
@@ -143,35 +144,60 @@ def _fingerprints(at, orig, out):  # type: ignore[no-untyped-def]
 def dense_codes(h: np.ndarray, repeats: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Dense codes 0.. of the distinct non-zero keys in ``h`` (uint64; -1 for 0), in
     order of first appearance, and the keys by code: the kernel's txn codes for one
-    call, and the people's codes of packed ``mykey_id`` values. Open addressing at
-    most half full: sized for every key to be distinct, or, with ``repeats`` (keys
-    that recur, as people do), started small and grown, so the table follows the
-    distinct keys rather than the rows (a grown table costs a rehash per doubling).
-    Codes are int32, like the kernel's positions: at 10^7 keys that is 0.2 GB less at
-    the peak of offline settle (DECISIONS 110)."""
-    if len(h) >= 2**31:
-        raise ValueError("dense codes are int32: fewer than 2**31 keys at once")
+    streaming call, and the people's codes of packed ``mykey_id`` values. Open
+    addressing at most half full: sized for every key to be distinct, or, with
+    ``repeats`` (keys that recur, as people do), started small and grown, so the table
+    follows the distinct keys rather than the rows (a grown table costs a rehash per
+    doubling). Codes are int32, like the kernel's positions: at 10^7 keys that is
+    0.2 GB less at the peak of offline settle (DECISIONS 110)."""
+    _check_size(h)
     # at least 256 slots; a small call (a live poll's few hundred keys) does not zero a
     # table of 2^16 (1 MiB) it will not fill
     if repeats:
         bits = max(8, min(16, (2 * len(h)).bit_length()))
     else:
         bits = max(8, int(2 * np.count_nonzero(h)).bit_length())
-    return _dense_codes(h, bits)  # type: ignore[no-any-return]
+    codes = np.empty(len(h), np.int32)
+    return codes, _dense_codes(h, bits, 1, 0, codes)
+
+
+def spread_codes(h: np.ndarray, parts: int) -> tuple[np.ndarray, int]:
+    """Codes of the distinct non-zero keys in ``h`` (-1 for 0) made on ``parts``
+    threads, each coding the keys with ``key % parts == part`` as ``parts * c + part``
+    (``c`` its own dense code), and a bound of the codes: for offline settle, where a
+    code only has to name its key (DECISIONS 110). ``h`` holds hashes, so the parts
+    are even."""
+    _check_size(h)
+    if parts == 1:
+        codes, uniq = dense_codes(h)
+        return codes, len(uniq)
+    # sized for an even share of the keys; a part that gets more grows its table
+    bits = max(8, int(2 * np.count_nonzero(h) // parts * 9 // 8).bit_length())
+    codes = np.empty(len(h), np.int32)
+    with ThreadPoolExecutor(max_workers=parts) as pool:
+        counts = list(pool.map(lambda part: len(_dense_codes(h, bits, parts, part, codes)),
+                               range(parts)))
+    return codes, parts * max(counts)
+
+
+def _check_size(h: np.ndarray) -> None:
+    if len(h) >= 2**31:
+        raise ValueError("dense codes are int32: fewer than 2**31 keys at once")
 
 
 @numba.njit(cache=True, nogil=True)
-def _dense_codes(h, bits):  # type: ignore[no-untyped-def]
+def _dense_codes(h, bits, parts, part, codes):  # type: ignore[no-untyped-def]
+    """Code the keys of ``h`` that are ``part`` modulo ``parts`` into ``codes``;
+    returns the keys by (own) code."""
     n = len(h)
     slots = np.zeros(1 << bits, np.uint64)
     code_at = np.zeros(1 << bits, np.int32)
-    codes = np.empty(n, np.int32)
     uniq = np.empty(n, np.uint64)
     i, m = 0, 0
     while True:
-        i, m = _fill(h, i, slots, code_at, codes, uniq, m)
+        i, m = _fill(h, i, slots, code_at, codes, uniq, m, parts, part)
         if i == n:
-            return codes, uniq[:m]
+            return uniq[:m]
         slots, code_at = _grow(slots, code_at)
 
 
@@ -184,9 +210,10 @@ def _log2(size):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(h, i, slots, code_at, codes, uniq, m):  # type: ignore[no-untyped-def]
-    """Code ``h[i:]`` until the table is half full; returns where it stopped and the
-    codes so far. (The table is not reassigned in here: that keeps the loop fast.)"""
+def _fill(h, i, slots, code_at, codes, uniq, m, parts, part):  # type: ignore[no-untyped-def]
+    """Code ``h[i:]`` (the part's keys) until the table is half full; returns where it
+    stopped and the codes so far. (The table is not reassigned in here: that keeps the
+    loop fast.)"""
     size = len(slots)
     mask = np.uint64(size - 1)
     shift = np.uint64(64 - _log2(size))
@@ -195,19 +222,23 @@ def _fill(h, i, slots, code_at, codes, uniq, m):  # type: ignore[no-untyped-def]
         x = h[i]
         i += 1
         if x == 0:
-            codes[i - 1] = -1
+            if part == 0:
+                codes[i - 1] = -1
+            continue
+        # (uint64 and int64 mixed would make numba compute in float64)
+        if parts > 1 and x % np.uint64(parts) != np.uint64(part):
             continue
         s = (x * _FIB) >> shift
         while True:
             k = slots[s]
             if k == x:
-                codes[i - 1] = code_at[s]
+                codes[i - 1] = np.int64(code_at[s]) * parts + part
                 break
             if k == 0:
                 slots[s] = x
                 code_at[s] = m
                 uniq[m] = x
-                codes[i - 1] = m
+                codes[i - 1] = m * parts + part
                 m += 1
                 break
             s = (s + np.uint64(1)) & mask

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.rules.kernel import KIND_REFUND
 from engine.rules.model import REASON_NAMES
 
 
@@ -68,25 +69,39 @@ def summarize(grants: pa.Table, rejections: pa.Table, records_in: dict[str, int]
 
 
 @numba.njit(cache=True, nogil=True)
-def _per_operator(op, person, signed, points, n_ops, n_people):  # type: ignore[no-untyped-def]
+def _tally(reason, op, person, kind, amount, points, n_reasons, n_ops, n_people,
+           cap_points):  # type: ignore[no-untyped-def]
+    """Every figure of the summary in one pass over the transactions' decisions (a
+    pass per figure took ~0.9 s of a 10 M settle)."""
+    by_reason = np.zeros(n_reasons, np.int64)
     grants = np.zeros(n_ops, np.int64)
     net = np.zeros(n_ops, np.int64)
     pts = np.zeros(n_ops, np.int64)
     people = np.zeros(n_ops, np.int64)
     total = np.zeros(n_people, np.int64)
     seen = np.full(n_people, -1, np.int64)
-    for i in range(len(op)):
-        o = op[i]
+    granted, clawed_back = 0, 0
+    for i in range(len(reason)):
+        by_reason[reason[i]] += 1
+        if reason[i] != 0:
+            continue
+        o, p, x = op[i], person[i], points[i]
         grants[o] += 1
-        net[o] += signed[i]
-        pts[o] += points[i]
-        p = person[i]
-        total[p] += points[i]
+        net[o] += -amount[i] if kind[i] == KIND_REFUND else amount[i]
+        pts[o] += x
+        granted += x
+        clawed_back += -x if x < 0 else 0
+        total[p] += x
         if seen[p] != o:
             if seen[p] < 0:
                 people[o] += 1
             seen[p] = o
-    return grants, net, pts, people, total
+    with_points, at_cap = 0, 0
+    for p in range(n_people):
+        with_points += total[p] > 0
+        # a person with no grant has total 0, which is the cap only of a 0-point campaign
+        at_cap += seen[p] >= 0 and total[p] == cap_points
+    return by_reason, grants, net, pts, people, granted, clawed_back, with_points, at_cap
 
 
 def summarize_arrays(op_ids: list[str], txn_op: np.ndarray, txn_person: np.ndarray,
@@ -96,18 +111,16 @@ def summarize_arrays(op_ids: list[str], txn_op: np.ndarray, txn_person: np.ndarr
     """:func:`summarize` from the decision arrays of offline settle, without
     grouping millions of strings. Must give exactly the same dict (tested)."""
     names = REASON_NAMES
+    (txn_counts, grants, net, opts, people, granted, clawed_back, with_points,
+     at_cap) = _tally(txn_reason, txn_op, txn_person, txn_kind, txn_amount, txn_points,
+                      len(names), len(op_ids), max(n_people, 1), cap_points)
     by_reason: dict[str, dict[str, int]] = {}
-    for rt, reasons in (("enrollment", enr_reason), ("transaction", txn_reason)):
-        counts = np.bincount(reasons.astype(np.int64), minlength=len(names))
+    for rt, counts in (("enrollment", np.bincount(enr_reason.astype(np.int64),
+                                                  minlength=len(names))),
+                       ("transaction", txn_counts)):
         by_reason[rt] = {names[k]: int(counts[k]) for k in sorted(
             range(1, len(names)), key=lambda k: names[k]) if counts[k]}
     rejected = {rt: sum(d.values()) for rt, d in by_reason.items()}
-    acc = np.flatnonzero(txn_reason == 0)
-    pts = txn_points[acc]
-    signed = np.where(txn_kind[acc] == 2, -txn_amount[acc], txn_amount[acc])
-    grants, net, opts, people, total = _per_operator(
-        txn_op[acc].astype(np.int64), txn_person[acc].astype(np.int64), signed, pts,
-        len(op_ids), max(n_people, 1))
     per_operator = {op_ids[o]: {"grants": int(grants[o]), "net_amount": int(net[o]),
                                 "points": int(opts[o]), "people": int(people[o])}
                     for o in sorted(range(len(op_ids)), key=lambda o: op_ids[o]) if grants[o]}
@@ -119,12 +132,11 @@ def summarize_arrays(op_ids: list[str], txn_op: np.ndarray, txn_person: np.ndarr
         "accepted": {"enrollments": enrolled, "transactions": n_txn - rejected["transaction"]},
         "rejected": rejected,
         "rejected_by_reason": by_reason,
-        "points_granted": int(pts.sum()),
-        "points_clawed_back": int(-np.minimum(pts, 0).sum()),
+        "points_granted": int(granted),
+        "points_clawed_back": int(clawed_back),
         "people_enrolled": enrolled,
-        "people_with_points": int((total > 0).sum()),
-        "people_at_cap": int(((total == cap_points)
-                              & people_total_has_grant(txn_person[acc], n_people)).sum()),
+        "people_with_points": int(with_points),
+        "people_at_cap": int(at_cap),
         "per_operator": per_operator,
     }
 
@@ -148,12 +160,6 @@ def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
             return sum(vals)
         return first
     return add(parts)  # type: ignore[no-any-return]
-
-
-def people_total_has_grant(person: np.ndarray, n_people: int) -> np.ndarray:
-    has = np.zeros(max(n_people, 1), np.bool_)
-    has[person] = True
-    return has
 
 
 def render(summary: dict[str, Any]) -> Any:

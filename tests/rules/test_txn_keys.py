@@ -7,7 +7,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.rules.txn_keys import dense_codes, entry_keys, key_hashes, person_codes
+from engine.rules.txn_keys import dense_codes, entry_keys, key_hashes, person_codes, spread_codes
 
 ids = st.text(min_size=1, max_size=12)
 # the first call of a numba function compiles it (or loads it from disk): no deadline
@@ -66,6 +66,30 @@ def test_dense_codes_grow_past_their_first_table() -> None:
     assert codes[:100_000].tolist() == list(range(100_000))
     assert codes[100_000:].tolist() == list(range(99_999, -1, -1))
     assert uniq.tolist() == keys.tolist()
+
+
+@COMPILES
+@given(st.lists(st.integers(0, 40), max_size=300), st.integers(1, 4))
+def test_spread_codes_name_each_key_by_one_code(values: list[int], parts: int) -> None:
+    """Offline codes made on threads (DECISIONS 110): a code per distinct non-zero
+    key, -1 for 0, all below the bound; reference model: the keys themselves."""
+    h = np.asarray(values, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    codes, bound = spread_codes(h, parts)
+    key_of: dict[int, int] = {}
+    for x, c in zip(h.tolist(), codes.tolist(), strict=True):
+        assert (c == -1) == (x == 0)
+        if x:
+            assert 0 <= c < bound
+            assert key_of.setdefault(c, x) == x  # one key per code
+    assert len(key_of) == len(set(h.tolist()) - {0})  # one code per key
+
+
+def test_spread_codes_grow_a_part_past_its_first_table() -> None:
+    # keys that all fall in one part: its table is sized for a quarter of them
+    keys = np.arange(4, 400_004, 4, dtype=np.uint64)
+    codes, bound = spread_codes(np.concatenate((keys, keys)), 4)
+    assert codes[:100_000].tolist() == codes[100_000:].tolist()
+    assert len(set(codes.tolist())) == 100_000 and codes.max() < bound
 
 
 @COMPILES

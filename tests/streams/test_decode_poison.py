@@ -291,6 +291,8 @@ def test_arbitrary_json_gets_one_outcome_the_same_in_every_format(
             data = ipc(table)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             continue
+        if table.num_rows != 1:
+            continue  # {} makes a table of no columns and no rows: no record to decide
         [(a_reason, _)] = stateless(decode([Msg("t", 0, 0, None, None, data,
                                                 [(FORMAT_HEADER, FORMAT_ARROW)])]))
         assert a_reason == reason, (value, reason, a_reason)
