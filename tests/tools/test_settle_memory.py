@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Row-group-sized columns made and dropped on a second thread, as settle's readers do:
 # the resident size held, then what is still resident once they are freed (MB).
 PROBE = """
-import sys, threading
+import sys, threading, time
 import numpy as np, pyarrow as pa
 if sys.argv[1] == "release":
     from engine.tools.settle import release_memory_eagerly
@@ -26,6 +26,8 @@ def work():
     held.append(rss() - base)
     del cols, strs
 t = threading.Thread(target=work); t.start(); t.join()
+# Arrow's jemalloc pool gives pages back after about a second, on its next allocation
+time.sleep(1.2); pa.array(np.arange(10)).cast(pa.string())
 print(held[0], rss() - base)
 """
 
