@@ -69,7 +69,8 @@ def txn_codes(txn: Validated, parts: int = 1) -> tuple[np.ndarray, np.ndarray, i
 
 # Threads the transactions are decided on, one share of the people each (DECISIONS 110);
 # below SHARED_FROM transactions one call is as quick
-SHARES = max(1, min(len(os.sched_getaffinity(0)), 4))
+SHARES = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count() or 1, 4))  # (the cores this process may use)
 SHARED_FROM = 1 << 16
 
 
