@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-batch-bytes", type=int, default=None,
                    help="input bytes decided per batch, about (default 4 MiB); the rest "
                         "of a larger poll waits in memory for the next batch")
+    w.add_argument("--quiet-seconds", type=float, default=30.0,
+                   help="an operator's transactions input that delivered nothing for "
+                        "this long (default 30) has its waiting records follow the "
+                        "partition's stream time (docs/DECISIONS.md, 112)")
     w.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or one JSON object per line")
     w.add_argument("--runtime", choices=["aiokafka", "faust"], default="aiokafka",

@@ -125,6 +125,7 @@ class FaustConsumer:
         # which would hold the enrollments-first ordering forever
         self._ends: dict[TopicPartition, int] = {}
         self._ends_at = 0.0
+        self._ends_ms: dict[TopicPartition, float] = {}  # wall clock of each answer
         # the generation each partition was revoked in: its events up to that
         # generation are read again after the next assignment
         self._revoked_in: dict[TopicPartition, int] = {}
@@ -159,6 +160,7 @@ class FaustConsumer:
             self._given.pop(tp, None)
             self._paused.discard(tp)
             self._ends.pop(tp, None)
+            self._ends_ms.pop(tp, None)
 
     async def refresh_ends(self, every: float = 0.1) -> None:
         now = time.monotonic()
@@ -259,7 +261,14 @@ class FaustConsumer:
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         ends = dict(await self._probe.end_offsets(tps))
         self._ends.update(ends)
+        now_ms = time.time() * 1000
+        self._ends_ms.update((tp, now_ms) for tp in ends)
         return ends
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> float | None:
+        """When the broker last told this partition's end (ms): as aiokafka's, it
+        stops moving while the broker is away."""
+        return self._ends_ms.get(tp)
 
     async def beginning_offsets(self, tps: list[TopicPartition]
                                 ) -> dict[TopicPartition, int]:

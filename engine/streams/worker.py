@@ -81,6 +81,14 @@ RETRY_FIRST_SECONDS = 0.5
 # long starves heartbeats and produces nothing for tens of seconds (DECISIONS 95)
 MAX_BATCH_BYTES = 4 << 20
 RETRY_MAX_SECONDS = 10.0
+# How long a transactions input must deliver nothing before its waits follow its
+# partition's stream time (DECISIONS 112): longer than a leader change (the
+# brokers' 9 s session timeout, then a metadata refresh; the publisher's sends to
+# that partition stall as long) with room to spare.
+QUIET_SECONDS = 30.0
+# fetches unanswered this long: the input cannot be seen (its quiet period restarts)
+FETCH_LAPSE_SECONDS = 5.0
+QUIET_CHECK_SECONDS = 1.0  # how often an idle worker looks for inputs gone quiet
 # A batch allocates a few container objects per record (outcome dicts, lists), so
 # CPython's default thresholds (700, 10, 10) collect every few hundred records, and
 # young objects that live for the batch are walked again and again: with these the
@@ -114,7 +122,7 @@ class Worker:
                  max_batch_bytes: int = MAX_BATCH_BYTES,
                  max_record_bytes: int = 1 << 20,
                  readiness: health.Readiness | None = None, client_id: str | None = None,
-                 replay: bool = False) -> None:
+                 replay: bool = False, quiet_seconds: float = QUIET_SECONDS) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.campaign = campaign
@@ -153,6 +161,17 @@ class Worker:
         # beyond the batch's byte budget: held after this batch (unread to the merge)
         self._excess: dict[TopicPartition, list[Any]] = {}
         self.backlogged = False  # messages held for the budget only: step again at once
+        # An input's waits follow its partition's stream time only once it has been
+        # quiet this long (DECISIONS 112): read to its end is not enough, since a
+        # publisher's sends to one topic-partition stall behind a leader change while
+        # other operators' topics run ahead.
+        self.quiet_seconds = quiet_seconds
+        # monotonic time each transactions input last delivered a record, or last
+        # could not be seen (its fetches lapsed): its quiet period starts there
+        self._active: dict[TopicPartition, float] = {}
+        # the quiet inputs each partition's last decide let follow its stream time
+        self._followed: dict[int, frozenset[str]] = {}
+        self._quiet_checked = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -315,6 +334,8 @@ class Worker:
         Returns the logic it had, if any."""
         for tp in self._tps(p):
             self._held.pop(tp, None)
+            self._active.pop(tp, None)
+        self._followed.pop(p, None)
         logic = self.logics.pop(p, None)
         if logic is not None:
             logic.store.close()  # the files stay: a checkpoint for the next owner here
@@ -387,9 +408,17 @@ class Worker:
             await self._prioritise_enrollments()
             data = await self.consumer.getmany(
                 timeout_ms=0 if self.backlogged else timeout_ms, max_records=self.max_batch)
+            now = time.monotonic()
+            for tp, msgs in data.items():
+                if msgs:
+                    self._active[tp] = now
             if data or self.backlogged:
                 async with self.lock:
                     await self.process(data)
+            elif now - self._quiet_checked >= QUIET_CHECK_SECONDS:
+                self._quiet_checked = now
+                async with self.lock:
+                    await self._follow_quiet()
             self._failures = 0
         except NOT_RETRIED as e:
             self.metrics.kafka_error(e)
@@ -512,15 +541,52 @@ class Worker:
 
     async def _caught_up(self, p: int) -> frozenset[str]:
         """The operators ("" for the unattributed input) whose transactions topic of
-        partition ``p`` has nothing unread or held: their waits may end by the
-        partition's stream time (engine.streams.shard)."""
+        partition ``p`` has nothing unread or held and has been quiet for
+        ``quiet_seconds``: their waits may end by the partition's stream time
+        (engine.streams.shard)."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
         out = set()
         for tp in self._transaction_tps(p):
-            if tp in assigned and tp not in self._held and not await self._unread(tp):
+            if (tp in assigned and tp not in self._held and not await self._unread(tp)
+                    and self._quiet(tp)):
                 out.add(self.topics.operator_of(tp.topic) or "")
-        return frozenset(out)
+        self._followed[p] = frozenset(out)
+        return self._followed[p]
+
+    def _quiet(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` delivered nothing for ``quiet_seconds`` while its fetches
+        were answered. A fetch that lapsed (a broker away) restarts the period: the
+        input could not be seen, and its publisher may be stalled by the same fault."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        polled = self.consumer.last_poll_timestamp(tp)
+        if polled is None or time.time() * 1000 - polled > FETCH_LAPSE_SECONDS * 1000:
+            self._active[tp] = now
+            return False
+        return now - self._active.setdefault(tp, now) >= self.quiet_seconds
+
+    async def _follow_quiet(self) -> None:
+        """No input now: the inputs that went quiet since their partition's last
+        decide have their waits follow its stream time at once, not when the
+        partition's next record arrives (an operator that ended early, the end of a
+        stream)."""
+        results: dict[int, ShardResult] = {}
+        for p in sorted(self.logics):
+            before = self._followed.get(p, frozenset())
+            caught = await self._caught_up(p)
+            if not caught <= before:
+                res = self.logics[p].decide(None, None, caught)
+                if res.rejections or len(res.grant_messages) or self.logics[p].snapshot():
+                    results[p] = res
+        if not results:
+            return
+        t0 = time.perf_counter()
+        cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
+                        self.faults, self.batches)
+        if not await cp.run(results, self.logics, {}):
+            self._drop_local_state(set(results))
+        self._observe(results, time.perf_counter() - t0)
 
     async def _enrollments_behind(self, p: int) -> bool:
         assert self.consumer is not None
@@ -768,7 +834,8 @@ def build_worker(args: argparse.Namespace, cls: type[Worker] = Worker) -> Worker
                Path(args.state_dir), args.partitions, args.max_batch, metrics,
                readiness=readiness, client_id=client_id,
                replay=getattr(args, "replay", False),
-               max_batch_bytes=getattr(args, "max_batch_bytes", None) or MAX_BATCH_BYTES)
+               max_batch_bytes=getattr(args, "max_batch_bytes", None) or MAX_BATCH_BYTES,
+               quiet_seconds=getattr(args, "quiet_seconds", QUIET_SECONDS))
 
 
 START_ERRORS = (KafkaError, TopicMismatch, OSError)

@@ -25,6 +25,7 @@ from engine.kafka.client_config import ENV, default_client
 from engine.tools.compare import Comparison
 from tests.streams.harness import (
     LAST_STATS,
+    QUIET_ACROSS_FAULTS,
     Scenario,
     collect_and_compare,
     fault_report,
@@ -118,7 +119,8 @@ def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
     """One worker settles ``sc`` published in the background; ``fault()`` runs once a
     tenth of the outcomes are out. Returns the comparison with offline, the facts
     for the report, and whether the publisher was still sending at the fault."""
-    w = worker(bootstrap, prefix, tmp_path, "w", runtime=runtime).start()
+    w = worker(bootstrap, prefix, tmp_path, "w", runtime=runtime,
+               quiet=QUIET_ACROSS_FAULTS).start()
     pub = Publisher(bootstrap, prefix, sc, tmp_path / "m.parquet")
     try:
         w.wait_for("assigned partitions")

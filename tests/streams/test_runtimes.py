@@ -29,6 +29,7 @@ from tests.kafka_fixtures import read_topic
 from tests.ops.http import get, poll, wait_until
 from tests.streams.harness import (
     PARTITIONS,
+    QUIET_SECONDS,
     collect_and_compare,
     make_scenario,
     publish,
@@ -114,7 +115,8 @@ def test_metrics_and_health_alike_and_faust_cli(kafka_broker, topic_prefix, tmp_
         w.env[WORKER_ARGS_ENV] = shlex.join(
             ["--broker", bootstrap, "--topic-prefix", prefix, "--partitions",
              str(PARTITIONS), "--state-dir", str(tmp_path / "state"), "--group",
-             f"{prefix}-engine", "--metrics-port", str(port)])
+             f"{prefix}-engine", "--metrics-port", str(port),
+             "--quiet-seconds", str(QUIET_SECONDS)])
     base = f"http://127.0.0.1:{port}"
     w.start()
     try:
