@@ -415,7 +415,7 @@ class Worker:
             if data or self.backlogged:
                 async with self.lock:
                     await self.process(data)
-            elif now - self._quiet_checked >= QUIET_CHECK_SECONDS:
+            if now - self._quiet_checked >= QUIET_CHECK_SECONDS:
                 self._quiet_checked = now
                 async with self.lock:
                     await self._follow_quiet()
@@ -567,13 +567,15 @@ class Worker:
         return now - self._active.setdefault(tp, now) >= self.quiet_seconds
 
     async def _follow_quiet(self) -> None:
-        """No input now: the inputs that went quiet since their partition's last
-        decide have their waits follow its stream time at once, not when the
-        partition's next record arrives (an operator that ended early, the end of a
-        stream)."""
+        """The inputs that went quiet since their partition's last decide have their
+        waits follow its stream time now, not when the partition's next record
+        arrives (an operator that ended early, the end of a stream)."""
         results: dict[int, ShardResult] = {}
         for p in sorted(self.logics):
             before = self._followed.get(p, frozenset())
+            # transactions wait for enrollments still unread (process): so do waits
+            if await self._enrollments_behind(p):
+                continue
             caught = await self._caught_up(p)
             if not caught <= before:
                 res = self.logics[p].decide(None, None, caught)
@@ -584,7 +586,16 @@ class Worker:
         t0 = time.perf_counter()
         cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
                         self.faults, self.batches)
-        if not await cp.run(results, self.logics, {}):
+        try:
+            ok = await cp.run(results, self.logics, {})
+        except KafkaError:
+            # as a failed batch (step): nothing of it is durable; decided again later
+            for p in results:
+                self.logics[p].discard()
+                self._followed.pop(p, None)
+            self.producer_stale = True
+            raise
+        if not ok:
             self._drop_local_state(set(results))
         self._observe(results, time.perf_counter() - t0)
 
