@@ -579,7 +579,9 @@ class Worker:
             caught = await self._caught_up(p)
             if not caught <= before:
                 res = self.logics[p].decide(None, None, caught)
-                if res.rejections or len(res.grant_messages) or self.logics[p].snapshot():
+                # nothing decided: what it staged (the same state rewritten) goes
+                # with the partition's next batch, and no batch is reported
+                if any(len(codes) for codes in res.outcomes.values()):
                     results[p] = res
         if not results:
             return
