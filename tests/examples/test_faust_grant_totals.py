@@ -92,10 +92,20 @@ def test_a_users_faust_agent_adds_up_the_engines_grants_per_operator(
     finally:
         terminate(proc)
         log.close()
-    assert got == dict(want), (tmp_path / "faust.log").read_text()[-3000:]
+    assert got == dict(want), _failure_story(tmp_path / "faust.log", got, dict(want))
     # everything the app created is under its own prefix: one prefixed ACL grants it
     created = asyncio.run(_topics(bootstrap)) - before
     assert created and all(t.startswith(f"{app}-") for t in created), created
+
+
+def _failure_story(log: Path, got: dict[str, int], want: dict[str, int]) -> str:
+    """Which totals differ, and the app's warnings and errors (a rare failure here:
+    the whole story is needed to find its cause, not the log's last lines)."""
+    wrong = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    lines = log.read_text(errors="replace").splitlines()
+    told = [x for x in lines if any(w in x for w in ("WARN", "ERROR", "Error", "crash"))]
+    return (f"totals (got, want) that differ: {wrong}\n" + "\n".join(told[:40])
+            + "\n...\n" + "\n".join(lines[-40:]))
 
 
 async def _topics(bootstrap: str) -> set[str]:
