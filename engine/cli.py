@@ -180,10 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--topic-prefix", default="mynapoint")
     c.add_argument("--expect", type=int, default=0,
                    help="wait until this many distinct outcomes were read")
-    c.add_argument("--timeout", type=float, default=10.0,
+    c.add_argument("--timeout", type=float, default=45.0,
                    help="with --expect: give up after this many seconds in which no "
-                        "message arrived (default 10). Without --expect collect stops "
-                        "at the current end of the topics and does not wait.")
+                        "message arrived (default 45: longer than a worker's "
+                        "--quiet-seconds, after which the last waits of a finished "
+                        "input end). Without --expect collect stops at the current "
+                        "end of the topics and does not wait.")
     c.add_argument("--campaign", default=None,
                    help="campaign.toml for the summary's cap and id (default: shipped)")
 

@@ -42,6 +42,14 @@ def test_kafka_help_describes_every_action() -> None:
     assert re.search(r"^  --port PORT {2,}\S", out, re.M), out
 
 
+def test_collect_waits_longer_than_a_worker_takes_to_end_the_last_waits() -> None:
+    """With the defaults, ``collect --expect`` outlasts the worker's quiet period, after
+    which the last waits of a finished input end (DECISIONS 112)."""
+    p = build_parser()
+    collect = p.parse_args(["collect", "--out", "o", "--expect", "1"])
+    assert collect.timeout > p.parse_args(["worker"]).quiet_seconds + 10
+
+
 def test_collect_timeout_help_says_what_it_does() -> None:
     help_text = " ".join(mynapoint("collect", "--help").stdout.split())
     assert "idle seconds" not in help_text
