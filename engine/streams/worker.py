@@ -88,7 +88,7 @@ RETRY_MAX_SECONDS = 10.0
 QUIET_SECONDS = 30.0
 # fetches unanswered this long: the input cannot be seen (its quiet period restarts)
 FETCH_LAPSE_SECONDS = 5.0
-QUIET_CHECK_SECONDS = 1.0  # how often an idle worker looks for inputs gone quiet
+QUIET_CHECK_SECONDS = 1.0  # how often the worker looks for inputs gone quiet
 # A batch allocates a few container objects per record (outcome dicts, lists), so
 # CPython's default thresholds (700, 10, 10) collect every few hundred records, and
 # young objects that live for the batch are walked again and again: with these the
@@ -415,6 +415,7 @@ class Worker:
             if data or self.backlogged:
                 async with self.lock:
                     await self.process(data)
+            data = {}  # committed: a failure below must not read it again
             if now - self._quiet_checked >= QUIET_CHECK_SECONDS:
                 self._quiet_checked = now
                 async with self.lock:
@@ -551,8 +552,7 @@ class Worker:
             if (tp in assigned and tp not in self._held and not await self._unread(tp)
                     and self._quiet(tp)):
                 out.add(self.topics.operator_of(tp.topic) or "")
-        self._followed[p] = frozenset(out)
-        return self._followed[p]
+        return frozenset(out)
 
     def _quiet(self, tp: TopicPartition) -> bool:
         """Whether ``tp`` delivered nothing for ``quiet_seconds`` while its fetches
@@ -572,11 +572,11 @@ class Worker:
         arrives (an operator that ended early, the end of a stream)."""
         results: dict[int, ShardResult] = {}
         for p in sorted(self.logics):
-            before = self._followed.get(p, frozenset())
             # transactions wait for enrollments still unread (process): so do waits
             if await self._enrollments_behind(p):
                 continue
-            caught = await self._caught_up(p)
+            before = self._followed.get(p, frozenset())
+            caught = self._followed[p] = await self._caught_up(p)
             if not caught <= before:
                 res = self.logics[p].decide(None, None, caught)
                 # nothing decided: what it staged (the same state rewritten) goes
@@ -585,19 +585,23 @@ class Worker:
                     results[p] = res
         if not results:
             return
-        t0 = time.perf_counter()
-        cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
-                        self.faults, self.batches)
         try:
-            ok = await cp.run(results, self.logics, {})
+            await self._checkpoint(results, {}, time.perf_counter())
         except KafkaError:
-            # as a failed batch (step): nothing of it is durable; decided again later
+            # nothing of it is durable: decided again at the next look (step's
+            # handler replaces the producer)
             for p in results:
                 self.logics[p].discard()
                 self._followed.pop(p, None)
-            self.producer_stale = True
             raise
-        if not ok:
+
+    async def _checkpoint(self, results: dict[int, ShardResult],
+                          offsets: dict[TopicPartition, Any], t0: float) -> None:
+        """Outcomes, state and offsets of decided partitions, in the crash-safe order
+        (engine.streams.checkpoint); a lost commit drops their local state."""
+        cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
+                        self.faults, self.batches)
+        if not await cp.run(results, self.logics, offsets):
             self._drop_local_state(set(results))
         self._observe(results, time.perf_counter() - t0)
 
@@ -731,19 +735,15 @@ class Worker:
         for p in parts:
             if p not in enr and p not in txn:
                 continue  # all held back by the merge: nothing to decide or commit
-            results[p] = self.logics[p].decide(enr.get(p), txn.get(p),
-                                               await self._caught_up(p))
+            caught = self._followed[p] = await self._caught_up(p)
+            results[p] = self.logics[p].decide(enr.get(p), txn.get(p), caught)
             await asyncio.sleep(0)  # heartbeats and fetches go on between partitions
         if not results and not offsets:  # not a batch: crash points count real ones
             if self._marker:
                 Path(self._marker).unlink(missing_ok=True)
             return
         self.faults.point("decided", self.batches)
-        cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
-                        self.faults, self.batches)
-        if not await cp.run(results, self.logics, offsets):
-            self._drop_local_state(set(results))
-        self._observe(results, time.perf_counter() - t0)
+        await self._checkpoint(results, offsets, t0)
         if self._marker:
             Path(self._marker).unlink(missing_ok=True)
         # Append-to-outcome latency is only meaningful for live traffic, whose record
