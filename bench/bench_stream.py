@@ -385,14 +385,16 @@ def peak_rss_mib(pid: int) -> float | None:
 
 
 def scrape_metrics(port: int) -> dict[str, float]:
-    """Samples of the worker's polls, and its own append-to-outcome histogram (the
-    record's Kafka timestamp to the batch's checkpoint, a ``name{le="…"}`` key per
-    bucket) to compare with the consumer-side latency."""
+    """Samples of the worker's polls, their time by phase (a ``name{phase="…"}`` key
+    each), and its own append-to-outcome histogram (the record's Kafka timestamp to the
+    batch's checkpoint, a ``name{le="…"}`` key per bucket) to compare with the
+    consumer-side latency."""
     from prometheus_client.parser import text_string_to_metric_families
 
     keep = ("mynapoint_batch_records_count", "mynapoint_batch_records_sum",
             "mynapoint_batch_seconds_sum", "mynapoint_outcome_latency_seconds_count")
     bucket = "mynapoint_outcome_latency_seconds_bucket"
+    phase = "mynapoint_batch_phase_seconds_sum"
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     except OSError:
@@ -404,6 +406,8 @@ def scrape_metrics(port: int) -> dict[str, float]:
                 out[s.name] = float(s.value)
             elif s.name == bucket:
                 out[f'{bucket}{{le="{s.labels["le"]}"}}'] = float(s.value)
+            elif s.name == phase:
+                out[f'{phase}{{phase="{s.labels["phase"]}"}}'] = float(s.value)
     return out
 
 

@@ -95,6 +95,21 @@ def worker_latency(metrics: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+PHASE_KEY = 'mynapoint_batch_phase_seconds_sum{phase="'
+
+
+def phase_breakdown(metrics: dict[str, float]) -> str:
+    """A poll's mean time by phase in ms, in the order a batch goes through them
+    (the worker's ``mynapoint_batch_phase_seconds``; "" if not scraped)."""
+    from engine.metrics import BATCH_PHASES
+
+    polls = metrics.get("mynapoint_batch_records_count", 0.0)
+    got = {k[len(PHASE_KEY):-2]: v for k, v in metrics.items() if k.startswith(PHASE_KEY)}
+    if not polls or not got:
+        return ""
+    return " · ".join(f"{p} {1000 * got[p] / polls:.1f}" for p in BATCH_PHASES if p in got)
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     r = results["runs"]
@@ -270,7 +285,9 @@ def render(results: dict[str, Any]) -> str:
                 w(f"The worker processed {int(nb):,} polls of "
                   f"{mt.get('mynapoint_batch_records_sum', 0) / nb:,.0f} records on average, "
                   f"and spent {mt.get('mynapoint_batch_seconds_sum', 0):.1f} s inside "
-                  f"`Worker.process` during the {span:.0f} s of sending.")
+                  f"`Worker.process` during the {span:.0f} s of sending"
+                  + (f"; a poll's mean time by phase (`mynapoint_batch_phase_seconds`, "
+                     f"ms): {phase_breakdown(mt)}." if phase_breakdown(mt) else "."))
             w("")
         else:
             w(f"FAILED: {lat.get('error') or lat}")
@@ -280,8 +297,8 @@ def render(results: dict[str, Any]) -> str:
             w("The same at lower rates (shorter runs), to show where the tail comes from:")
             w("")
             w("| rate | fraction of (b) | measured | p50 | p90 | p99 | max | polls × records "
-              "| time in `Worker.process` |")
-            w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| time in `Worker.process` | mean poll by phase (ms) |")
+            w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
             rows = sorted([*sweep, ("latency", lat)], key=lambda kv: kv[1]["target_rate"])
             for _k, v in rows:
                 mt = (v.get("metrics") or [{}])[0]
@@ -292,7 +309,7 @@ def render(results: dict[str, Any]) -> str:
                   f"{v['max']:.1f} ms | {int(nb):,} × "
                   f"{mt.get('mynapoint_batch_records_sum', 0) / nb if nb else 0:,.0f} | "
                   f"{mt.get('mynapoint_batch_seconds_sum', 0):.1f} s of "
-                  f"{v['send_seconds']:.0f} s |")
+                  f"{v['send_seconds']:.0f} s | {phase_breakdown(mt) or '—'} |")
             w("")
     out.extend(render_targets(r))
     profs = [(k, r[k]) for k in ("profile_batched", "profile_single", "profile_live")

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import Counter as _Tally
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -44,6 +45,11 @@ OUTCOMES = (ACCEPTED, *(r.name for r in Reason if r is not Reason.OK))
 BAD_MESSAGE_KINDS = ("invalid_utf8", "invalid_json", "too_large", "wrong_key", "no_key",
                      "bad_batch")
 
+# A batch's way through the worker, in order (engine.streams.checkpoint for the last
+# four): messages merged and held back, decoded, decided, outcomes acknowledged,
+# state in the changelog, offsets committed, local checkpoint taken.
+BATCH_PHASES = ("prepare", "decode", "decide", "outputs", "state", "commit", "local")
+
 BATCH_RECORDS_BUCKETS = (1, 10, 100, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                          10.0, 30.0)
@@ -61,6 +67,7 @@ METRIC_NAMES = (
     "mynapoint_points_clawed_back_total",
     "mynapoint_batch_records",
     "mynapoint_batch_seconds",
+    "mynapoint_batch_phase_seconds",
     "mynapoint_batch_deferred_messages_total",
     "mynapoint_outcome_latency_seconds",
     "mynapoint_parked_records",
@@ -120,6 +127,23 @@ def _partition(partition: int) -> str:
             or partition < 0:
         raise ValueError("partition must be a non-negative integer")
     return str(int(partition))
+
+
+class Laps:
+    """A batch's stopwatch: :meth:`lap` books the time since the previous lap (or
+    the start) to a phase of :data:`BATCH_PHASES`."""
+
+    def __init__(self) -> None:
+        self.start = self._last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
 
 class _BulkHistogram(Collector):
@@ -212,6 +236,11 @@ class EngineMetrics:
             "mynapoint_batch_seconds",
             "Time to decide, produce and commit one batch, in seconds.",
             buckets=BATCH_SECONDS_BUCKETS, registry=r)
+        self.batch_phase_seconds = Histogram(
+            "mynapoint_batch_phase_seconds",
+            "Time of one phase of a batch (prepare, decode, decide, outputs, state, "
+            "commit, local), in seconds: where mynapoint_batch_seconds goes.",
+            ["phase"], buckets=BATCH_SECONDS_BUCKETS, registry=r)
         self.deferred_messages = Counter(
             "mynapoint_batch_deferred_messages_total",
             "Input messages fetched by a poll that waited in memory for a later batch "
@@ -371,10 +400,17 @@ class EngineMetrics:
 
     # -- histograms -------------------------------------------------------------------
 
-    def observe_batch(self, records: int, seconds: float) -> None:
-        """One processed batch: its size and its decide+produce+commit time."""
+    def observe_batch(self, records: int, seconds: float,
+                      phases: dict[str, float] | None = None) -> None:
+        """One processed batch: its size, its decide+produce+commit time and that
+        time by phase (:data:`BATCH_PHASES`; a phase the batch did not go through
+        is not observed)."""
         self.batch_records.observe(records)
         self.batch_seconds.observe(seconds)
+        for phase, t in (phases or {}).items():
+            if phase not in BATCH_PHASES:
+                raise ValueError(f"unknown batch phase {phase!r}")
+            self.batch_phase_seconds.labels(phase=phase).observe(t)
 
     def deferred(self, messages: int) -> None:
         """``messages`` of a poll left for a later batch by the byte budget."""

@@ -40,6 +40,7 @@ from aiokafka.structs import OffsetAndMetadata
 from engine.kafka.produce import BATCH_BYTES, Message, send_batched, send_built
 from engine.kafka.record_batch import record_batches
 from engine.kafka.topics import SOURCE_HEADER, Topics
+from engine.metrics import Laps
 from engine.rules.model import NO_TIME
 from engine.rules.strings import kafka_partitions, prefix_codes
 from engine.streams import recovery
@@ -94,16 +95,23 @@ class Checkpoint:
         self._topics: dict[tuple[str, str], str] = {}  # (kind, input topic) -> output
 
     async def run(self, results: dict[int, ShardResult], logics: dict[int, PartitionLogic],
-                  offsets: dict[TopicPartition, Any]) -> bool:
-        """Returns False when the commit failed (the partitions are lost)."""
+                  offsets: dict[TopicPartition, Any], laps: Laps | None = None) -> bool:
+        """Returns False when the commit failed (the partitions are lost). ``laps``:
+        where each step's time is booked (metrics.BATCH_PHASES)."""
+        laps = laps or Laps()
         await self.outcomes(results)
+        laps.lap("outputs")
         self.faults.point("outputs", self.batch)
         changelog = await self.state({p: logics[p] for p in results})
+        laps.lap("state")
         self.faults.point("state", self.batch)
-        if not await self.commit(offsets, logics, changelog):
+        ok = await self.commit(offsets, logics, changelog)
+        laps.lap("commit")
+        if not ok:
             return False
         for p in results:
             logics[p].commit(changelog[p])
+        laps.lap("local")
         self.faults.point("commit", self.batch)
         return True
 

@@ -61,7 +61,7 @@ from engine.kafka.topics import (
     Topics,
     ensure_topics,
 )
-from engine.metrics import EngineMetrics
+from engine.metrics import EngineMetrics, Laps
 from engine.ops import health, logs
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.streams import recovery
@@ -571,6 +571,7 @@ class Worker:
         waits follow its stream time now, not when the partition's next record
         arrives (an operator that ended early, the end of a stream)."""
         results: dict[int, ShardResult] = {}
+        laps = Laps()
         for p in sorted(self.logics):
             # transactions wait for enrollments still unread (process): so do waits
             if await self._enrollments_behind(p):
@@ -585,8 +586,9 @@ class Worker:
                     results[p] = res
         if not results:
             return
+        laps.lap("decide")
         try:
-            await self._checkpoint(results, {}, time.perf_counter())
+            await self._checkpoint(results, {}, laps)
         except KafkaError:
             # nothing of it is durable: decided again at the next look (step's
             # handler replaces the producer)
@@ -596,14 +598,14 @@ class Worker:
             raise
 
     async def _checkpoint(self, results: dict[int, ShardResult],
-                          offsets: dict[TopicPartition, Any], t0: float) -> None:
+                          offsets: dict[TopicPartition, Any], laps: Laps) -> None:
         """Outcomes, state and offsets of decided partitions, in the crash-safe order
         (engine.streams.checkpoint); a lost commit drops their local state."""
         cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
                         self.faults, self.batches)
-        if not await cp.run(results, self.logics, offsets):
+        if not await cp.run(results, self.logics, offsets, laps):
             self._drop_local_state(set(results))
-        self._observe(results, time.perf_counter() - t0)
+        self._observe(results, laps)
 
     async def _enrollments_behind(self, p: int) -> bool:
         assert self.consumer is not None
@@ -685,7 +687,7 @@ class Worker:
 
     async def process(self, data: dict[Any, list[Any]]) -> None:
         assert self.producer is not None and self.consumer is not None
-        t0 = time.perf_counter()
+        laps = Laps()
         if self._marker:
             Path(self._marker).touch()
         by_part: dict[int, dict[str, list[Any]]] = defaultdict(dict)
@@ -726,11 +728,13 @@ class Worker:
                                  recovery.message_crc(msgs[-1].key, msgs[-1].value)]
                 if not self.topics.is_internal(topic):
                     stamps.extend(m.timestamp for m in msgs)
+        laps.lap("prepare")
         names = self.topics
         enr = self._decode(parts, enrollments, by_part, names.reroute_enrollments,
                            "enrollment")
         txn = self._decode(parts, transactions, by_part, names.reroute_transactions,
                            "transaction")
+        laps.lap("decode")
         results: dict[int, ShardResult] = {}
         for p in parts:
             if p not in enr and p not in txn:
@@ -742,8 +746,9 @@ class Worker:
             if self._marker:
                 Path(self._marker).unlink(missing_ok=True)
             return
+        laps.lap("decide")
         self.faults.point("decided", self.batches)
-        await self._checkpoint(results, offsets, t0)
+        await self._checkpoint(results, offsets, laps)
         if self._marker:
             Path(self._marker).unlink(missing_ok=True)
         # Append-to-outcome latency is only meaningful for live traffic, whose record
@@ -790,7 +795,7 @@ class Worker:
         for kind, k in b.bad_messages.items():
             self.metrics.bad_message(kind, k)
 
-    def _observe(self, results: dict[int, ShardResult], seconds: float) -> None:
+    def _observe(self, results: dict[int, ShardResult], laps: Laps) -> None:
         m = self.metrics
         n_rec = 0
         for p, res in results.items():
@@ -809,7 +814,7 @@ class Worker:
             m.set_last_batch(p, time.time())
             if logic.stream_time is not None:
                 m.set_stream_time(p, logic.stream_time / 1e6)
-        m.observe_batch(n_rec, seconds)
+        m.observe_batch(n_rec, laps.elapsed(), laps.phases)
         self.batches += 1
         self.records += n_rec
 

@@ -16,7 +16,14 @@ from aiokafka.errors import (
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.metrics import BAD_MESSAGE_KINDS, LATENCY_BUCKETS, METRIC_NAMES, EngineMetrics
+import engine.metrics as metrics_module
+from engine.metrics import (
+    BAD_MESSAGE_KINDS,
+    LATENCY_BUCKETS,
+    METRIC_NAMES,
+    EngineMetrics,
+    Laps,
+)
 from engine.ops.logs import quiet
 from engine.rules.model import ENROLLMENT_REASONS, TRANSACTION_REASONS, Reason
 
@@ -53,7 +60,7 @@ def test_exactly_the_documented_metrics() -> None:
     m.observe_batch(1, 0.1)
     m.observe_points([1])
     assert exposed_names(m) == set(METRIC_NAMES)  # in particular, no "_created" series
-    assert len(METRIC_NAMES) == 21
+    assert len(METRIC_NAMES) == 22
 
 
 def test_fresh_registry_per_instance_and_given_registry_used() -> None:
@@ -152,6 +159,31 @@ def test_batch_histograms() -> None:
     assert value(m, "mynapoint_batch_seconds_sum") == pytest.approx(0.184)
     assert value(m, "mynapoint_batch_seconds_bucket", le="0.005") == 1
     assert value(m, "mynapoint_batch_seconds_bucket", le="0.25") == 2
+
+
+def test_batch_phases_observed_by_name_and_closed() -> None:
+    m = EngineMetrics()
+    m.observe_batch(10, 0.030, {"decode": 0.004, "decide": 0.02, "outputs": 0.006})
+    m.observe_batch(10, 0.003, {"decide": 0.003})
+    assert value(m, "mynapoint_batch_phase_seconds_count", phase="decide") == 2
+    assert value(m, "mynapoint_batch_phase_seconds_sum", phase="decide") == pytest.approx(0.023)
+    assert value(m, "mynapoint_batch_phase_seconds_bucket", phase="decide", le="0.005") == 1
+    assert value(m, "mynapoint_batch_phase_seconds_count", phase="decode") == 1
+    assert ("mynapoint_batch_phase_seconds_count", frozenset({("phase", "state")})) \
+        not in scrape(m)  # a phase no batch went through
+    with pytest.raises(ValueError, match="unknown batch phase"):
+        m.observe_batch(1, 0.1, {"a record value": 0.1})  # never a label from data
+
+
+def test_laps_book_each_interval_to_its_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([10.0, 10.5, 10.75, 11.0, 12.0])
+    monkeypatch.setattr(metrics_module.time, "perf_counter", lambda: next(clock))
+    laps = Laps()                       # 10.0
+    laps.lap("prepare")                 # 10.5
+    laps.lap("decide")                  # 10.75
+    laps.lap("decide")                  # 11.0: a phase met twice adds up
+    assert laps.phases == {"prepare": 0.5, "decide": 0.5}
+    assert laps.elapsed() == 2.0        # 12.0
 
 
 def test_outcome_latency_bulk_histogram() -> None:

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
+from engine.metrics import BATCH_PHASES
 from engine.streams.faust_runtime import WORKER_ARGS_ENV
 from engine.streams.recovery import changelog_need
 from engine.streams.state import META_KEY, ShardMeta, decode_meta
@@ -99,6 +101,20 @@ def _outcomes_counted(metrics_text: str) -> float:
                if line.startswith("mynapoint_outcomes_total{"))
 
 
+def _phases_account_for_batches(metrics_text: str) -> None:
+    """Every batch went through every phase, and the phases' times add up to the
+    batches' (what is left is the bookkeeping between the last lap and the total)."""
+    samples = {(s.name, s.labels.get("phase")): s.value
+               for f in text_string_to_metric_families(metrics_text) for s in f.samples}
+    batches = samples[("mynapoint_batch_seconds_count", None)]
+    total = samples[("mynapoint_batch_seconds_sum", None)]
+    assert batches >= 1
+    for phase in BATCH_PHASES:
+        assert samples[("mynapoint_batch_phase_seconds_count", phase)] >= 1, phase
+    booked = sum(samples[("mynapoint_batch_phase_seconds_sum", p)] for p in BATCH_PHASES)
+    assert 0.9 * total <= booked <= total
+
+
 def test_metrics_and_health_alike_and_faust_cli(kafka_broker, topic_prefix, tmp_path: Path,
                                                tmp_path_factory, runtime: str) -> None:
     """The engine's /metrics, /healthz and /readyz under each runtime; the Faust one
@@ -134,6 +150,7 @@ def test_metrics_and_health_alike_and_faust_cli(kafka_broker, topic_prefix, tmp_
         text = wait_until("every record's outcome counted", counted)
         assert _outcomes_counted(text) == records_in(sc)
         assert "mynapoint_worker_up 1.0" in text
+        _phases_account_for_batches(text)
         with socket.socket() as s:  # Faust's web server (port 6066) is not listening
             assert s.connect_ex(("127.0.0.1", 6066)) != 0
     finally:
