@@ -147,43 +147,40 @@ def test_the_workers_own_latency_is_read_from_its_histogram_up_to_99_percent() -
     assert worker_latency({}) == ""  # a run that did not scrape the histogram
 
 
-def test_the_workers_histogram_is_scraped_from_its_metrics_endpoint() -> None:
+def _scraped(m: Any) -> dict[str, float]:
+    """What the stream bench keeps of ``m``'s metrics, read over HTTP as from a worker."""
     from prometheus_client import start_http_server
 
     from bench.bench_stream import free_port, scrape_metrics
+
+    port = free_port()
+    server, thread = start_http_server(port, registry=m.registry)
+    try:
+        return scrape_metrics(port)
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_the_workers_histogram_is_scraped_from_its_metrics_endpoint() -> None:
     from bench.stream_report import worker_latency
     from engine.metrics import EngineMetrics
 
     m = EngineMetrics()
     m.observe_outcome_latencies([0.05, 0.2, 0.3])
-    port = free_port()
-    server, thread = start_http_server(port, registry=m.registry)
-    try:
-        got = scrape_metrics(port)
-    finally:
-        server.shutdown()
-        thread.join()
+    got = _scraped(m)
     assert worker_latency(got) == ("33.3 % within 50 ms, 33.3 % within 100 ms, "
                                    "66.7 % within 250 ms, 100.0 % within 500 ms")
 
 
 def test_a_polls_time_by_phase_is_scraped_and_shown_in_batch_order() -> None:
-    from prometheus_client import start_http_server
-
-    from bench.bench_stream import free_port, scrape_metrics
     from bench.stream_report import phase_breakdown
     from engine.metrics import EngineMetrics
 
     m = EngineMetrics()
     m.observe_batch(5, 0.030, {"state": 0.004, "decide": 0.02, "prepare": 0.001})
     m.observe_batch(5, 0.010, {"state": 0.002, "decide": 0.006})
-    port = free_port()
-    server, thread = start_http_server(port, registry=m.registry)
-    try:
-        got = scrape_metrics(port)
-    finally:
-        server.shutdown()
-        thread.join()
+    got = _scraped(m)
     # means over both polls (a phase one poll skipped counts as 0 for it), batch order
     assert phase_breakdown(got) == "prepare 0.5 · decide 13.0 · state 3.0"
     assert phase_breakdown({}) == ""  # a run that did not scrape the phases
