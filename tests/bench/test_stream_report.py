@@ -182,5 +182,6 @@ def test_a_polls_time_by_phase_is_scraped_and_shown_in_batch_order() -> None:
     m.observe_batch(5, 0.010, {"state": 0.002, "decide": 0.006})
     got = _scraped(m)
     # means over both polls (a phase one poll skipped counts as 0 for it), batch order
-    assert phase_breakdown(got) == "prepare 0.5 · decide 13.0 · state 3.0"
+    assert phase_breakdown(got) == ("prepare 0.5 · decode 0.0 · decide 13.0 · outputs 0.0 · "
+                                    "state 3.0 · commit 0.0 · local 0.0")
     assert phase_breakdown({}) == ""  # a run that did not scrape the phases
