@@ -287,7 +287,7 @@ def render(results: dict[str, Any]) -> str:
                   f"and spent {mt.get('mynapoint_batch_seconds_sum', 0):.1f} s inside "
                   f"`Worker.process` during the {span:.0f} s of sending"
                   + (f"; a poll's mean time by phase (`mynapoint_batch_phase_seconds`, "
-                     f"ms): {phase_breakdown(mt)}." if phase_breakdown(mt) else "."))
+                     f"ms): {phases}." if (phases := phase_breakdown(mt)) else "."))
             w("")
         else:
             w(f"FAILED: {lat.get('error') or lat}")

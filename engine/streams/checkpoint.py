@@ -95,10 +95,9 @@ class Checkpoint:
         self._topics: dict[tuple[str, str], str] = {}  # (kind, input topic) -> output
 
     async def run(self, results: dict[int, ShardResult], logics: dict[int, PartitionLogic],
-                  offsets: dict[TopicPartition, Any], laps: Laps | None = None) -> bool:
+                  offsets: dict[TopicPartition, Any], laps: Laps) -> bool:
         """Returns False when the commit failed (the partitions are lost). ``laps``:
-        where each step's time is booked (metrics.BATCH_PHASES)."""
-        laps = laps or Laps()
+        the batch's stopwatch, to which each step's time is booked."""
         await self.outcomes(results)
         laps.lap("outputs")
         self.faults.point("outputs", self.batch)
