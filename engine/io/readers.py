@@ -19,6 +19,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.rules.plain_json import merge, shape_plain
 from engine.rules.strings import json_facts
 from engine.rules.validate import Shaped, shape_objects, shape_table
 
@@ -71,12 +72,6 @@ def load_record(line: bytes, limit: int | None = None) -> Any:
         return BadRecord("record is not valid JSON (NaN and Infinity are not JSON numbers)"
                          if b"NaN" in line or b"Infinity" in line
                          else "record is not valid JSON")
-
-
-def decode_lines(lines: list[bytes]) -> tuple[list[Any], tuple[np.ndarray, np.ndarray]]:
-    """Decode JSON Lines; undecodable lines become :class:`BadRecord` values. Also
-    returns the texts' :func:`engine.rules.strings.json_facts` for shaping."""
-    return [load_record(line) for line in lines], json_facts(lines)
 
 
 def split_lines(data: bytes) -> tuple[list[bytes], np.ndarray]:
@@ -294,16 +289,25 @@ def _read_file(p: Path, record_type: str, progress: Callable[[int], None] | None
     except OSError as e:
         raise InputError(f"{p}: cannot read file ({e.strerror})") from None
     lines, numbers = split_lines(data)
-    objs: list[Any] = []
-    pii: list[np.ndarray] = [np.zeros(0, np.bool_)]
-    keys: list[np.ndarray] = [np.zeros(0, np.int64)]
-    step = 200_000
-    for start in range(0, len(lines), step):
-        part, (p_pii, p_keys) = decode_lines(lines[start:start + step])
-        objs.extend(part)
-        pii.append(p_pii)
-        keys.append(p_keys)
-        if progress:
-            progress(min(step, len(lines) - start))
-    raw = (np.concatenate(pii), np.concatenate(keys))
-    return shape_objects(objs, record_type, raw), numbers
+    shaped = shape_lines(lines, record_type)
+    if progress:
+        progress(len(lines))
+    return shaped, numbers
+
+
+def shape_lines(lines: list[bytes], record_type: str, limit: int | None = None,
+                bad: dict[str, int] | None = None) -> Shaped:
+    """JSON texts shaped: the plain ones in one compiled pass (engine.rules.plain_json),
+    the rest decoded one by one (:func:`load_record`, texts over ``limit`` bytes
+    refused) and shaped as objects; ``bad`` counts the undecodable ones by kind."""
+    plain, mask = shape_plain(lines, record_type, limit)
+    if plain.n == len(lines):
+        return plain
+    rest = [lines[i] for i in np.flatnonzero(~mask).tolist()]
+    objs = [load_record(line, limit) for line in rest]
+    if bad is not None:
+        for obj in objs:
+            if isinstance(obj, BadRecord):
+                bad[obj.kind] = bad.get(obj.kind, 0) + 1
+    shaped = shape_objects(objs, record_type, json_facts(rest))
+    return merge(plain, mask, shaped) if plain.n else shaped

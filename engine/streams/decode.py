@@ -20,7 +20,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.io.readers import BadRecord, load_record, split_lines
+from engine.io.readers import BadRecord, load_record, shape_lines, split_lines
 from engine.kafka.topics import (
     FORMAT_ARROW,
     FORMAT_HEADER,
@@ -30,6 +30,7 @@ from engine.kafka.topics import (
     SOURCE_HEADER,
 )
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
+from engine.rules.plain_json import merge, shape_plain
 from engine.rules.strings import END_US, is_individual_number, json_facts
 from engine.rules.validate import (
     Shaped,
@@ -151,13 +152,25 @@ def _ts_us(msg: Any) -> int:
     return min(ts * 1000, END_US)
 
 
-class _Segments:
-    """Accumulates consecutive JSON values into one shaping call, tables apart."""
+@dataclass(slots=True)
+class _OneRecord:
+    """A one-record message's text, decoded when its segment is shaped."""
 
-    def __init__(self, record_type: str) -> None:
+    key: bytes | None
+    rerouted: bool  # from the re-routing topic (its SOURCE_HEADER believed)
+
+
+class _Segments:
+    """Accumulates consecutive JSON values into one shaping call, tables apart: plain
+    one-record messages compiled together (engine.rules.plain_json), the rest decoded
+    one by one."""
+
+    def __init__(self, record_type: str, max_record_bytes: int, bad: dict[str, int]) -> None:
         self.record_type = record_type
+        self.max_record_bytes = max_record_bytes
+        self.bad = bad
         self.parts: list[Shaped] = []
-        self.objs: list[Any] = []
+        self.objs: list[Any] = []  # a decoded value, or a _OneRecord not decoded yet
         self.texts: list[bytes] = []
         self.ts: list[int] = []
 
@@ -167,17 +180,72 @@ class _Segments:
         self.texts.append(text)
         self.ts.append(ts)
 
-    def flush_objs(self) -> None:
-        if self.objs:
-            s = shape_objects(self.objs, self.record_type, json_facts(self.texts))
-            s.ts_override = np.asarray(self.ts, dtype=np.int64)
-            self.parts.append(s)
-            self.objs, self.texts, self.ts = [], [], []
+    def add_message(self, value: bytes, ts: int, key: bytes | None, rerouted: bool) -> None:
+        # a re-routed record keeps the received_at it had in its first message
+        self.add_obj(_OneRecord(key, rerouted), NO_TIME if rerouted else ts, value)
 
-    def add_table(self, table: pa.Table, ts: int) -> None:
+    def flush_objs(self) -> None:
+        if not self.objs:
+            return
+        objs, texts = self.objs, self.texts
+        messages = np.flatnonzero([type(o) is _OneRecord for o in objs])
+        plain = None
+        mask = np.zeros(len(objs), np.bool_)
+        if len(messages):
+            plain, found = shape_plain([texts[i] for i in messages.tolist()],
+                                       self.record_type, self.max_record_bytes)
+            mask[messages[found]] = True
+            self._kafka_facts(plain, [objs[i] for i in messages[found].tolist()])
+        rest = np.flatnonzero(~mask).tolist()
+        s = shape_objects([self._decoded(objs[i], texts[i]) for i in rest], self.record_type,
+                          json_facts([texts[i] for i in rest]))
+        if plain is not None and plain.n:
+            s = merge(plain, mask, s)
+        s.ts_override = np.asarray(self.ts, dtype=np.int64)
+        self.parts.append(s)
+        self.objs, self.texts, self.ts = [], [], []
+
+    def _kafka_facts(self, plain: Shaped, msgs: list[_OneRecord]) -> None:
+        """What a plain one-record message's Kafka envelope says, as :meth:`_decoded`
+        tells it for the others."""
+        rerouted = np.fromiter((m.rerouted for m in msgs), np.bool_, len(msgs))
+        if "received_at" in plain.columns:
+            plain.columns["received_at"] = null_where(plain.columns["received_at"], ~rerouted)
+        bad = self.bad
+        for m, mykey in zip(msgs, plain.columns["mykey_id"].to_pylist(), strict=True):
+            if not m.rerouted:
+                if m.key is None:
+                    bad["no_key"] = bad.get("no_key", 0) + 1
+                elif mykey is None or m.key != mykey.encode():
+                    bad["wrong_key"] = bad.get("wrong_key", 0) + 1
+
+    def _decoded(self, obj: Any, value: bytes) -> Any:
+        if type(obj) is not _OneRecord:
+            return obj
+        m, bad = obj, self.bad
+        obj = load_record(value, self.max_record_bytes) if value else BadRecord("empty message")
+        if isinstance(obj, BadRecord):
+            bad[obj.kind] = bad.get(obj.kind, 0) + 1
+        elif isinstance(obj, dict) and not m.rerouted:
+            # in Kafka the record timestamp *is* received_at (set to null rather
+            # than removed: shaping compares the object's size with its text), but
+            # an Individual Number there must still reach check 1
+            ra = obj.get("received_at")
+            if "received_at" in obj and not (isinstance(ra, str)
+                                             and is_individual_number(ra)):
+                obj["received_at"] = None
+            # the key is only a routing hint: records are placed by their mykey_id
+            mykey = obj.get("mykey_id")
+            if m.key is None:
+                bad["no_key"] = bad.get("no_key", 0) + 1
+            elif type(mykey) is not str or m.key != mykey.encode("utf-8", "replace"):
+                bad["wrong_key"] = bad.get("wrong_key", 0) + 1
+        return obj
+
+    def add_shaped(self, s: Shaped, ts: int) -> None:
+        """Records shaped already (a table, plain JSON Lines), all with timestamp ``ts``."""
         self.flush_objs()
-        s = shape_table(table, self.record_type)
-        s.ts_override = np.full(table.num_rows, ts, dtype=np.int64)
+        s.ts_override = np.full(s.n, ts, dtype=np.int64)
         self.parts.append(s)
 
 
@@ -262,12 +330,12 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
     trusted source names), and its ``operator_id`` must match it (OPERATOR_MISMATCH).
     ``starts``: filled with the index of each message's first record (messages of
     several partitions are decoded in one call, then sliced by partition)."""
-    seg = _Segments(record_type)
+    bad: dict[str, int] = {}
+    seg = _Segments(record_type, max_record_bytes, bad)
     sources: list[str] = []
     arrival: list[int] = []
     rerouted: list[bool] = []
     origins = _Origins()
-    bad: dict[str, int] = {}
     flags: Flags = {}
     for m in msgs:
         if starts is not None:
@@ -286,25 +354,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
         value = m.value if m.value is not None else b""
         if fmt is None:
             origin = _header(m, SOURCE_HEADER) if internal else None
-            obj = load_record(value, max_record_bytes) if value else BadRecord("empty message")
-            if isinstance(obj, BadRecord):
-                bad[obj.kind] = bad.get(obj.kind, 0) + 1
-            elif isinstance(obj, dict) and origin is None:
-                # in Kafka the record timestamp *is* received_at (set to null rather
-                # than removed: shaping compares the object's size with its text), but
-                # an Individual Number there must still reach check 1
-                ra = obj.get("received_at")
-                if "received_at" in obj and not (isinstance(ra, str)
-                                                 and is_individual_number(ra)):
-                    obj["received_at"] = None
-                # the key is only a routing hint: records are placed by their mykey_id
-                mykey = obj.get("mykey_id")
-                if m.key is None:
-                    bad["no_key"] = bad.get("no_key", 0) + 1
-                elif type(mykey) is not str or m.key != mykey.encode("utf-8", "replace"):
-                    bad["wrong_key"] = bad.get("wrong_key", 0) + 1
-            # a re-routed record keeps the received_at it had in its first message
-            seg.add_obj(obj, ts if origin is None else NO_TIME, value)
+            seg.add_message(value, ts, m.key, origin is not None)
             sources.append(origin.decode("utf-8", "replace") if origin else base)
             arrival.append(m.offset << SUB_BITS)
             rerouted.append(origin is not None)
@@ -315,13 +365,9 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                              f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
-            for line in lines:
-                obj = load_record(line, max_record_bytes)
-                if isinstance(obj, BadRecord):
-                    bad[obj.kind] = bad.get(obj.kind, 0) + 1
-                # a chunk's records carry their own received_at, or none (see
-                # schemas/batch-message.md: the message timestamp is not lent)
-                seg.add_obj(obj, NO_TIME, line)
+            # a chunk's records carry their own received_at, or none (see
+            # schemas/batch-message.md: the message timestamp is not lent)
+            seg.add_shaped(shape_lines(lines, record_type, max_record_bytes, bad), NO_TIME)
             _chunk(sources, arrival, rerouted, base, m.offset, len(lines))
             origins.add(base, len(lines), own)
         elif fmt == FORMAT_ARROW:
@@ -345,7 +391,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                              f"message carries more than {MAX_RECORDS_PER_MESSAGE} records")
                 continue
             try:
-                seg.add_table(table, NO_TIME)
+                seg.add_shaped(shape_table(table, record_type), NO_TIME)
             except Exception as e:  # a last line of defence: Arrow's type space is open
                 _bad_message(seg, bad, sources, arrival, rerouted, origins, base, m.offset, ts,
                              "message has an Arrow layout the engine cannot read "
