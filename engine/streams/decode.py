@@ -149,15 +149,13 @@ def _ts_us(msg: Any) -> int:
     if ts is None or ts < 0:
         return NO_TIME
     # beyond the representable range: validation rejects it, int64 must still hold it
-    return min(ts * 1000, END_US)
+    ts *= 1000
+    return ts if ts < END_US else END_US
 
 
-@dataclass(slots=True)
-class _OneRecord:
-    """A one-record message's text, decoded when its segment is shaped."""
-
-    key: bytes | None
-    rerouted: bool  # from the re-routing topic (its SOURCE_HEADER believed)
+# what a one-record message's entry holds until its segment is shaped (its text,
+# Kafka key and re-routing flag beside it): most are never decoded one by one
+_UNDECODED = object()
 
 
 class _Segments:
@@ -170,63 +168,72 @@ class _Segments:
         self.max_record_bytes = max_record_bytes
         self.bad = bad
         self.parts: list[Shaped] = []
-        self.objs: list[Any] = []  # a decoded value, or a _OneRecord not decoded yet
+        self.objs: list[Any] = []  # a stand-in's value, or _UNDECODED (a message)
         self.texts: list[bytes] = []
         self.ts: list[int] = []
+        self.keys: list[bytes | None] = []
+        self.rerouted: list[bool] = []
 
-    def add_obj(self, obj: Any, ts: int, text: bytes = b"") -> None:
-        """``text``: the JSON text ``obj`` was decoded from (b"" for a stand-in)."""
+    def add_obj(self, obj: Any, ts: int) -> None:
+        """A stand-in for what a message's records could not be told from."""
+        self.add_message(b"", ts, None, False, obj)
+
+    def add_message(self, value: bytes, ts: int, key: bytes | None, rerouted: bool,
+                    obj: Any = _UNDECODED) -> None:
         self.objs.append(obj)
-        self.texts.append(text)
-        self.ts.append(ts)
-
-    def add_message(self, value: bytes, ts: int, key: bytes | None, rerouted: bool) -> None:
+        self.texts.append(value)
         # a re-routed record keeps the received_at it had in its first message
-        self.add_obj(_OneRecord(key, rerouted), NO_TIME if rerouted else ts, value)
+        self.ts.append(NO_TIME if rerouted else ts)
+        self.keys.append(key)
+        self.rerouted.append(rerouted)
 
     def flush_objs(self) -> None:
         if not self.objs:
             return
         objs, texts = self.objs, self.texts
-        messages = np.flatnonzero([type(o) is _OneRecord for o in objs])
+        messages = np.flatnonzero([o is _UNDECODED for o in objs])
         plain = None
         mask = np.zeros(len(objs), np.bool_)
         if len(messages):
             plain, found = shape_plain([texts[i] for i in messages.tolist()],
                                        self.record_type, self.max_record_bytes)
             mask[messages[found]] = True
-            self._kafka_facts(plain, [objs[i] for i in messages[found].tolist()])
+            self._kafka_facts(plain, messages[found].tolist())
         rest = np.flatnonzero(~mask).tolist()
-        s = shape_objects([self._decoded(objs[i], texts[i]) for i in rest], self.record_type,
+        s = shape_objects([self._decoded(i) for i in rest], self.record_type,
                           json_facts([texts[i] for i in rest]))
         if plain is not None and plain.n:
             s = merge(plain, mask, s)
         s.ts_override = np.asarray(self.ts, dtype=np.int64)
         self.parts.append(s)
-        self.objs, self.texts, self.ts = [], [], []
+        self.objs, self.texts, self.ts, self.keys, self.rerouted = [], [], [], [], []
 
-    def _kafka_facts(self, plain: Shaped, msgs: list[_OneRecord]) -> None:
-        """What a plain one-record message's Kafka envelope says, as :meth:`_decoded`
-        tells it for the others."""
-        rerouted = np.fromiter((m.rerouted for m in msgs), np.bool_, len(msgs))
+    def _kafka_facts(self, plain: Shaped, rows: list[int]) -> None:
+        """What the Kafka envelope of plain one-record messages (at ``rows``) says, as
+        :meth:`_decoded` tells it for the others."""
+        rerouted = np.asarray(self.rerouted)[rows] if rows else np.zeros(0, np.bool_)
         if "received_at" in plain.columns:
             plain.columns["received_at"] = null_where(plain.columns["received_at"], ~rerouted)
-        bad = self.bad
-        for m, mykey in zip(msgs, plain.columns["mykey_id"].to_pylist(), strict=True):
-            if not m.rerouted:
-                if m.key is None:
-                    bad["no_key"] = bad.get("no_key", 0) + 1
-                elif mykey is None or m.key != mykey.encode():
-                    bad["wrong_key"] = bad.get("wrong_key", 0) + 1
+        bad, keys = self.bad, self.keys
+        for i, mykey in zip(np.asarray(rows)[~rerouted].tolist(),
+                            plain.columns["mykey_id"].filter(pa.array(~rerouted)).to_pylist(),
+                            strict=True):
+            key = keys[i]
+            if key is None:
+                bad["no_key"] = bad.get("no_key", 0) + 1
+            elif mykey is None or key != mykey.encode():
+                bad["wrong_key"] = bad.get("wrong_key", 0) + 1
 
-    def _decoded(self, obj: Any, value: bytes) -> Any:
-        if type(obj) is not _OneRecord:
+    def _decoded(self, i: int) -> Any:
+        """Entry ``i`` as a JSON value, a one-record message decoded as its Kafka
+        envelope says (stand-ins as they are)."""
+        obj, value, bad = self.objs[i], self.texts[i], self.bad
+        if obj is not _UNDECODED:
             return obj
-        m, bad = obj, self.bad
         obj = load_record(value, self.max_record_bytes) if value else BadRecord("empty message")
         if isinstance(obj, BadRecord):
             bad[obj.kind] = bad.get(obj.kind, 0) + 1
-        elif isinstance(obj, dict) and not m.rerouted:
+        elif isinstance(obj, dict) and not self.rerouted[i]:
             # in Kafka the record timestamp *is* received_at (set to null rather
             # than removed: shaping compares the object's size with its text), but
             # an Individual Number there must still reach check 1
@@ -235,10 +242,10 @@ class _Segments:
                                              and is_individual_number(ra)):
                 obj["received_at"] = None
             # the key is only a routing hint: records are placed by their mykey_id
-            mykey = obj.get("mykey_id")
-            if m.key is None:
+            mykey, key = obj.get("mykey_id"), self.keys[i]
+            if key is None:
                 bad["no_key"] = bad.get("no_key", 0) + 1
-            elif type(mykey) is not str or m.key != mykey.encode("utf-8", "replace"):
+            elif type(mykey) is not str or key != mykey.encode("utf-8", "replace"):
                 bad["wrong_key"] = bad.get("wrong_key", 0) + 1
         return obj
 
