@@ -12,9 +12,9 @@ decoding plus ``shape_objects`` is known from the bytes alone, so
 A text that is not plain (an extra field, an escape, a float, a repeated key, an
 Individual Number, a record over the size limit, ...) is left to the object path,
 and :func:`merge` puts both back in order, so every rejection's reason and detail
-come from one implementation. What the two
-paths give for plain texts is the same by construction and by test
-(tests/rules/test_plain_json.py, against the object path).
+come from one implementation. What the two paths give for plain texts is the same
+by construction and by test (tests/rules/test_plain_json.py, against the object
+path).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def _scan_one(data, a, b, names, name_len, amount_field, vstart, vend, amount, a
 @numba.njit(cache=True, nogil=True)
 def _gather(data, vstart, vend, f):  # type: ignore[no-untyped-def]  # pragma: no cover
     n = vstart.shape[0]
-    offsets = np.zeros(n + 1, np.int32)
+    offsets = np.zeros(n + 1, np.int64)
     valid = np.zeros(n, np.bool_)
     total = 0
     for i in range(n):
@@ -185,8 +185,11 @@ def _column(data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, f: int) -> p
     n = len(valid)
     nulls = n - int(np.count_nonzero(valid))
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf),
-                                       bitmap, nulls)
+    if offsets[-1] <= np.iinfo(np.int32).max:  # the object path's type, where it fits
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)),
+                                           pa.py_buffer(buf), bitmap, nulls)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf),
+                                            bitmap, nulls)
 
 
 def shape_plain(lines: list[bytes], record_type: str, limit: int | None = None

@@ -4,9 +4,10 @@ checks need (JST days, window and lateness flags).
 
 Records arrive in two shapes. Decoded JSON values (JSON Lines, one-record
 Kafka messages) go through :func:`shape_objects`, a thin Python pass that only
-sorts values by type; Arrow tables (Parquet, Arrow IPC messages) go through
-:func:`shape_table`, which is fully columnar. Both produce a :class:`Shaped`
-batch, and everything after that — formats, timestamps, amounts, operators —
+sorts values by type — except plain texts, which engine.rules.plain_json reads
+into the same columns without decoding them; Arrow tables (Parquet, Arrow IPC
+messages) go through :func:`shape_table`, which is fully columnar. All produce a
+:class:`Shaped` batch, and everything after that — formats, timestamps, amounts, operators —
 is one vectorised implementation, so a record is judged the same way whichever
 shape it came in.
 """

@@ -250,7 +250,7 @@ class _Segments:
         return obj
 
     def add_shaped(self, s: Shaped, ts: int) -> None:
-        """Records shaped already (a table, plain JSON Lines), all with timestamp ``ts``."""
+        """Records shaped already (a table, a JSON Lines chunk), all with timestamp ``ts``."""
         self.flush_objs()
         s.ts_override = np.full(s.n, ts, dtype=np.int64)
         self.parts.append(s)
