@@ -289,25 +289,30 @@ def _read_file(p: Path, record_type: str, progress: Callable[[int], None] | None
     except OSError as e:
         raise InputError(f"{p}: cannot read file ({e.strerror})") from None
     lines, numbers = split_lines(data)
-    shaped = shape_lines(lines, record_type)
+    shaped, _ = shape_lines(lines, record_type)
     if progress:
         progress(len(lines))
     return shaped, numbers
 
 
 def shape_lines(lines: list[bytes], record_type: str, limit: int | None = None,
-                bad: dict[str, int] | None = None) -> Shaped:
-    """JSON texts shaped: the plain ones in one compiled pass (engine.rules.plain_json),
-    the rest decoded one by one (:func:`load_record`, texts over ``limit`` bytes
-    refused) and shaped as objects; ``bad`` counts the undecodable ones by kind."""
+                bad: dict[str, int] | None = None,
+                decode: Callable[[int], Any] | None = None) -> tuple[Shaped, np.ndarray]:
+    """JSON texts shaped, and which of them were plain: the plain ones in one compiled
+    pass (engine.rules.plain_json), the rest as objects — ``decode(i)`` gives text
+    ``i``'s value (by default :func:`load_record`, texts over ``limit`` bytes refused,
+    the undecodable counted in ``bad`` by kind)."""
     plain, mask = shape_plain(lines, record_type, limit)
     if plain.n == len(lines):
-        return plain
-    rest = [lines[i] for i in np.flatnonzero(~mask).tolist()]
-    objs = [load_record(line, limit) for line in rest]
-    if bad is not None:
-        for obj in objs:
-            if isinstance(obj, BadRecord):
-                bad[obj.kind] = bad.get(obj.kind, 0) + 1
-    shaped = shape_objects(objs, record_type, json_facts(rest))
-    return merge(plain, mask, shaped) if plain.n else shaped
+        return plain, mask
+    rest = np.flatnonzero(~mask).tolist()
+    if decode is None:
+        objs = [load_record(lines[i], limit) for i in rest]
+        if bad is not None:
+            for obj in objs:
+                if isinstance(obj, BadRecord):
+                    bad[obj.kind] = bad.get(obj.kind, 0) + 1
+    else:
+        objs = [decode(i) for i in rest]
+    shaped = shape_objects(objs, record_type, json_facts([lines[i] for i in rest]))
+    return (merge(plain, mask, shaped) if plain.n else shaped), mask

@@ -30,13 +30,11 @@ from engine.kafka.topics import (
     SOURCE_HEADER,
 )
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
-from engine.rules.plain_json import merge, shape_plain
-from engine.rules.strings import END_US, is_individual_number, json_facts
+from engine.rules.strings import END_US, is_individual_number
 from engine.rules.validate import (
     Shaped,
     Validated,
     concat_validated,
-    shape_objects,
     shape_table,
     validate_enrollments,
     validate_transactions,
@@ -190,34 +188,26 @@ class _Segments:
     def flush_objs(self) -> None:
         if not self.objs:
             return
-        objs, texts = self.objs, self.texts
-        messages = np.flatnonzero([o is _UNDECODED for o in objs])
-        plain = None
-        mask = np.zeros(len(objs), np.bool_)
-        if len(messages):
-            plain, found = shape_plain([texts[i] for i in messages.tolist()],
-                                       self.record_type, self.max_record_bytes)
-            mask[messages[found]] = True
-            self._kafka_facts(plain, messages[found].tolist())
-        rest = np.flatnonzero(~mask).tolist()
-        s = shape_objects([self._decoded(i) for i in rest], self.record_type,
-                          json_facts([texts[i] for i in rest]))
-        if plain is not None and plain.n:
-            s = merge(plain, mask, s)
+        # a stand-in's text is empty: never plain, so it reaches _decoded as it is
+        s, plain = shape_lines(self.texts, self.record_type, self.max_record_bytes,
+                               decode=self._decoded)
+        self._kafka_facts(s, plain)
         s.ts_override = np.asarray(self.ts, dtype=np.int64)
         self.parts.append(s)
         self.objs, self.texts, self.ts, self.keys, self.rerouted = [], [], [], [], []
 
-    def _kafka_facts(self, plain: Shaped, rows: list[int]) -> None:
-        """What the Kafka envelope of plain one-record messages (at ``rows``) says, as
+    def _kafka_facts(self, s: Shaped, plain: np.ndarray) -> None:
+        """What the Kafka envelope of the plain one-record messages says, as
         :meth:`_decoded` tells it for the others."""
-        rerouted = np.asarray(self.rerouted)[rows] if rows else np.zeros(0, np.bool_)
-        if "received_at" in plain.columns:
-            plain.columns["received_at"] = null_where(plain.columns["received_at"], ~rerouted)
+        envelope = plain & ~np.asarray(self.rerouted, np.bool_)
+        if not envelope.any():
+            return
+        if "received_at" in s.columns:
+            s.columns["received_at"] = null_where(s.columns["received_at"], envelope)
         bad, keys = self.bad, self.keys
-        for i, mykey in zip(np.asarray(rows)[~rerouted].tolist(),
-                            plain.columns["mykey_id"].filter(pa.array(~rerouted)).to_pylist(),
-                            strict=True):
+        rows = np.flatnonzero(envelope)
+        for i, mykey in zip(rows.tolist(), s.columns["mykey_id"].take(pa.array(rows))
+                            .to_pylist(), strict=True):
             key = keys[i]
             if key is None:
                 bad["no_key"] = bad.get("no_key", 0) + 1
@@ -374,7 +364,7 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                 continue
             # a chunk's records carry their own received_at, or none (see
             # schemas/batch-message.md: the message timestamp is not lent)
-            seg.add_shaped(shape_lines(lines, record_type, max_record_bytes, bad), NO_TIME)
+            seg.add_shaped(shape_lines(lines, record_type, max_record_bytes, bad)[0], NO_TIME)
             _chunk(sources, arrival, rerouted, base, m.offset, len(lines))
             origins.add(base, len(lines), own)
         elif fmt == FORMAT_ARROW:

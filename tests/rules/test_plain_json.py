@@ -57,7 +57,7 @@ def same(a: Shaped, b: Shaped) -> None:
 
 def check(lines: list[bytes], record_type: str) -> np.ndarray:
     """Compare both paths on ``lines``; which of them the compiled path took."""
-    same(shape_lines(lines, record_type), by_objects(lines, record_type))
+    same(shape_lines(lines, record_type)[0], by_objects(lines, record_type))
     plain, mask = shape_plain(lines, record_type)
     assert plain.n == int(mask.sum())
     return mask
@@ -137,14 +137,14 @@ def test_a_record_over_the_size_limit_is_left_to_the_object_path() -> None:
     _, mask = shape_plain([PLAIN_TXN, short], "transaction", limit=len(short))
     assert mask.tolist() == [False, True]
     bad: dict[str, int] = {}
-    s = shape_lines([PLAIN_TXN, short], "transaction", limit=len(short), bad=bad)
+    s, _ = shape_lines([PLAIN_TXN, short], "transaction", limit=len(short), bad=bad)
     assert bad == {"too_large": 1} and s.reason.tolist()[1] == 0 and s.reason[0] != 0
 
 
 def test_values_land_in_their_columns() -> None:
     lines = [PLAIN_TXN, b'{"amount":-7,"kind":null}', b"{}"]
     assert check(lines, "transaction").all()
-    s = shape_lines(lines, "transaction")
+    s, _ = shape_lines(lines, "transaction")
     assert s.columns["txn_id"].to_pylist() == ["t-1", None, None]
     assert s.columns["kind"].to_pylist() == ["purchase", None, None]
     assert s.amount is not None and s.amount_class is not None

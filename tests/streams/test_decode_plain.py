@@ -20,7 +20,6 @@ from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io import readers
 from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER
 from engine.rules.validate import Shaped
-from engine.streams import decode as decode_module
 from engine.streams.decode import InBatch, decode_messages
 from tests.poison_records import PII
 
@@ -28,7 +27,7 @@ Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 TS_MS = 1_599_955_200_000  # 2020-09-13T00:00:00Z
 PERSONS = ["Plain001", "Plain002"]
 
-real_shape_plain = decode_module.shape_plain
+real_shape_plain = readers.shape_plain
 
 
 def nothing_plain(lines: list[bytes], record_type: str, limit: int | None = None
@@ -41,7 +40,6 @@ def decode(msgs: list[Msg], monkeypatch: pytest.MonkeyPatch, compiled: bool,
            internal: bool = False) -> InBatch:
     with monkeypatch.context() as mp:
         if not compiled:
-            mp.setattr(decode_module, "shape_plain", nothing_plain)
             mp.setattr(readers, "shape_plain", nothing_plain)
         return decode_messages(msgs, "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 400,
                                internal=internal)
@@ -132,7 +130,7 @@ def test_plain_one_record_messages_are_compiled(monkeypatch: pytest.MonkeyPatch)
         calls.append(plain.n)
         return plain, mask
 
-    monkeypatch.setattr(decode_module, "shape_plain", counting)
+    monkeypatch.setattr(readers, "shape_plain", counting)
     r = json.dumps(record("Plain001", 1)).encode()
     msgs = [Msg("t", 0, 0, TS_MS, b"Plain001", r, None),
             Msg("t", 0, 1, TS_MS + 1, b"Plain002", r, None),
