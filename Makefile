@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff check engine tests bench examples
 
 typecheck: install
-	$(BIN)/mypy engine
+	$(BIN)/mypy engine tests bench examples
 
 unit: install
 	$(BIN)/pytest -m "not kafka"

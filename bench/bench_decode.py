@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import time
 from collections import namedtuple
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def measure(n: int) -> dict[str, float]:
             times.append(time.process_time() - t0)
         return min(times)
 
-    def decode(msgs: list[object]) -> object:
+    def decode(msgs: Sequence[object]) -> object:
         return decode_messages(msgs, "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 1 << 20)
 
     return {

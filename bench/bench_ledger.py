@@ -27,7 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench_settle import ROOT, WORK, machine, write_section
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_settle import WORK, machine, write_section  # noqa: E402
 
 LOADS: list[float] = []  # 1-minute load averages seen before and after each run
 
@@ -41,8 +44,13 @@ def timed(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float, str
     LOADS.append(os.getloadavg()[0])
     if p.returncode not in ok:
         raise SystemExit(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
-    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([0-9.]+)", p.stderr)[1])
-              for k in ("User", "System"))
+
+    def seconds(kind: str) -> float:
+        m = re.search(rf"{kind} time \(seconds\): ([0-9.]+)", p.stderr)
+        assert m is not None, p.stderr
+        return float(m[1])
+
+    cpu = sum(seconds(k) for k in ("User", "System"))
     return wall, cpu, p.stdout
 
 DUCKDB_ALONE = """
@@ -123,9 +131,11 @@ def main() -> int:
               f"{lw:.2f} s ({lc:.1f} CPU s)", flush=True)
     import duckdb
     with duckdb.connect(str(led), read_only=True) as con:
-        grants, rejections, nonzero = con.execute(
+        row = con.execute(
             "SELECT (SELECT count(*) FROM grants), (SELECT count(*) FROM rejections), "
             "(SELECT count(*) FROM grants WHERE points <> 0)").fetchone()
+    assert row is not None
+    grants, rejections, nonzero = row
     statements = [*ledger_cmd, "statements", "--ledger", str(led), "--out", str(work / "st")]
     timed(statements)
     st_runs = [timed(statements) for _ in range(a.repeat)]
@@ -142,8 +152,10 @@ def main() -> int:
     summary = rc_runs[-1][2].splitlines()
 
     bw, bc, lw, lc = (statistics.median(r[i] for r in loads) for i in range(4))
-    sw, sc = (statistics.median(r[i] for r in st_runs) for i in range(2))
-    rw, rcpu = (statistics.median(r[i] for r in rc_runs) for i in range(2))
+    sw = statistics.median(w for w, _, _ in st_runs)
+    sc = statistics.median(c for _, c, _ in st_runs)
+    rw = statistics.median(w for w, _, _ in rc_runs)
+    rcpu = statistics.median(c for _, c, _ in rc_runs)
 
     def runs(values: list[float]) -> str:
         return ", ".join(f"{v:.2f}" for v in values)

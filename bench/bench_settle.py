@@ -75,7 +75,9 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}")
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)[1])
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    assert m is not None, p.stderr
+    rss_kb = int(m[1])
     return wall, rss_kb / 2**20
 
 

@@ -967,7 +967,7 @@ def main() -> int:
                     help="rewrite the RESULTS.md section from the last results.json")
     args = ap.parse_args()
     if args.render_only:
-        results = json.loads((WORK / "results.json").read_text())
+        results: dict[str, Any] = json.loads((WORK / "results.json").read_text())
         section = render(results)
         print(section)
         if not args.no_md:
@@ -994,9 +994,8 @@ def main() -> int:
         log(f"no {PY_SPY}: `.venv/bin/pip install py-spy` for the profiles; skipping them")
         args.no_profile = True
     t_start = time.monotonic()
-    results: dict[str, Any] = {"mode": mode, "sizes": sz, "machine": machine(),
-                               "profile_rate": PROFILE_RATE,
-                               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "runs": {}}
+    results = {"mode": mode, "sizes": sz, "machine": machine(), "profile_rate": PROFILE_RATE,
+               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "runs": {}}
     runs = results["runs"]
     results["engine"] = {"start": engine_version()}
     batched = make_dataset("batched", sz["batched_users"], sz["batched_txns"], 11)

@@ -34,21 +34,24 @@ def day(iso_date: str) -> int:
     return (date.fromisoformat(iso_date) - date(1970, 1, 1)).days
 
 
-def enr(mykey: str = A, op: str = "paypay", applied: str = JAN_APPLY,
+# Field values are typed ``object``: tests also build the malformed records (a number
+# for an id, None for a time) that the checks must reject.
+def enr(mykey: object = A, op: object = "paypay", applied: object = JAN_APPLY,
         **extra: object) -> dict[str, Any]:
     """An enrollment; ``extra`` adds or replaces fields (``earn_on=...``, ``received_at=...``)."""
     return {"mykey_id": mykey, "operator_id": op, "applied_at": applied, **extra}
 
 
-def txn(kind: str = "purchase", amount: object = 1000, *, mykey: str = A, op: str = "paypay",
-        at: str = SPENT_AT, txn_id: str | None = None, **extra: object) -> dict[str, Any]:
+def txn(kind: object = "purchase", amount: object = 1000, *, mykey: object = A,
+        op: object = "paypay", at: object = SPENT_AT, txn_id: str | None = None,
+        **extra: object) -> dict[str, Any]:
     """A transaction with a fresh ``txn_id`` unless one is given; ``extra`` adds or
     replaces fields."""
     return {"txn_id": f"t{next(_txn_ids)}" if txn_id is None else txn_id, "operator_id": op,
             "mykey_id": mykey, "kind": kind, "amount": amount, "occurred_at": at, **extra}
 
 
-def refund(original: dict[str, Any], amount: int, **kw: Any) -> dict[str, Any]:
+def refund(original: dict[str, Any], amount: object, **kw: Any) -> dict[str, Any]:
     """A refund of ``original`` (same person and operator unless ``kw`` says otherwise)."""
     kw.setdefault("mykey", original["mykey_id"])
     kw.setdefault("op", original["operator_id"])

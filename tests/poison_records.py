@@ -15,6 +15,7 @@ import io
 import re
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import orjson
@@ -125,8 +126,9 @@ def json_poison(prefix: str) -> list[Poison]:
     add("escaped-pii", "PERSONAL_NUMBER_FORBIDDEN", "field 'note'",
         raw=b'"' + b"".join(b"\\u%04x" % ord(c) for c in PII) + b'"', note=_RAW)
     add("pii-key-nested", "PERSONAL_NUMBER_FORBIDDEN", "field 'x'", x={PII: 1})
-    add("pii-long-name", "PERSONAL_NUMBER_FORBIDDEN", "an extra field holds",
-        **{"n" * LONG: PII})
+    # Any: mypy cannot see that this computed name is none of add's own parameters
+    long_name: dict[str, Any] = {"n" * LONG: PII}
+    add("pii-long-name", "PERSONAL_NUMBER_FORBIDDEN", "an extra field holds", **long_name)
     add("long-txn-id", "MALFORMED", "field 'txn_id' must be 1 to 64", txn_id="t" * LONG)
     add("long-mykey", "MALFORMED", "field 'mykey_id'", mykey_id="A" * LONG)
     add("long-operator", "UNKNOWN_OPERATOR", "operator_id", operator_id="p" * LONG)

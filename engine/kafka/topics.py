@@ -289,6 +289,39 @@ async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> d
         await admin.close()
 
 
+async def create_and_await_leaders(admin: AIOKafkaAdminClient, new: list[NewTopic],
+                                   names: list[str], partitions: int,
+                                   settle_seconds: float) -> None:
+    """Create ``new`` (one that exists by now is fine) and wait until each of ``names``
+    has ``partitions`` partitions, every one with a leader.
+
+    Right after creation a broker may describe a topic with no partitions or no leader
+    yet; a consumer that subscribes then is assigned none of its partitions until its
+    next metadata refresh, and a producer's first sends are refused.
+    """
+    import asyncio
+    import time
+
+    if new:
+        # another process may win the race; the count check below still applies
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        meta = await admin.describe_topics(names)
+        counts = {m["topic"]: len(m["partitions"]) for m in meta}
+        leaderless = [m["topic"] for m in meta
+                      if any(p.get("leader", -1) < 0 for p in m["partitions"])]
+        bad = {t: c for t, c in counts.items() if c != partitions}
+        if not bad and not leaderless:
+            return
+        if time.monotonic() > deadline:
+            if bad:
+                raise TopicMismatch(f"topics must all have {partitions} partitions, found {bad}")
+            raise TopicMismatch(f"topics without a partition leader: {leaderless}")
+        await asyncio.sleep(0.2)
+
+
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
                         changelog: bool = True, settle_seconds: float = 15.0,
                         input_configs: dict[str, str] | None = None,
@@ -306,9 +339,6 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
     Raw input (the input and re-routing topics) is kept for
     :func:`input_retention_ms`, plus ``input_configs`` (tests: segment sizes).
     """
-    import asyncio
-    import time
-
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
     await admin.start()
     try:
@@ -340,24 +370,7 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int,
         new = [NewTopic(t, partitions, replicas,
                         topic_configs={**durability, **configs.get(t, {"retention.ms": "-1"})})
                for t in wanted if t not in existing]
-        if new:
-            # another worker may win the race; the count check below still applies
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-        deadline = time.monotonic() + settle_seconds
-        while True:
-            meta = await admin.describe_topics(wanted)
-            counts = {m["topic"]: len(m["partitions"]) for m in meta}
-            leaderless = [m["topic"] for m in meta
-                          if any(p.get("leader", -1) < 0 for p in m["partitions"])]
-            bad = {t: c for t, c in counts.items() if c != partitions}
-            if not bad and not leaderless:
-                return partitions
-            if time.monotonic() > deadline:
-                if bad:
-                    raise TopicMismatch(
-                        f"topics must all have {partitions} partitions, found {bad}")
-                raise TopicMismatch(f"topics without a partition leader: {leaderless}")
-            await asyncio.sleep(0.2)
+        await create_and_await_leaders(admin, new, wanted, partitions, settle_seconds)
+        return partitions
     finally:
         await admin.close()

@@ -35,40 +35,36 @@ class PartitionLogic:
         self.store = store
         self.park_timeout = campaign.park_timeout
         self._decider = ShardDecider(campaign, registry, partitions)
-        self._staged: Staged = {}
 
     # ------------------------------------------------------------------ phases
     def decide(self, enrollments: InBatch | None, transactions: InBatch | None,
                caught_up: frozenset[str] = frozenset()) -> ShardResult:
         """``caught_up``: operators whose transactions input has nothing unread (""
         for the unattributed input; see ShardDecider.decide)."""
-        return self._stage(self._decider.decide(self.store, self.partition, enrollments,
-                                                transactions, caught_up=caught_up))
+        return self._decider.decide(self.store, self.partition, enrollments, transactions,
+                                    caught_up=caught_up)
 
     def expire(self, stream_time: int) -> ShardResult:
         """Move stream time to ``stream_time`` (never back) and decide the waits
         whose deadline it passed."""
-        return self._stage(self._decider.decide(self.store, self.partition, None, None,
-                                                clock=stream_time))
+        return self._decider.decide(self.store, self.partition, None, None, clock=stream_time)
 
     def final(self) -> ShardResult:
-        return self._stage(self._decider.decide(self.store, self.partition, None, None,
-                                                final=True))
+        return self._decider.decide(self.store, self.partition, None, None, final=True)
 
     def snapshot(self) -> Staged:
-        """State records (key → value, None: deleted) changed since the last :meth:`commit`."""
-        return dict(self._staged)
+        """State records (key → value, None: deleted) changed since the last :meth:`commit`
+        (the store's pending values: what the next decide reads, too)."""
+        return dict(self.store.pending)
 
     def commit(self, changelog_offset: int) -> None:
         """The snapshot is in the changelog up to ``changelog_offset`` (and the input
         offsets are committed): make it the local checkpoint."""
-        self.store.apply(self._staged, changelog_offset)
-        self._staged = {}
+        self.store.apply(self.store.pending, changelog_offset)
 
     def discard(self) -> None:
         """Forget changes that will not become durable: decide again from the
         local checkpoint."""
-        self._staged = {}
         self.store.discard_unapplied(self.park_timeout)
 
     def restore(self, records: list[tuple[bytes, bytes | None, int, int | None]]) -> int:
@@ -92,7 +88,3 @@ class PartitionLogic:
     def waiting(self) -> int:
         """People with records waiting."""
         return len(self.store.parked)
-
-    def _stage(self, res: ShardResult) -> ShardResult:
-        self._staged.update(res.blobs)
-        return res

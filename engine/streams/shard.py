@@ -8,6 +8,7 @@ the records that were waiting, in the order the rules page prescribes
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -34,13 +35,14 @@ from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints, person_
 from engine.streams.decode import InBatch, parse_source
 from engine.streams.entries import ENTRY
 from engine.streams.grant_json import GrantJson, grant_json
+from engine.streams.person_codec import decode_people, encode_people, find_marks, gather, name_table
 from engine.streams.state import (
     META_KEY,
     WAIT_PREFIX,
     Parked,
     PersonState,
     ShardStore,
-    Staged,
+    decode_person,
     encode,
     source_key,
 )
@@ -145,7 +147,6 @@ class ShardResult:
     grant_messages: GrantMessages = field(default_factory=_no_grants)
     rejections: list[Outcome] = field(default_factory=list)
     reroute: list[Reroute] = field(default_factory=list)
-    blobs: Staged = field(default_factory=dict)
     # reason codes of the records decided, by record type (0: accepted)
     outcomes: dict[str, np.ndarray] = field(default_factory=dict)
     points: int = 0
@@ -188,6 +189,7 @@ class ShardDecider:
         self.op_ids = [o.id for o in registry.operators]
         self.terms = terms_of(campaign, streaming=True)
         self.grant_json = grant_json(campaign.id, campaign.cap_points)
+        self.names = name_table(self.op_ids)  # person_codec's operator codes: registry order
         self._lanes: dict[str, int] = {}  # source topic -> lane
 
     def _lane_of(self, operator: str | None) -> int:
@@ -226,6 +228,7 @@ class ShardDecider:
         call.select(partition, enr, txn)
         lanes = self.stream_times(store, clock)
         call.involve_waiting(int(lanes.max()), txn, final)
+        call.load()
         call.marshal()
         follows = np.zeros(len(lanes), np.bool_)
         follows[[self._lane_of(name) for name in caught_up]] = True
@@ -239,7 +242,8 @@ class ShardDecider:
 
 class _Call:
     """One :meth:`ShardDecider.decide` call, step by step: which records and people,
-    the kernel's arrays, the kernel, the outcomes, the people's new state."""
+    the people's stored state (read in bulk, :mod:`engine.streams.person_codec`), the
+    kernel's arrays, the kernel, the outcomes, the people's new state."""
 
     def __init__(self, d: ShardDecider, store: ShardStore) -> None:
         self.d = d
@@ -247,7 +251,9 @@ class _Call:
         self.res = ShardResult()
         self.people: dict[str, int] = {}
         self.plist: list[str] = []
-        self.states: list[PersonState] = []
+        # per batch: (batch, record type, its rows that passed the checks, which of
+        # them are this partition's, their person index)
+        self.mine: list[tuple[InBatch, int, np.ndarray, np.ndarray, np.ndarray]] = []
         # (batch, record type, rows decided here, their person index or -1)
         self.keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
         # id columns per kernel record, gathered from the batches' Arrow columns once
@@ -255,6 +261,9 @@ class _Call:
         self._columns: dict[str, pa.Array] = {}
         self.pre: list[tuple[int, Parked]] = []
         self.spans: list[tuple[InBatch, int, np.ndarray]] = []
+        # people whose value is not of the common shape (records waiting, an older
+        # format): msgspec's objects, by person index
+        self.objs: dict[int, PersonState] = {}
 
     def person(self, key: str) -> int:
         i = self.people.get(key)
@@ -262,13 +271,12 @@ class _Call:
             i = len(self.plist)
             self.people[key] = i
             self.plist.append(key)
-            self.states.append(self.store.get(key))
         return i
 
     # ------------------------------------------------------------------ steps
     def select(self, partition: int, enr: InBatch | None, txn: InBatch | None) -> None:
-        """Which records are decided here (not re-routed, not already applied), and
-        the people they involve: Python per person and per source, not per record."""
+        """Which records are this partition's (the rest re-routed), and the people
+        they involve: Python per person, not per record."""
         batches = [(b, t) for b, t in ((enr, kernel.ENROLLMENT), (txn, kernel.TRANSACTION))
                    if b is not None and b.v.n]
         for b, typ in batches:
@@ -281,14 +289,7 @@ class _Call:
                     v.record_type, int(parts[i]), reroute_record(b, i, v.mykey_id[i].as_py()),
                     b.source[i], int(v.received[i])))
             mine = np.flatnonzero(checked & (parts == partition))
-            person = self._people(b, mine)
-            fresh = self._not_applied(b, mine, person)
-            decided = ~checked
-            decided[mine[fresh]] = True
-            idx = np.flatnonzero(decided)
-            pidx = np.full(v.n, -1, np.int64)
-            pidx[mine] = person
-            self.keep.append((b, typ, idx, pidx[idx].tolist()))
+            self.mine.append((b, typ, checked, mine, self._people(b, mine)))
 
     def _people(self, b: InBatch, rows: np.ndarray) -> np.ndarray:
         """The person index of each of ``rows``, looked up once per person (their
@@ -300,46 +301,106 @@ class _Call:
         pis = [person(k) for k in b.v.mykey_id.take(pa.array(rows[first])).to_pylist()]
         return np.asarray(pis, np.int64)[codes]  # type: ignore[no-any-return]
 
-    def _not_applied(self, b: InBatch, rows: np.ndarray, person: np.ndarray) -> np.ndarray:
-        """Which of ``rows`` are not in their person's state yet. A record at or below
-        its person's mark for the source it was first read at was applied before a
-        crash (redelivered, or re-routed again); the marks are read and raised once
-        per (person, source)."""
-        origin = b.origin[rows].astype(np.int64)
-        at = b.origin_at[rows]
-        okeys = [source_key(w) for w in b.origins]
-        for q in np.flatnonzero(origin < 0).tolist():  # a source of no usual form
-            where, at[q] = parse_source(b.source[int(rows[q])])
-            origin[q] = len(okeys)
-            okeys.append(source_key(where))
-        _, first, group = np.unique(person * len(okeys) + origin, return_index=True,
-                                    return_inverse=True)
-        marks = [self.states[pi].marks for pi in person[first].tolist()]
-        okeys_l = [okeys[o] for o in origin[first].tolist()]
-        before = np.asarray([m.get(k, -1) for m, k in zip(marks, okeys_l, strict=True)],
-                            np.int64).reshape(-1)
-        raised = before.copy()
-        fresh = not_applied(group.reshape(-1), at, raised)
-        raised_l = raised.tolist()
-        for g in np.flatnonzero(raised != before).tolist():
-            marks[g][okeys_l[g]] = raised_l[g]
-        return fresh  # type: ignore[no-any-return]
-
     def involve_waiting(self, stream_time: int, txn: InBatch | None, final: bool) -> None:
-        """Add the people whose waits end in this call (or all, ``final``); their
-        waiting records go first, by arrival."""
+        """Add the people whose waits end in this call (or all, ``final``)."""
         new_st = stream_time
         if txn is not None and txn.v.n:
             r = txn.v.received[(txn.v.received != NO_TIME) & ~txn.v.too_late]
             if len(r):
                 new_st = max(new_st, int(r.max()))
-        for key, due in list(self.store.parked.items()):
-            if due < new_st or final:
-                self.person(key)
-        for pi, st in enumerate(self.states):
+        parked = self.store.parked
+        for key in list(parked) if final else parked.due_before(new_st):
+            self.person(key)
+
+    def load(self) -> None:
+        """The people's stored state as columns (one compiled pass over their values;
+        msgspec's objects for the few of another shape), then which records are
+        already in it (:meth:`_not_applied`), then the waiting records, which go
+        first, by arrival."""
+        vals = self.store.values(self.plist)
+        np_ = len(vals)
+        offs = np.zeros(np_ + 1, np.int64)
+        offs[1:] = np.cumsum([len(v) if v is not None else 0 for v in vals])
+        buf = np.frombuffer(b"".join([v for v in vals if v is not None]), np.uint8)
+        p = self.p = decode_people(buf, offs, self.d.names)
+        used = int(p.mstart[-1] + p.mcount[-1]) if np_ else 0
+        mkeys, mvals = [p.mkeys[:used]], [p.mvals[:used]]
+        extra = [buf]
+        base = len(buf)
+        rcode = self.d.registry.code
+        for pi in np.flatnonzero(~p.ok).tolist():
+            st = self.objs[pi] = decode_person(vals[pi])  # type: ignore[arg-type]
+            enrolled = st.enr_op is not None
+            p.op[pi] = rcode(st.enr_op) if st.enr_op is not None else -1
+            p.kind[pi] = st.enr_kind if enrolled else -1
+            p.day[pi] = st.enr_day if enrolled else 0
+            p.c[pi], p.r[pi] = st.c, st.r
+            p.entries[pi] = base, len(st.entries)
+            base += len(st.entries)
+            extra.append(np.frombuffer(st.entries, np.uint8))
+            p.mstart[pi], p.mcount[pi] = used, len(st.marks)
+            used += len(st.marks)
+            mkeys.append(np.fromiter(st.marks.keys(), np.uint64, len(st.marks)))
+            mvals.append(np.fromiter(st.marks.values(), np.int64, len(st.marks)))
+        self.stored = np.frombuffer(gather(np.concatenate(extra) if len(extra) > 1 else buf,
+                                           p.entries), ENTRY)
+        self.mkeys, self.mvals = np.concatenate(mkeys), np.concatenate(mvals)
+        self._not_applied()
+        for pi, st in sorted(self.objs.items()):
             for pk in st.parked:
                 self.pre.append((pi, pk))
         self.pre.sort(key=lambda x: x[1].arrival)
+
+    def _not_applied(self) -> None:
+        """Which of the partition's records are not in their person's state yet. A
+        record at or below its person's mark for the source it was first read at
+        was applied before a crash (redelivered, or re-routed again). The records of
+        all batches in one pass, in the order they are decided (enrollments first),
+        as one record at a time would raise the marks; marks new to a person are
+        kept apart (``added``), in that order."""
+        origins: list[np.ndarray] = []
+        ats: list[np.ndarray] = []
+        okeys: list[int] = []
+        for b, _typ, _checked, rows, _person in self.mine:
+            origin = b.origin[rows].astype(np.int64)
+            at = b.origin_at[rows].copy()
+            base = len(okeys)
+            okeys.extend(source_key(w) for w in b.origins)
+            for q in np.flatnonzero(origin < 0).tolist():  # a source of no usual form
+                src, at[q] = parse_source(b.source[int(rows[q])])
+                origin[q] = len(okeys) - base
+                okeys.append(source_key(src))
+            origins.append(origin + base)
+            ats.append(at)
+        if okeys:
+            person = np.concatenate([m[4] for m in self.mine])
+            origin = np.concatenate(origins)
+            _, first, group = np.unique(person * len(okeys) + origin, return_index=True,
+                                        return_inverse=True)
+            g_person = person[first]
+            g_key = np.asarray(okeys, np.uint64)[origin[first]]
+            slot = find_marks(self.mkeys, self.p.mstart, self.p.mcount, g_person, g_key)
+            found = slot >= 0
+            before = np.full(len(slot), -1, np.int64)
+            before[found] = self.mvals[slot[found]]
+            raised = before.copy()
+            fresh = not_applied(group.reshape(-1), np.concatenate(ats), raised)
+            changed = raised != before
+            self.mvals[slot[changed & found]] = raised[changed & found]
+            new = changed & ~found  # in group order: by person, then source
+            self.added = (g_person[new], g_key[new], raised[new])
+        else:
+            fresh = np.zeros(0, np.bool_)
+            self.added = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        start = 0
+        for b, typ, checked, rows, person in self.mine:
+            decided = ~checked
+            decided[rows[fresh[start:start + len(rows)]]] = True
+            start += len(rows)
+            idx = np.flatnonzero(decided)
+            pidx = np.full(b.v.n, -1, np.int64)
+            pidx[rows] = person
+            self.keep.append((b, typ, idx, pidx[idx].tolist()))
 
     def marshal(self) -> None:
         """The kernel's records (waiting ones first), people and registry: every
@@ -386,23 +447,16 @@ class _Call:
                     with_person, entry_keys(v.operator_id, v.original_txn_id)[rows], 0)
             self.spans.append((b, j, rows))
             j += m
-        # whole columns from Python lists: element-wise numpy stores cost ~100 ns each
         people = self.people_a = new_people(len(self.plist))
-        states, np_ = self.states, len(self.states)
-        blobs = [st.entries for st in states]
-        counts = np.fromiter((len(e) for e in blobs), np.int64, np_) // ENTRY.itemsize
-        if np_:
-            enrolled = [st.enr_op is not None for st in states]
-            people.op[:np_] = [rcode(st.enr_op) if st.enr_op is not None else -1
-                               for st in states]
-            people.kind[:np_] = [st.enr_kind if e else -1
-                                 for st, e in zip(states, enrolled, strict=True)]
-            people.day[:np_] = [st.enr_day if e else 0
-                                for st, e in zip(states, enrolled, strict=True)]
-            people.c[:np_] = [st.c for st in states]
-            people.r[:np_] = [st.r for st in states]
-            people.n[:np_] = counts
-        stored = np.frombuffer(b"".join(blobs), ENTRY)
+        p, np_ = self.p, len(self.plist)
+        counts = p.entries[:, 1] // ENTRY.itemsize
+        people.op[:np_] = p.op
+        people.kind[:np_] = p.kind
+        people.day[:np_] = p.day
+        people.c[:np_] = p.c
+        people.r[:np_] = p.r
+        people.n[:np_] = counts
+        stored = self.stored
         self.n0 = n0 = len(stored)
         codes, self.key_of = dense_codes(np.concatenate((stored["key"], keys, origs)))
         recs.txn[:] = codes[n0:n0 + n]
@@ -527,10 +581,11 @@ class _Call:
         return out
 
     def new_state(self) -> None:
-        """Every involved person's new state, staged as blobs with the meta."""
-        people, reg = self.people_a, self.reg
-        states = self.states
-        np_ = len(states)
+        """Every involved person's new value, staged in the store (``pending``) with the
+        meta: in one compiled pass for the people with nothing waiting (person_codec),
+        as msgspec objects for the others."""
+        people, reg, p = self.people_a, self.reg, self.p
+        np_ = len(self.plist)
         # every person's entries, the stored ones (status and refunded sum may have
         # changed) then the new ones, packed and cut per person
         ne = self.n_entries
@@ -544,40 +599,49 @@ class _Call:
         for name in ("fp", "amount", "refunded", "kind", "status"):
             rows[name] = getattr(reg, name)[:ne][order]
         packed = rows.tobytes()
-        ends = (np.cumsum(np.bincount(owner, minlength=np_)) * ENTRY.itemsize).tolist()
+        sizes = np.bincount(owner, minlength=np_).astype(np.int64) * ENTRY.itemsize
+        spans = np.stack((np.cumsum(sizes) - sizes, sizes), axis=1)
+        a_person, a_key, a_val = self.added
+        a_count = np.bincount(a_person, minlength=np_).astype(np.int64)
+        a_start = np.cumsum(a_count) - a_count
         waiting = self._waiting()
         store, res = self.store, self.res
         timeout = self.d.campaign.park_timeout
-        blobs, due = res.blobs, store.parked
+        staged, due = store.pending, store.parked
+        cols = (people.op[:np_], people.kind[:np_].astype(np.int64),
+                people.day[:np_].astype(np.int64), people.c[:np_], people.r[:np_])
+        plain = np.ones(np_, np.bool_)
+        plain[list(waiting)] = False
+        fast = np.flatnonzero(plain)
+        f_op, f_kind, f_day, f_c, f_r = (col[fast] for col in cols)
+        data, offs = encode_people(
+            f_op, f_kind, f_day, f_c, f_r, packed, spans[fast], self.d.names,
+            (self.mkeys, self.mvals, p.mstart[fast], p.mcount[fast]),
+            (a_key, a_val, a_start[fast], a_count[fast]))
+        keys = [self.plist[i] for i in fast.tolist()]
+        offs_l = offs.tolist()
+        staged.update(zip(keys, [data[s:e] for s, e in itertools.pairwise(offs_l)], strict=True))
+        for key in due.keys() & set(keys):  # nothing waits for them any more
+            del due[key]
+            staged[WAIT_PREFIX + key] = None
         names = [*self.d.op_ids, None]  # by operator code; -1: not enrolled
-        start = 0
-        # one pass per person: Python per person is what this step costs
-        for pi, (key, st, o, k, d, c, r, end) in enumerate(zip(
-                self.plist, states, people.op[:np_].tolist(), people.kind[:np_].tolist(),
-                people.day[:np_].tolist(), people.c[:np_].tolist(), people.r[:np_].tolist(),
-                ends, strict=True)):
-            st.enr_op = names[o]
-            st.enr_kind = k
-            st.enr_day = d
-            st.c = c
-            st.r = r
-            st.entries = packed[start:end]
-            start = end
-            parked = waiting.get(pi)
-            if parked:
-                st.parked = parked
-                first = min(p.received for p in parked)
-                if due.get(key) != first + timeout:
-                    blobs[WAIT_PREFIX + key] = encode(first)
-                due[key] = first + timeout
-            else:
-                if st.parked:
-                    st.parked = []
-                if key in due:
-                    del due[key]
-                    blobs[WAIT_PREFIX + key] = None
-            blobs[key] = encode(st)
-        blobs[META_KEY] = encode(store.meta)
+        for pi, parked in waiting.items():
+            key = self.plist[pi]
+            o, k, d, c, r = (int(col[pi]) for col in cols)
+            m0, mn, x0, xn = (int(x) for x in (p.mstart[pi], p.mcount[pi], a_start[pi],
+                                                a_count[pi]))
+            marks = dict(zip(self.mkeys[m0:m0 + mn].tolist(), self.mvals[m0:m0 + mn].tolist(),
+                             strict=True))
+            marks.update(zip(a_key[x0:x0 + xn].tolist(), a_val[x0:x0 + xn].tolist(),
+                             strict=True))
+            s0, sn = (int(x) for x in spans[pi])
+            staged[key] = encode(PersonState(names[o], k, d, c, r, parked=parked,
+                                            entries=packed[s0:s0 + sn], marks=marks))
+            first = min(pk.received for pk in parked)
+            if due.get(key) != first + timeout:
+                staged[WAIT_PREFIX + key] = encode(first)
+            due[key] = first + timeout
+        staged[META_KEY] = encode(store.meta)
         res.parked = len(due)
 
     def _waiting(self) -> dict[int, list[Parked]]:

@@ -19,8 +19,11 @@ topics (every operator's inputs, the re-routing topics) are not comparable.
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import shutil
 import time
+from collections.abc import Iterator, KeysView, Mapping
 from pathlib import Path
 
 import msgspec
@@ -48,11 +51,84 @@ FLUSH_BYTES = 32 << 20
 FLUSH_SECONDS = 5.0
 
 
-# gc=False: a partition keeps up to ``cache_limit`` people in memory, each with its
-# entries; tracked by the cycle collector, they made every full collection walk about
-# a million objects (a third of the state step's time in bench_state_size). None of
-# these structs can be part of a reference cycle: they hold only strings, numbers and
-# containers of further such structs.
+class WaitIndex(Mapping[str, int]):
+    """The people with waiting records -> the deadline of their earliest wait.
+
+    A dict, in the order the people were parked (the order a decide involves them
+    in), with a heap of (deadline, order, person) beside it, so that finding the
+    people whose waits end costs their number, not a scan of everyone waiting (a
+    partition may hold many: an operator's enrollments held up parks its customers'
+    transactions). A heap entry whose person was since released or given another
+    deadline is dropped when it comes up.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[str, tuple[int, int]] = {}  # person -> (deadline, order)
+        self._heap: list[tuple[int, int, str]] = []
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __getitem__(self, key: str) -> int:
+        return self._due[key][0]
+
+    # the dict's own, faster than Mapping's (a decide asks for every person it touched)
+    def __contains__(self, key: object) -> bool:
+        return key in self._due
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._due)
+
+    def keys(self) -> KeysView[str]:
+        return self._due.keys()
+
+    def get(self, key: str, default: int | None = None) -> int | None:  # type: ignore[override]
+        got = self._due.get(key)
+        return default if got is None else got[0]
+
+    def __setitem__(self, key: str, deadline: int) -> None:
+        old = self._due.get(key)
+        if old is not None and old[0] == deadline:
+            return
+        entry = (deadline, old[1] if old is not None else next(self._order))
+        self._due[key] = entry
+        heapq.heappush(self._heap, (*entry, key))
+        if len(self._heap) > 2 * len(self._due) + 1024:  # stale entries: rebuild
+            self._heap = [(d, o, k) for k, (d, o) in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def __delitem__(self, key: str) -> None:
+        del self._due[key]
+
+    def pop(self, key: str, default: int | None = None) -> int | None:
+        got = self._due.pop(key, None)
+        return default if got is None else got[0]
+
+    def clear(self) -> None:
+        self._due.clear()
+        self._heap.clear()
+
+    def due_before(self, t: int) -> list[str]:
+        """The people whose deadline is before ``t``, in the order they were parked
+        (they stay in the index: a decide releases them or parks them again)."""
+        heap, due, found = self._heap, self._due, {}
+        while heap and heap[0][0] < t:
+            entry = heapq.heappop(heap)
+            # a person parked again with an earlier deadline has two equal entries
+            if due.get(entry[2]) == entry[:2]:
+                found[entry[2]] = entry
+        for entry in found.values():
+            heapq.heappush(heap, entry)
+        return [k for _, _, k in sorted(found.values(), key=lambda e: e[1])]
+
+
+# gc=False: tracked by the cycle collector, these objects made every full collection
+# walk about a million of them when a partition kept its people as objects (a third of
+# the state step's time in bench_state_size then); the few read as objects now
+# (engine.streams.person_codec) need no tracking either. None of these structs can be
+# part of a reference cycle: they hold only strings, numbers and containers of further
+# such structs.
 class TxnEntry(msgspec.Struct, array_like=True, gc=False):
     """A first-seen (operator_id, txn_id) of one person, in the format before
     DECISIONS 101 (:func:`upgrade` reads it)."""
@@ -200,10 +276,12 @@ Staged = dict[str, bytes | None]
 
 
 class ShardStore:
-    """Local RocksDB copy of one partition's state, with an in-memory cache.
+    """Local RocksDB copy of one partition's state.
 
-    Reads go through the cache; a batch's values are taken by :meth:`apply` once
-    the changelog has them, and reach RocksDB in :meth:`flush`.
+    A decided batch's values wait in ``pending`` until :meth:`apply` takes them,
+    once the changelog has them; they reach RocksDB in :meth:`flush`. Reads
+    (:meth:`values`) look in what is pending, then in what was applied (the values
+    not flushed yet, and a cache of recent ones), then in RocksDB.
     """
 
     def __init__(self, path: Path, no_time: int, cache_limit: int = 100_000,
@@ -217,9 +295,13 @@ class ShardStore:
         self.db = self._open()
         raw = self.db.get(META_KEY.encode())
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=no_time)
-        self.cache: dict[str, PersonState] = {}
+        # values decided but not applied yet (a batch before its checkpoint): what the
+        # next decide reads first
+        self.pending: Staged = {}
+        # applied values, kept to spare RocksDB reads (bounded by ``cache_limit``)
+        self.recent: Staged = {}
         # people with waiting records -> earliest deadline, so expiry needs no scan
-        self.parked: dict[str, int] = {}
+        self.parked = WaitIndex()
         # applied (in the changelog) but not yet written to RocksDB: key -> value, None
         # deleting it; with the meta as applied (DECISIONS 106)
         self.unflushed: Staged = {}
@@ -241,12 +323,9 @@ class ShardStore:
         return db
 
     def get(self, key: str) -> PersonState:
-        st = self.cache.get(key)
-        if st is None:
-            raw = self.value(key)
-            st = decode_person(raw) if raw is not None else PersonState()
-            self.cache[key] = st
-        return st
+        """A person's state as decided so far (a new one if none is stored)."""
+        raw = self.values([key])[0]
+        return decode_person(raw) if raw is not None else PersonState()
 
     def value(self, key: str) -> bytes | None:
         """The stored value of ``key`` as applied, whether RocksDB has it yet or not."""
@@ -255,21 +334,35 @@ class ShardStore:
         raw = self.db.get(key.encode())
         return None if raw is None else bytes(raw)
 
+    def values(self, keys: list[str]) -> list[bytes | None]:
+        """The people's values as decided so far: pending, else applied (None: none).
+        A person's value is never empty nor deleted, so ``or`` tells the layers."""
+        pending, unflushed, recent = self.pending, self.unflushed, self.recent
+        out = [pending.get(k) or unflushed.get(k) or recent.get(k) for k in keys]
+        get = self.db.get
+        for i in [i for i, v in enumerate(out) if v is None]:
+            raw = get(keys[i].encode())
+            if raw is not None:
+                out[i] = recent[keys[i]] = bytes(raw)
+        return out
+
     def apply(self, blobs: Staged, changelog_offset: int) -> None:
         """Take blobs already acknowledged by the changelog as the state; they reach
         RocksDB in :meth:`flush`, once enough of them are pending (DECISIONS 106)."""
         self.unflushed.update(blobs)
-        self._unflushed_bytes += sum(len(k) + len(v or b"") for k, v in blobs.items())
+        if len(self.recent) > self.cache_limit:
+            self.recent.clear()
+        self.recent.update(blobs)
+        self._unflushed_bytes += (sum(map(len, blobs))  # no Python frame per value
+                                  + sum(map(len, filter(None, blobs.values()))))
+        # ``blobs`` is what the batches since the last apply staged (often ``pending``
+        # itself: a new dict, not a clear)
+        self.pending = {}
         self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
         self._applied_meta = encode(self.meta)
         if (self._unflushed_bytes >= self.flush_bytes
                 or time.monotonic() - self._flushed_at >= self.flush_seconds):
             self.flush()
-        # Every cached person is now also in ``unflushed`` or RocksDB (a batch stages
-        # all the people it touched), so dropping the cache is always safe; it bounds a
-        # worker's memory when a partition holds millions of people.
-        if len(self.cache) > self.cache_limit:
-            self.cache.clear()
 
     def flush(self) -> None:
         """Write what :meth:`apply` took to RocksDB, with the meta as applied: one
@@ -292,7 +385,7 @@ class ShardStore:
     def discard_unapplied(self, timeout: int) -> None:
         """Forget in-memory changes :meth:`apply` has not taken: a batch that failed
         half-way is decided again from the state as applied."""
-        self.cache.clear()
+        self.pending.clear()
         raw = self._applied_meta or self.db.get(META_KEY.encode())
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=self.no_time)
         self.rebuild_parked_index(timeout)
@@ -336,7 +429,7 @@ class ShardStore:
                 wb.put(k, v)
         wb.put(meta_key, encode(self.meta))
         self.db.write(wb)
-        self.cache.clear()
+        self.recent.clear()
         return ignored
 
     def _wipe(self, keep_position: bool = True) -> None:
@@ -349,7 +442,8 @@ class ShardStore:
         Rdict.destroy(str(self.path))
         self.db = self._open()
         self.meta = keep
-        self.cache.clear()
+        self.pending.clear()
+        self.recent.clear()
         self.parked.clear()
         self.unflushed.clear()
         self._unflushed_bytes = 0

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pyarrow as pa
@@ -144,7 +146,9 @@ def _state_holders(root: Path) -> list[str]:
     for d in dbs:
         db = Rdict(str(d), options=Options(raw_mode=True), access_type=AccessType.read_only())
         try:
-            if any(N_BYTES in k or N_BYTES in v for k, v in db.items()):
+            # raw mode: keys are bytes; the stub types them as a non-raw db's keys
+            items = cast(Iterator[tuple[bytes, bytes]], db.items())
+            if any(N_BYTES in k or N_BYTES in v for k, v in items):
                 out.append(str(d.relative_to(root)))
         finally:
             db.close()
@@ -276,9 +280,10 @@ def test_test_sized_retention_deletes_the_raw_input_the_archive_keeps_it(
             "segment.ms": "500", "file.delete.delay.ms": "0"}))
         now = int(time.time() * 1000)
         enr = {"mykey_id": "Zz00aa50", "operator_id": "paypay", "applied_at": WHEN}
-        first = [(enr_topic(t), b"Zz00aa50", orjson.dumps(enr), []),
-                 (txn_topic(t), b"Zz00aa50", orjson.dumps(_txn(1, mykey_id="Zz00aa50",
-                                                                 note=NUMBER)), [])]
+        first: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = [
+            (enr_topic(t), b"Zz00aa50", orjson.dumps(enr), []),
+            (txn_topic(t), b"Zz00aa50", orjson.dumps(_txn(1, mykey_id="Zz00aa50",
+                                                          note=NUMBER)), [])]
         w = worker(broker.bootstrap, prefix, tmp_path / "w").start()
         try:
             asyncio.run(_produce(broker.bootstrap, first, ts=now))

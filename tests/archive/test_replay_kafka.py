@@ -13,7 +13,7 @@ from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.topics import MAX_RECORD_BYTES, REPLAY_HEADER
 from engine.rules.model import Reason
 from engine.streams.decode import decode_messages, replay_header
-from tests.archive.test_redact import NUMBER, _decided, _messages, _original, _txn
+from tests.archive.test_redact import NUMBER, Decided, _decided, _messages, _original, _txn
 
 
 def _moved(msgs: list[Msg]) -> list[Msg]:
@@ -21,7 +21,7 @@ def _moved(msgs: list[Msg]) -> list[Msg]:
     return [replace(m, topic="fresh.transactions", offset=500 + i) for i, m in enumerate(msgs)]
 
 
-def _decide(msgs: list[Msg], replay: bool) -> list[tuple[object, ...]]:
+def _decide(msgs: list[Msg], replay: bool) -> list[Decided]:
     return _decided(decode_messages(msgs, "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY,
                                     MAX_RECORD_BYTES, replay=replay))
 
@@ -35,7 +35,7 @@ def test_a_replay_worker_decides_the_replayed_archive_as_the_stream_did() -> Non
     assert len(pnf) >= 5  # the flags carried those verdicts: the numbers are gone
     # a worker not started with --replay believes nothing of the header
     plain = _decide(sent, replay=False)
-    assert {d[0].split("/")[0] for d in plain} == {"fresh.transactions"}  # type: ignore[union-attr]
+    assert {d[0].split("/")[0] for d in plain} == {"fresh.transactions"}
     assert sum(d[1] == Reason.PERSONAL_NUMBER_FORBIDDEN for d in plain) < len(pnf)
 
 

@@ -81,13 +81,14 @@ def test_targets_are_issue_9s_judged_on_one_worker() -> None:
 
 
 def test_the_warm_up_runs_are_shown_apart_from_the_measurements() -> None:
-    results = {"machine": {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24,
-                           "kernel": "k", "python": "3.11", "kafka": "k", "java": "j"},
-               "sizes": {"batched_users": 1, "batched_txns": 1, "batch": 1,
-                         "single_users": 1, "single_txns": 1, "faust_events": 1},
-               "date": "d", "mode": "full", "engine": {"start": "c"},
-               "runs": {"warmup_batched": {"txn_per_s": 70_153.2},
-                        "warmup_single": {"txn_per_s": 35_365.0}}}
+    results: dict[str, Any] = {
+        "machine": {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24,
+                    "kernel": "k", "python": "3.11", "kafka": "k", "java": "j"},
+        "sizes": {"batched_users": 1, "batched_txns": 1, "batch": 1,
+                  "single_users": 1, "single_txns": 1, "faust_events": 1},
+        "date": "d", "mode": "full", "engine": {"start": "c"},
+        "runs": {"warmup_batched": {"txn_per_s": 70_153.2},
+                 "warmup_single": {"txn_per_s": 35_365.0}}}
     md = render(results)
     assert "discarded" in md and "batched 70,153 and one-record 35,365 transactions/s" in md
     assert "70,153" not in "\n".join(render_targets(results["runs"]))

@@ -6,6 +6,7 @@ points the engine granted (the same as offline settle's)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from engine.devtools import broker as devbroker
@@ -96,6 +98,8 @@ def test_a_users_faust_agent_adds_up_the_engines_grants_per_operator(
     # everything the app created is under its own prefix: one prefixed ACL grants it
     created = asyncio.run(_topics(bootstrap)) - before
     assert created and all(t.startswith(f"{app}-") for t in created), created
+    # no leader election, so no leader topic racing the subscription (docs/RELIABILITY.md)
+    assert not any("__assignor" in t for t in created), created
 
 
 def _failure_story(log: Path, got: dict[str, int], want: dict[str, int]) -> str:
@@ -115,3 +119,50 @@ async def _topics(bootstrap: str) -> set[str]:
         return set(await c.topics())
     finally:
         await c.stop()
+
+
+def test_the_app_creates_its_topics_with_leaders_before_its_worker_starts(
+        kafka_broker: devbroker.Broker, topic_prefix: object,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cause of the totals that stopped (docs/RELIABILITY.md): topics Faust created
+    while starting were missing from its consumer's first assignment. Every topic the
+    app reads or writes of its own exists, led, before Faust runs; the changelog
+    compacted like Faust's own; a second start finds them and changes nothing."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    app = f"{topic_prefix()}-app"  # type: ignore[operator]
+    monkeypatch.setenv("GRANT_TOTALS_BROKER", kafka_broker.bootstrap)
+    monkeypatch.setenv("GRANT_TOTALS_APP", app)
+    monkeypatch.setenv("GRANT_TOTALS_PARTITIONS", "3")
+    monkeypatch.setenv("GRANT_TOTALS_CLIENT_CONFIG",
+                       str(kafka_broker.credentials(security.ADMIN)))
+    spec = importlib.util.spec_from_file_location(f"grant_totals_{app}", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    names = [f"{app}-by-operator", f"{app}-totals", f"{app}-points-by-operator-changelog"]
+
+    async def described() -> tuple[dict[str, list[int]], dict[str, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap,
+                                    **default_client())
+        await admin.start()
+        try:
+            leaders = {m["topic"]: sorted(p["leader"] for p in m["partitions"])
+                       for m in await admin.describe_topics(names) if not m["error_code"]}
+            res = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n) for n in leaders])
+            policy = {o["resource_name"]: e["config_value"]
+                      for r in res for o in r.to_object()["resources"]
+                      for e in o["config_entries"] if e["config_names"] == "cleanup.policy"}
+            return leaders, policy
+        finally:
+            await admin.close()
+
+    assert asyncio.run(described()) == ({}, {})
+    for _ in range(2):
+        asyncio.run(example.declare_topics(example.app))
+        leaders, policy = asyncio.run(described())
+        node = kafka_broker.node_id
+        assert leaders == {n: [node] * 3 for n in names}
+        assert policy == {names[0]: "delete", names[1]: "delete", names[2]: "compact"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -116,7 +115,8 @@ batches = st.lists(st.lists(
 @settings(max_examples=80, deadline=None)
 @given(batches, st.lists(st.booleans(), min_size=5, max_size=5))
 def test_derived_tables_equal_a_recomputation_from_the_rows(
-        rows: list[list[tuple[Any, ...]]], reload: list[bool]) -> None:
+        rows: list[list[tuple[str, str, str, str, int, int, datetime]]],
+        reload: list[bool]) -> None:
     """grant_months and grant_people after any sequence of loads (repeats within a
     load, identical copies, conflicting copies of the same grant_id, a load repeated)
     equal their recomputation from the grants in the ledger; so do the statements."""

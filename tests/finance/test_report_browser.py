@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TypedDict
 
 from tests.finance.example import GRANTS, OPERATORS_TOML, REJECTIONS, make_ledger, run
 
@@ -58,15 +59,30 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
-def probe(page: Path) -> dict[str, object]:
+class Chart(TypedDict):
+    id: str
+    width: float
+    height: float
+    shapes: int
+    drawn: float
+
+
+class Probed(TypedDict):
+    """What PROBE writes into the page."""
+
+    charts: list[Chart]
+    errors: list[str]
+
+
+def probe(page: Path) -> Probed:
     probed = page.with_name("probed-" + page.name)
     text = page.read_text(encoding="utf-8")
     probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
     r = chromium("--dump-dom", probed.as_uri())
     m = re.search(r'<pre id="probe">(.*?)</pre>', r.stdout, re.S)
     assert m, r.stderr[-2000:]
-    result: dict[str, object] = json.loads(m.group(1).replace("&quot;", '"')
-                                           .replace("&amp;", "&"))
+    result: Probed = json.loads(m.group(1).replace("&quot;", '"')
+                                          .replace("&amp;", "&"))
     return result
 
 
@@ -86,7 +102,7 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
 
     result = probe(page)
     assert result["errors"] == []
-    charts = {c["id"]: c for c in result["charts"]}  # type: ignore[attr-defined]
+    charts = {c["id"]: c for c in result["charts"]}
     assert set(charts) == {"chart-budget", "chart-payout", "chart-rejections"}
     for c in charts.values():
         assert c["width"] > 300 and c["height"] > 100, c
@@ -110,8 +126,8 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
                    '<script>console.error("boom")</script></body></html>')
     result = probe(bad)
     errors = result["errors"]
-    assert any("missing.png" in e for e in errors)  # type: ignore[attr-defined]
-    assert any("console.error: boom" in e for e in errors)  # type: ignore[attr-defined]
-    (chart,) = result["charts"]  # type: ignore[misc]
+    assert any("missing.png" in e for e in errors)
+    assert any("console.error: boom" in e for e in errors)
+    (chart,) = result["charts"]
     assert chart["drawn"] == 0 and chart["shapes"] == 0
     assert any("boom" in line for line in console_lines(bad))

@@ -43,8 +43,10 @@ def sink_args(bootstrap: str, prefix: str, path: Path, *extra: str) -> list[str]
 
 def rows(path: Path) -> int:
     with duckdb.connect(str(path), read_only=True) as con:
-        return int(con.execute("SELECT (SELECT count(*) FROM grants) + "
-                               "(SELECT count(*) FROM rejections)").fetchone()[0])
+        row = con.execute("SELECT (SELECT count(*) FROM grants) + "
+                          "(SELECT count(*) FROM rejections)").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def tables(path: Path) -> dict[str, Any]:

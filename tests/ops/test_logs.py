@@ -16,7 +16,7 @@ INDIVIDUAL_NUMBER = "123456789018"
 
 
 @pytest.fixture
-def capture() -> Iterator[tuple[io.StringIO, logging.Handler]]:
+def capture() -> Iterator[tuple[io.StringIO, logging.Logger]]:
     root = logging.getLogger()
     saved = root.handlers[:], root.level, logging.getLogger("mynapoint").level
     stream = io.StringIO()

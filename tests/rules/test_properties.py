@@ -11,6 +11,7 @@ import copy
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,8 @@ from engine.rules.model import Campaign, Kind, Operator, Registry, Rounding
 from engine.rules.settlement import decide_offline, settle_records
 from engine.rules.validate import shape_objects, validate_enrollments, validate_transactions
 from tests import reference_model
+
+T = TypeVar("T")
 
 US = 1_000_000
 H = 3600 * US
@@ -65,7 +68,7 @@ def fmt(us: int, offset: str, naive: bool = False) -> str:
     return s if naive else s + offset
 
 
-def weighted(draw: st.DrawFn, choices: list[tuple[int, object]]) -> object:
+def weighted(draw: st.DrawFn, choices: list[tuple[int, T]]) -> T:
     """One of the values, with integer weights (shrinks towards the first choice)."""
     r = draw(st.integers(0, sum(w for w, _ in choices) - 1))
     for w, v in choices:
@@ -153,7 +156,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         person_limit=draw(st.sampled_from([2, 4, 5_000])),
     )
     others = weighted(draw, [(4, ["opc", "opp"]), (1, ["opc"]), (1, ["opp"]), (1, [])])
-    ops = draw(st.permutations(["opb", *others]))  # type: ignore[misc]
+    ops = draw(st.permutations(["opb", *others]))
     registry = Registry(tuple(OPERATORS[o] for o in ops))
 
     people = draw(st.lists(st.sampled_from(PEOPLE), min_size=2, max_size=6, unique=True))
@@ -168,7 +171,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             return weighted(draw, [(6, home), (1, draw(st.sampled_from(OP_IDS)))])
 
         es: list[object] = []
-        for i in range(weighted(draw, [(6, 1), (1, 0), (2, 2)])):  # type: ignore[arg-type]
+        for i in range(weighted(draw, [(6, 1), (1, 0), (2, 2)])):
             good = i == 0 and draw(st.integers(0, 3)) > 0        # mostly a valid first one
             e: dict = {"mykey_id": p, "operator_id": home if good else op_of_record(),
                        "applied_at": timestamp(draw, [WS, WS + 10 * H] if good else APPLIED)}
@@ -221,7 +224,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             t.update({"operator_id": op_of_record(), "mykey_id": p,
                       "amount": amount(draw, campaign.max_amount,
                                        30 if action == "new" else 15),
-                      "occurred_at": timestamp(draw, weighted(draw, [  # type: ignore[arg-type]
+                      "occurred_at": timestamp(draw, weighted(draw, [
                           (5, INSIDE), (1, OUTSIDE)]))})
             if draw(st.integers(0, 4)) == 0:
                 t["received_at"] = timestamp(draw, RECEIVED)

@@ -61,6 +61,12 @@ class Feed:
         self.batches += 1
         return res
 
+    def stored(self, person: str = PERSON) -> bytes:
+        """The value the store holds for ``person``, who must have one."""
+        raw = self.store.value(person)
+        assert raw is not None, f"no state stored for {person}"
+        return raw
+
 
 def reasons(res: ShardResult) -> dict[str, str]:
     out = {r["txn_id"]: r["reason"] for _, r in res.rejections}

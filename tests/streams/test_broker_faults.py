@@ -23,12 +23,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from engine.devtools import broker as devbroker
 from engine.kafka.client_config import ENV, default_client
 from engine.tools.compare import Comparison
+from tests.kafka_fixtures import TopicPrefix
 from tests.streams.harness import (
     LAST_STATS,
     QUIET_ACROSS_FAULTS,
     Scenario,
     collect_and_compare,
     fault_report,
+    from_doubled_input,
     make_scenario,
     output_end,
     output_end_offsets,
@@ -151,16 +153,6 @@ def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
                  **facts}, in_flight
 
 
-def _from_doubled_input(diff: str) -> bool:
-    """A difference explained by an input record Kafka stored twice: the second copy's
-    DUPLICATE rejection, a rejection at an offset the publisher never recorded (the
-    copy of a record rejected before the duplicate check, e.g. INVALID_AMOUNT), or a
-    grant whose first copy is not in the manifest."""
-    return (("only on the right" in diff
-             and ("'reason': 'DUPLICATE'" in diff or diff.startswith("rejection ?")))
-            or (diff.startswith("grant ") and "/'?" in diff and diff.count("=") == 1))
-
-
 def test_doubled_input_tolerance_covers_copies_only() -> None:
     """The differences of a real failed run whose only cause was a record Kafka
     stored twice are tolerated; the same rejection of a record the publisher did
@@ -172,11 +164,11 @@ def test_doubled_input_tolerance_covers_copies_only() -> None:
                   "'transaction', 'reason': 'DUPLICATE', 'source': 'transactions.jsonl:496'}")
     grant_moved = ("grant mynapoint-2020/suica/t0jbn6vd/tx-1: source='transactions.jsonl:496'"
                    "/'?t5.suica.transactions/3/15'")
-    assert all(map(_from_doubled_input, (copy_invalid, copy_first, grant_moved)))
+    assert all(map(from_doubled_input, (copy_invalid, copy_first, grant_moved)))
     manifested = copy_invalid.replace("?t5.dbarai.transactions/0/63", "transactions.jsonl:7")
-    assert not _from_doubled_input(manifested)
-    assert not _from_doubled_input(grant_moved.replace("/'?t5", "/'t5"))
-    assert not _from_doubled_input(copy_invalid.replace("only on the right", "only on the left"))
+    assert not from_doubled_input(manifested)
+    assert not from_doubled_input(grant_moved.replace("/'?t5", "/'t5"))
+    assert not from_doubled_input(copy_invalid.replace("only on the right", "only on the left"))
 
 
 def assert_unharmed(request: pytest.FixtureRequest, sc: Scenario,
@@ -184,10 +176,11 @@ def assert_unharmed(request: pytest.FixtureRequest, sc: Scenario,
                     tolerate_doubled_input: bool = False,
                     runtime: str = "aiokafka") -> dict[str, Any]:
     cmp, facts, in_flight = outcome
-    doubled_input = [d for d in cmp.differences if _from_doubled_input(d)]
+    doubled_input = [d for d in cmp.differences if from_doubled_input(d)]
     facts["input_records_stored_twice_by_kafka"] = sum(
         d.startswith("rejection") for d in doubled_input)
-    counts = fault_report(report_name(request.node.originalname, runtime), sc, cmp, **facts)
+    counts: dict[str, Any] = fault_report(report_name(request.node.originalname, runtime), sc,
+                                          cmp, **facts)
     print(f"{request.node.name}: {json.dumps(counts)}")
     assert in_flight, "publishing had ended before the fault: slow it down"
     assert 0 < counts["outputs_at_fault"] < sc.expected_outcomes, "the fault missed the stream"
@@ -211,9 +204,9 @@ def assert_unharmed(request: pytest.FixtureRequest, sc: Scenario,
 # (outcomes and state written, offsets not committed): the facade's seek back is shared
 @pytest.mark.parametrize(("stage", "runtime"), [("decided", "aiokafka"), ("outputs", "aiokafka"),
                                                 ("state", "aiokafka"), ("state", "faust")])
-def test_failed_batch_is_retried_in_process(kafka_broker: devbroker.Broker, topic_prefix: str,
-                                            scenario: Scenario, tmp_path: Path,
-                                            stage: str, runtime: str) -> None:
+def test_failed_batch_is_retried_in_process(kafka_broker: devbroker.Broker,
+                                            topic_prefix: TopicPrefix, scenario: Scenario,
+                                            tmp_path: Path, stage: str, runtime: str) -> None:
     """A Kafka error in the middle of a batch (injected: decided in memory only,
     outcomes acknowledged, state written) makes the same worker process read the
     batch again from its first offsets and decide it again from durable state."""
@@ -249,7 +242,7 @@ def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[devb
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_single_broker_sigkill_and_restart(own_broker: devbroker.Broker, topic_prefix: str,
+def test_single_broker_sigkill_and_restart(own_broker: devbroker.Broker, topic_prefix: TopicPrefix,
                                            scenario: Scenario, tmp_path: Path,
                                            request: pytest.FixtureRequest, runtime: str) -> None:
     """SIGKILL the only broker mid-stream, keep it down 10 s, restart it on its data:
@@ -293,7 +286,7 @@ async def _coordinator(bootstrap: str, group: str) -> int:
         await admin.close()
 
 
-def test_cluster_loses_a_broker(cluster: devbroker.Cluster, topic_prefix: str,
+def test_cluster_loses_a_broker(cluster: devbroker.Cluster, topic_prefix: TopicPrefix,
                                 scenario: Scenario, tmp_path: Path,
                                 request: pytest.FixtureRequest, runtime: str) -> None:
     """Three brokers (RF 3, min ISR 2): SIGKILL the one coordinating the workers'

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections import namedtuple
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -192,7 +193,8 @@ def test_groups_decoded_together_are_each_group_decoded_alone(
     for ms, trusted in ((public, False), (internal, True)):
         bounds = [0, *sorted(min(c, len(ms)) for c in cuts), len(ms)]
         groups = [ms[lo:hi] for lo, hi in itertools.pairwise(bounds)]
-        kw = {"internal": trusted, "replay": not trusted, "source_operator": T.operator_of}
+        kw: dict[str, Any] = {"internal": trusted, "replay": not trusted,
+                              "source_operator": T.operator_of}
         whole, sliced = decode_groups(groups, "transaction", DEFAULT_CAMPAIGN,
                                       DEFAULT_REGISTRY, 1 << 20, **kw)
         assert sum(g.v.n for g in sliced) == whole.v.n

@@ -56,10 +56,11 @@ def test_batches_encoded_together_equal_each_encoded_alone(
     def messages(grants: list[tuple]) -> GrantMessages:  # type: ignore[type-arg]
         cols = [list(c) for c in zip(*grants, strict=True)] if grants else [[]] * 9
         s = [pa.array(c, pa.large_string()) for c in cols[:3]]
-        ints = [np.array(c, np.int64) for c in cols[3:7]]
+        kind, amount, points, cum = [np.array(c, np.int64) for c in cols[3:7]]
         at = np.array([parse_utc(x) for x in cols[7]], np.int64)
         return GrantMessages(s[0], pa.array(cols[8], pa.large_string()),
-                             grant_json("c", 5000), GrantFields(s[1], s[2], *ints, at))
+                             grant_json("c", 5000),
+                             GrantFields(s[1], s[2], kind, amount, points, cum, at))
 
     together = [messages(g) for g in batches]
     encode_grants(together)

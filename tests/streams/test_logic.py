@@ -58,11 +58,11 @@ def test_discard_forgets_what_was_not_committed(tmp_path: Path) -> None:
     assert f.logic.snapshot()  # staged, not durable
     f.logic.discard()
     assert f.logic.snapshot() == {}
-    parked = decode_person(f.store.value(PERSON)).parked
+    parked = decode_person(f.stored()).parked
     assert [p.txn_id for p in parked] == ["kept"]
     # decided again from the checkpoint, the same record waits again
     f.logic.decide(None, b)
     f.logic.commit(f.batches)
-    assert [p.txn_id for p in decode_person(f.store.value(PERSON)).parked] == [
+    assert [p.txn_id for p in decode_person(f.stored()).parked] == [
         "kept", "lost"]
     f.store.close()

@@ -8,7 +8,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,7 @@ def test_every_poison_kind_in_every_message_format(kafka_broker, topic_prefix, t
 
 
 def _run_with(bootstrap: str, prefix: str, tmp_path: Path, sc: Scenario,
-              inject: Callable[[str, str], Awaitable[Any]], extra: Callable[[Any], int],
+              inject: Callable[[str, str], Coroutine[Any, Any, Any]], extra: Callable[[Any], int],
               runtime: str = "aiokafka") -> tuple[Any, pa.Table, pa.Table]:
     """A worker settles the scenario, published as one-record messages, with
     ``inject``'s poison sent in the middle; returns what ``inject`` returned and the

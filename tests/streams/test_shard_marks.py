@@ -68,7 +68,7 @@ def test_a_redelivered_poll_decides_only_what_is_new(tmp_path: Path) -> None:
     res = f.logic.decide(None, concat_batches([b, r]))
     assert set(reasons(res)) == {"a6", "a7", "r1", "r2"}
     f.logic.commit(2)
-    st = decode_person(f.store.value(people[0]))
+    st = decode_person(f.stored(people[0]))
     assert st.marks == {source_key("enrollment/0"): 0,  # Feed's first message
                         source_key("transaction/0"): 6 << SUB_BITS,
                         source_key("transaction/5"): 2 << SUB_BITS}

@@ -50,7 +50,7 @@ def test_person_limit_bounds_the_state_and_matches_offline(tmp_path: Path) -> No
     # the first 50 wait for an enrollment (they keep state); the rest is refused
     assert sum(r == "PERSON_LIMIT" for r in got.values()) == 350
     assert f.store.parked[PERSON] == T0 * 1000 + campaign.park_timeout  # the first one's
-    st = decode_person(f.store.value(PERSON))
+    st = decode_person(f.stored())
     assert st.n_entries == 50 and len(st.parked) == 50
     f.store.close()
     offline = settle_records([], [it["rec"] for it in items], campaign, DEFAULT_REGISTRY)
@@ -70,7 +70,7 @@ def test_shipped_limit_keeps_a_full_person_under_the_broker_message_size(
                   amount=1) for i in range(limit + 10)]
     for k in range(0, len(items), 1000):
         f.poll("transaction", items[k:k + 1000])
-    blob = f.store.value(PERSON)
+    blob = f.stored()
     assert decode_person(blob).n_entries == limit
     assert len(blob) < 1 << 20, len(blob)
     f.store.close()

@@ -3,14 +3,14 @@ reopen, the cache stays bounded, and the index of waiting people matches them.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.config import DEFAULT_CAMPAIGN
@@ -27,6 +27,7 @@ from engine.streams.state import (
     PersonState,
     ShardStore,
     TxnEntry,
+    WaitIndex,
     decode_person,
     encode,
     is_person_key,
@@ -56,7 +57,7 @@ def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
         st.c = 100 * i
         st.entries = _entry(amount=100 * i)
         store.apply({f"person{i:02d}": encode(st)}, changelog_offset=i)
-        assert len(store.cache) <= 3  # bounded: dropped once over the limit
+        assert len(store.recent) <= 3  # bounded: dropped once over the limit
     assert store.get("person03").c == 300
     assert _rows(store.get("person04").entries)["amount"].tolist() == [400]
     store.meta.stream_time = 42
@@ -67,6 +68,24 @@ def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
     assert again.get("person02").c == 200
     assert again.get("nobody00") == PersonState()
     again.close()
+
+
+def test_pending_values_are_read_first_and_forgotten_with_a_failed_batch(tmp_path: Path) -> None:
+    """What a decide staged (not applied yet) is what the next decide reads; a failed
+    batch's discard goes back to the state as applied, and apply takes it all."""
+    store = ShardStore(tmp_path / "p0", NO_TIME)
+    store.apply({"personAA": encode(PersonState(c=1))}, 0)
+    store.flush()
+    store.recent.clear()  # read from RocksDB
+    store.pending["personAA"] = encode(PersonState(c=2))
+    store.pending["personBB"] = encode(PersonState(c=5))
+    assert [store.get(k).c for k in ("personAA", "personBB", "personCC")] == [2, 5, 0]
+    store.discard_unapplied(timeout=1)
+    assert [store.get(k).c for k in ("personAA", "personBB")] == [1, 0]
+    store.pending["personAA"] = encode(PersonState(c=3))
+    store.apply(dict(store.pending), 1)
+    assert not store.pending and store.get("personAA").c == 3
+    store.close()
 
 
 _KILLED_WRITER = """
@@ -279,9 +298,9 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
     written: list[dict[str, bytes | None]] = []
     commit = f.logic.commit
 
-    def logged(offset: int) -> None:
+    def logged(changelog_offset: int) -> None:
         written.append(f.logic.snapshot())
-        commit(offset)
+        commit(changelog_offset)
 
     f.logic.commit = logged  # type: ignore[method-assign]
     timeout = DEFAULT_CAMPAIGN.park_timeout
@@ -293,12 +312,13 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
         elif what == "enr":
             f.poll("enrollment", [{"rec": builders.enr(person), "ts": ts}])
         else:
-            extra = {"kind": "refund", "original_txn_id": "missing", "amount": 10} \
-                if what == "refund" else {}
+            extra: dict[str, Any] = {"kind": "refund", "original_txn_id": "missing",
+                                     "amount": 10} if what == "refund" else {}
             f.poll("transaction", [txn(f"t{n}", ts, person=person, **extra)])
         scan = {}
         f.store.flush()
-        for k, v in f.store.db.items():
+        # raw mode: keys are bytes; the stub types them as a non-raw db's keys
+        for k, v in cast(Iterator[tuple[bytes, bytes]], f.store.db.items()):
             if is_person_key(k):
                 waiting = decode_person(v).parked
                 if waiting:
@@ -309,15 +329,52 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
     f.store.close()
     restored = ShardStore(tmp / "restored", NO_TIME)
     offset = 0
-    records = []
+    records: list[tuple[bytes, bytes | None, int, int | None]] = []
     for snap in written:
-        for k, v in snap.items():
-            records.append((k.encode(), v, offset, None))
+        for name, value in snap.items():
+            records.append((name.encode(), value, offset, None))
             offset += 1
     restored.restore(records)
     restored.rebuild_parked_index(timeout)
     assert restored.parked == scan
     restored.close()
+
+
+# few people and deadlines, so that one person is parked again and again
+_WAITERS = st.sampled_from([f"p{i}" for i in range(5)])
+_WAIT_OPS = st.lists(st.one_of(
+    st.tuples(st.just("park"), _WAITERS, st.integers(0, 12)),
+    st.tuples(st.just("release"), _WAITERS, st.just(0)),
+    st.tuples(st.just("pop"), _WAITERS, st.just(0)),
+    st.tuples(st.just("due"), st.just(""), st.integers(0, 14)),
+    st.tuples(st.just("clear"), st.just(""), st.just(0))), max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_WAIT_OPS)
+# parked again with another deadline, then with the first one again: the person is due
+# once, not once per heap entry
+@example([("park", "p1", 5), ("park", "p1", 7), ("park", "p1", 5), ("due", "", 10),
+          ("due", "", 10)])
+def test_the_wait_index_finds_what_a_scan_of_every_waiting_person_finds(
+        ops: list[tuple[str, str, int]]) -> None:
+    """Against the dict it replaced (a scan of every waiting person per decide): the
+    same people due, in the same order, whatever was parked, re-parked, released."""
+    got, ref = WaitIndex(), dict[str, int]()
+    for op, key, t in ops:
+        if op == "park":
+            got[key] = ref[key] = t
+        elif op == "release" and key in ref:
+            del got[key], ref[key]
+        elif op == "pop":
+            assert got.pop(key) == ref.pop(key, None)
+        elif op == "due":
+            assert got.due_before(t) == [k for k, d in ref.items() if d < t]
+        elif op == "clear":
+            got.clear()
+            ref.clear()
+        assert list(got) == list(ref) and len(got) == len(ref)
+        assert got.keys() == ref.keys() and all(got.get(k) == d for k, d in ref.items())
 
 
 def test_an_ended_wait_deletes_its_index_key_locally_and_in_the_changelog(
@@ -329,7 +386,12 @@ def test_an_ended_wait_deletes_its_index_key_locally_and_in_the_changelog(
     # the enrollment ends the wait: the index key goes, as a tombstone
     staged: list[dict[str, bytes | None]] = []
     commit = f.logic.commit
-    f.logic.commit = lambda o: (staged.append(f.logic.snapshot()), commit(o))[1]  # type: ignore[method-assign]
+
+    def logged(changelog_offset: int) -> None:
+        staged.append(f.logic.snapshot())
+        commit(changelog_offset)
+
+    f.logic.commit = logged  # type: ignore[method-assign]
     f.poll("enrollment", [{"rec": builders.enr("Wait0001"), "ts": T0 + 1}])
     assert staged[0][WAIT_PREFIX + "Wait0001"] is None
     assert f.store.value(key) is None and not f.store.parked
@@ -375,13 +437,13 @@ def test_a_refund_changes_only_its_originals_row_and_adds_its_own(tmp_path: Path
     f = Feed(tmp_path)
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
     f.poll("transaction", [txn(f"h{i}", T0 + 1 + i) for i in range(5)])
-    f.store.cache.clear()  # read back from RocksDB
-    before = _rows(decode_person(f.store.value(PERSON)).entries).copy()
+    f.store.recent.clear()  # read back from RocksDB
+    before = _rows(decode_person(f.stored()).entries).copy()
     assert before["key"].tolist() == entry_keys(["paypay"] * 5,
                                                 [f"h{i}" for i in range(5)]).tolist()
     f.poll("transaction", [txn("back", T0 + 11, kind="refund", original_txn_id="h2",
                                amount=1000)])
-    after = _rows(decode_person(f.store.value(PERSON)).entries)
+    after = _rows(decode_person(f.stored()).entries)
     assert len(after) == 6
     changed = [i for i in range(5) if after[i].tobytes() != before[i].tobytes()]
     assert changed == [2] and after[2]["refunded"] == 1000
@@ -467,7 +529,7 @@ def test_a_person_stored_in_an_old_format_reads_as_the_same_state(
     items = [txn("h0", T0 + 1), txn("h1", T0 + 2),
              txn("back", T0 + 3, kind="refund", original_txn_id="h0", amount=400)]
     f.poll("transaction", items)
-    new = decode_person(f.store.value(PERSON))
+    new = decode_person(f.stored())
     assert new.n_entries == 3 and _rows(new.entries)["refunded"].tolist() == [400, 0, 0]
     old = write(new, [i["rec"] for i in items])
     assert new.entries not in old  # the rows are in another format there
@@ -487,10 +549,10 @@ def test_decisions_go_on_from_a_person_stored_in_an_old_format(
     items = [txn("h0", T0 + 1), txn("h1", T0 + 2), txn("r0", T0 + 3, kind="refund",
                                                      original_txn_id="h0", amount=10)]
     f.poll("transaction", items)
-    old = write(decode_person(f.store.value(PERSON)), [i["rec"] for i in items])
+    old = write(decode_person(f.stored()), [i["rec"] for i in items])
     f.store.flush()
     f.store.db[PERSON.encode()] = old  # as a restore of an old changelog writes it
-    f.store.cache.clear()
+    f.store.recent.clear()
     moved = txn("h0", T0 + 4)
     moved["rec"]["occurred_at"] = "2020-09-13T12:00:01Z"
     res = f.poll("transaction", [txn("h0", T0 + 4),
@@ -509,7 +571,7 @@ def test_decisions_go_on_from_a_person_stored_in_an_old_format(
         ("r0", "CONFLICTING_DUPLICATE"), ("h1", "CONFLICTING_DUPLICATE"),
         ("more", "REFUND_EXCEEDS_ORIGINAL")]
     assert reasons(res)["back"] == "granted" and len(res.grants) == 1
-    assert decode_person(f.store.value(PERSON)).n_entries == 5
+    assert decode_person(f.stored()).n_entries == 5
     f.store.close()
 
 
@@ -518,10 +580,10 @@ def test_state_keeps_a_decided_transactions_id_only_as_a_hash(tmp_path: Path) ->
     key is a hash); one that waits keeps its id, needed for its outcome."""
     f = Feed(tmp_path)
     f.poll("transaction", [txn("waiting-for-enrolment-7", T0)])
-    assert b"waiting-for-enrolment-7" in f.store.value(PERSON)
+    assert b"waiting-for-enrolment-7" in f.stored()
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0 + 1}])
     f.poll("transaction", [txn("decided-at-once-8", T0 + 2)])
-    blob = f.store.value(PERSON)
+    blob = f.stored()
     assert decode_person(blob).n_entries == 2
     assert b"waiting-for-enrolment-7" not in blob and b"decided-at-once-8" not in blob
     f.store.close()

@@ -14,7 +14,7 @@ import sys
 from collections import namedtuple
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -52,8 +52,15 @@ from tests.kafka_fixtures import produce, read_topic
 
 PARTS = 8
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 
 # ------------------------------------------------------------------ helpers
+
+
+def _present(v: T | None) -> T:
+    """A value the test's own input always has (a key, an operator, a message's value)."""
+    assert v is not None
+    return v
 
 
 def _ms(text: str) -> int:
@@ -525,8 +532,8 @@ def test_oversized_chunks_split_in_order(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(publish_mod, "MAX_VALUE_BYTES", 2_000)
     msgs = list(publish_mod._messages(inp, parts, 1, 100))
     assert len(msgs) > 2
-    assert all(len(m.out.value) <= 2_000 for m in msgs)
-    sent = [line for m in msgs for line in m.out.value.split(b"\n")]
+    assert all(len(_present(m.out.value)) <= 2_000 for m in msgs)
+    sent = [line for m in msgs for line in _present(m.out.value).split(b"\n")]
     assert sent == inp.lines
     assert np.concatenate([m.records for m in msgs]).tolist() == list(range(inp.n))
     monkeypatch.setattr(publish_mod, "MAX_VALUE_BYTES", 50)
@@ -569,8 +576,8 @@ def test_enrollments_for_several_topics_reach_the_merge_in_each_persons_file_ord
                            "applied_at": f"2020-09-{days[i]:02d}T10:00:00+09:00"})
              for i, k in enumerate(people)]
     inp = publish_mod.read_input(write_lines(tmp_path / "e.jsonl", lines), "enrollment")
-    parts = np.asarray([partition_for(k, PARTS) for k in inp.keys], dtype=np.int64)
-    targets = np.asarray([ops.index(o) for o in inp.ops], dtype=np.int64)
+    parts = np.asarray([partition_for(_present(k), PARTS) for k in inp.keys], dtype=np.int64)
+    targets = np.asarray([ops.index(_present(o)) for o in inp.ops], dtype=np.int64)
     msgs = list(publish_mod._messages(inp, parts, PARTS, 10, targets, merged=True))
     assert max(m.count for m in msgs) <= 10
     order = _merged_order(msgs, ops, parts)
@@ -587,8 +594,8 @@ def test_distinct_people_across_operators_travel_in_full_chunks(tmp_path: Path) 
     lines = [orjson.dumps({"mykey_id": f"Q{i:03d}abcd", "operator_id": ops[i % 3],
                            "applied_at": "2020-09-01T10:00:00+09:00"}) for i in range(300)]
     inp = publish_mod.read_input(write_lines(tmp_path / "e.jsonl", lines), "enrollment")
-    parts = np.asarray([partition_for(k, PARTS) for k in inp.keys], dtype=np.int64)
-    targets = np.asarray([ops.index(o) for o in inp.ops], dtype=np.int64)
+    parts = np.asarray([partition_for(_present(k), PARTS) for k in inp.keys], dtype=np.int64)
+    targets = np.asarray([ops.index(_present(o)) for o in inp.ops], dtype=np.int64)
     msgs = list(publish_mod._messages(inp, parts, PARTS, 1000, targets, merged=True))
     assert len(msgs) == len({(int(p), int(t)) for p, t in zip(parts, targets, strict=True)})
     assert sorted(_merged_order(msgs, ops, parts)) == list(range(300))
