@@ -59,9 +59,13 @@ class Faults:
     ``stage`` ("takeover" of a partition begun, "decided" in memory, "outputs"
     acknowledged, "state" in the changelog, or "commit" done and the local
     checkpoint written) of its ``batch``-th batch (0-based), before anything else
-    happens. ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead (a
-    zombie the test resumes with SIGCONT), and ``MYNAPOINT_FAIL_AT`` raises a Kafka
-    connection error there, once, as a broker fault would."""
+    happens; ``<stage>:<batch>+`` at the first batch from the ``batch``-th on that
+    produced outcomes (how a runtime cuts its batches depends on timing, and a
+    batch of accepted enrollments has none: a test about redelivered outcomes
+    needs one that had some). ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it
+    there instead (a zombie the test resumes with SIGCONT), and
+    ``MYNAPOINT_FAIL_AT`` raises a Kafka connection error there, once, as a broker
+    fault would."""
 
     def __init__(self) -> None:
         self.crash_at = os.environ.get("MYNAPOINT_CRASH_AT")
@@ -69,16 +73,30 @@ class Faults:
         self.fail_at = os.environ.get("MYNAPOINT_FAIL_AT")
         self.injected: set[str] = set()
 
-    def point(self, stage: str, batch: int) -> None:
-        here = f"{stage}:{batch}"
-        if self.crash_at == here:
+    def point(self, stage: str, batch: int, produced: bool = True) -> None:
+        """``produced``: whether the batch had outcomes (the takeover and decided
+        points come before they are known)."""
+        if _at(self.crash_at, stage, batch, produced):
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.stall_at == here:
-            log.warning("stalling at %s (test fault injection)", here)
+        if _at(self.stall_at, stage, batch, produced):
+            log.warning("stalling at %s:%d (test fault injection)", stage, batch)
             os.kill(os.getpid(), signal.SIGSTOP)
-        if self.fail_at == here and here not in self.injected:
-            self.injected.add(here)
+        if (self.fail_at is not None and self.fail_at not in self.injected
+                and _at(self.fail_at, stage, batch, produced)):
+            self.injected.add(self.fail_at)
             raise KafkaConnectionError(f"injected fault after {stage} of batch {batch}")
+
+
+def _at(spec: str | None, stage: str, batch: int, produced: bool) -> bool:
+    """Whether the point ``stage`` of ``batch`` is the one ``spec`` names."""
+    if spec is None:
+        return False
+    name, _, n = spec.partition(":")
+    if name != stage:
+        return False
+    if n.endswith("+"):
+        return produced and batch >= int(n[:-1])
+    return n == str(batch)
 
 
 class Checkpoint:
@@ -98,12 +116,12 @@ class Checkpoint:
                   offsets: dict[TopicPartition, Any], laps: Laps) -> bool:
         """Returns False when the commit failed (the partitions are lost). ``laps``:
         the batch's stopwatch, to which each step's time is booked."""
-        await self.outcomes(results)
+        produced = await self.outcomes(results)
         laps.lap("outputs")
-        self.faults.point("outputs", self.batch)
+        self.faults.point("outputs", self.batch, produced)
         changelog = await self.state({p: logics[p] for p in results})
         laps.lap("state")
-        self.faults.point("state", self.batch)
+        self.faults.point("state", self.batch, produced)
         ok = await self.commit(offsets, logics, changelog)
         laps.lap("commit")
         if not ok:
@@ -111,10 +129,12 @@ class Checkpoint:
         for p in results:
             logics[p].commit(changelog[p])
         laps.lap("local")
-        self.faults.point("commit", self.batch)
+        self.faults.point("commit", self.batch, produced)
         return True
 
-    async def outcomes(self, results: dict[int, ShardResult]) -> None:
+    async def outcomes(self, results: dict[int, ShardResult]) -> bool:
+        """Produce the batch's outcomes and re-routed records and await their
+        acknowledgements; returns whether there were outcomes (grants or rejections)."""
         out: dict[tuple[str, int], list[Message]] = defaultdict(list)
         dumps = orjson.dumps
         for p, res in results.items():
@@ -144,6 +164,7 @@ class Checkpoint:
             futs.extend(f for f, _ in await send_batched(self.producer, topic, part, msgs))
         if futs:
             await asyncio.gather(*futs)
+        return any(len(res.grant_messages) or res.rejections for res in results.values())
 
     def _outcome_topic(self, kind: str, source: str) -> str:
         # an outcome goes to the outputs of the operator whose input the record arrived

@@ -482,8 +482,12 @@ class Worker:
                 behind = await self._enrollments_behind(p)
             except Exception:  # position unknown during a rebalance: decide next round
                 continue
+            # the re-routing topics are never held back, but their messages beyond a
+            # batch's byte budget are held (and their topic paused) as the inputs' are
+            rerouted = [TopicPartition(t, p) for t in (self.topics.reroute_enrollments,
+                                                        self.topics.reroute_transactions)]
             for tps, held_back in ((self._enrollment_tps(p), False),
-                                   (self._transaction_tps(p), behind)):
+                                   (self._transaction_tps(p), behind), (rerouted, False)):
                 for tp in tps:
                     if tp not in assigned:
                         continue

@@ -31,3 +31,17 @@ def test_no_fault_is_injected_without_the_variables(monkeypatch: pytest.MonkeyPa
     for stage in STAGES:
         faults.point(stage, 0)
     assert faults.injected == set()
+
+
+def test_a_plus_point_fires_at_the_first_batch_from_there_that_produced_outcomes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MYNAPOINT_FAIL_AT", "outputs:3+")
+    faults = Faults()
+    for batch in range(3):  # before the 3rd: outcomes or not, no fault
+        faults.point("outputs", batch, produced=True)
+    for batch in (3, 4):  # no outcomes: not yet
+        faults.point("outputs", batch, produced=False)
+        faults.point("state", batch, produced=True)  # another stage
+    with pytest.raises(KafkaConnectionError, match="after outputs of batch 5"):
+        faults.point("outputs", 5, produced=True)
+    faults.point("outputs", 6, produced=True)  # once

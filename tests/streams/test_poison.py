@@ -119,6 +119,10 @@ def test_poison_records_mixed_into_a_normal_stream(kafka_broker, topic_prefix, t
 
     rej = {r["source"]: r for r in rejections.to_pylist()}
     grt = {g["source"]: g for g in grants.to_pylist()}
+    for name, i in (("wrong_key", None), ("no_key", None), ("chunk", 0)):
+        s = src(name, i)
+        assert s in grt, (name, rej.get(s), LAST_STATS,
+                          (tmp_path / "w.log").read_text(errors="replace")[-3000:])
     # misrouted and keyless records are re-routed to their person and decided there
     assert grt[src("wrong_key")]["points"] == 250
     assert grt[src("no_key")]["points"] == 500

@@ -9,14 +9,17 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER, partition_for
 from engine.rules.settlement import settle_records
 from engine.streams.codec_out import format_utc
 from engine.tools.collect import collect
 from tests.builders import enr_topic, txn, txn_topic
+from tests.ops.http import get
 from tests.streams.harness import PARTITIONS, topics_for, worker, write_report
 
 pytestmark = pytest.mark.kafka
@@ -193,3 +196,54 @@ def test_a_rerouted_record_arriving_after_its_deadline_is_decided_at_once(
                                      "missing": int("late" not in got), "doubled": 0,
                                      "different": int(got.get("late") != "NOT_ENROLLED")})
     assert got == {"late": "NOT_ENROLLED"}  # "mover" still waits: it is in time
+
+
+def test_rerouted_records_beyond_the_batch_budget_keep_coming(
+        kafka_broker, topic_prefix, tmp_path: Path, runtime: str) -> None:
+    """A burst of misrouted records re-routes more than a batch's byte budget at
+    once: the re-routing topic's excess waits in memory, its topic paused, like an
+    input's. It must be resumed once that excess is decided, or every record
+    re-routed later (the second wave) would never be read."""
+    prefix = topic_prefix()
+    person = "Wave0001"
+    home = partition_for(person.encode(), PARTITIONS)
+    port = free_port()
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, runtime=runtime,
+               extra=["--max-batch-bytes", "3000", "--metrics-port", str(port)]).start()
+    t = topics_for(prefix)
+
+    async def wave(p: AIOKafkaProducer, first: int, n: int) -> None:
+        for i in range(first, first + n):
+            rec = txn(txn_id=f"w{i}", mykey=person, amount=40, at="2020-09-13T12:00:00Z",
+                      received_at=format_utc((T0 + i) * 1000))
+            await p.send(txn_topic(t), orjson.dumps(rec), key=b"SomeoneX",
+                         partition=(home + 1) % PARTITIONS, timestamp_ms=T0 + i)
+        await p.flush()
+
+    async def run() -> tuple[int, int, int]:
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
+        await p.start()
+        try:
+            await p.send_and_wait(enr_topic(t), orjson.dumps(
+                {"mykey_id": person, "operator_id": "paypay",
+                 "applied_at": "2020-09-01T09:00:00+09:00"}), key=person.encode(),
+                partition=home, timestamp_ms=T0 - 1000)
+            await wave(p, 0, 150)
+            first, _ = await collect(kafka_broker.bootstrap, t, expect=150, idle_timeout=30.0)
+            await wave(p, 150, 30)  # re-routed after the first wave's excess was decided
+        finally:
+            await p.stop()
+        grants, rejections = await collect(kafka_broker.bootstrap, t, expect=180,
+                                           idle_timeout=20.0)
+        return first.num_rows, grants.num_rows, rejections.num_rows
+
+    try:
+        first, granted, rejected = asyncio.run(run())
+        metrics = get(f"http://127.0.0.1:{port}/metrics")[1]
+    finally:
+        w.stop()
+    assert first == 150, "the first wave was not decided"
+    assert (granted, rejected) == (180, 0)
+    deferred = {s.name: s.value for f in text_string_to_metric_families(metrics)
+                for s in f.samples}["mynapoint_batch_deferred_messages_total"]
+    assert deferred > 0
