@@ -484,10 +484,9 @@ class Worker:
                 continue
             # the re-routing topics are never held back, but their messages beyond a
             # batch's byte budget are held (and their topic paused) as the inputs' are
-            rerouted = [TopicPartition(t, p) for t in (self.topics.reroute_enrollments,
-                                                        self.topics.reroute_transactions)]
             for tps, held_back in ((self._enrollment_tps(p), False),
-                                   (self._transaction_tps(p), behind), (rerouted, False)):
+                                   (self._transaction_tps(p), behind),
+                                   (self._reroute_tps(p), False)):
                 for tp in tps:
                     if tp not in assigned:
                         continue
@@ -521,6 +520,10 @@ class Worker:
 
     def _transaction_tps(self, p: int) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t in self.topics.transaction_inputs]
+
+    def _reroute_tps(self, p: int) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in (self.topics.reroute_enrollments,
+                                               self.topics.reroute_transactions)]
 
     async def _unread(self, tp: TopicPartition) -> bool:
         """Whether ``tp`` has records in Kafka this worker has not fetched (True while

@@ -24,6 +24,7 @@ from engine.streams.decode import InBatch, concat_batches, decode_messages
 from engine.streams.logic import PartitionLogic
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
+from tests import builders
 from tests.streams.feed import T0, Msg
 
 H = 3600 * 1000
@@ -52,16 +53,14 @@ def _messages(records: list[tuple[Any, ...]], enrolled: list[int | None]
     for i, (kind, person, amount, how, received, step, orig) in enumerate(records):
         for p, at in enumerate(enrolled):
             if at == i:
-                rec = {"mykey_id": PEOPLE[p], "operator_id": "paypay",
-                       "applied_at": "2020-09-01T10:00:00+09:00"}
                 out.append(("enrollment", Msg("enrollments", 0, offsets["enrollments"], t,
-                                              PEOPLE[p].encode(), orjson.dumps(rec), None),
+                                              PEOPLE[p].encode(),
+                                              orjson.dumps(builders.enr(PEOPLE[p])), None),
                             False))
                 offsets["enrollments"] += 1
         t += step
-        txn: dict[str, Any] = {"txn_id": f"t{i}", "operator_id": "paypay",
-                               "mykey_id": PEOPLE[person], "kind": kind, "amount": amount,
-                               "occurred_at": format_utc((T0 + i * 1000) * 1000)}
+        txn = builders.txn(kind, amount, mykey=PEOPLE[person], txn_id=f"t{i}",
+                           at=format_utc((T0 + i * 1000) * 1000))
         if kind == "refund":
             txn.update(txn_id=f"r{i}", original_txn_id=f"t{orig}", amount=amount // 3 + 1)
         if received or how == "one":

@@ -24,7 +24,7 @@ from engine.kafka.topics import (
 from engine.rules.settlement import settle_records
 from engine.streams.codec_out import format_utc
 from engine.tools.collect import collect
-from tests.builders import enr_topic, txn, txn_topic
+from tests.builders import enr, enr_topic, txn, txn_topic
 from tests.ops.http import get
 from tests.streams.harness import PARTITIONS, topics_for, worker, write_report
 
@@ -230,10 +230,8 @@ def test_rerouted_records_beyond_the_batch_budget_keep_coming(
         p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
         await p.start()
         try:
-            await p.send_and_wait(enr_topic(t), orjson.dumps(
-                {"mykey_id": person, "operator_id": "paypay",
-                 "applied_at": "2020-09-01T09:00:00+09:00"}), key=person.encode(),
-                partition=home, timestamp_ms=T0 - 1000)
+            await p.send_and_wait(enr_topic(t), orjson.dumps(enr(person)),
+                                  key=person.encode(), partition=home, timestamp_ms=T0 - 1000)
             await wave(p, 0, 150)  # ~30 kB in Kafka before the worker's first poll
         finally:
             await p.stop()
