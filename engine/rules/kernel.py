@@ -172,6 +172,16 @@ def _lane_push(hk, hv, hsize, cap, ln, key, val):  # type: ignore[no-untyped-def
 
 
 @numba.njit(cache=True, nogil=True)
+def _expire_at(hk, hv, hsize, cap, ln, deadline, j, final):  # type: ignore[no-untyped-def]
+    """Put waiting record ``j`` on its lane's expiry heap. Not when deciding the end of
+    the input (``final``: nothing expires) nor when the record has no deadline: without
+    ``received_at`` there is no instant for stream time to pass (DECISIONS 118), so it
+    waits for what it needs or for the end of the input, as offline."""
+    if not final and deadline != NO_TIME_K:
+        _lane_push(hk, hv, hsize, cap, ln, deadline, j)
+
+
+@numba.njit(cache=True, nogil=True)
 def _heap_pop(hk, hv, size):  # type: ignore[no-untyped-def]
     v = hv[0]
     size[0] -= 1
@@ -425,8 +435,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                     _append(k_head, k_tail, nxt, orig[j], j)
                 else:
                     _append(w_head, w_tail, nxt, p, j)
-                if not final:
-                    _lane_push(hk, hv, hsize, hcap, lane[j], deadline[j], j)
+                _expire_at(hk, hv, hsize, hcap, lane[j], deadline[j], j, final)
                 continue
             if rec_entry[j] < 0:
                 # check 5: first seen (person, operator, txn_id) stands
@@ -478,7 +487,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                     if park_for_enrollment and not (ts[j] != NO_TIME_K
                                                     and deadline[j] < stream_times[lane[j]]):
                         _append(w_head, w_tail, nxt, p, j)
-                        _lane_push(hk, hv, hsize, hcap, lane[j], deadline[j], j)
+                        _expire_at(hk, hv, hsize, hcap, lane[j], deadline[j], j, final)
                         continue
                     out_reason[j] = rc.NOT_ENROLLED
                 elif p_op[p] != op[j]:
@@ -506,8 +515,7 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
                     # wait for the original (or with it, even when overdue: the
                     # original's own decision releases it)
                     _append(k_head, k_tail, nxt, orig[j], j)
-                    if not final:
-                        _lane_push(hk, hv, hsize, hcap, lane[j], deadline[j], j)
+                    _expire_at(hk, hv, hsize, hcap, lane[j], deadline[j], j, final)
                     continue
                 elif e_kind[eo] == KIND_REFUND:
                     out_reason[j] = rc.ORIGINAL_NOT_FOUND

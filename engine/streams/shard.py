@@ -38,6 +38,7 @@ from engine.streams.grant_json import GrantJson, grant_json
 from engine.streams.person_codec import decode_people, encode_people, find_marks, gather, name_table
 from engine.streams.state import (
     META_KEY,
+    NO_DEADLINE,
     WAIT_PREFIX,
     Parked,
     PersonState,
@@ -637,7 +638,8 @@ class _Call:
             s0, sn = (int(x) for x in spans[pi])
             staged[key] = encode(PersonState(names[o], k, d, c, r, parked=parked,
                                             entries=packed[s0:s0 + sn], marks=marks))
-            first = min(pk.received for pk in parked)
+            first = min((pk.received for pk in parked if pk.received != NO_TIME),
+                        default=NO_DEADLINE)
             if due.get(key) != first + timeout:
                 staged[WAIT_PREFIX + key] = encode(first)
             due[key] = first + timeout

@@ -42,6 +42,9 @@ FENCE_KEY = b"__fence__"
 # key range instead of decoding every person (docs/DECISIONS.md).
 WAIT_PREFIX = "__wait__/"
 _WAIT_B = WAIT_PREFIX.encode()
+# the value for a person whose waiting records all lack received_at: they have no
+# deadline (DECISIONS 118), and stream time (at most year 9999) never gets here
+NO_DEADLINE = 1 << 62
 
 # The local checkpoint is written when this much applied state is pending, or this
 # long after the previous write (DECISIONS 106): a person touched by several batches

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.rules.settlement import settle_records
-from engine.streams.state import decode_person
+from engine.streams.state import NO_DEADLINE, decode_person
 from tests.streams.feed import PERSON, T0, Feed, H, reasons, txn
 
 
@@ -162,4 +162,40 @@ def test_a_record_on_another_operators_topic_is_a_mismatch_and_changes_nothing(
     res = f.poll("transaction", [txn("t1", T0 + H, kind="charge", op="aupay")],
                  topic="m.aupay.transactions")
     assert [g["txn_id"] for _, g in res.grants] == ["t1"] and reasons(res) == {"t1": "granted"}
+    f.store.close()
+
+
+def test_a_record_without_received_at_waits_for_its_enrollment(tmp_path: Path) -> None:
+    """A record without ``received_at`` (a chunk's record, a message without a
+    timestamp) has no deadline: stream time moving on must not end its wait — it
+    waits for its enrollment and, failing that, for the end of the input (the rules
+    page: "a record without received_at is never late"; offline it would wait to the
+    end too)."""
+    f = Feed(tmp_path)
+    nots = txn("no-time", None)  # type: ignore[arg-type]
+    assert reasons(f.poll("transaction", [nots])) == {}
+    assert f.store.parked[PERSON] == NO_DEADLINE + f.campaign.park_timeout
+    # somebody else's records move stream time far past any deadline
+    res = f.poll("transaction", [txn("mover", T0 + 50 * H, person="Other001")])
+    assert "no-time" not in reasons(res)
+    assert PERSON in f.store.parked
+    # the refund of a record without received_at waits for its original the same way
+    rf = txn("no-time-refund", None, kind="refund", original_txn_id="later",  # type: ignore[arg-type]
+             amount=100)
+    assert reasons(f.poll("transaction", [rf])) == {}
+    res = f.poll("transaction", [txn("mover2", T0 + 80 * H, person="Other001")])
+    assert "no-time-refund" not in reasons(res)
+    enr = {"rec": {"mykey_id": PERSON, "operator_id": "paypay",
+                   "applied_at": "2020-09-01T09:00:00+09:00"}, "ts": T0 + 81 * H}
+    res = f.poll("enrollment", [enr])
+    assert reasons(res) == {"no-time": "granted"}
+    # a timed wait beside it ends by its own deadline, the timeless one goes on
+    f.poll("transaction", [txn("timed", T0 + 81 * H, kind="refund", original_txn_id="x",
+                               amount=100)])
+    res = f.poll("transaction", [txn("mover3", T0 + 106 * H, person="Other001")])
+    assert reasons(res)["timed"] == "ORIGINAL_NOT_FOUND" and "no-time-refund" not in reasons(res)
+    assert f.store.parked[PERSON] == NO_DEADLINE + f.campaign.park_timeout
+    # the end of the input decides it, as offline
+    assert reasons(f.logic.final()) == {"no-time-refund": "ORIGINAL_NOT_FOUND",
+                                        "mover3": "NOT_ENROLLED"}
     f.store.close()
