@@ -45,6 +45,7 @@ from engine.streams.state import (
     ShardStore,
     decode_person,
     encode,
+    encode_wait,
     source_key,
 )
 
@@ -152,7 +153,7 @@ class ShardResult:
     outcomes: dict[str, np.ndarray] = field(default_factory=dict)
     points: int = 0
     clawed_back: int = 0
-    parked: int = 0
+    parked: int = 0  # records waiting in the partition after the call
 
     @property
     def grants(self) -> list[Outcome]:
@@ -640,11 +641,11 @@ class _Call:
                                             entries=packed[s0:s0 + sn], marks=marks))
             first = min((pk.received for pk in parked if pk.received != NO_TIME),
                         default=NO_DEADLINE)
-            if due.get(key) != first + timeout:
-                staged[WAIT_PREFIX + key] = encode(first)
-            due[key] = first + timeout
+            if due.get(key) != first + timeout or due.count(key) != len(parked):
+                staged[WAIT_PREFIX + key] = encode_wait(first, len(parked))
+            due.set(key, first + timeout, len(parked))
         staged[META_KEY] = encode(store.meta)
-        res.parked = len(due)
+        res.parked = due.records
 
     def _waiting(self) -> dict[int, list[Parked]]:
         """The records that wait after this call, by person index, in record order."""

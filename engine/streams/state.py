@@ -35,9 +35,10 @@ from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
-# "__wait__/<mykey_id>" -> the earliest received_at of the person's waiting records
-# (msgpack int; the deadline adds the campaign's park timeout); deleted (a tombstone
-# in the changelog) when nothing waits any more.
+# "__wait__/<mykey_id>" -> [the earliest received_at of the person's waiting records,
+# how many wait] (msgpack; the deadline adds the campaign's park timeout; a bare int,
+# the format before the count, counts as one record); deleted (a tombstone in the
+# changelog) when nothing waits any more.
 # An index beside the people, so that a take-over finds the waits by reading this
 # key range instead of decoding every person (docs/DECISIONS.md).
 WAIT_PREFIX = "__wait__/"
@@ -69,6 +70,10 @@ class WaitIndex(Mapping[str, int]):
         self._due: dict[str, tuple[int, int]] = {}  # person -> (deadline, order)
         self._heap: list[tuple[int, int, str]] = []
         self._order = itertools.count()
+        # person -> how many of their records wait, and the sum: the gauge counts
+        # records (one person may have many waiting), the mapping people
+        self._counts: dict[str, int] = {}
+        self.records = 0
 
     def __len__(self) -> int:
         return len(self._due)
@@ -101,16 +106,29 @@ class WaitIndex(Mapping[str, int]):
             self._heap = [(d, o, k) for k, (d, o) in self._due.items()]
             heapq.heapify(self._heap)
 
+    def set(self, key: str, deadline: int, records: int) -> None:
+        """``key`` waits with ``records`` records, the earliest ending at ``deadline``."""
+        self[key] = deadline
+        self.records += records - self._counts.get(key, 0)
+        self._counts[key] = records
+
+    def count(self, key: str) -> int:
+        return self._counts.get(key, 0)
+
     def __delitem__(self, key: str) -> None:
         del self._due[key]
+        self.records -= self._counts.pop(key, 0)
 
     def pop(self, key: str, default: int | None = None) -> int | None:
         got = self._due.pop(key, None)
+        self.records -= self._counts.pop(key, 0)
         return default if got is None else got[0]
 
     def clear(self) -> None:
         self._due.clear()
         self._heap.clear()
+        self._counts.clear()
+        self.records = 0
 
     def due_before(self, t: int) -> list[str]:
         """The people whose deadline is before ``t``, in the order they were parked
@@ -216,7 +234,18 @@ _dec_person = msgspec.msgpack.Decoder(PersonState)
 _dec_entry = msgspec.msgpack.Decoder(TxnEntry)
 _dec_meta = msgspec.msgpack.Decoder(ShardMeta)
 _dec_fence = msgspec.msgpack.Decoder(Fence)
-_dec_int = msgspec.msgpack.Decoder(int)
+_dec_wait = msgspec.msgpack.Decoder(int | tuple[int, int])
+
+
+def encode_wait(first: int, records: int) -> bytes:
+    """A ``__wait__/`` value: the earliest received_at of a person's waiting records
+    (NO_DEADLINE when none has one) and how many wait."""
+    return _enc.encode((first, records))
+
+
+def decode_wait(raw: bytes) -> tuple[int, int]:
+    got = _dec_wait.decode(raw)
+    return (got, 1) if isinstance(got, int) else got
 
 
 # the encoder's own method, not a wrapper: it is called once per person per batch
@@ -465,13 +494,15 @@ class ShardStore:
             key, raw = bytes(k), bytes(v)  # type: ignore[arg-type]  # raw mode: bytes
             if not key.startswith(_WAIT_B):
                 break
-            self.parked[key[skip:].decode()] = _dec_int.decode(raw) + timeout
+            first, n = decode_wait(raw)
+            self.parked.set(key[skip:].decode(), first + timeout, n)
         for name, val in self.unflushed.items():
             if name.startswith(WAIT_PREFIX):
                 if val is None:
                     self.parked.pop(name[skip:], None)
                 else:
-                    self.parked[name[skip:]] = _dec_int.decode(val) + timeout
+                    first, n = decode_wait(val)
+                    self.parked.set(name[skip:], first + timeout, n)
 
     def close(self) -> None:
         """Flush and close: a clean stop leaves the whole state as applied."""

@@ -283,7 +283,7 @@ class Worker:
                     self.consumer.resume(*self._tps(p))
                     self.readiness.restored(p)
                 self.metrics.set_refused(p, False)  # a 0 series, so dashboards show it
-                self.metrics.set_parked(p, len(store.parked))
+                self.metrics.set_parked(p, store.parked.records)
                 if store.meta.stream_time != NO_TIME:  # status shows it before a batch
                     self.metrics.set_stream_time(p, store.meta.stream_time / 1e6)
                 self.metrics.set_assigned_partitions(len(self.logics))

@@ -22,9 +22,10 @@ PERSON = "Wait0001"
 H = 3600 * 1000  # ms
 
 
-def txn(txn_id: str, received_ms: int, kind: str = "purchase", person: str = PERSON,
+def txn(txn_id: str, received_ms: int | None, kind: str = "purchase", person: str = PERSON,
          **extra: Any) -> dict[str, Any]:
-    """A transaction (tests.builders.txn) and the time it was received (ms)."""
+    """A transaction (tests.builders.txn) and the time it was received (ms; None: a
+    message without a timestamp, so a record without received_at)."""
     extra.setdefault("amount", 4000)
     rec = builders.txn(kind, mykey=person, at="2020-09-13T12:00:00Z", txn_id=txn_id, **extra)
     return {"rec": rec, "ts": received_ms}

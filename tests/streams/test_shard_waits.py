@@ -46,9 +46,12 @@ def test_person_limit_bounds_the_state_and_matches_offline(tmp_path: Path) -> No
     items = [txn(f"t{i:04d}", T0 + i) for i in range(400)]
     got: dict[str, str] = {}
     for k in range(0, 400, 64):
-        got.update(reasons(f.poll("transaction", items[k:k + 64])))
+        res = f.poll("transaction", items[k:k + 64])
+        got.update(reasons(res))
     # the first 50 wait for an enrollment (they keep state); the rest is refused
     assert sum(r == "PERSON_LIMIT" for r in got.values()) == 350
+    # the parked gauge counts the records that wait, not the people
+    assert res.parked == 50 and len(f.store.parked) == 1
     assert f.store.parked[PERSON] == T0 * 1000 + campaign.park_timeout  # the first one's
     st = decode_person(f.stored())
     assert st.n_entries == 50 and len(st.parked) == 50
@@ -172,7 +175,7 @@ def test_a_record_without_received_at_waits_for_its_enrollment(tmp_path: Path) -
     page: "a record without received_at is never late"; offline it would wait to the
     end too)."""
     f = Feed(tmp_path)
-    nots = txn("no-time", None)  # type: ignore[arg-type]
+    nots = txn("no-time", None)
     assert reasons(f.poll("transaction", [nots])) == {}
     assert f.store.parked[PERSON] == NO_DEADLINE + f.campaign.park_timeout
     # somebody else's records move stream time far past any deadline
@@ -180,8 +183,7 @@ def test_a_record_without_received_at_waits_for_its_enrollment(tmp_path: Path) -
     assert "no-time" not in reasons(res)
     assert PERSON in f.store.parked
     # the refund of a record without received_at waits for its original the same way
-    rf = txn("no-time-refund", None, kind="refund", original_txn_id="later",  # type: ignore[arg-type]
-             amount=100)
+    rf = txn("no-time-refund", None, kind="refund", original_txn_id="later", amount=100)
     assert reasons(f.poll("transaction", [rf])) == {}
     res = f.poll("transaction", [txn("mover2", T0 + 80 * H, person="Other001")])
     assert "no-time-refund" not in reasons(res)

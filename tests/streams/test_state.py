@@ -21,6 +21,7 @@ from engine.streams.entries import ENTRY, WIDE_ENTRY
 from engine.streams.state import (
     FENCE_KEY,
     META_KEY,
+    NO_DEADLINE,
     WAIT_PREFIX,
     Fence,
     Parked,
@@ -29,7 +30,9 @@ from engine.streams.state import (
     TxnEntry,
     WaitIndex,
     decode_person,
+    decode_wait,
     encode,
+    encode_wait,
     is_person_key,
     source_key,
 )
@@ -279,6 +282,8 @@ _PEOPLE = ["Wait0001", "Wait0002", "Wait0003"]
 _op = st.one_of(
     st.tuples(st.just("txn"), st.sampled_from(_PEOPLE), st.integers(0, 60)),
     st.tuples(st.just("refund"), st.sampled_from(_PEOPLE), st.integers(0, 60)),
+    # without received_at (a chunk's record): no deadline (DECISIONS 118)
+    st.tuples(st.just("timeless"), st.sampled_from(_PEOPLE), st.integers(0, 60)),
     st.tuples(st.just("enr"), st.sampled_from(_PEOPLE), st.integers(0, 60)),
     st.tuples(st.just("expire"), st.just(""), st.integers(0, 60)),
 )
@@ -290,9 +295,10 @@ _op = st.one_of(
 def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
         tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, int]]) -> None:
     """The ``__wait__/`` keys (what a take-over reads instead of every person) always
-    name exactly the people with waiting records and their earliest deadline: the
-    reference is a decode of every person; both in the local copy and in a store
-    restored from the changelog records the batches wrote (tombstones included)."""
+    name exactly the people with waiting records, their earliest deadline and how many
+    records wait: the reference is a decode of every person; both in the local copy
+    and in a store restored from the changelog records the batches wrote (tombstones
+    included)."""
     tmp = tmp_path_factory.mktemp("wait")
     f = Feed(tmp)
     written: list[dict[str, bytes | None]] = []
@@ -314,7 +320,8 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
         else:
             extra: dict[str, Any] = {"kind": "refund", "original_txn_id": "missing",
                                      "amount": 10} if what == "refund" else {}
-            f.poll("transaction", [txn(f"t{n}", ts, person=person, **extra)])
+            f.poll("transaction", [txn(f"t{n}", None if what == "timeless" else ts,
+                                       person=person, **extra)])
         scan = {}
         f.store.flush()
         # raw mode: keys are bytes; the stub types them as a non-raw db's keys
@@ -322,10 +329,12 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
             if is_person_key(k):
                 waiting = decode_person(v).parked
                 if waiting:
-                    scan[k.decode()] = min(p.received for p in waiting) + timeout
-        assert f.store.parked == scan
+                    first = min((p.received for p in waiting if p.received != NO_TIME),
+                                default=NO_DEADLINE)
+                    scan[k.decode()] = (first + timeout, len(waiting))
+        assert _index(f.store.parked) == scan
         f.store.rebuild_parked_index(timeout)
-        assert f.store.parked == scan
+        assert _index(f.store.parked) == scan
     f.store.close()
     restored = ShardStore(tmp / "restored", NO_TIME)
     offset = 0
@@ -336,8 +345,20 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
             offset += 1
     restored.restore(records)
     restored.rebuild_parked_index(timeout)
-    assert restored.parked == scan
+    assert _index(restored.parked) == scan
     restored.close()
+
+
+def _index(index: WaitIndex) -> dict[str, tuple[int, int]]:
+    """The wait index as person -> (deadline, records waiting); checks the total."""
+    got = {k: (index[k], index.count(k)) for k in index}
+    assert index.records == sum(n for _, n in got.values())
+    return got
+
+
+def test_a_wait_key_of_the_format_before_the_count_counts_one_record() -> None:
+    assert decode_wait(encode(5)) == (5, 1)
+    assert decode_wait(encode_wait(5, 3)) == (5, 3)
 
 
 # few people and deadlines, so that one person is parked again and again
