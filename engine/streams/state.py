@@ -56,7 +56,8 @@ FLUSH_SECONDS = 5.0
 
 
 class WaitIndex(Mapping[str, int]):
-    """The people with waiting records -> the deadline of their earliest wait.
+    """The people with waiting records -> the deadline of their earliest wait, and
+    (:meth:`set`, :attr:`records`) how many records wait.
 
     A dict, in the order the people were parked (the order a decide involves them
     in), with a heap of (deadline, order, person) beside it, so that finding the

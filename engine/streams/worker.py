@@ -482,11 +482,13 @@ class Worker:
                 behind = await self._enrollments_behind(p)
             except Exception:  # position unknown during a rebalance: decide next round
                 continue
-            # the re-routing topics are never held back, but their messages beyond a
-            # batch's byte budget are held (and their topic paused) as the inputs' are
+            # re-routed transactions are held back with the published ones; re-routed
+            # enrollments never are, but their messages beyond a batch's byte budget
+            # are held (and their topic paused) as the inputs' are
+            rr_enr, rr_txn = self._reroute_tps(p)
             for tps, held_back in ((self._enrollment_tps(p), False),
                                    (self._transaction_tps(p), behind),
-                                   (self._reroute_tps(p), False)):
+                                   ([rr_enr], False), ([rr_txn], behind)):
                 for tp in tps:
                     if tp not in assigned:
                         continue
@@ -521,9 +523,10 @@ class Worker:
     def _transaction_tps(self, p: int) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t in self.topics.transaction_inputs]
 
-    def _reroute_tps(self, p: int) -> list[TopicPartition]:
-        return [TopicPartition(t, p) for t in (self.topics.reroute_enrollments,
-                                               self.topics.reroute_transactions)]
+    def _reroute_tps(self, p: int) -> tuple[TopicPartition, TopicPartition]:
+        """The partition's re-routed enrollments and transactions."""
+        return (TopicPartition(self.topics.reroute_enrollments, p),
+                TopicPartition(self.topics.reroute_transactions, p))
 
     async def _unread(self, tp: TopicPartition) -> bool:
         """Whether ``tp`` has records in Kafka this worker has not fetched (True while
@@ -713,9 +716,12 @@ class Worker:
             # the state (and perhaps time out) for enrollments already in Kafka. Each
             # operator's transactions keep their own stream time (kernel lanes), so
             # their topics need no merge.
+            behind = await self._enrollments_behind(p)
             transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
-                                                hold_all=await self._enrollments_behind(p),
-                                                ordered=False)
+                                                hold_all=behind, ordered=False)
+            # re-routed ones too: they were misrouted, not sent later than the rest
+            await self._merge([self._reroute_tps(p)[1]], topics, offsets, hold_all=behind,
+                              ordered=False)
         self._hold_excess()
         parts: list[int] = []
         for p, topics in sorted(by_part.items()):

@@ -261,3 +261,59 @@ def test_rerouted_records_beyond_the_batch_budget_keep_coming(
     deferred = {s.name: s.value for f in text_string_to_metric_families(metrics)
                 for s in f.samples}["mynapoint_batch_deferred_messages_total"]
     assert deferred > 0
+
+
+def test_a_rerouted_transaction_waits_for_its_partitions_enrollments(
+        kafka_broker, topic_prefix, tmp_path: Path, runtime: str) -> None:
+    """Applications precede spending for re-routed transactions too: while the home
+    partition's enrollments are behind, a transaction re-routed there waits in memory
+    as a published one does. Here its deadline has passed (stream time is two days
+    after its receipt), so deciding it before its enrollment — still in the backlog —
+    would reject it `NOT_ENROLLED` at once (what the code before the fix did)."""
+    prefix = topic_prefix()
+    t = topics_for(prefix)
+    person = "Hold0001"
+    home = partition_for(person.encode(), PARTITIONS)
+    others = [f"Hold{i:04d}" for i in range(2, 20_000)
+              if partition_for(f"Hold{i:04d}".encode(), PARTITIONS) == home][:1500]
+    mover = others.pop()
+
+    async def send(p: AIOKafkaProducer, topic: str, rec: dict[str, object], key: str,
+                   partition: int, ts: int) -> None:
+        await p.send(topic, orjson.dumps(rec), key=key.encode(), partition=partition,
+                     timestamp_ms=ts)
+
+    async def run() -> dict[str, str]:
+        await ensure_topics(kafka_broker.bootstrap, t, PARTITIONS)
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
+        await p.start()
+        try:
+            # the home partition's stream time: two days after the re-routed record's
+            await send(p, enr_topic(t), enr(mover), mover, home, T0 - 1000)
+            await send(p, txn_topic(t), _txn("mover", mover, T0 + 48 * 3600 * 1000),
+                       mover, home, T0 + 48 * 3600 * 1000)
+            await p.flush()
+            first, _ = await collect(kafka_broker.bootstrap, t, expect=1, idle_timeout=30.0)
+            assert first.num_rows == 1
+            # a backlog of enrollments, the person's last; then the misrouted spending
+            for o in [*others, person]:
+                await send(p, enr_topic(t), enr(o), o, home, T0)
+            await p.flush()
+            await send(p, txn_topic(t), _txn("held", person, T0), "SomeoneX",
+                       (home + 1) % PARTITIONS, T0)
+            await p.flush()
+        finally:
+            await p.stop()
+        grants, rejections = await collect(kafka_broker.bootstrap, t, expect=2,
+                                           idle_timeout=30.0)
+        got = {r["txn_id"]: r["reason"] for r in rejections.to_pylist()}
+        got.update({g["txn_id"]: "granted" for g in grants.to_pylist()})
+        return got
+
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, runtime=runtime,
+               extra=["--max-batch-bytes", "3000"]).start()
+    try:
+        got = asyncio.run(run())
+    finally:
+        w.stop()
+    assert got == {"mover": "granted", "held": "granted"}
