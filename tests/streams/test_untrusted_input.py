@@ -284,7 +284,6 @@ def test_a_rerouted_transaction_waits_for_its_partitions_enrollments(
                      timestamp_ms=ts)
 
     async def run() -> dict[str, str]:
-        await ensure_topics(kafka_broker.bootstrap, t, PARTITIONS)
         p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
         await p.start()
         try:
@@ -293,8 +292,8 @@ def test_a_rerouted_transaction_waits_for_its_partitions_enrollments(
             await send(p, txn_topic(t), _txn("mover", mover, T0 + 48 * 3600 * 1000),
                        mover, home, T0 + 48 * 3600 * 1000)
             await p.flush()
-            first, _ = await collect(kafka_broker.bootstrap, t, expect=1, idle_timeout=30.0)
-            assert first.num_rows == 1
+            first, _ = await collect(kafka_broker.bootstrap, t, expect=1, idle_timeout=60.0)
+            assert first.num_rows == 1, "the partition's stream time did not move"
             # a backlog of enrollments, the person's last; then the misrouted spending
             for o in [*others, person]:
                 await send(p, enr_topic(t), enr(o), o, home, T0)
@@ -310,6 +309,7 @@ def test_a_rerouted_transaction_waits_for_its_partitions_enrollments(
         got.update({g["txn_id"]: "granted" for g in grants.to_pylist()})
         return got
 
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, t, PARTITIONS))
     w = worker(kafka_broker.bootstrap, prefix, tmp_path, runtime=runtime,
                extra=["--max-batch-bytes", "3000"]).start()
     try:
