@@ -720,8 +720,8 @@ class Worker:
             transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
                                                 hold_all=behind, ordered=False)
             # re-routed ones too: they were misrouted, not sent later than the rest
-            await self._merge([self._reroute_tps(p)[1]], topics, offsets, hold_all=behind,
-                              ordered=False)
+            _, rr_txn = self._reroute_tps(p)
+            await self._merge([rr_txn], topics, offsets, hold_all=behind, ordered=False)
         self._hold_excess()
         parts: list[int] = []
         for p, topics in sorted(by_part.items()):

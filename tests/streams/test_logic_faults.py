@@ -25,9 +25,8 @@ from engine.streams.logic import PartitionLogic
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
 from tests import builders
-from tests.streams.feed import T0, Msg
+from tests.streams.feed import T0, H, Msg
 
-H = 3600 * 1000
 # three people of partition 0 of 2: partition 1 is where re-routed records come from
 PEOPLE = [k for k in (f"Flt{i:05d}" for i in range(200))
           if partition_for(k.encode(), 2) == 0][:3]
