@@ -55,17 +55,16 @@ STAGES = ("takeover", "decided", "outputs", "state", "commit")
 class Faults:
     """Crash injection for tests, at an exact batch and stage.
 
-    ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs the process right after
-    ``stage`` ("takeover" of a partition begun, "decided" in memory, "outputs"
-    acknowledged, "state" in the changelog, or "commit" done and the local
-    checkpoint written) of its ``batch``-th batch (0-based), before anything else
-    happens; ``<stage>:<batch>+`` at the first batch from the ``batch``-th on that
-    produced outcomes (how a runtime cuts its batches depends on timing, and a
-    batch of accepted enrollments has none: a test about redelivered outcomes
-    needs one that had some). ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it
-    there instead (a zombie the test resumes with SIGCONT), and
-    ``MYNAPOINT_FAIL_AT`` raises a Kafka connection error there, once, as a broker
-    fault would."""
+    ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs the process right after ``stage``
+    ("takeover" of a partition begun, "decided" in memory, "outputs" acknowledged,
+    "state" in the changelog, or "commit": offsets committed and the state applied,
+    which RocksDB takes at its next flush) of its ``batch``-th batch (0-based), before
+    anything else happens; ``<stage>:<batch>+`` at the first batch from the ``batch``-th
+    on that produced outcomes (how a runtime cuts its batches depends on timing, and a
+    batch of accepted enrollments has none: a test about redelivered outcomes needs one
+    that had some). ``MYNAPOINT_STALL_AT`` (same syntax) SIGSTOPs it there instead (a
+    zombie the test resumes with SIGCONT), and ``MYNAPOINT_FAIL_AT`` raises a Kafka
+    connection error there, once, as a broker fault would."""
 
     def __init__(self) -> None:
         self.crash_at = os.environ.get("MYNAPOINT_CRASH_AT")

@@ -11,7 +11,8 @@ agent) drive the same object:
 - :meth:`PartitionLogic.final` — end of input (a closed campaign, a file) → every
   record still waiting is decided without what it waited for;
 - :meth:`PartitionLogic.snapshot` — the state changes not yet durable, to persist;
-  :meth:`PartitionLogic.commit` — they are durable (written to the local copy);
+  :meth:`PartitionLogic.commit` — they are durable (in the changelog; the local
+  copy takes them at its next flush);
   :meth:`PartitionLogic.discard` — they never will be (the batch failed half-way);
 - :meth:`PartitionLogic.restore` — changelog records read at a take-over.
 
