@@ -519,6 +519,25 @@ ALERT_TESTS = """
     - eval_time: 16m
       alertname: OperatorMismatch
       exp_alerts: []
+# A refused partition pages after a minute, for that partition only, and clears once
+# an operator's rebuild (or accepted loss) lets the worker decide it again.
+- interval: 1m
+  input_series:
+    - series: 'mynapoint_partition_refused{partition="3", instance="w1"}'
+      values: '0 0 1 1 1 1 1 0 0 0'
+    - series: 'mynapoint_partition_refused{partition="4", instance="w1"}'
+      values: '0x9'
+  alert_rule_test:
+    - eval_time: 2m
+      alertname: PartitionRefused
+      exp_alerts: []
+    - eval_time: 4m
+      alertname: PartitionRefused
+      exp_alerts:
+        - exp_labels: {severity: critical, partition: "3"}
+    - eval_time: 9m
+      alertname: PartitionRefused
+      exp_alerts: []
 # A worker whose password is refused pages at once; one that is not refused does not.
 - interval: 1m
   input_series:
@@ -542,6 +561,13 @@ ALERT_TESTS = """
         - exp_labels: {severity: critical, instance: w1}
         - exp_labels: {severity: critical, instance: w3}
 """
+
+
+def test_every_alert_has_a_promtool_case() -> None:
+    """An alert nobody has seen fire (and stay silent) is a claim without a test."""
+    tested = {t["alertname"] for case in yaml.safe_load(ALERT_TESTS)
+              for t in case["alert_rule_test"]}
+    assert {r["alert"] for r in alert_rules()} == tested
 
 
 def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
