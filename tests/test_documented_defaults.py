@@ -1,0 +1,40 @@
+"""The defaults the README and docs state, pinned to the code they describe: changing
+either side without the other fails here, so a stated number cannot drift from the
+running one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.cli import build_parser
+from engine.config import DEFAULT_CAMPAIGN
+from engine.kafka.topics import CHANGELOG_MAX_BYTES, Topics
+from engine.streams import state
+from engine.tools import publish, settle
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 1 << 20
+
+# (what the code has, what the docs say it is, the document, the words that say so)
+CASES = [
+    (state.FLUSH_SECONDS, 5.0, "docs/ARCHITECTURE.md", "every 5 s or 32 MiB"),
+    (state.FLUSH_BYTES, 32 * MIB, "docs/RELIABILITY.md", "every 5 s or 32 MiB"),
+    (settle.SLICE_ROWS, 10_000_000, "README.md", "(default 10,000,000;"),
+    (DEFAULT_CAMPAIGN.person_limit, 3_000, "README.md", "At most 3,000 distinct transactions"),
+    (Topics("p").group_id, "p-engine", "README.md", "consumer group `<prefix>-engine`"),
+    (CHANGELOG_MAX_BYTES, 8 * MIB, "docs/RELIABILITY.md", "allows 8 MiB"),
+    (publish.SEND_TIMEOUT_MS, 300_000, "docs/RELIABILITY.md", "waits up to 300 s"),
+    (build_parser().parse_args(["worker"]).quiet_seconds, 30.0, "docs/RELIABILITY.md",
+     "`--quiet-seconds` (30 s"),
+]
+
+
+@pytest.mark.parametrize(("value", "stated", "doc", "words"), CASES,
+                         ids=[c[3] for c in CASES])
+def test_a_stated_default_is_the_one_in_the_code(value: object, stated: object, doc: str,
+                                                 words: str) -> None:
+    assert value == stated
+    text = " ".join((ROOT / doc).read_text(encoding="utf-8").split())
+    assert words in text, f"{doc} no longer says {words!r}"
