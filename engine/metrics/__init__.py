@@ -53,6 +53,8 @@ BATCH_PHASES = ("prepare", "decode", "decide", "outputs", "state", "commit", "lo
 BATCH_RECORDS_BUCKETS = (1, 10, 100, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                          10.0, 30.0)
+# records appended longer ago than this are not live traffic (docs/SLO.md)
+LIVE_WINDOW_SECONDS = 3600
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # Kafka's own rule for topic names; anything else cannot be a topic and is refused.
@@ -424,6 +426,16 @@ class EngineMetrics:
     def observe_outcome_latencies(self, seconds: Iterable[float] | np.ndarray) -> None:
         """Append-to-outcome latencies of a batch's records, in seconds."""
         self.outcome_latency.observe_many(seconds)
+
+    def observe_live_latencies(self, now_ms: float, stamps_ms: Sequence[int]) -> None:
+        """The latencies of the records of a batch decided at ``now_ms`` whose Kafka
+        timestamps (their ``received_at``) lie within :data:`LIVE_WINDOW_SECONDS`
+        before it. Only live traffic says how fast the engine is: a replayed archive
+        carries business times from years ago, and a clock ahead of ours no age."""
+        lat = (now_ms - np.asarray(stamps_ms, dtype=np.float64)) / 1000
+        live = lat[(lat >= 0) & (lat < LIVE_WINDOW_SECONDS)]
+        if len(live):
+            self.outcome_latency.observe_many(live)
 
     # -- gauges -----------------------------------------------------------------------
 

@@ -764,13 +764,7 @@ class Worker:
         await self._checkpoint(results, offsets, laps)
         if self._marker:
             Path(self._marker).unlink(missing_ok=True)
-        # Append-to-outcome latency is only meaningful for live traffic, whose record
-        # timestamp (received_at) is "now"; replays of old records carry old stamps.
-        now_ms = time.time() * 1000
-        lat = (now_ms - np.asarray(stamps, dtype=np.float64)) / 1000
-        live = lat[(lat >= 0) & (lat < 3600)]
-        if len(live):
-            self.metrics.observe_outcome_latencies(live)
+        self.metrics.observe_live_latencies(time.time() * 1000, stamps)
 
     def _decode(self, parts: list[int], public: dict[int, list[Any]],
                 by_part: dict[int, dict[str, list[Any]]], reroute_topic: str,

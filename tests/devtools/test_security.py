@@ -310,6 +310,20 @@ def test_worker_refused_by_acls_says_so_in_one_line(kafka_broker: devbroker.Brok
     assert "Authorization" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_worker_with_a_wrong_password_says_so_in_one_line(kafka_broker: devbroker.Broker,
+                                                          secured_topics: Topics,
+                                                          tmp_path: Path, runtime: str) -> None:
+    wrong = tmp_path / "wrong.properties"
+    security.write_private(wrong, security.client_properties(security.ENGINE, "not-it"))
+    r = _cli("worker", "--broker", kafka_broker.bootstrap, "--topic-prefix",
+             secured_topics.prefix, "--partitions", "2", "--state-dir", str(tmp_path / "s"),
+             "--client-config", str(wrong), "--runtime", runtime)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "KafkaConnectionError" in r.stderr and "Traceback" not in r.stderr
+    assert "not-it" not in r.stderr + r.stdout
+
+
 def test_refusals_seen_by_our_clients_are_counted(kafka_broker: devbroker.Broker,
                                                   secured_topics: Topics) -> None:
     """A refused authentication (aiokafka only logs it) and an ACL denial, as the

@@ -185,6 +185,21 @@ def test_laps_book_each_interval_to_its_phase(monkeypatch: pytest.MonkeyPatch) -
     assert laps.elapsed() == 2.0        # 12.0
 
 
+def test_only_live_records_count_towards_the_latency_objective() -> None:
+    """docs/SLO.md: a record appended within the last hour counts; one replayed from
+    the archive (stamped in 2020) or stamped ahead of this clock does not."""
+    m = EngineMetrics()
+    now_ms = 1_800_000_000_000.0
+    m.observe_live_latencies(now_ms, [int(now_ms) - 200, int(now_ms) - 3_599_000,
+                                      1_600_000_000_000,          # 2020: a replay
+                                      int(now_ms) - 3_600_000,    # an hour: not live
+                                      int(now_ms) + 5_000])       # ahead of this clock
+    m.observe_live_latencies(now_ms, [])
+    s = scrape(m)
+    assert s[("mynapoint_outcome_latency_seconds_count", frozenset())] == 2
+    assert s[("mynapoint_outcome_latency_seconds_sum", frozenset())] == pytest.approx(3599.2)
+
+
 def test_outcome_latency_bulk_histogram() -> None:
     m = EngineMetrics()
     assert LATENCY_BUCKETS[0] == 0.001 and LATENCY_BUCKETS[-1] == 10.0

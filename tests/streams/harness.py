@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from engine.config import DEFAULT_REGISTRY
 from engine.devtools.worker_process import WorkerProcess
 from engine.kafka.client_config import default_client
-from engine.kafka.topics import Topics
+from engine.kafka.topics import Topics, partition_for
 from engine.tools.collect import collect
 from engine.tools.compare import Comparison, compare
 from engine.tools.publish import publish_files
@@ -103,6 +104,46 @@ async def output_end_offsets(bootstrap: str, prefix: str) -> dict[TopicPartition
     try:
         return dict(await c.end_offsets([TopicPartition(x, p) for x in t.outputs
                                          for p in range(PARTITIONS)]))
+    finally:
+        await c.stop()
+
+
+def grants_in_decision_order(bootstrap: str, prefix: str) -> dict[str, list[int]]:
+    """README guarantee 6, checked on the grants as a consumer reads them (partition
+    by partition, in offset order): each is keyed by its person's ``mykey_id`` and lies
+    on that key's partition, and each person's ``cumulative_points`` moves by exactly
+    the grant's ``points`` (up, 0 when capped, down on a clawback) from the one before.
+    Returns each person's running totals, in the order read."""
+    topics = [t for t, kind in topics_for(prefix).outcomes.items() if kind == "grant"]
+    totals: dict[str, list[int]] = {}
+    for m in asyncio.run(_read_all(bootstrap, topics)):
+        g = json.loads(m.value)
+        person = g["mykey_id"]
+        assert m.key == person.encode(), (m.topic, m.partition, m.offset, m.key)
+        assert m.partition == partition_for(m.key, PARTITIONS), (m.topic, m.offset, person)
+        seen = totals.setdefault(person, [])
+        before = seen[-1] if seen else 0
+        assert g["cumulative_points"] == before + g["points"], (person, seen, g)
+        seen.append(g["cumulative_points"])
+    return totals
+
+
+async def _read_all(bootstrap: str, topics: list[str]) -> list[Any]:
+    """Every message of ``topics`` up to their current end, in (topic, partition,
+    offset) order: one consumer for all of them."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), group_id=None,
+                         enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        ends = await c.end_offsets(tps)
+        out: list[Any] = []
+        while any([await c.position(tp) < ends[tp] for tp in tps]):
+            for msgs in (await c.getmany(timeout_ms=500)).values():
+                out.extend(msgs)
+        return sorted(out, key=lambda m: (m.topic, m.partition, m.offset))
     finally:
         await c.stop()
 

@@ -63,16 +63,18 @@ def _metrics(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
-def _await_refusal_of_t2(metrics_port: int, log_file: Path, topic: str) -> str:
-    """Wait until the worker refuses partition P for T2 (offset 1 of ``topic``) deleted
-    unread, with the message and remedy the runbook names; return its log."""
+def _await_refusal_of_t2(metrics_port: int, log_file: Path, topic: str,
+                         offset: int = 1) -> str:
+    """Wait until the worker refuses partition P for T2 (``offset`` of ``topic``)
+    deleted unread, with the message and remedy the runbook names; return its log."""
     deadline = time.monotonic() + 60
     while not re.search(rf'mynapoint_partition_refused\{{partition="{P}"\}} 1',
                         _metrics(metrics_port)):
         assert time.monotonic() < deadline, log_file.read_text()
         time.sleep(0.3)
     log = log_file.read_text()
-    assert re.search(rf"partition {P} refused: {topic}/{P} offsets 1 to 1 \(1 records\) "
+    assert re.search(rf"partition {P} refused: {topic}/{P} offsets {offset} to {offset} "
+                     r"\(1 records\) "
                      r"were deleted by retention before the engine decided them.*"
                      r"admin accept-loss", log), log
     return log
@@ -138,8 +140,30 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
                              _metrics(metrics_port))
         finally:
             w.stop()
+        # the acceptance covers that loss only: T3, deleted unread later, is refused again
+        asyncio.run(_send(bootstrap, [(txn_topic(t), _txn("T3")), (txn_topic(t), _txn("T4"))]))
+        asyncio.run(_delete_before(bootstrap, txn_topic(t), 5))
+        w = worker(bootstrap, prefix, tmp_path, "fourth",
+                   extra=["--metrics-port", str(metrics_port)]).start()
+        try:
+            _await_refusal_of_t2(metrics_port, tmp_path / "fourth.log", txn_topic(t), 4)
+        finally:
+            w.stop()
     finally:
         devbroker.stop(port=port, data_dir=data_dir)
+
+
+async def _delete_before(bootstrap: str, topic: str, offset: int) -> None:
+    """Partition P of ``topic`` starts at ``offset`` from now on (DeleteRecords)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, P): RecordsToDelete(offset)})
+    finally:
+        await admin.close()
 
 
 async def _append_and_delete_while_stopped(bootstrap: str, topic: str, pid: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.devtools import broker as devbroker
 from engine.devtools import security
@@ -23,6 +24,7 @@ from engine.kafka.client_config import ENV
 from engine.kafka.topics import ensure_topics
 from engine.tools.collect import collect
 from tests.builders import write_lines
+from tests.ops.http import get
 from tests.streams.harness import PARTITIONS, topics_for, worker
 
 pytestmark = pytest.mark.kafka
@@ -57,9 +59,10 @@ def test_a_forged_record_is_one_mismatch_on_the_senders_outputs_and_changes_noth
     asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, PARTITIONS))
     devbroker.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
                        security.acl_plan(topics, topics.operators))
+    port = devbroker.free_port()
     w = worker(kafka_broker.bootstrap, prefix, tmp_path / "w",
                env={ENV: str(kafka_broker.credentials(security.ENGINE))},
-               runtime=runtime).start()
+               runtime=runtime, extra=["--metrics-port", str(port)]).start()
     try:
         # paypay sends, on its own topics, an application and a charge claiming aupay
         forged = _publish_as(kafka_broker, "paypay", "paypay", prefix, tmp_path / "forged",
@@ -77,6 +80,7 @@ def test_a_forged_record_is_one_mismatch_on_the_senders_outputs_and_changes_noth
         stats: dict[str, object] = {}
         grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, topics, expect=3,
                                                  idle_timeout=20.0, stats=stats))
+        metrics = get(f"http://127.0.0.1:{port}/metrics")[1]
     finally:
         w.stop()
     rej = rejections.to_pylist()
@@ -85,6 +89,13 @@ def test_a_forged_record_is_one_mismatch_on_the_senders_outputs_and_changes_noth
         ("transaction", "OPERATOR_MISMATCH", "aupay")]
     assert all(r["source"].startswith(f"{prefix}.paypay.") for r in rej)
     assert "'paypay'" in rej[1]["detail"]  # names where it came from
+    # the alert's metric counts them under the operator whose input they arrived on
+    mismatches = {s.labels["operator"]: s.value
+                  for f in text_string_to_metric_families(metrics)
+                  for s in f.samples if s.name == "mynapoint_operator_mismatches_total"}
+    # (every operator of the registry is exported, at 0 until one of its records is)
+    assert mismatches["aupay"] == 0 and {o: n for o, n in mismatches.items() if n} == {
+        "paypay": 2.0}
     # decided as if the forged records had never existed: accepted, full points
     assert [(g["txn_id"], g["points"], g["source"].split("/")[0]) for g in grants.to_pylist()] \
         == [("t1", 750, f"{prefix}.aupay.transactions")]
