@@ -14,15 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from engine.devtools import broker as devbroker
+from engine.devtools import security
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import Topics, ensure_topics
 from tests.builders import grant_topic, rejection_topic, txn_topic
-from tests.kafka_fixtures import client_config_of
+from tests.kafka_fixtures import client_config_of, produce_one
 
 pytestmark = pytest.mark.kafka
 
@@ -121,6 +123,31 @@ def test_engine_topics_get_three_replicas_and_two_in_sync(cluster: devbroker.Clu
         assert all(sorted(p["replicas"]) == [1, 2, 3] for p in meta[name]), meta[name]
         assert configs[name]["min.insync.replicas"] == "2"
     assert configs[topics.changelog]["cleanup.policy"] == "compact"
+
+
+def test_every_node_refuses_a_client_without_valid_credentials(cluster: devbroker.Cluster,
+                                                               topic_prefix: str) -> None:
+    """README: `--brokers 3` secures the cluster as the single broker is secured."""
+    topics = Topics(topic_prefix, operators=("paypay",))
+    _run(ensure_topics(cluster.bootstrap, topics, 1))
+    topic = topics.input_of("paypay", "transaction")
+    wrong = {**cluster.client(security.ENGINE), "sasl_plain_password": "not-it"}
+    for node in cluster.nodes.values():
+        for client in (wrong, {}):  # a wrong password; no SASL at all
+            with pytest.raises((KafkaConnectionError, KafkaError, TimeoutError)):
+                _run(produce_one(node.bootstrap, topic, client))
+    _run(produce_one(cluster.bootstrap, topic, cluster.client()))  # admin may
+    assert _run(_end(cluster.bootstrap, topic)) == 1  # and only that record is there
+
+
+async def _end(bootstrap: str, topic: str) -> int:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
+    await c.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        return int((await c.end_offsets([tp]))[tp])
+    finally:
+        await c.stop()
 
 
 def test_single_broker_topics_keep_one_replica(kafka_broker: devbroker.Broker,
