@@ -18,6 +18,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import engine.config
 from engine.devtools import broker as devbroker
 from engine.devtools import security
 from engine.kafka.client_config import ENV
@@ -30,18 +31,21 @@ from tests.streams.harness import PARTITIONS, topics_for, worker
 pytestmark = pytest.mark.kafka
 
 PERSON = "Forge001"
+NEW = "latepay"  # an operator id no other test adds to the session's broker
+SHIPPED_OPERATORS = Path(engine.config.__file__).parent / "defaults" / "operators.toml"
 
 
 def _publish_as(kafka_broker: devbroker.Broker, principal: str, operator: str, prefix: str,
-                directory: Path, applied: str, amount: int, occurred: str
+                directory: Path, applied: str, amount: int, occurred: str,
+                claims: str = "aupay", kind: str = "charge"
                 ) -> subprocess.CompletedProcess[str]:
     """``mynapoint publish --operator OPERATOR`` with ``principal``'s credentials (and
-    nothing else): an application and a charge of PERSON, both claiming aupay."""
+    nothing else): an application and a ``kind`` of PERSON, both claiming ``claims``."""
     directory.mkdir(parents=True, exist_ok=True)
     enr = write_lines(directory / "e.jsonl", [orjson.dumps(
-        {"mykey_id": PERSON, "operator_id": "aupay", "applied_at": applied})])
+        {"mykey_id": PERSON, "operator_id": claims, "applied_at": applied})])
     txn = write_lines(directory / "t.jsonl", [orjson.dumps(
-        {"txn_id": "t1", "operator_id": "aupay", "mykey_id": PERSON, "kind": "charge",
+        {"txn_id": "t1", "operator_id": claims, "mykey_id": PERSON, "kind": kind,
          "amount": amount, "occurred_at": occurred})])
     env = {k: v for k, v in os.environ.items() if k != ENV}  # nothing but its own file
     return subprocess.run(
@@ -121,3 +125,40 @@ async def _output_counts(kafka_broker: devbroker.Broker, topics) -> dict[str, in
     for tp, n in ends.items():
         out[tp.topic] = out.get(tp.topic, 0) + n
     return out
+
+
+def test_an_operator_added_to_a_running_broker_is_settled_once_in_the_registry(
+        kafka_broker: devbroker.Broker, topic_prefix, tmp_path: Path) -> None:
+    """README: `kafka add-operator ID` adds a principal, its ACLs and its topics to a
+    running broker; a worker consumes them once the operator is in operators.toml."""
+    prefix = topic_prefix()
+    topics = topics_for(prefix)
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, PARTITIONS))
+    devbroker.add_acls(kafka_broker.bootstrap, kafka_broker.data_dir,
+                       security.acl_plan(topics, topics.operators))
+    devbroker.add_operator(kafka_broker.bootstrap, kafka_broker.data_dir, NEW, topics)
+    registry = tmp_path / "operators.toml"
+    registry.write_text(SHIPPED_OPERATORS.read_text() + f"""
+[[operators]]
+id = "{NEW}"
+payout = "next_month"
+name = "A late payment operator"
+earns_on = ["purchase"]
+selection_opens = 2020-07-01
+""")
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path / "w",
+               env={ENV: str(kafka_broker.credentials(security.ENGINE))},
+               extra=["--operators", str(registry)]).start()
+    try:
+        sent = _publish_as(kafka_broker, NEW, NEW, prefix, tmp_path / "new",
+                           "2020-09-01T09:00:00+09:00", 4000, "2020-10-01T12:00:00+09:00",
+                           claims=NEW, kind="purchase")
+        assert sent.returncode == 0, sent.stderr
+        grants, rejections = asyncio.run(collect(
+            kafka_broker.bootstrap, topics.with_operators([*topics.operators, NEW]),
+            expect=1, idle_timeout=20.0))
+    finally:
+        w.stop()
+    assert rejections.num_rows == 0
+    assert [(g["txn_id"], g["points"], g["source"].split("/")[0])
+            for g in grants.to_pylist()] == [("t1", 1000, f"{prefix}.{NEW}.transactions")]
