@@ -232,3 +232,31 @@ def test_input_deleted_while_running_unread_is_refused_not_skipped(
         assert "F1" not in r.column("txn_id").to_pylist() + g.column("txn_id").to_pylist()
     finally:
         w.stop()
+
+
+def test_a_take_over_after_retention_deleted_only_decided_input_goes_on(
+        kafka_broker, topic_prefix, tmp_path: Path) -> None:
+    """docs/PRIVACY.md: a take-over that finds the message it last decided deleted by
+    retention (and nothing undecided with it) does not compare that message and does
+    not refuse the partition: it decides what comes next."""
+    bootstrap, prefix = kafka_broker.bootstrap, topic_prefix()
+    t = topics_for(prefix)
+    enr = orjson.dumps({"mykey_id": PERSON, "operator_id": "paypay", "applied_at": WHEN})
+    w = worker(bootstrap, prefix, tmp_path, "first").start()
+    try:
+        asyncio.run(_send(bootstrap, [(enr_topic(t), enr), (txn_topic(t), _txn("T1"))]))
+        g, r = asyncio.run(collect(bootstrap, t, expect=1, idle_timeout=20.0))
+        assert g.num_rows + r.num_rows == 1
+    finally:
+        w.stop()
+    asyncio.run(_delete_before(bootstrap, txn_topic(t), 1))  # T1, decided, is gone
+    w = worker(bootstrap, prefix, tmp_path, "second").start()
+    try:
+        w.wait_for(f"partition {P} restored")
+        asyncio.run(_send(bootstrap, [(txn_topic(t), _txn("T2"))]))
+        g, r = asyncio.run(collect(bootstrap, t, expect=2, idle_timeout=20.0))
+    finally:
+        w.stop()
+    decided = sorted(r.column("txn_id").to_pylist() + g.column("txn_id").to_pylist())
+    assert decided == ["T1", "T2"]
+    assert "refused" not in (tmp_path / "second.log").read_text()
