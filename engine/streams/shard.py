@@ -49,6 +49,11 @@ from engine.streams.state import (
     source_key,
 )
 
+# Up to this many records of a batch, their people are looked up one record at a time
+# rather than coded first (``_Call._people``): below it the coding's fixed cost is the
+# larger one (a live poll gives each partition a few dozen records).
+SMALL_ROWS = 64
+
 
 @numba.njit(cache=True, nogil=True)
 def not_applied(group: np.ndarray, at: np.ndarray, mark: np.ndarray) -> np.ndarray:
@@ -297,9 +302,12 @@ class _Call:
         """The person index of each of ``rows``, looked up once per person (their
         mykey_id is valid: 8 bytes, a dense code each, numbered in order of first
         appearance)."""
+        person = self.person
+        if len(rows) <= SMALL_ROWS:  # a few records: one lookup each costs less than coding
+            keys = b.v.mykey_id.take(pa.array(rows)).to_pylist()
+            return np.asarray([person(k) for k in keys], np.int64)
         codes = person_codes(b.v.mykey_id.take(rows))[0][0]
         first = np.unique(codes, return_index=True)[1]  # by code: by first appearance
-        person = self.person
         pis = [person(k) for k in b.v.mykey_id.take(pa.array(rows[first])).to_pylist()]
         return np.asarray(pis, np.int64)[codes]  # type: ignore[no-any-return]
 
@@ -528,8 +536,7 @@ class _Call:
         if len(rejected_a):
             typ_l = recs.typ.tolist()
             reason_l = out.reason.tolist()
-            at = pa.array(rejected_a)
-            key_l, op_l, tid_l, src_l = (self.column(name).take(at).to_pylist() for name in
+            key_l, op_l, tid_l, src_l = (self.ids(name, rejected_a).to_pylist() for name in
                                          ("mykey_id", "operator_id", "txn_id", "source"))
             detail_l = self.details()[rejected_a].tolist()
             rejected = rejected_a.tolist()
@@ -548,8 +555,7 @@ class _Call:
             pts_a = out.points[accepted]
             res.points += int(pts_a[pts_a > 0].sum())
             res.clawed_back -= int(pts_a[pts_a < 0].sum())
-            at = pa.array(accepted)
-            g_keys, g_ops, g_tids, g_srcs = (self.column(name).take(at) for name in
+            g_keys, g_ops, g_tids, g_srcs = (self.ids(name, accepted) for name in
                                              ("mykey_id", "operator_id", "txn_id", "source"))
             res.grant_messages = GrantMessages(
                 g_keys, g_srcs, self.d.grant_json,
@@ -574,6 +580,18 @@ class _Call:
                 parts.append(whole.take(pa.array(rows)))
             col = self._columns[name] = pa.concat_arrays(parts)
         return col
+
+    def ids(self, name: str, at: np.ndarray) -> pa.Array:
+        """``column(name).take(at)``. A call with no waiting records and one batch
+        (a small poll's usual case) takes them from that batch's column directly: the
+        whole column's cast and copy cost more than its few rows."""
+        if self.pre or len(self.spans) != 1 or name in self._columns:
+            return self.column(name).take(pa.array(at))
+        b, _start, rows = self.spans[0]  # the kernel's records are these rows, in order
+        pick = pa.array(rows[at])
+        if name == "source":
+            return pa.array([b.source[i] for i in pick.to_pylist()], pa.large_string())
+        return getattr(b.v, name).take(pick).cast(pa.large_string())
 
     def details(self) -> np.ndarray:
         """Per kernel record, the stateless check's detail (None for a waiting record)."""
@@ -657,8 +675,7 @@ class _Call:
         fresh = waits[waits >= n_pre]
         ids: Iterator[tuple[Any, ...]] = iter(())
         if len(fresh):
-            at = pa.array(fresh)
-            ids = zip(*(self.column(name).take(at).to_pylist() for name in
+            ids = zip(*(self.ids(name, fresh).to_pylist() for name in
                         ("operator_id", "txn_id", "original_txn_id", "source")), strict=True)
         for j in waits.tolist():
             if j < n_pre:
