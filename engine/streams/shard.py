@@ -299,9 +299,10 @@ class _Call:
             self.mine.append((b, typ, checked, mine, self._people(b, mine)))
 
     def _people(self, b: InBatch, rows: np.ndarray) -> np.ndarray:
-        """The person index of each of ``rows``, looked up once per person (their
-        mykey_id is valid: 8 bytes, a dense code each, numbered in order of first
-        appearance)."""
+        """The person index of each of ``rows``, numbered in order of first appearance:
+        up to SMALL_ROWS looked up record by record, more coded first (their mykey_id is
+        valid: 8 bytes, a dense code each, in order of first appearance) and looked up
+        once per person."""
         person = self.person
         if len(rows) <= SMALL_ROWS:  # a few records: one lookup each costs less than coding
             keys = b.v.mykey_id.take(pa.array(rows)).to_pylist()
@@ -588,10 +589,10 @@ class _Call:
         if self.pre or len(self.spans) != 1 or name in self._columns:
             return self.column(name).take(pa.array(at))
         b, _start, rows = self.spans[0]  # the kernel's records are these rows, in order
-        pick = pa.array(rows[at])
+        pick = rows[at]
         if name == "source":
-            return pa.array([b.source[i] for i in pick.to_pylist()], pa.large_string())
-        return getattr(b.v, name).take(pick).cast(pa.large_string())
+            return pa.array([b.source[i] for i in pick.tolist()], pa.large_string())
+        return getattr(b.v, name).take(pa.array(pick)).cast(pa.large_string())
 
     def details(self) -> np.ndarray:
         """Per kernel record, the stateless check's detail (None for a waiting record)."""

@@ -63,6 +63,21 @@ def _metrics(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
+def _decide_t1(bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    """PERSON's enrollment and T1 (offset 0 of the transactions topic), decided by a
+    worker ("first") that then stops."""
+    t = topics_for(prefix)
+    enr = orjson.dumps({"mykey_id": PERSON, "operator_id": "paypay", "applied_at": WHEN})
+    w = worker(bootstrap, prefix, tmp_path, "first").start()
+    try:
+        asyncio.run(_send(bootstrap, [(enr_topic(t), enr), (txn_topic(t), _txn("T1"))]))
+        # received now, so LATE: what matters is that T1 was decided
+        g, r = asyncio.run(collect(bootstrap, t, expect=1, idle_timeout=20.0))
+        assert g.num_rows + r.num_rows == 1
+    finally:
+        w.stop()
+
+
 def _await_refusal_of_t2(metrics_port: int, log_file: Path, topic: str,
                          offset: int = 1) -> str:
     """Wait until the worker refuses partition P for T2 (``offset`` of ``topic``)
@@ -94,15 +109,7 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
         t = topics_for(prefix)
         asyncio.run(ensure_topics(bootstrap, t, PARTITIONS, input_configs={
             "segment.ms": "500", "segment.bytes": "16384", "file.delete.delay.ms": "0"}))
-        enr = orjson.dumps({"mykey_id": PERSON, "operator_id": "paypay", "applied_at": WHEN})
-        w = worker(bootstrap, prefix, tmp_path, "first").start()
-        try:
-            asyncio.run(_send(bootstrap, [(enr_topic(t), enr), (txn_topic(t), _txn("T1"))]))
-            # received now, so LATE: what matters is that T1 was decided
-            g, r = asyncio.run(collect(bootstrap, t, expect=1, idle_timeout=20.0))
-            assert g.num_rows + r.num_rows == 1
-        finally:
-            w.stop()
+        _decide_t1(bootstrap, prefix, tmp_path)
         # while no worker runs: T2, then records an hour ahead, which roll T2's
         # segment (segment.ms counts record time) and outlive the test's retention
         asyncio.run(_send(bootstrap, [(txn_topic(t), _txn("T2"))]))
@@ -241,14 +248,7 @@ def test_a_take_over_after_retention_deleted_only_decided_input_goes_on(
     not refuse the partition: it decides what comes next."""
     bootstrap, prefix = kafka_broker.bootstrap, topic_prefix()
     t = topics_for(prefix)
-    enr = orjson.dumps({"mykey_id": PERSON, "operator_id": "paypay", "applied_at": WHEN})
-    w = worker(bootstrap, prefix, tmp_path, "first").start()
-    try:
-        asyncio.run(_send(bootstrap, [(enr_topic(t), enr), (txn_topic(t), _txn("T1"))]))
-        g, r = asyncio.run(collect(bootstrap, t, expect=1, idle_timeout=20.0))
-        assert g.num_rows + r.num_rows == 1
-    finally:
-        w.stop()
+    _decide_t1(bootstrap, prefix, tmp_path)
     asyncio.run(_delete_before(bootstrap, txn_topic(t), 1))  # T1, decided, is gone
     w = worker(bootstrap, prefix, tmp_path, "second").start()
     try:
