@@ -100,6 +100,12 @@ def topic_prefix() -> TopicPrefix:
 async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
     """Every message of ``topic`` (as admin, from the beginning to the current end), in
     (partition, offset) order."""
+    return await read_topics(bootstrap, [topic], partitions)
+
+
+async def read_topics(bootstrap: str, topics: list[str], partitions: int) -> list[Any]:
+    """Every message of ``topics`` (as admin, from the beginning to the current end),
+    in (topic, partition, offset) order: one consumer for all of them."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from engine.kafka.client_config import default_client
@@ -108,7 +114,7 @@ async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -117,7 +123,7 @@ async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
             batch = await consumer.getmany(timeout_ms=500)
             for msgs in batch.values():
                 out.extend(msgs)
-        return sorted(out, key=lambda m: (m.partition, m.offset))
+        return sorted(out, key=lambda m: (m.topic, m.partition, m.offset))
     finally:
         await consumer.stop()
 

@@ -435,7 +435,7 @@ class EngineMetrics:
         lat = (now_ms - np.asarray(stamps_ms, dtype=np.float64)) / 1000
         live = lat[(lat >= 0) & (lat < LIVE_WINDOW_SECONDS)]
         if len(live):
-            self.outcome_latency.observe_many(live)
+            self.observe_outcome_latencies(live)
 
     # -- gauges -----------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +23,7 @@ from engine.tools.collect import collect
 from engine.tools.compare import Comparison, compare
 from engine.tools.publish import publish_files
 from tests.builders import Scenario, make_scenario  # noqa: F401  (the streams tests' import)
+from tests.kafka_fixtures import read_topics
 
 PARTITIONS = 4
 LAST_STATS: dict[str, object] = {}  # collect's counts from the last collect_and_compare
@@ -116,7 +116,7 @@ def grants_in_decision_order(bootstrap: str, prefix: str) -> dict[str, list[int]
     Returns each person's running totals, in the order read."""
     topics = [t for t, kind in topics_for(prefix).outcomes.items() if kind == "grant"]
     totals: dict[str, list[int]] = {}
-    for m in asyncio.run(_read_all(bootstrap, topics)):
+    for m in asyncio.run(read_topics(bootstrap, topics, PARTITIONS)):
         g = json.loads(m.value)
         person = g["mykey_id"]
         assert m.key == person.encode(), (m.topic, m.partition, m.offset, m.key)
@@ -126,26 +126,6 @@ def grants_in_decision_order(bootstrap: str, prefix: str) -> dict[str, list[int]
         assert g["cumulative_points"] == before + g["points"], (person, seen, g)
         seen.append(g["cumulative_points"])
     return totals
-
-
-async def _read_all(bootstrap: str, topics: list[str]) -> list[Any]:
-    """Every message of ``topics`` up to their current end, in (topic, partition,
-    offset) order: one consumer for all of them."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(), group_id=None,
-                         enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
-        ends = await c.end_offsets(tps)
-        out: list[Any] = []
-        while any([await c.position(tp) < ends[tp] for tp in tps]):
-            for msgs in (await c.getmany(timeout_ms=500)).values():
-                out.extend(msgs)
-        return sorted(out, key=lambda m: (m.topic, m.partition, m.offset))
-    finally:
-        await c.stop()
 
 
 def output_end(bootstrap: str, prefix: str) -> int:

@@ -12,13 +12,13 @@ import asyncio
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import engine.config
 from engine.devtools import broker as devbroker
 from engine.devtools import security
 from engine.kafka.client_config import ENV
@@ -32,7 +32,8 @@ pytestmark = pytest.mark.kafka
 
 PERSON = "Forge001"
 NEW = "latepay"  # an operator id no other test adds to the session's broker
-SHIPPED_OPERATORS = Path(engine.config.__file__).parent / "defaults" / "operators.toml"
+# the shipped registry, read as engine.config reads it
+SHIPPED_OPERATORS = resources.files("engine.config").joinpath("defaults", "operators.toml")
 
 
 def _publish_as(kafka_broker: devbroker.Broker, principal: str, operator: str, prefix: str,
@@ -138,7 +139,7 @@ def test_an_operator_added_to_a_running_broker_is_settled_once_in_the_registry(
                        security.acl_plan(topics, topics.operators))
     devbroker.add_operator(kafka_broker.bootstrap, kafka_broker.data_dir, NEW, topics)
     registry = tmp_path / "operators.toml"
-    registry.write_text(SHIPPED_OPERATORS.read_text() + f"""
+    registry.write_text(SHIPPED_OPERATORS.read_text(encoding="utf-8") + f"""
 [[operators]]
 id = "{NEW}"
 payout = "next_month"
