@@ -371,11 +371,8 @@ def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign
                 p[p < 0] = 0
                 index = np.arange(first, first + v.n, dtype=np.int64)
                 first += v.n
-                mine = p % part.count == part.index
-                for k in range(n):
-                    idx = np.flatnonzero(mine & (p // part.count == k))
-                    if len(idx):
-                        spill.add(k, v.take(idx), src.select(idx), index[idx])
+                spill.add(np.where(p % part.count == part.index, p // part.count, -1),
+                          v, src, index)
             totals[record_type] = first
     finally:
         spill.close()
@@ -384,32 +381,37 @@ def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign
     runs_r: list[Path] = []
     summaries = []
     tick = bar.task("deciding slices")
-    for k in range(n):
-        enr, enr_src, enr_index = spill.read("enrollment", k)
-        txn, txn_src, txn_index = spill.read("transaction", k)
-        s = Settled(enr, enr_src, txn, txn_src, campaign, registry)
-        summaries.append(s.summary)
-        # the whole run's order: enrollments by their arrival, then each transaction
-        # by the arrival that decided it (n_txn + j: decided at the end of the input)
-        trig = s.d.txn_trigger
-        assert trig is not None
-        final = trig >= txn.n
-        t_key = n_enr + txn_index[np.where(final, trig - txn.n, trig)] + np.where(final, n_txn, 0)
-        g = SortedRun(spill_dir / f"grants-{k}.arrows", SPILLED_GRANT)
-        for rows, t in s.grant_core_pieces():
-            g.write(t, t_key[rows])
-        g.close()
-        r = SortedRun(spill_dir / f"rejections-{k}.arrows", REJECTION_SCHEMA)
-        for record_type, rows, t in s.rejections():
-            r.write(t, enr_index[rows] if record_type == "enrollment" else t_key[rows])
-        r.close()
-        runs_g.append(g.path)
-        runs_r.append(r.path)
-        del s, enr, txn
-        for name in ("enrollment", "transaction"):
-            spill.path(name, k).unlink(missing_ok=True)
-        if tick:
-            tick(1)
+    # a slice's runs are written on a second thread while the next slice is read and
+    # decided (one thread, so each run's pieces and its close keep their order)
+    with Writes() as w:
+        for k in range(n):
+            enr, enr_src, enr_index = spill.read("enrollment", k)
+            txn, txn_src, txn_index = spill.read("transaction", k)
+            s = Settled(enr, enr_src, txn, txn_src, campaign, registry)
+            summaries.append(s.summary)
+            # the whole run's order: enrollments by their arrival, then each transaction
+            # by the arrival that decided it (n_txn + j: decided at the end of the input)
+            trig = s.d.txn_trigger
+            assert trig is not None
+            final = trig >= txn.n
+            t_key = (n_enr + txn_index[np.where(final, trig - txn.n, trig)]
+                     + np.where(final, n_txn, 0))
+            g = SortedRun(spill_dir / f"grants-{k}.arrows", SPILLED_GRANT)
+            for rows, t in s.grant_core_pieces():
+                w.put(partial(g.write, t, t_key[rows]))
+            w.put(g.close)
+            r = SortedRun(spill_dir / f"rejections-{k}.arrows", REJECTION_SCHEMA)
+            for record_type, rows, t in s.rejections():
+                w.put(partial(r.write, t,
+                              enr_index[rows] if record_type == "enrollment" else t_key[rows]))
+            w.put(r.close)
+            runs_g.append(g.path)
+            runs_r.append(r.path)
+            del s, enr, txn
+            for name in ("enrollment", "transaction"):
+                spill.path(name, k).unlink(missing_ok=True)
+            if tick:
+                tick(1)
     names = tuple(spill.names)
 
     def grants(t: pa.Table) -> pa.Table:
@@ -420,9 +422,9 @@ def _settle_sliced(tmp: Path, enr_in: list[Input], txn_in: list[Input], campaign
     for name, schema, runs, finish in (
             ("grants", GRANT_SCHEMA, runs_g, grants),
             ("rejections", REJECTION_SCHEMA, runs_r, None)):
-        w = TableWriter(tmp / f"{name}.parquet", schema)
-        merge_runs(runs, w, finish)
-        w.close()
+        sink = TableWriter(tmp / f"{name}.parquet", schema)
+        merge_runs(runs, sink, finish)
+        sink.close()
     shutil.rmtree(spill_dir, ignore_errors=True)
     summary = merge_summaries(summaries)
     if part != WHOLE:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from engine.io.outputs import TableWriter, Writes
+from engine.io.outputs import ROW_GROUP, TableWriter, Writes
 from engine.io.readers import Sources
 from engine.rules.validate import Validated, empty_validated
 
@@ -77,15 +77,28 @@ class Spill:
     def path(self, record_type: str, k: int) -> Path:
         return self.dir / f"{record_type}-{k}.arrows"
 
-    def add(self, k: int, v: Validated, source: Sources, index: np.ndarray) -> None:
-        """Append records to slice ``k``'s file of their type."""
-        batch = to_batch(v, source, index, self.names)
-        w = self._writers.get((v.record_type, k))
-        if w is None:
-            w = pa.ipc.new_stream(str(self.path(v.record_type, k)), batch.schema,
-                                  options=_SPILL_OPTIONS)
-            self._writers[(v.record_type, k)] = w
-        w.write_batch(batch)
+    def add(self, slices: np.ndarray, v: Validated, source: Sources, index: np.ndarray
+            ) -> None:
+        """Append each record to the file of its type of its slice (``slices``: a slice
+        number per record, -1 for a record of no slice). The records are ordered by
+        slice once and each slice's rows written as a zero-copy slice of them: a take per
+        slice and piece made the spill of a 100 M run a quarter longer (DECISIONS 122)."""
+        keep = np.flatnonzero(slices >= 0)
+        # numpy's stable sort is a radix sort for 16-bit keys (a merge sort for wider)
+        keys = slices[keep].astype(np.int16 if self.count <= 1 << 15 else np.int64)
+        order = keep[np.argsort(keys, kind="stable")]
+        counts = np.bincount(keys, minlength=self.count)
+        batch = to_batch(v, source, index, self.names).take(pa.array(order, type=pa.int64()))
+        start = 0
+        for k in np.flatnonzero(counts):
+            part = batch.slice(start, int(counts[k]))
+            start += int(counts[k])
+            w = self._writers.get((v.record_type, int(k)))
+            if w is None:
+                w = pa.ipc.new_stream(str(self.path(v.record_type, int(k))), part.schema,
+                                      options=_SPILL_OPTIONS)
+                self._writers[(v.record_type, int(k))] = w
+            w.write_batch(part)
 
     def close(self) -> None:
         for w in self._writers.values():
@@ -134,9 +147,28 @@ def merge_runs(paths: list[Path], sink: TableWriter,
     the whole run's order. ``finish`` makes merged rows into output rows; the sink
     writes them on a second thread while the next batch is merged."""
     with Writes() as w:
-        for t in _merged(paths):
-            t = t.drop_columns([KEY])
-            w.put(partial(sink.write, finish(t) if finish else t))
+        for t in _row_groups(_merged(paths), finish):
+            w.put(partial(sink.write, t))
+
+
+def _row_groups(tables: Iterator[pa.Table], finish: Callable[[pa.Table], pa.Table] | None
+                ) -> Iterator[pa.Table]:
+    """The merged tables as output rows, handed over a row group's worth at a time.
+    The sink encodes a row group once it has one: handed a merged batch at a time, the
+    writer thread encoded while the merge waited to hand it the next batch, then idled
+    while the merge made the next seven, so the two ran one after the other (one core
+    busy through the whole merge of a 100 M run, DECISIONS 122)."""
+    held: list[pa.Table] = []
+    rows = 0
+    for t in tables:
+        t = t.drop_columns([KEY])
+        held.append(finish(t) if finish else t)
+        rows += t.num_rows
+        if rows >= ROW_GROUP:
+            yield pa.concat_tables(held)
+            held, rows = [], 0
+    if held:
+        yield pa.concat_tables(held)
 
 
 def _merged(paths: list[Path]) -> Iterator[pa.Table]:
