@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-batch-bytes", type=int, default=None,
                    help="input bytes decided per batch, about (default 4 MiB); the rest "
                         "of a larger poll waits in memory for the next batch")
+    # engine.streams.worker.QUIET_SECONDS, repeated so that the parser does not import
+    # the worker (tests/test_documented_defaults.py keeps the two equal)
     w.add_argument("--quiet-seconds", type=float, default=30.0,
                    help="an operator's transactions input that delivered nothing for "
                         "this long (default 30) has its waiting records follow the "

@@ -11,7 +11,7 @@ import pytest
 from engine.cli import build_parser
 from engine.config import DEFAULT_CAMPAIGN
 from engine.kafka.topics import CHANGELOG_MAX_BYTES, Topics
-from engine.streams import state
+from engine.streams import state, worker
 from engine.tools import publish, settle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,9 @@ CASES = [
     (publish.SEND_TIMEOUT_MS, 300_000, "docs/RELIABILITY.md", "waits up to 300 s"),
     (build_parser().parse_args(["worker"]).quiet_seconds, 30.0, "docs/RELIABILITY.md",
      "`--quiet-seconds` (30 s"),
+    # the worker's own default, for a worker built without the command line (a test,
+    # an embedding runtime); the CLI repeats the number so as not to import the worker
+    (worker.QUIET_SECONDS, 30.0, "docs/RELIABILITY.md", "`--quiet-seconds` (30 s"),
 ]
 
 
