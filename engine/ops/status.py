@@ -316,7 +316,9 @@ def render(report: Report) -> None:
     con.print(o)
     line = f"{report.verdict.upper()}" + (f": {'; '.join(report.reasons)}"
                                           if report.reasons else "")
-    con.print(line, markup=False)
+    # one line however long, so that the last line is the whole verdict (scripts and
+    # runbooks read it; rich would otherwise cut it at the console's width)
+    con.print(line, markup=False, soft_wrap=True)
 
 
 def main(args: argparse.Namespace) -> int:

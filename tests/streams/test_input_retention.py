@@ -23,6 +23,7 @@ from engine.kafka.topics import ensure_topics, partition_for
 from engine.tools.collect import collect
 from tests.builders import enr_topic, txn_topic
 from tests.streams.harness import PARTITIONS, topics_for, worker
+from tests.test_cli import mynapoint
 
 pytestmark = pytest.mark.kafka
 
@@ -124,6 +125,14 @@ def test_input_deleted_unread_is_refused_as_lost_then_accepted(
                    extra=["--metrics-port", str(metrics_port)]).start()
         try:
             _await_refusal_of_t2(metrics_port, tmp_path / "second.log", txn_topic(t))
+            # what on-call sees: `status` degraded, naming the partition and why
+            r = mynapoint("status", "--broker", bootstrap, "--topic-prefix", prefix,
+                          "--group", t.group_id)
+            verdict = r.stdout.rstrip().splitlines()[-1]
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert verdict.startswith("DEGRADED: worker ") and (
+                f" not ready: partition {P} refused: {txn_topic(t)}/{P} offsets 1 to 1 "
+                "(1 records) were deleted by retention") in verdict, r.stdout
             # the other partitions are decided; this one emits nothing
             time.sleep(2.0)
             g, r = asyncio.run(collect(bootstrap, t, idle_timeout=3.0))
