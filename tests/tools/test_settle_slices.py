@@ -3,17 +3,23 @@ disk (``--slice-rows``) writes the same files, byte for byte, as one decided who
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from engine.cli import main
+from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.rules.strings import kafka_partitions
+from engine.rules.validate import concat_validated
 from engine.tools.generate import generate_tables, parquet_view, write_jsonl
+from engine.tools.settle import _validated_pieces
+from engine.tools.slices import Spill
 from tests.builders import enr, refund, txn, write_lines
 
 OUTPUTS = ("grants.parquet", "rejections.parquet", "summary.json")
@@ -110,3 +116,29 @@ def test_an_unreadable_input_in_a_sliced_run_exits_2_and_writes_nothing(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err
     assert not out.exists()
+
+
+def test_a_slice_read_back_through_its_map_outlives_its_file(campaign: Path,
+                                                             tmp_path: Path) -> None:
+    """A slice is read back through a memory map and its file unlinked once the slice
+    is decided (DECISIONS 123): what was read must not depend on the file."""
+    pieces = list(_validated_pieces([(None, campaign / "transactions.parquet")],
+                                    "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, None))
+    spill = Spill(tmp_path, 2)
+    first = 0
+    for v, src in pieces:
+        index = np.arange(first, first + v.n, dtype=np.int64)
+        spill.add((index % 2).astype(np.int64), v, src, index)
+        first += v.n
+    spill.close()
+    got, got_src, got_index = spill.read("transaction", 1)
+    spill.path("transaction", 1).unlink()
+    gc.collect()
+    assert len(pieces) > 1 and got_index.tolist() == list(range(1, first, 2))
+    want = concat_validated([v for v, _ in pieces], "transaction").take(got_index)
+    for name in ("txn_id", "mykey_id", "operator_id"):
+        assert getattr(got, name).equals(getattr(want, name)), name
+    for name in ("amount", "at", "reason", "kind"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    # one input file: a record's source is its row, counted from 1
+    assert got_src.position.tolist() == (got_index + 1).tolist()
