@@ -317,3 +317,48 @@ def test_a_rerouted_transaction_waits_for_its_partitions_enrollments(
     finally:
         w.stop()
     assert got == {"mover": "granted", "held": "granted"}
+
+
+def test_a_transaction_waits_for_an_enrollment_rerouted_in_the_same_poll(
+        kafka_broker, topic_prefix, tmp_path: Path, runtime: str) -> None:
+    """A backlog read in one poll (a replay, a worker catching up): a person's
+    enrollment sent to the wrong partition, then the person's purchase and a later
+    one of somebody else at the right partition, two days on. The enrollment comes
+    back re-routed only in a later poll; deciding the home partition's transactions
+    in this one would let the later purchase move stream time past the first one's
+    deadline and reject it `NOT_ENROLLED` (the code before the fix did), where
+    offline `settle`, enrollments first, grants both."""
+    prefix = topic_prefix()
+    t = topics_for(prefix)
+    person = "Back0001"
+    home = partition_for(person.encode(), PARTITIONS)
+    other = next(f"Back{i:04d}" for i in range(2, 10_000)
+                 if partition_for(f"Back{i:04d}".encode(), PARTITIONS) == home)
+    later = T0 + 48 * 3600 * 1000
+
+    async def publish_backlog() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
+        await p.start()
+        try:
+            for topic, rec, key, part, ts in (
+                    (enr_topic(t), enr(person), "SomeoneX", (home + 1) % PARTITIONS, T0),
+                    (enr_topic(t), enr(other), other, home, T0),
+                    (txn_topic(t), _txn("first", person, T0), person, home, T0),
+                    (txn_topic(t), _txn("later", other, later), other, home, later)):
+                await p.send(topic, orjson.dumps(rec), key=key.encode(), partition=part,
+                             timestamp_ms=ts)
+            await p.flush()
+        finally:
+            await p.stop()
+
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, t, PARTITIONS))
+    asyncio.run(publish_backlog())  # all of it in Kafka before the worker's first poll
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, runtime=runtime).start()
+    try:
+        grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, t, expect=2,
+                                                 idle_timeout=30.0))
+    finally:
+        w.stop()
+    got = {r["txn_id"]: r["reason"] for r in rejections.to_pylist()}
+    got.update({g["txn_id"]: "granted" for g in grants.to_pylist()})
+    assert got == {"first": "granted", "later": "granted"}
