@@ -150,12 +150,20 @@ def test_cli_files_are_byte_identical(tmp_path: Path, fmt: str, clean_mode: bool
 
 # Digests of the JSON Lines files, computed from the generator as it was before its
 # hand-written scenarios moved to engine/tools/scenarios.py (issue 9): moving code
-# must not change a byte of what a seed generates.
+# must not change a byte of what a seed generates. numpy picks its floating-point
+# kernels by CPU, and the generator's weights and amounts are floats: the clean run's
+# transactions come out differently on the AMD EPYC machines (no AVX-512; the same
+# with numpy's AVX2 kernels disabled) than on the Intel Xeon ones they were pinned
+# on, so each file has one digest per kind of machine seen. A changed generator
+# matches none of them.
 PINNED_JSONL_SHA256 = {
-    (False, "enrollments"): "c8b34740cbed618ac2ffd5c16e92fe7d2899a62e441c4deeef2fdfce82f0ce3d",
-    (False, "transactions"): "dd59dec8ca7e39f5d1459f83de04ac8ac791ae7c2d516974909571c31dc30b40",
-    (True, "enrollments"): "f292f2ee3881243fdee2e29b1d9daf9b557abef033fc64830ad29056bc9d15b6",
-    (True, "transactions"): "3fe018d283252a009903eee3e04fc7fd0a79d9e970e924cb097ac140d91e9118",
+    (False, "enrollments"): {"c8b34740cbed618ac2ffd5c16e92fe7d2899a62e441c4deeef2fdfce82f0ce3d"},
+    (False, "transactions"): {"dd59dec8ca7e39f5d1459f83de04ac8ac791ae7c2d516974909571c31dc30b40"},
+    (True, "enrollments"): {"f292f2ee3881243fdee2e29b1d9daf9b557abef033fc64830ad29056bc9d15b6"},
+    (True, "transactions"): {
+        "3fe018d283252a009903eee3e04fc7fd0a79d9e970e924cb097ac140d91e9118",  # Intel Xeon
+        "5531c9a1c5531907700494215a526a339ea54490dc7d07e9858dd1f048feac77",  # AMD EPYC
+    },
 }
 
 
@@ -167,7 +175,7 @@ def test_same_seed_same_bytes_as_before_the_scenario_move(tmp_path: Path,
         path = tmp_path / f"{name}.jsonl"
         G.write_jsonl(table, path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert digest == PINNED_JSONL_SHA256[clean_mode, name], name
+        assert digest in PINNED_JSONL_SHA256[clean_mode, name], (name, digest)
 
 
 # ----------------------------------------------------------------------- sizes
