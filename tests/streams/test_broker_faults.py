@@ -137,8 +137,8 @@ def settle_through(bootstrap: str, prefix: str, sc: Scenario, tmp_path: Path,
         w.wait_for("assigned partitions")
         pid = w.proc.pid if w.proc else None
         pub.start()
-        # A tenth of the outcomes, or, where the worker is slow to start deciding (three
-        # brokers on two cores: a few outcomes in the first 20 s seen), any outcome
+        # A tenth of the outcomes, or, where the worker is slow to start deciding (seen
+        # with three brokers: a few outcomes in the first 20 s), any outcome
         # once 60 % of the publishing is done: either way the fault lands while
         # records are still being published and decided.
         produced = wait_for_outputs(bootstrap, prefix, sc.expected_outcomes // 10,
