@@ -317,3 +317,60 @@ def test_a_rerouted_transaction_waits_for_its_partitions_enrollments(
     finally:
         w.stop()
     assert got == {"mover": "granted", "held": "granted"}
+
+
+def test_a_transaction_waits_for_an_enrollment_misrouted_in_a_backlog(
+        kafka_broker, topic_prefix, tmp_path: Path, runtime: str) -> None:
+    """A backlog read at once (a replay, a worker catching up): on every partition, the
+    enrollment of a person of the next partition, sent there by mistake; at each
+    person's own partition their purchase, and two days later somebody else's. The
+    enrollment reaches its person's partition only re-routed, after the poll that
+    read it; if that partition's transactions are decided first, the later purchase
+    moves stream time past the first one's deadline and rejects it `NOT_ENROLLED`,
+    where offline `settle`, enrollments first, grants both. The first partition to be
+    taken over fails once and is retried (MYNAPOINT_FAIL_AT), so one partition's
+    enrollments are read half a second after the others' transactions could be: each
+    partition's transactions must wait for every partition's enrollments, not only
+    their own, and for the enrollments a poll re-routes to them (DECISIONS 124;
+    without either of the two, it failed in both runs tried)."""
+    prefix = topic_prefix()
+    t = topics_for(prefix)
+    names = [f"Back{i:04d}" for i in range(10_000)]
+    home = {n: partition_for(n.encode(), PARTITIONS) for n in names}
+    later = T0 + 48 * 3600 * 1000
+    sends: list[tuple[str, dict[str, object], str, int, int]] = []
+    expected: dict[str, str] = {}
+    for q in range(PARTITIONS):
+        h = (q + 1) % PARTITIONS
+        person, other = [n for n in names if home[n] == h][2 * q:2 * q + 2]
+        wrong_key = next(n for n in names if home[n] == (q + 2) % PARTITIONS)
+        sends += [(enr_topic(t), enr(person), wrong_key, q, T0),
+                  (enr_topic(t), enr(other), other, h, T0),
+                  (txn_topic(t), _txn(f"first{q}", person, T0), person, h, T0),
+                  (txn_topic(t), _txn(f"later{q}", other, later), other, h, later)]
+        expected |= {f"first{q}": "granted", f"later{q}": "granted"}
+
+    async def publish_backlog() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
+        await p.start()
+        try:
+            for topic, rec, key, part, ts in sorted(sends, key=lambda s: s[0] != enr_topic(t)):
+                await p.send(topic, orjson.dumps(rec), key=key.encode(), partition=part,
+                             timestamp_ms=ts)
+            await p.flush()
+        finally:
+            await p.stop()
+
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, t, PARTITIONS))
+    asyncio.run(publish_backlog())  # all of it in Kafka before the worker's first poll
+    w = worker(kafka_broker.bootstrap, prefix, tmp_path, runtime=runtime,
+               env={"MYNAPOINT_FAIL_AT": "takeover:0"}).start()
+    try:
+        grants, rejections = asyncio.run(collect(kafka_broker.bootstrap, t,
+                                                 expect=len(expected), idle_timeout=30.0))
+    finally:
+        w.stop()
+    got = {r["txn_id"]: r["reason"] for r in rejections.to_pylist()}
+    got.update({g["txn_id"]: "granted" for g in grants.to_pylist()})
+    assert got == expected
+    assert "injected fault" in (tmp_path / "w.log").read_text()  # a take-over was late
