@@ -168,15 +168,6 @@ class ShardResult:
                 for k, v in zip(g.keys.to_pylist(), g.values.to_pylist(), strict=True)]
 
 
-def home_partitions(b: InBatch, partitions: int) -> tuple[np.ndarray, np.ndarray]:
-    """Which records of ``b`` passed the checks (the rest are decided where they are,
-    as they are) and the partition of each one's person: those of another partition
-    are re-routed there."""
-    v = b.v
-    valid = np.asarray(v.mykey_id.is_valid().to_numpy(zero_copy_only=False), np.bool_)
-    return (v.reason == 0) & valid, kafka_partitions(v.mykey_id, partitions)
-
-
 def reroute_record(b: InBatch, i: int, key: str) -> dict[str, Any]:
     """Record ``i`` of ``b`` as JSON for its person's partition: the validated fields
     only (extras and the message's format are not carried)."""
@@ -297,7 +288,9 @@ class _Call:
                    if b is not None and b.v.n]
         for b, typ in batches:
             v = b.v
-            checked, parts = home_partitions(b, self.d.partitions)
+            valid = np.asarray(v.mykey_id.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+            checked = (v.reason == 0) & valid  # the rest failed a check: decided as they are
+            parts = kafka_partitions(v.mykey_id, self.d.partitions)
             for i in np.flatnonzero(checked & (parts != partition)).tolist():
                 self.res.reroute.append(Reroute(
                     v.record_type, int(parts[i]), reroute_record(b, i, v.mykey_id[i].as_py()),

@@ -69,7 +69,7 @@ from engine.streams.checkpoint import Checkpoint, Faults
 from engine.streams.decode import InBatch, concat_batches, decode_groups, records_by_topic
 from engine.streams.logic import PartitionLogic
 from engine.streams.order import fair_prefixes, merge_topics
-from engine.streams.shard import ShardResult, home_partitions
+from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
 
 log = logging.getLogger("mynapoint.worker")
@@ -172,9 +172,6 @@ class Worker:
         # the quiet inputs each partition's last decide let follow its stream time
         self._followed: dict[int, frozenset[str]] = {}
         self._quiet_checked = 0.0
-        # partitions decided here that enrollments were re-routed to and not yet read
-        # back: their transactions wait (DECISIONS 124)
-        self._rerouting: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -339,7 +336,6 @@ class Worker:
             self._held.pop(tp, None)
             self._active.pop(tp, None)
         self._followed.pop(p, None)
-        self._rerouting.discard(p)
         logic = self.logics.pop(p, None)
         if logic is not None:
             logic.store.close()  # the files stay: a checkpoint for the next owner here
@@ -417,8 +413,6 @@ class Worker:
                 if msgs:
                     self._active[tp] = now
             if data or self.backlogged:
-                if self.backlogged:
-                    await asyncio.sleep(0)  # take-overs and heartbeats go on meanwhile
                 async with self.lock:
                     await self.process(data)
             data = {}  # committed: a failure below must not read it again
@@ -475,23 +469,18 @@ class Worker:
         self.producer_stale = False
 
     async def _prioritise_enrollments(self) -> None:
-        """Hold back transactions while an enrollments input is behind: applications
-        precede spending, and a transaction read before its person's enrollment would
-        otherwise wait (and might time out). Messages held back by the merge
-        (engine.streams.order) are not fetched again meanwhile."""
+        """Hold back a partition's transactions while any of its enrollments topics is
+        behind: applications precede spending, and a transaction read before its
+        person's enrollment would otherwise wait (and might time out). Messages held
+        back by the merge (engine.streams.order) are not fetched again meanwhile."""
         assert self.consumer is not None
         c = self.consumer
         assigned = c.assignment()
         paused = c.paused()
-        try:
-            unread = await self._enrollments_unread()
-        except Exception:  # position unknown during a rebalance: decide next round
-            await self._export_lag()
-            return
         for p in list(self.logics):
             try:
-                behind = unread or await self._reroutes_unread(p)
-            except Exception:
+                behind = await self._enrollments_behind(p)
+            except Exception:  # position unknown during a rebalance: decide next round
                 continue
             # re-routed transactions are held back with the published ones; re-routed
             # enrollments never are, but their messages beyond a batch's byte budget
@@ -593,11 +582,9 @@ class Worker:
         arrives (an operator that ended early, the end of a stream)."""
         results: dict[int, ShardResult] = {}
         laps = Laps()
-        # transactions wait for enrollments still unread (process): so do waits
-        if await self._enrollments_unread():
-            return
         for p in sorted(self.logics):
-            if await self._reroutes_unread(p):
+            # transactions wait for enrollments still unread (process): so do waits
+            if await self._enrollments_behind(p):
                 continue
             before = self._followed.get(p, frozenset())
             caught = self._followed[p] = await self._caught_up(p)
@@ -630,51 +617,13 @@ class Worker:
             self._drop_local_state(set(results))
         self._observe(results, laps)
 
-    async def _enrollments_unread(self) -> bool:
-        """Whether an enrollments input of any partition decided here has records not
-        yet decided (unread, or held in memory). Every partition's transactions wait
-        for them, not only the same partition's: one of them may be a misrouted
-        enrollment of another partition's person (DECISIONS 124). A partition still
-        being taken over has its enrollments unread too."""
+    async def _enrollments_behind(self, p: int) -> bool:
         assert self.consumer is not None
         assigned = self.consumer.assignment()
-        if {tp.partition for tp in assigned} - set(self.logics) - set(self.refused):
-            return True
-        for p in list(self.logics):
-            for tp in self._enrollment_tps(p):
-                if tp in self._held or (tp in assigned and await self._unread(tp)):
-                    return True
+        for tp in self._enrollment_tps(p):
+            if tp in self._held or (tp in assigned and await self._unread(tp)):
+                return True
         return False
-
-    async def _reroutes_unread(self, p: int) -> bool:
-        """Whether enrollments this worker re-routed to partition ``p`` are not yet read
-        back (the end of their topic asked of the broker: the last fetch's is stale)."""
-        assert self.consumer is not None
-        if p not in self._rerouting:
-            return False
-        rr, _ = self._reroute_tps(p)
-        if rr in self._held or rr in self._excess:
-            return True
-        if rr not in self.consumer.assignment():  # revoked: whoever has it reads them
-            self._rerouting.discard(p)
-            return False
-        try:
-            end = (await self.consumer.end_offsets([rr]))[rr]
-        except KafkaError:  # unknown now: wait for the next round rather than guess
-            return True
-        if end > await self.consumer.position(rr):
-            return True
-        self._rerouting.discard(p)
-        return False
-
-    def _rerouted_here(self, enr: dict[int, InBatch]) -> set[int]:
-        """The partitions decided here that enrollments of ``enr`` (by partition) will
-        be re-routed to (the records engine.streams.shard re-routes)."""
-        out: set[int] = set()
-        for p, b in enr.items():
-            checked, parts = home_partitions(b, self.partitions)
-            out.update(np.unique(parts[checked & (parts != p)]).tolist())
-        return out & set(self.logics)
 
     async def _merge(self, tps: list[TopicPartition], topics: dict[str, list[Any]],
                      offsets: dict[TopicPartition, Any], hold_all: bool = False,
@@ -738,13 +687,9 @@ class Worker:
             self.metrics.deferred(sum(len(m) for m in self._excess.values()))
         return batch
 
-    def _hold_excess(self, waiting: set[TopicPartition]) -> None:
-        """Hold the messages beyond the byte budget (their topics paused). The next step
-        comes at once only where they may go on: transactions waiting for enrollments
-        would come back over the budget on every poll, and a worker that polls at once
-        forever starves its take-overs."""
+    def _hold_excess(self) -> None:
         assert self.consumer is not None
-        self.backlogged = any(tp not in waiting for tp in self._excess)
+        self.backlogged = bool(self._excess)
         for tp, msgs in self._excess.items():
             self._held[tp] = self._held.get(tp, []) + msgs  # after the merge's own
             self.consumer.pause(tp)  # not fetched again while it waits here
@@ -762,10 +707,27 @@ class Worker:
             if msgs:
                 by_part[tp.partition][tp.topic] = msgs
                 offsets[tp] = msgs[-1]
+        enrollments: dict[int, list[Any]] = {}
+        transactions: dict[int, list[Any]] = {}
+        for p, topics in by_part.items():
+            enrollments[p] = await self._merge(self._enrollment_tps(p), topics, offsets)
+            # Applications precede spending: transactions wait (in memory, their topics
+            # paused) until the partition's enrollments are read, rather than wait in
+            # the state (and perhaps time out) for enrollments already in Kafka. Each
+            # operator's transactions keep their own stream time (kernel lanes), so
+            # their topics need no merge.
+            behind = await self._enrollments_behind(p)
+            transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
+                                                hold_all=behind, ordered=False)
+            # re-routed ones too: they were misrouted, not sent later than the rest
+            _, rr_txn = self._reroute_tps(p)
+            await self._merge([rr_txn], topics, offsets, hold_all=behind, ordered=False)
+        self._hold_excess()
         parts: list[int] = []
         for p, topics in sorted(by_part.items()):
+            logic = self.logics[p]
             lost = await recovery.deleted_unread(
-                self.consumer, self.logics[p].store,
+                self.consumer, logic.store,
                 {TopicPartition(t, p): msgs[0].offset for t, msgs in topics.items() if msgs})
             if lost is not None:
                 self._refuse_running(p, lost)
@@ -773,42 +735,16 @@ class Worker:
                     offsets.pop(tp, None)
                 continue
             parts.append(p)
-        names = self.topics
-        enrollments = {p: await self._merge(self._enrollment_tps(p), by_part[p], offsets)
-                       for p in parts}
-        laps.lap("prepare")
-        enr = self._decode(parts, enrollments, by_part, names.reroute_enrollments,
-                           "enrollment")
-        laps.lap("decode")
-        # Applications precede spending: transactions wait (in memory, their topics
-        # paused) until the enrollments are read, rather than wait in the state (and
-        # perhaps time out) for enrollments already in Kafka; where this poll re-routes
-        # a person's enrollment, the person's partition waits until it is read back.
-        # Each operator's transactions keep their own stream time (kernel lanes), so
-        # their topics need no merge.
-        rerouted = self._rerouted_here(enr)
-        unread = await self._enrollments_unread()
-        transactions: dict[int, list[Any]] = {}
-        waiting: set[TopicPartition] = set()
-        for p in parts:
-            topics = by_part[p]
-            behind = unread or p in rerouted or await self._reroutes_unread(p)
-            if behind:
-                waiting.update(self._transaction_tps(p))
-                waiting.add(self._reroute_tps(p)[1])
-            transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
-                                                hold_all=behind, ordered=False)
-            # re-routed ones too: they were misrouted, not sent later than the rest
-            _, rr_txn = self._reroute_tps(p)
-            await self._merge([rr_txn], topics, offsets, hold_all=behind, ordered=False)
-            inputs = self.logics[p].meta.inputs
+            inputs = logic.meta.inputs
             for topic, msgs in topics.items():
                 inputs[topic] = [msgs[-1].offset + 1,
                                  recovery.message_crc(msgs[-1].key, msgs[-1].value)]
                 if not self.topics.is_internal(topic):
                     stamps.extend(m.timestamp for m in msgs)
-        self._hold_excess(waiting)
         laps.lap("prepare")
+        names = self.topics
+        enr = self._decode(parts, enrollments, by_part, names.reroute_enrollments,
+                           "enrollment")
         txn = self._decode(parts, transactions, by_part, names.reroute_transactions,
                            "transaction")
         laps.lap("decode")
@@ -816,9 +752,7 @@ class Worker:
         for p in parts:
             if p not in enr and p not in txn:
                 continue  # all held back by the merge: nothing to decide or commit
-            # a partition awaiting re-routed enrollments lets no wait follow its clock
-            caught = self._followed[p] = (frozenset() if p in rerouted
-                                          else await self._caught_up(p))
+            caught = self._followed[p] = await self._caught_up(p)
             results[p] = self.logics[p].decide(enr.get(p), txn.get(p), caught)
             await asyncio.sleep(0)  # heartbeats and fetches go on between partitions
         if not results and not offsets:  # not a batch: crash points count real ones
@@ -828,7 +762,6 @@ class Worker:
         laps.lap("decide")
         self.faults.point("decided", self.batches)
         await self._checkpoint(results, offsets, laps)
-        self._rerouting |= rerouted  # sent and acknowledged: wait until they are read
         if self._marker:
             Path(self._marker).unlink(missing_ok=True)
         self.metrics.observe_live_latencies(time.time() * 1000, stamps)
