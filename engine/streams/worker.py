@@ -71,6 +71,7 @@ from engine.streams.logic import PartitionLogic
 from engine.streams.order import fair_prefixes, merge_topics
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
+from engine.streams.warmup import warm_up
 
 log = logging.getLogger("mynapoint.worker")
 # A batch that fails on a Kafka error is retried after 0.5, 1, 2, ... at most 10 s;
@@ -201,6 +202,11 @@ class Worker:
         await self.admin.start()
         self.producer = self._new_producer()
         await self.producer.start()
+        # before the consumer joins its group: a first batch that compiles blocks the
+        # heartbeats for a minute on a fresh install (engine.streams.warmup); in a
+        # thread, so that the event loop still answers health checks and signals
+        await asyncio.to_thread(warm_up, self.campaign, self.registry, self.topics,
+                                self.partitions)
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
