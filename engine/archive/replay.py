@@ -10,8 +10,6 @@ decides the result offline, like any whole input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pyarrow as pa
 
 from engine.archive.redact import MESSAGE
@@ -23,26 +21,13 @@ from engine.rules.validate import Validated, empty_validated
 from engine.streams.decode import (
     Flags,
     InBatch,
+    Msg,
     apply_flags,
     concat_batches,
     decode_messages,
     replay_header,
 )
 from engine.streams.order import merge_topics
-
-
-@dataclass
-class Msg:
-    """What :func:`decode_messages` reads of a Kafka message."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int | None
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
 
 # What a flagged JSON record is replayed as: a value that is not an object, which the
 # decoder shapes exactly like a record rejected at check 1 (no field is read); the

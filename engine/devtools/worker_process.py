@@ -24,7 +24,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: float = 240.0) -> WorkerProcess:
-        # a fresh install compiles before it consumes (engine.streams.warmup): 85 s seen
+        # a fresh install compiles before it consumes (engine.streams.warmup): 52-115 s seen
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True, env=self.env)

@@ -312,6 +312,20 @@ def null_where(arr: pa.Array, mask: np.ndarray) -> pa.Array:
     return pc.if_else(pa.array(mask), pa.scalar(None, arr.type), arr)
 
 
+@dataclass
+class Msg:
+    """What :func:`decode_messages` reads of a Kafka message (one read back from an
+    archive, or made up)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
 def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                     registry: Registry, max_record_bytes: int,
                     internal: bool = False, replay: bool = False,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,18 @@ from engine.kafka.record_batch import record_batches
 from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, Topics
 from engine.rules.model import KIND_NAMES, NO_TIME, US_PER_DAY, US_PER_SECOND, Campaign, Registry
 from engine.rules.strings import format_utc, kafka_partitions, prefix_codes
-from engine.streams.decode import decode_messages
+from engine.streams.decode import InBatch, Msg, decode_messages
 from engine.streams.logic import PartitionLogic
-from engine.streams.shard import encode_grants
+from engine.streams.shard import SMALL_ROWS, encode_grants
 from engine.streams.state import ShardStore
 
 log = logging.getLogger("mynapoint.worker")
 
-_Msg = namedtuple("_Msg", "topic partition offset timestamp key value headers")
-
-
 def _records(campaign: Campaign, registry: Registry
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """An enrollment, a purchase or charge of each kind its operator pays for, one by
-    somebody not enrolled, and a refund: every outcome path but the rarest."""
+    """An enrollment, a purchase or charge of each kind its operator pays for, a refund,
+    and purchases by people not enrolled (they wait), enough for a decide call to take
+    its many-records path (shard.SMALL_ROWS)."""
     op = registry.operators[0]
     day = campaign.window_start + US_PER_DAY
     enrollments = [{"mykey_id": "Warm0001", "operator_id": op.id,
@@ -52,7 +49,7 @@ def _records(campaign: Campaign, registry: Registry
                      "received_at": format_utc(day + i * US_PER_SECOND)}
                     for i, (person, kind) in enumerate(
                         [("Warm0001", KIND_NAMES[k]) for k in op.earns_on]
-                        + [("Warm0002", "purchase")])]
+                        + [(f"Wait{n:04d}", "purchase") for n in range(SMALL_ROWS)])]
     transactions.append({**transactions[0], "txn_id": "warm-refund", "kind": "refund",
                          "amount": 100, "original_txn_id": transactions[0]["txn_id"]})
     return enrollments, transactions
@@ -82,10 +79,10 @@ def _decide(logic: PartitionLogic, campaign: Campaign, registry: Registry, topic
             partitions: int) -> None:
     enrollments, transactions = _records(campaign, registry)
     op = registry.operators[0].id
-    batches = {}
+    batches: dict[str, InBatch] = {}
     for rtype, recs in (("enrollment", enrollments), ("transaction", transactions)):
         value = b"\n".join(orjson.dumps(r) for r in recs)
-        msg = _Msg(topics.input_of(op, rtype), 0, 0, None, None, value,
+        msg = Msg(topics.input_of(op, rtype), 0, 0, None, None, value,
                    [(FORMAT_HEADER, FORMAT_JSONL)])
         batches[rtype] = decode_messages([msg], rtype, campaign, registry, 1 << 20)
     logic.decide(batches["enrollment"], None)

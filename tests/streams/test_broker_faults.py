@@ -35,6 +35,7 @@ from tests.streams.harness import (
     output_end,
     output_end_offsets,
     publish,
+    records_in,
     report_name,
     topics_for,
     worker,
@@ -79,11 +80,6 @@ def wait_for_outputs(bootstrap: str, prefix: str, at_least: int, wait: float = 9
         assert time.monotonic() < deadline, f"only {n} outcomes after {wait} s"
         time.sleep(0.5)
     return n
-
-
-def records_in(sc: Scenario) -> int:
-    with open(sc.enrollments, "rb") as e, open(sc.transactions, "rb") as t:
-        return sum(1 for _ in e) + sum(1 for _ in t)
 
 
 async def _production_times(bootstrap: str, prefix: str) -> list[int]:

@@ -20,8 +20,8 @@ def test_the_made_up_records_reach_grants_and_a_wait(caplog: pytest.LogCaptureFi
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("compiled code warmed up in") for m in messages), messages
     decided = [m for m in messages if m.startswith("warm-up outcomes")]
-    # the purchase and the refund of the enrolled person are granted; the one of
-    # somebody not enrolled waits (decided only by final())
+    # the purchase and the refund of the enrolled person are granted; those of people
+    # not enrolled wait (decided only by final())
     assert decided == ["warm-up outcomes: 2 grants, 0 rejections"]
 
 
