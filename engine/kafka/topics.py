@@ -8,13 +8,15 @@ lets one worker own a person's whole state.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 from aiokafka.partitioner import murmur2
 
 from engine.kafka.client_config import default_client
@@ -217,18 +219,63 @@ class Topics:
         return tuple(sorted(found))
 
 
+T = TypeVar("T")
+ADMIN_RETRY_SECONDS = 10.0
+
+
+async def retrying(attempt: Callable[[], Awaitable[T]], within: float = ADMIN_RETRY_SECONDS,
+                   first_pause: float = 0.1,
+                   also: Callable[[KafkaError], bool] = lambda e: True) -> T:
+    """``attempt()``, tried again while it fails with an error Kafka calls retriable
+    (and ``also`` accepts), for up to ``within`` seconds (pauses doubling to 1 s);
+    then its last error. Any other error is raised at once."""
+    deadline = time.monotonic() + within
+    pause = first_pause
+    while True:
+        try:
+            return await attempt()
+        except KafkaError as e:
+            if not (e.retriable and also(e)) or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 1.0)
+
+
+async def _ask_admin(bootstrap: str, client: dict[str, Any],
+                     ask: Callable[[AIOKafkaAdminClient], Awaitable[T]]) -> T:
+    """``ask`` a fresh admin client, with a new client per try while the cluster was
+    reached but a request failed retriably.
+
+    Why: with one broker of a cluster dead, a fresh client's metadata still lists it
+    for a while, and a request sent to it fails with ``NodeNotReadyError`` although
+    the others would answer (seen in ``collect`` after the cluster test killed a
+    broker). A bootstrap that nobody answers is not retried: the commands report an
+    unreachable broker at once.
+    """
+    reached = False
+
+    async def attempt() -> T:
+        nonlocal reached
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
+        try:
+            await admin.start()
+            reached = True
+            return await ask(admin)
+        finally:
+            await admin.close()
+    return await retrying(attempt, also=lambda e: reached)
+
+
 async def discover(bootstrap: str, topics: Topics, **client: Any) -> Topics:
     """``topics`` with the operators whose topics exist on the broker (and that this
     principal may see: the broker lists only authorized topics); ``topics`` itself
     when it already names its operators (a command given the registry)."""
     if topics.operators:
         return topics
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
-    try:
-        await admin.start()
+
+    async def ask(admin: AIOKafkaAdminClient) -> Topics:
         return topics.with_operators(topics.operators_in(await admin.list_topics()))
-    finally:
-        await admin.close()
+    return await _ask_admin(bootstrap, client, ask)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -281,12 +328,9 @@ def partition_counts(meta: list[dict[str, Any]]) -> dict[str, int]:
 
 async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> dict[str, int]:
     """Partition count of each existing topic among ``names``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or default_client()))
-    try:
-        await admin.start()
+    async def ask(admin: AIOKafkaAdminClient) -> dict[str, int]:
         return partition_counts(await admin.describe_topics(names))
-    finally:
-        await admin.close()
+    return await _ask_admin(bootstrap, client, ask)
 
 
 async def create_and_await_leaders(admin: AIOKafkaAdminClient, new: list[NewTopic],
@@ -299,9 +343,6 @@ async def create_and_await_leaders(admin: AIOKafkaAdminClient, new: list[NewTopi
     yet; a consumer that subscribes then is assigned none of its partitions until its
     next metadata refresh, and a producer's first sends are refused.
     """
-    import asyncio
-    import time
-
     if new:
         # another process may win the race; the count check below still applies
         with contextlib.suppress(TopicAlreadyExistsError):

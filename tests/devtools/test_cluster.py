@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from engine.devtools import broker as devbroker
 from engine.devtools import security
 from engine.kafka.client_config import default_client
-from engine.kafka.topics import Topics, ensure_topics
+from engine.kafka.topics import Topics, discover, ensure_topics, topic_partitions
 from tests.builders import grant_topic, rejection_topic, txn_topic
 from tests.kafka_fixtures import client_config_of, produce_one, read_topic
 
@@ -187,6 +187,15 @@ async def _in_sync(bootstrap: str, topic: str) -> list[list[int]]:
         await admin.close()
 
 
+async def _ask_repeatedly(bootstrap: str, topics: Topics, topic: str,
+                          times: int) -> list[tuple[dict[str, int], tuple[str, ...]]]:
+    """What ``times`` fresh admin clients answer for ``topic``'s partitions and for
+    the operators (as ``collect`` asks them)."""
+    unnamed = Topics(topics.prefix)
+    return [(await topic_partitions(bootstrap, [topic]),
+             (await discover(bootstrap, unnamed)).operators) for _ in range(times)]
+
+
 def test_kill_one_node_then_restart_it_on_its_data(cluster: devbroker.Cluster,
                                                    topic_prefix: str) -> None:
     """Writes with acks=all go on while one node is dead (two replicas in sync);
@@ -199,6 +208,11 @@ def test_kill_one_node_then_restart_it_on_its_data(cluster: devbroker.Cluster,
     victim = cluster.nodes[2]
     cluster.kill(2)
     assert 2 not in cluster.nodes
+    # Right after the kill the cluster's metadata still lists the dead node, and an
+    # admin request goes to a random listed node: each of these fresh clients hit it
+    # with chance 1/2 or 1/3 and, before the retry, failed with NodeNotReadyError.
+    asks = _run(_ask_repeatedly(cluster.bootstrap, topics, grant_topic(topics), 12))
+    assert asks == [({grant_topic(topics): 3}, ("paypay",))] * 12
     down = _status(cluster)
     assert down.returncode == 1
     assert "node 2: not running" in down.stdout and "node 3: running" in down.stdout
