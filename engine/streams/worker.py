@@ -161,16 +161,6 @@ class Worker:
         self._held: dict[TopicPartition, list[Any]] = {}
         # beyond the batch's byte budget: held after this batch (unread to the merge)
         self._excess: dict[TopicPartition, list[Any]] = {}
-        self._over_budget: set[TopicPartition] = set()  # this poll's excess, paused
-        # each enrollments input's end as known when the current poll began (the last
-        # fetch's high watermark), and when the one before began: what transactions
-        # wait for (_enrollments_behind)
-        self._enrollment_marks: dict[TopicPartition, int | None] = {}
-        self._earlier_marks: dict[TopicPartition, int | None] = {}
-        # per partition, the fixed view of its enrollment topics that the merge
-        # compares against (_merge_in_time): (ends in Kafka, how far each was returned)
-        self._merge_views: dict[int, tuple[dict[TopicPartition, int],
-                                           dict[TopicPartition, int]]] = {}
         self.backlogged = False  # messages held for the budget only: step again at once
         # An input's waits follow its partition's stream time only once it has been
         # quiet this long (DECISIONS 112): read to its end is not enough, since a
@@ -352,7 +342,6 @@ class Worker:
             self._held.pop(tp, None)
             self._active.pop(tp, None)
         self._followed.pop(p, None)
-        self._merge_views.pop(p, None)
         logic = self.logics.pop(p, None)
         if logic is not None:
             logic.store.close()  # the files stay: a checkpoint for the next owner here
@@ -468,7 +457,6 @@ class Worker:
             first[tp] = min(m[0].offset, first.get(tp, m[0].offset))
         self._held.clear()
         self._excess.clear()
-        self._merge_views.clear()
         self.backlogged = False
         for tp, offset in first.items():
             if tp in assigned:
@@ -495,30 +483,22 @@ class Worker:
         c = self.consumer
         assigned = c.assignment()
         paused = c.paused()
-        behind_of: dict[int, bool] = {}
         for p in list(self.logics):
-            try:  # measured against the marks of the poll just decided
-                behind_of[p] = await self._enrollments_behind(p)
+            try:
+                behind = await self._enrollments_behind(p)
             except Exception:  # position unknown during a rebalance: decide next round
                 continue
-        self._earlier_marks = self._enrollment_marks
-        self._enrollment_marks = {tp: c.highwater(tp) for p in self.logics
-                                  for tp in self._enrollment_tps(p) if tp in assigned}
-        for p, behind in behind_of.items():
             # re-routed transactions are held back with the published ones; re-routed
             # enrollments never are, but their messages beyond a batch's byte budget
             # are held (and their topic paused) as the inputs' are
             rr_enr, rr_txn = self._reroute_tps(p)
-            enrollments = self._enrollment_tps(p)
-            for tps, held_back in ((enrollments, False),
+            for tps, held_back in ((self._enrollment_tps(p), False),
                                    (self._transaction_tps(p), behind),
                                    ([rr_enr], False), ([rr_txn], behind)):
                 for tp in tps:
                     if tp not in assigned:
                         continue
-                    # what the merge holds is few and keeps fetching (its view moves on)
-                    hold = held_back or (tp in self._over_budget if tp in enrollments
-                                         else tp in self._held)
+                    hold = held_back or tp in self._held
                     if hold and tp not in paused:
                         c.pause(tp)
                     elif not hold and tp in paused:
@@ -563,52 +543,18 @@ class Worker:
         hw = self.consumer.highwater(tp)
         return hw is None or hw > await self.consumer.position(tp)
 
-    async def _merge_in_time(self, tps: list[TopicPartition], fetched: dict[str, list[Any]]
-                             ) -> tuple[list[Any], dict[str, list[Any]]]:
-        """engine.streams.order's merge of one partition's enrollment topics, against a
-        fixed view of them: the ends the broker reports (a fetch's are stale by the
-        time another topic's fetch arrives, and the merge must not pass a record still
-        unseen), and how far each topic had been returned then.
-
-        A message returned before the view may pass a topic once that topic is read to
-        the view's end; one returned later waits for a view taken after it. A view is
-        kept until every topic has reached it. Asking for fresh ends at every merge
-        (as before) also waited for records appended since, and while applications
-        kept arriving on several operators' topics there nearly always were some: the
-        merge, and the transactions behind it, fell behind for good (DECISIONS 126)."""
+    async def _appended_since(self, tps: list[TopicPartition]) -> set[str]:
+        """The topics among ``tps`` (read to the end of their last fetch) that have
+        records appended since: the end a fetch reported is stale by the time another
+        topic's fetch arrives, and the merge must not pass a record still unseen."""
         assert self.consumer is not None
-        p = tps[0].partition
-        mine = [tp for tp in tps if tp in self.consumer.assignment()]
-        released: list[Any] = []
-        for _ in range(2):  # at most one new view per merge: one round trip
-            view = self._merge_views.get(p)
-            if view is None or any(tp not in view[0] for tp in mine):
-                try:
-                    ends = await self.consumer.end_offsets(mine)
-                except KafkaError:  # unknown now: wait for the next round, not guess
-                    return released, fetched
-                view = self._merge_views[p] = (
-                    ends, {tp: await self.consumer.position(tp) for tp in mine})
-            ends, returned = view
-            unread = {tp.topic for tp in mine if tp in self._excess
-                      or await self.consumer.position(tp) < ends[tp]}
-            # every fetched message is compared with, but the release stops at the
-            # first one returned after the view: what it must wait for is unknown
-            done, held = merge_topics(fetched, unread)
-            cut = next((i for i, m in enumerate(done)
-                        if m.offset >= returned.get(TopicPartition(m.topic, p), 0)),
-                       len(done))
-            released += done[:cut]
-            back: dict[str, list[Any]] = {}
-            for m in done[cut:]:
-                back.setdefault(m.topic, []).append(m)
-            fetched = {t: m for t in fetched if (m := back.get(t, []) + held.get(t, []))}
-            if unread:
-                break  # this view's ends are not all read yet: it stays
-            del self._merge_views[p]  # reached: what was returned since needs a new one
-            if cut == len(done):
-                break
-        return released, fetched
+        if not tps:
+            return set()
+        try:
+            ends = await self.consumer.end_offsets(tps)
+        except KafkaError:  # unknown now: wait for the next round rather than guess
+            return {tp.topic for tp in tps}
+        return {tp.topic for tp in tps if ends[tp] > await self.consumer.position(tp)}
 
     async def _caught_up(self, p: int) -> frozenset[str]:
         """The operators ("" for the unattributed input) whose transactions topic of
@@ -678,30 +624,11 @@ class Worker:
         self._observe(results, laps)
 
     async def _enrollments_behind(self, p: int) -> bool:
-        """Whether an enrollments input of partition ``p`` has records not yet decided
-        that were in Kafka when the current poll began: held in memory, or below the
-        end its last fetch had reported then (unknown counts as behind).
-
-        Not "anything unread now": aiokafka fetches ahead, so while applications keep
-        arriving a fetch has nearly always reported a newer end than the poll read, and
-        transactions waiting for none unread were starved (live load with enrollments
-        flowing, DECISIONS 126). An end fixed per poll is reached in bounded time.
-        Likewise, messages the merge holds count only once they were in Kafka before
-        the poll before: under a steady flow the merge holds the newest for a poll."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
         for tp in self._enrollment_tps(p):
-            if tp in self._excess:
+            if tp in self._held or (tp in assigned and await self._unread(tp)):
                 return True
-            held = self._held.get(tp)
-            if held:
-                earlier = self._earlier_marks.get(tp)
-                if earlier is None or held[0].offset < earlier:
-                    return True
-            if tp in assigned:
-                mark = self._enrollment_marks.get(tp)
-                if mark is None or await self.consumer.position(tp) < mark:
-                    return True
         return False
 
     async def _merge(self, tps: list[TopicPartition], topics: dict[str, list[Any]],
@@ -726,13 +653,16 @@ class Worker:
         elif not ordered:
             released, held = [m for msgs in fetched.values() for m in msgs], {}
         else:
-            released, held = await self._merge_in_time(tps, fetched)
+            assigned = self.consumer.assignment()
+            unread = {tp.topic for tp in tps if tp in assigned and await self._unread(tp)}
+            unread |= await self._appended_since(
+                [tp for tp in tps if tp in assigned and tp.topic not in unread])
+            released, held = merge_topics(fetched, unread)
         for t, msgs in fetched.items():
             tp = TopicPartition(t, tps[0].partition)
             if t in held:
                 self._held[tp] = held[t]
-                if not ordered:
-                    self.consumer.pause(tp)  # not fetched again while it waits here
+                self.consumer.pause(tp)  # not fetched again while it waits here
             done = len(msgs) - len(held.get(t, ()))
             if done:
                 topics[t] = msgs[:done]
@@ -766,7 +696,6 @@ class Worker:
     def _hold_excess(self) -> None:
         assert self.consumer is not None
         self.backlogged = bool(self._excess)
-        self._over_budget = set(self._excess)
         for tp, msgs in self._excess.items():
             self._held[tp] = self._held.get(tp, []) + msgs  # after the merge's own
             self.consumer.pause(tp)  # not fetched again while it waits here
