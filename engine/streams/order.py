@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -32,11 +32,15 @@ def merge_key(msg: Any) -> int:
     return ts if ts is not None and ts >= 0 else -1
 
 
-def merge_topics(fetched: Mapping[str, Sequence[Any]], unread: set[str]
+def merge_topics(fetched: Mapping[str, Sequence[Any]], unread: Collection[str],
+                 before: Callable[[str, Any], bool] | None = None
                  ) -> tuple[list[Any], dict[str, list[Any]]]:
     """Merge ``fetched`` messages per topic; return (released in order, held back per
     topic). ``unread``: topics with records in Kafka beyond those fetched (or not known
-    yet); the merge stops when such a topic has no fetched message left.
+    yet); the merge stops when such a topic has no fetched message left to compare the
+    next one with. ``before(topic, msg)``, when given, narrows that: whether the unread
+    records of ``topic`` may come before ``msg`` (the worker knows which records were
+    in Kafka when ``msg`` was fetched); without it, any may.
 
     >>> from collections import namedtuple
     >>> M = namedtuple("M", "topic offset timestamp")
@@ -47,23 +51,28 @@ def merge_topics(fetched: Mapping[str, Sequence[Any]], unread: set[str]
     ([('a', 0), ('b', 0)], {'a': 1})
     >>> [(m.topic, m.offset) for m in merge_topics({"a": a, "b": b}, set())[0]]
     [('a', 0), ('b', 0), ('a', 1)]
+    >>> late = lambda t, m: m.offset > 0  # b's unread records came after a's first
+    >>> [(m.topic, m.offset) for m in merge_topics({"a": a}, {"b"}, late)[0]]
+    [('a', 0)]
     """
-    waiting = [t for t in unread if not fetched.get(t)]
-    if waiting:
-        return [], {t: list(m) for t, m in fetched.items() if m}
     pos = {t: 0 for t in fetched}
     heap = [(merge_key(m[0]), t) for t, m in fetched.items() if m]
     heapq.heapify(heap)
+    # unread topics with no fetched message left: each may hold one that comes next
+    waiting = {t for t in unread if not fetched.get(t)}
     released: list[Any] = []
     while heap:
-        _, t = heapq.heappop(heap)
-        msgs = fetched[t]
-        released.append(msgs[pos[t]])
+        t = heap[0][1]
+        msg = fetched[t][pos[t]]
+        if waiting and (before is None or any(before(u, msg) for u in waiting)):
+            break
+        heapq.heappop(heap)
+        released.append(msg)
         pos[t] += 1
-        if pos[t] < len(msgs):
-            heapq.heappush(heap, (merge_key(msgs[pos[t]]), t))
+        if pos[t] < len(fetched[t]):
+            heapq.heappush(heap, (merge_key(fetched[t][pos[t]]), t))
         elif t in unread:
-            break  # its next message, still in Kafka, may come first
+            waiting.add(t)
     held = {t: list(m[pos[t]:]) for t, m in fetched.items() if pos[t] < len(m)}
     return released, held
 

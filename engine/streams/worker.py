@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from pathlib import Path
 from typing import IO, Any
@@ -161,6 +162,16 @@ class Worker:
         self._held: dict[TopicPartition, list[Any]] = {}
         # beyond the batch's byte budget: held after this batch (unread to the merge)
         self._excess: dict[TopicPartition, list[Any]] = {}
+        self._over_budget: set[TopicPartition] = set()  # this poll's excess, paused
+        # each enrollments input's end as known when the current poll began (the last
+        # fetch's high watermark), and when the one before began: what transactions
+        # wait for (_enrollments_behind)
+        self._enrollment_marks: dict[TopicPartition, int | None] = {}
+        self._earlier_marks: dict[TopicPartition, int | None] = {}
+        # per partition, the views of its enrollment topics that the merge compares
+        # against (_merge_in_time), oldest first: (how far each topic had been
+        # returned, its end in Kafka), taken together at one merge
+        self._merge_views: dict[int, list[tuple[dict[str, int], dict[str, int]]]] = {}
         self.backlogged = False  # messages held for the budget only: step again at once
         # An input's waits follow its partition's stream time only once it has been
         # quiet this long (DECISIONS 112): read to its end is not enough, since a
@@ -342,6 +353,7 @@ class Worker:
             self._held.pop(tp, None)
             self._active.pop(tp, None)
         self._followed.pop(p, None)
+        self._merge_views.pop(p, None)
         logic = self.logics.pop(p, None)
         if logic is not None:
             logic.store.close()  # the files stay: a checkpoint for the next owner here
@@ -418,7 +430,9 @@ class Worker:
             for tp, msgs in data.items():
                 if msgs:
                     self._active[tp] = now
-            if data or self.backlogged:
+            # held messages are looked at again even when nothing new came: what they
+            # wait for (an end reached, a budget freed) may have come without a message
+            if data or self.backlogged or self._held:
                 async with self.lock:
                     await self.process(data)
             data = {}  # committed: a failure below must not read it again
@@ -457,6 +471,8 @@ class Worker:
             first[tp] = min(m[0].offset, first.get(tp, m[0].offset))
         self._held.clear()
         self._excess.clear()
+        self._over_budget.clear()
+        self._merge_views.clear()
         self.backlogged = False
         for tp, offset in first.items():
             if tp in assigned:
@@ -483,22 +499,30 @@ class Worker:
         c = self.consumer
         assigned = c.assignment()
         paused = c.paused()
+        behind_of: dict[int, bool] = {}
         for p in list(self.logics):
-            try:
-                behind = await self._enrollments_behind(p)
+            try:  # measured against the marks of the poll just decided
+                behind_of[p] = await self._enrollments_behind(p)
             except Exception:  # position unknown during a rebalance: decide next round
                 continue
+        self._earlier_marks = self._enrollment_marks
+        self._enrollment_marks = {tp: c.highwater(tp) for p in self.logics
+                                  for tp in self._enrollment_tps(p) if tp in assigned}
+        for p, behind in behind_of.items():
             # re-routed transactions are held back with the published ones; re-routed
             # enrollments never are, but their messages beyond a batch's byte budget
             # are held (and their topic paused) as the inputs' are
             rr_enr, rr_txn = self._reroute_tps(p)
-            for tps, held_back in ((self._enrollment_tps(p), False),
+            enrollments = self._enrollment_tps(p)
+            for tps, held_back in ((enrollments, False),
                                    (self._transaction_tps(p), behind),
                                    ([rr_enr], False), ([rr_txn], behind)):
                 for tp in tps:
                     if tp not in assigned:
                         continue
-                    hold = held_back or tp in self._held
+                    # what the merge holds is few and keeps fetching (its view moves on)
+                    hold = held_back or (tp in self._over_budget if tp in enrollments
+                                         else tp in self._held)
                     if hold and tp not in paused:
                         c.pause(tp)
                     elif not hold and tp in paused:
@@ -543,18 +567,46 @@ class Worker:
         hw = self.consumer.highwater(tp)
         return hw is None or hw > await self.consumer.position(tp)
 
-    async def _appended_since(self, tps: list[TopicPartition]) -> set[str]:
-        """The topics among ``tps`` (read to the end of their last fetch) that have
-        records appended since: the end a fetch reported is stale by the time another
-        topic's fetch arrives, and the merge must not pass a record still unseen."""
+    async def _merge_in_time(self, tps: list[TopicPartition], fetched: dict[str, list[Any]]
+                             ) -> tuple[list[Any], dict[str, list[Any]]]:
+        """engine.streams.order's merge of one partition's enrollment topics, each
+        message compared with what was in Kafka when it was fetched: the merge must not
+        pass a record still unseen, and a fetch's end is stale by the time another
+        topic's fetch arrives, so every merge takes a view (the topics' ends, and how
+        far each had been returned). A message waits for an exhausted topic only while
+        that topic is below the ends of the first view taken after the message was
+        returned; records appended later are taken as later.
+
+        Asking instead whether anything was appended since the last look (as before)
+        waited for records newer than the message too: while applications kept
+        arriving on several operators' topics there nearly always were some, and the
+        merge, and the transactions behind it, fell behind for good (DECISIONS 126).
+        A view is dropped once no held message needs it."""
         assert self.consumer is not None
-        if not tps:
-            return set()
+        c, p = self.consumer, tps[0].partition
+        mine = [tp for tp in tps if tp in c.assignment()]
         try:
-            ends = await self.consumer.end_offsets(tps)
-        except KafkaError:  # unknown now: wait for the next round rather than guess
-            return {tp.topic for tp in tps}
-        return {tp.topic for tp in tps if ends[tp] > await self.consumer.position(tp)}
+            ends = await c.end_offsets(mine)
+        except KafkaError:  # unknown now: decide at the next look rather than guess
+            return [], fetched
+        now = {tp.topic: await c.position(tp) for tp in mine}
+        views = self._merge_views.setdefault(p, [])
+        views.append(({tp.topic: now[tp.topic] for tp in mine},
+                      {tp.topic: ends[tp] for tp in mine}))
+        over = {tp.topic for tp in mine if tp in self._excess}  # unseen by this merge
+        # per view, the topics still below its ends
+        lagging = [over | {t for t, end in v[1].items() if now[t] < end} for v in views]
+        returned = {t: [v[0].get(t, 0) for v in views] for t in now}
+
+        def view_of(msg: Any) -> int:
+            r = returned.get(msg.topic)  # none: its partition revoked meanwhile
+            return min(bisect_right(r, msg.offset), len(views) - 1) if r else len(views) - 1
+
+        released, held = merge_topics(fetched, set().union(*lagging),
+                                      lambda t, msg: t in lagging[view_of(msg)])
+        first = min((view_of(msgs[0]) for msgs in held.values()), default=len(views))
+        del views[:first]
+        return released, held
 
     async def _caught_up(self, p: int) -> frozenset[str]:
         """The operators ("" for the unattributed input) whose transactions topic of
@@ -624,11 +676,31 @@ class Worker:
         self._observe(results, laps)
 
     async def _enrollments_behind(self, p: int) -> bool:
+        """Whether an enrollments input of partition ``p`` has records not yet decided
+        that were in Kafka when the current poll began: beyond the batch budget (a
+        backlog), below the end its last fetch had reported then (unknown counts as
+        behind), or held by the merge since before the poll before.
+
+        Not "anything unread now": aiokafka fetches ahead, so while applications keep
+        arriving a fetch has nearly always reported a newer end than the poll read, and
+        transactions waiting for none unread were starved (live load with enrollments
+        flowing, DECISIONS 126). An end fixed per poll is reached in bounded time.
+        The merge's held messages count only once they are that old: under a steady
+        flow it holds the newest of several topics for a poll or so."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
         for tp in self._enrollment_tps(p):
-            if tp in self._held or (tp in assigned and await self._unread(tp)):
+            if tp in self._excess or tp in self._over_budget:
                 return True
+            held = self._held.get(tp)
+            if held:
+                earlier = self._earlier_marks.get(tp)
+                if earlier is None or held[0].offset < earlier:
+                    return True
+            if tp in assigned:
+                mark = self._enrollment_marks.get(tp)
+                if mark is None or await self.consumer.position(tp) < mark:
+                    return True
         return False
 
     async def _merge(self, tps: list[TopicPartition], topics: dict[str, list[Any]],
@@ -653,16 +725,13 @@ class Worker:
         elif not ordered:
             released, held = [m for msgs in fetched.values() for m in msgs], {}
         else:
-            assigned = self.consumer.assignment()
-            unread = {tp.topic for tp in tps if tp in assigned and await self._unread(tp)}
-            unread |= await self._appended_since(
-                [tp for tp in tps if tp in assigned and tp.topic not in unread])
-            released, held = merge_topics(fetched, unread)
+            released, held = await self._merge_in_time(tps, fetched)
         for t, msgs in fetched.items():
             tp = TopicPartition(t, tps[0].partition)
             if t in held:
                 self._held[tp] = held[t]
-                self.consumer.pause(tp)  # not fetched again while it waits here
+                if not ordered:
+                    self.consumer.pause(tp)  # not fetched again while it waits here
             done = len(msgs) - len(held.get(t, ()))
             if done:
                 topics[t] = msgs[:done]
@@ -681,6 +750,7 @@ class Worker:
         for tp, msgs in self._held.items():
             data[tp] = msgs + data.get(tp, [])
         self._held = {}
+        self._over_budget = set()  # what is over it now is in _excess
         data = {tp: msgs for tp, msgs in data.items() if tp.partition in self.logics}
         take = fair_prefixes({tp: [len(m.value or b"") for m in msgs]
                               for tp, msgs in data.items()}, self.max_batch_bytes)
@@ -696,6 +766,7 @@ class Worker:
     def _hold_excess(self) -> None:
         assert self.consumer is not None
         self.backlogged = bool(self._excess)
+        self._over_budget = set(self._excess)
         for tp, msgs in self._excess.items():
             self._held[tp] = self._held.get(tp, []) + msgs  # after the merge's own
             self.consumer.pause(tp)  # not fetched again while it waits here
