@@ -8,9 +8,9 @@ The latency run of ``bench_stream.py`` (one worker, one-record transactions at
 with new people applying meanwhile: one-record enrollments at ``--applications`` per
 second, spread round-robin over ``--operators``' enrollments topics (the default, no
 operator, is the unattributed input the transactions use), sent from the start of
-the load until its last outcome is read. The stream bench sends transactions only,
-and with applications flowing the worker starves its transactions (DECISIONS
-126: found, not fixed).
+the load until its last outcome is read. The stream bench sends transactions only;
+this load found the worker starving its transactions while applications kept
+arriving (DECISIONS 126).
 
 Prints one JSON line (rates, p50/p90/p99/max, transactions matched of those sent) and
 appends it to bench/_work/live-applications/results.jsonl; run it from the checkout

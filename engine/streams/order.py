@@ -8,9 +8,9 @@ the outcome depend on timing, and a replay could differ from the original run.
 
 The rule (docs/DECISIONS.md): the enrollment messages of a partition are merged by
 (message timestamp, topic name), each topic's own order kept, as Kafka Streams
-merges a task's partitions. A message is released only when every topic that still
-has unread records has a fetched message to compare it with; a topic that is read
-to its end (caught up) holds nothing back. So whenever the input is already in
+merges a task's partitions. A message is released only when every topic that may
+still hold an earlier record has a fetched message to compare it with; a topic that
+is read to where it ended when the message was fetched holds nothing back. So whenever the input is already in
 Kafka (a replay, a backlog, a restart), the order does not depend on how the
 records were fetched; only a message appended later with an older timestamp than
 one already decided is taken in arrival order, the one thing no merge can avoid.
