@@ -10,10 +10,12 @@ The rule (docs/DECISIONS.md): the enrollment messages of a partition are merged 
 (message timestamp, topic name), each topic's own order kept, as Kafka Streams
 merges a task's partitions. A message is released only when every topic that may
 still hold an earlier record has a fetched message to compare it with; a topic that
-is read to where it ended when the message was fetched holds nothing back. So whenever the input is already in
-Kafka (a replay, a backlog, a restart), the order does not depend on how the
-records were fetched; only a message appended later with an older timestamp than
-one already decided is taken in arrival order, the one thing no merge can avoid.
+is read to where it ended when the message was fetched holds nothing back
+(MergeViews). So whenever the input is already in Kafka (a replay, a backlog, a
+restart), the order does not depend on how the records were fetched; only a
+message appended later with an older timestamp than one already decided (or than
+one whose view it missed) is taken in arrival order, the one thing no merge can
+avoid.
 """
 
 from __future__ import annotations
@@ -75,6 +77,53 @@ def merge_topics(fetched: Mapping[str, Sequence[Any]], unread: Collection[str],
             waiting.add(t)
     held = {t: list(m[pos[t]:]) for t, m in fetched.items() if pos[t] < len(m)}
     return released, held
+
+
+class MergeViews:
+    """What one partition's merge compares its messages with, over several merges.
+
+    A fetch's end of a topic is stale by the time another topic's fetch arrives, so
+    the worker takes a view at every merge: each topic's end in Kafka, and how far
+    each had been returned. A message waits for a topic with no fetched message left
+    only while that topic is below the ends of the first view taken after the message
+    was returned: a record appended after that is taken as later than the message (as
+    one appended after a decision already is). Views are kept oldest first and
+    dropped once no held message needs one.
+
+    Asking instead whether anything was appended since the last look waited for
+    records newer than the message too; while applications kept arriving on several
+    operators' topics there nearly always were some, and the merge, and the
+    transactions behind it, fell behind for good (docs/DECISIONS.md 126).
+    """
+
+    def __init__(self) -> None:
+        self._views: list[tuple[dict[str, int], dict[str, int]]] = []
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def merge(self, fetched: Mapping[str, Sequence[Any]], returned: Mapping[str, int],
+              ends: Mapping[str, int], unseen: Collection[str] = ()
+              ) -> tuple[list[Any], dict[str, list[Any]]]:
+        """``merge_topics`` of ``fetched`` (messages with ``topic`` and ``offset``)
+        against a new view: ``returned``, each topic's position now; ``ends``, its end
+        in Kafka now; ``unseen``, topics with fetched messages this merge does not see
+        (beyond the batch budget), which hold back whatever they may precede."""
+        views = self._views
+        views.append((dict(returned), dict(ends)))
+        lagging = [set(unseen) | {t for t, end in v[1].items() if returned.get(t, end) < end}
+                   for v in views]
+        marks = {t: [v[0].get(t, 0) for v in views] for t in returned}
+        last = len(views) - 1
+
+        def view_of(msg: Any) -> int:
+            m = marks.get(msg.topic)  # none: a topic this view does not hold (revoked)
+            return min(bisect_right(m, msg.offset), last) if m else last
+
+        released, held = merge_topics(fetched, set().union(*lagging),
+                                      lambda t, msg: t in lagging[view_of(msg)])
+        del views[:min((view_of(m[0]) for m in held.values()), default=len(views))]
+        return released, held
 
 
 def fair_prefixes(sizes: Mapping[K, Sequence[int]], budget: int) -> dict[K, int]:

@@ -37,7 +37,6 @@ import os
 import signal
 import sys
 import time
-from bisect import bisect_right
 from collections import defaultdict
 from pathlib import Path
 from typing import IO, Any
@@ -69,7 +68,7 @@ from engine.streams import recovery
 from engine.streams.checkpoint import Checkpoint, Faults
 from engine.streams.decode import InBatch, concat_batches, decode_groups, records_by_topic
 from engine.streams.logic import PartitionLogic
-from engine.streams.order import fair_prefixes, merge_topics
+from engine.streams.order import MergeViews, fair_prefixes
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
 from engine.streams.warmup import warm_up
@@ -168,10 +167,8 @@ class Worker:
         # wait for (_enrollments_behind)
         self._enrollment_marks: dict[TopicPartition, int | None] = {}
         self._earlier_marks: dict[TopicPartition, int | None] = {}
-        # per partition, the views of its enrollment topics that the merge compares
-        # against (_merge_in_time), oldest first: (how far each topic had been
-        # returned, its end in Kafka), taken together at one merge
-        self._merge_views: dict[int, list[tuple[dict[str, int], dict[str, int]]]] = {}
+        # per partition, what its enrollment merge compares against (_merge_in_time)
+        self._merge_views: dict[int, MergeViews] = {}
         self.backlogged = False  # messages held for the budget only: step again at once
         # An input's waits follow its partition's stream time only once it has been
         # quiet this long (DECISIONS 112): read to its end is not enough, since a
@@ -569,44 +566,19 @@ class Worker:
 
     async def _merge_in_time(self, tps: list[TopicPartition], fetched: dict[str, list[Any]]
                              ) -> tuple[list[Any], dict[str, list[Any]]]:
-        """engine.streams.order's merge of one partition's enrollment topics, each
-        message compared with what was in Kafka when it was fetched: the merge must not
-        pass a record still unseen, and a fetch's end is stale by the time another
-        topic's fetch arrives, so every merge takes a view (the topics' ends, and how
-        far each had been returned). A message waits for an exhausted topic only while
-        that topic is below the ends of the first view taken after the message was
-        returned; records appended later are taken as later.
-
-        Asking instead whether anything was appended since the last look (as before)
-        waited for records newer than the message too: while applications kept
-        arriving on several operators' topics there nearly always were some, and the
-        merge, and the transactions behind it, fell behind for good (DECISIONS 126).
-        A view is dropped once no held message needs it."""
+        """engine.streams.order's merge of one partition's enrollment topics, against
+        a view of them taken now (order.MergeViews): one round trip for the ends."""
         assert self.consumer is not None
-        c, p = self.consumer, tps[0].partition
+        c = self.consumer
         mine = [tp for tp in tps if tp in c.assignment()]
         try:
             ends = await c.end_offsets(mine)
         except KafkaError:  # unknown now: decide at the next look rather than guess
             return [], fetched
-        now = {tp.topic: await c.position(tp) for tp in mine}
-        views = self._merge_views.setdefault(p, [])
-        views.append(({tp.topic: now[tp.topic] for tp in mine},
-                      {tp.topic: ends[tp] for tp in mine}))
-        over = {tp.topic for tp in mine if tp in self._excess}  # unseen by this merge
-        # per view, the topics still below its ends
-        lagging = [over | {t for t, end in v[1].items() if now[t] < end} for v in views]
-        returned = {t: [v[0].get(t, 0) for v in views] for t in now}
-
-        def view_of(msg: Any) -> int:
-            r = returned.get(msg.topic)  # none: its partition revoked meanwhile
-            return min(bisect_right(r, msg.offset), len(views) - 1) if r else len(views) - 1
-
-        released, held = merge_topics(fetched, set().union(*lagging),
-                                      lambda t, msg: t in lagging[view_of(msg)])
-        first = min((view_of(msgs[0]) for msgs in held.values()), default=len(views))
-        del views[:first]
-        return released, held
+        returned = {tp.topic: await c.position(tp) for tp in mine}
+        views = self._merge_views.setdefault(tps[0].partition, MergeViews())
+        return views.merge(fetched, returned, {tp.topic: ends[tp] for tp in mine},
+                           {tp.topic for tp in mine if tp in self._excess})
 
     async def _caught_up(self, p: int) -> frozenset[str]:
         """The operators ("" for the unattributed input) whose transactions topic of

@@ -8,7 +8,7 @@ from collections import namedtuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.streams.order import fair_prefixes, merge_topics
+from engine.streams.order import MergeViews, fair_prefixes, merge_topics
 
 M = namedtuple("M", "topic offset timestamp")
 
@@ -61,6 +61,98 @@ def test_a_topic_with_unread_records_and_nothing_fetched_holds_everything_back()
     a = [M("a", 0, 5)]
     released, held = merge_topics({"a": a}, {"b"})
     assert released == [] and held == {"a": a}
+
+
+TOPICS = ["m.a.enrollments", "m.b.enrollments", "m.c.enrollments"]
+
+
+def run_with_views(appends: list[list[tuple[str, int]]], data: st.DataObject
+                   ) -> tuple[list[M], int]:
+    """The worker's merge (MergeViews) over a live input: at each step the records of
+    ``appends[step]`` (topic, timestamp) are appended, every topic fetches some of its
+    records not yet fetched (held topics too: they are not paused), and the merge
+    takes a view (each topic's fetched count and end now). Then steps go on, every
+    fetch reading its topic to the end, until everything is decided. Returns
+    (decided, views kept at the end)."""
+    log: dict[str, list[M]] = {t: [] for t in TOPICS}
+    read = dict.fromkeys(TOPICS, 0)
+    views, held = MergeViews(), dict[str, list[M]]()
+    decided: list[M] = []
+    for step in range(len(appends) + 3):
+        for t, ts in appends[step] if step < len(appends) else []:
+            log[t].append(M(t, len(log[t]), ts))
+        fetched = {t: list(held.get(t, [])) for t in TOPICS}
+        for t in TOPICS:
+            left = len(log[t]) - read[t]
+            # once nothing more comes, every fetch reads a topic to its end
+            k = data.draw(st.integers(0, left)) if step < len(appends) else left
+            fetched[t] += log[t][read[t]:read[t] + k]
+            read[t] += k
+        released, held = views.merge({t: m for t, m in fetched.items() if m}, read,
+                                     {t: len(m) for t, m in log.items()})
+        decided += released
+        if step >= len(appends) and not held and all(read[t] == len(log[t]) for t in TOPICS):
+            break
+    return decided, len(views)
+
+
+appends_ = st.lists(st.lists(st.tuples(st.sampled_from(TOPICS), stamps), max_size=4),
+                    max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(appends_, st.data())
+def test_views_under_a_steady_flow_give_the_order_of_the_whole_input(
+        appends: list[list[tuple[str, int]]], data: st.DataObject) -> None:
+    """Records appended over time with timestamps in the order they were appended (a
+    live input whose clocks agree): however the fetches interleave with the appends,
+    the merge against views decides in the order of the whole input, everything gets
+    decided, and no view outlives the messages that need it."""
+    stamped = [[(t, 0) for t, _ in batch] for batch in appends]
+    n = 0
+    for batch in stamped:
+        for i, (t, _) in enumerate(batch):
+            batch[i] = (t, n)
+            n += 1
+    decided, kept = run_with_views(stamped, data)
+    whole: dict[str, list[M]] = {t: [] for t in TOPICS}
+    for batch in stamped:
+        for t, ts in batch:
+            whole[t].append(M(t, len(whole[t]), ts))
+    assert decided == reference(whole)
+    assert kept == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(appends_, st.data())
+def test_views_over_a_backlog_give_the_order_of_the_whole_input(
+        appends: list[list[tuple[str, int]]], data: st.DataObject) -> None:
+    """Everything in Kafka before the first fetch, any timestamps (a replay, a worker
+    catching up): the order of the whole input, as without views."""
+    backlog = [[r for batch in appends for r in batch]]
+    decided, _ = run_with_views(backlog, data)
+    whole: dict[str, list[M]] = {t: [] for t in TOPICS}
+    for t, ts in backlog[0]:
+        whole[t].append(M(t, len(whole[t]), ts))
+    assert decided == reference(whole)
+
+
+def test_a_message_waits_only_for_what_was_in_kafka_when_it_was_fetched() -> None:
+    """b is read to where it ended when a's first message was fetched; what b got
+    since is later and does not hold it, but it does hold a's message fetched after."""
+    views = MergeViews()
+    a0, a1 = M("a", 0, 50), M("a", 1, 60)
+    released, held = views.merge({"a": [a0]}, {"a": 1, "b": 3}, {"a": 1, "b": 3})
+    assert released == [a0] and held == {}
+    # b got a record after that view; a's next message is fetched with it unread
+    released, held = views.merge({"a": [a1]}, {"a": 2, "b": 3}, {"a": 2, "b": 4})
+    assert released == [] and held == {"a": [a1]}
+    assert len(views) == 1  # the view a1 waits on; the first one is dropped
+    # b read to that view's end: a1 goes, and no view is kept
+    b3 = M("b", 3, 70)
+    released, held = views.merge({"a": [a1], "b": [b3]}, {"a": 2, "b": 4},
+                                 {"a": 2, "b": 4})
+    assert released == [a1, b3] and held == {} and len(views) == 0
 
 
 def water_level(totals: list[int], budget: int) -> int:
