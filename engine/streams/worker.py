@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from pathlib import Path
 from typing import IO, Any
@@ -162,11 +163,14 @@ class Worker:
         # beyond the batch's byte budget: held after this batch (unread to the merge)
         self._excess: dict[TopicPartition, list[Any]] = {}
         self._over_budget: set[TopicPartition] = set()  # this poll's excess, paused
-        # each enrollments input's end as known when the current poll began (the last
-        # fetch's high watermark), and when the one before began: what transactions
-        # wait for (_enrollments_behind)
-        self._enrollment_marks: dict[TopicPartition, int | None] = {}
-        self._earlier_marks: dict[TopicPartition, int | None] = {}
+        # per transactions input (re-routed ones too): chunks of its fetched messages,
+        # each (first offset, the partition's enrollment ends noted when it was
+        # fetched); a message is released once those enrollments are decided
+        self._txn_waits: dict[TopicPartition,
+                              list[tuple[int, dict[TopicPartition, int | None]]]] = {}
+        self._txn_noted: dict[TopicPartition, int] = {}  # the offset after the last noted
+        # each enrollments input's end at the last look for quiet inputs
+        self._quiet_marks: dict[TopicPartition, int | None] = {}
         # per partition, what its enrollment merge compares against (_merge_in_time)
         self._merge_views: dict[int, MergeViews] = {}
         self.backlogged = False  # messages held for the budget only: step again at once
@@ -351,6 +355,9 @@ class Worker:
             self._active.pop(tp, None)
         self._followed.pop(p, None)
         self._merge_views.pop(p, None)
+        for tp in self._waiting_tps(p):
+            self._txn_waits.pop(tp, None)
+            self._txn_noted.pop(tp, None)
         logic = self.logics.pop(p, None)
         if logic is not None:
             logic.store.close()  # the files stay: a checkpoint for the next owner here
@@ -470,6 +477,8 @@ class Worker:
         self._excess.clear()
         self._over_budget.clear()
         self._merge_views.clear()
+        self._txn_waits.clear()  # noted again when read again (later ends: no earlier)
+        self._txn_noted.clear()
         self.backlogged = False
         for tp, offset in first.items():
             if tp in assigned:
@@ -488,42 +497,24 @@ class Worker:
         self.producer_stale = False
 
     async def _prioritise_enrollments(self) -> None:
-        """Hold back a partition's transactions while any of its enrollments topics is
-        behind: applications precede spending, and a transaction read before its
-        person's enrollment would otherwise wait (and might time out). Messages held
-        back by the merge (engine.streams.order) are not fetched again meanwhile."""
+        """Pause what waits in memory: transactions waiting for their partition's
+        enrollments (applications precede spending, process), and messages beyond a
+        batch's byte budget; resume the rest. The enrollment merge's held messages do
+        not pause their topic: it must go on being read to reach their view."""
         assert self.consumer is not None
         c = self.consumer
         assigned = c.assignment()
         paused = c.paused()
-        behind_of: dict[int, bool] = {}
         for p in list(self.logics):
-            try:  # measured against the marks of the poll just decided
-                behind_of[p] = await self._enrollments_behind(p)
-            except Exception:  # position unknown during a rebalance: decide next round
-                continue
-        self._earlier_marks = self._enrollment_marks
-        self._enrollment_marks = {tp: c.highwater(tp) for p in self.logics
-                                  for tp in self._enrollment_tps(p) if tp in assigned}
-        for p, behind in behind_of.items():
-            # re-routed transactions are held back with the published ones; re-routed
-            # enrollments never are, but their messages beyond a batch's byte budget
-            # are held (and their topic paused) as the inputs' are
-            rr_enr, rr_txn = self._reroute_tps(p)
             enrollments = self._enrollment_tps(p)
-            for tps, held_back in ((enrollments, False),
-                                   (self._transaction_tps(p), behind),
-                                   ([rr_enr], False), ([rr_txn], behind)):
-                for tp in tps:
-                    if tp not in assigned:
-                        continue
-                    # what the merge holds is few and keeps fetching (its view moves on)
-                    hold = held_back or (tp in self._over_budget if tp in enrollments
-                                         else tp in self._held)
-                    if hold and tp not in paused:
-                        c.pause(tp)
-                    elif not hold and tp in paused:
-                        c.resume(tp)
+            for tp in (*enrollments, *self._reroute_tps(p), *self._transaction_tps(p)):
+                if tp not in assigned:
+                    continue
+                hold = tp in self._over_budget if tp in enrollments else tp in self._held
+                if hold and tp not in paused:
+                    c.pause(tp)
+                elif not hold and tp in paused:
+                    c.resume(tp)
         await self._export_lag()
 
     async def _export_lag(self) -> None:
@@ -564,17 +555,21 @@ class Worker:
         hw = self.consumer.highwater(tp)
         return hw is None or hw > await self.consumer.position(tp)
 
-    async def _merge_in_time(self, tps: list[TopicPartition], fetched: dict[str, list[Any]]
+    async def _merge_in_time(self, tps: list[TopicPartition], fetched: dict[str, list[Any]],
+                             known: dict[TopicPartition, int]
                              ) -> tuple[list[Any], dict[str, list[Any]]]:
         """engine.streams.order's merge of one partition's enrollment topics, against
-        a view of them taken now (order.MergeViews): one round trip for the ends."""
+        a view of them taken now (order.MergeViews): their ends (``known`` if this
+        batch asked already) and positions."""
         assert self.consumer is not None
         c = self.consumer
         mine = [tp for tp in tps if tp in c.assignment()]
-        try:
-            ends = await c.end_offsets(mine)
-        except KafkaError:  # unknown now: decide at the next look rather than guess
-            return [], fetched
+        ends = known
+        if any(tp not in known for tp in mine):
+            try:
+                ends = await c.end_offsets(mine)
+            except KafkaError:  # unknown now: decide at the next look rather than guess
+                return [], fetched
         returned = {tp.topic: await c.position(tp) for tp in mine}
         views = self._merge_views.setdefault(tps[0].partition, MergeViews())
         return views.merge(fetched, returned, {tp.topic: ends[tp] for tp in mine},
@@ -610,12 +605,18 @@ class Worker:
         """The inputs that went quiet since their partition's last decide have their
         waits follow its stream time now, not when the partition's next record
         arrives (an operator that ended early, the end of a stream)."""
+        assert self.consumer is not None
         results: dict[int, ShardResult] = {}
         laps = Laps()
+        behind = set()
         for p in sorted(self.logics):
-            # transactions wait for enrollments still unread (process): so do waits
+            # transactions wait for enrollments already in Kafka (process): so do waits
             if await self._enrollments_behind(p):
-                continue
+                behind.add(p)
+        assigned = self.consumer.assignment()
+        self._quiet_marks = {tp: self.consumer.highwater(tp) for p in self.logics
+                             for tp in self._enrollment_tps(p) if tp in assigned}
+        for p in sorted(set(self.logics) - behind):
             before = self._followed.get(p, frozenset())
             caught = self._followed[p] = await self._caught_up(p)
             if not caught <= before:
@@ -647,42 +648,98 @@ class Worker:
             self._drop_local_state(set(results))
         self._observe(results, laps)
 
-    async def _enrollments_behind(self, p: int) -> bool:
-        """Whether an enrollments input of partition ``p`` has records not yet decided
-        that were in Kafka when the current poll began: beyond the batch budget (a
-        backlog), below the end its last fetch had reported then (unknown counts as
-        behind), or held by the merge since before the poll before.
+    def _waiting_tps(self, p: int) -> list[TopicPartition]:
+        """The inputs of partition ``p`` whose messages wait for its enrollments."""
+        return [*self._transaction_tps(p), self._reroute_tps(p)[1]]
 
-        Not "anything unread now": aiokafka fetches ahead, so while applications keep
-        arriving a fetch has nearly always reported a newer end than the poll read, and
-        transactions waiting for none unread were starved (live load with enrollments
-        flowing, DECISIONS 126). An end fixed per poll is reached in bounded time.
-        The merge's held messages count only once they are that old: under a steady
-        flow it holds the newest of several topics for a poll or so."""
+    async def _undecided_from(self, p: int) -> dict[TopicPartition, int]:
+        """Per enrollments input of ``p``, the first offset not yet decided: in Kafka,
+        beyond the batch budget, or held by the merge."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
+        out = {}
         for tp in self._enrollment_tps(p):
-            if tp in self._excess or tp in self._over_budget:
-                return True
-            held = self._held.get(tp)
-            if held:
-                earlier = self._earlier_marks.get(tp)
-                if earlier is None or held[0].offset < earlier:
-                    return True
             if tp in assigned:
-                mark = self._enrollment_marks.get(tp)
-                if mark is None or await self.consumer.position(tp) < mark:
-                    return True
+                first = [m[0].offset for m in (self._held.get(tp), self._excess.get(tp)) if m]
+                out[tp] = min([await self.consumer.position(tp), *first])
+        return out
+
+    def _ready(self, tp: TopicPartition, msgs: list[Any],
+               undecided: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> int:
+        """How many of ``msgs`` (transactions of ``tp``, in offset order) may be
+        decided: those whose partition's enrollments, as they ended in Kafka when the
+        message was first looked at (``ends``, asked of the broker then), are all
+        decided (``undecided``, from _undecided_from).
+
+        Applications precede spending: a transaction read before its person's
+        enrollment, already in Kafka, would wait in the state and could time out
+        (rule 23). Each message waits for a fixed end, noted once: waiting instead
+        while anything was unread starved transactions for good while applications
+        kept arriving, as aiokafka and Faust fetch ahead (DECISIONS 126). Not the
+        last fetch's end either: that is stale for an input paused over the batch
+        budget, which a backlog is. An end unknown then (the broker not answering)
+        is noted at the first look that knows it."""
+        notes = self._txn_waits.setdefault(tp, [])
+        first_new = max(self._txn_noted.get(tp, 0), msgs[0].offset) if msgs else 0
+        if msgs and msgs[-1].offset >= first_new:
+            notes.append((first_new, {e: ends.get(e) for e in undecided}))
+            self._txn_noted[tp] = msgs[-1].offset + 1
+        cut = None
+        for start, noted in notes:
+            for e, end in noted.items():
+                if end is None:
+                    end = noted[e] = ends.get(e)
+                if end is None or undecided.get(e, end) < end:
+                    cut = start
+                    break
+            if cut is not None:
+                break
+        if cut is None:
+            notes.clear()
+            return len(msgs)
+        while len(notes) > 1 and notes[1][0] <= cut:
+            notes.pop(0)
+        return bisect_left(msgs, cut, key=lambda m: m.offset)
+
+    async def _enrollment_ends(self, parts: list[int]) -> dict[TopicPartition, int]:
+        """The enrollments inputs' ends in Kafka now, of partitions ``parts`` (one
+        round trip; none known if the broker does not answer)."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        tps = [tp for p in parts for tp in self._enrollment_tps(p) if tp in assigned]
+        if not tps:
+            return {}
+        try:
+            return dict(await self.consumer.end_offsets(tps))
+        except KafkaError:
+            return {}
+
+    async def _enrollments_behind(self, p: int) -> bool:
+        """Whether partition ``p`` has transactions waiting for its enrollments, or
+        enrollments that are a backlog: beyond the batch budget, or below where they
+        ended at the last look for quiet inputs (a second ago; not "anything
+        unread", which a steady flow nearly always has, DECISIONS 126)."""
+        assert self.consumer is not None
+        if any(tp in self._held for tp in self._waiting_tps(p)):
+            return True
+        undecided = await self._undecided_from(p)
+        for tp, first in undecided.items():
+            if tp in self._over_budget or tp in self._excess:
+                return True
+            mark = self._quiet_marks.get(tp)
+            if mark is None or first < mark:
+                return True
         return False
 
     async def _merge(self, tps: list[TopicPartition], topics: dict[str, list[Any]],
-                     offsets: dict[TopicPartition, Any], hold_all: bool = False,
-                     ordered: bool = True) -> list[Any]:
+                     offsets: dict[TopicPartition, Any],
+                     undecided: dict[TopicPartition, int] | None = None,
+                     ends: dict[TopicPartition, int] | None = None) -> list[Any]:
         """The messages of one record type of a partition (one topic per operator) in
-        decision order (``ordered``: merged, engine.streams.order; else topic by
-        topic); what must wait is held in memory, its topic paused, and only released
-        messages count for the offsets committed. ``hold_all``: release nothing yet
-        (the partition's enrollments are behind)."""
+        decision order: enrollments merged (engine.streams.order); transactions
+        (``undecided`` given) topic by topic, each as far as its partition's
+        enrollments allow (_ready). What must wait is held in memory, and only
+        released messages count for the offsets committed."""
         assert self.consumer is not None
         fetched: dict[str, list[Any]] = {}
         for tp in tps:
@@ -691,18 +748,22 @@ class Worker:
                 fetched[tp.topic] = msgs
         if not fetched:
             return []
-        if hold_all:
+        if undecided is not None:
             released: list[Any] = []
-            held = fetched
-        elif not ordered:
-            released, held = [m for msgs in fetched.values() for m in msgs], {}
+            held: dict[str, list[Any]] = {}
+            for t, msgs in fetched.items():
+                n = self._ready(TopicPartition(t, tps[0].partition), msgs, undecided,
+                                ends or {})
+                released += msgs[:n]
+                if n < len(msgs):
+                    held[t] = msgs[n:]
         else:
-            released, held = await self._merge_in_time(tps, fetched)
+            released, held = await self._merge_in_time(tps, fetched, ends or {})
         for t, msgs in fetched.items():
             tp = TopicPartition(t, tps[0].partition)
             if t in held:
                 self._held[tp] = held[t]
-                if not ordered:
+                if undecided is not None:
                     self.consumer.pause(tp)  # not fetched again while it waits here
             done = len(msgs) - len(held.get(t, ()))
             if done:
@@ -758,19 +819,21 @@ class Worker:
                 offsets[tp] = msgs[-1]
         enrollments: dict[int, list[Any]] = {}
         transactions: dict[int, list[Any]] = {}
+        ends = await self._enrollment_ends(list(by_part))
         for p, topics in by_part.items():
-            enrollments[p] = await self._merge(self._enrollment_tps(p), topics, offsets)
+            enrollments[p] = await self._merge(self._enrollment_tps(p), topics, offsets,
+                                               ends=ends)
             # Applications precede spending: transactions wait (in memory, their topics
-            # paused) until the partition's enrollments are read, rather than wait in
-            # the state (and perhaps time out) for enrollments already in Kafka. Each
+            # paused) for the enrollments that were in Kafka when they were fetched
+            # (_ready), rather than wait in the state (and perhaps time out). Each
             # operator's transactions keep their own stream time (kernel lanes), so
-            # their topics need no merge.
-            behind = await self._enrollments_behind(p)
+            # their topics need no merge; re-routed ones wait too: they were
+            # misrouted, not sent later than the rest.
+            undecided = await self._undecided_from(p)
             transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
-                                                hold_all=behind, ordered=False)
-            # re-routed ones too: they were misrouted, not sent later than the rest
+                                                undecided, ends)
             _, rr_txn = self._reroute_tps(p)
-            await self._merge([rr_txn], topics, offsets, hold_all=behind, ordered=False)
+            await self._merge([rr_txn], topics, offsets, undecided, ends)
         self._hold_excess()
         parts: list[int] = []
         for p, topics in sorted(by_part.items()):
