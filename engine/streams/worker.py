@@ -91,6 +91,7 @@ QUIET_SECONDS = 30.0
 # fetches unanswered this long: the input cannot be seen (its quiet period restarts)
 FETCH_LAPSE_SECONDS = 5.0
 QUIET_CHECK_SECONDS = 1.0  # how often the worker looks for inputs gone quiet
+ENDS_TIMEOUT_SECONDS = 2.0  # a batch's look at the enrollment topics' ends (DECISIONS 126)
 # A batch allocates a few container objects per record (outcome dicts, lists), so
 # CPython's default thresholds (700, 10, 10) collect every few hundred records, and
 # young objects that live for the batch are walked again and again: with these the
@@ -559,20 +560,16 @@ class Worker:
                              known: dict[TopicPartition, int]
                              ) -> tuple[list[Any], dict[str, list[Any]]]:
         """engine.streams.order's merge of one partition's enrollment topics, against
-        a view of them taken now (order.MergeViews): their ends (``known`` if this
-        batch asked already) and positions."""
+        a view of them taken now (order.MergeViews): their ends (``known``, asked by
+        the batch) and positions."""
         assert self.consumer is not None
         c = self.consumer
         mine = [tp for tp in tps if tp in c.assignment()]
-        ends = known
         if any(tp not in known for tp in mine):
-            try:
-                ends = await c.end_offsets(mine)
-            except KafkaError:  # unknown now: decide at the next look rather than guess
-                return [], fetched
+            return [], fetched  # an end unknown: decide at the next look, not guess
         returned = {tp.topic: await c.position(tp) for tp in mine}
         views = self._merge_views.setdefault(tps[0].partition, MergeViews())
-        return views.merge(fetched, returned, {tp.topic: ends[tp] for tp in mine},
+        return views.merge(fetched, returned, {tp.topic: known[tp] for tp in mine},
                            {tp.topic for tp in mine if tp in self._excess})
 
     async def _caught_up(self, p: int) -> frozenset[str]:
@@ -702,17 +699,19 @@ class Worker:
         return bisect_left(msgs, cut, key=lambda m: m.offset)
 
     async def _enrollment_ends(self, parts: list[int]) -> dict[TopicPartition, int]:
-        """The enrollments inputs' ends in Kafka now, of partitions ``parts`` (one
-        round trip; none known if the broker does not answer)."""
+        """The enrollments inputs' ends in Kafka now, of partitions ``parts``: one
+        round trip, bounded. A broker away (aiokafka would wait for its request
+        timeout, 40 s, at every batch) leaves the last fetch's ends, where known."""
         assert self.consumer is not None
-        assigned = self.consumer.assignment()
+        c = self.consumer
+        assigned = c.assignment()
         tps = [tp for p in parts for tp in self._enrollment_tps(p) if tp in assigned]
         if not tps:
             return {}
         try:
-            return dict(await self.consumer.end_offsets(tps))
-        except KafkaError:
-            return {}
+            return dict(await asyncio.wait_for(c.end_offsets(tps), ENDS_TIMEOUT_SECONDS))
+        except (TimeoutError, KafkaError):
+            return {tp: hw for tp in tps if (hw := c.highwater(tp)) is not None}
 
     async def _enrollments_behind(self, p: int) -> bool:
         """Whether partition ``p`` has transactions waiting for its enrollments, or
