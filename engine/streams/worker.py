@@ -500,18 +500,26 @@ class Worker:
     async def _prioritise_enrollments(self) -> None:
         """Pause what waits in memory: transactions waiting for their partition's
         enrollments (applications precede spending, process), and messages beyond a
-        batch's byte budget; resume the rest. The enrollment merge's held messages do
-        not pause their topic: it must go on being read to reach their view."""
+        batch's byte budget; resume the rest. A partition's transactions are not
+        fetched at all while its enrollments are a backlog (_enrollments_behind). The
+        enrollment merge's held messages do not pause their topic: it must go on
+        being read to reach their view."""
         assert self.consumer is not None
         c = self.consumer
         assigned = c.assignment()
         paused = c.paused()
         for p in list(self.logics):
+            try:  # a backlog of enrollments: its transactions are not even fetched yet
+                behind = await self._enrollments_behind(p)
+            except Exception:  # position unknown during a rebalance: decide next round
+                continue
             enrollments = self._enrollment_tps(p)
+            waiting = self._waiting_tps(p)
             for tp in (*enrollments, *self._reroute_tps(p), *self._transaction_tps(p)):
                 if tp not in assigned:
                     continue
-                hold = tp in self._over_budget if tp in enrollments else tp in self._held
+                hold = (tp in self._over_budget if tp in enrollments
+                        else tp in self._held or (behind and tp in waiting))
                 if hold and tp not in paused:
                     c.pause(tp)
                 elif not hold and tp in paused:
