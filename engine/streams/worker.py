@@ -92,6 +92,9 @@ QUIET_SECONDS = 30.0
 FETCH_LAPSE_SECONDS = 5.0
 QUIET_CHECK_SECONDS = 1.0  # how often the worker looks for inputs gone quiet
 ENDS_TIMEOUT_SECONDS = 2.0  # a batch's look at the enrollment topics' ends (DECISIONS 126)
+# How often the enrollments' ends are noted as backlog marks (_enrollments_behind): an
+# input still below where it ended this long ago is a backlog, not a steady flow
+BACKLOG_LOOK_SECONDS = 1.0
 # A batch allocates a few container objects per record (outcome dicts, lists), so
 # CPython's default thresholds (700, 10, 10) collect every few hundred records, and
 # young objects that live for the batch are walked again and again: with these the
@@ -170,8 +173,9 @@ class Worker:
         self._txn_waits: dict[TopicPartition,
                               list[tuple[int, dict[TopicPartition, int | None]]]] = {}
         self._txn_noted: dict[TopicPartition, int] = {}  # the offset after the last noted
-        # each enrollments input's end at the last look for quiet inputs
-        self._quiet_marks: dict[TopicPartition, int | None] = {}
+        # each enrollments input's end in Kafka at the last backlog look, and when
+        self._backlog_marks: dict[TopicPartition, int] = {}
+        self._backlog_looked = 0.0
         # per partition, what its enrollment merge compares against (_merge_in_time)
         self._merge_views: dict[int, MergeViews] = {}
         self.backlogged = False  # messages held for the budget only: step again at once
@@ -508,6 +512,9 @@ class Worker:
         c = self.consumer
         assigned = c.assignment()
         paused = c.paused()
+        # compared before they are noted again: what a mark measures is the distance
+        # covered since it was noted, a look ago
+        marks_stale = time.monotonic() - self._backlog_looked >= BACKLOG_LOOK_SECONDS
         for p in list(self.logics):
             try:  # a backlog of enrollments: its transactions are not even fetched yet
                 behind = await self._enrollments_behind(p)
@@ -524,6 +531,10 @@ class Worker:
                     c.pause(tp)
                 elif not hold and tp in paused:
                     c.resume(tp)
+        if marks_stale:
+            self._backlog_looked = time.monotonic()
+            # partitions still being taken over too: none waits a look once it is ready
+            self._backlog_marks = await self._enrollment_ends(sorted(self._assigned()))
         await self._export_lag()
 
     async def _export_lag(self) -> None:
@@ -618,9 +629,6 @@ class Worker:
             # transactions wait for enrollments already in Kafka (process): so do waits
             if await self._enrollments_behind(p):
                 behind.add(p)
-        assigned = self.consumer.assignment()
-        self._quiet_marks = {tp: self.consumer.highwater(tp) for p in self.logics
-                             for tp in self._enrollment_tps(p) if tp in assigned}
         for p in sorted(set(self.logics) - behind):
             before = self._followed.get(p, frozenset())
             caught = self._followed[p] = await self._caught_up(p)
@@ -724,8 +732,10 @@ class Worker:
     async def _enrollments_behind(self, p: int) -> bool:
         """Whether partition ``p`` has transactions waiting for its enrollments, or
         enrollments that are a backlog: beyond the batch budget, or below where they
-        ended at the last look for quiet inputs (a second ago; not "anything
-        unread", which a steady flow nearly always has, DECISIONS 126)."""
+        ended in Kafka at the last backlog look (up to BACKLOG_LOOK_SECONDS ago; not
+        "anything unread", which a steady flow nearly always has, DECISIONS 126). An
+        input not looked at yet (a worker's first step) counts as a backlog until the
+        look that step ends with."""
         assert self.consumer is not None
         if any(tp in self._held for tp in self._waiting_tps(p)):
             return True
@@ -733,44 +743,33 @@ class Worker:
         for tp, first in undecided.items():
             if tp in self._over_budget or tp in self._excess:
                 return True
-            mark = self._quiet_marks.get(tp)
+            mark = self._backlog_marks.get(tp)
             if mark is None or first < mark:
                 return True
         return False
 
-    async def _merge(self, tps: list[TopicPartition], topics: dict[str, list[Any]],
-                     offsets: dict[TopicPartition, Any],
-                     undecided: dict[TopicPartition, int] | None = None,
-                     ends: dict[TopicPartition, int] | None = None) -> list[Any]:
-        """The messages of one record type of a partition (one topic per operator) in
-        decision order: enrollments merged (engine.streams.order); transactions
-        (``undecided`` given) topic by topic, each as far as its partition's
-        enrollments allow (_ready). What must wait is held in memory, and only
-        released messages count for the offsets committed."""
-        assert self.consumer is not None
+    def _fetched(self, tps: list[TopicPartition], topics: dict[str, list[Any]]
+                 ) -> dict[str, list[Any]]:
+        """Per topic of ``tps``, its messages held from earlier batches, then this
+        batch's (taken out of ``topics``: _keep puts back what is decided)."""
         fetched: dict[str, list[Any]] = {}
         for tp in tps:
             msgs = self._held.pop(tp, []) + topics.pop(tp.topic, [])
             if msgs:
                 fetched[tp.topic] = msgs
-        if not fetched:
-            return []
-        if undecided is not None:
-            released: list[Any] = []
-            held: dict[str, list[Any]] = {}
-            for t, msgs in fetched.items():
-                n = self._ready(TopicPartition(t, tps[0].partition), msgs, undecided,
-                                ends or {})
-                released += msgs[:n]
-                if n < len(msgs):
-                    held[t] = msgs[n:]
-        else:
-            released, held = await self._merge_in_time(tps, fetched, ends or {})
+        return fetched
+
+    def _keep(self, p: int, fetched: dict[str, list[Any]], held: dict[str, list[Any]],
+              topics: dict[str, list[Any]], offsets: dict[TopicPartition, Any],
+              pause: bool) -> None:
+        """What must wait is held in memory (its topic paused if ``pause``); only the
+        decided rest goes back to ``topics`` and counts for the offsets committed."""
+        assert self.consumer is not None
         for t, msgs in fetched.items():
-            tp = TopicPartition(t, tps[0].partition)
+            tp = TopicPartition(t, p)
             if t in held:
                 self._held[tp] = held[t]
-                if undecided is not None:
+                if pause:
                     self.consumer.pause(tp)  # not fetched again while it waits here
             done = len(msgs) - len(held.get(t, ()))
             if done:
@@ -778,6 +777,38 @@ class Worker:
                 offsets[tp] = msgs[done - 1]
             else:
                 offsets.pop(tp, None)
+
+    async def _merge_enrollments(self, p: int, topics: dict[str, list[Any]],
+                                 offsets: dict[TopicPartition, Any],
+                                 ends: dict[TopicPartition, int]) -> list[Any]:
+        """Partition ``p``'s enrollments (one topic per operator) in decision order
+        (engine.streams.order, _merge_in_time). Their held topics are not paused: they
+        must go on being read to reach their view."""
+        tps = self._enrollment_tps(p)
+        fetched = self._fetched(tps, topics)
+        if not fetched:
+            return []
+        released, held = await self._merge_in_time(tps, fetched, ends)
+        self._keep(p, fetched, held, topics, offsets, pause=False)
+        return released
+
+    def _release_transactions(self, p: int, tps: list[TopicPartition],
+                              topics: dict[str, list[Any]],
+                              offsets: dict[TopicPartition, Any],
+                              undecided: dict[TopicPartition, int],
+                              ends: dict[TopicPartition, int]) -> list[Any]:
+        """Partition ``p``'s transactions of ``tps``, topic by topic (each operator's
+        keep their own stream time: no merge), each as far as the partition's
+        enrollments allow (_ready); the rest held, their topics paused."""
+        released: list[Any] = []
+        held: dict[str, list[Any]] = {}
+        fetched = self._fetched(tps, topics)
+        for t, msgs in fetched.items():
+            n = self._ready(TopicPartition(t, p), msgs, undecided, ends)
+            released += msgs[:n]
+            if n < len(msgs):
+                held[t] = msgs[n:]
+        self._keep(p, fetched, held, topics, offsets, pause=True)
         return released
 
     def _budget(self, data: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
@@ -828,19 +859,16 @@ class Worker:
         transactions: dict[int, list[Any]] = {}
         ends = await self._enrollment_ends(list(by_part))
         for p, topics in by_part.items():
-            enrollments[p] = await self._merge(self._enrollment_tps(p), topics, offsets,
-                                               ends=ends)
+            enrollments[p] = await self._merge_enrollments(p, topics, offsets, ends)
             # Applications precede spending: transactions wait (in memory, their topics
             # paused) for the enrollments that were in Kafka when they were fetched
-            # (_ready), rather than wait in the state (and perhaps time out). Each
-            # operator's transactions keep their own stream time (kernel lanes), so
-            # their topics need no merge; re-routed ones wait too: they were
-            # misrouted, not sent later than the rest.
+            # (_ready), rather than wait in the state (and perhaps time out). Re-routed
+            # ones wait too: they were misrouted, not sent later than the rest.
             undecided = await self._undecided_from(p)
-            transactions[p] = await self._merge(self._transaction_tps(p), topics, offsets,
-                                                undecided, ends)
+            transactions[p] = self._release_transactions(p, self._transaction_tps(p),
+                                                         topics, offsets, undecided, ends)
             _, rr_txn = self._reroute_tps(p)
-            await self._merge([rr_txn], topics, offsets, undecided, ends)
+            self._release_transactions(p, [rr_txn], topics, offsets, undecided, ends)
         self._hold_excess()
         parts: list[int] = []
         for p, topics in sorted(by_part.items()):
