@@ -532,9 +532,11 @@ class Worker:
                 elif not hold and tp in paused:
                     c.resume(tp)
         if marks_stale:
-            self._backlog_looked = time.monotonic()
             # partitions still being taken over too: none waits a look once it is ready
             self._backlog_marks = await self._enrollment_ends(sorted(self._assigned()))
+            # timed from its answer: a look that waited out ENDS_TIMEOUT_SECONDS (a
+            # leader away) is not repeated at every step
+            self._backlog_looked = time.monotonic()
         await self._export_lag()
 
     async def _export_lag(self) -> None:
