@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -578,6 +579,60 @@ def live_rows(path: Path, n: int) -> list[dict[str, Any]]:
     return t.to_pylist()  # type: ignore[no-any-return]
 
 
+def _read_outcomes(bootstrap: str, tps: list[TopicPartition], ready: Any, total: Any,
+                   out_path: str) -> None:
+    """The latency load's outcome reader, in a process of its own: in the sender's
+    process its reading queued behind the sending (one event loop for both), which
+    added hundreds of ms to the measured tail that the outcomes' own timestamps did
+    not show ("Notes" in bench/RESULTS.md). ``total`` is -1 until the sender knows how
+    many it sent. Writes (source, reason, receipt time, outcome timestamp ms) rows as
+    JSON, with its CPU (cores) while the load was sent."""
+    async def run() -> list[tuple[bytes, float, int]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                                    enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=100)
+        await consumer.start()
+        got: list[tuple[bytes, float, int]] = []
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            await consumer.getmany(timeout_ms=100)  # fetching: the load may begin
+            ready.set()
+            t0, c0 = time.monotonic(), os.times()
+            idle_since = None
+            while True:
+                batch = await consumer.getmany(timeout_ms=50, max_records=10_000)
+                now = time.time()
+                n = 0
+                for msgs in batch.values():
+                    for m in msgs:
+                        got.append((m.value, now, m.timestamp))
+                        n += 1
+                if total.value >= 0:
+                    if not cores:  # the sending has just ended
+                        c1 = os.times()
+                        cores.append((c1.user + c1.system - c0.user - c0.system)
+                                     / (time.monotonic() - t0))
+                    if len(got) >= total.value:
+                        return got
+                    if n:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > 20:
+                        return got
+        finally:
+            await consumer.stop()
+
+    cores: list[float] = []  # the reader's CPU while the load was sent
+    got = asyncio.run(run())
+    rows = []
+    for v, now, ts in got:
+        d = orjson.loads(v)
+        rows.append((d.get("source", ""), d.get("reason", "granted"), now, ts))
+    Path(out_path).write_bytes(orjson.dumps({"rows": rows, "cores": cores[:1] or [0.0]}))
+
+
 async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]],
                        rate: float, seconds: float, warmup: float) -> dict[str, Any]:
     """Send ``rows`` at ``rate`` for ``warmup + seconds``; latencies of the records
@@ -585,37 +640,13 @@ async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all",
                                 enable_idempotence=True, linger_ms=0,
                                 max_batch_size=1 << 20)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
-                                enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
     await producer.start()
-    await consumer.start()
-    tps = output_tps(topics)
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    received: list[tuple[bytes, float]] = []
-    sending_done = asyncio.Event()
-    total_sent = [0]
-
-    async def consume() -> None:
-        idle_since = None
-        while True:
-            batch = await consumer.getmany(timeout_ms=50, max_records=10_000)
-            now = time.time()
-            n = 0
-            for msgs in batch.values():
-                for m in msgs:
-                    received.append((m.value, now))
-                    n += 1
-            if sending_done.is_set():
-                if len(received) >= total_sent[0]:
-                    return
-                if n:
-                    idle_since = None
-                elif idle_since is None:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > 20:
-                    return
+    ctx = multiprocessing.get_context("spawn")
+    ready, total = ctx.Event(), ctx.Value("q", -1)
+    got_path = WORK / f"outcomes-{topics.prefix}.json"
+    reader = ctx.Process(target=_read_outcomes, args=(bootstrap, output_tps(topics), ready,
+                                                       total, str(got_path)))
+    reader.start()
 
     # Everything of a message but its receipt time is made before the clock starts:
     # key, partition (murmur2) and the JSON without ``received_at``. The generator
@@ -627,8 +658,10 @@ async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]
         body = orjson.dumps({k: v for k, v in row.items() if k != "received_at"})
         prepared.append((partition_for(key, PARTITIONS), key, body[:-1]))
     no_headers: list[tuple[str, bytes]] = []
-    consumer_task = asyncio.create_task(consume())
-    await asyncio.sleep(0.5)
+    while not ready.wait(0):  # not blocking the producer's loop
+        if not reader.is_alive():
+            raise RuntimeError("the outcome reader exited before the load")
+        await asyncio.sleep(0.05)
     tick = 0.005
     cpu0 = os.times()
     t0 = time.monotonic()
@@ -659,33 +692,36 @@ async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]
     # this process's CPU while it sent (and read outcomes): what the measurement itself
     # takes of the 2 cores it shares with the broker and the worker
     generator_cores = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / send_seconds
-    total_sent[0] = i
-    sending_done.set()
+    total.value = i
     send_time: dict[str, float] = {}
     for d in await sender.flush():
         base = d.future.result().offset
         for j, handed in enumerate(d.tags):
             send_time[f"{topic}/{d.partition}/{base + j}"] = handed
-    await consumer_task
     await producer.stop()
-    await consumer.stop()
+    await asyncio.to_thread(reader.join)
+    got = orjson.loads(got_path.read_bytes())
+    got_path.unlink()
+    received = got["rows"]
     lat: list[float] = []
+    stamped: list[float] = []
     sent_at: list[float] = []
     unmatched = 0
     reasons: Counter[str] = Counter()
-    for value, now in received:
-        d = orjson.loads(value)
-        t = send_time.get(d.get("source", ""))
+    for source, reason, now, ts in received:
+        t = send_time.get(source)
         if t is None:
             unmatched += 1
             continue
         lat.append(now - t)
+        stamped.append(ts / 1000 - t)
         sent_at.append(t)
-        reasons[d.get("reason", "granted")] += 1
+        reasons[reason] += 1
     a = np.asarray(lat) * 1000
     out: dict[str, Any] = {
         "sent": i, "send_seconds": send_seconds, "achieved_rate": i / send_seconds,
-        "generator_cores": generator_cores,
+        "generator_cores": generator_cores + got["cores"][0],
+        "reader_cores": got["cores"][0],
         "outcomes": len(received), "matched": len(lat), "unmatched": unmatched,
         "outcome_kinds": dict(reasons),
     }
@@ -699,6 +735,10 @@ async def latency_load(bootstrap: str, topics: Topics, rows: list[dict[str, Any]
             out.update({f"p{q}": float(np.percentile(measured, q)) for q in (50, 90, 99, 99.9)})
             out["max"] = float(measured.max())
             out["mean"] = float(measured.mean())
+            # the same records up to their outcome's stamp: the worker's part of the
+            # latency, without the ack and this (CPU-sharing) consumer's reading
+            st = (np.asarray(stamped) * 1000)[sa - t_load >= warmup]
+            out.update({f"stamped_p{q}": float(np.percentile(st, q)) for q in (50, 99)})
         out.update({f"all_p{q}": float(np.percentile(a, q)) for q in (50, 99)})
         out["all_max"] = float(a.max())
         # worst latency per second of the run, to show where the tail comes from
@@ -751,7 +791,9 @@ def latency_run(bootstrap: str, ds: Dataset, rate: float, seconds: float, warmup
     if res.get("measured"):
         log(f"latency: sent {res['sent']:,} at {res['achieved_rate']:,.0f}/s, "
             f"{res['matched']:,} outcomes matched ({res['unmatched']} unmatched): "
-            f"p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms, max {res['max']:.1f} ms")
+            f"p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms, max {res['max']:.1f} ms; "
+            f"to the outcome's stamp p50 {res['stamped_p50']:.1f} ms, "
+            f"p99 {res['stamped_p99']:.1f} ms")
     return res
 
 
@@ -971,6 +1013,12 @@ def main() -> int:
                          "Faust agent, in one run (the '## Runtimes' section)")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the RESULTS.md section from the last results.json")
+    ap.add_argument("--latency-users", type=int, default=None, metavar="N",
+                    help="people in the live load's dataset (default: the sizes'; its "
+                         "transactions stay the same number, so fewer per person)")
+    ap.add_argument("--latency-rate", type=float, default=None, metavar="R",
+                    help="only the latency runs, at R transactions/s (and the sweep's "
+                         "fractions of 2 R), after a one-record warm-up; no drains")
     args = ap.parse_args()
     if args.render_only:
         results: dict[str, Any] = json.loads((WORK / "results.json").read_text())
@@ -987,7 +1035,10 @@ def main() -> int:
             args.no_md = True
     if args.wait_quiet is None:
         args.wait_quiet = 0.0 if args.quick else 900.0
-    sz = RUNTIME_SIZES[mode] if args.runtimes else SIZES[mode]
+    sz = dict(RUNTIME_SIZES[mode] if args.runtimes else SIZES[mode])
+    if args.latency_users:
+        sz["latency_txns"] = sz.get("latency_txns", 2 * sz["single_txns"])
+        sz["latency_users"] = args.latency_users
     if args.runtimes:
         WORK = WORK.with_name(WORK.name + "-runtimes")
     os.chdir(ROOT)
@@ -1064,6 +1115,11 @@ def main() -> int:
         runs["warmup_batched"] = engine_run(broker.bootstrap, "warmup-batched", batched,
                                             sz["batch"], 1)
         runs["warmup_single"] = engine_run(broker.bootstrap, "warmup-single", single, 1, 1)
+        if args.latency_rate:
+            _latency_only(args.latency_rate, measure, broker, live, sz, campaign)
+            (WORK / "results-latency.json").write_text(json.dumps(results, indent=2,
+                                                                  default=str))
+            return 0
         measure_drains("batched_1w", lambda: engine_run(broker.bootstrap, "batched-1w",
                                                         batched, sz["batch"], 1))
         measure("batched_2w", lambda: engine_run(broker.bootstrap, "batched-2w", batched,
@@ -1101,6 +1157,19 @@ def main() -> int:
     log(f"total {results['total_seconds']:.0f} s")
     failed = [k for k, v in runs.items() if isinstance(v, dict) and v.get("error")]
     return 1 if failed else 0
+
+
+def _latency_only(rate: float, measure: Any, broker: Any, live: Dataset,
+                  sz: dict[str, Any], campaign: Path) -> None:
+    """--latency-rate: the latency runs alone, at a rate given rather than half a drain's
+    (for comparing the live load's settings, or codes, quickly); printed, not rendered."""
+    measure("latency", lambda: latency_run(broker.bootstrap, live, rate,
+                                           sz["latency_seconds"], sz["latency_warmup"],
+                                           campaign))
+    for frac in sz["latency_sweep"]:
+        measure(f"latency_{frac}", lambda f=frac: latency_run(
+            broker.bootstrap, live, f * 2 * rate, sz["latency_sweep_seconds"],
+            sz["latency_warmup"], campaign))
 
 
 def _save(args: argparse.Namespace, results: dict[str, Any], renderer: Any, head: str) -> None:

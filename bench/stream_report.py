@@ -255,7 +255,8 @@ def render(results: dict[str, Any]) -> str:
               f"warm-up + {lat['seconds']:.0f} s measured, Kafka timestamp = received_at = "
               f"now, campaign `accept_end` moved to 2099 "
               f"(`bench/_work/stream/campaign-live.toml`). Latency = outcome received by a "
-              f"consumer of the output topics − input handed to the producer (both "
+              f"consumer of the output topics (in a process of its own, not the sender's) "
+              f"− input handed to the producer (both "
               f"`time.time()` on this machine), matched by `source`.")
             w("")
             w("| sent | achieved rate | outcomes matched | p50 | p90 | p99 | p99.9 | max |")
@@ -265,6 +266,11 @@ def render(results: dict[str, Any]) -> str:
               f"{lat['p90']:.1f} ms | **{lat['p99']:.1f} ms** | {lat['p99.9']:.1f} ms | "
               f"{lat['max']:.1f} ms |")
             w("")
+            if "stamped_p99" in lat:
+                w(f"To the outcome message's timestamp instead (the worker's producer stamps "
+                  f"it as it builds the batch: the worker's part, without the ack and the "
+                  f"measuring consumer's reading): p50 {lat['stamped_p50']:.1f} ms, p99 "
+                  f"{lat['stamped_p99']:.1f} ms.")
             w(f"Including the warm-up: p50 {lat['all_p50']:.1f} ms, p99 {lat['all_p99']:.1f} "
               f"ms, max {lat['all_max']:.1f} ms. Worst latency per second of sending (ms): "
               f"{', '.join(str(x) for x in lat['worst_per_second_ms'])}. "
@@ -272,8 +278,10 @@ def render(results: dict[str, Any]) -> str:
               f"{cpu(lat)} (ours / others), of which the worker "
               f"{(lat.get('cpu') or {}).get('live_children_cores', 0):.2f}"
               + (f", the load generator (sending, and reading the outcomes) "
-                 f"{lat['generator_cores']:.2f}, the broker the rest" if "generator_cores"
-                 in lat else "") + ".")
+                 f"{lat['generator_cores']:.2f}"
+                 + (f" (the reader {lat['reader_cores']:.2f})" if "reader_cores" in lat
+                    else "")
+                 + ", the broker the rest" if "generator_cores" in lat else "") + ".")
             mt = (lat.get("metrics") or [{}])[0]
             own = worker_latency(mt)
             if own:

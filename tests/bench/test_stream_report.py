@@ -130,6 +130,14 @@ def test_the_latency_run_names_the_cores_the_load_generator_took() -> None:
     lat["generator_cores"] = 0.41
     assert ("of which the worker 0.70, the load generator (sending, and reading the "
             "outcomes) 0.41, the broker the rest.") in render(results)
+    lat["reader_cores"] = 0.12
+    assert ("the load generator (sending, and reading the outcomes) 0.41 (the reader "
+            "0.12), the broker the rest.") in render(results)
+    # runs before the outcomes' stamps were read say nothing of the worker's part
+    assert "outcome message's timestamp" not in render(results)
+    lat.update(stamped_p50=10.5, stamped_p99=61.25)
+    assert ("the worker's part, without the ack and the measuring consumer's reading): "
+            "p50 10.5 ms, p99 61.2 ms.") in render(results)
 
 
 def test_the_workers_own_latency_is_read_from_its_histogram_up_to_99_percent() -> None:
