@@ -291,6 +291,9 @@ class FaustWorker(Worker):
     """The engine's worker with Faust's consumer (:class:`FaustConsumer`)."""
 
     app: EngineApp
+    # the adapter's ends and their times are its own looks', not the fetches' that
+    # brought the messages (FaustConsumer.last_poll_timestamp)
+    FETCHES_TELL_ENDS = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

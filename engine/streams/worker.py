@@ -122,6 +122,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Worker:
+    # The consumer's high watermarks are those its own fetches told, timed by
+    # last_poll_timestamp (aiokafka's), so a batch may take its enrollments' ends from
+    # them (_batch_ends); Faust's adapter knows ends from looks of its own instead.
+    FETCHES_TELL_ENDS = True
+
     def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
                  metrics: EngineMetrics | None = None,
@@ -731,6 +736,53 @@ class Worker:
         except (TimeoutError, KafkaError):
             return {tp: hw for tp in tps if (hw := c.highwater(tp)) is not None}
 
+    async def _batch_ends(self, by_part: dict[int, dict[str, list[Any]]]
+                          ) -> dict[TopicPartition, int]:
+        """The enrollments inputs' ends that a batch's messages are noted with (the
+        merge's views, the transactions' waits), per partition of ``by_part`` (its
+        messages by topic). A fetch's answer tells each input's end as the answer is
+        built, after what it brings was appended: so where every enrollments input of
+        a partition was answered no earlier than every input its messages came from
+        (last_poll_timestamp), those ends are at least the ends when the messages were
+        fetched, all a note needs, and no round trip is made for that partition
+        (DECISIONS 127). The others' ends are asked of the broker (_enrollment_ends):
+        an input paused, or with fetched messages not yet handed over, is not in the
+        consumer's fetches, and its end grows stale."""
+        ends: dict[TopicPartition, int] = {}
+        ask: list[int] = []
+        for p, topics in by_part.items():
+            told = self._told_ends(p, topics) if self.FETCHES_TELL_ENDS else None
+            if told is None:
+                ask.append(p)
+            else:
+                ends.update(told)
+        if ask:
+            ends.update(await self._enrollment_ends(ask))
+        return ends
+
+    def _told_ends(self, p: int, topics: dict[str, list[Any]]
+                   ) -> dict[TopicPartition, int] | None:
+        """Partition ``p``'s enrollments ends as the consumer's fetches told them, if
+        each was told no earlier than every fetch of ``topics`` (_batch_ends)."""
+        assert self.consumer is not None
+        c = self.consumer
+        assigned = c.assignment()
+        inputs = [TopicPartition(t, p) for t in topics]
+        if not inputs or not assigned.issuperset(inputs):  # a rebalance: ask the broker
+            return None
+        fetched = [c.last_poll_timestamp(tp) for tp in inputs]
+        if None in fetched:
+            return None
+        newest = max(fetched)
+        told = {}
+        for tp in self._enrollment_tps(p):
+            if tp in assigned:
+                at, hw = c.last_poll_timestamp(tp), c.highwater(tp)
+                if at is None or hw is None or at < newest:
+                    return None
+                told[tp] = hw
+        return told
+
     async def _enrollments_behind(self, p: int) -> bool:
         """Whether partition ``p`` has transactions waiting for its enrollments, or
         enrollments that are a backlog: beyond the batch budget, or below where they
@@ -859,7 +911,7 @@ class Worker:
                 offsets[tp] = msgs[-1]
         enrollments: dict[int, list[Any]] = {}
         transactions: dict[int, list[Any]] = {}
-        ends = await self._enrollment_ends(list(by_part))
+        ends = await self._batch_ends(by_part)
         for p, topics in by_part.items():
             enrollments[p] = await self._merge_enrollments(p, topics, offsets, ends)
             # Applications precede spending: transactions wait (in memory, their topics
