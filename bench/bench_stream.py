@@ -1116,7 +1116,7 @@ def main() -> int:
                                             sz["batch"], 1)
         runs["warmup_single"] = engine_run(broker.bootstrap, "warmup-single", single, 1, 1)
         if args.latency_rate:
-            _latency_only(args.latency_rate, measure, broker, live, sz, campaign)
+            latency_runs(args.latency_rate, measure, broker, live, sz, campaign)
             (WORK / "results-latency.json").write_text(json.dumps(results, indent=2,
                                                                   default=str))
             return 0
@@ -1128,13 +1128,7 @@ def main() -> int:
                                                        1, 1))
         measure("single_2w", lambda: engine_run(broker.bootstrap, "single-2w", single, 1, 2))
         rate = 0.5 * (runs["single_1w"].get("txn_per_s") or 2_000)
-        measure("latency", lambda: latency_run(broker.bootstrap, live, rate,
-                                               sz["latency_seconds"], sz["latency_warmup"],
-                                               campaign))
-        for frac in sz["latency_sweep"]:
-            measure(f"latency_{frac}", lambda f=frac: latency_run(
-                broker.bootstrap, live, f * 2 * rate, sz["latency_sweep_seconds"],
-                sz["latency_warmup"], campaign))
+        latency_runs(rate, measure, broker, live, sz, campaign)
         if not args.no_faust:
             measure("faust", lambda: faust_run(broker.bootstrap, single, sz["faust_events"]))
         if not args.no_profile:
@@ -1159,10 +1153,10 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def _latency_only(rate: float, measure: Any, broker: Any, live: Dataset,
-                  sz: dict[str, Any], campaign: Path) -> None:
-    """--latency-rate: the latency runs alone, at a rate given rather than half a drain's
-    (for comparing the live load's settings, or codes, quickly); printed, not rendered."""
+def latency_runs(rate: float, measure: Any, broker: Any, live: Dataset,
+                 sz: dict[str, Any], campaign: Path) -> None:
+    """The live load at ``rate`` (half the one-record drain's in a full run, or
+    --latency-rate's), then at the sweep's fractions of twice it."""
     measure("latency", lambda: latency_run(broker.bootstrap, live, rate,
                                            sz["latency_seconds"], sz["latency_warmup"],
                                            campaign))
