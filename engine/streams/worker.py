@@ -748,10 +748,12 @@ class Worker:
         (DECISIONS 127). The others' ends are asked of the broker (_enrollment_ends):
         an input paused, or with fetched messages not yet handed over, is not in the
         consumer's fetches, and its end grows stale."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
         ends: dict[TopicPartition, int] = {}
         ask: list[int] = []
         for p, topics in by_part.items():
-            told = self._told_ends(p, topics) if self.FETCHES_TELL_ENDS else None
+            told = self._told_ends(p, topics, assigned) if self.FETCHES_TELL_ENDS else None
             if told is None:
                 ask.append(p)
             else:
@@ -760,13 +762,12 @@ class Worker:
             ends.update(await self._enrollment_ends(ask))
         return ends
 
-    def _told_ends(self, p: int, topics: dict[str, list[Any]]
+    def _told_ends(self, p: int, topics: dict[str, list[Any]], assigned: set[TopicPartition]
                    ) -> dict[TopicPartition, int] | None:
         """Partition ``p``'s enrollments ends as the consumer's fetches told them, if
         each was told no earlier than every fetch of ``topics`` (_batch_ends)."""
         assert self.consumer is not None
         c = self.consumer
-        assigned = c.assignment()
         inputs = [TopicPartition(t, p) for t in topics]
         if not inputs or not assigned.issuperset(inputs):  # a rebalance: ask the broker
             return None

@@ -18,16 +18,14 @@ import pyarrow as pa
 import pytest
 from aiokafka import TopicPartition
 
-from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.devtools import broker as devbroker
-from engine.kafka.topics import Topics
 from engine.rules.strings import kafka_partitions
-from engine.streams.worker import Worker
 from engine.tools.collect import collect
 from engine.tools.publish import publish_files
 from tests.builders import write_lines
 from tests.kafka_fixtures import read_topic
 from tests.streams.harness import PARTITIONS, topics_for, worker
+from tests.streams.worker_fakes import unit_worker
 
 QUIET = 10.0
 A, B = "paypay", "aupay"
@@ -59,23 +57,11 @@ def _publish(bootstrap: str, prefix: str, directory: Path, enrollments: list[byt
                               partitions=PARTITIONS))
 
 
-class _Consumer:
-    """What :meth:`Worker._quiet` asks of a consumer: when a fetch last answered."""
-
-    def __init__(self) -> None:
-        self.polled_ms: float | None = None
-
-    def last_poll_timestamp(self, tp: TopicPartition) -> float | None:
-        return self.polled_ms
-
-
 def test_quiet_counts_only_time_the_input_could_be_seen(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A broker away (fetches unanswered) restarts an input's quiet period: its
     publisher may be stalled by the same fault, so the outage is not quiet time."""
-    w = Worker("127.0.0.1:1", Topics("t", "g"), DEFAULT_CAMPAIGN, DEFAULT_REGISTRY,
-               tmp_path, quiet_seconds=30)
-    c = w.consumer = _Consumer()  # type: ignore[assignment]
+    w, c = unit_worker(tmp_path, quiet_seconds=30)
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     monkeypatch.setattr(time, "time", lambda: now[0])
@@ -84,7 +70,7 @@ def test_quiet_counts_only_time_the_input_could_be_seen(tmp_path: Path,
     def quiet_after(seconds: float, answered: bool = True) -> bool:
         now[0] += seconds
         if answered:
-            c.polled_ms = now[0] * 1000
+            c.told[tp] = (0, now[0] * 1000)
         return w._quiet(tp)
 
     assert not quiet_after(0)        # never fetched from: cannot tell

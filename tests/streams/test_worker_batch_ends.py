@@ -8,41 +8,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
-from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
-from engine.kafka.topics import Topics
 from engine.streams.worker import Worker
+from tests.streams.worker_fakes import FakeConsumer, unit_worker
 
 
-class _Consumer:
-    """Per input: the high watermark and the time (ms) the last fetch answer told it,
-    as aiokafka keeps them; the broker's ends apart, its looks counted."""
-
-    def __init__(self, tps: list[TopicPartition]) -> None:
-        self.tps = set(tps)
-        self.told: dict[TopicPartition, tuple[int, int]] = {}  # tp -> (hw, at ms)
-        self.ends = {tp: 10_000 for tp in tps}
-        self.looked: list[set[TopicPartition]] = []
-
-    def assignment(self) -> set[TopicPartition]:
-        return self.tps
-
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return self.told[tp][0] if tp in self.told else None
-
-    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
-        return self.told[tp][1] if tp in self.told else None
-
-    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        self.looked.append(set(tps))
-        return {tp: self.ends[tp] for tp in tps}
-
-
-def _worker(tmp: Path) -> tuple[Worker, _Consumer]:
-    w = Worker("127.0.0.1:1", Topics("t", "g"), DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, tmp)
-    c = _Consumer([tp for p in (0, 1) for tp in w._tps(p)])
-    w.consumer = c  # type: ignore[assignment]
+def _worker(tmp: Path) -> tuple[Worker, FakeConsumer]:
+    w, c = unit_worker(tmp, partitions=(0, 1))
+    c.ends = dict.fromkeys(c.ends, 10_000)  # the broker's, ahead of any fetch's
     return w, c
 
 
