@@ -101,6 +101,13 @@ BACKLOG_LOOK_SECONDS = 1.0
 # state bench ran 12 % faster, as fast as with the collector off (bench/RESULTS.md).
 # Reference cycles are still collected, later.
 GC_THRESHOLDS = (50_000, 20, 100)
+# aiokafka asks a broker for more only once what it holds of that broker's partitions
+# has been read: the answer to the fetch a poll's read sets off arrives while the batch
+# is decided and waits for the next poll, so a record appended after it waited two
+# polls. A poll whose messages were fetched this long ago reads once more, waiting at
+# most TOP_UP_WAIT_MS, for what was appended since (DECISIONS 128).
+TOP_UP_AGE_MS = 3
+TOP_UP_WAIT_MS = 5
 NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                ClusterAuthorizationFailedError)
 
@@ -126,6 +133,9 @@ class Worker:
     # last_poll_timestamp (aiokafka's), so a batch may take its enrollments' ends from
     # them (_batch_ends); Faust's adapter knows ends from looks of its own instead.
     FETCHES_TELL_ENDS = True
+    # a poll reads again what aiokafka fetched while the previous batch was decided
+    # (_top_up); Faust's adapter hands over what its agent was given instead
+    TOPS_UP = True
 
     def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
@@ -440,6 +450,8 @@ class Worker:
             await self._prioritise_enrollments()
             data = await self.consumer.getmany(
                 timeout_ms=0 if self.backlogged else timeout_ms, max_records=self.max_batch)
+            if data and self.TOPS_UP:
+                data = await self._top_up(data)
             now = time.monotonic()
             for tp, msgs in data.items():
                 if msgs:
@@ -470,6 +482,26 @@ class Worker:
             async with self.lock:
                 self._rewind(data)
             await asyncio.sleep(delay)
+
+    async def _top_up(self, data: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """``data`` with what was appended since it was fetched, when that was more
+        than TOP_UP_AGE_MS ago (see there); each topic-partition's messages stay in
+        offset order, the second read's after the first's."""
+        assert self.consumer is not None
+        room = self.max_batch - sum(map(len, data.values()))
+        stamps = [t for t in map(self.consumer.last_poll_timestamp, data) if t is not None]
+        if room <= 0 or not stamps or time.time() * 1000 - min(stamps) < TOP_UP_AGE_MS:
+            return data
+        more = await self.consumer.getmany(timeout_ms=TOP_UP_WAIT_MS, max_records=room)
+        for tp, msgs in more.items():
+            if tp in data:
+                # a rebalance in between sets positions back to the committed offsets:
+                # what the first read returned is not returned twice
+                last = data[tp][-1].offset
+                data[tp] = data[tp] + [m for m in msgs if m.offset > last]
+            else:
+                data[tp] = msgs
+        return data
 
     def _rewind(self, data: dict[Any, list[Any]]) -> None:
         """Undo a failed batch: read it again, forget its undurable state changes,

@@ -1,5 +1,5 @@
 """A worker and a consumer without a broker, for the worker's unit tests: what the
-pausing, the batch's ends and the quiet-input look ask of a consumer."""
+pausing, the batch's ends, the quiet-input look and the top-up read ask of a consumer."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class FakeConsumer:
         self.told: dict[TopicPartition, tuple[int, float]] = {}
         self.paused_tps: set[TopicPartition] = set()
         self.looked: list[set[TopicPartition]] = []
+        self.answers: list[dict[TopicPartition, list[Any]]] = []  # what reads return, in turn
+        self.reads: list[tuple[int, int | None]] = []  # each read's (timeout_ms, max_records)
 
     def assignment(self) -> set[TopicPartition]:
         return self.tps
@@ -47,6 +49,11 @@ class FakeConsumer:
 
     def last_poll_timestamp(self, tp: TopicPartition) -> float | None:
         return self.told[tp][1] if tp in self.told else None
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None
+                      ) -> dict[TopicPartition, list[Any]]:
+        self.reads.append((timeout_ms, max_records))
+        return self.answers.pop(0) if self.answers else {}
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         self.looked.append(set(tps))
