@@ -108,10 +108,15 @@ def test_a_poll_reads_what_was_appended_while_the_last_batch_was_decided(
             w.consumer = consumer
 
             async def poll_after_a_batch(tag: str, top_up: bool) -> list[bytes]:
-                await producer.send_and_wait(tp.topic, f"{tag}-fetched".encode())
-                await asyncio.sleep(0.5)  # fetched, held by the client: "the batch"
+                md = await producer.send_and_wait(tp.topic, f"{tag}-fetched".encode())
+                # "the batch": the client holds the record once a fetch answer told
+                # an end past it (that answer brought it)
+                deadline = time.monotonic() + 30
+                while (consumer.highwater(tp) or 0) <= md.offset:
+                    assert time.monotonic() < deadline, "the record was never fetched"
+                    await asyncio.sleep(0.01)
                 await producer.send_and_wait(tp.topic, f"{tag}-appended".encode())
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # time for a fetch, were the client to send one
                 data = await consumer.getmany(timeout_ms=0)
                 if top_up:
                     data = await w._top_up(data)
