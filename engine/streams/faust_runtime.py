@@ -292,10 +292,9 @@ class FaustWorker(Worker):
 
     app: EngineApp
     # the adapter's ends and their times are its own looks', not the fetches' that
-    # brought the messages (FaustConsumer.last_poll_timestamp)
-    FETCHES_TELL_ENDS = False
-    # the agent hands each step what Faust fetched; a second read would only wait
-    TOPS_UP = False
+    # brought the messages (FaustConsumer.last_poll_timestamp), and each step is handed
+    # what the agent was given: a second read would only wait
+    AIOKAFKA_FETCHES = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

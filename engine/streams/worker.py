@@ -129,13 +129,12 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Worker:
-    # The consumer's high watermarks are those its own fetches told, timed by
-    # last_poll_timestamp (aiokafka's), so a batch may take its enrollments' ends from
-    # them (_batch_ends); Faust's adapter knows ends from looks of its own instead.
-    FETCHES_TELL_ENDS = True
-    # a poll reads again what aiokafka fetched while the previous batch was decided
-    # (_top_up); Faust's adapter hands over what its agent was given instead
-    TOPS_UP = True
+    # The consumer is aiokafka's, and what it knows of the inputs is what its own
+    # fetches told: high watermarks timed by last_poll_timestamp, so a batch may take
+    # its enrollments' ends from them (_batch_ends); and a broker is fetched from again
+    # only once what was fetched is read, so a poll reads once more (_top_up). Faust's
+    # adapter knows ends from looks of its own and hands over what its agent was given.
+    AIOKAFKA_FETCHES = True
 
     def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
@@ -450,8 +449,7 @@ class Worker:
             await self._prioritise_enrollments()
             data = await self.consumer.getmany(
                 timeout_ms=0 if self.backlogged else timeout_ms, max_records=self.max_batch)
-            if data and self.TOPS_UP:
-                data = await self._top_up(data)
+            data = await self._top_up(data)
             now = time.monotonic()
             for tp, msgs in data.items():
                 if msgs:
@@ -488,6 +486,8 @@ class Worker:
         than TOP_UP_AGE_MS ago (see there); each topic-partition's messages stay in
         offset order, the second read's after the first's."""
         assert self.consumer is not None
+        if not data or not self.AIOKAFKA_FETCHES:
+            return data
         room = self.max_batch - sum(map(len, data.values()))
         stamps = [t for t in map(self.consumer.last_poll_timestamp, data) if t is not None]
         if room <= 0 or not stamps or time.time() * 1000 - min(stamps) < TOP_UP_AGE_MS:
@@ -785,7 +785,7 @@ class Worker:
         ends: dict[TopicPartition, int] = {}
         ask: list[int] = []
         for p, topics in by_part.items():
-            told = self._told_ends(p, topics, assigned) if self.FETCHES_TELL_ENDS else None
+            told = self._told_ends(p, topics, assigned) if self.AIOKAFKA_FETCHES else None
             if told is None:
                 ask.append(p)
             else:

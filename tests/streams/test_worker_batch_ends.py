@@ -62,7 +62,7 @@ def test_ends_not_yet_told_are_asked_of_the_broker(tmp_path: Path) -> None:
 
 def test_a_runtime_whose_fetches_do_not_tell_ends_always_asks(tmp_path: Path) -> None:
     w, c = _worker(tmp_path)
-    w.FETCHES_TELL_ENDS = FaustWorker.FETCHES_TELL_ENDS  # the Faust runtime's worker
+    w.AIOKAFKA_FETCHES = FaustWorker.AIOKAFKA_FETCHES  # the Faust runtime's worker
     enr0, = w._enrollment_tps(0)
     txn0, = w._transaction_tps(0)
     c.told = {txn0: (50, 1_000), enr0: (700, 1_000)}

@@ -73,9 +73,13 @@ def test_a_fresh_poll_or_a_full_one_reads_once(
     assert w.consumer.reads == []  # type: ignore[union-attr]
 
 
-def test_the_faust_runtime_does_not_top_up() -> None:
+def test_the_faust_runtime_reads_once(tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # its adapter hands over what the agent was given; a second read would only wait
-    assert Worker.TOPS_UP and not FaustWorker.TOPS_UP
+    w, data = _stale_poll(tmp_path, monkeypatch, age_ms=500)
+    w.AIOKAFKA_FETCHES = FaustWorker.AIOKAFKA_FETCHES  # the Faust runtime's worker
+    assert asyncio.run(w._top_up(dict(data))) == data
+    assert w.consumer.reads == []  # type: ignore[union-attr]
 
 
 @pytest.mark.kafka
