@@ -495,10 +495,12 @@ class Worker:
         more = await self.consumer.getmany(timeout_ms=TOP_UP_WAIT_MS, max_records=room)
         for tp, msgs in more.items():
             if tp in data:
-                # a rebalance in between sets positions back to the committed offsets:
-                # what the first read returned is not returned twice
                 last = data[tp][-1].offset
-                data[tp] = data[tp] + [m for m in msgs if m.offset > last]
+                if msgs[0].offset <= last:
+                    # a rebalance in between set positions back to the committed
+                    # offsets: what the first read returned is not returned twice
+                    msgs = [m for m in msgs if m.offset > last]
+                data[tp] = data[tp] + msgs
             else:
                 data[tp] = msgs
         return data
