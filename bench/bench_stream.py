@@ -1117,6 +1117,10 @@ def main() -> int:
         runs["warmup_single"] = engine_run(broker.bootstrap, "warmup-single", single, 1, 1)
         if args.latency_rate:
             latency_runs(args.latency_rate, measure, broker, live, sz, campaign)
+            if not args.no_profile:
+                quiet()
+                runs["profile_live"] = live_profile(broker.bootstrap, live, args.latency_rate,
+                                                    sz, campaign)
             (WORK / "results-latency.json").write_text(json.dumps(results, indent=2,
                                                                   default=str))
             return 0
@@ -1137,11 +1141,8 @@ def main() -> int:
                                                   sz["batch"], sz["profile_batched_seconds"])
             quiet()
             runs["profile_single"] = profile_run(broker.bootstrap, "profile-single", single, 1)
-            prof = WORK / "profiles" / "profile-live.txt"
             quiet()
-            runs["profile_live"] = latency_run(broker.bootstrap, live, rate,
-                                               sz["profile_live_seconds"], 0.0, campaign,
-                                               profile=prof)
+            runs["profile_live"] = live_profile(broker.bootstrap, live, rate, sz, campaign)
     finally:
         broker.stop()
         if not args.keep:
@@ -1151,6 +1152,14 @@ def main() -> int:
     log(f"total {results['total_seconds']:.0f} s")
     failed = [k for k, v in runs.items() if isinstance(v, dict) and v.get("error")]
     return 1 if failed else 0
+
+
+def live_profile(bootstrap: str, live: Dataset, rate: float, sz: dict[str, Any],
+                 campaign: Path) -> dict[str, Any]:
+    """The live load at ``rate`` with py-spy attached to the worker (a run of its own,
+    so that the sampler does not disturb the latency figures)."""
+    return latency_run(bootstrap, live, rate, sz["profile_live_seconds"], 0.0, campaign,
+                       profile=WORK / "profiles" / "profile-live.txt")
 
 
 def latency_runs(rate: float, measure: Any, broker: Any, live: Dataset,
