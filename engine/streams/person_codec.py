@@ -19,12 +19,16 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from engine.rules.txn_keys import key_table, table_code
 from engine.streams.entries import ENTRY
 
 _U8 = np.uint64(8)
 _FF = np.uint64(0xFF)
 _I64_MAX = np.uint64(2**63 - 1)
 _ROW = ENTRY.itemsize
+# byte offsets of the two fields a decision changes in a stored row (patch_rows)
+_REFUNDED = ENTRY.fields["refunded"][1]  # type: ignore[index]  # a structured dtype's
+_STATUS = ENTRY.fields["status"][1]  # type: ignore[index]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -284,7 +288,8 @@ def _put_len(out: np.ndarray, p: int, n: int, fix: int, fix_max: int, c8: int, c
 
 @numba.njit(cache=True, nogil=True)
 def _encode(op: np.ndarray, kind: np.ndarray, day: np.ndarray, c: np.ndarray, r: np.ndarray,
-            ebuf: np.ndarray, espans: np.ndarray, names: np.ndarray, name_offs: np.ndarray,
+            ebuf: np.ndarray, espans: np.ndarray, nbuf: np.ndarray, nspans: np.ndarray,
+            names: np.ndarray, name_offs: np.ndarray,
             mkeys: np.ndarray, mvals: np.ndarray, mstart: np.ndarray, mcount: np.ndarray,
             xkeys: np.ndarray, xvals: np.ndarray, xstart: np.ndarray, xcount: np.ndarray,
             out: np.ndarray, offs: np.ndarray) -> int:
@@ -310,9 +315,12 @@ def _encode(op: np.ndarray, kind: np.ndarray, day: np.ndarray, c: np.ndarray, r:
         out[p], out[p + 1], out[p + 2], out[p + 3], out[p + 4] = 0x80, 0x90, 0x80, 0xC4, 0
         p += 5
         e0, ln = espans[i, 0], espans[i, 1]
-        p = _put_len(out, p, ln, 0, -1, 0xC4, 0xC5, 0xC6)
+        n0, nn = nspans[i, 0], nspans[i, 1]
+        p = _put_len(out, p, ln + nn, 0, -1, 0xC4, 0xC5, 0xC6)
         out[p:p + ln] = ebuf[e0:e0 + ln]
         p += ln
+        out[p:p + nn] = nbuf[n0:n0 + nn]
+        p += nn
         p = _put_len(out, p, mcount[i] + xcount[i], 0x80, 15, 0, 0xDE, 0xDF)
         for k in range(mstart[i], mstart[i] + mcount[i]):
             p = _put_uint(out, p, mkeys[k])
@@ -325,25 +333,32 @@ def _encode(op: np.ndarray, kind: np.ndarray, day: np.ndarray, c: np.ndarray, r:
 
 
 def encode_people(op: np.ndarray, kind: np.ndarray, day: np.ndarray, c: np.ndarray,
-                  r: np.ndarray, entries: bytes, entry_spans: np.ndarray,
+                  r: np.ndarray, entries: bytes | np.ndarray, entry_spans: np.ndarray,
                   names: tuple[np.ndarray, np.ndarray],
                   marks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                   added: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                  new_entries: tuple[np.ndarray, np.ndarray] | None = None,
                   ) -> tuple[bytes, np.ndarray]:
     """Values of people with no waiting record (``op`` -1: not enrolled), as msgspec
-    writes a PersonState: entries the (start, length) ``entry_spans[i]`` of ``entries``, the
+    writes a PersonState: entries the (start, length) ``entry_spans[i]`` of ``entries``
+    followed by ``new_entries`` (a buffer and a span per person, the same way: the
+    stored rows and the new ones need not be copied into one buffer first), the
     marks ``marks`` (keys, values, start, count per person) followed by
     ``added`` (the same, for marks new in this batch). Returns the bytes and the
     offsets of each value in them."""
     n = len(op)
     names_b, name_offs = names
+    if new_entries is None:
+        new_entries = (np.zeros(0, np.uint8), np.zeros((n, 2), np.int64))
     longest = int(np.diff(name_offs).max()) if len(name_offs) > 1 else 0
     size = (n * (1 + 5 + longest + 4 * 9 + 5 + 5 + 5) + int(entry_spans[:, 1].sum())
-            + 18 * int(marks[3].sum() + added[3].sum()))
+            + int(new_entries[1][:, 1].sum()) + 18 * int(marks[3].sum() + added[3].sum()))
     out = np.empty(size, np.uint8)
     offs = np.empty(n + 1, np.int64)
-    end = _encode(op, kind, day, c, r, np.frombuffer(entries, np.uint8),
-                  entry_spans.astype(np.int64), names_b, name_offs, *marks, *added, out, offs)
+    ebuf = entries if isinstance(entries, np.ndarray) else np.frombuffer(entries, np.uint8)
+    end = _encode(op, kind, day, c, r, ebuf, entry_spans.astype(np.int64), new_entries[0],
+                  new_entries[1].astype(np.int64), names_b, name_offs, *marks, *added, out,
+                  offs)
     return out[:end].tobytes(), offs
 
 
@@ -357,6 +372,47 @@ def gather(buf: np.ndarray, spans: np.ndarray) -> np.ndarray:
         out[p:p + n] = buf[s:s + n]
         p += n
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def named_rows(buf: np.ndarray, spans: np.ndarray,
+               uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The packed entries in the byte ranges ``spans`` of ``buf`` (a person each)
+    whose key is among ``uniq`` (coded by position, engine.rules.txn_keys): the
+    position of each one's row in ``buf``, its key's code and its person, in order.
+    What picks the few rows of long histories a batch's records name, without
+    copying the rest."""
+    slots, code_at, seen, shift = key_table(uniq)
+    n = 0
+    for i in range(len(spans)):
+        n += spans[i, 1] // _ROW
+    pos = np.empty(n, np.int64)  # written only where a row is named: n is a bound
+    code = np.empty(n, np.int64)
+    owner = np.empty(n, np.int32)
+    m = 0
+    for i in range(len(spans)):
+        for q in range(spans[i, 0], spans[i, 0] + spans[i, 1], _ROW):
+            k = np.uint64(0)
+            for b in range(7, -1, -1):  # ENTRY's key: the row's first 8 bytes, little-endian
+                k = (k << _U8) | np.uint64(buf[q + b])
+            c = table_code(slots, code_at, seen, shift, k)
+            if c >= 0:
+                pos[m], code[m], owner[m] = q, c, i
+                m += 1
+    return pos[:m], code[:m], owner[:m]
+
+
+@numba.njit(cache=True, nogil=True)
+def patch_rows(buf: np.ndarray, pos: np.ndarray, status: np.ndarray,
+               refunded: np.ndarray) -> None:
+    """Write a new status and refunded sum into the packed rows at ``pos`` of ``buf``
+    (the fields of an entry a decision can change)."""
+    for i in range(len(pos)):
+        q = pos[i]
+        v = np.uint64(refunded[i])
+        for b in range(4):
+            buf[q + _REFUNDED + b] = np.uint8((v >> np.uint64(8 * b)) & _FF)
+        buf[q + _STATUS] = np.uint8(status[i])
 
 
 @numba.njit(cache=True, nogil=True)

@@ -35,7 +35,15 @@ from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints, person_
 from engine.streams.decode import InBatch, parse_source
 from engine.streams.entries import ENTRY
 from engine.streams.grant_json import GrantJson, grant_json
-from engine.streams.person_codec import decode_people, encode_people, find_marks, gather, name_table
+from engine.streams.person_codec import (
+    decode_people,
+    encode_people,
+    find_marks,
+    gather,
+    name_table,
+    named_rows,
+    patch_rows,
+)
 from engine.streams.state import (
     META_KEY,
     NO_DEADLINE,
@@ -332,7 +340,9 @@ class _Call:
         np_ = len(vals)
         offs = np.zeros(np_ + 1, np.int64)
         offs[1:] = np.cumsum([len(v) if v is not None else 0 for v in vals])
-        buf = np.frombuffer(b"".join([v for v in vals if v is not None]), np.uint8)
+        # a bytearray: new_state writes the decided status and refunded sums into the
+        # stored rows in place (patch_rows)
+        buf = np.frombuffer(bytearray().join([v for v in vals if v is not None]), np.uint8)
         p = self.p = decode_people(buf, offs, self.d.names)
         used = int(p.mstart[-1] + p.mcount[-1]) if np_ else 0
         mkeys, mvals = [p.mkeys[:used]], [p.mvals[:used]]
@@ -353,8 +363,10 @@ class _Call:
             used += len(st.marks)
             mkeys.append(np.fromiter(st.marks.keys(), np.uint64, len(st.marks)))
             mvals.append(np.fromiter(st.marks.values(), np.int64, len(st.marks)))
-        self.stored = np.frombuffer(gather(np.concatenate(extra) if len(extra) > 1 else buf,
-                                           p.entries), ENTRY)
+        # the stored entries stay in the bytes they were read in (DECISIONS 129):
+        # marshal copies out only the rows a record names, new_state writes each
+        # person's value from these bytes
+        self.ebuf = np.concatenate(extra) if len(extra) > 1 else buf
         self.mkeys, self.mvals = np.concatenate(mkeys), np.concatenate(mvals)
         self._not_applied()
         for pi, st in sorted(self.objs.items()):
@@ -467,16 +479,23 @@ class _Call:
         people.c[:np_] = p.c
         people.r[:np_] = p.r
         people.n[:np_] = counts
-        stored = self.stored
-        self.n0 = n0 = len(stored)
-        codes, self.key_of = dense_codes(np.concatenate((stored["key"], keys, origs)))
-        recs.txn[:] = codes[n0:n0 + n]
-        recs.orig[:] = codes[n0 + n:]
+        codes, self.key_of = dense_codes(np.concatenate((keys, origs)))
+        recs.txn[:] = codes[:n]
+        recs.orig[:] = codes[n:]
+        # The kernel reads an entry only through a record naming its key (DUPLICATE,
+        # an original, a waiting record's own entry), so it is given only the stored
+        # entries whose key a record of this call names (DECISIONS 129): the rest of
+        # a long history costs a probe here and a copy in new_state, not a registry
+        # row, a sort and a copy into fresh memory.
+        self.epos, s_codes, s_owner = named_rows(self.ebuf, p.entries, self.key_of)
+        self.n0 = n0 = len(self.epos)
         recs.fp[:] = fingerprints(recs.at, origs)
         reg = self.reg = new_entries(n0 + n)
         if n0:
-            reg.person[:n0] = np.repeat(np.arange(np_, dtype=np.int32), counts)
-            reg.txn[:n0] = codes[:n0]
+            stored = np.frombuffer(gather(self.ebuf, np.stack(
+                (self.epos, np.full(n0, ENTRY.itemsize, np.int64)), axis=1)), ENTRY)
+            reg.person[:n0] = s_owner
+            reg.txn[:n0] = s_codes
             for name in ("kind", "amount", "fp", "status", "refunded"):
                 getattr(reg, name)[:n0] = stored[name]
             # an entry's operator is part of its key, so any record naming the key
@@ -605,23 +624,10 @@ class _Call:
         """Every involved person's new value, staged in the store (``pending``) with the
         meta: in one compiled pass for the people with nothing waiting (person_codec),
         as msgspec objects for the others."""
-        people, reg, p = self.people_a, self.reg, self.p
+        people, p = self.people_a, self.p
         np_ = len(self.plist)
-        # every person's entries, the stored ones (status and refunded sum may have
-        # changed) then the new ones, packed and cut per person
-        ne = self.n_entries
-        owner = reg.person[:ne]
-        # gathered field by field into person order: a gather of the packed 22-byte
-        # rows themselves costs twice as much
-        order = np.argsort(owner, kind="stable")
-        rows = np.empty(ne, ENTRY)
-        key_of = np.append(self.key_of, np.uint64(0))  # code -1: no key
-        rows["key"] = key_of[reg.txn[:ne][order]]
-        for name in ("fp", "amount", "refunded", "kind", "status"):
-            rows[name] = getattr(reg, name)[:ne][order]
-        packed = rows.tobytes()
-        sizes = np.bincount(owner, minlength=np_).astype(np.int64) * ENTRY.itemsize
-        spans = np.stack((np.cumsum(sizes) - sizes, sizes), axis=1)
+        ebuf, espans = self.ebuf, p.entries
+        nbuf, nspans = self._new_entries(np_)
         a_person, a_key, a_val = self.added
         a_count = np.bincount(a_person, minlength=np_).astype(np.int64)
         a_start = np.cumsum(a_count) - a_count
@@ -636,9 +642,9 @@ class _Call:
         fast = np.flatnonzero(plain)
         f_op, f_kind, f_day, f_c, f_r = (col[fast] for col in cols)
         data, offs = encode_people(
-            f_op, f_kind, f_day, f_c, f_r, packed, spans[fast], self.d.names,
+            f_op, f_kind, f_day, f_c, f_r, ebuf, espans[fast], self.d.names,
             (self.mkeys, self.mvals, p.mstart[fast], p.mcount[fast]),
-            (a_key, a_val, a_start[fast], a_count[fast]))
+            (a_key, a_val, a_start[fast], a_count[fast]), (nbuf, nspans[fast]))
         keys = [self.plist[i] for i in fast.tolist()]
         offs_l = offs.tolist()
         staged.update(zip(keys, [data[s:e] for s, e in itertools.pairwise(offs_l)], strict=True))
@@ -655,9 +661,10 @@ class _Call:
                              strict=True))
             marks.update(zip(a_key[x0:x0 + xn].tolist(), a_val[x0:x0 + xn].tolist(),
                              strict=True))
-            s0, sn = (int(x) for x in spans[pi])
+            (s0, sn), (t0, tn) = espans[pi].tolist(), nspans[pi].tolist()
+            entries = ebuf[s0:s0 + sn].tobytes() + nbuf[t0:t0 + tn].tobytes()
             staged[key] = encode(PersonState(names[o], k, d, c, r, parked=parked,
-                                            entries=packed[s0:s0 + sn], marks=marks))
+                                            entries=entries, marks=marks))
             first = min((pk.received for pk in parked if pk.received != NO_TIME),
                         default=NO_DEADLINE)
             if due.get(key) != first + timeout or due.count(key) != len(parked):
@@ -665,6 +672,26 @@ class _Call:
             due.set(key, first + timeout, len(parked))
         staged[META_KEY] = encode(store.meta)
         res.parked = due.records
+
+    def _new_entries(self, np_: int) -> tuple[np.ndarray, np.ndarray]:
+        """The new entries, packed in person order and in the order they were first
+        seen, with each person's (start, length) in them; and the stored entries the
+        kernel was given, their status and refunded sum written back into the stored
+        rows (in place: each person's value is written from those rows, then these)."""
+        reg, n0, ne = self.reg, self.n0, self.n_entries
+        if n0:
+            patch_rows(self.ebuf, self.epos, reg.status[:n0], reg.refunded[:n0])
+        owner = reg.person[n0:ne]
+        # gathered field by field into person order: a gather of the packed 22-byte
+        # rows themselves costs twice as much
+        order = np.argsort(owner, kind="stable")
+        rows = np.empty(ne - n0, ENTRY)
+        key_of = np.append(self.key_of, np.uint64(0))  # code -1: no key
+        rows["key"] = key_of[reg.txn[n0:ne][order]]
+        for name in ("fp", "amount", "refunded", "kind", "status"):
+            rows[name] = getattr(reg, name)[n0:ne][order]
+        sizes = np.bincount(owner, minlength=np_).astype(np.int64) * ENTRY.itemsize
+        return rows.view(np.uint8), np.stack((np.cumsum(sizes) - sizes, sizes), axis=1)
 
     def _waiting(self) -> dict[int, list[Parked]]:
         """The records that wait after this call, by person index, in record order."""

@@ -18,6 +18,8 @@ from engine.streams.person_codec import (
     find_marks,
     gather,
     name_table,
+    named_rows,
+    patch_rows,
 )
 from engine.streams.state import Parked, PersonState, encode
 
@@ -160,3 +162,66 @@ def test_gather_concatenates_the_spans_in_order() -> None:
     buf = np.frombuffer(b"abcdefghij", np.uint8)
     spans = np.array([[7, 3], [0, 0], [1, 2], [0, 1]], np.int64)
     assert gather(buf, spans).tobytes() == b"hijbca"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**64 - 1), max_size=12), max_size=8), st.data())
+def test_named_rows_are_the_rows_whose_key_is_asked_for(
+        histories: list[list[int]], data: st.DataObject) -> None:
+    """Each person's packed rows, with gaps between the people's values; asked for
+    some keys of theirs and some of no one's (and 0, no key): the rows found are, in
+    order, those a scan with a dict finds."""
+    pieces, spans, at = [], [], 0
+    for keys in histories:
+        rows = np.zeros(len(keys), ENTRY)
+        rows["key"] = keys
+        rows["amount"] = np.arange(len(keys))
+        pieces += [b"gap", rows.tobytes()]
+        spans.append((at + 3, rows.nbytes))
+        at += 3 + rows.nbytes
+    buf = np.frombuffer(b"".join(pieces), np.uint8)
+    every = [k for keys in histories for k in keys]
+    asked = data.draw(st.lists(st.one_of(st.sampled_from(every), st.integers(1, 2**64 - 1))
+                               if every else st.integers(1, 2**64 - 1), max_size=10))
+    uniq = np.array([k for k in dict.fromkeys(asked) if k != 0], np.uint64)
+    code = {int(k): c for c, k in enumerate(uniq.tolist())}
+    pos, got, owner = named_rows(buf, np.array(spans, np.int64).reshape(-1, 2), uniq)
+    expect = [(s0 + ENTRY.itemsize * j, code[k], i)
+              for i, ((s0, _), keys) in enumerate(zip(spans, histories, strict=True))
+              for j, k in enumerate(keys) if k in code]
+    assert list(zip(pos.tolist(), got.tolist(), owner.tolist(), strict=True)) == expect
+
+
+def test_patch_rows_writes_status_and_refunded_sum_only() -> None:
+    rows = np.zeros(3, ENTRY)
+    rows["key"], rows["amount"], rows["refunded"], rows["status"] = [7, 8, 9], 500, 10, 0
+    buf = np.frombuffer(b"xy" + rows.tobytes(), np.uint8).copy()
+    patch_rows(buf, np.array([2 + 2 * ENTRY.itemsize], np.int64), np.array([2], np.int8),
+               np.array([499], np.int64))
+    got = np.frombuffer(buf[2:].tobytes(), ENTRY)
+    assert got[:2].tobytes() == rows[:2].tobytes() and buf[:2].tobytes() == b"xy"
+    assert (got[2]["key"], got[2]["amount"], got[2]["refunded"], got[2]["status"]) == \
+        (9, 500, 499, 2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(people, min_size=1, max_size=6), st.data())
+def test_new_entries_follow_the_stored_ones_in_the_same_bytes(
+        sts: list[PersonState], data: st.DataObject) -> None:
+    """Each person's entries given as stored rows plus new rows from a second buffer:
+    the value msgspec writes for all of them in one."""
+    values = [encode(s) for s in sts]
+    buf, offs = _bulk(values)
+    p = decode_people(buf, offs, NAMES)
+    added = [data.draw(st.binary(max_size=3)) * ENTRY.itemsize for _ in sts]
+    nbuf = np.frombuffer(b"".join(added), np.uint8)
+    sizes = np.array([len(a) for a in added], np.int64)
+    z = np.zeros(len(sts), np.int64)
+    got, out = encode_people(p.op, p.kind, p.day, p.c, p.r, buf, p.entries, NAMES,
+                             (p.mkeys, p.mvals, p.mstart, p.mcount), (*NO_MARKS, z, z),
+                             (nbuf, np.stack((np.cumsum(sizes) - sizes, sizes), axis=1)))
+    for i, s in enumerate(sts):
+        whole = (s if s.enr_op is not None
+                 else PersonState(c=s.c, r=s.r, entries=s.entries, marks=s.marks))
+        assert got[out[i]:out[i + 1]] == encode(msgspec.structs.replace(
+            whole, entries=s.entries + added[i]))

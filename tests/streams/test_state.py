@@ -17,6 +17,7 @@ from engine.config import DEFAULT_CAMPAIGN
 from engine.rules.model import NO_TIME
 from engine.rules.strings import parse_utc
 from engine.rules.txn_keys import entry_keys, fingerprints
+from engine.streams import shard
 from engine.streams.entries import ENTRY, WIDE_ENTRY
 from engine.streams.state import (
     FENCE_KEY,
@@ -37,7 +38,7 @@ from engine.streams.state import (
     source_key,
 )
 from tests import builders
-from tests.streams.feed import PERSON, T0, Feed, H, txn
+from tests.streams.feed import PERSON, T0, Feed, H, reasons, txn
 
 
 def _entry(txn_id: str = "t1", amount: int = 100, **fields: int) -> bytes:
@@ -474,6 +475,42 @@ def test_a_refund_changes_only_its_originals_row_and_adds_its_own(tmp_path: Path
     at = np.array([parse_utc("2020-09-13T12:00:00Z")])
     assert after[5]["fp"] == fingerprints(at, entry_keys(["paypay"], ["h2"]))[0]
     assert before[2]["fp"] == fingerprints(at, np.zeros(1, np.uint64))[0] != after[5]["fp"]
+    f.store.close()
+
+
+def test_the_kernel_is_handed_only_the_stored_entries_a_record_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long history is read, not registered (DECISIONS 129): a batch naming two of
+    forty stored transactions (a duplicate and a refund's original) gives the kernel
+    those two, decides as if it had all, and writes the other rows back unchanged."""
+    handed: list[int] = []
+    real = shard.kernel.decide
+
+    def spy(people: Any, recs: Any, reg: Any, n_entries: int, *rest: Any) -> Any:
+        handed.append(n_entries)
+        return real(people, recs, reg, n_entries, *rest)
+
+    monkeypatch.setattr(shard.kernel, "decide", spy)
+    f = Feed(tmp_path)
+    f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
+    f.poll("transaction", [txn(f"h{i}", T0 + 1 + i, amount=100) for i in range(40)])
+    before = _rows(decode_person(f.stored()).entries).copy()
+    handed.clear()
+    res = f.poll("transaction", [txn("h3", T0 + 50, amount=100),
+                                 txn("back", T0 + 51, kind="refund", original_txn_id="h7",
+                                     amount=60),
+                                 txn("fresh", T0 + 52, amount=100)])
+    assert handed == [2]
+    assert reasons(res) == {"h3": "DUPLICATE", "back": "granted", "fresh": "granted"}
+    after = _rows(decode_person(f.stored()).entries)
+    assert len(after) == 42
+    changed = [i for i in range(40) if after[i].tobytes() != before[i].tobytes()]
+    assert changed == [7] and after[7]["refunded"] == 60
+    assert after[40:]["key"].tolist() == entry_keys(["paypay"] * 2, ["back", "fresh"]).tolist()
+    # a second refund of the same original sees the first one's sum
+    res = f.poll("transaction", [txn("back2", T0 + 53, kind="refund", original_txn_id="h7",
+                                     amount=50)])
+    assert reasons(res) == {"back2": "REFUND_EXCEEDS_ORIGINAL"} and handed[-1] == 1
     f.store.close()
 
 
