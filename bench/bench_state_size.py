@@ -14,6 +14,7 @@ Writes the "## State per person" section of bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -132,6 +133,7 @@ def main() -> int:
         largest = max(largest, len(v))
     logic.store.close()
     disk = _dir_bytes(work / "p0")
+    shutil.rmtree(work)  # the inputs and the store: 150 MB or more a run
     per_person = value_bytes / max(people, 1)
     records = enr.num_rows + txn.num_rows
     rows = "\n".join(f"| {k} | {v:.2f} | {100 * v / seconds:.0f} % |"
