@@ -161,47 +161,6 @@ def dense_codes(h: np.ndarray, repeats: bool = False) -> tuple[np.ndarray, np.nd
     return codes, _dense_codes(h, bits, 1, 0, codes)
 
 
-@numba.njit(cache=True, nogil=True)
-def key_table(uniq):  # type: ignore[no-untyped-def]
-    """A table of ``uniq`` (distinct non-zero keys; a key's code is its position, as
-    :func:`dense_codes` returns them) for :func:`table_code`: open addressing at most a
-    quarter full, and a filter of 2^16 bits by the keys' top bits, so that a key not
-    among them (the usual case: a batch's few keys against a long history) is mostly
-    told by one bit."""
-    bits = max(8, _log2(4 * len(uniq)))
-    slots = np.zeros(1 << bits, np.uint64)
-    code_at = np.zeros(1 << bits, np.int32)
-    seen = np.zeros(1 << 10, np.uint64)
-    mask = np.uint64((1 << bits) - 1)
-    shift = np.uint64(64 - bits)
-    for c in range(len(uniq)):
-        x = uniq[c]
-        top = x >> np.uint64(48)
-        seen[top >> np.uint64(6)] |= np.uint64(1) << (top & np.uint64(63))
-        s = (x * _FIB) >> shift
-        while slots[s] != 0:
-            s = (s + np.uint64(1)) & mask
-        slots[s] = x
-        code_at[s] = c
-    return slots, code_at, seen, shift
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def table_code(slots, code_at, seen, shift, x):  # type: ignore[no-untyped-def]
-    """The code of key ``x`` in a :func:`key_table` (``shift``: 64 less its bits),
-    -1 if it is not there."""
-    top = x >> np.uint64(48)
-    if (seen[top >> np.uint64(6)] >> (top & np.uint64(63))) & np.uint64(1) == 0:
-        return -1  # (0, no key, is never in a table: its probe ends at an empty slot)
-    mask = np.uint64(len(slots) - 1)
-    s = (x * _FIB) >> shift
-    while slots[s] != 0:
-        if slots[s] == x:
-            return np.int64(code_at[s])
-        s = (s + np.uint64(1)) & mask
-    return -1
-
-
 def spread_codes(h: np.ndarray, parts: int) -> tuple[np.ndarray, int]:
     """Codes of the distinct non-zero keys in ``h`` (-1 for 0) made on ``parts``
     threads, each coding the keys with ``key % parts == part`` as ``parts * c + part``

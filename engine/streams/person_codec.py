@@ -19,7 +19,6 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from engine.rules.txn_keys import key_table, table_code
 from engine.streams.entries import ENTRY
 
 _U8 = np.uint64(8)
@@ -374,15 +373,66 @@ def gather(buf: np.ndarray, spans: np.ndarray) -> np.ndarray:
     return out
 
 
+# Fibonacci hashing, as engine.rules.txn_keys codes keys. The table below lives here,
+# not there: numba's on-disk cache of a function does not notice a change in a compiled
+# function of another module that it calls, and would keep running the old code.
+_FIB = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(cache=True, nogil=True)
+def _key_table(uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.uint64]:
+    """A table of ``uniq`` (distinct non-zero keys, a key's code its position) for
+    :func:`_table_code`: open addressing at most a quarter full, and a filter of 2^16
+    bits by the keys' top bits, so that a key not among them (the usual case: a
+    batch's few keys against long histories) is mostly told by one bit."""
+    bits = 8
+    while (1 << bits) < 4 * len(uniq):
+        bits += 1
+    slots = np.zeros(1 << bits, np.uint64)
+    code_at = np.zeros(1 << bits, np.int32)
+    seen = np.zeros(1 << 10, np.uint64)
+    mask = np.uint64((1 << bits) - 1)
+    shift = np.uint64(64 - bits)
+    for c in range(len(uniq)):
+        x = uniq[c]
+        top = x >> np.uint64(48)
+        seen[top >> np.uint64(6)] |= np.uint64(1) << (top & np.uint64(63))
+        s = (x * _FIB) >> shift
+        while slots[s] != 0:
+            s = (s + np.uint64(1)) & mask
+        slots[s] = x
+        code_at[s] = c
+    return slots, code_at, seen, shift
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _table_code(slots: np.ndarray, code_at: np.ndarray, seen: np.ndarray, shift: np.uint64,
+                x: np.uint64) -> int:
+    """The code of key ``x`` in a :func:`_key_table` (``shift``: 64 less its bits), -1
+    if it is not there. (Written as plain comparisons: ``x == 0 or not ...`` here made
+    every probe about ten times slower.)"""
+    top = x >> np.uint64(48)
+    if (seen[top >> np.uint64(6)] >> (top & np.uint64(63))) & np.uint64(1) == 0:
+        return -1  # (0, no key, is never in a table: its probe ends at an empty slot)
+    mask = np.uint64(len(slots) - 1)
+    s = (x * _FIB) >> shift
+    while slots[s] != 0:
+        if slots[s] == x:
+            return int(code_at[s])
+        s = (s + np.uint64(1)) & mask
+    return -1
+
+
 @numba.njit(cache=True, nogil=True)
 def named_rows(buf: np.ndarray, spans: np.ndarray,
                uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The packed entries in the byte ranges ``spans`` of ``buf`` (a person each)
-    whose key is among ``uniq`` (coded by position, engine.rules.txn_keys): the
+    whose key is among ``uniq`` (distinct keys coded by position, as
+    engine.rules.txn_keys.dense_codes returns them): the
     position of each one's row in ``buf``, its key's code and its person, in order.
     What picks the few rows of long histories a batch's records name, without
     copying the rest."""
-    slots, code_at, seen, shift = key_table(uniq)
+    slots, code_at, seen, shift = _key_table(uniq)
     n = 0
     for i in range(len(spans)):
         n += spans[i, 1] // _ROW
@@ -395,7 +445,7 @@ def named_rows(buf: np.ndarray, spans: np.ndarray,
             k = np.uint64(0)
             for b in range(7, -1, -1):  # ENTRY's key: the row's first 8 bytes, little-endian
                 k = (k << _U8) | np.uint64(buf[q + b])
-            c = table_code(slots, code_at, seen, shift, k)
+            c = _table_code(slots, code_at, seen, shift, k)
             if c >= 0:
                 pos[m], code[m], owner[m] = q, c, i
                 m += 1
