@@ -98,6 +98,17 @@ def worker_latency(metrics: dict[str, float]) -> str:
 PHASE_KEY = 'mynapoint_batch_phase_seconds_sum{phase="'
 
 
+def _measured_seconds(lat: dict[str, Any]) -> str:
+    """How long the measured part of a latency load lasted: the live dataset's rows can
+    run out before the duration asked for (the sender stops at the last one)."""
+    asked = lat["seconds"]
+    sent = lat.get("send_seconds", lat["warmup"] + asked) - lat["warmup"]
+    if sent >= asked - 0.5:
+        return f"{asked:.0f} s measured"
+    return (f"{sent:.1f} s measured ({asked:.0f} s were asked for; the live dataset's "
+            f"{lat['sent']:,} transactions ran out at this rate)")
+
+
 def phase_breakdown(metrics: dict[str, float]) -> str:
     """A poll's mean time by phase in ms, in the order a batch goes through them
     (the worker's ``mynapoint_batch_phase_seconds``; "" if not scraped)."""
@@ -252,7 +263,7 @@ def render(results: dict[str, Any]) -> str:
               f"(read before the load starts); transactions sent as one-record messages at "
               f"{lat['target_rate']:,.0f}/s (= 0.5 × the one-record rate of (b), "
               f"{r['single_1w'].get('txn_per_s', 0):,.0f}/s) for {lat['warmup']:.0f} s of "
-              f"warm-up + {lat['seconds']:.0f} s measured, Kafka timestamp = received_at = "
+              f"warm-up + {_measured_seconds(lat)}, Kafka timestamp = received_at = "
               f"now, campaign `accept_end` moved to 2099 "
               f"(`bench/_work/stream/campaign-live.toml`). Latency = outcome received by a "
               f"consumer of the output topics (in a process of its own, not the sender's) "

@@ -194,3 +194,23 @@ def test_a_polls_time_by_phase_is_scraped_and_shown_in_batch_order() -> None:
     assert phase_breakdown(got) == ("prepare 0.5 · decode 0.0 · decide 13.0 · outputs 0.0 · "
                                     "state 3.0 · commit 0.0 · local 0.0")
     assert phase_breakdown({}) == ""  # a run that did not scrape the phases
+
+
+def test_the_latency_run_says_how_long_its_load_lasted_when_its_rows_ran_out() -> None:
+    lat = {"label": "latency", "measured": 1_000, "achieved_rate": 44_000.0,
+           "target_rate": 44_000.0, "matched": 600_000, "unmatched": 0, "sent": 600_000,
+           "send_seconds": 13.6, "seconds": 20.0, "warmup": 3.0, "enrollments": 10,
+           "p50": 12.0, "p90": 20.0, "p99": 87.5, "p99.9": 90.0, "max": 140.0,
+           "all_p50": 12.0, "all_p99": 87.5, "all_max": 140.0, "worst_per_second_ms": [140],
+           "outcome_kinds": {"granted": 600_000},
+           "cpu": {"own_cores": 1.5, "foreign_cores": 0.0, "live_children_cores": 0.7}}
+    results = {"machine": {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24,
+                           "kernel": "k", "python": "3.11", "kafka": "k", "java": "j"},
+               "sizes": {"batched_users": 1, "batched_txns": 1, "batch": 1,
+                         "single_users": 1, "single_txns": 1, "faust_events": 1},
+               "date": "d", "mode": "full", "engine": {"start": "c"},
+               "runs": {"single_1w": {"error": "stalled"}, "latency": lat}}
+    assert ("for 3 s of warm-up + 10.6 s measured (20 s were asked for; the live "
+            "dataset's 600,000 transactions ran out at this rate)") in render(results)
+    lat["send_seconds"] = 23.0
+    assert "for 3 s of warm-up + 20 s measured, Kafka" in render(results)
