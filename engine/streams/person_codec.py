@@ -332,7 +332,7 @@ def _encode(op: np.ndarray, kind: np.ndarray, day: np.ndarray, c: np.ndarray, r:
 
 
 def encode_people(op: np.ndarray, kind: np.ndarray, day: np.ndarray, c: np.ndarray,
-                  r: np.ndarray, entries: bytes | np.ndarray, entry_spans: np.ndarray,
+                  r: np.ndarray, entries: np.ndarray, entry_spans: np.ndarray,
                   names: tuple[np.ndarray, np.ndarray],
                   marks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                   added: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -354,8 +354,7 @@ def encode_people(op: np.ndarray, kind: np.ndarray, day: np.ndarray, c: np.ndarr
             + int(new_entries[1][:, 1].sum()) + 18 * int(marks[3].sum() + added[3].sum()))
     out = np.empty(size, np.uint8)
     offs = np.empty(n + 1, np.int64)
-    ebuf = entries if isinstance(entries, np.ndarray) else np.frombuffer(entries, np.uint8)
-    end = _encode(op, kind, day, c, r, ebuf, entry_spans.astype(np.int64), new_entries[0],
+    end = _encode(op, kind, day, c, r, entries, entry_spans.astype(np.int64), new_entries[0],
                   new_entries[1].astype(np.int64), names_b, name_offs, *marks, *added, out,
                   offs)
     return out[:end].tobytes(), offs

@@ -627,6 +627,8 @@ class _Call:
         people, p = self.people_a, self.p
         np_ = len(self.plist)
         ebuf, espans = self.ebuf, p.entries
+        if self.n0:  # the stored rows the kernel was given, as it left them
+            patch_rows(ebuf, self.epos, self.reg.status[:self.n0], self.reg.refunded[:self.n0])
         nbuf, nspans = self._new_entries(np_)
         a_person, a_key, a_val = self.added
         a_count = np.bincount(a_person, minlength=np_).astype(np.int64)
@@ -675,12 +677,9 @@ class _Call:
 
     def _new_entries(self, np_: int) -> tuple[np.ndarray, np.ndarray]:
         """The new entries, packed in person order and in the order they were first
-        seen, with each person's (start, length) in them; and the stored entries the
-        kernel was given, their status and refunded sum written back into the stored
-        rows (in place: each person's value is written from those rows, then these)."""
+        seen, with each person's (start, length) in them (a value is written from the
+        person's stored rows, then these)."""
         reg, n0, ne = self.reg, self.n0, self.n_entries
-        if n0:
-            patch_rows(self.ebuf, self.epos, reg.status[:n0], reg.refunded[:n0])
         owner = reg.person[n0:ne]
         # gathered field by field into person order: a gather of the packed 22-byte
         # rows themselves costs twice as much

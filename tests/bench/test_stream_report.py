@@ -111,20 +111,28 @@ def test_a_one_worker_figure_is_the_median_of_its_drains_and_shows_them_all() ->
     assert "one worker against" in text  # one drain: no median mentioned
 
 
-def test_the_latency_run_names_the_cores_the_load_generator_took() -> None:
-    lat = {"label": "latency", "measured": 1_000, "achieved_rate": 990.0,
+def _latency_results(**lat: Any) -> dict[str, Any]:
+    """A full run's results holding only a latency run (1,000 records at 990/s unless
+    ``lat`` says otherwise) and a failed one-record drain."""
+    run = {"label": "latency", "measured": 1_000, "achieved_rate": 990.0,
            "target_rate": 1000.0, "matched": 1_000, "unmatched": 0, "sent": 1_000,
            "send_seconds": 1.0, "seconds": 1.0, "warmup": 0.0, "enrollments": 10,
            "p50": 12.0, "p90": 20.0, "p99": 87.5, "p99.9": 90.0, "max": 140.0,
            "all_p50": 12.0, "all_p99": 87.5, "all_max": 140.0, "worst_per_second_ms": [140],
            "outcome_kinds": {"granted": 1_000},
-           "cpu": {"own_cores": 1.5, "foreign_cores": 0.0, "live_children_cores": 0.7}}
-    results = {"machine": {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24,
-                           "kernel": "k", "python": "3.11", "kafka": "k", "java": "j"},
-               "sizes": {"batched_users": 1, "batched_txns": 1, "batch": 1,
-                         "single_users": 1, "single_txns": 1, "faust_events": 1},
-               "date": "d", "mode": "full", "engine": {"start": "c"},
-               "runs": {"single_1w": {"error": "stalled"}, "latency": lat}}
+           "cpu": {"own_cores": 1.5, "foreign_cores": 0.0, "live_children_cores": 0.7},
+           **lat}
+    return {"machine": {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24,
+                        "kernel": "k", "python": "3.11", "kafka": "k", "java": "j"},
+            "sizes": {"batched_users": 1, "batched_txns": 1, "batch": 1,
+                      "single_users": 1, "single_txns": 1, "faust_events": 1},
+            "date": "d", "mode": "full", "engine": {"start": "c"},
+            "runs": {"single_1w": {"error": "stalled"}, "latency": run}}
+
+
+def test_the_latency_run_names_the_cores_the_load_generator_took() -> None:
+    results = _latency_results()
+    lat = results["runs"]["latency"]
     # runs before the generator's CPU was recorded say nothing of the broker's share
     assert "of which the worker 0.70." in render(results)
     lat["generator_cores"] = 0.41
@@ -197,20 +205,8 @@ def test_a_polls_time_by_phase_is_scraped_and_shown_in_batch_order() -> None:
 
 
 def test_the_latency_run_says_how_long_its_load_lasted_when_its_rows_ran_out() -> None:
-    lat = {"label": "latency", "measured": 1_000, "achieved_rate": 44_000.0,
-           "target_rate": 44_000.0, "matched": 600_000, "unmatched": 0, "sent": 600_000,
-           "send_seconds": 13.6, "seconds": 20.0, "warmup": 3.0, "enrollments": 10,
-           "p50": 12.0, "p90": 20.0, "p99": 87.5, "p99.9": 90.0, "max": 140.0,
-           "all_p50": 12.0, "all_p99": 87.5, "all_max": 140.0, "worst_per_second_ms": [140],
-           "outcome_kinds": {"granted": 600_000},
-           "cpu": {"own_cores": 1.5, "foreign_cores": 0.0, "live_children_cores": 0.7}}
-    results = {"machine": {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24,
-                           "kernel": "k", "python": "3.11", "kafka": "k", "java": "j"},
-               "sizes": {"batched_users": 1, "batched_txns": 1, "batch": 1,
-                         "single_users": 1, "single_txns": 1, "faust_events": 1},
-               "date": "d", "mode": "full", "engine": {"start": "c"},
-               "runs": {"single_1w": {"error": "stalled"}, "latency": lat}}
+    results = _latency_results(sent=600_000, send_seconds=13.6, seconds=20.0, warmup=3.0)
     assert ("for 3 s of warm-up + 10.6 s measured (20 s were asked for; the live "
             "dataset's 600,000 transactions ran out at this rate)") in render(results)
-    lat["send_seconds"] = 23.0
+    results["runs"]["latency"]["send_seconds"] = 23.0
     assert "for 3 s of warm-up + 20 s measured, Kafka" in render(results)

@@ -57,7 +57,7 @@ def _roundtrip(values: list[bytes]) -> tuple[bytes, np.ndarray]:
     assert p.ok.all()
     n = len(values)
     z = np.zeros(n, np.int64)
-    return encode_people(p.op, p.kind, p.day, p.c, p.r, buf.tobytes(), p.entries, NAMES,
+    return encode_people(p.op, p.kind, p.day, p.c, p.r, buf, p.entries, NAMES,
                          (p.mkeys, p.mvals, p.mstart, p.mcount), (*NO_MARKS, z, z))
 
 
@@ -98,7 +98,7 @@ def test_no_value_is_a_new_person_and_marks_added_follow_the_stored_ones() -> No
     p.mvals[p.mstart[1]] = 8
     added = (np.array([3, 6], np.uint64), np.array([1, 2], np.int64),
              np.array([0, 1], np.int64), np.array([1, 1], np.int64))
-    data, out = encode_people(p.op, p.kind, p.day, p.c, p.r, buf.tobytes(), p.entries, NAMES,
+    data, out = encode_people(p.op, p.kind, p.day, p.c, p.r, buf, p.entries, NAMES,
                               (p.mkeys, p.mvals, p.mstart, p.mcount), added)
     assert data[out[0]:out[1]] == encode(PersonState(marks={3: 1}))
     assert data[out[1]:out[2]] == encode(PersonState(
