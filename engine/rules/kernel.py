@@ -107,6 +107,10 @@ class Terms(NamedTuple):
     # call per thread over the same records (people decide apart, DECISIONS 110)
     shares: int = 1
     share: int = 0
+    # Streaming calls may decide several partitions at once (DECISIONS 130): the
+    # lanes (``stream_times``) are then one run of this many per partition, and a
+    # partition's stream time is the largest of its own run. 0: one partition.
+    lanes_per_part: int = 0
 
 
 class Decided(NamedTuple):
@@ -254,7 +258,8 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     its own input passes its deadline (rules, "Order and waiting"), so one
     operator's input running ahead does not end another's waits. ``follows`` (bool per
     lane): the input has nothing unread; after the batch, its waits end by the
-    partition's stream time (the largest), as nothing of its own can end them now.
+    partition's stream time (the largest of its partition's lanes, all of them unless
+    ``terms.lanes_per_part``), as nothing of its own can end them now.
 
     ``per_record``: the scratch lists indexed by record, ``(rec_entry, nxt)``, int32,
     -1 filled; calls deciding shares of the same records (:class:`Terms`) share them,
@@ -264,7 +269,8 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     (typ, reason, person, op, kind, amount, _at, day, txn, orig, fp, ts, deadline,
      too_late, outside, bad_earn_on, preparked, lane) = recs
     e_person, e_op, e_txn, e_kind, e_amount, e_fp, e_status, e_refunded, e_rec = reg
-    rate, cap, rounding, park_for_enrollment, final, person_limit, rc, shares, share = terms
+    (rate, cap, rounding, park_for_enrollment, final, person_limit, rc, shares, share,
+     lanes_per_part) = terms
     out_reason, out_points, out_cum, out_seq, out_trigger = out
     n = len(typ)
     cap_e = len(e_person)
@@ -297,6 +303,9 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
     w_tail = np.full(np_, -1, dtype=np.int32)
     # one min-heap of deadlines per input (lane), lane l at [l * hcap, (l + 1) * hcap)
     n_lanes = len(stream_times)
+    group = lanes_per_part if lanes_per_part > 0 else n_lanes
+    if n_lanes % group:
+        raise ValueError("the lanes are whole runs of lanes_per_part")
     hcap = 1 if final else max(n, 1)
     hk = np.zeros(n_lanes * hcap, dtype=np.int64)
     hv = np.zeros(n_lanes * hcap, dtype=np.int64)
@@ -326,11 +335,8 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
             lo, hi = lane[i], lane[i] + 1
         # also after the last record: a waiting record whose deadline stream time
         # has already passed must not sit until some later record arrives
-        part = NO_TIME_K
         if i == n:
             lo, hi = 0, n_lanes
-            for ln in range(n_lanes):
-                part = max(part, stream_times[ln])
         for ln in range(lo, hi):
             if final:
                 break
@@ -338,8 +344,14 @@ def decide(people, recs, reg, n_entries, n_codes, terms, stream_times, follows, 
             hvl = hv[ln * hcap:(ln + 1) * hcap]
             hsl = hsize[ln:ln + 1]
             clock = stream_times[ln]
-            if i == n and follows[ln] and part > clock:
-                clock = part  # only for waits: its own later records keep their clock
+            if i == n and follows[ln]:
+                # its partition's stream time: the largest of the partition's lanes
+                g0 = ln - ln % group
+                part = NO_TIME_K
+                for g in range(g0, g0 + group):
+                    part = max(part, stream_times[g])
+                if part > clock:
+                    clock = part  # only for waits: its own later records keep their clock
             while hsl[0] > 0 and hkl[0] < clock:
                 j = _heap_pop(hkl, hvl, hsl)
                 if out_reason[j] != PARKED:

@@ -6,6 +6,9 @@ agent) drive the same object:
 
 - :meth:`PartitionLogic.decide` — a batch of enrollments and transactions
   (already validated, :class:`~engine.streams.decode.InBatch`) → outcomes;
+  :func:`decide_together` — the same for several partitions' logic objects in one
+  call, each partition's outcomes and state as if decided alone (a live poll brings
+  each partition a few dozen records: a call's fixed cost is paid once);
 - :meth:`PartitionLogic.expire` — stream time moved without input → the outcomes
   of the waits that ended;
 - :meth:`PartitionLogic.final` — end of input (a closed campaign, a file) → every
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from engine.rules.model import NO_TIME, Campaign, Registry
 from engine.streams.decode import InBatch
-from engine.streams.shard import ShardDecider, ShardResult
+from engine.streams.shard import Part, ShardDecider, ShardResult
 from engine.streams.state import ShardMeta, ShardStore, Staged
 
 
@@ -44,6 +47,10 @@ class PartitionLogic:
         for the unattributed input; see ShardDecider.decide)."""
         return self._decider.decide(self.store, self.partition, enrollments, transactions,
                                     caught_up=caught_up)
+
+    def part(self, enrollments: InBatch | None, transactions: InBatch | None,
+             caught_up: frozenset[str] = frozenset()) -> Part:
+        return Part(self.store, self.partition, enrollments, transactions, caught_up)
 
     def expire(self, stream_time: int) -> ShardResult:
         """Move stream time to ``stream_time`` (never back) and decide the waits
@@ -89,3 +96,14 @@ class PartitionLogic:
     def waiting(self) -> int:
         """People with records waiting."""
         return len(self.store.parked)
+
+
+def decide_together(work: list[tuple[PartitionLogic, InBatch | None, InBatch | None,
+                                     frozenset[str]]]) -> list[ShardResult]:
+    """:meth:`PartitionLogic.decide` of each ``(logic, enrollments, transactions,
+    caught_up)``, in one call (DECISIONS 130): the logic objects are of one campaign,
+    registry and partition count (one runtime's), each of its own partition."""
+    if not work:
+        return []
+    decider = work[0][0]._decider
+    return decider.decide_parts([logic.part(e, t, c) for logic, e, t, c in work])

@@ -32,7 +32,7 @@ from engine.rules.model import KIND_NAMES, NO_TIME, REASON_NAMES, Campaign, Reas
 from engine.rules.settlement import STATEFUL_DETAIL
 from engine.rules.strings import format_utc, kafka_partitions, rfc3339_array
 from engine.rules.txn_keys import dense_codes, entry_keys, fingerprints, person_codes
-from engine.streams.decode import InBatch, parse_source
+from engine.streams.decode import InBatch, concat_batches, parse_source
 from engine.streams.entries import ENTRY
 from engine.streams.grant_json import GrantJson, grant_json
 from engine.streams.person_codec import (
@@ -196,13 +196,26 @@ def reroute_record(b: InBatch, i: int, key: str) -> dict[str, Any]:
     return rec
 
 
+class Part(NamedTuple):
+    """One partition's share of a decide call: its store, its number, its batches
+    (already validated) and the operators whose input it has caught up on (see
+    :meth:`ShardDecider.decide`)."""
+
+    store: ShardStore
+    partition: int
+    enrollments: InBatch | None
+    transactions: InBatch | None
+    caught_up: frozenset[str] = frozenset()
+
+
 class ShardDecider:
     def __init__(self, campaign: Campaign, registry: Registry, partitions: int) -> None:
         self.campaign = campaign
         self.registry = registry
         self.partitions = partitions
         self.op_ids = [o.id for o in registry.operators]
-        self.terms = terms_of(campaign, streaming=True)
+        self.n_lanes = len(self.op_ids) + 1  # per partition: each operator's, the rest's
+        self.terms = terms_of(campaign, streaming=True)._replace(lanes_per_part=self.n_lanes)
         self.grant_json = grant_json(campaign.id, campaign.cap_points)
         self.names = name_table(self.op_ids)  # person_codec's operator codes: registry order
         self._lanes: dict[str, int] = {}  # source topic -> lane
@@ -222,7 +235,7 @@ class ShardDecider:
         return lane
 
     def stream_times(self, store: ShardStore, clock: int | None) -> np.ndarray:
-        lanes = np.full(len(self.op_ids) + 1, NO_TIME, np.int64)
+        lanes = np.full(self.n_lanes, NO_TIME, np.int64)
         for name, t in store.meta.lanes.items():
             if not name or self.registry.code(name) >= 0:  # an operator since removed: none
                 lanes[self._lane_of(name)] = t
@@ -239,38 +252,53 @@ class ShardDecider:
         ``caught_up``: the operators ("" for the unattributed input) whose
         transactions input has nothing unread — their waits follow the partition's
         stream time after this batch (kernel.decide)."""
-        call = _Call(self, store)
-        call.select(partition, enr, txn)
-        lanes = self.stream_times(store, clock)
-        call.involve_waiting(int(lanes.max()), txn, final)
+        return self.decide_parts([Part(store, partition, enr, txn, caught_up)], clock,
+                                 final)[0]
+
+    def decide_parts(self, parts: list[Part], clock: int | None = None,
+                     final: bool = False) -> list[ShardResult]:
+        """Several partitions' batches in one call, each partition's result as if
+        decided alone (DECISIONS 130): people belong to one partition each, and each
+        partition's stream times are a run of lanes of their own. A call's fixed cost
+        (a few dozen numpy and Arrow calls per step) is then paid once per poll, not
+        once per partition."""
+        call = _Call(self, parts)
+        call.select()
+        lanes = np.concatenate([self.stream_times(pt.store, clock) for pt in parts])
+        call.involve_waiting(lanes, final)
         call.load()
         call.marshal()
         follows = np.zeros(len(lanes), np.bool_)
-        follows[[self._lane_of(name) for name in caught_up]] = True
+        for k, pt in enumerate(parts):
+            follows[[k * self.n_lanes + self._lane_of(name) for name in pt.caught_up]] = True
         call.run_kernel(self.terms._replace(final=True) if final else self.terms, lanes,
                         follows)
         call.outcomes()
         call.new_state()
-        return call.res
-
+        return call.results
 
 
 class _Call:
-    """One :meth:`ShardDecider.decide` call, step by step: which records and people,
-    the people's stored state (read in bulk, :mod:`engine.streams.person_codec`), the
-    kernel's arrays, the kernel, the outcomes, the people's new state."""
+    """One :meth:`ShardDecider.decide_parts` call, step by step: which records and
+    people, the people's stored state (read in bulk, :mod:`engine.streams.person_codec`),
+    the kernel's arrays, the kernel, the outcomes, the people's new state. Its
+    partitions are indexed 0.. in the order given (``k``)."""
 
-    def __init__(self, d: ShardDecider, store: ShardStore) -> None:
+    def __init__(self, d: ShardDecider, parts: list[Part]) -> None:
         self.d = d
-        self.store = store
-        self.res = ShardResult()
+        self.parts = parts
+        self.stores = [pt.store for pt in parts]
+        self.results = [ShardResult() for _ in parts]
         self.people: dict[str, int] = {}
         self.plist: list[str] = []
+        self.pk: list[int] = []  # each person's partition (k)
         # per batch: (batch, record type, its rows that passed the checks, which of
-        # them are this partition's, their person index)
-        self.mine: list[tuple[InBatch, int, np.ndarray, np.ndarray, np.ndarray]] = []
-        # (batch, record type, rows decided here, their person index or -1)
-        self.keep: list[tuple[InBatch, int, np.ndarray, list[int]]] = []
+        # them are this call's to decide, their person index, each row's partition k)
+        self.mine: list[tuple[InBatch, int, np.ndarray, np.ndarray, np.ndarray,
+                              np.ndarray]] = []
+        # (batch, record type, rows decided here, their person index or -1, each
+        # row's partition k)
+        self.keep: list[tuple[InBatch, int, np.ndarray, list[int], np.ndarray]] = []
         # id columns per kernel record, gathered from the batches' Arrow columns once
         # asked for (:meth:`column`)
         self._columns: dict[str, pa.Array] = {}
@@ -280,64 +308,95 @@ class _Call:
         # format): msgspec's objects, by person index
         self.objs: dict[int, PersonState] = {}
 
-    def person(self, key: str) -> int:
+    def person(self, key: str, k: int) -> int:
         i = self.people.get(key)
         if i is None:
             i = len(self.plist)
             self.people[key] = i
             self.plist.append(key)
+            self.pk.append(k)
         return i
 
+    def _batches(self, typ: int) -> tuple[InBatch, np.ndarray] | None:
+        """The partitions' batches of one record type as one, with each row's
+        partition k: each partition's rows stay in their order."""
+        got = [(k, b) for k, pt in enumerate(self.parts)
+               for b in (pt.enrollments if typ == kernel.ENROLLMENT else pt.transactions,)
+               if b is not None and b.v.n]
+        if not got:
+            return None
+        whole = concat_batches([b for _, b in got])
+        assert whole is not None
+        read = np.repeat(np.asarray([k for k, _ in got], np.int64), [b.v.n for _, b in got])
+        return whole, read
+
     # ------------------------------------------------------------------ steps
-    def select(self, partition: int, enr: InBatch | None, txn: InBatch | None) -> None:
-        """Which records are this partition's (the rest re-routed), and the people
+    def select(self) -> None:
+        """Which records are their partition's (the rest re-routed), and the people
         they involve: Python per person, not per record."""
-        batches = [(b, t) for b, t in ((enr, kernel.ENROLLMENT), (txn, kernel.TRANSACTION))
-                   if b is not None and b.v.n]
-        for b, typ in batches:
+        own = np.asarray([pt.partition for pt in self.parts], np.int64)
+        for typ in (kernel.ENROLLMENT, kernel.TRANSACTION):
+            got = self._batches(typ)
+            if got is None:
+                continue
+            b, read = got
             v = b.v
             valid = np.asarray(v.mykey_id.is_valid().to_numpy(zero_copy_only=False), np.bool_)
             checked = (v.reason == 0) & valid  # the rest failed a check: decided as they are
             parts = kafka_partitions(v.mykey_id, self.d.partitions)
-            for i in np.flatnonzero(checked & (parts != partition)).tolist():
-                self.res.reroute.append(Reroute(
+            here = parts == own[read]
+            for i in np.flatnonzero(checked & ~here).tolist():
+                self.results[int(read[i])].reroute.append(Reroute(
                     v.record_type, int(parts[i]), reroute_record(b, i, v.mykey_id[i].as_py()),
                     b.source[i], int(v.received[i])))
-            mine = np.flatnonzero(checked & (parts == partition))
-            self.mine.append((b, typ, checked, mine, self._people(b, mine)))
+            mine = np.flatnonzero(checked & here)
+            self.mine.append((b, typ, checked, mine, self._people(b, mine, read[mine]), read))
 
-    def _people(self, b: InBatch, rows: np.ndarray) -> np.ndarray:
-        """The person index of each of ``rows``, numbered in order of first appearance:
-        up to SMALL_ROWS looked up record by record, more coded first (their mykey_id is
-        valid: 8 bytes, a dense code each, in order of first appearance) and looked up
-        once per person."""
+    def _people(self, b: InBatch, rows: np.ndarray, ks: np.ndarray) -> np.ndarray:
+        """The person index of each of ``rows`` (of partitions ``ks``), numbered in
+        order of first appearance: up to SMALL_ROWS looked up record by record, more
+        coded first (their mykey_id is valid: 8 bytes, a dense code each, in order of
+        first appearance) and looked up once per person."""
         person = self.person
         if len(rows) <= SMALL_ROWS:  # a few records: one lookup each costs less than coding
             keys = b.v.mykey_id.take(pa.array(rows)).to_pylist()
-            return np.asarray([person(k) for k in keys], np.int64)
+            return np.asarray([person(key, k) for key, k in zip(keys, ks.tolist(),
+                                                                 strict=True)], np.int64)
         codes = person_codes(b.v.mykey_id.take(rows))[0][0]
         first = np.unique(codes, return_index=True)[1]  # by code: by first appearance
-        pis = [person(k) for k in b.v.mykey_id.take(pa.array(rows[first])).to_pylist()]
+        keys = b.v.mykey_id.take(pa.array(rows[first])).to_pylist()
+        pis = [person(key, k) for key, k in zip(keys, ks[first].tolist(), strict=True)]
         return np.asarray(pis, np.int64)[codes]  # type: ignore[no-any-return]
 
-    def involve_waiting(self, stream_time: int, txn: InBatch | None, final: bool) -> None:
-        """Add the people whose waits end in this call (or all, ``final``)."""
-        new_st = stream_time
-        if txn is not None and txn.v.n:
-            r = txn.v.received[(txn.v.received != NO_TIME) & ~txn.v.too_late]
-            if len(r):
-                new_st = max(new_st, int(r.max()))
-        parked = self.store.parked
-        for key in list(parked) if final else parked.due_before(new_st):
-            self.person(key)
+    def involve_waiting(self, lanes: np.ndarray, final: bool) -> None:
+        """Add the people whose waits end in this call (or all, ``final``): a
+        partition's waits end by its stream time (the largest of its lanes)."""
+        new_st = lanes.reshape(len(self.parts), self.d.n_lanes).max(axis=1)
+        for b, typ, _checked, _rows, _person, read in self.mine:
+            if typ == kernel.TRANSACTION:
+                at = (b.v.received != NO_TIME) & ~b.v.too_late
+                np.maximum.at(new_st, read[at], b.v.received[at])
+        for k, store in enumerate(self.stores):
+            parked = store.parked
+            for key in list(parked) if final else parked.due_before(int(new_st[k])):
+                self.person(key, k)
 
     def load(self) -> None:
         """The people's stored state as columns (one compiled pass over their values;
         msgspec's objects for the few of another shape), then which records are
         already in it (:meth:`_not_applied`), then the waiting records, which go
         first, by arrival."""
-        vals = self.store.values(self.plist)
-        np_ = len(vals)
+        np_ = len(self.plist)
+        vals: list[bytes | None]
+        if len(self.stores) == 1:
+            vals = self.stores[0].values(self.plist)
+        else:
+            vals = [None] * np_
+            part_of = np.asarray(self.pk, np.int64)
+            for k, store in enumerate(self.stores):
+                idx = np.flatnonzero(part_of == k).tolist()
+                for i, v in zip(idx, store.values([self.plist[i] for i in idx]), strict=True):
+                    vals[i] = v
         offs = np.zeros(np_ + 1, np.int64)
         offs[1:] = np.cumsum([len(v) if v is not None else 0 for v in vals])
         # a bytearray: new_state writes the decided status and refunded sums into the
@@ -384,7 +443,7 @@ class _Call:
         origins: list[np.ndarray] = []
         ats: list[np.ndarray] = []
         okeys: list[int] = []
-        for b, _typ, _checked, rows, _person in self.mine:
+        for b, _typ, _checked, rows, _person, _read in self.mine:
             origin = b.origin[rows].astype(np.int64)
             at = b.origin_at[rows].copy()
             base = len(okeys)
@@ -416,14 +475,14 @@ class _Call:
             fresh = np.zeros(0, np.bool_)
             self.added = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
         start = 0
-        for b, typ, checked, rows, person in self.mine:
+        for b, typ, checked, rows, person, read in self.mine:
             decided = ~checked
             decided[rows[fresh[start:start + len(rows)]]] = True
             start += len(rows)
             idx = np.flatnonzero(decided)
             pidx = np.full(b.v.n, -1, np.int64)
             pidx[rows] = person
-            self.keep.append((b, typ, idx, pidx[idx].tolist()))
+            self.keep.append((b, typ, idx, pidx[idx].tolist(), read[idx]))
 
     def marshal(self) -> None:
         """The kernel's records (waiting ones first), people and registry: every
@@ -445,22 +504,28 @@ class _Call:
             recs.day[j] = pk.day
             recs.received[j] = pk.received
             recs.preparked[j] = 1
-            recs.lane[j] = self.d.lane(pk.source)
+            recs.lane[j] = self.d.lane(pk.source) + self.pk[pi] * self.d.n_lanes
         if n_pre:
             ops = [pk.operator_id for _, pk in self.pre]
             keys[:n_pre] = entry_keys(ops, [pk.txn_id for _, pk in self.pre])
             origs[:n_pre] = entry_keys(ops, [pk.orig for _, pk in self.pre])
+        # each kernel record's partition (k): its lanes are that partition's run
+        rec_part = self.rec_part = np.zeros(n, np.int64)
+        if n_pre:
+            rec_part[:n_pre] = np.asarray(self.pk, np.int64)[recs.person[:n_pre]]
         j = n_pre
-        for b, typ, rows, pidx in self.keep:
+        for b, typ, rows, pidx, read in self.keep:
             m = len(rows)
             v = b.v
             person = np.asarray(pidx, np.int32)
             fill_records(recs, slice(j, j + m), typ, v, rows, person)
+            rec_part[j:j + m] = read
             # by where each record was first read (its topic), one lookup per topic
             lanes = np.asarray([self.d.lane(w) for w in b.origins] + [-1], np.int32)
             recs.lane[j:j + m] = lanes[b.origin[rows]]
             for q in np.flatnonzero(b.origin[rows] < 0).tolist():
                 recs.lane[j + q] = self.d.lane(b.source[int(rows[q])])
+            recs.lane[j:j + m] += (read * self.d.n_lanes).astype(np.int32)
             if typ == kernel.TRANSACTION and m:
                 # only records with a person meet the state (the rest failed a check)
                 with_person = person >= 0
@@ -537,25 +602,36 @@ class _Call:
             self.people_a, self.recs, self.reg, self.n0, max(len(self.key_of), 1), terms,
             lanes, follows, self.out)
         self.n_entries = int(n_entries)
-        meta, ops = self.store.meta, self.d.op_ids
-        for code in np.flatnonzero(lanes != NO_TIME).tolist():
-            meta.lanes[ops[code] if code < len(ops) else ""] = int(lanes[code])
-        meta.stream_time = max(meta.stream_time, int(lanes.max()))
+        ops, width = self.d.op_ids, self.d.n_lanes
+        for k, store in enumerate(self.stores):
+            meta, own = store.meta, lanes[k * width:(k + 1) * width]
+            for code in np.flatnonzero(own != NO_TIME).tolist():
+                meta.lanes[ops[code] if code < len(ops) else ""] = int(own[code])
+            meta.stream_time = max(meta.stream_time, int(own.max()))
 
     def outcomes(self) -> None:
-        """Grants and rejections, in decision order: the ids of the records decided are
-        gathered column-wise (Arrow), only rejections are built one by one."""
-        res, recs, out = self.res, self.recs, self.out
+        """Grants and rejections, in decision order, to each record's partition: the
+        ids of the records decided are gathered column-wise (Arrow), only rejections
+        are built one by one."""
+        results, recs, out, rec_part = self.results, self.recs, self.out, self.rec_part
         order = np.argsort(np.where(out.reason == kernel.PARKED, np.iinfo(np.int64).max,
                                     out.seq), kind="stable")
         decided = order[out.reason[order] != kernel.PARKED]
         reason = out.reason[decided]
         is_txn = recs.typ[decided] == kernel.TRANSACTION
-        res.outcomes = {"enrollment": reason[~is_txn], "transaction": reason[is_txn]}
+        if len(results) == 1:
+            results[0].outcomes = {"enrollment": reason[~is_txn], "transaction": reason[is_txn]}
+        else:
+            d_part = rec_part[decided]
+            for k, res in enumerate(results):
+                at = d_part == k
+                res.outcomes = {"enrollment": reason[~is_txn & at],
+                                "transaction": reason[is_txn & at]}
         rejected_a = decided[reason != 0]
         if len(rejected_a):
             typ_l = recs.typ.tolist()
             reason_l = out.reason.tolist()
+            part_l = rec_part.tolist()
             key_l, op_l, tid_l, src_l = (self.ids(name, rejected_a).to_pylist() for name in
                                          ("mykey_id", "operator_id", "txn_id", "source"))
             detail_l = self.details()[rejected_a].tolist()
@@ -564,23 +640,35 @@ class _Call:
                                                       detail_l, strict=True):
                 r = reason_l[j]
                 txn = typ_l[j] == kernel.TRANSACTION
-                res.rejections.append((key.encode() if key is not None else None, {
-                    "record_type": "transaction" if txn else "enrollment",
-                    "reason": REASON_NAMES[r],
-                    "detail": detail if detail is not None else STATEFUL_DETAIL[Reason(r)],
-                    "txn_id": tid if txn else None,
-                    "operator_id": opid, "mykey_id": key, "source": src}))
+                results[part_l[j]].rejections.append((
+                    key.encode() if key is not None else None, {
+                        "record_type": "transaction" if txn else "enrollment",
+                        "reason": REASON_NAMES[r],
+                        "detail": detail if detail is not None else STATEFUL_DETAIL[Reason(r)],
+                        "txn_id": tid if txn else None,
+                        "operator_id": opid, "mykey_id": key, "source": src}))
         accepted = decided[(reason == 0) & is_txn]
-        if len(accepted):
-            pts_a = out.points[accepted]
-            res.points += int(pts_a[pts_a > 0].sum())
-            res.clawed_back -= int(pts_a[pts_a < 0].sum())
-            g_keys, g_ops, g_tids, g_srcs = (self.ids(name, accepted) for name in
-                                             ("mykey_id", "operator_id", "txn_id", "source"))
+        if not len(accepted):
+            return
+        # grouped by partition, each partition's in decision order: one gather of the
+        # ids for all, each partition's grants a slice of it
+        accepted = accepted[np.argsort(rec_part[accepted], kind="stable")]
+        bounds = np.searchsorted(rec_part[accepted], np.arange(len(results) + 1)).tolist()
+        pts_a = out.points[accepted]
+        g_keys, g_ops, g_tids, g_srcs = (self.ids(name, accepted) for name in
+                                         ("mykey_id", "operator_id", "txn_id", "source"))
+        fields = GrantFields(g_ops, g_tids, recs.kind[accepted], recs.amount[accepted],
+                             pts_a, out.cum[accepted], recs.at[accepted])
+        for res, lo, hi in zip(results, bounds[:-1], bounds[1:], strict=True):
+            if hi == lo:
+                continue
+            pts = pts_a[lo:hi]
+            res.points += int(pts[pts > 0].sum())
+            res.clawed_back -= int(pts[pts < 0].sum())
             res.grant_messages = GrantMessages(
-                g_keys, g_srcs, self.d.grant_json,
-                GrantFields(g_ops, g_tids, recs.kind[accepted], recs.amount[accepted],
-                            pts_a, out.cum[accepted], recs.at[accepted]))
+                g_keys.slice(lo, hi - lo), g_srcs.slice(lo, hi - lo), self.d.grant_json,
+                GrantFields(*(f.slice(lo, hi - lo) if isinstance(f, pa.Array) else f[lo:hi]
+                              for f in fields)))
 
     def column(self, name: str) -> pa.Array:
         """An id per kernel record (large strings, Arrow): ``mykey_id``,
@@ -634,9 +722,7 @@ class _Call:
         a_count = np.bincount(a_person, minlength=np_).astype(np.int64)
         a_start = np.cumsum(a_count) - a_count
         waiting = self._waiting()
-        store, res = self.store, self.res
         timeout = self.d.campaign.park_timeout
-        staged, due = store.pending, store.parked
         cols = (people.op[:np_], people.kind[:np_].astype(np.int64),
                 people.day[:np_].astype(np.int64), people.c[:np_], people.r[:np_])
         plain = np.ones(np_, np.bool_)
@@ -648,14 +734,23 @@ class _Call:
             (self.mkeys, self.mvals, p.mstart[fast], p.mcount[fast]),
             (a_key, a_val, a_start[fast], a_count[fast]), (nbuf, nspans[fast]))
         keys = [self.plist[i] for i in fast.tolist()]
-        offs_l = offs.tolist()
-        staged.update(zip(keys, [data[s:e] for s, e in itertools.pairwise(offs_l)], strict=True))
-        for key in due.keys() & set(keys):  # nothing waits for them any more
-            del due[key]
-            staged[WAIT_PREFIX + key] = None
+        values = [data[s:e] for s, e in itertools.pairwise(offs.tolist())]
+        f_part = np.asarray(self.pk, np.int64)[fast]
+        for k, store in enumerate(self.stores):
+            staged, due = store.pending, store.parked
+            mine, vals = keys, values
+            if len(self.stores) > 1:
+                at = (f_part == k).tolist()
+                mine = list(itertools.compress(keys, at))
+                vals = list(itertools.compress(values, at))
+            staged.update(zip(mine, vals, strict=True))
+            for key in due.keys() & set(mine):  # nothing waits for them any more
+                del due[key]
+                staged[WAIT_PREFIX + key] = None
         names = [*self.d.op_ids, None]  # by operator code; -1: not enrolled
         for pi, parked in waiting.items():
             key = self.plist[pi]
+            staged, due = self.stores[self.pk[pi]].pending, self.stores[self.pk[pi]].parked
             o, k, d, c, r = (int(col[pi]) for col in cols)
             m0, mn, x0, xn = (int(x) for x in (p.mstart[pi], p.mcount[pi], a_start[pi],
                                                 a_count[pi]))
@@ -672,8 +767,9 @@ class _Call:
             if due.get(key) != first + timeout or due.count(key) != len(parked):
                 staged[WAIT_PREFIX + key] = encode_wait(first, len(parked))
             due.set(key, first + timeout, len(parked))
-        staged[META_KEY] = encode(store.meta)
-        res.parked = due.records
+        for store, res in zip(self.stores, self.results, strict=True):
+            store.pending[META_KEY] = encode(store.meta)
+            res.parked = store.parked.records
 
     def _new_entries(self, np_: int) -> tuple[np.ndarray, np.ndarray]:
         """The new entries, packed in person order and in the order they were first

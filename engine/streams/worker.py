@@ -68,7 +68,7 @@ from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.streams import recovery
 from engine.streams.checkpoint import Checkpoint, Faults
 from engine.streams.decode import InBatch, concat_batches, decode_groups, records_by_topic
-from engine.streams.logic import PartitionLogic
+from engine.streams.logic import PartitionLogic, decide_together
 from engine.streams.order import MergeViews, fair_prefixes
 from engine.streams.shard import ShardResult
 from engine.streams.state import ShardStore
@@ -108,6 +108,11 @@ GC_THRESHOLDS = (50_000, 20, 100)
 # most TOP_UP_WAIT_MS, for what was appended since (DECISIONS 128).
 TOP_UP_AGE_MS = 3
 TOP_UP_WAIT_MS = 5
+# Records a decide call takes from several partitions together (DECISIONS 130): a
+# call costs about half a millisecond before its first record, and a live poll brings
+# each partition a few dozen; above this, a call takes long enough that the calls'
+# fixed cost does not matter, and heartbeats and fetches run between them.
+CALL_RECORDS = 20_000
 NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                ClusterAuthorizationFailedError)
 
@@ -985,12 +990,16 @@ class Worker:
                            "transaction")
         laps.lap("decode")
         results: dict[int, ShardResult] = {}
-        for p in parts:
-            if p not in enr and p not in txn:
-                continue  # all held back by the merge: nothing to decide or commit
-            caught = self._followed[p] = await self._caught_up(p)
-            results[p] = self.logics[p].decide(enr.get(p), txn.get(p), caught)
-            await asyncio.sleep(0)  # heartbeats and fetches go on between partitions
+        # all held back by the merge: nothing to decide or commit
+        todo = [p for p in parts if p in enr or p in txn]
+        for p in todo:
+            self._followed[p] = await self._caught_up(p)
+        for group in _calls(todo, {p: sum(b.v.n for b in (enr.get(p), txn.get(p)) if b)
+                                   for p in todo}):
+            decided = decide_together([(self.logics[p], enr.get(p), txn.get(p),
+                                        self._followed[p]) for p in group])
+            results.update(zip(group, decided, strict=True))
+            await asyncio.sleep(0)  # heartbeats and fetches go on between calls
         if not results and not offsets:  # not a batch: crash points count real ones
             if self._marker:
                 Path(self._marker).unlink(missing_ok=True)
@@ -1060,6 +1069,23 @@ class Worker:
         m.observe_batch(n_rec, laps.elapsed(), laps.phases)
         self.batches += 1
         self.records += n_rec
+
+
+def _calls(parts: list[int], records: dict[int, int]) -> list[list[int]]:
+    """The partitions of a poll in decide calls (DECISIONS 130): together up to
+    CALL_RECORDS records a call, so that a live poll's few dozen records a partition
+    pay a call's fixed cost once, while a drain's large polls still let heartbeats and
+    fetches run between calls (a partition larger than that is a call of its own)."""
+    calls: list[list[int]] = []
+    size = 0
+    for p in parts:
+        if calls and size + records[p] <= CALL_RECORDS:
+            calls[-1].append(p)
+            size += records[p]
+        else:
+            calls.append([p])
+            size = records[p]
+    return calls
 
 
 def tune_gc() -> None:
