@@ -976,6 +976,32 @@ def machine() -> dict[str, Any]:
     }
 
 
+# A new process touching this much fresh memory right after each measurement: on a
+# VM whose host takes freed guest memory back within seconds (virtio balloon's free
+# page reporting), a first touch costs tens of µs a page instead of under one, and
+# everything that grows during a run (the worker, the broker's page cache) pays it
+# (bench/RESULTS.md, Streaming, Notes of 2026-12-05, fourth session).
+FRESH_MEMORY_MB = 64
+_FRESH_MEMORY_PROBE = """
+import sys, time
+import numpy as np
+n = int(sys.argv[1]) << 20
+t = time.perf_counter()
+np.ones(n, np.uint8)
+print((time.perf_counter() - t) / (n / 4096) * 1e6)
+"""
+
+
+def fresh_memory_cost(mb: int = FRESH_MEMORY_MB) -> float | None:
+    """µs per 4 KB page for a new process to touch ``mb`` MB of fresh memory."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _FRESH_MEMORY_PROBE, str(mb)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return round(float(out.stdout.strip()), 2)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 def engine_version() -> str:
     """``git describe``-like commit of the engine code the workers import."""
     def git(*a: str) -> str:
@@ -1086,6 +1112,8 @@ def main() -> int:
         (and there is time left), keeping the less disturbed attempt."""
         quiet()
         res = fn()
+        # after the run, so that the probe's pages are not lent to the run itself
+        res["fresh_memory_us"] = fresh_memory_cost()
         foreign = (res.get("cpu") or {}).get("foreign_cores", 0.0)
         if (foreign > RETRY_FOREIGN_CORES and args.wait_quiet
                 and time.monotonic() - t_start < RETRY_BUDGET_SECONDS):

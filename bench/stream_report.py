@@ -121,6 +121,14 @@ def phase_breakdown(metrics: dict[str, float]) -> str:
     return " · ".join(f"{p} {1000 * got[p] / polls:.1f}" for p in BATCH_PHASES if p in got)
 
 
+def fresh_memory(runs: dict[str, Any]) -> str:
+    """Each measurement's fresh-memory probe (bench_stream.fresh_memory_cost), in the
+    order they ran; "" when no run has one (results of an older bench)."""
+    got = [(k, x["fresh_memory_us"]) for k, x in runs.items()
+           if isinstance(x, dict) and x.get("fresh_memory_us") is not None]
+    return ", ".join(f"{k} {v:.1f}" for k, v in got)
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     r = results["runs"]
@@ -149,6 +157,11 @@ def render(results: dict[str, Any]) -> str:
           + (f" at the start, {eng['end']} at the end of the run" if eng.get("end") and
              eng["end"] != eng["start"] else ""))
     w("- Kafka topics: 8 partitions, replication 1; worker producer idempotent, acks=all")
+    fresh = fresh_memory(r)
+    if fresh:
+        w(f"- Fresh memory, a new process touching 64 MB right after each measurement "
+          f"(µs per 4 KB page; under 1 on a machine whose host does not take freed memory "
+          f"back, tens where it does and every run's growth pays it): {fresh}")
     wb, ws = r.get("warmup_batched", {}), r.get("warmup_single", {})
     if wb.get("txn_per_s") and ws.get("txn_per_s"):
         w(f"- Warm-up before the measurements, discarded (numba compiles code changed since the "

@@ -94,6 +94,22 @@ def test_the_warm_up_runs_are_shown_apart_from_the_measurements() -> None:
     assert "70,153" not in "\n".join(render_targets(results["runs"]))
 
 
+def test_the_machine_section_names_each_runs_fresh_memory_cost() -> None:
+    machine = {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24, "kernel": "k",
+               "python": "3.11", "kafka": "k", "java": "j"}
+    sizes = {"batched_users": 1, "batched_txns": 1, "batch": 1, "single_users": 1,
+             "single_txns": 1, "faust_events": 1}
+    results: dict[str, Any] = {
+        "machine": machine, "sizes": sizes, "date": "d", "mode": "full",
+        "engine": {"start": "c"},
+        "runs": {"warmup_batched": {"txn_per_s": 1.0}, "latency": {"fresh_memory_us": 43.94},
+                 "latency_0.1": {"fresh_memory_us": 0.65}, "latency_0.25": {}}}
+    md = render(results)
+    assert "right after each measurement" in md and "latency 43.9, latency_0.1 0.7" in md
+    results["runs"] = {"latency": {}}  # an older bench's results: no probe, no line
+    assert "Fresh memory" not in render(results)
+
+
 def test_a_one_worker_figure_is_the_median_of_its_drains_and_shows_them_all() -> None:
     from bench.stream_report import median_drain
 
