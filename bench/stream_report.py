@@ -160,8 +160,9 @@ def render(results: dict[str, Any]) -> str:
     fresh = fresh_memory(r)
     if fresh:
         w(f"- Fresh memory, a new process touching 64 MB right after each measurement "
-          f"(µs per 4 KB page; under 1 on a machine whose host does not take freed memory "
-          f"back, tens where it does and every run's growth pays it): {fresh}")
+          f"(µs per 4 KB page: under 1 on a machine whose host does not take freed memory "
+          f"back, or where the run had just freed memory the probe reused; tens where the "
+          f"host takes it back, as a run's growth then pays too): {fresh}")
     wb, ws = r.get("warmup_batched", {}), r.get("warmup_single", {})
     if wb.get("txn_per_s") and ws.get("txn_per_s"):
         w(f"- Warm-up before the measurements, discarded (numba compiles code changed since the "
