@@ -387,14 +387,15 @@ class _Call:
         already in it (:meth:`_not_applied`), then the waiting records, which go
         first, by arrival."""
         np_ = len(self.plist)
+        # every person is known by now (select, involve_waiting)
+        self.part_of = np.asarray(self.pk, np.int64)
         vals: list[bytes | None]
         if len(self.stores) == 1:
             vals = self.stores[0].values(self.plist)
         else:
             vals = [None] * np_
-            part_of = np.asarray(self.pk, np.int64)
             for k, store in enumerate(self.stores):
-                idx = np.flatnonzero(part_of == k).tolist()
+                idx = np.flatnonzero(self.part_of == k).tolist()
                 for i, v in zip(idx, store.values([self.plist[i] for i in idx]), strict=True):
                     vals[i] = v
         offs = np.zeros(np_ + 1, np.int64)
@@ -504,7 +505,7 @@ class _Call:
             recs.day[j] = pk.day
             recs.received[j] = pk.received
             recs.preparked[j] = 1
-            recs.lane[j] = self.d.lane(pk.source) + self.pk[pi] * self.d.n_lanes
+            recs.lane[j] = self.d.lane(pk.source) + int(self.part_of[pi]) * self.d.n_lanes
         if n_pre:
             ops = [pk.operator_id for _, pk in self.pre]
             keys[:n_pre] = entry_keys(ops, [pk.txn_id for _, pk in self.pre])
@@ -512,7 +513,7 @@ class _Call:
         # each kernel record's partition (k): its lanes are that partition's run
         rec_part = self.rec_part = np.zeros(n, np.int64)
         if n_pre:
-            rec_part[:n_pre] = np.asarray(self.pk, np.int64)[recs.person[:n_pre]]
+            rec_part[:n_pre] = self.part_of[recs.person[:n_pre]]
         j = n_pre
         for b, typ, rows, pidx, read in self.keep:
             m = len(rows)
@@ -619,14 +620,11 @@ class _Call:
         decided = order[out.reason[order] != kernel.PARKED]
         reason = out.reason[decided]
         is_txn = recs.typ[decided] == kernel.TRANSACTION
-        if len(results) == 1:
-            results[0].outcomes = {"enrollment": reason[~is_txn], "transaction": reason[is_txn]}
-        else:
-            d_part = rec_part[decided]
-            for k, res in enumerate(results):
-                at = d_part == k
-                res.outcomes = {"enrollment": reason[~is_txn & at],
-                                "transaction": reason[is_txn & at]}
+        d_part = rec_part[decided]
+        for k, res in enumerate(results):
+            at = d_part == k
+            res.outcomes = {"enrollment": reason[~is_txn & at],
+                            "transaction": reason[is_txn & at]}
         rejected_a = decided[reason != 0]
         if len(rejected_a):
             typ_l = recs.typ.tolist()
@@ -735,22 +733,20 @@ class _Call:
             (a_key, a_val, a_start[fast], a_count[fast]), (nbuf, nspans[fast]))
         keys = [self.plist[i] for i in fast.tolist()]
         values = [data[s:e] for s, e in itertools.pairwise(offs.tolist())]
-        f_part = np.asarray(self.pk, np.int64)[fast]
+        f_part = self.part_of[fast]
         for k, store in enumerate(self.stores):
             staged, due = store.pending, store.parked
-            mine, vals = keys, values
-            if len(self.stores) > 1:
-                at = (f_part == k).tolist()
-                mine = list(itertools.compress(keys, at))
-                vals = list(itertools.compress(values, at))
-            staged.update(zip(mine, vals, strict=True))
+            at = (f_part == k).tolist()
+            mine = list(itertools.compress(keys, at))
+            staged.update(zip(mine, itertools.compress(values, at), strict=True))
             for key in due.keys() & set(mine):  # nothing waits for them any more
                 del due[key]
                 staged[WAIT_PREFIX + key] = None
         names = [*self.d.op_ids, None]  # by operator code; -1: not enrolled
         for pi, parked in waiting.items():
             key = self.plist[pi]
-            staged, due = self.stores[self.pk[pi]].pending, self.stores[self.pk[pi]].parked
+            store = self.stores[int(self.part_of[pi])]
+            staged, due = store.pending, store.parked
             o, k, d, c, r = (int(col[pi]) for col in cols)
             m0, mn, x0, xn = (int(x) for x in (p.mstart[pi], p.mcount[pi], a_start[pi],
                                                 a_count[pi]))
