@@ -989,17 +989,11 @@ class Worker:
         txn = self._decode(parts, transactions, by_part, names.reroute_transactions,
                            "transaction")
         laps.lap("decode")
-        results: dict[int, ShardResult] = {}
         # all held back by the merge: nothing to decide or commit
         todo = [p for p in parts if p in enr or p in txn]
         for p in todo:
             self._followed[p] = await self._caught_up(p)
-        for group in _calls(todo, {p: sum(b.v.n for b in (enr.get(p), txn.get(p)) if b)
-                                   for p in todo}):
-            decided = decide_together([(self.logics[p], enr.get(p), txn.get(p),
-                                        self._followed[p]) for p in group])
-            results.update(zip(group, decided, strict=True))
-            await asyncio.sleep(0)  # heartbeats and fetches go on between calls
+        results = await self._decide(todo, enr, txn)
         if not results and not offsets:  # not a batch: crash points count real ones
             if self._marker:
                 Path(self._marker).unlink(missing_ok=True)
@@ -1010,6 +1004,19 @@ class Worker:
         if self._marker:
             Path(self._marker).unlink(missing_ok=True)
         self.metrics.observe_live_latencies(time.time() * 1000, stamps)
+
+    async def _decide(self, parts: list[int], enr: dict[int, InBatch],
+                      txn: dict[int, InBatch]) -> dict[int, ShardResult]:
+        """The partitions' batches decided in few calls (_calls), the event loop let
+        run between calls."""
+        results: dict[int, ShardResult] = {}
+        for group in _calls(parts, {p: sum(b.v.n for b in (enr.get(p), txn.get(p)) if b)
+                                    for p in parts}):
+            decided = decide_together([(self.logics[p], enr.get(p), txn.get(p),
+                                        self._followed[p]) for p in group])
+            results.update(zip(group, decided, strict=True))
+            await asyncio.sleep(0)  # heartbeats and fetches go on between calls
+        return results
 
     def _decode(self, parts: list[int], public: dict[int, list[Any]],
                 by_part: dict[int, dict[str, list[Any]]], reroute_topic: str,
