@@ -49,7 +49,7 @@ def test_the_event_loop_runs_between_a_polls_calls(tmp_path: Path,
     calls lets another task run between them (and one call's partitions get one
     result each)."""
     w, _ = unit_worker(tmp_path, partitions=(0, 1, 2))
-    w.logics = dict.fromkeys((0, 1, 2))  # type: ignore[arg-type]  # the fake below ignores them
+    w.logics = dict.fromkeys((0, 1, 2))  # type: ignore[assignment]  # the fake ignores them
     w._followed = dict.fromkeys((0, 1, 2), frozenset())
     events: list[str] = []
 
