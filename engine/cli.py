@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an operator's transactions input that delivered nothing for "
                         "this long (default 30) has its waiting records follow the "
                         "partition's stream time (docs/DECISIONS.md, 112)")
+    # engine.streams.worker.COMMIT_INTERVAL_SECONDS, repeated likewise
+    w.add_argument("--commit-interval", type=float, default=0.1, metavar="SECONDS",
+                   help="state and offsets of the batches decided since the last commit "
+                        "are committed once the first is this old (default 0.1; 0: every "
+                        "batch; the faust runtime commits every batch); a crash decides "
+                        "about this much input again (docs/DECISIONS.md, 131)")
     w.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or one JSON object per line")
     w.add_argument("--runtime", choices=["aiokafka", "faust"], default="aiokafka",

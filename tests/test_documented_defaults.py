@@ -31,6 +31,9 @@ CASES = [
     # the worker's own default, for a worker built without the command line (a test,
     # an embedding runtime); the CLI repeats the number so as not to import the worker
     (worker.QUIET_SECONDS, 30.0, "docs/RELIABILITY.md", "`--quiet-seconds` (30 s"),
+    (build_parser().parse_args(["worker"]).commit_interval, 0.1, "README.md",
+     "at most every 0.1 s (`--commit-interval`"),
+    (worker.COMMIT_INTERVAL_SECONDS, 0.1, "README.md", "at most every 0.1 s (`--commit-interval`"),
 ]
 
 

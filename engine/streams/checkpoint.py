@@ -10,10 +10,16 @@
 4. **local** — only then the local checkpoint (RocksDB) is written. A failed commit
    means the partition was lost: its local copy is dropped instead.
 
-A crash between steps redelivers the batch; the per-person high-water marks in
-the state skip what is already in it, and outcome ids are stable, so a consumer
-sees at most a repeated, identical outcome. :class:`Faults` injects crashes,
-stalls and broker errors at the named points between the steps (tests).
+Steps 2–4 need not follow every batch (DECISIONS 131): the batches since the last
+commit are :class:`Uncommitted`, their outcomes out and their state in memory only,
+and steps 2–4 take all of them at once, at most every ``interval`` seconds (the
+worker's ``COMMIT_INTERVAL_SECONDS``), and before a partition is given up or the
+worker stops. A person touched by several of them is written to the changelog once.
+
+A crash between steps redelivers what is not committed; the per-person high-water
+marks in the state skip what is already in it, and outcome ids are stable, so a
+consumer sees at most a repeated, identical outcome. :class:`Faults` injects
+crashes, stalls and broker errors at the named points between the steps (tests).
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,7 +47,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from engine.kafka.produce import BATCH_BYTES, Message, send_batched, send_built
-from engine.kafka.record_batch import record_batches
+from engine.kafka.record_batch import PrebuiltBatch, record_batches
 from engine.kafka.topics import SOURCE_HEADER, Topics
 from engine.metrics import Laps
 from engine.rules.model import NO_TIME
@@ -58,7 +67,9 @@ class Faults:
     ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs the process right after ``stage``
     ("takeover" of a partition begun, "decided" in memory, "outputs" acknowledged,
     "state" in the changelog, or "commit": offsets committed and the state applied,
-    which RocksDB takes at its next flush) of its ``batch``-th batch (0-based), before
+    which RocksDB takes at its next flush; these two at the commit that takes the
+    batch, with the batches before it since the last commit) of its ``batch``-th batch
+    (0-based), before
     anything else happens; ``<stage>:<batch>+`` at the first batch from the ``batch``-th
     on that produced outcomes (how a runtime cuts its batches depends on timing, and a
     batch of accepted enrollments has none: a test about redelivered outcomes needs one
@@ -72,30 +83,86 @@ class Faults:
         self.fail_at = os.environ.get("MYNAPOINT_FAIL_AT")
         self.injected: set[str] = set()
 
-    def point(self, stage: str, batch: int, produced: bool = True) -> None:
-        """``produced``: whether the batch had outcomes (the takeover and decided
-        points come before they are known)."""
-        if _at(self.crash_at, stage, batch, produced):
+    def point(self, stage: str, batch: int, produced: bool = True,
+              first: int | None = None, uncommitted: int | None = None) -> None:
+        """The point ``stage`` of batches ``first`` (default: ``batch``) to ``batch``;
+        ``produced``: whether any of them had outcomes (the takeover and decided
+        points come before they are known); ``uncommitted``: the first batch not
+        committed yet (for the log)."""
+        first = batch if first is None else first
+        if _at(self.crash_at, stage, first, batch, produced) is not None:
+            log.warning("crashing after %s of batch %d, batches %d-%d since the last "
+                        "commit (test fault injection)", stage, batch,
+                        first if uncommitted is None else uncommitted, batch)
             os.kill(os.getpid(), signal.SIGKILL)
-        if _at(self.stall_at, stage, batch, produced):
+        if _at(self.stall_at, stage, first, batch, produced) is not None:
             log.warning("stalling at %s:%d (test fault injection)", stage, batch)
             os.kill(os.getpid(), signal.SIGSTOP)
-        if (self.fail_at is not None and self.fail_at not in self.injected
-                and _at(self.fail_at, stage, batch, produced)):
-            self.injected.add(self.fail_at)
-            raise KafkaConnectionError(f"injected fault after {stage} of batch {batch}")
+        if self.fail_at is not None and self.fail_at not in self.injected:
+            at = _at(self.fail_at, stage, first, batch, produced)
+            if at is not None:
+                self.injected.add(self.fail_at)
+                raise KafkaConnectionError(f"injected fault after {stage} of batch {at}")
 
 
-def _at(spec: str | None, stage: str, batch: int, produced: bool) -> bool:
-    """Whether the point ``stage`` of ``batch`` is the one ``spec`` names."""
+def _at(spec: str | None, stage: str, first: int, batch: int, produced: bool) -> int | None:
+    """The batch ``spec`` names if it is among ``first`` to ``batch`` at point
+    ``stage``, else None."""
     if spec is None:
-        return False
+        return None
     name, _, n = spec.partition(":")
     if name != stage:
-        return False
+        return None
     if n.endswith("+"):
-        return produced and batch >= int(n[:-1])
-    return n == str(batch)
+        return batch if produced and batch >= int(n[:-1]) else None
+    return int(n) if first <= int(n) <= batch else None
+
+
+@dataclass
+class Uncommitted:
+    """The batches since the last commit: outcomes acknowledged, state and offsets not
+    yet durable (DECISIONS 131)."""
+
+    since: float = field(default_factory=time.monotonic)
+    first_batch: int | None = None
+    parts: set[int] = field(default_factory=set)
+    # per input, the last message decided (what the commit is made of) ...
+    offsets: dict[TopicPartition, Any] = field(default_factory=dict)
+    # ... and the first offset fetched since the commit (where a rewind goes back to)
+    first: dict[TopicPartition, int] = field(default_factory=dict)
+    produced: bool = False
+    # whether the batch just checkpointed took steps 2–4 for all of these
+    durable: bool = False
+
+    def add(self, batch: int, parts: Iterable[int], offsets: dict[TopicPartition, Any],
+            produced: bool) -> None:
+        if self.first_batch is None:
+            self.first_batch = batch
+            self.since = time.monotonic()
+        self.parts.update(parts)
+        self.offsets.update(offsets)
+        self.produced |= produced
+
+    def fetched(self, data: dict[TopicPartition, list[Any]]) -> None:
+        """The messages of a batch (held ones included): the first ones are where
+        reading resumes if nothing since the commit becomes durable."""
+        for tp, msgs in data.items():
+            if msgs:
+                self.first.setdefault(tp, msgs[0].offset)
+
+    def drop(self, parts: set[int]) -> None:
+        """Forget partitions given up here: what they had uncommitted is decided again
+        by whoever reads them from their commit."""
+        self.parts -= parts
+        for d in (self.offsets, self.first):
+            for tp in [tp for tp in d if tp.partition in parts]:
+                del d[tp]
+
+    def empty(self) -> bool:
+        return not self.parts and not self.offsets
+
+    def due(self, interval: float) -> bool:
+        return not self.empty() and time.monotonic() - self.since >= interval
 
 
 class Checkpoint:
@@ -112,28 +179,48 @@ class Checkpoint:
         self._topics: dict[tuple[str, str], str] = {}  # (kind, input topic) -> output
 
     async def run(self, results: dict[int, ShardResult], logics: dict[int, PartitionLogic],
-                  offsets: dict[TopicPartition, Any], laps: Laps) -> bool:
-        """Returns False when the commit failed (the partitions are lost). ``laps``:
-        the batch's stopwatch, to which each step's time is booked."""
-        produced = await self.outcomes(results)
+                  offsets: dict[TopicPartition, Any], open_: Uncommitted, interval: float,
+                  laps: Laps) -> bool:
+        """Step 1 for this batch's ``results`` and ``offsets``, which join ``open_``;
+        then, once ``open_`` is ``interval`` seconds old, steps 2–4 for all of it.
+        Returns False when the commit failed (the partitions are lost). ``laps``: the
+        batch's stopwatch, to which each step's time is booked."""
+        produced, acks = await self.outcomes(results)
+        open_.add(self.batch, results, offsets, produced)
+        durable = open_.due(interval)
+        open_.durable = durable
+        # laid out while the broker stores the outcomes (the wait for their
+        # acknowledgements was idle time of this loop); sent only once they are all
+        # acknowledged, as step 2 requires
+        snapshots = self.snapshots(open_, logics) if durable else {}
+        if acks:
+            await asyncio.gather(*acks)
         laps.lap("outputs")
-        self.faults.point("outputs", self.batch, produced)
-        changelog = await self.state({p: logics[p] for p in results})
+        self.faults.point("outputs", self.batch, produced, uncommitted=open_.first_batch)
+        return await self.make_durable(snapshots, open_, logics, laps) if durable else True
+
+    async def make_durable(self, snapshots: dict[int, list[PrebuiltBatch]], open_: Uncommitted,
+                           logics: dict[int, PartitionLogic], laps: Laps) -> bool:
+        """Steps 2–4 for the uncommitted batches ``open_``, whose changelog batches are
+        ``snapshots`` (:meth:`snapshots`)."""
+        first = open_.first_batch if open_.first_batch is not None else self.batch
+        changelog = await self.state(snapshots)
         laps.lap("state")
-        self.faults.point("state", self.batch, produced)
-        ok = await self.commit(offsets, logics, changelog)
+        self.faults.point("state", self.batch, open_.produced, first)
+        ok = await self.commit(open_.offsets, logics, changelog)
         laps.lap("commit")
         if not ok:
             return False
-        for p in results:
+        for p in snapshots:
             logics[p].commit(changelog[p])
         laps.lap("local")
-        self.faults.point("commit", self.batch, produced)
+        self.faults.point("commit", self.batch, open_.produced, first)
         return True
 
-    async def outcomes(self, results: dict[int, ShardResult]) -> bool:
-        """Produce the batch's outcomes and re-routed records and await their
-        acknowledgements; returns whether there were outcomes (grants or rejections)."""
+    async def outcomes(self, results: dict[int, ShardResult]) -> tuple[bool, list[Any]]:
+        """Produce the batch's outcomes and re-routed records; returns whether there
+        were outcomes (grants or rejections) and the futures of their acknowledgements,
+        which the caller awaits before any state is written."""
         out: dict[tuple[str, int], list[Message]] = defaultdict(list)
         dumps = orjson.dumps
         for p, res in results.items():
@@ -161,9 +248,7 @@ class Checkpoint:
                 futs.extend(f for f, _ in await self._grants(p, res.grant_messages))
         for (topic, part), msgs in out.items():
             futs.extend(f for f, _ in await send_batched(self.producer, topic, part, msgs))
-        if futs:
-            await asyncio.gather(*futs)
-        return any(len(res.grant_messages) or res.rejections for res in results.values())
+        return any(len(res.grant_messages) or res.rejections for res in results.values()), futs
 
     def _outcome_topic(self, kind: str, source: str) -> str:
         # an outcome goes to the outputs of the operator whose input the record arrived
@@ -190,25 +275,35 @@ class Checkpoint:
                                      record_batches(g.keys, g.values, rows, BATCH_BYTES))
         return sent
 
-    async def state(self, logics: dict[int, PartitionLogic]) -> dict[int, int]:
+    def snapshots(self, open_: Uncommitted, logics: dict[int, PartitionLogic]
+                  ) -> dict[int, list[PrebuiltBatch]]:
+        """The snapshot of each partition ``open_`` touched (and still held here) as its
+        changelog's record batches, tagged with the fence it was taken under."""
+        out = {}
+        for p in sorted(open_.parts & logics.keys()):
+            logic = logics[p]
+            snap = logic.snapshot()
+            out[p] = record_batches(pa.array(list(snap), pa.large_string()),
+                                    pa.array(list(snap.values()), pa.large_binary()), None,
+                                    BATCH_BYTES, recovery.fence_tag(logic.meta.fence))
+        return out
+
+    async def state(self, snapshots: dict[int, list[PrebuiltBatch]]) -> dict[int, int]:
         """Write each snapshot to its changelog partition; returns the offset of the
         last record written per partition (-1: none)."""
         sent: dict[int, list[tuple[Any, int]]] = {}
-        for p, logic in logics.items():
-            snap = logic.snapshot()
-            sent[p] = await send_built(self.producer, self.topics.changelog, p, record_batches(
-                pa.array(list(snap), pa.large_string()),
-                pa.array(list(snap.values()), pa.large_binary()), None, BATCH_BYTES,
-                recovery.fence_tag(logic.meta.fence)))
+        for p, batches in snapshots.items():
+            sent[p] = await send_built(self.producer, self.topics.changelog, p, batches)
         last: dict[int, int] = {}
-        for p, batches in sent.items():
-            mds = await asyncio.gather(*(f for f, _ in batches))
-            last[p] = max((md.offset + n - 1 for md, (_, n) in zip(mds, batches, strict=True)),
+        for p, futs in sent.items():
+            mds = await asyncio.gather(*(f for f, _ in futs))
+            last[p] = max((md.offset + n - 1 for md, (_, n) in zip(mds, futs, strict=True)),
                           default=-1)
         return last
 
     async def commit(self, offsets: dict[TopicPartition, Any],
                      logics: dict[int, PartitionLogic], changelog: dict[int, int]) -> bool:
+        offsets = {tp: m for tp, m in offsets.items() if tp.partition in logics}
         if not offsets:
             return True
         meta = {tp: OffsetAndMetadata(

@@ -66,7 +66,7 @@ from engine.metrics import EngineMetrics, Laps
 from engine.ops import health, logs
 from engine.rules.model import NO_TIME, Campaign, Reason, Registry
 from engine.streams import recovery
-from engine.streams.checkpoint import Checkpoint, Faults
+from engine.streams.checkpoint import Checkpoint, Faults, Uncommitted
 from engine.streams.decode import InBatch, concat_batches, decode_groups, records_by_topic
 from engine.streams.logic import PartitionLogic, decide_together
 from engine.streams.order import MergeViews, fair_prefixes
@@ -113,6 +113,12 @@ TOP_UP_WAIT_MS = 5
 # each partition a few dozen; above this, a call takes long enough that the calls'
 # fixed cost does not matter, and heartbeats and fetches run between them.
 CALL_RECORDS = 20_000
+# A batch's state goes to the changelog, and its offsets are committed, together
+# with the batches before it since the last commit, once the first of them is this
+# old (DECISIONS 131): a live poll's two round trips to the broker and its changelog
+# bytes are paid every few polls, and a person touched by several of them is
+# written once. A crash decides at most this much again.
+COMMIT_INTERVAL_SECONDS = 0.1
 NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                ClusterAuthorizationFailedError)
 
@@ -124,6 +130,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # the lock: a batch in flight finishes (and commits) before its stores close
         async with self.worker.lock:
+            await self.worker.commit_before_revoke()
             self.worker.close_partitions({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -140,6 +147,8 @@ class Worker:
     # only once what was fetched is read, so a poll reads once more (_top_up). Faust's
     # adapter knows ends from looks of its own and hands over what its agent was given.
     AIOKAFKA_FETCHES = True
+    # seconds between commits (DECISIONS 131); 0: every batch
+    commit_interval = COMMIT_INTERVAL_SECONDS
 
     def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
@@ -147,8 +156,11 @@ class Worker:
                  max_batch_bytes: int = MAX_BATCH_BYTES,
                  max_record_bytes: int = 1 << 20,
                  readiness: health.Readiness | None = None, client_id: str | None = None,
-                 replay: bool = False, quiet_seconds: float = QUIET_SECONDS) -> None:
+                 replay: bool = False, quiet_seconds: float = QUIET_SECONDS,
+                 commit_interval: float | None = None) -> None:
         self.bootstrap = bootstrap
+        if commit_interval is not None and self.commit_interval:  # a runtime's 0 stays
+            self.commit_interval = commit_interval
         self.topics = topics
         self.campaign = campaign
         self.registry = registry
@@ -174,6 +186,9 @@ class Worker:
         self.admin: AIOKafkaAdminClient | None = None
         self.batches = 0
         self.records = 0
+        # the batches whose outcomes are out but whose state and offsets are not yet
+        # durable (DECISIONS 131)
+        self._open = Uncommitted()
         self._lag_at = 0.0
         self._marker = os.environ.get("MYNAPOINT_BATCH_MARKER")
         self.producer_stale = False  # replace it before the next batch
@@ -253,6 +268,8 @@ class Worker:
     async def stop(self) -> None:
         self.metrics.set_up(False)
         if self.consumer is not None:
+            async with self.lock:  # while the group still has this member
+                await self.commit_before_revoke()
             await self.consumer.stop()  # runs on_partitions_revoked: stores close
         for task in list(self._taking.values()):
             task.cancel()
@@ -377,6 +394,7 @@ class Worker:
         for tp in self._tps(p):
             self._held.pop(tp, None)
             self._active.pop(tp, None)
+        self._open.drop({p})
         self._followed.pop(p, None)
         self._merge_views.pop(p, None)
         for tp in self._waiting_tps(p):
@@ -452,6 +470,9 @@ class Worker:
             if self.producer_stale:
                 await self._replace_producer()
             await self._prioritise_enrollments()
+            if not self._open.empty():  # back in time to commit it
+                left = self._open.since + self.commit_interval - time.monotonic()
+                timeout_ms = min(timeout_ms, max(0, int(left * 1000)))
             data = await self.consumer.getmany(
                 timeout_ms=0 if self.backlogged else timeout_ms, max_records=self.max_batch)
             data = await self._top_up(data)
@@ -464,11 +485,14 @@ class Worker:
             if data or self.backlogged or self._held:
                 async with self.lock:
                     await self.process(data)
-            data = {}  # committed: a failure below must not read it again
+            data = {}  # in self._open (rewound from there) or committed
             if now - self._quiet_checked >= QUIET_CHECK_SECONDS:
                 self._quiet_checked = now
                 async with self.lock:
                     await self._follow_quiet()
+            if self._open.due(self.commit_interval):
+                async with self.lock:
+                    await self._commit_open()
             self._failures = 0
         except NOT_RETRIED as e:
             self.metrics.kafka_error(e)
@@ -516,12 +540,15 @@ class Worker:
         records the broker never stored, and would fail every later send)."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
-        # the batch's first offsets (held messages included: process put them in
-        # ``data``) are the committed ones, which the local checkpoint matches: no
-        # round trip to a coordinator that may be down
-        first = {tp: msgs[0].offset for tp, msgs in data.items() if msgs}
-        for tp, m in self._held.items():
-            first[tp] = min(m[0].offset, first.get(tp, m[0].offset))
+        # the first offsets fetched since the commit (held messages included: process
+        # put them in ``data``) are the committed ones, which the local checkpoint
+        # matches: no round trip to a coordinator that may be down
+        first = dict(self._open.first)
+        for tp, msgs in [*data.items(), *self._held.items()]:
+            if msgs:
+                first[tp] = min(msgs[0].offset, first.get(tp, msgs[0].offset))
+        discarded = {tp.partition for tp in first} | self._open.parts
+        self._open = Uncommitted()
         self._held.clear()
         self._excess.clear()
         self._over_budget.clear()
@@ -532,8 +559,9 @@ class Worker:
         for tp, offset in first.items():
             if tp in assigned:
                 self.consumer.seek(tp, offset)
-        for p in {tp.partition for tp in first} & set(self.logics):
+        for p in discarded & set(self.logics):
             self.logics[p].discard()
+            self._followed.pop(p, None)  # its quiet inputs' waits are decided again
         self.producer_stale = True
 
     async def _replace_producer(self) -> None:
@@ -699,13 +727,46 @@ class Worker:
 
     async def _checkpoint(self, results: dict[int, ShardResult],
                           offsets: dict[TopicPartition, Any], laps: Laps) -> None:
-        """Outcomes, state and offsets of decided partitions, in the crash-safe order
-        (engine.streams.checkpoint); a lost commit drops their local state."""
-        cp = Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
-                        self.faults, self.batches)
-        if not await cp.run(results, self.logics, offsets, laps):
-            self._drop_local_state(set(results))
+        """Outcomes of decided partitions, and in time (COMMIT_INTERVAL_SECONDS) the
+        state and offsets of every batch since the last commit, in the crash-safe
+        order (engine.streams.checkpoint); a lost commit drops their local state."""
+        cp = self._checkpointer()
+        open_ = self._open
+        ok = await cp.run(results, self.logics, offsets, open_, self.commit_interval, laps)
+        if open_.durable:
+            self._open = Uncommitted()
+            if not ok:
+                self._drop_local_state(set(open_.parts))
         self._observe(results, laps)
+
+    def _checkpointer(self) -> Checkpoint:
+        return Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
+                          self.faults, self.batches)
+
+    async def _commit_open(self) -> None:
+        """State and offsets of the batches since the last commit, now."""
+        open_ = self._open
+        if open_.empty():
+            return
+        cp, laps = self._checkpointer(), Laps()
+        if not await cp.make_durable(cp.snapshots(open_, self.logics), open_, self.logics,
+                                     laps):
+            self._drop_local_state(set(open_.parts))
+        self._open = Uncommitted()
+        # its time by phase, as a batch of no records of its own: the dashboards' batch
+        # time is the worker's whole time at work, commits included
+        self.metrics.observe_batch(0, laps.elapsed(), laps.phases)
+
+    async def commit_before_revoke(self) -> None:
+        """What was decided of the partitions being revoked is committed, so that
+        their next owner does not decide it again; if the broker fails that, it is
+        dropped (decided again by the next owner, with the same outcomes)."""
+        try:
+            await self._commit_open()
+        except KafkaError as e:
+            log.warning("commit before a rebalance failed (%s: %s): the next owner decides "
+                        "the uncommitted batches again", type(e).__name__, e)
+            self._rewind({})
 
     def _waiting_tps(self, p: int) -> list[TopicPartition]:
         """The inputs of partition ``p`` whose messages wait for its enrollments."""
@@ -1000,6 +1061,7 @@ class Worker:
             return
         laps.lap("decide")
         self.faults.point("decided", self.batches)
+        self._open.fetched(data)  # before the commit that may take this batch
         await self._checkpoint(results, offsets, laps)
         if self._marker:
             Path(self._marker).unlink(missing_ok=True)
@@ -1129,7 +1191,8 @@ def build_worker(args: argparse.Namespace, cls: type[Worker] = Worker) -> Worker
                readiness=readiness, client_id=client_id,
                replay=getattr(args, "replay", False),
                max_batch_bytes=getattr(args, "max_batch_bytes", None) or MAX_BATCH_BYTES,
-               quiet_seconds=getattr(args, "quiet_seconds", QUIET_SECONDS))
+               quiet_seconds=getattr(args, "quiet_seconds", QUIET_SECONDS),
+               commit_interval=getattr(args, "commit_interval", None))
 
 
 START_ERRORS = (KafkaError, TopicMismatch, OSError)

@@ -4,6 +4,7 @@ record for record, also across SIGKILLs, restarts and rebalances."""
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -62,10 +63,17 @@ def test_crash_at_an_exact_point_of_a_batch(kafka_broker, topic_prefix, scenario
     the changelog from what the checkpoint had flushed, DECISIONS 105)."""
     prefix = topic_prefix()
     publish(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 1)
+    # commits 5 s apart: the crash finds several batches decided and not committed
+    # (DECISIONS 131; the Faust runtime commits every batch whatever this says)
     w = worker(kafka_broker.bootstrap, prefix, tmp_path, "crashing",
                env={"MYNAPOINT_CRASH_AT": f"{stage}:{CRASH_BATCH[runtime]}"},
-               runtime=runtime).start()
+               runtime=runtime, extra=["--commit-interval", "5"]).start()
     assert w.wait_exit() == -9, "the worker did not reach the crash point"
+    crash = re.search(r"crashing after \w+ of batch (\d+), batches (\d+)-\d+ since the last commit",
+                      (tmp_path / "crashing.log").read_text())
+    assert crash, "no crash logged"
+    if runtime == "aiokafka" and stage != "commit":
+        assert int(crash[2]) < int(crash[1]), crash[0]
     w = worker(kafka_broker.bootstrap, prefix, tmp_path, "restarted", runtime=runtime).start()
     try:
         cmp, _, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,
