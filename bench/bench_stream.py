@@ -48,6 +48,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -92,6 +93,7 @@ WORK = ROOT / "bench" / "_work" / "stream"
 PY_SPY = Path(sys.executable).with_name("py-spy")
 STALL_SECONDS = 60.0     # no new outcome for this long while expecting more: a hang
 PROFILE_RATE = 100       # py-spy samples per second
+WORKER_ARGS: list[str] = []  # --worker-args: appended to every engine worker's options
 RETRY_FOREIGN_CORES = 0.3     # measure again when other processes used more meanwhile
 RETRY_BUDGET_SECONDS = 450.0  # ... unless the run is already this old
 
@@ -426,6 +428,7 @@ class BenchWorker:
                  "--quiet-seconds", "2"]
         if campaign is not None:
             extra += ["--campaign", str(campaign)]
+        extra += WORKER_ARGS
         self.log_path = WORK / "logs" / f"{prefix}-{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.wp = WorkerProcess(bootstrap, prefix, PARTITIONS, state_dir=WORK / "state",
@@ -1042,10 +1045,14 @@ def main() -> int:
     ap.add_argument("--latency-users", type=int, default=None, metavar="N",
                     help="people in the live load's dataset (default: the sizes'; its "
                          "transactions stay the same number, so fewer per person)")
+    ap.add_argument("--worker-args", default="", metavar="ARGS",
+                    help="more options for every engine worker the run starts, e.g. "
+                         "'--commit-interval 0' (an A/B of a worker option in one run)")
     ap.add_argument("--latency-rate", type=float, default=None, metavar="R",
                     help="only the latency runs, at R transactions/s (and the sweep's "
                          "fractions of 2 R), after a one-record warm-up; no drains")
     args = ap.parse_args()
+    WORKER_ARGS[:] = shlex.split(args.worker_args)
     if args.render_only:
         results: dict[str, Any] = json.loads((WORK / "results.json").read_text())
         section = render(results)
