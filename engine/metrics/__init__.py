@@ -232,11 +232,14 @@ class EngineMetrics:
             "Points taken back by grants with negative points (refunds), as a positive "
             "number.", registry=r)
         self.batch_records = Histogram(
-            "mynapoint_batch_records", "Input records per processed batch.",
+            "mynapoint_batch_records", "Input records per processed batch (a commit "
+            "of earlier batches on its own counts as a batch of 0).",
             buckets=BATCH_RECORDS_BUCKETS, registry=r)
         self.batch_seconds = Histogram(
             "mynapoint_batch_seconds",
-            "Time to decide, produce and commit one batch, in seconds.",
+            "Time to decide, produce and commit one batch, in seconds (the commit of "
+            "the batches since the last one, every 0.1 s, is in the batch that makes it, "
+            "or on its own).",
             buckets=BATCH_SECONDS_BUCKETS, registry=r)
         self.batch_phase_seconds = Histogram(
             "mynapoint_batch_phase_seconds",

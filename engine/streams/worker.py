@@ -15,7 +15,8 @@ co-partitioned topics):
 1. decode and validate the batch (``engine.streams.decode``),
 2. decide it with the partition's settlement logic (``engine.streams.logic``),
 3. make it durable in the order ``engine.streams.checkpoint`` owns: outcomes and
-   re-routed records acknowledged, then the state snapshot in the changelog
+   re-routed records acknowledged, then (for all the batches since the last commit,
+   at most every ``COMMIT_INTERVAL_SECONDS``) the state snapshot in the changelog
    (tagged with this worker's fence), then the input offsets committed (with the
    changelog position as metadata), then the local RocksDB checkpoint; a worker
    whose commit fails has lost the partition and drops its local copy instead.
