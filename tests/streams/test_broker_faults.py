@@ -219,7 +219,8 @@ def test_failed_batch_is_retried_in_process(kafka_broker: devbroker.Broker,
                                             tmp_path: Path, stage: str, runtime: str) -> None:
     """A Kafka error in the middle of a batch (injected: decided in memory only,
     outcomes acknowledged, state written) makes the same worker process read the
-    batch again from its first offsets and decide it again from durable state."""
+    batch, and every batch since its last commit, again from the first offsets
+    fetched since that commit and decide them again from durable state."""
     bootstrap = kafka_broker.bootstrap
     prefix = topic_prefix()
     publish(bootstrap, prefix, scenario, tmp_path / "m.parquet", 1)
