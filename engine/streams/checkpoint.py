@@ -131,8 +131,6 @@ class Uncommitted:
     # ... and the first offset fetched since the commit (where a rewind goes back to)
     first: dict[TopicPartition, int] = field(default_factory=dict)
     produced: bool = False
-    # whether the batch just checkpointed took steps 2–4 for all of these
-    durable: bool = False
 
     def add(self, batch: int, parts: Iterable[int], offsets: dict[TopicPartition, Any],
             produced: bool) -> None:
@@ -180,15 +178,15 @@ class Checkpoint:
 
     async def run(self, results: dict[int, ShardResult], logics: dict[int, PartitionLogic],
                   offsets: dict[TopicPartition, Any], open_: Uncommitted, interval: float,
-                  laps: Laps) -> bool:
+                  laps: Laps) -> tuple[bool, bool]:
         """Step 1 for this batch's ``results`` and ``offsets``, which join ``open_``;
         then, once ``open_`` is ``interval`` seconds old, steps 2–4 for all of it.
-        Returns False when the commit failed (the partitions are lost). ``laps``: the
-        batch's stopwatch, to which each step's time is booked."""
+        Returns whether steps 2–4 ran, and False when the commit failed (the
+        partitions are lost). ``laps``: the batch's stopwatch, to which each step's
+        time is booked."""
         produced, acks = await self.outcomes(results)
         open_.add(self.batch, results, offsets, produced)
         durable = open_.due(interval)
-        open_.durable = durable
         # laid out while the broker stores the outcomes (the wait for their
         # acknowledgements was idle time of this loop); sent only once they are all
         # acknowledged, as step 2 requires
@@ -197,7 +195,9 @@ class Checkpoint:
             await asyncio.gather(*acks)
         laps.lap("outputs")
         self.faults.point("outputs", self.batch, produced, uncommitted=open_.first_batch)
-        return await self.make_durable(snapshots, open_, logics, laps) if durable else True
+        if not durable:
+            return False, True
+        return True, await self.make_durable(snapshots, open_, logics, laps)
 
     async def make_durable(self, snapshots: dict[int, list[PrebuiltBatch]], open_: Uncommitted,
                            logics: dict[int, PartitionLogic], laps: Laps) -> bool:

@@ -731,13 +731,11 @@ class Worker:
         """Outcomes of decided partitions, and in time (COMMIT_INTERVAL_SECONDS) the
         state and offsets of every batch since the last commit, in the crash-safe
         order (engine.streams.checkpoint); a lost commit drops their local state."""
-        cp = self._checkpointer()
         open_ = self._open
-        ok = await cp.run(results, self.logics, offsets, open_, self.commit_interval, laps)
-        if open_.durable:
-            self._open = Uncommitted()
-            if not ok:
-                self._drop_local_state(set(open_.parts))
+        durable, ok = await self._checkpointer().run(results, self.logics, offsets, open_,
+                                                     self.commit_interval, laps)
+        if durable:
+            self._committed(open_, ok)
         self._observe(results, laps)
 
     def _checkpointer(self) -> Checkpoint:
@@ -750,13 +748,18 @@ class Worker:
         if open_.empty():
             return
         cp, laps = self._checkpointer(), Laps()
-        if not await cp.make_durable(cp.snapshots(open_, self.logics), open_, self.logics,
-                                     laps):
-            self._drop_local_state(set(open_.parts))
-        self._open = Uncommitted()
+        self._committed(open_, await cp.make_durable(cp.snapshots(open_, self.logics), open_,
+                                                     self.logics, laps))
         # its time by phase, as a batch of no records of its own: the dashboards' batch
         # time is the worker's whole time at work, commits included
         self.metrics.observe_batch(0, laps.elapsed(), laps.phases)
+
+    def _committed(self, open_: Uncommitted, ok: bool) -> None:
+        """``open_`` went through steps 2–4: the next batch starts a new one; a failed
+        commit lost its partitions, whose local state goes."""
+        self._open = Uncommitted()
+        if not ok:
+            self._drop_local_state(set(open_.parts))
 
     async def commit_before_revoke(self) -> None:
         """What was decided of the partitions being revoked is committed, so that

@@ -132,7 +132,7 @@ def test_state_is_laid_out_while_outcomes_are_stored_but_sent_only_once_they_are
         assert [t for t, _ in producer.sent].count(topics.changelog) >= 1
         assert not consumer.commits  # the changelog is not acknowledged yet
         producer.acknowledge(topics.changelog)
-        assert await task
+        assert await task == (True, True)
         assert len(consumer.commits) == 1
 
     asyncio.run(run())
@@ -188,14 +188,16 @@ def test_batches_within_the_interval_are_committed_together_each_person_once(
     async def run() -> None:
         res, msgs = _decided(feed, 10, 2)
         cp = Checkpoint(producer, consumer, topics, 1, Faults(), 0)  # type: ignore[arg-type]
-        assert await cp.run({0: res}, {0: feed.logic}, {tp: msgs[-1]}, open_, 60.0, Laps())
-        assert not open_.durable
+        durable, ok = await cp.run({0: res}, {0: feed.logic}, {tp: msgs[-1]}, open_, 60.0,
+                                   Laps())
+        assert ok and not durable
         assert producer.records(topics.changelog) == 0 and not consumer.commits
         assert producer.records(topics.outcome_topic("grant", None)) == 2
         res, msgs = _decided(feed, 12, 3)
         cp = Checkpoint(producer, consumer, topics, 1, Faults(), 1)  # type: ignore[arg-type]
-        assert await cp.run({0: res}, {0: feed.logic}, {tp: msgs[-1]}, open_, 0.0, Laps())
-        assert open_.durable
+        durable, ok = await cp.run({0: res}, {0: feed.logic}, {tp: msgs[-1]}, open_, 0.0,
+                                   Laps())
+        assert ok and durable
         assert producer.records(topics.outcome_topic("grant", None)) == 5
         # the person and the partition's meta, once each for both batches
         assert producer.records(topics.changelog) == 2
