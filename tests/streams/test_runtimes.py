@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
@@ -155,3 +156,38 @@ def test_metrics_and_health_alike_and_faust_cli(kafka_broker, topic_prefix, tmp_
             assert s.connect_ex(("127.0.0.1", 6066)) != 0
     finally:
         w.stop()
+
+
+async def _ends(bootstrap: str, tps: list[Any]) -> dict[Any, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+def test_a_clean_stop_commits_what_the_interval_had_not_yet(
+        kafka_broker, topic_prefix, tmp_path: Path, tmp_path_factory, runtime: str) -> None:
+    """Commits a minute apart (DECISIONS 131): the whole input is decided with nothing
+    committed yet, and the clean stop commits it, every input's offset at its end
+    (the Faust runtime commits every batch whatever the interval)."""
+    sc = make_scenario(tmp_path_factory.mktemp("stop"), 60, 500, seed=11)
+    bootstrap, prefix = kafka_broker.bootstrap, topic_prefix()
+    t = topics_for(prefix)
+    group = t.group_id
+    publish(bootstrap, prefix, sc, tmp_path / "m.parquet", 1)
+    w = worker(bootstrap, prefix, tmp_path, runtime=runtime,
+               extra=["--commit-interval", "60"]).start()
+    try:
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, sc, tmp_path / "m.parquet")
+        before = asyncio.run(_committed(bootstrap, group))
+    finally:
+        assert w.stop() == 0
+    after = asyncio.run(_committed(bootstrap, group))
+    assert cmp.equal, str(cmp)
+    inputs = [TopicPartition(topic, p) for topic in t.consumed for p in range(PARTITIONS)]
+    ends = {tp: n for tp, n in asyncio.run(_ends(bootstrap, inputs)).items() if n > 0}
+    assert ends and {tp: after[tp].offset if tp in after else None for tp in ends} == ends
+    if runtime == "aiokafka":
+        assert all(before.get(tp) is None or before[tp].offset < n for tp, n in ends.items())
