@@ -35,6 +35,7 @@ from tests.streams.harness import (
     QUIET_SECONDS,
     collect_and_compare,
     make_scenario,
+    output_end,
     publish,
     records_in,
     topics_for,
@@ -191,3 +192,34 @@ def test_a_clean_stop_commits_what_the_interval_had_not_yet(
     assert ends and {tp: after[tp].offset if tp in after else None for tp in ends} == ends
     if runtime == "aiokafka":
         assert all(before.get(tp) is None or before[tp].offset < n for tp, n in ends.items())
+
+
+def test_partitions_given_up_in_a_rebalance_are_committed_first(
+        kafka_broker, topic_prefix, tmp_path: Path, tmp_path_factory) -> None:
+    """Commits a minute apart (DECISIONS 131): a first worker has decided the whole
+    input and committed none of it when a second joins; the partitions it gives up are
+    committed before they go, so the newcomer decides nothing again (no outcome
+    produced after the join)."""
+    sc = make_scenario(tmp_path_factory.mktemp("rebalance"), 60, 500, seed=12)
+    bootstrap, prefix = kafka_broker.bootstrap, topic_prefix()
+    group = topics_for(prefix).group_id
+    publish(bootstrap, prefix, sc, tmp_path / "m.parquet", 1)
+    slow = ["--commit-interval", "60"]
+    first = worker(bootstrap, prefix, tmp_path, "first", extra=slow).start()
+    second = None
+    try:
+        cmp, _, _ = collect_and_compare(bootstrap, prefix, sc, tmp_path / "m.parquet")
+        uncommitted = asyncio.run(_committed(bootstrap, group))
+        out = output_end(bootstrap, prefix)
+        second = worker(bootstrap, prefix, tmp_path, "second", extra=slow).start()
+        second.wait_for("assigned partitions")
+        first.wait_for("assigned partitions", 5)  # its own take-overs are long done
+        time.sleep(5)  # what the newcomer would decide again, it would have by now
+        after = output_end(bootstrap, prefix)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert cmp.equal, str(cmp)
+    assert all(m.offset < 0 for m in uncommitted.values()), uncommitted  # nothing committed
+    assert after == out
