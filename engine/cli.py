@@ -146,10 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "are committed once the first is this old (default 0.1; 0: every "
                         "batch; the faust runtime commits every batch); a crash decides "
                         "about this much input again (docs/DECISIONS.md, 131)")
-    w.add_argument("--serial-commits", action="store_true",
-                   help="a batch that commits waits for the changelog and the offset "
-                        "commit before the next batch is fetched (default: the commit runs "
-                        "while the next batches are decided; docs/DECISIONS.md, 132)")
     w.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or one JSON object per line")
     w.add_argument("--runtime", choices=["aiokafka", "faust"], default="aiokafka",

@@ -55,7 +55,6 @@ from engine.rules.strings import kafka_partitions, prefix_codes
 from engine.streams import recovery
 from engine.streams.logic import PartitionLogic
 from engine.streams.shard import GrantMessages, ShardResult, encode_grants
-from engine.streams.state import Staged
 
 log = logging.getLogger("mynapoint.worker")
 
@@ -83,9 +82,6 @@ class Faults:
         self.stall_at = os.environ.get("MYNAPOINT_STALL_AT")
         self.fail_at = os.environ.get("MYNAPOINT_FAIL_AT")
         self.injected: set[str] = set()
-        # the latest batch decided: a commit's point may come after later batches were
-        # (DECISIONS 132), and the crash's log line says so
-        self.decided = -1
 
     def point(self, stage: str, batch: int, produced: bool = True,
               first: int | None = None, uncommitted: int | None = None) -> None:
@@ -94,13 +90,10 @@ class Faults:
         points come before they are known); ``uncommitted``: the first batch not
         committed yet (for the log)."""
         first = batch if first is None else first
-        if stage == "decided":
-            self.decided = max(self.decided, batch)
         if _at(self.crash_at, stage, first, batch, produced) is not None:
             log.warning("crashing after %s of batch %d, batches %d-%d since the last "
-                        "commit, batch %d decided (test fault injection)", stage, batch,
-                        first if uncommitted is None else uncommitted, batch,
-                        max(self.decided, batch))
+                        "commit (test fault injection)", stage, batch,
+                        first if uncommitted is None else uncommitted, batch)
             os.kill(os.getpid(), signal.SIGKILL)
         if _at(self.stall_at, stage, first, batch, produced) is not None:
             log.warning("stalling at %s:%d (test fault injection)", stage, batch)
@@ -166,17 +159,6 @@ class Uncommitted:
     def empty(self) -> bool:
         return not self.parts and not self.offsets
 
-    def then(self, later: Uncommitted) -> Uncommitted:
-        """These batches and the ``later`` ones as one uncommitted set: what is left
-        when this set's commit failed after the later ones were decided."""
-        return Uncommitted(since=self.since if self.first_batch is not None else later.since,
-                          first_batch=(self.first_batch if self.first_batch is not None
-                                       else later.first_batch),
-                          parts=self.parts | later.parts,
-                          offsets={**self.offsets, **later.offsets},
-                          first={**later.first, **self.first},
-                          produced=self.produced or later.produced)
-
     def due(self, interval: float) -> bool:
         return not self.empty() and time.monotonic() - self.since >= interval
 
@@ -202,43 +184,25 @@ class Checkpoint:
         Returns whether steps 2–4 ran, and False when the commit failed (the
         partitions are lost). ``laps``: the batch's stopwatch, to which each step's
         time is booked."""
-        produced, acks = await self._produce(results, offsets, open_)
+        produced, acks = await self.outcomes(results)
+        open_.add(self.batch, results, offsets, produced)
         durable = open_.due(interval)
         # laid out while the broker stores the outcomes (the wait for their
         # acknowledgements was idle time of this loop); sent only once they are all
         # acknowledged, as step 2 requires
-        snapshots = self.layout(self.seal(open_, logics)) if durable else {}
-        await self._acknowledged(produced, acks, open_, laps)
-        if not durable:
-            return False, True
-        return True, await self.make_durable(snapshots, open_, logics, laps)
-
-    async def deliver(self, results: dict[int, ShardResult],
-                      offsets: dict[TopicPartition, Any], open_: Uncommitted,
-                      laps: Laps) -> None:
-        """Step 1 alone: the outcomes acknowledged, the batch joined to ``open_``
-        (steps 2–4 are the caller's, DECISIONS 132)."""
-        await self._acknowledged(*await self._produce(results, offsets, open_), open_, laps)
-
-    async def _produce(self, results: dict[int, ShardResult],
-                       offsets: dict[TopicPartition, Any], open_: Uncommitted
-                       ) -> tuple[bool, list[Any]]:
-        produced, acks = await self.outcomes(results)
-        open_.add(self.batch, results, offsets, produced)
-        return produced, acks
-
-    async def _acknowledged(self, produced: bool, acks: list[Any], open_: Uncommitted,
-                            laps: Laps) -> None:
+        snapshots = self.snapshots(open_, logics) if durable else {}
         if acks:
             await asyncio.gather(*acks)
         laps.lap("outputs")
         self.faults.point("outputs", self.batch, produced, uncommitted=open_.first_batch)
+        if not durable:
+            return False, True
+        return True, await self.make_durable(snapshots, open_, logics, laps)
 
     async def make_durable(self, snapshots: dict[int, list[PrebuiltBatch]], open_: Uncommitted,
                            logics: dict[int, PartitionLogic], laps: Laps) -> bool:
         """Steps 2–4 for the uncommitted batches ``open_``, whose changelog batches are
-        ``snapshots`` (:meth:`layout`). ``logics``: the partitions held here now (a
-        partition let go meanwhile has nothing committed or applied)."""
+        ``snapshots`` (:meth:`snapshots`)."""
         first = open_.first_batch if open_.first_batch is not None else self.batch
         changelog = await self.state(snapshots)
         laps.lap("state")
@@ -248,8 +212,7 @@ class Checkpoint:
         if not ok:
             return False
         for p in snapshots:
-            if p in logics:
-                logics[p].commit(changelog[p])
+            logics[p].commit(changelog[p])
         laps.lap("local")
         self.faults.point("commit", self.batch, open_.produced, first)
         return True
@@ -312,21 +275,18 @@ class Checkpoint:
                                      record_batches(g.keys, g.values, rows, BATCH_BYTES))
         return sent
 
-    @staticmethod
-    def seal(open_: Uncommitted, logics: dict[int, PartitionLogic]
-             ) -> dict[int, tuple[Staged, int]]:
-        """Seal the state of each partition ``open_`` touched (and still held here):
-        its values, and the fence it was taken under."""
-        return {p: (logics[p].seal(), logics[p].meta.fence)
-                for p in sorted(open_.parts & logics.keys())}
-
-    @staticmethod
-    def layout(sealed: dict[int, tuple[Staged, int]]) -> dict[int, list[PrebuiltBatch]]:
-        """Sealed snapshots as their changelogs' record batches, tagged with the fence."""
-        return {p: record_batches(pa.array(list(snap), pa.large_string()),
-                                  pa.array(list(snap.values()), pa.large_binary()), None,
-                                  BATCH_BYTES, recovery.fence_tag(fence))
-                for p, (snap, fence) in sealed.items()}
+    def snapshots(self, open_: Uncommitted, logics: dict[int, PartitionLogic]
+                  ) -> dict[int, list[PrebuiltBatch]]:
+        """The snapshot of each partition ``open_`` touched (and still held here) as its
+        changelog's record batches, tagged with the fence it was taken under."""
+        out = {}
+        for p in sorted(open_.parts & logics.keys()):
+            logic = logics[p]
+            snap = logic.snapshot()
+            out[p] = record_batches(pa.array(list(snap), pa.large_string()),
+                                    pa.array(list(snap.values()), pa.large_binary()), None,
+                                    BATCH_BYTES, recovery.fence_tag(logic.meta.fence))
+        return out
 
     async def state(self, snapshots: dict[int, list[PrebuiltBatch]]) -> dict[int, int]:
         """Write each snapshot to its changelog partition; returns the offset of the

@@ -295,11 +295,9 @@ class FaustWorker(Worker):
     # brought the messages (FaustConsumer.last_poll_timestamp), and each step is handed
     # what the agent was given: a second read would only wait
     AIOKAFKA_FETCHES = False
-    # every batch committed at once, and waited for: Faust gives up partitions in its
-    # own rebalance callback, where a commit through its consumer thread is not to be
-    # waited for
+    # every batch committed at once: Faust gives up partitions in its own rebalance
+    # callback, where a commit through its consumer thread is not to be waited for
     commit_interval = 0.0
-    pipelined = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -13,10 +13,9 @@ agent) drive the same object:
   of the waits that ended;
 - :meth:`PartitionLogic.final` — end of input (a closed campaign, a file) → every
   record still waiting is decided without what it waited for;
-- :meth:`PartitionLogic.seal` — the state changes not yet durable, to persist
-  (later decides stage apart from them, so a runtime may decide on while they are
-  written); :meth:`PartitionLogic.commit` — they are durable (in the changelog; the
-  local copy takes them at its next flush);
+- :meth:`PartitionLogic.snapshot` — the state changes not yet durable, to persist;
+  :meth:`PartitionLogic.commit` — they are durable (in the changelog; the local
+  copy takes them at its next flush);
   :meth:`PartitionLogic.discard` — they never will be (the batch failed half-way);
 - :meth:`PartitionLogic.restore` — changelog records read at a take-over.
 
@@ -62,22 +61,14 @@ class PartitionLogic:
         return self._decider.decide(self.store, self.partition, None, None, final=True)
 
     def snapshot(self) -> Staged:
-        """State records (key → value, None: deleted) changed since the last
-        :meth:`seal` (the store's pending values: what the next decide reads, too)."""
+        """State records (key → value, None: deleted) changed since the last :meth:`commit`
+        (the store's pending values: what the next decide reads, too)."""
         return dict(self.store.pending)
 
-    def seal(self) -> Staged:
-        """The changes since the last seal, as the snapshot to make durable: decides
-        from now on stage apart from it, and :meth:`commit` takes exactly it."""
-        return self.store.seal()
-
     def commit(self, changelog_offset: int) -> None:
-        """The sealed snapshot (all changes so far, if none was sealed) is in the
-        changelog up to ``changelog_offset`` (and the input offsets are committed):
-        make it the local checkpoint."""
-        if not self.store.sealed:
-            self.store.seal()
-        self.store.apply_sealed(changelog_offset)
+        """The snapshot is in the changelog up to ``changelog_offset`` (and the input
+        offsets are committed): make it the local checkpoint."""
+        self.store.apply(self.store.pending, changelog_offset)
 
     def discard(self) -> None:
         """Forget changes that will not become durable: decide again from the

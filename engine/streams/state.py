@@ -311,11 +311,9 @@ Staged = dict[str, bytes | None]
 class ShardStore:
     """Local RocksDB copy of one partition's state.
 
-    A decided batch's values wait in ``pending``; :meth:`seal` moves them to
-    ``committing`` when a commit takes them, so that later batches stage on top
-    while the changelog stores them (DECISIONS 132), and :meth:`apply_sealed` takes
-    them once it has; they reach RocksDB in :meth:`flush`. Reads (:meth:`values`)
-    look in what is pending, then committing, then in what was applied (the values
+    A decided batch's values wait in ``pending`` until :meth:`apply` takes them,
+    once the changelog has them; they reach RocksDB in :meth:`flush`. Reads
+    (:meth:`values`) look in what is pending, then in what was applied (the values
     not flushed yet, and a cache of recent ones), then in RocksDB.
     """
 
@@ -333,9 +331,6 @@ class ShardStore:
         # values decided but not applied yet (a batch before its checkpoint): what the
         # next decide reads first
         self.pending: Staged = {}
-        # values sealed for the commit in flight (``sealed``: one is, even if empty)
-        self.committing: Staged = {}
-        self.sealed = False
         # applied values, kept to spare RocksDB reads (bounded by ``cache_limit``)
         self.recent: Staged = {}
         # people with waiting records -> earliest deadline, so expiry needs no scan
@@ -373,13 +368,10 @@ class ShardStore:
         return None if raw is None else bytes(raw)
 
     def values(self, keys: list[str]) -> list[bytes | None]:
-        """The people's values as decided so far: pending, else committing, else
-        applied (None: none). A person's value is never empty nor deleted, so ``or``
-        tells the layers."""
-        pending, committing, unflushed, recent = (self.pending, self.committing,
-                                                  self.unflushed, self.recent)
-        out = [pending.get(k) or committing.get(k) or unflushed.get(k) or recent.get(k)
-               for k in keys]
+        """The people's values as decided so far: pending, else applied (None: none).
+        A person's value is never empty nor deleted, so ``or`` tells the layers."""
+        pending, unflushed, recent = self.pending, self.unflushed, self.recent
+        out = [pending.get(k) or unflushed.get(k) or recent.get(k) for k in keys]
         get = self.db.get
         for i in [i for i, v in enumerate(out) if v is None]:
             raw = get(keys[i].encode())
@@ -387,37 +379,20 @@ class ShardStore:
                 out[i] = recent[keys[i]] = bytes(raw)
         return out
 
-    def seal(self) -> Staged:
-        """What was staged since the last seal becomes the snapshot a commit makes
-        durable; decides from now on stage apart from it (returned, not a copy)."""
-        # a runtime seals again only once the commit before has ended (applied, or
-        # discarded): ``committing`` is empty then
-        self.committing.update(self.pending)
-        self.pending = {}
-        self.sealed = True
-        return self.committing
-
-    def apply_sealed(self, changelog_offset: int) -> None:
-        """The sealed snapshot is in the changelog up to ``changelog_offset``."""
-        blobs, self.committing, self.sealed = self.committing, {}, False
-        self.apply(blobs, changelog_offset)
-
     def apply(self, blobs: Staged, changelog_offset: int) -> None:
         """Take blobs already acknowledged by the changelog as the state; they reach
-        RocksDB in :meth:`flush`, once enough of them are pending (DECISIONS 106).
-        The meta applied is the one staged in ``blobs`` (later batches may have moved
-        the live one on), with the changelog position."""
+        RocksDB in :meth:`flush`, once enough of them are pending (DECISIONS 106)."""
         self.unflushed.update(blobs)
         if len(self.recent) > self.cache_limit:
             self.recent.clear()
         self.recent.update(blobs)
         self._unflushed_bytes += (sum(map(len, blobs))  # no Python frame per value
                                   + sum(map(len, filter(None, blobs.values()))))
+        # ``blobs`` is what the batches since the last apply staged (often ``pending``
+        # itself: a new dict, not a clear)
+        self.pending = {}
         self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
-        staged = blobs.get(META_KEY)
-        meta = decode_meta(staged) if staged is not None else self.meta
-        meta.changelog_offset = self.meta.changelog_offset
-        self._applied_meta = encode(meta)
+        self._applied_meta = encode(self.meta)
         if (self._unflushed_bytes >= self.flush_bytes
                 or time.monotonic() - self._flushed_at >= self.flush_seconds):
             self.flush()
@@ -441,12 +416,9 @@ class ShardStore:
         self._applied_meta = None
 
     def discard_unapplied(self, timeout: int) -> None:
-        """Forget in-memory changes :meth:`apply` has not taken, sealed ones included
-        (the runtime lets a commit in flight end first): a batch that failed half-way
-        is decided again from the state as applied."""
+        """Forget in-memory changes :meth:`apply` has not taken: a batch that failed
+        half-way is decided again from the state as applied."""
         self.pending.clear()
-        self.committing.clear()
-        self.sealed = False
         raw = self._applied_meta or self.db.get(META_KEY.encode())
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=self.no_time)
         self.rebuild_parked_index(timeout)
@@ -504,8 +476,6 @@ class ShardStore:
         self.db = self._open()
         self.meta = keep
         self.pending.clear()
-        self.committing.clear()
-        self.sealed = False
         self.recent.clear()
         self.parked.clear()
         self.unflushed.clear()

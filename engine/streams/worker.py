@@ -150,9 +150,6 @@ class Worker:
     AIOKAFKA_FETCHES = True
     # seconds between commits (DECISIONS 131); 0: every batch
     commit_interval = COMMIT_INTERVAL_SECONDS
-    # a commit runs while the next batches are fetched and decided (DECISIONS 132);
-    # False: a batch that commits waits for it
-    pipelined = True
 
     def __init__(self, bootstrap: str, topics: Topics, campaign: Campaign, registry: Registry,
                  state_dir: Path, partitions: int = 8, max_batch: int = 20_000,
@@ -161,11 +158,10 @@ class Worker:
                  max_record_bytes: int = 1 << 20,
                  readiness: health.Readiness | None = None, client_id: str | None = None,
                  replay: bool = False, quiet_seconds: float = QUIET_SECONDS,
-                 commit_interval: float | None = None, pipelined: bool = True) -> None:
+                 commit_interval: float | None = None) -> None:
         self.bootstrap = bootstrap
         if commit_interval is not None and self.commit_interval:  # a runtime's 0 stays
             self.commit_interval = commit_interval
-        self.pipelined = self.pipelined and pipelined  # a runtime's False stays
         self.topics = topics
         self.campaign = campaign
         self.registry = registry
@@ -194,9 +190,6 @@ class Worker:
         # the batches whose outcomes are out but whose state and offsets are not yet
         # durable (DECISIONS 131)
         self._open = Uncommitted()
-        # the commit in flight (DECISIONS 132) and the batches it takes
-        self._commit_task: asyncio.Task[bool] | None = None
-        self._committing = Uncommitted()
         self._lag_at = 0.0
         self._marker = os.environ.get("MYNAPOINT_BATCH_MARKER")
         self.producer_stale = False  # replace it before the next batch
@@ -403,7 +396,6 @@ class Worker:
             self._held.pop(tp, None)
             self._active.pop(tp, None)
         self._open.drop({p})
-        self._committing.drop({p})
         self._followed.pop(p, None)
         self._merge_views.pop(p, None)
         for tp in self._waiting_tps(p):
@@ -476,9 +468,6 @@ class Worker:
         assert self.consumer is not None
         data: dict[Any, list[Any]] = {}
         try:
-            if self._commit_task is not None and self._commit_task.done():
-                async with self.lock:  # a lost commit's partitions go before more is read
-                    await self._end_commit()
             if self.producer_stale:
                 await self._replace_producer()
             await self._prioritise_enrollments()
@@ -519,7 +508,6 @@ class Worker:
             log.warning("batch failed (%s: %s); retrying it in %.1f s",
                         type(e).__name__, e, delay)
             async with self.lock:
-                await self._end_commit_quietly()  # its batches are rewound too if it failed
                 self._rewind(data)
             await asyncio.sleep(delay)
 
@@ -551,7 +539,7 @@ class Worker:
         """Undo a failed batch: read it again, forget its undurable state changes,
         and use a new producer (the old one may have spent sequence numbers on
         records the broker never stored, and would fail every later send)."""
-        assert self.consumer is not None and self._commit_task is None
+        assert self.consumer is not None
         assigned = self.consumer.assignment()
         # the first offsets fetched since the commit (held messages included: process
         # put them in ``data``) are the committed ones, which the local checkpoint
@@ -733,7 +721,6 @@ class Worker:
         except KafkaError:
             # nothing of it is durable: decided again at the next look (step's
             # handler replaces the producer)
-            await self._end_commit_quietly()
             for p in results:
                 self.logics[p].discard()
                 self._followed.pop(p, None)
@@ -745,72 +732,24 @@ class Worker:
         state and offsets of every batch since the last commit, in the crash-safe
         order (engine.streams.checkpoint); a lost commit drops their local state."""
         open_ = self._open
-        cp = self._checkpointer()
-        if not self.pipelined:
-            durable, ok = await cp.run(results, self.logics, offsets, open_,
-                                       self.commit_interval, laps)
-            if durable:
-                self._committed(open_, ok)
-        else:
-            await cp.deliver(results, offsets, open_, laps)
-            if open_.due(self.commit_interval):
-                await self._end_commit()  # the one before: one commit at a time
-                self._begin_commit(cp)
+        durable, ok = await self._checkpointer().run(results, self.logics, offsets, open_,
+                                                     self.commit_interval, laps)
+        if durable:
+            self._committed(open_, ok)
         self._observe(results, laps)
 
     def _checkpointer(self) -> Checkpoint:
         return Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
                           self.faults, self.batches)
 
-    def _begin_commit(self, cp: Checkpoint) -> None:
-        """Steps 2–4 for the batches since the last commit, in a task of their own
-        (DECISIONS 132): their state is sealed now, and the next batches are decided
-        on top of it while the changelog and the coordinator answer."""
-        open_, self._open = self._open, Uncommitted()
-        sealed = cp.seal(open_, self.logics)
-
-        async def durable() -> bool:
-            laps = Laps()
-            ok = await cp.make_durable(cp.layout(sealed), open_, self.logics, laps)
-            # booked as a batch of no records, as an idle commit is
-            self.metrics.observe_batch(0, laps.elapsed(), laps.phases)
-            return ok
-
-        self._committing = open_
-        self._commit_task = asyncio.create_task(durable())
-
-    async def _end_commit(self) -> None:
-        """Wait for the commit in flight, if any. A lost commit drops its partitions'
-        local state; one that failed leaves its batches uncommitted, before the ones
-        since (a rewind goes back to its start), and raises."""
-        task, open_ = self._commit_task, self._committing
-        if task is None:
-            return
-        try:
-            ok = await task
-        except BaseException:
-            self._open = open_.then(self._open)
-            raise
-        finally:
-            self._commit_task, self._committing = None, Uncommitted()
-        if not ok:
-            self._drop_local_state(set(open_.parts))
-
-    async def _end_commit_quietly(self) -> None:
-        """:meth:`_end_commit` before a rewind: a broker error of the commit is the
-        rewind's, too."""
-        with contextlib.suppress(KafkaError):
-            await self._end_commit()
-
     async def _commit_open(self) -> None:
         """State and offsets of the batches since the last commit, now."""
-        await self._end_commit()
         open_ = self._open
         if open_.empty():
             return
         cp, laps = self._checkpointer(), Laps()
-        self._committed(open_, await cp.make_durable(cp.layout(cp.seal(open_, self.logics)),
-                                                     open_, self.logics, laps))
+        self._committed(open_, await cp.make_durable(cp.snapshots(open_, self.logics), open_,
+                                                     self.logics, laps))
         # its time by phase, as a batch of no records of its own: the dashboards' batch
         # time is the worker's whole time at work, commits included
         self.metrics.observe_batch(0, laps.elapsed(), laps.phases)
@@ -1257,8 +1196,7 @@ def build_worker(args: argparse.Namespace, cls: type[Worker] = Worker) -> Worker
                replay=getattr(args, "replay", False),
                max_batch_bytes=getattr(args, "max_batch_bytes", None) or MAX_BATCH_BYTES,
                quiet_seconds=getattr(args, "quiet_seconds", QUIET_SECONDS),
-               commit_interval=getattr(args, "commit_interval", None),
-               pipelined=not getattr(args, "serial_commits", False))
+               commit_interval=getattr(args, "commit_interval", None))
 
 
 START_ERRORS = (KafkaError, TopicMismatch, OSError)

@@ -14,14 +14,11 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from engine.cli import build_parser
 from engine.config import DEFAULT_REGISTRY
 from engine.kafka.topics import Topics
 from engine.metrics import Laps
 from engine.streams.checkpoint import STAGES, Checkpoint, Faults, Uncommitted
 from engine.streams.decode import decode_messages
-from engine.streams.state import decode_person
-from engine.streams.worker import Worker, build_worker
 from tests import builders
 from tests.streams.feed import PERSON, T0, Feed, Msg
 from tests.streams.worker_fakes import unit_worker
@@ -110,13 +107,13 @@ def test_state_is_laid_out_while_outcomes_are_stored_but_sent_only_once_they_are
     producer, consumer = _Producer(), _Consumer()
     cp = Checkpoint(producer, consumer, topics, 1, Faults(), 0)  # type: ignore[arg-type]
     built: list[int] = []  # outcome batches acknowledged when the changelog was built
-    layout = cp.layout
+    snapshots = cp.snapshots
 
-    def spy(sealed: Any) -> Any:
+    def spy(open_: Uncommitted, logics: Any) -> Any:
         built.append(sum(f.done() for t, f in producer.sent if t != topics.changelog))
-        return layout(sealed)
+        return snapshots(open_, logics)
 
-    cp.layout = spy  # type: ignore[method-assign]
+    cp.snapshots = spy  # type: ignore[method-assign]
 
     async def run() -> None:
         task = asyncio.create_task(cp.run({0: res}, {0: feed.logic},
@@ -230,140 +227,3 @@ def test_a_failed_batch_is_read_again_from_the_first_offset_since_the_commit(
     assert seeks == {a: 5, b: 3}
     assert sorted(discarded) == [0, 1]
     assert w._open.empty() and not w._open.first
-
-
-# ------------------------------------------------------------------ the commit in flight
-
-
-class _ChangelogHeldProducer(_AckingProducer):
-    """Acknowledges outcomes at once; the changelog's batches when the test says, or
-    with a broker error."""
-
-    def __init__(self, changelog: str) -> None:
-        super().__init__()
-        self.changelog = changelog
-        self.held: list[asyncio.Future[Any]] = []
-
-    async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
-        if topic != self.changelog:
-            return await super().send_batch(batch, topic, partition)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.sent.append((topic, batch))
-        self.held.append(fut)
-        return fut
-
-    def release(self, error: Exception | None = None) -> None:
-        for fut in self.held:
-            if error is None:
-                fut.set_result(SimpleNamespace(offset=7))
-            else:
-                fut.set_exception(error)
-        self.held.clear()
-
-
-async def _settle() -> None:
-    """Let a commit task run until it waits for the held changelog."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-def _pipelined_worker(tmp_path: Path, pipelined: bool = True
-                      ) -> tuple[Any, Feed, _ChangelogHeldProducer, _Consumer]:
-    feed = Feed(tmp_path / "feed", topic_prefix="t.")
-    feed.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
-    w, _ = unit_worker(tmp_path / "w", pipelined=pipelined)
-    assert w.pipelined is pipelined
-    producer, consumer = _ChangelogHeldProducer(w.topics.changelog), _Consumer()
-    w.producer, w.consumer = producer, consumer  # type: ignore[assignment]
-    w.logics[0] = feed.logic
-    return w, feed, producer, consumer
-
-
-def test_the_next_batch_is_decided_and_delivered_while_the_commit_is_written(
-        tmp_path: Path) -> None:
-    """DECISIONS 132: a commit's changelog write and offset commit run while the next
-    batch is decided and its outcomes go out; the commit takes the offsets and the
-    state sealed when it began, and the later batch's state stays pending."""
-    w, feed, producer, consumer = _pipelined_worker(tmp_path)
-    tp = TopicPartition("t.transaction", 0)
-    grants = w.topics.outcome_topic("grant", None)
-
-    async def run() -> None:
-        w.commit_interval = 0.0
-        res, msgs = _decided(feed, 10, 2)
-        # returns with the commit in flight (a serial commit would wait for the
-        # changelog here)
-        await asyncio.wait_for(w._checkpoint({0: res}, {tp: msgs[-1]}, Laps()), 5)
-        await _settle()
-        assert w._commit_task is not None and not w._commit_task.done()
-        sealed = feed.store.committing[PERSON]
-        assert sealed is not None and decode_person(sealed).n_entries == 2
-        w.commit_interval = 60.0  # the next batch does not commit
-        res, msgs = _decided(feed, 12, 3)
-        await w._checkpoint({0: res}, {tp: msgs[-1]}, Laps())
-        # its outcomes are out while the first commit still waits for the changelog
-        assert producer.records(grants) == 5 and not consumer.commits
-        assert PERSON in feed.store.pending and feed.store.get(PERSON).n_entries == 5
-        producer.release()
-        await w._end_commit()
-        assert [{t: m.offset for t, m in c.items()} for c in consumer.commits] == [{tp: 12}]
-        assert feed.store.value(PERSON) == sealed  # the local checkpoint: the sealed state
-        assert PERSON in feed.store.pending and feed.store.get(PERSON).n_entries == 5
-        assert w._open.first_batch is not None and w._open.parts == {0}
-
-    asyncio.run(run())
-
-
-def test_a_commit_that_fails_in_flight_is_rewound_with_the_batches_decided_since(
-        tmp_path: Path) -> None:
-    """A broker error of the commit in flight surfaces at the next commit: the worker
-    reads again from the first offset the failed commit took, and forgets the state
-    of both (sealed and pending), back to the local checkpoint."""
-    w, feed, producer, consumer = _pipelined_worker(tmp_path)
-    tp = w._transaction_tps(0)[0]
-    seeks: dict[TopicPartition, int] = {}
-    consumer.seek = lambda tp, offset: seeks.__setitem__(tp, offset)  # type: ignore[attr-defined]
-    consumer.assignment = lambda: set(w._tps(0))  # type: ignore[attr-defined]
-    before = feed.store.value(PERSON)
-
-    async def run() -> None:
-        w.commit_interval = 0.0
-        res, msgs = _decided(feed, 10, 2)
-        w._open.fetched({tp: msgs})
-        await w._checkpoint({0: res}, {tp: msgs[-1]}, Laps())
-        await _settle()
-        res, msgs = _decided(feed, 12, 3)
-        w._open.fetched({tp: msgs})
-        producer.release(KafkaConnectionError("changelog leader gone"))
-        with pytest.raises(KafkaConnectionError):
-            await w._checkpoint({0: res}, {tp: msgs[-1]}, Laps())
-        assert w._commit_task is None and not consumer.commits
-        w._rewind({})
-
-    asyncio.run(run())
-    assert seeks == {tp: 10}
-    assert feed.store.value(PERSON) == before and feed.store.get(PERSON).n_entries == 0
-    assert not feed.store.pending and not feed.store.committing
-
-
-def test_serial_commits_wait_for_the_changelog_and_the_commit(tmp_path: Path) -> None:
-    """``worker --serial-commits``: a batch that commits returns only once its state is
-    in the changelog and its offsets are committed (the form before DECISIONS 132)."""
-    args = build_parser().parse_args(["worker", "--broker", "127.0.0.1:1", "--state-dir",
-                                      str(tmp_path / "cli"), "--serial-commits"])
-    built = build_worker(args)
-    assert isinstance(built, Worker) and not built.pipelined
-    w, feed, producer, consumer = _pipelined_worker(tmp_path, pipelined=False)
-    tp = TopicPartition("t.transaction", 0)
-
-    async def run() -> None:
-        w.commit_interval = 0.0
-        res, msgs = _decided(feed, 10, 2)
-        task = asyncio.create_task(w._checkpoint({0: res}, {tp: msgs[-1]}, Laps()))
-        await _settle()
-        assert not task.done() and producer.held and not consumer.commits
-        producer.release()
-        await asyncio.wait_for(task, 5)
-        assert consumer.commits and w._commit_task is None and not feed.store.pending
-
-    asyncio.run(run())

@@ -86,32 +86,6 @@ def test_crash_at_an_exact_point_of_a_batch(kafka_broker, topic_prefix, scenario
         assert LAST_STATS["copies"], LAST_STATS
 
 
-@pytest.mark.parametrize("stage", ["state", "commit"])
-def test_crash_in_a_commit_while_later_batches_are_decided(
-        kafka_broker, topic_prefix, scenario, tmp_path: Path, stage: str) -> None:
-    """DECISIONS 132 (the aiokafka worker; the Faust runtime commits in line): a
-    commit is written while the next batches are decided and delivered. A SIGKILL
-    in it, after its changelog write or after its offset commit, with a later batch
-    already decided and its outcomes on their way, loses and doubles nothing."""
-    prefix = topic_prefix()
-    publish(kafka_broker.bootstrap, prefix, scenario, tmp_path / "m.parquet", 1)
-    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "crashing",
-               env={"MYNAPOINT_CRASH_AT": f"{stage}:{CRASH_BATCH['aiokafka']}"},
-               extra=["--commit-interval", "0"]).start()
-    assert w.wait_exit() == -9, "the worker did not reach the crash point"
-    crash = re.search(r"crashing after \w+ of batch (\d+), .* batch (\d+) decided",
-                      (tmp_path / "crashing.log").read_text())
-    assert crash, "no crash logged"
-    assert int(crash[2]) > int(crash[1]), crash[0]  # work was in flight
-    w = worker(kafka_broker.bootstrap, prefix, tmp_path, "restarted").start()
-    try:
-        cmp, _, _ = collect_and_compare(kafka_broker.bootstrap, prefix, scenario,
-                                        tmp_path / "m.parquet")
-    finally:
-        w.stop()
-    assert cmp.equal, str(cmp)
-
-
 def test_a_backlog_beyond_the_batch_budget_is_decided_in_bounded_batches(
         kafka_broker, topic_prefix, scenario, tmp_path: Path, runtime: str) -> None:
     """The whole campaign in Kafka (batched messages) before the worker starts, and a

@@ -30,7 +30,6 @@ from engine.streams.state import (
     ShardStore,
     TxnEntry,
     WaitIndex,
-    decode_meta,
     decode_person,
     decode_wait,
     encode,
@@ -88,53 +87,8 @@ def test_pending_values_are_read_first_and_forgotten_with_a_failed_batch(tmp_pat
     store.discard_unapplied(timeout=1)
     assert [store.get(k).c for k in ("personAA", "personBB")] == [1, 0]
     store.pending["personAA"] = encode(PersonState(c=3))
-    store.seal()
-    store.apply_sealed(1)
-    assert not store.pending and not store.committing and store.get("personAA").c == 3
-    store.close()
-
-
-def test_a_sealed_snapshot_is_applied_alone_while_later_batches_stage_on_top(
-        tmp_path: Path) -> None:
-    """DECISIONS 132: a commit takes the values sealed when it began, with their meta;
-    what was decided while it was written is read first and stays pending."""
-    store = ShardStore(tmp_path / "p0", NO_TIME)
-    store.pending["personAA"] = encode(PersonState(c=1))
-    store.meta.stream_time = 100
-    store.pending[META_KEY] = encode(store.meta)
-    sealed = store.seal()
-    assert set(sealed) == {"personAA", META_KEY} and not store.pending
-    # a later batch while the commit is in flight: reads see both layers, newest first
-    assert store.get("personAA").c == 1
-    store.pending["personAA"] = encode(PersonState(c=2))
-    store.pending["personBB"] = encode(PersonState(c=7))
-    store.meta.stream_time = 200
-    assert [store.get(k).c for k in ("personAA", "personBB")] == [2, 7]
-    store.apply_sealed(4)
-    store.flush()
-    assert not store.committing and not store.sealed
-    assert set(store.pending) == {"personAA", "personBB"}
-    assert [store.get(k).c for k in ("personAA", "personBB")] == [2, 7]
-    # the checkpoint holds the sealed values and the sealed meta, at the new position
-    assert store.value("personAA") == encode(PersonState(c=1)) and not store.value("personBB")
-    on_disk = decode_meta(cast(bytes, store.db.get(META_KEY.encode())))
-    assert (on_disk.stream_time, on_disk.changelog_offset) == (100, 4)
-    assert (store.meta.stream_time, store.meta.changelog_offset) == (200, 4)
-    # a failure now forgets what is not applied, back to the sealed state
-    store.discard_unapplied(timeout=1)
-    assert [store.get(k).c for k in ("personAA", "personBB")] == [1, 0]
-    assert store.meta.stream_time == 100
-    store.close()
-
-
-def test_a_discard_forgets_a_sealed_snapshot_that_never_became_durable(tmp_path: Path) -> None:
-    store = ShardStore(tmp_path / "p0", NO_TIME)
-    store.apply({"personAA": encode(PersonState(c=1))}, 0)
-    store.pending["personAA"] = encode(PersonState(c=2))
-    store.seal()
-    store.pending["personAA"] = encode(PersonState(c=3))
-    store.discard_unapplied(timeout=1)
-    assert store.get("personAA").c == 1 and not store.sealed
+    store.apply(dict(store.pending), 1)
+    assert not store.pending and store.get("personAA").c == 3
     store.close()
 
 
