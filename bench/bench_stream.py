@@ -83,7 +83,12 @@ from engine.devtools.worker_process import WorkerProcess, terminate  # noqa: E40
 from engine.kafka.client_config import ENV as CLIENT_CONFIG_ENV  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
 from engine.kafka.produce import BatchSender, Outgoing  # noqa: E402
-from engine.kafka.topics import INPUT_RETENTION_ENV, Topics, partition_for  # noqa: E402
+from engine.kafka.topics import (  # noqa: E402
+    INPUT_RETENTION_ENV,
+    Topics,
+    end_offsets,
+    partition_for,
+)
 from engine.rules.strings import format_utc, rfc3339_utc  # noqa: E402
 from engine.tools.publish import publish_files  # noqa: E402
 from tests.builders import make_scenario, write_campaign  # noqa: E402
@@ -337,15 +342,6 @@ async def wait_outcomes(bootstrap: str, tps: list[TopicPartition], expected: int
         await c.stop()
 
 
-async def topic_ends(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
-    await c.start()
-    try:
-        return dict(await c.end_offsets(tps))
-    finally:
-        await c.stop()
-
-
 async def wait_committed(bootstrap: str, group: str, ends: dict[TopicPartition, int],
                          timeout: float = 120.0) -> float:
     """Wait until ``group`` has committed the given end offsets; returns seconds waited."""
@@ -525,7 +521,7 @@ def engine_run(bootstrap: str, label: str, ds: Dataset, batch: int, workers: int
         res["worker_peak_rss_mib"] = [peak_rss_mib(w.wp.proc.pid if w.wp.proc else 0)
                                       for w in ws]
         cl = [TopicPartition(topics.changelog, p) for p in range(PARTITIONS)]
-        res["changelog_messages"] = sum(asyncio.run(topic_ends(bootstrap, cl)).values())
+        res["changelog_messages"] = sum(asyncio.run(end_offsets(bootstrap, cl)).values())
     finally:
         codes = [w.stop() for w in ws]
     res["exit_codes"] = codes
@@ -768,7 +764,7 @@ def latency_run(bootstrap: str, ds: Dataset, rate: float, seconds: float, warmup
     try:
         w.start()
         w.wp.wait_for("assigned partitions", 120)
-        enr_ends = asyncio.run(topic_ends(bootstrap, [TopicPartition(t, p)
+        enr_ends = asyncio.run(end_offsets(bootstrap, [TopicPartition(t, p)
                                                       for t in topics.enrollment_inputs
                                                       for p in range(PARTITIONS)]))
         res["enrollments_read_seconds"] = asyncio.run(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 from aiokafka.partitioner import murmur2
@@ -331,6 +332,18 @@ async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> d
     async def ask(admin: AIOKafkaAdminClient) -> dict[str, int]:
         return partition_counts(await admin.describe_topics(names))
     return await _ask_admin(bootstrap, client, ask)
+
+
+async def end_offsets(bootstrap: str, tps: Iterable[TopicPartition], **client: Any
+                      ) -> dict[TopicPartition, int]:
+    """The offset after the last record of each of ``tps`` (a look of its own, for
+    tools and tests; a runtime asks its own consumer)."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **(client or default_client()))
+    await c.start()
+    try:
+        return dict(await c.end_offsets(list(tps)))
+    finally:
+        await c.stop()
 
 
 async def create_and_await_leaders(admin: AIOKafkaAdminClient, new: list[NewTopic],

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from engine.config import DEFAULT_REGISTRY
 from engine.devtools.worker_process import WorkerProcess
-from engine.kafka.client_config import default_client
-from engine.kafka.topics import Topics, partition_for
+from engine.kafka.topics import Topics, end_offsets, partition_for
 from engine.tools.collect import collect
 from engine.tools.compare import Comparison, compare
 from engine.tools.publish import publish_files
@@ -98,14 +97,8 @@ def collect_and_compare(bootstrap: str, prefix: str, sc: Scenario, manifest: Pat
 
 
 async def output_end_offsets(bootstrap: str, prefix: str) -> dict[TopicPartition, int]:
-    t = topics_for(prefix)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
-    await c.start()
-    try:
-        return dict(await c.end_offsets([TopicPartition(x, p) for x in t.outputs
-                                         for p in range(PARTITIONS)]))
-    finally:
-        await c.stop()
+    return await end_offsets(bootstrap, [TopicPartition(x, p) for x in topics_for(prefix).outputs
+                                         for p in range(PARTITIONS)])
 
 
 def grants_in_decision_order(bootstrap: str, prefix: str) -> dict[str, list[int]]:

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
+from engine.kafka.topics import end_offsets
 from engine.metrics import BATCH_PHASES
 from engine.streams.faust_runtime import WORKER_ARGS_ENV
 from engine.streams.recovery import changelog_need
@@ -159,15 +160,6 @@ def test_metrics_and_health_alike_and_faust_cli(kafka_broker, topic_prefix, tmp_
         w.stop()
 
 
-async def _ends(bootstrap: str, tps: list[Any]) -> dict[Any, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
-    await consumer.start()
-    try:
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
-
-
 def test_a_clean_stop_commits_what_the_interval_had_not_yet(
         kafka_broker, topic_prefix, tmp_path: Path, tmp_path_factory, runtime: str) -> None:
     """Commits a minute apart (DECISIONS 131): the whole input is decided with nothing
@@ -188,7 +180,7 @@ def test_a_clean_stop_commits_what_the_interval_had_not_yet(
     after = asyncio.run(_committed(bootstrap, group))
     assert cmp.equal, str(cmp)
     inputs = [TopicPartition(topic, p) for topic in t.consumed for p in range(PARTITIONS)]
-    ends = {tp: n for tp, n in asyncio.run(_ends(bootstrap, inputs)).items() if n > 0}
+    ends = {tp: n for tp, n in asyncio.run(end_offsets(bootstrap, inputs)).items() if n > 0}
     assert ends and {tp: after[tp].offset if tp in after else None for tp in ends} == ends
     if runtime == "aiokafka":
         assert all(before.get(tp) is None or before[tp].offset < n for tp, n in ends.items())
