@@ -765,8 +765,8 @@ def latency_run(bootstrap: str, ds: Dataset, rate: float, seconds: float, warmup
         w.start()
         w.wp.wait_for("assigned partitions", 120)
         enr_ends = asyncio.run(end_offsets(bootstrap, [TopicPartition(t, p)
-                                                      for t in topics.enrollment_inputs
-                                                      for p in range(PARTITIONS)]))
+                                                       for t in topics.enrollment_inputs
+                                                       for p in range(PARTITIONS)]))
         res["enrollments_read_seconds"] = asyncio.run(
             wait_committed(bootstrap, topics.group_id, enr_ends))
         log(f"latency: worker read {pub['enrollments']:,} enrollments; sending "
