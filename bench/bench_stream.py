@@ -86,6 +86,7 @@ from engine.kafka.produce import BatchSender, Outgoing  # noqa: E402
 from engine.kafka.topics import (  # noqa: E402
     INPUT_RETENTION_ENV,
     Topics,
+    delete_topics,
     end_offsets,
     partition_for,
 )
@@ -991,6 +992,34 @@ print((time.perf_counter() - t) / (n / 4096) * 1e6)
 """
 
 
+# Between measurements every topic is deleted and the broker removes the files a second
+# later, so that each measurement runs on a broker holding its own topics only. Kept,
+# a full run's topics filled this machine's page cache, and once free memory fell
+# under about 5 GB the VM's reclaim took a core in system time: batched drains of the
+# same code went 174,000-204,000 tx/s until then and 44,000 after, and with the
+# topics deleted 156,000-185,000 throughout (RESULTS.md, Streaming, Notes, seventh
+# session).
+BROKER_PROPERTIES = {"file.delete.delay.ms": "1000"}
+CLEAR_WAIT_SECONDS = 3.0
+
+
+def memory_now() -> dict[str, float]:
+    """Free memory and page cache, GB (/proc/meminfo)."""
+    kb = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            kb[name] = int(rest.split()[0])
+    return {"free_gb": round(kb["MemFree"] / 2**20, 1),
+            "cached_gb": round(kb["Cached"] / 2**20, 1)}
+
+
+def clear_broker(bootstrap: str) -> None:
+    """Delete every topic of the runs so far (BROKER_PROPERTIES)."""
+    asyncio.run(delete_topics(bootstrap, prefix=""))
+    time.sleep(CLEAR_WAIT_SECONDS)
+
+
 def fresh_memory_cost(mb: int = FRESH_MEMORY_MB) -> float | None:
     """µs per 4 KB page for a new process to touch ``mb`` MB of fresh memory."""
     try:
@@ -1089,7 +1118,8 @@ def main() -> int:
     live = make_dataset("live", sz["latency_users"],
                         sz.get("latency_txns", 2 * sz["single_txns"]), 13, settle=False)
     port = free_port()
-    broker = devbroker.start(port, data_dir=WORK / "kafka", tls=args.tls)
+    broker = devbroker.start(port, data_dir=WORK / "kafka", tls=args.tls,
+                             extra_properties=BROKER_PROPERTIES)
     # The local broker is secured (SCRAM, ACLs): every client of the run, in process
     # or in a worker process, authenticates as admin (the run's topic prefixes have
     # no ACLs of their own), over TLS with --tls.
@@ -1110,19 +1140,26 @@ def main() -> int:
         if args.wait_quiet:
             wait_for_quiet(min(args.wait_quiet, 120.0))
 
+    def attempt(fn: Any) -> dict[str, Any]:
+        quiet()
+        memory = memory_now()
+        res: dict[str, Any] = fn()
+        res["memory_before"] = memory
+        # after the run, so that the probe's pages are not lent to the run itself, and
+        # before the clear frees the run's page cache for it to reuse
+        res["fresh_memory_us"] = fresh_memory_cost()
+        clear_broker(broker.bootstrap)
+        return res
+
     def measure(key: str, fn: Any) -> None:
         """Run a measurement; once more if other processes took a lot of CPU meanwhile
         (and there is time left), keeping the less disturbed attempt."""
-        quiet()
-        res = fn()
-        # after the run, so that the probe's pages are not lent to the run itself
-        res["fresh_memory_us"] = fresh_memory_cost()
+        res = attempt(fn)
         foreign = (res.get("cpu") or {}).get("foreign_cores", 0.0)
         if (foreign > RETRY_FOREIGN_CORES and args.wait_quiet
                 and time.monotonic() - t_start < RETRY_BUDGET_SECONDS):
             log(f"{key}: other processes used {foreign:.2f} cores meanwhile; measuring again")
-            quiet()
-            again = fn()
+            again = attempt(fn)
             if (again.get("cpu") or {}).get("foreign_cores", 9.0) < foreign:
                 res, again = again, res
             res["other_attempt"] = {k: again.get(k) for k in (
@@ -1146,6 +1183,7 @@ def main() -> int:
         runs["warmup_batched"] = engine_run(broker.bootstrap, "warmup-batched", batched,
                                             sz["batch"], 1)
         runs["warmup_single"] = engine_run(broker.bootstrap, "warmup-single", single, 1, 1)
+        clear_broker(broker.bootstrap)
         if args.latency_rate:
             latency_runs(args.latency_rate, measure, broker, live, sz, campaign)
             if not args.no_profile:
@@ -1170,8 +1208,10 @@ def main() -> int:
             quiet()
             runs["profile_batched"] = profile_run(broker.bootstrap, "profile-batched", batched,
                                                   sz["batch"], sz["profile_batched_seconds"])
+            clear_broker(broker.bootstrap)
             quiet()
             runs["profile_single"] = profile_run(broker.bootstrap, "profile-single", single, 1)
+            clear_broker(broker.bootstrap)
             quiet()
             runs["profile_live"] = live_profile(broker.bootstrap, live, rate, sz, campaign)
     finally:

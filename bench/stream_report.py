@@ -129,6 +129,14 @@ def fresh_memory(runs: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in got)
 
 
+def memory_before(runs: dict[str, Any]) -> str:
+    """Free memory / page cache (GB) before each measurement, in the order they ran;
+    "" for results of a bench that did not note it."""
+    got = [(k, x["memory_before"]) for k, x in runs.items()
+           if isinstance(x, dict) and x.get("memory_before")]
+    return ", ".join(f"{k} {m['free_gb']:.1f} / {m['cached_gb']:.1f}" for k, m in got)
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     r = results["runs"]
@@ -163,6 +171,12 @@ def render(results: dict[str, Any]) -> str:
           f"(µs per 4 KB page: under 1 on a machine whose host does not take freed memory "
           f"back, or where the run had just freed memory the probe reused; tens where the "
           f"host takes it back, as a run's growth then pays too): {fresh}")
+    before = memory_before(r)
+    if before:
+        w(f"- Between measurements every topic is deleted (the broker removes the files 1 s "
+          f"later), so that each one runs on a broker holding its own topics, not a page "
+          f"cache filled by the runs before it; free memory / page cache before each "
+          f"measurement, GB: {before}")
     wb, ws = r.get("warmup_batched", {}), r.get("warmup_single", {})
     if wb.get("txn_per_s") and ws.get("txn_per_s"):
         w(f"- Warm-up before the measurements, discarded (numba compiles code changed since the "

@@ -334,6 +334,22 @@ async def topic_partitions(bootstrap: str, names: list[str], **client: Any) -> d
     return await _ask_admin(bootstrap, client, ask)
 
 
+async def delete_topics(bootstrap: str, names: Iterable[str] = (), prefix: str | None = None,
+                        **client: Any) -> list[str]:
+    """Delete ``names`` and every topic whose name starts with ``prefix`` (for tools,
+    tests and the bench); the broker's own topics (``__``) never. Returns the names
+    asked for, sorted. The broker removes their files ``file.delete.delay.ms`` later."""
+    async def ask(admin: AIOKafkaAdminClient) -> list[str]:
+        doomed = set(names)
+        if prefix is not None:
+            doomed.update(t for t in await admin.list_topics() if t.startswith(prefix))
+        doomed = {t for t in doomed if not t.startswith("__")}
+        if doomed:
+            await admin.delete_topics(sorted(doomed))
+        return sorted(doomed)
+    return await _ask_admin(bootstrap, client, ask)
+
+
 async def end_offsets(bootstrap: str, tps: Iterable[TopicPartition], **client: Any
                       ) -> dict[TopicPartition, int]:
     """The offset after the last record of each of ``tps`` (a look of its own, for

@@ -110,6 +110,25 @@ def test_the_machine_section_names_each_runs_fresh_memory_cost() -> None:
     assert "Fresh memory" not in render(results)
 
 
+def test_the_machine_section_names_the_memory_each_measurement_started_with() -> None:
+    machine = {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24, "kernel": "k",
+               "python": "3.11", "kafka": "k", "java": "j"}
+    sizes = {"batched_users": 1, "batched_txns": 1, "batch": 1, "single_users": 1,
+             "single_txns": 1, "faust_events": 1}
+    results: dict[str, Any] = {
+        "machine": machine, "sizes": sizes, "date": "d", "mode": "full",
+        "engine": {"start": "c"},
+        "runs": {"warmup_batched": {"txn_per_s": 1.0},
+                 "batched_1w": {"memory_before": {"free_gb": 20.94, "cached_gb": 1.2}},
+                 "latency": {"memory_before": {"free_gb": 4.5, "cached_gb": 16.04}},
+                 "faust": {}}}
+    md = render(results)
+    assert "every topic is deleted" in md
+    assert "before each measurement, GB: batched_1w 20.9 / 1.2, latency 4.5 / 16.0\n" in md
+    results["runs"] = {"latency": {}}  # an older bench's results: no line
+    assert "every topic is deleted" not in render(results)
+
+
 def test_a_one_worker_figure_is_the_median_of_its_drains_and_shows_them_all() -> None:
     from bench.stream_report import median_drain
 

@@ -1,14 +1,16 @@
 """``engine.kafka.topics.retrying``: which admin failures are tried again. The
 cluster case it exists for (a killed node still in the metadata) runs on real
-brokers in ``tests/devtools/test_cluster.py``."""
+brokers in ``tests/devtools/test_cluster.py``. ``delete_topics`` on the real broker."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaError,
     NodeNotReadyError,
@@ -17,7 +19,8 @@ from aiokafka.errors import (
 )
 
 from engine.devtools.broker import free_port
-from engine.kafka.topics import retrying, topic_partitions
+from engine.kafka.client_config import default_client
+from engine.kafka.topics import delete_topics, retrying, topic_partitions
 
 
 def _failing(errors: list[KafkaError]) -> tuple[list[int], Callable[[], Awaitable[str]]]:
@@ -65,3 +68,30 @@ def test_a_bootstrap_nobody_answers_is_not_retried() -> None:
     with pytest.raises(KafkaError):
         asyncio.run(topic_partitions(f"127.0.0.1:{free_port()}", ["x"]))  # nobody listens
     assert time.monotonic() - t0 < 5.0
+
+
+def test_delete_topics_takes_the_named_and_the_prefixed_and_never_the_brokers_own(
+        kafka_broker: Any, topic_prefix: Any) -> None:
+    mine = [f"{topic_prefix}.a", f"{topic_prefix}.b"]
+    named, other = f"{topic_prefix()}.named", f"{topic_prefix()}.other"
+
+    async def go() -> tuple[list[str], dict[str, int]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap,
+                                    **default_client())
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(t, 1, 1) for t in [*mine, named, other]])
+        finally:
+            await admin.close()
+        gone = await delete_topics(kafka_broker.bootstrap, [named, "__consumer_offsets"],
+                                   prefix=topic_prefix)
+        for _ in range(50):  # deletion is asynchronous on the broker
+            left = await topic_partitions(kafka_broker.bootstrap, [*mine, named, other])
+            if len(left) == 1:
+                break
+            await asyncio.sleep(0.1)
+        return gone, left
+
+    gone, left = asyncio.run(go())
+    assert gone == sorted([*mine, named])  # not the broker's own, though named
+    assert set(left) == {other}

@@ -19,12 +19,11 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
 from engine.kafka.produce import Outgoing
-from engine.kafka.topics import Topics, partition_for
+from engine.kafka.topics import Topics, delete_topics, partition_for
 from engine.streams.rebuild import rebuild_state
 from tests.builders import txn_topic
 from tests.kafka_fixtures import produce
@@ -211,15 +210,8 @@ def _refused(metrics_port: int) -> set[int]:
 
 
 def _delete_topics(bootstrap: str, names: list[str]) -> None:
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
-        await admin.start()
-        try:
-            await admin.delete_topics(names)
-        finally:
-            await admin.close()
-        await asyncio.sleep(2.0)  # deletion is asynchronous on the broker
-    asyncio.run(go())
+    asyncio.run(delete_topics(bootstrap, names))
+    time.sleep(2.0)  # deletion is asynchronous on the broker
 
 
 def _wait_refused(port: int, want: set[int]) -> None:
