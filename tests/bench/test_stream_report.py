@@ -94,39 +94,33 @@ def test_the_warm_up_runs_are_shown_apart_from_the_measurements() -> None:
     assert "70,153" not in "\n".join(render_targets(results["runs"]))
 
 
-def test_the_machine_section_names_each_runs_fresh_memory_cost() -> None:
+def _machine_results(runs: dict[str, Any]) -> dict[str, Any]:
+    """A full run's results with ``runs``, for what the Machine list says of them."""
     machine = {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24, "kernel": "k",
                "python": "3.11", "kafka": "k", "java": "j"}
     sizes = {"batched_users": 1, "batched_txns": 1, "batch": 1, "single_users": 1,
              "single_txns": 1, "faust_events": 1}
-    results: dict[str, Any] = {
-        "machine": machine, "sizes": sizes, "date": "d", "mode": "full",
-        "engine": {"start": "c"},
-        "runs": {"warmup_batched": {"txn_per_s": 1.0}, "latency": {"fresh_memory_us": 43.94},
-                 "latency_0.1": {"fresh_memory_us": 0.65}, "latency_0.25": {}}}
-    md = render(results)
+    return {"machine": machine, "sizes": sizes, "date": "d", "mode": "full",
+            "engine": {"start": "c"}, "runs": {"warmup_batched": {"txn_per_s": 1.0}, **runs}}
+
+
+def test_the_machine_section_names_each_runs_fresh_memory_cost() -> None:
+    md = render(_machine_results({"latency": {"fresh_memory_us": 43.94},
+                                  "latency_0.1": {"fresh_memory_us": 0.65},
+                                  "latency_0.25": {}}))
     assert "right after each measurement" in md and "latency 43.9, latency_0.1 0.7" in md
-    results["runs"] = {"latency": {}}  # an older bench's results: no probe, no line
-    assert "Fresh memory" not in render(results)
+    # an older bench's results: no probe, no line
+    assert "Fresh memory" not in render(_machine_results({"latency": {}}))
 
 
 def test_the_machine_section_names_the_memory_each_measurement_started_with() -> None:
-    machine = {"nproc": 2, "cpu": "x", "hypervisor": "kvm", "ram_gib": 24, "kernel": "k",
-               "python": "3.11", "kafka": "k", "java": "j"}
-    sizes = {"batched_users": 1, "batched_txns": 1, "batch": 1, "single_users": 1,
-             "single_txns": 1, "faust_events": 1}
-    results: dict[str, Any] = {
-        "machine": machine, "sizes": sizes, "date": "d", "mode": "full",
-        "engine": {"start": "c"},
-        "runs": {"warmup_batched": {"txn_per_s": 1.0},
-                 "batched_1w": {"memory_before": {"free_gb": 20.94, "cached_gb": 1.2}},
-                 "latency": {"memory_before": {"free_gb": 4.5, "cached_gb": 16.04}},
-                 "faust": {}}}
-    md = render(results)
+    md = render(_machine_results({
+        "batched_1w": {"memory_before": {"free_gb": 20.94, "cached_gb": 1.2}},
+        "latency": {"memory_before": {"free_gb": 4.5, "cached_gb": 16.04}}, "faust": {}}))
     assert "every topic is deleted" in md
     assert "before each measurement, GB: batched_1w 20.9 / 1.2, latency 4.5 / 16.0\n" in md
-    results["runs"] = {"latency": {}}  # an older bench's results: no line
-    assert "every topic is deleted" not in render(results)
+    # an older bench's results: no line
+    assert "every topic is deleted" not in render(_machine_results({"latency": {}}))
 
 
 def test_a_one_worker_figure_is_the_median_of_its_drains_and_shows_them_all() -> None:
