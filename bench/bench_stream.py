@@ -28,7 +28,9 @@ e. py-spy profiles of a worker (``py-spy record -p``, attached once it is ready)
 
 Before each measurement the script waits (up to 2 min) until other processes leave
 the CPUs alone, records the CPU they used meanwhile, and measures once more when
-they took more than 0.3 cores (while the run is younger than 7.5 minutes).
+they took more than 0.3 cores (while the run is younger than 7.5 minutes). After each
+one it deletes every topic, so that the next runs on a broker holding its own topics
+only, not a page cache the runs before it filled (BROKER_PROPERTIES).
 
 Everything lives in bench/_work/stream/ (git-ignored): the broker's data dir (removed
 at the end unless --keep), datasets, worker logs, profiles and results.json; the
