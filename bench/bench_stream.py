@@ -952,16 +952,22 @@ def profile_run(bootstrap: str, label: str, ds: Dataset, batch: int,
 
 # ------------------------------------------------------------------------ report
 
+def meminfo_kb() -> dict[str, int]:
+    """/proc/meminfo's lines, kB by name."""
+    kb = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        kb[name] = int(rest.split()[0])
+    return kb
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mem_kb = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal"):
-            mem_kb = int(line.split()[1])
+    mem_kb = meminfo_kb().get("MemTotal", 0)
     try:
         java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
         java = java.splitlines()[0] if java else "?"
@@ -1006,12 +1012,8 @@ CLEAR_WAIT_SECONDS = 3.0
 
 
 def memory_now() -> dict[str, float]:
-    """Free memory and page cache, GB (/proc/meminfo)."""
-    kb = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            kb[name] = int(rest.split()[0])
+    """Free memory and page cache, GB."""
+    kb = meminfo_kb()
     return {"free_gb": round(kb["MemFree"] / 2**20, 1),
             "cached_gb": round(kb["Cached"] / 2**20, 1)}
 
