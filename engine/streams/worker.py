@@ -1121,6 +1121,9 @@ class Worker:
             self.metrics.bad_message(kind, k)
 
     def _observe(self, results: dict[int, ShardResult], laps: Laps) -> None:
+        # the batch's time stops here: the metrics below are not one of its phases,
+        # and a pause among them would show as time no phase accounts for
+        seconds = laps.elapsed()
         m = self.metrics
         n_rec = 0
         for p, res in results.items():
@@ -1139,7 +1142,7 @@ class Worker:
             m.set_last_batch(p, time.time())
             if logic.stream_time is not None:
                 m.set_stream_time(p, logic.stream_time / 1e6)
-        m.observe_batch(n_rec, laps.elapsed(), laps.phases)
+        m.observe_batch(n_rec, seconds, laps.phases)
         self.batches += 1
         self.records += n_rec
 

@@ -106,7 +106,7 @@ def _outcomes_counted(metrics_text: str) -> float:
 
 def _phases_account_for_batches(metrics_text: str) -> None:
     """Every phase was observed, and the phases' times add up to the batches' (what
-    is left is the bookkeeping between the last lap and the total)."""
+    is left is the step from the last lap to the batch's end)."""
     samples = {(s.name, s.labels.get("phase")): s.value
                for f in text_string_to_metric_families(metrics_text) for s in f.samples}
     batches = samples[("mynapoint_batch_seconds_count", None)]
