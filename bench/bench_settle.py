@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import results_md  # noqa: E402
+from bench.host import cpu_model, meminfo_kb  # noqa: E402
 
 WORK = ROOT / "bench" / "_work"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -82,11 +83,8 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), 0) / 2**20
+    cpu = cpu_model()
+    mem = meminfo_kb().get("MemTotal", 0) / 2**20
     return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Linux "
             f"{platform.release()}, Python {platform.python_version()}")
 

@@ -76,6 +76,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from bench.host import cpu_model, cpuinfo, meminfo_kb  # noqa: E402
 from bench.results_md import RESULTS_MD, write_section  # noqa: E402
 from bench.stream_report import median_drain, render, render_runtimes  # noqa: E402
 from engine.config import load_campaign, load_operators  # noqa: E402
@@ -952,32 +953,18 @@ def profile_run(bootstrap: str, label: str, ds: Dataset, batch: int,
 
 # ------------------------------------------------------------------------ report
 
-def meminfo_kb() -> dict[str, int]:
-    """/proc/meminfo's lines, kB by name."""
-    kb = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        kb[name] = int(rest.split()[0])
-    return kb
-
-
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    info = cpuinfo()
     mem_kb = meminfo_kb().get("MemTotal", 0)
     try:
         java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
         java = java.splitlines()[0] if java else "?"
     except OSError:
         java = "?"
-    flags = Path("/proc/cpuinfo").read_text()
     return {
-        "nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
+        "nproc": os.cpu_count(), "cpu": cpu_model(info), "ram_gib": round(mem_kb / 2**20, 1),
         "python": platform.python_version(), "kernel": platform.release(),
-        "hypervisor": "KVM" if "hypervisor" in flags else "none",
+        "hypervisor": "KVM" if "hypervisor" in info else "none",
         "kafka": f"Apache Kafka {devbroker.KAFKA_VERSION}, local single-node KRaft "
                  f"(engine.devtools.broker, JVM {' '.join(devbroker.JVM_OPTS)})",
         "java": java,
