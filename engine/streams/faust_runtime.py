@@ -53,6 +53,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import faust
@@ -129,6 +130,8 @@ class FaustConsumer:
         # the generation each partition was revoked in: its events up to that
         # generation are read again after the next assignment
         self._revoked_in: dict[TopicPartition, int] = {}
+        self._assigned: frozenset[TopicPartition] = frozenset()
+        self._assigned_from: object = None  # aiokafka's partitions _assigned was made of
 
     # ------------------------------------------------------------------ Faust side
     def put(self, events: Iterable[Any]) -> None:
@@ -233,12 +236,28 @@ class FaustConsumer:
     def paused(self) -> set[TopicPartition]:
         return set(self._paused)
 
-    def assignment(self) -> set[TopicPartition]:
+    def assignment(self) -> AbstractSet[TopicPartition]:
+        """The partitions assigned to this member, as aiokafka's consumer in Faust's
+        consumer thread has them.
+
+        The worker asks several times a batch, and the agent's every hand-over:
+        through Faust's ``Consumer.assignment`` each ask built a set of Faust's own
+        partition tuples and this one a set of aiokafka's (a fifth of the runtime's
+        samples per one-record message). aiokafka's subscription state makes a new
+        ``Assignment`` at each rebalance, whose partitions are one frozenset for its
+        life: while that same frozenset is current, the set made from it is too.
+        """
         try:
-            return {TopicPartition(tp.topic, tp.partition)
-                    for tp in self._app.consumer.assignment()}
+            # Faust's aiokafka driver: a consumer thread around an aiokafka consumer
+            thread = self._app.consumer._thread  # type: ignore[attr-defined]
+            current = thread._ensure_consumer()._subscription.assigned_partitions()
         except Exception:  # not started yet, or stopping
-            return set()
+            return frozenset()
+        if current is not self._assigned_from:
+            self._assigned = frozenset(TopicPartition(tp.topic, tp.partition)
+                                       for tp in current)
+            self._assigned_from = current
+        return self._assigned
 
     def highwater(self, tp: TopicPartition) -> int | None:
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.structs import OffsetAndMetadata
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,9 +38,31 @@ class Event:
     message: Msg
 
 
+def subscription(*tps: TopicPartition) -> SubscriptionState:
+    """aiokafka's subscription state with ``tps`` assigned, as a rebalance leaves it."""
+    async def make() -> SubscriptionState:
+        state = SubscriptionState()
+        state.subscribe({tp.topic for tp in tps})
+        state.assign_from_subscribed(set(tps))
+        return state
+    return asyncio.run(make())
+
+
+def rebalance(state: SubscriptionState, *tps: TopicPartition) -> None:
+    """A rebalance that leaves ``tps`` assigned (aiokafka makes its futures on a loop)."""
+    async def assign() -> None:
+        state.begin_reassignment()
+        state.assign_from_subscribed(set(tps))
+    asyncio.run(assign())
+
+
 @dataclass
 class Thread:
+    """Faust's consumer thread, which is also (``_ensure_consumer``) its aiokafka
+    consumer here."""
+
     committed: list[Any] = field(default_factory=list)
+    _subscription: SubscriptionState = field(default_factory=lambda: subscription(TP))
 
     def _ensure_consumer(self) -> Any:
         return self
@@ -54,9 +77,6 @@ class Thread:
 @dataclass
 class Consumer:
     _thread: Thread = field(default_factory=Thread)
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TP}
 
     def highwater(self, tp: Any) -> int:
         return 0
@@ -127,6 +147,34 @@ def test_events_gathered_before_a_revocation_are_dropped_until_the_new_assignmen
     app.consumer_generation_id = 2  # assigned again; Faust seeks to the commit
     fc.put(Event(Msg(o, generation_id=2)) for o in range(0, 9))
     assert offsets(asyncio.run(fc.getmany())) == list(range(9))
+
+
+def test_the_assignment_is_aiokafkas_and_follows_each_rebalance() -> None:
+    """Read from aiokafka's subscription state in Faust's consumer thread; the set
+    made of one assignment serves until the next rebalance makes a new one."""
+    fc, app = facade()
+    state = app.consumer._thread._subscription
+    first = fc.assignment()
+    assert first == {TP} and fc.assignment() is first
+    other = TopicPartition(TP.topic, 1)
+    rebalance(state, TP, other)
+    assert fc.assignment() == {TP, other}
+    fc.put(Event(Msg(o, partition=1)) for o in range(2))
+    assert [m.offset for m in asyncio.run(fc.getmany())[other]] == [0, 1]
+    rebalance(state, other)
+    assert fc.assignment() == {other}
+    fc.put(Event(Msg(o)) for o in range(2))  # no longer this member's: not queued
+    assert fc.deliverable() == 0
+
+
+def test_no_assignment_before_faust_has_a_consumer() -> None:
+    fc, app = facade()
+
+    def not_started() -> Any:
+        raise RuntimeError("Consumer thread not yet started")
+
+    app.consumer._thread._ensure_consumer = not_started  # type: ignore[method-assign]
+    assert fc.assignment() == frozenset()
 
 
 @settings(max_examples=60, deadline=None)
