@@ -7,8 +7,9 @@
    tagged with the fence the worker took the partition under, and is awaited;
 3. **commit** — input offsets are committed with the changelog position as
    metadata (a take-over checks the changelog still reaches it);
-4. **local** — only then the local checkpoint (RocksDB) is written. A failed commit
-   means the partition was lost: its local copy is dropped instead.
+4. **local** — only then does the local copy take the state as applied; it reaches
+   RocksDB every few seconds or megabytes (``ShardStore.apply``, DECISIONS 106). A
+   failed commit means the partition was lost: its local copy is dropped instead.
 
 Steps 2–4 need not follow every batch (DECISIONS 131): the batches since the last
 commit are :class:`Uncommitted`, their outcomes out and their state in memory only,

@@ -18,8 +18,9 @@ co-partitioned topics):
    re-routed records acknowledged, then (for all the batches since the last commit,
    at most every ``COMMIT_INTERVAL_SECONDS``) the state snapshot in the changelog
    (tagged with this worker's fence), then the input offsets committed (with the
-   changelog position as metadata), then the local RocksDB checkpoint; a worker
-   whose commit fails has lost the partition and drops its local copy instead.
+   changelog position as metadata), then the local copy (in RocksDB every few
+   seconds: DECISIONS 106); a worker whose commit fails has lost the partition and
+   drops its local copy instead.
 
 A crash anywhere re-runs at most the uncommitted tail; see ``state.py`` for
 why that is harmless. Taking a partition over (checks, fence, restore) runs in
