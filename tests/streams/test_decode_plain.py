@@ -139,3 +139,41 @@ def test_plain_one_record_messages_are_compiled(monkeypatch: pytest.MonkeyPatch)
     assert calls == [3]
     assert b.v.received.tolist() == [(TS_MS + k) * 1000 for k in range(3)]
     assert b.bad_messages == {"wrong_key": 1, "no_key": 1}
+
+
+@st.composite
+def envelopes(draw: st.DrawFn) -> list[Msg]:
+    """Messages of a poll's partitions, as the worker decodes them in one call: runs of
+    header-less one-record messages of a topic-partition, broken by another
+    partition's or by a message with headers (a chunk, a re-routed record), with any
+    Kafka timestamp (none, negative, beyond the year 9999), key and value (none too)."""
+    out = []
+    next_offset: dict[tuple[str, int], int] = {}
+    for _ in range(draw(st.integers(1, 12))):
+        tp = (draw(st.sampled_from(["t", "u"])), draw(st.integers(0, 1)))
+        offset = next_offset[tp] = next_offset.get(tp, draw(st.integers(0, 2**40))) + 1
+        ts = draw(st.sampled_from([TS_MS, TS_MS + offset, None, -1, 2**62]))
+        key = draw(st.sampled_from([None, *[p.encode() for p in PERSONS]]))
+        value = draw(st.one_of(texts(), st.none()))
+        headers = draw(st.sampled_from([None, [], [(SOURCE_HEADER, b"t/3/7")],
+                                        [(FORMAT_HEADER, FORMAT_JSONL)]]))
+        out.append(Msg(*tp, offset, ts, key, value, headers))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(msgs=envelopes(), internal=st.booleans())
+def test_runs_of_header_less_messages_decode_as_each_message_alone(
+        msgs: list[Msg], internal: bool) -> None:
+    """Header-less messages are decoded a run at a time; a header the engine does not
+    read sends each message the general way, one by one: both give the same batch,
+    field for field, with the same first record per message (``starts``)."""
+    def run(ms: list[Msg]) -> tuple[dict[str, Any], list[int]]:
+        starts: list[int] = []
+        b = decode_messages(ms, "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, 400,
+                            internal=internal, starts=starts)
+        return as_dict(b), starts
+
+    one_by_one = [m._replace(headers=[*(m.headers or []), ("traceparent", b"00-1")])
+                  for m in msgs]
+    assert run(msgs) == run(one_by_one)
