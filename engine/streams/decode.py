@@ -41,6 +41,7 @@ from engine.rules.validate import (
 )
 
 SUB_BITS = 16  # arrival = offset << 16 | index within the message
+_END_MS = -(-END_US // 1000)  # the first Kafka timestamp (ms) at or past END_US
 # "#i" of a chunk's record i, made once: a concatenation per record is cheaper than
 # formatting
 _INDEX_SUFFIXES: list[str] = []
@@ -225,15 +226,16 @@ class _Segments:
             return
         if "received_at" in s.columns:
             s.columns["received_at"] = null_where(s.columns["received_at"], envelope)
-        bad, keys = self.bad, self.keys
-        rows = np.flatnonzero(envelope)
-        for i, mykey in zip(rows.tolist(), s.columns["mykey_id"].take(pa.array(rows))
-                            .to_pylist(), strict=True):
-            key = keys[i]
-            if key is None:
-                bad["no_key"] = bad.get("no_key", 0) + 1
-            elif mykey is None or key != mykey.encode():
-                bad["wrong_key"] = bad.get("wrong_key", 0) + 1
+        rows = pa.array(np.flatnonzero(envelope))
+        keys = pa.array(self.keys, pa.binary()).take(rows)
+        same = pc.equal(keys, s.columns["mykey_id"].take(rows).cast(pa.binary()))
+        no_key = keys.null_count
+        # a key that is there: the same as the record's mykey_id, or not (also where
+        # the record has none: equal() is null there)
+        wrong = len(keys) - no_key - (pc.sum(same).as_py() or 0)
+        for name, count in (("no_key", no_key), ("wrong_key", wrong)):
+            if count:
+                self.bad[name] = self.bad.get(name, 0) + count
 
     def _decoded(self, i: int) -> Any:
         """Entry ``i`` as a JSON value, a one-record message decoded as its Kafka
@@ -485,7 +487,10 @@ def _plain_run(run: list[Any], seg: _Segments, sources: list[str], arrival: list
     rerouted.extend([False] * n)
     origins.add_own(where, at)
     seg.add_messages([b"" if m.value is None else m.value for m in run],
-                     [_ts_us(m) for m in run], [m.key for m in run])
+                     [NO_TIME if (t := m.timestamp) is None or t < 0
+                      else t * 1000 if t < _END_MS else END_US
+                      for m in run],  # _ts_us, without a call per message
+                     [m.key for m in run])
 
 
 def decode_groups(groups: Sequence[Sequence[Any]], record_type: str, campaign: Campaign,

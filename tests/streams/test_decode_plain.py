@@ -19,11 +19,13 @@ from hypothesis import strategies as st
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.io import readers
 from engine.kafka.topics import FORMAT_HEADER, FORMAT_JSONL, SOURCE_HEADER
+from engine.rules.strings import END_US
 from engine.rules.validate import Shaped
 from engine.streams.decode import InBatch, decode_messages
 from tests.poison_records import PII
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
+END_MS = END_US // 1000  # the year 10000 in Kafka's milliseconds: beyond any record
 TS_MS = 1_599_955_200_000  # 2020-09-13T00:00:00Z
 PERSONS = ["Plain001", "Plain002"]
 
@@ -152,7 +154,8 @@ def envelopes(draw: st.DrawFn) -> list[Msg]:
     for _ in range(draw(st.integers(1, 12))):
         tp = (draw(st.sampled_from(["t", "u"])), draw(st.integers(0, 1)))
         offset = next_offset[tp] = next_offset.get(tp, draw(st.integers(0, 2**40))) + 1
-        ts = draw(st.sampled_from([TS_MS, TS_MS + offset, None, -1, 2**62]))
+        ts = draw(st.sampled_from([TS_MS, TS_MS + offset, None, -1, 0, END_MS - 1, END_MS,
+                                   2**62]))
         key = draw(st.sampled_from([None, *[p.encode() for p in PERSONS]]))
         value = draw(st.one_of(texts(), st.none()))
         headers = draw(st.sampled_from([None, [], [(SOURCE_HEADER, b"t/3/7")],
