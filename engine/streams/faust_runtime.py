@@ -248,9 +248,8 @@ class FaustConsumer:
         life: while that same frozenset is current, the set made from it is too.
         """
         try:
-            # Faust's aiokafka driver: a consumer thread around an aiokafka consumer
-            thread = self._app.consumer._thread  # type: ignore[attr-defined]
-            current = thread._ensure_consumer()._subscription.assigned_partitions()
+            consumer = self._thread()._ensure_consumer()  # aiokafka's, in Faust's thread
+            current = consumer._subscription.assigned_partitions()
         except Exception:  # not started yet, or stopping
             return frozenset()
         if current is not self._assigned_from:
