@@ -41,7 +41,6 @@ from engine.rules.validate import (
 )
 
 SUB_BITS = 16  # arrival = offset << 16 | index within the message
-_END_MS = -(-END_US // 1000)  # the first Kafka timestamp (ms) at or past END_US
 # "#i" of a chunk's record i, made once: a concatenation per record is cheaper than
 # formatting
 _INDEX_SUFFIXES: list[str] = []
@@ -121,10 +120,7 @@ class _Origins:
                 own = parse_source(source)
         if own is not None:
             where, at = own
-            k = self.index.get(where, -1)
-            if k < 0:
-                k = self.index[where] = len(self.names)
-                self.names.append(where)
+            k = self._code(where)
         if n is not None:
             self.origin.extend([k] * n)
             self.at.extend(range(at, at + n))  # at has no index bits: at + i == at | i
@@ -135,12 +131,15 @@ class _Origins:
     def add_own(self, where: str, at: list[int]) -> None:
         """One-record messages read at ``where`` (``topic/partition``), arrivals
         ``at``: what :meth:`add` does for each with its own position."""
+        self.origin.extend([self._code(where)] * len(at))
+        self.at.extend(at)
+
+    def _code(self, where: str) -> int:
         k = self.index.get(where, -1)
         if k < 0:
             k = self.index[where] = len(self.names)
             self.names.append(where)
-        self.origin.extend([k] * len(at))
-        self.at.extend(at)
+        return k
 
     def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         return self.names, np.asarray(self.origin, np.int32), np.asarray(self.at, np.int64)
@@ -371,9 +370,10 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
     rerouted: list[bool] = []
     origins = _Origins()
     flags: Flags = {}
-    for m in _runs(msgs):
-        if type(m) is list:
-            _plain_run(m, seg, sources, arrival, rerouted, origins, starts)
+    for run in _runs(msgs):
+        m = run[0]
+        if not m.headers:
+            _plain_run(run, seg, sources, arrival, rerouted, origins, starts)
             continue
         if starts is not None:
             starts.append(len(sources))
@@ -451,22 +451,20 @@ def decode_messages(msgs: Sequence[Any], record_type: str, campaign: Campaign,
                                origin_at), flags)
 
 
-def _runs(msgs: Sequence[Any]) -> Iterator[Any]:
-    """The messages, each run of consecutive messages of one topic-partition without
-    headers as one list: most live traffic is one-record messages, and each such run
-    is decoded in a few list operations rather than per message (:func:`_plain_run`)."""
+def _runs(msgs: Sequence[Any]) -> Iterator[list[Any]]:
+    """The messages in order, as lists: each run of consecutive messages of one
+    topic-partition without headers, and each message with headers alone. Most live
+    traffic is one-record messages, and a run is decoded in a few list operations
+    rather than per message (:func:`_plain_run`)."""
     i, n = 0, len(msgs)
     while i < n:
         m = msgs[i]
-        if m.headers:
-            yield m
-            i += 1
-            continue
-        topic, partition = m.topic, m.partition
         j = i + 1
-        while (j < n and not (x := msgs[j]).headers and x.partition == partition
-               and x.topic == topic):
-            j += 1
+        if not m.headers:
+            topic, partition = m.topic, m.partition
+            while (j < n and not (x := msgs[j]).headers and x.partition == partition
+                   and x.topic == topic):
+                j += 1
         yield list(msgs[i:j])
         i = j
 
@@ -487,10 +485,7 @@ def _plain_run(run: list[Any], seg: _Segments, sources: list[str], arrival: list
     rerouted.extend([False] * n)
     origins.add_own(where, at)
     seg.add_messages([b"" if m.value is None else m.value for m in run],
-                     [NO_TIME if (t := m.timestamp) is None or t < 0
-                      else t * 1000 if t < _END_MS else END_US
-                      for m in run],  # _ts_us, without a call per message
-                     [m.key for m in run])
+                     [_ts_us(m) for m in run], [m.key for m in run])
 
 
 def decode_groups(groups: Sequence[Sequence[Any]], record_type: str, campaign: Campaign,
