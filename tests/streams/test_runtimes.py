@@ -115,7 +115,10 @@ def _phases_account_for_batches(metrics_text: str) -> None:
     for phase in BATCH_PHASES:
         assert samples[("mynapoint_batch_phase_seconds_count", phase)] >= 1, phase
     booked = sum(samples[("mynapoint_batch_phase_seconds_sum", p)] for p in BATCH_PHASES)
-    assert 0.9 * total <= booked <= total
+    # a tenth, plus 50 ms: when the batches took a tenth of a second in all, one pause of
+    # a busy test machine between the last lap and the batch's end is more than a tenth
+    assert booked <= total
+    assert total - booked <= 0.1 * total + 0.05, (total, booked)
 
 
 def test_metrics_and_health_alike_and_faust_cli(kafka_broker, topic_prefix, tmp_path: Path,
