@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import results_md  # noqa: E402
-from bench.host import cpu_model, meminfo_kb  # noqa: E402
+from bench.host import cpu_model, cpu_probe_ms, meminfo_kb  # noqa: E402
 
 WORK = ROOT / "bench" / "_work"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -83,10 +83,15 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def machine() -> str:
+    """The machine line of a section, with the CPU probe taken as it is written (after
+    the runs): the same code ran a third or more apart on this machine within hours."""
     cpu = cpu_model()
     mem = meminfo_kb().get("MemTotal", 0) / 2**20
+    probe = cpu_probe_ms()
     return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Linux "
-            f"{platform.release()}, Python {platform.python_version()}")
+            f"{platform.release()}, Python {platform.python_version()}"
+            + (f"; CPU probe after the runs {probe:.0f} ms a pass of bench.host's fixed "
+               f"Python loop" if probe is not None else ""))
 
 
 def write_section(text: str, head: str = "## Offline settle") -> None:

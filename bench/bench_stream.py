@@ -76,7 +76,13 @@ import pyarrow.parquet as pq  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-from bench.host import cpu_model, cpuinfo, meminfo_kb  # noqa: E402
+from bench.host import (  # noqa: E402
+    cpu_model,
+    cpu_probe_ms,
+    cpuinfo,
+    fresh_memory_cost,
+    meminfo_kb,
+)
 from bench.results_md import RESULTS_MD, write_section  # noqa: E402
 from bench.stream_report import median_drain, render, render_runtimes  # noqa: E402
 from engine.config import load_campaign, load_operators  # noqa: E402
@@ -971,22 +977,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-# A new process touching this much fresh memory right after each measurement: on a
-# VM whose host takes freed guest memory back within seconds (virtio balloon's free
-# page reporting), a first touch costs tens of µs a page instead of under one, and
-# everything that grows during a run (the worker, the broker's page cache) pays it
-# (bench/RESULTS.md, Streaming, Notes of 2026-12-05, fourth session).
-FRESH_MEMORY_MB = 64
-_FRESH_MEMORY_PROBE = """
-import sys, time
-import numpy as np
-n = int(sys.argv[1]) << 20
-t = time.perf_counter()
-np.ones(n, np.uint8)
-print((time.perf_counter() - t) / (n / 4096) * 1e6)
-"""
-
-
 # Between measurements every topic is deleted and the broker removes the files a second
 # later, so that each measurement runs on a broker holding its own topics only. Kept,
 # a full run's topics filled this machine's page cache, and once free memory fell
@@ -1009,16 +999,6 @@ def clear_broker(bootstrap: str) -> None:
     """Delete every topic of the runs so far (BROKER_PROPERTIES)."""
     asyncio.run(delete_topics(bootstrap, prefix=""))
     time.sleep(CLEAR_WAIT_SECONDS)
-
-
-def fresh_memory_cost(mb: int = FRESH_MEMORY_MB) -> float | None:
-    """µs per 4 KB page for a new process to touch ``mb`` MB of fresh memory."""
-    try:
-        out = subprocess.run([sys.executable, "-c", _FRESH_MEMORY_PROBE, str(mb)],
-                             capture_output=True, text=True, timeout=120, check=True)
-        return round(float(out.stdout.strip()), 2)
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
 
 
 def engine_version() -> str:
@@ -1134,8 +1114,10 @@ def main() -> int:
     def attempt(fn: Any) -> dict[str, Any]:
         quiet()
         memory = memory_now()
+        probe = cpu_probe_ms()
         res: dict[str, Any] = fn()
         res["memory_before"] = memory
+        res["cpu_probe_ms"] = probe
         # after the run, so that the probe's pages are not lent to the run itself, and
         # before the clear frees the run's page cache for it to reuse
         res["fresh_memory_us"] = fresh_memory_cost()

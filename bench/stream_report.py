@@ -121,12 +121,12 @@ def phase_breakdown(metrics: dict[str, float]) -> str:
     return " · ".join(f"{p} {1000 * got[p] / polls:.1f}" for p in BATCH_PHASES if p in got)
 
 
-def fresh_memory(runs: dict[str, Any]) -> str:
-    """Each measurement's fresh-memory probe (bench_stream.fresh_memory_cost), in the
-    order they ran; "" when no run has one (results of an older bench)."""
-    got = [(k, x["fresh_memory_us"]) for k, x in runs.items()
-           if isinstance(x, dict) and x.get("fresh_memory_us") is not None]
-    return ", ".join(f"{k} {v:.1f}" for k, v in got)
+def per_measurement(runs: dict[str, Any], key: str, digits: int = 1) -> str:
+    """Each measurement's ``key`` (a probe of bench.host), in the order they ran; ""
+    when no run has one (results of an older bench)."""
+    got = [(k, x[key]) for k, x in runs.items()
+           if isinstance(x, dict) and x.get(key) is not None]
+    return ", ".join(f"{k} {v:.{digits}f}" for k, v in got)
 
 
 def memory_before(runs: dict[str, Any]) -> str:
@@ -165,7 +165,12 @@ def render(results: dict[str, Any]) -> str:
           + (f" at the start, {eng['end']} at the end of the run" if eng.get("end") and
              eng["end"] != eng["start"] else ""))
     w("- Kafka topics: 8 partitions, replication 1; worker producer idempotent, acks=all")
-    fresh = fresh_memory(r)
+    probe = per_measurement(r, "cpu_probe_ms", 0)
+    if probe:
+        w(f"- CPU probe, a new process running a fixed Python loop right before each "
+          f"measurement (ms a pass, median of three; the same code takes longer when the "
+          f"host gives this VM less of a core): {probe}")
+    fresh = per_measurement(r, "fresh_memory_us")
     if fresh:
         w(f"- Fresh memory, a new process touching 64 MB right after each measurement "
           f"(µs per 4 KB page: under 1 on a machine whose host does not take freed memory "

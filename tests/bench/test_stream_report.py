@@ -113,6 +113,14 @@ def test_the_machine_section_names_each_runs_fresh_memory_cost() -> None:
     assert "Fresh memory" not in render(_machine_results({"latency": {}}))
 
 
+def test_the_machine_section_names_each_runs_cpu_probe() -> None:
+    md = render(_machine_results({"batched_1w": {"cpu_probe_ms": 151.6},
+                                  "latency": {"cpu_probe_ms": 290.2}, "faust": {}}))
+    assert "right before each measurement" in md and ": batched_1w 152, latency 290\n" in md
+    # an older bench's results: no probe, no line
+    assert "CPU probe" not in render(_machine_results({"latency": {}}))
+
+
 def test_the_machine_section_names_the_memory_each_measurement_started_with() -> None:
     md = render(_machine_results({
         "batched_1w": {"memory_before": {"free_gb": 20.94, "cached_gb": 1.2}},
