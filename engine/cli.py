@@ -56,6 +56,24 @@ _COMMANDS = {
 }
 
 
+# engine.streams.worker's IDLE_FETCH_WAIT_MS and its bounds, repeated so that the parser
+# does not import the worker (tests/test_documented_defaults.py keeps them equal)
+IDLE_FETCH_WAIT_MS = (20, 500, 2_000)
+
+
+def _idle_fetch_wait(text: str) -> int:
+    low, _, high = IDLE_FETCH_WAIT_MS
+    try:
+        ms = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of ms: {text!r}") from None
+    if not low <= ms <= high:
+        # below the live wait it would fetch more often idle than busy; above the
+        # bound, near the 5 s after which an unanswered fetch means a broker away
+        raise argparse.ArgumentTypeError(f"{ms} ms is outside {low}-{high} ms")
+    return ms
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mynapoint", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "are committed once the first is this old (default 0.1; 0: every "
                         "batch; the faust runtime commits every batch); a crash decides "
                         "about this much input again (docs/DECISIONS.md, 131)")
+    w.add_argument("--idle-fetch-wait-ms", type=_idle_fetch_wait,
+                   default=IDLE_FETCH_WAIT_MS[1], metavar="MS",
+                   help="how long the broker may hold a fetch once no record came for a "
+                        "second (default 500; 20-2000; 20 while records flow): an idle "
+                        "worker's fetch rate (docs/DECISIONS.md, 134)")
     w.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or one JSON object per line")
     w.add_argument("--runtime", choices=["aiokafka", "faust"], default="aiokafka",

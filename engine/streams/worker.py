@@ -121,6 +121,18 @@ CALL_RECORDS = 20_000
 # bytes are paid every few polls, and a person touched by several of them is
 # written once. A crash decides at most this much again.
 COMMIT_INTERVAL_SECONDS = 0.1
+# How long the broker may hold a fetch for data (DECISIONS 134). While records flow,
+# short: aiokafka fetches a broker's partitions only once what it holds of them is
+# read, so a fetch that found only idle partitions would hold back the busy ones. Once
+# nothing came for IDLE_AFTER_SECONDS, long: nothing is held then, so a fetch names
+# every partition and the broker answers it on the first byte; the wait costs no
+# latency, and an idle worker stops asking for 208 partitions 50 times a second
+# (bench/RESULTS.md, "An idle worker"). Well below FETCH_LAPSE_SECONDS, which takes an
+# unanswered fetch for a broker away.
+LIVE_FETCH_WAIT_MS = 20
+IDLE_FETCH_WAIT_MS = 500
+IDLE_AFTER_SECONDS = 1.0
+MAX_IDLE_FETCH_WAIT_MS = 2_000
 NOT_RETRIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                ClusterAuthorizationFailedError)
 
@@ -159,7 +171,13 @@ class Worker:
                  max_record_bytes: int = 1 << 20,
                  readiness: health.Readiness | None = None, client_id: str | None = None,
                  replay: bool = False, quiet_seconds: float = QUIET_SECONDS,
-                 commit_interval: float | None = None) -> None:
+                 commit_interval: float | None = None,
+                 idle_fetch_wait_ms: int = IDLE_FETCH_WAIT_MS) -> None:
+        if not LIVE_FETCH_WAIT_MS <= idle_fetch_wait_ms <= MAX_IDLE_FETCH_WAIT_MS:
+            raise ValueError(f"idle fetch wait {idle_fetch_wait_ms} ms is outside "
+                             f"{LIVE_FETCH_WAIT_MS}-{MAX_IDLE_FETCH_WAIT_MS} ms")
+        self.idle_fetch_wait_ms = idle_fetch_wait_ms
+        self._records_at = 0.0  # monotonic time a poll last returned records
         self.bootstrap = bootstrap
         if commit_interval is not None and self.commit_interval:  # a runtime's 0 stays
             self.commit_interval = commit_interval
@@ -238,9 +256,8 @@ class Worker:
             isolation_level="read_committed", session_timeout_ms=6_000,
             heartbeat_interval_ms=1_000, max_poll_interval_ms=300_000,
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
-            # a fetch that finds only idle partitions must not hold back the busy
-            # ones for aiokafka's default 500 ms (latency at low load)
-            fetch_max_wait_ms=20,
+            # until the first poll: _pace_fetches sets it from then on
+            fetch_max_wait_ms=LIVE_FETCH_WAIT_MS,
             max_poll_records=self.max_batch)
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.consumed), listener=_Rebalance(self))
@@ -477,6 +494,7 @@ class Worker:
                 timeout_ms = min(timeout_ms, max(0, int(left * 1000)))
             data = await self.consumer.getmany(
                 timeout_ms=0 if self.backlogged else timeout_ms, max_records=self.max_batch)
+            self._pace_fetches(data)
             data = await self._top_up(data)
             now = time.monotonic()
             for tp, msgs in data.items():
@@ -511,6 +529,22 @@ class Worker:
             async with self.lock:
                 self._rewind(data)
             await asyncio.sleep(delay)
+
+    def _pace_fetches(self, data: dict[Any, list[Any]]) -> None:
+        """The consumer's fetch wait after a poll that returned ``data``:
+        LIVE_FETCH_WAIT_MS, or ``idle_fetch_wait_ms`` once no poll returned records
+        for IDLE_AFTER_SECONDS. Set before the step yields to the event loop: aiokafka
+        sends its next fetch once this poll's records are taken, with the wait it
+        finds then (a private attribute of its fetcher; without one, as under the
+        Faust runtime, nothing changes)."""
+        now = time.monotonic()
+        if any(data.values()):
+            self._records_at = now
+        fetcher = getattr(self.consumer, "_fetcher", None) if self.AIOKAFKA_FETCHES else None
+        if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+            return
+        idle = now - self._records_at >= IDLE_AFTER_SECONDS
+        fetcher._fetch_max_wait_ms = self.idle_fetch_wait_ms if idle else LIVE_FETCH_WAIT_MS
 
     async def _top_up(self, data: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
         """``data`` with what was appended since it was fetched, when that was more
@@ -1200,7 +1234,8 @@ def build_worker(args: argparse.Namespace, cls: type[Worker] = Worker) -> Worker
                replay=getattr(args, "replay", False),
                max_batch_bytes=getattr(args, "max_batch_bytes", None) or MAX_BATCH_BYTES,
                quiet_seconds=getattr(args, "quiet_seconds", QUIET_SECONDS),
-               commit_interval=getattr(args, "commit_interval", None))
+               commit_interval=getattr(args, "commit_interval", None),
+               idle_fetch_wait_ms=getattr(args, "idle_fetch_wait_ms", IDLE_FETCH_WAIT_MS))
 
 
 START_ERRORS = (KafkaError, TopicMismatch, OSError)
