@@ -34,6 +34,11 @@ CASES = [
     (build_parser().parse_args(["worker"]).commit_interval, 0.1, "README.md",
      "at most every 0.1 s (`--commit-interval`"),
     (worker.COMMIT_INTERVAL_SECONDS, 0.1, "README.md", "at most every 0.1 s (`--commit-interval`"),
+    (build_parser().parse_args(["worker"]).idle_fetch_wait_ms, 500, "README.md",
+     "(`--idle-fetch-wait-ms`, default 500, 20–2000)"),
+    ((worker.LIVE_FETCH_WAIT_MS, worker.IDLE_FETCH_WAIT_MS, worker.MAX_IDLE_FETCH_WAIT_MS),
+     (20, 500, 2_000), "README.md", "(`--idle-fetch-wait-ms`, default 500, 20–2000)"),
+    (worker.IDLE_AFTER_SECONDS, 1.0, "README.md", "once no record came for a second"),
 ]
 
 
