@@ -22,11 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import local_broker  # noqa: E402
 from bench.bench_settle import machine, write_section  # noqa: E402
 from engine.devtools import broker as devbroker  # noqa: E402
-from engine.devtools import security  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
-from engine.kafka.client_config import ENV  # noqa: E402
 from engine.streams.worker import IDLE_FETCH_WAIT_MS, LIVE_FETCH_WAIT_MS  # noqa: E402
 
 WORK = ROOT / "bench" / "_work" / "idle"
@@ -67,9 +66,7 @@ def main() -> int:
     args = ap.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    port = devbroker.free_port()
-    broker = devbroker.start(port=port, data_dir=WORK / "kafka", wait=120)
-    os.environ[ENV] = str(broker.credentials(security.ADMIN))
+    broker = local_broker.start(WORK / "kafka", wait=120)
     variants = {IDLE_FETCH_WAIT_MS: "idle wait (default)",
                 LIVE_FETCH_WAIT_MS: "baseline: live wait kept"}
     runs: dict[int, list[tuple[float, float]]] = {ms: [] for ms in variants}

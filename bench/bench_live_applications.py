@@ -34,9 +34,7 @@ from aiokafka import AIOKafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench.bench_stream as bs
-from engine.devtools import broker as devbroker
-from engine.devtools import security
-from engine.kafka.client_config import ENV as CLIENT_CONFIG_ENV
+from bench import local_broker
 from engine.kafka.client_config import default_client
 from engine.kafka.topics import INPUT_RETENTION_ENV, Topics, partition_for
 from engine.rules.strings import format_utc
@@ -87,8 +85,7 @@ def main() -> int:
     campaign.write_text(bs.LIVE_CAMPAIGN_TOML)
     n = int(args.rate * (args.seconds + args.warmup) * 1.1)
     ds = bs.make_dataset("live", 20_000, n, 13, settle=False)
-    broker = devbroker.start(devbroker.free_port(), data_dir=WORK / "kafka")
-    os.environ[CLIENT_CONFIG_ENV] = str(broker.credentials(security.ADMIN))
+    broker = local_broker.start(WORK / "kafka")
     os.environ.setdefault(INPUT_RETENTION_ENV, "P36500D")  # as bench_stream.py
     sent_applications = [0]
     load = bs.latency_load

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import sys
@@ -28,11 +27,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import local_broker  # noqa: E402
 from bench.bench_settle import machine, write_section  # noqa: E402
-from engine.devtools import broker as devbroker  # noqa: E402
-from engine.devtools import security  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
-from engine.kafka.client_config import ENV, default_client  # noqa: E402
+from engine.kafka.client_config import default_client  # noqa: E402
 from engine.kafka.produce import Message, send_batched  # noqa: E402
 from engine.kafka.topics import Topics, ensure_topics  # noqa: E402
 from engine.streams.entries import ENTRY  # noqa: E402
@@ -120,10 +118,7 @@ def main() -> int:
     args = ap.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    port = devbroker.free_port()
-    broker = devbroker.start(port=port, data_dir=WORK / "kafka", wait=120)
-    # the broker is secured: this process and the workers authenticate as admin
-    os.environ[ENV] = str(broker.credentials(security.ADMIN))
+    broker = local_broker.start(WORK / "kafka", wait=120)
     try:
         prefix = "bench"
         topics = Topics(prefix)

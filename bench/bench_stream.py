@@ -76,6 +76,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from bench import local_broker  # noqa: E402
 from bench.host import (  # noqa: E402
     cpu_model,
     cpu_probe_ms,
@@ -87,9 +88,7 @@ from bench.results_md import RESULTS_MD, write_section  # noqa: E402
 from bench.stream_report import median_drain, render, render_runtimes  # noqa: E402
 from engine.config import load_campaign, load_operators  # noqa: E402
 from engine.devtools import broker as devbroker  # noqa: E402
-from engine.devtools import security  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess, terminate  # noqa: E402
-from engine.kafka.client_config import ENV as CLIENT_CONFIG_ENV  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
 from engine.kafka.produce import BatchSender, Outgoing  # noqa: E402
 from engine.kafka.topics import (  # noqa: E402
@@ -1088,13 +1087,9 @@ def main() -> int:
     single = make_dataset("single", sz["single_users"], sz["single_txns"], 12)
     live = make_dataset("live", sz["latency_users"],
                         sz.get("latency_txns", 2 * sz["single_txns"]), 13, settle=False)
-    port = free_port()
-    broker = devbroker.start(port, data_dir=WORK / "kafka", tls=args.tls,
-                             extra_properties=BROKER_PROPERTIES)
-    # The local broker is secured (SCRAM, ACLs): every client of the run, in process
-    # or in a worker process, authenticates as admin (the run's topic prefixes have
-    # no ACLs of their own), over TLS with --tls.
-    os.environ[CLIENT_CONFIG_ENV] = str(broker.credentials(security.ADMIN))
+    # every client of the run, in process or in a worker process, over TLS with --tls
+    broker = local_broker.start(WORK / "kafka", tls=args.tls,
+                                extra_properties=BROKER_PROPERTIES)
     # The datasets are the 2020 campaign, stamped with business time; with the shipped
     # input retention (P7D) the broker's retention check (30 s after its start, then
     # every 5 min) deleted whatever a worker had not read yet, and the consumer skipped

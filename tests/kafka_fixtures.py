@@ -23,7 +23,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +158,34 @@ async def produce_one(bootstrap: str, topic: str, client: dict[str, Any]) -> Non
         await asyncio.wait_for(p.send_and_wait(topic, b"{}", key=b"AB12cd34"), 30)
     finally:
         await p.stop()
+
+
+@contextlib.asynccontextmanager
+async def one_partition_clients(bootstrap: str, tp: Any, fetch_max_wait_ms: int = 20
+                                ) -> AsyncIterator[tuple[Any, Any]]:
+    """``tp``'s topic made with one partition; a producer (acks=all) and a consumer
+    assigned ``tp`` from its start (no group), as admin: for tests of what the client
+    itself does (a read, a fetch)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from engine.kafka.client_config import default_client
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(tp.topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(), acks="all")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=fetch_max_wait_ms)
+    await producer.start()
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        yield producer, consumer
+    finally:
+        await consumer.stop()
+        await producer.stop()

@@ -15,12 +15,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
 
 from engine import cli
 from engine.devtools import broker as devbroker
-from engine.kafka.client_config import default_client
 from engine.streams import worker as worker_module
 from engine.streams.faust_runtime import FaustWorker
 from engine.streams.worker import (
@@ -30,6 +28,7 @@ from engine.streams.worker import (
     MAX_IDLE_FETCH_WAIT_MS,
     Worker,
 )
+from tests.kafka_fixtures import one_partition_clients
 from tests.streams.worker_fakes import unit_worker
 
 RECORD = {TopicPartition("t", 0): [object()]}
@@ -106,21 +105,8 @@ def test_an_idle_consumer_asks_less_and_still_gets_the_first_record_at_once(
     tp = TopicPartition(f"{topic_prefix()}.idle", 0)
 
     async def go() -> tuple[int, int, float, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(tp.topic, 1, 1)])
-        finally:
-            await admin.close()
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
-                                    acks="all")
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=LIVE_FETCH_WAIT_MS)
-        await producer.start()
-        await consumer.start()
-        try:
-            consumer.assign([tp])
+        async with one_partition_clients(bootstrap, tp, LIVE_FETCH_WAIT_MS) as (producer,
+                                                                                consumer):
             w, _ = unit_worker(tmp_path, idle_fetch_wait_ms=MAX_IDLE_FETCH_WAIT_MS)
             w.consumer = consumer
             fetcher = consumer._fetcher
@@ -161,9 +147,6 @@ def test_an_idle_consumer_asks_less_and_still_gets_the_first_record_at_once(
             took = time.monotonic() - t0
             w._pace_fetches(data)
             return live, idle, took, int(fetcher._fetch_max_wait_ms)
-        finally:
-            await consumer.stop()
-            await producer.stop()
 
     live, idle, took, after = asyncio.run(go())
     # 2 s at 20 ms: dozens of fetches; 4 s at 2 s: two or three

@@ -15,14 +15,13 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
 
 from engine.devtools import broker as devbroker
-from engine.kafka.client_config import default_client
 from engine.streams import worker as worker_module
 from engine.streams.faust_runtime import FaustWorker
 from engine.streams.worker import TOP_UP_AGE_MS, TOP_UP_WAIT_MS, Worker
+from tests.kafka_fixtures import one_partition_clients
 from tests.streams.worker_fakes import unit_worker
 
 Msg = namedtuple("Msg", "offset")
@@ -93,21 +92,7 @@ def test_a_poll_reads_what_was_appended_while_the_last_batch_was_decided(
     monkeypatch.setattr(worker_module, "TOP_UP_WAIT_MS", 5_000)
 
     async def go() -> tuple[list[bytes], list[bytes]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(tp.topic, 1, 1)])
-        finally:
-            await admin.close()
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
-                                    acks="all")
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=20)
-        await producer.start()
-        await consumer.start()
-        try:
-            consumer.assign([tp])
+        async with one_partition_clients(bootstrap, tp) as (producer, consumer):
             w, _ = unit_worker(tmp_path)
             w.consumer = consumer
 
@@ -130,9 +115,6 @@ def test_a_poll_reads_what_was_appended_while_the_last_batch_was_decided(
             await consumer.getmany(timeout_ms=10_000)  # "a-appended", read by itself
             topped = await poll_after_a_batch("b", top_up=True)
             return plain, topped
-        finally:
-            await consumer.stop()
-            await producer.stop()
 
     plain, topped = asyncio.run(go())
     assert plain == [b"a-fetched"]  # the premise: the client had not asked for more
