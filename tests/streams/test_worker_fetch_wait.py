@@ -92,6 +92,13 @@ def test_a_wait_out_of_bounds_is_refused(tmp_path: Path, ms: int,
     ).idle_fetch_wait_ms == MAX_IDLE_FETCH_WAIT_MS
 
 
+def test_a_wait_that_is_no_whole_number_is_refused(capsys: pytest.CaptureFixture[str]
+                                                   ) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["worker", "--idle-fetch-wait-ms", "0.5s"])
+    assert "not a whole number of ms: '0.5s'" in capsys.readouterr().err
+
+
 def test_the_parser_repeats_the_workers_bounds() -> None:
     assert cli.IDLE_FETCH_WAIT_MS == (LIVE_FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS,
                                       MAX_IDLE_FETCH_WAIT_MS)
