@@ -533,12 +533,14 @@ class Worker:
     def _pace_fetches(self, data: dict[Any, list[Any]]) -> None:
         """The consumer's fetch wait after a poll that returned ``data``:
         LIVE_FETCH_WAIT_MS, or ``idle_fetch_wait_ms`` once no poll returned records
-        for IDLE_AFTER_SECONDS. Set before the step yields to the event loop: aiokafka
-        sends its next fetch once this poll's records are taken, with the wait it
-        finds then (a private attribute of its fetcher; without one, as under the
-        Faust runtime, nothing changes)."""
+        for IDLE_AFTER_SECONDS and nothing waits in memory. Set before the step yields
+        to the event loop: aiokafka sends its next fetch once this poll's records are
+        taken, with the wait it finds then (a private attribute of its fetcher;
+        without one, as under the Faust runtime, nothing changes)."""
         now = time.monotonic()
-        if any(data.values()):
+        # messages held or over the budget keep their topics paused: once resumed,
+        # those must not wait behind a long fetch of the idle rest
+        if any(data.values()) or self._held or self._excess:
             self._records_at = now
         fetcher = getattr(self.consumer, "_fetcher", None) if self.AIOKAFKA_FETCHES else None
         if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):

@@ -62,6 +62,26 @@ def test_the_wait_grows_after_a_second_without_records_and_shrinks_at_the_next(
     assert poll(IDLE_AFTER_SECONDS - 0.01, {}) == LIVE_FETCH_WAIT_MS
 
 
+@pytest.mark.parametrize("waiting", ["_held", "_excess"])
+def test_messages_waiting_in_memory_keep_the_short_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, waiting: str) -> None:
+    w, fetcher = _with_fetcher(tmp_path)
+    clock = [1_000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    w._pace_fetches(RECORD)
+    getattr(w, waiting)[TopicPartition("t", 0)] = [object()]  # its topic paused
+    clock[0] += 10 * IDLE_AFTER_SECONDS
+    w._pace_fetches({})
+    assert fetcher._fetch_max_wait_ms == LIVE_FETCH_WAIT_MS
+    getattr(w, waiting).clear()  # decided: the wait grows a second later
+    clock[0] += IDLE_AFTER_SECONDS - 0.01
+    w._pace_fetches({})
+    assert fetcher._fetch_max_wait_ms == LIVE_FETCH_WAIT_MS
+    clock[0] += 0.01
+    w._pace_fetches({})
+    assert fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS
+
+
 def test_a_step_paces_the_fetches_it_sets_off(tmp_path: Path) -> None:
     w, fetcher = _with_fetcher(tmp_path)
     asyncio.run(w.step(0))  # no record since the worker started
