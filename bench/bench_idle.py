@@ -12,7 +12,6 @@ Writes the "## An idle worker" section of bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import local_broker  # noqa: E402
 from bench.bench_settle import machine, write_section  # noqa: E402
+from bench.host import process_cpu_seconds as cpu_seconds  # noqa: E402
 from engine.devtools import broker as devbroker  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
 from engine.streams.worker import IDLE_FETCH_WAIT_MS, LIVE_FETCH_WAIT_MS  # noqa: E402
@@ -31,12 +31,6 @@ from engine.streams.worker import IDLE_FETCH_WAIT_MS, LIVE_FETCH_WAIT_MS  # noqa
 WORK = ROOT / "bench" / "_work" / "idle"
 PARTITIONS = 8
 SETTLE_SECONDS = 5.0  # after assignment: restore, first looks, the switch to idle
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(bootstrap: str, broker_pid: int, wait_ms: int, name: str,

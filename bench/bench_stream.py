@@ -53,7 +53,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -83,6 +82,7 @@ from bench.host import (  # noqa: E402
     cpuinfo,
     fresh_memory_cost,
     meminfo_kb,
+    process_cpu_seconds,
 )
 from bench.results_md import RESULTS_MD, write_section  # noqa: E402
 from bench.stream_report import median_drain, render, render_runtimes  # noqa: E402
@@ -163,20 +163,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _proc_cpu(pid: int) -> float:
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _system_busy() -> float:
     """CPU seconds all processes of the machine have used (all cores)."""
     f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -198,12 +184,13 @@ class CpuAccount:
         self.t0 = time.monotonic()
         self.sys0 = _system_busy()
         self.own0 = self._own()
-        self.pid0 = {p: _proc_cpu(p) for p in self.pids}
+        self.pid0 = {p: process_cpu_seconds(p) for p in self.pids}
 
     def _own(self) -> float:
         t = os.times()
         return (t.user + t.system + t.children_user + t.children_system
-                + _proc_cpu(self.broker_pid) + sum(_proc_cpu(p) for p in self.pids))
+                + process_cpu_seconds(self.broker_pid)
+                + sum(process_cpu_seconds(p) for p in self.pids))
 
     def result(self) -> dict[str, float]:
         wall = time.monotonic() - self.t0
@@ -215,7 +202,7 @@ class CpuAccount:
                "foreign_cores": max(total - own, 0.0) / wall if wall else 0.0,
                "cores": cores}
         if self.pids and wall:
-            out["live_children_cores"] = sum(_proc_cpu(p) - self.pid0[p]
+            out["live_children_cores"] = sum(process_cpu_seconds(p) - self.pid0[p]
                                              for p in self.pids) / wall
         return out
 
@@ -426,7 +413,7 @@ class BenchWorker:
 
     def __init__(self, bootstrap: str, prefix: str, name: str, campaign: Path | None,
                  runtime: str = "aiokafka") -> None:
-        self.metrics_port = free_port()
+        self.metrics_port = devbroker.free_port()
         # a finite input's last waits end 2 s after it (the shipped 30 s is for a
         # live stream's leader changes, DECISIONS 112): the throughput is the input's
         extra = ["--metrics-port", str(self.metrics_port), "--runtime", runtime,

@@ -3,6 +3,7 @@ measured by small probes in processes of their own."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,15 @@ def meminfo_kb() -> dict[str, int]:
         name, _, rest = line.partition(":")
         kb[name] = int(rest.split()[0])
     return kb
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (0 once it is gone)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_probe(code: str, *args: object) -> float | None:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bench.host import cpu_model, cpu_probe_ms, fresh_memory_cost, meminfo_kb, run_probe
+from bench.host import (
+    cpu_model,
+    cpu_probe_ms,
+    fresh_memory_cost,
+    meminfo_kb,
+    process_cpu_seconds,
+    run_probe,
+)
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -39,3 +46,14 @@ def test_the_fresh_memory_probe_gives_a_cost_per_page() -> None:
 def test_a_probe_that_fails_or_prints_no_number_gives_none() -> None:
     assert run_probe("raise SystemExit(3)") is None
     assert run_probe("print('fast')") is None
+
+
+def test_a_processs_cpu_is_read_from_proc_and_zero_once_it_is_gone() -> None:
+    import os
+    import subprocess
+    import sys
+
+    busy = subprocess.Popen([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"])
+    busy.wait()
+    assert process_cpu_seconds(os.getpid()) > 0
+    assert process_cpu_seconds(busy.pid) == 0.0  # reaped: no /proc entry

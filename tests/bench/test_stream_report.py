@@ -205,7 +205,8 @@ def _scraped(m: Any) -> dict[str, float]:
     """What the stream bench keeps of ``m``'s metrics, read over HTTP as from a worker."""
     from prometheus_client import start_http_server
 
-    from bench.bench_stream import free_port, scrape_metrics
+    from bench.bench_stream import scrape_metrics
+    from engine.devtools.broker import free_port
 
     port = free_port()
     server, thread = start_http_server(port, registry=m.registry)
