@@ -119,6 +119,12 @@ def test_a_wait_that_is_no_whole_number_is_refused(capsys: pytest.CaptureFixture
     assert "not a whole number of ms: '0.5s'" in capsys.readouterr().err
 
 
+def test_the_longest_wait_stays_well_inside_the_fetch_lapse() -> None:
+    # a fetch unanswered for FETCH_LAPSE_SECONDS counts as a broker away (a quiet
+    # input's period restarts): an idle worker's fetches must never look like that
+    assert MAX_IDLE_FETCH_WAIT_MS / 1000 <= worker_module.FETCH_LAPSE_SECONDS / 2
+
+
 def test_the_parser_repeats_the_workers_bounds() -> None:
     assert cli.IDLE_FETCH_WAIT_MS == (LIVE_FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS,
                                       MAX_IDLE_FETCH_WAIT_MS)
