@@ -136,6 +136,11 @@ def rejections_table(v: Validated, reason: np.ndarray, idx: np.ndarray,
 # keeping min/max statistics for them costs seconds on 10^7 rows and gains little.
 _UNIQUE = ("grant_id", "source", "txn_id", "mykey_id")
 _REPEATING = ("campaign", "operator_id", "kind", "record_type", "reason", "detail")
+# Points are bounded by the cap (at most 2 * cap + 1 values, clawbacks included): a
+# dictionary page of them is smaller than their snappy-compressed values and quicker to
+# write (1.7 against 2.7-3.0 MB and 8-14 against 18-23 ms per row group of 2^20 grants;
+# DECISIONS 135). Amounts and times are not bounded like that and stay as they were.
+_BOUNDED = ("points", "cumulative_points")
 
 
 ROW_GROUP = 1 << 20  # rows per output row group, however the rows are handed over
@@ -150,8 +155,8 @@ class TableWriter:
         self._schema = schema
         self._writer = pq.ParquetWriter(
             path, schema,
-            compression={c: ("none" if c in _UNIQUE else "snappy") for c in cols},
-            use_dictionary=[c for c in cols if c in _REPEATING],
+            compression={c: ("none" if c in _UNIQUE + _BOUNDED else "snappy") for c in cols},
+            use_dictionary=[c for c in cols if c in _REPEATING + _BOUNDED],
             write_statistics=[c for c in cols if c not in _UNIQUE])
         self._pending: list[pa.Table] = []
         self._rows = 0
