@@ -212,6 +212,14 @@ def test_unreadable_input_exits_2_and_keeps_previous_outputs(
     rc = main(["settle", "--enrollments", str(tmp_path / "missing.jsonl"),
                "--transactions", str(campaign / "transactions.jsonl"), "--out", str(out)])
     assert rc == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    # both unusable: the enrollments, read beside the transactions, are the ones named
+    rc = main(["settle", "--enrollments", str(tmp_path / "missing.jsonl"),
+               "--transactions", str(tmp_path / "broken.parquet"), "--out", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "missing.jsonl" in err and "broken.parquet" not in err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
 def _outcomes(out: Path) -> dict[str, tuple[str, str | None]]:
