@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA, TIMESTAMP
 from engine.rules.model import KIND_NAMES, REASON_NAMES, Reason
 from engine.rules.settlement import STATEFUL_DETAIL
-from engine.rules.strings import one_array
+from engine.rules.strings import buffers, one_array, put_bytes, string_array
 from engine.rules.validate import Validated
 
 
@@ -41,7 +42,35 @@ def grant_ids(campaign: str, operator_id: pa.Array, mykey_id: pa.Array,
     >>> grant_ids("c", pa.array(["paypay"]), pa.array(["AB12cd34"]), pa.array(["t1"]))[0]
     <pyarrow.StringScalar: 'c/paypay/AB12cd34/t1'>
     """
-    return pc.binary_join_element_wise(pa.scalar(campaign), operator_id, mykey_id, txn_id, "/")
+    head = np.frombuffer(f"{campaign}/".encode(), np.uint8)
+    (ao, ad, _), (bo, bd, _), (co, cd, _) = (buffers(a) for a in (operator_id, mykey_id,
+                                                                  txn_id))
+    return string_array(*_joined(head, ao, ad, bo, bd, co, cd))
+
+
+@numba.njit(cache=True, nogil=True)
+def _joined(head, ao, ad, bo, bd, co, cd):  # type: ignore[no-untyped-def]
+    """``head + a + "/" + b + "/" + c`` row by row, as (offsets, bytes): a third of
+    Arrow's ``binary_join_element_wise`` time, which goes through its general kernel
+    per row."""
+    n = len(ao) - 1
+    h = len(head)
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    total = 0
+    for i in range(n):
+        total += h + 2 + (ao[i + 1] - ao[i]) + (bo[i + 1] - bo[i]) + (co[i + 1] - co[i])
+        offsets[i + 1] = total
+    buf = np.empty(total, np.uint8)
+    at = 0
+    for i in range(n):
+        at = put_bytes(buf, at, head, 0, h)
+        at = put_bytes(buf, at, ad, ao[i], ao[i + 1])
+        buf[at] = 47  # "/"
+        at = put_bytes(buf, at + 1, bd, bo[i], bo[i + 1])
+        buf[at] = 47
+        at = put_bytes(buf, at + 1, cd, co[i], co[i + 1])
+    return offsets, buf
 
 
 def decision_order(mask: np.ndarray, seq: np.ndarray) -> np.ndarray:

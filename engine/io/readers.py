@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.rules.plain_json import merge, shape_plain
-from engine.rules.strings import json_facts
+from engine.rules.strings import json_facts, put_bytes, string_array
 from engine.rules.validate import Shaped, shape_objects, shape_table
 
 
@@ -91,20 +91,20 @@ def split_lines(data: bytes) -> tuple[list[bytes], np.ndarray]:
 def _prefixed_numbers(prefix: np.ndarray, positions: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     n = len(positions)
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    p = len(prefix)
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
     total = 0
     for i in range(n):
         v = positions[i]
-        digits = 1
+        total += p + 1
         while v >= 10:
             v //= 10
-            digits += 1
-        total += len(prefix) + digits
+            total += 1
         offsets[i + 1] = total
     data = np.empty(total, dtype=np.uint8)
     for i in range(n):
-        a = offsets[i]
-        data[a:a + len(prefix)] = prefix
+        put_bytes(data, offsets[i], prefix, 0, p)
         v = positions[i]
         j = offsets[i + 1] - 1
         while True:
@@ -123,12 +123,8 @@ def sources(name: str, positions: np.ndarray) -> pa.Array:
     ['t.jsonl:1', 't.jsonl:20']
     """
     prefix = np.frombuffer((name + ":").encode(), dtype=np.uint8)
-    offsets, data = _prefixed_numbers(prefix, np.asarray(positions, dtype=np.int64))
-    if len(data) < 2**31:
-        return pa.StringArray.from_buffers(len(positions), pa.py_buffer(
-            offsets.astype(np.int32)), pa.py_buffer(data))
-    return pa.LargeStringArray.from_buffers(len(positions), pa.py_buffer(offsets),
-                                            pa.py_buffer(data)).cast(pa.string())
+    return string_array(*_prefixed_numbers(prefix, np.asarray(positions, dtype=np.int64))
+                        ).cast(pa.string())
 
 
 def count_rows(path: str | Path) -> int:

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from engine.rules.strings import individual_number_mask
+from engine.rules.strings import individual_number_mask, string_array
 from engine.rules.validate import (
     AMOUNT,
     AMOUNT_INT,
@@ -182,14 +182,7 @@ def _gather(data, vstart, vend, f):  # type: ignore[no-untyped-def]  # pragma: n
 
 def _column(data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, f: int) -> pa.Array:
     offsets, buf, valid = _gather(data, vstart, vend, f)
-    n = len(valid)
-    nulls = n - int(np.count_nonzero(valid))
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    if offsets[-1] <= np.iinfo(np.int32).max:  # the object path's type, where it fits
-        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)),
-                                           pa.py_buffer(buf), bitmap, nulls)
-    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf),
-                                            bitmap, nulls)
+    return string_array(offsets, buf, valid)  # the object path's type, where it fits
 
 
 def shape_plain(lines: list[bytes], record_type: str, limit: int | None = None

@@ -62,6 +62,26 @@ def buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np
     return offsets.astype(np.int64, copy=False), data, valid
 
 
+def string_array(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray | None = None
+                 ) -> pa.Array:
+    """The Arrow array over raw buffers (int64 offsets, UTF-8 bytes; ``valid``: False
+    where null): ``string`` where the bytes fit its 32-bit offsets, else
+    ``large_string``. The inverse of :func:`buffers`.
+
+    >>> string_array(np.array([0, 2, 2, 5]), np.frombuffer(b"abcde", np.uint8),
+    ...              np.array([True, False, True])).to_pylist()
+    ['ab', None, 'cde']
+    """
+    n = len(offsets) - 1
+    nulls = 0 if valid is None else n - int(np.count_nonzero(valid))
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    if offsets[-1] <= np.iinfo(np.int32).max:
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)),
+                                           pa.py_buffer(data), bitmap, nulls)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data),
+                                            bitmap, nulls)
+
+
 @intrinsic
 def _memcpy(typingctx, dst, dst_at, src, src_at, n):  # type: ignore[no-untyped-def]
     """LLVM's memcpy between two byte arrays (numba's slice assignment builds two array
