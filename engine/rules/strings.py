@@ -74,7 +74,8 @@ def string_array(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray | None
     """
     n = len(offsets) - 1
     nulls = 0 if valid is None else n - int(np.count_nonzero(valid))
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    bitmap = (pa.py_buffer(np.packbits(valid, bitorder="little"))
+              if valid is not None and nulls else None)
     if offsets[-1] <= np.iinfo(np.int32).max:
         return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)),
                                            pa.py_buffer(data), bitmap, nulls)

@@ -11,7 +11,7 @@ from engine.io.outputs import grant_ids
 from engine.io.readers import sources
 from engine.rules.strings import buffers, string_array
 
-_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
 
 
 @settings(max_examples=200, deadline=None)
