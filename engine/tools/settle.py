@@ -186,17 +186,10 @@ def settle_files(enrollments: str | Path | list[Input], transactions: str | Path
 
 def _settle_in_memory(enr_in: list[Input], txn_in: list[Input], campaign: Campaign,
                       registry: Registry, bar: _Bar, part: Slice) -> Settled:
-    # The enrollments are read beside the transactions: alone, their few row groups
-    # leave a core idle (DECISIONS 135)
-    enr_task, txn_task = bar.task("reading enrollments"), bar.task("reading transactions")
-    with ThreadPoolExecutor(max_workers=1) as side:
-        enr_job = side.submit(_read_all, enr_in, "enrollment", campaign, registry, enr_task)
-        try:
-            txn, txn_src = _read_all(txn_in, "transaction", campaign, registry, txn_task)
-        except InputError:
-            enr_job.result()  # an unusable enrollments file is the one reported, as before
-            raise
-        enr, enr_src = enr_job.result()
+    enr, enr_src = _read_all(enr_in, "enrollment", campaign, registry, bar.task(
+        "reading enrollments"))
+    txn, txn_src = _read_all(txn_in, "transaction", campaign, registry, bar.task(
+        "reading transactions"))
     enr, enr_src = part.select(enr, enr_src)
     txn, txn_src = part.select(txn, txn_src)
     return Settled(enr, enr_src, txn, txn_src, campaign, registry, part)

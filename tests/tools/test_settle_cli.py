@@ -213,7 +213,7 @@ def test_unreadable_input_exits_2_and_keeps_previous_outputs(
                "--transactions", str(campaign / "transactions.jsonl"), "--out", str(out)])
     assert rc == 2
     assert "missing.jsonl" in capsys.readouterr().err
-    # both unusable: the enrollments, read beside the transactions, are the ones named
+    # both unusable: the enrollments, read first, are the ones named
     rc = main(["settle", "--enrollments", str(tmp_path / "missing.jsonl"),
                "--transactions", str(tmp_path / "broken.parquet"), "--out", str(out)])
     assert rc == 2
