@@ -54,16 +54,20 @@ class Decisions:
     txn_trigger: np.ndarray | None = None
 
 
-def txn_codes(txn: Validated, parts: int = 1) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+def txn_codes(txn: Validated, parts: int = 1, keys: np.ndarray | None = None,
+              origs: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """The kernel's codes of each transaction's key and of its original's (-1: none),
     their bound, and each one's fingerprint: codes (on ``parts`` threads) of
     :mod:`engine.rules.txn_keys`' hashes of ``operator_id/txn_id``, the keys and
     fingerprints the streaming state stores, so both drivers decide the same
-    (DECISIONS 101-102)."""
+    (DECISIONS 101-102). ``keys`` and ``origs``: those hashes, if made already."""
     n = txn.n
-    origs = entry_keys(txn.operator_id, txn.original_txn_id)
-    codes, bound = spread_codes(np.concatenate((entry_keys(txn.operator_id, txn.txn_id),
-                                                origs)), parts)
+    if keys is None:
+        keys = entry_keys(txn.operator_id, txn.txn_id)
+    if origs is None:
+        origs = entry_keys(txn.operator_id, txn.original_txn_id)
+    codes, bound = spread_codes(np.concatenate((keys, origs)), parts)
     return codes[:n], codes[n:], bound, fingerprints(txn.at, origs)
 
 
@@ -87,12 +91,15 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign,
     if shares is None:
         shares = SHARES if txn.n >= SHARED_FROM else 1
     ne = enr.n
-    # Both encoders release the GIL (numba nogil): run them at once
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        people_job = pool.submit(person_codes, enr.mykey_id, txn.mykey_id)
-        txn_job = pool.submit(txn_codes, txn, shares)
-        (pe, pt), n_people = people_job.result()
-        tt, to, n_codes, fp = txn_job.result()
+    # The hashes release the GIL (numba nogil): the people's codes and the originals'
+    # keys on a second thread, the transactions' own keys on this one, about even; the
+    # codes of the keys then take both cores (DECISIONS 135)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool.submit(lambda: (person_codes(enr.mykey_id, txn.mykey_id),
+                                    entry_keys(txn.operator_id, txn.original_txn_id)))
+        keys = entry_keys(txn.operator_id, txn.txn_id)
+        ((pe, pt), n_people), origs = side.result()
+    tt, to, n_codes, fp = txn_codes(txn, shares, keys, origs)
     people = new_people(n_people)
     none = np.full(ne, -1, np.int32)
     enr_out = _run(people, enr, kernel.ENROLLMENT, pe, none, none, np.zeros(ne, np.uint32),
