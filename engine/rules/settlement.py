@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,21 +54,34 @@ class Decisions:
     txn_trigger: np.ndarray | None = None
 
 
-def txn_codes(txn: Validated, parts: int = 1, keys: np.ndarray | None = None,
-              origs: np.ndarray | None = None
+def txn_codes(txn: Validated, parts: int = 1, keys: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """The kernel's codes of each transaction's key and of its original's (-1: none),
     their bound, and each one's fingerprint: codes (on ``parts`` threads) of
     :mod:`engine.rules.txn_keys`' hashes of ``operator_id/txn_id``, the keys and
     fingerprints the streaming state stores, so both drivers decide the same
-    (DECISIONS 101-102). ``keys`` and ``origs``: those hashes, if made already."""
+    (DECISIONS 101-102). ``keys``: those hashes if made already, the transactions'
+    own then their originals' (:func:`both_keys`)."""
     n = txn.n
     if keys is None:
-        keys = entry_keys(txn.operator_id, txn.txn_id)
+        keys = both_keys(txn)
+    codes, bound = spread_codes(keys, parts)
+    return codes[:n], codes[n:], bound, fingerprints(txn.at, keys[n:])
+
+
+def both_keys(txn: Validated, pool: Executor | None = None) -> np.ndarray:
+    """The entry keys of the transactions, then of their originals, in one array (no
+    copy joins them); the originals' half on ``pool`` if given, queued behind
+    whatever it runs already."""
+    keys = np.empty(2 * txn.n, np.uint64)
+    origs = (pool.submit(entry_keys, txn.operator_id, txn.original_txn_id, keys[txn.n:])
+             if pool is not None else None)
+    entry_keys(txn.operator_id, txn.txn_id, keys[:txn.n])
     if origs is None:
-        origs = entry_keys(txn.operator_id, txn.original_txn_id)
-    codes, bound = spread_codes(np.concatenate((keys, origs)), parts)
-    return codes[:n], codes[n:], bound, fingerprints(txn.at, origs)
+        entry_keys(txn.operator_id, txn.original_txn_id, keys[txn.n:])
+    else:
+        origs.result()
+    return keys
 
 
 # Threads the transactions are decided on, one share of the people each (DECISIONS 110);
@@ -93,13 +106,13 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign,
     ne = enr.n
     # The hashes release the GIL (numba nogil): the people's codes and the originals'
     # keys on a second thread, the transactions' own keys on this one, about even; the
-    # codes of the keys then take both cores (DECISIONS 135)
+    # codes of the keys then take both cores
     with ThreadPoolExecutor(max_workers=1) as pool:
-        side = pool.submit(lambda: (person_codes(enr.mykey_id, txn.mykey_id),
-                                    entry_keys(txn.operator_id, txn.original_txn_id)))
-        keys = entry_keys(txn.operator_id, txn.txn_id)
-        ((pe, pt), n_people), origs = side.result()
-    tt, to, n_codes, fp = txn_codes(txn, shares, keys, origs)
+        coded = pool.submit(person_codes, enr.mykey_id, txn.mykey_id)
+        keys = both_keys(txn, pool)
+        (pe, pt), n_people = coded.result()
+    tt, to, n_codes, fp = txn_codes(txn, shares, keys)
+    del keys  # 160 MB per 10^7 transactions the kernel does not need
     people = new_people(n_people)
     none = np.full(ne, -1, np.int32)
     enr_out = _run(people, enr, kernel.ENROLLMENT, pe, none, none, np.zeros(ne, np.uint32),

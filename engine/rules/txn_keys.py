@@ -109,12 +109,14 @@ def key_hashes(keys: Strings) -> np.ndarray:
     return out
 
 
-def entry_keys(operator_ids: Strings, txn_ids: Strings) -> np.ndarray:
+def entry_keys(operator_ids: Strings, txn_ids: Strings, out: np.ndarray | None = None
+               ) -> np.ndarray:
     """The entry key of each (operator_id, txn_id): the hash of ``operator_id/txn_id``
-    (0 where either is null)."""
+    (0 where either is null), into ``out`` (uint64, one per pair) if given."""
     a_off, a_data, a_valid = _buffers(operator_ids)
     b_off, b_data, b_valid = _buffers(txn_ids)
-    out = np.zeros(len(a_valid), np.uint64)
+    if out is None:
+        out = np.empty(len(a_valid), np.uint64)
     _hash_pairs(a_off, a_data, b_off, b_data, a_valid & b_valid, out)
     return out
 
