@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.io.outputs import grant_ids
+from engine.io.outputs import GRANT_CORE, TableWriter, grant_ids, grants_from_core
+from engine.io.outputs_schema import GRANT_SCHEMA
 from engine.io.readers import sources
 from engine.rules.strings import buffers, string_array
 
@@ -43,3 +47,41 @@ def test_string_array_is_the_inverse_of_buffers(values: list[str | None]) -> Non
     assert back.type == pa.string() and back.to_pylist() == values
     big = string_array(np.array([0, 2**31], np.int64), np.zeros(2**31, np.uint8))
     assert big.type == pa.large_string() and len(big) == 1
+
+
+def test_the_grants_file_encodes_each_column_as_decided(tmp_path: Path) -> None:
+    """DECISIONS 135: points bounded by the cap as uncompressed dictionaries; ids and
+    sources plain, uncompressed and without statistics; repeated strings as
+    snappy-compressed dictionaries; amounts and times snappy-compressed values."""
+    n = 5_000
+    rows = np.arange(n)
+    core = pa.table({
+        "mykey_id": pa.array([f"K{i % 97:07d}" for i in rows]),
+        "operator_id": pa.array(["paypay", "waon", "aupay"] * (n // 3) + ["paypay"] * (n % 3)),
+        "txn_id": pa.array([f"t{i}" for i in rows]),
+        "kind": pa.array((rows % 2).astype(np.int8)),
+        "amount": pa.array(rows * 7 + 100), "points": pa.array(rows % 500),
+        "cumulative_points": pa.array(np.minimum(rows, 5_000)),
+        "occurred_at": pa.array(1_600_000_000_000_000 + rows * 1_000),
+    }, schema=GRANT_CORE)
+    table = grants_from_core(core, sources("t.parquet", rows + 1), "c", 5_000)
+    w = TableWriter(tmp_path / "grants.parquet", GRANT_SCHEMA)
+    w.write(table)
+    w.close()
+    f = pq.ParquetFile(tmp_path / "grants.parquet")
+    assert f.read().equals(table)
+    chunks = {f.metadata.row_group(0).column(i).path_in_schema: f.metadata.row_group(0).column(i)
+              for i in range(f.metadata.num_columns)}
+
+    def dictionary(name: str) -> bool:
+        return "RLE_DICTIONARY" in chunks[name].encodings
+
+    for name in ("points", "cumulative_points"):
+        assert dictionary(name) and chunks[name].compression == "UNCOMPRESSED", name
+    for name in ("grant_id", "source", "txn_id", "mykey_id"):
+        assert not dictionary(name) and chunks[name].compression == "UNCOMPRESSED", name
+        assert not chunks[name].is_stats_set, name
+    for name in ("campaign", "operator_id", "kind"):
+        assert dictionary(name) and chunks[name].compression == "SNAPPY", name
+    for name in ("amount", "occurred_at"):
+        assert not dictionary(name) and chunks[name].compression == "SNAPPY", name
