@@ -189,7 +189,8 @@ run: {"; ".join(loads)} (2 cores shared with other work: the load is part of the
 Command: `.venv/bin/python bench/bench_settle.py --n {a.n} --repeat {a.repeat}{options}`
 ({a.n:,} clean transactions, {max(a.n // 10, 100):,} people, Parquet in row groups of
 2^20 rows; each command in its own process under `/usr/bin/time -v`{warm}, settle
-writing into a directory emptied before it, untimed;
+writing into a directory emptied before it, earlier runs' writes flushed to disk
+(untimed);
 medians of {a.repeat} run(s), peak RSS is the maximum).
 
 | | wall (median) | × baseline | peak RSS |
