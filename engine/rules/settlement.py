@@ -54,33 +54,25 @@ class Decisions:
     txn_trigger: np.ndarray | None = None
 
 
-def txn_codes(txn: Validated, parts: int = 1, keys: np.ndarray | None = None
+def txn_codes(txn: Validated, keys: np.ndarray, parts: int
               ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """The kernel's codes of each transaction's key and of its original's (-1: none),
-    their bound, and each one's fingerprint: codes (on ``parts`` threads) of
-    :mod:`engine.rules.txn_keys`' hashes of ``operator_id/txn_id``, the keys and
-    fingerprints the streaming state stores, so both drivers decide the same
-    (DECISIONS 101-102). ``keys``: those hashes if made already, the transactions'
-    own then their originals' (:func:`both_keys`)."""
+    their bound, and each one's fingerprint: codes (on ``parts`` threads) of ``keys``
+    (:func:`both_keys`), the keys and fingerprints the streaming state stores, so both
+    drivers decide the same (DECISIONS 101-102)."""
     n = txn.n
-    if keys is None:
-        keys = both_keys(txn)
     codes, bound = spread_codes(keys, parts)
     return codes[:n], codes[n:], bound, fingerprints(txn.at, keys[n:])
 
 
-def both_keys(txn: Validated, pool: Executor | None = None) -> np.ndarray:
-    """The entry keys of the transactions, then of their originals, in one array (no
-    copy joins them); the originals' half on ``pool`` if given, queued behind
-    whatever it runs already."""
+def both_keys(txn: Validated, pool: Executor) -> np.ndarray:
+    """:mod:`engine.rules.txn_keys`' hashes of ``operator_id/txn_id`` of the
+    transactions, then of their originals, in one array (no copy joins them); the
+    originals' half on ``pool``, queued behind whatever it runs already."""
     keys = np.empty(2 * txn.n, np.uint64)
-    origs = (pool.submit(entry_keys, txn.operator_id, txn.original_txn_id, keys[txn.n:])
-             if pool is not None else None)
+    origs = pool.submit(entry_keys, txn.operator_id, txn.original_txn_id, keys[txn.n:])
     entry_keys(txn.operator_id, txn.txn_id, keys[:txn.n])
-    if origs is None:
-        entry_keys(txn.operator_id, txn.original_txn_id, keys[txn.n:])
-    else:
-        origs.result()
+    origs.result()
     return keys
 
 
@@ -111,7 +103,7 @@ def decide_offline(enr: Validated, txn: Validated, campaign: Campaign,
         coded = pool.submit(person_codes, enr.mykey_id, txn.mykey_id)
         keys = both_keys(txn, pool)
         (pe, pt), n_people = coded.result()
-    tt, to, n_codes, fp = txn_codes(txn, shares, keys)
+    tt, to, n_codes, fp = txn_codes(txn, keys, shares)
     del keys  # 160 MB per 10^7 transactions the kernel does not need
     people = new_people(n_people)
     none = np.full(ne, -1, np.int32)
