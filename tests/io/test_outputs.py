@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,3 +86,19 @@ def test_the_grants_file_encodes_each_column_as_decided(tmp_path: Path) -> None:
         assert dictionary(name) and chunks[name].compression == "SNAPPY", name
     for name in ("amount", "occurred_at"):
         assert not dictionary(name) and chunks[name].compression == "SNAPPY", name
+
+
+def test_the_writer_takes_large_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """DECISIONS 135: 65,536 values a batch, not pyarrow's 1,024 (a tenth less of a
+    row group's encoding time, the same file)."""
+    given: dict[str, object] = {}
+    real = pq.ParquetWriter
+
+    def spy(*a: object, **k: object) -> pq.ParquetWriter:
+        given.update(k)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pq, "ParquetWriter", spy)
+    TableWriter(tmp_path / "g.parquet", GRANT_SCHEMA).close()
+    assert given["write_batch_size"] == 65_536

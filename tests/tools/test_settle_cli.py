@@ -285,3 +285,24 @@ def test_poison_records_settle_with_their_rejections_and_exit_0(
             assert _matches(c, got["enrollments.parquet:1"]), (c.name, got)
     printed = capsys.readouterr()
     assert "Traceback" not in printed.out + printed.err and printed.err == ""
+
+
+def test_the_summary_is_tallied_beside_the_writes(
+        campaign: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DECISIONS 135: only the summary file, written last, needs it, so it is tallied
+    on a thread of its own while the outputs are written."""
+    import threading
+
+    from engine.tools import settle
+
+    tallied: list[int] = []
+    real = settle.summarize_arrays
+
+    def spy(*a: object, **k: object) -> object:
+        tallied.append(threading.get_ident())
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(settle, "summarize_arrays", spy)
+    assert _settle(campaign, tmp_path / "out", "parquet", "--quiet") == 0
+    assert len(tallied) == 1 and tallied[0] != threading.get_ident()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["campaign"]
