@@ -49,3 +49,13 @@ def test_a_stated_default_is_the_one_in_the_code(value: object, stated: object, 
     assert value == stated
     text = " ".join((ROOT / doc).read_text(encoding="utf-8").split())
     assert words in text, f"{doc} no longer says {words!r}"
+
+
+def test_the_suite_runs_in_the_processes_the_readme_states() -> None:
+    """`make test`'s TEST_WORKERS default (DECISIONS 136) is the README's."""
+    make = (ROOT / "Makefile").read_text(encoding="utf-8")
+    line = next(x for x in make.splitlines() if x.startswith("TEST_WORKERS ?="))
+    assert line.split("?=")[1].strip() == "2"
+    assert "$(BIN)/pytest -n $(TEST_WORKERS)" in make
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "tests run by two processes (`TEST_WORKERS=2`" in readme
