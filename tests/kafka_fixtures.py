@@ -59,10 +59,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kafka)
 
 
+def session_broker_dir(port: int) -> str:
+    """The session broker's data directory under ``.kafka/``: named by the pytest-xdist
+    process too (DECISIONS 136), so that two processes of one run never share, nor
+    delete, each other's broker data, even if both were handed the same free port."""
+    return f"test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{port}"
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(request: pytest.FixtureRequest) -> Iterator[devbroker.Broker]:
     port = devbroker.free_port()
-    data_dir = request.config.rootpath / ".kafka" / f"test-{port}"
+    data_dir = request.config.rootpath / ".kafka" / session_broker_dir(port)
     # A leftover from a crashed run on a recycled port would carry old topics.
     shutil.rmtree(data_dir, ignore_errors=True)
     broker = devbroker.start(port=port, data_dir=data_dir, wait=120.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from engine.devtools import broker as devbroker
 from engine.kafka.client_config import ENV, default_client
+from tests.kafka_fixtures import session_broker_dir
 
 pytestmark = pytest.mark.kafka
 
@@ -250,3 +252,17 @@ def test_cli_status_and_stop_when_nothing_runs(capsys: pytest.CaptureFixture[str
     assert devbroker.main(argparse.Namespace(action="status", port=port)) == 1
     assert "not running" in capsys.readouterr().out
     assert devbroker.main(argparse.Namespace(action="stop", port=port)) == 0
+
+
+def test_the_session_broker_belongs_to_one_test_process(kafka_broker: devbroker.Broker,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test` runs two pytest-xdist processes, each with a session broker of its own
+    (DECISIONS 136): its data directory is named by the process and the port, so two
+    processes handed the same free port would still not share or delete each other's."""
+    port = int(kafka_broker.bootstrap.rsplit(":", 1)[1])
+    here = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    assert kafka_broker.data_dir.name == f"test-{here}-{port}"
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    first = session_broker_dir(port)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    assert session_broker_dir(port) != first
