@@ -7,6 +7,7 @@ every check, so that a test states only what it is about.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.topics import Topics
@@ -126,3 +128,17 @@ def make_scenario(directory: Path, users: int, transactions: int, seed: int,
     write_campaign(directory, users, transactions, seed, clean=clean, formats=(ext,))
     e, t = directory / f"enrollments.{ext}", directory / f"transactions.{ext}"
     return Scenario(e, t, settle_files(e, t, campaign, DEFAULT_REGISTRY))
+
+
+def calling_threads(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    """Wrap ``module.name`` for the test: the returned list gets the ident of the thread
+    of each call, in order (where a driver runs its phases)."""
+    idents: list[int] = []
+    real = getattr(module, name)
+
+    def call(*a: Any, **k: Any) -> Any:
+        idents.append(threading.get_ident())
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, call)
+    return idents

@@ -14,6 +14,7 @@ from engine.rules import settlement
 from engine.rules.txn_keys import entry_keys
 from engine.rules.validate import shape_table, validate_enrollments, validate_transactions
 from engine.tools.generate import generate_tables, parquet_view
+from tests.builders import calling_threads
 
 
 def _validated(users: int, transactions: int) -> tuple[Any, Any]:
@@ -35,19 +36,9 @@ def test_both_keys_are_the_entry_keys_of_transactions_then_originals() -> None:
 def test_the_two_halves_are_hashed_on_two_threads_beside_the_peoples_codes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     enr, txn = _validated(50, 500)
-    seen: dict[str, set[int]] = {"entry_keys": set(), "person_codes": set()}
-
-    def spy(name: str) -> Any:
-        real = getattr(settlement, name)
-
-        def call(*a: Any, **k: Any) -> Any:
-            seen[name].add(threading.get_ident())
-            return real(*a, **k)
-        return call
-
-    for name in seen:
-        monkeypatch.setattr(settlement, name, spy(name))
+    keys = calling_threads(monkeypatch, settlement, "entry_keys")
+    people = calling_threads(monkeypatch, settlement, "person_codes")
     settlement.decide_offline(enr, txn, DEFAULT_CAMPAIGN)
-    assert len(seen["entry_keys"]) == 2
-    assert threading.get_ident() in seen["entry_keys"]
-    assert seen["person_codes"] <= seen["entry_keys"] - {threading.get_ident()}
+    assert len(set(keys)) == 2
+    assert threading.get_ident() in keys
+    assert set(people) <= set(keys) - {threading.get_ident()}

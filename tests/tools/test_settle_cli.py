@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import jsonschema
@@ -14,8 +15,9 @@ from engine.cli import main
 from engine.io.outputs_schema import GRANT_SCHEMA, REJECTION_SCHEMA
 from engine.rules.model import ENGINE_LIMIT_REASONS, ENROLLMENT_REASONS, TRANSACTION_REASONS
 from engine.streams.codec_out import grant_to_json, rejection_to_json
+from engine.tools import settle
 from engine.tools.generate import generate_tables, write_jsonl
-from tests.builders import write_campaign
+from tests.builders import calling_threads, write_campaign
 from tests.poison_records import (
     ENROLLMENT,
     GRANT,
@@ -291,18 +293,7 @@ def test_the_summary_is_tallied_beside_the_writes(
         campaign: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """DECISIONS 135: only the summary file, written last, needs it, so it is tallied
     on a thread of its own while the outputs are written."""
-    import threading
-
-    from engine.tools import settle
-
-    tallied: list[int] = []
-    real = settle.summarize_arrays
-
-    def spy(*a: object, **k: object) -> object:
-        tallied.append(threading.get_ident())
-        return real(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(settle, "summarize_arrays", spy)
+    tallied = calling_threads(monkeypatch, settle, "summarize_arrays")
     assert _settle(campaign, tmp_path / "out", "parquet", "--quiet") == 0
     assert len(tallied) == 1 and tallied[0] != threading.get_ident()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["campaign"]
