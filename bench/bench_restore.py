@@ -31,7 +31,7 @@ from bench import local_broker  # noqa: E402
 from bench.bench_settle import machine, write_section  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
-from engine.kafka.produce import Message, send_batched  # noqa: E402
+from engine.kafka.produce import Outgoing, send_batched  # noqa: E402
 from engine.kafka.topics import Topics, ensure_topics  # noqa: E402
 from engine.streams.entries import ENTRY  # noqa: E402
 from engine.streams.state import META_KEY, PersonState, ShardMeta, encode, source_key  # noqa: E402
@@ -60,16 +60,16 @@ async def fill(bootstrap: str, topics: Topics, people: int) -> int:
     try:
         nbytes = 0
 
-        def messages() -> Iterator[Message]:
+        def messages() -> Iterator[Outgoing]:
             nonlocal nbytes
             for i in range(people):
                 k, v = person(i)
                 nbytes += len(v)
-                yield k, v, None, None
-            yield META_KEY.encode(), encode(ShardMeta(stream_time=0)), None, None
+                yield Outgoing(0, k, v)
+            yield Outgoing(0, META_KEY.encode(), encode(ShardMeta(stream_time=0)))
 
-        sent = await send_batched(p, topics.changelog, 0, messages())
-        await asyncio.gather(*(f for f, _ in sent))
+        sent = await send_batched(p, topics.changelog, messages())
+        await asyncio.gather(*(s.future for s in sent))
         return nbytes
     finally:
         await p.stop()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 NO_TIMESTAMP = -1  # Kafka's "no timestamp"
 BATCH_BYTES = 1 << 20  # the worker's producer batch size, also of its prebuilt batches
@@ -128,26 +128,26 @@ class BatchSender:
         return done
 
 
-# key, value, headers, timestamp (ms, None = now): the worker's outcome and changelog rows
-Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
+class Sent(NamedTuple):
+    """A record batch handed to the producer."""
+
+    future: Any    # resolves to the metadata of the batch's first record (``.offset``)
+    records: int
 
 
-async def send_batched(producer: Any, topic: str, partition: int,
-                       msgs: Iterable[Message]) -> list[tuple[Any, int]]:
-    """Messages for one topic partition through a :class:`BatchSender`; returns each
-    batch's delivery future with its record count (its metadata carries the batch's
-    base offset)."""
+async def send_batched(producer: Any, topic: str, msgs: Iterable[Outgoing]) -> list[Sent]:
+    """Messages for one topic through a :class:`BatchSender`, as the batches sent."""
     sender = BatchSender(producer, topic)
-    for key, value, headers, ts in msgs:
-        if not sender.try_append(partition, key, value, ts, headers or []):  # most fit
-            await sender.add(Outgoing(partition, key, value, ts, headers or []))
+    for m in msgs:
+        if not sender.try_add(m):  # most fit
+            await sender.add(m)
     await sender.send_open()
-    return [(d.future, len(d.tags)) for d in sender.sent]
+    return [Sent(d.future, len(d.tags)) for d in sender.sent]
 
 
 async def send_built(producer: Any, topic: str, partition: int,
-                     batches: Iterable[Any]) -> list[tuple[Any, int]]:
+                     batches: Iterable[Any]) -> list[Sent]:
     """Record batches built whole (engine.kafka.record_batch) for one topic partition,
     in order; returns what :func:`send_batched` returns."""
-    return [(await producer.send_batch(b, topic, partition=partition), b.record_count())
+    return [Sent(await producer.send_batch(b, topic, partition=partition), b.record_count())
             for b in batches]

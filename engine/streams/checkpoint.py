@@ -47,7 +47,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from engine.kafka.produce import BATCH_BYTES, Message, send_batched, send_built
+from engine.kafka.produce import BATCH_BYTES, Outgoing, Sent, send_batched, send_built
 from engine.kafka.record_batch import PrebuiltBatch, record_batches
 from engine.kafka.topics import SOURCE_HEADER, Topics
 from engine.metrics import Laps
@@ -222,7 +222,7 @@ class Checkpoint:
         """Produce the batch's outcomes and re-routed records; returns whether there
         were outcomes (grants or rejections) and the futures of their acknowledgements,
         which the caller awaits before any state is written."""
-        out: dict[tuple[str, int], list[Message]] = defaultdict(list)
+        out: dict[str, list[Outgoing]] = defaultdict(list)
         dumps = orjson.dumps
         for p, res in results.items():
             rows = [(k, dumps(row), row["source"]) for k, row in res.rejections]
@@ -232,23 +232,23 @@ class Checkpoint:
                 for (key, value, source), part in zip(rows, parts, strict=True):
                     topic = self._outcome_topic("rejection", source)
                     # a record without a valid key goes to the partition it came from
-                    out[(topic, part if part >= 0 else p)].append((key, value, None, None))
+                    out[topic].append(Outgoing(part if part >= 0 else p, key, value))
             for rr in res.reroute:
                 topic = (self.topics.reroute_transactions if rr.record_type == "transaction"
                          else self.topics.reroute_enrollments)
                 # the engine reads a re-routed record's time from its JSON, not from
                 # the message timestamp (which the producer would set to "now")
                 ts = rr.received // 1000 if rr.received != NO_TIME else None
-                out[(topic, rr.partition)].append((rr.record["mykey_id"].encode(),
-                                                   dumps(rr.record),
-                                                   [(SOURCE_HEADER, rr.source.encode())], ts))
+                out[topic].append(Outgoing(rr.partition, rr.record["mykey_id"].encode(),
+                                           dumps(rr.record), ts,
+                                           [(SOURCE_HEADER, rr.source.encode())]))
         futs: list[Any] = []
         encode_grants([res.grant_messages for res in results.values()])
         for p, res in results.items():
             if len(res.grant_messages):
-                futs.extend(f for f, _ in await self._grants(p, res.grant_messages))
-        for (topic, part), msgs in out.items():
-            futs.extend(f for f, _ in await send_batched(self.producer, topic, part, msgs))
+                futs.extend(s.future for s in await self._grants(p, res.grant_messages))
+        for topic, msgs in out.items():
+            futs.extend(s.future for s in await send_batched(self.producer, topic, msgs))
         return any(len(res.grant_messages) or res.rejections for res in results.values()), futs
 
     def _outcome_topic(self, kind: str, source: str) -> str:
@@ -261,7 +261,7 @@ class Checkpoint:
                 kind, self.topics.operator_of(src))
         return topic
 
-    async def _grants(self, p: int, g: GrantMessages) -> list[tuple[Any, int]]:
+    async def _grants(self, p: int, g: GrantMessages) -> list[Sent]:
         """A partition's grants as record batches per output topic partition, each
         partition's in decision order."""
         parts = kafka_partitions(g.keys, self.partitions)
@@ -269,7 +269,7 @@ class Checkpoint:
         topics = [self._outcome_topic("grant", g.sources[f].as_py()) for f in firsts.tolist()]
         group = codes * self.partitions + np.where(parts >= 0, parts, p)
         order = np.argsort(group, kind="stable")
-        sent: list[tuple[Any, int]] = []
+        sent: list[Sent] = []
         for rows in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
             code, part = divmod(int(group[rows[0]]), self.partitions)
             sent += await send_built(self.producer, topics[code], part,
@@ -292,13 +292,13 @@ class Checkpoint:
     async def state(self, snapshots: dict[int, list[PrebuiltBatch]]) -> dict[int, int]:
         """Write each snapshot to its changelog partition; returns the offset of the
         last record written per partition (-1: none)."""
-        sent: dict[int, list[tuple[Any, int]]] = {}
+        sent: dict[int, list[Sent]] = {}
         for p, batches in snapshots.items():
             sent[p] = await send_built(self.producer, self.topics.changelog, p, batches)
         last: dict[int, int] = {}
         for p, futs in sent.items():
-            mds = await asyncio.gather(*(f for f, _ in futs))
-            last[p] = max((md.offset + n - 1 for md, (_, n) in zip(mds, futs, strict=True)),
+            mds = await asyncio.gather(*(s.future for s in futs))
+            last[p] = max((md.offset + s.records - 1 for md, s in zip(mds, futs, strict=True)),
                           default=-1)
         return last
 

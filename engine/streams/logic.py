@@ -29,7 +29,7 @@ from __future__ import annotations
 from engine.rules.model import NO_TIME, Campaign, Registry
 from engine.streams.decode import InBatch
 from engine.streams.shard import Part, ShardDecider, ShardResult
-from engine.streams.state import ShardMeta, ShardStore, Staged
+from engine.streams.state import ChangelogRecord, ShardMeta, ShardStore, Staged
 
 
 class PartitionLogic:
@@ -75,7 +75,7 @@ class PartitionLogic:
         local checkpoint."""
         self.store.discard_unapplied(self.park_timeout)
 
-    def restore(self, records: list[tuple[bytes, bytes | None, int, int | None]]) -> int:
+    def restore(self, records: list[ChangelogRecord]) -> int:
         """Apply changelog records (key, value, offset, fence tag); returns how many
         a fenced-off writer wrote (ignored)."""
         ignored = self.store.restore(records)

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.kafka.topics import FENCE_HEADER, Topics
-from engine.streams.state import FENCE_KEY, Fence, ShardStore, encode
+from engine.streams.state import FENCE_KEY, ChangelogRecord, Fence, ShardStore, encode
 
 RESTORE_BATCH = 50_000
 
@@ -243,7 +243,7 @@ async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p
     pos = start
     while pos <= until:
         got = await reader.getmany(tp, timeout_ms=1_000, max_records=RESTORE_BATCH)
-        recs = [(m.key, m.value, m.offset, _tag(m.headers))
+        recs: list[ChangelogRecord] = [(m.key, m.value, m.offset, _tag(m.headers))
                 for m in got.get(tp, []) if m.offset <= until]
         if recs:
             ignored += store.restore(recs)

@@ -88,8 +88,11 @@ class Reroute:
     received: int             # received_at (µs) or NO_TIME
 
 
-# an outcome message: (key = mykey_id or None, the outcome as JSON)
-Outcome = tuple[bytes | None, dict[str, Any]]
+class OutcomeMessage(NamedTuple):
+    """An outcome as a message: its key, and the outcome as JSON (decoded)."""
+
+    key: bytes | None         # mykey_id (None: a record without a valid one)
+    value: dict[str, Any]
 
 
 class GrantFields(NamedTuple):
@@ -160,7 +163,7 @@ def _no_grants() -> GrantMessages:
 @dataclass
 class ShardResult:
     grant_messages: GrantMessages = field(default_factory=_no_grants)
-    rejections: list[Outcome] = field(default_factory=list)
+    rejections: list[OutcomeMessage] = field(default_factory=list)
     reroute: list[Reroute] = field(default_factory=list)
     # reason codes of the records decided, by record type (0: accepted)
     outcomes: dict[str, np.ndarray] = field(default_factory=dict)
@@ -169,10 +172,10 @@ class ShardResult:
     parked: int = 0  # records waiting in the partition after the call
 
     @property
-    def grants(self) -> list[Outcome]:
+    def grants(self) -> list[OutcomeMessage]:
         """The grants as (key, JSON object), decoded from their messages."""
         g = self.grant_messages
-        return [(k.encode(), orjson.loads(v))
+        return [OutcomeMessage(k.encode(), orjson.loads(v))
                 for k, v in zip(g.keys.to_pylist(), g.values.to_pylist(), strict=True)]
 
 
@@ -638,7 +641,7 @@ class _Call:
                                                       detail_l, strict=True):
                 r = reason_l[j]
                 txn = typ_l[j] == kernel.TRANSACTION
-                results[part_l[j]].rejections.append((
+                results[part_l[j]].rejections.append(OutcomeMessage(
                     key.encode() if key is not None else None, {
                         "record_type": "transaction" if txn else "enrollment",
                         "reason": REASON_NAMES[r],

@@ -24,6 +24,7 @@ from engine.streams.state import (
     META_KEY,
     NO_DEADLINE,
     WAIT_PREFIX,
+    ChangelogRecord,
     Fence,
     Parked,
     PersonState,
@@ -339,7 +340,7 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
     f.store.close()
     restored = ShardStore(tmp / "restored", NO_TIME)
     offset = 0
-    records: list[tuple[bytes, bytes | None, int, int | None]] = []
+    records: list[ChangelogRecord] = []
     for snap in written:
         for name, value in snap.items():
             records.append((name.encode(), value, offset, None))
