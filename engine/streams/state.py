@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import operator
 import shutil
 import time
 from collections.abc import Iterator, KeysView, Mapping
@@ -314,6 +315,22 @@ Staged = dict[str, bytes | None]
 ChangelogRecord = tuple[bytes, bytes | None, int, int | None]
 
 
+def _in_key_order(wb: WriteBatch, writes: list[tuple[bytes, bytes | None]]) -> None:
+    """Add ``writes`` (key, value; None deletes) to ``wb`` sorted by key: people's keys
+    come in no order, and RocksDB inserts a batch in key order about twice as fast
+    (DECISIONS 137). The sort is stable, so of a key written twice the later write
+    stays the later one and wins."""
+    writes.sort(key=_first)
+    for k, v in writes:
+        if v is None:
+            wb.delete(k)
+        else:
+            wb.put(k, v)
+
+
+_first = operator.itemgetter(0)
+
+
 class ShardStore:
     """Local RocksDB copy of one partition's state.
 
@@ -410,11 +427,7 @@ class ShardStore:
         if self._applied_meta is None:
             return
         wb = WriteBatch(raw_mode=True)
-        for k, v in self.unflushed.items():
-            if v is None:
-                wb.delete(k.encode())
-            else:
-                wb.put(k.encode(), v)
+        _in_key_order(wb, [(k.encode(), v) for k, v in self.unflushed.items()])
         wb.put(META_KEY.encode(), self._applied_meta)
         self.db.write(wb)
         self.unflushed.clear()
@@ -440,9 +453,9 @@ class ShardStore:
         if not records:
             return 0
         self.flush()
-        wb = WriteBatch(raw_mode=True)
         meta_key = META_KEY.encode()
         ignored = 0
+        writes: list[tuple[bytes, bytes | None]] = []  # in changelog order
         for k, v, off, tag in records:
             if off <= self.meta.changelog_offset:
                 continue
@@ -450,22 +463,22 @@ class ShardStore:
             if k == FENCE_KEY:
                 self.meta.fence = off
                 if v is not None and _dec_fence.decode(v).reset:
-                    wb = WriteBatch(raw_mode=True)  # nothing before a reset survives
+                    writes = []  # nothing before a reset survives
                     self._wipe()
                 continue
             if tag is not None and tag < self.meta.fence:
                 ignored += 1
                 continue
-            if v is None:
-                wb.delete(k)  # a tombstone: the key's end (a wait index entry)
-            elif k == meta_key:
+            if k == meta_key and v is not None:
                 m = decode_meta(v)
                 self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
                 for lane, t in m.lanes.items():
                     self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
                 self.meta.inputs = m.inputs
             else:
-                wb.put(k, v)
+                writes.append((k, v))  # None: a tombstone, the key's end (a wait index entry)
+        wb = WriteBatch(raw_mode=True)
+        _in_key_order(wb, writes)
         wb.put(meta_key, encode(self.meta))
         self.db.write(wb)
         self.recent.clear()
