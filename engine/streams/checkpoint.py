@@ -168,13 +168,17 @@ class Checkpoint:
     """Steps 1–4 for the results of one batch (see the module's docstring)."""
 
     def __init__(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer,
-                 topics: Topics, partitions: int, faults: Faults, batch: int) -> None:
+                 topics: Topics, partitions: int, faults: Faults, batch: int,
+                 gaps: dict[int, list[tuple[int, int]]] | None = None) -> None:
         self.producer = producer
         self.consumer = consumer
         self.topics = topics
         self.partitions = partitions
         self.faults = faults
         self.batch = batch
+        # changelog offsets found written by someone else between this owner's own
+        # writes, per partition (engine.streams.recovery.write_again)
+        self.gaps = gaps if gaps is not None else {}
         self._topics: dict[tuple[str, str], str] = {}  # (kind, input topic) -> output
 
     async def run(self, results: dict[int, ShardResult], logics: dict[int, PartitionLogic],
@@ -205,7 +209,8 @@ class Checkpoint:
         """Steps 2–4 for the uncommitted batches ``open_``, whose changelog batches are
         ``snapshots`` (:meth:`snapshots`)."""
         first = open_.first_batch if open_.first_batch is not None else self.batch
-        changelog = await self.state(snapshots)
+        written = await self.state(snapshots)
+        changelog = {p: w[-1][1] if w else -1 for p, w in written.items()}
         laps.lap("state")
         self.faults.point("state", self.batch, open_.produced, first)
         ok = await self.commit(open_.offsets, logics, changelog)
@@ -213,6 +218,9 @@ class Checkpoint:
         if not ok:
             return False
         for p in snapshots:
+            gaps = recovery.gaps_between(logics[p].meta.changelog_offset + 1, written[p])
+            if gaps:
+                self.gaps.setdefault(p, []).extend(gaps)
             logics[p].commit(changelog[p])
         laps.lap("local")
         self.faults.point("commit", self.batch, open_.produced, first)
@@ -289,18 +297,19 @@ class Checkpoint:
                                     BATCH_BYTES, recovery.fence_tag(logic.meta.fence))
         return out
 
-    async def state(self, snapshots: dict[int, list[PrebuiltBatch]]) -> dict[int, int]:
-        """Write each snapshot to its changelog partition; returns the offset of the
-        last record written per partition (-1: none)."""
+    async def state(self, snapshots: dict[int, list[PrebuiltBatch]]
+                    ) -> dict[int, list[tuple[int, int]]]:
+        """Write each snapshot to its changelog partition; returns the offsets each
+        batch's records took there (first, last), per partition, in order."""
         sent: dict[int, list[Sent]] = {}
         for p, batches in snapshots.items():
             sent[p] = await send_built(self.producer, self.topics.changelog, p, batches)
-        last: dict[int, int] = {}
+        written: dict[int, list[tuple[int, int]]] = {}
         for p, futs in sent.items():
             mds = await asyncio.gather(*(s.future for s in futs))
-            last[p] = max((md.offset + s.records - 1 for md, s in zip(mds, futs, strict=True)),
-                          default=-1)
-        return last
+            written[p] = [(md.offset, md.offset + s.records - 1)
+                          for md, s in zip(mds, futs, strict=True)]
+        return written
 
     async def commit(self, offsets: dict[TopicPartition, Any],
                      logics: dict[int, PartitionLogic], changelog: dict[int, int]) -> bool:

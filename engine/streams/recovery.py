@@ -36,11 +36,21 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from engine.kafka.produce import BATCH_BYTES, send_built
+from engine.kafka.record_batch import record_batches
 from engine.kafka.topics import FENCE_HEADER, Topics
-from engine.streams.state import FENCE_KEY, ChangelogRecord, Fence, ShardStore, encode
+from engine.streams.state import (
+    FENCE_KEY,
+    META_KEY,
+    ChangelogRecord,
+    Fence,
+    ShardStore,
+    encode,
+)
 
 RESTORE_BATCH = 50_000
 
@@ -218,7 +228,7 @@ def fence_tag(offset: int) -> list[tuple[str, bytes]]:
     return [(FENCE_HEADER, str(offset).encode())]
 
 
-def _tag(headers: Any) -> int | None:
+def tag_of(headers: Any) -> int | None:
     for k, v in headers or ():
         if k == FENCE_HEADER:
             try:
@@ -243,7 +253,7 @@ async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p
     pos = start
     while pos <= until:
         got = await reader.getmany(tp, timeout_ms=1_000, max_records=RESTORE_BATCH)
-        recs: list[ChangelogRecord] = [(m.key, m.value, m.offset, _tag(m.headers))
+        recs: list[ChangelogRecord] = [(m.key, m.value, m.offset, tag_of(m.headers))
                 for m in got.get(tp, []) if m.offset <= until]
         if recs:
             ignored += store.restore(recs)
@@ -278,3 +288,86 @@ async def take_over(reader: AIOKafkaConsumer, admin: AIOKafkaAdminClient,
         restored(read, ignored)
     await check_inputs(reader, store, p, committed)
     return read, ignored
+
+
+# ---------------------------------------------------------------- while it owns p
+#
+# A zombie resumed between its outcomes and its state write (a worker frozen past its
+# session) writes its people's values after the owner's fence. A restore ignores them;
+# but the changelog is compacted, which keeps only the newest record of a key, so a
+# zombie's record newer than the owner's own record of that person would leave a
+# restore from scratch nothing it may use: the person's state lost there. The owner
+# therefore watches its changelog partition for records it did not write (between its
+# own writes: each write's base offset is acknowledged; after its last one: the end
+# offset) and writes the people they name again, so that its record is the newest.
+
+
+def gaps_between(expected: int, written: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Offset ranges (first, last) that are not ``written`` (each a range of one's own
+    records, in order) from ``expected`` on: records someone else wrote in between."""
+    gaps = []
+    for first, last in written:
+        if first > expected:
+            gaps.append((expected, first - 1))
+        expected = max(expected, last + 1)
+    return gaps
+
+
+async def read_range(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int,
+                     last: int) -> list[ChangelogRecord]:
+    """Changelog partition ``p``'s records from ``first`` to ``last`` (inclusive;
+    compaction may have removed some)."""
+    tp = TopicPartition(topics.changelog, p)
+    reader.assign([tp])
+    reader.seek(tp, first)
+    last = min(last, (await reader.end_offsets([tp]))[tp] - 1)
+    out: list[ChangelogRecord] = []
+    while await reader.position(tp) <= last:
+        got = await reader.getmany(tp, timeout_ms=1_000)
+        out += [(m.key, m.value, m.offset, tag_of(m.headers))
+                for m in got.get(tp, []) if m.offset <= last]
+    return out
+
+
+async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topics: Topics,
+                      store: ShardStore, p: int,
+                      gaps: list[tuple[int, int]]) -> tuple[int, list[tuple[int, int]]]:
+    """Write again, under this owner's fence, the state of every key named by a record
+    of another writer in ``gaps`` of changelog partition ``p``; returns (records of
+    another writer found, the gaps found around this write itself). A fence among
+    them means another worker took ``p`` over (this one is the zombie then, its commit
+    fails): nothing is written."""
+    found: list[ChangelogRecord] = []
+    for first, last in gaps:
+        found += await read_range(reader, topics, p, first, last)
+    fence = store.meta.fence
+    if any(k == FENCE_KEY for k, *_ in found):
+        return 0, []
+    # with the keys a restore saw a fenced-off writer's record of (a zombie of an
+    # earlier owner, whose own watch may not have come before it stopped)
+    foreign = {k.decode() for k, _, _, tag in found if tag != fence} | store.fenced_off
+    store.fenced_off = set()
+    # Values not applied yet go to the changelog at the next commit anyway, the meta
+    # with them; the others are written now, as applied.
+    keys = sorted(k for k in foreign if k not in store.pending)
+    again: dict[str, bytes | None] = dict(zip(keys, [store.value(k) for k in keys],
+                                              strict=True))
+    if META_KEY in again:
+        again[META_KEY] = encode(store.meta)
+    records = [(k.encode(), v) for k, v in again.items() if v is not None]
+    end = max((last for _, last in gaps), default=store.meta.changelog_offset)
+    if records:
+        batches = record_batches(pa.array([k for k, _ in records], pa.large_binary()),
+                                 pa.array([v for _, v in records], pa.large_binary()), None,
+                                 BATCH_BYTES, fence_tag(fence))
+        sent = await send_built(producer, topics.changelog, p, batches)
+        mds = await asyncio.gather(*(s.future for s in sent))
+        written = [(md.offset, md.offset + s.records - 1)
+                   for md, s in zip(mds, sent, strict=True)]
+        around = gaps_between(end + 1, written)
+        end = written[-1][1]
+    else:
+        around = []
+    # the local copy is what the changelog holds up to here, less the other writer's
+    store.meta.changelog_offset = max(store.meta.changelog_offset, end)
+    return len(foreign), around

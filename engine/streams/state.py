@@ -364,6 +364,9 @@ class ShardStore:
         self._unflushed_bytes = 0
         self._applied_meta: bytes | None = None
         self._flushed_at = time.monotonic()
+        # keys of which a restore read a fenced-off writer's record: their state is
+        # written again (engine.streams.recovery.write_again)
+        self.fenced_off: set[str] = set()
 
     def _open(self) -> Rdict:
         opts = Options(raw_mode=True)
@@ -468,6 +471,7 @@ class ShardStore:
                 continue
             if tag is not None and tag < self.meta.fence:
                 ignored += 1
+                self.fenced_off.add(k.decode())
                 continue
             if k == meta_key and v is not None:
                 m = decode_meta(v)

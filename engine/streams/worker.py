@@ -93,6 +93,9 @@ QUIET_SECONDS = 30.0
 # fetches unanswered this long: the input cannot be seen (its quiet period restarts)
 FETCH_LAPSE_SECONDS = 5.0
 QUIET_CHECK_SECONDS = 1.0  # how often the worker looks for inputs gone quiet
+# how often the worker looks for records of another writer at its changelog
+# partitions' ends (recovery.write_again; docs/RELIABILITY.md)
+CHANGELOG_WATCH_SECONDS = 1.0
 ENDS_TIMEOUT_SECONDS = 2.0  # a batch's look at the enrollment topics' ends (DECISIONS 126)
 # How often the enrollments' ends are noted as backlog marks (_enrollments_behind): an
 # input still below where it ended this long ago is a backlog, not a steady flow
@@ -244,6 +247,11 @@ class Worker:
         # the quiet inputs each partition's last decide let follow its stream time
         self._followed: dict[int, frozenset[str]] = {}
         self._quiet_checked = 0.0
+        # changelog offsets another writer used between this worker's own writes, per
+        # partition (Checkpoint finds them), and the consumer that reads them
+        self._changelog_gaps: dict[int, list[tuple[int, int]]] = {}
+        self._changelog_watched = 0.0
+        self._watcher: AIOKafkaConsumer | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -297,6 +305,8 @@ class Worker:
             await self.producer.stop()
         if self.admin is not None:
             await self.admin.close()
+        if self._watcher is not None:
+            await self._watcher.stop()
         self.close_partitions(set(self.logics))
 
     def _lock_slot(self) -> None:
@@ -414,6 +424,7 @@ class Worker:
             self._held.pop(tp, None)
             self._active.pop(tp, None)
         self._open.drop({p})
+        self._changelog_gaps.pop(p, None)
         self._followed.pop(p, None)
         self._merge_views.pop(p, None)
         for tp in self._waiting_tps(p):
@@ -513,6 +524,10 @@ class Worker:
             if self._open.due(self.commit_interval):
                 async with self.lock:
                     await self._commit_open()
+            if now - self._changelog_watched >= CHANGELOG_WATCH_SECONDS:
+                self._changelog_watched = now
+                async with self.lock:
+                    await self._watch_changelog()
             self._failures = 0
         except NOT_RETRIED as e:
             self.metrics.kafka_error(e)
@@ -777,7 +792,44 @@ class Worker:
 
     def _checkpointer(self) -> Checkpoint:
         return Checkpoint(self.producer, self.consumer, self.topics, self.partitions,
-                          self.faults, self.batches)
+                          self.faults, self.batches, self._changelog_gaps)
+
+    async def _watch_changelog(self) -> None:
+        """Records of another writer (a zombie's) on the changelog partitions held here,
+        between this worker's own writes or after the last one: the state of the keys
+        they name is written again, so that this owner's record stays the newest of
+        each key when the changelog is compacted (recovery.write_again)."""
+        parts = sorted(self.logics)
+        if not parts:
+            return
+        if self._watcher is None:
+            self._watcher = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+                                             **default_client(), enable_auto_commit=False,
+                                             isolation_level="read_committed")
+            await self._watcher.start()
+        tps = [TopicPartition(self.topics.changelog, p) for p in parts]
+        ends = await self._watcher.end_offsets(tps)
+        assert self.producer is not None
+        for p, tp in zip(parts, tps, strict=True):
+            logic = self.logics.get(p)
+            if logic is None:
+                continue
+            gaps = self._changelog_gaps.pop(p, [])
+            nxt = logic.meta.changelog_offset + 1  # where this owner's next record goes
+            if ends[tp] > nxt:
+                gaps.append((nxt, ends[tp] - 1))
+            if not gaps and not logic.store.fenced_off:
+                continue
+            found, around = await recovery.write_again(self._watcher, self.producer,
+                                                       self.topics, logic.store, p, gaps)
+            if around:
+                self._changelog_gaps[p] = around
+            if found:
+                log.warning("partition %d: %d keys of another writer's state records in the "
+                            "changelog (at offsets %s, or read at the take-over); their state "
+                            "as held here written again", p, found,
+                            ", ".join(f"{a}-{b}" for a, b in gaps) or "-",
+                            extra={"partition": p})
 
     async def _commit_open(self) -> None:
         """State and offsets of the batches since the last commit, now."""
@@ -808,6 +860,12 @@ class Worker:
             log.warning("commit before a rebalance failed (%s: %s): the next owner decides "
                         "the uncommitted batches again", type(e).__name__, e)
             self._rewind({})
+            return
+        try:  # the last look at them as their owner
+            await self._watch_changelog()
+        except KafkaError as e:
+            log.warning("changelog not checked before a rebalance (%s: %s)",
+                        type(e).__name__, e)
 
     def _waiting_tps(self, p: int) -> list[TopicPartition]:
         """The inputs of partition ``p`` whose messages wait for its enrollments."""

@@ -24,9 +24,12 @@ from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
 from engine.kafka.produce import Outgoing
 from engine.kafka.topics import Topics, delete_topics, partition_for
+from engine.rules.model import NO_TIME
 from engine.streams.rebuild import rebuild_state
+from engine.streams.recovery import tag_of
+from engine.streams.state import FENCE_KEY, ShardStore
 from tests.builders import txn_topic
-from tests.kafka_fixtures import produce
+from tests.kafka_fixtures import produce, read_topic
 from tests.streams.harness import (
     LAST_STATS,
     PARTITIONS,
@@ -139,9 +142,37 @@ def test_zombie_frozen_past_its_session_writes_nothing_that_survives(
             b.stop()
         t.join()
     ignored = _ignored_in_logs(tmp_path)
-    fault_report("zombie_sigstop", scenario, cmp, zombie_records_ignored=ignored)
+    rewritten = sum(int(n) for f in tmp_path.glob("*.log")
+                    for n in re.findall(r"(\d+) keys of another writer's state records",
+                                        f.read_text(errors="replace")))
+    lost = _lost_to_compaction(kafka_broker.bootstrap, prefix, tmp_path / "compacted")
+    fault_report("zombie_sigstop", scenario, cmp, zombie_records_ignored=ignored,
+                 zombie_keys_written_again=rewritten, lost_to_compaction=len(lost))
     assert ignored > 0, "the zombie's stale changelog writes were not seen and ignored"
+    assert rewritten > 0, "the owner did not write again what the zombie wrote after it"
+    assert lost == [], "a compacted changelog would restore these keys otherwise"
     assert cmp.equal, str(cmp)
+
+
+def _lost_to_compaction(bootstrap: str, prefix: str, work: Path) -> list[str]:
+    """The keys whose state a restore from scratch of the compacted changelog (the
+    newest record of each key) would give otherwise than one of the whole changelog:
+    a zombie's record newest of its key (docs/RELIABILITY.md)."""
+    msgs = asyncio.run(read_topic(bootstrap, topics_for(prefix).changelog, PARTITIONS))
+    lost = []
+    for p in range(PARTITIONS):
+        records = [(m.key, m.value, m.offset, tag_of(m.headers))
+                   for m in msgs if m.partition == p]
+        newest = {r[0]: r for r in records}
+        whole = ShardStore(work / f"whole-{p}", NO_TIME)
+        compacted = ShardStore(work / f"compacted-{p}", NO_TIME)
+        whole.restore(records)
+        compacted.restore(sorted(newest.values(), key=lambda r: r[2]))
+        lost += [f"{p}/{k.decode()}" for k in newest
+                 if k != FENCE_KEY and whole.value(k.decode()) != compacted.value(k.decode())]
+        whole.close()
+        compacted.close()
+    return lost
 
 
 def test_scale_out_join_and_leave_while_records_flow(kafka_broker, topic_prefix, scenario,

@@ -12,10 +12,19 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from engine.kafka.client_config import default_client
-from engine.kafka.topics import ensure_topics
+from engine.kafka.produce import Outgoing
+from engine.kafka.topics import FENCE_HEADER, ensure_topics
 from engine.rules.model import NO_TIME
-from engine.streams.recovery import take_over
-from engine.streams.state import PersonState, ShardStore, encode
+from engine.streams.recovery import gaps_between, read_range, take_over, write_again
+from engine.streams.state import (
+    FENCE_KEY,
+    ChangelogRecord,
+    Fence,
+    PersonState,
+    ShardStore,
+    encode,
+)
+from tests.kafka_fixtures import produce
 from tests.streams.harness import PARTITIONS, topics_for
 
 pytestmark = pytest.mark.kafka
@@ -67,4 +76,64 @@ def test_a_local_copy_ahead_of_the_changelog_is_wiped(kafka_broker, topic_prefix
     assert (read, ignored) == (1, 0)  # the new changelog's one record: this take-over's fence
     assert store.get("personAA") == PersonState()
     assert (store.meta.changelog_offset, store.meta.fence) == (0, 0)
+    store.close()
+
+
+def test_gaps_between_are_the_offsets_someone_else_wrote() -> None:
+    assert gaps_between(10, [(10, 14), (15, 15)]) == []
+    assert gaps_between(10, [(12, 14), (20, 21)]) == [(10, 11), (15, 19)]
+    assert gaps_between(10, []) == []
+
+
+@pytest.mark.parametrize("newer_fence", [False, True], ids=["a zombie wrote", "a new owner"])
+def test_an_owner_writes_again_what_a_zombie_wrote_after_it(
+        kafka_broker, topic_prefix, tmp_path: Path, newer_fence: bool) -> None:
+    """Changelog partition 0: the owner's fence, its own record of two people, then a
+    zombie's records of them (tagged with an older fence) and of a person the owner
+    never held. ``write_again`` writes the owner's state of the two again, under its
+    fence, so a compaction (the newest record of each key) still restores the owner's
+    values; nothing for the third (a restore ignores the zombie's record anyway). With
+    a newer fence among the records the owner is the zombie: it writes nothing."""
+    bootstrap, topics = kafka_broker.bootstrap, topics_for(topic_prefix())
+    tag = [(FENCE_HEADER, b"0")]
+    store = ShardStore(tmp_path / "p0", NO_TIME)
+    owner = {b"personAA": encode(PersonState(c=100)), b"personBB": encode(PersonState(c=200))}
+    store.restore([(FENCE_KEY, encode(Fence()), 0, None),
+                   *[(k, v, i, 0) for i, (k, v) in enumerate(owner.items(), 1)]])
+    zombie = [Outgoing(0, k, encode(PersonState(c=9)), headers=[(FENCE_HEADER, b"-1")])
+              for k in (b"personAA", b"personBB", b"personCC")]
+    if newer_fence:
+        zombie.insert(1, Outgoing(0, FENCE_KEY, encode(Fence())))
+
+    async def run() -> tuple[int, list[ChangelogRecord]]:
+        await ensure_topics(bootstrap, topics, PARTITIONS)
+        await produce(bootstrap, [(topics.changelog, Outgoing(0, FENCE_KEY, encode(Fence()))),
+                                  *[(topics.changelog, Outgoing(0, k, v, headers=tag))
+                                    for k, v in owner.items()],
+                                  *[(topics.changelog, m) for m in zombie]])
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                                  enable_auto_commit=False)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
+                                    acks="all")
+        await reader.start()
+        await producer.start()
+        try:
+            end = 3 + len(zombie)
+            found, around = await write_again(reader, producer, topics, store, 0, [(3, end - 1)])
+            assert around == []
+            return found, await read_range(reader, topics, 0, 0, end + 10)  # to its end
+        finally:
+            await reader.stop()
+            await producer.stop()
+
+    found, log = asyncio.run(run())
+    newest = {k: (v, tag) for k, v, _, tag in log}  # compaction: the last record of each key
+    if newer_fence:
+        assert found == 0 and len(log) == 3 + len(zombie)  # nothing written
+        assert store.meta.changelog_offset == 2
+    else:
+        assert found == 3
+        assert {k: newest[k] for k in owner} == {k: (v, 0) for k, v in owner.items()}
+        assert newest[b"personCC"][1] == -1  # the zombie's, ignored by a restore
+        assert store.meta.changelog_offset == len(log) - 1
     store.close()

@@ -301,6 +301,8 @@ def test_restore_ignores_a_zombies_writes_after_a_newer_fence(tmp_path: Path) ->
     assert store.get("personAA").c == 300
     assert store.get("personBB") == PersonState()
     assert store.meta.fence == 2 and store.meta.changelog_offset == 5
+    # the keys the owner writes again, so that a zombie's record is not their newest
+    assert store.fenced_off == {"personAA", "personBB"}
     store.close()
     # the checkpoint remembers the fence: a later tail is judged against it
     again = ShardStore(tmp_path / "p2", NO_TIME)
@@ -311,12 +313,12 @@ def test_restore_ignores_a_zombies_writes_after_a_newer_fence(tmp_path: Path) ->
 
 
 def test_compaction_can_leave_a_person_only_a_zombies_ignored_record(tmp_path: Path) -> None:
-    """The gap docs/RELIABILITY.md names under "Not covered here": a zombie's state
-    record for a person, written after the new owner's, is the one compaction keeps
-    (the newest of its key), and a restore from scratch ignores it, so the person's
-    state is gone there. Until the engine closes it, this holds the description to
-    the code: a restore that stopped ignoring the zombie, or a compaction of another
-    kind, fails it."""
+    """Why an owner writes again what a zombie wrote after it (docs/RELIABILITY.md,
+    "Zombies and compaction"; recovery.write_again): a zombie's state record for a
+    person, newer than the owner's, is the one compaction keeps (the newest of its
+    key), and a restore from scratch ignores it, so the person's state would be gone
+    there. A restore that stopped ignoring the zombie, or a compaction of another
+    kind, fails this test, and the reason for the engine's rewrite with it."""
     old_owner, new_owner = PersonState(c=100), PersonState(c=300)
     log: list[ChangelogRecord] = [
         (b"personAA", encode(old_owner), 0, -1),         # written under the first owner
