@@ -333,10 +333,10 @@ async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topi
                       store: ShardStore, p: int,
                       gaps: list[tuple[int, int]]) -> tuple[int, list[tuple[int, int]]]:
     """Write again, under this owner's fence, the state of every key named by a record
-    of another writer in ``gaps`` of changelog partition ``p``; returns (records of
-    another writer found, the gaps found around this write itself). A fence among
-    them means another worker took ``p`` over (this one is the zombie then, its commit
-    fails): nothing is written."""
+    of another writer in ``gaps`` of changelog partition ``p``, or by one a restore
+    ignored (``store.fenced_off``); returns (how many keys, the gaps found around this
+    write itself). A fence among those records means another worker took ``p`` over
+    (this one is the zombie then, and its commit fails): nothing is written."""
     found: list[ChangelogRecord] = []
     for first, last in gaps:
         found += await read_range(reader, topics, p, first, last)
