@@ -345,8 +345,8 @@ async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topi
         return 0, []
     # with the keys a restore saw a fenced-off writer's record of (a zombie of an
     # earlier owner, whose own watch may not have come before it stopped)
-    foreign = {k.decode() for k, _, _, tag in found if tag != fence} | store.fenced_off
-    store.fenced_off = set()
+    taken = set(store.fenced_off)
+    foreign = {k.decode() for k, _, _, tag in found if tag != fence} | taken
     # Values not applied yet go to the changelog at the next commit anyway, the meta
     # with them; the others are written now, as applied.
     keys = sorted(k for k in foreign if k not in store.pending)
@@ -370,4 +370,5 @@ async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topi
         around = []
     # the local copy is what the changelog holds up to here, less the other writer's
     store.meta.changelog_offset = max(store.meta.changelog_offset, end)
+    store.fenced_off -= taken
     return len(foreign), around

@@ -96,6 +96,8 @@ QUIET_CHECK_SECONDS = 1.0  # how often the worker looks for inputs gone quiet
 # how often the worker looks for records of another writer at its changelog
 # partitions' ends (recovery.write_again; docs/RELIABILITY.md)
 CHANGELOG_WATCH_SECONDS = 1.0
+# the loop waits at most this for one partition's keys to be written again
+WRITE_AGAIN_TIMEOUT_SECONDS = 10.0
 ENDS_TIMEOUT_SECONDS = 2.0  # a batch's look at the enrollment topics' ends (DECISIONS 126)
 # How often the enrollments' ends are noted as backlog marks (_enrollments_behind): an
 # input still below where it ended this long ago is a backlog, not a steady flow
@@ -808,7 +810,11 @@ class Worker:
                                              isolation_level="read_committed")
             await self._watcher.start()
         tps = [TopicPartition(self.topics.changelog, p) for p in parts]
-        ends = await self._watcher.end_offsets(tps)
+        try:  # bounded: a broker away is looked at again in a second, not waited for
+            ends = await asyncio.wait_for(self._watcher.end_offsets(tps),
+                                          ENDS_TIMEOUT_SECONDS)
+        except (TimeoutError, KafkaError):
+            return
         assert self.producer is not None
         for p, tp in zip(parts, tps, strict=True):
             logic = self.logics.get(p)
@@ -820,8 +826,15 @@ class Worker:
                 gaps.append((nxt, ends[tp] - 1))
             if not gaps and not logic.store.fenced_off:
                 continue
-            found, around = await recovery.write_again(self._watcher, self.producer,
-                                                       self.topics, logic.store, p, gaps)
+            try:
+                found, around = await asyncio.wait_for(
+                    recovery.write_again(self._watcher, self.producer, self.topics,
+                                         logic.store, p, gaps), WRITE_AGAIN_TIMEOUT_SECONDS)
+            except (TimeoutError, KafkaError) as e:  # the broker away: again in a second
+                self._changelog_gaps[p] = gaps
+                log.warning("partition %d: another writer's changelog records not looked "
+                            "at yet (%s)", p, type(e).__name__, extra={"partition": p})
+                continue
             if around:
                 self._changelog_gaps[p] = around
             if found:
