@@ -13,6 +13,7 @@ by :func:`send_built`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -151,3 +152,9 @@ async def send_built(producer: Any, topic: str, partition: int,
     in order; returns what :func:`send_batched` returns."""
     return [Sent(await producer.send_batch(b, topic, partition=partition), b.record_count())
             for b in batches]
+
+
+async def offsets_taken(sent: list[Sent]) -> list[tuple[int, int]]:
+    """The offsets (first, last) each batch of ``sent`` took, once acknowledged."""
+    mds = await asyncio.gather(*(s.future for s in sent))
+    return [(md.offset, md.offset + s.records - 1) for md, s in zip(mds, sent, strict=True)]

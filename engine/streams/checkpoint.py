@@ -47,7 +47,14 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from engine.kafka.produce import BATCH_BYTES, Outgoing, Sent, send_batched, send_built
+from engine.kafka.produce import (
+    BATCH_BYTES,
+    Outgoing,
+    Sent,
+    offsets_taken,
+    send_batched,
+    send_built,
+)
 from engine.kafka.record_batch import PrebuiltBatch, record_batches
 from engine.kafka.topics import SOURCE_HEADER, Topics
 from engine.metrics import Laps
@@ -304,12 +311,7 @@ class Checkpoint:
         sent: dict[int, list[Sent]] = {}
         for p, batches in snapshots.items():
             sent[p] = await send_built(self.producer, self.topics.changelog, p, batches)
-        written: dict[int, list[tuple[int, int]]] = {}
-        for p, futs in sent.items():
-            mds = await asyncio.gather(*(s.future for s in futs))
-            written[p] = [(md.offset, md.offset + s.records - 1)
-                          for md, s in zip(mds, futs, strict=True)]
-        return written
+        return {p: await offsets_taken(futs) for p, futs in sent.items()}
 
     async def commit(self, offsets: dict[TopicPartition, Any],
                      logics: dict[int, PartitionLogic], changelog: dict[int, int]) -> bool:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -40,7 +40,7 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from engine.kafka.produce import BATCH_BYTES, send_built
+from engine.kafka.produce import BATCH_BYTES, offsets_taken, send_built
 from engine.kafka.record_batch import record_batches
 from engine.kafka.topics import FENCE_HEADER, Topics
 from engine.streams.state import (
@@ -228,7 +228,7 @@ def fence_tag(offset: int) -> list[tuple[str, bytes]]:
     return [(FENCE_HEADER, str(offset).encode())]
 
 
-def tag_of(headers: Any) -> int | None:
+def _tag(headers: Any) -> int | None:
     for k, v in headers or ():
         if k == FENCE_HEADER:
             try:
@@ -238,30 +238,35 @@ def tag_of(headers: Any) -> int | None:
     return None
 
 
+async def _chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, last: int,
+                  max_records: int | None = None
+                  ) -> AsyncIterator[tuple[list[ChangelogRecord], int]]:
+    """Changelog partition ``p``'s records from ``first`` to ``last`` (inclusive), a
+    fetch at a time, each with the offset the next one starts at."""
+    tp = TopicPartition(topics.changelog, p)
+    reader.assign([tp])
+    reader.seek(tp, first)
+    pos = first
+    while pos <= last:
+        got = await reader.getmany(tp, timeout_ms=1_000, max_records=max_records)
+        recs: list[ChangelogRecord] = [(m.key, m.value, m.offset, _tag(m.headers))
+                                       for m in got.get(tp, []) if m.offset <= last]
+        # compaction can leave gaps: with no record, the position moves past them
+        pos = recs[-1][2] + 1 if recs else max(pos, await reader.position(tp))
+        yield recs, pos
+
+
 async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p: int,
                   until: int, progress: Any = None) -> tuple[int, int]:
     """Apply changelog partition ``p`` from the local checkpoint up to offset
     ``until`` (inclusive); return (records read, records ignored as fenced off).
     ``progress(p, remaining)`` is called after every chunk."""
-    tp = TopicPartition(topics.changelog, p)
-    reader.assign([tp])
-    start = store.meta.changelog_offset + 1
     read = ignored = 0
-    if start > until:
-        return 0, 0
-    reader.seek(tp, start)
-    pos = start
-    while pos <= until:
-        got = await reader.getmany(tp, timeout_ms=1_000, max_records=RESTORE_BATCH)
-        recs: list[ChangelogRecord] = [(m.key, m.value, m.offset, tag_of(m.headers))
-                for m in got.get(tp, []) if m.offset <= until]
+    async for recs, pos in _chunks(reader, topics, p, store.meta.changelog_offset + 1, until,
+                                   RESTORE_BATCH):
         if recs:
             ignored += store.restore(recs)
             read += len(recs)
-            pos = recs[-1][2] + 1
-        else:
-            # compaction can leave gaps: the position moves past removed offsets
-            pos = max(pos, await reader.position(tp))
         if progress is not None:
             progress(p, max(until - pos + 1, 0))
     return read, ignored
@@ -315,18 +320,11 @@ def gaps_between(expected: int, written: list[tuple[int, int]]) -> list[tuple[in
 
 async def read_range(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int,
                      last: int) -> list[ChangelogRecord]:
-    """Changelog partition ``p``'s records from ``first`` to ``last`` (inclusive;
-    compaction may have removed some)."""
+    """Changelog partition ``p``'s records from ``first`` to ``last`` (inclusive, at
+    most to its end; compaction may have removed some)."""
     tp = TopicPartition(topics.changelog, p)
-    reader.assign([tp])
-    reader.seek(tp, first)
     last = min(last, (await reader.end_offsets([tp]))[tp] - 1)
-    out: list[ChangelogRecord] = []
-    while await reader.position(tp) <= last:
-        got = await reader.getmany(tp, timeout_ms=1_000)
-        out += [(m.key, m.value, m.offset, tag_of(m.headers))
-                for m in got.get(tp, []) if m.offset <= last]
-    return out
+    return [r async for recs, _ in _chunks(reader, topics, p, first, last) for r in recs]
 
 
 async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topics: Topics,
@@ -350,8 +348,7 @@ async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topi
     # Values not applied yet go to the changelog at the next commit anyway, the meta
     # with them; the others are written now, as applied.
     keys = sorted(k for k in foreign if k not in store.pending)
-    again: dict[str, bytes | None] = dict(zip(keys, [store.value(k) for k in keys],
-                                              strict=True))
+    again = {k: store.value(k) for k in keys}
     if META_KEY in again:
         again[META_KEY] = encode(store.meta)
     records = [(k.encode(), v) for k, v in again.items() if v is not None]
@@ -360,10 +357,8 @@ async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topi
         batches = record_batches(pa.array([k for k, _ in records], pa.large_binary()),
                                  pa.array([v for _, v in records], pa.large_binary()), None,
                                  BATCH_BYTES, fence_tag(fence))
-        sent = await send_built(producer, topics.changelog, p, batches)
-        mds = await asyncio.gather(*(s.future for s in sent))
-        written = [(md.offset, md.offset + s.records - 1)
-                   for md, s in zip(mds, sent, strict=True)]
+        written = await offsets_taken(await send_built(producer, topics.changelog, p,
+                                                       batches))
         around = gaps_between(end + 1, written)
         end = written[-1][1]
     else:

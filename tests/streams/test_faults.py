@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
@@ -26,10 +27,10 @@ from engine.kafka.produce import Outgoing
 from engine.kafka.topics import Topics, delete_topics, partition_for
 from engine.rules.model import NO_TIME
 from engine.streams.rebuild import rebuild_state
-from engine.streams.recovery import tag_of
-from engine.streams.state import FENCE_KEY, ShardStore
+from engine.streams.recovery import read_range
+from engine.streams.state import FENCE_KEY, ChangelogRecord, ShardStore
 from tests.builders import txn_topic
-from tests.kafka_fixtures import produce, read_topic
+from tests.kafka_fixtures import produce
 from tests.streams.harness import (
     LAST_STATS,
     PARTITIONS,
@@ -158,11 +159,19 @@ def _lost_to_compaction(bootstrap: str, prefix: str, work: Path) -> list[str]:
     """The keys whose state a restore from scratch of the compacted changelog (the
     newest record of each key) would give otherwise than one of the whole changelog:
     a zombie's record newest of its key (docs/RELIABILITY.md)."""
-    msgs = asyncio.run(read_topic(bootstrap, topics_for(prefix).changelog, PARTITIONS))
+    topics = topics_for(prefix)
+
+    async def read() -> list[list[ChangelogRecord]]:
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                                  enable_auto_commit=False)
+        await reader.start()
+        try:
+            return [await read_range(reader, topics, p, 0, 1 << 62) for p in range(PARTITIONS)]
+        finally:
+            await reader.stop()
+
     lost = []
-    for p in range(PARTITIONS):
-        records = [(m.key, m.value, m.offset, tag_of(m.headers))
-                   for m in msgs if m.partition == p]
+    for p, records in enumerate(asyncio.run(read())):
         newest = {r[0]: r for r in records}
         whole = ShardStore(work / f"whole-{p}", NO_TIME)
         compacted = ShardStore(work / f"compacted-{p}", NO_TIME)
