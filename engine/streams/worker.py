@@ -820,10 +820,9 @@ class Worker:
             logic = self.logics.get(p)
             if logic is None:
                 continue
-            gaps = self._changelog_gaps.pop(p, [])
+            between = self._changelog_gaps.pop(p, [])  # all before its last record
             nxt = logic.meta.changelog_offset + 1  # where this owner's next record goes
-            if ends[tp] > nxt:
-                gaps.append((nxt, ends[tp] - 1))
+            gaps = between + ([(nxt, ends[tp] - 1)] if ends[tp] > nxt else [])
             if not gaps and not logic.store.fenced_off:
                 continue
             try:
@@ -831,7 +830,7 @@ class Worker:
                     recovery.write_again(self._watcher, self.producer, self.topics,
                                          logic.store, p, gaps), WRITE_AGAIN_TIMEOUT_SECONDS)
             except (TimeoutError, KafkaError) as e:  # the broker away: again in a second
-                self._changelog_gaps[p] = gaps
+                self._changelog_gaps[p] = between  # the end is looked at anew
                 log.warning("partition %d: another writer's changelog records not looked "
                             "at yet (%s)", p, type(e).__name__, extra={"partition": p})
                 continue

@@ -90,16 +90,21 @@ def test_an_owner_writes_again_what_a_zombie_wrote_after_it(
         kafka_broker, topic_prefix, tmp_path: Path, newer_fence: bool) -> None:
     """Changelog partition 0: the owner's fence, its own record of two people, then a
     zombie's records of them (tagged with an older fence) and of a person the owner
-    never held. ``write_again`` writes the owner's state of the two again, under its
-    fence, so a compaction (the newest record of each key) still restores the owner's
-    values; nothing for the third (a restore ignores the zombie's record anyway). With
-    a newer fence among the records the owner is the zombie: it writes nothing."""
+    never held; a fourth person's zombie record was ignored by the take-over's restore
+    (``fenced_off``). ``write_again`` writes the owner's state of the two and of the
+    fourth again, under its fence, so a compaction (the newest record of each key)
+    still restores the owner's values; nothing for the third (a restore ignores the
+    zombie's record anyway). With a newer fence among the records the owner is the
+    zombie: it writes nothing, and keeps the fourth for a later look."""
     bootstrap, topics = kafka_broker.bootstrap, topics_for(topic_prefix())
     tag = [(FENCE_HEADER, b"0")]
     store = ShardStore(tmp_path / "p0", NO_TIME)
     owner = {b"personAA": encode(PersonState(c=100)), b"personBB": encode(PersonState(c=200))}
     store.restore([(FENCE_KEY, encode(Fence()), 0, None),
                    *[(k, v, i, 0) for i, (k, v) in enumerate(owner.items(), 1)]])
+    earlier = encode(PersonState(c=400))  # held here, not on this changelog
+    store.apply({"personDD": earlier}, store.meta.changelog_offset)
+    store.fenced_off.add("personDD")
     zombie = [Outgoing(0, k, encode(PersonState(c=9)), headers=[(FENCE_HEADER, b"-1")])
               for k in (b"personAA", b"personBB", b"personCC")]
     if newer_fence:
@@ -131,9 +136,11 @@ def test_an_owner_writes_again_what_a_zombie_wrote_after_it(
     if newer_fence:
         assert found == 0 and len(log) == 3 + len(zombie)  # nothing written
         assert store.meta.changelog_offset == 2
+        assert store.fenced_off == {"personDD"}
     else:
-        assert found == 3
+        assert found == 4
         assert {k: newest[k] for k in owner} == {k: (v, 0) for k, v in owner.items()}
+        assert newest[b"personDD"] == (earlier, 0) and store.fenced_off == set()
         assert newest[b"personCC"][1] == -1  # the zombie's, ignored by a restore
         assert store.meta.changelog_offset == len(log) - 1
     store.close()
