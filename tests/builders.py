@@ -21,6 +21,7 @@ import pytest
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka.topics import Topics
 from engine.rules.model import Campaign
+from engine.streams.state import ChangelogRecord
 from engine.tools.generate import generate_tables, write_jsonl, write_parquet
 from engine.tools.settle import SettleResult, settle_files
 
@@ -142,3 +143,10 @@ def calling_threads(monkeypatch: pytest.MonkeyPatch, module: object, name: str) 
 
     monkeypatch.setattr(module, name, call)
     return idents
+
+
+def compacted(records: list[ChangelogRecord]) -> list[ChangelogRecord]:
+    """What Kafka's compaction leaves of a changelog: the newest record of each key,
+    in offset order."""
+    newest = {r[0]: r for r in records}
+    return sorted(newest.values(), key=lambda r: r[2])

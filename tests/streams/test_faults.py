@@ -29,7 +29,7 @@ from engine.rules.model import NO_TIME
 from engine.streams.rebuild import rebuild_state
 from engine.streams.recovery import read_range
 from engine.streams.state import FENCE_KEY, ChangelogRecord, ShardStore
-from tests.builders import txn_topic
+from tests.builders import compacted, txn_topic
 from tests.kafka_fixtures import produce
 from tests.streams.harness import (
     LAST_STATS,
@@ -172,15 +172,15 @@ def _lost_to_compaction(bootstrap: str, prefix: str, work: Path) -> list[str]:
 
     lost = []
     for p, records in enumerate(asyncio.run(read())):
-        newest = {r[0]: r for r in records}
+        kept = compacted(records)
         whole = ShardStore(work / f"whole-{p}", NO_TIME)
-        compacted = ShardStore(work / f"compacted-{p}", NO_TIME)
+        after = ShardStore(work / f"compacted-{p}", NO_TIME)
         whole.restore(records)
-        compacted.restore(sorted(newest.values(), key=lambda r: r[2]))
-        lost += [f"{p}/{k.decode()}" for k in newest
-                 if k != FENCE_KEY and whole.value(k.decode()) != compacted.value(k.decode())]
+        after.restore(kept)
+        lost += [f"{p}/{k.decode()}" for k, *_ in kept
+                 if k != FENCE_KEY and whole.value(k.decode()) != after.value(k.decode())]
         whole.close()
-        compacted.close()
+        after.close()
     return lost
 
 

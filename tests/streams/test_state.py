@@ -329,11 +329,10 @@ def test_compaction_can_leave_a_person_only_a_zombies_ignored_record(tmp_path: P
     assert whole.restore(log) == 1
     assert whole.get("personAA").c == 300  # uncompacted: the owner's value
     whole.close()
-    newest = {r[0]: r for r in log}  # compaction: the last record of each key
-    compacted = sorted(newest.values(), key=lambda r: r[2])
-    assert [r[2] for r in compacted] == [1, 3]
+    kept = builders.compacted(log)
+    assert [r[2] for r in kept] == [1, 3]
     scratch = ShardStore(tmp_path / "scratch", NO_TIME)
-    assert scratch.restore(compacted) == 1
+    assert scratch.restore(kept) == 1
     assert scratch.value("personAA") is None  # the person's state is lost there
     scratch.close()
 
