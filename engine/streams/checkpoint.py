@@ -186,6 +186,9 @@ class Checkpoint:
         # changelog offsets found written by someone else between this owner's own
         # writes, per partition (engine.streams.recovery.write_again)
         self.gaps = gaps if gaps is not None else {}
+        # set by a failed commit: the group gave the partitions to someone else (or is
+        # about to); the worker must not take them over again on its own word
+        self.group_moved_on = False
         self._topics: dict[tuple[str, str], str] = {}  # (kind, input topic) -> output
 
     async def run(self, results: dict[int, ShardResult], logics: dict[int, PartitionLogic],
@@ -326,6 +329,9 @@ class Checkpoint:
         try:
             await self.consumer.commit(meta)
         except (CommitFailedError, IllegalStateError, KafkaError) as e:
+            # CommitFailedError: the group rebalanced without this member (aiokafka
+            # rejoins it); IllegalStateError: a partition's assignment is gone already
+            self.group_moved_on = isinstance(e, CommitFailedError | IllegalStateError)
             log.warning("offset commit failed (%s: %s): this worker lost partitions %s "
                         "(or cannot tell); dropping their local state", type(e).__name__,
                         e, sorted({tp.partition for tp in offsets}))

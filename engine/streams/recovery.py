@@ -346,12 +346,15 @@ async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topi
     taken = set(store.fenced_off)
     foreign = {k.decode() for k, _, _, tag in found if tag != fence} | taken
     # Values not applied yet go to the changelog at the next commit anyway, the meta
-    # with them; the others are written now, as applied.
+    # with them; the others are written now, as applied. A key held here with no
+    # value gets a tombstone: a later take-over's fence, the newest one kept by
+    # compaction, would otherwise let a restore from scratch apply the other
+    # writer's record, the newest of that key then (DECISIONS 140).
     keys = sorted(k for k in foreign if k not in store.pending)
     again = {k: store.value(k) for k in keys}
     if META_KEY in again:
         again[META_KEY] = encode(store.meta)
-    records = [(k.encode(), v) for k, v in again.items() if v is not None]
+    records = [(k.encode(), v) for k, v in again.items()]
     end = max((last for _, last in gaps), default=store.meta.changelog_offset)
     if records:
         batches = record_batches(pa.array([k for k, _ in records], pa.large_binary()),

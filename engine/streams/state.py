@@ -529,9 +529,15 @@ class ShardStore:
                     self.parked.set(name[skip:], first + timeout, n)
 
     def close(self) -> None:
-        """Flush and close: a clean stop leaves the whole state as applied."""
+        """Flush and close: a clean stop leaves the whole state as applied. Keys of
+        which a restore ignored a fenced-off writer's record and that were not written
+        again yet (``fenced_off``) are known only in memory, and this copy's position
+        is past those records: the copy goes, so that the next take-over reads them
+        again rather than leave them newest of their keys (DECISIONS 140)."""
         self.flush()
         self.db.close()
+        if self.fenced_off:
+            self.destroy(self.path)
 
     @staticmethod
     def destroy(path: Path) -> None:

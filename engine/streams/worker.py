@@ -473,16 +473,29 @@ class Worker:
         self.metrics.set_assigned_partitions(len(self.logics))
         self.readiness.release(parts)
 
-    def _drop_local_state(self, parts: set[int]) -> None:
+    def _drop_local_state(self, parts: set[int], take_over_again: bool) -> None:
         """Our commit failed: we no longer own these partitions (or cannot tell).
         The in-memory state ran ahead of anything committed, so it is dropped,
-        local files included; a new take-over restores from the changelog."""
+        local files included; a new take-over restores from the changelog.
+
+        ``take_over_again``: the commit failed for a reason other than the group
+        moving on, so the partitions still assigned are this member's and it takes
+        them over again at once. When the group moved on (DECISIONS 140) it does
+        not: aiokafka's assignment still names the partitions until the rejoin, and a
+        take-over then would write a fence after the new owner's, fencing off every
+        state record the owner writes from then on. The rejoin's assignment hands
+        back what is this member's; till then their inputs are paused, so that
+        nothing is fetched and thrown away."""
         assert self.consumer is not None
         for p in parts:
             logic = self._close_local(p)
             if logic is not None:
                 ShardStore.destroy(logic.store.path)
         still = parts & self._assigned()
+        if not take_over_again:
+            for p in sorted(still):
+                self.consumer.pause(*self._tps(p))
+            still = set()
         self.readiness.release(parts - still)
         if still:
             self.assign_partitions(still)
@@ -785,11 +798,11 @@ class Worker:
         """Outcomes of decided partitions, and in time (COMMIT_INTERVAL_SECONDS) the
         state and offsets of every batch since the last commit, in the crash-safe
         order (engine.streams.checkpoint); a lost commit drops their local state."""
-        open_ = self._open
-        durable, ok = await self._checkpointer().run(results, self.logics, offsets, open_,
-                                                     self.commit_interval, laps)
+        open_, cp = self._open, self._checkpointer()
+        durable, ok = await cp.run(results, self.logics, offsets, open_, self.commit_interval,
+                                   laps)
         if durable:
-            self._committed(open_, ok)
+            self._committed(open_, ok, cp.group_moved_on)
         self._observe(results, laps)
 
     def _checkpointer(self) -> Checkpoint:
@@ -849,18 +862,18 @@ class Worker:
         if open_.empty():
             return
         cp, laps = self._checkpointer(), Laps()
-        self._committed(open_, await cp.make_durable(cp.snapshots(open_, self.logics), open_,
-                                                     self.logics, laps))
+        ok = await cp.make_durable(cp.snapshots(open_, self.logics), open_, self.logics, laps)
+        self._committed(open_, ok, cp.group_moved_on)
         # its time by phase, as a batch of no records of its own: the dashboards' batch
         # time is the worker's whole time at work, commits included
         self.metrics.observe_batch(0, laps.elapsed(), laps.phases)
 
-    def _committed(self, open_: Uncommitted, ok: bool) -> None:
+    def _committed(self, open_: Uncommitted, ok: bool, group_moved_on: bool) -> None:
         """``open_`` went through steps 2–4: the next batch starts a new one; a failed
         commit lost its partitions, whose local state goes."""
         self._open = Uncommitted()
         if not ok:
-            self._drop_local_state(set(open_.parts))
+            self._drop_local_state(set(open_.parts), take_over_again=not group_moved_on)
 
     async def commit_before_revoke(self) -> None:
         """What was decided of the partitions being revoked is committed, so that

@@ -12,7 +12,12 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    OffsetMetadataTooLargeError,
+)
 
 from engine.config import DEFAULT_REGISTRY
 from engine.kafka.topics import Topics
@@ -227,3 +232,54 @@ def test_a_failed_batch_is_read_again_from_the_first_offset_since_the_commit(
     assert seeks == {a: 5, b: 3}
     assert sorted(discarded) == [0, 1]
     assert w._open.empty() and not w._open.first
+
+
+class _FailingConsumer:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "moved_on"), [
+    (CommitFailedError("rebalanced"), True),
+    (IllegalStateError("Partition t.transaction-0 is not assigned"), True),
+    (OffsetMetadataTooLargeError(), False),
+])
+def test_a_failed_commit_tells_whether_the_group_moved_on(
+        tmp_path: Path, error: Exception, moved_on: bool) -> None:
+    """aiokafka raises CommitFailedError when the group rebalanced without this member
+    (and rejoins it), IllegalStateError when an assignment is gone already; any other
+    error leaves the membership as it was."""
+    feed = Feed(tmp_path, topic_prefix="t.")
+    cp = Checkpoint(_AckingProducer(), _FailingConsumer(error), Topics("t"),  # type: ignore[arg-type]
+                    1, Faults(), 0)
+    ok = asyncio.run(cp.commit({TopicPartition("t.transaction", 0): SimpleNamespace(offset=4)},
+                               {0: feed.logic}, {0: 7}))
+    assert not ok
+    assert cp.group_moved_on is moved_on
+
+
+@pytest.mark.parametrize("moved_on", [True, False])
+def test_a_zombie_takes_nothing_over_on_its_own_word(tmp_path: Path, moved_on: bool) -> None:
+    """A commit the group refused (it moved on) drops the partitions' local state and
+    leaves them to the rejoin's assignment, inputs paused: a take-over now would write
+    a fence after the new owner's (DECISIONS 140). After any other failed commit the
+    member still owns them and takes them over again at once."""
+    w, consumer = unit_worker(tmp_path, partitions=(0, 1))
+    closed: list[int] = []
+    for p in (0, 1):
+        w.logics[p] = SimpleNamespace(  # type: ignore[assignment]
+            store=SimpleNamespace(path=tmp_path / f"p{p}", close=lambda p=p: closed.append(p)))
+    taken: list[set[int]] = []
+    w.assign_partitions = taken.append  # type: ignore[method-assign,assignment]
+    open_ = Uncommitted()
+    open_.add(0, [0, 1], {}, True)
+    w._committed(open_, False, moved_on)
+    assert sorted(closed) == [0, 1] and not w.logics
+    if moved_on:
+        assert taken == []
+        assert consumer.paused() == {*w._tps(0), *w._tps(1)}
+    else:
+        assert taken == [{0, 1}]

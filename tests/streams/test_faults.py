@@ -146,19 +146,24 @@ def test_zombie_frozen_past_its_session_writes_nothing_that_survives(
     rewritten = sum(int(n) for f in tmp_path.glob("*.log")
                     for n in re.findall(r"(\d+) keys of another writer's state records",
                                         f.read_text(errors="replace")))
-    lost = _lost_to_compaction(kafka_broker.bootstrap, prefix, tmp_path / "compacted")
+    changelog = _changelog(kafka_broker.bootstrap, prefix)
+    lost = _lost_to_compaction(changelog, tmp_path / "compacted")
+    # one writer fenced off per partition, the zombie: a second would be an owner
+    # fenced off by a fence the zombie wrote (DECISIONS 140)
+    fenced = [_fenced_off_tags(records) for records in changelog]
+    owners_fenced = sum(len(tags) > 1 for tags in fenced)
     fault_report("zombie_sigstop", scenario, cmp, zombie_records_ignored=ignored,
-                 zombie_keys_written_again=rewritten, lost_to_compaction=len(lost))
+                 zombie_keys_written_again=rewritten, lost_to_compaction=len(lost),
+                 owners_fenced_off=owners_fenced)
     assert ignored > 0, "the zombie's stale changelog writes were not seen and ignored"
+    assert owners_fenced == 0, f"fenced-off writers per partition: {fenced}"
     assert rewritten > 0, "the owner did not write again what the zombie wrote after it"
     assert lost == [], "a compacted changelog would restore these keys otherwise"
     assert cmp.equal, str(cmp)
 
 
-def _lost_to_compaction(bootstrap: str, prefix: str, work: Path) -> list[str]:
-    """The keys whose state a restore from scratch of the compacted changelog (the
-    newest record of each key) would give otherwise than one of the whole changelog:
-    a zombie's record newest of its key (docs/RELIABILITY.md)."""
+def _changelog(bootstrap: str, prefix: str) -> list[list[ChangelogRecord]]:
+    """Every record of each changelog partition, in order."""
     topics = topics_for(prefix)
 
     async def read() -> list[list[ChangelogRecord]]:
@@ -170,8 +175,27 @@ def _lost_to_compaction(bootstrap: str, prefix: str, work: Path) -> list[str]:
         finally:
             await reader.stop()
 
+    return asyncio.run(read())
+
+
+def _fenced_off_tags(records: list[ChangelogRecord]) -> set[int]:
+    """The fence tags (each a writer's generation) of the records a restore ignores:
+    written under a fence older than one before them."""
+    fence, tags = -1, set()
+    for k, _, off, tag in records:
+        if k == FENCE_KEY:
+            fence = off
+        elif tag is not None and tag < fence:
+            tags.add(tag)
+    return tags
+
+
+def _lost_to_compaction(changelog: list[list[ChangelogRecord]], work: Path) -> list[str]:
+    """The keys whose state a restore from scratch of the compacted changelog (the
+    newest record of each key) would give otherwise than one of the whole changelog:
+    a zombie's record newest of its key (docs/RELIABILITY.md)."""
     lost = []
-    for p, records in enumerate(asyncio.run(read())):
+    for p, records in enumerate(changelog):
         kept = compacted(records)
         whole = ShardStore(work / f"whole-{p}", NO_TIME)
         after = ShardStore(work / f"compacted-{p}", NO_TIME)

@@ -93,9 +93,10 @@ def test_an_owner_writes_again_what_a_zombie_wrote_after_it(
     never held; a fourth person's zombie record was ignored by the take-over's restore
     (``fenced_off``). ``write_again`` writes the owner's state of the two and of the
     fourth again, under its fence, so a compaction (the newest record of each key)
-    still restores the owner's values; nothing for the third (a restore ignores the
-    zombie's record anyway). With a newer fence among the records the owner is the
-    zombie: it writes nothing, and keeps the fourth for a later look."""
+    still restores the owner's values; a tombstone for the third, which the owner
+    holds nothing of (a later take-over's fence, the newest kept, would let a restore
+    apply the zombie's record otherwise). With a newer fence among the records the
+    owner is the zombie: it writes nothing, and keeps the fourth for a later look."""
     bootstrap, topics = kafka_broker.bootstrap, topics_for(topic_prefix())
     tag = [(FENCE_HEADER, b"0")]
     store = ShardStore(tmp_path / "p0", NO_TIME)
@@ -141,6 +142,6 @@ def test_an_owner_writes_again_what_a_zombie_wrote_after_it(
         assert found == 4
         assert {k: newest[k] for k in owner} == {k: (v, 0) for k, v in owner.items()}
         assert newest[b"personDD"] == (earlier, 0) and store.fenced_off == set()
-        assert newest[b"personCC"][1] == -1  # the zombie's, ignored by a restore
+        assert newest[b"personCC"] == (None, 0)  # nothing held here: a tombstone
         assert store.meta.changelog_offset == len(log) - 1
     store.close()

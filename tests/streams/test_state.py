@@ -271,6 +271,9 @@ def test_restore_leaves_the_state_its_changelog_records_make_one_by_one(
     store = ShardStore(path, NO_TIME)
     ignored = store.restore(records[:cut])
     if flushed:
+        # a copy kept: one that owes keys to write again is not
+        # (test_a_copy_closed_owing_keys_to_write_again_is_not_kept)
+        store.fenced_off.clear()
         store.close()
         store = ShardStore(path, NO_TIME)
     ignored += store.restore(records[cut:])
@@ -303,6 +306,7 @@ def test_restore_ignores_a_zombies_writes_after_a_newer_fence(tmp_path: Path) ->
     assert store.meta.fence == 2 and store.meta.changelog_offset == 5
     # the keys the owner writes again, so that a zombie's record is not their newest
     assert store.fenced_off == {"personAA", "personBB"}
+    store.fenced_off.clear()  # as recovery.write_again leaves it once it wrote them
     store.close()
     # the checkpoint remembers the fence: a later tail is judged against it
     again = ShardStore(tmp_path / "p2", NO_TIME)
@@ -310,6 +314,31 @@ def test_restore_ignores_a_zombies_writes_after_a_newer_fence(tmp_path: Path) ->
     assert again.restore([(b"personBB", encode(PersonState(c=8)), 7, 2)]) == 0
     assert again.get("personBB").c == 8
     again.close()
+
+
+def test_a_copy_closed_owing_keys_to_write_again_is_not_kept(tmp_path: Path) -> None:
+    """A take-over whose restore ignored a zombie's record and that ends before the
+    owner wrote the key again (cancelled by a rebalance, say) leaves no local copy:
+    one would start the next restore past the zombie's record, and the key would
+    never be written again (DECISIONS 140). A copy that owes nothing is kept."""
+    fence = encode(Fence())
+    records: list[ChangelogRecord] = [
+        (FENCE_KEY, fence, 0, None),
+        (b"personAA", encode(PersonState(c=100)), 1, 0),
+        (FENCE_KEY, fence, 2, None),
+        (b"personAA", encode(PersonState(c=9)), 3, 0),  # a zombie's
+    ]
+    store = ShardStore(tmp_path / "p0", NO_TIME)
+    assert store.restore(records) == 1
+    store.close()
+    again = ShardStore(tmp_path / "p0", NO_TIME)
+    assert again.meta.changelog_offset == -1  # read from the start: the zombie seen again
+    assert again.restore(records) == 1 and again.fenced_off == {"personAA"}
+    again.fenced_off.clear()
+    again.close()
+    kept = ShardStore(tmp_path / "p0", NO_TIME)
+    assert kept.meta.changelog_offset == 3 and kept.get("personAA").c == 100
+    kept.close()
 
 
 def test_compaction_can_leave_a_person_only_a_zombies_ignored_record(tmp_path: Path) -> None:
