@@ -368,5 +368,5 @@ async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topi
         around = []
     # the local copy is what the changelog holds up to here, less the other writer's
     store.meta.changelog_offset = max(store.meta.changelog_offset, end)
-    store.fenced_off -= taken
+    store.written_again(taken)
     return len(foreign), around

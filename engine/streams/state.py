@@ -36,6 +36,13 @@ from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
+# The keys of which a restore ignored a fenced-off writer's record and that this owner
+# has not written again yet (ShardStore.fenced_off): local only, never in the
+# changelog. Kept in the restore's own write, because the position that write takes
+# is past those records: a take-over after a kill or a cancelled take-over would
+# not read them again (DECISIONS 140).
+OWED_KEY = b"__owed__"
+_dec_owed = msgspec.msgpack.Decoder(list[str])
 # "__wait__/<mykey_id>" -> [the earliest received_at of the person's waiting records,
 # how many wait] (msgpack; the deadline adds the campaign's park timeout; a bare int,
 # the format before the count, counts as one record); deleted (a tombstone in the
@@ -365,8 +372,9 @@ class ShardStore:
         self._applied_meta: bytes | None = None
         self._flushed_at = time.monotonic()
         # keys of which a restore read a fenced-off writer's record: their state is
-        # written again (engine.streams.recovery.write_again)
-        self.fenced_off: set[str] = set()
+        # written again (engine.streams.recovery.write_again), kept under OWED_KEY
+        owed = self.db.get(OWED_KEY)
+        self.fenced_off: set[str] = set(_dec_owed.decode(owed)) if owed is not None else set()
 
     def _open(self) -> Rdict:
         opts = Options(raw_mode=True)
@@ -484,9 +492,20 @@ class ShardStore:
         wb = WriteBatch(raw_mode=True)
         _in_key_order(wb, writes)
         wb.put(meta_key, encode(self.meta))
+        if self.fenced_off:
+            wb.put(OWED_KEY, _enc.encode(sorted(self.fenced_off)))
         self.db.write(wb)
         self.recent.clear()
         return ignored
+
+    def written_again(self, keys: set[str]) -> None:
+        """``keys`` of :attr:`fenced_off` are written again under this owner's fence:
+        no longer owed (a kill before this is noted costs writing them once more)."""
+        self.fenced_off -= keys
+        if self.fenced_off:
+            self.db.put(OWED_KEY, _enc.encode(sorted(self.fenced_off)))
+        else:
+            self.db.delete(OWED_KEY)
 
     def _wipe(self, keep_position: bool = True) -> None:
         """Empty the store; ``keep_position`` keeps the changelog offset and fence
@@ -498,6 +517,7 @@ class ShardStore:
         Rdict.destroy(str(self.path))
         self.db = self._open()
         self.meta = keep
+        self.fenced_off.clear()  # void with all else (a reset) or another history's
         self.pending.clear()
         self.recent.clear()
         self.parked.clear()
@@ -529,15 +549,9 @@ class ShardStore:
                     self.parked.set(name[skip:], first + timeout, n)
 
     def close(self) -> None:
-        """Flush and close: a clean stop leaves the whole state as applied. Keys of
-        which a restore ignored a fenced-off writer's record and that were not written
-        again yet (``fenced_off``) are known only in memory, and this copy's position
-        is past those records: the copy goes, so that the next take-over reads them
-        again rather than leave them newest of their keys (DECISIONS 140)."""
+        """Flush and close: a clean stop leaves the whole state as applied."""
         self.flush()
         self.db.close()
-        if self.fenced_off:
-            self.destroy(self.path)
 
     @staticmethod
     def destroy(path: Path) -> None:
