@@ -501,6 +501,8 @@ class ShardStore:
     def written_again(self, keys: set[str]) -> None:
         """``keys`` of :attr:`fenced_off` are written again under this owner's fence:
         no longer owed (a kill before this is noted costs writing them once more)."""
+        if not keys & self.fenced_off:
+            return
         self.fenced_off -= keys
         if self.fenced_off:
             self.db.put(OWED_KEY, _enc.encode(sorted(self.fenced_off)))
