@@ -42,7 +42,7 @@ FENCE_KEY = b"__fence__"
 # is past those records: a take-over after a kill or a cancelled take-over would
 # not read them again (DECISIONS 140).
 OWED_KEY = b"__owed__"
-_dec_owed = msgspec.msgpack.Decoder(list[str])
+decode_owed = msgspec.msgpack.Decoder(list[str]).decode
 # "__wait__/<mykey_id>" -> [the earliest received_at of the person's waiting records,
 # how many wait] (msgpack; the deadline adds the campaign's park timeout; a bare int,
 # the format before the count, counts as one record); deleted (a tombstone in the
@@ -374,7 +374,7 @@ class ShardStore:
         # keys of which a restore read a fenced-off writer's record: their state is
         # written again (engine.streams.recovery.write_again), kept under OWED_KEY
         owed = self.db.get(OWED_KEY)
-        self.fenced_off: set[str] = set(_dec_owed.decode(owed)) if owed is not None else set()
+        self.fenced_off: set[str] = set(decode_owed(owed)) if owed is not None else set()
 
     def _open(self) -> Rdict:
         opts = Options(raw_mode=True)

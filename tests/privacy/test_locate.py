@@ -13,7 +13,7 @@ from engine.archive.replay import Msg
 from engine.archive.store import Archive, Entry
 from engine.cli import main as cli
 from engine.rules.model import NO_TIME
-from engine.streams.state import PersonState, ShardStore, encode
+from engine.streams.state import FENCE_KEY, Fence, PersonState, ShardStore, encode
 from tests.builders import txn
 
 WHO = "AB12cd34"
@@ -72,6 +72,22 @@ def test_locate_reports_state_archive_and_ledger_rows(places, capsys) -> None:
 def test_a_person_held_nowhere_gets_an_empty_report(places, capsys) -> None:
     assert cli(_locate(places, "Nobody00")) == 0
     assert capsys.readouterr().out.strip() == "0 places hold data about Nobody00"
+
+
+def test_an_id_owed_a_rewrite_is_a_place_too(places, capsys) -> None:
+    """A restore that ignored a zombie's record of the person keeps the person's id in
+    the checkpoint's list of keys to write again (DECISIONS 140): reported with the
+    person's state there, and alone where the checkpoint holds no state of them."""
+    store = ShardStore(places["state"] / "g" / "slot-0" / "p1", NO_TIME)
+    fence = encode(Fence())
+    assert store.restore([(FENCE_KEY, fence, 6, None),
+                          (WHO.encode(), encode(PersonState(c=1)), 7, 0)]) == 1
+    store.close()
+    assert cli(_locate(places, WHO)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"4 places hold data about {WHO}"
+    owed = [line for line in out if "owed a rewrite" in line]
+    assert len(owed) == 1 and owed[0].split("\t")[1].endswith("p1")
 
 
 @pytest.mark.parametrize("who", ["short", "123456789018"])
