@@ -76,8 +76,8 @@ def test_a_person_held_nowhere_gets_an_empty_report(places, capsys) -> None:
 
 def test_an_id_owed_a_rewrite_is_a_place_too(places, capsys) -> None:
     """A restore that ignored a zombie's record of the person keeps the person's id in
-    the checkpoint's list of keys to write again (DECISIONS 140): reported with the
-    person's state there, and alone where the checkpoint holds no state of them."""
+    the checkpoint's list of keys to write again (DECISIONS 140): that checkpoint is
+    a place of its own, though it holds no state of the person."""
     store = ShardStore(places["state"] / "g" / "slot-0" / "p1", NO_TIME)
     fence = encode(Fence())
     assert store.restore([(FENCE_KEY, fence, 6, None),
