@@ -37,7 +37,7 @@ def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
     """Every local state checkpoint (``<state-dir>/<group>/slot-N/pP``) holding the person."""
     from rocksdict import AccessType, Options, Rdict
 
-    from engine.streams.state import OWED_KEY, decode_owed, decode_person
+    from engine.streams.state import FENCED_OFF_KEY, decode_fenced_off, decode_person
 
     out: list[Place] = []
     if not state_dir.exists():
@@ -51,10 +51,10 @@ def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
             out.append(Place("state", str(db_dir), f"not readable ({type(e).__name__})"))
             continue
         try:
-            raw, owed = db.get(mykey_id.encode()), db.get(OWED_KEY)
+            raw, owed = db.get(mykey_id.encode()), db.get(FENCED_OFF_KEY)
         finally:
             db.close()
-        if owed is not None and mykey_id in decode_owed(owed):
+        if owed is not None and mykey_id in decode_fenced_off(owed):
             # the id alone, in the list of keys to write again after a zombie's
             # records (DECISIONS 140)
             out.append(Place("state", str(db_dir), "its id, among the keys owed a rewrite"))

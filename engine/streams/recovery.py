@@ -351,15 +351,12 @@ async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topi
     # compaction, would otherwise let a restore from scratch apply the other
     # writer's record, the newest of that key then (DECISIONS 140).
     keys = sorted(k for k in foreign if k not in store.pending)
-    again = {k: store.value(k) for k in keys}
-    if META_KEY in again:
-        again[META_KEY] = encode(store.meta)
-    records = [(k.encode(), v) for k, v in again.items()]
+    values = [encode(store.meta) if k == META_KEY else store.value(k) for k in keys]
     end = max((last for _, last in gaps), default=store.meta.changelog_offset)
-    if records:
-        batches = record_batches(pa.array([k for k, _ in records], pa.large_binary()),
-                                 pa.array([v for _, v in records], pa.large_binary()), None,
-                                 BATCH_BYTES, fence_tag(fence))
+    if keys:
+        batches = record_batches(pa.array([k.encode() for k in keys], pa.large_binary()),
+                                 pa.array(values, pa.large_binary()), None, BATCH_BYTES,
+                                 fence_tag(fence))
         written = await offsets_taken(await send_built(producer, topics.changelog, p,
                                                        batches))
         around = gaps_between(end + 1, written)

@@ -37,12 +37,12 @@ from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
 # The keys of which a restore ignored a fenced-off writer's record and that this owner
-# has not written again yet (ShardStore.fenced_off): local only, never in the
+# has not written again yet (ShardStore.fenced_off, "owed"): local only, never in the
 # changelog. Kept in the restore's own write, because the position that write takes
 # is past those records: a take-over after a kill or a cancelled take-over would
 # not read them again (DECISIONS 140).
-OWED_KEY = b"__owed__"
-decode_owed = msgspec.msgpack.Decoder(list[str]).decode
+FENCED_OFF_KEY = b"__fenced_off__"
+decode_fenced_off = msgspec.msgpack.Decoder(list[str]).decode
 # "__wait__/<mykey_id>" -> [the earliest received_at of the person's waiting records,
 # how many wait] (msgpack; the deadline adds the campaign's park timeout; a bare int,
 # the format before the count, counts as one record); deleted (a tombstone in the
@@ -372,9 +372,9 @@ class ShardStore:
         self._applied_meta: bytes | None = None
         self._flushed_at = time.monotonic()
         # keys of which a restore read a fenced-off writer's record: their state is
-        # written again (engine.streams.recovery.write_again), kept under OWED_KEY
-        owed = self.db.get(OWED_KEY)
-        self.fenced_off: set[str] = set(decode_owed(owed)) if owed is not None else set()
+        # written again (engine.streams.recovery.write_again), kept under FENCED_OFF_KEY
+        owed = self.db.get(FENCED_OFF_KEY)
+        self.fenced_off: set[str] = set(decode_fenced_off(owed)) if owed is not None else set()
 
     def _open(self) -> Rdict:
         opts = Options(raw_mode=True)
@@ -493,7 +493,7 @@ class ShardStore:
         _in_key_order(wb, writes)
         wb.put(meta_key, encode(self.meta))
         if self.fenced_off:
-            wb.put(OWED_KEY, _enc.encode(sorted(self.fenced_off)))
+            wb.put(FENCED_OFF_KEY, _enc.encode(sorted(self.fenced_off)))
         self.db.write(wb)
         self.recent.clear()
         return ignored
@@ -505,9 +505,9 @@ class ShardStore:
             return
         self.fenced_off -= keys
         if self.fenced_off:
-            self.db.put(OWED_KEY, _enc.encode(sorted(self.fenced_off)))
+            self.db.put(FENCED_OFF_KEY, _enc.encode(sorted(self.fenced_off)))
         else:
-            self.db.delete(OWED_KEY)
+            self.db.delete(FENCED_OFF_KEY)
 
     def _wipe(self, keep_position: bool = True) -> None:
         """Empty the store; ``keep_position`` keeps the changelog offset and fence

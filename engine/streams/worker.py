@@ -492,13 +492,14 @@ class Worker:
             if logic is not None:
                 ShardStore.destroy(logic.store.path)
         still = parts & self._assigned()
-        if not take_over_again:
+        if take_over_again:
+            self.readiness.release(parts - still)
+            if still:
+                self.assign_partitions(still)
+        else:
             for p in sorted(still):
                 self.consumer.pause(*self._tps(p))
-            still = set()
-        self.readiness.release(parts - still)
-        if still:
-            self.assign_partitions(still)
+            self.readiness.release(parts)
         self.metrics.set_assigned_partitions(len(self.logics))
 
     # ------------------------------------------------------------------ main loop
