@@ -37,13 +37,14 @@ def cost(people: int, size: int, touched: int, pace: float, min_slice: int,
     touch = touched * size
     per_slice = max(1, int(max(pace * touch, min_slice)) // size)
     record = touch + per_slice * size
-    # the commit (0-based) at which each generation starts: the sweep passes everyone
-    # in ceil(people / per_slice) commits
+    # the sweep passes everyone in ceil(people / per_slice) commits: generation g is
+    # commits g * length to (g + 1) * length - 1, complete after the last of them
     length = -(-people // per_slice)
     at = np.arange(commits)
-    gen = at // length
-    complete = gen - 1  # the newest complete generation after commit ``at``
+    complete = (at + 1) // length - 1  # the newest complete generation after commit ``at``
     ok = complete >= 0
+    if not ok.any():
+        raise ValueError(f"no generation completes in {commits} commits")
     start = complete[ok] * length  # its first commit
     records = at[ok] - start + 1
     read = records * record / (people * size)
