@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from engine.cli import build_parser
+from engine.devtools import broker as devbroker
 from engine.devtools import deployment, security
 from engine.kafka.client_config import parse_client_config
 from engine.kafka.topics import Topics
@@ -178,6 +179,13 @@ def test_kafka_is_a_single_kraft_node() -> None:
     for svc in compose()["services"].values():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_kafka_keeps_idempotent_producers_as_long_as_the_local_broker() -> None:
+    # records carry business time; a shorter expiry doubles a retried batch of a late
+    # backlog across a restart (tests/devtools/test_broker_idempotence.py)
+    assert server_properties()["producer.id.expiration.ms"] == str(
+        devbroker.PRODUCER_ID_EXPIRATION_MS)
 
 
 def test_worker_command_is_a_valid_cli_call_and_scalable() -> None:

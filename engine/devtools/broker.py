@@ -249,6 +249,10 @@ def default_data_dir(port: int) -> Path:
     return Path.cwd() / ".kafka" / f"broker-{port}"
 
 
+# The longest producer.id.expiration.ms takes (an int): see _server_properties.
+PRODUCER_ID_EXPIRATION_MS = 2**31 - 1
+
+
 def _server_properties(data_dir: Path, port: int, controller_port: int, admin_password: str,
                        node_id: int = 1, voters: str | None = None, nodes: int = 1,
                        tls_dir: Path | None = None) -> str:
@@ -309,6 +313,11 @@ log.retention.hours=8760
 # rolls them instead.
 log.roll.ms=9223372036854775807
 log.segment.bytes={segment}
+# An idempotent producer's sequences are forgotten once its newest record is stamped
+# this long before the broker's clock (checked when the broker reloads them): a batch
+# retried across a restart is then stored twice. Business time makes a backlog's
+# records old; keep them the longest the setting allows, 24.8 days (DECISIONS 142).
+producer.id.expiration.ms={PRODUCER_ID_EXPIRATION_MS}
 message.max.bytes={max_message}
 replica.fetch.max.bytes={max_message}
 """
