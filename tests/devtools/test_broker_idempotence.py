@@ -49,11 +49,11 @@ def restartable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dev
         shutil.rmtree(data, ignore_errors=True)
 
 
-def _batch(producer_id: int, epoch: int, stamp_ms: int) -> bytes:
-    """One record as an idempotent producer's first batch (sequence 0)."""
+def _batch(producer_id: int, epoch: int, sequence: int, stamp_ms: int) -> bytes:
+    """One record as an idempotent producer's batch ``sequence``."""
     batch = record_batches(pa.array([b"k"]), pa.array([b"v"]), None, 1 << 20,
                            timestamp_ms=stamp_ms)[0]
-    batch._set_producer_state(producer_id, epoch, 0)
+    batch._set_producer_state(producer_id, epoch, sequence)
     return bytes(batch._build())
 
 
@@ -124,15 +124,18 @@ def test_a_retry_across_a_restart_is_stored_again_only_past_the_expiration(
     b = restartable.bootstrap
     asyncio.run(_create(b, topics))
     pid, epoch = asyncio.run(_producer_id(b))
-    batches = {t: _batch(pid, epoch, stamps[t.removeprefix("idem-")]) for t in topics}
-    asyncio.run(_send(b, batches))
-    asyncio.run(_send(b, batches))  # retried while the broker runs: never stored again
-    assert asyncio.run(_ends(b, topics)) == dict.fromkeys(topics, 1)
+    first, second = ({t: _batch(pid, epoch, seq, stamps[t.removeprefix("idem-")])
+                      for t in topics} for seq in (0, 1))
+    asyncio.run(_send(b, first))
+    asyncio.run(_send(b, second))
+    asyncio.run(_send(b, second))  # retried while the broker runs: never stored again
+    assert asyncio.run(_ends(b, topics)) == dict.fromkeys(topics, 2)
 
     restartable.kill()
     devbroker.start(port=restartable.port, data_dir=restartable.data_dir, wait=120.0)
-    asyncio.run(_send(b, batches))  # the same batches, retried across the restart
+    # the second batch retried across the restart, as the publisher's in-flight one was
+    asyncio.run(_send(b, second))
     assert asyncio.run(_ends(b, topics)) == {
-        "idem-fresh": 1, "idem-late": 1,   # the broker still knows the producer
-        "idem-past": 2, "idem-campaign": 2,  # forgotten: the retry is a second record
+        "idem-fresh": 2, "idem-late": 2,   # the broker still knows the producer
+        "idem-past": 3, "idem-campaign": 3,  # forgotten: the retry is a second record
     }
