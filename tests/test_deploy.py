@@ -181,11 +181,16 @@ def test_kafka_is_a_single_kraft_node() -> None:
             assert str(port).startswith("127.0.0.1:"), port
 
 
-def test_kafka_keeps_idempotent_producers_as_long_as_the_local_broker() -> None:
-    # records carry business time; a shorter expiry doubles a retried batch of a late
-    # backlog across a restart (tests/devtools/test_broker_idempotence.py)
-    assert server_properties()["producer.id.expiration.ms"] == str(
-        devbroker.PRODUCER_ID_EXPIRATION_MS)
+def test_kafka_treats_business_time_as_the_local_broker_does() -> None:
+    # Records carry business time as their timestamps: the local broker rolls segments
+    # by size only (a replay would roll one per append otherwise) and keeps idempotent
+    # producers the longest Kafka allows (a shorter expiry doubles a retried batch of
+    # a late backlog across a restart: tests/devtools/test_broker_idempotence.py).
+    local = javaproperties.loads(devbroker._server_properties(Path("/data"), 9092, 9093, "pw"))
+    compose_props = server_properties()
+    for key in ("log.roll.ms", "producer.id.expiration.ms"):
+        assert compose_props.get(key) == local[key], key
+    assert local["producer.id.expiration.ms"] == str(devbroker.PRODUCER_ID_EXPIRATION_MS)
 
 
 def test_worker_command_is_a_valid_cli_call_and_scalable() -> None:
