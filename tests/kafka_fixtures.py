@@ -9,11 +9,13 @@ Enabled from tests/conftest.py with ``pytest_plugins = ["tests.kafka_fixtures"]`
   ``$MYNAPOINT_CLIENT_CONFIG`` at the admin credentials for the session, and
   ``kafka_broker.credentials(principal)`` / ``.client(principal)`` give any
   principal's file / aiokafka arguments.
+- ``own_broker`` (function): a broker of the test's own, restartable on its port, for
+  a test that kills it.
 - ``topic_prefix`` (function): a fresh prefix such as ``t1a2b3c4d`` for each test, so
   tests never share topics or consumer groups. It is a ``str``; calling it returns a
   further fresh prefix, for a test that needs several independent pipelines.
 
-Tests that use ``kafka_broker`` are marked ``kafka`` automatically, so
+Tests that use ``kafka_broker`` or ``own_broker`` are marked ``kafka`` automatically, so
 ``pytest -m "not kafka"`` runs without Java.
 """
 
@@ -55,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "kafka_broker" in getattr(item, "fixturenames", ()):
+        if {"kafka_broker", "own_broker"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
 
 
@@ -86,6 +88,20 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[devbroker.Broker]:
         if running is not None:
             running.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[devbroker.Broker]:
+    """A broker for this test alone, on a port it can be restarted on: the test kills
+    it. Its clients authenticate as its admin for the test."""
+    data = tmp_path / "broker"
+    broker = devbroker.start(port=devbroker.restartable_port(), data_dir=data, wait=120.0)
+    try:
+        with client_config_of(broker.credentials()):
+            yield broker
+    finally:
+        devbroker.stop(port=broker.port, data_dir=data)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -13,13 +13,9 @@ The local and compose brokers keep that state for the longest the setting allows
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
@@ -27,7 +23,7 @@ from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from engine.devtools import broker as devbroker
-from engine.kafka.client_config import ENV, default_client
+from engine.kafka.client_config import default_client
 from engine.kafka.record_batch import record_batches
 
 DAY_MS = 86_400_000
@@ -35,18 +31,6 @@ EXPIRATION_MS = devbroker.PRODUCER_ID_EXPIRATION_MS
 # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR: a fresh broker's
 # producer-id manager is still starting; a producer retries them
 COORDINATOR_NOT_READY = {14, 15, 16}
-
-
-@pytest.fixture
-def restartable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[devbroker.Broker]:
-    data = tmp_path / "broker"
-    broker = devbroker.start(port=devbroker.restartable_port(), data_dir=data, wait=120.0)
-    monkeypatch.setenv(ENV, str(broker.credentials()))
-    try:
-        yield broker
-    finally:
-        devbroker.stop(port=broker.port, data_dir=data)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def _batch(producer_id: int, epoch: int, sequence: int, stamp_ms: int) -> bytes:
@@ -112,7 +96,7 @@ async def _create(bootstrap: str, topics: list[str]) -> None:
 
 
 def test_a_retry_across_a_restart_is_stored_again_only_past_the_expiration(
-        restartable: devbroker.Broker) -> None:
+        own_broker: devbroker.Broker) -> None:
     now_ms = int(time.time() * 1000)
     stamps = {
         "fresh": now_ms,                           # a live publisher's received_at
@@ -121,7 +105,7 @@ def test_a_retry_across_a_restart_is_stored_again_only_past_the_expiration(
         "campaign": 1_606_870_895_000,             # 2020-12-02, as the fault tests' data
     }
     topics = [f"idem-{name}" for name in stamps]
-    b = restartable.bootstrap
+    b = own_broker.bootstrap
     asyncio.run(_create(b, topics))
     pid, epoch = asyncio.run(_producer_id(b))
     first, second = ({t: _batch(pid, epoch, seq, stamps[t.removeprefix("idem-")])
@@ -131,8 +115,8 @@ def test_a_retry_across_a_restart_is_stored_again_only_past_the_expiration(
     asyncio.run(_send(b, second))  # retried while the broker runs: never stored again
     assert asyncio.run(_ends(b, topics)) == dict.fromkeys(topics, 2)
 
-    restartable.kill()
-    devbroker.start(port=restartable.port, data_dir=restartable.data_dir, wait=120.0)
+    own_broker.kill()
+    devbroker.start(port=own_broker.port, data_dir=own_broker.data_dir, wait=120.0)
     # the second batch retried across the restart, as the publisher's in-flight one was
     asyncio.run(_send(b, second))
     assert asyncio.run(_ends(b, topics)) == {

@@ -240,19 +240,6 @@ def test_failed_batch_is_retried_in_process(kafka_broker: devbroker.Broker,
 # ------------------------------------------------------------------ single broker
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[devbroker.Broker]:
-    """A broker for this test alone: it gets killed."""
-    data = tmp_path / "broker"
-    broker = devbroker.start(port=devbroker.restartable_port(), data_dir=data, wait=120.0)
-    monkeypatch.setenv(ENV, str(broker.credentials()))
-    try:
-        yield broker
-    finally:
-        devbroker.stop(port=broker.port, data_dir=data)
-        shutil.rmtree(data, ignore_errors=True)
-
-
 def test_single_broker_sigkill_and_restart(own_broker: devbroker.Broker, topic_prefix: TopicPrefix,
                                            scenario: Scenario, tmp_path: Path,
                                            request: pytest.FixtureRequest, runtime: str) -> None:
