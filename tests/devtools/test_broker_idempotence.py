@@ -31,6 +31,9 @@ EXPIRATION_MS = devbroker.PRODUCER_ID_EXPIRATION_MS
 # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR: a fresh broker's
 # producer-id manager is still starting; a producer retries them
 COORDINATOR_NOT_READY = {14, 15, 16}
+# UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+# REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS: a produce a producer retries
+NOT_READY = {3, 5, 6, 7, 19}
 
 
 def _batch(producer_id: int, epoch: int, sequence: int, stamp_ms: int) -> bytes:
@@ -48,15 +51,23 @@ async def _client(bootstrap: str) -> tuple[AIOKafkaClient, int]:
 
 
 async def _send(bootstrap: str, batches: dict[str, bytes]) -> None:
-    """Each topic's batch in one produce request, as a producer's retry would send it."""
+    """Each topic's batch in one produce request, as a producer's retry would send it;
+    sent again while the broker answers that it is not ready (a restarted broker's
+    partitions get their leader a moment after it accepts connections)."""
     client, node = await _client(bootstrap)
+    left = dict(batches)
     try:
-        resp = await client.send(node, ProduceRequest(
-            transactional_id=None, required_acks=-1, timeout=30_000,
-            topics=[(t, [(0, data)]) for t, data in batches.items()]))
-        # a duplicate is answered DUPLICATE_SEQUENCE_NUMBER (46) or with no error
-        errors = {t: p[1] for t, parts in resp.topics for p in parts}
-        assert set(errors.values()) <= {0, 46}, errors
+        for _ in range(60):
+            resp = await client.send(node, ProduceRequest(
+                transactional_id=None, required_acks=-1, timeout=30_000,
+                topics=[(t, [(0, data)]) for t, data in left.items()]))
+            errors = {t: p[1] for t, parts in resp.topics for p in parts}
+            # stored, or a duplicate (DUPLICATE_SEQUENCE_NUMBER, 46)
+            left = {t: left[t] for t, e in errors.items() if e not in (0, 46)}
+            if not left or not set(errors.values()) <= {0, 46, *NOT_READY}:
+                break
+            await asyncio.sleep(0.5)
+        assert not left, errors
     finally:
         await client.close()
 
