@@ -16,7 +16,7 @@ import asyncio
 import time
 
 import pyarrow as pa
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.produce import ProduceRequest
@@ -25,6 +25,7 @@ from aiokafka.protocol.transaction import InitProducerIdRequest
 from engine.devtools import broker as devbroker
 from engine.kafka.client_config import default_client
 from engine.kafka.record_batch import record_batches
+from engine.kafka.topics import create_and_await_leaders, end_offsets
 
 DAY_MS = 86_400_000
 EXPIRATION_MS = devbroker.PRODUCER_ID_EXPIRATION_MS
@@ -87,21 +88,17 @@ async def _producer_id(bootstrap: str) -> tuple[int, int]:
         await client.close()
 
 
-async def _ends(bootstrap: str, topics: list[str]) -> dict[str, int]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
-    await c.start()
-    try:
-        ends = await c.end_offsets([TopicPartition(t, 0) for t in topics])
-        return {tp.topic: end for tp, end in ends.items()}
-    finally:
-        await c.stop()
+def _ends(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    ends = asyncio.run(end_offsets(bootstrap, [TopicPartition(t, 0) for t in topics]))
+    return {tp.topic: end for tp, end in ends.items()}
 
 
 async def _create(bootstrap: str, topics: list[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
+        await create_and_await_leaders(admin, [NewTopic(t, 1, 1) for t in topics], topics, 1,
+                                       settle_seconds=30.0)
     finally:
         await admin.close()
 
@@ -124,13 +121,13 @@ def test_a_retry_across_a_restart_is_stored_again_only_past_the_expiration(
     asyncio.run(_send(b, first))
     asyncio.run(_send(b, second))
     asyncio.run(_send(b, second))  # retried while the broker runs: never stored again
-    assert asyncio.run(_ends(b, topics)) == dict.fromkeys(topics, 2)
+    assert _ends(b, topics) == dict.fromkeys(topics, 2)
 
     own_broker.kill()
     devbroker.start(port=own_broker.port, data_dir=own_broker.data_dir, wait=120.0)
     # the second batch retried across the restart, as the publisher's in-flight one was
     asyncio.run(_send(b, second))
-    assert asyncio.run(_ends(b, topics)) == {
+    assert _ends(b, topics) == {
         "idem-fresh": 2, "idem-late": 2,   # the broker still knows the producer
         "idem-past": 3, "idem-campaign": 3,  # forgotten: the retry is a second record
     }
