@@ -31,18 +31,21 @@ one-line reason and a metric, until an operator acts (``Refused.remedy``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import OffsetOutOfRangeError
 
+from engine.kafka.fetch import PartitionReader
 from engine.kafka.produce import BATCH_BYTES, offsets_taken, send_built
 from engine.kafka.record_batch import record_batches
-from engine.kafka.topics import FENCE_HEADER, Topics
+from engine.kafka.topics import CHANGELOG_MAX_BYTES, FENCE_HEADER, Topics
 from engine.streams.state import (
     FENCE_KEY,
     META_KEY,
@@ -51,8 +54,6 @@ from engine.streams.state import (
     ShardStore,
     encode,
 )
-
-RESTORE_BATCH = 50_000
 
 
 class Refused(Exception):
@@ -228,47 +229,50 @@ def fence_tag(offset: int) -> list[tuple[str, bytes]]:
     return [(FENCE_HEADER, str(offset).encode())]
 
 
-def _tag(headers: Any) -> int | None:
-    for k, v in headers or ():
-        if k == FENCE_HEADER:
-            try:
-                return int(v)
-            except ValueError:
-                return None
-    return None
-
-
-async def _chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, last: int,
-                  max_records: int | None = None
+async def _chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, last: int
                   ) -> AsyncIterator[tuple[list[ChangelogRecord], int]]:
     """Changelog partition ``p``'s records from ``first`` to ``last`` (inclusive), a
-    fetch at a time, each with the offset the next one starts at."""
+    fetch at a time, each with the offset the next one starts at. Read by fetches of
+    the engine's own over the reader's connections (engine.kafka.fetch: no record
+    object per person; aiokafka's consumer has no public handle on its client), each
+    record's fence tag taken from its ``FENCE_HEADER``."""
     tp = TopicPartition(topics.changelog, p)
-    reader.assign([tp])
-    reader.seek(tp, first)
-    pos = first
-    while pos <= last:
-        got = await reader.getmany(tp, timeout_ms=1_000, max_records=max_records)
-        recs: list[ChangelogRecord] = [(m.key, m.value, m.offset, _tag(m.headers))
-                                       for m in got.get(tp, []) if m.offset <= last]
-        # compaction can leave gaps: with no record, the position moves past them
-        pos = recs[-1][2] + 1 if recs else max(pos, await reader.position(tp))
-        yield recs, pos
+    fetcher = PartitionReader(reader._client, max_bytes=2 * CHANGELOG_MAX_BYTES)
+    # closed on the way out, also when the caller stops early: its fetch ahead ends
+    async with contextlib.aclosing(fetcher.read(tp, first, last, FENCE_HEADER)) as answers:
+        async for cols, pos in answers:
+            recs: list[ChangelogRecord] = []
+            for c in cols:
+                keys = cast(list[bytes], c.keys())  # a compacted topic refuses keyless ones
+                recs += zip(keys, c.values(), c.offset.tolist(), c.tags(), strict=True)
+            yield recs, pos
 
 
 async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p: int,
                   until: int, progress: Any = None) -> tuple[int, int]:
     """Apply changelog partition ``p`` from the local checkpoint up to offset
     ``until`` (inclusive); return (records read, records ignored as fenced off).
-    ``progress(p, remaining)`` is called after every chunk."""
+    ``progress(p, remaining)`` is called after every chunk. Raises :class:`Refused`
+    when the changelog no longer starts where the restore must begin (records
+    deleted: compaction never moves a partition's start, a deletion or a ``delete``
+    cleanup policy does): the people of those records would be restored as new."""
     read = ignored = 0
-    async for recs, pos in _chunks(reader, topics, p, store.meta.changelog_offset + 1, until,
-                                   RESTORE_BATCH):
-        if recs:
-            ignored += store.restore(recs)
-            read += len(recs)
-        if progress is not None:
-            progress(p, max(until - pos + 1, 0))
+    first = store.meta.changelog_offset + 1
+    try:
+        async for recs, pos in _chunks(reader, topics, p, first, until):
+            if recs:
+                ignored += store.restore(recs)
+                read += len(recs)
+            if progress is not None:
+                progress(p, max(until - pos + 1, 0))
+    except OffsetOutOfRangeError:
+        tp = TopicPartition(topics.changelog, p)
+        start = (await reader.beginning_offsets([tp]))[tp]
+        if start <= store.meta.changelog_offset + 1:
+            raise  # not a deletion: the take-over is tried again
+        raise Refused(f"{topics.changelog}/{p} starts at offset {start} but the restore "
+                      f"needs it from offset {store.meta.changelog_offset + 1}: state "
+                      "changelog records were deleted") from None
     return read, ignored
 
 

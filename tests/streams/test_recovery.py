@@ -7,15 +7,22 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import GroupCoordinatorNotAvailableError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import GroupCoordinatorNotAvailableError, PolicyViolationError
 
 from engine.kafka.client_config import default_client
 from engine.kafka.produce import Outgoing
 from engine.kafka.topics import FENCE_HEADER, ensure_topics
 from engine.rules.model import NO_TIME
-from engine.streams.recovery import gaps_between, read_range, take_over, write_again
+from engine.streams.recovery import (
+    Refused,
+    gaps_between,
+    read_range,
+    take_over,
+    write_again,
+)
 from engine.streams.state import (
     FENCE_KEY,
     ChangelogRecord,
@@ -144,4 +151,52 @@ def test_an_owner_writes_again_what_a_zombie_wrote_after_it(
         assert newest[b"personDD"] == (earlier, 0) and store.fenced_off == set()
         assert newest[b"personCC"] == (None, 0)  # nothing held here: a tombstone
         assert store.meta.changelog_offset == len(log) - 1
+    store.close()
+
+
+def test_changelog_records_deleted_under_the_restore_refuse_the_partition(
+        kafka_broker, topic_prefix, tmp_path: Path) -> None:
+    """Records deleted from the changelog's start (a delete cleanup policy put on it,
+    and retention or a deletion) would be people restored as new: the take-over refuses the
+    partition instead of restoring what is left (aiokafka's consumer, which read it
+    before DECISIONS 143, went on from the end: an empty state)."""
+    bootstrap, topics = kafka_broker.bootstrap, topics_for(topic_prefix())
+    store = ShardStore(tmp_path / "p0", NO_TIME)
+
+    async def run() -> tuple[int, int]:
+        await ensure_topics(bootstrap, topics, PARTITIONS)
+        await produce(bootstrap, [(topics.changelog,
+                                   Outgoing(0, b"person%02d" % i, encode(PersonState(c=i))))
+                                  for i in range(5)])
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                                  enable_auto_commit=False, isolation_level="read_committed")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
+                                    enable_idempotence=True, acks="all")
+        await reader.start()
+        await admin.start()
+        await producer.start()
+        try:
+            # Kafka deletes records only where a delete policy applies
+            await admin.alter_configs([ConfigResource(
+                ConfigResourceType.TOPIC, topics.changelog,
+                {"cleanup.policy": "compact,delete"})])
+            for _ in range(40):  # until the partition's leader has the new policy
+                try:
+                    await admin.delete_records(
+                        {TopicPartition(topics.changelog, 0): RecordsToDelete(3)})
+                    break
+                except PolicyViolationError:
+                    await asyncio.sleep(0.25)
+            await _coordinator_up(admin, topics.group_id)
+            return await take_over(reader, admin, producer, topics, store, 0)
+        finally:
+            await reader.stop()
+            await admin.close()
+            await producer.stop()
+
+    with pytest.raises(Refused, match="starts at offset 3 but the restore needs it from "
+                                      "offset 0: state changelog records were deleted"):
+        asyncio.run(run())
+    assert store.get("person04") == PersonState()  # nothing of what was left applied
     store.close()

@@ -1,0 +1,265 @@
+"""engine.kafka.fetch reads record batches as aiokafka's consumer hands them out:
+the same records, keys, values and header value, offsets in range, read_committed."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as Errors
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from aiokafka.record.util import calc_crc32c
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.devtools import broker as devbroker
+from engine.devtools import security
+from engine.kafka.client_config import default_client
+from engine.kafka.fetch import Columns, PartitionReader, parse
+from engine.kafka.topics import Topics, ensure_topics
+
+TP = TopicPartition("t", 0)
+NAME = "mynapoint-fence"
+TS = 1_601_510_400_123
+
+
+def batch(base: int, msgs: list[tuple[bytes | None, bytes | None, list[Any]]],
+          compression: int = 0, producer: int = -1, transactional: bool = False,
+          control: bool = False, gap: int = 1) -> bytes:
+    """A record batch as a broker stores it: aiokafka's builder, then the base offset
+    (and a control batch's attribute) the broker sets; offsets ``gap`` apart (gaps
+    are what compaction leaves inside a batch)."""
+    b = DefaultRecordBatchBuilder(2, compression, int(transactional), producer,
+                                  0 if producer >= 0 else -1, 0, 1 << 24)
+    for j, (k, v, h) in enumerate(msgs):
+        assert b.append(j * gap, TS, k, v, h) is not None
+    data = bytearray(b.build())
+    struct.pack_into(">q", data, 0, base)
+    if control:
+        attrs = struct.unpack_from(">h", data, 21)[0] | 0x20
+        struct.pack_into(">h", data, 21, attrs)
+        struct.pack_into(">I", data, 17, calc_crc32c(bytes(data[21:])))
+    return bytes(data)
+
+
+def reference(buf: bytes, first: int, last: int) -> list[tuple[Any, ...]]:
+    """What the consumer hands out of ``buf`` (no transactions): each record in range
+    with its key, value and the header's value as recovery's old ``_tag`` read it."""
+    out = []
+    at = 0
+    while at + 12 <= len(buf):
+        size = struct.unpack_from(">i", buf, at + 8)[0] + 12
+        if at + size > len(buf):
+            break
+        rb = DefaultRecordBatch(buf[at:at + size])
+        if not rb.is_control_batch:
+            for r in rb:
+                if first <= r.offset <= last:
+                    out.append((r.offset, r.key, r.value, _tag(r.headers)))
+        at += size
+    return out
+
+
+def _tag(headers: Any) -> int | None:
+    for k, v in headers:
+        if k == NAME:
+            try:
+                return int(v) if v is not None else None
+            except ValueError:
+                return None
+    return None
+
+
+def flat(cols: list[Columns]) -> list[tuple[Any, ...]]:
+    return [r for c in cols
+            for r in zip(c.offset.tolist(), c.keys(), c.values(), c.tags(), strict=True)]
+
+
+_VALUE = st.one_of(st.none(), st.binary(max_size=300))
+_TAGVAL = st.one_of(st.none(), st.integers(0, 10**20).map(lambda n: str(n).encode()),
+                    st.sampled_from([b"", b"-3", b" 7", b"+5", b"x", b"1_0", b"\xff"]),
+                    st.binary(max_size=6))
+_HEADER = st.one_of(st.tuples(st.sampled_from([NAME, "other", "mynapoint-fenc"]), _TAGVAL),
+                    st.tuples(st.text(max_size=8), st.one_of(st.none(), st.binary(max_size=20))))
+_MSG = st.tuples(st.one_of(st.none(), st.binary(max_size=40)), _VALUE,
+                 st.lists(_HEADER, max_size=3))
+_BATCH = st.tuples(st.lists(_MSG, min_size=1, max_size=12), st.sampled_from([0, 0, 1]),
+                   st.integers(1, 3), st.integers(0, 5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_BATCH, min_size=1, max_size=6), st.integers(0, 40), st.integers(0, 80),
+       st.integers(0, 200))
+def test_same_records_as_aiokafka(batches: list[Any], first: int, span: int,
+                                  cut: int) -> None:
+    """Plain and gzip batches, gaps between and inside batches, nulls, headers of every
+    kind, a window of offsets, and a last batch cut short as a fetch answer may end."""
+    parts, base = [], 0
+    for msgs, codec, gap, skip in batches:
+        base += skip
+        parts.append(batch(base, msgs, codec, gap=gap))
+        base += (len(msgs) - 1) * gap + 1
+    whole = b"".join(parts)
+    buf = whole[:max(len(whole) - cut, len(whole) - len(parts[-1]) + 1)] if cut else whole
+    last = first + span
+    cols, nxt = parse(buf, TP, NAME, first, last)
+    assert flat(cols) == reference(buf, first, last)
+    ends = [struct.unpack_from(">q", p)[0] + struct.unpack_from(">i", p, 23)[0] + 1
+            for p in parts]
+    complete = len(parts) if buf == whole else len(parts) - 1
+    assert nxt == (ends[complete - 1] if complete else None)
+
+
+def test_checksum_mismatch_is_refused() -> None:
+    good = bytearray(batch(0, [(b"k", b"v", [])]))
+    good[-1] ^= 1
+    with pytest.raises(Errors.CorruptRecordException):
+        parse(bytes(good), TP, NAME, 0, 10)
+
+
+def test_older_message_format_is_refused() -> None:
+    old = bytearray(batch(0, [(b"k", b"v", [])]))
+    old[16] = 1
+    with pytest.raises(Errors.UnsupportedVersionError):
+        parse(bytes(old), TP, NAME, 0, 10)
+
+
+def test_a_malformed_record_is_refused() -> None:
+    bad = bytearray(batch(0, [(b"key", b"value", [])]))
+    bad[57:61] = struct.pack(">i", 2)  # two records announced, one there
+    bad[17:21] = struct.pack(">I", calc_crc32c(bytes(bad[21:])))
+    with pytest.raises(Errors.CorruptRecordException):
+        parse(bytes(bad), TP, NAME, 0, 10)
+
+
+def marker(base: int, producer: int, commit: bool) -> bytes:
+    return batch(base, [(struct.pack(">hh", 0, int(commit)), b"\x00\x00\x00\x00\x00\x00", [])],
+                 producer=producer, transactional=True, control=True)
+
+
+def test_read_committed() -> None:
+    """Producer 7's transaction is aborted, 8's committed, 9 writes without one: the
+    aborted batches and both markers are skipped, as the consumer skips them."""
+    log = [
+        batch(0, [(b"a", b"1", [])], producer=7, transactional=True),
+        batch(1, [(b"b", b"2", [])], producer=8, transactional=True),
+        batch(2, [(b"c", b"3", [])], producer=9),
+        batch(3, [(b"d", b"4", [])], producer=7, transactional=True),
+        marker(4, 7, commit=False),
+        marker(5, 8, commit=True),
+        batch(6, [(b"e", b"5", [])], producer=7, transactional=True),  # a new transaction
+    ]
+    cols, nxt = parse(b"".join(log), TP, NAME, 0, 100, aborted=[(7, 0)])
+    assert [(o, k) for o, k, *_ in flat(cols)] == [(1, b"b"), (2, b"c"), (6, b"e")]
+    assert nxt == 7
+
+
+def test_columns_index_the_buffer_without_copies() -> None:
+    buf = batch(10, [(b"k%d" % i, b"v" * i, [(NAME, b"%d" % i)]) for i in range(5)])
+    (cols,), _ = parse(buf, TP, NAME, 12, 13)
+    assert cols.buf is buf
+    assert cols.offset.tolist() == [12, 13]
+    assert cols.tags() == [2, 3]
+    assert np.all(cols.value_len == [2, 3])
+
+
+# ---------------------------------------------------------------- on a real broker
+
+
+async def _read_both(bootstrap: str, client_kwargs: dict[str, Any], tp: TopicPartition,
+                     first: int, last: int) -> tuple[list[Any], list[Any]]:
+    """``tp``'s records in [first, last] by PartitionReader (small fetches, so that an
+    answer ends inside a batch) and by aiokafka's read_committed consumer."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **client_kwargs,
+                                enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        ours = []
+        async for cols, pos in PartitionReader(consumer._client, max_bytes=700).read(
+                tp, first, last, NAME):
+            ours += flat(cols)
+            assert pos > first
+        consumer.assign([tp])
+        consumer.seek(tp, first)
+        theirs: list[Any] = []
+        while await consumer.position(tp) <= last:
+            got = await consumer.getmany(tp, timeout_ms=1_000)
+            theirs += [(m.offset, m.key, m.value, _tag(m.headers))
+                       for m in got.get(tp, []) if m.offset <= last]
+        return ours, theirs
+    finally:
+        await consumer.stop()
+
+
+def test_reads_a_partition_as_the_consumer_does(kafka_broker: devbroker.Broker,
+                                                topic_prefix: str) -> None:
+    """Plain and gzip batches of several producers, headers, tombstones, an aborted and
+    a committed transaction, read from the middle of a batch to an offset inside a
+    later one."""
+    topic = f"{topic_prefix}.fetch"
+
+    async def fill() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap, **default_client())
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.close()
+        for codec in (None, "gzip"):
+            p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client(),
+                                 compression_type=codec, linger_ms=50)
+            await p.start()
+            futs = [await p.send(topic, (b"v%d" % i) * (i % 7) if i % 5 else None,
+                                 key=b"k%d" % i, partition=0,
+                                 headers=[(NAME, b"%d" % i)] if i % 3 else [("x", b"y")])
+                    for i in range(40)]
+            await asyncio.gather(*futs)
+            await p.stop()
+        for commit in (False, True):
+            t = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client(),
+                                 transactional_id=f"{topic_prefix}-tx")
+            await t.start()
+            await t.begin_transaction()
+            await t.send_and_wait(topic, b"committed" if commit else b"aborted", key=b"t",
+                                  partition=0)
+            await (t.commit_transaction() if commit else t.abort_transaction())
+            await t.stop()
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
+        await p.start()
+        md = await p.send_and_wait(topic, b"last", key=b"z", partition=0)
+        await p.stop()
+        return int(md.offset)
+
+    end = asyncio.run(fill())
+    tp = TopicPartition(topic, 0)
+    ours, theirs = asyncio.run(_read_both(kafka_broker.bootstrap, default_client(), tp, 7, end))
+    assert ours == theirs
+    values = [v for _, _, v, _ in ours]
+    assert b"committed" in values and b"aborted" not in values
+    assert None in values and {t for *_, t in ours} >= {None, 8, 38}
+    ours, theirs = asyncio.run(_read_both(kafka_broker.bootstrap, default_client(), tp, 3, 50))
+    assert ours == theirs and [o for o, *_ in ours] == list(range(3, 51))
+
+
+def test_a_principal_without_read_is_refused(kafka_broker: devbroker.Broker,
+                                             topic_prefix: str) -> None:
+    """The fetch is the broker's to allow: finance may not read a changelog."""
+    topics = Topics(topic_prefix, operators=("paypay",))
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topics, 1))
+
+    async def read() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_broker.bootstrap,
+                                    **kafka_broker.client(security.FINANCE))
+        await consumer.start()
+        try:
+            async for _ in PartitionReader(consumer._client).read(
+                    TopicPartition(topics.changelog, 0), 0, 10, NAME):
+                pass
+        finally:
+            await consumer.stop()
+
+    with pytest.raises(Errors.TopicAuthorizationFailedError):
+        asyncio.run(asyncio.wait_for(read(), 60))
