@@ -4,6 +4,7 @@ fault matrix (test_faults.py) does not reach: a local copy ahead of the changelo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError, PolicyViolationEr
 
 from engine.kafka.client_config import default_client
 from engine.kafka.produce import Outgoing
-from engine.kafka.topics import FENCE_HEADER, ensure_topics
+from engine.kafka.topics import FENCE_HEADER, Topics, ensure_topics
 from engine.rules.model import NO_TIME
 from engine.streams.recovery import (
     Refused,
@@ -50,6 +51,30 @@ async def _coordinator_up(admin: AIOKafkaAdminClient, group: str) -> None:
     raise AssertionError(f"no group coordinator for {group} after 30 s")
 
 
+async def _take_over_with(bootstrap: str, topics: Topics, store: ShardStore,
+                          before: Callable[[AIOKafkaAdminClient], Awaitable[None]] | None = None
+                          ) -> tuple[int, int]:
+    """Partition 0's take-over into ``store`` with clients of the test's own, after
+    ``before(admin)`` if given."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
+                              enable_auto_commit=False, isolation_level="read_committed")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
+                                enable_idempotence=True, acks="all")
+    await reader.start()
+    await admin.start()
+    await producer.start()
+    try:
+        if before is not None:
+            await before(admin)
+        await _coordinator_up(admin, topics.group_id)
+        return await take_over(reader, admin, producer, topics, store, 0)
+    finally:
+        await reader.stop()
+        await admin.close()
+        await producer.stop()
+
+
 def test_a_local_copy_ahead_of_the_changelog_is_wiped(kafka_broker, topic_prefix,
                                                       tmp_path: Path) -> None:
     """A local checkpoint that has applied more changelog than the topic holds belongs
@@ -63,21 +88,7 @@ def test_a_local_copy_ahead_of_the_changelog_is_wiped(kafka_broker, topic_prefix
 
     async def run() -> tuple[int, int]:
         await ensure_topics(bootstrap, topics, PARTITIONS)
-        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
-                                  enable_auto_commit=False, isolation_level="read_committed")
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
-                                    enable_idempotence=True, acks="all")
-        await reader.start()
-        await admin.start()
-        await producer.start()
-        try:
-            await _coordinator_up(admin, topics.group_id)
-            return await take_over(reader, admin, producer, topics, store, 0)
-        finally:
-            await reader.stop()
-            await admin.close()
-            await producer.stop()
+        return await _take_over_with(bootstrap, topics, store)
 
     read, ignored = asyncio.run(run())
     assert (read, ignored) == (1, 0)  # the new changelog's one record: this take-over's fence
@@ -157,8 +168,8 @@ def test_an_owner_writes_again_what_a_zombie_wrote_after_it(
 def test_changelog_records_deleted_under_the_restore_refuse_the_partition(
         kafka_broker, topic_prefix, tmp_path: Path) -> None:
     """Records deleted from the changelog's start (a delete cleanup policy put on it,
-    and retention or a deletion) would be people restored as new: the take-over refuses the
-    partition instead of restoring what is left (aiokafka's consumer, which read it
+    then retention or a deletion) would be people restored as new: the take-over
+    refuses the partition instead of restoring what is left (aiokafka's consumer, which read it
     before DECISIONS 143, went on from the end: an empty state)."""
     bootstrap, topics = kafka_broker.bootstrap, topics_for(topic_prefix())
     store = ShardStore(tmp_path / "p0", NO_TIME)
@@ -168,32 +179,20 @@ def test_changelog_records_deleted_under_the_restore_refuse_the_partition(
         await produce(bootstrap, [(topics.changelog,
                                    Outgoing(0, b"person%02d" % i, encode(PersonState(c=i))))
                                   for i in range(5)])
-        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client(),
-                                  enable_auto_commit=False, isolation_level="read_committed")
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **default_client(),
-                                    enable_idempotence=True, acks="all")
-        await reader.start()
-        await admin.start()
-        await producer.start()
-        try:
-            # Kafka deletes records only where a delete policy applies
-            await admin.alter_configs([ConfigResource(
-                ConfigResourceType.TOPIC, topics.changelog,
-                {"cleanup.policy": "compact,delete"})])
-            for _ in range(40):  # until the partition's leader has the new policy
-                try:
-                    await admin.delete_records(
-                        {TopicPartition(topics.changelog, 0): RecordsToDelete(3)})
-                    break
-                except PolicyViolationError:
-                    await asyncio.sleep(0.25)
-            await _coordinator_up(admin, topics.group_id)
-            return await take_over(reader, admin, producer, topics, store, 0)
-        finally:
-            await reader.stop()
-            await admin.close()
-            await producer.stop()
+        return await _take_over_with(bootstrap, topics, store, delete_first_three)
+
+    async def delete_first_three(admin: AIOKafkaAdminClient) -> None:
+        # Kafka deletes records only where a delete policy applies
+        await admin.alter_configs([ConfigResource(
+            ConfigResourceType.TOPIC, topics.changelog, {"cleanup.policy": "compact,delete"})])
+        for _ in range(40):  # until the partition's leader has the new policy
+            try:
+                await admin.delete_records(
+                    {TopicPartition(topics.changelog, 0): RecordsToDelete(3)})
+                return
+            except PolicyViolationError:
+                await asyncio.sleep(0.25)
+        raise AssertionError("the changelog's records were not deleted")
 
     with pytest.raises(Refused, match="starts at offset 3 but the restore needs it from "
                                       "offset 0: state changelog records were deleted"):
