@@ -10,7 +10,7 @@ Enabled from tests/conftest.py with ``pytest_plugins = ["tests.kafka_fixtures"]`
   ``kafka_broker.credentials(principal)`` / ``.client(principal)`` give any
   principal's file / aiokafka arguments.
 - ``own_broker`` (function): a broker of the test's own, restartable on its port, for
-  a test that kills it.
+  a test that kills it; ``own_cluster`` (function): three such brokers in one cluster.
 - ``topic_prefix`` (function): a fresh prefix such as ``t1a2b3c4d`` for each test, so
   tests never share topics or consumer groups. It is a ``str``; calling it returns a
   further fresh prefix, for a test that needs several independent pipelines.
@@ -57,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"kafka_broker", "own_broker"} & set(getattr(item, "fixturenames", ())):
+        if {"kafka_broker", "own_broker", "own_cluster"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
 
 
@@ -102,6 +102,21 @@ def own_broker(tmp_path: Path) -> Iterator[devbroker.Broker]:
     finally:
         devbroker.stop(port=broker.port, data_dir=data)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[devbroker.Cluster]:
+    """Three brokers of this test's own (one KRaft cluster, RF 3, min ISR 2), on ports
+    they can be restarted on: the test kills one. Its clients authenticate as its admin
+    for the test."""
+    c = devbroker.start_cluster(3, port=devbroker.restartable_port(3), root=tmp_path / "cluster",
+                                wait=120.0)
+    try:
+        with client_config_of(c.credentials()):
+            yield c
+    finally:
+        c.stop()
+        shutil.rmtree(c.root, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -42,9 +42,11 @@ _COMPRESSION = 0x07
 _TRANSACTIONAL = 0x10
 _CONTROL = 0x20
 _CODECS = {1: gzip_decode, 2: snappy_decode, 3: lz4_decode, 4: zstd_decode}
-# a fetch that fails on a broker that is gone or moving is tried again this many times,
-# with a doubling pause, before the error is the caller's (a take-over starts again)
-ATTEMPTS = 8
+# A fetch that fails on a broker that is gone or moving is tried again, with a doubling
+# pause, for this long before the error is the caller's (a take-over starts again):
+# longer than a dead leader's session (broker.session.timeout.ms, 9 s by default) and
+# the election after it, so that a cluster's lost broker is ridden out.
+RETRY_SECONDS = 30.0
 
 
 class Columns(NamedTuple):
@@ -354,7 +356,9 @@ class PartitionReader:
         """One fetch of ``tp`` from ``offset``: the answer's record bytes and its
         aborted transactions; a moved leader or a broker gone is looked up again."""
         pause = 0.1
-        for attempt in range(ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        until = loop.time() + RETRY_SECONDS
+        while True:
             try:
                 node = await self._leader(tp)
                 req = FetchRequest(self.max_wait_ms, 1, self.max_bytes, READ_COMMITTED,
@@ -371,12 +375,11 @@ class PartitionReader:
             except Errors.KafkaError as e:
                 # retriable: a leader moved or not elected yet, a broker gone or not
                 # ready; the leader is looked up again
-                if not e.retriable or attempt == ATTEMPTS - 1:
+                if not e.retriable or loop.time() + pause > until:
                     raise
                 self.client.force_metadata_update()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
-        raise AssertionError("unreachable")
 
     async def read(self, tp: TopicPartition, first: int, last: int, header: str
                    ) -> AsyncGenerator[tuple[list[Columns], int], None]:

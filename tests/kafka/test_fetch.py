@@ -263,3 +263,47 @@ def test_a_principal_without_read_is_refused(kafka_broker: devbroker.Broker,
 
     with pytest.raises(Errors.TopicAuthorizationFailedError):
         asyncio.run(asyncio.wait_for(read(), 60))
+
+
+def test_a_read_follows_its_partition_to_a_new_leader(own_cluster: devbroker.Cluster,
+                                                      topic_prefix: str) -> None:
+    """Three brokers: the leader of the partition being read is SIGKILLed after the
+    first answer, while the next fetch is on its way to it. The read goes on from the
+    new leader and returns every record once, in order."""
+    topic = f"{topic_prefix}.moved"
+    tp = TopicPartition(topic, 0)
+    n = 3_000
+
+    async def run() -> tuple[list[Any], int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=own_cluster.bootstrap,
+                                    **default_client())
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 1, 3)])
+        await admin.close()
+        p = AIOKafkaProducer(bootstrap_servers=own_cluster.bootstrap, **default_client(),
+                             acks="all", max_batch_size=4_096)
+        await p.start()
+        await asyncio.gather(*[await p.send(topic, b"%06d" % i * 20, key=b"k%d" % i,
+                                            partition=0) for i in range(n)])
+        await p.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=own_cluster.bootstrap,
+                                    **default_client())
+        await consumer.start()
+        try:
+            reader = PartitionReader(consumer._client, max_bytes=16_384)
+            got: list[Any] = []
+            killed = answers = -1
+            async for cols, _ in reader.read(tp, 0, n - 1, NAME):
+                got += flat(cols)
+                answers += 1
+                if killed < 0:
+                    killed = consumer._client.cluster.leader_for_partition(tp)
+                    await asyncio.to_thread(own_cluster.kill, killed)
+            return got, killed, answers
+        finally:
+            await consumer.stop()
+
+    got, killed, answers = asyncio.run(asyncio.wait_for(run(), 180))
+    assert killed >= 0 and answers > 1  # killed with most of the read still to come
+    assert [o for o, *_ in got] == list(range(n))
+    assert [v for _, _, v, _ in got] == [b"%06d" % i * 20 for i in range(n)]

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.devtools import broker as devbroker
-from engine.kafka.client_config import ENV, default_client
+from engine.kafka.client_config import default_client
 from engine.tools.compare import Comparison
 from tests.kafka_fixtures import TopicPrefix
 from tests.streams.harness import (
@@ -263,18 +262,6 @@ def test_single_broker_sigkill_and_restart(own_broker: devbroker.Broker, topic_p
 # ------------------------------------------------------------------ three brokers
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[devbroker.Cluster]:
-    c = devbroker.start_cluster(3, port=devbroker.restartable_port(3), root=tmp_path / "cluster",
-                            wait=120.0)
-    monkeypatch.setenv(ENV, str(c.credentials()))
-    try:
-        yield c
-    finally:
-        c.stop()
-        shutil.rmtree(c.root, ignore_errors=True)
-
-
 async def _coordinator(bootstrap: str, group: str) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
     await admin.start()
@@ -284,7 +271,7 @@ async def _coordinator(bootstrap: str, group: str) -> int:
         await admin.close()
 
 
-def test_cluster_loses_a_broker(cluster: devbroker.Cluster, topic_prefix: TopicPrefix,
+def test_cluster_loses_a_broker(own_cluster: devbroker.Cluster, topic_prefix: TopicPrefix,
                                 scenario: Scenario, tmp_path: Path,
                                 request: pytest.FixtureRequest, runtime: str) -> None:
     """Three brokers (RF 3, min ISR 2): SIGKILL the one coordinating the workers'
@@ -293,10 +280,10 @@ def test_cluster_loses_a_broker(cluster: devbroker.Cluster, topic_prefix: TopicP
     prefix = topic_prefix()
 
     def fault() -> dict[str, Any]:
-        victim = asyncio.run(_coordinator(cluster.bootstrap, topics_for(prefix).group_id))
-        cluster.kill(victim)
+        victim = asyncio.run(_coordinator(own_cluster.bootstrap, topics_for(prefix).group_id))
+        own_cluster.kill(victim)
         return {"killed_node": victim, "killed_node_role": "group coordinator"}
 
-    outcome = settle_through(cluster.bootstrap, prefix, scenario, tmp_path, fault, runtime)
+    outcome = settle_through(own_cluster.bootstrap, prefix, scenario, tmp_path, fault, runtime)
     counts = assert_unharmed(request, scenario, outcome, runtime=runtime)
     assert counts["longest_stall_seconds"] <= MAX_STALL_SECONDS, counts
