@@ -240,6 +240,12 @@ def _records(buf, spans, name, first, last):  # type: ignore[no-untyped-def]
 def _columns(buf: bytes, spans: np.ndarray, name: np.ndarray, first: int, last: int,
              tp: TopicPartition) -> Columns:
     raw = np.frombuffer(buf, np.uint8)
+    counts = spans[:, 3]
+    if ((counts < 0) | (counts > spans[:, 1] - spans[:, 0])).any():
+        # a record takes a few bytes at least: a count beyond the batch's size is not
+        # one to allocate for
+        raise Errors.CorruptRecordException(
+            f"a record batch of {tp.topic}/{tp.partition} announces more records than fit")
     cols, ok = _records(raw, np.ascontiguousarray(spans, np.int64), name, first, last)
     if not ok:
         raise Errors.CorruptRecordException(f"a malformed record in {tp.topic}/{tp.partition}")

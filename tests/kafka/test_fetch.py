@@ -137,6 +137,14 @@ def test_a_malformed_record_is_refused() -> None:
         parse(bytes(bad), TP, NAME, 0, 10)
 
 
+def test_a_record_count_beyond_the_batch_is_refused_unallocated() -> None:
+    bad = bytearray(batch(0, [(b"key", b"value", [])]))
+    bad[57:61] = struct.pack(">i", 2**31 - 1)
+    bad[17:21] = struct.pack(">I", calc_crc32c(bytes(bad[21:])))
+    with pytest.raises(Errors.CorruptRecordException, match="more records than fit"):
+        parse(bytes(bad), TP, NAME, 0, 10)
+
+
 def marker(base: int, producer: int, commit: bool) -> bytes:
     return batch(base, [(struct.pack(">hh", 0, int(commit)), b"\x00\x00\x00\x00\x00\x00", [])],
                  producer=producer, transactional=True, control=True)
