@@ -281,6 +281,8 @@ def _control_type(buf: bytes, records_at: int) -> int:
     _, at = _varint(raw, at + 1, len(raw))          # attributes; timestamp delta
     _, at = _varint(raw, at, len(raw))              # offset delta
     _, at = _varint(raw, at, len(raw))              # key length
+    if at < 0 or at + 4 > len(raw):
+        raise Errors.CorruptRecordException("a malformed control record")
     return int(struct.unpack_from(">h", buf, at + 2)[0])
 
 
@@ -296,13 +298,16 @@ def parse(buf: bytes, tp: TopicPartition, header: str, first: int, last: int,
     if (table[:, 7] != 2).any():
         raise Errors.UnsupportedVersionError(
             f"{tp.topic}/{tp.partition} holds records of a message format before v2")
+    if (table[:, 1] - table[:, 0] < _HEADER).any():
+        raise Errors.CorruptRecordException(
+            f"a record batch of {tp.topic}/{tp.partition} is shorter than its header")
     name = np.frombuffer(header.encode(), np.uint8)
     nxt = int(table[-1, 2] + table[-1, 3] + 1)
     for start, end, crc in table[:, [0, 1, 8]].tolist():
         if google_crc32c.value(buf[start + 21:end]) != crc:
             raise Errors.CorruptRecordException(
                 f"a record batch of {tp.topic}/{tp.partition} fails its checksum")
-    keep = np.ones(len(table), bool)
+    keep = (table[:, 4] & _CONTROL) == 0  # whoever wrote them, as aiokafka's consumer
     odd = (table[:, 4] & (_TRANSACTIONAL | _CONTROL)) != 0
     if odd.any():
         rule = _Aborted(aborted)
@@ -329,7 +334,12 @@ def parse(buf: bytes, tp: TopicPartition, header: str, first: int, last: int,
             decode = _CODECS.get(int(codec[b]))
             if decode is None:
                 raise Errors.UnsupportedCodecError(f"compression codec {codec[b]}")
-            inner = decode(memoryview(buf)[int(spans[b, 0]):int(spans[b, 1])])
+            try:
+                inner = decode(memoryview(buf)[int(spans[b, 0]):int(spans[b, 1])])
+            except Exception as e:  # each codec fails in its own way on damaged bytes
+                raise Errors.CorruptRecordException(
+                    f"a compressed batch of {tp.topic}/{tp.partition} does not "
+                    f"decompress ({type(e).__name__})") from e
             one = np.array([[0, len(inner), spans[b, 2], spans[b, 3]]], np.int64)
             out.append(_columns(inner, one, name, first, last, tp))
         if run:
