@@ -12,10 +12,11 @@ of one header (the changelog's fence tag) laid out as arrays, from which the cal
 slices only what it keeps.
 
 It reads what aiokafka's consumer would hand out with ``isolation_level=
-"read_committed"``: control batches are skipped, so are batches of aborted
-transactions; a compressed batch is decompressed by aiokafka's codecs; every batch's
-checksum is checked. The one thing it refuses is a log of the formats before v2
-(Kafka 0.11), which no broker this engine runs on writes.
+"read_committed"`` (or, asked to, ``"read_uncommitted"``): control batches are
+skipped, so are batches of aborted transactions where they are not to be read; a
+compressed batch is decompressed by aiokafka's codecs; every batch's checksum is
+checked. The one thing it refuses is a log of the formats before v2 (Kafka 0.11),
+which no broker this engine runs on writes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from aiokafka import errors as Errors
 from aiokafka.codec import gzip_decode, lz4_decode, snappy_decode, zstd_decode
 from aiokafka.protocol.fetch import FetchRequest
 
-READ_COMMITTED = 1
+READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 NO_TAG = -1    # the record has no such header (or its value is null)
 ODD_TAG = -2   # a value the compiled pass does not read as a number: Python's int() decides
 
@@ -212,7 +213,7 @@ def _records(buf, spans, name, first, last):  # type: ignore[no-untyped-def]
                 hv, at = _varint(buf, at + hk, stop)
                 if at < 0 or at + max(hv, 0) > stop:
                     return cols[:, :i], False
-                if not found and hk == len(name):
+                if not found and hk == len(name) and hk > 0:
                     found = True
                     for k in range(hk):
                         if buf[hkat + k] != name[k]:
@@ -351,10 +352,14 @@ class PartitionReader:
     """Reads a range of one partition with fetches of its own over an aiokafka
     client's connections (``AIOKafkaConsumer._client`` or an ``AIOKafkaClient``)."""
 
-    def __init__(self, client: Any, max_bytes: int = 16 << 20, max_wait_ms: int = 500) -> None:
+    def __init__(self, client: Any, max_bytes: int = 16 << 20, max_wait_ms: int = 500,
+                 committed: bool = True) -> None:
         self.client = client
         self.max_bytes = max_bytes
         self.max_wait_ms = max_wait_ms
+        # read_uncommitted (``committed=False``): every data batch the log holds, those
+        # of aborted transactions too, as a consumer of that isolation level reads
+        self.isolation = READ_COMMITTED if committed else READ_UNCOMMITTED
 
     async def _leader(self, tp: TopicPartition) -> int:
         await self.client.add_topic(tp.topic)
@@ -377,7 +382,7 @@ class PartitionReader:
         while True:
             try:
                 node = await self._leader(tp)
-                req = FetchRequest(self.max_wait_ms, 1, self.max_bytes, READ_COMMITTED,
+                req = FetchRequest(self.max_wait_ms, 1, self.max_bytes, self.isolation,
                                    [(tp.topic, [(tp.partition, offset, self.max_bytes)])])
                 resp = await self.client.send(node, req)
                 part = resp.topics[0][1][0]
@@ -397,9 +402,10 @@ class PartitionReader:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
 
-    async def read(self, tp: TopicPartition, first: int, last: int, header: str
+    async def read(self, tp: TopicPartition, first: int, last: int, header: str = ""
                    ) -> AsyncGenerator[tuple[list[Columns], int], None]:
-        """The records of ``tp`` from ``first`` to ``last`` (inclusive), an answer at
+        """The records of ``tp`` from ``first`` to ``last`` (inclusive; ``header``:
+        the header whose value :attr:`Columns.tag` reads, none if empty), an answer at
         a time, each with the offset the next one starts at (compaction leaves gaps:
         the position moves past them). The next fetch is sent before the caller
         works on this one's records."""

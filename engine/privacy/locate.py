@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,45 +112,51 @@ def in_ledger(ledger: Path, mykey_id: str) -> list[Place]:
 
 async def in_kafka(bootstrap: str, prefix: str, group: str, mykey_id: str) -> list[Place]:
     """Records keyed by the person on the engine's topics (changelog: the latest
-    value counts; a tombstone means nothing is held)."""
+    value counts; a tombstone means nothing is held). Every record the logs hold is
+    read, those of aborted transactions too (read_uncommitted): they are data kept,
+    whether a consumer would be handed them or not."""
+    import numpy as np
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from engine.kafka.fetch import PartitionReader
     from engine.kafka.topics import Topics, discover
 
     t = await discover(bootstrap, Topics(prefix, group))
     key = mykey_id.encode()
     out: list[Place] = []
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         auto_offset_reset="earliest", **default_client())
+                         **default_client())
     await c.start()
     try:
         await c._client.force_metadata_update()
-        # before any assign(), which narrows the client's metadata to its topics
         every = {topic: [TopicPartition(topic, p)
                          for p in sorted(c.partitions_for_topic(topic) or ())]
                  for topic in (t.changelog, *t.outputs, *t.inputs)}
+        # the engine's own reader over the consumer's connections: keys compared in the
+        # fetched bytes, no record object per record of a whole topic
+        reader = PartitionReader(c._client, committed=False)
         for topic, tps in every.items():
             if not tps:
                 continue
-            c.assign(tps)
+            starts = await c.beginning_offsets(tps)
             ends = await c.end_offsets(tps)
-            for tp in tps:
-                c.seek(tp, 0)  # below the log start: reset to the earliest kept
             hits = 0
             latest: bytes | None = None
-            left = {tp for tp in tps if ends[tp] > 0}
-            idle_until = time.monotonic() + 10.0
-            while left and time.monotonic() < idle_until:
-                got = await c.getmany(*left, timeout_ms=500, max_records=10_000)
-                if got:
-                    idle_until = time.monotonic() + 10.0
-                for tp, msgs in got.items():
-                    for m in msgs:
-                        if m.key == key:
-                            hits += 1
-                            latest = m.value
-                    if msgs and msgs[-1].offset + 1 >= ends[tp]:
-                        left.discard(tp)
+            for tp in tps:
+                if ends[tp] <= starts[tp]:
+                    continue
+                async with contextlib.aclosing(
+                        reader.read(tp, starts[tp], ends[tp] - 1)) as answers:
+                    async for cols, _ in answers:
+                        for col in cols:
+                            for i in np.flatnonzero(col.key_len == len(key)).tolist():
+                                at = int(col.key_at[i])
+                                if col.buf[at:at + len(key)] == key:
+                                    hits += 1
+                                    n = int(col.value_len[i])
+                                    latest = (None if n < 0 else
+                                              col.buf[int(col.value_at[i]):
+                                                      int(col.value_at[i]) + n])
             if topic == t.changelog:
                 if latest is not None:
                     out.append(Place("kafka", topic, "the person's state (latest record)"))

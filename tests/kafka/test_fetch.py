@@ -233,16 +233,18 @@ def test_columns_index_the_buffer_without_copies() -> None:
 
 
 async def _read_both(bootstrap: str, client_kwargs: dict[str, Any], tp: TopicPartition,
-                     first: int, last: int) -> tuple[list[Any], list[Any]]:
+                     first: int, last: int, committed: bool = True
+                     ) -> tuple[list[Any], list[Any]]:
     """``tp``'s records in [first, last] by PartitionReader (small fetches, so that an
-    answer ends inside a batch) and by aiokafka's read_committed consumer."""
+    answer ends inside a batch) and by aiokafka's consumer, read_committed or not."""
+    isolation = "read_committed" if committed else "read_uncommitted"
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **client_kwargs,
-                                enable_auto_commit=False, isolation_level="read_committed")
+                                enable_auto_commit=False, isolation_level=isolation)
     await consumer.start()
     try:
         ours = []
-        async for cols, pos in PartitionReader(consumer._client, max_bytes=700).read(
-                tp, first, last, NAME):
+        reader = PartitionReader(consumer._client, max_bytes=700, committed=committed)
+        async for cols, pos in reader.read(tp, first, last, NAME):
             ours += flat(cols)
             assert pos > first
         consumer.assign([tp])
@@ -303,6 +305,10 @@ def test_reads_a_partition_as_the_consumer_does(kafka_broker: devbroker.Broker,
     assert None in values and {t for *_, t in ours} >= {None, 8, 38}
     ours, theirs = asyncio.run(_read_both(kafka_broker.bootstrap, default_client(), tp, 3, 50))
     assert ours == theirs and [o for o, *_ in ours] == list(range(3, 51))
+    # read_uncommitted, as `admin locate` reads: the aborted transaction's record too
+    ours, theirs = asyncio.run(_read_both(kafka_broker.bootstrap, default_client(), tp, 0, end,
+                                          committed=False))
+    assert ours == theirs and b"aborted" in [v for _, _, v, _ in ours]
 
 
 def test_a_principal_without_read_is_refused(kafka_broker: devbroker.Broker,
