@@ -15,8 +15,8 @@ Enabled from tests/conftest.py with ``pytest_plugins = ["tests.kafka_fixtures"]`
   tests never share topics or consumer groups. It is a ``str``; calling it returns a
   further fresh prefix, for a test that needs several independent pipelines.
 
-Tests that use ``kafka_broker`` or ``own_broker`` are marked ``kafka`` automatically, so
-``pytest -m "not kafka"`` runs without Java.
+Tests that use ``kafka_broker``, ``own_broker`` or ``own_cluster`` are marked ``kafka``
+automatically, so ``pytest -m "not kafka"`` runs without Java.
 """
 
 from __future__ import annotations

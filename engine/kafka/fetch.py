@@ -22,7 +22,6 @@ which no broker this engine runs on writes.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import AsyncGenerator
 from typing import Any, NamedTuple
 
@@ -71,6 +70,19 @@ class Columns(NamedTuple):
 
     def values(self) -> list[bytes | None]:
         return _slices(self.buf, self.value_at, self.value_len)
+
+    def rows_keyed(self, key: bytes) -> np.ndarray:
+        """The records whose key is ``key``, compared where the bytes lie."""
+        rows = np.flatnonzero(self.key_len == len(key))
+        if not len(rows) or not key:
+            return rows
+        raw = np.frombuffer(self.buf, np.uint8)
+        want = np.frombuffer(key, np.uint8)
+        return rows[(raw[self.key_at[rows, None] + np.arange(len(key))] == want).all(axis=1)]
+
+    def value(self, i: int) -> bytes | None:
+        n = int(self.value_len[i])
+        return None if n < 0 else self.buf[int(self.value_at[i]):int(self.value_at[i]) + n]
 
     def tags(self) -> list[int | None]:
         """Each record's header value as ``int(value)`` reads it; None where it has
@@ -262,29 +274,28 @@ class _Aborted:
         self.pending = sorted(aborted or [], key=lambda a: a[1])
         self.producers: set[int] = set()
 
-    def skip(self, buf: bytes, base: int, attributes: int, producer: int,
+    def skip(self, raw: np.ndarray, base: int, attributes: int, producer: int,
              records_at: int) -> bool:
         while self.pending and self.pending[0][1] <= base:
             self.producers.add(self.pending.pop(0)[0])
         if attributes & _CONTROL:
             # a control record's key: version int16, type int16 (0 abort, 1 commit)
-            if _control_type(buf, records_at) == 0:
+            if _control_type(raw, records_at) == 0:
                 self.producers.discard(producer)
             return True
         return bool(attributes & _TRANSACTIONAL) and producer in self.producers
 
 
-def _control_type(buf: bytes, records_at: int) -> int:
+def _control_type(raw: np.ndarray, records_at: int) -> int:
     """The type of the first control record of a batch whose records start at
     ``records_at`` (its key: version int16, type int16; 0 abort, 1 commit)."""
-    raw = np.frombuffer(buf, np.uint8)
     _, at = _varint(raw, records_at, len(raw))      # length
     _, at = _varint(raw, at + 1, len(raw))          # attributes; timestamp delta
     _, at = _varint(raw, at, len(raw))              # offset delta
     _, at = _varint(raw, at, len(raw))              # key length
     if at < 0 or at + 4 > len(raw):
         raise Errors.CorruptRecordException("a malformed control record")
-    return int(struct.unpack_from(">h", buf, at + 2)[0])
+    return int(_be(raw, at + 2, 2))
 
 
 def parse(buf: bytes, tp: TopicPartition, header: str, first: int, last: int,
@@ -314,37 +325,34 @@ def parse(buf: bytes, tp: TopicPartition, header: str, first: int, last: int,
         rule = _Aborted(aborted)
         for b in range(len(table)):
             if table[b, 5] >= 0:
-                keep[b] = not rule.skip(buf, int(table[b, 2]), int(table[b, 4]),
+                keep[b] = not rule.skip(raw, int(table[b, 2]), int(table[b, 4]),
                                         int(table[b, 5]), int(table[b, 0]) + _HEADER)
     codec = table[:, 4] & _COMPRESSION
     spans = np.stack([table[:, 0] + _HEADER, table[:, 1], table[:, 2], table[:, 6]], axis=1)
     out = []
-    plain = keep & (codec == 0)
-    if plain.all() or not (keep & (codec != 0)).any():
-        out.append(_columns(buf, spans[plain], name, first, last, tp))
-    else:
-        # in offset order: a run of plain batches, then each compressed one on its own
-        run: list[int] = []
-        for b in np.flatnonzero(keep).tolist():
-            if codec[b] == 0:
-                run.append(b)
-                continue
-            if run:
-                out.append(_columns(buf, spans[run], name, first, last, tp))
-                run = []
-            decode = _CODECS.get(int(codec[b]))
-            if decode is None:
-                raise Errors.UnsupportedCodecError(f"compression codec {codec[b]}")
-            try:
-                inner = decode(memoryview(buf)[int(spans[b, 0]):int(spans[b, 1])])
-            except Exception as e:  # each codec fails in its own way on damaged bytes
-                raise Errors.CorruptRecordException(
-                    f"a compressed batch of {tp.topic}/{tp.partition} does not "
-                    f"decompress ({type(e).__name__})") from e
-            one = np.array([[0, len(inner), spans[b, 2], spans[b, 3]]], np.int64)
-            out.append(_columns(inner, one, name, first, last, tp))
+    # in offset order: each run of plain batches in one pass over the answer, each
+    # compressed batch on its own
+    run: list[int] = []
+    for b in np.flatnonzero(keep).tolist():
+        if codec[b] == 0:
+            run.append(b)
+            continue
         if run:
             out.append(_columns(buf, spans[run], name, first, last, tp))
+            run = []
+        decode = _CODECS.get(int(codec[b]))
+        if decode is None:
+            raise Errors.UnsupportedCodecError(f"compression codec {codec[b]}")
+        try:
+            inner = decode(memoryview(buf)[int(spans[b, 0]):int(spans[b, 1])])
+        except Exception as e:  # each codec fails in its own way on damaged bytes
+            raise Errors.CorruptRecordException(
+                f"a compressed batch of {tp.topic}/{tp.partition} does not "
+                f"decompress ({type(e).__name__})") from e
+        one = np.array([[0, len(inner), spans[b, 2], spans[b, 3]]], np.int64)
+        out.append(_columns(inner, one, name, first, last, tp))
+    if run:
+        out.append(_columns(buf, spans[run], name, first, last, tp))
     return [c for c in out if len(c.offset)], nxt
 
 

@@ -115,7 +115,6 @@ async def in_kafka(bootstrap: str, prefix: str, group: str, mykey_id: str) -> li
     value counts; a tombstone means nothing is held). Every record the logs hold is
     read, those of aborted transactions too (read_uncommitted): they are data kept,
     whether a consumer would be handed them or not."""
-    import numpy as np
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from engine.kafka.fetch import PartitionReader
@@ -149,14 +148,10 @@ async def in_kafka(bootstrap: str, prefix: str, group: str, mykey_id: str) -> li
                         reader.read(tp, starts[tp], ends[tp] - 1)) as answers:
                     async for cols, _ in answers:
                         for col in cols:
-                            for i in np.flatnonzero(col.key_len == len(key)).tolist():
-                                at = int(col.key_at[i])
-                                if col.buf[at:at + len(key)] == key:
-                                    hits += 1
-                                    n = int(col.value_len[i])
-                                    latest = (None if n < 0 else
-                                              col.buf[int(col.value_at[i]):
-                                                      int(col.value_at[i]) + n])
+                            rows = col.rows_keyed(key)
+                            hits += len(rows)
+                            if len(rows):
+                                latest = col.value(int(rows[-1]))
             if topic == t.changelog:
                 if latest is not None:
                     out.append(Place("kafka", topic, "the person's state (latest record)"))
