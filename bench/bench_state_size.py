@@ -3,8 +3,9 @@
 Drives one partition's settlement logic (engine.streams.logic, no broker) through
 the data `mynapoint generate` makes with the shipped campaign and registry, in
 JSON Lines chunks as `publish` sends them, and measures what the state holds per
-person: the value bytes written to the changelog and the local RocksDB copy (one
-value per person), and the RocksDB directory's size on disk.
+person: the value bytes written to the changelog and held in memory (one value per
+person), what the in-memory store takes for them with its keys and index, and the
+checkpoint file's size on disk.
 
     .venv/bin/python bench/bench_state_size.py [--users 100000] [--transactions 1000000]
 
@@ -19,9 +20,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict, namedtuple
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,7 +40,7 @@ from engine.tools.generate import generate_tables, write_jsonl  # noqa: E402
 
 Msg = namedtuple("Msg", "topic partition offset timestamp key value headers")
 CHUNK = 10_000
-COMMIT = "commit (staged values taken; RocksDB write every 5 s or 32 MiB)"
+COMMIT = "commit (staged values taken; checkpoint file write every 5 s or 32 MiB)"
 
 
 def _chunks(lines: list[bytes], topic: str, chunk: int) -> list[list[Msg]]:
@@ -123,18 +123,21 @@ def main() -> int:
     phases[COMMIT] += time.perf_counter() - t
     seconds = time.perf_counter() - t0
     people = value_bytes = largest = 0
-    # raw mode: keys are bytes; the stub types them as a non-raw db's keys
-    for k, v in cast(Iterator[tuple[bytes, bytes]], logic.store.db.items()):
-        if k == META_KEY.encode():
+    # what Python holds for the store: the dict's table, each key and each value
+    memory = sys.getsizeof(logic.store.data)
+    for k, v in logic.store.items():
+        memory += sys.getsizeof(k) + sys.getsizeof(v)
+        if k == META_KEY:
             continue
         value_bytes += len(v)  # the wait index is state too
-        if is_person_key(k):
+        if is_person_key(k.encode()):
             people += 1
         largest = max(largest, len(v))
     logic.store.close()
     disk = _dir_bytes(work / "p0")
     shutil.rmtree(work)  # the inputs and the store: 150 MB or more a run
     per_person = value_bytes / max(people, 1)
+    in_memory, on_disk = memory / max(people, 1), disk / max(people, 1)
     records = enr.num_rows + txn.num_rows
     rows = "\n".join(f"| {k} | {v:.2f} | {100 * v / seconds:.0f} % |"
                      for k, v in sorted(phases.items(), key=lambda kv: kv[1], reverse=True))
@@ -157,10 +160,11 @@ settlement logic in chunks of {a.chunk:,} records (no broker; {seconds:.1f} s).
 |---|---:|
 | people with state | {people:,} |
 | transactions per person with state | {txn_per_person:.1f} |
-| state value bytes per person (changelog = RocksDB value) | **{per_person:.0f} B** |
+| state value bytes per person (changelog record value = value in memory) | **{per_person:.0f} B** |
+| in memory per person (the store's dict, keys and values, as Python objects) | {in_memory:.0f} B |
 | largest person | {largest:,} B |
-| RocksDB directory on disk per person (compressed, with overhead) | {disk / max(people, 1):.0f} B |
-| state bytes written (changelog and RocksDB) per record decided | {written / records:.0f} B |
+| checkpoint file on disk per person (uncompressed, superseded writes too) | {on_disk:.0f} B |
+| state bytes written (changelog, checkpoint file) per record decided | {written / records:.0f} B |
 
 Where the {seconds:.1f} s went (one process, `time.perf_counter` around each step):
 

@@ -374,7 +374,7 @@ def render(results: dict[str, Any]) -> str:
           f"<worker pid>` attached from the worker's `assigned partitions` to its last "
           f"outcome (idle time, i.e. waiting in epoll, is not sampled, so the shares are of "
           f"CPU-busy samples). Time in C extensions (orjson, pyarrow, numba's compiled "
-          f"kernel, rocksdict, msgspec) is charged to the Python function that called them.")
+          f"kernel, msgspec) is charged to the Python function that called them.")
         w("")
         for key, x in profs:
             p = x.get("profile")

@@ -1,9 +1,9 @@
 """``mynapoint admin locate --mykey-id ID``: where the engine holds data about a person.
 
 The first step of honouring a deletion request (docs/PRIVACY.md). It reads, never
-writes: the workers' local state checkpoints (RocksDB, opened read-only, so running
-workers are not disturbed), the archive's files, and every table of a DuckDB
-ledger that has a ``mykey_id`` column. With ``--broker`` it also reads the
+writes: the workers' local state checkpoints (files read, never opened for writing,
+so running workers are not disturbed), the archive's files, and every table of a
+DuckDB ledger that has a ``mykey_id`` column. With ``--broker`` it also reads the
 engine's Kafka topics: the state changelog, the outcome topics and the raw input
 still within retention (all keyed by ``mykey_id``).
 """
@@ -35,34 +35,36 @@ def _valid_id(text: str) -> bool:
 
 def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
     """Every local state checkpoint (``<state-dir>/<group>/slot-N/pP``) holding the person."""
-    from rocksdict import AccessType, Options, Rdict
-
-    from engine.streams.state import FENCED_OFF_KEY, decode_fenced_off, decode_person
+    from engine.streams.state import (
+        FENCED_OFF_KEY_S,
+        checkpointed,
+        decode_fenced_off,
+        decode_person,
+    )
+    from engine.streams.state_file import FILE_NAME
 
     out: list[Place] = []
     if not state_dir.exists():
         return out
-    for cur in sorted(state_dir.rglob("CURRENT")):
-        db_dir = cur.parent
+    for f in sorted(state_dir.rglob(FILE_NAME)):
+        where = f.parent
         try:
-            db = Rdict(str(db_dir), options=Options(raw_mode=True),
-                       access_type=AccessType.read_only())
-        except Exception as e:  # not a store, or one being written: say so, go on
-            out.append(Place("state", str(db_dir), f"not readable ({type(e).__name__})"))
+            # read, never opened for writing: a running worker's file is not disturbed
+            # (an append under way is a torn last segment, left out)
+            held = checkpointed(where)
+        except OSError as e:
+            out.append(Place("state", str(where), f"not readable ({type(e).__name__})"))
             continue
-        try:
-            raw, owed = db.get(mykey_id.encode()), db.get(FENCED_OFF_KEY)
-        finally:
-            db.close()
+        raw, owed = held.get(mykey_id), held.get(FENCED_OFF_KEY_S)
         if owed is not None and mykey_id in decode_fenced_off(owed):
             # the id alone, in the list of keys to write again after a zombie's
             # records (DECISIONS 140)
-            out.append(Place("state", str(db_dir), "its id, among the keys owed a rewrite"))
+            out.append(Place("state", str(where), "its id, among the keys owed a rewrite"))
         if raw is None:
             continue
         st = decode_person(raw)
         enrolled = f"enrolled with {st.enr_op}" if st.enr_op else "not enrolled"
-        out.append(Place("state", str(db_dir),
+        out.append(Place("state", str(where),
                          f"{enrolled}; {st.n_entries} transactions, {len(st.parked)} waiting, "
                          f"spending {st.c} yen"))
     return out

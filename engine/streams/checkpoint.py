@@ -8,8 +8,9 @@
 3. **commit** — input offsets are committed with the changelog position as
    metadata (a take-over checks the changelog still reaches it);
 4. **local** — only then does the local copy take the state as applied; it reaches
-   RocksDB every few seconds or megabytes (``ShardStore.apply``, DECISIONS 106). A
-   failed commit means the partition was lost: its local copy is dropped instead.
+   its checkpoint file every few seconds or megabytes (``ShardStore.apply``,
+   DECISIONS 106, 144). A failed commit means the partition was lost: its local
+   copy is dropped instead.
 
 Steps 2–4 need not follow every batch (DECISIONS 131): the batches since the last
 commit are :class:`Uncommitted`, their outcomes out and their state in memory only,
@@ -75,7 +76,7 @@ class Faults:
     ``MYNAPOINT_CRASH_AT=<stage>:<batch>`` SIGKILLs the process right after ``stage``
     ("takeover" of a partition begun, "decided" in memory, "outputs" acknowledged,
     "state" in the changelog, or "commit": offsets committed and the state applied,
-    which RocksDB takes at its next flush; these two at the commit that takes the
+    which the checkpoint file takes at its next flush; these two at the commit that takes the
     batch, with the batches before it since the last commit) of its ``batch``-th batch
     (0-based), before
     anything else happens; ``<stage>:<batch>+`` at the first batch from the ``batch``-th

@@ -1,11 +1,11 @@
 """Per-partition state of the streaming engine: people, and where we are.
 
 Each input partition ``p`` (of enrollments and transactions alike) owns a
-:class:`ShardStore`: a RocksDB database (rocksdict) on local disk, mirrored to
-partition ``p`` of a compacted changelog topic so that any worker can rebuild
-it. Values are msgpack (msgspec) blobs of :class:`PersonState`; one meta key
-holds the shard's stream time and the changelog offset the local copy has; the
-``__wait__/`` keys index the people with waiting records.
+:class:`ShardStore`: every person in memory, checkpointed to a file on local disk
+(engine.streams.state_file) and mirrored to partition ``p`` of a compacted changelog
+topic so that any worker can rebuild it. Values are msgpack (msgspec) blobs of
+:class:`PersonState`; one meta key holds the shard's stream time and the changelog
+offset the local copy has; the ``__wait__/`` keys index the people with waiting records.
 
 Why per-person high-water marks (``marks``): outputs are produced, then state,
 then input offsets are committed. A crash after some people's state was written
@@ -21,18 +21,19 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
-import operator
 import shutil
 import time
 from collections.abc import Iterator, KeysView, Mapping
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import numpy as np
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from engine.rules.txn_keys import entry_keys, key_hashes
 from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
+from engine.streams.state_file import FILE_NAME, SegmentFile
+from engine.streams.state_file import read as read_file
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
@@ -322,72 +323,47 @@ Staged = dict[str, bytes | None]
 ChangelogRecord = tuple[bytes, bytes | None, int, int | None]
 
 
-def _in_key_order(wb: WriteBatch, writes: list[tuple[bytes, bytes | None]]) -> None:
-    """Add ``writes`` (key, value; None deletes) to ``wb`` sorted by key: people's keys
-    come in no order, and RocksDB inserts a batch in key order about twice as fast
-    (DECISIONS 137). The sort is stable, so of a key written twice the later write
-    stays the later one and wins."""
-    writes.sort(key=_first)
-    for k, v in writes:
-        if v is None:
-            wb.delete(k)
-        else:
-            wb.put(k, v)
-
-
-_first = operator.itemgetter(0)
-
-
 class ShardStore:
-    """Local RocksDB copy of one partition's state.
+    """One partition's state, in memory, with a checkpoint file on local disk.
 
     A decided batch's values wait in ``pending`` until :meth:`apply` takes them,
-    once the changelog has them; they reach RocksDB in :meth:`flush`. Reads
-    (:meth:`values`) look in what is pending, then in what was applied (the values
-    not flushed yet, and a cache of recent ones), then in RocksDB.
+    once the changelog has them; they reach the checkpoint file
+    (engine.streams.state_file) in :meth:`flush`. Reads (:meth:`values`) look in
+    what is pending, then in what was applied: every person of the partition is in
+    memory (DECISIONS 144), so a decide never waits on the disk and a restore puts a
+    changelog record in a dict, not in a database.
     """
 
-    def __init__(self, path: Path, no_time: int, cache_limit: int = 100_000,
-                 flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS) -> None:
+    def __init__(self, path: Path, no_time: int, flush_bytes: int = FLUSH_BYTES,
+                 flush_seconds: float = FLUSH_SECONDS) -> None:
         self.path = path
         self.no_time = no_time
-        self.cache_limit = cache_limit
         self.flush_bytes = flush_bytes
         self.flush_seconds = flush_seconds
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = self._open()
-        raw = self.db.get(META_KEY.encode())
+        _drop_rocksdb_files(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.file = SegmentFile(path)
+        # every applied value (the checkpoint's, then what apply and restore took)
+        self.data: dict[str, bytes] = self.file.load()
+        raw = self.data.get(META_KEY)
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=no_time)
+        # the meta as applied: what a failed batch's discard goes back to
+        self._applied_meta = raw
         # values decided but not applied yet (a batch before its checkpoint): what the
         # next decide reads first
         self.pending: Staged = {}
-        # applied values, kept to spare RocksDB reads (bounded by ``cache_limit``)
-        self.recent: Staged = {}
         # people with waiting records -> earliest deadline, so expiry needs no scan
         self.parked = WaitIndex()
-        # applied (in the changelog) but not yet written to RocksDB: key -> value, None
-        # deleting it; with the meta as applied (DECISIONS 106)
+        # applied (in the changelog) but not yet in the checkpoint file: key -> value,
+        # None deleting it (DECISIONS 106)
         self.unflushed: Staged = {}
         self._unflushed_bytes = 0
-        self._applied_meta: bytes | None = None
+        self._dirty = False
         self._flushed_at = time.monotonic()
         # keys of which a restore read a fenced-off writer's record: their state is
         # written again (engine.streams.recovery.write_again), kept under FENCED_OFF_KEY
-        owed = self.db.get(FENCED_OFF_KEY)
+        owed = self.data.pop(FENCED_OFF_KEY_S, None)
         self.fenced_off: set[str] = set(decode_fenced_off(owed)) if owed is not None else set()
-
-    def _open(self) -> Rdict:
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
-        db = Rdict(str(self.path), options=opts)
-        # No write-ahead log (DECISIONS 105): the changelog is the durable copy and this
-        # one a checkpoint of it. A kill loses what RocksDB had not flushed yet, which
-        # leaves an older, still consistent checkpoint (a batch and its meta are one
-        # write), and the restore reads the changelog from there; a clean close flushes.
-        wo = WriteOptions()
-        wo.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub has a method
-        db.set_write_options(wo)
-        return db
 
     def get(self, key: str) -> PersonState:
         """A person's state as decided so far (a new one if none is stored)."""
@@ -395,61 +371,78 @@ class ShardStore:
         return decode_person(raw) if raw is not None else PersonState()
 
     def value(self, key: str) -> bytes | None:
-        """The stored value of ``key`` as applied, whether RocksDB has it yet or not."""
-        if key in self.unflushed:
-            return self.unflushed[key]
-        raw = self.db.get(key.encode())
-        return None if raw is None else bytes(raw)
+        """The stored value of ``key`` as applied, whether the file has it yet or not."""
+        return self.data.get(key)
 
     def values(self, keys: list[str]) -> list[bytes | None]:
         """The people's values as decided so far: pending, else applied (None: none).
         A person's value is never empty nor deleted, so ``or`` tells the layers."""
-        pending, unflushed, recent = self.pending, self.unflushed, self.recent
-        out = [pending.get(k) or unflushed.get(k) or recent.get(k) for k in keys]
-        get = self.db.get
-        for i in [i for i, v in enumerate(out) if v is None]:
-            raw = get(keys[i].encode())
-            if raw is not None:
-                out[i] = recent[keys[i]] = bytes(raw)
-        return out
+        pending, data = self.pending, self.data
+        return [pending.get(k) or data.get(k) for k in keys]
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        """Every applied key and value (people, their wait index entries, the meta)."""
+        return iter(self.data.items())
+
+    def _take(self, writes: Staged) -> None:
+        """Applied values (None: deleted) into memory and, at the next flush, the file."""
+        data = cast(dict[str, bytes | None], self.data)  # the Nones go at once
+        data.update(writes)
+        if None in writes.values():
+            for k, v in writes.items():
+                if v is None:
+                    data.pop(k, None)
+        self.unflushed.update(writes)
+        self._unflushed_bytes += (sum(map(len, writes))  # no Python frame per value
+                                  + sum(map(len, filter(None, writes.values()))))
+        self._dirty = True
 
     def apply(self, blobs: Staged, changelog_offset: int) -> None:
         """Take blobs already acknowledged by the changelog as the state; they reach
-        RocksDB in :meth:`flush`, once enough of them are pending (DECISIONS 106)."""
-        self.unflushed.update(blobs)
-        if len(self.recent) > self.cache_limit:
-            self.recent.clear()
-        self.recent.update(blobs)
-        self._unflushed_bytes += (sum(map(len, blobs))  # no Python frame per value
-                                  + sum(map(len, filter(None, blobs.values()))))
+        the file in :meth:`flush`, once enough of them are pending (DECISIONS 106)."""
+        self._take(blobs)
         # ``blobs`` is what the batches since the last apply staged (often ``pending``
         # itself: a new dict, not a clear)
         self.pending = {}
         self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
         self._applied_meta = encode(self.meta)
+        self._dirty = True
+        self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
         if (self._unflushed_bytes >= self.flush_bytes
                 or time.monotonic() - self._flushed_at >= self.flush_seconds):
             self.flush()
 
     def flush(self) -> None:
-        """Write what :meth:`apply` took to RocksDB, with the meta as applied: one
-        write, so a kill leaves the checkpoint before or after it, whole."""
+        """Write what was applied since the last flush to the file, with the meta as
+        applied and the keys owed a rewrite: one segment, so a kill leaves the
+        checkpoint before or after it, whole. Rewrites the file as one segment of
+        the whole state once it has outgrown it."""
         self._flushed_at = time.monotonic()
-        if self._applied_meta is None:
+        if not self._dirty:
             return
-        wb = WriteBatch(raw_mode=True)
-        _in_key_order(wb, [(k.encode(), v) for k, v in self.unflushed.items()])
-        wb.put(META_KEY.encode(), self._applied_meta)
-        self.db.write(wb)
-        self.unflushed.clear()
+        meta = self._applied_meta if self._applied_meta is not None else encode(self.meta)
+        self.data[META_KEY] = meta
+        owed = _enc.encode(sorted(self.fenced_off)) if self.fenced_off else None
+        if self.file.due():
+            whole: Staged = dict(self.data)
+            if owed is not None:
+                whole[FENCED_OFF_KEY_S] = owed
+            self.file.rewrite(cast(dict[str, bytes], whole))
+        else:
+            self.unflushed[META_KEY] = meta
+            self.unflushed[FENCED_OFF_KEY_S] = owed
+            self.file.append(self.unflushed)
+        self.unflushed = {}
         self._unflushed_bytes = 0
-        self._applied_meta = None
+        self._dirty = False
 
     def discard_unapplied(self, timeout: int) -> None:
         """Forget in-memory changes :meth:`apply` has not taken: a batch that failed
         half-way is decided again from the state as applied."""
         self.pending.clear()
-        raw = self._applied_meta or self.db.get(META_KEY.encode())
+        raw = self._applied_meta
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=self.no_time)
         self.rebuild_parked_index(timeout)
 
@@ -463,7 +456,6 @@ class ShardStore:
         """
         if not records:
             return 0
-        self.flush()
         meta_key = META_KEY.encode()
         ignored = 0
         writes: list[tuple[bytes, bytes | None]] = []  # in changelog order
@@ -489,25 +481,20 @@ class ShardStore:
                 self.meta.inputs = m.inputs
             else:
                 writes.append((k, v))  # None: a tombstone, the key's end (a wait index entry)
-        wb = WriteBatch(raw_mode=True)
-        _in_key_order(wb, writes)
-        wb.put(meta_key, encode(self.meta))
-        if self.fenced_off:
-            wb.put(FENCED_OFF_KEY, _enc.encode(sorted(self.fenced_off)))
-        self.db.write(wb)
-        self.recent.clear()
+        # the last write of each key is the one that stays (a dict keeps the last)
+        self._take({k.decode(): v for k, v in writes})
+        self._applied_meta = encode(self.meta)
+        self._dirty = True
+        self._flush_if_due()
         return ignored
 
     def written_again(self, keys: set[str]) -> None:
         """``keys`` of :attr:`fenced_off` are written again under this owner's fence:
-        no longer owed (a kill before this is noted costs writing them once more)."""
-        if not keys & self.fenced_off:
-            return
-        self.fenced_off -= keys
-        if self.fenced_off:
-            self.db.put(FENCED_OFF_KEY, _enc.encode(sorted(self.fenced_off)))
-        else:
-            self.db.delete(FENCED_OFF_KEY)
+        no longer owed (a kill before the next flush notes it costs writing them once
+        more)."""
+        if keys & self.fenced_off:
+            self.fenced_off -= keys
+            self._dirty = True
 
     def _wipe(self, keep_position: bool = True) -> None:
         """Empty the store; ``keep_position`` keeps the changelog offset and fence
@@ -515,17 +502,16 @@ class ShardStore:
         keep = ShardMeta(stream_time=self.no_time)
         if keep_position:
             keep.changelog_offset, keep.fence = self.meta.changelog_offset, self.meta.fence
-        self.db.close()
-        Rdict.destroy(str(self.path))
-        self.db = self._open()
+        self.file.remove()
+        self.data = {}
         self.meta = keep
+        self._applied_meta = encode(keep)
         self.fenced_off.clear()  # void with all else (a reset) or another history's
         self.pending.clear()
-        self.recent.clear()
         self.parked.clear()
-        self.unflushed.clear()
+        self.unflushed = {}
         self._unflushed_bytes = 0
-        self._applied_meta = None
+        self._dirty = True
 
     def reset(self) -> None:
         """Forget everything, position included: the local copy is not this
@@ -533,28 +519,34 @@ class ShardStore:
         self._wipe(keep_position=False)
 
     def rebuild_parked_index(self, timeout: int) -> None:
-        """The people with waiting records, from the ``__wait__/`` key range."""
+        """The people with waiting records, from the ``__wait__/`` keys."""
         self.parked.clear()
-        skip = len(_WAIT_B)
-        for k, v in self.db.items(from_key=_WAIT_B):
-            key, raw = bytes(k), bytes(v)  # type: ignore[arg-type]  # raw mode: bytes
-            if not key.startswith(_WAIT_B):
-                break
-            first, n = decode_wait(raw)
-            self.parked.set(key[skip:].decode(), first + timeout, n)
-        for name, val in self.unflushed.items():
-            if name.startswith(WAIT_PREFIX):
-                if val is None:
-                    self.parked.pop(name[skip:], None)
-                else:
-                    first, n = decode_wait(val)
-                    self.parked.set(name[skip:], first + timeout, n)
+        skip = len(WAIT_PREFIX)
+        for key in [k for k in self.data if k.startswith(WAIT_PREFIX)]:
+            first, n = decode_wait(self.data[key])
+            self.parked.set(key[skip:], first + timeout, n)
 
     def close(self) -> None:
-        """Flush and close: a clean stop leaves the whole state as applied."""
+        """Flush: a clean stop leaves the whole state as applied in the file."""
         self.flush()
-        self.db.close()
 
     @staticmethod
     def destroy(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+FENCED_OFF_KEY_S = FENCED_OFF_KEY.decode()
+
+
+def _drop_rocksdb_files(path: Path) -> None:
+    """A store directory of the RocksDB format before DECISIONS 144 holds a
+    checkpoint this version does not read: removed (it may hold people's data), and
+    the take-over restores the partition from the changelog."""
+    if (path / "CURRENT").exists() and not (path / FILE_NAME).exists():
+        shutil.rmtree(path)
+
+
+def checkpointed(path: Path) -> dict[str, bytes]:
+    """What the checkpoint file of the store at ``path`` holds, read without taking
+    it (a running worker's store is not disturbed)."""
+    return read_file(path / FILE_NAME)[0]

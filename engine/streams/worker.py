@@ -18,8 +18,8 @@ co-partitioned topics):
    re-routed records acknowledged, then (for all the batches since the last commit,
    at most every ``COMMIT_INTERVAL_SECONDS``) the state snapshot in the changelog
    (tagged with this worker's fence), then the input offsets committed (with the
-   changelog position as metadata), then the local copy (in RocksDB every few
-   seconds: DECISIONS 106); a worker whose commit fails has lost the partition and
+   changelog position as metadata), then the local copy (in memory, and in its
+   checkpoint file every few seconds: DECISIONS 106, 144); a worker whose commit fails has lost the partition and
    drops its local copy instead.
 
 A crash anywhere re-runs at most the uncommitted tail; see ``state.py`` for
@@ -314,7 +314,7 @@ class Worker:
     def _lock_slot(self) -> None:
         """Take the first free state slot under the state root.
 
-        The local RocksDB copies are a checkpoint worth keeping across restarts
+        The local checkpoint files are worth keeping across restarts
         (only the changelog's tail is then read), but two workers on one machine
         must never share one. A slot is held with an exclusive ``flock``, which
         the kernel releases when the process dies however it dies, so no

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import orjson
 import pyarrow as pa
@@ -137,22 +135,13 @@ def _parquet_holders(root: Path) -> list[str]:
 
 
 def _state_holders(root: Path) -> list[str]:
-    """RocksDB checkpoints whose keys or values (decompressed) hold the number."""
-    from rocksdict import AccessType, Options, Rdict
+    """State checkpoint files whose bytes hold the number: every write they still
+    hold, superseded ones included (values are stored uncompressed)."""
+    from engine.streams.state_file import FILE_NAME
 
-    out = []
-    dbs = sorted(cur.parent for cur in root.rglob("CURRENT"))
-    assert dbs, "the worker wrote local state (the scan can look into it)"
-    for d in dbs:
-        db = Rdict(str(d), options=Options(raw_mode=True), access_type=AccessType.read_only())
-        try:
-            # raw mode: keys are bytes; the stub types them as a non-raw db's keys
-            items = cast(Iterator[tuple[bytes, bytes]], db.items())
-            if any(N_BYTES in k or N_BYTES in v for k, v in items):
-                out.append(str(d.relative_to(root)))
-        finally:
-            db.close()
-    return out
+    files = sorted(root.rglob(FILE_NAME))
+    assert files, "the worker wrote local state (the scan can look into it)"
+    return [str(f.relative_to(root)) for f in files if N_BYTES in f.read_bytes()]
 
 
 async def _topic_holders(bootstrap: str, topics: list[str]) -> dict[str, int]:

@@ -1,9 +1,9 @@
-"""The shard store without Kafka: what is applied survives a cache drop and a
-reopen, the cache stays bounded, and the index of waiting people matches them."""
+"""The shard store without Kafka: what is applied survives a reopen, a kill leaves
+a consistent checkpoint, and the index of waiting people matches them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ from engine.config import DEFAULT_CAMPAIGN
 from engine.rules.model import NO_TIME
 from engine.rules.strings import parse_utc
 from engine.rules.txn_keys import entry_keys, fingerprints
-from engine.streams import shard
+from engine.streams import shard, state_file
 from engine.streams.entries import ENTRY, WIDE_ENTRY
 from engine.streams.state import (
     FENCE_KEY,
@@ -32,6 +32,7 @@ from engine.streams.state import (
     ShardStore,
     TxnEntry,
     WaitIndex,
+    checkpointed,
     decode_person,
     decode_wait,
     encode,
@@ -56,14 +57,13 @@ def _rows(entries: bytes) -> np.ndarray:
     return np.frombuffer(entries, ENTRY)
 
 
-def test_applied_state_survives_cache_drops_and_reopen(tmp_path: Path) -> None:
-    store = ShardStore(tmp_path / "p0", NO_TIME, cache_limit=2)
+def test_applied_state_survives_a_reopen(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path / "p0", NO_TIME)
     for i in range(5):
         st = store.get(f"person{i:02d}")
         st.c = 100 * i
         st.entries = _entry(amount=100 * i)
         store.apply({f"person{i:02d}": encode(st)}, changelog_offset=i)
-        assert len(store.recent) <= 3  # bounded: dropped once over the limit
     assert store.get("person03").c == 300
     assert _rows(store.get("person04").entries)["amount"].tolist() == [400]
     store.meta.stream_time = 42
@@ -82,7 +82,6 @@ def test_pending_values_are_read_first_and_forgotten_with_a_failed_batch(tmp_pat
     store = ShardStore(tmp_path / "p0", NO_TIME)
     store.apply({"personAA": encode(PersonState(c=1))}, 0)
     store.flush()
-    store.recent.clear()  # read from RocksDB
     store.pending["personAA"] = encode(PersonState(c=2))
     store.pending["personBB"] = encode(PersonState(c=5))
     assert [store.get(k).c for k in ("personAA", "personBB", "personCC")] == [2, 5, 0]
@@ -97,30 +96,84 @@ def test_pending_values_are_read_first_and_forgotten_with_a_failed_batch(tmp_pat
 _KILLED_WRITER = """
 import os, sys
 from engine.rules.model import NO_TIME
+from engine.streams import state_file
 from engine.streams.state import PersonState, ShardStore, encode
 store = ShardStore(__import__("pathlib").Path(sys.argv[1]), NO_TIME, flush_bytes=0)
+
+def torn(self, writes):  # the kill lands half-way through the segment's bytes
+    seg = state_file.encode_segment(writes)
+    with open(self.path, "ab") as f:
+        f.write(seg[:len(seg) // 2])
+    os.kill(os.getpid(), 9)
+
 for i in range(6):
+    if i == 3:
+        state_file.SegmentFile.append = torn
     store.apply({f"person{j:02d}": encode(PersonState(c=100 * i)) for j in range(50)},
                 changelog_offset=i)
-    if i == 2:
-        store.db.flush()  # RocksDB flushing a full memtable, as it does by itself
-os.kill(os.getpid(), 9)
 """
 
 
-def test_a_killed_store_keeps_an_older_consistent_checkpoint(tmp_path: Path) -> None:
-    """No write-ahead log (DECISIONS 105): a kill loses what RocksDB had not flushed,
-    and what is left is one earlier write whole, values and meta together, from which
-    a restore reads the changelog on."""
+def test_a_store_killed_mid_write_keeps_the_checkpoint_before_that_write(
+        tmp_path: Path) -> None:
+    """A kill in the middle of a checkpoint write leaves the write before it whole,
+    values and position together, from which a restore reads the changelog on; the
+    torn end is cut off, so that the next write follows the last whole one."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "p")],
+    path = tmp_path / "p"
+    r = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)],
                        cwd=Path(__file__).parents[2], capture_output=True)
     assert r.returncode == -9, r.stderr.decode()
-    store = ShardStore(tmp_path / "p", NO_TIME)
-    assert store.meta.changelog_offset == 2  # not 5: the last three writes were lost
+    whole = state_file.read(path / state_file.FILE_NAME)[1]
+    assert 0 < whole < (path / state_file.FILE_NAME).stat().st_size  # the torn write
+    store = ShardStore(path, NO_TIME)
+    assert store.meta.changelog_offset == 2  # not 3: the torn write is not read
     assert {store.get(f"person{j:02d}").c for j in range(50)} == {200}
+    store.apply({"person00": encode(PersonState(c=700))}, changelog_offset=7)
     store.close()
+    again = ShardStore(path, NO_TIME)
+    assert again.meta.changelog_offset == 7 and again.get("person00").c == 700
+    assert again.get("person01").c == 200
+
+
+_WRITES = st.lists(st.dictionaries(st.sampled_from(["a", "b", "c", "__wait__/a", "é"]),
+                                   st.none() | st.binary(min_size=1, max_size=40),
+                                   max_size=5), min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=_WRITES, data=st.data())
+def test_a_damaged_or_cut_checkpoint_file_reads_as_its_last_whole_write(
+        tmp_path: Path, writes: list[dict[str, bytes | None]], data: st.DataObject) -> None:
+    """Against a model applying each write in turn: a file cut anywhere, or with any
+    byte changed, reads as the state after the last write wholly before the damage."""
+    path = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+    path.mkdir()
+    f = state_file.SegmentFile(path)
+    model: dict[str, bytes] = {}
+    states, ends = [dict(model)], [0]
+    for w in writes:
+        f.append(w)
+        for k, v in w.items():
+            if v is None:
+                model.pop(k, None)
+            else:
+                model[k] = v
+        states.append(dict(model))
+        ends.append(f.size)
+    raw = bytearray(f.path.read_bytes())
+    assert state_file.read(f.path) == (states[-1], len(raw))
+    at = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+    if raw and data.draw(st.booleans()):
+        raw[at] ^= data.draw(st.integers(1, 255))
+    else:
+        del raw[at:]
+    f.path.write_bytes(bytes(raw))
+    last = max(i for i, e in enumerate(ends) if e <= at)
+    assert state_file.read(f.path) == (states[last], ends[last])
+    assert f.load() == states[last] and f.size == ends[last]
 
 
 _KILLED_BEFORE_FLUSH = """
@@ -133,13 +186,12 @@ for i in range(6):
                 changelog_offset=i)
     if i == 2:
         store.flush()
-        store.db.flush()  # on disk, so that only the unflushed applies are at stake
-assert store.get("person00").c == 500  # applied, though not written to RocksDB
+assert store.get("person00").c == 500  # applied, though not written to the file
 os.kill(os.getpid(), 9)
 """
 
 
-def test_applied_state_reaches_rocksdb_when_flushed_and_a_kill_loses_only_the_rest(
+def test_applied_state_reaches_the_file_when_flushed_and_a_kill_loses_only_the_rest(
         tmp_path: Path) -> None:
     """DECISIONS 106: applies wait in memory for the next flush; a kill before it
     leaves the last flushed checkpoint (the changelog has the rest)."""
@@ -159,23 +211,25 @@ def test_a_store_flushes_by_size_and_by_time_and_on_close(tmp_path: Path) -> Non
     small = ShardStore(tmp_path / "a", NO_TIME, flush_bytes=10 * len(value),
                        flush_seconds=3600)
     small.apply({f"person{j:02d}": value for j in range(5)}, 0)
-    assert small.db.get(b"person00") is None and small.value("person00") == value
+    assert checkpointed(small.path).get("person00") is None and small.value("person00") == value
     assert small.get("person00").c == 1
     small.apply({f"person{j:02d}": value for j in range(5, 10)}, 1)
-    assert small.db.get(b"person09") == value and not small.unflushed
+    assert checkpointed(small.path).get("person09") == value and not small.unflushed
     small.close()
     slow = ShardStore(tmp_path / "b", NO_TIME, flush_bytes=1 << 30, flush_seconds=0.2)
     slow.apply({"person00": value}, 0)
-    assert slow.db.get(b"person00") is None
+    assert checkpointed(slow.path).get("person00") is None
     import time
     time.sleep(0.25)
     slow.apply({"person01": value}, 1)
-    assert slow.db.get(b"person00") == value == slow.db.get(b"person01")
+    held = checkpointed(slow.path)
+    assert held.get("person00") == value == held.get("person01")
     slow.apply({"person02": value, "person00": None}, 2)
     slow.close()
     again = ShardStore(tmp_path / "b", NO_TIME)
     assert again.meta.changelog_offset == 2
-    assert again.db.get(b"person02") == value and again.db.get(b"person00") is None
+    assert checkpointed(again.path).get("person02") == value
+    assert "person00" not in checkpointed(again.path)
     again.close()
 
 
@@ -256,10 +310,10 @@ def test_restore_leaves_the_state_its_changelog_records_make_one_by_one(
         tmp_path: Path, ops: list[tuple[bytes, Any]], data: st.DataObject,
         flushed: bool) -> None:
     """Against a model that applies each record in turn: a restore writes a chunk's
-    records sorted by key (RocksDB takes them faster in key order, DECISIONS 137), yet
-    of a key written more than once the last record still decides its value or its
-    absence, a zombie's records are still ignored and a reset still voids what came
-    before, across chunks, with the local copy flushed between them or not."""
+    records as one update of the state in memory (DECISIONS 144), yet of a key
+    written more than once the last record still decides its value or its absence,
+    a zombie's records are still ignored and a reset still voids what came before,
+    across chunks, with the local copy flushed between them or not."""
     # each record its own writer, or one writer for all (a zombie's, once a fence
     # came after its own)
     tag = st.sampled_from([None, 0, 3, 7])
@@ -461,14 +515,13 @@ def test_wait_index_equals_a_scan_of_every_person_also_after_restore(
                                        person=person, **extra)])
         scan = {}
         f.store.flush()
-        # raw mode: keys are bytes; the stub types them as a non-raw db's keys
-        for k, v in cast(Iterator[tuple[bytes, bytes]], f.store.db.items()):
-            if is_person_key(k):
+        for k, v in f.store.items():
+            if is_person_key(k.encode()):
                 waiting = decode_person(v).parked
                 if waiting:
                     first = min((p.received for p in waiting if p.received != NO_TIME),
                                 default=NO_DEADLINE)
-                    scan[k.decode()] = (first + timeout, len(waiting))
+                    scan[k] = (first + timeout, len(waiting))
         assert _index(f.store.parked) == scan
         f.store.rebuild_parked_index(timeout)
         assert _index(f.store.parked) == scan
@@ -595,7 +648,6 @@ def test_a_refund_changes_only_its_originals_row_and_adds_its_own(tmp_path: Path
     f = Feed(tmp_path)
     f.poll("enrollment", [{"rec": builders.enr(PERSON), "ts": T0}])
     f.poll("transaction", [txn(f"h{i}", T0 + 1 + i) for i in range(5)])
-    f.store.recent.clear()  # read back from RocksDB
     before = _rows(decode_person(f.stored()).entries).copy()
     assert before["key"].tolist() == entry_keys(["paypay"] * 5,
                                                 [f"h{i}" for i in range(5)]).tolist()
@@ -745,8 +797,7 @@ def test_decisions_go_on_from_a_person_stored_in_an_old_format(
     f.poll("transaction", items)
     old = write(decode_person(f.stored()), [i["rec"] for i in items])
     f.store.flush()
-    f.store.db[PERSON.encode()] = old  # as a restore of an old changelog writes it
-    f.store.recent.clear()
+    f.store.data[PERSON] = old  # as a restore of an old changelog writes it
     moved = txn("h0", T0 + 4)
     moved["rec"]["occurred_at"] = "2020-09-13T12:00:01Z"
     res = f.poll("transaction", [txn("h0", T0 + 4),
