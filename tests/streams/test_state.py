@@ -832,3 +832,38 @@ def test_state_keeps_a_decided_transactions_id_only_as_a_hash(tmp_path: Path) ->
     assert decode_person(blob).n_entries == 2
     assert b"waiting-for-enrolment-7" not in blob and b"decided-at-once-8" not in blob
     f.store.close()
+
+
+def test_a_checkpoint_file_is_rewritten_whole_once_it_has_outgrown_its_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same people written again and again: the file stays within twice the
+    state plus the margin, and a reopen reads the state as last applied."""
+    monkeypatch.setattr(state_file, "REWRITE_SLACK", 4096)
+    store = ShardStore(tmp_path / "p", NO_TIME, flush_bytes=0)
+    sizes = []
+    for i in range(200):
+        store.apply({f"person{j:02d}": encode(PersonState(c=i)) for j in range(20)}, i)
+        sizes.append(store.file.size)
+    whole = len(state_file.encode_segment(store.data))
+    assert max(sizes) <= 2 * whole + 4096 + whole  # at most one write past the bound
+    assert min(sizes[100:]) < max(sizes[100:])  # it was rewritten, more than once
+    store.close()
+    again = ShardStore(tmp_path / "p", NO_TIME)
+    assert again.meta.changelog_offset == 199
+    assert {again.get(f"person{j:02d}").c for j in range(20)} == {199}
+
+
+def test_a_store_of_the_rocksdb_format_is_removed_and_restored_from_the_changelog(
+        tmp_path: Path) -> None:
+    """A directory RocksDB wrote (before DECISIONS 144) is not read: its files (people's
+    data) go, and the store starts empty, with no changelog position."""
+    old = tmp_path / "p"
+    old.mkdir()
+    (old / "CURRENT").write_text("MANIFEST-000001\n")
+    (old / "000004.sst").write_bytes(b"person00 and more")
+    store = ShardStore(old, NO_TIME)
+    assert store.meta.changelog_offset == -1 and not store.data
+    assert sorted(f.name for f in old.iterdir()) == []
+    store.apply({"person00": encode(PersonState(c=1))}, 0)
+    store.close()
+    assert sorted(f.name for f in old.iterdir()) == [state_file.FILE_NAME]
