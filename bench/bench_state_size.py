@@ -127,10 +127,10 @@ def main() -> int:
     memory = sys.getsizeof(logic.store.data)
     for k, v in logic.store.items():
         memory += sys.getsizeof(k) + sys.getsizeof(v)
-        if k == META_KEY:
+        if k == META_KEY.encode():
             continue
         value_bytes += len(v)  # the wait index is state too
-        if is_person_key(k.encode()):
+        if is_person_key(k):
             people += 1
         largest = max(largest, len(v))
     logic.store.close()

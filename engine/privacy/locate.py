@@ -36,7 +36,7 @@ def _valid_id(text: str) -> bool:
 def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
     """Every local state checkpoint (``<state-dir>/<group>/slot-N/pP``) holding the person."""
     from engine.streams.state import (
-        FENCED_OFF_KEY_S,
+        FENCED_OFF_KEY,
         checkpointed,
         decode_fenced_off,
         decode_person,
@@ -55,7 +55,7 @@ def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
         except OSError as e:
             out.append(Place("state", str(where), f"not readable ({type(e).__name__})"))
             continue
-        raw, owed = held.get(mykey_id), held.get(FENCED_OFF_KEY_S)
+        raw, owed = held.get(mykey_id.encode()), held.get(FENCED_OFF_KEY)
         if owed is not None and mykey_id in decode_fenced_off(owed):
             # the id alone, in the list of keys to write again after a zombie's
             # records (DECISIONS 140)

@@ -331,7 +331,9 @@ class ShardStore:
     (engine.streams.state_file) in :meth:`flush`. Reads (:meth:`values`) look in
     what is pending, then in what was applied: every person of the partition is in
     memory (DECISIONS 144), so a decide never waits on the disk and a restore puts a
-    changelog record in a dict, not in a database.
+    changelog record in a dict, not in a database. Applied values are keyed by the
+    key's bytes, as the changelog and the file have them: a restore and a load make
+    no string per person.
     """
 
     def __init__(self, path: Path, no_time: int, flush_bytes: int = FLUSH_BYTES,
@@ -344,8 +346,8 @@ class ShardStore:
         path.mkdir(parents=True, exist_ok=True)
         self.file = SegmentFile(path)
         # every applied value (the checkpoint's, then what apply and restore took)
-        self.data: dict[str, bytes] = self.file.load()
-        raw = self.data.get(META_KEY)
+        self.data: dict[bytes, bytes] = self.file.load()
+        raw = self.data.get(_META_B)
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=no_time)
         # the meta as applied: what a failed batch's discard goes back to
         self._applied_meta = raw
@@ -356,13 +358,15 @@ class ShardStore:
         self.parked = WaitIndex()
         # applied (in the changelog) but not yet in the checkpoint file: key -> value,
         # None deleting it (DECISIONS 106)
-        self.unflushed: Staged = {}
+        self.unflushed: dict[bytes, bytes | None] = {}
         self._unflushed_bytes = 0
         self._dirty = False
+        # the next flush writes the whole state (a restore took most of it at once)
+        self._whole = False
         self._flushed_at = time.monotonic()
         # keys of which a restore read a fenced-off writer's record: their state is
         # written again (engine.streams.recovery.write_again), kept under FENCED_OFF_KEY
-        owed = self.data.pop(FENCED_OFF_KEY_S, None)
+        owed = self.data.pop(FENCED_OFF_KEY, None)
         self.fenced_off: set[str] = set(decode_fenced_off(owed)) if owed is not None else set()
 
     def get(self, key: str) -> PersonState:
@@ -372,44 +376,42 @@ class ShardStore:
 
     def value(self, key: str) -> bytes | None:
         """The stored value of ``key`` as applied, whether the file has it yet or not."""
-        return self.data.get(key)
+        return self.data.get(key.encode())
 
     def values(self, keys: list[str]) -> list[bytes | None]:
         """The people's values as decided so far: pending, else applied (None: none).
         A person's value is never empty nor deleted, so ``or`` tells the layers."""
         pending, data = self.pending, self.data
-        return [pending.get(k) or data.get(k) for k in keys]
+        return [pending.get(k) or data.get(k.encode()) for k in keys]
 
-    def items(self) -> Iterator[tuple[str, bytes]]:
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every applied key and value (people, their wait index entries, the meta)."""
         return iter(self.data.items())
 
-    def _take(self, writes: Staged) -> None:
+    def _take(self, writes: dict[bytes, bytes | None]) -> None:
         """Applied values (None: deleted) into memory and, at the next flush, the file."""
-        data = cast(dict[str, bytes | None], self.data)  # the Nones go at once
+        data = cast(dict[bytes, bytes | None], self.data)  # the Nones go at once
         data.update(writes)
         if None in writes.values():
             for k, v in writes.items():
                 if v is None:
                     data.pop(k, None)
+        self._dirty = True
+        if self._whole:
+            return
         self.unflushed.update(writes)
         self._unflushed_bytes += (sum(map(len, writes))  # no Python frame per value
                                   + sum(map(len, filter(None, writes.values()))))
-        self._dirty = True
 
     def apply(self, blobs: Staged, changelog_offset: int) -> None:
         """Take blobs already acknowledged by the changelog as the state; they reach
         the file in :meth:`flush`, once enough of them are pending (DECISIONS 106)."""
-        self._take(blobs)
+        self._take({k.encode(): v for k, v in blobs.items()})
         # ``blobs`` is what the batches since the last apply staged (often ``pending``
         # itself: a new dict, not a clear)
         self.pending = {}
         self.meta.changelog_offset = max(self.meta.changelog_offset, changelog_offset)
         self._applied_meta = encode(self.meta)
-        self._dirty = True
-        self._flush_if_due()
-
-    def _flush_if_due(self) -> None:
         if (self._unflushed_bytes >= self.flush_bytes
                 or time.monotonic() - self._flushed_at >= self.flush_seconds):
             self.flush()
@@ -417,26 +419,23 @@ class ShardStore:
     def flush(self) -> None:
         """Write what was applied since the last flush to the file, with the meta as
         applied and the keys owed a rewrite: one segment, so a kill leaves the
-        checkpoint before or after it, whole. Rewrites the file as one segment of
-        the whole state once it has outgrown it."""
+        checkpoint before or after it, whole. Writes the whole state instead once the
+        file holds more superseded writes than state, or after a large restore."""
         self._flushed_at = time.monotonic()
         if not self._dirty:
             return
         meta = self._applied_meta if self._applied_meta is not None else encode(self.meta)
-        self.data[META_KEY] = meta
+        self.data[_META_B] = meta
         owed = _enc.encode(sorted(self.fenced_off)) if self.fenced_off else None
-        if self.file.due():
-            whole: Staged = dict(self.data)
-            if owed is not None:
-                whole[FENCED_OFF_KEY_S] = owed
-            self.file.rewrite(cast(dict[str, bytes], whole))
+        if self._whole or self.file.due(self.data):
+            self.file.rewrite(self.data, {FENCED_OFF_KEY: owed} if owed is not None else {})
         else:
-            self.unflushed[META_KEY] = meta
-            self.unflushed[FENCED_OFF_KEY_S] = owed
+            self.unflushed[_META_B] = meta
+            self.unflushed[FENCED_OFF_KEY] = owed
             self.file.append(self.unflushed)
         self.unflushed = {}
         self._unflushed_bytes = 0
-        self._dirty = False
+        self._dirty = self._whole = False
 
     def discard_unapplied(self, timeout: int) -> None:
         """Forget in-memory changes :meth:`apply` has not taken: a batch that failed
@@ -448,7 +447,8 @@ class ShardStore:
 
     def restore(self, records: list[ChangelogRecord]) -> int:
         """Apply changelog records (key, value, offset, fence tag) newer than the
-        local copy; return how many were ignored as a fenced-off writer's.
+        local copy; return how many were ignored as a fenced-off writer's. Written to
+        the file at the next flush (the take-over's end, ``Worker._restore``).
 
         A record whose tag is older than the newest fence read so far was written
         by a worker that had already lost the partition (a zombie): its state is
@@ -456,7 +456,6 @@ class ShardStore:
         """
         if not records:
             return 0
-        meta_key = META_KEY.encode()
         ignored = 0
         writes: list[tuple[bytes, bytes | None]] = []  # in changelog order
         for k, v, off, tag in records:
@@ -473,7 +472,7 @@ class ShardStore:
                 ignored += 1
                 self.fenced_off.add(k.decode())
                 continue
-            if k == meta_key and v is not None:
+            if k == _META_B and v is not None:
                 m = decode_meta(v)
                 self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
                 for lane, t in m.lanes.items():
@@ -481,11 +480,16 @@ class ShardStore:
                 self.meta.inputs = m.inputs
             else:
                 writes.append((k, v))  # None: a tombstone, the key's end (a wait index entry)
+        if len(writes) + len(self.unflushed) > len(self.data) // 2:
+            # most of the state is new: the file takes it whole, not as a second copy
+            # in appended writes, and nothing needs to remember what changed
+            self._whole = True
+            self.unflushed = {}
+            self._unflushed_bytes = 0
         # the last write of each key is the one that stays (a dict keeps the last)
-        self._take({k.decode(): v for k, v in writes})
+        self._take(dict(writes))
         self._applied_meta = encode(self.meta)
         self._dirty = True
-        self._flush_if_due()
         return ignored
 
     def written_again(self, keys: set[str]) -> None:
@@ -521,21 +525,23 @@ class ShardStore:
     def rebuild_parked_index(self, timeout: int) -> None:
         """The people with waiting records, from the ``__wait__/`` keys."""
         self.parked.clear()
-        skip = len(WAIT_PREFIX)
-        for key in [k for k in self.data if k.startswith(WAIT_PREFIX)]:
+        skip = len(_WAIT_B)
+        for key in [k for k in self.data if k.startswith(_WAIT_B)]:
             first, n = decode_wait(self.data[key])
-            self.parked.set(key[skip:], first + timeout, n)
+            self.parked.set(key[skip:].decode(), first + timeout, n)
 
     def close(self) -> None:
-        """Flush: a clean stop leaves the whole state as applied in the file."""
+        """Flush and wait for the file: a clean stop leaves the whole state as applied
+        in it."""
         self.flush()
+        self.file.close()
 
     @staticmethod
     def destroy(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-FENCED_OFF_KEY_S = FENCED_OFF_KEY.decode()
+_META_B = META_KEY.encode()
 
 
 def _drop_rocksdb_files(path: Path) -> None:
@@ -546,7 +552,7 @@ def _drop_rocksdb_files(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def checkpointed(path: Path) -> dict[str, bytes]:
+def checkpointed(path: Path) -> dict[bytes, bytes]:
     """What the checkpoint file of the store at ``path`` holds, read without taking
     it (a running worker's store is not disturbed)."""
     return read_file(path / FILE_NAME)[0]

@@ -19,8 +19,8 @@ co-partitioned topics):
    at most every ``COMMIT_INTERVAL_SECONDS``) the state snapshot in the changelog
    (tagged with this worker's fence), then the input offsets committed (with the
    changelog position as metadata), then the local copy (in memory, and in its
-   checkpoint file every few seconds: DECISIONS 106, 144); a worker whose commit fails has lost the partition and
-   drops its local copy instead.
+   checkpoint file every few seconds: DECISIONS 106, 144); a worker whose commit
+   fails has lost the partition and drops its local copy instead.
 
 A crash anywhere re-runs at most the uncommitted tail; see ``state.py`` for
 why that is harmless. Taking a partition over (checks, fence, restore) runs in
@@ -361,9 +361,12 @@ class Worker:
                                       max_partition_fetch_bytes=CHANGELOG_MAX_BYTES * 2)
             try:
                 await reader.start()
-                store = ShardStore(self.state_dir / f"p{p}", NO_TIME)
+                t0 = time.perf_counter()
+                # the local checkpoint read on a thread: a million people take a second
+                # or so of the loop's time otherwise (other partitions, heartbeats)
+                store = await asyncio.to_thread(ShardStore, self.state_dir / f"p{p}", NO_TIME)
                 self.faults.point("takeover", self.batches)
-                await self._restore(reader, store, p)
+                await self._restore(reader, store, p, t0)
                 async with self.lock:
                     if p not in self._assigned():
                         store.close()
@@ -441,9 +444,13 @@ class Worker:
         assert self.consumer is not None
         return {tp.partition for tp in self.consumer.assignment()}
 
-    async def _restore(self, reader: AIOKafkaConsumer, store: ShardStore, p: int) -> None:
+    async def _restore(self, reader: AIOKafkaConsumer, store: ShardStore, p: int,
+                       t0: float) -> None:
+        """The take-over's steps after the local checkpoint was read (since ``t0``)."""
         assert self.admin is not None and self.producer is not None
-        t0 = time.perf_counter()
+        log.info("partition %d: local checkpoint read in %.2f s (%d keys, changelog "
+                 "offset %d)", p, time.perf_counter() - t0, len(store.data),
+                 store.meta.changelog_offset, extra={"partition": p})
 
         def restored(read: int, ignored: int) -> None:
             self.metrics.fenced_records_ignored(ignored)
@@ -454,6 +461,8 @@ class Worker:
         await recovery.take_over(reader, self.admin, self.producer, self.topics, store, p,
                                  self._restore_progress, restored)
         store.rebuild_parked_index(self.campaign.park_timeout)
+        # the restored state into the checkpoint file now, not in the first batch's time
+        store.flush()
         log.info("partition %d taken over in %.2f s (inputs checked)", p,
                  time.perf_counter() - t0, extra={"partition": p})
 
