@@ -89,12 +89,28 @@ class Columns(NamedTuple):
         none or int() refuses it."""
         out: list[int | None] = [None if t == NO_TAG else t for t in self.tag.tolist()]
         for i in np.flatnonzero(self.tag == ODD_TAG).tolist():
-            at, n = int(self.tag_at[i]), int(self.tag_len[i])
-            try:
-                out[i] = int(self.buf[at:at + n])
-            except ValueError:
-                out[i] = None
+            out[i] = self._odd(i)
         return out
+
+    def tag_numbers(self, none: int) -> np.ndarray:
+        """:meth:`tags` as an int64 array, ``none`` where a record has no number, and
+        a number beyond int64 at int64's end on its side (it compares with any offset
+        as the number does)."""
+        out = np.where(self.tag == NO_TAG, none, self.tag).astype(np.int64)
+        for i in np.flatnonzero(self.tag == ODD_TAG).tolist():
+            got = self._odd(i)
+            out[i] = none if got is None else min(max(got, _INT64.min), _INT64.max)
+        return out
+
+    def _odd(self, i: int) -> int | None:
+        at, n = int(self.tag_at[i]), int(self.tag_len[i])
+        try:
+            return int(self.buf[at:at + n])
+        except ValueError:
+            return None
+
+
+_INT64 = np.iinfo(np.int64)
 
 
 def _slices(buf: bytes, at: np.ndarray, n: np.ndarray) -> list[bytes | None]:

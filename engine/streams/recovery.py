@@ -49,6 +49,8 @@ from engine.kafka.topics import CHANGELOG_MAX_BYTES, FENCE_HEADER, Topics
 from engine.streams.state import (
     FENCE_KEY,
     META_KEY,
+    UNTAGGED,
+    ChangelogColumns,
     ChangelogRecord,
     Fence,
     ShardStore,
@@ -230,7 +232,7 @@ def fence_tag(offset: int) -> list[tuple[str, bytes]]:
 
 
 async def _chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, last: int
-                  ) -> AsyncIterator[tuple[list[ChangelogRecord], int]]:
+                  ) -> AsyncIterator[tuple[list[ChangelogColumns], int]]:
     """Changelog partition ``p``'s records from ``first`` to ``last`` (inclusive), a
     fetch at a time, each with the offset the next one starts at. Read by fetches of
     the engine's own over the reader's connections (engine.kafka.fetch: no record
@@ -241,11 +243,9 @@ async def _chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, 
     # closed on the way out, also when the caller stops early: its fetch ahead ends
     async with contextlib.aclosing(fetcher.read(tp, first, last, FENCE_HEADER)) as answers:
         async for cols, pos in answers:
-            recs: list[ChangelogRecord] = []
-            for c in cols:
-                keys = cast(list[bytes], c.keys())  # a compacted topic refuses keyless ones
-                recs += zip(keys, c.values(), c.offset.tolist(), c.tags(), strict=True)
-            yield recs, pos
+            # a compacted topic refuses keyless records: every key is bytes
+            yield [ChangelogColumns(cast(list[bytes], c.keys()), c.values(), c.offset,
+                                    c.tag_numbers(UNTAGGED)) for c in cols if len(c.offset)], pos
 
 
 async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p: int,
@@ -259,10 +259,10 @@ async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p
     read = ignored = 0
     first = store.meta.changelog_offset + 1
     try:
-        async for recs, pos in _chunks(reader, topics, p, first, until):
-            if recs:
-                ignored += store.restore(recs)
-                read += len(recs)
+        async for parts, pos in _chunks(reader, topics, p, first, until):
+            for part in parts:
+                ignored += store.restore_columns(part)
+                read += len(part.keys)
             if progress is not None:
                 progress(p, max(until - pos + 1, 0))
     except OffsetOutOfRangeError:
@@ -328,7 +328,8 @@ async def read_range(reader: AIOKafkaConsumer, topics: Topics, p: int, first: in
     most to its end; compaction may have removed some)."""
     tp = TopicPartition(topics.changelog, p)
     last = min(last, (await reader.end_offsets([tp]))[tp] - 1)
-    return [r async for recs, _ in _chunks(reader, topics, p, first, last) for r in recs]
+    return [r async for parts, _ in _chunks(reader, topics, p, first, last)
+            for part in parts for r in part.records()]
 
 
 async def write_again(reader: AIOKafkaConsumer, producer: AIOKafkaProducer, topics: Topics,

@@ -95,8 +95,14 @@ def _tag(headers: Any) -> int | None:
 
 
 def flat(cols: list[Columns]) -> list[tuple[Any, ...]]:
+    for c in cols:  # the tags as numbers (a restore's) say what the tags say
+        clamp = [NONE if t is None else min(max(t, -2**63), 2**63 - 1) for t in c.tags()]
+        assert c.tag_numbers(NONE).tolist() == clamp
     return [r for c in cols
             for r in zip(c.offset.tolist(), c.keys(), c.values(), c.tags(), strict=True)]
+
+
+NONE = 2**63 - 1
 
 
 _VALUE = st.one_of(st.none(), st.binary(max_size=300))
