@@ -126,9 +126,9 @@ async def own_read(bootstrap: str, topics: Topics) -> tuple[int, float]:
         n = 0
         async for cols, _ in PartitionReader(c._client).read(tp, 0, end - 1, FENCE_HEADER):
             for col in cols:
-                keys, values = col.keys(), col.values()
-                col.tag_numbers(UNTAGGED)
-                n += len(keys)
+                # taken out as the take-over takes them (engine.streams.recovery._chunks)
+                got = (col.keys(), col.values(), col.offset, col.tag_numbers(UNTAGGED))
+                n += len(got[0])
         return n, time.perf_counter() - t0
     finally:
         await c.stop()
