@@ -46,7 +46,7 @@ def encode_parts(keys: list[bytes], values: list[bytes | None]) -> list[bytes]:
     n = len(keys)
     klen = np.fromiter(map(len, keys), np.int32, n)
     vlen = np.fromiter((-1 if v is None else len(v) for v in values), np.int32, n)
-    # a value is never empty, so filter(None) leaves out exactly the deletions
+    # filter(None) leaves out the deletions (and empty values, which add no bytes)
     parts = [klen.tobytes(), vlen.tobytes(), b"".join(keys), b"".join(filter(None, values))]
     size = sum(map(len, parts))
     crc = google_crc32c.value(_COUNTS.pack(n, size))

@@ -95,3 +95,16 @@ def test_bad_ids_exit_2_without_echoing_a_number(places, capsys, who: str) -> No
     assert cli(_locate(places, who)) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "123456789018" not in err
+
+
+def test_a_checkpoint_of_the_rocksdb_format_is_named_though_not_read(places, capsys) -> None:
+    """A RocksDB checkpoint an earlier version left (DECISIONS 144) stays until its
+    partition is taken over here again: it is a place that may hold the person."""
+    old = places["state"] / "g" / "slot-1" / "p3"
+    old.mkdir(parents=True)
+    (old / "CURRENT").write_text("MANIFEST-000001\n")
+    assert cli(_locate(places, "Nobody00")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "1 places hold data about Nobody00"
+    assert out[0].startswith("state\t") and out[0].split("\t")[1].endswith("slot-1/p3")
+    assert "earlier version (RocksDB)" in out[0]
