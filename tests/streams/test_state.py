@@ -876,3 +876,40 @@ def test_a_store_of_the_rocksdb_format_is_removed_and_restored_from_the_changelo
     store.apply({"person00": encode(PersonState(c=1))}, 0)
     store.close()
     assert sorted(f.name for f in old.iterdir()) == [state_file.FILE_NAME]
+
+
+def test_a_restore_of_most_of_the_state_reaches_the_file_whole_not_piece_by_piece(
+        tmp_path: Path) -> None:
+    """A take-over from scratch writes its restored state as one segment: the file is
+    not a second copy of the restore in appended pieces. A small restore on top of a
+    large state appends."""
+    store = ShardStore(tmp_path / "p", NO_TIME, flush_bytes=1)
+    people = [(f"person{j:02d}".encode(), encode(PersonState(c=j)), j + 1, None)
+              for j in range(60)]
+    store.restore([(FENCE_KEY, encode(Fence()), 0, None)] + people[:30])
+    store.restore(people[30:])
+    store.flush()
+    store.file.drain()
+    whole = len(state_file.encode_segment({**store.data}))
+    assert store.file.size == whole == (tmp_path / "p" / state_file.FILE_NAME).stat().st_size
+    store.restore([(b"person00", encode(PersonState(c=99)), 61, None)])
+    store.flush()
+    store.close()
+    assert store.file.size > whole  # appended
+    again = ShardStore(tmp_path / "p", NO_TIME)
+    assert again.get("person00").c == 99 and again.get("person59").c == 59
+    assert again.meta.changelog_offset == 61
+
+
+def test_a_failed_checkpoint_write_is_raised_by_the_next_flush(tmp_path: Path) -> None:
+    """Writes land on the store's writer thread; one that fails is not lost in it."""
+    store = ShardStore(tmp_path / "p", NO_TIME, flush_bytes=1)
+    (tmp_path / "p" / state_file.FILE_NAME).mkdir()  # the file cannot be opened
+    store.apply({"person00": encode(PersonState(c=1))}, 0)  # handed over, fails there
+    import concurrent.futures
+    assert store.file._last is not None
+    concurrent.futures.wait([store.file._last])
+    with pytest.raises(IsADirectoryError):
+        store.apply({"person01": encode(PersonState(c=1))}, 1)
+    with pytest.raises(IsADirectoryError):  # and by a close
+        store.close()
