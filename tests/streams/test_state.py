@@ -884,9 +884,9 @@ def test_a_restore_of_most_of_the_state_reaches_the_file_whole_not_piece_by_piec
     not a second copy of the restore in appended pieces. A small restore on top of a
     large state appends."""
     store = ShardStore(tmp_path / "p", NO_TIME, flush_bytes=1)
-    people = [(f"person{j:02d}".encode(), encode(PersonState(c=j)), j + 1, None)
-              for j in range(60)]
-    store.restore([(FENCE_KEY, encode(Fence()), 0, None)] + people[:30])
+    people: list[ChangelogRecord] = [
+        (f"person{j:02d}".encode(), encode(PersonState(c=j)), j + 1, None) for j in range(60)]
+    store.restore([(FENCE_KEY, encode(Fence()), 0, None), *people[:30]])
     store.restore(people[30:])
     store.flush()
     store.file.drain()
