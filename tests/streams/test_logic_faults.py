@@ -1,7 +1,7 @@
 """A partition's decisions do not depend on what failed between its polls: a poll
 redelivered after its state was written, a batch that failed and is decided again
 from the checkpoint (``discard``), a second poll decided before the first one's
-checkpoint, state flushed to RocksDB or not. The reference is the same polls
+checkpoint, state flushed to its checkpoint file or not. The reference is the same polls
 without the failures; the records wait for enrollments and originals, arrive
 re-routed with their first source, in chunks, with and without ``received_at``, so
 the redelivery marks, the waits and the stored people's values all take part."""
