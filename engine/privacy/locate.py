@@ -40,6 +40,7 @@ def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
         checkpointed,
         decode_fenced_off,
         decode_person,
+        of_rocksdb,
     )
     from engine.streams.state_file import FILE_NAME
 
@@ -47,9 +48,9 @@ def in_state(state_dir: Path, mykey_id: str) -> list[Place]:
     if not state_dir.exists():
         return out
     for cur in sorted(state_dir.rglob("CURRENT")):
-        if not (cur.parent / FILE_NAME).exists():
-            # a RocksDB checkpoint of a version before DECISIONS 144, removed when its
-            # partition is next taken over here; not read, so it may hold the person
+        if of_rocksdb(cur.parent):
+            # removed when its partition is next taken over here; not read, so it may
+            # hold the person
             out.append(Place("state", str(cur.parent),
                              "a checkpoint of an earlier version (RocksDB), not read: "
                              "it may hold the person"))

@@ -588,11 +588,16 @@ class ShardStore:
 _META_B = META_KEY.encode()
 
 
+def of_rocksdb(path: Path) -> bool:
+    """A store directory of the RocksDB format before DECISIONS 144: a checkpoint this
+    version does not read."""
+    return (path / "CURRENT").exists() and not (path / FILE_NAME).exists()
+
+
 def _drop_rocksdb_files(path: Path) -> None:
-    """A store directory of the RocksDB format before DECISIONS 144 holds a
-    checkpoint this version does not read: removed (it may hold people's data), and
-    the take-over restores the partition from the changelog."""
-    if (path / "CURRENT").exists() and not (path / FILE_NAME).exists():
+    """Removed (it may hold people's data); the take-over restores the partition from
+    the changelog."""
+    if of_rocksdb(path):
         shutil.rmtree(path)
 
 

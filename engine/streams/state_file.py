@@ -60,10 +60,6 @@ def segment_size(keys: list[bytes], values: list[bytes | None]) -> int:
             + sum(map(len, filter(None, values))))
 
 
-def encode_segment(writes: Mapping[bytes, bytes | None]) -> bytes:
-    return b"".join(encode_parts(list(writes), list(writes.values())))
-
-
 _CRC_STEP = 4 << 20
 
 
@@ -131,8 +127,15 @@ class SegmentFile:
     def __init__(self, directory: Path) -> None:
         self.path = directory / FILE_NAME
         self._size = 0  # the file's length once the writes handed over have landed
+        # the state's bytes as last measured (by due() or a rewrite): due() measures
+        # again only once the file has outgrown that, not at every flush
+        self._live = 0
         self._writer: ThreadPoolExecutor | None = None
         self._last: Future[None] | None = None
+        # the first write that failed: the writes after it are not made (the file may
+        # end in a torn segment, and one appended after it would never be read), and
+        # every later call raises it
+        self._error: BaseException | None = None
 
     def load(self) -> dict[bytes, bytes]:
         """The state as last written whole; a torn end is cut off, so that the next
@@ -149,11 +152,22 @@ class SegmentFile:
         return self._size
 
     def _submit(self, job: Callable[[], None]) -> None:
-        if self._last is not None and self._last.done():
-            self._last.result()  # an earlier write's error, raised here
+        self._raise()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="state-file")
-        self._last = self._writer.submit(job)
+        self._last = self._writer.submit(self._run, job)
+
+    def _run(self, job: Callable[[], None]) -> None:
+        if self._error is not None:
+            return
+        try:
+            job()
+        except BaseException as e:
+            self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def append(self, writes: Mapping[bytes, bytes | None]) -> None:
         keys, values = list(writes), list(writes.values())
@@ -166,16 +180,19 @@ class SegmentFile:
 
     def due(self, state: Mapping[bytes, bytes]) -> bool:
         """The file holds more than twice ``state`` (the state it reads as) plus the
-        margin: superseded writes are most of it."""
-        live = 8 * len(state) + sum(map(len, state)) + sum(map(len, state.values()))
-        return self._size > 2 * live + REWRITE_SLACK
+        margin: superseded writes are most of it. ``state`` is measured (a pass over
+        every key) only when the file has outgrown its last measure."""
+        if self._size <= 2 * self._live + REWRITE_SLACK:
+            return False
+        self._live = 8 * len(state) + sum(map(len, state)) + sum(map(len, state.values()))
+        return self._size > 2 * self._live + REWRITE_SLACK
 
     def rewrite(self, state: Mapping[bytes, bytes], more: Mapping[bytes, bytes]) -> None:
         """Replace the file by one segment of ``state`` and ``more``, whole or not at
         all (the writer reads a copy of both lists: the state goes on changing)."""
         keys: list[bytes] = [*state, *more]
         values: list[bytes | None] = [*state.values(), *more.values()]
-        self._size = segment_size(keys, values)
+        self._size = self._live = segment_size(keys, values)
         self._submit(lambda: self._replace(encode_parts(keys, values)))
 
     def _replace(self, parts: list[bytes]) -> None:
@@ -191,11 +208,12 @@ class SegmentFile:
         if self._last is not None:
             last, self._last = self._last, None
             last.result()  # the writer runs its jobs in order: the last ends last
+        self._raise()
 
     def remove(self) -> None:
         self.drain()
         self.path.unlink(missing_ok=True)
-        self._size = 0
+        self._size = self._live = 0
 
     def close(self) -> None:
         self.drain()

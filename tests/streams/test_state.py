@@ -102,7 +102,7 @@ store = ShardStore(__import__("pathlib").Path(sys.argv[1]), NO_TIME, flush_bytes
 
 def torn(self, writes):  # the kill lands half-way through the segment's bytes
     self.drain()  # the writes before it have landed
-    seg = state_file.encode_segment(writes)
+    seg = b"".join(state_file.encode_parts(list(writes), list(writes.values())))
     with open(self.path, "ab") as f:
         f.write(seg[:len(seg) // 2])
     os.kill(os.getpid(), 9)
@@ -853,7 +853,7 @@ def test_a_checkpoint_file_is_rewritten_whole_once_it_has_outgrown_its_state(
     for i in range(200):
         store.apply({f"person{j:02d}": encode(PersonState(c=i)) for j in range(20)}, i)
         sizes.append(store.file.size)
-    whole = len(state_file.encode_segment(store.data))
+    whole = state_file.segment_size(list(store.data), list(store.data.values()))
     assert max(sizes) <= 2 * whole + 4096 + whole  # at most one write past the bound
     assert min(sizes[100:]) < max(sizes[100:])  # it was rewritten, more than once
     store.close()
@@ -890,7 +890,7 @@ def test_a_restore_of_most_of_the_state_reaches_the_file_whole_not_piece_by_piec
     store.restore(people[30:])
     store.flush()
     store.file.drain()
-    whole = len(state_file.encode_segment({**store.data}))
+    whole = state_file.segment_size(list(store.data), list(store.data.values()))
     assert store.file.size == whole == (tmp_path / "p" / state_file.FILE_NAME).stat().st_size
     store.restore([(b"person00", encode(PersonState(c=99)), 61, None)])
     store.flush()
@@ -913,3 +913,30 @@ def test_a_failed_checkpoint_write_is_raised_by_the_next_flush(tmp_path: Path) -
         store.apply({"person01": encode(PersonState(c=1))}, 1)
     with pytest.raises(IsADirectoryError):  # and by a close
         store.close()
+
+
+def test_a_failed_write_stops_the_writes_after_it_and_is_raised_though_they_were_queued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first of two queued writes fails: the second is not appended behind it (a
+    torn segment would hide it from every load), and the error is not lost."""
+    import threading
+    f = state_file.SegmentFile(tmp_path)
+    gate, calls = threading.Event(), []
+    real = state_file.SegmentFile._append
+
+    def failing_once(self: state_file.SegmentFile, parts: list[bytes]) -> None:
+        gate.wait()
+        calls.append(len(parts))
+        if len(calls) == 1:
+            raise OSError("disk full")
+        real(self, parts)
+
+    monkeypatch.setattr(state_file.SegmentFile, "_append", failing_once)
+    f.append({b"a": b"1"})
+    f.append({b"b": b"2"})  # queued behind the first
+    gate.set()
+    with pytest.raises(OSError, match="disk full"):
+        f.drain()
+    assert calls == [5] and not f.path.exists()
+    with pytest.raises(OSError, match="disk full"):
+        f.append({b"c": b"3"})
