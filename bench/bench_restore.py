@@ -31,13 +31,12 @@ from bench import local_broker  # noqa: E402
 from bench.bench_settle import machine, write_section  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
-from engine.kafka.fetch import PartitionReader  # noqa: E402
 from engine.kafka.produce import Outgoing, send_batched  # noqa: E402
-from engine.kafka.topics import FENCE_HEADER, Topics, ensure_topics  # noqa: E402
+from engine.kafka.topics import Topics, ensure_topics  # noqa: E402
 from engine.streams.entries import ENTRY  # noqa: E402
+from engine.streams.recovery import changelog_chunks  # noqa: E402
 from engine.streams.state import (  # noqa: E402
     META_KEY,
-    UNTAGGED,
     PersonState,
     ShardMeta,
     encode,
@@ -115,8 +114,8 @@ async def bare_read(bootstrap: str, topics: Topics) -> tuple[int, float]:
 
 
 async def own_read(bootstrap: str, topics: Topics) -> tuple[int, float]:
-    """The read a take-over makes (engine.kafka.fetch, keys, values and fence tags
-    taken out as the restore takes them), nothing applied."""
+    """The read a take-over makes (engine.streams.recovery's chunks of columns, as the
+    restore takes them), nothing applied."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **default_client())
     await c.start()
     try:
@@ -124,11 +123,8 @@ async def own_read(bootstrap: str, topics: Topics) -> tuple[int, float]:
         end = (await c.end_offsets([tp]))[tp]
         t0 = time.perf_counter()
         n = 0
-        async for cols, _ in PartitionReader(c._client).read(tp, 0, end - 1, FENCE_HEADER):
-            for col in cols:
-                # taken out as the take-over takes them (engine.streams.recovery._chunks)
-                got = (col.keys(), col.values(), col.offset, col.tag_numbers(UNTAGGED))
-                n += len(got[0])
+        async for parts, _ in changelog_chunks(c, topics, 0, 0, end - 1):
+            n += sum(len(part.offsets) for part in parts)
         return n, time.perf_counter() - t0
     finally:
         await c.stop()

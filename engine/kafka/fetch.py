@@ -72,13 +72,7 @@ class Columns(NamedTuple):
         return _slices(self.buf, self.value_at, self.value_len)
 
     def rows_keyed(self, key: bytes) -> np.ndarray:
-        """The records whose key is ``key``, compared where the bytes lie."""
-        rows = np.flatnonzero(self.key_len == len(key))
-        if not len(rows) or not key:
-            return rows
-        raw = np.frombuffer(self.buf, np.uint8)
-        want = np.frombuffer(key, np.uint8)
-        return rows[(raw[self.key_at[rows, None] + np.arange(len(key))] == want).all(axis=1)]
+        return keyed_rows(np.frombuffer(self.buf, np.uint8), self.key_at, self.key_len, key)
 
     def value(self, i: int) -> bytes | None:
         n = int(self.value_len[i])
@@ -111,6 +105,32 @@ class Columns(NamedTuple):
 
 
 _INT64 = np.iinfo(np.int64)
+
+
+def keyed_rows(buf: np.ndarray, key_at: np.ndarray, key_len: np.ndarray, key: bytes
+               ) -> np.ndarray:
+    """The records whose key is ``key``, compared where the bytes lie."""
+    return _keyed(buf, key_at, key_len, np.frombuffer(key, np.uint8))  # type: ignore[no-any-return]
+
+
+@numba.njit(cache=True, nogil=True)
+def _keyed(buf, key_at, key_len, key):  # type: ignore[no-untyped-def]
+    out = np.empty(len(key_at), np.int64)
+    k = 0
+    n = len(key)
+    for i in range(len(key_at)):
+        if key_len[i] != n:
+            continue
+        at = key_at[i]
+        same = True
+        for j in range(n):
+            if buf[at + j] != key[j]:
+                same = False
+                break
+        if same:
+            out[k] = i
+            k += 1
+    return out[:k]
 
 
 def _slices(buf: bytes, at: np.ndarray, n: np.ndarray) -> list[bytes | None]:

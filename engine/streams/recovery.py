@@ -34,8 +34,9 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -231,7 +232,7 @@ def fence_tag(offset: int) -> list[tuple[str, bytes]]:
     return [(FENCE_HEADER, str(offset).encode())]
 
 
-async def _chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, last: int
+async def changelog_chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, last: int
                   ) -> AsyncIterator[tuple[list[ChangelogColumns], int]]:
     """Changelog partition ``p``'s records from ``first`` to ``last`` (inclusive), a
     fetch at a time, each with the offset the next one starts at. Read by fetches of
@@ -244,7 +245,8 @@ async def _chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, 
     async with contextlib.aclosing(fetcher.read(tp, first, last, FENCE_HEADER)) as answers:
         async for cols, pos in answers:
             # a compacted topic refuses keyless records: every key is bytes
-            yield [ChangelogColumns(cast(list[bytes], c.keys()), c.values(), c.offset,
+            yield [ChangelogColumns(np.frombuffer(c.buf, np.uint8), c.key_at, c.key_len,
+                                    c.value_at, c.value_len, c.offset,
                                     c.tag_numbers(UNTAGGED)) for c in cols if len(c.offset)], pos
 
 
@@ -259,10 +261,10 @@ async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p
     read = ignored = 0
     first = store.meta.changelog_offset + 1
     try:
-        async for parts, pos in _chunks(reader, topics, p, first, until):
+        async for parts, pos in changelog_chunks(reader, topics, p, first, until):
             for part in parts:
                 ignored += store.restore_columns(part)
-                read += len(part.keys)
+                read += len(part.offsets)
             if progress is not None:
                 progress(p, max(until - pos + 1, 0))
     except OffsetOutOfRangeError:
@@ -328,7 +330,7 @@ async def read_range(reader: AIOKafkaConsumer, topics: Topics, p: int, first: in
     most to its end; compaction may have removed some)."""
     tp = TopicPartition(topics.changelog, p)
     last = min(last, (await reader.end_offsets([tp]))[tp] - 1)
-    return [r async for parts, _ in _chunks(reader, topics, p, first, last)
+    return [r async for parts, _ in changelog_chunks(reader, topics, p, first, last)
             for part in parts for r in part.records()]
 
 

@@ -25,15 +25,17 @@ import shutil
 import time
 from collections.abc import Iterator, KeysView, Mapping
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
 
+from engine.kafka.fetch import keyed_rows
 from engine.rules.txn_keys import entry_keys, key_hashes
 from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
 from engine.streams.state_file import FILE_NAME, SegmentFile
 from engine.streams.state_file import read as read_file
+from engine.streams.value_table import ValueTable, columns_of
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
@@ -326,24 +328,41 @@ UNTAGGED = int(np.iinfo(np.int64).max)
 
 
 class ChangelogColumns(NamedTuple):
-    """Changelog records as a restore applies them: keys, values (None: a tombstone),
-    offsets (int64, increasing), fence tags (int64, :data:`UNTAGGED` where none)."""
+    """Changelog records as a restore applies them: record ``i``'s key is
+    ``buf[key_at[i]:key_at[i] + key_len[i]]``, its value likewise (length -1: a
+    tombstone); offsets (increasing) and fence tags (:data:`UNTAGGED` where none) as
+    int64. A fetch's own buffer and columns (engine.kafka.fetch): a restore makes no
+    object per record."""
 
-    keys: list[bytes]
-    values: list[bytes | None]
+    buf: np.ndarray
+    key_at: np.ndarray
+    key_len: np.ndarray
+    value_at: np.ndarray
+    value_len: np.ndarray
     offsets: np.ndarray
     tags: np.ndarray
 
     @classmethod
     def of(cls, records: list[ChangelogRecord]) -> ChangelogColumns:
-        return cls([r[0] for r in records], [r[1] for r in records],
-                   np.array([r[2] for r in records], np.int64),
+        buf, kat, klen, vat, vlen = columns_of([r[0] for r in records], [r[1] for r in records])
+        return cls(buf, kat, klen, vat, vlen, np.array([r[2] for r in records], np.int64),
                    np.array([UNTAGGED if r[3] is None else r[3] for r in records], np.int64))
 
+    def key(self, i: int) -> bytes:
+        at = int(self.key_at[i])
+        return self.buf[at:at + int(self.key_len[i])].tobytes()
+
+    def value(self, i: int) -> bytes | None:
+        at, n = int(self.value_at[i]), int(self.value_len[i])
+        return None if n < 0 else self.buf[at:at + n].tobytes()
+
+    def rows_keyed(self, key: bytes) -> np.ndarray:
+        return keyed_rows(self.buf, self.key_at, self.key_len, key)
+
     def records(self) -> list[ChangelogRecord]:
-        return list(zip(self.keys, self.values, self.offsets.tolist(),
-                        [None if t == UNTAGGED else t for t in self.tags.tolist()],
-                        strict=True))
+        return [(self.key(i), self.value(i), int(self.offsets[i]),
+                 None if self.tags[i] == UNTAGGED else int(self.tags[i]))
+                for i in range(len(self.offsets))]
 
 
 class ShardStore:
@@ -369,7 +388,7 @@ class ShardStore:
         path.mkdir(parents=True, exist_ok=True)
         self.file = SegmentFile(path)
         # every applied value (the checkpoint's, then what apply and restore took)
-        self.data: dict[bytes, bytes] = self.file.load()
+        self.data: ValueTable = self.file.load()
         raw = self.data.get(_META_B)
         self.meta = decode_meta(raw) if raw is not None else ShardMeta(stream_time=no_time)
         # the meta as applied: what a failed batch's discard goes back to
@@ -404,8 +423,11 @@ class ShardStore:
     def values(self, keys: list[str]) -> list[bytes | None]:
         """The people's values as decided so far: pending, else applied (None: none).
         A person's value is never empty nor deleted, so ``or`` tells the layers."""
-        pending, data = self.pending, self.data
-        return [pending.get(k) or data.get(k.encode()) for k in keys]
+        got = self.data.values_of([k.encode() for k in keys])
+        pending = self.pending
+        if not pending:
+            return got
+        return [pending.get(k) or v for k, v in zip(keys, got, strict=True)]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every applied key and value (people, their wait index entries, the meta)."""
@@ -413,12 +435,12 @@ class ShardStore:
 
     def _take(self, writes: dict[bytes, bytes | None]) -> None:
         """Applied values (None: deleted) into memory and, at the next flush, the file."""
-        data = cast(dict[bytes, bytes | None], self.data)  # the Nones go at once
-        data.update(writes)
-        if None in writes.values():
-            for k, v in writes.items():
-                if v is None:
-                    data.pop(k, None)
+        self.data.update(writes)
+        self._note(writes)
+
+    def _note(self, writes: dict[bytes, bytes | None]) -> None:
+        """``writes``, now in memory, for the next flush (unless it writes the whole
+        state)."""
         self._dirty = True
         if self._whole:
             return
@@ -450,8 +472,9 @@ class ShardStore:
         meta = self._applied_meta if self._applied_meta is not None else encode(self.meta)
         self.data[_META_B] = meta
         owed = _enc.encode(sorted(self.fenced_off)) if self.fenced_off else None
-        if self._whole or self.file.due(self.data):
-            self.file.rewrite(self.data, {FENCED_OFF_KEY: owed} if owed is not None else {})
+        if self._whole or self.file.due(self.data.live_bytes + 8 * len(self.data)):
+            self.file.rewrite(self.data.snapshot(),
+                              {FENCED_OFF_KEY: owed} if owed is not None else {})
         else:
             self.unflushed[_META_B] = meta
             self.unflushed[FENCED_OFF_KEY] = owed
@@ -482,38 +505,40 @@ class ShardStore:
         stale and must not overwrite the new owner's. Fences and meta records are
         taken one by one; the people between them as runs, with no Python per record.
         """
-        n = len(cols.keys)
+        n = len(cols.offsets)
         start = int(np.searchsorted(cols.offsets, self.meta.changelog_offset, side="right"))
         if start >= n:
             return 0
-        keys, values, tags = cols.keys, cols.values, cols.tags
-        names = np.asarray(keys, dtype=object)[start:]
-        special = (np.flatnonzero((names == FENCE_KEY) | (names == _META_B)) + start).tolist()
+        special = np.union1d(cols.rows_keyed(FENCE_KEY), cols.rows_keyed(_META_B))
+        if not self._whole and n - start + len(self.unflushed) > len(self.data) // 2:
+            # most of the state is new: the file takes it whole at the next flush, not
+            # as a second copy in appended writes, and nothing needs to remember what
+            # changed
+            self._whole = True
+            self.unflushed = {}
+            self._unflushed_bytes = 0
         ignored = 0
-        writes: dict[bytes, bytes | None] = {}  # the last record of a key wins
         pos = start
-        for s in [*special, n]:
+        for s in [*special[special >= start].tolist(), n]:
             if s > pos:
-                stale = tags[pos:s] < self.meta.fence
+                rows = np.arange(pos, s)
+                stale = cols.tags[pos:s] < self.meta.fence
                 if stale.any():
-                    gone = list(itertools.compress(keys[pos:s], stale.tolist()))
+                    gone = rows[stale].tolist()
                     ignored += len(gone)
-                    self.fenced_off.update(k.decode() for k in gone)
-                    writes.update(itertools.compress(
-                        zip(keys[pos:s], values[pos:s], strict=True), (~stale).tolist()))
-                else:
-                    writes.update(zip(keys[pos:s], values[pos:s], strict=True))
+                    self.fenced_off.update(cols.key(i).decode() for i in gone)
+                    rows = rows[~stale]
+                self._put_rows(cols, rows)
             if s == n:
                 break
             pos = s + 1
-            k, v, off = keys[s], values[s], int(cols.offsets[s])
+            k, v, off = cols.key(s), cols.value(s), int(cols.offsets[s])
             self.meta.changelog_offset = off
             if k == FENCE_KEY:
                 self.meta.fence = off
                 if v is not None and _dec_fence.decode(v).reset:
-                    writes = {}  # nothing before a reset survives
-                    self._wipe()
-            elif tags[s] < self.meta.fence:
+                    self._wipe()  # nothing before a reset survives
+            elif cols.tags[s] < self.meta.fence:
                 ignored += 1
                 self.fenced_off.add(k.decode())
             elif v is not None:
@@ -523,18 +548,18 @@ class ShardStore:
                     self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
                 self.meta.inputs = m.inputs
             else:
-                writes[k] = v
+                self._put_rows(cols, np.array([s]))
         self.meta.changelog_offset = int(cols.offsets[-1])
-        if len(writes) + len(self.unflushed) > len(self.data) // 2:
-            # most of the state is new: the file takes it whole, not as a second copy
-            # in appended writes, and nothing needs to remember what changed
-            self._whole = True
-            self.unflushed = {}
-            self._unflushed_bytes = 0
-        self._take(writes)
         self._applied_meta = encode(self.meta)
         self._dirty = True
         return ignored
+
+    def _put_rows(self, cols: ChangelogColumns, rows: np.ndarray) -> None:
+        """Records ``rows`` of ``cols`` into memory and (unless the next flush writes
+        the whole state) the next flush's writes."""
+        self.data.put(cols.buf, cols.key_at[rows], cols.key_len[rows], cols.value_at[rows],
+                      cols.value_len[rows])
+        self._note({} if self._whole else {cols.key(i): cols.value(i) for i in rows.tolist()})
 
     def written_again(self, keys: set[str]) -> None:
         """``keys`` of :attr:`fenced_off` are written again under this owner's fence:
@@ -551,7 +576,7 @@ class ShardStore:
         if keep_position:
             keep.changelog_offset, keep.fence = self.meta.changelog_offset, self.meta.fence
         self.file.remove()
-        self.data = {}
+        self.data = ValueTable()
         self.meta = keep
         self._applied_meta = encode(keep)
         self.fenced_off.clear()  # void with all else (a reset) or another history's
@@ -570,8 +595,8 @@ class ShardStore:
         """The people with waiting records, from the ``__wait__/`` keys."""
         self.parked.clear()
         skip = len(_WAIT_B)
-        for key in [k for k in self.data if k.startswith(_WAIT_B)]:
-            first, n = decode_wait(self.data[key])
+        for key, raw in self.data.prefixed(_WAIT_B):
+            first, n = decode_wait(raw)
             self.parked.set(key[skip:].decode(), first + timeout, n)
 
     def close(self) -> None:
@@ -601,7 +626,7 @@ def _drop_rocksdb_files(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def checkpointed(path: Path) -> dict[bytes, bytes]:
+def checkpointed(path: Path) -> ValueTable:
     """What the checkpoint file of the store at ``path`` holds, read without taking
     it (a running worker's store is not disturbed)."""
     return read_file(path / FILE_NAME)[0]

@@ -31,6 +31,8 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
+from engine.streams.value_table import Snapshot, ValueTable
+
 FILE_NAME = "state.seg"
 MAGIC = b"MYNSEG01"
 _HEADER = struct.Struct("<8sIQI")  # magic, n, body length, CRC-32C
@@ -38,29 +40,54 @@ _COUNTS = struct.Struct("<IQ")  # n and the body's length, as the CRC covers the
 # how far the file may grow beyond twice the state it holds before it is rewritten: a
 # small partition is not rewritten on every flush
 REWRITE_SLACK = 64 << 20
+_CRC_STEP = 4 << 20
 
 
-def encode_parts(keys: list[bytes], values: list[bytes | None]) -> list[bytes]:
+# a segment's part: bytes, or a view of a snapshot's gathered keys or values
+Part = bytes | memoryview
+
+
+def encode_parts(keys: list[bytes], values: list[bytes | None]) -> list[Part]:
     """One segment setting (or, for None, deleting) each key to its value, as the
     parts written one after the other (not joined: that would copy the values again)."""
     n = len(keys)
     klen = np.fromiter(map(len, keys), np.int32, n)
     vlen = np.fromiter((-1 if v is None else len(v) for v in values), np.int32, n)
     # filter(None) leaves out the deletions (and empty values, which add no bytes)
-    parts = [klen.tobytes(), vlen.tobytes(), b"".join(keys), b"".join(filter(None, values))]
+    return _framed(n, [klen.tobytes(), vlen.tobytes(), b"".join(keys),
+                       b"".join(filter(None, values))])
+
+
+def _framed(n: int, parts: list[Part]) -> list[Part]:
+    """The body's parts of a segment of ``n`` keys, behind its header."""
     size = sum(map(len, parts))
     crc = google_crc32c.value(_COUNTS.pack(n, size))
     for part in parts:
-        crc = google_crc32c.extend(crc, part)
+        if isinstance(part, bytes):
+            crc = google_crc32c.extend(crc, part)
+            continue
+        # google-crc32c takes bytes only: a view goes a few MiB at a time
+        for i in range(0, len(part), _CRC_STEP):
+            crc = google_crc32c.extend(crc, bytes(part[i:i + _CRC_STEP]))
     return [_HEADER.pack(MAGIC, n, size, crc), *parts]
+
+
+def _whole_parts(state: Snapshot, keys: list[bytes], values: list[bytes | None]
+                 ) -> list[Part]:
+    """One segment of a table's snapshot and a few keys more."""
+    klen, vlen, body = state.parts()
+    split = int(klen.sum(dtype=np.int64))
+    mk = np.fromiter(map(len, keys), np.int32, len(keys))
+    mv = np.fromiter((-1 if v is None else len(v) for v in values), np.int32, len(values))
+    return _framed(len(klen) + len(keys), [
+        np.concatenate([klen, mk]).tobytes(), np.concatenate([vlen, mv]).tobytes(),
+        body[:split].data, b"".join(keys), body[split:].data,
+        b"".join(filter(None, values))])
 
 
 def segment_size(keys: list[bytes], values: list[bytes | None]) -> int:
     return (_HEADER.size + 8 * len(keys) + sum(map(len, keys))
             + sum(map(len, filter(None, values))))
-
-
-_CRC_STEP = 4 << 20
 
 
 def _crc_at(buf: bytes, n: int, at: int, size: int) -> int:
@@ -74,45 +101,43 @@ def _crc_at(buf: bytes, n: int, at: int, size: int) -> int:
     return int(crc)
 
 
-def _apply_segment(buf: bytes, at: int, n: int, size: int, into: dict[bytes, bytes]) -> bool:
+def _apply_segment(buf: np.ndarray, at: int, n: int, size: int, into: ValueTable) -> bool:
     """Apply the segment whose body is ``buf[at:at + size]``; False (nothing applied)
-    when its lengths do not add up to its size. Keys and values are sliced out of
-    ``buf`` itself: a body copy first would copy the state once more."""
-    klen = np.frombuffer(buf, np.int32, n, at)
-    vlen = np.frombuffer(buf, np.int32, n, at + 4 * n)
+    when its lengths do not add up to its size. Keys and values go from ``buf`` into
+    the table by their starts and lengths: no object per key."""
+    klen = np.frombuffer(buf, np.int32, n, at).astype(np.int64)
+    vlen = np.frombuffer(buf, np.int32, n, at + 4 * n).astype(np.int64)
     if (klen < 0).any() or (vlen < -1).any():
         return False
     vsize = np.maximum(vlen, 0)
-    kend = at + 8 * n + np.cumsum(klen, dtype=np.int64)
-    vend = (kend[-1] if n else at) + np.cumsum(vsize, dtype=np.int64)
+    kend = at + 8 * n + np.cumsum(klen)
+    vend = (kend[-1] if n else at) + np.cumsum(vsize)
     if (vend[-1] if n else at) != at + size:
         return False
-    ends = kend.tolist()
-    keys = [buf[e - k:e] for e, k in zip(ends, klen.tolist(), strict=True)]
-    values = [buf[e - v:e] for e, v in zip(vend.tolist(), vsize.tolist(), strict=True)]
-    into.update(zip(keys, values, strict=True))
-    for i in np.flatnonzero(vlen < 0).tolist():
-        into.pop(keys[i], None)
+    into.put(buf, kend - klen, klen, vend - vsize, vlen)
     return True
 
 
-def read(path: Path) -> tuple[dict[bytes, bytes], int]:
+def read(path: Path) -> tuple[ValueTable, int]:
     """The state a checkpoint file holds (key -> value) and the length of its whole
     segments; a torn or damaged segment ends the read (itself and all after it)."""
     try:
-        buf = path.read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
-        return {}, 0
-    state: dict[bytes, bytes] = {}
+        return ValueTable(), 0
+    buf = np.frombuffer(raw, np.uint8)
+    # room for the file's bytes at once: a whole state read is not copied as it grows
+    state = ValueTable(capacity=max(len(raw), 1 << 16))
     at = 0
-    while at + _HEADER.size <= len(buf):
-        magic, n, size, crc = _HEADER.unpack_from(buf, at)
+    while at + _HEADER.size <= len(raw):
+        magic, n, size, crc = _HEADER.unpack_from(raw, at)
         start = at + _HEADER.size
-        if (magic != MAGIC or start + size > len(buf) or size < 8 * n
-                or _crc_at(buf, n, start, size) != crc
+        if (magic != MAGIC or start + size > len(raw) or size < 8 * n
+                or _crc_at(raw, n, start, size) != crc
                 or not _apply_segment(buf, start, n, size, state)):
             break
         at = start + size
+    state.tidy()  # superseded writes read from the file are not kept in memory
     return state, at
 
 
@@ -127,9 +152,6 @@ class SegmentFile:
     def __init__(self, directory: Path) -> None:
         self.path = directory / FILE_NAME
         self._size = 0  # the file's length once the writes handed over have landed
-        # the state's bytes as last measured (by due() or a rewrite): due() measures
-        # again only once the file has outgrown that, not at every flush
-        self._live = 0
         self._writer: ThreadPoolExecutor | None = None
         self._last: Future[None] | None = None
         # the first write that failed: the writes after it are not made (the file may
@@ -137,7 +159,7 @@ class SegmentFile:
         # every later call raises it
         self._error: BaseException | None = None
 
-    def load(self) -> dict[bytes, bytes]:
+    def load(self) -> ValueTable:
         """The state as last written whole; a torn end is cut off, so that the next
         append follows the last whole segment."""
         self.drain()
@@ -174,28 +196,25 @@ class SegmentFile:
         self._size += segment_size(keys, values)
         self._submit(lambda: self._append(encode_parts(keys, values)))
 
-    def _append(self, parts: list[bytes]) -> None:
+    def _append(self, parts: list[Part]) -> None:
         with open(self.path, "ab") as f:
             f.writelines(parts)
 
-    def due(self, state: Mapping[bytes, bytes]) -> bool:
-        """The file holds more than twice ``state`` (the state it reads as) plus the
-        margin: superseded writes are most of it. ``state`` is measured (a pass over
-        every key) only when the file has outgrown its last measure."""
-        if self._size <= 2 * self._live + REWRITE_SLACK:
-            return False
-        self._live = 8 * len(state) + sum(map(len, state)) + sum(map(len, state.values()))
-        return self._size > 2 * self._live + REWRITE_SLACK
+    def due(self, live: int) -> bool:
+        """The file holds more than twice the state (``live``: its bytes as a segment)
+        plus the margin: superseded writes are most of it."""
+        return self._size > 2 * live + REWRITE_SLACK
 
-    def rewrite(self, state: Mapping[bytes, bytes], more: Mapping[bytes, bytes]) -> None:
+    def rewrite(self, state: Snapshot, more: Mapping[bytes, bytes]) -> None:
         """Replace the file by one segment of ``state`` and ``more``, whole or not at
-        all (the writer reads a copy of both lists: the state goes on changing)."""
-        keys: list[bytes] = [*state, *more]
-        values: list[bytes | None] = [*state.values(), *more.values()]
-        self._size = self._live = segment_size(keys, values)
-        self._submit(lambda: self._replace(encode_parts(keys, values)))
+        all (the writer lays out the snapshot on its own thread: the table goes on
+        changing, and its arena's written bytes never do)."""
+        keys: list[bytes] = list(more)
+        values: list[bytes | None] = list(more.values())
+        self._size = (segment_size(keys, values) + 8 * len(state.kat) + state.size)
+        self._submit(lambda: self._replace(_whole_parts(state, keys, values)))
 
-    def _replace(self, parts: list[bytes]) -> None:
+    def _replace(self, parts: list[Part]) -> None:
         tmp = self.path.with_suffix(".tmp")
         # not synced: a machine crash that leaves it torn leaves a file that reads as
         # empty (its one segment fails its CRC), and the changelog restores it all
@@ -213,7 +232,7 @@ class SegmentFile:
     def remove(self) -> None:
         self.drain()
         self.path.unlink(missing_ok=True)
-        self._size = self._live = 0
+        self._size = 0
 
     def close(self) -> None:
         self.drain()

@@ -30,7 +30,7 @@ from engine.rules.strings import format_utc, kafka_partitions, prefix_codes
 from engine.streams.decode import InBatch, Msg, decode_messages
 from engine.streams.logic import PartitionLogic
 from engine.streams.shard import SMALL_ROWS, encode_grants
-from engine.streams.state import ShardStore
+from engine.streams.state import ChangelogColumns, ShardStore, checkpointed
 
 log = logging.getLogger("mynapoint.worker")
 
@@ -100,3 +100,17 @@ def _decide(logic: PartitionLogic, campaign: Campaign, registry: Registry, topic
                    pa.array(list(snap.values()), pa.large_binary()), None, BATCH_BYTES)
     logic.commit(0)
     logic.final()
+    _take_over(logic.store, snap)
+
+
+def _take_over(store: ShardStore, snap: dict[str, bytes | None]) -> None:
+    """A take-over's code: the snapshot restored as changelog columns (most of the
+    state: the checkpoint rewritten whole), the checkpoint read back, the waits'
+    index, and a compaction of the state's table."""
+    first = store.meta.changelog_offset + 1
+    store.restore_columns(ChangelogColumns.of(
+        [(k.encode(), v, first + i, None) for i, (k, v) in enumerate(snap.items())]))
+    store.rebuild_parked_index(0)
+    store.flush()
+    store.file.drain()
+    checkpointed(store.path).compact()

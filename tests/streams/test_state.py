@@ -924,7 +924,7 @@ def test_a_failed_write_stops_the_writes_after_it_and_is_raised_though_they_were
     gate, calls = threading.Event(), []
     real = state_file.SegmentFile._append
 
-    def failing_once(self: state_file.SegmentFile, parts: list[bytes]) -> None:
+    def failing_once(self: state_file.SegmentFile, parts: list[state_file.Part]) -> None:
         gate.wait()
         calls.append(len(parts))
         if len(calls) == 1:

@@ -4,6 +4,8 @@ consumer joins its group (engine.streams.warmup), and never a reason to stop."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -34,3 +36,24 @@ def test_a_failed_warm_up_is_logged_not_raised(caplog: pytest.LogCaptureFixture,
     warmup.warm_up(DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, Topics("warm"), 8)
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         "warming up failed (ValueError: no such thing): the first batch compiles instead"]
+
+
+def test_the_take_over_code_is_compiled_too() -> None:
+    """The state table's and the restore's compiled functions (a take-over's code,
+    which a decide alone does not run) are compiled, or loaded from numba's cache, by
+    the warm-up: checked in a fresh interpreter, where nothing else called them."""
+    code = """
+import sys
+from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.kafka import fetch
+from engine.kafka.topics import Topics
+from engine.streams import value_table, warmup
+names = ["_put", "_get", "_gather", "_gather_values", "_copy_rows", "_index", "_prefixed"]
+funcs = {n: getattr(value_table, n) for n in names} | {"_keyed": fetch._keyed}
+before = sorted(n for n, f in funcs.items() if f.signatures)
+warmup.warm_up(DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, Topics("warm"), 8)
+print(before, sorted(n for n, f in funcs.items() if not f.signatures))
+"""
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert got.stdout.split("\n")[-2] == "[] []", got.stdout + got.stderr
