@@ -126,6 +126,7 @@ def main() -> int:
     # what the store's table holds: its arena (free room and superseded values
     # included), its rows and its index (DECISIONS 145)
     memory = logic.store.data.memory
+    live = logic.store.data.live_bytes + 8 * len(logic.store.data)
     for k, v in logic.store.items():
         if k == META_KEY.encode():
             continue
@@ -138,6 +139,7 @@ def main() -> int:
     shutil.rmtree(work)  # the inputs and the store: 150 MB or more a run
     per_person = value_bytes / max(people, 1)
     in_memory, on_disk = memory / max(people, 1), disk / max(people, 1)
+    live_each = live / max(people, 1)
     records = enr.num_rows + txn.num_rows
     rows = "\n".join(f"| {k} | {v:.2f} | {100 * v / seconds:.0f} % |"
                      for k, v in sorted(phases.items(), key=lambda kv: kv[1], reverse=True))
@@ -162,6 +164,7 @@ settlement logic in chunks of {a.chunk:,} records (no broker; {seconds:.1f} s).
 | transactions per person with state | {txn_per_person:.1f} |
 | state value bytes per person (changelog record value = value in memory) | **{per_person:.0f} B** |
 | in memory per person (the store's table: arena, rows, index) | {in_memory:.0f} B |
+| of which the live keys, values and their rows | {live_each:.0f} B |
 | largest person | {largest:,} B |
 | checkpoint file on disk per person (uncompressed, superseded writes too) | {on_disk:.0f} B |
 | state bytes written (changelog, checkpoint file) per record decided | {written / records:.0f} B |

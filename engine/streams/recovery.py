@@ -263,6 +263,10 @@ async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p
     try:
         async for parts, pos in changelog_chunks(reader, topics, p, first, until):
             for part in parts:
+                if not read and len(part.offsets):
+                    # room for the whole partition at the first fetch's bytes a record,
+                    # taken once: the arena is not copied again at every doubling
+                    store.data.reserve(until - first + 1, part.bytes_per_record())
                 ignored += store.restore_columns(part)
                 read += len(part.offsets)
             if progress is not None:

@@ -392,20 +392,21 @@ class _Call:
         np_ = len(self.plist)
         # every person is known by now (select, involve_waiting)
         self.part_of = np.asarray(self.pk, np.int64)
-        vals: list[bytes | None]
-        if len(self.stores) == 1:
-            vals = self.stores[0].values(self.plist)
-        else:
-            vals = [None] * np_
-            for k, store in enumerate(self.stores):
-                idx = np.flatnonzero(self.part_of == k).tolist()
-                for i, v in zip(idx, store.values([self.plist[i] for i in idx]), strict=True):
-                    vals[i] = v
-        offs = np.zeros(np_ + 1, np.int64)
-        offs[1:] = np.cumsum([len(v) if v is not None else 0 for v in vals])
-        # a bytearray: new_state writes the decided status and refunded sums into the
+        # writable: new_state writes the decided status and refunded sums into the
         # stored rows in place (patch_rows)
-        buf = np.frombuffer(bytearray().join([v for v in vals if v is not None]), np.uint8)
+        if len(self.stores) == 1:
+            buf, offs = self.stores[0].packed(self.plist)
+        else:
+            bufs, spans, base = [], np.zeros((np_, 2), np.int64), 0
+            for k, store in enumerate(self.stores):
+                idx = np.flatnonzero(self.part_of == k)
+                got, o = store.packed([self.plist[i] for i in idx.tolist()])
+                spans[idx, 0], spans[idx, 1] = o[:-1] + base, np.diff(o)
+                bufs.append(got)
+                base += len(got)
+            buf = gather(np.concatenate(bufs), spans) if bufs else np.empty(0, np.uint8)
+            offs = np.zeros(np_ + 1, np.int64)
+            np.cumsum(spans[:, 1], out=offs[1:])
         p = self.p = decode_people(buf, offs, self.d.names)
         used = int(p.mstart[-1] + p.mcount[-1]) if np_ else 0
         mkeys, mvals = [p.mkeys[:used]], [p.mvals[:used]]
@@ -413,7 +414,7 @@ class _Call:
         base = len(buf)
         rcode = self.d.registry.code
         for pi in np.flatnonzero(~p.ok).tolist():
-            st = self.objs[pi] = decode_person(vals[pi])  # type: ignore[arg-type]
+            st = self.objs[pi] = decode_person(buf[offs[pi]:offs[pi + 1]].tobytes())
             enrolled = st.enr_op is not None
             p.op[pi] = rcode(st.enr_op) if st.enr_op is not None else -1
             p.kind[pi] = st.enr_kind if enrolled else -1

@@ -35,7 +35,7 @@ from engine.rules.txn_keys import entry_keys, key_hashes
 from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
 from engine.streams.state_file import FILE_NAME, SegmentFile
 from engine.streams.state_file import read as read_file
-from engine.streams.value_table import ValueTable, columns_of
+from engine.streams.value_table import ValueTable, columns_of, gather_spans, starts
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
@@ -348,6 +348,11 @@ class ChangelogColumns(NamedTuple):
         return cls(buf, kat, klen, vat, vlen, np.array([r[2] for r in records], np.int64),
                    np.array([UNTAGGED if r[3] is None else r[3] for r in records], np.int64))
 
+    def bytes_per_record(self) -> int:
+        """The mean bytes of a record's key and value."""
+        return (int(self.key_len.sum()) + int(np.maximum(self.value_len, 0).sum())
+                ) // max(len(self.offsets), 1)
+
     def key(self, i: int) -> bytes:
         at = int(self.key_at[i])
         return self.buf[at:at + int(self.key_len[i])].tobytes()
@@ -421,13 +426,30 @@ class ShardStore:
         return self.data.get(key.encode())
 
     def values(self, keys: list[str]) -> list[bytes | None]:
-        """The people's values as decided so far: pending, else applied (None: none).
-        A person's value is never empty nor deleted, so ``or`` tells the layers."""
-        got = self.data.values_of([k.encode() for k in keys])
-        pending = self.pending
-        if not pending:
-            return got
-        return [pending.get(k) or v for k, v in zip(keys, got, strict=True)]
+        """The people's values as decided so far: pending, else applied (None: none)."""
+        buf, offs = self.packed(keys)
+        raw = buf.tobytes()
+        ends = offs.tolist()
+        return [raw[s:e] or None for s, e in itertools.pairwise(ends)]
+
+    def packed(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`values` laid end to end in one writable buffer, with ``len(keys) + 1``
+        offsets (an empty span: no value): no object per person. A person's value is
+        never empty nor deleted, so a pending None or an absent key reads the layer
+        below."""
+        table = self.data
+        at, size = table.value_spans(table.get_rows(list(map(str.encode, keys))))
+        extra = np.empty(0, np.uint8)
+        mine = np.zeros(len(keys), np.bool_)
+        if self.pending:
+            got = list(map(self.pending.get, keys))
+            mine = np.fromiter(map(bool, got), np.bool_, len(got))
+            if mine.any():
+                vals = list(itertools.compress(got, mine))
+                lens = np.fromiter(map(len, vals), np.int64, len(vals))  # type: ignore[arg-type]
+                extra = np.frombuffer(b"".join(vals), np.uint8)  # type: ignore[arg-type]
+                at[mine], size[mine] = starts(lens), lens
+        return gather_spans(table.arena, extra, at, size, mine)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every applied key and value (people, their wait index entries, the meta)."""

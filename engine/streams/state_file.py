@@ -90,21 +90,21 @@ def segment_size(keys: list[bytes], values: list[bytes | None]) -> int:
             + sum(map(len, filter(None, values))))
 
 
-def _crc_at(buf: bytes, n: int, at: int, size: int) -> int:
+def _crc_at(buf: np.ndarray, n: int, at: int, size: int) -> int:
     """The CRC of a segment whose body is ``buf[at:at + size]``: over the counts too (a
     changed ``n`` with the body intact must not parse), a few MiB at a time
-    (google-crc32c takes no memoryview, and one copy of a whole state's body costs
-    more than its CRC)."""
+    (google-crc32c takes bytes only, and one copy of a whole state's body costs more
+    than its CRC)."""
     crc = google_crc32c.value(_COUNTS.pack(n, size))
     for i in range(at, at + size, _CRC_STEP):
-        crc = google_crc32c.extend(crc, buf[i:min(i + _CRC_STEP, at + size)])
+        crc = google_crc32c.extend(crc, buf[i:min(i + _CRC_STEP, at + size)].tobytes())
     return int(crc)
 
 
 def _apply_segment(buf: np.ndarray, at: int, n: int, size: int, into: ValueTable) -> bool:
-    """Apply the segment whose body is ``buf[at:at + size]``; False (nothing applied)
-    when its lengths do not add up to its size. Keys and values go from ``buf`` into
-    the table by their starts and lengths: no object per key."""
+    """Apply the segment whose body is ``buf[at:at + size]`` (``into``'s own arena);
+    False (nothing applied) when its lengths do not add up to its size. The table's
+    rows point at the keys and values where they lie: nothing is copied."""
     klen = np.frombuffer(buf, np.int32, n, at).astype(np.int64)
     vlen = np.frombuffer(buf, np.int32, n, at + 4 * n).astype(np.int64)
     if (klen < 0).any() or (vlen < -1).any():
@@ -114,26 +114,31 @@ def _apply_segment(buf: np.ndarray, at: int, n: int, size: int, into: ValueTable
     vend = (kend[-1] if n else at) + np.cumsum(vsize)
     if (vend[-1] if n else at) != at + size:
         return False
-    into.put(buf, kend - klen, klen, vend - vsize, vlen)
+    into.refer(kend - klen, klen, vend - vsize, vlen)
     return True
 
 
 def read(path: Path) -> tuple[ValueTable, int]:
     """The state a checkpoint file holds (key -> value) and the length of its whole
-    segments; a torn or damaged segment ends the read (itself and all after it)."""
+    segments; a torn or damaged segment ends the read (itself and all after it). The
+    file is read into the table's arena, with a quarter more as room for the puts that
+    follow (not touched, so not in memory, until they come)."""
+    state = ValueTable()
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            arena = np.empty(size + size // 4 + (1 << 16), np.uint8)
+            got = f.readinto(arena.data[:size])
     except FileNotFoundError:
-        return ValueTable(), 0
-    buf = np.frombuffer(raw, np.uint8)
-    # room for the file's bytes at once: a whole state read is not copied as it grows
-    state = ValueTable(capacity=max(len(raw), 1 << 16))
+        return state, 0
+    state.adopt(arena, got)
+    buf = arena[:got]
     at = 0
-    while at + _HEADER.size <= len(raw):
-        magic, n, size, crc = _HEADER.unpack_from(raw, at)
+    while at + _HEADER.size <= got:
+        magic, n, size, crc = _HEADER.unpack_from(buf.data, at)
         start = at + _HEADER.size
-        if (magic != MAGIC or start + size > len(raw) or size < 8 * n
-                or _crc_at(raw, n, start, size) != crc
+        if (magic != MAGIC or start + size > got or size < 8 * n
+                or _crc_at(buf, n, start, size) != crc
                 or not _apply_segment(buf, start, n, size, state)):
             break
         at = start + size
