@@ -161,29 +161,33 @@ def _gather_values(arena, vat, vlen, rows, out):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _copy_rows(arena, kat, klen, vat, vlen, rows, out, out_kat, out_vat):  # type: ignore[no-untyped-def]
-    """The rows' keys and values, each key followed by its value, into a new arena (a
-    compaction). Pieces that lie end to end in ``arena`` (a key and its value as a put
-    wrote them, rows put one after the other) are copied as one run."""
-    p = 0
+def _copy_pieces(arena, at, size, rows, out, p, out_at):  # type: ignore[no-untyped-def]
+    """The rows' pieces (``at``, ``size``: their keys, or their values) into ``out``
+    from ``p`` on; pieces that lie end to end in ``arena`` (a checkpoint's keys, the
+    values of rows compacted before) are copied as one run. Returns where it ended."""
     run_from = 0  # the run of ``arena`` being gathered
     run_to = 0
     for j in range(len(rows)):
         r = rows[j]
-        for piece in range(2):
-            s = kat[r] if piece == 0 else vat[r]
-            n = klen[r] if piece == 0 else vlen[r]
-            if s != run_to:
-                out[p:p + run_to - run_from] = arena[run_from:run_to]
-                p += run_to - run_from
-                run_from = s
-                run_to = s
-            if piece == 0:
-                out_kat[j] = p + s - run_from
-            else:
-                out_vat[j] = p + s - run_from
-            run_to = s + n
+        s = at[r]
+        if s != run_to:
+            out[p:p + run_to - run_from] = arena[run_from:run_to]
+            p += run_to - run_from
+            run_from = s
+            run_to = s
+        out_at[j] = p + s - run_from
+        run_to = s + size[r]
     out[p:p + run_to - run_from] = arena[run_from:run_to]
+    return p + run_to - run_from
+
+
+def _copy_rows(arena: np.ndarray, kat: np.ndarray, klen: np.ndarray, vat: np.ndarray,
+               vlen: np.ndarray, rows: np.ndarray, out: np.ndarray, out_kat: np.ndarray,
+               out_vat: np.ndarray) -> None:
+    """The rows' keys, then their values, into a new arena (a compaction): laid out as
+    a checkpoint file lays them, so that the next compaction copies long runs too."""
+    end = _copy_pieces(arena, kat, klen, rows, out, 0, out_kat)
+    _copy_pieces(arena, vat, vlen, rows, out, end, out_vat)
 
 
 @numba.njit(cache=True, nogil=True)
