@@ -35,7 +35,7 @@ from engine.rules.txn_keys import entry_keys, key_hashes
 from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
 from engine.streams.state_file import FILE_NAME, SegmentFile
 from engine.streams.state_file import read as read_file
-from engine.streams.value_table import ValueTable, columns_of, gather_spans, starts
+from engine.streams.value_table import ValueTable, columns_of, starts
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
@@ -438,18 +438,19 @@ class ShardStore:
         never empty nor deleted, so a pending None or an absent key reads the layer
         below."""
         table = self.data
-        at, size = table.value_spans(table.get_rows(list(map(str.encode, keys))))
-        extra = np.empty(0, np.uint8)
-        mine = np.zeros(len(keys), np.bool_)
-        if self.pending:
-            got = list(map(self.pending.get, keys))
-            mine = np.fromiter(map(bool, got), np.bool_, len(got))
-            if mine.any():
-                vals = list(itertools.compress(got, mine))
-                lens = np.fromiter(map(len, vals), np.int64, len(vals))  # type: ignore[arg-type]
-                extra = np.frombuffer(b"".join(vals), np.uint8)  # type: ignore[arg-type]
-                at[mine], size[mine] = starts(lens), lens
-        return gather_spans(table.arena, extra, at, size, mine)
+        rows = table.get_rows(list(map(str.encode, keys)))
+        if not self.pending:
+            return table.gather(rows)
+        got = list(map(self.pending.get, keys))
+        mine = np.fromiter(map(bool, got), np.bool_, len(got))
+        if not mine.any():
+            return table.gather(rows)
+        vals = list(itertools.compress(got, mine))
+        lens = np.fromiter(map(len, vals), np.int64, len(vals))  # type: ignore[arg-type]
+        at, size = np.zeros(len(keys), np.int64), np.zeros(len(keys), np.int64)
+        at[mine], size[mine] = starts(lens), lens
+        return table.gather(np.where(mine, -1, rows),
+                            np.frombuffer(b"".join(vals), np.uint8), at, size)  # type: ignore[arg-type]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every applied key and value (people, their wait index entries, the meta)."""

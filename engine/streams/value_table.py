@@ -3,20 +3,24 @@
 The store of DECISIONS 144 kept its applied values in a dict: two bytes objects and a
 slot per person (about 130 B of overhead a person on top of a 271 B value), one Python
 object made per record in a restore and per key in a load of the checkpoint. Here
-(DECISIONS 145) every key and value lies in one byte arena; a row per key (where the
-key and the value start, their lengths) and an open-addressing hash index of row
+(DECISIONS 145) keys and values lie in byte arenas; a row per key (which arena, where
+the key and the value start, their lengths) and an open-addressing hash index of row
 numbers find it. A restore and a rewrite of the checkpoint move columns (a buffer,
 starts, lengths) through compiled loops; a load of the checkpoint reads the file into
-the arena and points its rows where the keys and values already lie
+an arena and points its rows where the keys and values already lie
 (:meth:`ValueTable.adopt`): no copy, and no memory touched twice.
 
-A put appends; the row it replaces is garbage until a compaction copies the live rows
-into a new arena with a quarter of the state as room, once the arena is full and the
-garbage is more than an eighth of the live bytes (and more than a margin): memory stays
-near 1.25 times the state. The arena's bytes
-are never changed once a row points at them, so a :class:`Snapshot` (the row arrays
-copied, the arena shared) stays valid while the table goes on: the checkpoint writer
-encodes it on its own thread.
+A put appends the key and its value to the current arena and points the key's row
+there (a key keeps its row number for its life, so the index changes only for new and
+deleted keys); the bytes it replaces are garbage. Once the current arena is full and
+its garbage is more than an eighth of the live bytes (and a margin), a new arena with
+a quarter of the state as room becomes the current one, and the old one is
+**evacuated a little at every put** (its live rows copied to the new one, a few times
+the bytes put): no pause proportional to the state, as a whole compaction at once
+would make (0.2-0.9 s for a million people, measured). The old arena is freed once
+nothing points into it. A :class:`Snapshot` (the row arrays copied, the arenas
+shared: bytes a row points at are never changed) stays valid while the table goes on:
+the checkpoint writer encodes it on its own thread.
 """
 
 from __future__ import annotations
@@ -29,13 +33,17 @@ import numpy as np
 
 _EMPTY = -1  # an index slot never used
 _GONE = -2  # an index slot whose key was deleted (probing goes on past it)
-# garbage tolerated beyond half the live bytes before a compaction: a small table is not
-# compacted at every put
+# garbage tolerated beyond the share below before an arena is evacuated: a small table
+# is not moved at every put
 COMPACT_SLACK = 4 << 20
-# compacted when the arena is full and garbage is more than this share of the live
-# bytes (1 / GARBAGE_SHARE): it is then given a quarter of the state as room, so memory
-# stays near 1.25 times the state (DECISIONS 145)
+# an arena is evacuated once it is full and its garbage is more than this share of the
+# live bytes (1 / GARBAGE_SHARE); the new one gets a quarter of the state as room, so
+# memory stays near 1.25 times the state, and twice it while one is evacuated
 GARBAGE_SHARE = 8
+# bytes of the old arena's rows moved per byte put while it is evacuated: it must be
+# empty before the new arena's room (a quarter of the state) is used up
+EVACUATE_PACE = 8
+EVACUATE_MIN = 1 << 16
 _MIN_SLOTS = 1024
 
 
@@ -51,11 +59,11 @@ def _hash(src, at, n):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _find(arena, kat, klen, slots, src, at, n):  # type: ignore[no-untyped-def]
+def _find(a0, a1, gen, kat, klen, slots, src, at, n):  # type: ignore[no-untyped-def]
     """(slot, row) of the key ``src[at:at + n]``; row -1 when absent, the slot then
     the one a put takes (the first deleted one on its probe, else the empty one)."""
-    mask = np.uint64(len(slots) - 1)
-    i = np.int64(_hash(src, at, n) & mask)
+    mask = np.int64(len(slots) - 1)
+    i = np.int64(_hash(src, at, n) & np.uint64(mask))
     free = np.int64(-1)
     while True:
         r = slots[i]
@@ -65,6 +73,7 @@ def _find(arena, kat, klen, slots, src, at, n):  # type: ignore[no-untyped-def]
             if free < 0:
                 free = i
         elif klen[r] == n:
+            arena = a0 if gen[r] == 0 else a1
             s = kat[r]
             same = True
             for j in range(n):
@@ -73,67 +82,75 @@ def _find(arena, kat, klen, slots, src, at, n):  # type: ignore[no-untyped-def]
                     break
             if same:
                 return i, r
-        i = (i + 1) & np.int64(mask)
+        i = (i + 1) & mask
 
 
 @numba.njit(cache=True, nogil=True)
-def _put(arena, used, kat, klen, vat, vlen, rows, slots, src, key_at, key_len, value_at,
-         value_len, copy):  # type: ignore[no-untyped-def]
+def _put(a0, a1, cur, used, gen, kat, klen, vat, vlen, rows, free, nfree, slots, counts,
+         src, key_at, key_len, value_at, value_len, copy):  # type: ignore[no-untyped-def]
     """Apply each (key, value) in order (value length -1: delete the key); the caller
     made room for every record. ``copy``: the records lie in ``src`` and are appended
-    to the arena; else ``src`` is the arena and the rows point where they lie. Returns
-    (bytes used, rows, live-row change, live-byte change, garbage-byte change, deleted
-    slots made)."""
-    d_live = 0
-    d_bytes = 0
-    d_garbage = 0
-    gone = 0
+    to arena ``cur``; else ``src`` is arena ``cur`` and the rows point where they lie.
+    A new key takes a freed row number, else a new one. ``counts`` (live rows, live
+    bytes, garbage of arena 0, of arena 1, deleted slots) is updated in place. Returns
+    (bytes used in ``cur``, rows made, free row numbers)."""
+    arena = a0 if cur == 0 else a1
     for i in range(len(key_at)):
         at, n = key_at[i], key_len[i]
-        slot, old = _find(arena, kat, klen, slots, src, at, n)
-        if old >= 0:
-            size = klen[old] + vlen[old]
-            d_bytes -= size
-            d_garbage += size
-            klen[old] = -1
-            d_live -= 1
+        slot, r = _find(a0, a1, gen, kat, klen, slots, src, at, n)
+        if r >= 0:
+            size = klen[r] + vlen[r]
+            counts[1] -= size
+            counts[2 + gen[r]] += size
         m = value_len[i]
         if m < 0:
-            if old >= 0:
+            if r >= 0:
+                klen[r] = -1
                 slots[slot] = _GONE
-                gone += 1
+                counts[4] += 1
+                counts[0] -= 1
+                free[nfree] = r
+                nfree += 1
             continue
+        if r < 0:
+            if nfree > 0:
+                nfree -= 1
+                r = free[nfree]
+            else:
+                r = rows
+                rows += 1
+            if slots[slot] == _GONE:
+                counts[4] -= 1
+            slots[slot] = r
+            counts[0] += 1
         if copy:
             arena[used:used + n] = src[at:at + n]
             arena[used + n:used + n + m] = src[value_at[i]:value_at[i] + m]
-            kat[rows], vat[rows] = used, used + n
+            kat[r], vat[r] = used, used + n
             used += n + m
         else:  # bytes of the arena that were garbage until now
-            kat[rows], vat[rows] = at, value_at[i]
-            d_garbage -= n + m
-        klen[rows], vlen[rows] = n, m
-        if old < 0 and slots[slot] == _GONE:
-            gone -= 1
-        slots[slot] = rows
-        rows += 1
-        d_live += 1
-        d_bytes += n + m
-    return used, rows, d_live, d_bytes, d_garbage, gone
+            kat[r], vat[r] = at, value_at[i]
+            counts[2 + cur] -= n + m
+        gen[r] = cur
+        klen[r], vlen[r] = n, m
+        counts[1] += n + m
+    return used, rows, nfree
 
 
 @numba.njit(cache=True, nogil=True)
-def _get(arena, kat, klen, slots, src, key_at, key_len):  # type: ignore[no-untyped-def]
+def _get(a0, a1, gen, kat, klen, slots, src, key_at, key_len):  # type: ignore[no-untyped-def]
     out = np.empty(len(key_at), np.int64)
     for i in range(len(key_at)):
-        out[i] = _find(arena, kat, klen, slots, src, key_at[i], key_len[i])[1]
+        out[i] = _find(a0, a1, gen, kat, klen, slots, src, key_at[i], key_len[i])[1]
     return out
 
 
 @numba.njit(cache=True, nogil=True)
-def _index(arena, kat, klen, rows, slots):  # type: ignore[no-untyped-def]
+def _index(a0, a1, gen, kat, klen, rows, slots):  # type: ignore[no-untyped-def]
     """Put every live row of ``rows`` in the empty index ``slots``."""
     mask = np.int64(len(slots) - 1)
     for r in rows:
+        arena = a0 if gen[r] == 0 else a1
         i = np.int64(_hash(arena, kat[r], klen[r]) & np.uint64(mask))
         while slots[i] != _EMPTY:
             i = (i + 1) & mask
@@ -141,63 +158,84 @@ def _index(arena, kat, klen, rows, slots):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(arena, kat, klen, vat, vlen, out):  # type: ignore[no-untyped-def]
+def _evacuate(a0, a1, old, used, gen, kat, klen, vat, vlen, cursor, rows, budget,
+              counts):  # type: ignore[no-untyped-def]
+    """Move the live rows of arena ``old`` from row ``cursor`` on to the other arena
+    (appended from ``used``), key and value, until ``budget`` bytes are moved or every
+    row is passed. Returns (the next cursor, bytes used in the other arena)."""
+    src = a0 if old == 0 else a1
+    dst = a1 if old == 0 else a0
+    moved = 0
+    while cursor < rows and moved < budget:
+        r = cursor
+        if klen[r] < 0 or gen[r] != old:
+            cursor += 1
+            continue
+        n, m = klen[r], vlen[r]
+        if used + n + m > len(dst):
+            break  # no room left: the next put makes some, or evacuates the rest
+        cursor += 1
+        dst[used:used + n] = src[kat[r]:kat[r] + n]
+        dst[used + n:used + n + m] = src[vat[r]:vat[r] + m]
+        kat[r], vat[r] = used, used + n
+        gen[r] = 1 - old
+        used += n + m
+        moved += n + m
+        counts[2 + old] += n + m  # what stays behind in the old arena is garbage
+    return cursor, used
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(a0, a1, gen, kat, klen, vat, vlen, out):  # type: ignore[no-untyped-def]
     """The rows' keys, then their values, each in row order, into ``out``."""
     p = 0
     for r in range(len(kat)):
+        arena = a0 if gen[r] == 0 else a1
         out[p:p + klen[r]] = arena[kat[r]:kat[r] + klen[r]]
         p += klen[r]
     for r in range(len(vat)):
+        arena = a0 if gen[r] == 0 else a1
         out[p:p + vlen[r]] = arena[vat[r]:vat[r] + vlen[r]]
         p += vlen[r]
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_values(arena, vat, vlen, rows, out):  # type: ignore[no-untyped-def]
+def _gather_values(a0, a1, gen, vat, vlen, rows, out):  # type: ignore[no-untyped-def]
     p = 0
     for r in rows:
+        arena = a0 if gen[r] == 0 else a1
         out[p:p + vlen[r]] = arena[vat[r]:vat[r] + vlen[r]]
         p += vlen[r]
 
 
 @numba.njit(cache=True, nogil=True)
-def _copy_pieces(arena, at, size, rows, out, p, out_at):  # type: ignore[no-untyped-def]
-    """The rows' pieces (``at``, ``size``: their keys, or their values) into ``out``
-    from ``p`` on; pieces that lie end to end in ``arena`` (a checkpoint's keys, the
-    values of rows compacted before) are copied as one run. Returns where it ended."""
-    run_from = 0  # the run of ``arena`` being gathered
-    run_to = 0
-    for j in range(len(rows)):
-        r = rows[j]
-        s = at[r]
-        if s != run_to:
-            out[p:p + run_to - run_from] = arena[run_from:run_to]
-            p += run_to - run_from
-            run_from = s
-            run_to = s
-        out_at[j] = p + s - run_from
-        run_to = s + size[r]
-    out[p:p + run_to - run_from] = arena[run_from:run_to]
-    return p + run_to - run_from
-
-
-def _copy_rows(arena: np.ndarray, kat: np.ndarray, klen: np.ndarray, vat: np.ndarray,
-               vlen: np.ndarray, rows: np.ndarray, out: np.ndarray, out_kat: np.ndarray,
-               out_vat: np.ndarray) -> None:
-    """The rows' keys, then their values, into a new arena (a compaction): laid out as
-    a checkpoint file lays them, so that the next compaction copies long runs too."""
-    end = _copy_pieces(arena, kat, klen, rows, out, 0, out_kat)
-    _copy_pieces(arena, vat, vlen, rows, out, end, out_vat)
+def _gather_rows(a0, a1, gen, vat, vlen, rows, b, b_at, b_size):  # type: ignore[no-untyped-def]
+    """Each row's value (-1: the span ``b_at``, ``b_size`` of ``b`` instead, maybe
+    empty) laid end to end: the buffer and its len + 1 offsets."""
+    offs = np.zeros(len(rows) + 1, np.int64)
+    for i in range(len(rows)):
+        r = rows[i]
+        offs[i + 1] = offs[i] + (vlen[r] if r >= 0 else b_size[i])
+    out = np.empty(offs[-1], np.uint8)
+    for i in range(len(rows)):
+        r = rows[i]
+        if r >= 0:
+            arena = a0 if gen[r] == 0 else a1
+            out[offs[i]:offs[i + 1]] = arena[vat[r]:vat[r] + vlen[r]]
+        else:
+            out[offs[i]:offs[i + 1]] = b[b_at[i]:b_at[i] + b_size[i]]
+    return out, offs
 
 
 @numba.njit(cache=True, nogil=True)
-def _prefixed(arena, kat, klen, n_rows, prefix):  # type: ignore[no-untyped-def]
+def _prefixed(a0, a1, gen, kat, klen, n_rows, prefix):  # type: ignore[no-untyped-def]
     out = np.empty(n_rows, np.int64)
     k = 0
     m = len(prefix)
     for r in range(n_rows):
         if klen[r] < m:
             continue
+        arena = a0 if gen[r] == 0 else a1
         s = kat[r]
         same = True
         for j in range(m):
@@ -211,10 +249,12 @@ def _prefixed(arena, kat, klen, n_rows, prefix):  # type: ignore[no-untyped-def]
 
 
 class Snapshot(NamedTuple):
-    """The live rows of a table at one moment: the arena (never changed where those
-    rows lie, so shared) and copies of the row columns."""
+    """The live rows of a table at one moment: the arenas (never changed where those
+    rows point, so shared) and copies of the row columns."""
 
-    arena: np.ndarray
+    a0: np.ndarray
+    a1: np.ndarray
+    gen: np.ndarray
     kat: np.ndarray
     klen: np.ndarray
     vat: np.ndarray
@@ -223,12 +263,19 @@ class Snapshot(NamedTuple):
     def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(key lengths int32, value lengths int32, the keys' bytes then the values')."""
         out = np.empty(self.size, np.uint8)
-        _gather(self.arena, self.kat, self.klen, self.vat, self.vlen, out)
+        _gather(self.a0, self.a1, self.gen, self.kat, self.klen, self.vat, self.vlen, out)
         return self.klen, self.vlen, out
 
     @property
     def size(self) -> int:
         return int(self.klen.sum(dtype=np.int64)) + int(self.vlen.sum(dtype=np.int64))
+
+
+def starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each of pieces of these lengths starts, laid end to end from 0."""
+    out = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1], out=out[1:])
+    return out
 
 
 def columns_of(keys: list[bytes], values: list[bytes | None]
@@ -245,57 +292,50 @@ def columns_of(keys: list[bytes], values: list[bytes | None]
     return buf, starts(klen), klen, starts(np.maximum(vlen, 0)) + int(klen.sum()), vlen
 
 
-def starts(lengths: np.ndarray) -> np.ndarray:
-    """Where each of pieces of these lengths starts, laid end to end from 0."""
-    out = np.zeros(len(lengths), np.int64)
-    np.cumsum(lengths[:-1], out=out[1:])
-    return out
-
-
 def key_columns(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keys as (buffer, starts, lengths)."""
     klen = np.fromiter(map(len, keys), np.int64, len(keys))
     return np.frombuffer(b"".join(keys), np.uint8), starts(klen), klen
 
 
-@numba.njit(cache=True, nogil=True)
-def _gather_spans(a, b, at, size, from_b):  # type: ignore[no-untyped-def]
-    """Spans (start, size) of ``a``, or of ``b`` where ``from_b``, laid end to end: the
-    buffer and its len + 1 offsets."""
-    offs = np.zeros(len(at) + 1, np.int64)
-    for i in range(len(at)):
-        offs[i + 1] = offs[i] + size[i]
-    out = np.empty(offs[-1], np.uint8)
-    for i in range(len(at)):
-        src = b if from_b[i] else a
-        out[offs[i]:offs[i + 1]] = src[at[i]:at[i] + size[i]]
-    return out, offs
-
-
-def gather_spans(a: np.ndarray, b: np.ndarray, at: np.ndarray, size: np.ndarray,
-                 from_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _gather_spans(a, b, at, size, from_b)  # type: ignore[no-any-return]
+_NO_BYTES = np.empty(0, np.uint8)
 
 
 class ValueTable(Mapping[bytes, bytes]):
-    """A mapping of key bytes to value bytes in one arena (the module's docstring).
+    """A mapping of key bytes to value bytes in arenas (the module's docstring).
     Batches go through :meth:`put` and :meth:`get_rows`; the mapping's methods make a
     bytes object per key asked, for the few keys (meta, tests, a locate) that want one.
     """
 
     def __init__(self, capacity: int = 1 << 16) -> None:
-        self._arena = np.empty(capacity, np.uint8)
-        self._used = 0
+        self._arenas = [np.empty(capacity, np.uint8), np.empty(0, np.uint8)]
+        self._used = [0, 0]
+        self._cur = 0  # the arena puts go to
+        self._cursor = -1  # the next row of the other arena to evacuate (-1: none is)
+        self._gen = np.zeros(1024, np.int8)
         self._kat = np.empty(1024, np.int64)
         self._klen = np.empty(1024, np.int32)
         self._vat = np.empty(1024, np.int64)
         self._vlen = np.empty(1024, np.int32)
-        self._rows = 0  # rows made (live and dead)
+        self._free = np.empty(1024, np.int64)  # row numbers of deleted keys
+        self._nfree = 0
+        self._rows = 0  # row numbers made
         self._slots = np.full(_MIN_SLOTS, _EMPTY, np.int64)
-        self._gone = 0  # index slots marked deleted
-        self.live = 0  # live rows
-        self.live_bytes = 0  # their keys' and values' bytes
-        self.garbage = 0  # arena bytes of dead rows
+        # live rows, live bytes (keys and values), garbage bytes of arena 0 and of
+        # arena 1, index slots marked deleted
+        self._counts = np.zeros(5, np.int64)
+
+    @property
+    def live(self) -> int:
+        return int(self._counts[0])
+
+    @property
+    def live_bytes(self) -> int:
+        return int(self._counts[1])
+
+    @property
+    def garbage(self) -> int:
+        return int(self._counts[2] + self._counts[3])
 
     # ------------------------------------------------------------------ batches
     def put(self, src: np.ndarray, key_at: np.ndarray, key_len: np.ndarray,
@@ -308,33 +348,34 @@ class ValueTable(Mapping[bytes, bytes]):
         need = int(key_len.sum()) + int(np.maximum(value_len, 0).sum())
         self._room(n, need)
         self._put(src, key_at, key_len, value_at, value_len, True)
+        if self._cursor >= 0:
+            self._evacuate(EVACUATE_PACE * need + EVACUATE_MIN)
 
     def adopt(self, arena: np.ndarray, used: int) -> None:
         """Take ``arena[:used]`` (bytes read from a checkpoint file, say) as this empty
         table's arena, all of it garbage until :meth:`refer` points rows at it; the rest
         of ``arena`` is room for later puts."""
         assert not self._rows, "adopted by an empty table only"
-        self._arena, self._used, self.garbage = arena, used, used
+        self._arenas[0], self._used[0], self._counts[2] = arena, used, used
 
     def refer(self, key_at: np.ndarray, key_len: np.ndarray, value_at: np.ndarray,
               value_len: np.ndarray) -> None:
         """:meth:`put` of keys and values that already lie in the arena (adopted): the
         rows point at them, nothing is copied."""
         if len(key_at):
-            self._room(len(key_at), 0, compact=False)  # the rows point into this arena
-            self._put(self._arena, key_at, key_len, value_at, value_len, False)
+            self._rows_room(len(key_at))
+            self._index_room(len(key_at))
+            self._put(self._arenas[self._cur], key_at, key_len, value_at, value_len, False)
 
     def _put(self, src: np.ndarray, key_at: np.ndarray, key_len: np.ndarray,
              value_at: np.ndarray, value_len: np.ndarray, copy: bool) -> None:
-        (self._used, self._rows, d_live, d_bytes, d_garbage, gone) = _put(
-            self._arena, self._used, self._kat, self._klen, self._vat, self._vlen,
-            self._rows, self._slots, src, key_at.astype(np.int64, copy=False),
+        cur = self._cur
+        self._used[cur], self._rows, self._nfree = _put(
+            self._arenas[0], self._arenas[1], cur, self._used[cur], self._gen, self._kat,
+            self._klen, self._vat, self._vlen, self._rows, self._free, self._nfree,
+            self._slots, self._counts, src, key_at.astype(np.int64, copy=False),
             key_len.astype(np.int64, copy=False), value_at.astype(np.int64, copy=False),
             value_len.astype(np.int64, copy=False), copy)
-        self.live += d_live
-        self.live_bytes += d_bytes
-        self.garbage += d_garbage
-        self._gone += gone
 
     def update(self, writes: Mapping[bytes, bytes | None]) -> None:  # type: ignore[override]
         """:meth:`put` of a dict (None: delete)."""
@@ -346,18 +387,19 @@ class ValueTable(Mapping[bytes, bytes]):
         if not keys:
             return np.empty(0, np.int64)
         src, kat, klen = key_columns(keys)
-        return _get(self._arena, self._kat, self._klen, self._slots, src, kat, klen)  # type: ignore[no-any-return]
+        return _get(self._arenas[0], self._arenas[1], self._gen, self._kat, self._klen,  # type: ignore[no-any-return]
+                    self._slots, src, kat, klen)
 
-    def value_spans(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each row's value lies in :attr:`arena` and its size (0, 0 for -1)."""
-        r = np.maximum(rows, 0)
-        here = rows >= 0
-        at = np.where(here, self._vat[r], 0)
-        return at, np.where(here, self._vlen[r], 0).astype(np.int64)
-
-    @property
-    def arena(self) -> np.ndarray:
-        return self._arena
+    def gather(self, rows: np.ndarray, b: np.ndarray = _NO_BYTES,
+               b_at: np.ndarray | None = None, b_size: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The rows' values laid end to end in one writable buffer, with ``len(rows) +
+        1`` offsets; where a row is -1, the span ``b_at``, ``b_size`` of ``b`` (none:
+        empty)."""
+        if b_at is None or b_size is None:
+            b_at = b_size = np.zeros(len(rows), np.int64)
+        return _gather_rows(self._arenas[0], self._arenas[1], self._gen, self._vat,  # type: ignore[no-any-return]
+                            self._vlen, rows, b, b_at, b_size)
 
     def values_of(self, keys: list[bytes]) -> list[bytes | None]:
         """Each key's value (None: absent), gathered in one compiled pass and cut by
@@ -366,7 +408,8 @@ class ValueTable(Mapping[bytes, bytes]):
         found = rows[rows >= 0]
         size = self._vlen[found].astype(np.int64)
         out = np.empty(int(size.sum()), np.uint8)
-        _gather_values(self._arena, self._vat, self._vlen, found, out)
+        _gather_values(self._arenas[0], self._arenas[1], self._gen, self._vat, self._vlen,
+                       found, out)
         raw = out.tobytes()
         ends = np.cumsum(size)
         got = list(map(raw.__getitem__, map(slice, (ends - size).tolist(), ends.tolist())))
@@ -376,13 +419,9 @@ class ValueTable(Mapping[bytes, bytes]):
         vals[rows >= 0] = got
         return vals.tolist()  # type: ignore[no-any-return]
 
-    def _value(self, r: int) -> bytes:
-        s = int(self._vat[r])
-        return self._arena[s:s + int(self._vlen[r])].tobytes()
-
-    def _key(self, r: int) -> bytes:
-        s = int(self._kat[r])
-        return self._arena[s:s + int(self._klen[r])].tobytes()
+    def _bytes(self, r: int, at: np.ndarray, size: np.ndarray) -> bytes:
+        s = int(at[r])
+        return self._arenas[int(self._gen[r])][s:s + int(size[r])].tobytes()
 
     def _live_rows(self) -> np.ndarray:
         return np.flatnonzero(self._klen[:self._rows] >= 0)
@@ -390,82 +429,117 @@ class ValueTable(Mapping[bytes, bytes]):
     def prefixed(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """The keys starting with ``prefix``, with their values (a compiled scan: no
         object per other key)."""
-        rows = _prefixed(self._arena, self._kat, self._klen, self._rows,
-                         np.frombuffer(prefix, np.uint8)).tolist()
-        return [(self._key(r), self._value(r)) for r in rows]
+        rows = _prefixed(self._arenas[0], self._arenas[1], self._gen, self._kat, self._klen,
+                         self._rows, np.frombuffer(prefix, np.uint8)).tolist()
+        return [(self._bytes(r, self._kat, self._klen), self._bytes(r, self._vat, self._vlen))
+                for r in rows]
 
     def snapshot(self) -> Snapshot:
         rows = self._live_rows()
-        return Snapshot(self._arena, self._kat[rows], self._klen[rows], self._vat[rows],
-                        self._vlen[rows])
+        return Snapshot(self._arenas[0], self._arenas[1], self._gen[rows], self._kat[rows],
+                        self._klen[rows], self._vat[rows], self._vlen[rows])
 
     @property
     def memory(self) -> int:
-        """Bytes this table has written (its arena up to the last put: live and
+        """Bytes this table has written (its arenas up to their last put: live and
         superseded values; the room beyond is not touched, so not resident), its rows
         and its index."""
-        return (self._used + self._rows * 24 + self._slots.nbytes)
+        return sum(self._used) + self._rows * 33 + self._slots.nbytes
 
     # ------------------------------------------------------------------ room
     def reserve(self, n: int, size: int) -> None:
         """Room for ``n`` more rows of ``size`` bytes each, made at once (the room is
         not touched, so not resident, until puts fill it)."""
+        self._rows_room(n)
+        self._arena_room(n * size)
+        self._index_room(n)
+
+    def _rows_room(self, n: int) -> None:
         if self._rows + n > len(self._kat):
-            self._rows_room(self._rows + n)
-        if self._used + n * size > len(self._arena):
-            self._arena = _grown(self._arena[:self._used], self._used + n * size)
+            size = max(self._rows + n, len(self._kat) * 2)
+            self._gen = _grown(self._gen, size)
+            self._kat = _grown(self._kat, size)
+            self._klen = _grown(self._klen, size)
+            self._vat = _grown(self._vat, size)
+            self._vlen = _grown(self._vlen, size)
+            self._free = _grown(self._free, size)
+
+    def _arena_room(self, need: int) -> None:
+        """``need`` more bytes in the current arena (its bytes copied to a larger one:
+        their positions stay)."""
+        cur = self._cur
+        if self._used[cur] + need > len(self._arenas[cur]):
+            # twice: a restore grows an arena from nothing, and each growth copies what
+            # it holds; the room is not touched (not resident) until used
+            self._arenas[cur] = _grown(self._arenas[cur][:self._used[cur]],
+                                       max(self._used[cur] + need, 2 * len(self._arenas[cur])))
+
+    def _room(self, n: int, need: int) -> None:
+        self._rows_room(n)
+        cur = self._cur
+        if self._used[cur] + need > len(self._arenas[cur]):
+            if self._cursor >= 0:
+                # the new arena filled before the old was evacuated: the rest now
+                self._arena_room(need + self._counts[1])
+                self._evacuate(-1)
+            if self._counts[2 + cur] > self.live_bytes // GARBAGE_SHARE + COMPACT_SLACK:
+                self._switch(need)
+            else:
+                self._arena_room(need)
         self._index_room(n)
 
-    def _rows_room(self, size: int) -> None:
-        self._kat = _grown(self._kat, size)
-        self._klen = _grown(self._klen, size)
-        self._vat = _grown(self._vat, size)
-        self._vlen = _grown(self._vlen, size)
+    def _switch(self, need: int) -> None:
+        """Start evacuating the current arena into a new one, with room for ``need``
+        bytes and a quarter of the state (the old one is freed once empty)."""
+        old = self._cur
+        self._cur = 1 - old
+        self._arenas[self._cur] = np.empty(self.live_bytes * 5 // 4 + need + (1 << 16),
+                                           np.uint8)
+        self._used[self._cur] = 0
+        self._counts[2 + self._cur] = 0
+        self._cursor = 0
 
-    def _room(self, n: int, need: int, compact: bool = True) -> None:
-        if self._rows + n > len(self._kat) or self._used + need > len(self._arena):
-            if compact and self.garbage > self.live_bytes // GARBAGE_SHARE + COMPACT_SLACK:
-                self.compact(n, need)
-            if self._rows + n > len(self._kat):
-                self._rows_room(max(self._rows + n, len(self._kat) * 2))
-            if self._used + need > len(self._arena):
-                # twice: a restore grows the arena from nothing, and each growth copies
-                # what it holds; the room is not touched (not resident) until used
-                self._arena = _grown(self._arena[:self._used],
-                                     max(self._used + need, len(self._arena) * 2))
-        self._index_room(n)
+    def _evacuate(self, budget: int) -> None:
+        """Move up to ``budget`` bytes (-1: all) of the old arena's live rows to the
+        current one; free the old arena once nothing points into it."""
+        cur, old = self._cur, 1 - self._cur
+        limit = budget if budget >= 0 else int(self._counts[1]) + 1
+        self._cursor, self._used[cur] = _evacuate(
+            self._arenas[0], self._arenas[1], old, self._used[cur], self._gen, self._kat,
+            self._klen, self._vat, self._vlen, self._cursor, self._rows, limit, self._counts)
+        if self._cursor >= self._rows:
+            self._arenas[old] = np.empty(0, np.uint8)
+            self._used[old] = 0
+            self._counts[2 + old] = 0
+            self._cursor = -1
+
+    def compact(self) -> None:
+        """Evacuate the current arena into a new one at once (tests, the warm-up)."""
+        if self._cursor >= 0:
+            self._arena_room(self.live_bytes)
+            self._evacuate(-1)
+        self._switch(0)
+        self._evacuate(-1)
+
+    def tidy(self) -> None:
+        """Evacuate the current arena now if its garbage is beyond the share a put lets
+        it reach (a checkpoint read with superseded writes: at a take-over, not in the
+        middle of the puts of a quiet partition that might never finish it)."""
+        if (self._cursor < 0 and self._counts[2 + self._cur]
+                > self.live_bytes // GARBAGE_SHARE + COMPACT_SLACK):
+            self._switch(0)
+            self._evacuate(-1)
 
     def _index_room(self, n: int) -> None:
         # the index at most half full, deleted slots counted: probes stay short
-        if 2 * (self.live + self._gone + n) > len(self._slots):
+        if 2 * (self.live + int(self._counts[4]) + n) > len(self._slots):
             size = len(self._slots)
             while 2 * (self.live + n) > size // 2:
                 size *= 2
-            self._reindex(size)
-
-    def _reindex(self, size: int) -> None:
-        self._slots = np.full(size, _EMPTY, np.int64)
-        self._gone = 0
-        _index(self._arena, self._kat, self._klen, self._live_rows(), self._slots)
-
-    def tidy(self) -> None:
-        """Compact now if the garbage is beyond the share a put lets it reach."""
-        if self.garbage > self.live_bytes // GARBAGE_SHARE + COMPACT_SLACK:
-            self.compact()
-
-    def compact(self, n: int = 0, need: int = 0) -> None:
-        """Copy the live rows into a new arena, in row order, as rows 0..live-1, with
-        room for ``n`` rows of ``need`` bytes more and a quarter of the state."""
-        rows = self._live_rows()
-        arena = np.empty(max(self.live_bytes * 5 // 4 + need, 1 << 16), np.uint8)
-        kat = np.empty(max(len(rows) * 5 // 4 + n, 1024), np.int64)
-        vat = np.empty(len(kat), np.int64)
-        _copy_rows(self._arena, self._kat, self._klen, self._vat, self._vlen, rows, arena,
-                   kat, vat)
-        klen, vlen = _grown(self._klen[rows], len(kat)), _grown(self._vlen[rows], len(kat))
-        self._arena, self._kat, self._klen, self._vat, self._vlen = arena, kat, klen, vat, vlen
-        self._used, self._rows, self.garbage = self.live_bytes, len(rows), 0
-        self._reindex(len(self._slots))
+            self._slots = np.full(size, _EMPTY, np.int64)
+            self._counts[4] = 0
+            _index(self._arenas[0], self._arenas[1], self._gen, self._kat, self._klen,
+                   self._live_rows(), self._slots)
 
     # ------------------------------------------------------------------ mapping
     def __getitem__(self, key: bytes) -> bytes:
@@ -490,10 +564,13 @@ class ValueTable(Mapping[bytes, bytes]):
         return self.live
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter([self._key(r) for r in self._live_rows().tolist()])
+        return iter([self._bytes(r, self._kat, self._klen)
+                     for r in self._live_rows().tolist()])
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
-        return iter([(self._key(r), self._value(r)) for r in self._live_rows().tolist()])
+        return iter([(self._bytes(r, self._kat, self._klen),
+                      self._bytes(r, self._vat, self._vlen))
+                     for r in self._live_rows().tolist()])
 
 
 def _grown(a: np.ndarray, size: int) -> np.ndarray:

@@ -106,11 +106,13 @@ def _decide(logic: PartitionLogic, campaign: Campaign, registry: Registry, topic
 def _take_over(store: ShardStore, snap: dict[str, bytes | None]) -> None:
     """A take-over's code: the snapshot restored as changelog columns (most of the
     state: the checkpoint rewritten whole), the checkpoint read back, the waits'
-    index, and a compaction of the state's table."""
+    index, and the state table's index grown and arena evacuated."""
     first = store.meta.changelog_offset + 1
     store.restore_columns(ChangelogColumns.of(
         [(k.encode(), v, first + i, None) for i, (k, v) in enumerate(snap.items())]))
     store.rebuild_parked_index(0)
     store.flush()
     store.file.drain()
-    checkpointed(store.path).compact()
+    table = checkpointed(store.path)
+    table.reserve(1 << 10, 1)  # a larger index: built anew
+    table.compact()

@@ -31,11 +31,14 @@ def _snapshot_dict(snap: value_table.Snapshot) -> dict[bytes, bytes]:
 def test_a_table_reads_as_a_dict_given_the_same_puts(
         batches: list[list[tuple[bytes, bytes | None]]], snap_at: int, tight: bool) -> None:
     """Each batch in order (a later record of a key wins, None deletes), with the arena
-    grown, compacted (no slack, when ``tight``) and the index rebuilt along the way; a
-    snapshot keeps reading as the state it was taken of while puts go on."""
+    grown, evacuated a few bytes a put (no slack, when ``tight``) and the index rebuilt
+    along the way; a snapshot keeps reading as the state it was taken of while puts go
+    on."""
     mp = pytest.MonkeyPatch()
     if tight:
         mp.setattr(value_table, "COMPACT_SLACK", 0)
+        mp.setattr(value_table, "EVACUATE_MIN", 0)
+        mp.setattr(value_table, "EVACUATE_PACE", 1)
     try:
         table, model = ValueTable(capacity=8), dict[bytes, bytes]()
         snap = snapped = None
@@ -67,9 +70,9 @@ def test_a_table_reads_as_a_dict_given_the_same_puts(
 
 
 def test_compaction_keeps_memory_within_a_bound_under_rewrites() -> None:
-    """The same 1,000 keys rewritten 200 times: the arena stays under twice and a
-    half the live bytes (1.5 × by the compaction bound, × 1.5 growth headroom), not
-    200 times them."""
+    """The same 1,000 keys rewritten 200 times: the arenas stay under two and a half
+    times the live bytes (1.25 × each, the old one while it is evacuated) and the
+    margin each is given, not 200 times them."""
     mp = pytest.MonkeyPatch()
     mp.setattr(value_table, "COMPACT_SLACK", 0)
     try:
@@ -79,7 +82,7 @@ def test_compaction_keeps_memory_within_a_bound_under_rewrites() -> None:
             table.update({k: bytes([round_ % 256]) * 100 for k in keys})
         assert table.values_of(keys[:2]) == [bytes([199]) * 100] * 2
         assert table.live_bytes == 1000 * 110
-        assert table._arena.nbytes <= 2.5 * table.live_bytes
+        assert sum(a.nbytes for a in table._arenas) <= 2.5 * table.live_bytes + (2 << 16)
     finally:
         mp.undo()
 
@@ -95,6 +98,8 @@ def test_rows_pointing_into_an_adopted_arena_read_as_the_same_puts(
     mp = pytest.MonkeyPatch()
     if tight:
         mp.setattr(value_table, "COMPACT_SLACK", 0)
+        mp.setattr(value_table, "EVACUATE_MIN", 0)
+        mp.setattr(value_table, "EVACUATE_PACE", 1)
     try:
         buf, kat, klen, vat, vlen = columns_of([k for k, _ in first], [v for _, v in first])
         arena = np.zeros(len(junk) + len(buf) + 4, np.uint8)
@@ -117,3 +122,44 @@ def test_rows_pointing_into_an_adopted_arena_read_as_the_same_puts(
         assert dict(table.items()) == model and table.garbage == 0
     finally:
         mp.undo()
+
+
+def test_an_arena_is_evacuated_a_little_at_every_put() -> None:
+    """Past the garbage share, a put moves a bounded number of the old arena's bytes
+    (not all of them at once), and the old arena is freed when none is left."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(value_table, "COMPACT_SLACK", 0)
+    try:
+        table = ValueTable()
+        keys = [b"p%05d" % i for i in range(20_000)]
+        table.update({k: b"a" * 200 for k in keys})
+        moved, freed = [], 0
+        for round_ in range(30):
+            for chunk in range(0, len(keys), 1000):
+                cur, used, during = table._cur, table._used[table._cur], table._cursor >= 0
+                table.update({k: bytes([round_]) * 200 for k in keys[chunk:chunk + 100]})
+                if during and table._cur == cur:
+                    moved.append(table._used[cur] - used - 100 * 206)
+                    freed += table._cursor < 0 and not len(table._arenas[1 - cur])
+        assert len(moved) > 10 and freed, (len(moved), freed)
+        # a put of 100 rows moves at most pace × its bytes (+ the minimum) of old rows
+        assert 0 < max(moved) <= (value_table.EVACUATE_PACE * 100 * 206
+                                  + value_table.EVACUATE_MIN + 206)
+        assert max(moved) < table.live_bytes // 2
+        assert dict(table.items()) == {
+            k: (bytes([29]) * 200 if i % 1000 < 100 else b"a" * 200)
+            for i, k in enumerate(keys)}
+    finally:
+        mp.undo()
+
+
+def test_a_deleted_keys_row_number_is_taken_again() -> None:
+    """Keys set and deleted over and over (the waits' index entries) do not grow the
+    rows: a new key takes a deleted one's row."""
+    table = ValueTable()
+    keys = [b"__wait__/p%03d" % i for i in range(100)]
+    for round_ in range(500):
+        table.update({k: b"%d" % round_ for k in keys})
+        table.update({k: None for k in keys[round_ % 2::2]})
+    assert table._rows <= 2 * len(keys)
+    assert len(table) == 50
