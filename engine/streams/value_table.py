@@ -264,7 +264,7 @@ class Snapshot(NamedTuple):
         """(key lengths int32, value lengths int32, the keys' bytes then the values')."""
         out = np.empty(self.size, np.uint8)
         _gather(self.a0, self.a1, self.gen, self.kat, self.klen, self.vat, self.vlen, out)
-        return self.klen, self.vlen, out
+        return self.klen.astype(np.int32), self.vlen.astype(np.int32), out
 
     @property
     def size(self) -> int:
@@ -312,11 +312,10 @@ class ValueTable(Mapping[bytes, bytes]):
         self._used = [0, 0]
         self._cur = 0  # the arena puts go to
         self._cursor = -1  # the next row of the other arena to evacuate (-1: none is)
-        self._gen = np.zeros(1024, np.int8)
-        self._kat = np.empty(1024, np.int64)
-        self._klen = np.empty(1024, np.int32)
-        self._vat = np.empty(1024, np.int64)
-        self._vlen = np.empty(1024, np.int32)
+        # a row's fields side by side (one cache line, where five arrays took up to
+        # five misses a put); the columns are views of it
+        self._row_fields = np.zeros((1024, 5), np.int64)
+        self._views()
         self._free = np.empty(1024, np.int64)  # row numbers of deleted keys
         self._nfree = 0
         self._rows = 0  # row numbers made
@@ -324,6 +323,11 @@ class ValueTable(Mapping[bytes, bytes]):
         # live rows, live bytes (keys and values), garbage bytes of arena 0 and of
         # arena 1, index slots marked deleted
         self._counts = np.zeros(5, np.int64)
+
+    def _views(self) -> None:
+        f = self._row_fields
+        self._kat, self._vat, self._klen, self._vlen, self._gen = (
+            f[:, 0], f[:, 1], f[:, 2], f[:, 3], f[:, 4])
 
     @property
     def live(self) -> int:
@@ -444,7 +448,7 @@ class ValueTable(Mapping[bytes, bytes]):
         """Bytes this table has written (its arenas up to their last put: live and
         superseded values; the room beyond is not touched, so not resident), its rows
         and its index."""
-        return sum(self._used) + self._rows * 33 + self._slots.nbytes
+        return sum(self._used) + self._rows * 48 + self._slots.nbytes
 
     # ------------------------------------------------------------------ room
     def reserve(self, n: int, size: int) -> None:
@@ -457,11 +461,8 @@ class ValueTable(Mapping[bytes, bytes]):
     def _rows_room(self, n: int) -> None:
         if self._rows + n > len(self._kat):
             size = max(self._rows + n, len(self._kat) * 2)
-            self._gen = _grown(self._gen, size)
-            self._kat = _grown(self._kat, size)
-            self._klen = _grown(self._klen, size)
-            self._vat = _grown(self._vat, size)
-            self._vlen = _grown(self._vlen, size)
+            self._row_fields = _grown(self._row_fields, size)
+            self._views()
             self._free = _grown(self._free, size)
 
     def _arena_room(self, need: int) -> None:
@@ -574,6 +575,6 @@ class ValueTable(Mapping[bytes, bytes]):
 
 
 def _grown(a: np.ndarray, size: int) -> np.ndarray:
-    out = np.empty(size, a.dtype)
+    out = np.empty((size, *a.shape[1:]), a.dtype)
     out[:len(a)] = a
     return out
