@@ -126,7 +126,7 @@ def main() -> int:
     # what the store's table holds: its arena (free room and superseded values
     # included), its rows and its index (DECISIONS 145)
     memory = logic.store.data.memory
-    live = logic.store.data.live_bytes + 8 * len(logic.store.data)
+    live = logic.store.data.live_bytes
     for k, v in logic.store.items():
         if k == META_KEY.encode():
             continue
@@ -164,7 +164,7 @@ settlement logic in chunks of {a.chunk:,} records (no broker; {seconds:.1f} s).
 | transactions per person with state | {txn_per_person:.1f} |
 | state value bytes per person (changelog record value = value in memory) | **{per_person:.0f} B** |
 | in memory per person (the store's table: arena, rows, index) | {in_memory:.0f} B |
-| of which the live keys, values and their rows | {live_each:.0f} B |
+| of which the live keys and values | {live_each:.0f} B |
 | largest person | {largest:,} B |
 | checkpoint file on disk per person (uncompressed, superseded writes too) | {on_disk:.0f} B |
 | state bytes written (changelog, checkpoint file) per record decided | {written / records:.0f} B |

@@ -377,10 +377,10 @@ class ShardStore:
     once the changelog has them; they reach the checkpoint file
     (engine.streams.state_file) in :meth:`flush`. Reads (:meth:`values`) look in
     what is pending, then in what was applied: every person of the partition is in
-    memory (DECISIONS 144), so a decide never waits on the disk and a restore puts a
-    changelog record in a dict, not in a database. Applied values are keyed by the
-    key's bytes, as the changelog and the file have them: a restore and a load make
-    no string per person.
+    memory (DECISIONS 144), so a decide never waits on the disk. Applied values lie in
+    a table of byte arenas keyed by the key's bytes, as the changelog and the file
+    have them (engine.streams.value_table, DECISIONS 145): a restore, a load and a
+    decide's read make no Python object per person.
     """
 
     def __init__(self, path: Path, no_time: int, flush_bytes: int = FLUSH_BYTES,

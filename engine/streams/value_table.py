@@ -59,6 +59,15 @@ def _hash(src, at, n):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
+def _equal(a, at, b, bt, n):  # type: ignore[no-untyped-def]
+    """``a[at:at + n] == b[bt:bt + n]``, without making either slice."""
+    for j in range(n):  # noqa: SIM110 (a loop: numba compiles no all() of a generator)
+        if a[at + j] != b[bt + j]:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
 def _find(a0, a1, gen, kat, klen, slots, src, at, n):  # type: ignore[no-untyped-def]
     """(slot, row) of the key ``src[at:at + n]``; row -1 when absent, the slot then
     the one a put takes (the first deleted one on its probe, else the empty one)."""
@@ -72,16 +81,8 @@ def _find(a0, a1, gen, kat, klen, slots, src, at, n):  # type: ignore[no-untyped
         if r == _GONE:
             if free < 0:
                 free = i
-        elif klen[r] == n:
-            arena = a0 if gen[r] == 0 else a1
-            s = kat[r]
-            same = True
-            for j in range(n):
-                if arena[s + j] != src[at + j]:
-                    same = False
-                    break
-            if same:
-                return i, r
+        elif klen[r] == n and _equal(a0 if gen[r] == 0 else a1, kat[r], src, at, n):
+            return i, r
         i = (i + 1) & mask
 
 
@@ -233,16 +234,7 @@ def _prefixed(a0, a1, gen, kat, klen, n_rows, prefix):  # type: ignore[no-untype
     k = 0
     m = len(prefix)
     for r in range(n_rows):
-        if klen[r] < m:
-            continue
-        arena = a0 if gen[r] == 0 else a1
-        s = kat[r]
-        same = True
-        for j in range(m):
-            if arena[s + j] != prefix[j]:
-                same = False
-                break
-        if same:
+        if klen[r] >= m and _equal(a0 if gen[r] == 0 else a1, kat[r], prefix, 0, m):
             out[k] = r
             k += 1
     return out[:k]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,6 +18,30 @@ _KEY = st.builds(lambda a, b: a + b, st.sampled_from([b"", b"__wait__/", b"pe"])
                  st.binary(min_size=0, max_size=3))
 _VALUE = st.none() | st.binary(max_size=40)
 _BATCH = st.lists(st.tuples(_KEY, _VALUE), max_size=12)
+
+
+@contextlib.contextmanager
+def _evacuating_often(on: bool) -> Iterator[None]:
+    """No slack, and an arena evacuated a byte per byte put: every stage of the arenas'
+    life (growth, evacuation under way, finished early, freed) within a small test."""
+    with pytest.MonkeyPatch.context() as mp:
+        if on:
+            mp.setattr(value_table, "COMPACT_SLACK", 0)
+            mp.setattr(value_table, "EVACUATE_MIN", 0)
+            mp.setattr(value_table, "EVACUATE_PACE", 1)
+        yield
+
+
+def _put_both(table: ValueTable | None, model: dict[bytes, bytes],
+              batch: list[tuple[bytes, bytes | None]]) -> None:
+    """A batch into the table (if any) and into the dict it is checked against."""
+    if table is not None and batch:
+        table.put(*columns_of([k for k, _ in batch], [v for _, v in batch]))
+    for k, v in batch:
+        if v is None:
+            model.pop(k, None)
+        else:
+            model[k] = v
 
 
 def _snapshot_dict(snap: value_table.Snapshot) -> dict[bytes, bytes]:
@@ -34,12 +61,7 @@ def test_a_table_reads_as_a_dict_given_the_same_puts(
     grown, evacuated a few bytes a put (no slack, when ``tight``) and the index rebuilt
     along the way; a snapshot keeps reading as the state it was taken of while puts go
     on."""
-    mp = pytest.MonkeyPatch()
-    if tight:
-        mp.setattr(value_table, "COMPACT_SLACK", 0)
-        mp.setattr(value_table, "EVACUATE_MIN", 0)
-        mp.setattr(value_table, "EVACUATE_PACE", 1)
-    try:
+    with _evacuating_often(tight):
         table, model = ValueTable(capacity=8), dict[bytes, bytes]()
         snap = snapped = None
         for i, batch in enumerate(batches):
@@ -47,13 +69,7 @@ def test_a_table_reads_as_a_dict_given_the_same_puts(
                 snap, snapped = table.snapshot(), dict(model)
             if i % 3 == 2:  # room made ahead, as a restore does
                 table.reserve(len(batch), 16)
-            if batch:
-                table.put(*columns_of([k for k, _ in batch], [v for _, v in batch]))
-            for k, v in batch:
-                if v is None:
-                    model.pop(k, None)
-                else:
-                    model[k] = v
+            _put_both(table, model, batch)
             assert len(table) == len(model)
             assert table.live_bytes == sum(len(k) + len(v) for k, v in model.items())
         assert dict(table.items()) == model
@@ -65,17 +81,14 @@ def test_a_table_reads_as_a_dict_given_the_same_puts(
         assert _snapshot_dict(table.snapshot()) == model
         if snap is not None:
             assert _snapshot_dict(snap) == snapped
-    finally:
-        mp.undo()
 
 
 def test_compaction_keeps_memory_within_a_bound_under_rewrites() -> None:
     """The same 1,000 keys rewritten 200 times: the arenas stay under two and a half
     times the live bytes (1.25 × each, the old one while it is evacuated) and the
     margin each is given, not 200 times them."""
-    mp = pytest.MonkeyPatch()
-    mp.setattr(value_table, "COMPACT_SLACK", 0)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(value_table, "COMPACT_SLACK", 0)
         table = ValueTable()
         keys = [b"person%04d" % i for i in range(1000)]
         for round_ in range(200):
@@ -83,8 +96,6 @@ def test_compaction_keeps_memory_within_a_bound_under_rewrites() -> None:
         assert table.values_of(keys[:2]) == [bytes([199]) * 100] * 2
         assert table.live_bytes == 1000 * 110
         assert sum(a.nbytes for a in table._arenas) <= 2.5 * table.live_bytes + (2 << 16)
-    finally:
-        mp.undo()
 
 
 @settings(max_examples=200, deadline=None)
@@ -95,12 +106,7 @@ def test_rows_pointing_into_an_adopted_arena_read_as_the_same_puts(
     """A checkpoint's load: bytes read into the arena (after some that are no row's),
     rows pointed at its keys and values in place; then puts, growth and compactions
     as for any table."""
-    mp = pytest.MonkeyPatch()
-    if tight:
-        mp.setattr(value_table, "COMPACT_SLACK", 0)
-        mp.setattr(value_table, "EVACUATE_MIN", 0)
-        mp.setattr(value_table, "EVACUATE_PACE", 1)
-    try:
+    with _evacuating_often(tight):
         buf, kat, klen, vat, vlen = columns_of([k for k, _ in first], [v for _, v in first])
         arena = np.zeros(len(junk) + len(buf) + 4, np.uint8)
         arena[:len(junk)] = np.frombuffer(junk, np.uint8)
@@ -108,28 +114,20 @@ def test_rows_pointing_into_an_adopted_arena_read_as_the_same_puts(
         table, model = ValueTable(), dict[bytes, bytes]()
         table.adopt(arena, len(junk) + len(buf))
         table.refer(kat + len(junk), klen, vat + len(junk), vlen)
-        for batch in [first, *later]:
-            if batch is not first:
-                table.put(*columns_of([k for k, _ in batch], [v for _, v in batch]))
-            for k, v in batch:
-                if v is None:
-                    model.pop(k, None)
-                else:
-                    model[k] = v
+        _put_both(None, model, first)  # the table has them already
+        for batch in later:
+            _put_both(table, model, batch)
         assert dict(table.items()) == model
         assert table.live_bytes == sum(len(k) + len(v) for k, v in model.items())
         table.compact()
         assert dict(table.items()) == model and table.garbage == 0
-    finally:
-        mp.undo()
 
 
 def test_an_arena_is_evacuated_a_little_at_every_put() -> None:
     """Past the garbage share, a put moves a bounded number of the old arena's bytes
     (not all of them at once), and the old arena is freed when none is left."""
-    mp = pytest.MonkeyPatch()
-    mp.setattr(value_table, "COMPACT_SLACK", 0)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(value_table, "COMPACT_SLACK", 0)
         table = ValueTable()
         keys = [b"p%05d" % i for i in range(20_000)]
         table.update({k: b"a" * 200 for k in keys})
@@ -149,8 +147,6 @@ def test_an_arena_is_evacuated_a_little_at_every_put() -> None:
         assert dict(table.items()) == {
             k: (bytes([29]) * 200 if i % 1000 < 100 else b"a" * 200)
             for i, k in enumerate(keys)}
-    finally:
-        mp.undo()
 
 
 def test_a_deleted_keys_row_number_is_taken_again() -> None:
