@@ -35,7 +35,7 @@ from engine.rules.txn_keys import entry_keys, key_hashes
 from engine.streams.entries import ENTRY, WIDE_ENTRY, narrow
 from engine.streams.state_file import FILE_NAME, SegmentFile
 from engine.streams.state_file import read as read_file
-from engine.streams.value_table import ValueTable, columns_of, starts
+from engine.streams.value_table import ValueTable, columns_of, cut, starts
 
 META_KEY = "__meta__"
 FENCE_KEY = b"__fence__"
@@ -427,10 +427,7 @@ class ShardStore:
 
     def values(self, keys: list[str]) -> list[bytes | None]:
         """The people's values as decided so far: pending, else applied (None: none)."""
-        buf, offs = self.packed(keys)
-        raw = buf.tobytes()
-        ends = offs.tolist()
-        return [raw[s:e] or None for s, e in itertools.pairwise(ends)]
+        return [v or None for v in cut(*self.packed(keys))]
 
     def packed(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`values` laid end to end in one writable buffer, with ``len(keys) + 1``

@@ -201,15 +201,6 @@ def _gather(a0, a1, gen, kat, klen, vat, vlen, out):  # type: ignore[no-untyped-
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_values(a0, a1, gen, vat, vlen, rows, out):  # type: ignore[no-untyped-def]
-    p = 0
-    for r in rows:
-        arena = a0 if gen[r] == 0 else a1
-        out[p:p + vlen[r]] = arena[vat[r]:vat[r] + vlen[r]]
-        p += vlen[r]
-
-
-@numba.njit(cache=True, nogil=True)
 def _gather_rows(a0, a1, gen, vat, vlen, rows, b, b_at, b_size):  # type: ignore[no-untyped-def]
     """Each row's value (-1: the span ``b_at``, ``b_size`` of ``b`` instead, maybe
     empty) laid end to end: the buffer and its len + 1 offsets."""
@@ -282,6 +273,14 @@ def columns_of(keys: list[bytes], values: list[bytes | None]
         vlen = np.fromiter(map(len, values), np.int64, n)  # type: ignore[arg-type]
     buf = np.frombuffer(b"".join([*keys, *filter(None, values)]), np.uint8)
     return buf, starts(klen), klen, starts(np.maximum(vlen, 0)) + int(klen.sum()), vlen
+
+
+def cut(buf: np.ndarray, offs: np.ndarray) -> list[bytes]:
+    """``buf`` cut at ``offs`` into bytes objects, by C-level slicing (no Python frame
+    a piece)."""
+    raw = buf.tobytes()
+    ends = offs.tolist()
+    return list(map(raw.__getitem__, map(slice, ends[:-1], ends[1:])))
 
 
 def key_columns(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -398,22 +397,12 @@ class ValueTable(Mapping[bytes, bytes]):
                             self._vlen, rows, b, b_at, b_size)
 
     def values_of(self, keys: list[bytes]) -> list[bytes | None]:
-        """Each key's value (None: absent), gathered in one compiled pass and cut by
-        C-level slicing (no Python frame per key)."""
+        """Each key's value (None: absent), gathered in one compiled pass."""
         rows = self.get_rows(keys)
-        found = rows[rows >= 0]
-        size = self._vlen[found].astype(np.int64)
-        out = np.empty(int(size.sum()), np.uint8)
-        _gather_values(self._arenas[0], self._arenas[1], self._gen, self._vat, self._vlen,
-                       found, out)
-        raw = out.tobytes()
-        ends = np.cumsum(size)
-        got = list(map(raw.__getitem__, map(slice, (ends - size).tolist(), ends.tolist())))
-        if len(found) == len(rows):
-            return got  # type: ignore[return-value]
-        vals = np.full(len(rows), None, object)
-        vals[rows >= 0] = got
-        return vals.tolist()  # type: ignore[no-any-return]
+        got: list[bytes | None] = cut(*self.gather(rows))  # type: ignore[assignment]
+        for i in np.flatnonzero(rows < 0).tolist():
+            got[i] = None
+        return got
 
     def _bytes(self, r: int, at: np.ndarray, size: np.ndarray) -> bytes:
         s = int(at[r])
