@@ -232,8 +232,8 @@ def fence_tag(offset: int) -> list[tuple[str, bytes]]:
     return [(FENCE_HEADER, str(offset).encode())]
 
 
-async def changelog_chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int, last: int
-                  ) -> AsyncIterator[tuple[list[ChangelogColumns], int]]:
+async def changelog_chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, first: int,
+                           last: int) -> AsyncIterator[tuple[list[ChangelogColumns], int]]:
     """Changelog partition ``p``'s records from ``first`` to ``last`` (inclusive), a
     fetch at a time, each with the offset the next one starts at. Read by fetches of
     the engine's own over the reader's connections (engine.kafka.fetch: no record

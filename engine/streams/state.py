@@ -492,7 +492,7 @@ class ShardStore:
         meta = self._applied_meta if self._applied_meta is not None else encode(self.meta)
         self.data[_META_B] = meta
         owed = _enc.encode(sorted(self.fenced_off)) if self.fenced_off else None
-        if self._whole or self.file.due(self.data.live_bytes + 8 * len(self.data)):
+        if self._whole or self.file.due(self.data):
             self.file.rewrite(self.data.snapshot(),
                               {FENCED_OFF_KEY: owed} if owed is not None else {})
         else:

@@ -31,7 +31,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from engine.streams.value_table import Snapshot, ValueTable
+from engine.streams.value_table import Snapshot, ValueTable, value_lengths
 
 FILE_NAME = "state.seg"
 MAGIC = b"MYNSEG01"
@@ -50,12 +50,10 @@ Part = bytes | memoryview
 def encode_parts(keys: list[bytes], values: list[bytes | None]) -> list[Part]:
     """One segment setting (or, for None, deleting) each key to its value, as the
     parts written one after the other (not joined: that would copy the values again)."""
-    n = len(keys)
-    klen = np.fromiter(map(len, keys), np.int32, n)
-    vlen = np.fromiter((-1 if v is None else len(v) for v in values), np.int32, n)
+    klen = np.fromiter(map(len, keys), np.int32, len(keys))
     # filter(None) leaves out the deletions (and empty values, which add no bytes)
-    return _framed(n, [klen.tobytes(), vlen.tobytes(), b"".join(keys),
-                       b"".join(filter(None, values))])
+    return _framed(len(keys), [klen.tobytes(), value_lengths(values, np.int32).tobytes(),
+                               b"".join(keys), b"".join(filter(None, values))])
 
 
 def _framed(n: int, parts: list[Part]) -> list[Part]:
@@ -63,13 +61,18 @@ def _framed(n: int, parts: list[Part]) -> list[Part]:
     size = sum(map(len, parts))
     crc = google_crc32c.value(_COUNTS.pack(n, size))
     for part in parts:
-        if isinstance(part, bytes):
-            crc = google_crc32c.extend(crc, part)
-            continue
-        # google-crc32c takes bytes only: a view goes a few MiB at a time
-        for i in range(0, len(part), _CRC_STEP):
-            crc = google_crc32c.extend(crc, bytes(part[i:i + _CRC_STEP]))
+        crc = _crc_extend(crc, part)
     return [_HEADER.pack(MAGIC, n, size, crc), *parts]
+
+
+def _crc_extend(crc: int, part: Part) -> int:
+    """``crc`` over ``part`` too. google-crc32c takes bytes only: a view goes a few MiB
+    at a time (one copy of a whole state's body costs more than its CRC)."""
+    if isinstance(part, bytes):
+        return int(google_crc32c.extend(crc, part))
+    for i in range(0, len(part), _CRC_STEP):
+        crc = google_crc32c.extend(crc, bytes(part[i:i + _CRC_STEP]))
+    return int(crc)
 
 
 def _whole_parts(state: Snapshot, keys: list[bytes], values: list[bytes | None]
@@ -78,7 +81,7 @@ def _whole_parts(state: Snapshot, keys: list[bytes], values: list[bytes | None]
     klen, vlen, body = state.parts()
     split = int(klen.sum(dtype=np.int64))
     mk = np.fromiter(map(len, keys), np.int32, len(keys))
-    mv = np.fromiter((-1 if v is None else len(v) for v in values), np.int32, len(values))
+    mv = value_lengths(values, np.int32)
     return _framed(len(klen) + len(keys), [
         np.concatenate([klen, mk]).tobytes(), np.concatenate([vlen, mv]).tobytes(),
         body[:split].data, b"".join(keys), body[split:].data,
@@ -86,19 +89,20 @@ def _whole_parts(state: Snapshot, keys: list[bytes], values: list[bytes | None]
 
 
 def segment_size(keys: list[bytes], values: list[bytes | None]) -> int:
-    return (_HEADER.size + 8 * len(keys) + sum(map(len, keys))
-            + sum(map(len, filter(None, values))))
+    return _HEADER.size + _body_size(len(keys), sum(map(len, keys))
+                                     + sum(map(len, filter(None, values))))
+
+
+def _body_size(n: int, data: int) -> int:
+    """A segment body's bytes: ``n`` keys' two lengths, and ``data`` bytes of keys and
+    values."""
+    return 8 * n + data
 
 
 def _crc_at(buf: np.ndarray, n: int, at: int, size: int) -> int:
     """The CRC of a segment whose body is ``buf[at:at + size]``: over the counts too (a
-    changed ``n`` with the body intact must not parse), a few MiB at a time
-    (google-crc32c takes bytes only, and one copy of a whole state's body costs more
-    than its CRC)."""
-    crc = google_crc32c.value(_COUNTS.pack(n, size))
-    for i in range(at, at + size, _CRC_STEP):
-        crc = google_crc32c.extend(crc, buf[i:min(i + _CRC_STEP, at + size)].tobytes())
-    return int(crc)
+    changed ``n`` with the body intact must not parse)."""
+    return _crc_extend(google_crc32c.value(_COUNTS.pack(n, size)), buf[at:at + size].data)
 
 
 def _apply_segment(buf: np.ndarray, at: int, n: int, size: int, into: ValueTable) -> bool:
@@ -205,10 +209,10 @@ class SegmentFile:
         with open(self.path, "ab") as f:
             f.writelines(parts)
 
-    def due(self, live: int) -> bool:
-        """The file holds more than twice the state (``live``: its bytes as a segment)
-        plus the margin: superseded writes are most of it."""
-        return self._size > 2 * live + REWRITE_SLACK
+    def due(self, state: ValueTable) -> bool:
+        """The file holds more than twice ``state`` (as a segment) plus the margin:
+        superseded writes are most of it."""
+        return self._size > 2 * _body_size(len(state), state.live_bytes) + REWRITE_SLACK
 
     def rewrite(self, state: Snapshot, more: Mapping[bytes, bytes]) -> None:
         """Replace the file by one segment of ``state`` and ``more``, whole or not at
@@ -216,7 +220,7 @@ class SegmentFile:
         changing, and its arena's written bytes never do)."""
         keys: list[bytes] = list(more)
         values: list[bytes | None] = list(more.values())
-        self._size = (segment_size(keys, values) + 8 * len(state.kat) + state.size)
+        self._size = segment_size(keys, values) + _body_size(len(state.kat), state.size)
         self._submit(lambda: self._replace(_whole_parts(state, keys, values)))
 
     def _replace(self, parts: list[Part]) -> None:

@@ -265,14 +265,17 @@ def columns_of(keys: list[bytes], values: list[bytes | None]
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Keys and values (None: delete) as the columns :meth:`ValueTable.put` takes:
     (buffer, key starts, key lengths, value starts, value lengths)."""
-    n = len(keys)
-    klen = np.fromiter(map(len, keys), np.int64, n)
-    if None in values:
-        vlen = np.fromiter((-1 if v is None else len(v) for v in values), np.int64, n)
-    else:  # no Python frame per value
-        vlen = np.fromiter(map(len, values), np.int64, n)  # type: ignore[arg-type]
+    klen = np.fromiter(map(len, keys), np.int64, len(keys))
+    vlen = value_lengths(values, np.int64)
     buf = np.frombuffer(b"".join([*keys, *filter(None, values)]), np.uint8)
     return buf, starts(klen), klen, starts(np.maximum(vlen, 0)) + int(klen.sum()), vlen
+
+
+def value_lengths(values: list[bytes | None], dtype: type) -> np.ndarray:
+    """Each value's length, -1 for None (a deletion)."""
+    if None in values:
+        return np.fromiter((-1 if v is None else len(v) for v in values), dtype, len(values))
+    return np.fromiter(map(len, values), dtype, len(values))  # type: ignore[arg-type]
 
 
 def cut(buf: np.ndarray, offs: np.ndarray) -> list[bytes]:
@@ -429,7 +432,8 @@ class ValueTable(Mapping[bytes, bytes]):
         """Bytes this table has written (its arenas up to their last put: live and
         superseded values; the room beyond is not touched, so not resident), its rows
         and its index."""
-        return sum(self._used) + self._rows * 48 + self._slots.nbytes
+        per_row = self._row_fields[0].nbytes + self._free.itemsize
+        return sum(self._used) + self._rows * per_row + self._slots.nbytes
 
     # ------------------------------------------------------------------ room
     def reserve(self, n: int, size: int) -> None:
