@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import local_broker  # noqa: E402
 from bench.bench_settle import machine, write_section  # noqa: E402
+from bench.host import fresh_memory_cost  # noqa: E402
 from engine.devtools.worker_process import WorkerProcess  # noqa: E402
 from engine.kafka.client_config import default_client  # noqa: E402
 from engine.kafka.produce import Outgoing, send_batched  # noqa: E402
@@ -130,6 +131,25 @@ async def own_read(bootstrap: str, topics: Topics) -> tuple[int, float]:
         await c.stop()
 
 
+def cleaned(data: Path, topic: str, timeout: float = 90.0) -> float | None:
+    """Wait for the broker's log cleaner to have compacted partition 0 of ``topic``
+    (its closed segments: the fill's); return the seconds waited, None when it has no
+    closed segment (nothing to clean). The cleaner starts on its own within 15 s of the
+    fill (``log.cleaner.backoff.ms``) and, cleaning a few hundred MB, takes the broker a
+    core and the disk for a second or two: a take-over measured meanwhile shares the
+    machine with it (the first take-over of the run of 2026-12-07 08:52 did)."""
+    if len(list((data / f"{topic}-0").glob("*.log"))) < 2:
+        return None
+    checkpoint = data / "cleaner-offset-checkpoint"
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if checkpoint.exists() and any(
+                line.split()[:2] == [topic, "0"] for line in checkpoint.read_text().splitlines()):
+            return time.perf_counter() - t0
+        time.sleep(0.1)
+    raise TimeoutError(f"the log cleaner did not compact {topic}/0 in {timeout:.0f} s")
+
+
 def take_over(bootstrap: str, prefix: str, name: str) -> tuple[float, int, str]:
     log = WORK / f"{name}.log"
     log.unlink(missing_ok=True)
@@ -168,20 +188,27 @@ def main() -> int:
         t0 = time.perf_counter()
         nbytes = asyncio.run(fill(broker.bootstrap, topics, args.people, args.transactions))
         fill_s = time.perf_counter() - t0
+        waited = cleaned(broker.data_dir / "data", topics.changelog)
         read_n, read_s = asyncio.run(bare_read(broker.bootstrap, topics))
         own_n, own_s = asyncio.run(own_read(broker.bootstrap, topics))
-        fulls = []
+        fulls: list[tuple[float, int, str]] = []
+        fresh: list[float | None] = []
         for i in range(args.takeovers):
             shutil.rmtree(WORK / "state", ignore_errors=True)
+            fresh.append(fresh_memory_cost())
             fulls.append(take_over(broker.bootstrap, prefix, f"full{i}"))
         tail_s, tail_n, tail_note = take_over(broker.bootstrap, prefix, "tail")
     finally:
         broker.stop()
     full_s, full_n, full_note = sorted(fulls)[len(fulls) // 2]
-    each = ", ".join(f"{f[0]:.2f}" for f in fulls)
+    each = ", ".join(f"{f[0]:.2f}" + (f" ({m:.1f})" if m is not None else "")
+                     for f, m in zip(fulls, fresh, strict=True))
     own_label = ("the take-over's own read of it (engine.kafka.fetch, records taken out, "
                  "none applied)")
     per = nbytes / args.people
+    clean_note = ("; nothing for the broker's log cleaner to compact" if waited is None else
+                  f"; measured once the broker's log cleaner had compacted it, {waited:.1f} s "
+                  "after the fill")
     proj = full_s / args.people * 25_000_000
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rate = f"{read_n / read_s:,.0f}", f"{full_n / full_s:,.0f}", f"{own_n / own_s:,.0f}"
@@ -193,7 +220,7 @@ Machine: {machine()}; Kafka 3.9.1 single local broker.
 A changelog partition holding {args.people:,} people (enrolled, {args.transactions} purchases
 each; the shipped campaign's mean is 10; {per:.0f} bytes of state each, keyed by distinct
 random 8-character `mykey_id`s in no order, as people reach it in the order they are
-touched; filled in {fill_s:.1f} s) is taken over by a real worker process (`mynapoint
+touched; filled in {fill_s:.1f} s{clean_note}) is taken over by a real worker process (`mynapoint
 worker`, restore in a background task, heartbeats running).
 
 | measurement | records | seconds | records/s |
@@ -204,7 +231,10 @@ worker`, restore in a background task, heartbeats running).
 {full_s:.2f} | {rate[1]} |
 | take-over again, from the local checkpoint (tail only) | {tail_n:,} | {tail_s:.2f} | — |
 
-- From scratch: {each} s; the median's {full_note}; from the checkpoint: {tail_note}.
+- From scratch: {each} s (in brackets: µs per 4 KB page for a new process to touch
+  fresh memory right before the take-over, `bench.host.fresh_memory_cost`; several where
+  the host has taken freed memory back, which the take-over's arena then pays at first
+  touch, under 1 where it has not); the median's {full_note}; from the checkpoint: {tail_note}.
 - Projection for the real program's 25 M people: {proj:,.0f} s of restore for a worker
   that takes all of them over from scratch at this rate; spread over 8 partitions and
   workers ~{proj / 8:,.0f} s each, in parallel. A restart on the same machine reads its

@@ -250,6 +250,18 @@ async def changelog_chunks(reader: AIOKafkaConsumer, topics: Topics, p: int, fir
                                     c.tag_numbers(UNTAGGED)) for c in cols if len(c.offset)], pos
 
 
+async def _on_thread(fn: Callable[[ChangelogColumns], int], part: ChangelogColumns) -> int:
+    """``fn(part)`` on a thread, so that the loop receives the next fetch meanwhile (the
+    table's puts release the GIL). A cancelled caller still waits for it: the store
+    must not be let go (closed, flushed) while the thread writes into it."""
+    done = asyncio.get_running_loop().run_in_executor(None, fn, part)
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait([done])
+        raise
+
+
 async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p: int,
                   until: int, progress: Any = None) -> tuple[int, int]:
     """Apply changelog partition ``p`` from the local checkpoint up to offset
@@ -267,7 +279,7 @@ async def restore(reader: AIOKafkaConsumer, topics: Topics, store: ShardStore, p
                     # room for the whole partition at the first fetch's bytes a record,
                     # taken once: the arena is not copied again at every doubling
                     store.data.reserve(until - first + 1, part.bytes_per_record())
-                ignored += store.restore_columns(part)
+                ignored += await _on_thread(store.restore_columns, part)
                 read += len(part.offsets)
             if progress is not None:
                 progress(p, max(until - pos + 1, 0))

@@ -4,6 +4,8 @@ fault matrix (test_faults.py) does not reach: a local copy ahead of the changelo
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from engine.kafka.topics import FENCE_HEADER, Topics, ensure_topics
 from engine.rules.model import NO_TIME
 from engine.streams.recovery import (
     Refused,
+    _on_thread,
     gaps_between,
     read_range,
     take_over,
@@ -95,6 +98,47 @@ def test_a_local_copy_ahead_of_the_changelog_is_wiped(kafka_broker, topic_prefix
     assert store.get("personAA") == PersonState()
     assert (store.meta.changelog_offset, store.meta.fence) == (0, 0)
     store.close()
+
+
+def test_a_restore_applies_on_a_thread_and_a_cancel_waits_for_it() -> None:
+    """A fetch's apply runs on a thread: the loop goes on meanwhile (it receives the
+    next fetch; other partitions, heartbeats). A take-over cancelled during an apply
+    does not end before the apply does: its store is closed (flushed) on the way out,
+    which must not happen while the thread writes into it."""
+    started, finished = threading.Event(), threading.Event()
+
+    def apply(_part: object) -> int:
+        started.set()
+        time.sleep(0.3)
+        finished.set()
+        return 7
+
+    async def main() -> tuple[int, int, bool]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        got = await _on_thread(apply, None)  # type: ignore[arg-type]
+        during = ticks
+        ticker.cancel()
+        started.clear()
+        finished.clear()
+        task = asyncio.create_task(_on_thread(apply, None))  # type: ignore[arg-type]
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return got, during, finished.is_set()
+
+    got, during, finished_first = asyncio.run(main())
+    assert got == 7
+    assert during >= 10  # the loop ran through the 0.3 s apply
+    assert finished_first
 
 
 def test_gaps_between_are_the_offsets_someone_else_wrote() -> None:
