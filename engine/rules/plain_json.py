@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from engine.rules.strings import individual_number_mask, string_array
+from engine.rules.strings import individual_number_mask, put_bytes, string_array
 from engine.rules.validate import (
     AMOUNT,
     AMOUNT_INT,
@@ -176,7 +176,7 @@ def _gather(data, vstart, vend, f):  # type: ignore[no-untyped-def]  # pragma: n
     for i in range(n):
         a = vstart[i, f]
         if a >= 0:
-            buf[offsets[i]:offsets[i + 1]] = data[a:vend[i, f]]
+            put_bytes(buf, offsets[i], data, a, vend[i, f])
     return offsets, buf, valid
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from engine.rules.strings import put_bytes
 from engine.streams.entries import ENTRY
 
 _U8 = np.uint64(8)
@@ -316,10 +317,8 @@ def _encode(op: np.ndarray, kind: np.ndarray, day: np.ndarray, c: np.ndarray, r:
         e0, ln = espans[i, 0], espans[i, 1]
         n0, nn = nspans[i, 0], nspans[i, 1]
         p = _put_len(out, p, ln + nn, 0, -1, 0xC4, 0xC5, 0xC6)
-        out[p:p + ln] = ebuf[e0:e0 + ln]
-        p += ln
-        out[p:p + nn] = nbuf[n0:n0 + nn]
-        p += nn
+        p = put_bytes(out, p, ebuf, e0, e0 + ln)
+        p = put_bytes(out, p, nbuf, n0, n0 + nn)
         p = _put_len(out, p, mcount[i] + xcount[i], 0x80, 15, 0, 0xDE, 0xDF)
         for k in range(mstart[i], mstart[i] + mcount[i]):
             p = _put_uint(out, p, mkeys[k])
@@ -367,8 +366,7 @@ def gather(buf: np.ndarray, spans: np.ndarray) -> np.ndarray:
     p = 0
     for i in range(len(spans)):
         s, n = spans[i, 0], spans[i, 1]
-        out[p:p + n] = buf[s:s + n]
-        p += n
+        p = put_bytes(out, p, buf, s, s + n)
     return out
 
 

@@ -31,6 +31,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from engine.rules.strings import put_bytes
+
 _EMPTY = -1  # an index slot never used
 _GONE = -2  # an index slot whose key was deleted (probing goes on past it)
 # garbage tolerated beyond the share below before an arena is evacuated: a small table
@@ -125,8 +127,8 @@ def _put(a0, a1, cur, used, gen, kat, klen, vat, vlen, rows, free, nfree, slots,
             slots[slot] = r
             counts[0] += 1
         if copy:
-            arena[used:used + n] = src[at:at + n]
-            arena[used + n:used + n + m] = src[value_at[i]:value_at[i] + m]
+            put_bytes(arena, used, src, at, at + n)
+            put_bytes(arena, used + n, src, value_at[i], value_at[i] + m)
             kat[r], vat[r] = used, used + n
             used += n + m
         else:  # bytes of the arena that were garbage until now
@@ -176,8 +178,8 @@ def _evacuate(a0, a1, old, used, gen, kat, klen, vat, vlen, cursor, rows, budget
         if used + n + m > len(dst):
             break  # no room left: the next put makes some, or evacuates the rest
         cursor += 1
-        dst[used:used + n] = src[kat[r]:kat[r] + n]
-        dst[used + n:used + n + m] = src[vat[r]:vat[r] + m]
+        put_bytes(dst, used, src, kat[r], kat[r] + n)
+        put_bytes(dst, used + n, src, vat[r], vat[r] + m)
         kat[r], vat[r] = used, used + n
         gen[r] = 1 - old
         used += n + m
@@ -192,12 +194,10 @@ def _gather(a0, a1, gen, kat, klen, vat, vlen, out):  # type: ignore[no-untyped-
     p = 0
     for r in range(len(kat)):
         arena = a0 if gen[r] == 0 else a1
-        out[p:p + klen[r]] = arena[kat[r]:kat[r] + klen[r]]
-        p += klen[r]
+        p = put_bytes(out, p, arena, kat[r], kat[r] + klen[r])
     for r in range(len(vat)):
         arena = a0 if gen[r] == 0 else a1
-        out[p:p + vlen[r]] = arena[vat[r]:vat[r] + vlen[r]]
-        p += vlen[r]
+        p = put_bytes(out, p, arena, vat[r], vat[r] + vlen[r])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -213,9 +213,9 @@ def _gather_rows(a0, a1, gen, vat, vlen, rows, b, b_at, b_size):  # type: ignore
         r = rows[i]
         if r >= 0:
             arena = a0 if gen[r] == 0 else a1
-            out[offs[i]:offs[i + 1]] = arena[vat[r]:vat[r] + vlen[r]]
+            put_bytes(out, offs[i], arena, vat[r], vat[r] + vlen[r])
         else:
-            out[offs[i]:offs[i + 1]] = b[b_at[i]:b_at[i] + b_size[i]]
+            put_bytes(out, offs[i], b, b_at[i], b_at[i] + b_size[i])
     return out, offs
 
 
