@@ -56,6 +56,7 @@ from engine.streams.state import (
     encode_wait,
     source_key,
 )
+from engine.streams.value_table import cut
 
 # Up to this many records of a batch, their people are looked up one record at a time
 # rather than coded first (``_Call._people``): below it the coding's fixed cost is the
@@ -735,8 +736,8 @@ class _Call:
             f_op, f_kind, f_day, f_c, f_r, ebuf, espans[fast], self.d.names,
             (self.mkeys, self.mvals, p.mstart[fast], p.mcount[fast]),
             (a_key, a_val, a_start[fast], a_count[fast]), (nbuf, nspans[fast]))
-        keys = [self.plist[i] for i in fast.tolist()]
-        values = [data[s:e] for s, e in itertools.pairwise(offs.tolist())]
+        keys = list(map(self.plist.__getitem__, fast.tolist()))
+        values = cut(data, offs)
         f_part = self.part_of[fast]
         for k, store in enumerate(self.stores):
             staged, due = store.pending, store.parked

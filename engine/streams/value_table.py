@@ -278,10 +278,10 @@ def value_lengths(values: list[bytes | None], dtype: type) -> np.ndarray:
     return np.fromiter(map(len, values), dtype, len(values))  # type: ignore[arg-type]
 
 
-def cut(buf: np.ndarray, offs: np.ndarray) -> list[bytes]:
+def cut(buf: np.ndarray | bytes, offs: np.ndarray) -> list[bytes]:
     """``buf`` cut at ``offs`` into bytes objects, by C-level slicing (no Python frame
     a piece)."""
-    raw = buf.tobytes()
+    raw = buf if isinstance(buf, bytes) else buf.tobytes()
     ends = offs.tolist()
     return list(map(raw.__getitem__, map(slice, ends[:-1], ends[1:])))
 
