@@ -19,7 +19,8 @@ is more than an eighth of the live bytes (and a margin), else as much room as th
 rows copied to the new one, a few times the bytes put): no pause proportional to the
 state, as a whole compaction at once would make (0.2-0.9 s for a million people,
 measured), or a copy of the arena into a larger one (0.56 s). The old arena is freed
-once nothing points into it. A :class:`Snapshot` (the row arrays copied, the arenas
+once nothing points into it. The index grows the same way past INDEX_AT_ONCE keys: the
+old one is drained into the larger one a little at every put. A :class:`Snapshot` (the row arrays copied, the arenas
 shared: bytes a row points at are never changed) stays valid while the table goes on:
 the checkpoint writer encodes it on its own thread.
 """
@@ -49,6 +50,12 @@ GARBAGE_SHARE = 8
 EVACUATE_PACE = 8
 EVACUATE_MIN = 1 << 16
 _MIN_SLOTS = 1024
+# an index that must grow past this many keys is drained into the larger one a little
+# at every put (INDEX_PACE old slots a record, at least INDEX_MIN) rather than rebuilt
+# at once: a rebuild hashed every key in one put, 0.15-0.42 s a million
+INDEX_AT_ONCE = 1 << 16
+INDEX_PACE = 8
+INDEX_MIN = 1 << 12
 
 
 @numba.njit(cache=True, nogil=True)
@@ -72,11 +79,12 @@ def _equal(a, at, b, bt, n):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _find(a0, a1, gen, kat, klen, slots, src, at, n):  # type: ignore[no-untyped-def]
-    """(slot, row) of the key ``src[at:at + n]``; row -1 when absent, the slot then
-    the one a put takes (the first deleted one on its probe, else the empty one)."""
+def _probe(a0, a1, gen, kat, klen, slots, src, at, n, h):  # type: ignore[no-untyped-def]
+    """(slot, row) of the key ``src[at:at + n]`` (hash ``h``) in the index ``slots``;
+    row -1 when absent, the slot then the one a put takes (the first deleted one on
+    its probe, else the empty one)."""
     mask = np.int64(len(slots) - 1)
-    i = np.int64(_hash(src, at, n) & np.uint64(mask))
+    i = np.int64(h & np.uint64(mask))
     free = np.int64(-1)
     while True:
         r = slots[i]
@@ -91,8 +99,22 @@ def _find(a0, a1, gen, kat, klen, slots, src, at, n):  # type: ignore[no-untyped
 
 
 @numba.njit(cache=True, nogil=True)
-def _put(a0, a1, cur, used, gen, kat, klen, vat, vlen, rows, free, nfree, slots, counts,
-         src, key_at, key_len, value_at, value_len, copy):  # type: ignore[no-untyped-def]
+def _find(a0, a1, gen, kat, klen, slots, old, src, at, n):  # type: ignore[no-untyped-def]
+    """(slot, row, in_old) of the key ``src[at:at + n]``: looked up in the index, then
+    in the ``old`` one while it is drained into it (empty otherwise); absent (row -1),
+    the index's slot a put takes."""
+    h = _hash(src, at, n)
+    slot, r = _probe(a0, a1, gen, kat, klen, slots, src, at, n, h)
+    if r < 0 and len(old):
+        o, q = _probe(a0, a1, gen, kat, klen, old, src, at, n, h)
+        if q >= 0:
+            return o, q, True
+    return slot, r, False
+
+
+@numba.njit(cache=True, nogil=True)
+def _put(a0, a1, cur, used, gen, kat, klen, vat, vlen, rows, free, nfree, slots, old,
+         counts, src, key_at, key_len, value_at, value_len, copy):  # type: ignore[no-untyped-def]
     """Apply each (key, value) in order (value length -1: delete the key); the caller
     made room for every record. ``copy``: the records lie in ``src`` and are appended
     to arena ``cur``; else ``src`` is arena ``cur`` and the rows point where they lie.
@@ -102,7 +124,7 @@ def _put(a0, a1, cur, used, gen, kat, klen, vat, vlen, rows, free, nfree, slots,
     arena = a0 if cur == 0 else a1
     for i in range(len(key_at)):
         at, n = key_at[i], key_len[i]
-        slot, r = _find(a0, a1, gen, kat, klen, slots, src, at, n)
+        slot, r, in_old = _find(a0, a1, gen, kat, klen, slots, old, src, at, n)
         if r >= 0:
             size = klen[r] + vlen[r]
             counts[1] -= size
@@ -111,8 +133,11 @@ def _put(a0, a1, cur, used, gen, kat, klen, vat, vlen, rows, free, nfree, slots,
         if m < 0:
             if r >= 0:
                 klen[r] = -1
-                slots[slot] = _GONE
-                counts[4] += 1
+                if in_old:
+                    old[slot] = _GONE
+                else:
+                    slots[slot] = _GONE
+                    counts[4] += 1
                 counts[0] -= 1
                 free[nfree] = r
                 nfree += 1
@@ -143,10 +168,10 @@ def _put(a0, a1, cur, used, gen, kat, klen, vat, vlen, rows, free, nfree, slots,
 
 
 @numba.njit(cache=True, nogil=True)
-def _get(a0, a1, gen, kat, klen, slots, src, key_at, key_len):  # type: ignore[no-untyped-def]
+def _get(a0, a1, gen, kat, klen, slots, old, src, key_at, key_len):  # type: ignore[no-untyped-def]
     out = np.empty(len(key_at), np.int64)
     for i in range(len(key_at)):
-        out[i] = _find(a0, a1, gen, kat, klen, slots, src, key_at[i], key_len[i])[1]
+        out[i] = _find(a0, a1, gen, kat, klen, slots, old, src, key_at[i], key_len[i])[1]
     return out
 
 
@@ -160,6 +185,24 @@ def _index(a0, a1, gen, kat, klen, rows, slots):  # type: ignore[no-untyped-def]
         while slots[i] != _EMPTY:
             i = (i + 1) & mask
         slots[i] = r
+
+
+@numba.njit(cache=True, nogil=True)
+def _drain(a0, a1, gen, kat, klen, slots, old, start, budget):  # type: ignore[no-untyped-def]
+    """Move the keys of ``old``'s slots from ``start`` on into the index ``slots``, at
+    most ``budget`` slots; a moved slot is marked deleted in ``old`` (its key is in the
+    index now; probes go on past it). Returns the next slot to drain."""
+    mask = np.int64(len(slots) - 1)
+    end = min(start + budget, len(old))
+    for j in range(start, end):
+        r = old[j]
+        if r >= 0:
+            i = np.int64(_hash(a0 if gen[r] == 0 else a1, kat[r], klen[r]) & np.uint64(mask))
+            while slots[i] != _EMPTY:
+                i = (i + 1) & mask
+            slots[i] = r
+            old[j] = _GONE
+    return end
 
 
 @numba.njit(cache=True, nogil=True)
@@ -295,6 +338,7 @@ def key_columns(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _NO_BYTES = np.empty(0, np.uint8)
+_NO_SLOTS = np.empty(0, np.int64)
 
 
 class ValueTable(Mapping[bytes, bytes]):
@@ -316,6 +360,8 @@ class ValueTable(Mapping[bytes, bytes]):
         self._nfree = 0
         self._rows = 0  # row numbers made
         self._slots = np.full(_MIN_SLOTS, _EMPTY, np.int64)
+        self._old = _NO_SLOTS  # the index being drained into _slots (empty: none)
+        self._drained = 0  # its next slot to drain
         # live rows, live bytes (keys and values), garbage bytes of arena 0 and of
         # arena 1, index slots marked deleted
         self._counts = np.zeros(5, np.int64)
@@ -350,6 +396,8 @@ class ValueTable(Mapping[bytes, bytes]):
         self._put(src, key_at, key_len, value_at, value_len, True)
         if self._cursor >= 0:
             self._evacuate(EVACUATE_PACE * need + EVACUATE_MIN)
+        if len(self._old):
+            self.drain_index(INDEX_PACE * n + INDEX_MIN)
 
     def adopt(self, arena: np.ndarray, used: int) -> None:
         """Take ``arena[:used]`` (bytes read from a checkpoint file, say) as this empty
@@ -373,7 +421,7 @@ class ValueTable(Mapping[bytes, bytes]):
         self._used[cur], self._rows, self._nfree = _put(
             self._arenas[0], self._arenas[1], cur, self._used[cur], self._gen, self._kat,
             self._klen, self._vat, self._vlen, self._rows, self._free, self._nfree,
-            self._slots, self._counts, src, key_at.astype(np.int64, copy=False),
+            self._slots, self._old, self._counts, src, key_at.astype(np.int64, copy=False),
             key_len.astype(np.int64, copy=False), value_at.astype(np.int64, copy=False),
             value_len.astype(np.int64, copy=False), copy)
 
@@ -388,7 +436,7 @@ class ValueTable(Mapping[bytes, bytes]):
             return np.empty(0, np.int64)
         src, kat, klen = key_columns(keys)
         return _get(self._arenas[0], self._arenas[1], self._gen, self._kat, self._klen,  # type: ignore[no-any-return]
-                    self._slots, src, kat, klen)
+                    self._slots, self._old, src, kat, klen)
 
     def gather(self, rows: np.ndarray, b: np.ndarray = _NO_BYTES,
                b_at: np.ndarray | None = None, b_size: np.ndarray | None = None
@@ -435,7 +483,7 @@ class ValueTable(Mapping[bytes, bytes]):
         superseded values; the room beyond is not touched, so not resident), its rows
         and its index."""
         per_row = self._row_fields[0].nbytes + self._free.itemsize
-        return sum(self._used) + self._rows * per_row + self._slots.nbytes
+        return sum(self._used) + self._rows * per_row + self._slots.nbytes + self._old.nbytes
 
     # ------------------------------------------------------------------ room
     def reserve(self, n: int, size: int) -> None:
@@ -526,13 +574,26 @@ class ValueTable(Mapping[bytes, bytes]):
     def _index_room(self, n: int) -> None:
         # the index at most half full, deleted slots counted: probes stay short
         if 2 * (self.live + int(self._counts[4]) + n) > len(self._slots):
+            if len(self._old):  # the one before is still drained: the rest now
+                self.drain_index(len(self._old))
             size = len(self._slots)
             while 2 * (self.live + n) > size // 2:
                 size *= 2
-            self._slots = np.full(size, _EMPTY, np.int64)
+            old, self._slots = self._slots, np.full(size, _EMPTY, np.int64)
             self._counts[4] = 0
-            _index(self._arenas[0], self._arenas[1], self._gen, self._kat, self._klen,
-                   self._live_rows(), self._slots)
+            if self.live <= INDEX_AT_ONCE:
+                _index(self._arenas[0], self._arenas[1], self._gen, self._kat, self._klen,
+                       self._live_rows(), self._slots)
+            else:  # drained by the puts to come; until then a look-up asks both
+                self._old, self._drained = old, 0
+
+    def drain_index(self, budget: int) -> None:
+        """Move up to ``budget`` slots of the old index into the index; forget the old
+        one once every slot is passed."""
+        self._drained = _drain(self._arenas[0], self._arenas[1], self._gen, self._kat,
+                               self._klen, self._slots, self._old, self._drained, budget)
+        if self._drained >= len(self._old):
+            self._old, self._drained = _NO_SLOTS, 0
 
     # ------------------------------------------------------------------ mapping
     def __getitem__(self, key: bytes) -> bytes:
