@@ -20,9 +20,9 @@ rows copied to the new one, a few times the bytes put): no pause proportional to
 state, as a whole compaction at once would make (0.2-0.9 s for a million people,
 measured), or a copy of the arena into a larger one (0.56 s). The old arena is freed
 once nothing points into it. The index grows the same way past INDEX_AT_ONCE keys: the
-old one is drained into the larger one a little at every put. A :class:`Snapshot` (the row arrays copied, the arenas
-shared: bytes a row points at are never changed) stays valid while the table goes on:
-the checkpoint writer encodes it on its own thread.
+old one is drained into the larger one a little at every put. A :class:`Snapshot` (the
+row arrays copied, the arenas shared: bytes a row points at are never changed) stays
+valid while the table goes on: the checkpoint writer encodes it on its own thread.
 """
 
 from __future__ import annotations
