@@ -176,18 +176,6 @@ def _get(a0, a1, gen, kat, klen, slots, old, src, key_at, key_len):  # type: ign
 
 
 @numba.njit(cache=True, nogil=True)
-def _index(a0, a1, gen, kat, klen, rows, slots):  # type: ignore[no-untyped-def]
-    """Put every live row of ``rows`` in the empty index ``slots``."""
-    mask = np.int64(len(slots) - 1)
-    for r in rows:
-        arena = a0 if gen[r] == 0 else a1
-        i = np.int64(_hash(arena, kat[r], klen[r]) & np.uint64(mask))
-        while slots[i] != _EMPTY:
-            i = (i + 1) & mask
-        slots[i] = r
-
-
-@numba.njit(cache=True, nogil=True)
 def _drain(a0, a1, gen, kat, klen, slots, old, start, budget):  # type: ignore[no-untyped-def]
     """Move the keys of ``old``'s slots from ``start`` on into the index ``slots``, at
     most ``budget`` slots; a moved slot is marked deleted in ``old`` (its key is in the
@@ -397,7 +385,7 @@ class ValueTable(Mapping[bytes, bytes]):
         if self._cursor >= 0:
             self._evacuate(EVACUATE_PACE * need + EVACUATE_MIN)
         if len(self._old):
-            self.drain_index(INDEX_PACE * n + INDEX_MIN)
+            self._drain_index(INDEX_PACE * n + INDEX_MIN)
 
     def adopt(self, arena: np.ndarray, used: int) -> None:
         """Take ``arena[:used]`` (bytes read from a checkpoint file, say) as this empty
@@ -575,19 +563,18 @@ class ValueTable(Mapping[bytes, bytes]):
         # the index at most half full, deleted slots counted: probes stay short
         if 2 * (self.live + int(self._counts[4]) + n) > len(self._slots):
             if len(self._old):  # the one before is still drained: the rest now
-                self.drain_index(len(self._old))
+                self._drain_index(len(self._old))
             size = len(self._slots)
             while 2 * (self.live + n) > size // 2:
                 size *= 2
-            old, self._slots = self._slots, np.full(size, _EMPTY, np.int64)
+            self._old, self._drained = self._slots, 0
+            self._slots = np.full(size, _EMPTY, np.int64)
             self._counts[4] = 0
             if self.live <= INDEX_AT_ONCE:
-                _index(self._arenas[0], self._arenas[1], self._gen, self._kat, self._klen,
-                       self._live_rows(), self._slots)
-            else:  # drained by the puts to come; until then a look-up asks both
-                self._old, self._drained = old, 0
+                self._drain_index(len(self._old))
+            # else drained by the puts to come; until then a look-up asks both
 
-    def drain_index(self, budget: int) -> None:
+    def _drain_index(self, budget: int) -> None:
         """Move up to ``budget`` slots of the old index into the index; forget the old
         one once every slot is passed."""
         self._drained = _drain(self._arenas[0], self._arenas[1], self._gen, self._kat,

@@ -106,8 +106,7 @@ def _decide(logic: PartitionLogic, campaign: Campaign, registry: Registry, topic
 def _take_over(store: ShardStore, snap: dict[str, bytes | None]) -> None:
     """A take-over's code: the snapshot restored as changelog columns (most of the
     state: the checkpoint rewritten whole), the checkpoint read back, the waits'
-    index, and the state table's index grown (at once, and drained) and arena
-    evacuated."""
+    index, and the state table's index grown and arena evacuated."""
     first = store.meta.changelog_offset + 1
     store.restore_columns(ChangelogColumns.of(
         [(k.encode(), v, first + i, None) for i, (k, v) in enumerate(snap.items())]))
@@ -115,6 +114,5 @@ def _take_over(store: ShardStore, snap: dict[str, bytes | None]) -> None:
     store.flush()
     store.file.drain()
     table = checkpointed(store.path)
-    table.reserve(1 << 10, 1)  # a larger index: built anew
-    table.drain_index(0)  # a large one's is drained into it a little at every put
+    table.reserve(1 << 10, 1)  # a larger index, the old one drained into it
     table.compact()

@@ -48,8 +48,7 @@ from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.kafka import fetch
 from engine.kafka.topics import Topics
 from engine.streams import value_table, warmup
-names = ["_put", "_get", "_gather", "_gather_rows", "_evacuate", "_index", "_drain",
-         "_prefixed"]
+names = ["_put", "_get", "_gather", "_gather_rows", "_evacuate", "_drain", "_prefixed"]
 funcs = {n: getattr(value_table, n) for n in names} | {"_keyed": fetch._keyed}
 before = sorted(n for n, f in funcs.items() if f.signatures)
 warmup.warm_up(DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, Topics("warm"), 8)
