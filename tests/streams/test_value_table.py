@@ -213,6 +213,18 @@ def test_a_growing_index_is_drained_a_little_at_every_put(
     assert dict(table.items()) == model
 
 
+def test_a_restores_reserve_leaves_rows_for_a_quarter_more() -> None:
+    """The rows reserved for a restore have room for a quarter more keys, so the first
+    new people after it do not copy every row into larger arrays (0.1 s a million)."""
+    table = ValueTable()
+    table.reserve(4000, 10)
+    table.update({b"k%05d" % i: b"v" for i in range(4000)})  # the restore
+    fields = table._row_fields
+    table.update({b"n%05d" % i: b"v" for i in range(900)})  # people new after it
+    assert table._row_fields is fields
+    assert len(table) == 4900
+
+
 def test_a_deleted_keys_row_number_is_taken_again() -> None:
     """Keys set and deleted over and over (the waits' index entries) do not grow the
     rows: a new key takes a deleted one's row."""
