@@ -522,8 +522,12 @@ class ShardStore:
 
         A record whose tag is older than the newest fence read so far was written
         by a worker that had already lost the partition (a zombie): its state is
-        stale and must not overwrite the new owner's. Fences and meta records are
-        taken one by one; the people between them as runs, with no Python per record.
+        stale and must not overwrite the new owner's. So is a record whose tag is older
+        than a record read before it: a writer writes its fence before any record, so
+        the newer tag names a newer fence, one that compaction may have removed since
+        (the changelog keeps only the newest fence; DECISIONS 148). Fences and meta
+        records are taken one by one; the people between them as runs, with no
+        Python per record.
         """
         n = len(cols.offsets)
         start = int(np.searchsorted(cols.offsets, self.meta.changelog_offset, side="right"))
@@ -542,7 +546,13 @@ class ShardStore:
         for s in [*special[special >= start].tolist(), n]:
             if s > pos:
                 rows = np.arange(pos, s)
-                stale = cols.tags[pos:s] < self.meta.fence
+                tags = cols.tags[pos:s]
+                # the newest fence each record's writer is judged against: the fence
+                # read last, or a newer writer's record before it
+                newest = np.maximum(np.maximum.accumulate(np.where(tags == UNTAGGED, -1, tags)),
+                                    self.meta.fence)
+                stale = tags < np.concatenate(([self.meta.fence], newest[:-1]))
+                self.meta.fence = int(newest[-1])
                 if stale.any():
                     gone = rows[stale].tolist()
                     ignored += len(gone)
@@ -562,6 +572,8 @@ class ShardStore:
                 ignored += 1
                 self.fenced_off.add(k.decode())
             elif v is not None:
+                if cols.tags[s] != UNTAGGED:
+                    self.meta.fence = max(self.meta.fence, int(cols.tags[s]))
                 m = decode_meta(v)
                 self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
                 for lane, t in m.lanes.items():

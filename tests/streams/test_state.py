@@ -302,13 +302,16 @@ def _replayed(records: list[ChangelogRecord]) -> tuple[dict[bytes, bytes], int, 
                 stored, stream_time = {}, NO_TIME
         elif tag is not None and tag < fence:
             ignored += 1
-        elif k == META_KEY.encode():
-            meta = msgspec.msgpack.decode(cast(bytes, v), type=ShardMeta)
-            stream_time = max(stream_time, meta.stream_time)
-        elif v is None:
-            stored.pop(k, None)
         else:
-            stored[k] = v
+            if tag is not None:  # a writer's record names its fence (DECISIONS 148)
+                fence = max(fence, tag)
+            if k == META_KEY.encode():
+                meta = msgspec.msgpack.decode(cast(bytes, v), type=ShardMeta)
+                stream_time = max(stream_time, meta.stream_time)
+            elif v is None:
+                stored.pop(k, None)
+            else:
+                stored[k] = v
     return stored, stream_time, ignored
 
 
@@ -373,6 +376,27 @@ def test_restore_ignores_a_zombies_writes_after_a_newer_fence(tmp_path: Path) ->
     assert again.restore([(b"personBB", encode(PersonState(c=8)), 7, 2)]) == 0
     assert again.get("personBB").c == 8
     again.close()
+
+
+def test_restore_ignores_a_zombie_after_the_owner_s_record_where_its_fence_is_gone(
+        tmp_path: Path) -> None:
+    """Compaction keeps only the newest fence: once a third worker's fence is written,
+    the fence that superseded a zombie may be gone. The record of the owner it
+    fenced out, read before the zombie's, still names it (DECISIONS 148)."""
+    store = ShardStore(tmp_path / "p2", NO_TIME)
+    ignored = store.restore([
+        (b"personAA", encode(PersonState(c=100)), 1, 0),      # A (its fence: gone)
+        (b"personAA", encode(PersonState(c=300)), 3, 2),      # B (its fence: gone)
+        (b"personAA", encode(PersonState(c=100)), 4, 0),      # A, a zombie: stale
+        (b"personBB", encode(PersonState(c=5)), 5, 0),        # A, a zombie: stale
+        (META_KEY.encode(), encode(ShardMeta(stream_time=9)), 6, 0),  # A's meta
+        (FENCE_KEY, encode(Fence()), 7, None),                # C takes over
+    ])
+    assert ignored == 3
+    assert store.get("personAA").c == 300 and store.value("personBB") is None
+    assert store.meta.stream_time == NO_TIME and store.meta.fence == 7
+    assert store.fenced_off == {"personAA", "personBB", META_KEY}
+    store.close()
 
 
 def test_the_keys_a_restore_owes_outlive_the_process(tmp_path: Path) -> None:
