@@ -571,16 +571,17 @@ class ShardStore:
             elif cols.tags[s] < self.meta.fence:
                 ignored += 1
                 self.fenced_off.add(k.decode())
-            elif v is not None:
-                if cols.tags[s] != UNTAGGED:
-                    self.meta.fence = max(self.meta.fence, int(cols.tags[s]))
-                m = decode_meta(v)
-                self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
-                for lane, t in m.lanes.items():
-                    self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
-                self.meta.inputs = m.inputs
             else:
-                self._put_rows(cols, np.array([s]))
+                if cols.tags[s] != UNTAGGED:  # as for the people's records above
+                    self.meta.fence = max(self.meta.fence, int(cols.tags[s]))
+                if v is not None:
+                    m = decode_meta(v)
+                    self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
+                    for lane, t in m.lanes.items():
+                        self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
+                    self.meta.inputs = m.inputs
+                else:
+                    self._put_rows(cols, np.array([s]))
         self.meta.changelog_offset = int(cols.offsets[-1])
         self._applied_meta = encode(self.meta)
         self._dirty = True
