@@ -214,7 +214,8 @@ def main() -> int:
     rate = f"{read_n / read_s:,.0f}", f"{full_n / full_s:,.0f}", f"{own_n / own_s:,.0f}"
     text = f"""## State restore
 
-Run of {when}: `bench/bench_restore.py --people {args.people} --transactions {args.transactions}`.
+Run of {when}: `bench/bench_restore.py --people {args.people} --transactions {args.transactions} \
+--takeovers {args.takeovers}`.
 Machine: {machine()}; Kafka 3.9.1 single local broker.
 
 A changelog partition holding {args.people:,} people (enrolled, {args.transactions} purchases
