@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
 from engine.devtools.broker import free_port
 from engine.kafka.client_config import default_client
+from engine.kafka.produce import offsets_taken, send_built
+from engine.kafka.record_batch import HEADER, PrebuiltBatch, record_batches
 from engine.kafka.topics import (
     FORMAT_HEADER,
     FORMAT_JSONL,
@@ -25,6 +31,7 @@ from engine.rules.settlement import settle_records
 from engine.streams.codec_out import format_utc
 from engine.tools.collect import collect
 from tests.builders import enr, enr_topic, txn, txn_topic
+from tests.kafka_fixtures import read_topic
 from tests.ops.http import get
 from tests.streams.harness import PARTITIONS, topics_for, worker, write_report
 
@@ -317,3 +324,58 @@ def test_a_rerouted_transaction_waits_for_its_partitions_enrollments(
     finally:
         w.stop()
     assert got == {"mover": "granted", "held": "granted"}
+
+
+# Where each damage goes in a batch of two records of ``_good_batch``: a record
+# starts with its length, attributes, timestamp delta and offset delta (one byte each
+# here), then its key's length; the batch's record count is its last header field.
+_DAMAGE = {
+    "key_beyond_its_record": (HEADER + 4, b"\x7e"),   # a key of 63 bytes
+    "record_beyond_its_batch": (HEADER, b"\x7e"),     # a record of 63 bytes
+    "count_beyond_its_records": (HEADER - 4, (1000).to_bytes(4, "big")),
+}
+
+
+def _good_batch() -> PrebuiltBatch:
+    return record_batches(pa.array([b"k1", b"k2"]), pa.array([b"v" * 20, b"w" * 20]), None,
+                          1 << 20)[0]
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGE))
+def test_the_broker_refuses_a_batch_whose_records_are_malformed(kafka_broker, topic_prefix,
+                                                                damage: str) -> None:
+    """A worker reads live input through aiokafka's compiled record reader, which reads
+    outside a damaged batch (tests/kafka/test_fetch.py) and could take the worker down.
+    A producer cannot get such bytes to it: the broker checks each record's structure
+    on append, so a batch whose checksum is valid but whose lengths or count lie is
+    refused, and the partition holds only the whole batches sent around it."""
+    topic = f"{topic_prefix()}.raw"
+    at, data = _DAMAGE[damage]
+
+    async def run() -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[Any]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap,
+                                    **default_client())
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 1, 1)])
+        finally:
+            await admin.close()
+        p = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client())
+        await p.start()
+        try:
+            before = await offsets_taken(await send_built(p, topic, 0, [_good_batch()]))
+            bad = _good_batch()
+            raw = bytearray(bad._build())
+            raw[at:at + len(data)] = data
+            with pytest.raises(KafkaError):
+                await offsets_taken(await send_built(p, topic, 0,
+                                                     [PrebuiltBatch(raw, bad.record_count())]))
+            after = await offsets_taken(await send_built(p, topic, 0, [_good_batch()]))
+        finally:
+            await p.stop()
+        return before, after, await read_topic(kafka_broker.bootstrap, topic, 1)
+
+    before, after, msgs = asyncio.run(run())
+    assert (before, after) == ([(0, 1)], [(2, 3)])
+    assert [(m.offset, m.key, m.value) for m in msgs] == [
+        (i, k, v) for i, (k, v) in enumerate([(b"k1", b"v" * 20), (b"k2", b"w" * 20)] * 2)]
