@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from engine.io.outputs import ROW_GROUP, TableWriter, Writes
 from engine.io.readers import Sources
+from engine.rules.model import jst_day
 from engine.rules.validate import Validated, empty_validated
 
 KEY = "_order"  # column of the slices' output files: position in the whole run's order
@@ -29,8 +30,10 @@ KEY = "_order"  # column of the slices' output files: position in the whole run'
 _SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)
 MERGE_BATCH = 1 << 17  # rows per spilled output batch (the merge holds one per slice)
 
-_ARRAYS = ("reason", "op", "kind", "amount", "at", "day", "received", "too_late", "outside",
-           "bad_earn_on", "earn_given")
+_ARRAYS = ("reason", "op", "kind", "amount", "at", "received")
+# the four checks' booleans spilled as the bits of one byte: Arrow packs a boolean
+# column into bits, and a take of each of the four cost as much as an int64 column's
+_FLAGS = ("too_late", "outside", "bad_earn_on", "earn_given")
 _STRINGS = ("mykey_id", "operator_id", "txn_id", "original_txn_id")
 
 
@@ -39,6 +42,12 @@ def to_batch(v: Validated, source: Sources, index: np.ndarray,
     """A validated batch as Arrow columns, with each record's source (as a number
     into ``names``, which grows) and its position in the whole input."""
     cols: dict[str, pa.Array] = {name: pa.array(getattr(v, name)) for name in _ARRAYS}
+    flags = np.zeros(v.n, np.uint8)
+    for bit, name in enumerate(_FLAGS):
+        flags |= getattr(v, name).astype(np.uint8) << bit
+    cols["flags"] = pa.array(flags)
+    # ``day`` is not spilled: it is the JST day of ``at`` (engine.rules.validate), made
+    # again on reading
     cols.update({name: getattr(v, name).cast(pa.string()) for name in _STRINGS})
     cols["detail"] = pa.array(v.detail, type=pa.string())
     codes = np.array([names.setdefault(n, len(names)) for n in source.names] or [0], np.int32)
@@ -60,9 +69,12 @@ def from_table(t: pa.Table, record_type: str, names: dict[str, int]
     def arr(name: str) -> np.ndarray:
         return np.asarray(col(name).to_numpy(zero_copy_only=False))
 
+    at, flags = arr("at"), arr("flags")
     v = Validated(n=t.num_rows, record_type=record_type,
                   detail=np.asarray(col("detail").to_numpy(zero_copy_only=False), dtype=object),
-                  **{name: arr(name) for name in _ARRAYS},
+                  **{name: arr(name) for name in _ARRAYS if name != "at"}, at=at,
+                  day=jst_day(at).astype(np.int32),
+                  **{name: (flags >> bit) & 1 == 1 for bit, name in enumerate(_FLAGS)},
                   **{name: col(name) for name in _STRINGS})
     src = Sources(tuple(names), arr("source_file"), arr("source_position"))
     return v, src, arr("index")

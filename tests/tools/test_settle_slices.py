@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,14 @@ import pytest
 
 from engine.cli import main
 from engine.config import DEFAULT_CAMPAIGN, DEFAULT_REGISTRY
+from engine.io.readers import Sources
 from engine.rules.strings import kafka_partitions
-from engine.rules.validate import concat_validated
+from engine.rules.validate import Validated, concat_validated
 from engine.tools.generate import generate_tables, parquet_view, write_jsonl
 from engine.tools.settle import _validated_pieces
 from engine.tools.slices import Spill
 from tests.builders import enr, refund, txn, write_lines
+from tests.poison_records import enrollment_poison, json_poison
 
 OUTPUTS = ("grants.parquet", "rejections.parquet", "summary.json")
 
@@ -124,21 +127,71 @@ def test_a_slice_read_back_through_its_map_outlives_its_file(campaign: Path,
     is decided (DECISIONS 123): what was read must not depend on the file."""
     pieces = list(_validated_pieces([(None, campaign / "transactions.parquet")],
                                     "transaction", DEFAULT_CAMPAIGN, DEFAULT_REGISTRY, None))
-    spill = Spill(tmp_path, 2)
-    first = 0
-    for v, src in pieces:
-        index = np.arange(first, first + v.n, dtype=np.int64)
-        spill.add((index % 2).astype(np.int64), v, src, index)
-        first += v.n
-    spill.close()
+    spill, first = _spilled(pieces, tmp_path, 2)
     got, got_src, got_index = spill.read("transaction", 1)
     spill.path("transaction", 1).unlink()
     gc.collect()
     assert len(pieces) > 1 and got_index.tolist() == list(range(1, first, 2))
     want = concat_validated([v for v, _ in pieces], "transaction").take(got_index)
-    for name in ("txn_id", "mykey_id", "operator_id"):
-        assert getattr(got, name).equals(getattr(want, name)), name
-    for name in ("amount", "at", "reason", "kind"):
-        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    _same_validated(got, want)
     # one input file: a record's source is its row, counted from 1
     assert got_src.position.tolist() == (got_index + 1).tolist()
+
+
+def _spilled(pieces: list[tuple[Validated, Sources]], directory: Path, count: int
+             ) -> tuple[Spill, int]:
+    """``pieces`` spilled into ``count`` slices, record ``i`` of the whole input into
+    slice ``i % count``; and how many records there were."""
+    spill = Spill(directory, count)
+    first = 0
+    for v, src in pieces:
+        index = np.arange(first, first + v.n, dtype=np.int64)
+        spill.add((index % count).astype(np.int64), v, src, index)
+        first += v.n
+    spill.close()
+    return spill, first
+
+
+def _same_validated(got: Validated, want: Validated) -> None:
+    """Every column alike, with its type: the spill packs some and derives others."""
+    assert (got.n, got.record_type) == (want.n, want.record_type)
+    for f in fields(Validated):
+        a, b = getattr(got, f.name), getattr(want, f.name)
+        if isinstance(b, pa.Array):
+            assert a.equals(b), f.name
+        elif isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and a.tolist() == b.tolist(), f.name
+
+
+@pytest.mark.parametrize("record_type", ["enrollment", "transaction"])
+def test_a_spilled_slice_reads_back_every_column_of_what_was_spilled(
+        record_type: str, tmp_path: Path) -> None:
+    """Poison and clean records alike: every rejection's columns, the checks' flags (set
+    for some records, clear for others), and the JST day, which the spill does not keep
+    but makes again from the record's time."""
+    if record_type == "enrollment":
+        poison = enrollment_poison("S")
+        times = ["2020-07-01T10:00:00+09:00", "2020-09-02T23:30:00+09:00",
+                 "2021-10-05T10:00:00+09:00", "2020-12-31T15:30:00Z"]
+        clean = [enr(f"P{i:07d}", "paypay", times[i % 4]) for i in range(40)]
+        flags = ("outside", "too_late")
+    else:
+        poison = json_poison("S")
+        times = ["2020-08-31T14:59:59Z", "2020-09-13T15:00:00Z", "2021-09-30T14:59:59Z"]
+        clean = [txn(mykey=f"P{i % 7:07d}", at=times[i % 3], txn_id=f"T{i}",
+                     **({"received_at": "2021-11-02T00:00:00Z"} if i % 5 == 0 else {}))
+                 for i in range(40)]
+        flags = ("outside", "too_late")
+    path = write_lines(tmp_path / f"{record_type}s.jsonl",
+                       [p.text for p in poison if p.text] + [orjson.dumps(r) for r in clean])
+    pieces = list(_validated_pieces([(None, path)], record_type, DEFAULT_CAMPAIGN,
+                                    DEFAULT_REGISTRY, None))
+    whole = concat_validated([v for v, _ in pieces], record_type)
+    assert whole.reason.any() and not whole.reason.all()
+    for name in flags:
+        assert getattr(whole, name).any() and not getattr(whole, name).all(), name
+    (tmp_path / "spill").mkdir()
+    spill, _ = _spilled(pieces, tmp_path / "spill", 3)
+    for k in range(3):
+        got, _, got_index = spill.read(record_type, k)
+        _same_validated(got, whole.take(got_index))
