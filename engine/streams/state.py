@@ -525,15 +525,16 @@ class ShardStore:
         stale and must not overwrite the new owner's. So is a record whose tag is older
         than a record read before it: a writer writes its fence before any record, so
         the newer tag names a newer fence, one that compaction may have removed since
-        (the changelog keeps only the newest fence; DECISIONS 148). Fences and meta
-        records are taken one by one; the people between them as runs, with no
-        Python per record.
+        (the changelog keeps only the newest fence; DECISIONS 148). Fences are taken one
+        by one; the records between them as runs (:meth:`_restore_run`), with no Python
+        per person.
         """
         n = len(cols.offsets)
         start = int(np.searchsorted(cols.offsets, self.meta.changelog_offset, side="right"))
         if start >= n:
             return 0
-        special = np.union1d(cols.rows_keyed(FENCE_KEY), cols.rows_keyed(_META_B))
+        fences = cols.rows_keyed(FENCE_KEY)
+        metas = cols.rows_keyed(_META_B)
         if not self._whole and n - start + len(self.unflushed) > len(self.data) // 2:
             # most of the state is new: the file takes it whole at the next flush, not
             # as a second copy in appended writes, and nothing needs to remember what
@@ -543,49 +544,49 @@ class ShardStore:
             self._unflushed_bytes = 0
         ignored = 0
         pos = start
-        for s in [*special[special >= start].tolist(), n]:
-            if s > pos:
-                rows = np.arange(pos, s)
-                tags = cols.tags[pos:s]
-                # the newest fence each record's writer is judged against: the fence
-                # read last, or a newer writer's record before it
-                newest = np.maximum(np.maximum.accumulate(np.where(tags == UNTAGGED, -1, tags)),
-                                    self.meta.fence)
-                stale = tags < np.concatenate(([self.meta.fence], newest[:-1]))
-                self.meta.fence = int(newest[-1])
-                if stale.any():
-                    gone = rows[stale].tolist()
-                    ignored += len(gone)
-                    self.fenced_off.update(cols.key(i).decode() for i in gone)
-                    rows = rows[~stale]
-                self._put_rows(cols, rows)
-            if s == n:
+        for f in [*fences[fences >= start].tolist(), n]:
+            if f > pos:
+                ignored += self._restore_run(cols, pos, f, metas)
+            if f == n:
                 break
-            pos = s + 1
-            k, v, off = cols.key(s), cols.value(s), int(cols.offsets[s])
-            self.meta.changelog_offset = off
-            if k == FENCE_KEY:
-                self.meta.fence = off
-                if v is not None and _dec_fence.decode(v).reset:
-                    self._wipe()  # nothing before a reset survives
-            elif cols.tags[s] < self.meta.fence:
-                ignored += 1
-                self.fenced_off.add(k.decode())
-            else:
-                if cols.tags[s] != UNTAGGED:  # as for the people's records above
-                    self.meta.fence = max(self.meta.fence, int(cols.tags[s]))
-                if v is not None:
-                    m = decode_meta(v)
-                    self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
-                    for lane, t in m.lanes.items():
-                        self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
-                    self.meta.inputs = m.inputs
-                else:
-                    self._put_rows(cols, np.array([s]))
+            pos = f + 1
+            self.meta.changelog_offset = self.meta.fence = int(cols.offsets[f])
+            v = cols.value(f)
+            if v is not None and _dec_fence.decode(v).reset:
+                self._wipe()  # nothing before a reset survives
         self.meta.changelog_offset = int(cols.offsets[-1])
         self._applied_meta = encode(self.meta)
         self._dirty = True
         return ignored
+
+    def _restore_run(self, cols: ChangelogColumns, first: int, stop: int,
+                     metas: np.ndarray) -> int:
+        """Records ``first`` to ``stop`` of ``cols``, none of them a fence; returns how
+        many were a fenced-off writer's. Each record's writer is judged against the
+        newest fence known when it is read: the fence read last, or the tag of a newer
+        writer's record before it. People are put as one run; the meta records are
+        taken one by one, in order."""
+        rows = np.arange(first, stop)
+        tags = cols.tags[first:stop]
+        newest = np.maximum(np.maximum.accumulate(np.where(tags == UNTAGGED, -1, tags)),
+                            self.meta.fence)
+        stale = tags < np.concatenate(([self.meta.fence], newest[:-1]))
+        self.meta.fence = int(newest[-1])
+        if stale.any():
+            self.fenced_off.update(cols.key(i).decode() for i in rows[stale].tolist())
+            rows = rows[~stale]
+        meta = np.isin(rows, metas)
+        for i in rows[meta].tolist():
+            v = cols.value(i)
+            if v is None:
+                continue  # put with the people below
+            m = decode_meta(v)
+            self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
+            for lane, t in m.lanes.items():
+                self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
+            self.meta.inputs = m.inputs
+        self._put_rows(cols, rows[~meta | (cols.value_len[rows] < 0)])
+        return int(stale.sum())
 
     def _put_rows(self, cols: ChangelogColumns, rows: np.ndarray) -> None:
         """Records ``rows`` of ``cols`` into memory and (unless the next flush writes

@@ -69,11 +69,11 @@ def from_table(t: pa.Table, record_type: str, names: dict[str, int]
     def arr(name: str) -> np.ndarray:
         return np.asarray(col(name).to_numpy(zero_copy_only=False))
 
-    at, flags = arr("at"), arr("flags")
+    arrays = {name: arr(name) for name in _ARRAYS}
+    flags = arr("flags")
     v = Validated(n=t.num_rows, record_type=record_type,
                   detail=np.asarray(col("detail").to_numpy(zero_copy_only=False), dtype=object),
-                  **{name: arr(name) for name in _ARRAYS if name != "at"}, at=at,
-                  day=jst_day(at).astype(np.int32),
+                  day=jst_day(arrays["at"]).astype(np.int32), **arrays,
                   **{name: (flags >> bit) & 1 == 1 for bit, name in enumerate(_FLAGS)},
                   **{name: col(name) for name in _STRINGS})
     src = Sources(tuple(names), arr("source_file"), arr("source_position"))
