@@ -399,8 +399,7 @@ class ValueTable(Mapping[bytes, bytes]):
         """:meth:`put` of keys and values that already lie in the arena (adopted): the
         rows point at them, nothing is copied."""
         if len(key_at):
-            self._rows_room(len(key_at))
-            self._index_room(len(key_at))
+            self._room(len(key_at), 0)  # rows and index; no arena bytes
             self._put(self._arenas[self._cur], key_at, key_len, value_at, value_len, False)
 
     def _put(self, src: np.ndarray, key_at: np.ndarray, key_len: np.ndarray,
