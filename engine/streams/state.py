@@ -575,17 +575,17 @@ class ShardStore:
         if stale.any():
             self.fenced_off.update(cols.key(i).decode() for i in rows[stale].tolist())
             rows = rows[~stale]
-        meta = np.isin(rows, metas)
+        # a meta record's tombstone is put like a person's; the others update the meta
+        meta = np.isin(rows, metas) & (cols.value_len[rows] >= 0)
         for i in rows[meta].tolist():
             v = cols.value(i)
-            if v is None:
-                continue  # put with the people below
+            assert v is not None  # tombstones are not in ``meta``
             m = decode_meta(v)
             self.meta.stream_time = max(self.meta.stream_time, m.stream_time)
             for lane, t in m.lanes.items():
                 self.meta.lanes[lane] = max(self.meta.lanes.get(lane, t), t)
             self.meta.inputs = m.inputs
-        self._put_rows(cols, rows[~meta | (cols.value_len[rows] < 0)])
+        self._put_rows(cols, rows[~meta])
         return int(stale.sum())
 
     def _put_rows(self, cols: ChangelogColumns, rows: np.ndarray) -> None:
