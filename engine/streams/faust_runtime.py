@@ -61,6 +61,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from faust.app.base import BootStrategy
+from faust.transport.drivers import aiokafka as faust_kafka
 
 from engine.kafka.client_config import default_client, faust_credentials
 from engine.kafka.topics import CHANGELOG_MAX_BYTES, ensure_topics
@@ -85,6 +86,37 @@ def _record(m: Any) -> ConsumerRecord[bytes, bytes]:
                           checksum=None, serialized_key_size=m.serialized_key_size,
                           serialized_value_size=m.serialized_value_size,
                           headers=tuple(m.headers or ()))
+
+
+async def seek_to_committed(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int | None]:
+    """Every assigned partition back to the group's commit, and one without a commit
+    (or with 0) back to its beginning, where ``auto_offset_reset=earliest`` starts it.
+    Returns the commits (None: none), as aiokafka's own seek does.
+
+    Faust calls this (``Consumer.perform_seek``) after every rebalance and whenever it
+    drops records it fetched while its flow was stopped, trusting it to have them read
+    again. aiokafka's own seek moves only partitions with a commit above 0: an input
+    the group never committed (a sparse one, such as the unattributed input) kept its
+    position past the dropped records, which no one then decided (DECISIONS 151)."""
+    committed = await consumer.seek_to_committed()
+    fresh = [tp for tp, offset in committed.items() if not offset]
+    if fresh:
+        await consumer.seek_to_beginning(*fresh)
+    return committed
+
+
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    async def seek_to_committed(self) -> Any:
+        return await self.call_thread(seek_to_committed, self._ensure_consumer())
+
+
+class _Consumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_kafka.Transport):
+    Consumer = _Consumer
 
 
 class FaustConsumer:
@@ -380,6 +412,9 @@ class EngineApp(faust.App):
     BootStrategy = _Boot
     engine: FaustWorker
     args: argparse.Namespace
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
 
     async def on_start(self) -> None:
         await super().on_start()

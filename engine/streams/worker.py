@@ -494,13 +494,18 @@ class Worker:
         take-over then would write a fence after the new owner's, fencing off every
         state record the owner writes from then on. The rejoin's assignment hands
         back what is this member's; till then their inputs are paused, so that
-        nothing is fetched and thrown away."""
+        nothing is fetched and thrown away. Taken over again, a partition keeps the
+        messages held for it (waiting for enrollments, over the batch budget): its
+        consumer went past them, and only the rejoin's reads them again."""
         assert self.consumer is not None
+        still = parts & self._assigned()
         for p in parts:
+            kept = {tp: self._held[tp] for tp in self._tps(p) if tp in self._held} \
+                if take_over_again and p in still else {}
             logic = self._close_local(p)
+            self._held.update(kept)
             if logic is not None:
                 ShardStore.destroy(logic.store.path)
-        still = parts & self._assigned()
         if take_over_again:
             self.readiness.release(parts - still)
             if still:
@@ -1111,7 +1116,7 @@ class Worker:
             data[tp] = msgs + data.get(tp, [])
         self._held = {}
         self._over_budget = set()  # what is over it now is in _excess
-        data = {tp: msgs for tp, msgs in data.items() if tp.partition in self.logics}
+        data = self._decidable(data)
         take = fair_prefixes({tp: [len(m.value or b"") for m in msgs]
                               for tp, msgs in data.items()}, self.max_batch_bytes)
         batch: dict[Any, list[Any]] = {}
@@ -1122,6 +1127,24 @@ class Worker:
         if self._excess:
             self.metrics.deferred(sum(len(m) for m in self._excess.values()))
         return batch
+
+    def _decidable(self, data: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """``data`` of the partitions decided here. Messages of a partition assigned
+        but not taken over yet are held (their topic paused) until it is: the consumer
+        went past them, and nothing would fetch them again. Under Faust a member's
+        first assignment delivers records before the assignment callback that starts
+        the take-over (DECISIONS 151). Those of a partition no longer assigned, or
+        refused, go: its next owner, or the restart, reads them from the commit."""
+        assert self.consumer is not None
+        out: dict[Any, list[Any]] = {}
+        assigned = self.consumer.assignment()
+        for tp, msgs in data.items():
+            if tp.partition in self.logics:
+                out[tp] = msgs
+            elif msgs and tp in assigned and tp.partition not in self.refused:
+                self._held[tp] = msgs
+                self.consumer.pause(tp)
+        return out
 
     def _hold_excess(self) -> None:
         assert self.consumer is not None

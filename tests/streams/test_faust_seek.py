@@ -1,0 +1,102 @@
+"""The Faust runtime's seek back to the group's commit, on the broker: every input
+Faust drops fetched records of must be read again, an input nobody committed yet
+included (DECISIONS 151)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
+
+from engine.kafka.client_config import default_client
+from engine.kafka.produce import Outgoing
+from engine.streams import faust_runtime
+from engine.streams.faust_runtime import EngineApp, seek_to_committed
+from tests.kafka_fixtures import produce
+
+pytestmark = pytest.mark.kafka
+
+
+async def _read_all(c: AIOKafkaConsumer, tps: list[TopicPartition]) -> list[tuple[int, int]]:
+    """(partition, offset) of everything ``c`` returns until its positions reach the
+    ends; the group's assignment first."""
+    while set(c.assignment()) != set(tps):
+        await c.getmany(timeout_ms=200)
+    ends = await c.end_offsets(tps)
+    got: list[tuple[int, int]] = []
+    while any([await c.position(tp) < ends[tp] for tp in tps]):
+        for tp, msgs in (await c.getmany(timeout_ms=500)).items():
+            got += [(tp.partition, m.offset) for m in msgs]
+    return sorted(got)
+
+
+async def _scenario(bootstrap: str, topic: str, group: str) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+    finally:
+        await admin.close()
+    await produce(bootstrap, [(topic, Outgoing(p, b"k", b"v%d" % i, -1))
+                              for p in (0, 1) for i in range(3)])
+    tps = [TopicPartition(topic, p) for p in (0, 1)]
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **default_client(),
+                         group_id=group, enable_auto_commit=False,
+                         auto_offset_reset="earliest")
+    await c.start()
+    try:
+        first = await _read_all(c, tps)
+        await c.commit({tps[0]: OffsetAndMetadata(2, "")})  # partition 1: no commit
+        # aiokafka's own seek, which Faust's perform_seek calls: back to a commit above
+        # 0 only
+        await c.seek_to_committed()
+        plain = {tp.partition: await c.position(tp) for tp in tps}
+        await _read_all(c, tps)
+        committed = await seek_to_committed(c)
+        ours = {tp.partition: await c.position(tp) for tp in tps}
+        again = await _read_all(c, tps)
+    finally:
+        await c.stop()
+    return {"first": first, "plain": plain, "ours": ours, "again": again,
+            "committed": {tp.partition: o for tp, o in committed.items()}}
+
+
+def test_an_input_without_a_commit_is_read_again_from_its_beginning(
+        kafka_broker, topic_prefix) -> None:
+    prefix = topic_prefix()
+    r = asyncio.run(_scenario(kafka_broker.bootstrap, f"{prefix}.seek", f"{prefix}-g"))
+    assert r["first"] == [(p, o) for p in (0, 1) for o in range(3)]
+    # the premise: aiokafka leaves the partition nobody committed where it was
+    assert r["plain"] == {0: 2, 1: 3}
+    assert r["ours"] == {0: 2, 1: 0}
+    assert r["again"] == [(0, 2), (1, 0), (1, 1), (1, 2)]
+    # Faust's perform_seek takes the commits as aiokafka answers them
+    assert r["committed"] == {0: 2, 1: None}
+
+
+def test_faust_s_seek_back_is_the_engine_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's ``perform_seek`` (after every rebalance, and whenever it drops what it
+    fetched while its flow is stopped) reaches :func:`seek_to_committed` through the
+    app's consumer thread, on that thread's aiokafka consumer."""
+    seeks: list[Any] = []
+
+    async def recorded(consumer: Any) -> dict[Any, int | None]:
+        seeks.append(consumer)
+        return {}
+
+    monkeypatch.setattr(faust_runtime, "seek_to_committed", recorded)
+    app = EngineApp("g", broker="kafka://127.0.0.1:1")
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    aiokafka_consumer = object()
+    thread._ensure_consumer = lambda: aiokafka_consumer
+
+    async def on_this_loop(fn: Any, *args: Any) -> Any:  # Faust's thread, not started
+        return await fn(*args)
+
+    thread.call_thread = on_this_loop
+    asyncio.run(app.consumer.perform_seek())
+    assert seeks == [aiokafka_consumer]
