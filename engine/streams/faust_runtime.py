@@ -129,7 +129,8 @@ class FaustConsumer:
     back, and a partition's position is the next offset the engine has not been
     given. Events fetched before a rebalance are dropped, however late the agent
     hands them over: at each rebalance Faust seeks every partition back to its
-    committed offset and reads them again, in order; within one generation a
+    committed offset (its beginning where none, :func:`seek_to_committed`) and
+    reads them again, in order; within one generation a
     record at or below the last one held or given is a copy and is dropped.
     "Before a rebalance" starts at the revocation, not at the next generation: the
     generation number changes only with the new assignment, and until then aiokafka
