@@ -496,7 +496,7 @@ class Worker:
         back what is this member's; till then their inputs are paused, so that
         nothing is fetched and thrown away. Taken over again, a partition keeps the
         messages held for it (waiting for enrollments, over the batch budget): its
-        consumer went past them, and only the rejoin's reads them again."""
+        consumer went past them, and no rebalance comes to read them again."""
         assert self.consumer is not None
         still = parts & self._assigned()
         for p in parts:
