@@ -5,14 +5,17 @@ included (DECISIONS 151)."""
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
+import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from engine.kafka.client_config import default_client
+from engine.kafka.client_config import default_client, faust_credentials
 from engine.kafka.produce import Outgoing
 from engine.streams import faust_runtime
 from engine.streams.faust_runtime import EngineApp, seek_to_committed
@@ -100,3 +103,80 @@ def test_faust_s_seek_back_is_the_engine_s(monkeypatch: pytest.MonkeyPatch) -> N
     thread.call_thread = on_this_loop
     asyncio.run(app.consumer.perform_seek())
     assert seeks == [aiokafka_consumer]
+
+
+class _App(faust.App):
+    """A bare Faust app on the engine's transport, as EngineApp builds it."""
+
+    _new_transport = EngineApp._new_transport
+
+
+async def _dropped_while_stopped(bootstrap: str, topic: str, group: str, datadir: Path
+                                 ) -> tuple[list[int], list[int]]:
+    """Records Faust fetched while its flow was stopped, of an input the group never
+    committed: the offsets its agent saw before, and from the moment the flow stopped
+    on."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    app = _App(group, broker=f"kafka://{bootstrap}",
+               broker_credentials=faust_credentials(default_client()), datadir=str(datadir),
+               consumer_auto_offset_reset="earliest", web_enabled=False,
+               topic_allow_declare=False, topic_disable_leader=True)
+    seen: list[int] = []
+
+    @app.agent(app.topic(topic, acks=False, key_serializer="raw", value_serializer="raw"))
+    async def read(stream: Any) -> None:
+        async for event in stream.noack().events():
+            seen.append(event.message.offset)
+
+    async def until(what: Any, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not what():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+
+    await app.start()
+    try:
+        consumer = app.consumer
+        await until(lambda: len(consumer.assignment()) == 1)
+        await produce(bootstrap, [(topic, Outgoing(0, b"k", b"v%d" % i, -1)) for i in range(3)])
+        await until(lambda: len(seen) == 3)
+        before = list(seen)
+        # the window of a rebalance: a fetch that returns after the flow was stopped
+        # (Faust then drops what it returned and seeks back to the commit)
+        fetch = consumer._wait_next_records  # type: ignore[attr-defined]
+        mark: list[int] = []  # how many the agent had seen when the flow stopped
+
+        async def stopped_on_return(timeout: float) -> Any:
+            records, active = await fetch(timeout)
+            if records and not mark:
+                mark.append(len(seen))
+                consumer.stop_flow()
+            return records, active
+
+        consumer._wait_next_records = stopped_on_return  # type: ignore[attr-defined]
+        await asyncio.sleep(1.5)  # the fetch already waiting returns empty
+        await produce(bootstrap, [(topic, Outgoing(0, b"k", b"v%d" % i, -1))
+                                  for i in range(3, 6)])
+        await until(lambda: bool(mark))
+        await asyncio.sleep(0.5)
+        consumer.resume_flow()
+        await until(lambda: 5 in seen[mark[0]:], 20.0)
+        return before, seen[mark[0]:]
+    finally:
+        await app.stop()
+
+
+def test_records_faust_dropped_of_an_input_without_a_commit_are_read_again(
+        kafka_broker, topic_prefix, tmp_path: Path) -> None:
+    """Faust's own path (Consumer.getmany with its flow stopped, then perform_seek),
+    on the broker: the input nobody committed is read again from its beginning."""
+    prefix = topic_prefix()
+    before, after = asyncio.run(_dropped_while_stopped(
+        kafka_broker.bootstrap, f"{prefix}.faust-drop", f"{prefix}-fg", tmp_path))
+    assert before == [0, 1, 2]
+    assert after == [0, 1, 2, 3, 4, 5]
