@@ -170,6 +170,20 @@ async def read_topics(bootstrap: str, topics: list[str], partitions: int) -> lis
         await consumer.stop()
 
 
+async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    """``topic`` made with ``partitions`` (one replica), as admin."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from engine.kafka.client_config import default_client
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
 async def produce(bootstrap: str, messages: Iterable[tuple[str, Outgoing]]) -> None:
     """Send each ``(topic, message)`` as admin and wait for its acknowledgement, in
     order: the tests' producer, where a test needs messages the engine did not write."""

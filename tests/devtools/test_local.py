@@ -14,22 +14,12 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from engine.devtools import broker as devbroker
 from engine.kafka.client_config import ENV, default_client
-from tests.kafka_fixtures import session_broker_dir
+from tests.kafka_fixtures import create_topic, session_broker_dir
 
 pytestmark = pytest.mark.kafka
-
-
-async def _create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -110,7 +100,7 @@ def test_broker_runs_with_kafkas_own_jvm_settings(kafka_broker: devbroker.Broker
 def test_produce_consume_round_trip(kafka_broker: devbroker.Broker, topic_prefix: str) -> None:
     topic = f"{topic_prefix}-roundtrip"
     records = _records(200)
-    _run(_create_topic(kafka_broker.bootstrap, topic))
+    _run(create_topic(kafka_broker.bootstrap, topic))
     _run(_produce(kafka_broker.bootstrap, topic, records))
     got = _run(_consume(kafka_broker.bootstrap, topic, f"{topic_prefix}-g", len(records)))
     assert sorted(got) == sorted(records)
@@ -119,7 +109,7 @@ def test_produce_consume_round_trip(kafka_broker: devbroker.Broker, topic_prefix
 def test_transactional_producer_commits(kafka_broker: devbroker.Broker, topic_prefix: str) -> None:
     # A single-node broker needs the transaction-log settings, or this hangs.
     topic = f"{topic_prefix}-tx"
-    _run(_create_topic(kafka_broker.bootstrap, topic))
+    _run(create_topic(kafka_broker.bootstrap, topic))
 
     async def produce() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, **default_client(),
@@ -174,7 +164,7 @@ def test_kill_then_start_recovers_data(request: pytest.FixtureRequest, topic_pre
     try:
         broker = devbroker.start(port=port, data_dir=data_dir, wait=120.0)
         monkeypatch.setenv(ENV, str(broker.credentials()))
-        _run(_create_topic(broker.bootstrap, topic))
+        _run(create_topic(broker.bootstrap, topic))
         _run(_produce(broker.bootstrap, topic, records))
 
         broker.kill()

@@ -12,14 +12,13 @@ from typing import Any
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
 from engine.kafka.client_config import default_client, faust_credentials
 from engine.kafka.produce import Outgoing
 from engine.streams import faust_runtime
 from engine.streams.faust_runtime import EngineApp, seek_to_committed
-from tests.kafka_fixtures import produce
+from tests.kafka_fixtures import create_topic, produce
 
 pytestmark = pytest.mark.kafka
 
@@ -38,12 +37,7 @@ async def _read_all(c: AIOKafkaConsumer, tps: list[TopicPartition]) -> list[tupl
 
 
 async def _scenario(bootstrap: str, topic: str, group: str) -> dict[str, Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, 2)
     await produce(bootstrap, [(topic, Outgoing(p, b"k", b"v%d" % i, -1))
                               for p in (0, 1) for i in range(3)])
     tps = [TopicPartition(topic, p) for p in (0, 1)]
@@ -116,12 +110,7 @@ async def _dropped_while_stopped(bootstrap: str, topic: str, group: str, datadir
     """Records Faust fetched while its flow was stopped, of an input the group never
     committed: the offsets its agent saw before, and from the moment the flow stopped
     on."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **default_client())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, 1)
     app = _App(group, broker=f"kafka://{bootstrap}",
                broker_credentials=faust_credentials(default_client()), datadir=str(datadir),
                consumer_auto_offset_reset="earliest", web_enabled=False,
