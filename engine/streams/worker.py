@@ -421,12 +421,14 @@ class Worker:
         self.metrics.set_assigned_partitions(len(self.logics))
         self._refuse(p, e)
 
-    def _close_local(self, p: int) -> PartitionLogic | None:
+    def _close_local(self, p: int, keep_held: bool = False) -> PartitionLogic | None:
         """Let go of partition ``p`` here: its held messages are forgotten (whoever
-        decides it next reads them from the commit) and its local store is closed.
-        Returns the logic it had, if any."""
+        decides it next reads them from the commit) unless ``keep_held`` (it is taken
+        over again here at once) and its local store is closed. Returns the logic it
+        had, if any."""
         for tp in self._tps(p):
-            self._held.pop(tp, None)
+            if not keep_held:
+                self._held.pop(tp, None)
             self._active.pop(tp, None)
         self._open.drop({p})
         self._changelog_gaps.pop(p, None)
@@ -500,10 +502,7 @@ class Worker:
         assert self.consumer is not None
         still = parts & self._assigned()
         for p in parts:
-            kept = {tp: self._held[tp] for tp in self._tps(p) if tp in self._held} \
-                if take_over_again and p in still else {}
-            logic = self._close_local(p)
-            self._held.update(kept)
+            logic = self._close_local(p, keep_held=take_over_again and p in still)
             if logic is not None:
                 ShardStore.destroy(logic.store.path)
         if take_over_again:
